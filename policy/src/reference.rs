@@ -303,7 +303,9 @@ fn is_reference_algorithm(alg: &[u8]) -> bool {
 
 /// `anchoredIdentifierRegexp`: `^[a-f0-9]{64}$`.
 pub fn matches_anchored_identifier(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The three captures of `ReferenceRegexp` (tag and digest empty when absent).
@@ -423,7 +425,10 @@ pub fn validate_digest(s: &str) -> Result<(), ReferenceError> {
     if enc.len() != hex_len {
         return Err(ReferenceError::DigestInvalidLength);
     }
-    if enc.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if enc
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         Ok(())
     } else {
         Err(ReferenceError::DigestChecksumInvalidFormat)
@@ -584,7 +589,9 @@ pub fn parse_normalized_named(s: &str) -> Result<Reference, ReferenceError> {
         None => &remainder[..],
     };
     if has_upper(remote) {
-        return Err(ReferenceError::RepositoryNameNotLowercase(remote.to_string()));
+        return Err(ReferenceError::RepositoryNameNotLowercase(
+            remote.to_string(),
+        ));
     }
     parse(&format!("{domain}/{remainder}"))
 }
@@ -895,7 +902,9 @@ pub fn containerd_parse(s: &str) -> Result<ContainerdSpec, ContainerdRefError> {
     let host = if host_port.starts_with('[') {
         let close = host_port.rfind(']').ok_or_else(url_err)?;
         let after = &host_port[close + 1..];
-        if !(after.is_empty() || (after.starts_with(':') && after[1..].bytes().all(|b| b.is_ascii_digit()))) {
+        if !(after.is_empty()
+            || (after.starts_with(':') && after[1..].bytes().all(|b| b.is_ascii_digit())))
+        {
             return Err(url_err());
         }
         host_port
@@ -985,15 +994,23 @@ mod tests {
     fn normalisation_basics() {
         assert_eq!(pnn("nginx").to_string(), "docker.io/library/nginx");
         assert_eq!(pnn("nginx").familiar_string(), "nginx");
-        assert_eq!(pnn("index.docker.io/nginx").to_string(), "docker.io/library/nginx");
+        assert_eq!(
+            pnn("index.docker.io/nginx").to_string(),
+            "docker.io/library/nginx"
+        );
         assert_eq!(pnn("user/app:1").to_string(), "docker.io/user/app:1");
         assert_eq!(pnn("localhost/app").domain, "localhost");
         assert_eq!(pnn("localhost:5000/app").domain, "localhost:5000");
         assert_eq!(pnn("Registry/app").domain, "Registry");
         let both = pnn(&format!("busybox:1@sha256:{H64}"));
-        assert_eq!(both.to_string(), format!("docker.io/library/busybox:1@sha256:{H64}"));
         assert_eq!(
-            parse_docker_ref(&format!("busybox:1@sha256:{H64}")).unwrap().to_string(),
+            both.to_string(),
+            format!("docker.io/library/busybox:1@sha256:{H64}")
+        );
+        assert_eq!(
+            parse_docker_ref(&format!("busybox:1@sha256:{H64}"))
+                .unwrap()
+                .to_string(),
             format!("docker.io/library/busybox@sha256:{H64}")
         );
     }
@@ -1015,7 +1032,10 @@ mod tests {
             parse_normalized_named("evil.com/X").unwrap_err(),
             ReferenceError::RepositoryNameNotLowercase("X".into())
         );
-        assert_eq!(parse("evil.com/X").unwrap_err(), ReferenceError::NameContainsUppercase);
+        assert_eq!(
+            parse("evil.com/X").unwrap_err(),
+            ReferenceError::NameContainsUppercase
+        );
         // dot-dot and empty components are not paths.
         for bad in [
             "public.ecr.aws/../x",
@@ -1026,7 +1046,11 @@ mod tests {
             "/x",
             "public.ecr.aws/x/..",
         ] {
-            assert_eq!(parse_normalized_named(bad), Err(ReferenceError::InvalidFormat), "{bad}");
+            assert_eq!(
+                parse_normalized_named(bad),
+                Err(ReferenceError::InvalidFormat),
+                "{bad}"
+            );
         }
         // '@' in the domain (userinfo style) is not a reference.
         assert!(parse_normalized_named("public.ecr.aws@evil.com/x").is_err());
@@ -1055,10 +1079,22 @@ mod tests {
         );
         assert!(validate_digest(&format!("sha384:{}", "a".repeat(96))).is_ok());
         assert!(validate_digest(&format!("sha512:{}", "a".repeat(128))).is_ok());
-        assert_eq!(validate_digest("md5:abc"), Err(ReferenceError::DigestUnsupported));
-        assert_eq!(validate_digest("MD5:abc"), Err(ReferenceError::DigestChecksumInvalidFormat));
-        assert_eq!(validate_digest(":abc"), Err(ReferenceError::DigestChecksumInvalidFormat));
-        assert_eq!(validate_digest("sha256:"), Err(ReferenceError::DigestChecksumInvalidFormat));
+        assert_eq!(
+            validate_digest("md5:abc"),
+            Err(ReferenceError::DigestUnsupported)
+        );
+        assert_eq!(
+            validate_digest("MD5:abc"),
+            Err(ReferenceError::DigestChecksumInvalidFormat)
+        );
+        assert_eq!(
+            validate_digest(":abc"),
+            Err(ReferenceError::DigestChecksumInvalidFormat)
+        );
+        assert_eq!(
+            validate_digest("sha256:"),
+            Err(ReferenceError::DigestChecksumInvalidFormat)
+        );
         // The reference grammar wants >= 32 hex digits before go-digest is asked.
         assert_eq!(parse("x@sha256:abc"), Err(ReferenceError::InvalidFormat));
     }
@@ -1092,7 +1128,10 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for e in &all {
             let k = e.kind();
-            assert!(k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{k}");
+            assert!(
+                k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{k}"
+            );
             assert!(seen.insert(k), "duplicate kind {k}");
         }
     }
@@ -1101,8 +1140,14 @@ mod tests {
     fn go_lowercase_special_letters() {
         // Go lower-cases U+0130 and the Kelvin sign to ASCII, so upstream
         // reports "must be lowercase" for these.
-        assert_eq!(parse("\u{130}mage"), Err(ReferenceError::NameContainsUppercase));
-        assert_eq!(parse("\u{212A}ube"), Err(ReferenceError::NameContainsUppercase));
+        assert_eq!(
+            parse("\u{130}mage"),
+            Err(ReferenceError::NameContainsUppercase)
+        );
+        assert_eq!(
+            parse("\u{212A}ube"),
+            Err(ReferenceError::NameContainsUppercase)
+        );
         assert_eq!(parse("\u{e9}t\u{e9}"), Err(ReferenceError::InvalidFormat));
     }
 
@@ -1130,7 +1175,9 @@ mod tests {
             "a@b@c:d:e/f".to_string(),
             "\u{130}".repeat(big / 2),
         ];
-        for c in ["", ":", "@", "/", "[", "]", ".", "-", "_", "%", "?", "#", "é", "\u{130}"] {
+        for c in [
+            "", ":", "@", "/", "[", "]", ".", "-", "_", "%", "?", "#", "é", "\u{130}",
+        ] {
             for d in ["", ":", "@", "/", "[", "]", ".", "-", "_", "%", "?", "#"] {
                 inputs.push(format!("{c}{d}"));
                 inputs.push(format!("a{c}b{d}c"));
@@ -1177,8 +1224,17 @@ mod tests {
         // path.Join cleans '..'.
         let s = containerd_parse("good.io/../evil/x").unwrap();
         assert_eq!(s.locator, "evil/x");
-        assert_eq!(containerd_parse("http://x/y"), Err(ContainerdRefError::Invalid));
-        assert_eq!(containerd_parse("/x/y"), Err(ContainerdRefError::HostnameRequired));
-        assert!(matches!(containerd_parse("redis:foo"), Err(ContainerdRefError::Url(_))));
+        assert_eq!(
+            containerd_parse("http://x/y"),
+            Err(ContainerdRefError::Invalid)
+        );
+        assert_eq!(
+            containerd_parse("/x/y"),
+            Err(ContainerdRefError::HostnameRequired)
+        );
+        assert!(matches!(
+            containerd_parse("redis:foo"),
+            Err(ContainerdRefError::Url(_))
+        ));
     }
 }
