@@ -1,0 +1,748 @@
+//! Kubernetes CRI v1 client over a unix socket (containerd's CRI plugin,
+//! CRI-O), built on the `k8s-cri` crate's generated tonic client.
+//!
+//! What the runtimes report (containerd 1.6):
+//! - `ListContainers`: `image.image` is the image exactly as given to
+//!   `CreateContainer` (kubelet passes the image *id* there, a direct CRI
+//!   client the name), `image_ref` is the image id (`sha256:<config>`).
+//! - `ContainerStatus`: `image.image` is the image's first repo tag,
+//!   `image_ref` its first repo digest (`docker.io/library/nginx@sha256:...`);
+//!   with `verbose`, `info["info"]` is JSON with the init `pid`, the
+//!   `sandboxID` and the OCI `runtimeSpec` (hence `linux.cgroupsPath`).
+//! - `GetContainerEvents` is answered `Unimplemented` by containerd 1.6 (it
+//!   came with 1.7); [`CriClient::container_events`] then returns
+//!   [`CriError::Unsupported`] and callers use containerd's event service
+//!   ([`super::containerd`]) instead.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_cri::v1 as api;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use super::{
+    bounded_labels, connect_unix, non_empty, socket_path, ConnectError, ContainerInfo,
+    ContainerKind, ContainerState, EventKind, RuntimeEvent, DEFAULT_CALL_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, MAX_CONTAINERS, MAX_MESSAGE_BYTES,
+};
+
+/// Where CRI runtimes listen, in the order autodetection tries them.
+pub const DEFAULT_ENDPOINTS: &[&str] = &[
+    "/run/containerd/containerd.sock",
+    "/var/run/containerd/containerd.sock",
+    "/run/crio/crio.sock",
+    "/var/run/crio/crio.sock",
+    "/run/k3s/containerd/containerd.sock",
+    "/var/run/k3s/containerd/containerd.sock",
+    "/run/cri-dockerd.sock",
+    "/var/run/cri-dockerd.sock",
+];
+
+/// containerd's CRI plugin keeps everything in this containerd namespace.
+pub const CONTAINERD_CRI_NAMESPACE: &str = "k8s.io";
+
+/// Largest verbose `info` JSON parsed.
+const MAX_INFO_BYTES: usize = 4 * 1024 * 1024;
+
+/// Errors of the CRI client.
+#[derive(Debug, thiserror::Error)]
+pub enum CriError {
+    /// Could not connect.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// No endpoint given and none of [`DEFAULT_ENDPOINTS`] answered.
+    #[error("no CRI runtime found at {tried:?}")]
+    NotFound {
+        /// Paths tried.
+        tried: Vec<PathBuf>,
+    },
+    /// The runtime answered with an error status.
+    #[error("CRI {call}: {status}")]
+    Status {
+        /// RPC name.
+        call: &'static str,
+        /// gRPC status.
+        status: Box<tonic::Status>,
+    },
+    /// The call took longer than the bound.
+    #[error("CRI {call} timed out after {timeout:?}")]
+    Timeout {
+        /// RPC name.
+        call: &'static str,
+        /// The bound.
+        timeout: Duration,
+    },
+    /// The runtime does not implement this call.
+    #[error("CRI {call} is not implemented by this runtime")]
+    Unsupported {
+        /// RPC name.
+        call: &'static str,
+    },
+    /// The runtime returned more items than we take.
+    #[error("CRI {call} returned more than {max} items")]
+    TooMany {
+        /// RPC name.
+        call: &'static str,
+        /// The bound.
+        max: usize,
+    },
+}
+
+impl CriError {
+    fn status(call: &'static str, status: tonic::Status) -> Self {
+        if status.code() == Code::Unimplemented {
+            CriError::Unsupported { call }
+        } else {
+            CriError::Status {
+                call,
+                status: Box::new(status),
+            }
+        }
+    }
+
+    /// Whether the runtime said the object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, CriError::Status { status, .. } if status.code() == Code::NotFound)
+    }
+}
+
+/// An image as the CRI image service describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CriImage {
+    /// Image id (`sha256:<config digest>` on containerd).
+    pub id: String,
+    /// Repo tags, e.g. `docker.io/library/nginx:latest`.
+    pub repo_tags: Vec<String>,
+    /// Repo digests, e.g. `docker.io/library/nginx@sha256:...`.
+    pub repo_digests: Vec<String>,
+}
+
+/// Output of [`CriClient::exec_sync`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Exit code.
+    pub exit_code: i32,
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: Vec<u8>,
+}
+
+/// A CRI v1 client bound to one runtime socket.
+#[derive(Clone)]
+pub struct CriClient {
+    runtime: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
+    socket: PathBuf,
+    runtime_name: String,
+    runtime_version: String,
+    call_timeout: Duration,
+}
+
+impl std::fmt::Debug for CriClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CriClient")
+            .field("socket", &self.socket)
+            .field("runtime_name", &self.runtime_name)
+            .field("runtime_version", &self.runtime_version)
+            .finish()
+    }
+}
+
+/// Runs one unary call with a bound.
+macro_rules! call {
+    ($self:ident, $name:literal, $fut:expr) => {{
+        match tokio::time::timeout($self.call_timeout, $fut).await {
+            Err(_) => Err(CriError::Timeout {
+                call: $name,
+                timeout: $self.call_timeout,
+            }),
+            Ok(Err(status)) => Err(CriError::status($name, status)),
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+        }
+    }};
+}
+
+impl CriClient {
+    /// Connects to `endpoint` (`unix:///path` or `/path`) and checks that
+    /// a CRI v1 runtime answers `Version`.
+    pub async fn connect(endpoint: &str) -> Result<Self, CriError> {
+        let path =
+            socket_path(endpoint).ok_or_else(|| ConnectError::BadEndpoint(endpoint.to_string()))?;
+        Self::connect_path(&path, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CALL_TIMEOUT).await
+    }
+
+    /// Connects to a socket path with explicit bounds.
+    pub async fn connect_path(
+        path: &Path,
+        connect_timeout: Duration,
+        call_timeout: Duration,
+    ) -> Result<Self, CriError> {
+        let channel = connect_unix(path, connect_timeout).await?;
+        let runtime =
+            RuntimeServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let images = ImageServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let mut client = CriClient {
+            runtime,
+            images,
+            socket: path.to_path_buf(),
+            runtime_name: String::new(),
+            runtime_version: String::new(),
+            call_timeout,
+        };
+        let mut rt = client.runtime.clone();
+        let v = call!(
+            client,
+            "Version",
+            rt.version(api::VersionRequest {
+                version: "v1".into()
+            })
+        )?;
+        client.runtime_name = v.runtime_name;
+        client.runtime_version = v.runtime_version;
+        Ok(client)
+    }
+
+    /// Uses `endpoint` if given, else the first of [`DEFAULT_ENDPOINTS`]
+    /// that exists and answers.
+    pub async fn autodetect(endpoint: Option<&str>) -> Result<Self, CriError> {
+        if let Some(e) = endpoint {
+            return Self::connect(e).await;
+        }
+        let mut tried = Vec::new();
+        for p in DEFAULT_ENDPOINTS {
+            let path = Path::new(p);
+            tried.push(path.to_path_buf());
+            if !path.exists() {
+                continue;
+            }
+            match Self::connect_path(path, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CALL_TIMEOUT).await {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::debug!(endpoint = %path.display(), error = %e, "CRI endpoint did not answer")
+                }
+            }
+        }
+        Err(CriError::NotFound { tried })
+    }
+
+    /// The socket this client talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Runtime name from `Version` (`containerd`, `cri-o`).
+    pub fn runtime_name(&self) -> &str {
+        &self.runtime_name
+    }
+
+    /// Runtime version from `Version`.
+    pub fn runtime_version(&self) -> &str {
+        &self.runtime_version
+    }
+
+    /// The runtime namespace CRI objects live in (`k8s.io` on containerd).
+    pub fn runtime_namespace(&self) -> Option<String> {
+        (self.runtime_name == "containerd").then(|| CONTAINERD_CRI_NAMESPACE.to_string())
+    }
+
+    /// The raw generated runtime client, for calls not wrapped here.
+    pub fn raw_runtime(&self) -> RuntimeServiceClient<Channel> {
+        self.runtime.clone()
+    }
+
+    /// Pod sandboxes, each with its status (pid, sandbox image).
+    pub async fn list_pod_sandboxes(&self) -> Result<Vec<ContainerInfo>, CriError> {
+        let mut rt = self.runtime.clone();
+        let resp = call!(
+            self,
+            "ListPodSandbox",
+            rt.list_pod_sandbox(api::ListPodSandboxRequest { filter: None })
+        )?;
+        if resp.items.len() > MAX_CONTAINERS {
+            return Err(CriError::TooMany {
+                call: "ListPodSandbox",
+                max: MAX_CONTAINERS,
+            });
+        }
+        let mut out = Vec::with_capacity(resp.items.len());
+        for sb in resp.items {
+            let mut info = self.sandbox_base(&sb);
+            match self.pod_sandbox_status_into(&mut info).await {
+                Ok(()) => {}
+                // Removed between list and status: report what the list said.
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+            out.push(info);
+        }
+        Ok(out)
+    }
+
+    fn sandbox_base(&self, sb: &api::PodSandbox) -> ContainerInfo {
+        let mut info = ContainerInfo::new(sb.id.clone(), "cri");
+        info.namespace = self.runtime_namespace();
+        info.kind = Some(ContainerKind::Sandbox);
+        info.sandbox_id = Some(sb.id.clone());
+        if let Some(m) = &sb.metadata {
+            info.pod_name = non_empty(m.name.clone());
+            info.pod_namespace = non_empty(m.namespace.clone());
+            info.pod_uid = non_empty(m.uid.clone());
+        }
+        info.state = match api::PodSandboxState::try_from(sb.state) {
+            Ok(api::PodSandboxState::SandboxReady) => ContainerState::Running,
+            Ok(api::PodSandboxState::SandboxNotready) => ContainerState::Exited,
+            Err(_) => ContainerState::Unknown,
+        };
+        info.labels = bounded_labels(sb.labels.clone());
+        info.fill_from_kubelet_labels();
+        info
+    }
+
+    async fn pod_sandbox_status_into(&self, info: &mut ContainerInfo) -> Result<(), CriError> {
+        let mut rt = self.runtime.clone();
+        let resp = call!(
+            self,
+            "PodSandboxStatus",
+            rt.pod_sandbox_status(api::PodSandboxStatusRequest {
+                pod_sandbox_id: info.id.clone(),
+                verbose: true,
+            })
+        )?;
+        let v = parse_info(&resp.info);
+        if let Some(v) = &v {
+            info.pid = pid_of(v);
+            info.cgroup_path = cgroups_path_of(v);
+            if let Some(img) = v.get("image").and_then(|i| i.as_str()) {
+                info.image_as_written = non_empty(img);
+            }
+        }
+        if let Some(img) = info.image_as_written.clone() {
+            if let Ok(Some(st)) = self.image_status(&img).await {
+                info.image_id = non_empty(st.id);
+                info.image_ref = st.repo_digests.into_iter().next();
+            }
+        }
+        Ok(())
+    }
+
+    /// Workload containers, each with its verbose status (pid, cgroup,
+    /// resolved image).
+    pub async fn list_containers(&self) -> Result<Vec<ContainerInfo>, CriError> {
+        let mut rt = self.runtime.clone();
+        let resp = call!(
+            self,
+            "ListContainers",
+            rt.list_containers(api::ListContainersRequest { filter: None })
+        )?;
+        if resp.containers.len() > MAX_CONTAINERS {
+            return Err(CriError::TooMany {
+                call: "ListContainers",
+                max: MAX_CONTAINERS,
+            });
+        }
+        let sandboxes: HashMap<String, api::PodSandbox> = {
+            let r = call!(
+                self,
+                "ListPodSandbox",
+                rt.list_pod_sandbox(api::ListPodSandboxRequest { filter: None })
+            )?;
+            r.items
+                .into_iter()
+                .take(MAX_CONTAINERS)
+                .map(|s| (s.id.clone(), s))
+                .collect()
+        };
+        let mut out = Vec::with_capacity(resp.containers.len());
+        for c in resp.containers {
+            let mut info = self.container_base(&c, sandboxes.get(&c.pod_sandbox_id));
+            match self.container_status_into(&mut info).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+            out.push(info);
+        }
+        Ok(out)
+    }
+
+    /// Sandboxes and workload containers together.
+    pub async fn list_all(&self) -> Result<Vec<ContainerInfo>, CriError> {
+        let mut all = self.list_pod_sandboxes().await?;
+        all.extend(self.list_containers().await?);
+        Ok(all)
+    }
+
+    fn container_base(&self, c: &api::Container, sb: Option<&api::PodSandbox>) -> ContainerInfo {
+        let mut info = ContainerInfo::new(c.id.clone(), "cri");
+        info.namespace = self.runtime_namespace();
+        info.kind = Some(ContainerKind::Container);
+        info.sandbox_id = non_empty(c.pod_sandbox_id.clone());
+        if let Some(m) = sb.and_then(|s| s.metadata.as_ref()) {
+            info.pod_name = non_empty(m.name.clone());
+            info.pod_namespace = non_empty(m.namespace.clone());
+            info.pod_uid = non_empty(m.uid.clone());
+        }
+        if let Some(m) = &c.metadata {
+            info.container_name = non_empty(m.name.clone());
+        }
+        if let Some(spec) = &c.image {
+            // A client that created the container by name (not kubelet,
+            // which passes the image id) left the name here.
+            info.image_as_written = non_empty(spec.user_specified_image.clone())
+                .or_else(|| non_empty(spec.image.clone()).filter(|i| !is_image_id(i)));
+        }
+        info.image_id = non_empty(c.image_id.clone())
+            .or_else(|| Some(c.image_ref.clone()).filter(|r| is_image_id(r)));
+        info.state = state_of(c.state);
+        info.labels = bounded_labels(c.labels.clone());
+        info.fill_from_kubelet_labels();
+        info
+    }
+
+    async fn container_status_into(&self, info: &mut ContainerInfo) -> Result<(), CriError> {
+        let mut rt = self.runtime.clone();
+        let resp = call!(
+            self,
+            "ContainerStatus",
+            rt.container_status(api::ContainerStatusRequest {
+                container_id: info.id.clone(),
+                verbose: true,
+            })
+        )?;
+        if let Some(st) = resp.status {
+            info.state = state_of(st.state);
+            if let Some(spec) = &st.image {
+                let user = non_empty(spec.user_specified_image.clone());
+                let tag = non_empty(spec.image.clone()).filter(|i| !is_image_id(i));
+                info.image_as_written = user.or(info.image_as_written.take()).or(tag);
+            }
+            if st.image_ref.contains('@') {
+                info.image_ref = Some(st.image_ref.clone());
+            } else if is_image_id(&st.image_ref) && info.image_id.is_none() {
+                info.image_id = Some(st.image_ref.clone());
+            }
+            if let Some(id) = non_empty(st.image_id.clone()) {
+                info.image_id = Some(id);
+            }
+            if info.container_name.is_none() {
+                info.container_name = st.metadata.as_ref().and_then(|m| non_empty(m.name.clone()));
+            }
+            if info.labels.is_empty() {
+                info.labels = bounded_labels(st.labels);
+                info.fill_from_kubelet_labels();
+            }
+        }
+        if let Some(v) = parse_info(&resp.info) {
+            info.pid = pid_of(&v).filter(|_| info.state == ContainerState::Running);
+            info.cgroup_path = cgroups_path_of(&v);
+            if info.sandbox_id.is_none() {
+                info.sandbox_id = v
+                    .get("sandboxID")
+                    .and_then(|s| s.as_str())
+                    .and_then(non_empty);
+            }
+        }
+        // Resolve the digest through the image service when the status did
+        // not (CRI-O with an image pulled by id, or an image whose repo
+        // digest is unknown).
+        if info.image_ref.is_none() {
+            let key = info
+                .image_id
+                .clone()
+                .or_else(|| info.image_as_written.clone());
+            if let Some(key) = key {
+                if let Ok(Some(img)) = self.image_status(&key).await {
+                    info.image_ref = img.repo_digests.into_iter().next();
+                    if info.image_id.is_none() {
+                        info.image_id = non_empty(img.id);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One container, with its verbose status.
+    pub async fn container_status(&self, id: &str) -> Result<ContainerInfo, CriError> {
+        let mut info = ContainerInfo::new(id.to_string(), "cri");
+        info.namespace = self.runtime_namespace();
+        info.kind = Some(ContainerKind::Container);
+        self.container_status_into(&mut info).await?;
+        Ok(info)
+    }
+
+    /// `ImageStatus`: `Ok(None)` when the runtime does not have the image.
+    pub async fn image_status(&self, image: &str) -> Result<Option<CriImage>, CriError> {
+        let mut im = self.images.clone();
+        let resp = call!(
+            self,
+            "ImageStatus",
+            im.image_status(api::ImageStatusRequest {
+                image: Some(api::ImageSpec {
+                    image: image.to_string(),
+                    ..Default::default()
+                }),
+                verbose: false,
+            })
+        )?;
+        Ok(resp.image.map(|i| CriImage {
+            id: i.id,
+            repo_tags: i.repo_tags,
+            repo_digests: i.repo_digests,
+        }))
+    }
+
+    /// `GetContainerEvents` (CRI runtimes that implement it: containerd
+    /// 1.7+, CRI-O 1.26+). [`CriError::Unsupported`] on containerd 1.6.
+    pub async fn container_events(&self) -> Result<CriEventStream, CriError> {
+        let mut rt = self.runtime.clone();
+        // Only the response headers are bounded; the stream lives on.
+        let stream = call!(
+            self,
+            "GetContainerEvents",
+            rt.get_container_events(api::GetEventsRequest {})
+        )?;
+        Ok(CriEventStream {
+            inner: stream,
+            namespace: self.runtime_namespace(),
+        })
+    }
+
+    /// `ExecSync`: runs `cmd` in a running container, bounded by `timeout`.
+    pub async fn exec_sync(
+        &self,
+        container_id: &str,
+        cmd: &[&str],
+        timeout: Duration,
+    ) -> Result<ExecOutput, CriError> {
+        let mut rt = self.runtime.clone();
+        let req = api::ExecSyncRequest {
+            container_id: container_id.to_string(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: i64::try_from(timeout.as_secs().max(1)).unwrap_or(i64::MAX),
+        };
+        let fut = rt.exec_sync(req);
+        let bound = timeout + self.call_timeout;
+        let resp = match tokio::time::timeout(bound, fut).await {
+            Err(_) => {
+                return Err(CriError::Timeout {
+                    call: "ExecSync",
+                    timeout: bound,
+                })
+            }
+            Ok(Err(s)) => return Err(CriError::status("ExecSync", s)),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        Ok(ExecOutput {
+            exit_code: resp.exit_code,
+            stdout: resp.stdout,
+            stderr: resp.stderr,
+        })
+    }
+
+    /// `RunPodSandbox`; returns the sandbox id.
+    pub async fn run_pod_sandbox(&self, config: api::PodSandboxConfig) -> Result<String, CriError> {
+        let mut rt = self.runtime.clone();
+        let r = call!(
+            self,
+            "RunPodSandbox",
+            rt.run_pod_sandbox(api::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
+        )?;
+        Ok(r.pod_sandbox_id)
+    }
+
+    /// `CreateContainer` in a sandbox; returns the container id.
+    pub async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: api::ContainerConfig,
+        sandbox_config: api::PodSandboxConfig,
+    ) -> Result<String, CriError> {
+        let mut rt = self.runtime.clone();
+        let r = call!(
+            self,
+            "CreateContainer",
+            rt.create_container(api::CreateContainerRequest {
+                pod_sandbox_id: sandbox_id.to_string(),
+                config: Some(config),
+                sandbox_config: Some(sandbox_config),
+            })
+        )?;
+        Ok(r.container_id)
+    }
+
+    /// `StartContainer`.
+    pub async fn start_container(&self, id: &str) -> Result<(), CriError> {
+        let mut rt = self.runtime.clone();
+        call!(
+            self,
+            "StartContainer",
+            rt.start_container(api::StartContainerRequest {
+                container_id: id.to_string()
+            })
+        )?;
+        Ok(())
+    }
+
+    /// `StopContainer` with a grace period in seconds (the kill path).
+    pub async fn stop_container(&self, id: &str, grace_secs: i64) -> Result<(), CriError> {
+        let mut rt = self.runtime.clone();
+        call!(
+            self,
+            "StopContainer",
+            rt.stop_container(api::StopContainerRequest {
+                container_id: id.to_string(),
+                timeout: grace_secs,
+            })
+        )?;
+        Ok(())
+    }
+
+    /// `StopPodSandbox` then `RemovePodSandbox`.
+    pub async fn remove_pod_sandbox(&self, id: &str) -> Result<(), CriError> {
+        let mut rt = self.runtime.clone();
+        call!(
+            self,
+            "StopPodSandbox",
+            rt.stop_pod_sandbox(api::StopPodSandboxRequest {
+                pod_sandbox_id: id.to_string()
+            })
+        )?;
+        call!(
+            self,
+            "RemovePodSandbox",
+            rt.remove_pod_sandbox(api::RemovePodSandboxRequest {
+                pod_sandbox_id: id.to_string()
+            })
+        )?;
+        Ok(())
+    }
+}
+
+/// Stream of CRI container events.
+pub struct CriEventStream {
+    inner: tonic::Streaming<api::ContainerEventResponse>,
+    namespace: Option<String>,
+}
+
+impl CriEventStream {
+    /// Next event; `Ok(None)` when the runtime closed the stream.
+    pub async fn next(&mut self) -> Result<Option<RuntimeEvent>, CriError> {
+        let msg = self
+            .inner
+            .message()
+            .await
+            .map_err(|s| CriError::status("GetContainerEvents", s))?;
+        Ok(msg.map(|m| {
+            let pid = None;
+            let kind = match api::ContainerEventType::try_from(m.container_event_type) {
+                Ok(api::ContainerEventType::ContainerCreatedEvent) => EventKind::Created,
+                Ok(api::ContainerEventType::ContainerStartedEvent) => EventKind::Started { pid },
+                Ok(api::ContainerEventType::ContainerStoppedEvent) => EventKind::Exited {
+                    pid,
+                    exit_status: m
+                        .containers_statuses
+                        .iter()
+                        .find(|s| s.id == m.container_id)
+                        .and_then(|s| u32::try_from(s.exit_code).ok()),
+                },
+                Ok(api::ContainerEventType::ContainerDeletedEvent) | Err(_) => EventKind::Deleted,
+            };
+            RuntimeEvent {
+                runtime: "cri",
+                namespace: self.namespace.clone(),
+                container_id: m.container_id,
+                kind,
+                timestamp_ns: (m.created_at > 0).then_some(m.created_at),
+            }
+        }))
+    }
+}
+
+fn state_of(s: i32) -> ContainerState {
+    match api::ContainerState::try_from(s) {
+        Ok(api::ContainerState::ContainerCreated) => ContainerState::Created,
+        Ok(api::ContainerState::ContainerRunning) => ContainerState::Running,
+        Ok(api::ContainerState::ContainerExited) => ContainerState::Exited,
+        _ => ContainerState::Unknown,
+    }
+}
+
+/// `sha256:<64 hex>`: an image id, not a name.
+fn is_image_id(s: &str) -> bool {
+    s.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Parses the verbose `info` map's `info` JSON (bounded).
+fn parse_info(info: &HashMap<String, String>) -> Option<serde_json::Value> {
+    let raw = info.get("info")?;
+    if raw.len() > MAX_INFO_BYTES {
+        return None;
+    }
+    serde_json::from_str(raw).ok()
+}
+
+fn pid_of(v: &serde_json::Value) -> Option<u32> {
+    v.get("pid")
+        .and_then(|p| p.as_u64())
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|p| *p > 0)
+}
+
+fn cgroups_path_of(v: &serde_json::Value) -> Option<String> {
+    v.pointer("/runtimeSpec/linux/cgroupsPath")
+        .and_then(|p| p.as_str())
+        .and_then(non_empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbose_info_of_containerd() {
+        // Shape of containerd 1.6's ContainerStatus verbose info.
+        let mut m = HashMap::new();
+        m.insert(
+            "info".to_string(),
+            r#"{"sandboxID":"abc","pid":4242,"removing":false,"runtimeSpec":{"linux":{"cgroupsPath":"/kubepods/besteffort/podx/123"}}}"#
+                .to_string(),
+        );
+        let v = parse_info(&m).unwrap();
+        assert_eq!(pid_of(&v), Some(4242));
+        assert_eq!(
+            cgroups_path_of(&v).as_deref(),
+            Some("/kubepods/besteffort/podx/123")
+        );
+        m.insert("info".into(), r#"{"pid":0}"#.into());
+        assert_eq!(pid_of(&parse_info(&m).unwrap()), None);
+        m.insert("info".into(), "not json".into());
+        assert!(parse_info(&m).is_none());
+        m.insert("info".into(), " ".repeat(MAX_INFO_BYTES + 1));
+        assert!(parse_info(&m).is_none());
+    }
+
+    #[test]
+    fn image_ids() {
+        assert!(is_image_id(&format!("sha256:{}", "a".repeat(64))));
+        assert!(!is_image_id("docker.io/library/nginx:latest"));
+        assert!(!is_image_id("sha256:abc"));
+    }
+
+    #[test]
+    fn unimplemented_is_unsupported() {
+        let e = CriError::status("GetContainerEvents", tonic::Status::unimplemented("x"));
+        assert!(matches!(e, CriError::Unsupported { .. }));
+        let e = CriError::status("ContainerStatus", tonic::Status::not_found("gone"));
+        assert!(e.is_not_found());
+    }
+}

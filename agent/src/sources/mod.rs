@@ -1,0 +1,357 @@
+//! Node state sources: what the container runtime says really runs here.
+//!
+//! - [`cgroup`]: cgroup path / cgroup id -> container (pure functions).
+//! - [`cri`]: Kubernetes CRI v1 client (containerd's CRI plugin, CRI-O).
+//! - [`containerd`]: containerd's own API, every namespace, so containers
+//!   started with `ctr run` or nerdctl, which bypass Kubernetes, are seen.
+//!
+//! Both runtime clients return the runtime-neutral [`ContainerInfo`] and
+//! [`RuntimeEvent`].
+
+pub mod cgroup;
+pub mod containerd;
+pub mod cri;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+/// Default bound on one unary runtime call.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default bound on connecting to a runtime socket.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest gRPC message accepted from a runtime (a node with a few hundred
+/// containers answers ListContainers in well under this).
+pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+/// Most containers (or sandboxes) taken from one list call; more is
+/// reported as truncated rather than read without end.
+pub const MAX_CONTAINERS: usize = 20_000;
+/// Most labels kept per container, and longest label key/value kept.
+pub const MAX_LABELS: usize = 256;
+const MAX_LABEL_LEN: usize = 4096;
+
+/// What kind of container this is, when the runtime says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerKind {
+    /// A pod sandbox (pause container).
+    Sandbox,
+    /// A workload container (init and ephemeral containers are not told
+    /// apart by the runtime; the kubelet/API server source knows).
+    Container,
+}
+
+/// Lifecycle state, runtime-neutral.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    /// Created, not started (or no task).
+    Created,
+    /// Running.
+    Running,
+    /// Paused / pausing.
+    Paused,
+    /// Exited / stopped.
+    Exited,
+    /// The runtime did not say.
+    Unknown,
+}
+
+/// One container as a runtime reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerInfo {
+    /// Container id.
+    pub id: String,
+    /// Which API reported it: `"cri"` or `"containerd"`.
+    pub runtime: &'static str,
+    /// Runtime namespace (containerd namespace; `k8s.io` for containerd's
+    /// CRI plugin; `None` where the runtime has none, e.g. CRI-O).
+    pub namespace: Option<String>,
+    /// Pod sandbox id (CRI), or the sandbox id label (containerd).
+    pub sandbox_id: Option<String>,
+    /// Kubernetes pod name, namespace and UID (from the CRI metadata or
+    /// the kubelet's `io.kubernetes.*` labels).
+    pub pod_name: Option<String>,
+    /// Kubernetes namespace of the pod.
+    pub pod_namespace: Option<String>,
+    /// Kubernetes pod UID.
+    pub pod_uid: Option<String>,
+    /// Container name inside the pod.
+    pub container_name: Option<String>,
+    /// Sandbox or workload, where known.
+    pub kind: Option<ContainerKind>,
+    /// The image reference as written (the container spec's image, or the
+    /// name the container was created from).
+    pub image_as_written: Option<String>,
+    /// The image resolved to a digest: `docker.io/library/nginx@sha256:...`.
+    pub image_ref: Option<String>,
+    /// The image id (the config digest, `sha256:...`).
+    pub image_id: Option<String>,
+    /// Lifecycle state.
+    pub state: ContainerState,
+    /// Host pid of the container's init process, when running.
+    pub pid: Option<u32>,
+    /// The OCI spec's `linux.cgroupsPath`, when the runtime tells.
+    pub cgroup_path: Option<String>,
+    /// Labels (bounded, see [`MAX_LABELS`]).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ContainerInfo {
+    pub(crate) fn new(id: String, runtime: &'static str) -> Self {
+        ContainerInfo {
+            id,
+            runtime,
+            namespace: None,
+            sandbox_id: None,
+            pod_name: None,
+            pod_namespace: None,
+            pod_uid: None,
+            container_name: None,
+            kind: None,
+            image_as_written: None,
+            image_ref: None,
+            image_id: None,
+            state: ContainerState::Unknown,
+            pid: None,
+            cgroup_path: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// Fills pod fields from the kubelet's `io.kubernetes.*` labels where
+    /// they are still empty.
+    pub(crate) fn fill_from_kubelet_labels(&mut self) {
+        let get = |k: &str| self.labels.get(k).filter(|v| !v.is_empty()).cloned();
+        let pod_name = get("io.kubernetes.pod.name");
+        let pod_ns = get("io.kubernetes.pod.namespace");
+        let pod_uid = get("io.kubernetes.pod.uid");
+        let cname = get("io.kubernetes.container.name");
+        let sandbox = get("io.kubernetes.sandbox.id");
+        let kind = match self
+            .labels
+            .get("io.cri-containerd.kind")
+            .map(String::as_str)
+        {
+            Some("sandbox") => Some(ContainerKind::Sandbox),
+            Some("container") => Some(ContainerKind::Container),
+            _ => None,
+        };
+        self.pod_name = self.pod_name.take().or(pod_name);
+        self.pod_namespace = self.pod_namespace.take().or(pod_ns);
+        self.pod_uid = self.pod_uid.take().or(pod_uid);
+        self.container_name = self.container_name.take().or(cname);
+        self.sandbox_id = self.sandbox_id.take().or(sandbox);
+        self.kind = self.kind.or(kind);
+    }
+}
+
+/// What happened to a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum EventKind {
+    /// Container created.
+    Created,
+    /// Container (its init process) started.
+    Started {
+        /// Host pid, when the runtime tells (containerd does).
+        pid: Option<u32>,
+    },
+    /// Container (its init process) exited.
+    Exited {
+        /// Host pid of the exited process, when told.
+        pid: Option<u32>,
+        /// Exit status, when told.
+        exit_status: Option<u32>,
+    },
+    /// Container deleted.
+    Deleted,
+}
+
+/// A container lifecycle event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuntimeEvent {
+    /// `"cri"` or `"containerd"`.
+    pub runtime: &'static str,
+    /// containerd namespace, where there is one.
+    pub namespace: Option<String>,
+    /// Container id.
+    pub container_id: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// Event time, nanoseconds since the epoch, when told.
+    pub timestamp_ns: Option<i64>,
+}
+
+/// Inserts at most [`MAX_LABELS`] labels, skipping oversized ones.
+pub(crate) fn bounded_labels<I>(it: I) -> BTreeMap<String, String>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    it.into_iter()
+        .filter(|(k, v)| k.len() <= MAX_LABEL_LEN && v.len() <= MAX_LABEL_LEN)
+        .take(MAX_LABELS)
+        .collect()
+}
+
+/// `Some(s)` unless empty.
+pub(crate) fn non_empty(s: impl Into<String>) -> Option<String> {
+    let s = s.into();
+    (!s.is_empty()).then_some(s)
+}
+
+/// Turns `unix:///path`, `unix:/path` or a bare absolute path into a path.
+pub fn socket_path(endpoint: &str) -> Option<PathBuf> {
+    let p = endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .unwrap_or(endpoint);
+    let p = Path::new(p);
+    p.is_absolute().then(|| p.to_path_buf())
+}
+
+/// Errors connecting to a runtime socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The endpoint is not a unix socket path.
+    #[error("runtime endpoint {0:?} is not unix:///absolute/path")]
+    BadEndpoint(String),
+    /// Connecting took too long.
+    #[error("connecting to {path} timed out after {timeout:?}")]
+    Timeout {
+        /// Socket path.
+        path: PathBuf,
+        /// The bound.
+        timeout: Duration,
+    },
+    /// The socket refused / does not exist.
+    #[error("connecting to {path}: {source}")]
+    Transport {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Opens a gRPC channel over a unix socket, bounded by `timeout`.
+pub async fn connect_unix(path: &Path, timeout: Duration) -> Result<Channel, ConnectError> {
+    let path_buf = path.to_path_buf();
+    // The URI is a placeholder: the connector below ignores it.
+    let endpoint = Endpoint::from_static("http://localhost")
+        .connect_timeout(timeout)
+        .tcp_nodelay(false);
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let p = path_buf.clone();
+        async move {
+            let stream = tokio::net::UnixStream::connect(p).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    match tokio::time::timeout(timeout, endpoint.connect_with_connector(connector)).await {
+        Err(_) => Err(ConnectError::Timeout {
+            path: path.to_path_buf(),
+            timeout,
+        }),
+        Ok(Err(source)) => Err(ConnectError::Transport {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Ok(Ok(ch)) => Ok(ch),
+    }
+}
+
+/// Strips the tag from an image name: `docker.io/library/nginx:latest` ->
+/// `docker.io/library/nginx`; a digest suffix is stripped too. A `:` before
+/// the last `/` is a registry port, not a tag.
+pub fn image_repository(name: &str) -> &str {
+    let name = name.split_once('@').map_or(name, |(n, _)| n);
+    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+    match name[last_slash..].rfind(':') {
+        Some(i) => &name[..last_slash + i],
+        None => name,
+    }
+}
+
+/// `repository@digest` for an image name and its target digest.
+pub fn image_digest_ref(name: &str, digest: &str) -> Option<String> {
+    if name.is_empty() || digest.is_empty() || name.starts_with("sha256:") {
+        return None;
+    }
+    Some(format!("{}@{}", image_repository(name), digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_of_names() {
+        assert_eq!(
+            image_repository("docker.io/library/nginx:latest"),
+            "docker.io/library/nginx"
+        );
+        assert_eq!(image_repository("localhost:5000/a/b"), "localhost:5000/a/b");
+        assert_eq!(
+            image_repository("localhost:5000/a/b:v1"),
+            "localhost:5000/a/b"
+        );
+        assert_eq!(image_repository("nginx@sha256:abc"), "nginx");
+        assert_eq!(image_repository("nginx:1@sha256:abc"), "nginx");
+        assert_eq!(
+            image_digest_ref("public.ecr.aws/nginx/nginx:latest", "sha256:0a").as_deref(),
+            Some("public.ecr.aws/nginx/nginx@sha256:0a")
+        );
+        assert_eq!(image_digest_ref("sha256:ff", "sha256:0a"), None);
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            socket_path("unix:///run/x.sock"),
+            Some(PathBuf::from("/run/x.sock"))
+        );
+        assert_eq!(
+            socket_path("/run/x.sock"),
+            Some(PathBuf::from("/run/x.sock"))
+        );
+        assert_eq!(
+            socket_path("unix:/run/x.sock"),
+            Some(PathBuf::from("/run/x.sock"))
+        );
+        assert_eq!(socket_path("tcp://1.2.3.4:5"), None);
+        assert_eq!(socket_path("relative.sock"), None);
+    }
+
+    #[test]
+    fn kubelet_labels_fill_pod_fields() {
+        let mut c = ContainerInfo::new("x".into(), "containerd");
+        c.labels = bounded_labels([
+            ("io.kubernetes.pod.name".to_string(), "web".to_string()),
+            (
+                "io.kubernetes.pod.namespace".to_string(),
+                "prod".to_string(),
+            ),
+            ("io.kubernetes.pod.uid".to_string(), "u".to_string()),
+            (
+                "io.kubernetes.container.name".to_string(),
+                "nginx".to_string(),
+            ),
+            (
+                "io.cri-containerd.kind".to_string(),
+                "container".to_string(),
+            ),
+        ]);
+        c.fill_from_kubelet_labels();
+        assert_eq!(c.pod_name.as_deref(), Some("web"));
+        assert_eq!(c.pod_namespace.as_deref(), Some("prod"));
+        assert_eq!(c.container_name.as_deref(), Some("nginx"));
+        assert_eq!(c.kind, Some(ContainerKind::Container));
+        let many = (0..1000).map(|i| (format!("k{i}"), String::new()));
+        assert_eq!(bounded_labels(many).len(), MAX_LABELS);
+    }
+}
