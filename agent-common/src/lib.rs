@@ -1,0 +1,138 @@
+//! Types shared by the eBPF programs and user space. `#[repr(C)]`, `Copy`,
+//! explicit padding, `u32` flags instead of `bool`/enums, and compile-time
+//! size assertions: the kernel and user space read the same bytes.
+#![no_std]
+
+use core::mem::{offset_of, size_of};
+
+/// Bytes reserved for the exec'd file name, NUL included. Longer names are
+/// cut and flagged with [`flags::TRUNCATED`].
+pub const FILENAME_LEN: usize = 256;
+/// `TASK_COMM_LEN` in the kernel.
+pub const COMM_LEN: usize = 16;
+
+/// Bits of [`ExecEvent::flags`].
+pub mod flags {
+    /// The file name did not fit in [`super::FILENAME_LEN`] bytes.
+    pub const TRUNCATED: u32 = 1 << 0;
+    /// The executed file has no name on disk (memfd, or unlinked): link count 0.
+    pub const FILELESS: u32 = 1 << 1;
+    /// The kernel sent SIGKILL to the process at exec (enforce mode, denied cgroup).
+    pub const KILLED: u32 = 1 << 2;
+    /// The kernel sent SIGSTOP to the process at exec (held cgroup: user space decides).
+    pub const HELD: u32 = 1 << 3;
+    /// The exec was refused by the BPF LSM hook (`bprm_check_security`, -EPERM).
+    pub const LSM_DENIED: u32 = 1 << 4;
+    /// The file name could not be read.
+    pub const NAME_UNREADABLE: u32 = 1 << 5;
+    /// The link count of the executed file could not be read.
+    pub const NLINK_UNREADABLE: u32 = 1 << 6;
+}
+
+/// Values of the verdict map (cgroup id -> verdict).
+pub mod verdict {
+    /// Not in the map: nothing known about this cgroup.
+    pub const UNKNOWN: u32 = 0;
+    pub const ALLOW: u32 = 1;
+    /// Enforce mode: every exec in the cgroup is stopped in the kernel.
+    pub const DENY: u32 = 2;
+    /// Enforce mode: an exec is stopped (SIGSTOP) until user space decides.
+    pub const HOLD: u32 = 3;
+}
+
+/// Indices of the per-CPU counter array.
+pub mod counter {
+    /// Exec events seen by the exec hook.
+    pub const EXECS: u32 = 0;
+    /// Ring-buffer reservations that failed: events lost in the kernel.
+    pub const RINGBUF_DROPS: u32 = 1;
+    /// SIGKILLs sent at exec.
+    pub const KILLS: u32 = 2;
+    /// Execs refused by the LSM hook.
+    pub const LSM_DENIES: u32 = 3;
+    /// SIGSTOPs sent at exec (hold).
+    pub const HOLDS: u32 = 4;
+    /// Failed kernel reads or signals (the event is still emitted, flagged).
+    pub const ERRORS: u32 = 5;
+    pub const COUNT: u32 = 8;
+}
+
+/// Which exec hook a program is (`ExecEvent::hook`).
+pub mod hook {
+    pub const TP_BTF: u32 = 1;
+    pub const TRACEPOINT: u32 = 2;
+    pub const LSM: u32 = 3;
+}
+
+/// One successful exec (or one refused by the LSM hook).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    /// `bpf_ktime_get_boot_ns()`: nanoseconds since boot, suspend included.
+    pub boot_ns: u64,
+    /// cgroup v2 id (inode of the cgroup directory in the unified hierarchy).
+    pub cgroup_id: u64,
+    /// Thread id after exec (equals tgid: exec makes the caller the leader).
+    pub pid: u32,
+    pub tgid: u32,
+    /// tgid of the real parent.
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// [`flags`] bits.
+    pub flags: u32,
+    /// The [`verdict`] the kernel applied.
+    pub verdict: u32,
+    /// Length of `filename` without the NUL.
+    pub filename_len: u16,
+    /// [`hook`] that produced the event.
+    pub hook: u16,
+    pub comm: [u8; COMM_LEN],
+    pub filename: [u8; FILENAME_LEN],
+}
+
+const _: () = assert!(size_of::<ExecEvent>() == 320);
+const _: () = assert!(offset_of!(ExecEvent, cgroup_id) == 8);
+const _: () = assert!(offset_of!(ExecEvent, pid) == 16);
+const _: () = assert!(offset_of!(ExecEvent, verdict) == 40);
+const _: () = assert!(offset_of!(ExecEvent, filename_len) == 44);
+const _: () = assert!(offset_of!(ExecEvent, comm) == 48);
+const _: () = assert!(offset_of!(ExecEvent, filename) == 64);
+
+/// Run-time configuration written by user space before attaching.
+/// Kernel struct offsets are resolved from the running kernel's BTF
+/// (`/sys/kernel/btf/vmlinux`) so the object is not tied to one kernel build.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// 1: act on DENY/HOLD verdicts (enforce mode); 0: audit only.
+    pub enforce: u32,
+    /// Verdict for cgroups absent from the verdict map.
+    pub default_verdict: u32,
+    pub off_task_real_parent: u32,
+    pub off_task_tgid: u32,
+    pub off_task_mm: u32,
+    pub off_mm_exe_file: u32,
+    pub off_file_f_inode: u32,
+    pub off_inode_i_nlink: u32,
+    /// `linux_binprm::filename` (tp_btf and LSM programs).
+    pub off_bprm_filename: u32,
+    /// Offset of the `__data_loc char[] filename` field in the classic
+    /// `sched/sched_process_exec` tracepoint record.
+    pub off_tp_filename_loc: u32,
+    /// Set to [`CONFIG_MAGIC`] by user space; the programs do nothing until then.
+    pub magic: u32,
+    pub _pad: u32,
+}
+
+pub const CONFIG_MAGIC: u32 = 0x1a6e_3a2d;
+
+const _: () = assert!(size_of::<Config>() == 48);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain `#[repr(C)]` data with explicit padding, no pointers.
+    unsafe impl aya::Pod for super::ExecEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Config {}
+}

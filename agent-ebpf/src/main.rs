@@ -1,0 +1,301 @@
+//! imagewarden's kernel side: one event per successful exec, and the
+//! in-kernel verdict for the exec'ing cgroup.
+//!
+//! Programs (user space attaches the first one the kernel accepts):
+//! - `tp_btf/sched_process_exec` (`exec_btf`), preferred;
+//! - `tracepoint/sched/sched_process_exec` (`exec_tp`), the fallback;
+//! - `lsm/bprm_check_security` (`bprm_check`), refuses a denied exec with
+//!   -EPERM where the kernel allows BPF LSM programs.
+//!
+//! Enforcement comes before event emission: a full ring buffer loses the
+//! event (counted), never the kill.
+#![no_std]
+#![no_main]
+
+use agent_common::{counter, flags, hook, verdict, Config, ExecEvent, CONFIG_MAGIC, FILENAME_LEN};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_send_signal,
+    },
+    macros::{btf_tracepoint, lsm, map, tracepoint},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, LsmContext, TracePointContext},
+    EbpfContext,
+};
+
+const SIGKILL: u32 = 9;
+const SIGSTOP: u32 = 19;
+const EPERM: i32 = 1;
+
+/// Exec events to user space. Default 4 MiB (~13,000 events); user space
+/// sets the size at load time.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// cgroup id -> verdict (see `agent_common::verdict`). 65,536 cgroups is far
+/// above the pods-per-node limit times containers per pod.
+#[map]
+static VERDICTS: HashMap<u64, u32> = HashMap::with_max_entries(65_536, 0);
+
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[inline(always)]
+fn count(idx: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn config() -> Option<&'static Config> {
+    let c = CONFIG.get(0)?;
+    if c.magic == CONFIG_MAGIC {
+        Some(c)
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+fn verdict_of(cgroup_id: u64, cfg: &Config) -> u32 {
+    // SAFETY: the value is a plain u32 copied out immediately.
+    match unsafe { VERDICTS.get(&cgroup_id) } {
+        Some(v) => *v,
+        None => cfg.default_verdict,
+    }
+}
+
+/// Reads a kernel pointer field at `base + off`.
+#[inline(always)]
+unsafe fn read_ptr(base: *const u8, off: u32) -> Result<*const u8, i64> {
+    bpf_probe_read_kernel(base.add(off as usize) as *const *const u8).map_err(|e| e as i64)
+}
+
+/// Fills the process fields shared by every hook.
+#[inline(always)]
+unsafe fn fill_common(ev: *mut ExecEvent, cfg: &Config, cgroup_id: u64, v: u32, hk: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    (*ev).boot_ns = bpf_ktime_get_boot_ns();
+    (*ev).cgroup_id = cgroup_id;
+    (*ev).pid = pid_tgid as u32;
+    (*ev).tgid = (pid_tgid >> 32) as u32;
+    (*ev).uid = uid_gid as u32;
+    (*ev).gid = (uid_gid >> 32) as u32;
+    (*ev).verdict = v;
+    (*ev).hook = hk as u16;
+    (*ev).filename_len = 0;
+    (*ev).comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+
+    let mut fl = 0u32;
+    let task = bpf_get_current_task() as *const u8;
+    // ppid: task->real_parent->tgid
+    (*ev).ppid = match read_ptr(task, cfg.off_task_real_parent) {
+        Ok(parent) if !parent.is_null() => {
+            bpf_probe_read_kernel(parent.add(cfg.off_task_tgid as usize) as *const u32).unwrap_or(0)
+        }
+        _ => 0,
+    };
+    // link count of the executed file: task->mm->exe_file->f_inode->i_nlink
+    match exe_nlink(task, cfg) {
+        Ok(0) => fl |= flags::FILELESS,
+        Ok(_) => {}
+        Err(_) => {
+            fl |= flags::NLINK_UNREADABLE;
+            count(counter::ERRORS);
+        }
+    }
+    (*ev).flags = fl;
+}
+
+#[inline(always)]
+unsafe fn exe_nlink(task: *const u8, cfg: &Config) -> Result<u32, i64> {
+    let mm = read_ptr(task, cfg.off_task_mm)?;
+    if mm.is_null() {
+        return Err(-1);
+    }
+    let file = read_ptr(mm, cfg.off_mm_exe_file)?;
+    if file.is_null() {
+        return Err(-1);
+    }
+    let inode = read_ptr(file, cfg.off_file_f_inode)?;
+    if inode.is_null() {
+        return Err(-1);
+    }
+    bpf_probe_read_kernel(inode.add(cfg.off_inode_i_nlink as usize) as *const u32).map_err(|e| e as i64)
+}
+
+/// Copies a NUL-terminated kernel string into the event, flagging truncation.
+#[inline(always)]
+unsafe fn read_filename(ev: *mut ExecEvent, src: *const u8) {
+    match bpf_probe_read_kernel_str_bytes(src, &mut (*ev).filename) {
+        Ok(name) => {
+            // `name` excludes the NUL. A full buffer is a truncation unless
+            // the source string ends exactly there.
+            let len = name.len();
+            (*ev).filename_len = (len & 0xffff) as u16;
+            if len >= FILENAME_LEN - 1 {
+                let next: u8 = bpf_probe_read_kernel(src.add(FILENAME_LEN - 1)).unwrap_or(1);
+                if next != 0 {
+                    (*ev).flags |= flags::TRUNCATED;
+                }
+            }
+        }
+        Err(_) => {
+            (*ev).flags |= flags::NAME_UNREADABLE;
+            count(counter::ERRORS);
+        }
+    }
+}
+
+/// The verdict at exec: SIGKILL for DENY, SIGSTOP for HOLD (enforce mode).
+/// Returns the flags to record.
+#[inline(always)]
+fn act(v: u32, cfg: &Config) -> u32 {
+    if cfg.enforce == 0 {
+        return 0;
+    }
+    if v == verdict::DENY {
+        // SAFETY: helper call; signals the current process (thread group).
+        if unsafe { bpf_send_signal(SIGKILL) } == 0 {
+            count(counter::KILLS);
+            return flags::KILLED;
+        }
+        count(counter::ERRORS);
+    } else if v == verdict::HOLD {
+        // SAFETY: as above.
+        if unsafe { bpf_send_signal(SIGSTOP) } == 0 {
+            count(counter::HOLDS);
+            return flags::HELD;
+        }
+        count(counter::ERRORS);
+    }
+    0
+}
+
+/// Shared body of both exec hooks. `filename` yields the kernel pointer of
+/// the exec'd file name.
+#[inline(always)]
+fn on_exec(hk: u32, filename: impl FnOnce(&Config) -> Result<*const u8, i64>) -> Result<u32, i64> {
+    let cfg = match config() {
+        Some(c) => c,
+        None => return Ok(0),
+    };
+    count(counter::EXECS);
+    // SAFETY: helper call.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let v = verdict_of(cgroup_id, cfg);
+    let acted = act(v, cfg);
+
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+        count(counter::RINGBUF_DROPS);
+        return Ok(0);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points to a reserved ring-buffer slot of the right size.
+    unsafe {
+        fill_common(ev, cfg, cgroup_id, v, hk);
+        (*ev).flags |= acted;
+        match filename(cfg) {
+            Ok(p) if !p.is_null() => read_filename(ev, p),
+            _ => {
+                (*ev).flags |= flags::NAME_UNREADABLE;
+                count(counter::ERRORS);
+            }
+        }
+    }
+    entry.submit(0);
+    Ok(0)
+}
+
+/// `tp_btf/sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn exec_btf(ctx: BtfTracePointContext) -> i32 {
+    match try_exec_btf(&ctx) {
+        Ok(r) => r as i32,
+        Err(_) => 0,
+    }
+}
+
+fn try_exec_btf(ctx: &BtfTracePointContext) -> Result<u32, i64> {
+    let bprm: *const u8 = ctx.arg(2);
+    // SAFETY: reads through bpf_probe_read_kernel only.
+    on_exec(hook::TP_BTF, |cfg| unsafe { read_ptr(bprm, cfg.off_bprm_filename) })
+}
+
+/// Classic `sched/sched_process_exec` tracepoint: `__data_loc char[] filename`.
+#[tracepoint]
+pub fn exec_tp(ctx: TracePointContext) -> u32 {
+    match try_exec_tp(&ctx) {
+        Ok(r) => r,
+        Err(_) => 0,
+    }
+}
+
+fn try_exec_tp(ctx: &TracePointContext) -> Result<u32, i64> {
+    on_exec(hook::TRACEPOINT, |cfg| {
+        // SAFETY: in-bounds read of the tracepoint record (offset from its format file).
+        let loc: u32 = unsafe { ctx.read_at(cfg.off_tp_filename_loc as usize) }.map_err(|e| e as i64)?;
+        let off = (loc & 0xffff) as usize;
+        Ok(unsafe { (ctx.as_ptr() as *const u8).add(off) })
+    })
+}
+
+/// `lsm/bprm_check_security(struct linux_binprm *bprm, int ret)`: refuses a
+/// denied cgroup's exec before the point of no return.
+#[lsm(hook = "bprm_check_security")]
+pub fn bprm_check(ctx: LsmContext) -> i32 {
+    try_bprm_check(&ctx).unwrap_or(0)
+}
+
+fn try_bprm_check(ctx: &LsmContext) -> Result<i32, i64> {
+    let prev: i32 = ctx.arg(1);
+    if prev != 0 {
+        return Ok(prev);
+    }
+    let cfg = match config() {
+        Some(c) => c,
+        None => return Ok(0),
+    };
+    // SAFETY: helper call.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let v = verdict_of(cgroup_id, cfg);
+    if cfg.enforce == 0 || v != verdict::DENY {
+        return Ok(0);
+    }
+    count(counter::LSM_DENIES);
+    let bprm: *const u8 = ctx.arg(0);
+    if let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) {
+        let ev = entry.as_mut_ptr();
+        // SAFETY: reserved slot; kernel reads through probe helpers.
+        unsafe {
+            fill_common(ev, cfg, cgroup_id, v, hook::LSM);
+            (*ev).flags |= flags::LSM_DENIED;
+            match read_ptr(bprm, cfg.off_bprm_filename) {
+                Ok(p) if !p.is_null() => read_filename(ev, p),
+                _ => (*ev).flags |= flags::NAME_UNREADABLE,
+            }
+        }
+        entry.submit(0);
+    } else {
+        count(counter::RINGBUF_DROPS);
+    }
+    Ok(-EPERM)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,104 @@
+//! Command-line contract (see ARCHITECTURE.md): names are relied upon by
+//! scripts; extend, never rename. Every flag also reads IMAGEWARDEN_*.
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "imagewarden", version, about = "Only images from trusted registries run on this node.")]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "IMAGEWARDEN_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Evaluate image references or a manifest against a policy; one JSON line per image.
+    Check(CheckArgs),
+    /// Run the node agent.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ContainerType {
+    Container,
+    Init,
+    Ephemeral,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Native policy or Kyverno ClusterPolicy/Policy (single or multi-document YAML).
+    #[arg(long, env = "IMAGEWARDEN_POLICY")]
+    pub policy: PathBuf,
+    /// Namespace the images are evaluated for.
+    #[arg(long, env = "IMAGEWARDEN_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Which kind of container the images belong to.
+    #[arg(long, value_enum, default_value_t = ContainerType::Container, env = "IMAGEWARDEN_CONTAINER_TYPE")]
+    pub container_type: ContainerType,
+    /// Evaluate every workload in this (multi-document) YAML file instead of IMAGE arguments.
+    #[arg(long, env = "IMAGEWARDEN_MANIFEST", conflicts_with = "images")]
+    pub manifest: Option<PathBuf>,
+    /// Accept a Kyverno policy of which some rules cannot be enforced faithfully (they are still reported).
+    #[arg(long, env = "IMAGEWARDEN_ALLOW_PARTIAL")]
+    pub allow_partial: bool,
+    /// Image references to evaluate.
+    #[arg(required_unless_present = "manifest")]
+    pub images: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Audit,
+    Enforce,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Run without Kubernetes (runtime and kernel only).
+    #[arg(long, env = "IMAGEWARDEN_STANDALONE")]
+    pub standalone: bool,
+    /// Policy file; without it the embedded default (the seed's Kyverno
+    /// restrict-image-registries policy: only public.ecr.aws/*) is used.
+    #[arg(long, env = "IMAGEWARDEN_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// audit: report only; enforce: also kill in the kernel.
+    #[arg(long, value_enum, default_value_t = Mode::Audit, env = "IMAGEWARDEN_MODE")]
+    pub mode: Mode,
+    /// CRI endpoint, e.g. unix:///run/containerd/containerd.sock (autodetected when absent).
+    #[arg(long, env = "IMAGEWARDEN_RUNTIME_ENDPOINT")]
+    pub runtime_endpoint: Option<String>,
+    /// Serve /metrics, /healthz and /readyz on this address.
+    #[arg(long, env = "IMAGEWARDEN_LISTEN")]
+    pub listen: Option<String>,
+    /// Also print allowed exec events (one JSON line each).
+    #[arg(long, env = "IMAGEWARDEN_ALL_EXECS")]
+    pub all_execs: bool,
+    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    #[arg(long, default_value_t = 1 << 22, env = "IMAGEWARDEN_RINGBUF_BYTES")]
+    pub ringbuf_bytes: u32,
+    /// Exec hook: auto picks tp_btf and falls back to the classic tracepoint.
+    #[arg(long, value_enum, default_value_t = ExecHook::Auto, env = "IMAGEWARDEN_EXEC_HOOK")]
+    pub exec_hook: ExecHook,
+    /// Mark a cgroup (v2 directory path) as denied. Repeatable. For tests and
+    /// manual quarantine of a workload without a container runtime.
+    #[arg(long = "deny-cgroup", env = "IMAGEWARDEN_DENY_CGROUP", value_delimiter = ',')]
+    pub deny_cgroups: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExecHook {
+    Auto,
+    TpBtf,
+    Tracepoint,
+}

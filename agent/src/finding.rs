@@ -1,0 +1,164 @@
+//! Findings: the JSON lines the agent prints (contract in ARCHITECTURE.md:
+//! `type`, `verdict`, `action`, `reason`, `pid`, `cgroup_id`, `filename`,
+//! `container_id`, `image`, `image_digest`, `pod`, `namespace`; null where
+//! unknown).
+use serde::Serialize;
+
+use crate::probes::event::{ExecRecord, Hook, KernelVerdict};
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Finding {
+    /// `exec` or `container`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// `allow`, `deny` or `unknown`.
+    pub verdict: &'static str,
+    /// `none`, `alerted`, `killed` (and `held` while user space decides).
+    pub action: &'static str,
+    pub reason: String,
+    pub pid: Option<u32>,
+    pub ppid: Option<u32>,
+    pub uid: Option<u32>,
+    pub cgroup_id: Option<u64>,
+    pub filename: Option<String>,
+    pub comm: Option<String>,
+    pub container_id: Option<String>,
+    pub image: Option<String>,
+    pub image_digest: Option<String>,
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+    /// The executed file has no name on disk (memfd, unlinked).
+    pub fileless: bool,
+    /// The file name was cut at the kernel's buffer size.
+    pub filename_truncated: bool,
+    /// Kernel hook that saw the exec (`tp_btf`, `tracepoint`, `lsm`).
+    pub hook: Option<&'static str>,
+    /// Nanoseconds since boot when the kernel saw the exec.
+    pub boot_ns: Option<u64>,
+}
+
+/// What the agent knows about the exec'ing cgroup (filled by the inventory).
+#[derive(Debug, Clone, Default)]
+pub struct Attribution {
+    pub container_id: Option<String>,
+    pub image: Option<String>,
+    pub image_digest: Option<String>,
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+    /// Why the cgroup has its verdict (policy reason), if known.
+    pub reason: Option<String>,
+}
+
+fn hook_name(h: Hook) -> Option<&'static str> {
+    match h {
+        Hook::TpBtf => Some("tp_btf"),
+        Hook::Tracepoint => Some("tracepoint"),
+        Hook::Lsm => Some("lsm"),
+        Hook::Other(_) => None,
+    }
+}
+
+impl Finding {
+    /// An exec finding from a kernel record. `enforcing` says whether the
+    /// agent is in enforce mode (a deny in audit mode is `alerted`).
+    pub fn from_exec(rec: &ExecRecord, attr: Option<&Attribution>) -> Self {
+        let verdict = match rec.verdict {
+            KernelVerdict::Allow => "allow",
+            KernelVerdict::Deny => "deny",
+            KernelVerdict::Unknown | KernelVerdict::Hold => "unknown",
+        };
+        let action = if rec.killed || rec.lsm_denied {
+            "killed"
+        } else if rec.held {
+            "held"
+        } else if rec.verdict == KernelVerdict::Deny {
+            "alerted"
+        } else {
+            "none"
+        };
+        let reason = attr.and_then(|a| a.reason.clone()).unwrap_or_else(|| {
+            match rec.verdict {
+                KernelVerdict::Allow => "allowed",
+                KernelVerdict::Deny => "denied-cgroup",
+                KernelVerdict::Hold => "held-until-classified",
+                KernelVerdict::Unknown => "unattributed",
+            }
+            .to_string()
+        });
+        let a = attr.cloned().unwrap_or_default();
+        Finding {
+            kind: "exec",
+            verdict,
+            action,
+            reason,
+            pid: Some(rec.tgid),
+            ppid: Some(rec.ppid),
+            uid: Some(rec.uid),
+            cgroup_id: Some(rec.cgroup_id),
+            filename: Some(rec.filename_lossy()),
+            comm: Some(rec.comm_lossy()),
+            container_id: a.container_id,
+            image: a.image,
+            image_digest: a.image_digest,
+            pod: a.pod,
+            namespace: a.namespace,
+            fileless: rec.fileless,
+            filename_truncated: rec.truncated,
+            hook: hook_name(rec.hook),
+            boot_ns: Some(rec.boot_ns),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(v: KernelVerdict, killed: bool) -> ExecRecord {
+        ExecRecord {
+            boot_ns: 1,
+            cgroup_id: 99,
+            pid: 5,
+            tgid: 5,
+            ppid: 1,
+            uid: 0,
+            gid: 0,
+            verdict: v,
+            hook: Hook::Tracepoint,
+            comm: b"sh".to_vec(),
+            filename: b"/bin/sh".to_vec(),
+            truncated: false,
+            fileless: false,
+            killed,
+            held: false,
+            lsm_denied: false,
+            name_unreadable: false,
+            nlink_unreadable: false,
+        }
+    }
+
+    #[test]
+    fn contract_keys_are_present_and_null_when_unknown() {
+        let f = Finding::from_exec(&rec(KernelVerdict::Deny, true), None);
+        let v = serde_json::to_value(&f).unwrap();
+        for k in ["type", "verdict", "action", "reason", "pid", "cgroup_id", "filename", "container_id", "image", "image_digest", "pod", "namespace"] {
+            assert!(v.get(k).is_some(), "missing key {k}");
+        }
+        assert_eq!(v["type"], "exec");
+        assert_eq!(v["verdict"], "deny");
+        assert_eq!(v["action"], "killed");
+        assert_eq!(v["cgroup_id"], 99);
+        assert!(v["container_id"].is_null() && v["image"].is_null() && v["pod"].is_null());
+    }
+
+    #[test]
+    fn action_follows_verdict_and_kernel_flags() {
+        assert_eq!(Finding::from_exec(&rec(KernelVerdict::Deny, false), None).action, "alerted");
+        assert_eq!(Finding::from_exec(&rec(KernelVerdict::Allow, false), None).action, "none");
+        assert_eq!(Finding::from_exec(&rec(KernelVerdict::Unknown, false), None).verdict, "unknown");
+        let attr = Attribution { reason: Some("untrusted-image: x".into()), image: Some("nginx".into()), ..Default::default() };
+        let f = Finding::from_exec(&rec(KernelVerdict::Deny, true), Some(&attr));
+        assert_eq!(f.reason, "untrusted-image: x");
+        assert_eq!(f.image.as_deref(), Some("nginx"));
+    }
+}

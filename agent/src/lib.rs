@@ -1,0 +1,9 @@
+//! imagewarden agent library: everything the `imagewarden` binary does, so
+//! that integration tests drive the same code.
+
+pub mod cli;
+pub mod cmd_check;
+pub mod cmd_run;
+pub mod finding;
+pub mod probes;
+pub mod sources;

@@ -1,0 +1,221 @@
+//! Decoding of kernel exec events into typed records.
+use agent_common::{flags, hook, verdict, ExecEvent, COMM_LEN, FILENAME_LEN};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("exec event of {got} bytes, expected {want}")]
+    Size { got: usize, want: usize },
+    #[error("exec event with file name length {0} > {FILENAME_LEN}")]
+    NameLength(usize),
+}
+
+/// The kernel's verdict for the exec'ing cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelVerdict {
+    Unknown,
+    Allow,
+    Deny,
+    Hold,
+}
+
+impl KernelVerdict {
+    pub fn from_raw(v: u32) -> Self {
+        match v {
+            verdict::ALLOW => Self::Allow,
+            verdict::DENY => Self::Deny,
+            verdict::HOLD => Self::Hold,
+            _ => Self::Unknown,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Hold => "hold",
+        }
+    }
+}
+
+/// Which program produced an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    TpBtf,
+    Tracepoint,
+    Lsm,
+    Other(u16),
+}
+
+/// One exec, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRecord {
+    pub boot_ns: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub verdict: KernelVerdict,
+    pub hook: Hook,
+    pub comm: Vec<u8>,
+    /// Raw bytes of the file name as the kernel saw it (not necessarily UTF-8).
+    pub filename: Vec<u8>,
+    pub truncated: bool,
+    /// No name on disk (memfd or unlinked file): link count 0.
+    pub fileless: bool,
+    pub killed: bool,
+    pub held: bool,
+    pub lsm_denied: bool,
+    pub name_unreadable: bool,
+    pub nlink_unreadable: bool,
+}
+
+impl ExecRecord {
+    /// File name for display and JSON: invalid UTF-8 becomes U+FFFD.
+    pub fn filename_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.filename).into_owned()
+    }
+    pub fn comm_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.comm).into_owned()
+    }
+}
+
+fn until_nul(b: &[u8]) -> &[u8] {
+    &b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())]
+}
+
+/// Decodes one ring-buffer record. Never panics, whatever the bytes.
+pub fn decode(bytes: &[u8]) -> Result<ExecRecord, DecodeError> {
+    let want = std::mem::size_of::<ExecEvent>();
+    if bytes.len() != want {
+        return Err(DecodeError::Size { got: bytes.len(), want });
+    }
+    // SAFETY: length checked; ExecEvent is plain old data (any bit pattern is
+    // valid) and read_unaligned copes with the ring buffer's alignment.
+    let ev: ExecEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let len = ev.filename_len as usize;
+    if len >= FILENAME_LEN {
+        return Err(DecodeError::NameLength(len));
+    }
+    let f = ev.flags;
+    Ok(ExecRecord {
+        boot_ns: ev.boot_ns,
+        cgroup_id: ev.cgroup_id,
+        pid: ev.pid,
+        tgid: ev.tgid,
+        ppid: ev.ppid,
+        uid: ev.uid,
+        gid: ev.gid,
+        verdict: KernelVerdict::from_raw(ev.verdict),
+        hook: match ev.hook as u32 {
+            hook::TP_BTF => Hook::TpBtf,
+            hook::TRACEPOINT => Hook::Tracepoint,
+            hook::LSM => Hook::Lsm,
+            _ => Hook::Other(ev.hook),
+        },
+        comm: until_nul(&ev.comm[..COMM_LEN]).to_vec(),
+        filename: until_nul(&ev.filename[..len]).to_vec(),
+        truncated: f & flags::TRUNCATED != 0,
+        fileless: f & flags::FILELESS != 0,
+        killed: f & flags::KILLED != 0,
+        held: f & flags::HELD != 0,
+        lsm_denied: f & flags::LSM_DENIED != 0,
+        name_unreadable: f & flags::NAME_UNREADABLE != 0,
+        nlink_unreadable: f & flags::NLINK_UNREADABLE != 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{offset_of, size_of};
+
+    fn raw(ev: &ExecEvent) -> Vec<u8> {
+        // SAFETY: ExecEvent is repr(C) plain data.
+        unsafe { std::slice::from_raw_parts((ev as *const ExecEvent).cast::<u8>(), size_of::<ExecEvent>()) }
+            .to_vec()
+    }
+
+    fn sample() -> ExecEvent {
+        let mut ev = ExecEvent {
+            boot_ns: 123,
+            cgroup_id: 0xdead_beef_0000_0001,
+            pid: 42,
+            tgid: 42,
+            ppid: 7,
+            uid: 1000,
+            gid: 100,
+            flags: flags::FILELESS | flags::KILLED,
+            verdict: verdict::DENY,
+            filename_len: 8,
+            hook: hook::TRACEPOINT as u16,
+            comm: [0; COMM_LEN],
+            filename: [0; FILENAME_LEN],
+        };
+        ev.comm[..4].copy_from_slice(b"true");
+        ev.filename[..8].copy_from_slice(b"/bin/tru");
+        ev
+    }
+
+    #[test]
+    fn layout_matches_the_kernel_side() {
+        assert_eq!(size_of::<ExecEvent>(), 320);
+        assert_eq!(offset_of!(ExecEvent, boot_ns), 0);
+        assert_eq!(offset_of!(ExecEvent, cgroup_id), 8);
+        assert_eq!(offset_of!(ExecEvent, pid), 16);
+        assert_eq!(offset_of!(ExecEvent, tgid), 20);
+        assert_eq!(offset_of!(ExecEvent, ppid), 24);
+        assert_eq!(offset_of!(ExecEvent, uid), 28);
+        assert_eq!(offset_of!(ExecEvent, gid), 32);
+        assert_eq!(offset_of!(ExecEvent, flags), 36);
+        assert_eq!(offset_of!(ExecEvent, verdict), 40);
+        assert_eq!(offset_of!(ExecEvent, filename_len), 44);
+        assert_eq!(offset_of!(ExecEvent, hook), 46);
+        assert_eq!(offset_of!(ExecEvent, comm), 48);
+        assert_eq!(offset_of!(ExecEvent, filename), 64);
+        assert_eq!(size_of::<agent_common::Config>(), 48);
+    }
+
+    #[test]
+    fn decodes_every_field() {
+        let r = decode(&raw(&sample())).expect("decode");
+        assert_eq!(r.cgroup_id, 0xdead_beef_0000_0001);
+        assert_eq!((r.pid, r.tgid, r.ppid, r.uid, r.gid), (42, 42, 7, 1000, 100));
+        assert_eq!(r.verdict, KernelVerdict::Deny);
+        assert_eq!(r.hook, Hook::Tracepoint);
+        assert_eq!(r.comm, b"true");
+        assert_eq!(r.filename, b"/bin/tru");
+        assert!(r.fileless && r.killed && !r.truncated && !r.held && !r.lsm_denied);
+    }
+
+    #[test]
+    fn rejects_wrong_sizes_and_lengths() {
+        let b = raw(&sample());
+        assert_eq!(decode(&b[..100]), Err(DecodeError::Size { got: 100, want: 320 }));
+        assert!(decode(&[]).is_err());
+        let mut ev = sample();
+        ev.filename_len = FILENAME_LEN as u16;
+        assert_eq!(decode(&raw(&ev)), Err(DecodeError::NameLength(FILENAME_LEN)));
+    }
+
+    #[test]
+    fn invalid_utf8_is_kept_raw_and_shown_lossy() {
+        let mut ev = sample();
+        ev.filename[..4].copy_from_slice(&[b'/', 0xff, 0xfe, b'x']);
+        ev.filename_len = 4;
+        let r = decode(&raw(&ev)).unwrap();
+        assert_eq!(r.filename, vec![b'/', 0xff, 0xfe, b'x']);
+        assert_eq!(r.filename_lossy(), "/\u{fffd}\u{fffd}x");
+    }
+
+    #[test]
+    fn unknown_verdicts_and_hooks_do_not_panic() {
+        let mut ev = sample();
+        ev.verdict = 77;
+        ev.hook = 9;
+        let r = decode(&raw(&ev)).unwrap();
+        assert_eq!(r.verdict, KernelVerdict::Unknown);
+        assert_eq!(r.hook, Hook::Other(9));
+    }
+}

@@ -1,0 +1,422 @@
+//! Loading, configuring and attaching the eBPF programs; the verdict map and
+//! the kernel counters. Detection of what this kernel allows happens here,
+//! once, at start: tp_btf or the classic tracepoint for exec events, BPF LSM
+//! or `bpf_send_signal(SIGKILL)` for enforcement.
+pub mod btf;
+pub mod event;
+pub mod kernelfs;
+pub mod reader;
+
+use std::{os::unix::fs::MetadataExt, path::Path};
+
+use agent_common::{counter, verdict, Config, CONFIG_MAGIC};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, Lsm, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use tracing::{info, warn};
+
+/// The eBPF object built by `build.rs` (see `xtask/src/ebpf_build.rs`).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imagewarden.bpf.o"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("must run as root (or with CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN): {0}")]
+    Permission(String),
+    #[error("kernel filesystems: {0}")]
+    KernelFs(#[from] kernelfs::KernelFsError),
+    #[error("kernel BTF: {0}")]
+    Btf(#[from] btf::BtfError),
+    #[error("tracepoint format: {0}")]
+    TracepointFormat(String),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("no exec hook could be attached: tp_btf: {tp_btf}; tracepoint: {tracepoint}")]
+    NoExecHook { tp_btf: String, tracepoint: String },
+    #[error("map {0}: {1}")]
+    Map(&'static str, String),
+    #[error("cgroup {path}: {source}")]
+    Cgroup { path: String, source: std::io::Error },
+    #[error("invalid ring buffer size {0}: must be a power of two and a multiple of the page size")]
+    RingBufSize(u32),
+}
+
+impl ProbeError {
+    /// Stable label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Permission(_) => "permission",
+            Self::KernelFs(_) => "kernel_fs",
+            Self::Btf(_) => "btf",
+            Self::TracepointFormat(_) => "tracepoint_format",
+            Self::Load(_) => "load",
+            Self::NoExecHook { .. } => "no_exec_hook",
+            Self::Map(..) => "map",
+            Self::Cgroup { .. } => "cgroup",
+            Self::RingBufSize(_) => "ringbuf_size",
+        }
+    }
+}
+
+/// Which exec hook to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookChoice {
+    /// tp_btf, falling back to the classic tracepoint.
+    Auto,
+    TpBtf,
+    Tracepoint,
+}
+
+/// The exec hook in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecHook {
+    TpBtf,
+    Tracepoint,
+}
+
+impl ExecHook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TpBtf => "tp_btf",
+            Self::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// How a denied exec is stopped in the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enforcement {
+    /// `lsm/bprm_check_security` returns -EPERM: the exec fails.
+    Lsm,
+    /// `bpf_send_signal(SIGKILL)` from the exec hook: the new program is
+    /// killed before it runs one instruction.
+    Signal,
+}
+
+impl Enforcement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lsm => "lsm",
+            Self::Signal => "signal",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    pub ringbuf_bytes: u32,
+    pub hook: HookChoice,
+    pub enforce: bool,
+    /// Try to attach the BPF LSM program (falls back to signals when refused).
+    pub try_lsm: bool,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self { ringbuf_bytes: 1 << 22, hook: HookChoice::Auto, enforce: false, try_lsm: true }
+    }
+}
+
+/// Sums of the per-CPU kernel counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub execs: u64,
+    pub ringbuf_drops: u64,
+    pub kills: u64,
+    pub lsm_denies: u64,
+    pub holds: u64,
+    pub errors: u64,
+}
+
+/// Loaded and attached programs. Dropping it detaches everything.
+pub struct Probes {
+    // Field order matters: maps taken out of `ebpf` are dropped first.
+    verdicts: HashMap<MapData, u64, u32>,
+    counters: PerCpuArray<MapData, u64>,
+    config_map: Array<MapData, Config>,
+    config: Config,
+    events: Option<RingBuf<MapData>>,
+    pub exec_hook: ExecHook,
+    pub enforcement: Enforcement,
+    /// Why the preferred mechanisms were not used (for logs and /metrics).
+    pub fallbacks: Vec<String>,
+    _ebpf: Ebpf,
+}
+
+fn check_ringbuf_size(n: u32) -> Result<(), ProbeError> {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u32;
+    if n == 0 || !n.is_power_of_two() || n % page != 0 {
+        return Err(ProbeError::RingBufSize(n));
+    }
+    Ok(())
+}
+
+/// Offsets of the kernel struct members the programs read.
+fn kernel_offsets(cfg: &mut Config) -> Result<(), ProbeError> {
+    let b = btf::Btf::from_sys_fs()?;
+    cfg.off_task_real_parent = b.member_offset("task_struct", "real_parent")?;
+    cfg.off_task_tgid = b.member_offset("task_struct", "tgid")?;
+    cfg.off_task_mm = b.member_offset("task_struct", "mm")?;
+    cfg.off_mm_exe_file = b.member_offset("mm_struct", "exe_file")?;
+    cfg.off_file_f_inode = b.member_offset("file", "f_inode")?;
+    cfg.off_inode_i_nlink = b.member_offset("inode", "i_nlink")?;
+    cfg.off_bprm_filename = b.member_offset("linux_binprm", "filename")?;
+    Ok(())
+}
+
+/// Offset of `__data_loc char[] filename` in the classic tracepoint record.
+pub fn tracepoint_filename_offset(format: &str) -> Result<u32, ProbeError> {
+    for line in format.lines() {
+        let line = line.trim();
+        if line.starts_with("field:__data_loc char[] filename;") {
+            let off = line
+                .split(';')
+                .find_map(|p| p.trim().strip_prefix("offset:"))
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .ok_or_else(|| ProbeError::TracepointFormat(format!("no offset in {line:?}")))?;
+            return Ok(off);
+        }
+    }
+    Err(ProbeError::TracepointFormat("no `__data_loc char[] filename` field".into()))
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| ProbeError::Map(name, "missing from the object".into()))?;
+    T::try_from(map).map_err(|e| ProbeError::Map(name, e.to_string()))
+}
+
+impl Probes {
+    /// Loads, configures and attaches. The config (offsets, mode) is written
+    /// before any program is attached, so no event is ever produced with a
+    /// half-written configuration.
+    pub fn load(opts: &ProbeOptions) -> Result<Self, ProbeError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(ProbeError::Permission("effective uid is not 0".into()));
+        }
+        check_ringbuf_size(opts.ringbuf_bytes)?;
+        let tracefs = kernelfs::ensure_kernel_filesystems()?;
+        raise_memlock_rlimit();
+
+        let mut cfg = Config { magic: CONFIG_MAGIC, default_verdict: verdict::UNKNOWN, ..Default::default() };
+        cfg.enforce = opts.enforce as u32;
+        kernel_offsets(&mut cfg)?;
+        let fmt_path = tracefs.join("events/sched/sched_process_exec/format");
+        let fmt = std::fs::read_to_string(&fmt_path)
+            .map_err(|e| ProbeError::TracepointFormat(format!("{}: {e}", fmt_path.display())))?;
+        cfg.off_tp_filename_loc = tracepoint_filename_offset(&fmt)?;
+
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", opts.ringbuf_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(|e| match &e {
+                aya::EbpfError::MapError(m) if m.to_string().contains("Operation not permitted") => {
+                    ProbeError::Permission(e.to_string())
+                }
+                _ => ProbeError::Load(e),
+            })?;
+
+        let mut config_map: Array<MapData, Config> = take(&mut ebpf, "CONFIG")?;
+        config_map.set(0, cfg, 0).map_err(|e| ProbeError::Map("CONFIG", e.to_string()))?;
+        let verdicts: HashMap<MapData, u64, u32> = take(&mut ebpf, "VERDICTS")?;
+        let counters: PerCpuArray<MapData, u64> = take(&mut ebpf, "COUNTERS")?;
+        let events: RingBuf<MapData> = take(&mut ebpf, "EVENTS")?;
+
+        let kbtf = aya::Btf::from_sys_fs().ok();
+        let mut fallbacks = Vec::new();
+
+        // Enforcement mechanism first, so that it is in place before events flow.
+        let mut enforcement = Enforcement::Signal;
+        if opts.try_lsm {
+            match attach_lsm(&mut ebpf, kbtf.as_ref()) {
+                Ok(()) => enforcement = Enforcement::Lsm,
+                Err(e) => {
+                    let msg = format!("BPF LSM refused ({e}); enforcing with bpf_send_signal(SIGKILL)");
+                    info!("{msg}");
+                    fallbacks.push(msg);
+                }
+            }
+        }
+
+        let exec_hook = match opts.hook {
+            HookChoice::Tracepoint => {
+                attach_tracepoint(&mut ebpf).map_err(|tracepoint| ProbeError::NoExecHook {
+                    tp_btf: "not tried (--exec-hook tracepoint)".into(),
+                    tracepoint,
+                })?;
+                ExecHook::Tracepoint
+            }
+            HookChoice::TpBtf => {
+                attach_tp_btf(&mut ebpf, kbtf.as_ref()).map_err(|tp_btf| ProbeError::NoExecHook {
+                    tp_btf,
+                    tracepoint: "not tried (--exec-hook tp-btf)".into(),
+                })?;
+                ExecHook::TpBtf
+            }
+            HookChoice::Auto => match attach_tp_btf(&mut ebpf, kbtf.as_ref()) {
+                Ok(()) => ExecHook::TpBtf,
+                Err(tp_btf) => {
+                    let msg = format!("tp_btf/sched_process_exec refused ({tp_btf}); using the classic tracepoint");
+                    warn!("{msg}");
+                    fallbacks.push(msg);
+                    attach_tracepoint(&mut ebpf)
+                        .map_err(|tracepoint| ProbeError::NoExecHook { tp_btf, tracepoint })?;
+                    ExecHook::Tracepoint
+                }
+            },
+        };
+        info!(exec_hook = exec_hook.as_str(), enforcement = enforcement.as_str(), "eBPF programs attached");
+        Ok(Probes {
+            verdicts,
+            counters,
+            config_map,
+            config: cfg,
+            events: Some(events),
+            exec_hook,
+            enforcement,
+            fallbacks,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// The ring buffer of exec events (once).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Switches between audit (false) and enforce (true) without reloading.
+    pub fn set_enforce(&mut self, enforce: bool) -> Result<(), ProbeError> {
+        self.config.enforce = enforce as u32;
+        self.config_map.set(0, self.config, 0).map_err(|e| ProbeError::Map("CONFIG", e.to_string()))
+    }
+
+    pub fn enforcing(&self) -> bool {
+        self.config.enforce != 0
+    }
+
+    pub fn set_verdict(&mut self, cgroup_id: u64, v: u32) -> Result<(), ProbeError> {
+        self.verdicts.insert(cgroup_id, v, 0).map_err(|e| ProbeError::Map("VERDICTS", e.to_string()))
+    }
+
+    pub fn clear_verdict(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
+        match self.verdicts.remove(&cgroup_id) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(ProbeError::Map("VERDICTS", e.to_string())),
+        }
+    }
+
+    pub fn verdict(&self, cgroup_id: u64) -> Option<u32> {
+        self.verdicts.get(&cgroup_id, 0).ok()
+    }
+
+    /// Sets the verdict of a cgroup v2 directory (its id is its inode).
+    pub fn set_cgroup_path_verdict(&mut self, path: &Path, v: u32) -> Result<u64, ProbeError> {
+        let id = cgroup_id_of(path)?;
+        self.set_verdict(id, v)?;
+        Ok(id)
+    }
+
+    /// Per-CPU counters summed now (scrape time).
+    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
+        let get = |i: u32| -> Result<u64, ProbeError> {
+            let v = self.counters.get(&i, 0).map_err(|e| ProbeError::Map("COUNTERS", e.to_string()))?;
+            Ok(v.iter().copied().fold(0u64, u64::wrapping_add))
+        };
+        Ok(KernelCounters {
+            execs: get(counter::EXECS)?,
+            ringbuf_drops: get(counter::RINGBUF_DROPS)?,
+            kills: get(counter::KILLS)?,
+            lsm_denies: get(counter::LSM_DENIES)?,
+            holds: get(counter::HOLDS)?,
+            errors: get(counter::ERRORS)?,
+        })
+    }
+}
+
+/// The cgroup v2 id of a directory in the unified hierarchy: its inode.
+pub fn cgroup_id_of(path: &Path) -> Result<u64, ProbeError> {
+    std::fs::metadata(path)
+        .map(|m| m.ino())
+        .map_err(|source| ProbeError::Cgroup { path: path.display().to_string(), source })
+}
+
+fn attach_lsm(ebpf: &mut Ebpf, kbtf: Option<&aya::Btf>) -> Result<(), String> {
+    let btf = kbtf.ok_or("no kernel BTF")?;
+    let p: &mut Lsm = ebpf
+        .program_mut("bprm_check")
+        .ok_or("program missing")?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    p.load("bprm_check_security", btf).map_err(|e| format!("load: {e}"))?;
+    p.attach().map_err(|e| format!("attach: {e}"))?;
+    Ok(())
+}
+
+fn attach_tp_btf(ebpf: &mut Ebpf, kbtf: Option<&aya::Btf>) -> Result<(), String> {
+    let btf = kbtf.ok_or("no kernel BTF")?;
+    let p: &mut BtfTracePoint = ebpf
+        .program_mut("exec_btf")
+        .ok_or("program missing")?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    p.load("sched_process_exec", btf).map_err(|e| format!("load: {e}"))?;
+    p.attach().map_err(|e| format!("attach: {e}"))?;
+    Ok(())
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf) -> Result<(), String> {
+    let p: &mut TracePoint = ebpf
+        .program_mut("exec_tp")
+        .ok_or("program missing")?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    p.load().map_err(|e| format!("load: {e}"))?;
+    p.attach("sched", "sched_process_exec").map_err(|e| format!("attach: {e}"))?;
+    Ok(())
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+fn raise_memlock_rlimit() {
+    let r = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: valid pointer to an initialised rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) } != 0 {
+        warn!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FORMAT: &str = "name: sched_process_exec\nID: 311\nformat:\n\
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;\n\
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;\n\
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\
+\tfield:__data_loc char[] filename;\toffset:8;\tsize:4;\tsigned:0;\n\
+\tfield:pid_t pid;\toffset:12;\tsize:4;\tsigned:1;\n";
+
+    #[test]
+    fn finds_the_filename_field_in_a_tracepoint_format() {
+        assert_eq!(tracepoint_filename_offset(FORMAT).unwrap(), 8);
+        let moved = FORMAT.replace("offset:8;", "offset:16;");
+        assert_eq!(tracepoint_filename_offset(&moved).unwrap(), 16);
+        assert!(tracepoint_filename_offset("format:\n\tfield:int x;\toffset:8;").is_err());
+        assert!(tracepoint_filename_offset("\tfield:__data_loc char[] filename;\toffset:x;").is_err());
+    }
+
+    #[test]
+    fn ring_buffer_size_must_be_pages_and_power_of_two() {
+        assert!(check_ringbuf_size(4096).is_ok());
+        assert!(check_ringbuf_size(1 << 22).is_ok());
+        assert!(check_ringbuf_size(0).is_err());
+        assert!(check_ringbuf_size(3 * 4096).is_err());
+        assert!(check_ringbuf_size(1024).is_err());
+    }
+}
