@@ -1,0 +1,492 @@
+//! The one evaluation model that both front ends compile into.
+//!
+//! A [`PolicySet`] holds policies, each a list of rules. A rule has a scope
+//! (kinds, namespaces, pod labels; match and exclude) and, for each of the
+//! three container types, an optional image test. `None` means the rule does
+//! not look at that container type at all (Kyverno's seed policy only checks
+//! `spec.containers`): such images are *not governed* by the rule.
+//!
+//! Per image: invalid references are always denied (stricter than Kyverno,
+//! whose glob patterns also match strings that are not references); every
+//! governing rule is tested; the first failing `Enforce` rule decides, else
+//! the first failing `Audit` rule (allowed = false, action = Audit), else the
+//! image is allowed.
+use std::collections::BTreeMap;
+
+use crate::cel::CelExpr;
+use crate::model::{Action, EvalContext, Unsupported, Verdict, Warning};
+use crate::native::RefMatcher;
+use crate::reference::{parse_normalized_named, Reference};
+
+/// A set of loaded policies, ready to evaluate images.
+#[derive(Debug, Default)]
+pub struct PolicySet {
+    pub(crate) policies: Vec<Policy>,
+    pub(crate) warnings: Vec<Warning>,
+    pub(crate) unsupported: Vec<Unsupported>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Policy {
+    pub name: String,
+    /// `ImagePolicy`, `ClusterPolicy`, `Policy`, `ValidatingPolicy`.
+    pub kind: String,
+    /// A namespaced Kyverno `Policy` only applies in its own namespace.
+    pub namespace: Option<String>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Rule {
+    pub name: String,
+    pub action: Action,
+    pub message: Option<String>,
+    pub scope: Scope,
+    /// Indexed by [`ContainerType::index`]; `None`: not governed.
+    pub tests: [Option<ImageTest>; 3],
+}
+
+/// Which resources a rule looks at.
+#[derive(Debug, Default)]
+pub(crate) struct Scope {
+    /// The rule applies when this matches (empty `any` list: everything).
+    pub matches: FilterSet,
+    /// The rule does not apply when this matches (empty: nothing excluded).
+    pub excludes: Option<FilterSet>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct FilterSet {
+    /// true: every filter must match (Kyverno `match.all`); false: any.
+    pub all: bool,
+    pub filters: Vec<Filter>,
+}
+
+/// One resource filter. Unset fields match everything.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Filter {
+    /// Kind patterns (Kyverno wildcards allowed: `*`).
+    pub kinds: Option<Vec<String>>,
+    pub namespaces: Option<NamespaceFilter>,
+    /// Every label must be present with this value.
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct NamespaceFilter {
+    pub names: Vec<String>,
+    /// Kyverno namespaces are wildcard patterns; native ones exact names.
+    pub wildcard: bool,
+    /// Answer when the namespace is not known.
+    pub when_unknown: bool,
+}
+
+/// A test on one image; `true` means the image passes.
+#[derive(Debug, Clone)]
+pub(crate) enum ImageTest {
+    /// Kyverno `validate.pattern` string leaf on the image as written.
+    KyvernoPattern(String),
+    /// Kyverno condition operator `Equals`: `ext/wildcard.Match(value, key)`.
+    Equals {
+        field: ImageField,
+        pattern: String,
+    },
+    /// Kyverno `AnyIn`/`In` on one value: wildcard match either way round.
+    InList {
+        field: ImageField,
+        values: Vec<String>,
+    },
+    /// Native structural matcher on the normalised reference.
+    Native(Box<RefMatcher>),
+    /// A (small) CEL boolean expression over the image string.
+    Cel(CelExpr),
+    Not(Box<ImageTest>),
+    All(Vec<ImageTest>),
+    Any(Vec<ImageTest>),
+    /// Always true (an alternative that does not constrain this container type).
+    True,
+}
+
+/// Which string of an image a Kyverno condition looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ImageField {
+    /// The image as written in the Pod spec (`{{element.image}}`).
+    Raw,
+    /// A field of Kyverno's image info (`images.containers.*.registry`...).
+    Info(InfoField),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InfoField {
+    Registry,
+    Path,
+    Name,
+    Tag,
+    Digest,
+    Reference,
+    ReferenceWithTag,
+}
+
+impl InfoField {
+    pub fn from_name(s: &str) -> Option<InfoField> {
+        Some(match s {
+            "registry" => InfoField::Registry,
+            "path" => InfoField::Path,
+            "name" => InfoField::Name,
+            "tag" => InfoField::Tag,
+            "digest" => InfoField::Digest,
+            "reference" => InfoField::Reference,
+            "referenceWithTag" => InfoField::ReferenceWithTag,
+            _ => return None,
+        })
+    }
+}
+
+/// An image being evaluated: as written, and parsed.
+pub(crate) struct ImageView<'a> {
+    pub raw: &'a str,
+    pub reference: &'a Reference,
+}
+
+impl ImageView<'_> {
+    fn field(&self, field: ImageField) -> std::borrow::Cow<'_, str> {
+        match field {
+            ImageField::Raw => std::borrow::Cow::Borrowed(self.raw),
+            ImageField::Info(f) => std::borrow::Cow::Owned(kyverno_info_field(self.raw, f)),
+        }
+    }
+}
+
+/// A field of Kyverno's image info (`GetImageInfo`, default configuration),
+/// from [`crate::imageinfo`]. Empty when Kyverno could not parse the image.
+pub(crate) fn kyverno_info_field(raw: &str, field: InfoField) -> String {
+    let Ok(info) = crate::imageinfo::kyverno_image_info(raw) else {
+        return String::new();
+    };
+    match field {
+        InfoField::Registry => info.registry,
+        InfoField::Path => info.path,
+        InfoField::Name => info.name,
+        InfoField::Tag => info.tag,
+        InfoField::Digest => info.digest,
+        InfoField::Reference => info.reference(),
+        InfoField::ReferenceWithTag => info.reference_with_tag(),
+    }
+}
+
+/// Kyverno's `ext/wildcard.Match`: `*` any run (including `/`), `?` exactly
+/// one character, anchored, case-sensitive; no other operators.
+pub(crate) fn glob_match(pattern: &str, value: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let v: Vec<char> = value.chars().collect();
+    let (mut pi, mut vi) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while vi < v.len() {
+        if pi < p.len() && (p[pi] == '?' || (p[pi] != '*' && p[pi] == v[vi])) {
+            pi += 1;
+            vi += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, vi));
+            pi += 1;
+        } else if let Some((sp, sv)) = star {
+            pi = sp + 1;
+            vi = sv + 1;
+            star = Some((sp, sv + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+impl ImageTest {
+    pub(crate) fn eval(&self, img: &ImageView<'_>) -> bool {
+        match self {
+            ImageTest::KyvernoPattern(p) => crate::wildcard::kyverno_match(p, img.raw),
+            ImageTest::Equals { field, pattern } => glob_match(pattern, &img.field(*field)),
+            ImageTest::InList { field, values } => {
+                let key = img.field(*field);
+                values
+                    .iter()
+                    .any(|v| glob_match(v, &key) || glob_match(&key, v))
+            }
+            ImageTest::Native(m) => m.matches(img.reference),
+            ImageTest::Cel(e) => e.eval_image(img.raw),
+            ImageTest::Not(t) => !t.eval(img),
+            ImageTest::All(ts) => ts.iter().all(|t| t.eval(img)),
+            ImageTest::Any(ts) => ts.iter().any(|t| t.eval(img)),
+            ImageTest::True => true,
+        }
+    }
+}
+
+impl NamespaceFilter {
+    fn matches(&self, ns: Option<&str>) -> bool {
+        match ns {
+            None => self.when_unknown,
+            Some(ns) => self.names.iter().any(|n| {
+                if self.wildcard {
+                    glob_match(n, ns)
+                } else {
+                    n == ns
+                }
+            }),
+        }
+    }
+}
+
+impl Filter {
+    fn matches(&self, ctx: &EvalContext<'_>) -> bool {
+        if let Some(kinds) = &self.kinds {
+            if !kinds.iter().any(|k| glob_match(k, ctx.kind)) {
+                return false;
+            }
+        }
+        if let Some(ns) = &self.namespaces {
+            if !ns.matches(ctx.namespace) {
+                return false;
+            }
+        }
+        if let Some(labels) = &self.labels {
+            if !labels
+                .iter()
+                .all(|(k, v)| ctx.pod_labels.get(k).is_some_and(|x| x == v))
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+impl FilterSet {
+    fn matches(&self, ctx: &EvalContext<'_>) -> bool {
+        if self.filters.is_empty() {
+            return true;
+        }
+        if self.all {
+            self.filters.iter().all(|f| f.matches(ctx))
+        } else {
+            self.filters.iter().any(|f| f.matches(ctx))
+        }
+    }
+}
+
+impl Scope {
+    fn applies(&self, ctx: &EvalContext<'_>) -> bool {
+        if !self.matches.matches(ctx) {
+            return false;
+        }
+        match &self.excludes {
+            Some(ex) if !ex.filters.is_empty() => !ex.matches(ctx),
+            _ => true,
+        }
+    }
+}
+
+impl Policy {
+    fn applies(&self, ctx: &EvalContext<'_>) -> bool {
+        match &self.namespace {
+            Some(ns) => ctx.namespace == Some(ns.as_str()),
+            None => true,
+        }
+    }
+}
+
+impl PolicySet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Unsupported constructs, uncovered container types and other remarks,
+    /// in the order they were found.
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
+    }
+
+    /// Rules (by name) that are not enforced because imagewarden cannot
+    /// enforce them faithfully.
+    pub fn unsupported(&self) -> &[Unsupported] {
+        &self.unsupported
+    }
+
+    /// True when some rule of a loaded policy is not enforced.
+    pub fn is_partial(&self) -> bool {
+        !self.unsupported.is_empty()
+    }
+
+    /// Names of the loaded policies.
+    pub fn policy_names(&self) -> Vec<&str> {
+        self.policies.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    /// `(kind, name)` of the loaded policies.
+    pub fn policy_kinds(&self) -> Vec<(&str, &str)> {
+        self.policies
+            .iter()
+            .map(|p| (p.kind.as_str(), p.name.as_str()))
+            .collect()
+    }
+
+    /// Number of enforced rules over all policies.
+    pub fn rule_count(&self) -> usize {
+        self.policies.iter().map(|p| p.rules.len()).sum()
+    }
+
+    /// Adds the policies, warnings and unsupported rules of `other`.
+    pub fn extend(&mut self, other: PolicySet) {
+        self.policies.extend(other.policies);
+        self.warnings.extend(other.warnings);
+        self.unsupported.extend(other.unsupported);
+    }
+
+    /// Evaluates one image as written in a Pod spec.
+    pub fn evaluate(&self, image: &str, ctx: &EvalContext<'_>) -> Verdict {
+        let reference = match parse_normalized_named(image) {
+            Ok(r) => r,
+            Err(e) => {
+                return Verdict {
+                    allowed: false,
+                    action: Action::Enforce,
+                    reason: format!("invalid-reference: {image:?}: {e}"),
+                    rule: None,
+                    policy: None,
+                }
+            }
+        };
+        self.evaluate_parsed(image, &reference, ctx)
+    }
+
+    /// Evaluates an image already parsed with `parse_normalized_named`.
+    pub fn evaluate_parsed(
+        &self,
+        image: &str,
+        reference: &Reference,
+        ctx: &EvalContext<'_>,
+    ) -> Verdict {
+        let view = ImageView {
+            raw: image,
+            reference,
+        };
+        let ct = ctx.container_type.index();
+        let mut first_pass: Option<(&Policy, &Rule)> = None;
+        let mut passes = 0usize;
+        let mut audit_fail: Option<(&Policy, &Rule)> = None;
+        for policy in &self.policies {
+            if !policy.applies(ctx) {
+                continue;
+            }
+            for rule in &policy.rules {
+                let Some(test) = &rule.tests[ct] else {
+                    continue;
+                };
+                if !rule.scope.applies(ctx) {
+                    continue;
+                }
+                if test.eval(&view) {
+                    passes += 1;
+                    first_pass.get_or_insert((policy, rule));
+                } else if rule.action == Action::Enforce {
+                    return fail_verdict(image, policy, rule);
+                } else if audit_fail.is_none() {
+                    audit_fail = Some((policy, rule));
+                }
+            }
+        }
+        if let Some((policy, rule)) = audit_fail {
+            return fail_verdict(image, policy, rule);
+        }
+        match first_pass {
+            Some((policy, rule)) => {
+                let others = if passes > 1 {
+                    format!(" (and {} other rule(s))", passes - 1)
+                } else {
+                    String::new()
+                };
+                Verdict {
+                    allowed: true,
+                    action: rule.action,
+                    reason: format!(
+                        "allowed: {image} satisfies rule {} of policy {}{others}",
+                        rule.name, policy.name
+                    ),
+                    rule: Some(rule.name.clone()),
+                    policy: Some(policy.name.clone()),
+                }
+            }
+            None => Verdict {
+                allowed: true,
+                action: Action::Audit,
+                reason: format!(
+                    "allowed: no rule applies to {} images of a {} in namespace {}",
+                    ctx.container_type,
+                    ctx.kind,
+                    ctx.namespace.unwrap_or("(unknown)")
+                ),
+                rule: None,
+                policy: None,
+            },
+        }
+    }
+}
+
+fn fail_verdict(image: &str, policy: &Policy, rule: &Rule) -> Verdict {
+    let message = rule
+        .message
+        .as_deref()
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .unwrap_or("image not allowed");
+    Verdict {
+        allowed: false,
+        action: rule.action,
+        reason: format!(
+            "untrusted-image: {image} fails rule {} of policy {} ({}): {message}",
+            rule.name, policy.name, rule.action
+        ),
+        rule: Some(rule.name.clone()),
+        policy: Some(policy.name.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_semantics() {
+        assert!(glob_match("*", ""));
+        assert!(glob_match("k8s.gcr.io/*", "k8s.gcr.io/pause:3.1"));
+        assert!(!glob_match("k8s.gcr.io/*", "registry.k8s.io/pause"));
+        assert!(glob_match("my-bucket?abc*", "my-bucket/abc"));
+        assert!(!glob_match("my-bucket/abc?", "my-bucket/abc"));
+        assert!(glob_match("my-bucket/mnop*?and", "my-bucket/mnopqand"));
+        assert!(!glob_match("my-bucket/mnop*?and", "my-bucket/mnopand"));
+        assert!(!glob_match("", "x"));
+        // No Kyverno pattern operators here.
+        assert!(!glob_match("a|b", "a"));
+    }
+
+    #[test]
+    fn kyverno_info_like_kyverno() {
+        use InfoField::*;
+        let f = kyverno_info_field;
+        assert_eq!(f("nginx", Registry), "docker.io");
+        assert_eq!(f("nginx", Path), "nginx");
+        assert_eq!(f("nginx", Tag), "latest");
+        assert_eq!(f("nginx", Reference), "docker.io/nginx:latest");
+        assert_eq!(
+            f("index.docker.io/busybox:v1.2.3", Registry),
+            "index.docker.io"
+        );
+        assert_eq!(f("localhost:4443/test/nginx", Name), "nginx");
+        assert_eq!(f("localhost:4443/test/nginx", Path), "test/nginx");
+        let d = "docker.io/test/centos@sha256:dead07b4d8ed7e29e98de0f4504d87e8880d4347859d839686a31da35a3b532f";
+        assert_eq!(f(d, Tag), "");
+        assert_eq!(f(d, ReferenceWithTag), "docker.io/test/centos:");
+        assert_eq!(f(d, Reference), d);
+    }
+}

@@ -1,0 +1,1399 @@
+//! Import of Kyverno policies (`kyverno.io/v1`, `v2beta1`... `ClusterPolicy`
+//! and `Policy`; `policies.kyverno.io` `ValidatingPolicy`) into the
+//! evaluation model.
+//!
+//! What is understood, with Kyverno's semantics on the image as written:
+//! - `validate.pattern` / `validate.anyPattern` whose only leaves are the
+//!   `image` of `containers`, `=(initContainers)`, `=(ephemeralContainers)`
+//!   under `spec`, `spec.template.spec` or `spec.jobTemplate.spec.template.spec`;
+//! - `validate.deny.conditions` whose keys are Kyverno image infos
+//!   (`{{ images.containers.*.registry }}`, `{{ images.[containers,
+//!   initContainers, ephemeralContainers][].*.name[] }}`...) or
+//!   `request.object.spec.containers[].image`, with the operators
+//!   `Equals`, `NotEquals`, `AnyIn`, `AnyNotIn` (and `In`/`NotIn` on single values);
+//! - `validate.foreach` over the container lists with `deny.conditions` on
+//!   `{{ element.image }}` or an element `pattern` on `image`;
+//! - `validate.cel` (and `ValidatingPolicy`) in the small CEL subset of
+//!   [`crate::cel`];
+//! - match/exclude on kinds, namespaces and Pod labels; autogen of Pod rules
+//!   for Pod controllers as Kyverno does it; `validationFailureAction` /
+//!   `failureAction` (per policy and per rule).
+//!
+//! Everything else (context, preconditions, JMESPath beyond those forms,
+//! other operators, user info, namespace selectors...) makes the *rule* not
+//! enforced and is reported by rule name with the reason.
+use std::collections::BTreeMap;
+
+use serde_yaml::{Mapping, Value};
+
+use crate::cel;
+use crate::eval::{
+    Filter, FilterSet, ImageField, ImageTest, InfoField, NamespaceFilter, Policy, PolicySet, Rule,
+    Scope,
+};
+use crate::load::DocSource;
+use crate::model::{Action, ContainerType, PolicyError, Unsupported, Warning};
+
+/// Pod controllers Kyverno generates rules for by default.
+pub const AUTOGEN_CONTROLLERS: [&str; 7] = [
+    "DaemonSet",
+    "Deployment",
+    "Job",
+    "StatefulSet",
+    "ReplicaSet",
+    "ReplicationController",
+    "CronJob",
+];
+
+const AUTOGEN_ANNOTATION: &str = "pod-policies.kyverno.io/autogen-controllers";
+
+/// Where the Pod spec sits in the resources a pattern or list addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `spec` (Pod)
+    Pod,
+    /// `spec.template.spec` (Deployment, StatefulSet, DaemonSet, Job, ReplicaSet...)
+    Template,
+    /// `spec.jobTemplate.spec.template.spec` (CronJob)
+    CronJob,
+}
+
+impl Shape {
+    fn kinds(self) -> &'static [&'static str] {
+        match self {
+            Shape::Pod => &["Pod"],
+            Shape::Template => &[
+                "Deployment",
+                "StatefulSet",
+                "DaemonSet",
+                "ReplicaSet",
+                "Job",
+                "ReplicationController",
+            ],
+            Shape::CronJob => &["CronJob"],
+        }
+    }
+}
+
+fn get<'a>(m: &'a Mapping, k: &str) -> Option<&'a Value> {
+    m.get(k)
+}
+
+fn str_of(v: Option<&Value>) -> Option<&str> {
+    v.and_then(Value::as_str)
+}
+
+/// A per-rule failure to import: the rule is reported and not enforced.
+struct Skip(String);
+
+type R<T> = Result<T, Skip>;
+
+fn skip<T>(msg: impl Into<String>) -> R<T> {
+    Err(Skip(msg.into()))
+}
+
+fn parse_action(s: &str) -> Option<Action> {
+    match s.to_ascii_lowercase().as_str() {
+        "enforce" | "deny" => Some(Action::Enforce),
+        "audit" => Some(Action::Audit),
+        _ => None,
+    }
+}
+
+/// Imports one Kyverno document.
+pub(crate) fn import(doc: &Value, src: &DocSource<'_>) -> Result<PolicySet, PolicyError> {
+    let map = doc
+        .as_mapping()
+        .ok_or_else(|| src.invalid(None, None, "kind", "not a mapping".into()))?;
+    let kind = str_of(get(map, "kind")).unwrap_or("");
+    let meta = get(map, "metadata").and_then(Value::as_mapping);
+    let name = meta
+        .and_then(|m| str_of(get(m, "name")))
+        .ok_or_else(|| src.invalid(None, None, "metadata", "policy has no metadata.name".into()))?
+        .to_string();
+    let spec = get(map, "spec")
+        .and_then(Value::as_mapping)
+        .ok_or_else(|| src.invalid(Some(&name), None, "spec", "policy has no spec".into()))?;
+    match kind {
+        "ClusterPolicy" | "Policy" => import_classic(kind, &name, meta, spec, src),
+        "ValidatingPolicy" => import_vpol(&name, spec, src),
+        _ => {
+            // Other Kyverno kinds: reported, not enforced.
+            let mut set = PolicySet::new();
+            set.unsupported.push(Unsupported {
+                source: src.file.to_string(),
+                policy: name.clone(),
+                rule: "*".into(),
+                reason: format!("Kyverno kind {kind} is not supported"),
+            });
+            Ok(set)
+        }
+    }
+}
+
+fn import_classic(
+    kind: &str,
+    name: &str,
+    meta: Option<&Mapping>,
+    spec: &Mapping,
+    src: &DocSource<'_>,
+) -> Result<PolicySet, PolicyError> {
+    let mut set = PolicySet::new();
+    let file = src.file.to_string();
+    let policy_action = match str_of(get(spec, "validationFailureAction")) {
+        None => Action::Audit,
+        Some(s) => parse_action(s).ok_or_else(|| {
+            src.invalid(
+                Some(name),
+                None,
+                "validationFailureAction",
+                format!("unknown action {s:?} (Enforce or Audit)"),
+            )
+        })?,
+    };
+    let rules = get(spec, "rules")
+        .and_then(Value::as_sequence)
+        .ok_or_else(|| {
+            src.invalid(
+                Some(name),
+                None,
+                "rules",
+                "spec.rules must be a list".into(),
+            )
+        })?;
+    let annotations = meta
+        .and_then(|m| get(m, "annotations"))
+        .and_then(Value::as_mapping);
+    let autogen = autogen_controllers(annotations, rules);
+
+    let policy_level_unsupported: Option<String> = if get(spec, "validationFailureActionOverrides")
+        .is_some()
+    {
+        Some(
+            "spec.validationFailureActionOverrides (per-namespace actions) is not supported".into(),
+        )
+    } else if str_of(get(spec, "applyRules")).is_some_and(|s| s != "All") {
+        Some("spec.applyRules other than All is not supported".into())
+    } else {
+        None
+    };
+
+    let namespace = if kind == "Policy" {
+        Some(
+            meta.and_then(|m| str_of(get(m, "namespace")))
+                .unwrap_or("default")
+                .to_string(),
+        )
+    } else {
+        None
+    };
+    let mut out_rules = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        let Some(rm) = r.as_mapping() else {
+            return Err(src.invalid(
+                Some(name),
+                None,
+                "rules",
+                format!("rule #{i} is not a mapping"),
+            ));
+        };
+        let rule_name = str_of(get(rm, "name"))
+            .ok_or_else(|| {
+                src.invalid(Some(name), None, "rules", format!("rule #{i} has no name"))
+            })?
+            .to_string();
+        if let Some(reason) = &policy_level_unsupported {
+            set.unsupported.push(Unsupported {
+                source: file.clone(),
+                policy: name.into(),
+                rule: rule_name,
+                reason: reason.clone(),
+            });
+            continue;
+        }
+        match import_rule(rm, &rule_name, policy_action, &autogen, src, name) {
+            Ok(Some((rule, mut warns))) => {
+                set.warnings.append(&mut warns);
+                out_rules.push(rule);
+            }
+            Ok(None) => {}
+            Err(Skip(reason)) => set.unsupported.push(Unsupported {
+                source: file.clone(),
+                policy: name.into(),
+                rule: rule_name,
+                reason,
+            }),
+        }
+    }
+    for u in &set.unsupported {
+        set.warnings.push(Warning {
+            source: file.clone(),
+            policy: u.policy.clone(),
+            rule: Some(u.rule.clone()),
+            message: format!("not enforced: {}", u.reason),
+        });
+    }
+    set.policies.push(Policy {
+        name: name.to_string(),
+        kind: kind.to_string(),
+        namespace,
+        rules: out_rules,
+    });
+    Ok(set)
+}
+
+/// Kyverno's `CanAutoGen`: which controllers a Pod rule also applies to.
+fn autogen_controllers(annotations: Option<&Mapping>, rules: &[Value]) -> Vec<String> {
+    let configured = annotations.and_then(|a| str_of(get(a, AUTOGEN_ANNOTATION)));
+    if let Some(c) = configured {
+        if c.trim().eq_ignore_ascii_case("none") {
+            return Vec::new();
+        }
+    }
+    let mut needed = false;
+    for r in rules {
+        let Some(rm) = r.as_mapping() else { continue };
+        for key in ["match", "exclude"] {
+            for rd in resource_descriptions(get(rm, key)) {
+                if get(rd, "name").is_some()
+                    || get(rd, "names").is_some()
+                    || get(rd, "selector").is_some()
+                    || get(rd, "annotations").is_some()
+                {
+                    return Vec::new();
+                }
+                let kinds = kinds_of(rd);
+                if kinds.len() > 1 && kinds.iter().any(|k| k == "Pod") {
+                    return Vec::new();
+                }
+                if key == "match" && kinds.iter().any(|k| k == "Pod") {
+                    needed = true;
+                }
+            }
+        }
+    }
+    if !needed {
+        return Vec::new();
+    }
+    match configured {
+        Some(c) => c
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        None => AUTOGEN_CONTROLLERS.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// All `resources` blocks of a match/exclude (legacy, any, all).
+fn resource_descriptions(m: Option<&Value>) -> Vec<&Mapping> {
+    let mut out = Vec::new();
+    let Some(m) = m.and_then(Value::as_mapping) else {
+        return out;
+    };
+    if let Some(rd) = get(m, "resources").and_then(Value::as_mapping) {
+        out.push(rd);
+    }
+    for k in ["any", "all"] {
+        if let Some(list) = get(m, k).and_then(Value::as_sequence) {
+            for f in list {
+                if let Some(rd) = f
+                    .as_mapping()
+                    .and_then(|f| get(f, "resources"))
+                    .and_then(Value::as_mapping)
+                {
+                    out.push(rd);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Kind names of a resource description (`apps/v1/Deployment` → `Deployment`,
+/// `Pod/ephemeralcontainers` → `Pod`).
+fn kinds_of(rd: &Mapping) -> Vec<String> {
+    get(rd, "kinds")
+        .and_then(Value::as_sequence)
+        .map(|ks| ks.iter().filter_map(Value::as_str).map(kind_name).collect())
+        .unwrap_or_default()
+}
+
+fn kind_name(k: &str) -> String {
+    k.split('/')
+        .rfind(|p| p.starts_with(|c: char| c.is_ascii_uppercase()) || *p == "*")
+        .unwrap_or(k)
+        .to_string()
+}
+
+/// Compiles Kyverno match or exclude into filters.
+fn filters(m: &Value, what: &str) -> R<FilterSet> {
+    let Some(m) = m.as_mapping() else {
+        return skip(format!("{what} is not a mapping"));
+    };
+    let mut set = FilterSet::default();
+    for (k, v) in m {
+        let k = k.as_str().unwrap_or("");
+        match k {
+            "resources" => set.filters.push(resource_filter(v, what)?),
+            "any" | "all" => {
+                let Some(list) = v.as_sequence() else {
+                    return skip(format!("{what}.{k} is not a list"));
+                };
+                if k == "all" {
+                    set.all = true;
+                }
+                for f in list {
+                    let Some(fm) = f.as_mapping() else {
+                        return skip(format!("{what}.{k} entry is not a mapping"));
+                    };
+                    for (fk, fv) in fm {
+                        match fk.as_str().unwrap_or("") {
+                            "resources" => set.filters.push(resource_filter(fv, what)?),
+                            other => {
+                                return skip(format!(
+                                    "{what}.{k}[].{other} (admission user info) cannot be known at run time"
+                                ))
+                            }
+                        }
+                    }
+                }
+            }
+            other => {
+                return skip(format!(
+                    "{what}.{other} (admission user info) cannot be known at run time"
+                ))
+            }
+        }
+    }
+    if set.all && m.get("any").is_some() {
+        return skip(format!("{what} with both any and all is not supported"));
+    }
+    Ok(set)
+}
+
+fn resource_filter(v: &Value, what: &str) -> R<Filter> {
+    let Some(rd) = v.as_mapping() else {
+        return skip(format!("{what}.resources is not a mapping"));
+    };
+    let mut f = Filter::default();
+    for (k, val) in rd {
+        match k.as_str().unwrap_or("") {
+            "kinds" => {
+                let ks = kinds_of(rd);
+                if ks.is_empty() {
+                    return skip(format!(
+                        "{what}.resources.kinds is empty or not a list of strings"
+                    ));
+                }
+                f.kinds = Some(ks);
+            }
+            "namespaces" => {
+                let Some(list) = val.as_sequence() else {
+                    return skip(format!("{what}.resources.namespaces is not a list"));
+                };
+                let names: Vec<String> = list
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect();
+                if names.len() != list.len() {
+                    return skip(format!("{what}.resources.namespaces must be strings"));
+                }
+                f.namespaces = Some(NamespaceFilter {
+                    names,
+                    wildcard: true,
+                    // Kyverno compares the empty namespace of an unknown one.
+                    when_unknown: false,
+                });
+            }
+            "operations" => {
+                let ops: Vec<&str> = val
+                    .as_sequence()
+                    .map(|l| l.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                if !ops.contains(&"CREATE") {
+                    return skip(format!(
+                        "{what}.resources.operations {ops:?} does not include CREATE: what runs on a node was created"
+                    ));
+                }
+            }
+            "selector" => {
+                let sel = val.as_mapping();
+                let only_labels =
+                    sel.is_some_and(|s| s.iter().all(|(k, _)| k.as_str() == Some("matchLabels")));
+                let labels = sel
+                    .and_then(|s| get(s, "matchLabels"))
+                    .and_then(Value::as_mapping)
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|(k, v)| Some((k.as_str()?.to_string(), scalar_string(v)?)))
+                            .collect::<BTreeMap<_, _>>()
+                    });
+                match (only_labels, labels) {
+                    (true, Some(l)) => f.labels = Some(l),
+                    _ => {
+                        return skip(format!(
+                            "{what}.resources.selector other than matchLabels is not supported"
+                        ))
+                    }
+                }
+            }
+            other => {
+                return skip(format!("{what}.resources.{other} is not supported"));
+            }
+        }
+    }
+    Ok(f)
+}
+
+fn scalar_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// One compiled validation: a pass test per container type and the shape of
+/// resource it addresses.
+struct Compiled {
+    tests: [Option<ImageTest>; 3],
+    shape: Shape,
+    warnings: Vec<String>,
+}
+
+fn import_rule(
+    rm: &Mapping,
+    rule_name: &str,
+    policy_action: Action,
+    autogen: &[String],
+    src: &DocSource<'_>,
+    policy: &str,
+) -> R<Option<(Rule, Vec<Warning>)>> {
+    for (k, _) in rm {
+        match k.as_str().unwrap_or("") {
+            "name"
+            | "match"
+            | "exclude"
+            | "validate"
+            | "skipBackgroundRequests"
+            | "reportProperties" => {}
+            "context" => {
+                return skip("context (API calls, ConfigMaps, variables) is not supported")
+            }
+            "preconditions" => return skip("preconditions are not supported"),
+            "celPreconditions" => return skip("celPreconditions are not supported"),
+            "mutate" | "generate" | "verifyImages" => {
+                return skip(format!(
+                    "{} rules are not enforced by imagewarden (only validate)",
+                    k.as_str().unwrap_or("")
+                ))
+            }
+            other => return skip(format!("rule field {other} is not supported")),
+        }
+    }
+    let Some(validate) = get(rm, "validate").and_then(Value::as_mapping) else {
+        return skip("rule has no validate block");
+    };
+    let matches = match get(rm, "match") {
+        Some(m) => filters(m, "match")?,
+        None => return skip("rule has no match block"),
+    };
+    let excludes = match get(rm, "exclude") {
+        Some(m) => Some(filters(m, "exclude")?),
+        None => None,
+    };
+    let mut action = policy_action;
+    let mut message = None;
+    let mut compiled: Option<Compiled> = None;
+    for (k, v) in validate {
+        let key = k.as_str().unwrap_or("");
+        match key {
+            "message" => message = v.as_str().map(str::to_string),
+            "failureAction" => {
+                action = v.as_str().and_then(parse_action).ok_or_else(|| {
+                    Skip(format!(
+                        "validate.failureAction {v:?} is not Enforce or Audit"
+                    ))
+                })?
+            }
+            "allowExistingViolations" => {}
+            "pattern" => compiled = Some(compile_pattern_rule(std::slice::from_ref(v))?),
+            "anyPattern" => {
+                let Some(list) = v.as_sequence() else {
+                    return skip("validate.anyPattern is not a list");
+                };
+                if list.is_empty() {
+                    return skip("validate.anyPattern is empty");
+                }
+                compiled = Some(compile_pattern_rule(list)?);
+            }
+            "deny" => compiled = Some(compile_deny(v)?),
+            "foreach" => compiled = Some(compile_foreach(v)?),
+            "cel" => compiled = Some(compile_cel(v)?),
+            "failureActionOverrides" => {
+                return skip(
+                    "validate.failureActionOverrides (per-namespace actions) is not supported",
+                )
+            }
+            other => return skip(format!("validate.{other} is not supported")),
+        }
+    }
+    let Some(compiled) = compiled else {
+        return skip("validate has none of pattern, anyPattern, deny, foreach, cel");
+    };
+    if message.as_deref().is_some_and(|m| m.contains("{{")) {
+        // Variables in messages only change the text, not the verdict.
+        message = message.map(|m| format!("{m} (variables not substituted)"));
+    }
+
+    // Kinds: what the rule matches, extended by autogen for Pod rules.
+    let matched_kinds: Option<Vec<String>> = {
+        let mut ks: Vec<String> = Vec::new();
+        let mut any_unrestricted = matches.filters.is_empty();
+        for f in &matches.filters {
+            match &f.kinds {
+                Some(k) => ks.extend(k.iter().cloned()),
+                None => any_unrestricted = true,
+            }
+        }
+        if any_unrestricted {
+            None
+        } else {
+            Some(ks)
+        }
+    };
+    let shape_kinds = compiled.shape.kinds();
+    let mut warnings: Vec<Warning> = compiled
+        .warnings
+        .iter()
+        .map(|w| Warning {
+            source: src.file.to_string(),
+            policy: policy.into(),
+            rule: Some(rule_name.into()),
+            message: w.clone(),
+        })
+        .collect();
+    let mut extra_kinds: Vec<String> = Vec::new();
+    match &matched_kinds {
+        None => {
+            return skip("match does not restrict kinds: the pattern cannot apply to every kind")
+        }
+        Some(ks) => {
+            for k in ks {
+                if k == "*" {
+                    return skip("match kinds '*' is not supported");
+                }
+                let autogen_pod = compiled.shape == Shape::Pod && k == "Pod";
+                if !shape_kinds.contains(&k.as_str()) && !autogen_pod {
+                    return skip(format!(
+                        "the rule matches {k} but checks the Pod spec at a path that {k} does not have (Kyverno fails every {k})"
+                    ));
+                }
+            }
+            if ks.iter().any(|k| k == "Pod") && compiled.shape == Shape::Pod {
+                extra_kinds = autogen.to_vec();
+            }
+        }
+    }
+    if !extra_kinds.is_empty() {
+        // The same image test applies to the Pod templates of controllers.
+        let mut m = matches;
+        for f in &mut m.filters {
+            if let Some(k) = &mut f.kinds {
+                if k.iter().any(|x| x == "Pod") {
+                    k.extend(extra_kinds.iter().cloned());
+                }
+            }
+        }
+        return finish(
+            rule_name,
+            action,
+            message,
+            m,
+            excludes,
+            compiled.tests,
+            warnings,
+            src,
+            policy,
+        );
+    }
+    if compiled.shape == Shape::Pod {
+        warnings.push(Warning {
+            source: src.file.to_string(),
+            policy: policy.into(),
+            rule: Some(rule_name.into()),
+            message: "autogen is off for this policy: Pod controllers (Deployment, CronJob...) are not checked by this rule".into(),
+        });
+    }
+    finish(
+        rule_name,
+        action,
+        message,
+        matches,
+        excludes,
+        compiled.tests,
+        warnings,
+        src,
+        policy,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    rule_name: &str,
+    action: Action,
+    message: Option<String>,
+    matches: FilterSet,
+    excludes: Option<FilterSet>,
+    tests: [Option<ImageTest>; 3],
+    mut warnings: Vec<Warning>,
+    src: &DocSource<'_>,
+    policy: &str,
+) -> R<Option<(Rule, Vec<Warning>)>> {
+    let uncovered: Vec<&str> = ContainerType::ALL
+        .iter()
+        .filter(|c| tests[c.index()].is_none())
+        .map(|c| c.field())
+        .collect();
+    if uncovered.len() == 3 {
+        return skip("the rule does not check any container image");
+    }
+    if !uncovered.is_empty() {
+        warnings.push(Warning {
+            source: src.file.to_string(),
+            policy: policy.into(),
+            rule: Some(rule_name.into()),
+            message: format!(
+                "checks only {}: {} are not covered (their images run unchecked)",
+                ContainerType::ALL
+                    .iter()
+                    .filter(|c| tests[c.index()].is_some())
+                    .map(|c| c.field())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                uncovered.join(", ")
+            ),
+        });
+    }
+    Ok(Some((
+        Rule {
+            name: rule_name.to_string(),
+            action,
+            message,
+            scope: Scope { matches, excludes },
+            tests,
+        },
+        warnings,
+    )))
+}
+
+/// Strips a Kyverno anchor: `=(x)` conditional → (x, true); plain → (x, false).
+fn anchor(key: &str) -> R<(&str, bool)> {
+    if let Some(inner) = key.strip_prefix("=(").and_then(|k| k.strip_suffix(')')) {
+        return Ok((inner, true));
+    }
+    if key.contains('(') {
+        return skip(format!("pattern anchor {key} is not supported"));
+    }
+    Ok((key, false))
+}
+
+fn single_key<'a>(m: &'a Mapping, want: &str, path: &str) -> R<&'a Value> {
+    if m.len() != 1 {
+        return skip(format!("pattern at {path} has fields other than {want}"));
+    }
+    let (k, v) = m
+        .iter()
+        .next()
+        .ok_or_else(|| Skip("empty pattern".into()))?;
+    let (name, _) = anchor(k.as_str().unwrap_or(""))?;
+    if name != want {
+        return skip(format!("pattern at {path} checks {name}, not supported"));
+    }
+    Ok(v)
+}
+
+/// The per-container-type image patterns of one `validate.pattern`.
+fn compile_pattern(p: &Value) -> R<(Shape, [Option<String>; 3], Vec<String>)> {
+    let Some(top) = p.as_mapping() else {
+        return skip("pattern is not a mapping");
+    };
+    let spec = single_key(top, "spec", "pattern")?
+        .as_mapping()
+        .ok_or_else(|| Skip("pattern spec is not a mapping".into()))?;
+    let pod_keys = |m: &Mapping| {
+        m.iter().any(|(k, _)| {
+            k.as_str()
+                .and_then(|k| anchor(k).ok())
+                .is_some_and(|(n, _)| ContainerType::from_field(n).is_some())
+        })
+    };
+    let (shape, podspec) = if pod_keys(spec) {
+        (Shape::Pod, spec)
+    } else if let Ok(t) = single_key(spec, "template", "spec") {
+        let ts = t
+            .as_mapping()
+            .ok_or_else(|| Skip("pattern template is not a mapping".into()))?;
+        let ps = single_key(ts, "spec", "spec.template")?
+            .as_mapping()
+            .ok_or_else(|| Skip("bad template spec".into()))?;
+        (Shape::Template, ps)
+    } else if let Ok(j) = single_key(spec, "jobTemplate", "spec") {
+        let js = j
+            .as_mapping()
+            .ok_or_else(|| Skip("bad jobTemplate".into()))?;
+        let jss = single_key(js, "spec", "spec.jobTemplate")?
+            .as_mapping()
+            .ok_or_else(|| Skip("bad jobTemplate spec".into()))?;
+        let t = single_key(jss, "template", "spec.jobTemplate.spec")?
+            .as_mapping()
+            .ok_or_else(|| Skip("bad template".into()))?;
+        let ps = single_key(t, "spec", "spec.jobTemplate.spec.template")?
+            .as_mapping()
+            .ok_or_else(|| Skip("bad template spec".into()))?;
+        (Shape::CronJob, ps)
+    } else {
+        return skip("pattern does not check container images (no containers, initContainers or ephemeralContainers)");
+    };
+    let mut pats: [Option<String>; 3] = [None, None, None];
+    let mut warnings = Vec::new();
+    for (k, v) in podspec {
+        let key = k.as_str().unwrap_or("");
+        let (name, conditional) = anchor(key)?;
+        let Some(ct) = ContainerType::from_field(name) else {
+            return skip(format!(
+                "pattern checks spec field {name}, which imagewarden does not enforce"
+            ));
+        };
+        let Some(list) = v.as_sequence() else {
+            return skip(format!("pattern {key} is not a list"));
+        };
+        if list.len() != 1 {
+            return skip(format!(
+                "pattern {key} has {} elements (only one element patterns are supported)",
+                list.len()
+            ));
+        }
+        let Some(elem) = list[0].as_mapping() else {
+            return skip(format!("pattern {key}[] is not a mapping"));
+        };
+        let mut image = None;
+        for (ek, ev) in elem {
+            let (en, _) = anchor(ek.as_str().unwrap_or(""))?;
+            if en == "image" {
+                match ev.as_str() {
+                    Some(s) => image = Some(s.to_string()),
+                    None => return skip(format!("pattern {key}[].image is not a string")),
+                }
+            } else if ev.as_str() == Some("*") {
+                // Matches any string value: no constraint at run time.
+            } else {
+                return skip(format!(
+                    "pattern {key}[].{en} is checked, which imagewarden does not enforce"
+                ));
+            }
+        }
+        let Some(image) = image else {
+            return skip(format!("pattern {key}[] does not check image"));
+        };
+        if !conditional && ct != ContainerType::Container {
+            warnings.push(format!(
+                "pattern requires {name} to be present (no =() anchor): Kyverno fails Pods without {name}; imagewarden only checks the images present"
+            ));
+        }
+        pats[ct.index()] = Some(image);
+    }
+    Ok((shape, pats, warnings))
+}
+
+fn compile_pattern_rule(patterns: &[Value]) -> R<Compiled> {
+    let mut shape = None;
+    let mut alts = Vec::new();
+    let mut warnings = Vec::new();
+    for p in patterns {
+        let (s, pats, w) = compile_pattern(p)?;
+        if shape.is_some_and(|x| x != s) {
+            return skip("anyPattern alternatives address different resource shapes");
+        }
+        shape = Some(s);
+        warnings.extend(w);
+        alts.push(pats);
+    }
+    let shape = shape.ok_or_else(|| Skip("no pattern".into()))?;
+    if alts.len() > 1 {
+        warnings.push(
+            "anyPattern is decided image by image: a Pod whose images satisfy different alternatives passes here but fails in Kyverno".into(),
+        );
+    }
+    let mut tests: [Option<ImageTest>; 3] = [None, None, None];
+    for ct in ContainerType::ALL {
+        let i = ct.index();
+        // An alternative that does not constrain this container type lets
+        // every such image through: the type is then not governed.
+        if alts.iter().all(|a| a[i].is_some()) {
+            let mut ts: Vec<ImageTest> = alts
+                .iter()
+                .filter_map(|a| a[i].clone())
+                .map(ImageTest::KyvernoPattern)
+                .collect();
+            tests[i] = Some(if ts.len() == 1 {
+                ts.pop().unwrap_or(ImageTest::True)
+            } else {
+                ImageTest::Any(ts)
+            });
+        }
+    }
+    Ok(Compiled {
+        tests,
+        shape,
+        warnings,
+    })
+}
+
+/// The expression inside `{{ }}`, trimmed; `None` if the string is not
+/// exactly one variable.
+fn variable(s: &str) -> Option<&str> {
+    let t = s.trim();
+    let inner = t.strip_prefix("{{")?.strip_suffix("}}")?;
+    if inner.contains("{{") || inner.contains("}}") {
+        return None;
+    }
+    Some(inner.trim())
+}
+
+/// Container groups named by `[a, b, c][]` or `a`.
+fn groups(sel: &str) -> Option<Vec<ContainerType>> {
+    let s = sel.trim();
+    if let Some(inner) = s.strip_prefix('[').and_then(|x| x.strip_suffix("][]")) {
+        let mut v = Vec::new();
+        for g in inner.split(',') {
+            let ct = ContainerType::from_field(g.trim())?;
+            if !v.contains(&ct) {
+                v.push(ct);
+            }
+        }
+        return Some(v);
+    }
+    ContainerType::from_field(s).map(|c| vec![c])
+}
+
+/// What a condition key refers to.
+enum Key {
+    /// One image per element (foreach `element.image`).
+    Element,
+    /// A list over the images of these container groups.
+    Images(ImageField, Vec<ContainerType>, Shape),
+}
+
+fn parse_key(key: &Value, in_foreach: bool) -> R<Key> {
+    let Some(s) = key.as_str() else {
+        return skip(format!("condition key {key:?} is not a string"));
+    };
+    let Some(expr) = variable(s) else {
+        return skip(format!(
+            "condition key {s:?} is not a single {{{{ }}}} expression"
+        ));
+    };
+    if in_foreach && expr == "element.image" {
+        return Ok(Key::Element);
+    }
+    if let Some(rest) = expr.strip_prefix("images.") {
+        // images.<groups>.*.<field>[ [] ]
+        let rest = rest.strip_suffix("[]").unwrap_or(rest);
+        if let Some((sel, field)) = rest.rsplit_once(".*.") {
+            if let (Some(gs), Some(f)) = (groups(sel), InfoField::from_name(field)) {
+                return Ok(Key::Images(ImageField::Info(f), gs, Shape::Pod));
+            }
+        }
+    }
+    for (prefix, shape) in [
+        ("request.object.spec.template.spec.", Shape::Template),
+        (
+            "request.object.spec.jobTemplate.spec.template.spec.",
+            Shape::CronJob,
+        ),
+        ("request.object.spec.", Shape::Pod),
+    ] {
+        if let Some(rest) = expr.strip_prefix(prefix) {
+            if let Some(sel) = rest.strip_suffix("[].image") {
+                if let Some(gs) = groups(sel) {
+                    return Ok(Key::Images(ImageField::Raw, gs, shape));
+                }
+            }
+        }
+    }
+    skip(format!(
+        "condition key {{{{ {expr} }}}}: JMESPath expression not supported"
+    ))
+}
+
+fn string_list(v: &Value) -> Option<Vec<String>> {
+    match v {
+        Value::Sequence(l) => l.iter().map(scalar_string).collect(),
+        Value::String(s) => {
+            if let Ok(arr) = serde_json::from_str::<Vec<String>>(s) {
+                Some(arr)
+            } else {
+                Some(vec![s.clone()])
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Compiles one condition into a per-image "condition holds" test. `list`
+/// tells whether the key is a list over the Pod's images.
+fn condition(c: &Value, key: &Key) -> R<ImageTest> {
+    let Some(m) = c.as_mapping() else {
+        return skip("condition is not a mapping");
+    };
+    let op = str_of(get(m, "operator")).ok_or_else(|| Skip("condition has no operator".into()))?;
+    let value = get(m, "value").ok_or_else(|| Skip("condition has no value".into()))?;
+    if let Some(s) = value.as_str() {
+        if s.contains("{{") {
+            return skip(format!(
+                "condition value {s:?} uses variables (context) which are not supported"
+            ));
+        }
+    }
+    let (field, is_list) = match key {
+        Key::Element => (ImageField::Raw, false),
+        Key::Images(f, _, _) => (*f, true),
+    };
+    let scalar = || -> R<String> {
+        match value {
+            Value::String(s) => {
+                if s.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+' || c == '.') {
+                    return skip(format!("Equals with {s:?}: Kyverno compares durations and quantities numerically, not supported"));
+                }
+                Ok(s.clone())
+            }
+            _ => skip(format!("operator {op} needs a string value")),
+        }
+    };
+    let list =
+        || string_list(value).ok_or_else(|| Skip(format!("operator {op} needs a list of strings")));
+    Ok(match (op, is_list) {
+        ("Equals", false) => ImageTest::Equals { field, pattern: scalar()? },
+        ("NotEquals", false) => ImageTest::Not(Box::new(ImageTest::Equals { field, pattern: scalar()? })),
+        ("AnyIn" | "In" | "AllIn", false) => ImageTest::InList { field, values: list()? },
+        ("AnyNotIn" | "NotIn" | "AllNotIn", false) => ImageTest::Not(Box::new(ImageTest::InList { field, values: list()? })),
+        // On a list of images: "some image's value is (not) in the list".
+        ("AnyIn", true) => ImageTest::InList { field, values: list()? },
+        ("AnyNotIn", true) => ImageTest::Not(Box::new(ImageTest::InList { field, values: list()? })),
+        (op @ ("In" | "NotIn" | "AllIn" | "AllNotIn" | "Equals" | "NotEquals"), true) => {
+            return skip(format!("operator {op} on the list of all images depends on the Pod as a whole, not supported"))
+        }
+        (op, _) => return skip(format!("operator {op} is not supported")),
+    })
+}
+
+/// `any`/`all` blocks (or a legacy plain list, meaning all).
+fn condition_blocks(conds: &Value) -> R<(Vec<&Value>, Vec<&Value>)> {
+    match conds {
+        Value::Sequence(l) => Ok((Vec::new(), l.iter().collect())),
+        Value::Mapping(m) => {
+            let mut any = Vec::new();
+            let mut all = Vec::new();
+            for (k, v) in m {
+                let Some(l) = v.as_sequence() else {
+                    return skip("conditions.any/all must be lists");
+                };
+                match k.as_str() {
+                    Some("any") => any.extend(l.iter()),
+                    Some("all") => all.extend(l.iter()),
+                    _ => return skip(format!("conditions.{k:?} is not supported")),
+                }
+            }
+            Ok((any, all))
+        }
+        _ => skip("conditions must be a list or a mapping of any/all"),
+    }
+}
+
+fn deny_conditions(deny: &Value) -> R<&Value> {
+    let Some(d) = deny.as_mapping() else {
+        return skip("deny is not a mapping");
+    };
+    for (k, _) in d {
+        if k.as_str() != Some("conditions") {
+            return skip(format!("deny.{k:?} is not supported"));
+        }
+    }
+    get(d, "conditions").ok_or_else(|| Skip("deny has no conditions".into()))
+}
+
+/// `validate.deny` outside foreach: keys are lists over all images.
+fn compile_deny(deny: &Value) -> R<Compiled> {
+    let conds = deny_conditions(deny)?;
+    let (any, all) = condition_blocks(conds)?;
+    let total = any.len() + all.len();
+    if total == 0 {
+        return skip("deny without conditions denies every resource");
+    }
+    if !all.is_empty() && total > 1 {
+        return skip("several deny conditions on the Pod's image list combined with all: cannot be decided image by image");
+    }
+    let mut shape = None;
+    let mut per: [Vec<ImageTest>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    for c in any.iter().chain(all.iter()) {
+        let key = parse_key(
+            get(
+                c.as_mapping()
+                    .ok_or_else(|| Skip("condition is not a mapping".into()))?,
+                "key",
+            )
+            .unwrap_or(&Value::Null),
+            false,
+        )?;
+        let Key::Images(_, gs, s) = &key else {
+            return skip("element.image outside foreach");
+        };
+        if shape.is_some_and(|x| x != *s) {
+            return skip("conditions address different resource shapes");
+        }
+        shape = Some(*s);
+        let t = condition(c, &key)?;
+        for g in gs {
+            per[g.index()].push(t.clone());
+        }
+    }
+    // Deny when some condition holds for the image: pass = not any.
+    let tests = per.map(|ts| {
+        if ts.is_empty() {
+            None
+        } else {
+            Some(ImageTest::Not(Box::new(ImageTest::Any(ts))))
+        }
+    });
+    Ok(Compiled {
+        tests,
+        shape: shape.unwrap_or(Shape::Pod),
+        warnings: Vec::new(),
+    })
+}
+
+/// The container groups and shape of a foreach `list`.
+fn foreach_list(list: &str) -> R<(Vec<ContainerType>, Shape)> {
+    let expr = variable(list).unwrap_or(list).trim();
+    for (prefix, shape) in [
+        ("request.object.spec.template.spec.", Shape::Template),
+        (
+            "request.object.spec.jobTemplate.spec.template.spec.",
+            Shape::CronJob,
+        ),
+        ("request.object.spec.", Shape::Pod),
+    ] {
+        if let Some(rest) = expr.strip_prefix(prefix) {
+            if let Some(gs) = groups(rest) {
+                return Ok((gs, shape));
+            }
+        }
+    }
+    skip(format!("foreach list {list:?} is not a list of containers"))
+}
+
+fn compile_foreach(v: &Value) -> R<Compiled> {
+    let Some(entries) = v.as_sequence() else {
+        return skip("foreach is not a list");
+    };
+    let mut shape = None;
+    let mut per: [Vec<ImageTest>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    for e in entries {
+        let Some(em) = e.as_mapping() else {
+            return skip("foreach entry is not a mapping");
+        };
+        let mut list = None;
+        let mut test: Option<ImageTest> = None;
+        for (k, val) in em {
+            match k.as_str().unwrap_or("") {
+                "list" => list = val.as_str(),
+                "deny" => {
+                    let conds = deny_conditions(val)?;
+                    let (any, all) = condition_blocks(conds)?;
+                    if any.is_empty() && all.is_empty() {
+                        return skip("foreach deny without conditions denies every container");
+                    }
+                    let mut any_t = Vec::new();
+                    for c in &any {
+                        let key = parse_key(
+                            get(
+                                c.as_mapping()
+                                    .ok_or_else(|| Skip("condition is not a mapping".into()))?,
+                                "key",
+                            )
+                            .unwrap_or(&Value::Null),
+                            true,
+                        )?;
+                        if !matches!(key, Key::Element) {
+                            return skip("foreach condition key is not {{ element.image }}");
+                        }
+                        any_t.push(condition(c, &key)?);
+                    }
+                    let mut all_t = Vec::new();
+                    for c in &all {
+                        let key = parse_key(
+                            get(
+                                c.as_mapping()
+                                    .ok_or_else(|| Skip("condition is not a mapping".into()))?,
+                                "key",
+                            )
+                            .unwrap_or(&Value::Null),
+                            true,
+                        )?;
+                        if !matches!(key, Key::Element) {
+                            return skip("foreach condition key is not {{ element.image }}");
+                        }
+                        all_t.push(condition(c, &key)?);
+                    }
+                    let mut parts = Vec::new();
+                    if !any_t.is_empty() {
+                        parts.push(ImageTest::Any(any_t));
+                    }
+                    if !all_t.is_empty() {
+                        parts.push(ImageTest::All(all_t));
+                    }
+                    test = Some(ImageTest::Not(Box::new(ImageTest::All(parts))));
+                }
+                "pattern" => {
+                    let Some(pm) = val.as_mapping() else {
+                        return skip("foreach pattern is not a mapping");
+                    };
+                    let img = single_key(pm, "image", "foreach pattern")?;
+                    let Some(s) = img.as_str() else {
+                        return skip("foreach pattern image is not a string");
+                    };
+                    test = Some(ImageTest::KyvernoPattern(s.to_string()));
+                }
+                other => return skip(format!("foreach.{other} is not supported")),
+            }
+        }
+        let list = list.ok_or_else(|| Skip("foreach entry has no list".into()))?;
+        let (gs, s) = foreach_list(list)?;
+        if shape.is_some_and(|x| x != s) {
+            return skip("foreach lists address different resource shapes");
+        }
+        shape = Some(s);
+        let test = test.ok_or_else(|| Skip("foreach entry has neither deny nor pattern".into()))?;
+        for g in gs {
+            per[g.index()].push(test.clone());
+        }
+    }
+    let tests = per.map(|mut ts| match ts.len() {
+        0 => None,
+        1 => ts.pop(),
+        _ => Some(ImageTest::All(ts)),
+    });
+    Ok(Compiled {
+        tests,
+        shape: shape.unwrap_or(Shape::Pod),
+        warnings: Vec::new(),
+    })
+}
+
+type CelParts = (Vec<(String, String)>, Vec<String>);
+
+fn cel_parts(
+    variables: Option<&Value>,
+    expressions: Option<&Value>,
+    expr_key: &str,
+) -> R<CelParts> {
+    let mut vars = Vec::new();
+    if let Some(vs) = variables {
+        let Some(l) = vs.as_sequence() else {
+            return skip("cel variables is not a list");
+        };
+        for v in l {
+            let m = v
+                .as_mapping()
+                .ok_or_else(|| Skip("cel variable is not a mapping".into()))?;
+            let n =
+                str_of(get(m, "name")).ok_or_else(|| Skip("cel variable has no name".into()))?;
+            let e = str_of(get(m, "expression"))
+                .ok_or_else(|| Skip("cel variable has no expression".into()))?;
+            vars.push((n.to_string(), e.to_string()));
+        }
+    }
+    let mut exprs = Vec::new();
+    let Some(l) = expressions.and_then(Value::as_sequence) else {
+        return skip(format!("cel {expr_key} is missing or not a list"));
+    };
+    for x in l {
+        let m = x
+            .as_mapping()
+            .ok_or_else(|| Skip("cel expression is not a mapping".into()))?;
+        for (k, _) in m {
+            match k.as_str().unwrap_or("") {
+                "expression" | "message" | "reason" => {}
+                "messageExpression" => {}
+                other => return skip(format!("cel {expr_key}[].{other} is not supported")),
+            }
+        }
+        exprs.push(
+            str_of(get(m, "expression"))
+                .ok_or_else(|| Skip("cel entry has no expression".into()))?
+                .to_string(),
+        );
+    }
+    Ok((vars, exprs))
+}
+
+fn cel_tests(vars: &[(String, String)], exprs: &[String]) -> R<[Option<ImageTest>; 3]> {
+    let compiled =
+        cel::compile_rule(vars, exprs).map_err(|e| Skip(format!("CEL not supported: {e}")))?;
+    Ok(compiled.map(|c| c.map(ImageTest::Cel)))
+}
+
+fn compile_cel(v: &Value) -> R<Compiled> {
+    let Some(m) = v.as_mapping() else {
+        return skip("validate.cel is not a mapping");
+    };
+    for (k, _) in m {
+        match k.as_str().unwrap_or("") {
+            "expressions" | "variables" | "auditAnnotations" => {}
+            other => return skip(format!("validate.cel.{other} is not supported")),
+        }
+    }
+    let (vars, exprs) = cel_parts(get(m, "variables"), get(m, "expressions"), "expressions")?;
+    Ok(Compiled {
+        tests: cel_tests(&vars, &exprs)?,
+        shape: Shape::Pod,
+        warnings: Vec::new(),
+    })
+}
+
+/// `policies.kyverno.io` `ValidatingPolicy`.
+fn import_vpol(name: &str, spec: &Mapping, src: &DocSource<'_>) -> Result<PolicySet, PolicyError> {
+    let mut set = PolicySet::new();
+    let rule_name = "validations".to_string();
+    let result = (|| -> R<(Rule, Vec<Warning>)> {
+        for (k, _) in spec {
+            match k.as_str().unwrap_or("") {
+                "validationActions"
+                | "evaluation"
+                | "matchConstraints"
+                | "variables"
+                | "validations"
+                | "failurePolicy"
+                | "auditAnnotations"
+                | "webhookConfiguration" => {}
+                other => return skip(format!("ValidatingPolicy spec.{other} is not supported")),
+            }
+        }
+        let actions: Vec<&str> = get(spec, "validationActions")
+            .and_then(Value::as_sequence)
+            .map(|l| l.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let action = if actions.contains(&"Deny") {
+            Action::Enforce
+        } else {
+            Action::Audit
+        };
+        let mc = get(spec, "matchConstraints")
+            .and_then(Value::as_mapping)
+            .ok_or_else(|| Skip("no matchConstraints".into()))?;
+        let mut kinds = Vec::new();
+        for (k, v) in mc {
+            match k.as_str().unwrap_or("") {
+                "resourceRules" => {
+                    for rr in v.as_sequence().into_iter().flatten() {
+                        let rrm = rr
+                            .as_mapping()
+                            .ok_or_else(|| Skip("bad resourceRule".into()))?;
+                        let ops: Vec<&str> = get(rrm, "operations")
+                            .and_then(Value::as_sequence)
+                            .map(|l| l.iter().filter_map(Value::as_str).collect())
+                            .unwrap_or_default();
+                        if !ops.iter().any(|o| *o == "CREATE" || *o == "*") {
+                            return skip("resourceRules without CREATE");
+                        }
+                        for r in get(rrm, "resources")
+                            .and_then(Value::as_sequence)
+                            .into_iter()
+                            .flatten()
+                        {
+                            match r.as_str().unwrap_or("") {
+                                "pods" | "pods/ephemeralcontainers" => {
+                                    kinds.push("Pod".to_string())
+                                }
+                                other => {
+                                    return skip(format!(
+                                        "matchConstraints resource {other} is not supported"
+                                    ))
+                                }
+                            }
+                        }
+                    }
+                }
+                other => return skip(format!("matchConstraints.{other} is not supported")),
+            }
+        }
+        if kinds.is_empty() {
+            return skip("matchConstraints matches no pods");
+        }
+        kinds.dedup();
+        let (vars, exprs) = cel_parts(
+            get(spec, "variables"),
+            get(spec, "validations"),
+            "validations",
+        )?;
+        let tests = cel_tests(&vars, &exprs)?;
+        let message = get(spec, "validations")
+            .and_then(Value::as_sequence)
+            .and_then(|l| l.first())
+            .and_then(Value::as_mapping)
+            .and_then(|m| str_of(get(m, "message")))
+            .map(str::to_string);
+        let matches = FilterSet {
+            all: false,
+            filters: vec![Filter {
+                kinds: Some(kinds),
+                ..Default::default()
+            }],
+        };
+        let warn = vec![Warning {
+            source: src.file.to_string(),
+            policy: name.into(),
+            rule: Some(rule_name.clone()),
+            message: "ValidatingPolicy without spec.autogen: Pod controllers are not checked"
+                .into(),
+        }];
+        match finish(
+            &rule_name, action, message, matches, None, tests, warn, src, name,
+        )? {
+            Some(r) => Ok(r),
+            None => skip("no rule"),
+        }
+    })();
+    let mut rules = Vec::new();
+    match result {
+        Ok((rule, w)) => {
+            set.warnings.extend(w);
+            rules.push(rule);
+        }
+        Err(Skip(reason)) => {
+            set.warnings.push(Warning {
+                source: src.file.to_string(),
+                policy: name.into(),
+                rule: Some(rule_name.clone()),
+                message: format!("not enforced: {reason}"),
+            });
+            set.unsupported.push(Unsupported {
+                source: src.file.to_string(),
+                policy: name.into(),
+                rule: rule_name,
+                reason,
+            });
+        }
+    }
+    set.policies.push(Policy {
+        name: name.to_string(),
+        kind: "ValidatingPolicy".into(),
+        namespace: None,
+        rules,
+    });
+    Ok(set)
+}

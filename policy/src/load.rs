@@ -1,0 +1,233 @@
+//! Loading policy files: single or multi-document YAML mixing native
+//! `ImagePolicy` and Kyverno `ClusterPolicy`/`Policy`/`ValidatingPolicy`
+//! documents. Errors name the file and line (and column where serde gives
+//! one); semantic errors name the policy, rule and field, at the line of the
+//! offending key when it can be found.
+use std::path::Path;
+
+use serde_yaml::Value;
+
+use crate::eval::PolicySet;
+use crate::model::{InvalidPolicy, PolicyError};
+use crate::{kyverno, native};
+
+/// One YAML document of a file, with where it starts.
+pub(crate) struct DocSource<'a> {
+    pub file: &'a str,
+    pub text: &'a str,
+    /// 1-based line in the file of the document's first line.
+    pub first_line: usize,
+}
+
+impl DocSource<'_> {
+    /// Finds the line (in the file) of `key:` for a field path such as
+    /// `match.kinds`, looking after the rule's `name: RULE` line when a rule
+    /// is given. Best effort: `None` when not found.
+    pub fn line_of(&self, rule: Option<&str>, field: &str) -> Option<usize> {
+        let key = field.rsplit('.').next().unwrap_or(field);
+        let key = key.split('[').next().unwrap_or(key);
+        let lines: Vec<&str> = self.text.lines().collect();
+        let mut start = 0;
+        if let Some(rule) = rule {
+            let found = lines.iter().position(|l| {
+                let t = l.trim_start().trim_start_matches("- ").trim();
+                t.strip_prefix("name:")
+                    .is_some_and(|v| v.trim().trim_matches(|c| c == '"' || c == '\'') == rule)
+            });
+            if let Some(i) = found {
+                // The key may sit before `name:` within the same list item:
+                // search from the item's start (the closest `- ` above).
+                let indent = lines[i].len() - lines[i].trim_start().len();
+                start = (0..=i)
+                    .rev()
+                    .find(|&j| {
+                        let l = lines[j];
+                        let ind = l.len() - l.trim_start().len();
+                        l.trim_start().starts_with("- ") && ind <= indent
+                    })
+                    .unwrap_or(i);
+            }
+        }
+        let pat = format!("{key}:");
+        lines[start..]
+            .iter()
+            .position(|l| {
+                let t = l.trim_start();
+                let t = t.trim_start_matches("- ").trim_start();
+                t.starts_with(&pat) || t.starts_with(&format!("\"{key}\":"))
+            })
+            .map(|i| self.first_line + start + i)
+    }
+
+    pub fn invalid(
+        &self,
+        policy: Option<&str>,
+        rule: Option<&str>,
+        field: &str,
+        message: String,
+    ) -> PolicyError {
+        PolicyError::Invalid(Box::new(InvalidPolicy {
+            file: self.file.to_string(),
+            line: self.line_of(rule, field).or(Some(self.first_line)),
+            policy: policy.map(str::to_string),
+            rule: rule.map(str::to_string),
+            field: Some(field.to_string()),
+            message,
+        }))
+    }
+
+    pub fn syntax(&self, e: &serde_yaml::Error) -> PolicyError {
+        let (line, column) = match e.location() {
+            Some(l) => (l.line() + self.first_line - 1, l.column()),
+            None => (self.first_line, 1),
+        };
+        PolicyError::Syntax {
+            file: self.file.to_string(),
+            line,
+            column,
+            message: strip_location(&e.to_string()),
+        }
+    }
+}
+
+/// serde_yaml appends " at line L column C" to its messages; the location is
+/// reported separately (relative to the file, not the document).
+fn strip_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// Splits a multi-document YAML text at `---` lines. Returns each document's
+/// text and its first line (1-based). Column positions are kept.
+pub(crate) fn split_documents(text: &str) -> Vec<(String, usize)> {
+    let mut docs = Vec::new();
+    let mut cur = String::new();
+    let mut first = 1usize;
+    for (i, line) in text.split('\n').enumerate() {
+        let is_start = line == "---"
+            || line.starts_with("--- ")
+            || line.starts_with("---\t")
+            || line.trim_end() == "---";
+        let is_end = line.trim_end() == "...";
+        if is_start || is_end {
+            docs.push((std::mem::take(&mut cur), first));
+            first = i + 1;
+            if is_start && line.trim_end().len() > 3 {
+                // Content after `--- ` on the same line belongs to the document.
+                cur.push_str("   ");
+                cur.push_str(&line[3..]);
+            }
+            cur.push('\n');
+            continue;
+        }
+        cur.push_str(line);
+        cur.push('\n');
+    }
+    docs.push((cur, first));
+    docs.into_iter()
+        .filter(|(d, _)| {
+            d.lines().any(|l| {
+                let t = l.trim();
+                !t.is_empty() && !t.starts_with('#')
+            })
+        })
+        .collect()
+}
+
+/// Reads and compiles a policy file.
+pub fn load_policy_file(path: impl AsRef<Path>) -> Result<PolicySet, PolicyError> {
+    let path = path.as_ref();
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
+        file: name.clone(),
+        source,
+    })?;
+    load_policy_str(&text, &name)
+}
+
+/// Compiles policy text; `source_name` is used in messages (a file name).
+pub fn load_policy_str(text: &str, source_name: &str) -> Result<PolicySet, PolicyError> {
+    let mut set = PolicySet::new();
+    let mut found = false;
+    for (doc, first_line) in split_documents(text) {
+        let src = DocSource {
+            file: source_name,
+            text: &doc,
+            first_line,
+        };
+        let value: Value = serde_yaml::from_str(&doc).map_err(|e| src.syntax(&e))?;
+        if value.is_null() {
+            continue;
+        }
+        let Some(map) = value.as_mapping() else {
+            return Err(PolicyError::Invalid(Box::new(InvalidPolicy {
+                file: source_name.to_string(),
+                line: Some(first_line),
+                policy: None,
+                rule: None,
+                field: None,
+                message: "a policy document must be a mapping".into(),
+            })));
+        };
+        let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let kind = map.get("kind").and_then(Value::as_str).unwrap_or("");
+        let group = api_version.split('/').next().unwrap_or("");
+        if group == native::API_GROUP {
+            if kind != native::KIND {
+                return Err(src.invalid(
+                    None,
+                    None,
+                    "kind",
+                    format!(
+                        "unknown kind {kind:?} in {api_version}; expected {}",
+                        native::KIND
+                    ),
+                ));
+            }
+            let parsed: native::ImagePolicyDoc =
+                serde_yaml::from_str(&doc).map_err(|e| src.syntax(&e))?;
+            let (policy, warnings) = native::compile(parsed, &src)?;
+            set.policies.push(policy);
+            set.warnings.extend(warnings);
+            found = true;
+        } else if group == "kyverno.io" || group == "policies.kyverno.io" {
+            let imported = kyverno::import(&value, &src)?;
+            set.extend(imported);
+            found = true;
+        } else {
+            return Err(src.invalid(
+                None,
+                None,
+                if api_version.is_empty() { "apiVersion" } else { "kind" },
+                format!(
+                    "not a policy: apiVersion {api_version:?} kind {kind:?} (expected {} {} or a Kyverno ClusterPolicy/Policy)",
+                    native::API_VERSION,
+                    native::KIND
+                ),
+            ));
+        }
+    }
+    if !found {
+        return Err(PolicyError::Empty {
+            file: source_name.to_string(),
+        });
+    }
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_keeps_lines() {
+        let t = "a: 1\n---\n# c\nb: 2\n--- \n\n---\nc: 3\n";
+        let d = split_documents(t);
+        assert_eq!(d.len(), 3);
+        assert_eq!(d[0].1, 1);
+        assert_eq!(d[1].1, 2);
+        assert_eq!(d[2].1, 7);
+    }
+}
