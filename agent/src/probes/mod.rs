@@ -386,7 +386,8 @@ fn raise_memlock_rlimit() {
     let r = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: valid pointer to an initialised rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) } != 0 {
-        warn!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+        // Harmless on 5.11+ (memcg accounting), which is what this agent targets.
+        tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
     }
 }
 

@@ -1,0 +1,344 @@
+//! Privileged tests: the real kernel, real execs, real cgroup v2 directories.
+//! They need root. Without it they print SKIPPED, and under `CI=true` they
+//! fail instead: CI must run them.
+use std::{
+    fs,
+    io::Write,
+    os::unix::{fs::PermissionsExt, process::CommandExt, process::ExitStatusExt},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use agent_common::verdict;
+use imagewarden::probes::{
+    event::{ExecRecord, Hook, KernelVerdict},
+    reader::drain,
+    Enforcement, HookChoice, ProbeOptions, Probes,
+};
+
+/// The tests count kernel-wide events: run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn privileged() -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("privileged test cannot run (not root) and CI is set: failing instead of skipping");
+    }
+    eprintln!("SKIPPED: privileged test needs root (run `sudo -E cargo xtask test`)");
+    false
+}
+
+fn cgroup2_root() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
+    for l in mounts.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() > 2 && f[2] == "cgroup2" {
+            return PathBuf::from(f[1]);
+        }
+    }
+    panic!("no cgroup2 hierarchy mounted (need /sys/fs/cgroup or /sys/fs/cgroup/unified)");
+}
+
+/// A fresh cgroup v2 directory, removed (after killing what is left) on drop.
+struct TestCgroup {
+    path: PathBuf,
+    id: u64,
+}
+
+impl TestCgroup {
+    fn new(tag: &str) -> Self {
+        let path = cgroup2_root().join(format!("imagewarden-test-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir(&path);
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        let id = imagewarden::probes::cgroup_id_of(&path).expect("cgroup id");
+        TestCgroup { path, id }
+    }
+
+    /// A command whose child moves itself into this cgroup before exec.
+    fn command(&self, program: &Path) -> Command {
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(self.path.join("cgroup.procs"))
+            .expect("open cgroup.procs");
+        let mut c = Command::new(program);
+        // SAFETY: only async-signal-safe calls (write) between fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                use std::os::fd::AsRawFd;
+                // "0" moves the writing process itself.
+                let r = libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1);
+                if r != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        c
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if let Ok(p) = fs::read_to_string(self.path.join("cgroup.procs")) {
+            for pid in p.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: plain syscall.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        for _ in 0..50 {
+            if fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A private copy of a binary under a unique name, so its exec is unambiguous.
+fn private_binary(dir: &Path, name: &str, from: &str) -> PathBuf {
+    let p = dir.join(name);
+    fs::copy(from, &p).unwrap_or_else(|e| panic!("copy {from}: {e}"));
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("imagewarden-{tag}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn load(opts: ProbeOptions) -> (Probes, aya::maps::RingBuf<aya::maps::MapData>) {
+    let mut p = Probes::load(&opts).unwrap_or_else(|e| panic!("loading probes: {e}"));
+    let ring = p.take_events().expect("ring buffer");
+    (p, ring)
+}
+
+/// Everything read from the ring buffer, handed out per cgroup.
+struct Events {
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    seen: Vec<ExecRecord>,
+}
+
+impl Events {
+    fn new(ring: aya::maps::RingBuf<aya::maps::MapData>) -> Self {
+        Events { ring, seen: Vec::new() }
+    }
+
+    /// Waits (up to 5 s) until `n` events of `cgroup_id` arrived; takes them.
+    fn take(&mut self, cgroup_id: u64, n: usize) -> Vec<ExecRecord> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            self.seen.extend(drain(&mut self.ring));
+            let count = self.seen.iter().filter(|r| r.cgroup_id == cgroup_id).count();
+            if count >= n || Instant::now() >= deadline {
+                let (ours, rest) = std::mem::take(&mut self.seen).into_iter().partition(|r| r.cgroup_id == cgroup_id);
+                self.seen = rest;
+                return ours;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn exec_is_reported(hook: HookChoice, want: Hook) {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !privileged() {
+        return;
+    }
+    let (probes, ring) = load(ProbeOptions { hook, ..Default::default() });
+    let mut events = Events::new(ring);
+    let dir = tempdir("report");
+    let bin = private_binary(&dir, "iw-true-report", "/bin/true");
+    let cg = TestCgroup::new("report");
+
+    let child = cg.command(&bin).spawn().expect("spawn");
+    let child_pid = child.id();
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "child failed: {:?}", out.status);
+
+    let evs = events.take(cg.id, 1);
+    assert_eq!(evs.len(), 1, "expected exactly one exec in cgroup {}: {evs:?}", cg.id);
+    let e = &evs[0];
+    assert_eq!(e.hook, want);
+    assert_eq!(e.filename, bin.as_os_str().as_encoded_bytes(), "file name");
+    assert_eq!(e.tgid, child_pid, "pid");
+    assert_eq!(e.pid, child_pid, "thread id after exec");
+    assert_eq!(e.ppid, std::process::id(), "ppid");
+    assert_eq!(e.uid, 0);
+    assert_eq!(e.comm, b"iw-true-report");
+    assert_eq!(e.verdict, KernelVerdict::Unknown);
+    assert!(!e.killed && !e.fileless && !e.truncated && !e.name_unreadable && !e.nlink_unreadable, "{e:?}");
+    drop(probes);
+    let _ = fs::remove_dir_all(dir);
+}
+
+#[test]
+fn exec_in_fresh_cgroup_is_reported_tp_btf() {
+    exec_is_reported(HookChoice::TpBtf, Hook::TpBtf);
+}
+
+#[test]
+fn exec_in_fresh_cgroup_is_reported_classic_tracepoint_fallback() {
+    exec_is_reported(HookChoice::Tracepoint, Hook::Tracepoint);
+}
+
+fn denied_exec_is_killed(hook: HookChoice) {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !privileged() {
+        return;
+    }
+    let (mut probes, ring) = load(ProbeOptions { hook, enforce: true, ..Default::default() });
+    let mut events = Events::new(ring);
+    // This machine refuses BPF LSM; where it is allowed the exec fails with
+    // EPERM instead of being killed. Both are checked below.
+    let lsm = probes.enforcement == Enforcement::Lsm;
+    let dir = tempdir("deny");
+    let sh = private_binary(&dir, "iw-sh-deny", "/bin/sh");
+    let denied = TestCgroup::new("denied");
+    let other = TestCgroup::new("other");
+    probes.set_verdict(denied.id, verdict::DENY).expect("set verdict");
+    let before = probes.counters().expect("counters");
+
+    // (b) the program's first act would be to write a marker.
+    let marker = dir.join("marker-denied");
+    let status = denied
+        .command(&sh)
+        .arg("-c")
+        .arg(format!("echo ran > {}", marker.display()))
+        .status();
+    if lsm {
+        assert!(status.is_err(), "exec should fail with EPERM under BPF LSM");
+    } else {
+        let status = status.expect("spawn");
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "parent must see SIGKILL, got {status:?}");
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!marker.exists(), "the denied program ran: marker {} exists", marker.display());
+
+    // (c) the same program in another cgroup, and in ours, is untouched.
+    let marker2 = dir.join("marker-other");
+    let st = other.command(&sh).arg("-c").arg(format!("echo ran > {}", marker2.display())).status().unwrap();
+    assert!(st.success(), "exec in an unrelated cgroup was disturbed: {st:?}");
+    assert_eq!(fs::read_to_string(&marker2).unwrap(), "ran\n");
+    let st = Command::new(&sh).arg("-c").arg("exit 3").status().unwrap();
+    assert_eq!(st.code(), Some(3), "exec in the test's own cgroup was disturbed");
+
+    let evs = events.take(denied.id, 1);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0].verdict, KernelVerdict::Deny);
+    assert!(evs[0].killed || evs[0].lsm_denied, "event must say the kernel acted: {:?}", evs[0]);
+    assert_eq!(evs[0].filename, sh.as_os_str().as_encoded_bytes());
+    let others = events.take(other.id, 1);
+    assert_eq!(others.len(), 1);
+    assert!(!others[0].killed && others[0].verdict == KernelVerdict::Unknown, "{:?}", others[0]);
+    let after = probes.counters().unwrap();
+    assert_eq!(after.kills + after.lsm_denies - before.kills - before.lsm_denies, 1, "{before:?} -> {after:?}");
+
+    // Back to audit: the same cgroup runs again, and the event still says deny.
+    probes.set_enforce(false).unwrap();
+    let marker3 = dir.join("marker-audit");
+    let st = denied.command(&sh).arg("-c").arg(format!("echo ran > {}", marker3.display())).status().unwrap();
+    assert!(st.success() && marker3.exists(), "audit mode must not kill: {st:?}");
+    let evs = events.take(denied.id, 1);
+    assert!(evs.iter().any(|e| e.verdict == KernelVerdict::Deny && !e.killed), "{evs:?}");
+    drop(probes);
+    let _ = fs::remove_dir_all(dir);
+}
+
+#[test]
+fn denied_cgroup_exec_is_killed_before_it_runs_tp_btf() {
+    denied_exec_is_killed(HookChoice::TpBtf);
+}
+
+#[test]
+fn denied_cgroup_exec_is_killed_before_it_runs_classic_tracepoint() {
+    denied_exec_is_killed(HookChoice::Tracepoint);
+}
+
+#[test]
+fn flood_against_tiny_ring_buffer_is_counted_not_lost() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !privileged() {
+        return;
+    }
+    // One page: room for about a dozen 320-byte events.
+    let (probes, mut ring) = load(ProbeOptions { ringbuf_bytes: 4096, ..Default::default() });
+    let dir = tempdir("flood");
+    let bin = private_binary(&dir, "iw-true-flood", "/bin/true");
+    let cg = TestCgroup::new("flood");
+    drain(&mut ring);
+    let c0 = probes.counters().unwrap();
+    const N: usize = 300;
+    for _ in 0..N {
+        let st = cg.command(&bin).status().expect("spawn");
+        assert!(st.success());
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let got = drain(&mut ring);
+    let c1 = probes.counters().unwrap();
+    let late = drain(&mut ring);
+    let ours = got.iter().chain(late.iter()).filter(|r| r.cgroup_id == cg.id).count();
+    let drops = c1.ringbuf_drops - c0.ringbuf_drops;
+    let execs = c1.execs - c0.execs;
+    let received = (got.len() + late.len()) as u64;
+    eprintln!("flood: execs={execs} received={received} (ours {ours}) drops={drops}");
+    assert!(ours <= 16, "a 4 KiB ring cannot hold {ours} events");
+    assert!(drops as usize >= N - ours, "every exec not delivered must be counted: drops {drops}, ours {ours}");
+    // Every exec the kernel saw is either delivered or counted as dropped.
+    assert_eq!(execs, received + drops, "execs {execs} != received {received} + drops {drops}");
+    drop(probes);
+    let _ = fs::remove_dir_all(dir);
+}
+
+#[test]
+fn fileless_and_long_names_are_flagged() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !privileged() {
+        return;
+    }
+    let (probes, ring) = load(ProbeOptions::default());
+    let mut events = Events::new(ring);
+    let cg = TestCgroup::new("flags");
+
+    // memfd: a program with no name on disk, exec'd through /proc/self/fd.
+    let name = std::ffi::CString::new("iw-memfd").unwrap();
+    // SAFETY: valid C string; no MFD_CLOEXEC so the child inherits the fd.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: we own fd.
+    let mut f = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    f.write_all(&fs::read("/bin/true").unwrap()).unwrap();
+    let path = PathBuf::from(format!("/proc/self/fd/{fd}"));
+    let st = cg.command(&path).status().expect("exec memfd");
+    assert!(st.success());
+    let evs = events.take(cg.id, 1);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert!(evs[0].fileless, "memfd exec must be flagged fileless: {:?}", evs[0]);
+    drop(f);
+
+    // A path longer than the kernel buffer: cut at 255 bytes and flagged.
+    let mut long = tempdir("long");
+    let base = long.clone();
+    while long.as_os_str().len() < 400 {
+        long = long.join("d".repeat(60));
+    }
+    fs::create_dir_all(&long).unwrap();
+    let bin = private_binary(&long, "iw-true-long", "/bin/true");
+    let st = cg.command(&bin).status().expect("exec long path");
+    assert!(st.success());
+    let evs = events.take(cg.id, 1);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert!(evs[0].truncated && !evs[0].fileless, "{:?}", evs[0]);
+    let full = bin.as_os_str().as_encoded_bytes();
+    assert_eq!(evs[0].filename.len(), 255);
+    assert_eq!(&evs[0].filename[..], &full[..255]);
+    drop(probes);
+    let _ = fs::remove_dir_all(base);
+}
