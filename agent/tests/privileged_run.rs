@@ -1,0 +1,149 @@
+//! The `imagewarden run --standalone` binary end to end: real kernel, real
+//! cgroups. Needs root; under `CI=true` fails instead of skipping.
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    os::unix::{fs::MetadataExt, process::CommandExt, process::ExitStatusExt},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+fn privileged() -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("privileged test cannot run (not root) and CI is set: failing instead of skipping");
+    }
+    eprintln!("SKIPPED: privileged test needs root (run `sudo -E cargo xtask test`)");
+    false
+}
+
+fn cgroup2_root() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| PathBuf::from(f[1]))
+        .expect("cgroup2 mounted")
+}
+
+fn in_cgroup(cg: &std::path::Path, program: &str) -> Command {
+    let procs = fs::OpenOptions::new().write(true).open(cg.join("cgroup.procs")).unwrap();
+    let mut c = Command::new(program);
+    // SAFETY: only write(2) between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            use std::os::fd::AsRawFd;
+            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c
+}
+
+/// Lines of the agent's stdout, read on a thread.
+fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_ready(child: &mut Child) {
+    // The agent logs "agent running" on stderr once attached.
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            eprintln!("agent: {l}");
+            if l.contains("agent running") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20)).expect("agent did not start within 20 s");
+}
+
+fn our_programs_loaded() -> usize {
+    let out = Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().filter(|l| l.contains("name exec_btf") || l.contains("name exec_tp")).count()
+}
+
+#[test]
+fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm() {
+    if !privileged() {
+        return;
+    }
+    let cg = cgroup2_root().join(format!("imagewarden-test-run-{}", std::process::id()));
+    let _ = fs::remove_dir(&cg);
+    fs::create_dir(&cg).unwrap();
+    let cg_id = fs::metadata(&cg).unwrap().ino();
+    let before = our_programs_loaded();
+
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
+        .args(["run", "--standalone", "--mode", "enforce", "--deny-cgroup"])
+        .arg(&cg)
+        .env("IMAGEWARDEN_LOG_FORMAT", "text")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agent");
+    wait_ready(&mut agent);
+    let lines = lines_of(&mut agent);
+    assert!(our_programs_loaded() > before, "no exec program attached while the agent runs");
+
+    let marker = std::env::temp_dir().join(format!("iw-run-marker-{}", std::process::id()));
+    let _ = fs::remove_file(&marker);
+    let st = in_cgroup(&cg, "/bin/sh").arg("-c").arg(format!("echo ran > {}", marker.display())).status().unwrap();
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+    assert!(!marker.exists());
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut finding = None;
+    while Instant::now() < deadline {
+        if let Ok(l) = lines.recv_timeout(Duration::from_millis(200)) {
+            let v: serde_json::Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"));
+            if v["cgroup_id"] == cg_id {
+                finding = Some(v);
+                break;
+            }
+        }
+    }
+    let f = finding.expect("no finding for the denied cgroup");
+    assert_eq!(f["type"], "exec");
+    assert_eq!(f["verdict"], "deny");
+    assert_eq!(f["action"], "killed");
+    assert_eq!(f["filename"], "/bin/sh");
+    assert!(f["reason"].as_str().unwrap().starts_with("denied-cgroup"), "{f}");
+    for k in ["pid", "container_id", "image", "image_digest", "pod", "namespace"] {
+        assert!(f.get(k).is_some(), "key {k} missing in {f}");
+    }
+
+    // SIGTERM: clean exit, programs detached.
+    // SAFETY: plain syscall on our child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let st = agent.wait().unwrap();
+    assert!(st.success(), "agent exit after SIGTERM: {st:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while our_programs_loaded() > before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(our_programs_loaded(), before, "programs still loaded after SIGTERM");
+    let st = in_cgroup(&cg, "/bin/sh").arg("-c").arg("exit 4").status().unwrap();
+    assert_eq!(st.code(), Some(4), "enforcement must end with the agent");
+    let _ = fs::remove_dir(&cg);
+}
