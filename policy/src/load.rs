@@ -77,16 +77,35 @@ impl DocSource<'_> {
     }
 
     pub fn syntax(&self, e: &serde_yaml::Error) -> PolicyError {
-        let (line, column) = match e.location() {
-            Some(l) => (l.line() + self.first_line - 1, l.column()),
-            None => (self.first_line, 1),
-        };
+        let (line, column) = yaml_error_position(e, self.text, self.first_line);
         PolicyError::Syntax {
             file: self.file.to_string(),
             line,
             column,
             message: strip_location(&e.to_string()),
         }
+    }
+}
+
+/// Position (file line, column) of a serde_yaml error in a document that
+/// starts at `first_line`. Errors found at the end of input (an unclosed
+/// bracket or quote) are moved back to the document's last non-blank line.
+pub(crate) fn yaml_error_position(
+    e: &serde_yaml::Error,
+    text: &str,
+    first_line: usize,
+) -> (usize, usize) {
+    let last = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, _)| i + 1)
+        .last()
+        .unwrap_or(1);
+    match e.location() {
+        Some(l) if l.line() > last => (last + first_line - 1, 1),
+        Some(l) => (l.line() + first_line - 1, l.column()),
+        None => (first_line, 1),
     }
 }
 
@@ -105,7 +124,7 @@ pub(crate) fn split_documents(text: &str) -> Vec<(String, usize)> {
     let mut docs = Vec::new();
     let mut cur = String::new();
     let mut first = 1usize;
-    for (i, line) in text.split('\n').enumerate() {
+    for (i, line) in text.lines().enumerate() {
         let is_start = line == "---"
             || line.starts_with("--- ")
             || line.starts_with("---\t")

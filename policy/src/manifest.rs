@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_yaml::Value;
 
-use crate::load::split_documents;
+use crate::load::{split_documents, yaml_error_position};
 use crate::model::ContainerType;
 
 /// One image of one container of one workload.
@@ -181,10 +181,7 @@ pub fn extract_images(text: &str, source_name: &str) -> Result<Manifest, Manifes
     let mut out = Manifest::default();
     for (doc, first_line) in split_documents(text) {
         let value: Value = serde_yaml::from_str(&doc).map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line() + first_line - 1, l.column()))
-                .unwrap_or((first_line, 1));
+            let (line, column) = yaml_error_position(&e, &doc, first_line);
             let msg = e.to_string();
             let msg = msg
                 .find(" at line ")
