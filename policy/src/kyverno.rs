@@ -472,6 +472,7 @@ fn import_rule(
     src: &DocSource<'_>,
     policy: &str,
 ) -> R<Option<(Rule, Vec<Warning>)>> {
+    let mut problems: Vec<String> = Vec::new();
     for (k, _) in rm {
         match k.as_str().unwrap_or("") {
             "name"
@@ -481,18 +482,18 @@ fn import_rule(
             | "skipBackgroundRequests"
             | "reportProperties" => {}
             "context" => {
-                return skip("context (API calls, ConfigMaps, variables) is not supported")
+                problems.push("context (API calls, ConfigMaps, variables) is not supported".into())
             }
-            "preconditions" => return skip("preconditions are not supported"),
-            "celPreconditions" => return skip("celPreconditions are not supported"),
-            "mutate" | "generate" | "verifyImages" => {
-                return skip(format!(
-                    "{} rules are not enforced by imagewarden (only validate)",
-                    k.as_str().unwrap_or("")
-                ))
-            }
-            other => return skip(format!("rule field {other} is not supported")),
+            "preconditions" => problems.push("preconditions are not supported".into()),
+            "celPreconditions" => problems.push("celPreconditions are not supported".into()),
+            k @ ("mutate" | "generate" | "verifyImages") => problems.push(format!(
+                "{k} rules are not enforced by imagewarden (only validate)"
+            )),
+            other => problems.push(format!("rule field {other} is not supported")),
         }
+    }
+    if !problems.is_empty() {
+        return skip(problems.join("; "));
     }
     let Some(validate) = get(rm, "validate").and_then(Value::as_mapping) else {
         return skip("rule has no validate block");
