@@ -26,8 +26,8 @@ use tonic::{Code, Request};
 
 use super::{
     bounded_labels, connect_unix, image_digest_ref, non_empty, socket_path, ConnectError,
-    ContainerInfo, ContainerState, EventKind, RuntimeEvent, DEFAULT_CALL_TIMEOUT,
-    DEFAULT_CONNECT_TIMEOUT, MAX_CONTAINERS, MAX_MESSAGE_BYTES,
+    ContainerInfo, ContainerState, EventKind, LazyStream, RuntimeEvent, DEFAULT_CALL_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, MAX_CONTAINERS, MAX_MESSAGE_BYTES, STREAM_SETTLE,
 };
 
 /// Where containerd listens, in the order autodetection tries them.
@@ -355,7 +355,14 @@ impl ContainerdClient {
                     Ok(TaskStatus::Paused | TaskStatus::Pausing) => ContainerState::Paused,
                     _ => ContainerState::Unknown,
                 };
-                (p.container_id, (p.pid, st))
+                // containerd 1.6 leaves `container_id` empty and puts the
+                // container id in `id` (the init process's id).
+                let id = if p.container_id.is_empty() {
+                    p.id
+                } else {
+                    p.container_id
+                };
+                (id, (p.pid, st))
             })
             .collect())
     }
@@ -496,20 +503,17 @@ impl ContainerdClient {
             .iter()
             .map(|t| format!("topic==\"{t}\""))
             .collect();
-        // Only the response headers are bounded; the stream lives on.
-        let stream = call!(
-            self,
-            "Events.Subscribe",
-            None,
-            c.subscribe(svc::SubscribeRequest { filters })
-        )?;
+        let fut = Box::pin(async move { c.subscribe(svc::SubscribeRequest { filters }).await });
+        let stream = LazyStream::start(fut, STREAM_SETTLE)
+            .await
+            .map_err(|s| ContainerdError::status("Events.Subscribe", None, s))?;
         Ok(ContainerdEventStream { inner: stream })
     }
 }
 
 /// containerd's event stream, decoded to [`RuntimeEvent`]s.
 pub struct ContainerdEventStream {
-    inner: tonic::Streaming<containerd_client::types::Envelope>,
+    inner: LazyStream<containerd_client::types::Envelope>,
 }
 
 impl ContainerdEventStream {

@@ -26,8 +26,8 @@ use tonic::Code;
 
 use super::{
     bounded_labels, connect_unix, non_empty, socket_path, ConnectError, ContainerInfo,
-    ContainerKind, ContainerState, EventKind, RuntimeEvent, DEFAULT_CALL_TIMEOUT,
-    DEFAULT_CONNECT_TIMEOUT, MAX_CONTAINERS, MAX_MESSAGE_BYTES,
+    ContainerKind, ContainerState, EventKind, LazyStream, RuntimeEvent, DEFAULT_CALL_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, MAX_CONTAINERS, MAX_MESSAGE_BYTES, STREAM_SETTLE,
 };
 
 /// Where CRI runtimes listen, in the order autodetection tries them.
@@ -501,12 +501,10 @@ impl CriClient {
     /// 1.7+, CRI-O 1.26+). [`CriError::Unsupported`] on containerd 1.6.
     pub async fn container_events(&self) -> Result<CriEventStream, CriError> {
         let mut rt = self.runtime.clone();
-        // Only the response headers are bounded; the stream lives on.
-        let stream = call!(
-            self,
-            "GetContainerEvents",
-            rt.get_container_events(api::GetEventsRequest {})
-        )?;
+        let fut = Box::pin(async move { rt.get_container_events(api::GetEventsRequest {}).await });
+        let stream = LazyStream::start(fut, STREAM_SETTLE)
+            .await
+            .map_err(|s| CriError::status("GetContainerEvents", s))?;
         Ok(CriEventStream {
             inner: stream,
             namespace: self.runtime_namespace(),
@@ -629,7 +627,7 @@ impl CriClient {
 
 /// Stream of CRI container events.
 pub struct CriEventStream {
-    inner: tonic::Streaming<api::ContainerEventResponse>,
+    inner: LazyStream<api::ContainerEventResponse>,
     namespace: Option<String>,
 }
 

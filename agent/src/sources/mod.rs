@@ -265,6 +265,67 @@ pub async fn connect_unix(path: &Path, timeout: Duration) -> Result<Channel, Con
     }
 }
 
+/// How long a streaming call is given to answer with headers before the
+/// caller gets the stream anyway. containerd (grpc-go) sends a server
+/// stream's headers only with its first message, so waiting for them would
+/// wait for the first event; this bound only makes sure the request is on
+/// the wire.
+pub const STREAM_SETTLE: Duration = Duration::from_millis(100);
+
+type StreamFuture<T> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
+            > + Send,
+    >,
+>;
+
+/// A server stream whose headers may not have arrived yet.
+pub(crate) enum LazyStream<T> {
+    Pending(StreamFuture<T>),
+    Open(tonic::Streaming<T>),
+    Closed,
+}
+
+impl<T> LazyStream<T> {
+    /// Sends the call and waits at most `settle` for the response headers:
+    /// an immediate error (e.g. `Unimplemented`) is returned, a call still
+    /// pending is kept for [`LazyStream::message`].
+    pub(crate) async fn start(
+        mut fut: StreamFuture<T>,
+        settle: Duration,
+    ) -> Result<Self, tonic::Status> {
+        match tokio::time::timeout(settle, &mut fut).await {
+            Ok(Ok(resp)) => Ok(LazyStream::Open(resp.into_inner())),
+            Ok(Err(s)) => Err(s),
+            Err(_) => Ok(LazyStream::Pending(fut)),
+        }
+    }
+
+    /// Next message; `Ok(None)` once the stream is closed.
+    pub(crate) async fn message(&mut self) -> Result<Option<T>, tonic::Status> {
+        if let LazyStream::Pending(fut) = self {
+            match fut.await {
+                Ok(resp) => *self = LazyStream::Open(resp.into_inner()),
+                Err(s) => {
+                    *self = LazyStream::Closed;
+                    return Err(s);
+                }
+            }
+        }
+        match self {
+            LazyStream::Open(s) => {
+                let r = s.message().await;
+                if !matches!(r, Ok(Some(_))) {
+                    *self = LazyStream::Closed;
+                }
+                r
+            }
+            LazyStream::Pending(_) | LazyStream::Closed => Ok(None),
+        }
+    }
+}
+
 /// Strips the tag from an image name: `docker.io/library/nginx:latest` ->
 /// `docker.io/library/nginx`; a digest suffix is stripped too. A `:` before
 /// the last `/` is a registry port, not a tag.

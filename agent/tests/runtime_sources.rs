@@ -1,0 +1,352 @@
+//! The container runtime sources against a REAL containerd (Debian's 1.6,
+//! with its CRI plugin) and runc, started privately by `support::containerd`.
+//!
+//! Needs root and `containerd runc umoci busybox-static`. Where that is
+//! missing the tests print a loud SKIP, and fail under `CI=true`.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use imagewarden::sources::cgroup::{
+    cgroup_id_of_dir, cgroup_id_of_pid, find_cgroup2_mount, resolve_proc_cgroup, unified_path,
+    RuntimeKind,
+};
+use imagewarden::sources::containerd::ContainerdClient;
+use imagewarden::sources::cri::{CriClient, CriError};
+use imagewarden::sources::{ContainerInfo, ContainerKind, ContainerState, EventKind};
+use support::containerd::{Containerd, TestImages, ECR_NGINX, NGINX, PAUSE};
+
+/// Starts containerd and builds the images, or says why not.
+fn setup(test: &str) -> Option<(Containerd, TestImages)> {
+    if let Err(why) = support::containerd::preflight() {
+        support::skip_or_fail(test, &why);
+        return None;
+    }
+    let images = TestImages::build();
+    let ctd = Containerd::start();
+    eprintln!(
+        "[timing] {test}: images built in {:?}, containerd answered in {:?}",
+        images.build_time, ctd.start_time
+    );
+    Some((ctd, images))
+}
+
+fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let t0 = Instant::now();
+    let r = f();
+    eprintln!("[timing] {what}: {:?}", t0.elapsed());
+    r
+}
+
+fn find<'a>(list: &'a [ContainerInfo], ns: &str, id: &str) -> &'a ContainerInfo {
+    list.iter()
+        .find(|c| c.namespace.as_deref() == Some(ns) && c.id == id)
+        .unwrap_or_else(|| panic!("{ns}/{id} not listed; got {list:#?}"))
+}
+
+/// The container's cgroup2 directory from its spec equals the one of its
+/// pid, and both have the same cgroup id; returns (id, /proc cgroup text).
+fn check_cgroup(c: &ContainerInfo) -> (u64, String) {
+    let mount = find_cgroup2_mount().expect("cgroup2 mount");
+    let pid = c.pid.unwrap_or_else(|| panic!("no pid for {c:#?}"));
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/cgroup: {e}"));
+    let from_pid = cgroup_id_of_pid(&mount, pid).expect("cgroup id of pid");
+    let spec_path = c
+        .cgroup_path
+        .as_deref()
+        .unwrap_or_else(|| panic!("no cgroup path for {c:#?}"));
+    assert_eq!(unified_path(&text), Some(spec_path), "{c:#?}");
+    let dir = mount.join(spec_path.trim_start_matches('/'));
+    let from_dir = cgroup_id_of_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    assert_eq!(
+        from_dir,
+        from_pid,
+        "cgroup id of {} vs pid {pid}",
+        dir.display()
+    );
+    assert!(from_dir > 1, "a container is not in the root cgroup");
+    (from_dir, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_api_lists_ctr_containers_in_every_namespace() {
+    let test = "containerd_api_lists_ctr_containers_in_every_namespace";
+    let Some((ctd, images)) = setup(test) else {
+        return;
+    };
+    let other_ns = "iw-other";
+    timed("image import (2 namespaces)", || {
+        ctd.import("default", &images);
+        ctd.import(other_ns, &images);
+    });
+    let web = ctd.id("web");
+    let mirror = ctd.id("mirror");
+    let idle = ctd.id("idle");
+    timed("ctr run -d (nginx, default)", || {
+        ctd.ctr_run("default", &web, NGINX, &[])
+    });
+    timed("ctr run -d (ecr, other ns)", || {
+        ctd.ctr_run(other_ns, &mirror, ECR_NGINX, &[])
+    });
+    // A container without a task: created, never started.
+    ctd.ctr("default", &["containers", "create", NGINX, &idle]);
+    for id in [&web, &mirror] {
+        let m = ctd
+            .wait_marker(id, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("entrypoint of {id} wrote no marker"));
+        assert!(m.starts_with("started"), "{m}");
+    }
+    assert!(std::fs::read_to_string(ctd.marker(&web))
+        .unwrap()
+        .contains("image=nginx"));
+    assert!(std::fs::read_to_string(ctd.marker(&mirror))
+        .unwrap()
+        .contains("image=ecr-nginx"));
+
+    let client = ContainerdClient::connect(&ctd.endpoint())
+        .await
+        .expect("connect");
+    let nss = client.namespaces().await.expect("namespaces");
+    assert!(
+        nss.contains(&"default".to_string()) && nss.contains(&other_ns.to_string()),
+        "{nss:?}"
+    );
+    let all = client.list_all().await.expect("list_all");
+
+    for (ns, id, image) in [("default", &web, NGINX), (other_ns, &mirror, ECR_NGINX)] {
+        let c = find(&all, ns, id);
+        assert_eq!(c.runtime, "containerd");
+        assert_eq!(c.image_as_written.as_deref(), Some(image));
+        let repo = image.rsplit_once(':').unwrap().0;
+        assert_eq!(
+            c.image_ref.as_deref(),
+            Some(format!("{repo}@{}", images.digest(image)).as_str()),
+            "{c:#?}"
+        );
+        assert!(
+            c.image_id
+                .as_deref()
+                .is_some_and(|i| i.starts_with("sha256:")),
+            "{c:#?}"
+        );
+        assert_eq!(c.state, ContainerState::Running);
+        assert_eq!(
+            c.cgroup_path.as_deref(),
+            Some(format!("/{ns}/{id}").as_str())
+        );
+        let (cg_id, text) = check_cgroup(c);
+        // The /proc text resolves back to this very container.
+        let r = resolve_proc_cgroup(&text).expect("resolves");
+        assert_eq!(
+            (r.runtime, r.namespace.as_deref(), r.id.as_str()),
+            (RuntimeKind::Containerd, Some(ns), id.as_str())
+        );
+        eprintln!("{ns}/{id}: pid {:?} cgroup id {cg_id}", c.pid);
+    }
+    assert_ne!(images.digest(NGINX), images.digest(ECR_NGINX));
+    let i = find(&all, "default", &idle);
+    assert_eq!((i.state, i.pid), (ContainerState::Created, None));
+    assert_eq!(i.image_as_written.as_deref(), Some(NGINX));
+
+    // exec helper: runs inside the container's filesystem.
+    let out = ctd.ctr_exec(
+        "default",
+        &web,
+        "iw-exec-1",
+        &["cat", "/iw-marker/../entrypoint.sh"],
+    );
+    assert!(out.contains("IW_MARKER_NAME"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_lists_pod_containers_with_pod_metadata() {
+    let test = "cri_lists_pod_containers_with_pod_metadata";
+    let Some((ctd, images)) = setup(test) else {
+        return;
+    };
+    timed("image import (k8s.io)", || ctd.import("k8s.io", &images));
+    let cri = CriClient::connect(&ctd.endpoint())
+        .await
+        .expect("CRI connect");
+    assert_eq!(cri.runtime_name(), "containerd");
+    assert_eq!(cri.runtime_namespace().as_deref(), Some("k8s.io"));
+    let uid = "0b1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4d";
+    let t0 = Instant::now();
+    let (sandbox, cid) = ctd
+        .cri_run_pod(&cri, "web-0", "prod", uid, "nginx", NGINX, "cri-web")
+        .await;
+    eprintln!(
+        "[timing] CRI RunPodSandbox+CreateContainer+StartContainer: {:?}",
+        t0.elapsed()
+    );
+    ctd.wait_marker("cri-web", Duration::from_secs(10))
+        .expect("CRI container's entrypoint wrote no marker");
+
+    let list = cri.list_all().await.expect("CRI list");
+    let c = list
+        .iter()
+        .find(|c| c.id == cid)
+        .unwrap_or_else(|| panic!("{cid} not listed: {list:#?}"));
+    assert_eq!(c.runtime, "cri");
+    assert_eq!(c.namespace.as_deref(), Some("k8s.io"));
+    assert_eq!(c.kind, Some(ContainerKind::Container));
+    assert_eq!(c.sandbox_id.as_deref(), Some(sandbox.as_str()));
+    assert_eq!(c.pod_name.as_deref(), Some("web-0"));
+    assert_eq!(c.pod_namespace.as_deref(), Some("prod"));
+    assert_eq!(c.pod_uid.as_deref(), Some(uid));
+    assert_eq!(c.container_name.as_deref(), Some("nginx"));
+    assert_eq!(c.image_as_written.as_deref(), Some(NGINX));
+    assert_eq!(
+        c.image_ref.as_deref(),
+        Some(format!("docker.io/library/nginx@{}", images.digest(NGINX)).as_str()),
+        "{c:#?}"
+    );
+    assert!(
+        c.image_id
+            .as_deref()
+            .is_some_and(|i| i.starts_with("sha256:")),
+        "{c:#?}"
+    );
+    assert_eq!(c.state, ContainerState::Running);
+    assert_eq!(
+        c.labels.get("io.kubernetes.pod.uid").map(String::as_str),
+        Some(uid)
+    );
+    assert_eq!(
+        c.cgroup_path.as_deref(),
+        Some(format!("/kubepods/besteffort/pod{uid}/{cid}").as_str())
+    );
+    let (_, text) = check_cgroup(c);
+    let r = resolve_proc_cgroup(&text).expect("resolves");
+    assert_eq!(
+        (r.runtime, r.id.as_str(), r.pod_uid.as_deref()),
+        (RuntimeKind::Cri, cid.as_str(), Some(uid))
+    );
+
+    let sb = list
+        .iter()
+        .find(|c| c.id == sandbox)
+        .unwrap_or_else(|| panic!("sandbox not listed: {list:#?}"));
+    assert_eq!(sb.kind, Some(ContainerKind::Sandbox));
+    assert_eq!(sb.pod_uid.as_deref(), Some(uid));
+    assert_eq!(sb.image_as_written.as_deref(), Some(PAUSE));
+    assert_eq!(
+        sb.image_ref.as_deref(),
+        Some(format!("registry.k8s.io/pause@{}", images.digest(PAUSE)).as_str())
+    );
+    check_cgroup(sb);
+
+    // ImageStatus resolves names to digests.
+    let img = cri
+        .image_status(ECR_NGINX)
+        .await
+        .expect("ImageStatus")
+        .expect("image known");
+    assert!(
+        img.repo_digests.contains(&format!(
+            "public.ecr.aws/nginx/nginx@{}",
+            images.digest(ECR_NGINX)
+        )),
+        "{img:?}"
+    );
+    assert_eq!(
+        cri.image_status("docker.io/library/absent:1")
+            .await
+            .expect("ImageStatus"),
+        None
+    );
+
+    // ExecSync runs in the container.
+    let out = cri
+        .exec_sync(&cid, &["cat", "/iw-marker/cri-web"], Duration::from_secs(5))
+        .await
+        .expect("ExecSync");
+    assert_eq!(out.exit_code, 0);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("started"));
+
+    // The containerd API sees the same container in k8s.io, with the pod
+    // labels the kubelet (here: we) set.
+    let native = ContainerdClient::connect(&ctd.endpoint())
+        .await
+        .expect("connect");
+    let all = native.list_all().await.expect("list_all");
+    let n = find(&all, "k8s.io", &cid);
+    assert_eq!(n.pod_uid.as_deref(), Some(uid));
+    assert_eq!(n.kind, Some(ContainerKind::Container));
+    assert_eq!(n.pid, c.pid);
+    assert_eq!(n.image_ref, c.image_ref);
+
+    // Clean CRI teardown.
+    cri.stop_container(&cid, 0).await.expect("StopContainer");
+    cri.remove_pod_sandbox(&sandbox)
+        .await
+        .expect("remove sandbox");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_events_report_start_and_exit() {
+    let test = "containerd_events_report_start_and_exit";
+    let Some((ctd, images)) = setup(test) else {
+        return;
+    };
+    ctd.import("default", &images);
+    let client = ContainerdClient::connect(&ctd.endpoint())
+        .await
+        .expect("connect");
+    let mut events = client.subscribe().await.expect("subscribe");
+    let id = ctd.id("ev");
+    ctd.ctr_run("default", &id, NGINX, &[]);
+    ctd.wait_marker(&id, Duration::from_secs(10))
+        .expect("marker");
+    ctd.ctr_kill("default", &id);
+
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !seen.iter().any(|k| matches!(k, EventKind::Exited { .. })) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = tokio::time::timeout(left, events.next())
+            .await
+            .unwrap_or_else(|_| panic!("no exit event within 15 s; saw {seen:?}"))
+            .expect("event stream")
+            .expect("stream open");
+        if ev.container_id == id {
+            assert_eq!(ev.namespace.as_deref(), Some("default"));
+            seen.push(ev.kind);
+        }
+    }
+    assert_eq!(seen.first(), Some(&EventKind::Created), "{seen:?}");
+    let started_pid = seen.iter().find_map(|k| match k {
+        EventKind::Started { pid } => *pid,
+        _ => None,
+    });
+    assert!(started_pid.is_some(), "no start event with pid: {seen:?}");
+    assert!(
+        seen.contains(&EventKind::Exited {
+            pid: started_pid,
+            exit_status: Some(137)
+        }),
+        "{seen:?}"
+    );
+
+    // CRI's GetContainerEvents: containerd 1.6 does not implement it.
+    let cri = CriClient::connect(&ctd.endpoint())
+        .await
+        .expect("CRI connect");
+    match cri.container_events().await {
+        Err(CriError::Unsupported { .. }) => {
+            eprintln!(
+                "CRI GetContainerEvents unsupported by containerd {}",
+                cri.runtime_version()
+            )
+        }
+        Ok(_) => eprintln!(
+            "CRI GetContainerEvents supported by containerd {}",
+            cri.runtime_version()
+        ),
+        Err(e) => panic!("GetContainerEvents: {e}"),
+    }
+    assert!(Path::new(&ctd.socket).exists());
+}

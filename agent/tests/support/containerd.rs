@@ -1,0 +1,770 @@
+//! A private, real containerd for tests.
+//!
+//! [`Containerd::start`] runs Debian's `containerd` binary as a child with
+//! its own root, state, socket and config in a temporary directory (CRI
+//! plugin on, runc v2 shim, `native` snapshotter, no CNI: pods use the host
+//! network namespace), and [`Drop`] kills every task it ran, stops it,
+//! unmounts what it left and removes the directory.
+//!
+//! [`TestImages::build`] makes OCI images without any network: a
+//! busybox-static root filesystem with `testdata/images/entrypoint.sh`
+//! (first act: write a marker file into a bind-mounted host directory, then
+//! sleep), packed with `umoci`, named through the
+//! `io.containerd.image.name` annotation and imported with `ctr images
+//! import`. Images:
+//!
+//! | name | entrypoint |
+//! |---|---|
+//! | [`NGINX`] `docker.io/library/nginx:latest` | marker + sleep |
+//! | [`ECR_NGINX`] `public.ecr.aws/nginx/nginx:latest` | marker + sleep (other digest) |
+//! | [`PAUSE`] `registry.k8s.io/pause:3.6` | `sleep` (the CRI sandbox image) |
+//!
+//! Needs root and the Debian packages `containerd runc umoci busybox-static`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use imagewarden::sources::cri::CriClient;
+use k8s_cri::v1 as cri;
+
+/// Docker Hub nginx, as a pod spec would write it fully qualified.
+pub const NGINX: &str = "docker.io/library/nginx:latest";
+/// The ECR public mirror of nginx (a different image digest here).
+pub const ECR_NGINX: &str = "public.ecr.aws/nginx/nginx:latest";
+/// The CRI sandbox image (`sandbox_image` in the config).
+pub const PAUSE: &str = "registry.k8s.io/pause:3.6";
+
+/// Where the image entrypoint writes its marker, inside the container.
+pub const MARKER_MOUNT: &str = "/iw-marker";
+
+const ENTRYPOINT: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../testdata/images/entrypoint.sh"
+));
+
+/// Binaries the harness runs.
+pub const REQUIRED_BINARIES: &[&str] = &[
+    "containerd",
+    "ctr",
+    "runc",
+    "containerd-shim-runc-v2",
+    "umoci",
+    "tar",
+];
+/// The static busybox copied into the images.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// Why the harness cannot run here, if it cannot.
+pub fn preflight() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("not root (containerd and runc need root)".into());
+    }
+    for b in REQUIRED_BINARIES {
+        if which(b).is_none() {
+            return Err(format!(
+                "`{b}` not found on PATH (apt-get install containerd runc umoci busybox-static)"
+            ));
+        }
+    }
+    let bb = std::fs::read(BUSYBOX).map_err(|e| format!("{BUSYBOX}: {e}"))?;
+    if has_interpreter(&bb) {
+        return Err(format!(
+            "{BUSYBOX} is dynamically linked (install busybox-static)"
+        ));
+    }
+    if imagewarden::sources::cgroup::find_cgroup2_mount().is_none() {
+        return Err("no cgroup2 hierarchy mounted".into());
+    }
+    Ok(())
+}
+
+/// Whether a 64-bit little-endian ELF has a `PT_INTERP` program header
+/// (is dynamically linked). Anything unparsable counts as dynamic.
+fn has_interpreter(elf: &[u8]) -> bool {
+    let rd16 = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let rd32 = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let rd64 = |o: usize| {
+        elf.get(o..o + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(|b| u64::from_le_bytes(b) as usize)
+    };
+    if elf.get(..5) != Some(b"\x7fELF\x02".as_slice()) {
+        return true;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (rd64(0x20), rd16(0x36), rd16(0x38)) else {
+        return true;
+    };
+    (0..phnum.min(256)).any(|i| rd32(phoff + i * phentsize) == Some(3))
+}
+
+/// First match of `name` on `PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Runs a command, panicking with its output when it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+fn unique_dir(prefix: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos:x}", std::process::id()))
+}
+
+/// The test images, as one OCI archive naming all of them.
+#[derive(Debug)]
+pub struct TestImages {
+    /// Work directory (layout, bundle, archive); removed on drop.
+    pub dir: PathBuf,
+    /// `ctr images import`-able archive holding every image.
+    pub archive: PathBuf,
+    /// Image name -> manifest digest (the repo digest).
+    pub digests: BTreeMap<String, String>,
+    /// Time taken to build.
+    pub build_time: Duration,
+}
+
+impl TestImages {
+    /// Builds the images into a fresh temporary directory.
+    pub fn build() -> TestImages {
+        let t0 = Instant::now();
+        let dir = unique_dir("iw-images");
+        std::fs::create_dir_all(&dir).expect("image work dir");
+        let layout = dir.join("oci");
+        let bundle = dir.join("bundle");
+        let img = |tag: &str| format!("{}:{tag}", layout.display());
+        run(Command::new("umoci")
+            .args(["init", "--layout"])
+            .arg(&layout));
+        run(Command::new("umoci").args(["new", "--image", &img("base")]));
+        run(Command::new("umoci")
+            .args(["unpack", "--image", &img("base")])
+            .arg(&bundle));
+        let rootfs = bundle.join("rootfs");
+        for d in ["bin", "tmp", "proc", "sys", "dev", "etc", "iw-marker"] {
+            std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dir");
+        }
+        std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
+        for applet in [
+            "sh", "sleep", "echo", "cat", "date", "touch", "mkdir", "ls", "id", "hostname", "true",
+            "false", "env", "kill", "ps", "grep",
+        ] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
+                .expect("applet symlink");
+        }
+        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").expect("passwd");
+        std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").expect("group");
+        let ep = rootfs.join("entrypoint.sh");
+        std::fs::write(&ep, ENTRYPOINT).expect("entrypoint");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&ep, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        run(Command::new("umoci")
+            .args(["repack", "--image", &img("base")])
+            .arg(&bundle));
+        // One tag per image; the label makes the two nginx digests differ.
+        let configs: [(&str, &str, Vec<&str>); 3] = [
+            (
+                "nginx",
+                NGINX,
+                vec![
+                    "--config.entrypoint",
+                    "/entrypoint.sh",
+                    "--config.env",
+                    "IW_IMAGE=nginx",
+                ],
+            ),
+            (
+                "ecr",
+                ECR_NGINX,
+                vec![
+                    "--config.entrypoint",
+                    "/entrypoint.sh",
+                    "--config.env",
+                    "IW_IMAGE=ecr-nginx",
+                ],
+            ),
+            (
+                "pause",
+                PAUSE,
+                vec![
+                    "--config.entrypoint",
+                    "/bin/sleep",
+                    "--config.cmd",
+                    "2147483647",
+                ],
+            ),
+        ];
+        for (tag, name, args) in &configs {
+            run(Command::new("umoci")
+                .args(["config", "--image", &img("base"), "--tag", tag])
+                .args(["--config.env", "PATH=/bin"])
+                .args([
+                    "--config.label",
+                    &format!("org.imagewarden.test.image={name}"),
+                ])
+                .args(args));
+        }
+        run(Command::new("umoci").args(["gc", "--layout"]).arg(&layout));
+        // Rewrite the index: one entry per image, fully named.
+        let index: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(layout.join("index.json")).expect("read index.json"),
+        )
+        .expect("parse index.json");
+        let manifests = index["manifests"].as_array().expect("manifests");
+        let mut entries = Vec::new();
+        let mut digests = BTreeMap::new();
+        for (tag, name, _) in &configs {
+            let m = manifests
+                .iter()
+                .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == *tag)
+                .unwrap_or_else(|| panic!("tag {tag} missing from {index}"));
+            let mut e = m.clone();
+            let short_tag = name.rsplit_once(':').map_or("latest", |(_, t)| t);
+            e["annotations"] = serde_json::json!({
+                "org.opencontainers.image.ref.name": short_tag,
+                "io.containerd.image.name": name,
+            });
+            digests.insert(
+                name.to_string(),
+                m["digest"].as_str().expect("digest").to_string(),
+            );
+            entries.push(e);
+        }
+        let stage = dir.join("stage");
+        std::fs::create_dir_all(&stage).expect("stage");
+        std::fs::copy(layout.join("oci-layout"), stage.join("oci-layout")).expect("oci-layout");
+        std::fs::write(
+            stage.join("index.json"),
+            serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": entries}))
+                .expect("json"),
+        )
+        .expect("write index");
+        std::os::unix::fs::symlink(layout.join("blobs"), stage.join("blobs")).expect("blobs link");
+        let archive = dir.join("images.tar");
+        run(Command::new("tar")
+            .arg("-h")
+            .arg("-C")
+            .arg(&stage)
+            .arg("-cf")
+            .arg(&archive)
+            .arg("."));
+        TestImages {
+            dir,
+            archive,
+            digests,
+            build_time: t0.elapsed(),
+        }
+    }
+
+    /// Manifest digest of one of the images.
+    pub fn digest(&self, name: &str) -> &str {
+        self.digests
+            .get(name)
+            .unwrap_or_else(|| panic!("no test image {name}"))
+    }
+}
+
+impl Drop for TestImages {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A private containerd child process.
+#[derive(Debug)]
+pub struct Containerd {
+    /// Everything of this instance lives here.
+    pub dir: PathBuf,
+    /// The gRPC socket (CRI and containerd API).
+    pub socket: PathBuf,
+    /// Host directory bind-mounted at [`MARKER_MOUNT`] in test containers.
+    pub marker_dir: PathBuf,
+    /// Time from spawn to a socket that answers.
+    pub start_time: Duration,
+    /// Short token unique to this instance, for container ids.
+    pub token: String,
+    child: Option<Child>,
+    /// cgroup dirs (relative) this instance's containers may leave behind.
+    cgroup_leftovers: std::sync::Mutex<Vec<String>>,
+}
+
+impl Containerd {
+    /// Starts containerd; panics with its log when it does not come up
+    /// within 20 s.
+    pub fn start() -> Containerd {
+        let dir = unique_dir("iw-ctd");
+        for d in [
+            "root", "state", "opt", "cni/bin", "cni/conf", "marker", "pods",
+        ] {
+            std::fs::create_dir_all(dir.join(d)).expect("containerd dirs");
+        }
+        let socket = dir.join("containerd.sock");
+        let config = format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+[debug]
+  address = ""
+  level = "info"
+[metrics]
+  address = ""
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "{d}/opt"
+  [plugins."io.containerd.grpc.v1.cri"]
+    disable_tcp_service = true
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+    sandbox_image = "{PAUSE}"
+    enable_selinux = false
+    disable_apparmor = true
+    restrict_oom_score_adj = true
+    [plugins."io.containerd.grpc.v1.cri".containerd]
+      snapshotter = "native"
+      default_runtime_name = "runc"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+          SystemdCgroup = false
+          BinaryName = "{runc}"
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "{d}/cni/bin"
+      conf_dir = "{d}/cni/conf"
+"#,
+            d = dir.display(),
+            runc = std::env::var("IW_TEST_RUNC").unwrap_or_else(|_| "runc".into()),
+        );
+        let cfg = dir.join("config.toml");
+        std::fs::write(&cfg, config).expect("write config");
+        let log = std::fs::File::create(dir.join("containerd.log")).expect("log file");
+        let t0 = Instant::now();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn containerd");
+        let token = format!(
+            "{:x}",
+            std::process::id() ^ (t0.elapsed().subsec_nanos() & 0xfff)
+        );
+        let mut me = Containerd {
+            marker_dir: dir.join("marker"),
+            dir,
+            socket,
+            start_time: Duration::ZERO,
+            token,
+            child: Some(child),
+            cgroup_leftovers: std::sync::Mutex::new(Vec::new()),
+        };
+        let deadline = t0 + Duration::from_secs(20);
+        loop {
+            if me.socket.exists() {
+                let ok = me.ctr_raw("default", &["version"]).status.success();
+                if ok {
+                    break;
+                }
+            }
+            if let Some(Ok(Some(st))) = me.child.as_mut().map(|c| c.try_wait()) {
+                panic!("containerd exited ({st}) at start:\n{}", me.log());
+            }
+            if Instant::now() > deadline {
+                panic!("containerd did not answer within 20 s:\n{}", me.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        me.start_time = t0.elapsed();
+        me
+    }
+
+    /// containerd's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// `unix://` endpoint of the socket.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    fn ctr_cmd(&self, ns: &str) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("-a")
+            .arg(&self.socket)
+            .args(["-n", ns])
+            .env("CONTAINERD_SNAPSHOTTER", "native")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `ctr` in a namespace; returns its output whatever the status.
+    pub fn ctr_raw(&self, ns: &str, args: &[&str]) -> Output {
+        self.ctr_cmd(ns)
+            .args(args)
+            .output()
+            .expect("cannot run ctr")
+    }
+
+    /// Runs `ctr` in a namespace; panics (with containerd's log) on failure.
+    pub fn ctr(&self, ns: &str, args: &[&str]) -> String {
+        let out = self.ctr_raw(ns, args);
+        if !out.status.success() {
+            panic!(
+                "ctr -n {ns} {args:?} failed: {}\n--- containerd log ---\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                tail(&self.log(), 40)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Imports the test images into a namespace (unpacked for `native`).
+    pub fn import(&self, ns: &str, images: &TestImages) {
+        let archive = images.archive.to_str().expect("utf-8 path");
+        self.ctr(ns, &["images", "import", archive]);
+        // A pull also creates `repo@sha256:...` references, from which the
+        // CRI plugin reports repo digests; make them too.
+        for (name, digest) in &images.digests {
+            let repo = name.rsplit_once(':').map_or(name.as_str(), |(r, _)| r);
+            let by_digest = format!("{repo}@{digest}");
+            self.ctr(ns, &["images", "tag", "--force", name, &by_digest]);
+        }
+    }
+
+    /// A container id unique to this instance.
+    pub fn id(&self, name: &str) -> String {
+        format!("iw-{}-{name}", self.token)
+    }
+
+    /// `ctr run -d`: starts a container of `image` with the marker
+    /// directory bind-mounted; its marker file is named after `id`.
+    pub fn ctr_run(&self, ns: &str, id: &str, image: &str, env: &[(&str, &str)]) {
+        let mount = format!(
+            "type=bind,src={},dst={MARKER_MOUNT},options=rbind:rw",
+            self.marker_dir.display()
+        );
+        let marker_env = format!("IW_MARKER_NAME={id}");
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "-d".into(),
+            "--mount".into(),
+            mount,
+            "--env".into(),
+            marker_env,
+        ];
+        for (k, v) in env {
+            args.push("--env".into());
+            args.push(format!("{k}={v}"));
+        }
+        args.push(image.into());
+        args.push(id.into());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ctr(ns, &refs);
+        self.remember_cgroup(format!("{ns}/{id}"));
+        self.remember_cgroup(ns.to_string());
+    }
+
+    /// `ctr tasks exec`: runs `cmd` in a running container, returns stdout.
+    pub fn ctr_exec(&self, ns: &str, id: &str, exec_id: &str, cmd: &[&str]) -> String {
+        let mut args = vec!["tasks", "exec", "--exec-id", exec_id, id];
+        args.extend_from_slice(cmd);
+        self.ctr(ns, &args)
+    }
+
+    /// `ctr tasks kill -s SIGKILL`.
+    pub fn ctr_kill(&self, ns: &str, id: &str) {
+        self.ctr(ns, &["tasks", "kill", "-s", "SIGKILL", id]);
+    }
+
+    /// Path of the marker file a container with this marker name writes.
+    pub fn marker(&self, name: &str) -> PathBuf {
+        self.marker_dir.join(name)
+    }
+
+    /// Waits (bounded) for a container's marker file; its content if it came.
+    pub fn wait_marker(&self, name: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(s) = std::fs::read_to_string(self.marker(name)) {
+                if !s.is_empty() {
+                    return Some(s);
+                }
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn remember_cgroup(&self, rel: String) {
+        if let Ok(mut v) = self.cgroup_leftovers.lock() {
+            v.push(rel);
+        }
+    }
+
+    /// Creates a pod sandbox (host network, cgroup parent
+    /// `/kubepods/besteffort/pod<uid>` as the kubelet's cgroupfs driver
+    /// would) and one container of `image` in it through CRI; returns
+    /// (sandbox id, container id). The container's marker file is named
+    /// `marker_name`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn cri_run_pod(
+        &self,
+        cri: &CriClient,
+        pod_name: &str,
+        pod_namespace: &str,
+        pod_uid: &str,
+        container_name: &str,
+        image: &str,
+        marker_name: &str,
+    ) -> (String, String) {
+        let cgroup_parent = format!("/kubepods/besteffort/pod{pod_uid}");
+        self.remember_cgroup(cgroup_parent.trim_start_matches('/').to_string());
+        self.remember_cgroup("kubepods/besteffort".into());
+        self.remember_cgroup("kubepods".into());
+        let log_dir = self.dir.join("pods").join(pod_uid);
+        std::fs::create_dir_all(&log_dir).expect("pod log dir");
+        let ns_opts = Some(cri::NamespaceOption {
+            network: cri::NamespaceMode::Node as i32,
+            pid: cri::NamespaceMode::Container as i32,
+            ipc: cri::NamespaceMode::Pod as i32,
+            ..Default::default()
+        });
+        let kube_labels = |extra: &[(&str, &str)]| {
+            let mut m: std::collections::HashMap<String, String> = [
+                ("io.kubernetes.pod.name", pod_name),
+                ("io.kubernetes.pod.namespace", pod_namespace),
+                ("io.kubernetes.pod.uid", pod_uid),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            for (k, v) in extra {
+                m.insert(k.to_string(), v.to_string());
+            }
+            m
+        };
+        let sandbox_config = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: pod_name.into(),
+                uid: pod_uid.into(),
+                namespace: pod_namespace.into(),
+                attempt: 0,
+            }),
+            // No hostname: a host-network pod shares the host's UTS
+            // namespace, where runc refuses to set one.
+            log_directory: log_dir.display().to_string(),
+            labels: kube_labels(&[]),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: cgroup_parent.clone(),
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: ns_opts.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let sandbox_id = cri
+            .run_pod_sandbox(sandbox_config.clone())
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", tail(&self.log(), 40)));
+        self.remember_cgroup(format!(
+            "{}/{sandbox_id}",
+            cgroup_parent.trim_start_matches('/')
+        ));
+        let config = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: container_name.into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            envs: vec![cri::KeyValue {
+                key: "IW_MARKER_NAME".into(),
+                value: marker_name.into(),
+            }],
+            mounts: vec![cri::Mount {
+                container_path: MARKER_MOUNT.into(),
+                host_path: self.marker_dir.display().to_string(),
+                ..Default::default()
+            }],
+            labels: kube_labels(&[("io.kubernetes.container.name", container_name)]),
+            log_path: format!("{container_name}.log"),
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    namespace_options: ns_opts,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let container_id = cri
+            .create_container(&sandbox_id, config, sandbox_config)
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", tail(&self.log(), 40)));
+        self.remember_cgroup(format!(
+            "{}/{container_id}",
+            cgroup_parent.trim_start_matches('/')
+        ));
+        cri.start_container(&container_id)
+            .await
+            .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", tail(&self.log(), 40)));
+        (sandbox_id, container_id)
+    }
+
+    /// Kills and deletes every task and container of every namespace.
+    fn kill_everything(&self) {
+        let nss = self.ctr_raw("default", &["namespaces", "ls", "-q"]);
+        let nss = String::from_utf8_lossy(&nss.stdout).into_owned();
+        for ns in nss.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let tasks = self.ctr_raw(ns, &["tasks", "ls", "-q"]);
+            for id in String::from_utf8_lossy(&tasks.stdout).lines() {
+                let _ = self.ctr_raw(ns, &["tasks", "kill", "-a", "-s", "SIGKILL", id]);
+            }
+            for id in String::from_utf8_lossy(&tasks.stdout).lines() {
+                let _ = self.ctr_raw(ns, &["tasks", "rm", "-f", id]);
+            }
+            let ctrs = self.ctr_raw(ns, &["containers", "ls", "-q"]);
+            for id in String::from_utf8_lossy(&ctrs.stdout).lines() {
+                let _ = self.ctr_raw(ns, &["containers", "rm", id]);
+            }
+        }
+    }
+
+    /// Shims serving this instance (their command line names our socket).
+    fn shim_pids(&self) -> Vec<i32> {
+        let needle = self.socket.display().to_string();
+        let mut out = Vec::new();
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return out;
+        };
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+                let cmd = String::from_utf8_lossy(&cmd);
+                if cmd.contains("containerd-shim") && cmd.contains(&needle) {
+                    out.push(pid);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if std::env::var_os("IW_KEEP_CONTAINERD").is_some() {
+            eprintln!("IW_KEEP_CONTAINERD set: leaving {}", self.dir.display());
+            return;
+        }
+        self.kill_everything();
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for pid in self.shim_pids() {
+            // SAFETY: a shim of our own containerd, found by its socket.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        unmount_under(&self.dir);
+        // cgroups that runc leaves behind (parents, pod cgroups): innermost
+        // first; rmdir only removes empty ones.
+        let mut rels = self
+            .cgroup_leftovers
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        rels.sort_by_key(|r| std::cmp::Reverse(r.matches('/').count()));
+        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+            let mut roots: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+            roots.push(PathBuf::from("/sys/fs/cgroup"));
+            for rel in &rels {
+                for root in &roots {
+                    let _ = std::fs::remove_dir(root.join(rel));
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Lazily unmounts every mount point under `dir`, deepest first.
+pub fn unmount_under(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = dir.display().to_string();
+    let mut points: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| p.replace("\\040", " "))
+        .filter(|p| p.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        if let Ok(c) = std::ffi::CString::new(p) {
+            // SAFETY: valid NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Shared support for imagewarden's privileged integration tests.
+//! Use with `mod support;` in a test file.
+
+#![allow(dead_code)]
+
+pub mod containerd;
+
+/// Stops a test that cannot run here: under `CI=true` it fails, otherwise
+/// it prints a loud SKIP line and the caller returns.
+pub fn skip_or_fail(test: &str, why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{test}: cannot run in CI: {why}");
+    }
+    eprintln!();
+    eprintln!("==================== SKIP ====================");
+    eprintln!("SKIP {test}: {why}");
+    eprintln!("(set CI=true to make this a failure)");
+    eprintln!("==============================================");
+}
