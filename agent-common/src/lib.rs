@@ -1,7 +1,7 @@
 //! Types shared by the eBPF programs and user space. `#[repr(C)]`, `Copy`,
 //! explicit padding, `u32` flags instead of `bool`/enums, and compile-time
 //! size assertions: the kernel and user space read the same bytes.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 use core::mem::{offset_of, size_of};
 
@@ -52,9 +52,104 @@ pub mod counter {
     pub const LSM_DENIES: u32 = 3;
     /// SIGSTOPs sent at exec (hold).
     pub const HOLDS: u32 = 4;
+    /// Verdicts found by cgroup name (container announced, id not yet known).
+    pub const NAME_HITS: u32 = 6;
     /// Failed kernel reads or signals (the event is still emitted, flagged).
     pub const ERRORS: u32 = 5;
     pub const COUNT: u32 = 8;
+}
+
+/// Bytes kept of each of the two last cgroup path components in
+/// [`CgroupKey`]. Longer names are cut (and user space cuts the same way).
+pub const CGROUP_NAME_LEN: usize = 96;
+
+/// The last two components of a cgroup v2 path (`parent`, `leaf`), NUL
+/// padded: how the kernel recognises a container whose cgroup id user space
+/// does not know yet. The runtime announces a container, with its OCI
+/// `cgroupsPath`, before its task (and so its cgroup) exists; user space
+/// stores the verdict under this key, and the first exec in the new cgroup
+/// already finds it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CgroupKey {
+    pub leaf: [u8; CGROUP_NAME_LEN],
+    pub parent: [u8; CGROUP_NAME_LEN],
+}
+
+const _: () = assert!(size_of::<CgroupKey>() == 2 * CGROUP_NAME_LEN);
+
+impl CgroupKey {
+    pub const fn zeroed() -> Self {
+        CgroupKey { leaf: [0; CGROUP_NAME_LEN], parent: [0; CGROUP_NAME_LEN] }
+    }
+
+    /// Builds a key the way the kernel reads one: each name cut to
+    /// `CGROUP_NAME_LEN - 1` bytes, NUL padded.
+    pub fn new(parent: &[u8], leaf: &[u8]) -> Self {
+        let mut k = Self::zeroed();
+        let n = if leaf.len() < CGROUP_NAME_LEN { leaf.len() } else { CGROUP_NAME_LEN - 1 };
+        k.leaf[..n].copy_from_slice(&leaf[..n]);
+        let n = if parent.len() < CGROUP_NAME_LEN { parent.len() } else { CGROUP_NAME_LEN - 1 };
+        k.parent[..n].copy_from_slice(&parent[..n]);
+        k
+    }
+
+    /// Whether the leaf name holds a container id: a run of 64 lower-case
+    /// hex digits (containerd/CRI, CRI-O, docker, any cgroup driver).
+    pub fn leaf_looks_like_container(&self) -> bool {
+        // Branch-free on purpose: BPF has no conditional set, so every
+        // comparison would be a branch and 96 iterations of branches make
+        // the verifier explore too many states (E2BIG).
+        let mut run: i32 = 0;
+        let mut found: u32 = 0;
+        let mut i = 0;
+        while i < CGROUP_NAME_LEN {
+            let c = self.leaf[i] as i32;
+            let d = c - b'0' as i32; // digit: 0..=9
+            let h = c - b'a' as i32; // lower-case hex letter: 0..=5
+            let is_digit = 1 ^ (((d | (9 - d)) as u32) >> 31);
+            let is_hex = 1 ^ (((h | (5 - h)) as u32) >> 31);
+            run = (run + 1) * (is_digit | is_hex) as i32;
+            found |= ((63 - run) as u32) >> 31; // run >= 64
+            i += 1;
+        }
+        found != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_like_leaf_names() {
+        let id = "0123456789abcdef".repeat(4);
+        for leaf in [
+            id.clone(),
+            format!("cri-containerd-{id}.scope"),
+            format!("crio-{id}.scope"),
+            format!("docker-{id}.scope"),
+        ] {
+            assert!(CgroupKey::new(b"p", leaf.as_bytes()).leaf_looks_like_container(), "{leaf}");
+        }
+        let short = &id[..63];
+        let upper = id.to_uppercase();
+        let gap = format!("{}-{}", &id[..32], &id[32..]);
+        for leaf in ["", "init.scope", "user.slice", short, upper.as_str(), gap.as_str(), "ggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggg"] {
+            assert!(!CgroupKey::new(b"p", leaf.as_bytes()).leaf_looks_like_container(), "{leaf}");
+        }
+    }
+
+    #[test]
+    fn keys_are_cut_like_the_kernel_cuts() {
+        let long = [b'x'; 200];
+        let k = CgroupKey::new(&long, &long);
+        assert_eq!(k.leaf[CGROUP_NAME_LEN - 2], b'x');
+        assert_eq!(k.leaf[CGROUP_NAME_LEN - 1], 0);
+        assert_eq!(k.parent[CGROUP_NAME_LEN - 1], 0);
+        assert_eq!(CgroupKey::new(b"a", b"b"), CgroupKey::new(b"a", b"b"));
+        assert_ne!(CgroupKey::new(b"a", b"b"), CgroupKey::new(b"b", b"a"));
+    }
 }
 
 /// Which exec hook a program is (`ExecEvent::hook`).
@@ -122,12 +217,20 @@ pub struct Config {
     pub off_tp_filename_loc: u32,
     /// Set to [`CONFIG_MAGIC`] by user space; the programs do nothing until then.
     pub magic: u32,
+    /// Verdict for a cgroup absent from both verdict maps whose leaf name
+    /// looks like a container id (HOLD in enforce mode: user space decides).
+    pub unknown_container_verdict: u32,
+    pub off_task_cgroups: u32,
+    pub off_css_set_dfl_cgrp: u32,
+    pub off_cgroup_kn: u32,
+    pub off_kernfs_node_name: u32,
+    pub off_kernfs_node_parent: u32,
     pub _pad: u32,
 }
 
 pub const CONFIG_MAGIC: u32 = 0x1a6e_3a2d;
 
-const _: () = assert!(size_of::<Config>() == 48);
+const _: () = assert!(size_of::<Config>() == 72);
 
 #[cfg(feature = "user")]
 mod user {
@@ -135,4 +238,6 @@ mod user {
     unsafe impl aya::Pod for super::ExecEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above (two byte arrays).
+    unsafe impl aya::Pod for super::CgroupKey {}
 }

@@ -12,7 +12,7 @@
 #![no_std]
 #![no_main]
 
-use agent_common::{counter, flags, hook, verdict, Config, ExecEvent, CONFIG_MAGIC, FILENAME_LEN};
+use agent_common::{counter, flags, hook, verdict, CgroupKey, Config, ExecEvent, CGROUP_NAME_LEN, CONFIG_MAGIC, FILENAME_LEN};
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -39,6 +39,15 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 static VERDICTS: HashMap<u64, u32> = HashMap::with_max_entries(65_536, 0);
 
+/// (parent, leaf) cgroup names -> verdict, for containers that the runtime
+/// announced before their cgroup existed. Same bound as VERDICTS.
+#[map]
+static NAME_VERDICTS: HashMap<CgroupKey, u32> = HashMap::with_max_entries(65_536, 0);
+
+/// Per-CPU scratch space for a CgroupKey (192 bytes: kept off the stack).
+#[map]
+static SCRATCH: PerCpuArray<CgroupKey> = PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
@@ -63,13 +72,60 @@ fn config() -> Option<&'static Config> {
     }
 }
 
+/// The verdict for the current task's cgroup: by id; else by the (parent,
+/// leaf) names of the cgroup (a container announced before its cgroup
+/// existed); else, for a cgroup whose name holds a container id, the
+/// unknown-container verdict; else the default.
 #[inline(always)]
 fn verdict_of(cgroup_id: u64, cfg: &Config) -> u32 {
     // SAFETY: the value is a plain u32 copied out immediately.
-    match unsafe { VERDICTS.get(&cgroup_id) } {
-        Some(v) => *v,
-        None => cfg.default_verdict,
+    if let Some(v) = unsafe { VERDICTS.get(&cgroup_id) } {
+        return *v;
     }
+    let Some(key) = SCRATCH.get_ptr_mut(0) else {
+        return cfg.default_verdict;
+    };
+    // SAFETY: per-CPU scratch slot; kernel memory only through probe helpers.
+    unsafe {
+        if current_cgroup_key(key, cfg).is_err() {
+            count(counter::ERRORS);
+            return cfg.default_verdict;
+        }
+        if let Some(v) = NAME_VERDICTS.get(&*key) {
+            count(counter::NAME_HITS);
+            return *v;
+        }
+        if (*key).leaf_looks_like_container() {
+            return cfg.unknown_container_verdict;
+        }
+    }
+    cfg.default_verdict
+}
+
+/// Fills `key` with the names of the current task's cgroup v2 directory and
+/// its parent: task->cgroups->dfl_cgrp->kn->{name, parent->name}.
+#[inline(always)]
+unsafe fn current_cgroup_key(key: *mut CgroupKey, cfg: &Config) -> Result<(), i64> {
+    // Zero with volatile stores: the key is hashed whole, and a plain loop
+    // would become a memset call, which BPF does not have.
+    let words = key as *mut u64;
+    let mut i = 0;
+    while i < (2 * CGROUP_NAME_LEN) / 8 {
+        core::ptr::write_volatile(words.add(i), 0);
+        i += 1;
+    }
+    let task = bpf_get_current_task() as *const u8;
+    let css_set = read_ptr(task, cfg.off_task_cgroups)?;
+    let cgrp = read_ptr(css_set, cfg.off_css_set_dfl_cgrp)?;
+    let kn = read_ptr(cgrp, cfg.off_cgroup_kn)?;
+    let name = read_ptr(kn, cfg.off_kernfs_node_name)?;
+    bpf_probe_read_kernel_str_bytes(name, &mut (*key).leaf).map_err(|e| e as i64)?;
+    let parent = read_ptr(kn, cfg.off_kernfs_node_parent)?;
+    if !parent.is_null() {
+        let pname = read_ptr(parent, cfg.off_kernfs_node_name)?;
+        bpf_probe_read_kernel_str_bytes(pname, &mut (*key).parent).map_err(|e| e as i64)?;
+    }
+    Ok(())
 }
 
 /// Reads a kernel pointer field at `base + off`.

@@ -51,6 +51,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         enforce: args.mode == Mode::Enforce,
         try_lsm: true,
+        hold_unknown_containers: true,
     };
     let mut probes = Probes::load(&opts).context("loading the eBPF probes")?;
     info!(

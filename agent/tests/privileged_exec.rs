@@ -342,3 +342,64 @@ fn fileless_and_long_names_are_flagged() {
     drop(probes);
     let _ = fs::remove_dir_all(base);
 }
+
+/// A container announced before its cgroup exists is recognised by its
+/// cgroup names at the very first exec; an unannounced container-like cgroup
+/// is held (SIGSTOP) until user space decides.
+#[test]
+fn announced_names_are_enforced_and_unknown_containers_held() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !privileged() {
+        return;
+    }
+    let (mut probes, ring) = load(ProbeOptions { enforce: true, ..Default::default() });
+    let mut events = Events::new(ring);
+    let dir = tempdir("names");
+    let sh = private_binary(&dir, "iw-sh-names", "/bin/sh");
+    let parent = TestCgroup::new("names");
+    let parent_name = parent.path.file_name().unwrap().as_encoded_bytes().to_vec();
+
+    // Announced and denied: the verdict is stored before the cgroup exists.
+    let leaf_denied = "iw-denied-leaf";
+    probes
+        .set_name_verdict(&agent_common::CgroupKey::new(&parent_name, leaf_denied.as_bytes()), verdict::DENY)
+        .unwrap();
+    let c = parent.path.join(leaf_denied);
+    fs::create_dir(&c).unwrap();
+    let denied = TestCgroup { id: imagewarden::probes::cgroup_id_of(&c).unwrap(), path: c };
+    let marker = dir.join("marker-names");
+    let st = denied.command(&sh).arg("-c").arg(format!("echo ran > {}", marker.display())).status().unwrap();
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+    assert!(!marker.exists());
+    let ev = events.take(denied.id, 1);
+    assert_eq!(ev.len(), 1);
+    assert!(ev[0].killed && ev[0].verdict == KernelVerdict::Deny, "{:?}", ev[0]);
+    assert!(probes.counters().unwrap().name_hits >= 1);
+
+    // Not announced, named like a container (64 hex digits): held.
+    let hex = "cri-containerd-".to_string() + &"0123456789abcdef".repeat(4) + ".scope";
+    let c = parent.path.join(&hex);
+    fs::create_dir(&c).unwrap();
+    let held = TestCgroup { id: imagewarden::probes::cgroup_id_of(&c).unwrap(), path: c };
+    let marker = dir.join("marker-held");
+    let mut child = held.command(&sh).arg("-c").arg(format!("echo ran > {}", marker.display())).spawn().unwrap();
+    let ev = events.take(held.id, 1);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert!(ev[0].held && ev[0].verdict == KernelVerdict::Hold, "{:?}", ev[0]);
+    std::thread::sleep(Duration::from_millis(100));
+    let stat = fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
+    let state = stat.rsplit(')').next().unwrap().split_whitespace().next().unwrap().to_string();
+    assert_eq!(state, "T", "held process must be stopped: {stat}");
+    assert!(!marker.exists(), "held program ran");
+    // User space decides "allow": the program continues from its first instruction.
+    probes.set_verdict(held.id, verdict::ALLOW).unwrap();
+    // SAFETY: plain syscall on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{st:?}");
+    assert_eq!(fs::read_to_string(&marker).unwrap(), "ran\n");
+    drop(denied);
+    drop(held);
+    drop(probes);
+    let _ = fs::remove_dir_all(dir);
+}

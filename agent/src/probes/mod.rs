@@ -9,7 +9,7 @@ pub mod reader;
 
 use std::{os::unix::fs::MetadataExt, path::Path};
 
-use agent_common::{counter, verdict, Config, CONFIG_MAGIC};
+use agent_common::{counter, verdict, CgroupKey, Config, CONFIG_MAGIC};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, Lsm, TracePoint},
@@ -110,11 +110,14 @@ pub struct ProbeOptions {
     pub enforce: bool,
     /// Try to attach the BPF LSM program (falls back to signals when refused).
     pub try_lsm: bool,
+    /// Hold (SIGSTOP, in enforce mode) the execs of a cgroup whose name holds
+    /// a container id that user space has not classified yet.
+    pub hold_unknown_containers: bool,
 }
 
 impl Default for ProbeOptions {
     fn default() -> Self {
-        Self { ringbuf_bytes: 1 << 22, hook: HookChoice::Auto, enforce: false, try_lsm: true }
+        Self { ringbuf_bytes: 1 << 22, hook: HookChoice::Auto, enforce: false, try_lsm: true, hold_unknown_containers: true }
     }
 }
 
@@ -127,12 +130,14 @@ pub struct KernelCounters {
     pub lsm_denies: u64,
     pub holds: u64,
     pub errors: u64,
+    pub name_hits: u64,
 }
 
 /// Loaded and attached programs. Dropping it detaches everything.
 pub struct Probes {
     // Field order matters: maps taken out of `ebpf` are dropped first.
     verdicts: HashMap<MapData, u64, u32>,
+    name_verdicts: HashMap<MapData, CgroupKey, u32>,
     counters: PerCpuArray<MapData, u64>,
     config_map: Array<MapData, Config>,
     config: Config,
@@ -163,6 +168,14 @@ fn kernel_offsets(cfg: &mut Config) -> Result<(), ProbeError> {
     cfg.off_file_f_inode = b.member_offset("file", "f_inode")?;
     cfg.off_inode_i_nlink = b.member_offset("inode", "i_nlink")?;
     cfg.off_bprm_filename = b.member_offset("linux_binprm", "filename")?;
+    cfg.off_task_cgroups = b.member_offset("task_struct", "cgroups")?;
+    cfg.off_css_set_dfl_cgrp = b.member_offset("css_set", "dfl_cgrp")?;
+    cfg.off_cgroup_kn = b.member_offset("cgroup", "kn")?;
+    cfg.off_kernfs_node_name = b.member_offset("kernfs_node", "name")?;
+    // Renamed `__parent` when it became RCU-protected (Linux 6.15).
+    cfg.off_kernfs_node_parent = b
+        .member_offset("kernfs_node", "__parent")
+        .or_else(|_| b.member_offset("kernfs_node", "parent"))?;
     Ok(())
 }
 
@@ -205,6 +218,8 @@ impl Probes {
 
         let mut cfg = Config { magic: CONFIG_MAGIC, default_verdict: verdict::UNKNOWN, ..Default::default() };
         cfg.enforce = opts.enforce as u32;
+        cfg.unknown_container_verdict =
+            if opts.hold_unknown_containers { verdict::HOLD } else { verdict::UNKNOWN };
         kernel_offsets(&mut cfg)?;
         let fmt_path = tracefs.join("events/sched/sched_process_exec/format");
         let fmt = std::fs::read_to_string(&fmt_path)
@@ -224,6 +239,7 @@ impl Probes {
         let mut config_map: Array<MapData, Config> = take(&mut ebpf, "CONFIG")?;
         config_map.set(0, cfg, 0).map_err(|e| ProbeError::Map("CONFIG", e.to_string()))?;
         let verdicts: HashMap<MapData, u64, u32> = take(&mut ebpf, "VERDICTS")?;
+        let name_verdicts: HashMap<MapData, CgroupKey, u32> = take(&mut ebpf, "NAME_VERDICTS")?;
         let counters: PerCpuArray<MapData, u64> = take(&mut ebpf, "COUNTERS")?;
         let events: RingBuf<MapData> = take(&mut ebpf, "EVENTS")?;
 
@@ -273,6 +289,7 @@ impl Probes {
         info!(exec_hook = exec_hook.as_str(), enforcement = enforcement.as_str(), "eBPF programs attached");
         Ok(Probes {
             verdicts,
+            name_verdicts,
             counters,
             config_map,
             config: cfg,
@@ -311,6 +328,19 @@ impl Probes {
         }
     }
 
+    /// Verdict for a cgroup that does not exist yet, by the names of its
+    /// directory and its parent (see [`CgroupKey`]).
+    pub fn set_name_verdict(&mut self, key: &CgroupKey, v: u32) -> Result<(), ProbeError> {
+        self.name_verdicts.insert(key, v, 0).map_err(|e| ProbeError::Map("NAME_VERDICTS", e.to_string()))
+    }
+
+    pub fn clear_name_verdict(&mut self, key: &CgroupKey) -> Result<(), ProbeError> {
+        match self.name_verdicts.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(ProbeError::Map("NAME_VERDICTS", e.to_string())),
+        }
+    }
+
     pub fn verdict(&self, cgroup_id: u64) -> Option<u32> {
         self.verdicts.get(&cgroup_id, 0).ok()
     }
@@ -335,6 +365,7 @@ impl Probes {
             lsm_denies: get(counter::LSM_DENIES)?,
             holds: get(counter::HOLDS)?,
             errors: get(counter::ERRORS)?,
+            name_hits: get(counter::NAME_HITS)?,
         })
     }
 }
