@@ -283,7 +283,7 @@ type StreamFuture<T> = std::pin::Pin<
 /// A server stream whose headers may not have arrived yet.
 pub(crate) enum LazyStream<T> {
     Pending(StreamFuture<T>),
-    Open(tonic::Streaming<T>),
+    Open(Box<tonic::Streaming<T>>),
     Closed,
 }
 
@@ -296,7 +296,7 @@ impl<T> LazyStream<T> {
         settle: Duration,
     ) -> Result<Self, tonic::Status> {
         match tokio::time::timeout(settle, &mut fut).await {
-            Ok(Ok(resp)) => Ok(LazyStream::Open(resp.into_inner())),
+            Ok(Ok(resp)) => Ok(LazyStream::Open(Box::new(resp.into_inner()))),
             Ok(Err(s)) => Err(s),
             Err(_) => Ok(LazyStream::Pending(fut)),
         }
@@ -306,7 +306,7 @@ impl<T> LazyStream<T> {
     pub(crate) async fn message(&mut self) -> Result<Option<T>, tonic::Status> {
         if let LazyStream::Pending(fut) = self {
             match fut.await {
-                Ok(resp) => *self = LazyStream::Open(resp.into_inner()),
+                Ok(resp) => *self = LazyStream::Open(Box::new(resp.into_inner())),
                 Err(s) => {
                     *self = LazyStream::Closed;
                     return Err(s);

@@ -382,10 +382,14 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
             .stderr(log)
             .spawn()
             .expect("spawn containerd");
-        let token = format!(
-            "{:x}",
-            std::process::id() ^ (t0.elapsed().subsec_nanos() & 0xfff)
-        );
+        // Unique per instance (pid, counter, clock): container ids and so
+        // cgroup paths never collide with a concurrent test or run.
+        let token = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("iw-ctd-"))
+            .unwrap_or("x")
+            .to_string();
         let mut me = Containerd {
             marker_dir: dir.join("marker"),
             dir,

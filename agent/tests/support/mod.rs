@@ -11,9 +11,14 @@ pub fn skip_or_fail(test: &str, why: &str) {
     if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
         panic!("{test}: cannot run in CI: {why}");
     }
-    eprintln!();
-    eprintln!("==================== SKIP ====================");
-    eprintln!("SKIP {test}: {why}");
-    eprintln!("(set CI=true to make this a failure)");
-    eprintln!("==============================================");
+    // Straight to fd 2: the test harness captures `eprintln!` of passing
+    // tests, and a skip must not be silent.
+    use std::io::Write;
+    let msg = format!(
+        "\n==================== SKIP ====================\n\
+         SKIP {test}: {why}\n\
+         (set CI=true to make this a failure)\n\
+         ==============================================\n"
+    );
+    let _ = std::io::stderr().write_all(msg.as_bytes());
 }
