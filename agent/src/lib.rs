@@ -5,5 +5,8 @@ pub mod cli;
 pub mod cmd_check;
 pub mod cmd_run;
 pub mod finding;
+pub mod metrics;
 pub mod probes;
+pub mod server;
+pub mod sink;
 pub mod sources;
