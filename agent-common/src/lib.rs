@@ -38,6 +38,8 @@ pub mod verdict {
     pub const DENY: u32 = 2;
     /// Enforce mode: an exec is stopped (SIGSTOP) until user space decides.
     pub const HOLD: u32 = 3;
+    /// Denied by a rule in Audit mode: reported, never acted on in the kernel.
+    pub const AUDIT: u32 = 4;
 }
 
 /// Indices of the per-CPU counter array.

@@ -20,7 +20,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_send_signal,
     },
     macros::{btf_tracepoint, lsm, map, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, LsmContext, TracePointContext},
     EbpfContext,
 };
@@ -43,6 +43,12 @@ static VERDICTS: HashMap<u64, u32> = HashMap::with_max_entries(65_536, 0);
 /// announced before their cgroup existed. Same bound as VERDICTS.
 #[map]
 static NAME_VERDICTS: HashMap<CgroupKey, u32> = HashMap::with_max_entries(65_536, 0);
+
+/// cgroup id -> names, written by the kernel when it decided by name (or
+/// held a container-like cgroup), so that user space can attribute the
+/// event even when the process and its cgroup are gone by the time it looks.
+#[map]
+static CGROUP_NAMES: LruHashMap<u64, CgroupKey> = LruHashMap::with_max_entries(16_384, 0);
 
 /// Per-CPU scratch space for a CgroupKey (192 bytes: kept off the stack).
 #[map]
@@ -93,9 +99,11 @@ fn verdict_of(cgroup_id: u64, cfg: &Config) -> u32 {
         }
         if let Some(v) = NAME_VERDICTS.get(&*key) {
             count(counter::NAME_HITS);
+            let _ = CGROUP_NAMES.insert(&cgroup_id, &*key, 0);
             return *v;
         }
         if (*key).leaf_looks_like_container() {
+            let _ = CGROUP_NAMES.insert(&cgroup_id, &*key, 0);
             return cfg.unknown_container_verdict;
         }
     }

@@ -90,6 +90,21 @@ pub struct RunArgs {
     /// Exec hook: auto picks tp_btf and falls back to the classic tracepoint.
     #[arg(long, value_enum, default_value_t = ExecHook::Auto, env = "IMAGEWARDEN_EXEC_HOOK")]
     pub exec_hook: ExecHook,
+    /// Run with a Kyverno policy of which some rules cannot be enforced
+    /// faithfully (they are reported and not enforced).
+    #[arg(long, env = "IMAGEWARDEN_ALLOW_PARTIAL")]
+    pub allow_partial: bool,
+    /// How long an unclassified container's first exec is held (stopped)
+    /// waiting for the runtime to describe it; then it is killed (enforce).
+    #[arg(long, default_value = "2s", value_parser = parse_duration, env = "IMAGEWARDEN_HOLD_TIMEOUT")]
+    pub hold_timeout: std::time::Duration,
+    /// Full resync with the container runtimes (safety net under the event streams).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "IMAGEWARDEN_RESYNC_INTERVAL")]
+    pub resync_interval: std::time::Duration,
+    /// Do not hold execs of unclassified containers (the kernel lets them
+    /// run until user space has a verdict).
+    #[arg(long, env = "IMAGEWARDEN_NO_HOLD")]
+    pub no_hold: bool,
     /// Mark a cgroup (v2 directory path) as denied. Repeatable. For tests and
     /// manual quarantine of a workload without a container runtime.
     #[arg(long = "deny-cgroup", env = "IMAGEWARDEN_DENY_CGROUP", value_delimiter = ',')]
@@ -101,4 +116,46 @@ pub enum ExecHook {
     Auto,
     TpBtf,
     Tracepoint,
+}
+
+/// Parses `500ms`, `2s`, `1m` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?} (use 500ms, 2s, 1m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("invalid duration unit in {s:?} (use ms, s or m)")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 {
+        return Err(format!("duration {s:?} out of range"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), std::time::Duration::from_millis(500));
+        assert_eq!(parse_duration("2s").unwrap(), std::time::Duration::from_secs(2));
+        assert_eq!(parse_duration("3").unwrap(), std::time::Duration::from_secs(3));
+        assert_eq!(parse_duration("1m").unwrap(), std::time::Duration::from_secs(60));
+        assert!(parse_duration("1h").is_err());
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
 }

@@ -27,6 +27,8 @@ pub struct Finding {
     pub image_digest: Option<String>,
     pub pod: Option<String>,
     pub namespace: Option<String>,
+    /// containerd namespace (`k8s.io` for Kubernetes, `default` for `ctr`, ...).
+    pub runtime_namespace: Option<String>,
     /// The executed file has no name on disk (memfd, unlinked).
     pub fileless: bool,
     /// The file name was cut at the kernel's buffer size.
@@ -45,6 +47,7 @@ pub struct Attribution {
     pub image_digest: Option<String>,
     pub pod: Option<String>,
     pub namespace: Option<String>,
+    pub runtime_namespace: Option<String>,
     /// Why the cgroup has its verdict (policy reason), if known.
     pub reason: Option<String>,
 }
@@ -64,14 +67,14 @@ impl Finding {
     pub fn from_exec(rec: &ExecRecord, attr: Option<&Attribution>) -> Self {
         let verdict = match rec.verdict {
             KernelVerdict::Allow => "allow",
-            KernelVerdict::Deny => "deny",
+            KernelVerdict::Deny | KernelVerdict::Audit => "deny",
             KernelVerdict::Unknown | KernelVerdict::Hold => "unknown",
         };
         let action = if rec.killed || rec.lsm_denied {
             "killed"
         } else if rec.held {
             "held"
-        } else if rec.verdict == KernelVerdict::Deny {
+        } else if matches!(rec.verdict, KernelVerdict::Deny | KernelVerdict::Audit) {
             "alerted"
         } else {
             "none"
@@ -79,7 +82,7 @@ impl Finding {
         let reason = attr.and_then(|a| a.reason.clone()).unwrap_or_else(|| {
             match rec.verdict {
                 KernelVerdict::Allow => "allowed",
-                KernelVerdict::Deny => "denied-cgroup",
+                KernelVerdict::Deny | KernelVerdict::Audit => "denied-cgroup",
                 KernelVerdict::Hold => "held-until-classified",
                 KernelVerdict::Unknown => "unattributed",
             }
@@ -102,10 +105,48 @@ impl Finding {
             image_digest: a.image_digest,
             pod: a.pod,
             namespace: a.namespace,
+            runtime_namespace: a.runtime_namespace,
             fileless: rec.fileless,
             filename_truncated: rec.truncated,
             hook: hook_name(rec.hook),
             boot_ns: Some(rec.boot_ns),
+        }
+    }
+}
+
+impl Finding {
+    /// A container-level finding (the runtime reported a container; the
+    /// policy decided on its image).
+    #[allow(clippy::too_many_arguments)]
+    pub fn container(
+        verdict: &'static str,
+        action: &'static str,
+        reason: String,
+        pid: Option<u32>,
+        cgroup_id: Option<u64>,
+        attr: Attribution,
+    ) -> Self {
+        Finding {
+            kind: "container",
+            verdict,
+            action,
+            reason,
+            pid,
+            ppid: None,
+            uid: None,
+            cgroup_id,
+            filename: None,
+            comm: None,
+            container_id: attr.container_id,
+            image: attr.image,
+            image_digest: attr.image_digest,
+            pod: attr.pod,
+            namespace: attr.namespace,
+            runtime_namespace: attr.runtime_namespace,
+            fileless: false,
+            filename_truncated: false,
+            hook: None,
+            boot_ns: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod cmd_check;
 pub mod cmd_run;
+pub mod controller;
 pub mod finding;
 pub mod metrics;
 pub mod probes;

@@ -77,6 +77,16 @@ fn wait_ready(child: &mut Child) {
     rx.recv_timeout(Duration::from_secs(20)).expect("agent did not start within 20 s");
 }
 
+/// Kills the agent if the test fails half-way (no leftover agent holding programs).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn our_programs_loaded() -> usize {
     let out = Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -104,6 +114,7 @@ fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm
         .expect("start agent");
     wait_ready(&mut agent);
     let lines = lines_of(&mut agent);
+    let mut agent = KillOnDrop(agent);
     assert!(our_programs_loaded() > before, "no exec program attached while the agent runs");
 
     let marker = std::env::temp_dir().join(format!("iw-run-marker-{}", std::process::id()));
@@ -135,8 +146,8 @@ fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm
 
     // SIGTERM: clean exit, programs detached.
     // SAFETY: plain syscall on our child.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    let st = agent.wait().unwrap();
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    let st = agent.0.wait().unwrap();
     assert!(st.success(), "agent exit after SIGTERM: {st:?}");
     let deadline = Instant::now() + Duration::from_secs(5);
     while our_programs_loaded() > before && Instant::now() < deadline {

@@ -16,6 +16,8 @@ pub enum KernelVerdict {
     Allow,
     Deny,
     Hold,
+    /// Denied by a rule in Audit mode: reported, never killed.
+    Audit,
 }
 
 impl KernelVerdict {
@@ -24,6 +26,7 @@ impl KernelVerdict {
             verdict::ALLOW => Self::Allow,
             verdict::DENY => Self::Deny,
             verdict::HOLD => Self::Hold,
+            verdict::AUDIT => Self::Audit,
             _ => Self::Unknown,
         }
     }
@@ -33,6 +36,7 @@ impl KernelVerdict {
             Self::Allow => "allow",
             Self::Deny => "deny",
             Self::Hold => "hold",
+            Self::Audit => "audit",
         }
     }
 }
@@ -174,7 +178,8 @@ mod tests {
         assert_eq!(offset_of!(ExecEvent, hook), 46);
         assert_eq!(offset_of!(ExecEvent, comm), 48);
         assert_eq!(offset_of!(ExecEvent, filename), 64);
-        assert_eq!(size_of::<agent_common::Config>(), 48);
+        assert_eq!(size_of::<agent_common::Config>(), 72);
+        assert_eq!(size_of::<agent_common::CgroupKey>(), 192);
     }
 
     #[test]

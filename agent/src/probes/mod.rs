@@ -138,6 +138,7 @@ pub struct Probes {
     // Field order matters: maps taken out of `ebpf` are dropped first.
     verdicts: HashMap<MapData, u64, u32>,
     name_verdicts: HashMap<MapData, CgroupKey, u32>,
+    cgroup_names: HashMap<MapData, u64, CgroupKey>,
     counters: PerCpuArray<MapData, u64>,
     config_map: Array<MapData, Config>,
     config: Config,
@@ -240,6 +241,7 @@ impl Probes {
         config_map.set(0, cfg, 0).map_err(|e| ProbeError::Map("CONFIG", e.to_string()))?;
         let verdicts: HashMap<MapData, u64, u32> = take(&mut ebpf, "VERDICTS")?;
         let name_verdicts: HashMap<MapData, CgroupKey, u32> = take(&mut ebpf, "NAME_VERDICTS")?;
+        let cgroup_names: HashMap<MapData, u64, CgroupKey> = take(&mut ebpf, "CGROUP_NAMES")?;
         let counters: PerCpuArray<MapData, u64> = take(&mut ebpf, "COUNTERS")?;
         let events: RingBuf<MapData> = take(&mut ebpf, "EVENTS")?;
 
@@ -290,6 +292,7 @@ impl Probes {
         Ok(Probes {
             verdicts,
             name_verdicts,
+            cgroup_names,
             counters,
             config_map,
             config: cfg,
@@ -339,6 +342,11 @@ impl Probes {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(ProbeError::Map("NAME_VERDICTS", e.to_string())),
         }
+    }
+
+    /// The names the kernel saw for a cgroup it decided by name or held.
+    pub fn cgroup_names(&self, cgroup_id: u64) -> Option<CgroupKey> {
+        self.cgroup_names.get(&cgroup_id, 0).ok()
     }
 
     pub fn verdict(&self, cgroup_id: u64) -> Option<u32> {

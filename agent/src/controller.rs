@@ -1,0 +1,710 @@
+//! The node agent's decision loop: runtime sources -> inventory -> policy
+//! verdicts -> kernel verdict maps -> actions and findings.
+//!
+//! One task owns the inventory and the kernel maps; everything reaches it
+//! through bounded channels, so decisions are made in one order and never
+//! race each other.
+//!
+//! How a container started while the agent runs never executes its
+//! entrypoint when its image is denied (issue: no race):
+//! 1. containerd announces the container (`/containers/create`) with its
+//!    OCI spec before its task exists. Its `linux.cgroupsPath` gives the
+//!    names of the cgroup directory runc will create; the verdict is stored
+//!    under those names (`NAME_VERDICTS`), so the first exec in the new
+//!    cgroup (runc init exec'ing the entrypoint) already finds it.
+//! 2. Should the announcement come late (agent busy, event lost), a cgroup
+//!    whose name holds a container id (64 hex digits) and has no verdict is
+//!    held: the kernel stops the exec'ing process (SIGSTOP) and this loop
+//!    decides — SIGCONT for an allowed image, cgroup.kill for a denied one,
+//!    and cgroup.kill after `hold_timeout` for a container no runtime knows
+//!    (fail closed).
+//! Limits: a container whose cgroup is named without a container id (`ctr
+//! run` ids such as `web1`) relies on step 1 alone; a container whose spec
+//! has no cgroupsPath is recognised only once its task has started.
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use agent_common::{verdict, CgroupKey};
+use imagewarden_policy::{Action, ContainerType, EvalContext, PolicySet};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::{
+    finding::{Attribution, Finding},
+    probes::{
+        event::{ExecRecord, KernelVerdict},
+        Probes,
+    },
+    sources::{
+        cgroup::{self, cgroup2_dir_of_pid, cgroup_id_of_dir},
+        containerd::ContainerdClient,
+        cri::CriClient,
+        ContainerInfo, ContainerKind, ContainerState, EventKind, RuntimeEvent,
+    },
+};
+
+/// Capacity of the runtime event channel. Container lifecycle events are
+/// rare (a busy node starts a few per second); 1,024 rides out a burst of
+/// hundreds. When full, events are dropped, counted, and a resync is forced.
+pub const RUNTIME_EVENT_CAPACITY: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub enforce: bool,
+    pub all_execs: bool,
+    /// How long a held (unclassified) container may wait for a decision
+    /// before it is killed (enforce mode, fail closed).
+    pub hold_timeout: Duration,
+    /// Full resync with the runtimes, the safety net under the event streams.
+    pub resync_interval: Duration,
+    /// The cgroup v2 mount (`/sys/fs/cgroup` or `/sys/fs/cgroup/unified`).
+    pub cgroup2: PathBuf,
+}
+
+/// What the controller decided about a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Kernel verdict: ALLOW, DENY (enforce rule) or AUDIT (audit rule).
+    pub kernel: u32,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub info: ContainerInfo,
+    pub key: Option<CgroupKey>,
+    pub cgroup_id: Option<u64>,
+    pub cgroup_dir: Option<PathBuf>,
+    pub decision: Decision,
+    /// The decision already reported as a finding.
+    reported: Option<Decision>,
+    killed: bool,
+}
+
+impl Entry {
+    fn attribution(&self) -> Attribution {
+        Attribution {
+            container_id: Some(self.info.id.clone()),
+            image: self.info.image_as_written.clone().or_else(|| self.info.image_ref.clone()),
+            image_digest: self.info.image_ref.as_ref().and_then(|r| r.split_once('@').map(|(_, d)| d.to_string())),
+            pod: self.info.pod_name.clone(),
+            namespace: self.info.pod_namespace.clone(),
+            runtime_namespace: self.info.namespace.clone(),
+            reason: Some(self.decision.reason.clone()),
+        }
+    }
+}
+
+/// The cgroup v2 directory names (parent, leaf) that runc will create for
+/// an OCI `linux.cgroupsPath`: `/a/b/id` (cgroupfs driver) or
+/// `slice:prefix:name` (systemd driver: `slice/prefix-name.scope`).
+pub fn cgroup_key_of_path(path: &str) -> Option<CgroupKey> {
+    if path.is_empty() {
+        return None;
+    }
+    if !path.starts_with('/') {
+        let parts: Vec<&str> = path.split(':').collect();
+        if parts.len() == 3 {
+            let (slice, prefix, name) = (parts[0], parts[1], parts[2]);
+            if name.is_empty() {
+                return None;
+            }
+            let leaf = if name.ends_with(".slice") {
+                name.to_string()
+            } else if prefix.is_empty() {
+                format!("{name}.scope")
+            } else {
+                format!("{prefix}-{name}.scope")
+            };
+            let parent = if slice.is_empty() { "system.slice" } else { slice };
+            return Some(CgroupKey::new(parent.as_bytes(), leaf.as_bytes()));
+        }
+    }
+    let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    let leaf = comps.last()?;
+    let parent = if comps.len() >= 2 { comps[comps.len() - 2] } else { "" };
+    Some(CgroupKey::new(parent.as_bytes(), leaf.as_bytes()))
+}
+
+/// The policy's answer for a container, as a kernel verdict.
+pub fn decide(policy: &PolicySet, info: &ContainerInfo) -> Decision {
+    if info.kind == Some(ContainerKind::Sandbox) {
+        // Kyverno never checks the pause image either: it is node
+        // configuration (containerd's sandbox_image), not a workload.
+        return Decision { kernel: verdict::ALLOW, reason: "allowed: pod sandbox".into() };
+    }
+    let Some(image) = info.image_as_written.as_deref().or(info.image_ref.as_deref()) else {
+        return Decision { kernel: verdict::DENY, reason: "unresolved: the runtime reports no image".into() };
+    };
+    let ctx = EvalContext::new(ContainerType::Container).with_namespace(info.pod_namespace.as_deref());
+    let v = policy.evaluate(image, &ctx);
+    let kernel = if v.allowed {
+        verdict::ALLOW
+    } else if v.action == Action::Enforce {
+        verdict::DENY
+    } else {
+        verdict::AUDIT
+    };
+    Decision { kernel, reason: v.reason }
+}
+
+fn entry_key(info: &ContainerInfo) -> String {
+    format!("{}/{}", info.namespace.as_deref().unwrap_or(""), info.id)
+}
+
+/// Fills fields one report lacks from another report of the same container.
+fn merge(into: &mut ContainerInfo, from: &ContainerInfo) {
+    macro_rules! fill {
+        ($($f:ident),*) => { $( if into.$f.is_none() { into.$f = from.$f.clone(); } )* };
+    }
+    fill!(sandbox_id, pod_name, pod_namespace, pod_uid, container_name, kind, image_as_written, image_ref, image_id, pid, cgroup_path);
+    if into.state == ContainerState::Unknown {
+        into.state = from.state;
+    }
+    for (k, v) in &from.labels {
+        into.labels.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+}
+
+/// Kills every process of a cgroup v2 directory: `cgroup.kill` (Linux 5.14+)
+/// where it exists, else SIGKILL to each pid of `cgroup.procs`.
+pub fn kill_cgroup(dir: &Path) -> std::io::Result<()> {
+    match std::fs::write(dir.join("cgroup.kill"), b"1") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs"))?;
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: plain syscall.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+struct Held {
+    pids: Vec<u32>,
+    since: Instant,
+}
+
+/// Statistics the loop keeps (exposed in logs and, later, metrics).
+#[derive(Debug, Default, Clone)]
+pub struct ControllerStats {
+    pub resyncs: u64,
+    pub resync_errors: u64,
+    pub containers_killed: u64,
+    pub holds_released: u64,
+    pub holds_killed: u64,
+    pub runtime_event_drops: u64,
+}
+
+pub struct Controller {
+    cfg: ControllerConfig,
+    probes: Probes,
+    policy: PolicySet,
+    entries: HashMap<String, Entry>,
+    by_cgroup: HashMap<u64, String>,
+    held: HashMap<u64, Held>,
+    containerd: Option<ContainerdClient>,
+    cri: Option<CriClient>,
+    out: Box<dyn FnMut(&Finding) + Send>,
+    pub stats: ControllerStats,
+    /// Extra attributions for cgroups that are not containers (--deny-cgroup).
+    pub static_attributions: HashMap<u64, Attribution>,
+}
+
+impl Controller {
+    pub fn new(
+        cfg: ControllerConfig,
+        probes: Probes,
+        policy: PolicySet,
+        containerd: Option<ContainerdClient>,
+        cri: Option<CriClient>,
+        out: Box<dyn FnMut(&Finding) + Send>,
+    ) -> Self {
+        Controller {
+            cfg,
+            probes,
+            policy,
+            entries: HashMap::new(),
+            by_cgroup: HashMap::new(),
+            held: HashMap::new(),
+            containerd,
+            cri,
+            out,
+            stats: ControllerStats::default(),
+            static_attributions: HashMap::new(),
+        }
+    }
+
+    pub fn probes(&self) -> &Probes {
+        &self.probes
+    }
+
+    pub fn probes_mut(&mut self) -> &mut Probes {
+        &mut self.probes
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    /// Lists every container of every runtime and namespace and applies
+    /// the policy to each. Containers that disappeared are forgotten.
+    pub async fn resync(&mut self) {
+        self.stats.resyncs += 1;
+        let mut seen: HashMap<String, ContainerInfo> = HashMap::new();
+        let mut complete = true;
+        if let Some(c) = &self.containerd {
+            match c.list_all().await {
+                Ok(list) => {
+                    for i in list {
+                        seen.insert(entry_key(&i), i);
+                    }
+                }
+                Err(e) => {
+                    complete = false;
+                    self.stats.resync_errors += 1;
+                    warn!("containerd resync failed: {e}");
+                }
+            }
+        }
+        if let Some(c) = &self.cri {
+            match c.list_all().await {
+                Ok(list) => {
+                    for i in list {
+                        match seen.get_mut(&entry_key(&i)) {
+                            Some(existing) => {
+                                // CRI knows the pod; containerd the image digest.
+                                let mut cri = i.clone();
+                                merge(&mut cri, existing);
+                                *existing = cri;
+                            }
+                            None => {
+                                seen.insert(entry_key(&i), i);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    complete = false;
+                    self.stats.resync_errors += 1;
+                    warn!("CRI resync failed: {e}");
+                }
+            }
+        }
+        if complete {
+            let gone: Vec<String> = self.entries.keys().filter(|k| !seen.contains_key(*k)).cloned().collect();
+            for k in gone {
+                self.forget(&k);
+            }
+        }
+        for (_, info) in seen {
+            self.upsert(info);
+        }
+    }
+
+    fn forget(&mut self, key: &str) {
+        if let Some(e) = self.entries.remove(key) {
+            if let Some(k) = &e.key {
+                let _ = self.probes.clear_name_verdict(k);
+            }
+            if let Some(id) = e.cgroup_id {
+                let _ = self.probes.clear_verdict(id);
+                self.by_cgroup.remove(&id);
+            }
+            debug!(container = %e.info.id, "container forgotten");
+        }
+    }
+
+    /// Records (or refreshes) a container and pushes its verdict into the kernel.
+    pub fn upsert(&mut self, info: ContainerInfo) {
+        let key = entry_key(&info);
+        let decision = decide(&self.policy, &info);
+        let e = self.entries.entry(key.clone()).or_insert_with(|| Entry {
+            info: info.clone(),
+            key: None,
+            cgroup_id: None,
+            cgroup_dir: None,
+            decision: decision.clone(),
+            reported: None,
+            killed: false,
+        });
+        let mut fresh = info;
+        merge(&mut fresh, &e.info);
+        e.info = fresh;
+        e.decision = decision;
+        self.apply(&key);
+    }
+
+    /// Kernel maps, kills and findings for one entry.
+    fn apply(&mut self, key: &str) {
+        let Some(e) = self.entries.get_mut(key) else { return };
+        let v = e.decision.kernel;
+        if e.key.is_none() {
+            e.key = e.info.cgroup_path.as_deref().and_then(cgroup_key_of_path);
+        }
+        debug!(container = %e.info.id, verdict = v, key = e.key.is_some(), cgroup_id = ?e.cgroup_id, pid = ?e.info.pid, "apply");
+        if let Some(k) = &e.key {
+            if let Err(err) = self.probes.set_name_verdict(k, v) {
+                warn!(container = %e.info.id, "kernel name verdict: {err}");
+            }
+        }
+        if e.cgroup_id.is_none() && e.info.state != ContainerState::Exited {
+            if let Some(pid) = e.info.pid {
+                if let Ok(dir) = cgroup2_dir_of_pid(&self.cfg.cgroup2, pid) {
+                    if let Ok(id) = cgroup_id_of_dir(&dir) {
+                        e.cgroup_id = Some(id);
+                        e.cgroup_dir = Some(dir);
+                    }
+                }
+            }
+        }
+        if let Some(id) = e.cgroup_id {
+            if let Err(err) = self.probes.set_verdict(id, v) {
+                warn!(container = %e.info.id, "kernel verdict: {err}");
+            }
+            self.by_cgroup.insert(id, key.to_string());
+        }
+        let denied = v == verdict::DENY;
+        let running = e.info.state == ContainerState::Running || e.info.pid.is_some();
+        let mut action = if v == verdict::ALLOW { "none" } else { "alerted" };
+        if denied && self.cfg.enforce && running && !e.killed {
+            if let Some(dir) = &e.cgroup_dir {
+                match kill_cgroup(dir) {
+                    Ok(()) => {
+                        e.killed = true;
+                        self.stats.containers_killed += 1;
+                        action = "killed";
+                    }
+                    Err(err) => warn!(container = %e.info.id, "cgroup.kill: {err}"),
+                }
+            }
+        } else if e.killed {
+            action = "killed";
+        }
+        if e.reported.as_ref() != Some(&e.decision) || action == "killed" && !matches!(&e.reported, Some(d) if d.kernel == verdict::DENY && e.killed) {
+            let show = v != verdict::ALLOW || self.cfg.all_execs;
+            if show {
+                let f = Finding::container(
+                    if v == verdict::ALLOW { "allow" } else { "deny" },
+                    action,
+                    e.decision.reason.clone(),
+                    e.info.pid,
+                    e.cgroup_id,
+                    e.attribution(),
+                );
+                (self.out)(&f);
+            }
+            e.reported = Some(e.decision.clone());
+        }
+        // A held exec in this cgroup can be decided now.
+        if let Some(id) = e.cgroup_id {
+            if self.held.contains_key(&id) {
+                self.release(id, v);
+            }
+        }
+    }
+
+    /// A held cgroup's fate: continue (allow/audit) or kill (deny).
+    fn release(&mut self, cgroup_id: u64, v: u32) {
+        let Some(h) = self.held.remove(&cgroup_id) else { return };
+        if v == verdict::DENY && self.cfg.enforce {
+            let dir = self.by_cgroup.get(&cgroup_id).and_then(|k| self.entries.get(k)).and_then(|e| e.cgroup_dir.clone());
+            let killed = match dir {
+                Some(d) => kill_cgroup(&d).is_ok(),
+                None => false,
+            };
+            if !killed {
+                for pid in &h.pids {
+                    // SAFETY: plain syscall.
+                    unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+                }
+            }
+            self.stats.holds_killed += 1;
+        } else {
+            for pid in &h.pids {
+                // SAFETY: plain syscall; the pid was stopped by the kernel at exec.
+                unsafe { libc::kill(*pid as i32, libc::SIGCONT) };
+            }
+            self.stats.holds_released += 1;
+        }
+    }
+
+    /// Handles a runtime lifecycle event.
+    pub async fn on_runtime_event(&mut self, ev: RuntimeEvent) {
+        debug!(?ev, "runtime event");
+        let key = format!("{}/{}", ev.namespace.as_deref().unwrap_or(""), ev.container_id);
+        match ev.kind {
+            EventKind::Created | EventKind::Started { .. } => {
+                if let EventKind::Started { pid: Some(pid) } = ev.kind {
+                    if let Some(e) = self.entries.get_mut(&key) {
+                        e.info.pid = Some(pid);
+                        e.info.state = ContainerState::Running;
+                        self.apply(&key);
+                        return;
+                    }
+                }
+                self.fetch_one(ev.namespace.as_deref(), &ev.container_id).await;
+                if let EventKind::Started { pid: Some(pid) } = ev.kind {
+                    if let Some(e) = self.entries.get_mut(&key) {
+                        e.info.pid = Some(pid);
+                        e.info.state = ContainerState::Running;
+                        self.apply(&key);
+                    }
+                }
+            }
+            EventKind::Exited { .. } => {
+                if let Some(e) = self.entries.get_mut(&key) {
+                    e.info.state = ContainerState::Exited;
+                    e.info.pid = None;
+                }
+            }
+            EventKind::Deleted => self.forget(&key),
+        }
+    }
+
+    /// Asks the runtime about one container (by listing its namespace).
+    async fn fetch_one(&mut self, ns: Option<&str>, id: &str) {
+        let Some(c) = &self.containerd else { return };
+        let Some(ns) = ns else { return };
+        match c.list_containers(ns).await {
+            Ok(list) => {
+                if let Some(info) = list.into_iter().find(|i| i.id == id) {
+                    self.upsert(info);
+                }
+            }
+            Err(e) => warn!(namespace = ns, container = id, "containerd lookup failed: {e}"),
+        }
+    }
+
+    /// Attributes an unknown cgroup id through the names the kernel saw
+    /// (the process may be gone already, killed at its first exec).
+    fn learn_cgroup(&mut self, cgroup_id: u64) {
+        if self.by_cgroup.contains_key(&cgroup_id) {
+            return;
+        }
+        let Some(names) = self.probes.cgroup_names(cgroup_id) else { return };
+        let Some(k) = self.entries.iter().find(|(_, e)| e.key.as_ref() == Some(&names)).map(|(k, _)| k.clone()) else {
+            return;
+        };
+        if let Some(e) = self.entries.get_mut(&k) {
+            e.cgroup_id = Some(cgroup_id);
+            if let Some(p) = e.info.cgroup_path.as_deref().filter(|p| p.starts_with('/')) {
+                e.cgroup_dir = Some(self.cfg.cgroup2.join(p.trim_start_matches('/')));
+            }
+        }
+        self.by_cgroup.insert(cgroup_id, k);
+    }
+
+    /// Handles one exec record from the kernel; prints its finding.
+    pub async fn on_exec(&mut self, rec: &ExecRecord) {
+        if rec.verdict != KernelVerdict::Unknown {
+            self.learn_cgroup(rec.cgroup_id);
+        }
+        if rec.held {
+            self.held.entry(rec.cgroup_id).or_insert_with(|| Held { pids: Vec::new(), since: Instant::now() }).pids.push(rec.tgid);
+            self.resolve_held(rec.cgroup_id, rec.tgid).await;
+        }
+        let print = self.cfg.all_execs
+            || matches!(rec.verdict, KernelVerdict::Deny | KernelVerdict::Audit)
+            || rec.killed
+            || rec.held
+            || rec.lsm_denied;
+        if !print {
+            return;
+        }
+        let attr = self
+            .by_cgroup
+            .get(&rec.cgroup_id)
+            .and_then(|k| self.entries.get(k))
+            .map(Entry::attribution)
+            .or_else(|| self.static_attributions.get(&rec.cgroup_id).cloned());
+        let f = Finding::from_exec(rec, attr.as_ref());
+        (self.out)(&f);
+    }
+
+    /// Tries to attribute a held cgroup to a container and decide.
+    async fn resolve_held(&mut self, cgroup_id: u64, pid: u32) {
+        if let Some(k) = self.by_cgroup.get(&cgroup_id).cloned() {
+            if let Some(v) = self.entries.get(&k).map(|e| e.decision.kernel) {
+                self.release(cgroup_id, v);
+                return;
+            }
+        }
+        // Which container does the process's cgroup name?
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { return };
+        let Some(cc) = cgroup::resolve_proc_cgroup(&text) else { return };
+        let dir = cgroup2_dir_of_pid(&self.cfg.cgroup2, pid).ok();
+        let mut found = self.entries.iter().find(|(_, e)| e.info.id == cc.id).map(|(k, _)| k.clone());
+        if found.is_none() {
+            self.resync().await;
+            found = self.entries.iter().find(|(_, e)| e.info.id == cc.id).map(|(k, _)| k.clone());
+        }
+        if let Some(k) = found {
+            if let Some(e) = self.entries.get_mut(&k) {
+                e.cgroup_id = Some(cgroup_id);
+                e.cgroup_dir = dir;
+            }
+            self.apply(&k);
+        }
+    }
+
+    /// Kills held cgroups that nobody could classify in time (fail closed).
+    pub fn expire_holds(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<u64> =
+            self.held.iter().filter(|(_, h)| now.duration_since(h.since) >= self.cfg.hold_timeout).map(|(id, _)| *id).collect();
+        for id in expired {
+            let Some(h) = self.held.remove(&id) else { continue };
+            let dir = h.pids.first().and_then(|p| cgroup2_dir_of_pid(&self.cfg.cgroup2, *p).ok());
+            let _ = self.probes.set_verdict(id, verdict::DENY);
+            let mut killed = false;
+            if let Some(d) = &dir {
+                killed = kill_cgroup(d).is_ok();
+            }
+            if !killed {
+                for pid in &h.pids {
+                    // SAFETY: plain syscall.
+                    unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+                }
+            }
+            self.stats.holds_killed += 1;
+            let reason = format!(
+                "unresolved: container cgroup {} not known to any runtime within {:?}; killed (fail closed)",
+                dir.as_deref().map(|d| d.display().to_string()).unwrap_or_else(|| id.to_string()),
+                self.cfg.hold_timeout
+            );
+            warn!("{reason}");
+            (self.out)(&Finding::container("deny", "killed", reason, h.pids.first().copied(), Some(id), Attribution::default()));
+        }
+    }
+
+    pub fn has_holds(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Summary line for logs.
+    pub fn summary(&self) -> String {
+        let denied = self.entries.values().filter(|e| e.decision.kernel != verdict::ALLOW).count();
+        format!("{} containers ({} denied)", self.entries.len(), denied)
+    }
+}
+
+/// Forwards a runtime's events into the controller's channel, resubscribing
+/// with backoff when the stream breaks.
+pub async fn forward_containerd_events(client: ContainerdClient, tx: mpsc::Sender<RuntimeEvent>, drops: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match client.subscribe().await {
+            Ok(mut stream) => {
+                backoff = Duration::from_millis(200);
+                loop {
+                    match stream.next().await {
+                        Ok(Some(ev)) => {
+                            if tx.try_send(ev).is_err() {
+                                drops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            warn!("containerd event stream: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!("containerd subscribe: {e}"),
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+        info!("resubscribing to containerd events");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_keys_from_oci_paths() {
+        let id = "0123456789abcdef".repeat(4);
+        let k = cgroup_key_of_path(&format!("/kubepods/besteffort/pod1234/{id}")).unwrap();
+        assert_eq!(k, CgroupKey::new(b"pod1234", id.as_bytes()));
+        let k = cgroup_key_of_path("/default/web1").unwrap();
+        assert_eq!(k, CgroupKey::new(b"default", b"web1"));
+        let k = cgroup_key_of_path(&format!("kubepods-besteffort-pod12.slice:cri-containerd:{id}")).unwrap();
+        assert_eq!(k, CgroupKey::new(b"kubepods-besteffort-pod12.slice", format!("cri-containerd-{id}.scope").as_bytes()));
+        let k = cgroup_key_of_path(":docker:abc").unwrap();
+        assert_eq!(k, CgroupKey::new(b"system.slice", b"docker-abc.scope"));
+        let k = cgroup_key_of_path("/single").unwrap();
+        assert_eq!(k, CgroupKey::new(b"", b"single"));
+        assert!(cgroup_key_of_path("").is_none());
+        assert!(cgroup_key_of_path("/").is_none());
+        assert!(cgroup_key_of_path("a:b:").is_none());
+    }
+
+    fn info(image: Option<&str>) -> ContainerInfo {
+        let mut i = ContainerInfo {
+            id: "c1".into(),
+            runtime: "containerd",
+            namespace: Some("default".into()),
+            sandbox_id: None,
+            pod_name: None,
+            pod_namespace: None,
+            pod_uid: None,
+            container_name: None,
+            kind: None,
+            image_as_written: None,
+            image_ref: None,
+            image_id: None,
+            state: ContainerState::Running,
+            pid: None,
+            cgroup_path: None,
+            labels: Default::default(),
+        };
+        i.image_as_written = image.map(str::to_string);
+        i
+    }
+
+    #[test]
+    fn decisions_follow_the_seed_policy() {
+        let policy = imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
+        let d = decide(&policy, &info(Some("docker.io/library/nginx:latest")));
+        assert_eq!(d.kernel, verdict::DENY, "{d:?}");
+        assert!(d.reason.starts_with("untrusted-image"), "{d:?}");
+        let d = decide(&policy, &info(Some("public.ecr.aws/nginx/nginx:latest")));
+        assert_eq!(d.kernel, verdict::ALLOW, "{d:?}");
+        let d = decide(&policy, &info(Some("public.ecr.aws/../x")));
+        assert_eq!(d.kernel, verdict::DENY, "{d:?}");
+        assert!(d.reason.starts_with("invalid-reference"), "{d:?}");
+        let d = decide(&policy, &info(None));
+        assert_eq!(d.kernel, verdict::DENY);
+        let mut sb = info(Some("registry.k8s.io/pause:3.6"));
+        sb.kind = Some(ContainerKind::Sandbox);
+        assert_eq!(decide(&policy, &sb).kernel, verdict::ALLOW);
+        let audit = crate::cmd_run::EMBEDDED_POLICY.replace("Enforce", "Audit");
+        let policy = imagewarden_policy::load_policy_str(&audit, "seed-audit").unwrap();
+        assert_eq!(decide(&policy, &info(Some("nginx"))).kernel, verdict::AUDIT);
+    }
+
+    #[test]
+    fn merge_fills_only_missing_fields() {
+        let mut a = info(Some("x"));
+        let mut b = info(Some("y"));
+        b.pod_name = Some("p".into());
+        b.pid = Some(9);
+        a.pid = Some(7);
+        merge(&mut a, &b);
+        assert_eq!(a.image_as_written.as_deref(), Some("x"));
+        assert_eq!(a.pod_name.as_deref(), Some("p"));
+        assert_eq!(a.pid, Some(7));
+    }
+}

@@ -1,0 +1,221 @@
+//! The seed's lab made real at the node, end to end: a private containerd
+//! and runc (Debian's), the real kernel, the `imagewarden` binary with the
+//! seed's Kyverno policy (only `public.ecr.aws/*`).
+//!
+//! - enforce: a `docker.io` nginx never runs its entrypoint (its first act
+//!   would write a marker) and a JSON finding names it; the `public.ecr.aws`
+//!   nginx runs, keeps running and accepts an exec. Through `ctr` in two
+//!   containerd namespaces and through CRI (pod sandbox + container).
+//! - already running: containers started before the agent are classified
+//!   at start; the denied ones are killed, later execs into them fail.
+//! - audit: the same untrusted container runs and is reported.
+//!
+//! Needs root and `containerd runc umoci busybox-static`; prints SKIP
+//! without them, fails under `CI=true`.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use imagewarden::sources::cri::CriClient;
+use serde_json::Value;
+use support::containerd::{Containerd, TestImages, ECR_NGINX, NGINX};
+
+struct Agent {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+    started: Instant,
+    ready_after: Duration,
+}
+
+impl Agent {
+    fn start(ctd: &Containerd, mode: &str) -> Agent {
+        let started = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
+            .args(["run", "--standalone", "--mode", mode, "--runtime-endpoint"])
+            .arg(ctd.endpoint())
+            .env("IMAGEWARDEN_LOG", std::env::var("IMAGEWARDEN_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start agent");
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("agent printed non-JSON {l:?}: {e}"));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let (rtx, rrx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("agent: {l}");
+                if l.contains("agent running") {
+                    let _ = rtx.send(());
+                }
+            }
+        });
+        rrx.recv_timeout(Duration::from_secs(30)).expect("agent did not start within 30 s");
+        let ready_after = started.elapsed();
+        Agent { child, lines, started, ready_after }
+    }
+
+    /// Waits for a finding about `container_id`, keeping the others for later.
+    fn finding(&self, container_id: &str, kind: &str, timeout: Duration) -> Option<(Value, Instant)> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(v) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                if v["container_id"] == container_id && v["type"] == kind {
+                    return Some((v, Instant::now()));
+                }
+            }
+        }
+        None
+    }
+
+    fn stop(mut self) {
+        // SAFETY: plain syscall on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let st = self.child.wait().unwrap();
+        assert!(st.success(), "agent exit status {st:?}");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn setup(test: &str) -> Option<(Containerd, TestImages)> {
+    if let Err(why) = support::containerd::preflight() {
+        support::skip_or_fail(test, &why);
+        return None;
+    }
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        support::skip_or_fail(test, "needs root (eBPF)");
+        return None;
+    }
+    let images = TestImages::build();
+    let ctd = Containerd::start();
+    Some((ctd, images))
+}
+
+fn task_running(ctd: &Containerd, ns: &str, id: &str) -> bool {
+    let out = ctd.ctr_raw(ns, &["tasks", "ls"]);
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().next() == Some(id) && l.contains("RUNNING"))
+}
+
+fn assert_denied_finding(f: &Value, id: &str, image: &str, action: &str) {
+    assert_eq!(f["verdict"], "deny", "{f}");
+    assert_eq!(f["action"], action, "{f}");
+    assert_eq!(f["container_id"], id, "{f}");
+    assert_eq!(f["image"], image, "{f}");
+    assert!(f["reason"].as_str().unwrap_or("").starts_with("untrusted-image"), "{f}");
+}
+
+#[test]
+fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_ones_run() {
+    let test = "enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_ones_run";
+    let Some((ctd, images)) = setup(test) else { return };
+    let t = &ctd.token;
+    for ns in ["default", "iw-other", "k8s.io"] {
+        ctd.import(ns, &images);
+    }
+    // Already running before the agent starts.
+    let pre_bad = format!("pre-bad-{t}");
+    let pre_good = format!("pre-good-{t}");
+    ctd.ctr_run("default", &pre_bad, NGINX, &[]);
+    ctd.ctr_run("default", &pre_good, ECR_NGINX, &[]);
+    assert!(ctd.wait_marker(&pre_bad, Duration::from_secs(10)).is_some(), "pre-existing container did not start");
+    assert!(ctd.wait_marker(&pre_good, Duration::from_secs(10)).is_some());
+
+    let agent = Agent::start(&ctd, "enforce");
+    // Already running: the denied one is killed at start, the other untouched.
+    let (f, at) = agent.finding(&pre_bad, "container", Duration::from_secs(5)).expect("no finding for the running untrusted container");
+    assert_denied_finding(&f, &pre_bad, NGINX, "killed");
+    eprintln!(
+        "[timing] agent start -> running untrusted container killed: {:?} (agent ready after {:?})",
+        at - agent.started,
+        agent.ready_after
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while task_running(&ctd, "default", &pre_bad) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!task_running(&ctd, "default", &pre_bad), "untrusted container still running");
+    assert!(task_running(&ctd, "default", &pre_good), "trusted container was disturbed");
+    let out = ctd.ctr_raw("default", &["tasks", "exec", "--exec-id", "late", &pre_bad, "/bin/sh", "-c", "echo hi"]);
+    assert!(!out.status.success(), "an exec into the denied container succeeded");
+
+    // Started while the agent runs, in two containerd namespaces.
+    for ns in ["default", "iw-other"] {
+        let bad = format!("bad-{ns}-{t}");
+        let good = format!("good-{ns}-{t}");
+        let t0 = Instant::now();
+        ctd.ctr_run(ns, &bad, NGINX, &[]);
+        ctd.ctr_run(ns, &good, ECR_NGINX, &[]);
+        assert!(ctd.wait_marker(&good, Duration::from_secs(10)).is_some(), "trusted container did not run its entrypoint");
+        let (f, at) = agent.finding(&bad, "exec", Duration::from_secs(10)).expect("no exec finding for the untrusted container");
+        eprintln!("[timing] ctr run -> untrusted entrypoint killed at exec ({ns}): {:?}", at - t0);
+        assert_eq!(f["action"], "killed", "{f}");
+        assert_eq!(f["verdict"], "deny", "{f}");
+        assert_eq!(f["image"], NGINX, "{f}");
+        assert_eq!(f["runtime_namespace"], ns, "{f}");
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!ctd.marker(&bad).exists(), "the untrusted entrypoint ran ({ns})");
+        assert!(!task_running(&ctd, ns, &bad));
+        assert!(task_running(&ctd, ns, &good), "trusted container stopped ({ns})");
+        let out = ctd.ctr_exec(ns, &good, "probe", &["/bin/sh", "-c", "echo exec-ok"]);
+        assert_eq!(out.trim(), "exec-ok");
+    }
+
+    // Through CRI: pod sandbox + container.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let cri = CriClient::connect(&ctd.endpoint()).await.expect("CRI");
+        let (_sb, good_id) =
+            ctd.cri_run_pod(&cri, "web-ecr", "prod", &format!("11111111-2222-3333-4444-{t:0>12}"), "nginx", ECR_NGINX, &format!("cri-good-{t}")).await;
+        let (_sb, bad_id) =
+            ctd.cri_run_pod(&cri, "web-hub", "prod", &format!("55555555-2222-3333-4444-{t:0>12}"), "nginx", NGINX, &format!("cri-bad-{t}")).await;
+        assert!(ctd.wait_marker(&format!("cri-good-{t}"), Duration::from_secs(10)).is_some(), "CRI trusted container did not run");
+        let (f, _) = agent.finding(&bad_id, "exec", Duration::from_secs(10)).expect("no finding for the CRI untrusted container");
+        assert_eq!(f["action"], "killed", "{f}");
+        assert_eq!(f["pod"], "web-hub", "{f}");
+        assert_eq!(f["namespace"], "prod", "{f}");
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!ctd.marker(&format!("cri-bad-{t}")).exists(), "the CRI untrusted entrypoint ran");
+        let out = cri.exec_sync(&good_id, &["/bin/sh", "-c", "echo cri-exec-ok"], Duration::from_secs(10)).await.expect("ExecSync");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("cri-exec-ok"), "{out:?}");
+    });
+    agent.stop();
+    drop(images);
+}
+
+#[test]
+fn audit_lets_the_untrusted_container_run_and_reports_it() {
+    let test = "audit_lets_the_untrusted_container_run_and_reports_it";
+    let Some((ctd, images)) = setup(test) else { return };
+    ctd.import("default", &images);
+    let agent = Agent::start(&ctd, "audit");
+    let bad = format!("audit-bad-{}", ctd.token);
+    ctd.ctr_run("default", &bad, NGINX, &[]);
+    assert!(ctd.wait_marker(&bad, Duration::from_secs(10)).is_some(), "audit mode must not stop the container");
+    let (f, _) = agent.finding(&bad, "container", Duration::from_secs(10)).expect("no finding in audit mode");
+    assert_denied_finding(&f, &bad, NGINX, "alerted");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(task_running(&ctd, "default", &bad));
+    agent.stop();
+    drop(images);
+}
