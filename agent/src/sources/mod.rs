@@ -11,6 +11,7 @@
 pub mod cgroup;
 pub mod containerd;
 pub mod cri;
+pub mod kube;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod containerd;
+pub mod fakeapi;
 
 /// Stops a test that cannot run here: under `CI=true` it fails, otherwise
 /// it prints a loud SKIP line and the caller returns.

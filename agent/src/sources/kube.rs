@@ -1,0 +1,639 @@
+//! The API server as a source: Pods on this node, and policies from the
+//! cluster (Kyverno `ClusterPolicy`/`Policy`, native `ImagePolicy`).
+//!
+//! One shared [`kube::Client`] ([`client`]) serves every watcher. Each
+//! source returns a handle to read from and a future the caller spawns;
+//! nothing is spawned here, so the run loop decides about lifetimes.
+//!
+//! - [`pod_source`]: a reflector on Pods with `spec.nodeName=<node>`,
+//!   managed fields trimmed, kube-runtime's default backoff, bookmarks on.
+//! - [`policy_source`]: watches the policy kinds that exist (discovered,
+//!   and rediscovered periodically when a CRD is missing), compiles each
+//!   object with `imagewarden_policy::load_policy_str` and publishes a
+//!   merged [`PolicySet`] on every change. An object whose update does not
+//!   compile keeps its last good version.
+//!
+//! Health: every source has a [`SourceHealth`] whose `up` flag goes false
+//! on the first error and true again on the next success, without restart.
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use imagewarden_policy::{load_policy_str, PolicySet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, Config, ResourceExt};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+/// Errors building the shared client.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// No in-cluster service account and no usable kubeconfig.
+    #[error("no Kubernetes configuration (in-cluster or KUBECONFIG): {0}")]
+    Infer(#[from] kube::config::InferConfigError),
+    /// A kubeconfig file could not be read or used.
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file.
+        path: String,
+        /// Cause.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// The client could not be built (TLS setup, bad URL).
+    #[error("building the Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+}
+
+/// The shared client: in-cluster service account, else `KUBECONFIG` (or
+/// `~/.kube/config`), as `kube::Client::try_default` decides.
+pub async fn client() -> Result<Client, KubeError> {
+    let config = Config::infer().await?;
+    Client::try_from(config).map_err(KubeError::Client)
+}
+
+/// A client from one kubeconfig file (its current context).
+pub async fn client_from_kubeconfig(path: &Path) -> Result<Client, KubeError> {
+    let wrap = |source| KubeError::Kubeconfig {
+        path: path.display().to_string(),
+        source,
+    };
+    let kc = Kubeconfig::read_from(path).map_err(wrap)?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(wrap)?;
+    Client::try_from(config).map_err(KubeError::Client)
+}
+
+/// Whether a source currently works; shared with the metrics and `/readyz`.
+#[derive(Debug)]
+pub struct SourceHealth {
+    name: &'static str,
+    up: AtomicBool,
+    errors: AtomicU64,
+    /// Bumped on every change of `up`, so waiters can tell flaps apart.
+    transitions: AtomicU64,
+}
+
+impl SourceHealth {
+    /// A source that starts down (nothing seen yet).
+    pub fn new(name: &'static str) -> Arc<Self> {
+        Arc::new(SourceHealth {
+            name,
+            up: AtomicBool::new(false),
+            errors: AtomicU64::new(0),
+            transitions: AtomicU64::new(0),
+        })
+    }
+    /// Source name for metrics labels (`api`, `kubelet`, `policy`).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+    /// Whether the last attempt worked.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+    /// Errors seen since start.
+    pub fn errors_total(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+    /// How many times `up` changed.
+    pub fn transitions(&self) -> u64 {
+        self.transitions.load(Ordering::Relaxed)
+    }
+    /// Records a success; logs the recovery once.
+    pub fn set_up(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            self.transitions.fetch_add(1, Ordering::Relaxed);
+            info!(source = self.name, "source up");
+        }
+    }
+    /// Records a failure; logs the first one of an outage at warn.
+    pub fn set_down(&self, err: &dyn std::fmt::Display) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if self.up.swap(false, Ordering::Relaxed) {
+            self.transitions.fetch_add(1, Ordering::Relaxed);
+            warn!(source = self.name, error = %err, "source down");
+        } else {
+            debug!(source = self.name, error = %err, "source still down");
+        }
+    }
+}
+
+/// How often a down API source is probed (a `limit=1` list with the same
+/// selector the watcher uses) so that `up` comes back even when no pod
+/// changes after the outage.
+pub const API_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Pods of this node, as the API server has them.
+#[derive(Clone)]
+pub struct PodSource {
+    /// The reflector's store (managed fields trimmed).
+    pub store: Store<Pod>,
+    /// `up` flag of the API server source.
+    pub health: Arc<SourceHealth>,
+    /// Bumped after every applied change (and after each complete
+    /// (re)list): a single-slot channel, so a slow reader sees only the
+    /// latest generation and nothing queues up.
+    pub changes: watch::Receiver<u64>,
+}
+
+/// The field selector for pods scheduled on `node`.
+pub fn node_field_selector(node: &str) -> String {
+    format!("spec.nodeName={node}")
+}
+
+/// Watches the Pods with `spec.nodeName=<node>`. Spawn the returned future;
+/// it runs until dropped.
+pub fn pod_source(client: Client, node: &str) -> (PodSource, BoxFuture<'static, ()>) {
+    pod_source_with_probe(client, node, API_PROBE_INTERVAL)
+}
+
+/// [`pod_source`] with a chosen probe interval (tests use a short one).
+pub fn pod_source_with_probe(
+    client: Client,
+    node: &str,
+    probe_every: Duration,
+) -> (PodSource, BoxFuture<'static, ()>) {
+    let selector = node_field_selector(node);
+    let api: Api<Pod> = Api::all(client);
+    let (store, writer) = reflector::store::<Pod>();
+    let health = SourceHealth::new("api");
+    let (tx, rx) = watch::channel(0u64);
+    let cfg = watcher::Config::default().fields(&selector); // bookmarks are on by default
+    let h = health.clone();
+    let fut = async move {
+        let stream = watcher(api.clone(), cfg)
+            .default_backoff()
+            .modify(|pod: &mut Pod| pod.managed_fields_mut().clear())
+            .reflect(writer);
+        let mut stream = std::pin::pin!(stream);
+        let mut probe = tokio::time::interval(probe_every);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let probe_params = ListParams::default().fields(&selector).limit(1);
+        loop {
+            tokio::select! {
+                ev = stream.next() => match ev {
+                    None => break,
+                    Some(Ok(ev)) => {
+                        h.set_up();
+                        if matches!(
+                            ev,
+                            watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone
+                        ) {
+                            tx.send_modify(|g| *g += 1);
+                        }
+                    }
+                    Some(Err(e)) => h.set_down(&e),
+                },
+                _ = probe.tick(), if !h.is_up() => {
+                    // The watcher emits nothing when a watch restarts
+                    // cleanly; probe so recovery shows without pod changes.
+                    if api.list(&probe_params).await.is_ok() {
+                        h.set_up();
+                    }
+                }
+            }
+        }
+    }
+    .boxed();
+    (
+        PodSource {
+            store,
+            health,
+            changes: rx,
+        },
+        fut,
+    )
+}
+
+/// One kind of policy object imagewarden reads from the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PolicyKind {
+    /// `kyverno.io/v1` `ClusterPolicy`.
+    KyvernoClusterPolicy,
+    /// `kyverno.io/v1` `Policy` (namespaced; all namespaces are watched).
+    KyvernoPolicy,
+    /// `imagewarden.dev/v1alpha1` `ImagePolicy` (cluster-scoped).
+    ImagePolicy,
+}
+
+impl PolicyKind {
+    /// Every kind, in merge order.
+    pub const ALL: [PolicyKind; 3] = [
+        PolicyKind::ImagePolicy,
+        PolicyKind::KyvernoClusterPolicy,
+        PolicyKind::KyvernoPolicy,
+    ];
+    /// `(group, version, kind, plural)`.
+    pub fn gvkp(self) -> (&'static str, &'static str, &'static str, &'static str) {
+        match self {
+            PolicyKind::KyvernoClusterPolicy => {
+                ("kyverno.io", "v1", "ClusterPolicy", "clusterpolicies")
+            }
+            PolicyKind::KyvernoPolicy => ("kyverno.io", "v1", "Policy", "policies"),
+            PolicyKind::ImagePolicy => (
+                "imagewarden.dev",
+                "v1alpha1",
+                "ImagePolicy",
+                "imagepolicies",
+            ),
+        }
+    }
+    fn api_resource(self) -> ApiResource {
+        let (group, version, kind, plural) = self.gvkp();
+        ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: format!("{group}/{version}"),
+            kind: kind.into(),
+            plural: plural.into(),
+        }
+    }
+    /// Short label for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            PolicyKind::KyvernoClusterPolicy => "clusterpolicy",
+            PolicyKind::KyvernoPolicy => "policy",
+            PolicyKind::ImagePolicy => "imagepolicy",
+        }
+    }
+}
+
+/// Which policy kinds to watch, and what else goes into the merged set.
+#[derive(Debug, Clone)]
+pub struct PolicyWatchConfig {
+    /// Kinds to watch (absent CRDs are rediscovered periodically).
+    pub kinds: Vec<PolicyKind>,
+    /// A policy text always merged first (the `--policy` file), with its
+    /// name for messages. It must compile: it is checked by the caller.
+    pub base: Option<(String, String)>,
+    /// How often to look again for a CRD that is not installed (or after
+    /// its watch fails with 404).
+    pub rediscover_every: Duration,
+}
+
+impl Default for PolicyWatchConfig {
+    fn default() -> Self {
+        PolicyWatchConfig {
+            kinds: PolicyKind::ALL.to_vec(),
+            base: None,
+            rediscover_every: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Counters and flags of the policy source (for the metrics module:
+/// `imagewarden_policy_reloads_total{result="ok|failed"}`).
+#[derive(Debug, Default)]
+pub struct PolicyStats {
+    /// Merged sets published.
+    pub reloads_ok: AtomicU64,
+    /// Object versions rejected (the previous good version stays).
+    pub reloads_failed: AtomicU64,
+    /// Whether the Kyverno CRDs were found at the last discovery.
+    pub kyverno_installed: AtomicBool,
+    /// Whether the ImagePolicy CRD was found at the last discovery.
+    pub imagepolicy_installed: AtomicBool,
+}
+
+/// The merged policy, republished on every change.
+#[derive(Clone)]
+pub struct PolicySource {
+    /// Latest merged set (single slot: readers see the newest only).
+    pub policy: watch::Receiver<Arc<PolicySet>>,
+    /// Reload counters.
+    pub stats: Arc<PolicyStats>,
+    /// `up` of the policy watches (down while a present kind fails).
+    pub health: Arc<SourceHealth>,
+}
+
+enum PolicyMsg {
+    Init(PolicyKind),
+    Apply(PolicyKind, Box<DynamicObject>, bool),
+    Delete(PolicyKind, Box<DynamicObject>),
+    InitDone(PolicyKind),
+    /// The kind is not (or no longer) installed: forget its objects.
+    Absent(PolicyKind),
+}
+
+/// Policy messages in flight from the per-kind watchers to the merger. The
+/// watchers wait when it is full (backpressure, nothing dropped); policy
+/// objects are few and change rarely, so 64 is plenty.
+const POLICY_CHANNEL: usize = 64;
+
+/// Watches cluster policies and publishes the merged [`PolicySet`]. The
+/// initial value is the base policy alone (or empty). Spawn the future.
+pub fn policy_source(
+    client: Client,
+    cfg: PolicyWatchConfig,
+) -> (PolicySource, BoxFuture<'static, ()>) {
+    let base_set = cfg
+        .base
+        .as_ref()
+        .and_then(|(text, name)| load_policy_str(text, name).ok())
+        .unwrap_or_default();
+    let (ptx, prx) = watch::channel(Arc::new(base_set));
+    let stats = Arc::new(PolicyStats::default());
+    let health = SourceHealth::new("policy");
+    let (mtx, mrx) = mpsc::channel::<PolicyMsg>(POLICY_CHANNEL);
+    let mut tasks: Vec<BoxFuture<'static, ()>> = Vec::new();
+    for kind in cfg.kinds.iter().copied() {
+        tasks.push(
+            watch_policy_kind(
+                client.clone(),
+                kind,
+                mtx.clone(),
+                stats.clone(),
+                health.clone(),
+                cfg.rediscover_every,
+            )
+            .boxed(),
+        );
+    }
+    drop(mtx);
+    let merger = merge_policies(mrx, ptx, stats.clone(), cfg.base.clone()).boxed();
+    tasks.push(merger);
+    let fut = async move {
+        futures_util::future::join_all(tasks).await;
+    }
+    .boxed();
+    (
+        PolicySource {
+            policy: prx,
+            stats,
+            health,
+        },
+        fut,
+    )
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code == 404,
+        _ => false,
+    }
+}
+
+/// Whether `kind`'s resource is served: `Ok(false)` on 404 / not listed.
+async fn discover(client: &Client, kind: PolicyKind) -> Result<bool, kube::Error> {
+    let (group, version, _, plural) = kind.gvkp();
+    match client
+        .list_api_group_resources(&format!("{group}/{version}"))
+        .await
+    {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.name == plural)),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+async fn watch_policy_kind(
+    client: Client,
+    kind: PolicyKind,
+    tx: mpsc::Sender<PolicyMsg>,
+    stats: Arc<PolicyStats>,
+    health: Arc<SourceHealth>,
+    rediscover_every: Duration,
+) {
+    let set_installed = |v: bool| match kind {
+        PolicyKind::ImagePolicy => stats.imagepolicy_installed.store(v, Ordering::Relaxed),
+        _ => stats.kyverno_installed.store(v, Ordering::Relaxed),
+    };
+    loop {
+        match discover(&client, kind).await {
+            Ok(true) => set_installed(true),
+            Ok(false) => {
+                set_installed(false);
+                debug!(
+                    kind = kind.label(),
+                    "policy CRD not installed; will look again"
+                );
+                if tx.send(PolicyMsg::Absent(kind)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(rediscover_every).await;
+                continue;
+            }
+            Err(e) => {
+                health.set_down(&e);
+                tokio::time::sleep(rediscover_every.min(Duration::from_secs(5))).await;
+                continue;
+            }
+        }
+        let ar = kind.api_resource();
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        let stream = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(|o: &mut DynamicObject| o.managed_fields_mut().clear());
+        let mut stream = std::pin::pin!(stream);
+        let mut in_init = false;
+        while let Some(ev) = stream.next().await {
+            let msg = match ev {
+                Ok(watcher::Event::Init) => {
+                    in_init = true;
+                    PolicyMsg::Init(kind)
+                }
+                Ok(watcher::Event::InitApply(o)) => PolicyMsg::Apply(kind, Box::new(o), in_init),
+                Ok(watcher::Event::InitDone) => {
+                    in_init = false;
+                    PolicyMsg::InitDone(kind)
+                }
+                Ok(watcher::Event::Apply(o)) => PolicyMsg::Apply(kind, Box::new(o), false),
+                Ok(watcher::Event::Delete(o)) => PolicyMsg::Delete(kind, Box::new(o)),
+                Err(e) => {
+                    let gone = match &e {
+                        watcher::Error::InitialListFailed(k)
+                        | watcher::Error::WatchStartFailed(k) => is_not_found(k),
+                        _ => false,
+                    };
+                    health.set_down(&e);
+                    if gone {
+                        // The CRD was removed: forget its objects, rediscover.
+                        break;
+                    }
+                    continue;
+                }
+            };
+            health.set_up();
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+        set_installed(false);
+        if tx.send(PolicyMsg::Absent(kind)).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(rediscover_every).await;
+    }
+}
+
+/// The text handed to `load_policy_str` for one object: its JSON with the
+/// metadata cut to what a policy uses (JSON is YAML, one line, no `---`).
+pub fn policy_object_text(obj: &DynamicObject) -> String {
+    let mut v = serde_json::to_value(obj).unwrap_or(serde_json::Value::Null);
+    if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        meta.retain(|k, _| matches!(k.as_str(), "name" | "namespace" | "labels" | "annotations"));
+        if let Some(ann) = meta.get_mut("annotations").and_then(|a| a.as_object_mut()) {
+            // kubectl's copy of the whole object: large, and never policy.
+            ann.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+    }
+    if let Some(o) = v.as_object_mut() {
+        o.remove("status");
+    }
+    v.to_string()
+}
+
+fn object_key(kind: PolicyKind, obj: &DynamicObject) -> (PolicyKind, String, String) {
+    (kind, obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// The merger's state: per object, the last version that compiled.
+#[derive(Default)]
+struct Merged {
+    good: BTreeMap<(PolicyKind, String, String), (String, String)>,
+    /// Keys seen during a (re)list of a kind, to drop the ones now gone.
+    listing: BTreeMap<PolicyKind, Vec<(PolicyKind, String, String)>>,
+}
+
+async fn merge_policies(
+    mut rx: mpsc::Receiver<PolicyMsg>,
+    tx: watch::Sender<Arc<PolicySet>>,
+    stats: Arc<PolicyStats>,
+    base: Option<(String, String)>,
+) {
+    let mut st = Merged::default();
+    while let Some(msg) = rx.recv().await {
+        let publish = match msg {
+            PolicyMsg::Init(kind) => {
+                st.listing.insert(kind, Vec::new());
+                false
+            }
+            PolicyMsg::Apply(kind, obj, during_init) => {
+                let key = object_key(kind, &obj);
+                if during_init {
+                    st.listing.entry(kind).or_default().push(key.clone());
+                }
+                let text = policy_object_text(&obj);
+                let name = format!("{}/{}", kind.label(), display_key(&key));
+                let unchanged = st.good.get(&key).is_some_and(|(t, _)| *t == text);
+                if unchanged {
+                    false
+                } else {
+                    match load_policy_str(&text, &name) {
+                        Ok(set) => {
+                            for u in set.unsupported() {
+                                warn!(policy = %name, "{u}");
+                            }
+                            st.good.insert(key, (text, name));
+                            !during_init
+                        }
+                        Err(e) => {
+                            stats.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                            let kept = st.good.contains_key(&key);
+                            warn!(policy = %name, error = %e, kept_previous = kept,
+                                "invalid policy update ignored; the last good version stays in force");
+                            false
+                        }
+                    }
+                }
+            }
+            PolicyMsg::Delete(kind, obj) => st.good.remove(&object_key(kind, &obj)).is_some(),
+            PolicyMsg::InitDone(kind) => {
+                let listed = st.listing.remove(&kind).unwrap_or_default();
+                st.good.retain(|k, _| k.0 != kind || listed.contains(k));
+                true
+            }
+            PolicyMsg::Absent(kind) => {
+                let before = st.good.len();
+                st.good.retain(|k, _| k.0 != kind);
+                before != st.good.len()
+            }
+        };
+        if publish {
+            let set = build_set(&st, base.as_ref());
+            info!(
+                policies = set.policy_names().len(),
+                rules = set.rule_count(),
+                partial = set.is_partial(),
+                "policy reloaded"
+            );
+            stats.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            if tx.send(Arc::new(set)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn display_key(k: &(PolicyKind, String, String)) -> String {
+    if k.1.is_empty() {
+        k.2.clone()
+    } else {
+        format!("{}/{}", k.1, k.2)
+    }
+}
+
+fn build_set(st: &Merged, base: Option<&(String, String)>) -> PolicySet {
+    let mut set = base
+        .and_then(|(text, name)| load_policy_str(text, name).ok())
+        .unwrap_or_default();
+    for (text, name) in st.good.values() {
+        // Compiled once already when stored; compiling is deterministic.
+        match load_policy_str(text, name) {
+            Ok(s) => set.extend(s),
+            Err(e) => warn!(policy = %name, error = %e, "stored policy no longer compiles"),
+        }
+    }
+    set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_text_keeps_policy_fields_only() {
+        let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "imagewarden.dev/v1alpha1",
+            "kind": "ImagePolicy",
+            "metadata": {"name": "p", "uid": "u", "resourceVersion": "9",
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}", "a": "b"}},
+            "spec": {"rules": [{"name": "r", "allow": [{"registry": "public.ecr.aws"}]}]},
+            "status": {"x": 1}
+        }))
+        .unwrap();
+        let t = policy_object_text(&obj);
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(
+            v["metadata"],
+            serde_json::json!({"name": "p", "annotations": {"a": "b"}})
+        );
+        assert!(v.get("status").is_none());
+        load_policy_str(&t, "imagepolicy/p").expect("compiles");
+    }
+
+    #[test]
+    fn health_flag_flips_and_counts() {
+        let h = SourceHealth::new("api");
+        assert!(!h.is_up());
+        h.set_up();
+        h.set_down(&"boom");
+        h.set_down(&"boom");
+        assert!(!h.is_up());
+        assert_eq!(h.errors_total(), 2);
+        h.set_up();
+        assert!(h.is_up());
+        assert_eq!(h.transitions(), 3);
+    }
+}
