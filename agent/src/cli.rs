@@ -81,6 +81,13 @@ pub struct RunArgs {
     /// Serve /metrics, /healthz and /readyz on this address.
     #[arg(long, env = "IMAGEWARDEN_LISTEN")]
     pub listen: Option<String>,
+    /// Also append findings (JSON lines) to this file (created 0600).
+    #[arg(long, env = "IMAGEWARDEN_FINDINGS_FILE")]
+    pub findings_file: Option<PathBuf>,
+    /// Also POST findings (JSON lines) to this http:// URL; bounded queue,
+    /// bounded retries, never blocks the agent (drops are counted).
+    #[arg(long, env = "IMAGEWARDEN_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
     /// Also print allowed exec events (one JSON line each).
     #[arg(long, env = "IMAGEWARDEN_ALL_EXECS")]
     pub all_execs: bool,

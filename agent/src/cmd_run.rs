@@ -2,7 +2,6 @@
 //! container from the runtimes, push verdicts into the kernel, turn exec
 //! events into findings. SIGTERM and SIGINT detach everything cleanly.
 use std::{
-    io::Write,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -18,6 +17,9 @@ use tracing::{info, warn};
 
 use crate::{
     cli::{ExecHook as CliHook, Mode, RunArgs},
+    metrics::{self, Metrics, ModeLabel, ReloadResult},
+    server::{self, Health, ReadyGate, ServerState},
+    sink::{SinkConfig, Sinks, WebhookConfig},
     controller::{self, Controller, ControllerConfig, RUNTIME_EVENT_CAPACITY},
     finding::{Attribution, Finding},
     probes::{
@@ -89,16 +91,18 @@ async fn connect_runtimes(endpoint: Option<&str>) -> (Option<ContainerdClient>, 
     (containerd, cri)
 }
 
-fn stdout_sink() -> Box<dyn FnMut(&Finding) + Send> {
-    Box::new(|f: &Finding| match serde_json::to_string(f) {
-        Ok(line) => {
-            let mut out = std::io::stdout().lock();
-            if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
-                // stdout closed: nothing sensible left to do with findings.
-            }
+/// Findings go to every sink and are counted by reason.
+fn findings_out(sinks: Sinks, metrics: Metrics) -> (Box<dyn FnMut(&Finding) + Send>, Arc<Sinks>) {
+    let sinks = Arc::new(sinks);
+    let s2 = sinks.clone();
+    let out = Box::new(move |f: &Finding| {
+        if f.verdict != "allow" {
+            metrics.finding(&f.reason);
         }
-        Err(e) => warn!("cannot serialise finding: {e}"),
-    })
+        s2.emit(f);
+        s2.flush();
+    });
+    (out, sinks)
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -109,8 +113,39 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     let started = Instant::now();
-    let policy = load_policy(&args)?;
+    let metrics = Metrics::new();
+    let health = Health::with_gates(std::time::Duration::from_secs(30), &ReadyGate::ALL);
     let enforce = args.mode == Mode::Enforce;
+    metrics.set_mode(if enforce { ModeLabel::Enforce } else { ModeLabel::Audit });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server_task = match &args.listen {
+        Some(l) => {
+            let addr: std::net::SocketAddr = l.parse().with_context(|| format!("--listen {l}: not ADDR:PORT"))?;
+            let srv = server::bind(addr, ServerState { metrics: metrics.clone(), health: health.clone() })
+                .await
+                .with_context(|| format!("--listen {l}"))?;
+            info!(addr = %srv.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics, /healthz, /readyz");
+            Some(tokio::spawn(srv.run(async {
+                let _ = stop_rx.await;
+            })))
+        }
+        None => None,
+    };
+    let policy = match load_policy(&args) {
+        Ok(p) => p,
+        Err(e) => {
+            metrics.policy_reload(ReloadResult::Error);
+            return Err(e);
+        }
+    };
+    metrics.policy_reload(ReloadResult::Success);
+    health.set_ready(ReadyGate::PolicyLoaded, true);
+    let sink_cfg = SinkConfig {
+        stdout: true,
+        file: args.findings_file.clone(),
+        webhook: args.webhook_url.as_ref().map(WebhookConfig::new),
+    };
+    let sinks = Sinks::open(&sink_cfg, metrics.clone()).context("opening the findings sinks")?;
     let opts = ProbeOptions {
         ringbuf_bytes: args.ringbuf_bytes,
         hook: match args.exec_hook {
@@ -123,6 +158,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         hold_unknown_containers: !args.no_hold,
     };
     let mut probes = Probes::load(&opts).context("loading the eBPF probes")?;
+    metrics.set_enforcement(probes.enforcement, probes.exec_hook);
+    let reader = probes.counter_reader();
+    metrics.set_kernel_source(Arc::new(move || reader.read().ok()));
+    health.set_ready(ReadyGate::ProbesAttached, true);
     let mut static_attr = std::collections::HashMap::new();
     for path in &args.deny_cgroups {
         let id = probes
@@ -137,6 +176,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ring = probes.take_events().context("ring buffer already taken")?;
     let (tx, mut rx) = mpsc::channel::<ExecRecord>(CHANNEL_CAPACITY);
     let stats = Arc::new(ReaderStats::default());
+    metrics.set_reader_stats(stats.clone());
     let pump = tokio::spawn(reader::pump(ring, tx, stats.clone()));
 
     let cgroup2 = find_cgroup2_mount().context("no cgroup2 hierarchy is mounted")?;
@@ -155,9 +195,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         resync_interval: args.resync_interval,
         cgroup2,
     };
-    let mut ctrl = Controller::new(cfg, probes, policy, containerd, cri, stdout_sink());
+    let (out, sinks) = findings_out(sinks, metrics.clone());
+    let mut ctrl = Controller::new(cfg, probes, policy, containerd, cri, out);
     ctrl.static_attributions = static_attr;
+    ctrl.metrics = Some(metrics.clone());
     ctrl.resync().await;
+    health.set_ready(ReadyGate::InventorySynced, true);
+    health.tick();
     info!(
         mode = ?args.mode,
         exec_hook = ctrl.probes().exec_hook.as_str(),
@@ -172,14 +216,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut resync = tokio::time::interval(args.resync_interval);
     resync.tick().await; // the first tick is immediate: just synced
     let mut hold_tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    // Liveness: the loop ticks on a timer, so an idle node stays healthy.
+    let mut health_tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut seen_rt_drops = 0;
     loop {
         tokio::select! {
             rec = rx.recv() => {
                 let Some(rec) = rec else { break };
+                metrics.exec_event(metrics::Verdict::from_kernel(rec.verdict));
                 ctrl.on_exec(&rec).await;
                 // Take what is already queued before waiting again.
                 while let Ok(rec) = rx.try_recv() {
+                    metrics.exec_event(metrics::Verdict::from_kernel(rec.verdict));
                     ctrl.on_exec(&rec).await;
                 }
             }
@@ -193,6 +241,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 ctrl.resync().await
             }
             _ = hold_tick.tick(), if ctrl.has_holds() => ctrl.expire_holds(),
+            _ = health_tick.tick() => health.tick(),
             _ = sigterm.recv() => { info!("SIGTERM: detaching"); break }
             _ = sigint.recv() => { info!("SIGINT: detaching"); break }
         }
@@ -213,5 +262,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "stopped"
     );
     drop(ctrl);
+    if let Ok(sinks) = Arc::try_unwrap(sinks) {
+        sinks.shutdown(std::time::Duration::from_secs(5)).await;
+    }
+    let _ = stop_tx.send(());
+    if let Some(t) = server_task {
+        let _ = t.await;
+    }
     Ok(())
 }

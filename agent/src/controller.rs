@@ -215,6 +215,7 @@ pub struct Controller {
     pub stats: ControllerStats,
     /// Extra attributions for cgroups that are not containers (--deny-cgroup).
     pub static_attributions: HashMap<u64, Attribution>,
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Controller {
@@ -238,6 +239,7 @@ impl Controller {
             out,
             stats: ControllerStats::default(),
             static_attributions: HashMap::new(),
+            metrics: None,
         }
     }
 
@@ -259,8 +261,11 @@ impl Controller {
         self.stats.resyncs += 1;
         let mut seen: HashMap<String, ContainerInfo> = HashMap::new();
         let mut complete = true;
+        use crate::metrics::Source;
         if let Some(c) = &self.containerd {
-            match c.list_all().await {
+            let r = c.list_all().await;
+            self.source_up(Source::RuntimeContainerd, r.is_ok());
+            match r {
                 Ok(list) => {
                     for i in list {
                         seen.insert(entry_key(&i), i);
@@ -274,7 +279,9 @@ impl Controller {
             }
         }
         if let Some(c) = &self.cri {
-            match c.list_all().await {
+            let r = c.list_all().await;
+            self.source_up(Source::RuntimeCri, r.is_ok());
+            match r {
                 Ok(list) => {
                     for i in list {
                         match seen.get_mut(&entry_key(&i)) {
@@ -305,6 +312,27 @@ impl Controller {
         }
         for (_, info) in seen {
             self.upsert(info);
+        }
+        self.update_gauges();
+    }
+
+    fn source_up(&self, s: crate::metrics::Source, up: bool) {
+        if let Some(m) = &self.metrics {
+            m.set_source_up(s, up);
+        }
+    }
+
+    fn update_gauges(&self) {
+        use crate::metrics::Verdict as V;
+        let Some(m) = &self.metrics else { return };
+        let count = |k: u32| self.entries.values().filter(|e| e.decision.kernel == k).count() as u64;
+        m.set_containers(V::Allow, count(verdict::ALLOW));
+        m.set_containers(V::Deny, count(verdict::DENY) + count(verdict::AUDIT));
+    }
+
+    fn count_kill(&self) {
+        if let Some(m) = &self.metrics {
+            m.kill(crate::metrics::KillMechanism::CgroupKill);
         }
     }
 
@@ -379,6 +407,9 @@ impl Controller {
                     Ok(()) => {
                         e.killed = true;
                         self.stats.containers_killed += 1;
+                        if let Some(m) = &self.metrics {
+                            m.kill(crate::metrics::KillMechanism::CgroupKill);
+                        }
                         action = "killed";
                     }
                     Err(err) => warn!(container = %e.info.id, "cgroup.kill: {err}"),
@@ -426,6 +457,7 @@ impl Controller {
                 }
             }
             self.stats.holds_killed += 1;
+            self.count_kill();
         } else {
             for pid in &h.pids {
                 // SAFETY: plain syscall; the pid was stopped by the kernel at exec.
@@ -574,6 +606,7 @@ impl Controller {
                 }
             }
             self.stats.holds_killed += 1;
+            self.count_kill();
             let reason = format!(
                 "unresolved: container cgroup {} not known to any runtime within {:?}; killed (fail closed)",
                 dir.as_deref().map(|d| d.display().to_string()).unwrap_or_else(|| id.to_string()),

@@ -158,3 +158,99 @@ fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm
     assert_eq!(st.code(), Some(4), "enforcement must end with the agent");
     let _ = fs::remove_dir(&cg);
 }
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+/// A scrape of a running standalone agent parses with a Prometheus parser
+/// and shows the operational families; /readyz is ready.
+#[test]
+fn standalone_agent_serves_metrics_health_and_readiness() {
+    if !privileged() {
+        return;
+    }
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
+        .args(["run", "--standalone", "--listen", "127.0.0.1:0", "--runtime-endpoint", "unix:///nonexistent.sock"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agent");
+    let err = agent.stderr.take().unwrap();
+    let agent = KillOnDrop(agent);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut addr = None;
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            let plain: String = strip_ansi(&l);
+            if let Some(i) = plain.find("addr=") {
+                addr = plain[i + 5..].split_whitespace().next().map(|a| a.trim_matches('"').to_string());
+            }
+            if plain.contains("agent running") {
+                let _ = tx.send(addr.clone());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("agent did not start").expect("no listen address logged");
+    for _ in 0..20 {
+        let _ = Command::new("/bin/true").status();
+    }
+    let (code, body) = http_get(&addr, "/readyz");
+    assert_eq!(code, 200, "readyz: {body}");
+    let (code, _) = http_get(&addr, "/healthz");
+    assert_eq!(code, 200);
+    let (code, text) = http_get(&addr, "/metrics");
+    assert_eq!(code, 200);
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    let names: std::collections::BTreeSet<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+    for family in [
+        "imagewarden_exec_events_total",
+        "imagewarden_kernel_execs_total",
+        "imagewarden_ringbuf_drops_total",
+        "imagewarden_kills_total",
+        "imagewarden_findings_total",
+        "imagewarden_containers",
+        "imagewarden_policy_reloads_total",
+        "imagewarden_source_up",
+        "imagewarden_enforcement_info",
+        "imagewarden_build_info",
+    ] {
+        assert!(names.contains(family), "family {family} missing from the scrape: {names:?}");
+    }
+    let execs = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "imagewarden_kernel_execs_total")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) | prometheus_parse::Value::Gauge(v) => v,
+            _ => -1.0,
+        })
+        .unwrap();
+    assert!(execs >= 20.0, "kernel exec counter read at scrape time: {execs}");
+    let info = scrape.samples.iter().find(|s| s.metric == "imagewarden_enforcement_info").unwrap();
+    assert!(info.labels.get("mechanism").is_some() && info.labels.get("exec_hook").is_some(), "{info:?}");
+    drop(agent);
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for c in s.chars() {
+        match (esc, c) {
+            (false, '\u{1b}') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}

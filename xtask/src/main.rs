@@ -3,6 +3,7 @@
 //!   build-ebpf [--release] build the eBPF object, print its path
 //!   test [-- ARGS]        setup, then every test (privileged ones need root)
 //!   run [-- AGENT ARGS]   setup, build, then `imagewarden run --standalone ...` as root
+//!   demo                  the seed's lab on a private containerd (root)
 mod ebpf_build;
 mod setup;
 
@@ -73,9 +74,18 @@ fn main() -> Result<()> {
             a.extend(passthrough);
             run(c.args(a))
         }
+        "demo" => {
+            setup::setup()?;
+            if !setup::is_root() {
+                bail!("the demo loads eBPF programs and runs containerd: run it as root");
+            }
+            let root = root_dir();
+            run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "imagewarden", "--bin", "imagewarden", "--example", "demo"]))?;
+            run(Command::new(root.join("target/release/examples/demo")).arg(root.join("target/release/imagewarden")))
+        }
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup | build-ebpf [--release] | test [-- cargo test args] | run [-- agent args]>"
+                "usage: cargo xtask <setup | build-ebpf [--release] | test [-- cargo test args] | run [-- agent args] | demo>"
             );
             if cmd == "help" {
                 Ok(())

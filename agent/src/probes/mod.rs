@@ -139,7 +139,7 @@ pub struct Probes {
     verdicts: HashMap<MapData, u64, u32>,
     name_verdicts: HashMap<MapData, CgroupKey, u32>,
     cgroup_names: HashMap<MapData, u64, CgroupKey>,
-    counters: PerCpuArray<MapData, u64>,
+    counters: CounterReader,
     config_map: Array<MapData, Config>,
     config: Config,
     events: Option<RingBuf<MapData>>,
@@ -242,7 +242,7 @@ impl Probes {
         let verdicts: HashMap<MapData, u64, u32> = take(&mut ebpf, "VERDICTS")?;
         let name_verdicts: HashMap<MapData, CgroupKey, u32> = take(&mut ebpf, "NAME_VERDICTS")?;
         let cgroup_names: HashMap<MapData, u64, CgroupKey> = take(&mut ebpf, "CGROUP_NAMES")?;
-        let counters: PerCpuArray<MapData, u64> = take(&mut ebpf, "COUNTERS")?;
+        let counters = CounterReader(std::sync::Arc::new(take(&mut ebpf, "COUNTERS")?));
         let events: RingBuf<MapData> = take(&mut ebpf, "EVENTS")?;
 
         let kbtf = aya::Btf::from_sys_fs().ok();
@@ -362,8 +362,24 @@ impl Probes {
 
     /// Per-CPU counters summed now (scrape time).
     pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
+        self.counters.read()
+    }
+
+    /// A handle that reads the kernel counters from another thread (the
+    /// metrics scrape) without touching the rest of the probes.
+    pub fn counter_reader(&self) -> CounterReader {
+        self.counters.clone()
+    }
+}
+
+/// Shared read access to the per-CPU counter map.
+#[derive(Clone)]
+pub struct CounterReader(std::sync::Arc<PerCpuArray<MapData, u64>>);
+
+impl CounterReader {
+    pub fn read(&self) -> Result<KernelCounters, ProbeError> {
         let get = |i: u32| -> Result<u64, ProbeError> {
-            let v = self.counters.get(&i, 0).map_err(|e| ProbeError::Map("COUNTERS", e.to_string()))?;
+            let v = self.0.get(&i, 0).map_err(|e| ProbeError::Map("COUNTERS", e.to_string()))?;
             Ok(v.iter().copied().fold(0u64, u64::wrapping_add))
         };
         Ok(KernelCounters {
