@@ -87,10 +87,16 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn our_programs_loaded() -> usize {
-    let out = Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines().filter(|l| l.contains("name exec_btf") || l.contains("name exec_tp")).count()
+/// Ids of the loaded exec programs (ours are named exec_btf / exec_tp).
+fn exec_program_ids() -> std::collections::BTreeSet<u64> {
+    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| matches!(p["name"].as_str(), Some("exec_btf" | "exec_tp")))
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
 }
 
 #[test]
@@ -102,7 +108,7 @@ fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm
     let _ = fs::remove_dir(&cg);
     fs::create_dir(&cg).unwrap();
     let cg_id = fs::metadata(&cg).unwrap().ino();
-    let before = our_programs_loaded();
+    let before = exec_program_ids();
 
     let mut agent = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
         .args(["run", "--standalone", "--mode", "enforce", "--deny-cgroup"])
@@ -115,7 +121,9 @@ fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm
     wait_ready(&mut agent);
     let lines = lines_of(&mut agent);
     let mut agent = KillOnDrop(agent);
-    assert!(our_programs_loaded() > before, "no exec program attached while the agent runs");
+    // Compared by id, so programs of anything else running on the machine do not matter.
+    let ours: Vec<u64> = exec_program_ids().difference(&before).copied().collect();
+    assert!(!ours.is_empty(), "no exec program attached while the agent runs");
 
     let marker = std::env::temp_dir().join(format!("iw-run-marker-{}", std::process::id()));
     let _ = fs::remove_file(&marker);
@@ -150,10 +158,14 @@ fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm
     let st = agent.0.wait().unwrap();
     assert!(st.success(), "agent exit after SIGTERM: {st:?}");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while our_programs_loaded() > before && Instant::now() < deadline {
+    let still = || {
+        let now = exec_program_ids();
+        ours.iter().filter(|id| now.contains(id)).count()
+    };
+    while still() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(our_programs_loaded(), before, "programs still loaded after SIGTERM");
+    assert_eq!(still(), 0, "programs {ours:?} still loaded after SIGTERM");
     let st = in_cgroup(&cg, "/bin/sh").arg("-c").arg("exit 4").status().unwrap();
     assert_eq!(st.code(), Some(4), "enforcement must end with the agent");
     let _ = fs::remove_dir(&cg);
