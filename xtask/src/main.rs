@@ -55,7 +55,12 @@ fn main() -> Result<()> {
                     if std::env::var_os("CI").is_some() { "FAIL (CI is set)" } else { "be reported as SKIPPED" }
                 );
             }
-            run(Command::new("cargo").current_dir(root_dir()).args(["test", "--workspace"]).args(&passthrough))
+            let root = root_dir();
+            // --no-fail-fast: one failing test binary must not hide the others.
+            let tests = run(Command::new("cargo").current_dir(&root).args(["test", "--workspace", "--no-fail-fast"]).args(&passthrough));
+            // The deploy manifests against the Kubernetes JSON schemas (offline, strict).
+            let manifests = run(Command::new("bash").current_dir(&root).arg("scripts/validate-manifests.sh"));
+            tests.and(manifests)
         }
         "run" => {
             setup::setup()?;
