@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod containerd;
 pub mod cri;
 pub mod kube;
+pub mod kubelet;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

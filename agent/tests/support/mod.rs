@@ -5,6 +5,7 @@
 
 pub mod containerd;
 pub mod fakeapi;
+pub mod fakekubelet;
 
 /// Stops a test that cannot run here: under `CI=true` it fails, otherwise
 /// it prints a loud SKIP line and the caller returns.
