@@ -4,8 +4,10 @@
 pub mod cli;
 pub mod cmd_check;
 pub mod cmd_run;
+pub mod crosscheck;
 pub mod controller;
 pub mod finding;
+pub mod kube_actions;
 pub mod metrics;
 pub mod probes;
 pub mod server;
