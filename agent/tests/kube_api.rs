@@ -275,10 +275,13 @@ async fn kyverno_clusterpolicy_hot_reload_keeps_last_good_on_invalid_update() {
     let ok_before = src.stats.reloads_ok.load(Ordering::Relaxed);
     assert!(ok_before >= 1);
     assert!(src.stats.kyverno_installed.load(Ordering::Relaxed));
-    assert!(api
-        .requests()
-        .iter()
-        .any(|r| r.path == "/apis/kyverno.io/v1/clusterpolicies" && r.is_watch()));
+    // The watch starts right after the initial list has been applied.
+    eventually("a ClusterPolicy watch", || {
+        api.requests()
+            .iter()
+            .any(|r| r.path == "/apis/kyverno.io/v1/clusterpolicies" && r.is_watch())
+    })
+    .await;
 
     // An invalid update: counted, logged, the last good version stays.
     let mut bad = yaml_to_json(SEED);
