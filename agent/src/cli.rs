@@ -26,6 +26,23 @@ pub enum Command {
     Check(CheckArgs),
     /// Run the node agent.
     Run(RunArgs),
+    /// Remove the programs and maps a fail-closed agent left pinned in
+    /// bpffs (after a crash, when uninstalling).
+    Cleanup {
+        #[arg(long, default_value = crate::probes::DEFAULT_PIN_ROOT, env = "IMAGEWARDEN_PIN_DIR")]
+        pin_dir: PathBuf,
+    },
+}
+
+/// What happens to enforcement when the agent dies without a clean shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailMode {
+    /// Programs and verdict maps stay pinned in bpffs: the kernel keeps
+    /// killing denied containers and holding unclassified ones until an
+    /// agent is back, which takes the state over.
+    Closed,
+    /// Nothing is pinned: the programs go away with the agent.
+    Open,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -108,6 +125,15 @@ pub struct RunArgs {
     /// Full resync with the container runtimes (safety net under the event streams).
     #[arg(long, default_value = "30s", value_parser = parse_duration, env = "IMAGEWARDEN_RESYNC_INTERVAL")]
     pub resync_interval: std::time::Duration,
+    /// When the agent dies (crash, OOM, SIGKILL): closed keeps enforcing in
+    /// the kernel (pinned in /sys/fs/bpf/imagewarden); open stops. A clean
+    /// SIGTERM/SIGINT always detaches and unpins.
+    #[arg(long, value_enum, default_value_t = FailMode::Closed, env = "IMAGEWARDEN_FAIL_MODE")]
+    pub fail_mode: FailMode,
+    /// Where a fail-closed agent pins its programs and verdict maps (bpffs).
+    /// One agent per directory: a second one refuses to start.
+    #[arg(long, default_value = crate::probes::DEFAULT_PIN_ROOT, env = "IMAGEWARDEN_PIN_DIR")]
+    pub pin_dir: PathBuf,
     /// Do not hold execs of unclassified containers (the kernel lets them
     /// run until user space has a verdict).
     #[arg(long, env = "IMAGEWARDEN_NO_HOLD")]

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
-    cli::{ExecHook as CliHook, Mode, RunArgs},
+    cli::{ExecHook as CliHook, FailMode, Mode, RunArgs},
     metrics::{self, Metrics, ModeLabel, ReloadResult},
     server::{self, Health, ReadyGate, ServerState},
     sink::{SinkConfig, Sinks, WebhookConfig},
@@ -156,6 +156,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         enforce,
         try_lsm: true,
         hold_unknown_containers: !args.no_hold,
+        pin_dir: (args.fail_mode == FailMode::Closed).then(|| crate::probes::pin_dir_under(&args.pin_dir)),
     };
     let mut probes = Probes::load(&opts).context("loading the eBPF probes")?;
     metrics.set_enforcement(probes.enforcement, probes.exec_hook);
@@ -200,6 +201,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     ctrl.static_attributions = static_attr;
     ctrl.metrics = Some(metrics.clone());
     ctrl.resync().await;
+    if ctrl.probes().took_over {
+        // A previous agent died and left its pinned state: the kernel kept
+        // enforcing with it until now. Drop what no longer exists, let
+        // containers it held while nobody decided go on (or die).
+        ctrl.after_takeover();
+    }
     health.set_ready(ReadyGate::InventorySynced, true);
     health.tick();
     info!(
@@ -250,6 +257,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(f) = forwarder {
         f.abort();
     }
+    // Clean shutdown: detach everything, leave nothing pinned.
+    ctrl.probes_mut().unpin_all();
     let k = ctrl.probes().counters().unwrap_or_default();
     info!(
         execs = k.execs,

@@ -617,6 +617,42 @@ impl Controller {
         }
     }
 
+    /// After taking over a dead agent's pinned maps: remove verdicts of
+    /// cgroups and names no container has any more, and decide the processes
+    /// that were held (stopped) while no agent was there to decide.
+    pub fn after_takeover(&mut self) {
+        let known_ids: std::collections::HashSet<u64> =
+            self.by_cgroup.keys().chain(self.static_attributions.keys()).copied().collect();
+        let mut pruned = 0;
+        for id in self.probes.verdict_cgroups() {
+            if !known_ids.contains(&id) && self.probes.clear_verdict(id).is_ok() {
+                pruned += 1;
+            }
+        }
+        let known_names: Vec<CgroupKey> = self.entries.values().filter_map(|e| e.key).collect();
+        for k in self.probes.verdict_names() {
+            if !known_names.contains(&k) && self.probes.clear_name_verdict(&k).is_ok() {
+                pruned += 1;
+            }
+        }
+        let mut resumed = 0;
+        for e in self.entries.values() {
+            let Some(dir) = &e.cgroup_dir else { continue };
+            if e.decision.kernel == verdict::DENY {
+                continue; // already killed by apply() in enforce mode
+            }
+            let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else { continue };
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                if process_stopped(pid) {
+                    // SAFETY: plain syscall.
+                    unsafe { libc::kill(pid, libc::SIGCONT) };
+                    resumed += 1;
+                }
+            }
+        }
+        info!(pruned, resumed, "took over a previous agent's pinned state");
+    }
+
     pub fn has_holds(&self) -> bool {
         !self.held.is_empty()
     }
@@ -626,6 +662,14 @@ impl Controller {
         let denied = self.entries.values().filter(|e| e.decision.kernel != verdict::ALLOW).count();
         format!("{} containers ({} denied)", self.entries.len(), denied)
     }
+}
+
+/// Whether a process is stopped (state `T` in /proc/PID/stat).
+fn process_stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T')))
+        .unwrap_or(false)
 }
 
 /// Forwards a runtime's events into the controller's channel, resubscribing

@@ -37,7 +37,9 @@ impl Agent {
     fn start(ctd: &Containerd, mode: &str) -> Agent {
         let started = Instant::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
-            .args(["run", "--standalone", "--mode", mode, "--runtime-endpoint"])
+            // Fail open: the two tests of this file run agents side by side,
+            // which one pinned state per node does not allow.
+            .args(["run", "--standalone", "--fail-mode", "open", "--mode", mode, "--runtime-endpoint"])
             .arg(ctd.endpoint())
             .env("IMAGEWARDEN_LOG", std::env::var("IMAGEWARDEN_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::piped())

@@ -10,6 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The tests look at programs loaded machine-wide: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn privileged() -> bool {
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } == 0 {
@@ -101,6 +104,7 @@ fn exec_program_ids() -> std::collections::BTreeSet<u64> {
 
 #[test]
 fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if !privileged() {
         return;
     }
@@ -187,6 +191,7 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
 /// and shows the operational families; /readyz is ready.
 #[test]
 fn standalone_agent_serves_metrics_health_and_readiness() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if !privileged() {
         return;
     }
@@ -265,4 +270,85 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+fn start_agent(cg: &std::path::Path, extra: &[&str]) -> KillOnDrop {
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
+        .args(["run", "--standalone", "--mode", "enforce", "--runtime-endpoint", "unix:///nonexistent.sock", "--deny-cgroup"])
+        .arg(cg)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agent");
+    wait_ready(&mut agent);
+    KillOnDrop(agent)
+}
+
+fn runs_in(cg: &std::path::Path) -> Option<i32> {
+    let st = in_cgroup(cg, "/bin/sh").arg("-c").arg("exit 5").status().unwrap();
+    st.signal()
+}
+
+/// Fail closed: SIGKILL the agent, enforcement stays (pinned in bpffs); a
+/// new agent takes over with no gap and no duplicate programs; SIGTERM
+/// leaves nothing behind. Fail open: the programs go with the agent.
+#[test]
+fn killed_agent_keeps_enforcing_and_restart_takes_over_without_duplicates() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !privileged() {
+        return;
+    }
+    let cg = cgroup2_root().join(format!("imagewarden-test-restart-{}", std::process::id()));
+    let _ = fs::remove_dir(&cg);
+    fs::create_dir(&cg).unwrap();
+    let pin_dir = imagewarden::probes::default_pin_dir();
+    let before = exec_program_ids();
+
+    let mut a = start_agent(&cg, &[]);
+    let ids_a: Vec<u64> = exec_program_ids().difference(&before).copied().collect();
+    assert_eq!(ids_a.len(), 1, "one exec program for agent A: {ids_a:?}");
+    assert!(pin_dir.join("exec_link").exists(), "fail-closed agent must pin its exec link");
+    assert_eq!(runs_in(&cg), Some(libc::SIGKILL));
+
+    // SIGKILL: no chance to clean up.
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    drop(a);
+    assert_eq!(runs_in(&cg), Some(libc::SIGKILL), "enforcement must survive the agent (fail closed)");
+    assert!(exec_program_ids().contains(&ids_a[0]));
+
+    let mut b = start_agent(&cg, &[]);
+    let now = exec_program_ids();
+    let ours: Vec<u64> = now.difference(&before).copied().collect();
+    assert_eq!(ours.len(), 1, "exactly one exec program after the restart, got {ours:?}");
+    assert!(!now.contains(&ids_a[0]), "agent A's program must be gone after B took over");
+    assert_eq!(runs_in(&cg), Some(libc::SIGKILL));
+
+    // Clean shutdown: nothing left.
+    // SAFETY: plain syscall on our child.
+    unsafe { libc::kill(b.0.id() as i32, libc::SIGTERM) };
+    assert!(b.0.wait().unwrap().success());
+    drop(b);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while exec_program_ids().difference(&before).count() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(exec_program_ids().difference(&before).count(), 0, "programs left after SIGTERM");
+    assert!(!pin_dir.exists(), "pin directory left after SIGTERM: {}", pin_dir.display());
+    assert_eq!(runs_in(&cg), None, "no enforcement after a clean shutdown");
+
+    // Fail open: SIGKILL takes enforcement away.
+    let mut c = start_agent(&cg, &["--fail-mode", "open"]);
+    assert_eq!(runs_in(&cg), Some(libc::SIGKILL));
+    assert!(!pin_dir.join("exec_link").exists(), "fail-open agent must not pin");
+    c.0.kill().unwrap();
+    c.0.wait().unwrap();
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while runs_in(&cg).is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(runs_in(&cg), None, "fail open: nothing enforced once the agent is gone");
+    let _ = fs::remove_dir(&cg);
 }

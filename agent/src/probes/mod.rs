@@ -12,7 +12,10 @@ use std::{os::unix::fs::MetadataExt, path::Path};
 use agent_common::{counter, verdict, CgroupKey, Config, CONFIG_MAGIC};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, Lsm, TracePoint},
+    programs::{
+        links::{FdLink, PinnedLink},
+        BtfTracePoint, Lsm, TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 use tracing::{info, warn};
@@ -40,6 +43,8 @@ pub enum ProbeError {
     Cgroup { path: String, source: std::io::Error },
     #[error("invalid ring buffer size {0}: must be a power of two and a multiple of the page size")]
     RingBufSize(u32),
+    #[error("pinning in bpffs: {0}")]
+    Pin(String),
 }
 
 impl ProbeError {
@@ -55,6 +60,7 @@ impl ProbeError {
             Self::Map(..) => "map",
             Self::Cgroup { .. } => "cgroup",
             Self::RingBufSize(_) => "ringbuf_size",
+            Self::Pin(_) => "pin",
         }
     }
 }
@@ -113,11 +119,66 @@ pub struct ProbeOptions {
     /// Hold (SIGSTOP, in enforce mode) the execs of a cgroup whose name holds
     /// a container id that user space has not classified yet.
     pub hold_unknown_containers: bool,
+    /// Fail closed: pin the exec link and the verdict maps here (on bpffs),
+    /// so that the kernel keeps enforcing when the agent dies, and a
+    /// restarted agent takes over the same state. `None`: fail open.
+    pub pin_dir: Option<std::path::PathBuf>,
+}
+
+/// Maps that survive an agent restart in fail-closed mode.
+pub const PINNED_MAPS: &[&str] = &["VERDICTS", "NAME_VERDICTS", "CGROUP_NAMES", "CONFIG"];
+
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/imagewarden";
+
+/// The pin directory under a root. The layout tag changes whenever a pinned
+/// map's key or value layout does, so an upgraded agent never reuses maps of
+/// another shape.
+pub fn pin_dir_under(root: &Path) -> std::path::PathBuf {
+    root.join(format!("v1-c{}-k{}", std::mem::size_of::<Config>(), std::mem::size_of::<CgroupKey>()))
+}
+
+pub fn default_pin_dir() -> std::path::PathBuf {
+    pin_dir_under(Path::new(DEFAULT_PIN_ROOT))
+}
+
+/// Holds an exclusive lock for a pin directory while the agent runs: two
+/// agents sharing pinned maps would overwrite each other's configuration.
+pub struct PinLock(#[allow(dead_code)] std::fs::File);
+
+impl PinLock {
+    pub fn acquire(pin_dir: &Path) -> Result<Self, ProbeError> {
+        use std::os::fd::AsRawFd;
+        let name: String = pin_dir.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        let dir = Path::new("/run/imagewarden");
+        std::fs::create_dir_all(dir).map_err(|e| ProbeError::Pin(format!("{}: {e}", dir.display())))?;
+        let path = dir.join(format!("{name}.lock"));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| ProbeError::Pin(format!("{}: {e}", path.display())))?;
+        // SAFETY: valid fd owned by `f`.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(ProbeError::Pin(format!(
+                "another imagewarden agent is running with pin directory {} (lock {}); one agent per node",
+                pin_dir.display(),
+                path.display()
+            )));
+        }
+        Ok(PinLock(f))
+    }
+}
+
+/// An attached link: owned (detached on drop) or pinned (stays attached).
+enum Attached {
+    Owned(#[allow(dead_code)] FdLink),
+    Pinned(PinnedLink),
 }
 
 impl Default for ProbeOptions {
     fn default() -> Self {
-        Self { ringbuf_bytes: 1 << 22, hook: HookChoice::Auto, enforce: false, try_lsm: true, hold_unknown_containers: true }
+        Self { ringbuf_bytes: 1 << 22, hook: HookChoice::Auto, enforce: false, try_lsm: true, hold_unknown_containers: true, pin_dir: None }
     }
 }
 
@@ -147,6 +208,11 @@ pub struct Probes {
     pub enforcement: Enforcement,
     /// Why the preferred mechanisms were not used (for logs and /metrics).
     pub fallbacks: Vec<String>,
+    /// A previous agent's pinned state was found and taken over.
+    pub took_over: bool,
+    pin_dir: Option<std::path::PathBuf>,
+    links: Vec<Attached>,
+    _lock: Option<PinLock>,
     _ebpf: Ebpf,
 }
 
@@ -227,8 +293,21 @@ impl Probes {
             .map_err(|e| ProbeError::TracepointFormat(format!("{}: {e}", fmt_path.display())))?;
         cfg.off_tp_filename_loc = tracepoint_filename_offset(&fmt)?;
 
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries("EVENTS", opts.ringbuf_bytes)
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries("EVENTS", opts.ringbuf_bytes);
+        let mut took_over = false;
+        let lock = match &opts.pin_dir {
+            Some(dir) => Some(PinLock::acquire(dir)?),
+            None => None,
+        };
+        if let Some(dir) = &opts.pin_dir {
+            std::fs::create_dir_all(dir).map_err(|e| ProbeError::Pin(format!("{}: {e}", dir.display())))?;
+            took_over = dir.join("exec_link").exists();
+            for m in PINNED_MAPS {
+                loader.map_pin_path(m, dir.join(m));
+            }
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| match &e {
                 aya::EbpfError::MapError(m) if m.to_string().contains("Operation not permitted") => {
@@ -249,10 +328,14 @@ impl Probes {
         let mut fallbacks = Vec::new();
 
         // Enforcement mechanism first, so that it is in place before events flow.
+        let mut links = Vec::new();
         let mut enforcement = Enforcement::Signal;
         if opts.try_lsm {
             match attach_lsm(&mut ebpf, kbtf.as_ref()) {
-                Ok(()) => enforcement = Enforcement::Lsm,
+                Ok(l) => {
+                    enforcement = Enforcement::Lsm;
+                    links.push(("lsm_link", l));
+                }
                 Err(e) => {
                     let msg = format!("BPF LSM refused ({e}); enforcing with bpf_send_signal(SIGKILL)");
                     info!("{msg}");
@@ -261,33 +344,64 @@ impl Probes {
             }
         }
 
-        let exec_hook = match opts.hook {
+        let (exec_hook, exec_link) = match opts.hook {
             HookChoice::Tracepoint => {
-                attach_tracepoint(&mut ebpf).map_err(|tracepoint| ProbeError::NoExecHook {
+                let l = attach_tracepoint(&mut ebpf).map_err(|tracepoint| ProbeError::NoExecHook {
                     tp_btf: "not tried (--exec-hook tracepoint)".into(),
                     tracepoint,
                 })?;
-                ExecHook::Tracepoint
+                (ExecHook::Tracepoint, l)
             }
             HookChoice::TpBtf => {
-                attach_tp_btf(&mut ebpf, kbtf.as_ref()).map_err(|tp_btf| ProbeError::NoExecHook {
+                let l = attach_tp_btf(&mut ebpf, kbtf.as_ref()).map_err(|tp_btf| ProbeError::NoExecHook {
                     tp_btf,
                     tracepoint: "not tried (--exec-hook tp-btf)".into(),
                 })?;
-                ExecHook::TpBtf
+                (ExecHook::TpBtf, l)
             }
             HookChoice::Auto => match attach_tp_btf(&mut ebpf, kbtf.as_ref()) {
-                Ok(()) => ExecHook::TpBtf,
+                Ok(l) => (ExecHook::TpBtf, l),
                 Err(tp_btf) => {
                     let msg = format!("tp_btf/sched_process_exec refused ({tp_btf}); using the classic tracepoint");
                     warn!("{msg}");
                     fallbacks.push(msg);
-                    attach_tracepoint(&mut ebpf)
+                    let l = attach_tracepoint(&mut ebpf)
                         .map_err(|tracepoint| ProbeError::NoExecHook { tp_btf, tracepoint })?;
-                    ExecHook::Tracepoint
+                    (ExecHook::Tracepoint, l)
                 }
             },
         };
+        links.push(("exec_link", exec_link));
+        // Our programs are attached; now (and only now) let go of a previous
+        // agent's links, so that there is no moment without enforcement and,
+        // once done, exactly one set of programs.
+        let mut attached = Vec::new();
+        for (name, link) in links {
+            match &opts.pin_dir {
+                Some(dir) => {
+                    let path = dir.join(name);
+                    if let Ok(old) = PinnedLink::from_pin(&path) {
+                        match old.unpin() {
+                            Ok(fd) => drop(fd),
+                            Err(e) => warn!("removing the previous agent's {name}: {e}"),
+                        }
+                        info!(link = name, "took over from a previous agent's pinned link");
+                    }
+                    let pinned = link.pin(&path).map_err(|e| ProbeError::Pin(format!("{}: {e}", path.display())))?;
+                    attached.push(Attached::Pinned(pinned));
+                }
+                None => attached.push(Attached::Owned(link)),
+            }
+        }
+        if opts.pin_dir.is_none() {
+            // Fail open now; a previous fail-closed agent's pins would keep
+            // a second set of programs attached: remove them.
+            let old = default_pin_dir();
+            if old.join("exec_link").exists() {
+                warn!(dir = %old.display(), "removing a previous agent's pinned programs (running fail-open now)");
+                remove_pins(&old);
+            }
+        }
         info!(exec_hook = exec_hook.as_str(), enforcement = enforcement.as_str(), "eBPF programs attached");
         Ok(Probes {
             verdicts,
@@ -300,8 +414,41 @@ impl Probes {
             exec_hook,
             enforcement,
             fallbacks,
+            took_over,
+            pin_dir: opts.pin_dir.clone(),
+            links: attached,
+            _lock: lock,
             _ebpf: ebpf,
         })
+    }
+
+    /// Clean shutdown: unpin links and maps, so that dropping the probes
+    /// detaches everything and leaves nothing behind in bpffs.
+    pub fn unpin_all(&mut self) {
+        let links = std::mem::take(&mut self.links);
+        for l in links {
+            if let Attached::Pinned(p) = l {
+                match p.unpin() {
+                    Ok(fd) => self.links.push(Attached::Owned(fd)),
+                    Err(e) => warn!("unpinning a link: {e}"),
+                }
+            } else {
+                self.links.push(l);
+            }
+        }
+        if let Some(dir) = self.pin_dir.take() {
+            remove_pins(&dir);
+        }
+    }
+
+    /// Cgroup ids that have a verdict in the kernel.
+    pub fn verdict_cgroups(&self) -> Vec<u64> {
+        self.verdicts.keys().filter_map(Result::ok).collect()
+    }
+
+    /// Name keys that have a verdict in the kernel.
+    pub fn verdict_names(&self) -> Vec<CgroupKey> {
+        self.name_verdicts.keys().filter_map(Result::ok).collect()
     }
 
     /// The ring buffer of exec events (once).
@@ -401,7 +548,21 @@ pub fn cgroup_id_of(path: &Path) -> Result<u64, ProbeError> {
         .map_err(|source| ProbeError::Cgroup { path: path.display().to_string(), source })
 }
 
-fn attach_lsm(ebpf: &mut Ebpf, kbtf: Option<&aya::Btf>) -> Result<(), String> {
+/// Removes a pin directory: links (detaching them once no one holds them)
+/// and maps.
+pub fn remove_pins(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::remove_dir(parent); // only if empty
+    }
+}
+
+fn attach_lsm(ebpf: &mut Ebpf, kbtf: Option<&aya::Btf>) -> Result<FdLink, String> {
     let btf = kbtf.ok_or("no kernel BTF")?;
     let p: &mut Lsm = ebpf
         .program_mut("bprm_check")
@@ -409,11 +570,12 @@ fn attach_lsm(ebpf: &mut Ebpf, kbtf: Option<&aya::Btf>) -> Result<(), String> {
         .try_into()
         .map_err(|e: aya::programs::ProgramError| e.to_string())?;
     p.load("bprm_check_security", btf).map_err(|e| format!("load: {e}"))?;
-    p.attach().map_err(|e| format!("attach: {e}"))?;
-    Ok(())
+    let id = p.attach().map_err(|e| format!("attach: {e}"))?;
+    let link = p.take_link(id).map_err(|e| format!("take link: {e}"))?;
+    Ok(link.into())
 }
 
-fn attach_tp_btf(ebpf: &mut Ebpf, kbtf: Option<&aya::Btf>) -> Result<(), String> {
+fn attach_tp_btf(ebpf: &mut Ebpf, kbtf: Option<&aya::Btf>) -> Result<FdLink, String> {
     let btf = kbtf.ok_or("no kernel BTF")?;
     let p: &mut BtfTracePoint = ebpf
         .program_mut("exec_btf")
@@ -421,19 +583,21 @@ fn attach_tp_btf(ebpf: &mut Ebpf, kbtf: Option<&aya::Btf>) -> Result<(), String>
         .try_into()
         .map_err(|e: aya::programs::ProgramError| e.to_string())?;
     p.load("sched_process_exec", btf).map_err(|e| format!("load: {e}"))?;
-    p.attach().map_err(|e| format!("attach: {e}"))?;
-    Ok(())
+    let id = p.attach().map_err(|e| format!("attach: {e}"))?;
+    let link = p.take_link(id).map_err(|e| format!("take link: {e}"))?;
+    Ok(link.into())
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf) -> Result<(), String> {
+fn attach_tracepoint(ebpf: &mut Ebpf) -> Result<FdLink, String> {
     let p: &mut TracePoint = ebpf
         .program_mut("exec_tp")
         .ok_or("program missing")?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| e.to_string())?;
     p.load().map_err(|e| format!("load: {e}"))?;
-    p.attach("sched", "sched_process_exec").map_err(|e| format!("attach: {e}"))?;
-    Ok(())
+    let id = p.attach("sched", "sched_process_exec").map_err(|e| format!("attach: {e}"))?;
+    let link = p.take_link(id).map_err(|e| format!("take link: {e}"))?;
+    FdLink::try_from(link).map_err(|e| format!("tracepoint link is not a bpf_link (kernel too old to pin it): {e}"))
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
