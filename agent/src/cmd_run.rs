@@ -91,8 +91,11 @@ async fn connect_runtimes(endpoint: Option<&str>) -> (Option<ContainerdClient>, 
     (containerd, cri)
 }
 
+/// Where the controller sends findings.
+type FindingsOut = Box<dyn FnMut(&Finding) + Send>;
+
 /// Findings go to every sink and are counted by reason.
-fn findings_out(sinks: Sinks, metrics: Metrics) -> (Box<dyn FnMut(&Finding) + Send>, Arc<Sinks>) {
+fn findings_out(sinks: Sinks, metrics: Metrics) -> (FindingsOut, Arc<Sinks>) {
     let sinks = Arc::new(sinks);
     let s2 = sinks.clone();
     let out = Box::new(move |f: &Finding| {

@@ -18,6 +18,7 @@
 //!    decides — SIGCONT for an allowed image, cgroup.kill for a denied one,
 //!    and cgroup.kill after `hold_timeout` for a container no runtime knows
 //!    (fail closed).
+//!
 //! Limits: a container whose cgroup is named without a container id (`ctr
 //! run` ids such as `web1`) relies on step 1 alone; a container whose spec
 //! has no cgroupsPath is recognised only once its task has started.

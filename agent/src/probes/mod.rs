@@ -219,7 +219,7 @@ pub struct Probes {
 fn check_ringbuf_size(n: u32) -> Result<(), ProbeError> {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u32;
-    if n == 0 || !n.is_power_of_two() || n % page != 0 {
+    if n == 0 || !n.is_power_of_two() || !n.is_multiple_of(page) {
         return Err(ProbeError::RingBufSize(n));
     }
     Ok(())
