@@ -138,6 +138,28 @@ pub struct RunArgs {
     /// run until user space has a verdict).
     #[arg(long, env = "IMAGEWARDEN_NO_HOLD")]
     pub no_hold: bool,
+    /// This node's name (Kubernetes mode); falls back to $NODE_NAME, which
+    /// the DaemonSet sets from spec.nodeName.
+    #[arg(long, env = "IMAGEWARDEN_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The kubelet's base URL for /pods (e.g. https://$HOST_IP:10250); the
+    /// kubelet source is off without it.
+    #[arg(long, env = "IMAGEWARDEN_KUBELET_URL")]
+    pub kubelet_url: Option<String>,
+    /// Do not verify the kubelet's serving certificate (self-signed kubelet
+    /// certificates); the service-account token is still sent.
+    #[arg(long, env = "IMAGEWARDEN_KUBELET_INSECURE_SKIP_TLS_VERIFY")]
+    pub kubelet_insecure_skip_tls_verify: bool,
+    /// Enforce mode: also delete the Pod of a killed container through the
+    /// API (never in exempt namespaces). Off by default.
+    #[arg(long, env = "IMAGEWARDEN_DELETE_PODS")]
+    pub delete_pods: bool,
+    /// Namespaces never acted on (findings only). Repeatable.
+    #[arg(long = "exempt-namespace", env = "IMAGEWARDEN_EXEMPT_NAMESPACES", value_delimiter = ',')]
+    pub exempt_namespaces: Vec<String>,
+    /// Write wgpolicyk8s.io/v1alpha2 PolicyReports with the runtime findings.
+    #[arg(long, env = "IMAGEWARDEN_POLICY_REPORTS")]
+    pub policy_reports: bool,
     /// Mark a cgroup (v2 directory path) as denied. Repeatable. For tests and
     /// manual quarantine of a workload without a container runtime.
     #[arg(long = "deny-cgroup", env = "IMAGEWARDEN_DENY_CGROUP", value_delimiter = ',')]

@@ -21,6 +21,7 @@ use crate::{
     server::{self, Health, ReadyGate, ServerState},
     sink::{SinkConfig, Sinks, WebhookConfig},
     controller::{self, Controller, ControllerConfig, RUNTIME_EVENT_CAPACITY},
+    kube_run::KubeState,
     finding::{Attribution, Finding},
     probes::{
         event::ExecRecord,
@@ -34,17 +35,25 @@ use crate::{
 /// `restrict-image-registries` (only `public.ecr.aws/*`).
 pub const EMBEDDED_POLICY: &str = include_str!("../../deploy/policies/restrict-registries.yaml");
 
-/// Loads the policy (file or embedded default); refuses a partial policy
-/// unless allowed; logs every warning.
-pub fn load_policy(args: &RunArgs) -> anyhow::Result<PolicySet> {
-    let set = match &args.policy {
-        Some(p) => imagewarden_policy::load_policy_file(p).map_err(|e| anyhow::anyhow!("{e}"))?,
-        None => {
+/// Loads the policy (file, or the embedded default when standalone);
+/// refuses a partial policy unless allowed; logs every warning. Also
+/// returns the text, which Kubernetes mode merges with cluster policies.
+pub fn load_policy(args: &RunArgs) -> anyhow::Result<(PolicySet, Option<(String, String)>)> {
+    let (text, name) = match &args.policy {
+        Some(p) => (
+            std::fs::read_to_string(p).with_context(|| format!("reading policy {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None if args.standalone => {
             info!("no --policy: using the embedded default (the seed's restrict-image-registries: only public.ecr.aws/*)");
-            imagewarden_policy::load_policy_str(EMBEDDED_POLICY, "embedded:restrict-registries.yaml")
-                .map_err(|e| anyhow::anyhow!("{e}"))?
+            (EMBEDDED_POLICY.to_string(), "embedded:restrict-registries.yaml".to_string())
+        }
+        None => {
+            info!("no --policy: enforcing the cluster's policies only (Kyverno ClusterPolicy/Policy, ImagePolicy)");
+            return Ok((PolicySet::new(), None));
         }
     };
+    let set = imagewarden_policy::load_policy_str(&text, &name).map_err(|e| anyhow::anyhow!("{e}"))?;
     for w in set.warnings() {
         warn!("policy: {w}");
     }
@@ -61,7 +70,28 @@ pub fn load_policy(args: &RunArgs) -> anyhow::Result<PolicySet> {
         }
     }
     info!(policies = ?set.policy_names(), rules = set.rule_count(), "policy loaded");
-    Ok(set)
+    Ok((set, Some((text, name))))
+}
+
+enum KubeChange {
+    Policy,
+    Pods,
+}
+
+/// Resolves when the cluster's merged policy or the API server's Pods
+/// changed (never without Kubernetes, nor once a source has ended).
+async fn kube_changed(k: &mut Option<KubeState>) -> KubeChange {
+    let Some(k) = k else { return std::future::pending().await };
+    tokio::select! {
+        r = k.policy.policy.changed() => match r {
+            Ok(()) => KubeChange::Policy,
+            Err(_) => std::future::pending().await,
+        },
+        r = k.pods.changes.changed() => match r {
+            Ok(()) => KubeChange::Pods,
+            Err(_) => std::future::pending().await,
+        },
+    }
 }
 
 async fn connect_runtimes(endpoint: Option<&str>) -> (Option<ContainerdClient>, Option<CriClient>) {
@@ -109,12 +139,6 @@ fn findings_out(sinks: Sinks, metrics: Metrics) -> (FindingsOut, Arc<Sinks>) {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    if !args.standalone {
-        bail!(
-            "only --standalone is available in this version: the Kubernetes sources (API server, \
-             kubelet) are not wired into `run` yet"
-        );
-    }
     let started = Instant::now();
     let metrics = Metrics::new();
     let health = Health::with_gates(std::time::Duration::from_secs(30), &ReadyGate::ALL);
@@ -134,7 +158,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let policy = match load_policy(&args) {
+    let (policy, base_policy) = match load_policy(&args) {
         Ok(p) => p,
         Err(e) => {
             metrics.policy_reload(ReloadResult::Error);
@@ -200,9 +224,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         cgroup2,
     };
     let (out, sinks) = findings_out(sinks, metrics.clone());
-    let mut ctrl = Controller::new(cfg, probes, policy, containerd, cri, out);
+    let mut ctrl = Controller::new(cfg, probes, Arc::new(policy), containerd, cri, out);
     ctrl.static_attributions = static_attr;
     ctrl.metrics = Some(metrics.clone());
+    let mut kube = if args.standalone {
+        None
+    } else {
+        let k = KubeState::start(&args, base_policy, metrics.clone()).await?;
+        ctrl.pod_lookup = Some(k.pod_lookup());
+        Some(k)
+    };
     ctrl.resync().await;
     if ctrl.probes().took_over {
         // A previous agent died and left its pinned state: the kernel kept
@@ -228,6 +259,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut hold_tick = tokio::time::interval(std::time::Duration::from_millis(100));
     // Liveness: the loop ticks on a timer, so an idle node stays healthy.
     let mut health_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut cross_tick = tokio::time::interval(crate::kube_run::CROSSCHECK_INTERVAL);
     let mut seen_rt_drops = 0;
     loop {
         tokio::select! {
@@ -252,6 +284,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             _ = hold_tick.tick(), if ctrl.has_holds() => ctrl.expire_holds(),
             _ = health_tick.tick() => health.tick(),
+            change = kube_changed(&mut kube) => match change {
+                KubeChange::Policy => {
+                    if let Some(k) = kube.as_mut() {
+                        let p = k.take_policy();
+                        info!(policies = ?p.policy_names(), rules = p.rule_count(), "policy reloaded");
+                        ctrl.set_policy(p);
+                    }
+                }
+                KubeChange::Pods => {
+                    // New Pod knowledge may change a container's type or image as written.
+                    ctrl.redecide();
+                    if let Some(k) = kube.as_mut() { k.crosscheck(&mut ctrl, &sinks).await }
+                }
+            },
+            _ = cross_tick.tick(), if kube.is_some() => {
+                if let Some(k) = kube.as_mut() { k.crosscheck(&mut ctrl, &sinks).await }
+            }
             _ = sigterm.recv() => { info!("SIGTERM: detaching"); break }
             _ = sigint.recv() => { info!("SIGINT: detaching"); break }
         }
@@ -274,6 +323,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "stopped"
     );
     drop(ctrl);
+    drop(kube);
     if let Ok(sinks) = Arc::try_unwrap(sinks) {
         sinks.shutdown(std::time::Duration::from_secs(5)).await;
     }

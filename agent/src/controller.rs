@@ -23,8 +23,9 @@
 //! run` ids such as `web1`) relies on step 1 alone; a container whose spec
 //! has no cgroupsPath is recognised only once its task has started.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -89,7 +90,12 @@ impl Entry {
     fn attribution(&self) -> Attribution {
         Attribution {
             container_id: Some(self.info.id.clone()),
-            image: self.info.image_as_written.clone().or_else(|| self.info.image_ref.clone()),
+            image: self
+                .info
+                .image_as_written
+                .clone()
+                .filter(|i| !is_image_id(i))
+                .or_else(|| self.info.image_ref.clone()),
             image_digest: self.info.image_ref.as_ref().and_then(|r| r.split_once('@').map(|(_, d)| d.to_string())),
             pod: self.info.pod_name.clone(),
             namespace: self.info.pod_namespace.clone(),
@@ -130,17 +136,45 @@ pub fn cgroup_key_of_path(path: &str) -> Option<CgroupKey> {
     Some(CgroupKey::new(parent.as_bytes(), leaf.as_bytes()))
 }
 
+/// What the Kubernetes sources say about a runtime container: the image as
+/// the Pod spec writes it (what Kyverno matched), which kind of container
+/// it is, the Pod's namespace and labels.
+#[derive(Debug, Clone)]
+pub struct PodContext {
+    pub image: String,
+    pub container_type: ContainerType,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Looks a runtime container up in the Pods the agent knows (kube mode).
+pub type PodLookup = Box<dyn Fn(&ContainerInfo) -> Option<PodContext> + Send>;
+
+/// An image id (`sha256:<hex>` or bare hex), which a kubelet hands to CRI
+/// instead of a name: not an image reference to judge.
+pub fn is_image_id(s: &str) -> bool {
+    let hex = s.strip_prefix("sha256:").unwrap_or(s);
+    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The policy's answer for a container, as a kernel verdict.
-pub fn decide(policy: &PolicySet, info: &ContainerInfo) -> Decision {
+pub fn decide(policy: &PolicySet, info: &ContainerInfo, pod: Option<&PodContext>) -> Decision {
     if info.kind == Some(ContainerKind::Sandbox) {
         // Kyverno never checks the pause image either: it is node
         // configuration (containerd's sandbox_image), not a workload.
         return Decision { kernel: verdict::ALLOW, reason: "allowed: pod sandbox".into() };
     }
-    let Some(image) = info.image_as_written.as_deref().or(info.image_ref.as_deref()) else {
-        return Decision { kernel: verdict::DENY, reason: "unresolved: the runtime reports no image".into() };
+    let image = pod
+        .map(|p| p.image.as_str())
+        .or(info.image_as_written.as_deref().filter(|i| !is_image_id(i)))
+        .or(info.image_ref.as_deref());
+    let Some(image) = image else {
+        return Decision { kernel: verdict::DENY, reason: "unresolved: the runtime reports no image name".into() };
     };
-    let ctx = EvalContext::new(ContainerType::Container).with_namespace(info.pod_namespace.as_deref());
+    let ctx = match pod {
+        Some(p) => EvalContext::new(p.container_type).with_namespace(Some(&p.namespace)).with_labels(&p.labels),
+        None => EvalContext::new(ContainerType::Container).with_namespace(info.pod_namespace.as_deref()),
+    };
     let v = policy.evaluate(image, &ctx);
     let kernel = if v.allowed {
         verdict::ALLOW
@@ -206,7 +240,7 @@ pub struct ControllerStats {
 pub struct Controller {
     cfg: ControllerConfig,
     probes: Probes,
-    policy: PolicySet,
+    policy: Arc<PolicySet>,
     entries: HashMap<String, Entry>,
     by_cgroup: HashMap<u64, String>,
     held: HashMap<u64, Held>,
@@ -217,13 +251,15 @@ pub struct Controller {
     /// Extra attributions for cgroups that are not containers (--deny-cgroup).
     pub static_attributions: HashMap<u64, Attribution>,
     pub metrics: Option<crate::metrics::Metrics>,
+    /// Kubernetes mode: the Pod spec behind a runtime container.
+    pub pod_lookup: Option<PodLookup>,
 }
 
 impl Controller {
     pub fn new(
         cfg: ControllerConfig,
         probes: Probes,
-        policy: PolicySet,
+        policy: Arc<PolicySet>,
         containerd: Option<ContainerdClient>,
         cri: Option<CriClient>,
         out: Box<dyn FnMut(&Finding) + Send>,
@@ -241,6 +277,7 @@ impl Controller {
             stats: ControllerStats::default(),
             static_attributions: HashMap::new(),
             metrics: None,
+            pod_lookup: None,
         }
     }
 
@@ -353,7 +390,8 @@ impl Controller {
     /// Records (or refreshes) a container and pushes its verdict into the kernel.
     pub fn upsert(&mut self, info: ContainerInfo) {
         let key = entry_key(&info);
-        let decision = decide(&self.policy, &info);
+        let pod = self.pod_lookup.as_ref().and_then(|f| f(&info));
+        let decision = decide(&self.policy, &info, pod.as_ref());
         let e = self.entries.entry(key.clone()).or_insert_with(|| Entry {
             info: info.clone(),
             key: None,
@@ -654,6 +692,56 @@ impl Controller {
         info!(pruned, resumed, "took over a previous agent's pinned state");
     }
 
+    /// A new policy (hot reload): every container is decided again.
+    pub fn set_policy(&mut self, policy: Arc<PolicySet>) {
+        self.policy = policy;
+        self.redecide();
+    }
+
+    /// Decides every container again (new policy, or new Pod knowledge).
+    pub fn redecide(&mut self) {
+        let keys: Vec<String> = self.entries.keys().cloned().collect();
+        for k in keys {
+            let Some(e) = self.entries.get(&k) else { continue };
+            let pod = self.pod_lookup.as_ref().and_then(|f| f(&e.info));
+            let d = decide(&self.policy, &e.info, pod.as_ref());
+            if d != e.decision {
+                if let Some(e) = self.entries.get_mut(&k) {
+                    e.decision = d;
+                }
+                self.apply(&k);
+            }
+        }
+        self.update_gauges();
+    }
+
+    /// Every container the runtimes reported (for the Kubernetes cross-checks).
+    pub fn containers(&self) -> Vec<ContainerInfo> {
+        self.entries.values().map(|e| e.info.clone()).collect()
+    }
+
+    /// Whether the controller knows (and so has judged) this container.
+    pub fn knows(&self, container_id: &str) -> bool {
+        self.entries.values().any(|e| e.info.id == container_id)
+    }
+
+    /// Kills a container by id (cgroup.kill) and denies its cgroup from now on.
+    pub fn kill_container(&mut self, container_id: &str) -> bool {
+        let Some(k) = self.entries.iter().find(|(_, e)| e.info.id == container_id).map(|(k, _)| k.clone()) else {
+            return false;
+        };
+        let Some(e) = self.entries.get_mut(&k) else { return false };
+        if let Some(id) = e.cgroup_id {
+            let _ = self.probes.set_verdict(id, verdict::DENY);
+        }
+        let ok = e.cgroup_dir.as_deref().map(|d| kill_cgroup(d).is_ok()).unwrap_or(false);
+        if ok {
+            e.killed = true;
+            self.count_kill();
+        }
+        ok
+    }
+
     pub fn has_holds(&self) -> bool {
         !self.held.is_empty()
     }
@@ -755,22 +843,44 @@ mod tests {
     #[test]
     fn decisions_follow_the_seed_policy() {
         let policy = imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
-        let d = decide(&policy, &info(Some("docker.io/library/nginx:latest")));
+        let d = decide(&policy, &info(Some("docker.io/library/nginx:latest")), None);
         assert_eq!(d.kernel, verdict::DENY, "{d:?}");
         assert!(d.reason.starts_with("untrusted-image"), "{d:?}");
-        let d = decide(&policy, &info(Some("public.ecr.aws/nginx/nginx:latest")));
+        let d = decide(&policy, &info(Some("public.ecr.aws/nginx/nginx:latest")), None);
         assert_eq!(d.kernel, verdict::ALLOW, "{d:?}");
-        let d = decide(&policy, &info(Some("public.ecr.aws/../x")));
+        let d = decide(&policy, &info(Some("public.ecr.aws/../x")), None);
         assert_eq!(d.kernel, verdict::DENY, "{d:?}");
         assert!(d.reason.starts_with("invalid-reference"), "{d:?}");
-        let d = decide(&policy, &info(None));
+        let d = decide(&policy, &info(None), None);
         assert_eq!(d.kernel, verdict::DENY);
         let mut sb = info(Some("registry.k8s.io/pause:3.6"));
         sb.kind = Some(ContainerKind::Sandbox);
-        assert_eq!(decide(&policy, &sb).kernel, verdict::ALLOW);
+        assert_eq!(decide(&policy, &sb, None).kernel, verdict::ALLOW);
         let audit = crate::cmd_run::EMBEDDED_POLICY.replace("Enforce", "Audit");
         let policy = imagewarden_policy::load_policy_str(&audit, "seed-audit").unwrap();
-        assert_eq!(decide(&policy, &info(Some("nginx"))).kernel, verdict::AUDIT);
+        assert_eq!(decide(&policy, &info(Some("nginx")), None).kernel, verdict::AUDIT);
+    }
+
+    #[test]
+    fn image_ids_are_not_judged_as_names_and_pod_context_wins() {
+        let policy = imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
+        let id = format!("sha256:{}", "ab".repeat(32));
+        assert!(is_image_id(&id) && is_image_id(&"cd".repeat(32)) && !is_image_id("nginx"));
+        // A kubelet hands CRI the image id: judge the repo digest instead.
+        let mut i = info(Some(&id));
+        i.image_ref = Some(format!("public.ecr.aws/nginx/nginx@sha256:{}", "cd".repeat(32)));
+        assert_eq!(decide(&policy, &i, None).kernel, verdict::ALLOW);
+        // The seed policy does not cover init containers: the Pod says this is one.
+        let init = PodContext {
+            image: "docker.io/library/busybox:1".into(),
+            container_type: ContainerType::Init,
+            namespace: "prod".into(),
+            labels: BTreeMap::new(),
+        };
+        let d = decide(&policy, &info(Some("docker.io/library/busybox:1")), Some(&init));
+        assert_eq!(d.kernel, verdict::ALLOW, "{d:?}");
+        let regular = PodContext { container_type: ContainerType::Container, ..init };
+        assert_eq!(decide(&policy, &info(Some("x")), Some(&regular)).kernel, verdict::DENY);
     }
 
     #[test]

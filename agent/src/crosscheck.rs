@@ -374,7 +374,7 @@ impl Index<'_> {
 }
 
 /// The spec containers of a pod: (type, name, image).
-fn spec_containers(pod: &Pod) -> Vec<(ContainerType, &str, &str)> {
+pub fn spec_containers(pod: &Pod) -> Vec<(ContainerType, &str, &str)> {
     let mut out = Vec::new();
     let Some(spec) = pod.spec.as_ref() else {
         return out;

@@ -6,6 +6,7 @@ pub mod cmd_check;
 pub mod cmd_run;
 pub mod crosscheck;
 pub mod controller;
+pub mod kube_run;
 pub mod finding;
 pub mod kube_actions;
 pub mod metrics;

@@ -1,0 +1,219 @@
+//! Kubernetes mode of `imagewarden run`: Pods from the API server (watch,
+//! field selector on this node) and the kubelet, policies from the cluster
+//! (Kyverno ClusterPolicy/Policy, ImagePolicy; hot reload), cross-checks
+//! into findings, and their actions (Event, kill, optional Pod deletion,
+//! optional PolicyReport).
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::PathBuf,
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use anyhow::Context;
+use imagewarden_policy::PolicySet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::Store;
+use tracing::{info, warn};
+
+use crate::{
+    cli::{Mode, RunArgs},
+    controller::{Controller, PodContext, PodLookup},
+    crosscheck::{self, CrossCheckInput, KubeFinding, Observations, Reason},
+    kube_actions::{self, ActionOptions, ModeResolver},
+    metrics::{Metrics, ReloadResult, Source},
+    sink::Sinks,
+    sources::{
+        kube::{self as ksrc, PodSource, PolicySource, PolicyWatchConfig},
+        kubelet::{kubelet_source, KubeletClient, KubeletConfig, KubeletSource},
+        ContainerInfo,
+    },
+};
+
+/// How often the cross-checks run besides on Pod changes.
+pub const CROSSCHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// Most finding keys remembered for de-duplication; beyond this the set is
+/// cleared (findings may then be reported once more, never lost).
+const MAX_REPORTED: usize = 100_000;
+
+pub struct KubeState {
+    client: kube::Client,
+    node: String,
+    pub pods: PodSource,
+    pub policy: PolicySource,
+    pub kubelet: Option<KubeletSource>,
+    modes: ModeResolver,
+    opts: ActionOptions,
+    reports: bool,
+    obs: Observations,
+    reported: HashSet<String>,
+    reloads_seen: (u64, u64),
+    metrics: Metrics,
+}
+
+/// The Pod spec behind a runtime container, from a Pod store.
+pub fn pod_context(pods: &[Arc<Pod>], c: &ContainerInfo) -> Option<PodContext> {
+    let name = c.container_name.as_deref()?;
+    let pod = pods.iter().find(|p| {
+        let m = &p.metadata;
+        match (&c.pod_uid, &m.uid) {
+            (Some(a), Some(b)) => a == b,
+            _ => m.name.as_deref() == c.pod_name.as_deref() && m.namespace.as_deref() == c.pod_namespace.as_deref(),
+        }
+    })?;
+    let (ty, _, image) = crosscheck::spec_containers(pod).into_iter().find(|(_, n, _)| *n == name)?;
+    Some(PodContext {
+        image: image.to_string(),
+        container_type: ty,
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        labels: pod.metadata.labels.clone().unwrap_or_default().into_iter().collect::<BTreeMap<_, _>>(),
+    })
+}
+
+fn lookup(store: Store<Pod>) -> PodLookup {
+    Box::new(move |c: &ContainerInfo| pod_context(&store.state(), c))
+}
+
+impl KubeState {
+    /// Connects to the cluster and starts the watches (spawned tasks).
+    pub async fn start(args: &RunArgs, base: Option<(String, String)>, metrics: Metrics) -> anyhow::Result<Self> {
+        let node = args
+            .node_name
+            .clone()
+            .or_else(|| std::env::var("NODE_NAME").ok())
+            .filter(|n| !n.is_empty())
+            .context("Kubernetes mode needs the node name: --node-name, IMAGEWARDEN_NODE_NAME or NODE_NAME (or run --standalone)")?;
+        let client = ksrc::client().await.context("Kubernetes client (in-cluster or KUBECONFIG)")?;
+        let (pods, fut) = ksrc::pod_source(client.clone(), &node);
+        tokio::spawn(fut);
+        let (policy, fut) = ksrc::policy_source(client.clone(), PolicyWatchConfig { base, ..Default::default() });
+        tokio::spawn(fut);
+        let kubelet = match &args.kubelet_url {
+            Some(url) => {
+                let mut cfg = KubeletConfig::in_cluster("localhost");
+                cfg.url = url.trim_end_matches('/').to_string();
+                cfg.insecure_skip_tls_verify = args.kubelet_insecure_skip_tls_verify;
+                if !PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token").exists() {
+                    cfg.token_file = None;
+                    cfg.ca_file = None;
+                }
+                let c = KubeletClient::new(&cfg).context("kubelet client")?;
+                let (src, fut) = kubelet_source(c, cfg.interval);
+                tokio::spawn(fut);
+                Some(src)
+            }
+            None => {
+                info!("no --kubelet-url: the kubelet source is off (static pods are seen through the runtime only)");
+                None
+            }
+        };
+        let modes = ModeResolver::new(match args.mode {
+            Mode::Audit => kube_actions::Mode::Audit,
+            Mode::Enforce => kube_actions::Mode::Enforce,
+        });
+        info!(node = %node, "Kubernetes sources started");
+        Ok(KubeState {
+            client,
+            node,
+            pods,
+            policy,
+            kubelet,
+            modes,
+            opts: ActionOptions { delete_pods: args.delete_pods, exempt_namespaces: args.exempt_namespaces.clone() },
+            reports: args.policy_reports,
+            obs: Observations::default(),
+            reported: HashSet::new(),
+            reloads_seen: (0, 0),
+            metrics,
+        })
+    }
+
+    pub fn pod_lookup(&self) -> PodLookup {
+        lookup(self.pods.store.clone())
+    }
+
+    /// The newest merged policy; counts reloads (an invalid update keeps
+    /// the last good policy inside the source and shows up here as an error).
+    pub fn take_policy(&mut self) -> Arc<PolicySet> {
+        let ok = self.policy.stats.reloads_ok.load(Ordering::Relaxed);
+        let failed = self.policy.stats.reloads_failed.load(Ordering::Relaxed);
+        for _ in self.reloads_seen.0..ok {
+            self.metrics.policy_reload(ReloadResult::Success);
+        }
+        for _ in self.reloads_seen.1..failed {
+            self.metrics.policy_reload(ReloadResult::Error);
+            warn!("an invalid policy update was rejected; the last good policy stays in force");
+        }
+        self.reloads_seen = (ok, failed);
+        self.policy.policy.borrow_and_update().clone()
+    }
+
+    /// Runs the cross-checks and acts on new findings.
+    pub async fn crosscheck(&mut self, ctrl: &mut Controller, sinks: &Sinks) {
+        let api_up = self.pods.health.is_up();
+        let kubelet_up = self.kubelet.as_ref().is_some_and(|k| k.health.is_up());
+        self.metrics.set_source_up(Source::KubeApi, api_up);
+        if self.kubelet.is_some() {
+            self.metrics.set_source_up(Source::Kubelet, kubelet_up);
+        }
+        let api: Option<Vec<Arc<Pod>>> = api_up.then(|| self.pods.store.state());
+        let kl: Option<Arc<Vec<Pod>>> = if kubelet_up { self.kubelet.as_ref().map(|k| k.pods.borrow().clone()) } else { None };
+        let runtime = ctrl.containers();
+        let policy = self.policy.policy.borrow().clone();
+        let out = crosscheck::crosscheck(&CrossCheckInput {
+            api_pods: api.as_ref().map(|v| v.iter().map(|p| p.as_ref()).collect()),
+            kubelet_pods: kl.as_ref().map(|v| v.iter().collect()),
+            runtime: &runtime,
+            policy: &policy,
+            previous: &self.obs,
+        });
+        self.obs = out.observations;
+        if self.reported.len() > MAX_REPORTED {
+            self.reported.clear();
+        }
+        let mut report_batch: BTreeMap<String, Vec<KubeFinding>> = BTreeMap::new();
+        for mut f in out.findings {
+            if !self.reported.insert(f.dedup_key()) {
+                continue;
+            }
+            let p = kube_actions::plan(&f, &self.modes, &self.opts);
+            // The runtime path already judged (and killed) containers it
+            // knows by their image; here only what it cannot see.
+            let judged_by_runtime = matches!(f.reason, Reason::UntrustedImage | Reason::InvalidReference)
+                && f.container_id.as_deref().is_some_and(|id| ctrl.knows(id));
+            f.action = p.action;
+            if p.kill && !judged_by_runtime {
+                if let Some(id) = f.container_id.clone() {
+                    if !ctrl.kill_container(&id) {
+                        f.action = "alerted";
+                    }
+                }
+            }
+            if !judged_by_runtime {
+                self.metrics.finding(f.reason.as_str());
+                sinks.emit(&f);
+            }
+            if let Err(e) = kube_actions::post_event(&self.client, &f, &self.node, f.action).await {
+                warn!("posting an Event: {e}");
+            }
+            if p.delete_pod {
+                if let (Some(ns), Some(pod)) = (&f.namespace, &f.pod) {
+                    match kube_actions::delete_pod(&self.client, ns, pod, &self.opts.exempt_namespaces).await {
+                        Ok(o) => info!(namespace = %ns, pod = %pod, outcome = ?o, "pod deletion"),
+                        Err(e) => warn!(namespace = %ns, pod = %pod, "deleting the pod: {e}"),
+                    }
+                }
+            }
+            if self.reports {
+                report_batch.entry(f.namespace.clone().unwrap_or_else(|| "default".into())).or_default().push(f);
+            }
+        }
+        sinks.flush();
+        for (ns, fs) in report_batch {
+            let refs: Vec<&KubeFinding> = fs.iter().collect();
+            if let Err(e) = kube_actions::apply_policy_report(&self.client, &ns, &self.node, &refs).await {
+                warn!(namespace = %ns, "PolicyReport: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! `imagewarden run` in Kubernetes mode (not standalone), end to end: a
+//! real private containerd + runc and the real kernel, and — since no
+//! kube-apiserver can be installed here — the local stand-in API server of
+//! `support::fakeapi`, which serves the real API paths and JSON (Pods list
+//! and watch with field selectors, Kyverno ClusterPolicies, Events).
+//!
+//! The policy comes from the cluster (the seed's Kyverno ClusterPolicy),
+//! not from a file. Pods are created through CRI as a kubelet would.
+//! - a Pod the API lists, of a public.ecr.aws image: runs;
+//! - a Pod the API lists, of a docker.io image: killed at its first exec,
+//!   an `untrusted-image` Event is posted on the Pod;
+//! - a Pod the API does not list (started behind Kubernetes' back): a
+//!   `not-in-api` finding names its container, and an Event is posted.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use imagewarden::sources::cri::CriClient;
+use serde_json::{json, Value};
+use support::{
+    containerd::{Containerd, TestImages, ECR_NGINX, NGINX},
+    fakeapi::{Coll, FakeApi},
+};
+
+fn api_pod(ns: &str, name: &str, uid: &str, image: &str) -> Value {
+    json!({
+        "metadata": {"name": name, "namespace": ns, "uid": uid, "labels": {"app": name}},
+        "spec": {"nodeName": "node-a", "containers": [{"name": "nginx", "image": image}]},
+        "status": {"phase": "Running"}
+    })
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_the_api() {
+    let test = "kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_the_api";
+    if let Err(why) = support::containerd::preflight() {
+        support::skip_or_fail(test, &why);
+        return;
+    }
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        support::skip_or_fail(test, "needs root (eBPF)");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let images = TestImages::build();
+    let ctd = Containerd::start();
+    ctd.import("k8s.io", &images);
+    let api = rt.block_on(FakeApi::start());
+    let seed: Value = serde_yaml::from_str(include_str!("../../deploy/policies/restrict-registries.yaml")).unwrap();
+    api.put(Coll::ClusterPolicies, seed);
+    let t = &ctd.token;
+    let uid_ok = format!("aaaaaaaa-0000-0000-0000-{t:0>12}");
+    let uid_bad = format!("bbbbbbbb-0000-0000-0000-{t:0>12}");
+    let uid_ghost = format!("cccccccc-0000-0000-0000-{t:0>12}");
+    api.put(Coll::Pods, api_pod("prod", "web-ecr", &uid_ok, ECR_NGINX));
+    api.put(Coll::Pods, api_pod("prod", "web-hub", &uid_bad, NGINX));
+
+    let dir = std::env::temp_dir().join(format!("iw-e2e-kube-{t}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("config");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
+        .args(["run", "--mode", "enforce", "--fail-mode", "open", "--node-name", "node-a", "--runtime-endpoint"])
+        .arg(ctd.endpoint())
+        .env("KUBECONFIG", &kubeconfig)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agent");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let (tx, lines) = mpsc::channel::<Value>();
+    let out = agent.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let v: Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("non-JSON {l:?}: {e}"));
+            let _ = tx.send(v);
+        }
+    });
+    let (rtx, ready) = mpsc::channel();
+    let err = agent.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            eprintln!("agent: {l}");
+            if l.contains("policy reloaded") && l.contains("restrict-image-registries") {
+                let _ = rtx.send(());
+            }
+        }
+    });
+    let agent = Kill(agent);
+    ready.recv_timeout(Duration::from_secs(30)).expect("the cluster's ClusterPolicy never reached the agent");
+
+    let mut seen: Vec<Value> = Vec::new();
+    let mut find = |pred: &dyn Fn(&Value) -> bool, what: &str| -> Value {
+        wait_for(what, Duration::from_secs(20), || {
+            while let Ok(v) = lines.try_recv() {
+                seen.push(v);
+            }
+            seen.iter().find(|v| pred(v)).cloned()
+        })
+    };
+
+    rt.block_on(async {
+        let cri = CriClient::connect(&ctd.endpoint()).await.expect("CRI");
+        let (_, ok_id) = ctd.cri_run_pod(&cri, "web-ecr", "prod", &uid_ok, "nginx", ECR_NGINX, &format!("k-ok-{t}")).await;
+        let (_, bad_id) = ctd.cri_run_pod(&cri, "web-hub", "prod", &uid_bad, "nginx", NGINX, &format!("k-bad-{t}")).await;
+        let (_, ghost_id) = ctd.cri_run_pod(&cri, "ghost", "prod", &uid_ghost, "nginx", ECR_NGINX, &format!("k-ghost-{t}")).await;
+        assert!(ctd.wait_marker(&format!("k-ok-{t}"), Duration::from_secs(10)).is_some(), "the allowed Pod did not run");
+
+        let f = find(&|v| v["container_id"] == bad_id.as_str() && v["action"] == "killed", "the kill of the docker.io Pod");
+        assert_eq!(f["pod"], "web-hub", "{f}");
+        assert_eq!(f["namespace"], "prod", "{f}");
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!ctd.marker(&format!("k-bad-{t}")).exists(), "the untrusted entrypoint ran");
+
+        let f = find(&|v| v["container_id"] == ghost_id.as_str() && v["reason"] == "not-in-api", "not-in-api for the ghost Pod");
+        assert_eq!(f["type"], "container", "{f}");
+        assert!(ctd.marker(&format!("k-ghost-{t}")).exists(), "an allowed image not in the API is reported, not killed");
+        let _ = ok_id;
+    });
+
+    let events = wait_for("Events posted", Duration::from_secs(20), || {
+        let ev = api.events();
+        let has = |reason: &str| ev.iter().any(|e| e["reason"].as_str().is_some_and(|r| r.contains(reason)));
+        (has("Untrusted") && ev.len() >= 2).then_some(ev)
+    });
+    assert!(
+        events.iter().any(|e| e["involvedObject"]["name"] == "web-hub" && e["involvedObject"]["kind"] == "Pod"),
+        "no Event on Pod web-hub: {events:#?}"
+    );
+    assert!(
+        api.requests().iter().any(|r| format!("{r:?}").contains("spec.nodeName")),
+        "the agent must watch Pods with the node field selector"
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(dir);
+    drop(images);
+}
