@@ -1,0 +1,540 @@
+//! Least privilege, proven (issue 8, item 6): `imagewarden run --standalone`
+//! with exactly the capabilities `deploy/daemonset.yaml` adds (every other
+//! one dropped from the bounding, permitted, effective, inheritable and
+//! ambient sets before exec) attaches and kills a denied cgroup's exec; with
+//! the BPF capabilities missing it fails with exit code 2 and a clear
+//! message, never a panic.
+//!
+//! What dropping one capability at a time shows on this kernel (6.18):
+//! CAP_SYS_ADMIN implies CAP_BPF and CAP_PERFMON, and CAP_BPF + CAP_PERFMON
+//! suffice without CAP_SYS_ADMIN, so no single one of the three is
+//! essential; without both CAP_BPF and CAP_SYS_ADMIN the agent cannot create
+//! a map. (CAP_KILL, CAP_SYS_PTRACE and CAP_SYS_RESOURCE serve paths this
+//! test does not take: cgroup.kill fallback, other users' /proc, pre-5.11
+//! memlock.)
+//!
+//! Needs root. Without it the tests print SKIPPED; under `CI=true` they fail.
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead, BufReader},
+    os::unix::{
+        fs::MetadataExt,
+        process::{CommandExt, ExitStatusExt},
+    },
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{mpsc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// The agents attach programs machine-wide: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn privileged() -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("privileged test cannot run (not root) and CI is set: failing instead of skipping");
+    }
+    eprintln!("SKIPPED: privileged test needs root (run `sudo -E cargo xtask test`)");
+    false
+}
+
+fn cgroup2_root() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| PathBuf::from(f[1]))
+        .expect("cgroup2 mounted")
+}
+
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn new(tag: &str) -> Self {
+        let p = cgroup2_root().join(format!("imagewarden-caps-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir(&p);
+        fs::create_dir(&p).unwrap();
+        TestCgroup(p)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = fs::write(self.0.join("cgroup.kill"), "1");
+        for _ in 0..50 {
+            if fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn in_cgroup(cg: &Path, program: &str) -> Command {
+    let procs = fs::OpenOptions::new()
+        .write(true)
+        .open(cg.join("cgroup.procs"))
+        .unwrap();
+    let mut c = Command::new(program);
+    // SAFETY: only write(2) between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            use std::os::fd::AsRawFd;
+            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c
+}
+
+/// Capability numbers (linux/capability.h) of the names a manifest uses.
+const CAPS: &[(&str, u32)] = &[
+    ("CHOWN", 0),
+    ("DAC_OVERRIDE", 1),
+    ("DAC_READ_SEARCH", 2),
+    ("FOWNER", 3),
+    ("FSETID", 4),
+    ("KILL", 5),
+    ("SETGID", 6),
+    ("SETUID", 7),
+    ("SETPCAP", 8),
+    ("NET_BIND_SERVICE", 10),
+    ("NET_ADMIN", 12),
+    ("NET_RAW", 13),
+    ("IPC_LOCK", 14),
+    ("SYS_MODULE", 16),
+    ("SYS_RAWIO", 17),
+    ("SYS_CHROOT", 18),
+    ("SYS_PTRACE", 19),
+    ("SYS_ADMIN", 21),
+    ("SYS_RESOURCE", 24),
+    ("MKNOD", 27),
+    ("AUDIT_WRITE", 29),
+    ("SETFCAP", 31),
+    ("MAC_ADMIN", 33),
+    ("SYSLOG", 34),
+    ("PERFMON", 38),
+    ("BPF", 39),
+    ("CHECKPOINT_RESTORE", 40),
+];
+
+fn cap_number(name: &str) -> u32 {
+    let n = name.trim_start_matches("CAP_");
+    CAPS.iter()
+        .find(|(c, _)| *c == n)
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("unknown capability {name}"))
+}
+
+/// The capabilities the DaemonSet adds (after `drop: [ALL]`).
+fn daemonset_capabilities() -> BTreeMap<String, u32> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/daemonset.yaml");
+    let ds: serde_yaml::Value =
+        serde_yaml::from_str(&fs::read_to_string(path).unwrap()).expect("daemonset YAML");
+    let containers = ds["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .expect("containers");
+    let agent = containers
+        .iter()
+        .find(|c| c["name"] == "agent")
+        .expect("agent container");
+    let caps = &agent["securityContext"]["capabilities"];
+    let drop: Vec<&str> = caps["drop"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(
+        drop,
+        ["ALL"],
+        "the DaemonSet must drop ALL and add back what it needs"
+    );
+    caps["add"]
+        .as_sequence()
+        .expect("capabilities.add")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .map(|n| {
+            let v = cap_number(&n);
+            (n, v)
+        })
+        .collect()
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Restricts `cmd`'s child to the capabilities in `keep` (a bit mask): the
+/// bounding set loses every other one (so root's exec gets exactly `keep`),
+/// the inheritable and ambient sets are cleared of them.
+fn only_capabilities(cmd: &mut Command, keep: u64) {
+    let last: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: prctl and capget/capset only, on memory owned by the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            for c in 0..=last {
+                if keep & (1u64 << c) == 0
+                    && libc::prctl(libc::PR_CAPBSET_DROP, c as libc::c_ulong, 0, 0, 0) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            let hdr = CapHeader {
+                version: LINUX_CAPABILITY_VERSION_3,
+                pid: 0,
+            };
+            let mut data = [CapData::default(); 2];
+            if libc::syscall(
+                libc::SYS_capget,
+                &hdr as *const CapHeader,
+                data.as_mut_ptr(),
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            data[0].inheritable &= keep as u32;
+            data[1].inheritable &= (keep >> 32) as u32;
+            if libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+fn mask(caps: impl IntoIterator<Item = u32>) -> u64 {
+    caps.into_iter().fold(0, |m, c| m | (1u64 << c))
+}
+
+/// A field (`CapEff`, ...) of /proc/PID/status as a mask.
+fn cap_field(pid: u32, field: &str) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let v = s
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap()
+        .trim();
+    u64::from_str_radix(v, 16).unwrap()
+}
+
+/// A running agent in the DaemonSet's default fail-closed mode, pinned in a
+/// private directory; stopped with SIGTERM (which unpins), and its pins
+/// removed by `imagewarden cleanup` whatever happened.
+struct Agent {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    pin_dir: PathBuf,
+}
+
+impl Agent {
+    fn stop(mut self) {
+        // SAFETY: plain syscall on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let st = self.child.wait().unwrap();
+        assert!(st.success(), "agent exit after SIGTERM: {st:?}");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: plain syscall on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        cleanup(&self.pin_dir);
+    }
+}
+
+fn cleanup(pin_dir: &Path) {
+    let _ = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
+        .arg("cleanup")
+        .arg("--pin-dir")
+        .arg(pin_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let _ = fs::remove_dir_all(pin_dir);
+}
+
+enum Outcome {
+    /// Logged "agent running".
+    Running(Agent),
+    /// Exited before that: status and stderr.
+    Exited(std::process::ExitStatus, String),
+}
+
+fn start_agent(keep: u64, deny: &Path) -> Outcome {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let pin_dir = PathBuf::from(format!(
+        "/sys/fs/bpf/imagewarden-test-caps-{}-{n}",
+        std::process::id()
+    ));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imagewarden"));
+    cmd.args([
+        "run",
+        "--standalone",
+        "--mode",
+        "enforce",
+        "--runtime-endpoint",
+        "unix:///nonexistent.sock",
+    ])
+    .arg("--pin-dir")
+    .arg(&pin_dir)
+    .arg("--deny-cgroup")
+    .arg(deny)
+    .env("IMAGEWARDEN_LOG_FORMAT", "text")
+    .env("NO_COLOR", "1")
+    .env_remove("RUST_BACKTRACE")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    only_capabilities(&mut cmd, keep);
+    let mut child = cmd.spawn().expect("start agent");
+    let (etx, erx) = mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            if etx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let (otx, orx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if otx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut log = String::new();
+    while Instant::now() < deadline {
+        match erx.recv_timeout(Duration::from_millis(100)) {
+            Ok(l) => {
+                log.push_str(&l);
+                log.push('\n');
+                if l.contains("agent running") {
+                    // Keep draining stderr so that the agent never blocks on it.
+                    std::thread::spawn(move || while erx.recv().is_ok() {});
+                    return Outcome::Running(Agent {
+                        child,
+                        lines: orx,
+                        pin_dir,
+                    });
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let st = child.wait().unwrap();
+                cleanup(&pin_dir);
+                return Outcome::Exited(st, log);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+    drop(Agent {
+        child,
+        lines: orx,
+        pin_dir,
+    });
+    panic!("agent neither ran nor exited within 30 s:\n{log}");
+}
+
+/// The agent with exactly the DaemonSet's capabilities kills a denied
+/// cgroup's exec in the kernel and reports it.
+#[test]
+fn agent_works_with_exactly_the_daemonset_capabilities() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !privileged() {
+        return;
+    }
+    let caps = daemonset_capabilities();
+    eprintln!("DaemonSet capabilities: {caps:?}");
+    for need in ["BPF", "PERFMON"] {
+        assert!(
+            caps.contains_key(need),
+            "{need} missing from the DaemonSet: {caps:?}"
+        );
+    }
+    let keep = mask(caps.values().copied());
+    // What this machine can grant at all (containers running CI may lack
+    // some, e.g. CAP_SYS_RESOURCE here): the agent gets the intersection.
+    let available = cap_field(std::process::id(), "CapBnd");
+    let expect = keep & available;
+    for (name, bit) in &caps {
+        if available & (1u64 << bit) == 0 {
+            eprintln!(
+                "NOTE: CAP_{name} is not in this machine's bounding set: the agent runs without it"
+            );
+        }
+    }
+    let cg = TestCgroup::new("exact");
+    let Outcome::Running(agent) = start_agent(keep, &cg.0) else {
+        panic!("the agent did not start with the DaemonSet's capabilities");
+    };
+    let pid = agent.child.id();
+    assert_eq!(
+        cap_field(pid, "CapEff"),
+        expect,
+        "effective set of the agent"
+    );
+    assert_eq!(
+        cap_field(pid, "CapPrm"),
+        expect,
+        "permitted set of the agent"
+    );
+    assert_eq!(
+        cap_field(pid, "CapBnd"),
+        expect,
+        "bounding set of the agent"
+    );
+    assert_eq!(cap_field(pid, "CapAmb"), 0);
+    let marker = std::env::temp_dir().join(format!("iw-caps-marker-{}", std::process::id()));
+    let _ = fs::remove_file(&marker);
+    let st = in_cgroup(&cg.0, "/bin/sh")
+        .arg("-c")
+        .arg(format!("echo ran > {}", marker.display()))
+        .status()
+        .unwrap();
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+    assert!(!marker.exists());
+    let id = fs::metadata(&cg.0).unwrap().ino();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut found = None;
+    while found.is_none() && Instant::now() < deadline {
+        if let Ok(l) = agent.lines.recv_timeout(Duration::from_millis(100)) {
+            let v: serde_json::Value =
+                serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"));
+            if v["cgroup_id"] == id {
+                found = Some(v);
+            }
+        }
+    }
+    let f = found.expect("no finding for the denied cgroup");
+    assert_eq!(
+        (f["verdict"].as_str(), f["action"].as_str()),
+        (Some("deny"), Some("killed")),
+        "{f}"
+    );
+    agent.stop();
+}
+
+/// Without CAP_BPF and CAP_SYS_ADMIN (either grants bpf()) the agent
+/// fails: exit code 2, an error that says the operation was not permitted,
+/// no panic. One of them alone suffices (see the module comment): each is
+/// dropped in turn, and CAP_PERFMON, and the agent still runs and kills.
+#[test]
+fn agent_without_bpf_capabilities_fails_clearly_and_each_listed_one_is_covered() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !privileged() {
+        return;
+    }
+    let caps = daemonset_capabilities();
+    let all = mask(caps.values().copied());
+    let cg = TestCgroup::new("drop");
+    let without = |names: &[&str]| all & !mask(names.iter().map(|n| cap_number(n)));
+
+    let Outcome::Exited(st, log) = start_agent(without(&["BPF", "SYS_ADMIN"]), &cg.0) else {
+        panic!("the agent started without CAP_BPF and CAP_SYS_ADMIN");
+    };
+    eprintln!("without CAP_BPF and CAP_SYS_ADMIN: {st:?}\n{log}");
+    assert_eq!(st.code(), Some(2), "exit code: {st:?}\n{log}");
+    assert!(
+        !log.contains("panicked") && !log.contains("RUST_BACKTRACE"),
+        "a panic, not an error:\n{log}"
+    );
+    let last = log
+        .lines()
+        .rfind(|l| l.starts_with("imagewarden:"))
+        .unwrap_or_else(|| panic!("no error line:\n{log}"));
+    assert!(
+        last.contains("Operation not permitted") || last.contains("CAP_BPF"),
+        "the error must say EPERM or name the capability: {last}"
+    );
+    assert!(
+        last.contains("eBPF"),
+        "the error must say what failed: {last}"
+    );
+
+    for dropped in [&["BPF"][..], &["SYS_ADMIN"], &["PERFMON"]] {
+        let Outcome::Running(agent) = start_agent(without(dropped), &cg.0) else {
+            panic!("the agent did not start without {dropped:?}");
+        };
+        let st = in_cgroup(&cg.0, "/bin/true").status().unwrap();
+        assert_eq!(
+            st.signal(),
+            Some(libc::SIGKILL),
+            "without {dropped:?}: {st:?}"
+        );
+        eprintln!("without {dropped:?}: runs and kills");
+        agent.stop();
+    }
+}
+
+/// BUG (reported): the agent maps a refused bpf() to
+/// `ProbeError::Permission` ("must run as root (or with CAP_BPF,
+/// CAP_PERFMON, CAP_SYS_ADMIN)") only when the aya map error's Display text
+/// contains "Operation not permitted"; it does not (the errno is in its
+/// `source()`), so the user sees "loading the eBPF object: map error:
+/// failed to create map `CONFIG`: ... Operation not permitted (os error 1)"
+/// with no capability named.
+#[test]
+#[ignore = "BUG: Probes::load does not recognise EPERM from map creation, so the message names no capability (reported)"]
+fn missing_bpf_capability_is_named_in_the_error() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !privileged() {
+        return;
+    }
+    let caps = daemonset_capabilities();
+    let keep = mask(caps.values().copied()) & !mask([cap_number("BPF"), cap_number("SYS_ADMIN")]);
+    let cg = TestCgroup::new("named");
+    let Outcome::Exited(st, log) = start_agent(keep, &cg.0) else {
+        panic!("started")
+    };
+    assert_eq!(st.code(), Some(2));
+    assert!(
+        log.contains("CAP_BPF"),
+        "the error must name CAP_BPF:\n{log}"
+    );
+}
