@@ -4,6 +4,7 @@
 //!   test [-- ARGS]        setup, then every test (privileged ones need root)
 //!   run [-- AGENT ARGS]   setup, build, then `imagewarden run --standalone ...` as root
 //!   demo                  the seed's lab on a private containerd (root)
+mod bench;
 mod ebpf_build;
 mod setup;
 
@@ -88,6 +89,7 @@ fn main() -> Result<()> {
             run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "imagewarden", "--bin", "imagewarden", "--example", "demo"]))?;
             run(Command::new(root.join("target/release/examples/demo")).arg(root.join("target/release/imagewarden")))
         }
+        "bench" => bench::bench(&rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <setup | build-ebpf [--release] | test [-- cargo test args] | run [-- agent args] | demo>"

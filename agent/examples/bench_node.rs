@@ -1,0 +1,1589 @@
+//! `cargo xtask bench`: what the agent costs a node, measured side by side.
+//!
+//! Usage (root): `bench_node --agent PATH [--quick] [--sustain-secs N]
+//! [--out FILE] [--policy-json FILE] [--exec PATH] [--skip-inventory]`.
+//!
+//! 1. Exec throughput: a spawner (`posix_spawn` + `waitpid` of a tiny static
+//!    binary, 1 and 2 worker threads) with no agent, the agent in audit mode
+//!    and in enforce mode; the three configurations are interleaved (order
+//!    rotated every round) so that drift from other load cancels out.
+//! 2. Cost per exec: the probe's kernel time (`kernel.bpf_stats_enabled`,
+//!    `bpftool prog show`) and the agent's CPU per event (its threads'
+//!    `schedstat`, and utime+stime from `/proc/PID/stat`).
+//! 3. Drops: the spawner at full speed for `--sustain-secs` (zero drops
+//!    wanted), a 10x burst against a small ring buffer while the agent is
+//!    stopped (every drop counted, drain time), and the drain of a full
+//!    default ring buffer.
+//! 4. Memory and start-up with pods and containers in a private containerd.
+//!
+//! Every child (agents, containerd) is killed on every exit path: the agent
+//! children die with this process (`PR_SET_PDEATHSIG`), SIGINT/SIGTERM stop
+//! the sections early so that destructors run.
+#![allow(dead_code)]
+
+#[path = "../tests/support/containerd.rs"]
+mod containerd;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    ffi::CString,
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+
+/// Set by SIGINT/SIGTERM: every loop returns early, destructors clean up.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn stopped() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+fn sleep(d: Duration) {
+    let end = Instant::now() + d;
+    while !stopped() {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(50)));
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Opts {
+    agent: PathBuf,
+    quick: bool,
+    sustain_secs: f64,
+    run_secs: f64,
+    pairs: usize,
+    out: PathBuf,
+    policy_json: Option<PathBuf>,
+    exec: Option<PathBuf>,
+    skip_inventory: bool,
+    pods: usize,
+    containers: usize,
+    inventory_budget: Duration,
+}
+
+fn parse_opts() -> Opts {
+    let mut o = Opts {
+        agent: PathBuf::new(),
+        quick: false,
+        sustain_secs: 60.0,
+        run_secs: 3.0,
+        pairs: 5,
+        out: PathBuf::from("bench/results.json"),
+        policy_json: None,
+        exec: None,
+        skip_inventory: false,
+        pods: 110,
+        containers: 300,
+        inventory_budget: Duration::from_secs(60),
+    };
+    let mut sustain_set = false;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    let val = |it: &mut std::slice::Iter<String>, f: &str| -> String {
+        it.next()
+            .unwrap_or_else(|| panic!("{f} needs a value"))
+            .clone()
+    };
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--agent" => o.agent = val(&mut it, a).into(),
+            "--quick" => o.quick = true,
+            "--sustain-secs" => {
+                o.sustain_secs = val(&mut it, a).parse().expect("--sustain-secs: seconds");
+                sustain_set = true;
+            }
+            "--run-secs" => o.run_secs = val(&mut it, a).parse().expect("--run-secs: seconds"),
+            "--pairs" => o.pairs = val(&mut it, a).parse().expect("--pairs: count"),
+            "--out" => o.out = val(&mut it, a).into(),
+            "--policy-json" => o.policy_json = Some(val(&mut it, a).into()),
+            "--exec" => o.exec = Some(val(&mut it, a).into()),
+            "--skip-inventory" => o.skip_inventory = true,
+            "--pods" => o.pods = val(&mut it, a).parse().expect("--pods: count"),
+            "--containers" => o.containers = val(&mut it, a).parse().expect("--containers: count"),
+            "--bench" => {} // passed by `cargo bench`-style runners
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    if o.quick {
+        if !sustain_set {
+            o.sustain_secs = 5.0;
+        }
+        o.run_secs = 1.0;
+        o.inventory_budget = Duration::from_secs(20);
+    }
+    assert!(
+        !o.agent.as_os_str().is_empty(),
+        "--agent PATH-TO-imagewarden is required"
+    );
+    o
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn loadavg() -> Vec<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine_info() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_string())
+        .unwrap_or_default();
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    json!({
+        "kernel": sh("uname", &["-r"]),
+        "arch": sh("uname", &["-m"]),
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": model,
+        "mem_total_mib": mem_kib / 1024,
+        "date": sh("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        "git_commit": sh("git", &["rev-parse", "--short", "HEAD"]),
+        "loadavg_start": loadavg(),
+    })
+}
+
+/// A minimal static x86-64 ELF that calls exit(0): the cheapest possible
+/// exec, so the agent's share of each exec is as large as it can be.
+fn tiny_elf() -> Vec<u8> {
+    let base: u64 = 0x40_0000;
+    let code: [u8; 12] = [
+        0xb8, 0x3c, 0, 0, 0, 0x31, 0xff, 0x0f, 0x05, 0xeb, 0xfe, 0x90,
+    ];
+    let total = (64 + 56 + code.len()) as u64;
+    let mut b = Vec::with_capacity(total as usize);
+    b.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
+    b.extend_from_slice(&[0; 8]);
+    b.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    b.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&(base + 64 + 56).to_le_bytes()); // entry
+    b.extend_from_slice(&64u64.to_le_bytes()); // phoff
+    b.extend_from_slice(&0u64.to_le_bytes()); // shoff
+    b.extend_from_slice(&0u32.to_le_bytes()); // flags
+    for v in [64u16, 56, 1, 0, 0, 0] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    b.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&base.to_le_bytes());
+    b.extend_from_slice(&base.to_le_bytes());
+    b.extend_from_slice(&total.to_le_bytes());
+    b.extend_from_slice(&total.to_le_bytes());
+    b.extend_from_slice(&0x1000u64.to_le_bytes());
+    b.extend_from_slice(&code);
+    b
+}
+
+/// The binary the spawner execs, and a description of it.
+fn exec_target(o: &Opts, dir: &Path) -> (PathBuf, String) {
+    if let Some(p) = &o.exec {
+        return (p.clone(), p.display().to_string());
+    }
+    if std::env::consts::ARCH == "x86_64" {
+        let p = dir.join("iw-bench-exit0");
+        std::fs::write(&p, tiny_elf()).expect("write tiny ELF");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let st = Command::new(&p).status().expect("run the tiny ELF");
+        assert!(st.success(), "tiny ELF exited {st}");
+        return (p, "tiny static ELF (exit(0), 132 bytes)".into());
+    }
+    (
+        PathBuf::from("/bin/busybox"),
+        "/bin/busybox (static), no arguments".into(),
+    )
+}
+
+// ---------------------------------------------------------------- spawner
+
+struct SpawnResult {
+    execs: u64,
+    secs: f64,
+    failures: u64,
+}
+
+impl SpawnResult {
+    fn rate(&self) -> f64 {
+        self.execs as f64 / self.secs
+    }
+}
+
+/// `workers` threads posix_spawn + waitpid `path` until `dur` is over;
+/// `rate` (execs/s, all workers together) paces them when given.
+fn spawn_for(path: &Path, workers: usize, dur: Duration, rate: Option<f64>) -> SpawnResult {
+    let cpath = CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    let execs = AtomicU64::new(0);
+    let failures = AtomicU64::new(0);
+    let t0 = Instant::now();
+    let end = t0 + dur;
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                let argv = [cpath.as_ptr() as *mut libc::c_char, std::ptr::null_mut()];
+                let envp = [std::ptr::null_mut::<libc::c_char>()];
+                let interval = rate.map(|r| Duration::from_secs_f64(workers as f64 / r));
+                let mut next = Instant::now();
+                let mut n = 0u64;
+                while !stopped() {
+                    let now = Instant::now();
+                    if now >= end {
+                        break;
+                    }
+                    if let Some(iv) = interval {
+                        if now < next {
+                            std::thread::sleep(next - now);
+                        }
+                        next += iv;
+                    }
+                    let mut pid: libc::pid_t = 0;
+                    // SAFETY: valid NUL-terminated path and NULL-terminated
+                    // argv/envp arrays that outlive the call.
+                    let rc = unsafe {
+                        libc::posix_spawn(
+                            &mut pid,
+                            cpath.as_ptr(),
+                            std::ptr::null(),
+                            std::ptr::null(),
+                            argv.as_ptr(),
+                            envp.as_ptr(),
+                        )
+                    };
+                    if rc != 0 {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let mut status = 0;
+                    // SAFETY: waiting for our own child.
+                    unsafe { libc::waitpid(pid, &mut status, 0) };
+                    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                        n += 1;
+                    } else {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                execs.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+    });
+    SpawnResult {
+        execs: execs.load(Ordering::Relaxed),
+        secs: t0.elapsed().as_secs_f64(),
+        failures: failures.load(Ordering::Relaxed),
+    }
+}
+
+// ---------------------------------------------------------------- agent
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Audit,
+    Enforce,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Audit => "audit",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
+/// A running agent; killed when dropped.
+struct Agent {
+    child: Child,
+    port: u16,
+    /// Time from spawn to the first `/readyz` 200.
+    ready_after: Duration,
+    /// `startup_ms` from the agent's "agent running" log line.
+    startup_ms: Option<u64>,
+    log: Arc<Mutex<Vec<String>>>,
+    /// Ids of the exec programs this agent attached.
+    prog_ids: BTreeSet<u64>,
+    /// Exec programs of anything else on the machine when it started.
+    foreign_progs: usize,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `bpftool -j prog show`: (id, name, run_time_ns, run_cnt) of exec programs.
+fn exec_programs() -> Vec<(u64, String, u64, u64)> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output();
+    let Ok(out) = out else { return vec![] };
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| matches!(p["name"].as_str(), Some("exec_btf" | "exec_tp")))
+        .map(|p| {
+            (
+                p["id"].as_u64().unwrap_or(0),
+                p["name"].as_str().unwrap_or("").to_string(),
+                p["run_time_ns"].as_u64().unwrap_or(0),
+                p["run_cnt"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+impl Agent {
+    fn start(bin: &Path, mode: Mode, extra: &[String]) -> Agent {
+        let port = free_port();
+        let before: BTreeSet<u64> = exec_programs().into_iter().map(|p| p.0).collect();
+        let t0 = Instant::now();
+        let mut cmd = Command::new(bin);
+        cmd.args(["run", "--standalone", "--mode", mode.as_str(), "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .env("IMAGEWARDEN_LOG", "warn,imagewarden::cmd_run=info")
+            .env("IMAGEWARDEN_LOG_FORMAT", "text")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe; runs in the child before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("start imagewarden");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let startup = Arc::new(Mutex::new(None::<u64>));
+        let err = child.stderr.take().expect("stderr");
+        {
+            let log = log.clone();
+            let startup = startup.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(err).lines().map_while(Result::ok) {
+                    let l = strip_ansi(&l);
+                    if l.contains("agent running") {
+                        let ms = l
+                            .split("startup_ms=")
+                            .nth(1)
+                            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                            .and_then(|d| d.parse().ok());
+                        *startup.lock().unwrap() = ms;
+                    }
+                    if let Ok(mut g) = log.lock() {
+                        if g.len() < 10_000 {
+                            g.push(l);
+                        }
+                    }
+                }
+            });
+        }
+        let deadline = t0 + Duration::from_secs(60);
+        let ready_after = loop {
+            if let Some((200, _)) = http_get(port, "/readyz") {
+                break t0.elapsed();
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "imagewarden exited ({st}) before ready:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+            if Instant::now() > deadline || stopped() {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "imagewarden not ready within 60 s:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        // The log line comes right before /readyz turns 200.
+        let mut startup_ms = None;
+        for _ in 0..100 {
+            startup_ms = *startup.lock().unwrap();
+            if startup_ms.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let now: Vec<u64> = exec_programs().into_iter().map(|p| p.0).collect();
+        let prog_ids: BTreeSet<u64> = now
+            .iter()
+            .copied()
+            .filter(|i| !before.contains(i))
+            .collect();
+        Agent {
+            child,
+            port,
+            ready_after,
+            startup_ms,
+            log,
+            prog_ids,
+            foreign_progs: before.len(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn metrics(&self) -> HashMap<String, f64> {
+        let (code, body) = http_get(self.port, "/metrics").expect("GET /metrics");
+        assert_eq!(code, 200, "/metrics: {body}");
+        parse_metrics(&body)
+    }
+
+    /// On-CPU time of every thread (ns, from `/proc/PID/task/*/schedstat`).
+    fn cpu_ns(&self) -> u64 {
+        let mut sum = 0;
+        if let Ok(rd) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) {
+            for t in rd.flatten() {
+                if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+                    sum += s
+                        .split_whitespace()
+                        .next()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0);
+                }
+            }
+        }
+        sum
+    }
+
+    /// utime + stime of the process (clock ticks).
+    fn cpu_ticks(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) start at field 3.
+        let rest = s.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        get(11) + get(12) // utime, stime (fields 14, 15)
+    }
+
+    /// (RssAnon, RssFile) in KiB: heap and stacks vs. mapped binary pages.
+    fn rss_split_kib(&self) -> (u64, u64) {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let get = |k: &str| {
+            s.lines()
+                .find(|l| l.starts_with(k))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (get("RssAnon:"), get("RssFile:"))
+    }
+
+    /// (VmRSS, VmHWM) in KiB.
+    fn memory_kib(&self) -> (u64, u64) {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let get = |k: &str| {
+            s.lines()
+                .find(|l| l.starts_with(k))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (get("VmRSS:"), get("VmHWM:"))
+    }
+
+    /// (run_time_ns, run_cnt) of this agent's exec programs.
+    fn prog_stats(&self) -> (u64, u64) {
+        exec_programs()
+            .into_iter()
+            .filter(|p| self.prog_ids.contains(&p.0))
+            .fold((0, 0), |(t, c), p| (t + p.2, c + p.3))
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().map(|g| g.join("\n")).unwrap_or_default()
+    }
+
+    /// SIGTERM, then SIGKILL after 5 s.
+    fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        self.signal(libc::SIGCONT);
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// The text of a log line without terminal colour escapes.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c == '\x1b' {
+            for c in it.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Plain HTTP/1.1 GET on 127.0.0.1: (status, body).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Some((code, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn parse_metrics(body: &str) -> HashMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn m(map: &HashMap<String, f64>, k: &str) -> f64 {
+    map.get(k).copied().unwrap_or(0.0)
+}
+
+const EXECS: &str = "imagewarden_kernel_execs_total";
+const RECEIVED: &str = "imagewarden_events_received_total";
+const RB_DROPS: &str = "imagewarden_ringbuf_drops_total";
+const CH_DROPS: &str = "imagewarden_events_channel_drops_total";
+
+/// What one measured run cost the agent.
+#[derive(Debug, Default, Clone, Copy)]
+struct AgentDelta {
+    cpu_ns: u64,
+    ticks: u64,
+    events: f64,
+    kernel_execs: f64,
+    rb_drops: f64,
+    ch_drops: f64,
+    prog_ns: u64,
+    prog_cnt: u64,
+}
+
+struct Snapshot {
+    cpu_ns: u64,
+    ticks: u64,
+    metrics: HashMap<String, f64>,
+    prog: (u64, u64),
+}
+
+fn snapshot(a: &Agent, with_prog: bool) -> Snapshot {
+    Snapshot {
+        cpu_ns: a.cpu_ns(),
+        ticks: a.cpu_ticks(),
+        metrics: a.metrics(),
+        prog: if with_prog { a.prog_stats() } else { (0, 0) },
+    }
+}
+
+fn delta(a: &Snapshot, b: &Snapshot) -> AgentDelta {
+    let d = |k: &str| m(&b.metrics, k) - m(&a.metrics, k);
+    AgentDelta {
+        cpu_ns: b.cpu_ns.saturating_sub(a.cpu_ns),
+        ticks: b.ticks.saturating_sub(a.ticks),
+        events: d(RECEIVED),
+        kernel_execs: d(EXECS),
+        rb_drops: d(RB_DROPS),
+        ch_drops: d(CH_DROPS),
+        prog_ns: b.prog.0.saturating_sub(a.prog.0),
+        prog_cnt: b.prog.1.saturating_sub(a.prog.1),
+    }
+}
+
+/// Waits until user space has caught up with the kernel: every exec the
+/// kernel counted is received or counted as dropped, and `received` has
+/// stopped growing. Returns the time it took (from the call).
+fn wait_drained(a: &Agent, timeout: Duration) -> (Duration, bool) {
+    let t0 = Instant::now();
+    let mut last = -1.0;
+    loop {
+        let mm = a.metrics();
+        let recv = m(&mm, RECEIVED);
+        let caught_up = m(&mm, RECEIVED) + m(&mm, RB_DROPS) >= m(&mm, EXECS);
+        if caught_up || recv == last {
+            // `recv == last`: nothing new in 5 ms; other execs on the machine
+            // can keep `caught_up` from ever being exactly true.
+            if caught_up || t0.elapsed() > Duration::from_millis(20) {
+                return (t0.elapsed(), true);
+            }
+        }
+        if t0.elapsed() > timeout {
+            return (t0.elapsed(), false);
+        }
+        last = recv;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Enables `kernel.bpf_stats_enabled` while alive; restores the old value.
+struct BpfStats(String);
+
+impl BpfStats {
+    fn enable() -> BpfStats {
+        let p = "/proc/sys/kernel/bpf_stats_enabled";
+        let old = std::fs::read_to_string(p)
+            .unwrap_or_else(|_| "0".into())
+            .trim()
+            .to_string();
+        let _ = std::fs::write(p, "1");
+        BpfStats(old)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
+    }
+}
+
+// ---------------------------------------------------------------- sections
+
+fn section(title: &str) {
+    eprintln!("\n== {title}");
+}
+
+/// 1 and 2 (CPU from the same runs): throughput with and without the agent.
+fn throughput(o: &Opts, exe: &Path) -> Value {
+    section("1. exec throughput: no agent / audit / enforce, interleaved");
+    let configs: [Option<Mode>; 3] = [None, Some(Mode::Audit), Some(Mode::Enforce)];
+    let name = |c: Option<Mode>| c.map_or("none", Mode::as_str);
+    let workers = [1usize, 2];
+    let dur = Duration::from_secs_f64(o.run_secs);
+    // (config, workers) -> rates per round
+    let mut rates: BTreeMap<(String, usize), Vec<f64>> = BTreeMap::new();
+    let mut cpu_per_event: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut foreign = 0usize;
+    for round in 0..o.pairs {
+        if stopped() {
+            break;
+        }
+        for k in 0..configs.len() {
+            let cfg = configs[(round + k) % configs.len()];
+            let agent = cfg.map(|mode| Agent::start(&o.agent, mode, &[]));
+            if let Some(a) = &agent {
+                foreign = foreign.max(a.foreign_progs);
+                sleep(Duration::from_millis(200));
+            }
+            for &w in &workers {
+                let s0 = agent.as_ref().map(|a| snapshot(a, false));
+                let r = spawn_for(exe, w, dur, None);
+                if let (Some(a), Some(s0)) = (&agent, s0) {
+                    let _ = wait_drained(a, Duration::from_secs(2));
+                    let d = delta(&s0, &snapshot(a, false));
+                    if d.events > 0.0 {
+                        cpu_per_event
+                            .entry(name(cfg).into())
+                            .or_default()
+                            .push(d.cpu_ns as f64 / d.events / 1000.0);
+                    }
+                }
+                eprintln!(
+                    "  round {} {:>7} x{w}: {:>8.0} execs/s ({} failures)",
+                    round + 1,
+                    name(cfg),
+                    r.rate(),
+                    r.failures
+                );
+                rates
+                    .entry((name(cfg).into(), w))
+                    .or_default()
+                    .push(r.rate());
+            }
+            if let Some(a) = agent {
+                a.stop();
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for &w in &workers {
+        let base = rates.get(&("none".into(), w)).cloned().unwrap_or_default();
+        let base_med = median(&base);
+        rows.push(
+            json!({"config": "none", "workers": w, "median_execs_per_s": base_med, "runs": base}),
+        );
+        for cfg in ["audit", "enforce"] {
+            let v = rates.get(&(cfg.into(), w)).cloned().unwrap_or_default();
+            let med = median(&v);
+            let pair_ratios: Vec<f64> = v.iter().zip(&base).map(|(a, b)| a / b).collect();
+            // Extra wall time per exec for one worker: the whole cost on the exec path.
+            let overhead_us = 1e6 * w as f64 / med - 1e6 * w as f64 / base_med;
+            rows.push(json!({
+                "config": cfg, "workers": w, "median_execs_per_s": med, "runs": v,
+                "ratio_of_medians": med / base_med,
+                "median_pair_ratio": median(&pair_ratios),
+                "pair_ratios": pair_ratios,
+                "extra_us_per_exec_per_worker": overhead_us,
+                "target": 0.99,
+                "meets_target": med / base_med >= 0.99,
+            }));
+        }
+    }
+    let cpu: BTreeMap<String, Value> = cpu_per_event
+        .iter()
+        .map(|(k, v)| (k.clone(), json!({"median_us": median(v), "runs": v})))
+        .collect();
+    json!({
+        "run_secs": o.run_secs, "rounds": o.pairs, "order": "rotated every round",
+        "foreign_exec_programs": foreign,
+        "rows": rows,
+        "agent_cpu_us_per_event_during_runs": cpu,
+    })
+}
+
+/// 2. Kernel time per exec (bpf stats on) and agent CPU per event.
+fn cost_per_exec(o: &Opts, exe: &Path) -> Value {
+    section("2. cost per exec: probe run time (bpf_stats) and agent CPU per event");
+    let mut out = serde_json::Map::new();
+    let dur = Duration::from_secs_f64(o.run_secs.max(2.0));
+    for mode in [Mode::Audit, Mode::Enforce] {
+        if stopped() {
+            break;
+        }
+        let a = Agent::start(&o.agent, mode, &[]);
+        let stats = BpfStats::enable();
+        sleep(Duration::from_millis(200));
+        let idle0 = snapshot(&a, true);
+        sleep(Duration::from_secs(1));
+        let idle = delta(&idle0, &snapshot(&a, true));
+        let s0 = snapshot(&a, true);
+        let r = spawn_for(exe, 2, dur, None);
+        let (drain, _) = wait_drained(&a, Duration::from_secs(2));
+        let s1 = snapshot(&a, true);
+        drop(stats);
+        let d = delta(&s0, &s1);
+        let kernel_ns = d.prog_ns as f64 / d.prog_cnt.max(1) as f64;
+        let cpu_us = d.cpu_ns as f64 / d.events.max(1.0) / 1000.0;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let ticks_us = d.ticks as f64 * 1e6 / hz / d.events.max(1.0);
+        eprintln!(
+            "  {:>7}: probe {kernel_ns:.0} ns/exec over {} runs; agent {cpu_us:.2} us/event (schedstat), {ticks_us:.2} us/event (utime+stime) over {} events; idle agent {:.2} ms CPU/s",
+            mode.as_str(),
+            d.prog_cnt,
+            d.events,
+            idle.cpu_ns as f64 / 1e6
+        );
+        out.insert(
+            mode.as_str().into(),
+            json!({
+                "spawner_execs": r.execs, "spawner_execs_per_s": r.rate(),
+                "probe_runs": d.prog_cnt, "probe_ns_per_exec": kernel_ns,
+                "events": d.events, "kernel_execs": d.kernel_execs,
+                "agent_cpu_us_per_event_schedstat": cpu_us,
+                "agent_cpu_us_per_event_utime_stime": ticks_us,
+                "agent_idle_cpu_ms_per_s": idle.cpu_ns as f64 / 1e6,
+                "drain_ms_after_run": drain.as_secs_f64() * 1e3,
+                "target_agent_us_per_exec": 5.0,
+                "meets_target": cpu_us <= 5.0,
+            }),
+        );
+        a.stop();
+    }
+    Value::Object(out)
+}
+
+/// Events a ring buffer of `bytes` holds (8-byte header + 320-byte event).
+fn ring_capacity(bytes: u64) -> u64 {
+    bytes / (8 + 320)
+}
+
+/// 3. Sustained rate with zero drops; bursts.
+fn drops(o: &Opts, exe: &Path) -> Value {
+    section(&format!(
+        "3. drops: full-speed spawner for {} s, then bursts",
+        o.sustain_secs
+    ));
+    let mut res = serde_json::Map::new();
+    // Sustained: full speed first; if anything is lost, pace lower.
+    let a = Agent::start(&o.agent, Mode::Audit, &[]);
+    sleep(Duration::from_millis(200));
+    let workers = 2;
+    let mut rate: Option<f64> = None;
+    let mut attempts = Vec::new();
+    for attempt in 0..4 {
+        if stopped() {
+            break;
+        }
+        let secs = if attempt == 0 {
+            o.sustain_secs
+        } else {
+            o.sustain_secs.min(10.0)
+        };
+        let s0 = snapshot(&a, false);
+        let r = spawn_for(exe, workers, Duration::from_secs_f64(secs), rate);
+        let (drain, _) = wait_drained(&a, Duration::from_secs(5));
+        let d = delta(&s0, &snapshot(&a, false));
+        let lost = d.rb_drops + d.ch_drops;
+        eprintln!(
+            "  {secs:.0} s at {}: spawner {:.0} execs/s, kernel saw {:.0} execs/s; ringbuf drops {}, channel drops {}",
+            rate.map_or("full speed".into(), |r| format!("{r:.0}/s")),
+            r.rate(),
+            d.kernel_execs / r.secs,
+            d.rb_drops,
+            d.ch_drops
+        );
+        attempts.push(json!({
+            "secs": secs, "paced_at": rate, "spawner_execs_per_s": r.rate(),
+            "kernel_execs_per_s": d.kernel_execs / r.secs, "events": d.events,
+            "ringbuf_drops": d.rb_drops, "channel_drops": d.ch_drops,
+            "drain_ms": drain.as_secs_f64() * 1e3,
+        }));
+        if lost == 0.0 {
+            break;
+        }
+        rate = Some(r.rate() * 0.75);
+    }
+    let (rss, hwm) = a.memory_kib();
+    let last = attempts.last().cloned().unwrap_or(Value::Null);
+    res.insert(
+        "sustained".into(),
+        json!({
+            "workers": workers,
+            "attempts": attempts,
+            "zero_drop_execs_per_s": if last["ringbuf_drops"] == 0.0 && last["channel_drops"] == 0.0 { last["kernel_execs_per_s"].clone() } else { Value::Null },
+            "full_duration_secs": o.sustain_secs,
+            "agent_rss_kib_after": rss, "agent_hwm_kib_after": hwm,
+        }),
+    );
+    a.stop();
+
+    // Burst: the agent is stopped (SIGSTOP) while the spawner runs at full
+    // speed, so the burst is >= 10x what the ring buffer can hold; then it
+    // resumes. Every exec must be received or counted as dropped.
+    let mut bursts = Vec::new();
+    let sustained = res["sustained"]["attempts"][0]["kernel_execs_per_s"]
+        .as_f64()
+        .unwrap_or(2000.0)
+        .max(100.0);
+    for (label, ring_bytes, factor) in [
+        ("10x a 64 KiB ring", 1u64 << 16, 10.0),
+        ("a full default 4 MiB ring", 1u64 << 22, 1.0),
+    ] {
+        if stopped() {
+            break;
+        }
+        let cap = ring_capacity(ring_bytes);
+        let secs = (cap as f64 * factor / sustained * 1.2).clamp(0.5, 8.0);
+        let a = Agent::start(
+            &o.agent,
+            Mode::Audit,
+            &["--ringbuf-bytes".into(), ring_bytes.to_string()],
+        );
+        sleep(Duration::from_millis(200));
+        let s0 = snapshot(&a, false);
+        a.signal(libc::SIGSTOP);
+        let r = spawn_for(exe, workers, Duration::from_secs_f64(secs), None);
+        a.signal(libc::SIGCONT);
+        let (drain, ok) = wait_drained(&a, Duration::from_secs(10));
+        sleep(Duration::from_millis(100));
+        let d = delta(&s0, &snapshot(&a, false));
+        let accounted = d.kernel_execs - d.events - d.rb_drops;
+        let (_, hwm) = a.memory_kib();
+        eprintln!(
+            "  burst into {label} (capacity ~{cap} events): {} spawned, kernel {:.0} execs, received {:.0}, ring drops {:.0}, channel drops {:.0}, unaccounted {accounted:.0}; drained in {:.0} ms",
+            r.execs,
+            d.kernel_execs,
+            d.events,
+            d.rb_drops,
+            d.ch_drops,
+            drain.as_secs_f64() * 1e3
+        );
+        bursts.push(json!({
+            "label": label, "ringbuf_bytes": ring_bytes, "capacity_events": cap,
+            "burst_secs": r.secs, "spawned": r.execs, "kernel_execs": d.kernel_execs,
+            "burst_over_capacity": d.kernel_execs / cap as f64,
+            "received": d.events, "ringbuf_drops": d.rb_drops, "channel_drops": d.ch_drops,
+            "unaccounted": accounted, "every_drop_counted": accounted.abs() < 0.5,
+            "drain_ms": drain.as_secs_f64() * 1e3, "drained": ok,
+            "meets_target": ok && drain < Duration::from_secs(1) && accounted.abs() < 0.5,
+            "agent_hwm_kib": hwm,
+        }));
+        a.stop();
+    }
+    res.insert("bursts".into(), Value::Array(bursts));
+    Value::Object(res)
+}
+
+/// 4. RSS and start-up, empty and with pods and containers in containerd.
+fn inventory(o: &Opts) -> Value {
+    section("4. memory and start-up (private containerd)");
+    let mut res = serde_json::Map::new();
+    // Empty inventory, no runtime: the floor.
+    let a = Agent::start(&o.agent, Mode::Enforce, &[]);
+    sleep(Duration::from_secs(1));
+    let (rss, hwm) = a.memory_kib();
+    eprintln!(
+        "  no runtime: ready after {:.0} ms (startup_ms {:?}), RSS {} KiB, HWM {} KiB",
+        a.ready_after.as_secs_f64() * 1e3,
+        a.startup_ms,
+        rss,
+        hwm
+    );
+    res.insert(
+        "no_runtime".into(),
+        json!({"ready_ms": a.ready_after.as_secs_f64() * 1e3, "startup_ms": a.startup_ms, "rss_kib": rss, "hwm_kib": hwm,
+            "rss_anon_kib": a.rss_split_kib().0, "rss_file_kib": a.rss_split_kib().1}),
+    );
+    a.stop();
+    if o.skip_inventory {
+        res.insert("containerd".into(), json!({"skipped": "--skip-inventory"}));
+        return Value::Object(res);
+    }
+    if let Err(why) = containerd::preflight() {
+        eprintln!("  containerd part skipped: {why}");
+        res.insert("containerd".into(), json!({"skipped": why}));
+        return Value::Object(res);
+    }
+    let (pods_want, ctrs_want) = if o.quick {
+        (o.pods.min(20), o.containers.min(55))
+    } else {
+        (o.pods, o.containers)
+    };
+    let images = containerd::TestImages::build();
+    let ctd = containerd::Containerd::start();
+    ctd.import("k8s.io", &images);
+    let endpoint = ctd.endpoint();
+    let rt_args = vec!["--runtime-endpoint".to_string(), endpoint.clone()];
+
+    let measure = |label: &str| -> Value {
+        let a = Agent::start(&o.agent, Mode::Enforce, &rt_args);
+        sleep(Duration::from_secs(2));
+        let (rss, hwm) = a.memory_kib();
+        let summary = a
+            .log_text()
+            .lines()
+            .find(|l| l.contains("agent running"))
+            .and_then(|l| l.split("inventory=").nth(1))
+            .map(|s| {
+                s.split(" startup_ms")
+                    .next()
+                    .unwrap_or(s)
+                    .trim_matches('"')
+                    .to_string()
+            });
+        eprintln!(
+            "  {label}: ready after {:.0} ms (startup_ms {:?}), RSS {} KiB, HWM {} KiB, inventory {:?}",
+            a.ready_after.as_secs_f64() * 1e3,
+            a.startup_ms,
+            rss,
+            hwm,
+            summary
+        );
+        let (anon, file) = a.rss_split_kib();
+        let v = json!({"ready_ms": a.ready_after.as_secs_f64() * 1e3, "startup_ms": a.startup_ms,
+            "rss_kib": rss, "hwm_kib": hwm, "rss_anon_kib": anon, "rss_file_kib": file, "inventory": summary});
+        a.stop();
+        v
+    };
+    res.insert("empty_containerd".into(), measure("empty containerd"));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let t0 = Instant::now();
+    let budget = o.inventory_budget;
+    let (sandboxes, containers, errors) = rt.block_on(populate(&ctd, pods_want, ctrs_want, budget));
+    let populate_secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "  created {} pods (running sandboxes) and {} containers (created, not started) in {populate_secs:.1} s; {} errors",
+        sandboxes.len(),
+        containers,
+        errors.len()
+    );
+    let mut full = measure("with inventory");
+    let rss0 = res["empty_containerd"]["rss_kib"].as_f64().unwrap_or(0.0);
+    let rss1 = full["rss_kib"].as_f64().unwrap_or(0.0);
+    let have = (sandboxes.len() + containers) as f64;
+    let want = (pods_want + ctrs_want) as f64;
+    let per_entry = if have > 0.0 {
+        (rss1 - rss0) / have
+    } else {
+        0.0
+    };
+    let extrapolated = rss0 + per_entry * (o.pods + o.containers) as f64;
+    full["pods"] = json!(sandboxes.len());
+    full["containers"] = json!(containers);
+    full["populate_secs"] = json!(populate_secs);
+    full["errors"] = json!(errors.iter().take(5).collect::<Vec<_>>());
+    full["rss_kib_per_inventory_entry"] = json!(per_entry);
+    full["extrapolated"] = json!(have < (o.pods + o.containers) as f64);
+    full["rss_kib_at_target_inventory"] =
+        json!(if have >= want && have >= (o.pods + o.containers) as f64 {
+            rss1
+        } else {
+            extrapolated
+        });
+    full["target_inventory"] = json!({"pods": o.pods, "containers": o.containers});
+    full["meets_rss_target_32mib"] = json!(
+        full["rss_kib_at_target_inventory"]
+            .as_f64()
+            .unwrap_or(f64::MAX)
+            <= 32.0 * 1024.0
+    );
+    full["meets_startup_target_1s"] =
+        json!(full["ready_ms"].as_f64().unwrap_or(f64::MAX) <= 1000.0);
+    res.insert("with_inventory".into(), full);
+
+    // Tear down through CRI in parallel (much faster than one ctr per object).
+    let t1 = Instant::now();
+    rt.block_on(async {
+        let Ok(cri) = imagewarden::sources::cri::CriClient::connect(&endpoint).await else {
+            return;
+        };
+        let cri = Arc::new(cri);
+        let mut set = tokio::task::JoinSet::new();
+        let sem = Arc::new(tokio::sync::Semaphore::new(4));
+        for id in sandboxes {
+            let (cri, sem) = (cri.clone(), sem.clone());
+            set.spawn(async move {
+                let _p = sem.acquire().await;
+                let _ = cri.remove_pod_sandbox(&id).await;
+            });
+        }
+        while set.join_next().await.is_some() {}
+    });
+    drop(ctd);
+    drop(images);
+    remove_cgroups(&format!("iwbench-{}", std::process::id()));
+    eprintln!("  torn down in {:.1} s", t1.elapsed().as_secs_f64());
+    Value::Object(res)
+}
+
+/// RunPodSandbox up to `pods` (host network, pause image), then
+/// CreateContainer up to `containers` spread over them (alternating a
+/// denied and an allowed image), four requests in flight, within `budget`.
+async fn populate(
+    ctd: &containerd::Containerd,
+    pods: usize,
+    containers: usize,
+    budget: Duration,
+) -> (Vec<String>, usize, Vec<String>) {
+    use k8s_cri::v1 as cri;
+    let cri = Arc::new(
+        imagewarden::sources::cri::CriClient::connect(&ctd.endpoint())
+            .await
+            .expect("CRI connect"),
+    );
+    let deadline = Instant::now() + budget;
+    let parent = format!("/iwbench-{}", std::process::id());
+    let ns_opts = Some(cri::NamespaceOption {
+        network: cri::NamespaceMode::Node as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
+    });
+    let sandbox_config = |i: usize| {
+        let uid = format!("00000000-0000-4000-8000-{:012}", i);
+        let labels: HashMap<String, String> = [
+            ("io.kubernetes.pod.name".to_string(), format!("bench-{i}")),
+            (
+                "io.kubernetes.pod.namespace".to_string(),
+                format!("ns-{}", i % 10),
+            ),
+            ("io.kubernetes.pod.uid".to_string(), uid.clone()),
+        ]
+        .into_iter()
+        .collect();
+        let log_dir = ctd.dir.join("pods").join(&uid);
+        let _ = std::fs::create_dir_all(&log_dir);
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: format!("bench-{i}"),
+                uid: uid.clone(),
+                namespace: format!("ns-{}", i % 10),
+                attempt: 0,
+            }),
+            log_directory: log_dir.display().to_string(),
+            labels,
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: format!("{parent}/pod{uid}"),
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: ns_opts.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    };
+    let mut errors = Vec::new();
+    let mut sandboxes: Vec<(String, cri::PodSandboxConfig)> = Vec::new();
+    let mut set = tokio::task::JoinSet::new();
+    let mut next = 0;
+    while (next < pods || !set.is_empty()) && !stopped() {
+        while next < pods && set.len() < 4 && Instant::now() < deadline {
+            let cfg = sandbox_config(next);
+            let cri = cri.clone();
+            set.spawn(async move { cri.run_pod_sandbox(cfg.clone()).await.map(|id| (id, cfg)) });
+            next += 1;
+        }
+        match set.join_next().await {
+            Some(Ok(Ok(s))) => sandboxes.push(s),
+            Some(Ok(Err(e))) => errors.push(format!("RunPodSandbox: {e}")),
+            Some(Err(e)) => errors.push(format!("task: {e}")),
+            None => break,
+        }
+    }
+    let mut made = 0;
+    let mut next = 0;
+    while !sandboxes.is_empty() && (next < containers || !set.is_empty()) && !stopped() {
+        let mut cset = tokio::task::JoinSet::new();
+        while next < containers && cset.len() < 4 && Instant::now() < deadline {
+            let (sid, scfg) = sandboxes[next % sandboxes.len()].clone();
+            let image = if next % 2 == 0 {
+                containerd::NGINX
+            } else {
+                containerd::ECR_NGINX
+            };
+            let name = format!("c{next}");
+            let cfg = cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: name.clone(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                labels: [("io.kubernetes.container.name".to_string(), name.clone())]
+                    .into_iter()
+                    .chain(scfg.labels.clone())
+                    .collect(),
+                log_path: format!("{name}.log"),
+                linux: Some(cri::LinuxContainerConfig {
+                    security_context: Some(cri::LinuxContainerSecurityContext {
+                        namespace_options: ns_opts.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let cri = cri.clone();
+            cset.spawn(async move { cri.create_container(&sid, cfg, scfg).await });
+            next += 1;
+        }
+        if cset.is_empty() {
+            break;
+        }
+        while let Some(r) = cset.join_next().await {
+            match r {
+                Ok(Ok(_)) => made += 1,
+                Ok(Err(e)) => errors.push(format!("CreateContainer: {e}")),
+                Err(e) => errors.push(format!("task: {e}")),
+            }
+        }
+    }
+    (
+        sandboxes.into_iter().map(|(id, _)| id).collect(),
+        made,
+        errors,
+    )
+}
+
+/// Removes the bench's cgroup parents (empty directories) in every hierarchy.
+fn remove_cgroups(name: &str) {
+    let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let mut roots: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+    roots.push(PathBuf::from("/sys/fs/cgroup"));
+    for root in roots {
+        let top = root.join(name);
+        if !top.is_dir() {
+            continue;
+        }
+        let mut dirs = Vec::new();
+        let mut stack = vec![top.clone()];
+        while let Some(d) = stack.pop() {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                for e in rd.flatten() {
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        stack.push(e.path());
+                    }
+                }
+            }
+            dirs.push(d);
+        }
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- report
+
+fn pass(b: Option<bool>) -> &'static str {
+    match b {
+        Some(true) => "ok",
+        Some(false) => "MISS",
+        None => "-",
+    }
+}
+
+fn print_table(r: &Value) {
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    println!(
+        "\nimagewarden bench — {} ({} cores, {}), kernel {}, {}",
+        r["machine"]["cpu_model"].as_str().unwrap_or("?"),
+        r["machine"]["cores"],
+        r["machine"]["arch"].as_str().unwrap_or("?"),
+        r["machine"]["kernel"].as_str().unwrap_or("?"),
+        r["machine"]["date"].as_str().unwrap_or("?")
+    );
+    println!(
+        "load average at start {:?}, at end {:?}; exec target: {}",
+        r["machine"]["loadavg_start"],
+        r["machine"]["loadavg_end"],
+        r["exec_target"].as_str().unwrap_or("?")
+    );
+    println!(
+        "\n{:<58} {:>14} {:>10} {:>6}",
+        "measure", "value", "target", ""
+    );
+    let row = |name: String, v: String, t: &str, ok: Option<bool>| {
+        println!("{name:<58} {v:>14} {t:>10} {:>6}", pass(ok))
+    };
+    if let Some(rows) = r["throughput"]["rows"].as_array() {
+        for x in rows {
+            let cfg = x["config"].as_str().unwrap_or("?");
+            if cfg == "none" {
+                row(
+                    format!("1. execs/s, no agent, {} worker(s) (median)", x["workers"]),
+                    format!("{:.0}", f(&x["median_execs_per_s"])),
+                    "",
+                    None,
+                );
+            } else {
+                row(
+                    format!(
+                        "1. ratio {cfg}/none, {} worker(s) (pairs median {:.3})",
+                        x["workers"],
+                        f(&x["median_pair_ratio"])
+                    ),
+                    format!("{:.3}", f(&x["ratio_of_medians"])),
+                    ">= 0.99",
+                    x["meets_target"].as_bool(),
+                );
+            }
+        }
+    }
+    for mode in ["audit", "enforce"] {
+        let c = &r["cost"][mode];
+        if c.is_null() {
+            continue;
+        }
+        row(
+            format!("2. probe kernel time per exec, {mode}"),
+            format!("{:.0} ns", f(&c["probe_ns_per_exec"])),
+            "",
+            None,
+        );
+        row(
+            format!("2. agent CPU per exec event, {mode} (schedstat)"),
+            format!("{:.2} us", f(&c["agent_cpu_us_per_event_schedstat"])),
+            "<= 5 us",
+            c["meets_target"].as_bool(),
+        );
+        row(
+            format!("2. agent CPU per exec event, {mode} (utime+stime)"),
+            format!("{:.2} us", f(&c["agent_cpu_us_per_event_utime_stime"])),
+            "",
+            None,
+        );
+    }
+    let s = &r["drops"]["sustained"];
+    if !s.is_null() {
+        let first = &s["attempts"][0];
+        row(
+            format!(
+                "3. full speed {:.0} s: kernel execs/s (ring/channel drops {}/{})",
+                f(&first["secs"]),
+                first["ringbuf_drops"],
+                first["channel_drops"]
+            ),
+            format!("{:.0}", f(&first["kernel_execs_per_s"])),
+            "0 drops",
+            Some(first["ringbuf_drops"] == 0.0 && first["channel_drops"] == 0.0),
+        );
+        row(
+            "3. highest zero-drop rate measured (execs/s)".into(),
+            format!("{:.0}", f(&s["zero_drop_execs_per_s"])),
+            "",
+            None,
+        );
+    }
+    if let Some(b) = r["drops"]["bursts"].as_array() {
+        for x in b {
+            row(
+                format!(
+                    "3. burst {} ({:.0}x cap.): drops {} unaccounted {}",
+                    x["label"].as_str().unwrap_or("?"),
+                    f(&x["burst_over_capacity"]),
+                    x["ringbuf_drops"],
+                    x["unaccounted"]
+                ),
+                format!("{:.0} ms", f(&x["drain_ms"])),
+                "< 1000 ms",
+                x["meets_target"].as_bool(),
+            );
+        }
+    }
+    let inv = &r["inventory"];
+    if !inv.is_null() {
+        let nr = &inv["no_runtime"];
+        row(
+            "4. start to /readyz 200, no runtime".into(),
+            format!("{:.0} ms", f(&nr["ready_ms"])),
+            "<= 1000 ms",
+            Some(f(&nr["ready_ms"]) <= 1000.0),
+        );
+        row(
+            "4. RSS, no runtime".into(),
+            format!("{:.1} MiB", f(&nr["rss_kib"]) / 1024.0),
+            "",
+            None,
+        );
+        let w = &inv["with_inventory"];
+        if !w.is_null() {
+            row(
+                format!(
+                    "4. start to /readyz 200, {} pods + {} containers",
+                    w["pods"], w["containers"]
+                ),
+                format!("{:.0} ms", f(&w["ready_ms"])),
+                "<= 1000 ms",
+                w["meets_startup_target_1s"].as_bool(),
+            );
+            row(
+                format!(
+                    "4. agent startup_ms (log), {} pods + {} containers",
+                    w["pods"], w["containers"]
+                ),
+                format!("{} ms", w["startup_ms"]),
+                "",
+                None,
+            );
+            row(
+                format!(
+                    "4. VmRSS / VmHWM, {} pods + {} containers",
+                    w["pods"], w["containers"]
+                ),
+                format!(
+                    "{:.1}/{:.1} MiB",
+                    f(&w["rss_kib"]) / 1024.0,
+                    f(&w["hwm_kib"]) / 1024.0
+                ),
+                "",
+                None,
+            );
+            row(
+                format!(
+                    "4. RSS at 110 pods + 300 containers{}",
+                    if w["extrapolated"] == true {
+                        " (extrapolated)"
+                    } else {
+                        ""
+                    }
+                ),
+                format!("{:.1} MiB", f(&w["rss_kib_at_target_inventory"]) / 1024.0),
+                "<= 32 MiB",
+                w["meets_rss_target_32mib"].as_bool(),
+            );
+        }
+    }
+    if let Some(p) = r["policy"]["policies"].as_array() {
+        for x in p {
+            row(
+                format!("5. policy eval, {}", x["name"].as_str().unwrap_or("?")),
+                format!("{:.0}/s", f(&x["images_per_s"])),
+                "",
+                None,
+            );
+        }
+    }
+}
+
+fn main() {
+    let o = parse_opts();
+    // SAFETY: installing a handler that only stores an atomic flag.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("bench_node: must run as root (loads eBPF, runs containerd)");
+        std::process::exit(2);
+    }
+    let work = std::env::temp_dir().join(format!("iw-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).expect("work dir");
+    let (exe, exe_desc) = exec_target(&o, &work);
+    let mut r = json!({
+        "machine": machine_info(),
+        "quick": o.quick,
+        "exec_target": exe_desc,
+        "agent": o.agent.display().to_string(),
+    });
+    let t0 = Instant::now();
+    r["throughput"] = throughput(&o, &exe);
+    if !stopped() {
+        r["cost"] = cost_per_exec(&o, &exe);
+    }
+    if !stopped() {
+        r["drops"] = drops(&o, &exe);
+    }
+    if !stopped() {
+        r["inventory"] = inventory(&o);
+    }
+    if let Some(p) = &o.policy_json {
+        r["policy"] = std::fs::read(p)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+    }
+    r["machine"]["loadavg_end"] = json!(loadavg());
+    r["elapsed_secs"] = json!(t0.elapsed().as_secs_f64());
+    r["interrupted"] = json!(stopped());
+    let _ = std::fs::remove_dir_all(&work);
+    if let Some(d) = o.out.parent() {
+        let _ = std::fs::create_dir_all(d);
+    }
+    std::fs::write(
+        &o.out,
+        serde_json::to_string_pretty(&r).expect("json") + "\n",
+    )
+    .expect("write results");
+    print_table(&r);
+    println!("\nwritten to {}", o.out.display());
+    if stopped() {
+        std::process::exit(130);
+    }
+}
