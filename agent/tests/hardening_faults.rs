@@ -1,0 +1,922 @@
+//! Faults around the agent (issue 8, item 4), with the real `imagewarden`
+//! binary, kernel and cgroups:
+//!
+//! - containerd stopped and restarted while the agent runs (a private
+//!   containerd of the test harness): a denied cgroup stays enforced
+//!   meanwhile, the agent resubscribes and stops an untrusted container
+//!   started once containerd is back;
+//! - ring-buffer overflow (one page, the agent frozen with SIGSTOP while
+//!   execs pour in): every denied exec is still killed in the kernel, the
+//!   lost events are counted in /metrics, and the agent reports again once
+//!   it runs;
+//! - a slow findings webhook (3 s per request): kills stay immediate, the
+//!   stdout findings keep flowing, and every finding is either delivered or
+//!   counted in `imagewarden_sink_dropped_total`.
+//!
+//! The agents run with `--fail-mode open` (nothing pinned: a test that
+//! fails half-way leaves no enforcement behind). API server and kubelet
+//! outages are another test's subject.
+//!
+//! Needs root (and for the containerd case `containerd runc umoci
+//! busybox-static`); prints SKIP without, fails under `CI=true`.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpListener,
+    os::unix::{
+        fs::{MetadataExt, PermissionsExt},
+        process::{CommandExt, ExitStatusExt},
+    },
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::containerd::{Containerd, TestImages, ECR_NGINX, NGINX};
+
+/// One agent at a time: they count kernel-wide events.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn privileged(test: &str) -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    support::skip_or_fail(test, "needs root (eBPF, cgroups)");
+    false
+}
+
+fn cgroup2_root() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| PathBuf::from(f[1]))
+        .expect("cgroup2 mounted")
+}
+
+struct TestCgroup {
+    path: PathBuf,
+    id: u64,
+}
+
+impl TestCgroup {
+    fn new(tag: &str) -> Self {
+        let path = cgroup2_root().join(format!("imagewarden-faults-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir(&path);
+        fs::create_dir(&path).unwrap();
+        let id = fs::metadata(&path).unwrap().ino();
+        TestCgroup { path, id }
+    }
+
+    fn command(&self, program: &Path) -> Command {
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(self.path.join("cgroup.procs"))
+            .unwrap();
+        let mut c = Command::new(program);
+        // SAFETY: only write(2) between fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                use std::os::fd::AsRawFd;
+                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        c
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = fs::write(self.path.join("cgroup.kill"), "1");
+        for _ in 0..50 {
+            if fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn private_binary(tag: &str, from: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("iw-faults-{tag}-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(format!("iw-{tag}"));
+    fs::copy(from, &p).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// The agent binary, its findings (stdout JSON lines) and its log (stderr,
+/// JSON), both read on threads.
+struct Agent {
+    child: Child,
+    findings: mpsc::Receiver<Value>,
+    log: Arc<Mutex<Vec<Value>>>,
+    metrics_addr: String,
+}
+
+impl Agent {
+    fn start(args: &[&str]) -> Agent {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
+            .args([
+                "run",
+                "--standalone",
+                "--fail-mode",
+                "open",
+                "--mode",
+                "enforce",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .env("IMAGEWARDEN_LOG_FORMAT", "json")
+            .env("IMAGEWARDEN_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start agent");
+        let (tx, findings) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&l)
+                    .unwrap_or_else(|e| panic!("agent printed non-JSON {l:?}: {e}"));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (rtx, rrx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let Ok(v) = serde_json::from_str::<Value>(&l) else {
+                    eprintln!("agent (not JSON): {l}");
+                    continue;
+                };
+                let msg = v["fields"]["message"].as_str().unwrap_or("");
+                if let Some(a) = v["fields"]["addr"].as_str() {
+                    let _ = rtx.send(Some(a.to_string()));
+                }
+                if msg.contains("agent running") {
+                    let _ = rtx.send(None);
+                }
+                log2.lock().unwrap().push(v);
+            }
+        });
+        let mut addr = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match rrx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Some(a)) => addr = Some(a),
+                Ok(None) => break,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("agent did not start within 30 s: {:?}", log.lock().unwrap());
+                }
+            }
+        }
+        Agent {
+            child,
+            findings,
+            log,
+            metrics_addr: addr.expect("no listen address logged"),
+        }
+    }
+
+    /// The next finding about `cgroup_id` or `container_id`.
+    fn finding(&self, pick: impl Fn(&Value) -> bool, timeout: Duration) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(v) = self.findings.recv_timeout(Duration::from_millis(50)) {
+                if pick(&v) {
+                    return Some(v);
+                }
+            }
+        }
+        None
+    }
+
+    /// The log as `time level message fields` lines, for failure messages.
+    fn log_text(&self) -> String {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                format!(
+                    "{} {} {}",
+                    v["timestamp"].as_str().unwrap_or(""),
+                    v["level"].as_str().unwrap_or(""),
+                    v["fields"]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn logged(&self, needle: &str) -> bool {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|v| v.to_string().contains(needle))
+    }
+
+    fn metrics(&self) -> BTreeMap<String, f64> {
+        let mut s = std::net::TcpStream::connect(&self.metrics_addr).expect("connect /metrics");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).unwrap();
+        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        body.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                l.rsplit_once(' ')
+                    .and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+            })
+            .collect()
+    }
+
+    fn stop(mut self) {
+        // SAFETY: plain syscall on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(st.success(), "agent exit status {st:?}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit within 15 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn metric(m: &BTreeMap<String, f64>, key: &str) -> f64 {
+    *m.get(key).unwrap_or_else(|| {
+        panic!(
+            "{key} missing from /metrics: {:?}",
+            m.keys().collect::<Vec<_>>()
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------
+// containerd restarted
+// ---------------------------------------------------------------------------
+
+/// The containerd process serving `ctd` (found by its config path).
+fn containerd_pid(ctd: &Containerd) -> Option<i32> {
+    let cfg = ctd.dir.join("config.toml").display().to_string();
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        let is = args.first().is_some_and(|a| a.ends_with(b"containerd"))
+            && args.contains(&cfg.as_bytes());
+        let state = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let zombie = state.rsplit(')').next()?.split_whitespace().next()? == "Z";
+        (is && !zombie).then_some(pid)
+    })
+}
+
+/// Starts containerd again with the harness's config (same root, state and
+/// socket), appending to its log; waits until it answers.
+fn restart_containerd(ctd: &Containerd) -> Child {
+    let log = fs::OpenOptions::new()
+        .append(true)
+        .open(ctd.dir.join("containerd.log"))
+        .unwrap();
+    let child = Command::new("containerd")
+        .arg("--config")
+        .arg(ctd.dir.join("config.toml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("restart containerd");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(ctd.socket.exists() && ctd.ctr_raw("default", &["version"]).status.success()) {
+        assert!(
+            Instant::now() < deadline,
+            "containerd did not come back:\n{}",
+            support::containerd::tail(&ctd.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// The restarted containerd, stopped last (after the harness cleaned up
+/// through it).
+struct Restarted(Option<Child>);
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn task_running(ctd: &Containerd, ns: &str, id: &str) -> bool {
+    let out = ctd.ctr_raw(ns, &["tasks", "ls"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(id) && l.contains("RUNNING"))
+}
+
+/// containerd stopped under a running agent, then started again.
+struct RestartScenario {
+    images: TestImages,
+    ctd: Containerd,
+    restarted: Restarted,
+    agent: Agent,
+    denied: TestCgroup,
+    sh: PathBuf,
+    /// When containerd answered again.
+    back: Instant,
+    /// Log entries before the restart.
+    log_mark: usize,
+}
+
+/// Starts containerd and the agent, stops containerd, checks that a denied
+/// cgroup stays enforced while it is down, and restarts it.
+fn containerd_restart(test: &str, down_for: Duration) -> Option<RestartScenario> {
+    if !privileged(test) {
+        return None;
+    }
+    if let Err(why) = support::containerd::preflight() {
+        support::skip_or_fail(test, &why);
+        return None;
+    }
+    let images = TestImages::build();
+    let ctd = Containerd::start();
+    ctd.import("default", &images);
+    let denied = TestCgroup::new("ctd-denied");
+    let sh = private_binary("ctd-sh", "/bin/sh");
+    let agent = Agent::start(&[
+        "--runtime-endpoint",
+        &ctd.endpoint(),
+        "--deny-cgroup",
+        denied.path.to_str().unwrap(),
+    ]);
+
+    // containerd goes away.
+    let pid = containerd_pid(&ctd).expect("containerd pid");
+    // SAFETY: the harness's containerd, found by its config.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while containerd_pid(&ctd).is_some() {
+        assert!(Instant::now() < deadline, "containerd did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let down_at = Instant::now();
+    // Enforcement does not depend on it.
+    for _ in 0..3 {
+        let st = denied
+            .command(&sh)
+            .arg("-c")
+            .arg("exit 0")
+            .status()
+            .unwrap();
+        assert_eq!(
+            st.signal(),
+            Some(libc::SIGKILL),
+            "denied exec while containerd is down: {st:?}"
+        );
+        let f = agent.finding(|v| v["cgroup_id"] == denied.id, Duration::from_secs(5));
+        assert!(
+            f.is_some_and(|f| f["action"] == "killed"),
+            "no finding while containerd is down"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !agent.logged("containerd subscribe") && !agent.logged("containerd event stream") {
+        assert!(
+            Instant::now() < deadline,
+            "the agent must say it lost containerd's event stream:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(down_for.saturating_sub(down_at.elapsed()));
+    let log_mark = agent.log.lock().unwrap().len();
+    // Dropped after the harness (which cleans up through it): see Drop order below.
+    let restarted = Restarted(Some(restart_containerd(&ctd)));
+    eprintln!("[timing] containerd down for {:?}", down_at.elapsed());
+    Some(RestartScenario {
+        images,
+        ctd,
+        restarted,
+        agent,
+        denied,
+        sh,
+        back: Instant::now(),
+        log_mark,
+    })
+}
+
+impl RestartScenario {
+    /// Waits until the agent has resubscribed after the restart: a
+    /// "resubscribing" line after `log_mark`, then a quiet second without a
+    /// subscribe error.
+    fn wait_resubscribed(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let log = self.agent.log.lock().unwrap();
+            let last_resub = log[self.log_mark..]
+                .iter()
+                .rposition(|v| v.to_string().contains("resubscribing to containerd events"));
+            if let Some(i) = last_resub {
+                let later_error = log[self.log_mark + i..]
+                    .iter()
+                    .any(|v| v.to_string().contains("containerd subscribe"));
+                let at = log[self.log_mark + i]["timestamp"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                drop(log);
+                if !later_error {
+                    std::thread::sleep(Duration::from_secs(1));
+                    let log = self.agent.log.lock().unwrap();
+                    if !log[self.log_mark + i..]
+                        .iter()
+                        .any(|v| v.to_string().contains("containerd subscribe"))
+                    {
+                        eprintln!("resubscribed at {at}");
+                        return true;
+                    }
+                }
+            } else {
+                drop(log);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    fn finish(self) {
+        let RestartScenario {
+            images,
+            ctd,
+            restarted,
+            agent,
+            denied,
+            ..
+        } = self;
+        agent.stop();
+        drop(denied);
+        // The harness first (it kills its containers through the restarted
+        // containerd), then the restarted containerd.
+        drop(ctd);
+        drop(restarted);
+        drop(images);
+    }
+}
+
+/// The agent keeps enforcing while containerd is down, says it lost the
+/// event stream, resubscribes, and stops an untrusted container started
+/// once it has resubscribed before its entrypoint runs (non-hex `ctr` ids
+/// are not held: only the event stream can announce them in time).
+#[test]
+fn containerd_restart_keeps_enforcing_and_resubscribes() {
+    let test = "containerd_restart_keeps_enforcing_and_resubscribes";
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(sc) = containerd_restart(test, Duration::ZERO) else {
+        return;
+    };
+    assert!(
+        sc.wait_resubscribed(Duration::from_secs(20)),
+        "the agent did not resubscribe:\n{}",
+        sc.agent.log_text()
+    );
+    eprintln!(
+        "[timing] containerd back -> agent resubscribed: {:?}",
+        sc.back.elapsed()
+    );
+    let (ctd, agent) = (&sc.ctd, &sc.agent);
+    let t = &ctd.token;
+    let bad = format!("after-restart-bad-{t}");
+    let good = format!("after-restart-good-{t}");
+    ctd.ctr_run("default", &bad, NGINX, &[]);
+    ctd.ctr_run("default", &good, ECR_NGINX, &[]);
+    assert!(
+        ctd.wait_marker(&good, Duration::from_secs(10)).is_some(),
+        "the trusted container did not run"
+    );
+    let f = agent.finding(|v| v["container_id"] == bad.as_str() && v["type"] == "exec", Duration::from_secs(10)).unwrap_or_else(|| {
+        panic!(
+            "no finding for the untrusted container started after the restart (marker written: {}); agent log:\n{}",
+            ctd.marker(&bad).exists(),
+            agent.log_text()
+        )
+    });
+    assert_eq!(
+        (f["verdict"].as_str(), f["action"].as_str()),
+        (Some("deny"), Some("killed")),
+        "{f}"
+    );
+    assert_eq!(f["image"], NGINX, "{f}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !ctd.marker(&bad).exists(),
+        "the untrusted entrypoint ran after the containerd restart: {f}"
+    );
+    assert!(!task_running(ctd, "default", &bad));
+    assert!(task_running(ctd, "default", &good));
+    // Still enforcing the denied cgroup.
+    let st = sc
+        .denied
+        .command(&sc.sh)
+        .arg("-c")
+        .arg("exit 0")
+        .status()
+        .unwrap();
+    assert_eq!(st.signal(), Some(libc::SIGKILL));
+    sc.finish();
+}
+
+/// BUG (reported): events that containerd emits between its restart and
+/// the agent's resubscription are lost, and nothing catches up until the
+/// next periodic resync (`--resync-interval`, 30 s by default). With
+/// containerd down for 3 s (a realistic restart), the forwarder's doubling
+/// backoff (0.2 s .. 10 s) next retries ~3 s after containerd is back; an
+/// untrusted container started right away, as the kubelet does, runs its
+/// entrypoint unseen and keeps running for up to 30 s (seen: marker
+/// written, no finding within 15 s). Fix in `agent/src/controller.rs`
+/// `forward_containerd_events`: after every successful (re)subscription,
+/// have the controller loop resync at once (e.g. a "resynced needed"
+/// message on the runtime event channel, or a `Notify`), so that what was
+/// created in the gap is classified, and a denied container killed, within
+/// a resync's latency; and while disconnected retry on a short fixed period
+/// (e.g. 200 ms) instead of doubling up to 10 s.
+#[test]
+#[ignore = "BUG: containers created while the agent is resubscribing to containerd are missed until the 30 s resync (reported)"]
+fn containerd_restart_gap_is_caught_up_promptly() {
+    let test = "containerd_restart_gap_is_caught_up_promptly";
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(sc) = containerd_restart(test, Duration::from_secs(3)) else {
+        return;
+    };
+    let (ctd, agent) = (&sc.ctd, &sc.agent);
+    let bad = format!("gap-bad-{}", ctd.token);
+    // Right away, as a kubelet would.
+    ctd.ctr_run("default", &bad, NGINX, &[]);
+    let f = agent.finding(
+        |v| v["container_id"] == bad.as_str() && v["action"] == "killed",
+        Duration::from_secs(10),
+    );
+    let ran = ctd.marker(&bad).exists();
+    let f = f.unwrap_or_else(|| {
+        panic!(
+            "the container started in the resubscription gap was not stopped within 10 s (entrypoint ran: {ran}):\n{}",
+            agent.log_text()
+        )
+    });
+    eprintln!(
+        "gap container stopped ({}), entrypoint ran: {ran}",
+        f["type"]
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!task_running(ctd, "default", &bad));
+    sc.finish();
+}
+
+// ---------------------------------------------------------------------------
+// ring-buffer overflow
+// ---------------------------------------------------------------------------
+
+struct Overflow {
+    metrics_before: BTreeMap<String, f64>,
+    metrics_after: BTreeMap<String, f64>,
+    denied_execs: u64,
+    flood_execs: u64,
+    agent: Agent,
+}
+
+/// A one-page ring buffer and a frozen agent: 300 execs and 50 denied ones
+/// overflow it. Returns what /metrics said before and after.
+fn overflow_scenario(denied: &TestCgroup, other: &TestCgroup) -> Overflow {
+    let agent = Agent::start(&[
+        "--ringbuf-bytes",
+        "4096",
+        "--deny-cgroup",
+        denied.path.to_str().unwrap(),
+    ]);
+    let t = private_binary("flood-true", "/bin/true");
+    let metrics_before = agent.metrics();
+    // SAFETY: plain syscall on our child: the agent stops reading.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGSTOP) };
+    let (mut denied_execs, mut flood_execs) = (0, 0);
+    for i in 0..350 {
+        if i % 7 == 0 {
+            let st = denied.command(&t).status().unwrap();
+            assert_eq!(
+                st.signal(),
+                Some(libc::SIGKILL),
+                "denied exec {i} while events are dropped: {st:?}"
+            );
+            denied_execs += 1;
+        } else {
+            assert!(other.command(&t).status().unwrap().success());
+            flood_execs += 1;
+        }
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGCONT) };
+    std::thread::sleep(Duration::from_millis(300));
+    let metrics_after = agent.metrics();
+    Overflow {
+        metrics_before,
+        metrics_after,
+        denied_execs,
+        flood_execs,
+        agent,
+    }
+}
+
+#[test]
+fn ringbuf_overflow_keeps_killing_and_counts_the_drops() {
+    let test = "ringbuf_overflow_keeps_killing_and_counts_the_drops";
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !privileged(test) {
+        return;
+    }
+    let denied = TestCgroup::new("flood-denied");
+    let other = TestCgroup::new("flood-other");
+    let o = overflow_scenario(&denied, &other);
+    let (b, a) = (&o.metrics_before, &o.metrics_after);
+    let drops =
+        metric(a, "imagewarden_ringbuf_drops_total") - metric(b, "imagewarden_ringbuf_drops_total");
+    let kills = metric(a, "imagewarden_kills_total{mechanism=\"kernel_signal\"}")
+        - metric(b, "imagewarden_kills_total{mechanism=\"kernel_signal\"}");
+    let execs =
+        metric(a, "imagewarden_kernel_execs_total") - metric(b, "imagewarden_kernel_execs_total");
+    let total = (o.denied_execs + o.flood_execs) as f64;
+    eprintln!(
+        "overflow: {total} execs of ours, kernel saw {execs}, dropped {drops}, killed {kills}"
+    );
+    assert_eq!(
+        kills, o.denied_execs as f64,
+        "every denied exec killed in the kernel, events or not"
+    );
+    // One page holds about a dozen 320-byte events; the rest is counted.
+    assert!(
+        drops >= total - 16.0,
+        "lost events must be counted: {drops} of {total}"
+    );
+    assert!(execs >= total);
+    // The agent reads again: a new denied exec is reported.
+    let t = private_binary("flood-true", "/bin/true");
+    let st = denied.command(&t).status().unwrap();
+    assert_eq!(st.signal(), Some(libc::SIGKILL));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = false;
+    while !seen && Instant::now() < deadline {
+        seen = o
+            .agent
+            .finding(
+                |v| v["cgroup_id"] == denied.id && v["action"] == "killed",
+                Duration::from_millis(200),
+            )
+            .is_some();
+    }
+    assert!(seen, "no finding after the agent resumed");
+    o.agent.stop();
+}
+
+/// BUG (reported): the agent counts ring-buffer drops (/metrics) but never
+/// says so in its log while running (only in the "stopped" line at exit),
+/// unlike runtime event drops, which it warns about. Expected: a warning
+/// with the number of exec events lost, rate-limited (e.g. on the resync or
+/// health tick in `cmd_run::run`, comparing `KernelCounters::ringbuf_drops`
+/// and `ReaderStats::channel_drops` with the last values seen).
+#[test]
+#[ignore = "BUG: ring-buffer drops are counted but never logged while the agent runs (reported)"]
+fn ringbuf_overflow_is_logged() {
+    let test = "ringbuf_overflow_is_logged";
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !privileged(test) {
+        return;
+    }
+    let denied = TestCgroup::new("flood-log-denied");
+    let other = TestCgroup::new("flood-log-other");
+    let o = overflow_scenario(&denied, &other);
+    let deadline = Instant::now() + Duration::from_secs(35);
+    while Instant::now() < deadline
+        && !o
+            .agent
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|v| v["level"] == "WARN" && v.to_string().contains("drop"))
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = o.agent.log.lock().unwrap().clone();
+    assert!(
+        log.iter()
+            .any(|v| v["level"] == "WARN" && v.to_string().contains("drop")),
+        "no warning about lost exec events in the log: {log:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// slow findings sink
+// ---------------------------------------------------------------------------
+
+/// An HTTP server on 127.0.0.1 that takes `delay` per request while `slow`
+/// is set, and counts the finding lines it received.
+fn slow_webhook(
+    slow: Arc<AtomicBool>,
+    delay: Duration,
+) -> (String, Arc<AtomicU64>, Arc<AtomicU64>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let lines = Arc::new(AtomicU64::new(0));
+    let requests = Arc::new(AtomicU64::new(0));
+    let (lines2, requests2) = (lines.clone(), requests.clone());
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let (slow, lines, requests) = (slow.clone(), lines2.clone(), requests2.clone());
+            std::thread::spawn(move || {
+                let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                loop {
+                    // One request: headers, then Content-Length bytes.
+                    let mut len = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    if slow.load(Ordering::SeqCst) {
+                        std::thread::sleep(delay);
+                    }
+                    lines.fetch_add(
+                        body.split(|&b| b == b'\n')
+                            .filter(|l| !l.is_empty())
+                            .count() as u64,
+                        Ordering::SeqCst,
+                    );
+                    if c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, lines, requests)
+}
+
+#[test]
+fn slow_webhook_never_delays_kills_and_drops_are_counted() {
+    let test = "slow_webhook_never_delays_kills_and_drops_are_counted";
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !privileged(test) {
+        return;
+    }
+    let slow = Arc::new(AtomicBool::new(true));
+    let (addr, delivered, requests) = slow_webhook(slow.clone(), Duration::from_secs(3));
+    let denied = TestCgroup::new("webhook-denied");
+    let url = format!("http://{addr}/findings");
+    let agent = Agent::start(&[
+        "--webhook-url",
+        &url,
+        "--deny-cgroup",
+        denied.path.to_str().unwrap(),
+    ]);
+    let before = agent.metrics();
+    let t = private_binary("webhook-true", "/bin/true");
+    // More findings than the webhook queue (1,024 lines) holds, from two
+    // threads, while the webhook sits on its first request.
+    const N: usize = 1600;
+    let t0 = Instant::now();
+    let worst = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut worst = Duration::ZERO;
+                    for _ in 0..N / 2 {
+                        let t1 = Instant::now();
+                        let st = denied.command(&t).status().unwrap();
+                        assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+                        worst = worst.max(t1.elapsed());
+                    }
+                    worst
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).max().unwrap()
+    });
+    let burst = t0.elapsed();
+    eprintln!("[timing] {N} denied execs in {burst:?}, slowest spawn-to-SIGKILL {worst:?}; webhook requests so far {}", requests.load(Ordering::SeqCst));
+    assert!(
+        worst < Duration::from_millis(500),
+        "a kill took {worst:?}: the sink must not be on the kill path"
+    );
+    // The stdout findings keep flowing while the webhook is stuck.
+    let mut printed = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while printed < N && Instant::now() < deadline {
+        if agent
+            .finding(|v| v["cgroup_id"] == denied.id, Duration::from_millis(100))
+            .is_some()
+        {
+            printed += 1;
+        }
+    }
+    assert_eq!(printed, N, "stdout findings must not wait for the webhook");
+    let m = agent.metrics();
+    let dropped = metric(&m, "imagewarden_sink_dropped_total{sink=\"webhook\"}")
+        - metric(&before, "imagewarden_sink_dropped_total{sink=\"webhook\"}");
+    let kills = metric(&m, "imagewarden_kills_total{mechanism=\"kernel_signal\"}")
+        - metric(
+            &before,
+            "imagewarden_kills_total{mechanism=\"kernel_signal\"}",
+        );
+    assert_eq!(kills, N as f64);
+    assert!(
+        dropped > 0.0,
+        "a full webhook queue must drop and count: {dropped}"
+    );
+    // The webhook recovers: every finding is delivered or counted as dropped.
+    slow.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut got, mut dropped_now) = (0, 0.0);
+    while Instant::now() < deadline {
+        got = delivered.load(Ordering::SeqCst);
+        dropped_now = metric(
+            &agent.metrics(),
+            "imagewarden_sink_dropped_total{sink=\"webhook\"}",
+        ) - metric(&before, "imagewarden_sink_dropped_total{sink=\"webhook\"}");
+        if got as f64 + dropped_now >= N as f64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("webhook: {got} delivered, {dropped_now} dropped (counted), of {N}");
+    assert_eq!(
+        got as f64 + dropped_now,
+        N as f64,
+        "every finding delivered or counted as dropped"
+    );
+    agent.stop();
+}
