@@ -23,7 +23,7 @@
 mod support;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     fs,
     io::{BufRead, BufReader, Read, Write},
     net::TcpListener,
@@ -42,6 +42,10 @@ use std::{
 
 use serde_json::Value;
 use support::containerd::{Containerd, TestImages, ECR_NGINX, NGINX};
+
+/// No container runtime for the agents that do not need one (whatever runs
+/// on the machine stays out of the test).
+const NO_RUNTIME: &str = "unix:///nonexistent.sock";
 
 /// One agent at a time: they count kernel-wide events.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -634,10 +638,14 @@ struct Overflow {
     agent: Agent,
 }
 
-/// A one-page ring buffer and a frozen agent: 300 execs and 50 denied ones
-/// overflow it. Returns what /metrics said before and after.
+/// A one-page ring buffer, every exec emitted (`--all-execs`) and a frozen
+/// agent: 300 execs and 50 denied ones overflow it. Returns what /metrics said before and after.
 fn overflow_scenario(denied: &TestCgroup, other: &TestCgroup) -> Overflow {
     let agent = Agent::start(&[
+        "--runtime-endpoint",
+        NO_RUNTIME,
+        // Every exec into the ring buffer, as on a node where all are reported.
+        "--all-execs",
         "--ringbuf-bytes",
         "4096",
         "--deny-cgroup",
@@ -766,23 +774,22 @@ fn ringbuf_overflow_is_logged() {
 // slow findings sink
 // ---------------------------------------------------------------------------
 
-/// An HTTP server on 127.0.0.1 that takes `delay` per request while `slow`
-/// is set, and counts the finding lines it received.
-fn slow_webhook(
-    slow: Arc<AtomicBool>,
-    delay: Duration,
-) -> (String, Arc<AtomicU64>, Arc<AtomicU64>) {
+/// An HTTP server on 127.0.0.1 that reads each request and, while `stuck`
+/// is set, does not answer (the agent's POST times out and retries);
+/// afterwards it answers at once. It records every distinct finding line it
+/// received (a retried batch arrives twice).
+fn stuck_webhook(stuck: Arc<AtomicBool>) -> (String, Arc<Mutex<HashSet<Vec<u8>>>>, Arc<AtomicU64>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
-    let lines = Arc::new(AtomicU64::new(0));
+    let lines = Arc::new(Mutex::new(HashSet::new()));
     let requests = Arc::new(AtomicU64::new(0));
     let (lines2, requests2) = (lines.clone(), requests.clone());
     std::thread::spawn(move || {
         for conn in l.incoming() {
             let Ok(mut c) = conn else { continue };
-            let (slow, lines, requests) = (slow.clone(), lines2.clone(), requests2.clone());
+            let (stuck, lines, requests) = (stuck.clone(), lines2.clone(), requests2.clone());
             std::thread::spawn(move || {
-                let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+                let _ = c.set_read_timeout(Some(Duration::from_secs(60)));
                 let mut r = BufReader::new(c.try_clone().unwrap());
                 loop {
                     // One request: headers, then Content-Length bytes.
@@ -805,15 +812,16 @@ fn slow_webhook(
                         return;
                     }
                     requests.fetch_add(1, Ordering::SeqCst);
-                    if slow.load(Ordering::SeqCst) {
-                        std::thread::sleep(delay);
+                    {
+                        let mut set = lines.lock().unwrap();
+                        for l in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                            set.insert(l.to_vec());
+                        }
                     }
-                    lines.fetch_add(
-                        body.split(|&b| b == b'\n')
-                            .filter(|l| !l.is_empty())
-                            .count() as u64,
-                        Ordering::SeqCst,
-                    );
+                    let until = Instant::now() + Duration::from_secs(60);
+                    while stuck.load(Ordering::SeqCst) && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
                     if c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
                         .is_err()
                     {
@@ -826,6 +834,10 @@ fn slow_webhook(
     (addr, lines, requests)
 }
 
+/// A findings webhook that stops answering: kills stay immediate (the sink
+/// is not on the kill path), stdout findings keep flowing, the webhook's
+/// bounded queue overflows and counts what it drops, and once the webhook
+/// answers again every finding has been delivered or counted as dropped.
 #[test]
 fn slow_webhook_never_delays_kills_and_drops_are_counted() {
     let test = "slow_webhook_never_delays_kills_and_drops_are_counted";
@@ -833,20 +845,26 @@ fn slow_webhook_never_delays_kills_and_drops_are_counted() {
     if !privileged(test) {
         return;
     }
-    let slow = Arc::new(AtomicBool::new(true));
-    let (addr, delivered, requests) = slow_webhook(slow.clone(), Duration::from_secs(3));
+    let stuck = Arc::new(AtomicBool::new(true));
+    let (addr, delivered, requests) = stuck_webhook(stuck.clone());
     let denied = TestCgroup::new("webhook-denied");
     let url = format!("http://{addr}/findings");
     let agent = Agent::start(&[
+        "--runtime-endpoint",
+        NO_RUNTIME,
         "--webhook-url",
         &url,
         "--deny-cgroup",
         denied.path.to_str().unwrap(),
     ]);
     let before = agent.metrics();
+    let dropped_since = |m: &BTreeMap<String, f64>| {
+        metric(m, "imagewarden_sink_dropped_total{sink=\"webhook\"}")
+            - metric(&before, "imagewarden_sink_dropped_total{sink=\"webhook\"}")
+    };
     let t = private_binary("webhook-true", "/bin/true");
-    // More findings than the webhook queue (1,024 lines) holds, from two
-    // threads, while the webhook sits on its first request.
+    // More findings than the webhook queue (1,024 lines) and one batch
+    // (256) hold, from two threads, while the webhook does not answer.
     const N: usize = 1600;
     let t0 = Instant::now();
     let worst = std::thread::scope(|s| {
@@ -867,11 +885,13 @@ fn slow_webhook_never_delays_kills_and_drops_are_counted() {
         hs.into_iter().map(|h| h.join().unwrap()).max().unwrap()
     });
     let burst = t0.elapsed();
-    eprintln!("[timing] {N} denied execs in {burst:?}, slowest spawn-to-SIGKILL {worst:?}; webhook requests so far {}", requests.load(Ordering::SeqCst));
-    assert!(
-        worst < Duration::from_millis(500),
-        "a kill took {worst:?}: the sink must not be on the kill path"
+    eprintln!(
+        "[timing] {N} denied execs in {burst:?}, slowest spawn-to-SIGKILL {worst:?}; webhook requests so far {}",
+        requests.load(Ordering::SeqCst)
     );
+    // A webhook attempt waits 5 s: a kill anywhere near that would mean
+    // the sink sits on the kill path.
+    assert!(worst < Duration::from_secs(2), "a kill took {worst:?}");
     // The stdout findings keep flowing while the webhook is stuck.
     let mut printed = 0;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -885,8 +905,6 @@ fn slow_webhook_never_delays_kills_and_drops_are_counted() {
     }
     assert_eq!(printed, N, "stdout findings must not wait for the webhook");
     let m = agent.metrics();
-    let dropped = metric(&m, "imagewarden_sink_dropped_total{sink=\"webhook\"}")
-        - metric(&before, "imagewarden_sink_dropped_total{sink=\"webhook\"}");
     let kills = metric(&m, "imagewarden_kills_total{mechanism=\"kernel_signal\"}")
         - metric(
             &before,
@@ -894,29 +912,28 @@ fn slow_webhook_never_delays_kills_and_drops_are_counted() {
         );
     assert_eq!(kills, N as f64);
     assert!(
-        dropped > 0.0,
-        "a full webhook queue must drop and count: {dropped}"
+        dropped_since(&m) > 0.0,
+        "a full webhook queue must drop and count (burst took {burst:?})"
     );
-    // The webhook recovers: every finding is delivered or counted as dropped.
-    slow.store(false, Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (mut got, mut dropped_now) = (0, 0.0);
+    // The webhook answers again: every finding delivered or counted.
+    stuck.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut got, mut dropped) = (0, 0.0);
     while Instant::now() < deadline {
-        got = delivered.load(Ordering::SeqCst);
-        dropped_now = metric(
-            &agent.metrics(),
-            "imagewarden_sink_dropped_total{sink=\"webhook\"}",
-        ) - metric(&before, "imagewarden_sink_dropped_total{sink=\"webhook\"}");
-        if got as f64 + dropped_now >= N as f64 {
+        got = delivered.lock().unwrap().len();
+        dropped = dropped_since(&agent.metrics());
+        if got as f64 + dropped >= N as f64 {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!("webhook: {got} delivered, {dropped_now} dropped (counted), of {N}");
-    assert_eq!(
-        got as f64 + dropped_now,
-        N as f64,
-        "every finding delivered or counted as dropped"
+    eprintln!("webhook: {got} distinct lines delivered, {dropped} counted as dropped, of {N}");
+    assert!(got <= N, "more distinct findings than execs: {got}");
+    // A batch that timed out may still have reached the server before the
+    // agent gave up on it: then it is both delivered and counted.
+    assert!(
+        got as f64 + dropped >= N as f64,
+        "findings lost without being counted: {got} + {dropped} < {N}"
     );
     agent.stop();
 }
