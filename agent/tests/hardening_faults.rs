@@ -778,7 +778,10 @@ fn ringbuf_overflow_is_logged() {
 /// is set, does not answer (the agent's POST times out and retries);
 /// afterwards it answers at once. It records every distinct finding line it
 /// received (a retried batch arrives twice).
-fn stuck_webhook(stuck: Arc<AtomicBool>) -> (String, Arc<Mutex<HashSet<Vec<u8>>>>, Arc<AtomicU64>) {
+/// Distinct finding lines a test webhook received.
+type Received = Arc<Mutex<HashSet<Vec<u8>>>>;
+
+fn stuck_webhook(stuck: Arc<AtomicBool>) -> (String, Received, Arc<AtomicU64>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let lines = Arc::new(Mutex::new(HashSet::new()));
