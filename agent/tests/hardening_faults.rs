@@ -398,7 +398,9 @@ fn containerd_restart(test: &str, down_for: Duration) -> Option<RestartScenario>
     ctd.import("default", &images);
     let denied = TestCgroup::new("ctd-denied");
     let sh = private_binary("ctd-sh", "/bin/sh");
+    // --all-execs: allowed execs are printed too (the fileless check).
     let agent = Agent::start(&[
+        "--all-execs",
         "--runtime-endpoint",
         &ctd.endpoint(),
         "--deny-cgroup",
@@ -577,6 +579,38 @@ fn containerd_restart_keeps_enforcing_and_resubscribes() {
         .status()
         .unwrap();
     assert_eq!(st.signal(), Some(libc::SIGKILL));
+
+    // A fileless exec inside the (allowed) container: an unlinked copy of
+    // busybox exec'd through /proc/self/fd. Attributed to the container,
+    // flagged fileless (`--all-execs` prints allowed execs).
+    let script = "cp /bin/busybox /tmp/iw-fileless && exec 3</tmp/iw-fileless && rm /tmp/iw-fileless && exec /proc/self/fd/3";
+    let _ = ctd.ctr_raw(
+        "default",
+        &[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "fileless",
+            &good,
+            "/bin/sh",
+            "-c",
+            script,
+        ],
+    );
+    let f = agent
+        .finding(
+            |v| v["container_id"] == good.as_str() && v["filename"] == "/proc/self/fd/3",
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|| panic!("no finding for the fileless exec in the container"));
+    assert_eq!(f["fileless"], true, "{f}");
+    assert_eq!(
+        (f["verdict"].as_str(), f["action"].as_str()),
+        (Some("allow"), Some("none")),
+        "{f}"
+    );
+    assert_eq!(f["image"], ECR_NGINX, "{f}");
+    assert!(task_running(ctd, "default", &good));
     sc.finish();
 }
 
