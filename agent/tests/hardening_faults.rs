@@ -41,7 +41,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::containerd::{Containerd, TestImages, ECR_NGINX, NGINX};
+use support::containerd::{Containerd, TestImages, ECR_NGINX, MARKER_MOUNT, NGINX};
 
 /// No container runtime for the agents that do not need one (whatever runs
 /// on the machine stays out of the test).
@@ -362,6 +362,27 @@ impl Drop for Restarted {
     }
 }
 
+/// `ctr run -d` of an untrusted container, whatever ctr says: the kernel
+/// may kill the entrypoint while runc is still starting it, and ctr then
+/// reports a failure.
+fn ctr_run_denied(ctd: &Containerd, id: &str) {
+    let mount = format!(
+        "type=bind,src={},dst={MARKER_MOUNT},options=rbind:rw",
+        ctd.marker_dir.display()
+    );
+    let env = format!("IW_MARKER_NAME={id}");
+    let out = ctd.ctr_raw(
+        "default",
+        &["run", "-d", "--mount", &mount, "--env", &env, NGINX, id],
+    );
+    if !out.status.success() {
+        eprintln!(
+            "ctr run {id} (untrusted): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+}
+
 fn task_running(ctd: &Containerd, ns: &str, id: &str) -> bool {
     let out = ctd.ctr_raw(ns, &["tasks", "ls"]);
     String::from_utf8_lossy(&out.stdout)
@@ -544,7 +565,7 @@ fn containerd_restart_keeps_enforcing_and_resubscribes() {
     let t = &ctd.token;
     let bad = format!("after-restart-bad-{t}");
     let good = format!("after-restart-good-{t}");
-    ctd.ctr_run("default", &bad, NGINX, &[]);
+    ctr_run_denied(ctd, &bad);
     ctd.ctr_run("default", &good, ECR_NGINX, &[]);
     assert!(
         ctd.wait_marker(&good, Duration::from_secs(10)).is_some(),
@@ -639,7 +660,7 @@ fn containerd_restart_gap_is_caught_up_promptly() {
     let (ctd, agent) = (&sc.ctd, &sc.agent);
     let bad = format!("gap-bad-{}", ctd.token);
     // Right away, as a kubelet would.
-    ctd.ctr_run("default", &bad, NGINX, &[]);
+    ctr_run_denied(ctd, &bad);
     let f = agent.finding(
         |v| v["container_id"] == bad.as_str() && v["action"] == "killed",
         Duration::from_secs(10),
