@@ -227,7 +227,10 @@ pub struct Config {
     pub off_cgroup_kn: u32,
     pub off_kernfs_node_name: u32,
     pub off_kernfs_node_parent: u32,
-    pub _pad: u32,
+    /// 1: emit every exec; 0: only those user space acts on (deny, audit,
+    /// hold, killed, fileless). Routine execs then cost no ring-buffer
+    /// submit and no wake-up of user space (see docs/benchmarks.md).
+    pub emit_all: u32,
 }
 
 pub const CONFIG_MAGIC: u32 = 0x1a6e_3a2d;

@@ -50,6 +50,13 @@ static NAME_VERDICTS: HashMap<CgroupKey, u32> = HashMap::with_max_entries(65_536
 #[map]
 static CGROUP_NAMES: LruHashMap<u64, CgroupKey> = LruHashMap::with_max_entries(16_384, 0);
 
+/// Parent cgroup names under which every child is a container (containerd
+/// namespaces: `ctr run` puts a container in `/<namespace>/<id>`, whose id
+/// need not look like one). An unclassified child of such a parent is held
+/// like an unclassified container-id cgroup.
+#[map]
+static HOLD_PARENTS: HashMap<[u8; CGROUP_NAME_LEN], u32> = HashMap::with_max_entries(1024, 0);
+
 /// Per-CPU scratch space for a CgroupKey (192 bytes: kept off the stack).
 #[map]
 static SCRATCH: PerCpuArray<CgroupKey> = PerCpuArray::with_max_entries(1, 0);
@@ -102,7 +109,7 @@ fn verdict_of(cgroup_id: u64, cfg: &Config) -> u32 {
             let _ = CGROUP_NAMES.insert(&cgroup_id, &*key, 0);
             return *v;
         }
-        if (*key).leaf_looks_like_container() {
+        if (*key).leaf_looks_like_container() || HOLD_PARENTS.get(&(*key).parent).is_some() {
             let _ = CGROUP_NAMES.insert(&cgroup_id, &*key, 0);
             return cfg.unknown_container_verdict;
         }
@@ -257,6 +264,15 @@ fn on_exec(hk: u32, filename: impl FnOnce(&Config) -> Result<*const u8, i64>) ->
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let v = verdict_of(cgroup_id, cfg);
     let acted = act(v, cfg);
+    if cfg.emit_all == 0 && acted == 0 && (v == verdict::UNKNOWN || v == verdict::ALLOW) {
+        // A routine exec: user space only wants it if it runs a file with
+        // no name on disk.
+        // SAFETY: kernel memory read through probe helpers only.
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        if !matches!(unsafe { exe_nlink(task, cfg) }, Ok(0)) {
+            return Ok(0);
+        }
+    }
 
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count(counter::RINGBUF_DROPS);

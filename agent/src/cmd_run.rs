@@ -184,6 +184,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         try_lsm: true,
         hold_unknown_containers: !args.no_hold,
         pin_dir: (args.fail_mode == FailMode::Closed).then(|| crate::probes::pin_dir_under(&args.pin_dir)),
+        emit_all: args.all_execs,
     };
     let mut probes = Probes::load(&opts).context("loading the eBPF probes")?;
     metrics.set_enforcement(probes.enforcement, probes.exec_hook);
@@ -282,7 +283,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
                 ctrl.resync().await
             }
-            _ = hold_tick.tick(), if ctrl.has_holds() => ctrl.expire_holds(),
+            _ = hold_tick.tick(), if ctrl.has_holds() => ctrl.expire_holds().await,
             _ = health_tick.tick() => health.tick(),
             change = kube_changed(&mut kube) => match change {
                 KubeChange::Policy => {

@@ -84,6 +84,8 @@ pub struct Entry {
     /// The decision already reported as a finding.
     reported: Option<Decision>,
     killed: bool,
+    /// A `killed` container finding was printed.
+    kill_reported: bool,
 }
 
 impl Entry {
@@ -253,6 +255,7 @@ pub struct Controller {
     pub metrics: Option<crate::metrics::Metrics>,
     /// Kubernetes mode: the Pod spec behind a runtime container.
     pub pod_lookup: Option<PodLookup>,
+    hold_parents: std::collections::HashSet<String>,
 }
 
 impl Controller {
@@ -278,6 +281,7 @@ impl Controller {
             static_attributions: HashMap::new(),
             metrics: None,
             pod_lookup: None,
+            hold_parents: Default::default(),
         }
     }
 
@@ -301,6 +305,17 @@ impl Controller {
         let mut complete = true;
         use crate::metrics::Source;
         if let Some(c) = &self.containerd {
+            // Children of a containerd namespace's cgroup are its containers:
+            // hold any the agent has not classified yet (kernel side).
+            if let Ok(nss) = c.namespaces().await {
+                for ns in nss {
+                    if self.hold_parents.insert(ns.clone()) {
+                        if let Err(e) = self.probes.add_hold_parent(&ns) {
+                            warn!(namespace = %ns, "hold parent: {e}");
+                        }
+                    }
+                }
+            }
             let r = c.list_all().await;
             self.source_up(Source::RuntimeContainerd, r.is_ok());
             match r {
@@ -400,6 +415,7 @@ impl Controller {
             decision: decision.clone(),
             reported: None,
             killed: false,
+            kill_reported: false,
         });
         let mut fresh = info;
         merge(&mut fresh, &e.info);
@@ -457,7 +473,9 @@ impl Controller {
         } else if e.killed {
             action = "killed";
         }
-        if e.reported.as_ref() != Some(&e.decision) || action == "killed" && !matches!(&e.reported, Some(d) if d.kernel == verdict::DENY && e.killed) {
+        let newly_killed = action == "killed" && !e.kill_reported;
+        if e.reported.as_ref() != Some(&e.decision) || newly_killed {
+            e.kill_reported |= action == "killed";
             let show = v != verdict::ALLOW || self.cfg.all_execs;
             if show {
                 let f = Finding::container(
@@ -625,12 +643,21 @@ impl Controller {
         }
     }
 
-    /// Kills held cgroups that nobody could classify in time (fail closed).
-    pub fn expire_holds(&mut self) {
+    /// Kills held cgroups that nobody could classify in time (fail closed),
+    /// after one last look at the runtimes: an approved container must never
+    /// be killed because the agent was slow.
+    pub async fn expire_holds(&mut self) {
         let now = Instant::now();
-        let expired: Vec<u64> =
-            self.held.iter().filter(|(_, h)| now.duration_since(h.since) >= self.cfg.hold_timeout).map(|(id, _)| *id).collect();
-        for id in expired {
+        let expired: Vec<(u64, Option<u32>)> = self
+            .held
+            .iter()
+            .filter(|(_, h)| now.duration_since(h.since) >= self.cfg.hold_timeout)
+            .map(|(id, h)| (*id, h.pids.first().copied()))
+            .collect();
+        for (id, pid) in expired {
+            if let Some(pid) = pid {
+                self.resolve_held(id, pid).await;
+            }
             let Some(h) = self.held.remove(&id) else { continue };
             let dir = h.pids.first().and_then(|p| cgroup2_dir_of_pid(&self.cfg.cgroup2, *p).ok());
             let _ = self.probes.set_verdict(id, verdict::DENY);

@@ -30,10 +30,17 @@ fn main() {
                     std::process::exit(2);
                 }
             };
-            match rt.block_on(imagewarden::cmd_run::run(args)) {
-                Ok(()) => 0,
-                Err(e) => {
+            // On a worker, not in block_on: the main thread is not a tokio
+            // worker, and every wake-up across it costs a thread hand-off
+            // (measured: docs/benchmarks.md).
+            match rt.block_on(async { tokio::spawn(imagewarden::cmd_run::run(args)).await }) {
+                Ok(Ok(())) => 0,
+                Ok(Err(e)) => {
                     eprintln!("imagewarden: {e:#}");
+                    2
+                }
+                Err(e) => {
+                    eprintln!("imagewarden: the agent task failed: {e}");
                     2
                 }
             }

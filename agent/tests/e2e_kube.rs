@@ -129,7 +129,7 @@ fn kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_th
     rt.block_on(async {
         let cri = CriClient::connect(&ctd.endpoint()).await.expect("CRI");
         let (_, ok_id) = ctd.cri_run_pod(&cri, "web-ecr", "prod", &uid_ok, "nginx", ECR_NGINX, &format!("k-ok-{t}")).await;
-        let (_, bad_id) = ctd.cri_run_pod(&cri, "web-hub", "prod", &uid_bad, "nginx", NGINX, &format!("k-bad-{t}")).await;
+        let (_, bad_id) = ctd.cri_run_pod_opt(&cri, "web-hub", "prod", &uid_bad, "nginx", NGINX, &format!("k-bad-{t}"), true).await;
         let (_, ghost_id) = ctd.cri_run_pod(&cri, "ghost", "prod", &uid_ghost, "nginx", ECR_NGINX, &format!("k-ghost-{t}")).await;
         assert!(ctd.wait_marker(&format!("k-ok-{t}"), Duration::from_secs(10)).is_some(), "the allowed Pod did not run");
 

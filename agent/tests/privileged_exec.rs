@@ -403,3 +403,42 @@ fn announced_names_are_enforced_and_unknown_containers_held() {
     drop(probes);
     let _ = fs::remove_dir_all(dir);
 }
+
+/// Without --all-execs the kernel emits only what user space acts on:
+/// routine execs cost no ring-buffer submit; denied and fileless ones still
+/// arrive, and every exec is still counted.
+#[test]
+fn routine_execs_are_counted_but_not_emitted_unless_asked() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !privileged() {
+        return;
+    }
+    let (mut probes, ring) = load(ProbeOptions { emit_all: false, ..Default::default() });
+    let mut events = Events::new(ring);
+    let routine = TestCgroup::new("routine");
+    let denied = TestCgroup::new("quiet-denied");
+    probes.set_verdict(denied.id, verdict::DENY).unwrap();
+    let c0 = probes.counters().unwrap();
+    for _ in 0..20 {
+        assert!(routine.command(Path::new("/bin/true")).status().unwrap().success());
+    }
+    assert!(denied.command(Path::new("/bin/true")).status().unwrap().success(), "audit mode: runs");
+    // A fileless exec in the routine cgroup is still emitted.
+    let name = std::ffi::CString::new("iw-quiet-memfd").unwrap();
+    // SAFETY: valid C string; the child inherits the fd.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    assert!(fd >= 0);
+    // SAFETY: we own fd.
+    let mut f = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    f.write_all(&fs::read("/bin/true").unwrap()).unwrap();
+    assert!(routine.command(Path::new(&format!("/proc/self/fd/{fd}"))).status().unwrap().success());
+    drop(f);
+
+    let d = events.take(denied.id, 1);
+    assert_eq!(d.len(), 1, "denied exec must be emitted: {d:?}");
+    let r = events.take(routine.id, 1);
+    assert_eq!(r.len(), 1, "only the fileless exec of the routine cgroup is emitted: {r:?}");
+    assert!(r[0].fileless, "{:?}", r[0]);
+    let c1 = probes.counters().unwrap();
+    assert!(c1.execs - c0.execs >= 22, "every exec is counted: {c0:?} -> {c1:?}");
+}

@@ -123,10 +123,13 @@ pub struct ProbeOptions {
     /// so that the kernel keeps enforcing when the agent dies, and a
     /// restarted agent takes over the same state. `None`: fail open.
     pub pin_dir: Option<std::path::PathBuf>,
+    /// Emit every exec into the ring buffer; otherwise only those user space
+    /// acts on (deny, audit, hold, kill, fileless).
+    pub emit_all: bool,
 }
 
 /// Maps that survive an agent restart in fail-closed mode.
-pub const PINNED_MAPS: &[&str] = &["VERDICTS", "NAME_VERDICTS", "CGROUP_NAMES", "CONFIG"];
+pub const PINNED_MAPS: &[&str] = &["VERDICTS", "NAME_VERDICTS", "CGROUP_NAMES", "HOLD_PARENTS", "CONFIG"];
 
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/imagewarden";
 
@@ -178,7 +181,7 @@ enum Attached {
 
 impl Default for ProbeOptions {
     fn default() -> Self {
-        Self { ringbuf_bytes: 1 << 22, hook: HookChoice::Auto, enforce: false, try_lsm: true, hold_unknown_containers: true, pin_dir: None }
+        Self { ringbuf_bytes: 1 << 22, hook: HookChoice::Auto, enforce: false, try_lsm: true, hold_unknown_containers: true, pin_dir: None, emit_all: true }
     }
 }
 
@@ -200,6 +203,7 @@ pub struct Probes {
     verdicts: HashMap<MapData, u64, u32>,
     name_verdicts: HashMap<MapData, CgroupKey, u32>,
     cgroup_names: HashMap<MapData, u64, CgroupKey>,
+    hold_parents: HashMap<MapData, [u8; agent_common::CGROUP_NAME_LEN], u32>,
     counters: CounterReader,
     config_map: Array<MapData, Config>,
     config: Config,
@@ -285,6 +289,7 @@ impl Probes {
 
         let mut cfg = Config { magic: CONFIG_MAGIC, default_verdict: verdict::UNKNOWN, ..Default::default() };
         cfg.enforce = opts.enforce as u32;
+        cfg.emit_all = opts.emit_all as u32;
         cfg.unknown_container_verdict =
             if opts.hold_unknown_containers { verdict::HOLD } else { verdict::UNKNOWN };
         kernel_offsets(&mut cfg)?;
@@ -321,6 +326,7 @@ impl Probes {
         let verdicts: HashMap<MapData, u64, u32> = take(&mut ebpf, "VERDICTS")?;
         let name_verdicts: HashMap<MapData, CgroupKey, u32> = take(&mut ebpf, "NAME_VERDICTS")?;
         let cgroup_names: HashMap<MapData, u64, CgroupKey> = take(&mut ebpf, "CGROUP_NAMES")?;
+        let hold_parents = take(&mut ebpf, "HOLD_PARENTS")?;
         let counters = CounterReader(std::sync::Arc::new(take(&mut ebpf, "COUNTERS")?));
         let events: RingBuf<MapData> = take(&mut ebpf, "EVENTS")?;
 
@@ -398,8 +404,14 @@ impl Probes {
             // a second set of programs attached: remove them.
             let old = default_pin_dir();
             if old.join("exec_link").exists() {
-                warn!(dir = %old.display(), "removing a previous agent's pinned programs (running fail-open now)");
-                remove_pins(&old);
+                // Only a dead agent's: a live one holds the lock.
+                match PinLock::acquire(&old) {
+                    Ok(_lock) => {
+                        warn!(dir = %old.display(), "removing a previous agent's pinned programs (running fail-open now)");
+                        remove_pins(&old);
+                    }
+                    Err(e) => warn!("leaving pinned programs alone: {e}"),
+                }
             }
         }
         info!(exec_hook = exec_hook.as_str(), enforcement = enforcement.as_str(), "eBPF programs attached");
@@ -407,6 +419,7 @@ impl Probes {
             verdicts,
             name_verdicts,
             cgroup_names,
+            hold_parents,
             counters,
             config_map,
             config: cfg,
@@ -489,6 +502,13 @@ impl Probes {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(ProbeError::Map("NAME_VERDICTS", e.to_string())),
         }
+    }
+
+    /// Every unclassified child cgroup of `parent` is held (containerd
+    /// namespaces, whose container ids need not look like ids).
+    pub fn add_hold_parent(&mut self, parent: &str) -> Result<(), ProbeError> {
+        let key = CgroupKey::new(parent.as_bytes(), b"");
+        self.hold_parents.insert(key.parent, 1, 0).map_err(|e| ProbeError::Map("HOLD_PARENTS", e.to_string()))
     }
 
     /// The names the kernel saw for a cgroup it decided by name or held.

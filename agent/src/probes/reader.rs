@@ -37,8 +37,14 @@ pub async fn pump(
         .map_err(|e| e.into_parts().1)?;
     loop {
         let mut guard = fd.readable_mut().await?;
+        // Clear readiness BEFORE draining. The kernel wakes the reader only
+        // when it has consumed everything before the new record; a record
+        // that lands between the last `next()` and a later `clear_ready()`
+        // would lose its wake-up, and with it every wake-up after it (the
+        // reader would stall for good). Cleared first, such a record is
+        // either drained below or sets readiness again.
+        guard.clear_ready();
         let ring = guard.get_inner_mut();
-        let mut closed = false;
         while let Some(item) = ring.next() {
             stats.received.fetch_add(1, Ordering::Relaxed);
             match decode(&item) {
@@ -47,10 +53,7 @@ pub async fn pump(
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         stats.channel_drops.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        closed = true;
-                        break;
-                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
                 },
                 Err(e) => {
                     stats.decode_errors.fetch_add(1, Ordering::Relaxed);
@@ -58,10 +61,6 @@ pub async fn pump(
                 }
             }
         }
-        if closed {
-            return Ok(());
-        }
-        guard.clear_ready();
     }
 }
 

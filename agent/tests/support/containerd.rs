@@ -481,6 +481,19 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
     /// `ctr run -d`: starts a container of `image` with the marker
     /// directory bind-mounted; its marker file is named after `id`.
     pub fn ctr_run(&self, ns: &str, id: &str, image: &str, env: &[(&str, &str)]) {
+        let out = self.try_ctr_run(ns, id, image, env);
+        if !out.status.success() {
+            panic!(
+                "ctr -n {ns} run {id} failed: {}\n--- containerd log ---\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                tail(&self.log(), 40)
+            );
+        }
+    }
+
+    /// `ctr run -d` whatever its outcome (a denied container may be killed
+    /// while runc is still creating it).
+    pub fn try_ctr_run(&self, ns: &str, id: &str, image: &str, env: &[(&str, &str)]) -> Output {
         let mount = format!(
             "type=bind,src={},dst={MARKER_MOUNT},options=rbind:rw",
             self.marker_dir.display()
@@ -501,9 +514,9 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
         args.push(image.into());
         args.push(id.into());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.ctr(ns, &refs);
         self.remember_cgroup(format!("{ns}/{id}"));
         self.remember_cgroup(ns.to_string());
+        self.ctr_raw(ns, &refs)
     }
 
     /// `ctr tasks exec`: runs `cmd` in a running container, returns stdout.
@@ -560,6 +573,34 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
         container_name: &str,
         image: &str,
         marker_name: &str,
+    ) -> (String, String) {
+        self.cri_run_pod_opt(
+            cri,
+            pod_name,
+            pod_namespace,
+            pod_uid,
+            container_name,
+            image,
+            marker_name,
+            false,
+        )
+        .await
+    }
+
+    /// [`Self::cri_run_pod`]; with `tolerate_start_failure`, a failed
+    /// StartContainer is not a panic (a denied container may be killed while
+    /// runc is still creating it).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn cri_run_pod_opt(
+        &self,
+        cri: &CriClient,
+        pod_name: &str,
+        pod_namespace: &str,
+        pod_uid: &str,
+        container_name: &str,
+        image: &str,
+        marker_name: &str,
+        tolerate_start_failure: bool,
     ) -> (String, String) {
         let cgroup_parent = format!("/kubepods/besteffort/pod{pod_uid}");
         self.remember_cgroup(cgroup_parent.trim_start_matches('/').to_string());
@@ -653,9 +694,12 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
             "{}/{container_id}",
             cgroup_parent.trim_start_matches('/')
         ));
-        cri.start_container(&container_id)
-            .await
-            .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", tail(&self.log(), 40)));
+        if let Err(e) = cri.start_container(&container_id).await {
+            if !tolerate_start_failure {
+                panic!("StartContainer: {e}\n{}", tail(&self.log(), 40));
+            }
+            eprintln!("StartContainer {container_id} failed (tolerated): {e}");
+        }
         (sandbox_id, container_id)
     }
 
