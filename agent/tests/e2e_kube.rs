@@ -143,6 +143,19 @@ fn kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_th
         assert_eq!(f["type"], "container", "{f}");
         assert!(ctd.marker(&format!("k-ghost-{t}")).exists(), "an allowed image not in the API is reported, not killed");
         let _ = ok_id;
+
+        // Degraded: the API server goes away. The runtime and the kernel
+        // keep enforcing the last good policy; nothing restarts.
+        api.down();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (_, down_id) = ctd
+            .cri_run_pod_opt(&cri, "while-down", "prod", &format!("dddddddd-0000-0000-0000-{t:0>12}"), "nginx", NGINX, &format!("k-down-{t}"), true)
+            .await;
+        let f = find(&|v| v["container_id"] == down_id.as_str() && v["action"] == "killed", "a kill while the API is down");
+        assert_eq!(f["verdict"], "deny", "{f}");
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!ctd.marker(&format!("k-down-{t}")).exists(), "an untrusted entrypoint ran while the API was down");
+        api.up();
     });
 
     let events = wait_for("Events posted", Duration::from_secs(20), || {
