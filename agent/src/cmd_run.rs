@@ -212,9 +212,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (containerd, cri) = connect_runtimes(args.runtime_endpoint.as_deref()).await;
     let (rt_tx, mut rt_rx) = mpsc::channel(RUNTIME_EVENT_CAPACITY);
     let rt_drops = Arc::new(AtomicU64::new(0));
-    let forwarder = containerd
-        .clone()
-        .map(|c| tokio::spawn(controller::forward_containerd_events(c, rt_tx.clone(), rt_drops.clone())));
+    let resync_now = Arc::new(tokio::sync::Notify::new());
+    let forwarder = containerd.clone().map(|c| {
+        tokio::spawn(controller::forward_containerd_events(c, rt_tx.clone(), rt_drops.clone(), resync_now.clone()))
+    });
     drop(rt_tx);
 
     let cfg = ControllerConfig {
@@ -262,6 +263,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut health_tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut cross_tick = tokio::time::interval(crate::kube_run::CROSSCHECK_INTERVAL);
     let mut seen_rt_drops = 0;
+    let mut last_loss_check = Instant::now();
+    let mut seen_losses = (
+        ctrl.probes().counters().map(|k| k.ringbuf_drops).unwrap_or(0),
+        stats.channel_drops.load(Ordering::Relaxed),
+    );
     loop {
         tokio::select! {
             rec = rx.recv() => {
@@ -284,7 +290,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 ctrl.resync().await
             }
             _ = hold_tick.tick(), if ctrl.has_holds() => ctrl.expire_holds().await,
-            _ = health_tick.tick() => health.tick(),
+            _ = resync_now.notified() => ctrl.resync().await,
+            _ = health_tick.tick() => {
+                health.tick();
+                // Lost exec events are counted in /metrics; say so in the
+                // log too, at most once every 10 s.
+                if last_loss_check.elapsed() >= std::time::Duration::from_secs(10) {
+                    last_loss_check = Instant::now();
+                    let kernel = ctrl.probes().counters().map(|k| k.ringbuf_drops).unwrap_or(0);
+                    let channel = stats.channel_drops.load(Ordering::Relaxed);
+                    if kernel > seen_losses.0 || channel > seen_losses.1 {
+                        warn!(
+                            ringbuf_drops = kernel - seen_losses.0,
+                            channel_drops = channel - seen_losses.1,
+                            "exec events were dropped (ring buffer or pipeline full); kills in the kernel are unaffected"
+                        );
+                    }
+                    seen_losses = (kernel, channel);
+                }
+            }
             change = kube_changed(&mut kube) => match change {
                 KubeChange::Policy => {
                     if let Some(k) = kube.as_mut() {

@@ -788,14 +788,29 @@ fn process_stopped(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-/// Forwards a runtime's events into the controller's channel, resubscribing
-/// with backoff when the stream breaks.
-pub async fn forward_containerd_events(client: ContainerdClient, tx: mpsc::Sender<RuntimeEvent>, drops: std::sync::Arc<std::sync::atomic::AtomicU64>) {
-    let mut backoff = Duration::from_millis(200);
+/// Forwards a runtime's events into the controller's channel. When the
+/// stream breaks (containerd restarted), it retries every 200 ms, and after
+/// every re-subscription it asks the controller for a resync: what was
+/// created while nobody listened is classified at once, not at the next
+/// periodic resync.
+pub async fn forward_containerd_events(
+    client: ContainerdClient,
+    tx: mpsc::Sender<RuntimeEvent>,
+    drops: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    resync: std::sync::Arc<tokio::sync::Notify>,
+) {
+    const RETRY: Duration = Duration::from_millis(200);
+    let mut first = true;
+    let mut failing = false;
     loop {
         match client.subscribe().await {
             Ok(mut stream) => {
-                backoff = Duration::from_millis(200);
+                if !first {
+                    info!("resubscribed to containerd events; resyncing");
+                    resync.notify_one();
+                }
+                first = false;
+                failing = false;
                 loop {
                     match stream.next().await {
                         Ok(Some(ev)) => {
@@ -811,14 +826,18 @@ pub async fn forward_containerd_events(client: ContainerdClient, tx: mpsc::Sende
                     }
                 }
             }
-            Err(e) => warn!("containerd subscribe: {e}"),
+            Err(e) => {
+                if !failing {
+                    warn!("containerd subscribe: {e}; retrying every {RETRY:?}");
+                }
+                failing = true;
+                first = false;
+            }
         }
         if tx.is_closed() {
             return;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
-        info!("resubscribing to containerd events");
+        tokio::time::sleep(RETRY).await;
     }
 }
 
