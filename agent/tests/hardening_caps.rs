@@ -520,7 +520,6 @@ fn agent_without_bpf_capabilities_fails_clearly_and_each_listed_one_is_covered()
 /// failed to create map `CONFIG`: ... Operation not permitted (os error 1)"
 /// with no capability named.
 #[test]
-#[ignore = "BUG: Probes::load does not recognise EPERM from map creation, so the message names no capability (reported)"]
 fn missing_bpf_capability_is_named_in_the_error() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if !privileged() {

@@ -314,12 +314,7 @@ impl Probes {
         }
         let mut ebpf = loader
             .load(EBPF_OBJECT)
-            .map_err(|e| match &e {
-                aya::EbpfError::MapError(m) if m.to_string().contains("Operation not permitted") => {
-                    ProbeError::Permission(e.to_string())
-                }
-                _ => ProbeError::Load(e),
-            })?;
+            .map_err(|e| if is_eperm(&e) { ProbeError::Permission(e.to_string()) } else { ProbeError::Load(e) })?;
 
         let mut config_map: Array<MapData, Config> = take(&mut ebpf, "CONFIG")?;
         config_map.set(0, cfg, 0).map_err(|e| ProbeError::Map("CONFIG", e.to_string()))?;
@@ -566,6 +561,24 @@ pub fn cgroup_id_of(path: &Path) -> Result<u64, ProbeError> {
     std::fs::metadata(path)
         .map(|m| m.ino())
         .map_err(|source| ProbeError::Cgroup { path: path.display().to_string(), source })
+}
+
+/// Whether an error, or any error behind it, is EPERM (the errno of a map
+/// or program creation sits in the source chain, not in the message).
+fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.raw_os_error() == Some(libc::EPERM) {
+                return true;
+            }
+        }
+        if err.to_string().contains("Operation not permitted") {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Removes a pin directory: links (detaching them once no one holds them)
