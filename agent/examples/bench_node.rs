@@ -876,12 +876,14 @@ fn cost_per_exec(o: &Opts, exe: &Path) -> Value {
         drop(stats);
         let d = delta(&s0, &s1);
         let kernel_ns = d.prog_ns as f64 / d.prog_cnt.max(1) as f64;
-        let cpu_us = d.cpu_ns as f64 / d.events.max(1.0) / 1000.0;
+        // Per exec the kernel saw: without --all-execs most execs are never
+        // submitted to user space at all, which is the point.
+        let cpu_us = d.cpu_ns as f64 / (d.kernel_execs as f64).max(1.0) / 1000.0;
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        let ticks_us = d.ticks as f64 * 1e6 / hz / d.events.max(1.0);
+        let ticks_us = d.ticks as f64 * 1e6 / hz / (d.kernel_execs as f64).max(1.0);
         eprintln!(
-            "  {:>7}: probe {kernel_ns:.0} ns/exec over {} runs; agent {cpu_us:.2} us/event (schedstat), {ticks_us:.2} us/event (utime+stime) over {} events; idle agent {:.2} ms CPU/s",
+            "  {:>7}: probe {kernel_ns:.0} ns/exec over {} runs; agent {cpu_us:.2} us/exec (schedstat), {ticks_us:.2} us/exec (utime+stime) over {} events; idle agent {:.2} ms CPU/s",
             mode.as_str(),
             d.prog_cnt,
             d.events,
@@ -918,8 +920,10 @@ fn drops(o: &Opts, exe: &Path) -> Value {
         o.sustain_secs
     ));
     let mut res = serde_json::Map::new();
-    // Sustained: full speed first; if anything is lost, pace lower.
-    let a = Agent::start(&o.agent, Mode::Audit, &[]);
+    // Sustained: full speed first; if anything is lost, pace lower. With
+    // --all-execs every exec is an event (without it the kernel submits only
+    // what the agent acts on, and nothing could be dropped).
+    let a = Agent::start(&o.agent, Mode::Audit, &["--all-execs".into()]);
     sleep(Duration::from_millis(200));
     let workers = 2;
     let mut rate: Option<f64> = None;
@@ -991,7 +995,7 @@ fn drops(o: &Opts, exe: &Path) -> Value {
         let a = Agent::start(
             &o.agent,
             Mode::Audit,
-            &["--ringbuf-bytes".into(), ring_bytes.to_string()],
+            &["--all-execs".into(), "--ringbuf-bytes".into(), ring_bytes.to_string()],
         );
         sleep(Duration::from_millis(200));
         let s0 = snapshot(&a, false);
