@@ -319,6 +319,11 @@ fn killed_agent_keeps_enforcing_and_restart_takes_over_without_duplicates() {
     assert!(exec_program_ids().contains(&ids_a[0]));
 
     let mut b = start_agent(&cg, &[]);
+    // The kernel frees an unlinked program asynchronously: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while exec_program_ids().contains(&ids_a[0]) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let now = exec_program_ids();
     let ours: Vec<u64> = now.difference(&before).copied().collect();
     assert_eq!(ours.len(), 1, "exactly one exec program after the restart, got {ours:?}");
