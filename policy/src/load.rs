@@ -167,7 +167,70 @@ pub fn load_policy_file(path: impl AsRef<Path>) -> Result<PolicySet, PolicyError
 }
 
 /// Compiles policy text; `source_name` is used in messages (a file name).
+/// Deepest flow nesting (`{`, `[`) accepted: serde_yaml's own recursion
+/// limit. Checked before parsing, in linear time, because the YAML parser
+/// spends quadratic time on deep flow nesting before it reaches its limit.
+pub(crate) const MAX_FLOW_DEPTH: usize = 128;
+
+/// Where (1-based line, column) flow nesting first exceeds
+/// [`MAX_FLOW_DEPTH`], ignoring brackets in quoted scalars and comments.
+pub(crate) fn flow_depth_exceeded(text: &str) -> Option<(usize, usize)> {
+    let (mut depth, mut line, mut col) = (0usize, 1usize, 0usize);
+    let (mut single, mut double, mut comment, mut escaped) = (false, false, false, false);
+    let mut prev = '\n';
+    for c in text.chars() {
+        col += 1;
+        if c == '\n' {
+            line += 1;
+            col = 0;
+            comment = false;
+            prev = c;
+            continue;
+        }
+        if comment {
+            continue;
+        }
+        if double {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                double = false;
+            }
+        } else if single {
+            if c == '\'' {
+                single = false;
+            }
+        } else {
+            match c {
+                '#' if prev.is_whitespace() => comment = true,
+                '"' => double = true,
+                '\'' => single = true,
+                '{' | '[' => {
+                    depth += 1;
+                    if depth > MAX_FLOW_DEPTH {
+                        return Some((line, col));
+                    }
+                }
+                '}' | ']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        prev = c;
+    }
+    None
+}
+
 pub fn load_policy_str(text: &str, source_name: &str) -> Result<PolicySet, PolicyError> {
+    if let Some((line, column)) = flow_depth_exceeded(text) {
+        return Err(PolicyError::Syntax {
+            file: source_name.to_string(),
+            line,
+            column,
+            message: format!("recursion limit exceeded: flow nesting deeper than {MAX_FLOW_DEPTH} levels"),
+        });
+    }
     let mut set = PolicySet::new();
     let mut found = false;
     for (doc, first_line) in split_documents(text) {

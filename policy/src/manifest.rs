@@ -178,6 +178,14 @@ fn extract_object(
 
 /// Extracts the images of every workload of a multi-document YAML text.
 pub fn extract_images(text: &str, source_name: &str) -> Result<Manifest, ManifestError> {
+    if let Some((line, column)) = crate::load::flow_depth_exceeded(text) {
+        return Err(ManifestError::Syntax {
+            file: source_name.to_string(),
+            line,
+            column,
+            message: format!("recursion limit exceeded: flow nesting deeper than {} levels", crate::load::MAX_FLOW_DEPTH),
+        });
+    }
     let mut out = Manifest::default();
     for (doc, first_line) in split_documents(text) {
         let value: Value = serde_yaml::from_str(&doc).map_err(|e| {
