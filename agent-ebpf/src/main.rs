@@ -64,6 +64,19 @@ static SCRATCH: PerCpuArray<CgroupKey> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
+/// cgroup id -> (generation << 32 | verdict) for cgroups decided by name
+/// with the default verdict: routine host cgroups, which have no entry in
+/// VERDICTS. Caching them spares every later exec there the name lookup
+/// (the probe's costliest part). An entry is valid only while its
+/// generation equals NAME_GEN[0], which user space increments after every
+/// change to NAME_VERDICTS, HOLD_PARENTS or CONFIG. Not pinned: a new
+/// agent starts with an empty cache and its own generation.
+#[map]
+static DECIDED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
+
+#[map]
+static NAME_GEN: Array<u32> = Array::with_max_entries(1, 0);
+
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
@@ -95,6 +108,21 @@ fn verdict_of(cgroup_id: u64, cfg: &Config) -> u32 {
     if let Some(v) = unsafe { VERDICTS.get(&cgroup_id) } {
         return *v;
     }
+    // Read the generation before the names are looked up: a change made by
+    // user space after this point bumps it, so the entry written below
+    // cannot outlive that change.
+    let gen = match NAME_GEN.get_ptr(0) {
+        // SAFETY: array slot; a torn read is impossible for an aligned u32.
+        Some(p) => unsafe { core::ptr::read_volatile(p) },
+        None => return cfg.default_verdict,
+    };
+    // SAFETY: the value is a plain u64 copied out immediately.
+    if let Some(d) = unsafe { DECIDED.get(&cgroup_id) } {
+        let d = *d;
+        if (d >> 32) as u32 == gen {
+            return d as u32;
+        }
+    }
     let Some(key) = SCRATCH.get_ptr_mut(0) else {
         return cfg.default_verdict;
     };
@@ -114,6 +142,7 @@ fn verdict_of(cgroup_id: u64, cfg: &Config) -> u32 {
             return cfg.unknown_container_verdict;
         }
     }
+    let _ = DECIDED.insert(&cgroup_id, &(((gen as u64) << 32) | cfg.default_verdict as u64), 0);
     cfg.default_verdict
 }
 

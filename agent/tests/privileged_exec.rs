@@ -442,3 +442,71 @@ fn routine_execs_are_counted_but_not_emitted_unless_asked() {
     let c1 = probes.counters().unwrap();
     assert!(c1.execs - c0.execs >= 22, "every exec is counted: {c0:?} -> {c1:?}");
 }
+
+/// The kernel caches the default verdict of cgroups it decided by name
+/// (routine host cgroups). Announcing a verdict for those names later, or
+/// declaring their parent a containerd namespace, must take effect at the
+/// very next exec: the cache may never hide a change.
+#[test]
+fn names_announced_after_a_cached_decision_take_effect_at_the_next_exec() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !privileged() {
+        return;
+    }
+    let (mut probes, ring) = load(ProbeOptions { enforce: true, ..Default::default() });
+    let mut events = Events::new(ring);
+    let dir = tempdir("cache");
+    let sh = private_binary(&dir, "iw-sh-cache", "/bin/sh");
+    let parent = TestCgroup::new("cache");
+    let parent_name = parent.path.file_name().unwrap().as_encoded_bytes().to_vec();
+    let mk = |leaf: &str| {
+        let c = parent.path.join(leaf);
+        fs::create_dir(&c).unwrap();
+        TestCgroup { id: imagewarden::probes::cgroup_id_of(&c).unwrap(), path: c }
+    };
+    let run = |cg: &TestCgroup, tag: &str| {
+        let marker = dir.join(format!("marker-{tag}"));
+        let _ = fs::remove_file(&marker);
+        let st = cg.command(&sh).arg("-c").arg(format!("echo ran > {}", marker.display())).status().unwrap();
+        (st, marker.exists())
+    };
+
+    // 1. Decided by name as "nothing known" (cached), then denied by name.
+    let late = mk("iw-late-leaf");
+    for i in 0..3 {
+        let (st, ran) = run(&late, &format!("late-{i}"));
+        assert!(st.success() && ran, "unknown host cgroup runs: {st:?}");
+    }
+    assert_eq!(events.take(late.id, 3).len(), 3);
+    let hits0 = probes.counters().unwrap().name_hits;
+    probes.set_name_verdict(&agent_common::CgroupKey::new(&parent_name, b"iw-late-leaf"), verdict::DENY).unwrap();
+    let (st, ran) = run(&late, "late-denied");
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "stale cached verdict used: {st:?}");
+    assert!(!ran);
+    assert!(probes.counters().unwrap().name_hits > hits0);
+    let ev = events.take(late.id, 1);
+    assert!(ev.len() == 1 && ev[0].killed, "{ev:?}");
+    // Cleared again: back to the default.
+    probes.clear_name_verdict(&agent_common::CgroupKey::new(&parent_name, b"iw-late-leaf")).unwrap();
+    let (st, ran) = run(&late, "late-cleared");
+    assert!(st.success() && ran, "{st:?}");
+
+    // 2. Decided (cached) under a parent that later becomes a hold parent.
+    let child = mk("plain-name");
+    let (st, ran) = run(&child, "child-0");
+    assert!(st.success() && ran);
+    assert_eq!(events.take(child.id, 1).len(), 1);
+    probes.add_hold_parent(std::str::from_utf8(&parent_name).unwrap()).unwrap();
+    let marker = dir.join("marker-child-held");
+    let mut p = child.command(&sh).arg("-c").arg(format!("echo ran > {}", marker.display())).spawn().unwrap();
+    let ev = events.take(child.id, 1);
+    assert!(ev.len() == 1 && ev[0].held, "cached verdict hid the new hold parent: {ev:?}");
+    assert!(!marker.exists());
+    // SAFETY: plain syscall on our child.
+    unsafe { libc::kill(p.id() as i32, libc::SIGKILL) };
+    let _ = p.wait();
+    drop(late);
+    drop(child);
+    drop(probes);
+    let _ = fs::remove_dir_all(dir);
+}

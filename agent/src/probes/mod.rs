@@ -207,6 +207,9 @@ pub struct Probes {
     counters: CounterReader,
     config_map: Array<MapData, Config>,
     config: Config,
+    /// Generation of the kernel's by-name decision cache (see `bump_gen`).
+    name_gen_map: Array<MapData, u32>,
+    name_gen: u32,
     events: Option<RingBuf<MapData>>,
     pub exec_hook: ExecHook,
     pub enforcement: Enforcement,
@@ -315,6 +318,9 @@ impl Probes {
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| if is_eperm(&e) { ProbeError::Permission(e.to_string()) } else { ProbeError::Load(e) })?;
+        // The loader holds its own parse of the kernel BTF: free it before
+        // the next one (start-up's memory peak; see crate::memory).
+        drop(loader);
 
         let mut config_map: Array<MapData, Config> = take(&mut ebpf, "CONFIG")?;
         config_map.set(0, cfg, 0).map_err(|e| ProbeError::Map("CONFIG", e.to_string()))?;
@@ -324,6 +330,7 @@ impl Probes {
         let hold_parents = take(&mut ebpf, "HOLD_PARENTS")?;
         let counters = CounterReader(std::sync::Arc::new(take(&mut ebpf, "COUNTERS")?));
         let events: RingBuf<MapData> = take(&mut ebpf, "EVENTS")?;
+        let name_gen_map: Array<MapData, u32> = take(&mut ebpf, "NAME_GEN")?;
 
         let kbtf = aya::Btf::from_sys_fs().ok();
         let mut fallbacks = Vec::new();
@@ -418,6 +425,8 @@ impl Probes {
             counters,
             config_map,
             config: cfg,
+            name_gen_map,
+            name_gen: 0,
             events: Some(events),
             exec_hook,
             enforcement,
@@ -467,7 +476,19 @@ impl Probes {
     /// Switches between audit (false) and enforce (true) without reloading.
     pub fn set_enforce(&mut self, enforce: bool) -> Result<(), ProbeError> {
         self.config.enforce = enforce as u32;
-        self.config_map.set(0, self.config, 0).map_err(|e| ProbeError::Map("CONFIG", e.to_string()))
+        self.config_map.set(0, self.config, 0).map_err(|e| ProbeError::Map("CONFIG", e.to_string()))?;
+        self.bump_gen()
+    }
+
+    /// Invalidates the kernel's cache of cgroups decided by name (the
+    /// DECIDED map): called after every change that could change such a
+    /// decision. The kernel reads the generation before it looks the names
+    /// up, so a decision made before a change is never used after it.
+    fn bump_gen(&mut self) -> Result<(), ProbeError> {
+        let next = self.name_gen.wrapping_add(1);
+        self.name_gen_map.set(0, next, 0).map_err(|e| ProbeError::Map("NAME_GEN", e.to_string()))?;
+        self.name_gen = next;
+        Ok(())
     }
 
     pub fn enforcing(&self) -> bool {
@@ -489,12 +510,17 @@ impl Probes {
     /// Verdict for a cgroup that does not exist yet, by the names of its
     /// directory and its parent (see [`CgroupKey`]).
     pub fn set_name_verdict(&mut self, key: &CgroupKey, v: u32) -> Result<(), ProbeError> {
-        self.name_verdicts.insert(key, v, 0).map_err(|e| ProbeError::Map("NAME_VERDICTS", e.to_string()))
+        if self.name_verdicts.get(key, 0).ok() == Some(v) {
+            return Ok(()); // a refresh: nothing to invalidate
+        }
+        self.name_verdicts.insert(key, v, 0).map_err(|e| ProbeError::Map("NAME_VERDICTS", e.to_string()))?;
+        self.bump_gen()
     }
 
     pub fn clear_name_verdict(&mut self, key: &CgroupKey) -> Result<(), ProbeError> {
         match self.name_verdicts.remove(key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Ok(()) => self.bump_gen(),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(ProbeError::Map("NAME_VERDICTS", e.to_string())),
         }
     }
@@ -503,7 +529,8 @@ impl Probes {
     /// namespaces, whose container ids need not look like ids).
     pub fn add_hold_parent(&mut self, parent: &str) -> Result<(), ProbeError> {
         let key = CgroupKey::new(parent.as_bytes(), b"");
-        self.hold_parents.insert(key.parent, 1, 0).map_err(|e| ProbeError::Map("HOLD_PARENTS", e.to_string()))
+        self.hold_parents.insert(key.parent, 1, 0).map_err(|e| ProbeError::Map("HOLD_PARENTS", e.to_string()))?;
+        self.bump_gen()
     }
 
     /// The names the kernel saw for a cgroup it decided by name or held.
