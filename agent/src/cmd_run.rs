@@ -245,6 +245,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     health.set_ready(ReadyGate::InventorySynced, true);
     health.tick();
+    // Start-up's peak (the kernel BTF parsed and freed) goes back now.
+    crate::memory::trim();
     info!(
         mode = ?args.mode,
         exec_hook = ctrl.probes().exec_hook.as_str(),
@@ -287,7 +289,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     warn!(dropped = d - seen_rt_drops, "runtime events were dropped (channel full); resyncing");
                     seen_rt_drops = d;
                 }
-                ctrl.resync().await
+                ctrl.resync().await;
+                crate::memory::trim();
             }
             _ = hold_tick.tick(), if ctrl.has_holds() => ctrl.expire_holds().await,
             _ = resync_now.notified() => ctrl.resync().await,

@@ -9,6 +9,7 @@ pub mod controller;
 pub mod kube_run;
 pub mod finding;
 pub mod kube_actions;
+pub mod memory;
 pub mod metrics;
 pub mod probes;
 pub mod server;

@@ -12,6 +12,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() {
+    imagewarden::memory::tune();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let code = match cli.command {
