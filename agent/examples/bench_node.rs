@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: what the agent costs a node, measured side by side.
 //!
 //! Usage (root): `bench_node --agent PATH [--quick] [--sustain-secs N]
-//! [--out FILE] [--policy-json FILE] [--exec PATH] [--skip-inventory]`.
+//! [--run-secs N] [--pairs N] [--out FILE] [--policy-json FILE] [--exec PATH]
+//! [--skip-inventory] [--only throughput,cost,drops,inventory]`.
 //!
 //! 1. Exec throughput: a spawner (`posix_spawn` + `waitpid` of a tiny static
 //!    binary, 1 and 2 worker threads) with no agent, the agent in audit mode
@@ -63,6 +64,8 @@ fn sleep(d: Duration) {
     }
 }
 
+const SECTIONS: [&str; 4] = ["throughput", "cost", "drops", "inventory"];
+
 #[derive(Debug, Clone)]
 struct Opts {
     agent: PathBuf,
@@ -74,6 +77,8 @@ struct Opts {
     policy_json: Option<PathBuf>,
     exec: Option<PathBuf>,
     skip_inventory: bool,
+    /// Sections to run (throughput, cost, drops, inventory); empty: all.
+    only: Vec<String>,
     pods: usize,
     containers: usize,
     inventory_budget: Duration,
@@ -84,17 +89,19 @@ fn parse_opts() -> Opts {
         agent: PathBuf::new(),
         quick: false,
         sustain_secs: 60.0,
-        run_secs: 3.0,
-        pairs: 5,
+        run_secs: 2.0,
+        pairs: 15,
         out: PathBuf::from("bench/results.json"),
         policy_json: None,
         exec: None,
         skip_inventory: false,
+        only: Vec::new(),
         pods: 110,
         containers: 300,
         inventory_budget: Duration::from_secs(60),
     };
     let mut sustain_set = false;
+    let mut pairs_set = false;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     let val = |it: &mut std::slice::Iter<String>, f: &str| -> String {
@@ -111,11 +118,23 @@ fn parse_opts() -> Opts {
                 sustain_set = true;
             }
             "--run-secs" => o.run_secs = val(&mut it, a).parse().expect("--run-secs: seconds"),
-            "--pairs" => o.pairs = val(&mut it, a).parse().expect("--pairs: count"),
+            "--pairs" => {
+                o.pairs = val(&mut it, a).parse().expect("--pairs: count");
+                pairs_set = true;
+            }
             "--out" => o.out = val(&mut it, a).into(),
             "--policy-json" => o.policy_json = Some(val(&mut it, a).into()),
             "--exec" => o.exec = Some(val(&mut it, a).into()),
             "--skip-inventory" => o.skip_inventory = true,
+            "--only" => {
+                for sec in val(&mut it, a).split(',') {
+                    assert!(
+                        SECTIONS.contains(&sec),
+                        "--only: unknown section {sec:?} (one of {SECTIONS:?})"
+                    );
+                    o.only.push(sec.to_string());
+                }
+            }
             "--pods" => o.pods = val(&mut it, a).parse().expect("--pods: count"),
             "--containers" => o.containers = val(&mut it, a).parse().expect("--containers: count"),
             "--bench" => {} // passed by `cargo bench`-style runners
@@ -127,6 +146,9 @@ fn parse_opts() -> Opts {
             o.sustain_secs = 5.0;
         }
         o.run_secs = 1.0;
+        if !pairs_set {
+            o.pairs = 5;
+        }
         o.inventory_budget = Duration::from_secs(20);
     }
     assert!(
@@ -150,6 +172,32 @@ fn median(v: &[f64]) -> f64 {
     } else {
         (s[n / 2 - 1] + s[n / 2]) / 2.0
     }
+}
+
+/// 90 % bootstrap interval of median(a) / median(b), resampling rounds
+/// (pairs stay together: a round's runs share its moment's machine speed).
+fn bootstrap_ratio_ci(a: &[f64], b: &[f64]) -> (f64, f64) {
+    let n = a.len().min(b.len());
+    if n < 3 {
+        return (f64::NAN, f64::NAN);
+    }
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15; // fixed seed: reproducible
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % n as u64) as usize
+    };
+    let mut ratios: Vec<f64> = (0..2000)
+        .map(|_| {
+            let idx: Vec<usize> = (0..n).map(|_| next()).collect();
+            let sa: Vec<f64> = idx.iter().map(|&i| a[i]).collect();
+            let sb: Vec<f64> = idx.iter().map(|&i| b[i]).collect();
+            median(&sa) / median(&sb)
+        })
+        .collect();
+    ratios.sort_by(|p, q| p.total_cmp(q));
+    (ratios[100], ratios[1899])
 }
 
 fn loadavg() -> Vec<f64> {
@@ -258,6 +306,10 @@ struct SpawnResult {
     execs: u64,
     secs: f64,
     failures: u64,
+    /// Median wall time of one posix_spawn + waitpid, in microseconds: the
+    /// exec path's own cost, robust to the bursts of outside load (host
+    /// steal, other tenants) that move a throughput figure by several %.
+    median_us: f64,
 }
 
 impl SpawnResult {
@@ -272,6 +324,7 @@ fn spawn_for(path: &Path, workers: usize, dur: Duration, rate: Option<f64>) -> S
     let cpath = CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
     let execs = AtomicU64::new(0);
     let failures = AtomicU64::new(0);
+    let lats = std::sync::Mutex::new(Vec::<f64>::new());
     let t0 = Instant::now();
     let end = t0 + dur;
     std::thread::scope(|s| {
@@ -282,6 +335,7 @@ fn spawn_for(path: &Path, workers: usize, dur: Duration, rate: Option<f64>) -> S
                 let interval = rate.map(|r| Duration::from_secs_f64(workers as f64 / r));
                 let mut next = Instant::now();
                 let mut n = 0u64;
+                let mut lat = Vec::with_capacity(16_384);
                 while !stopped() {
                     let now = Instant::now();
                     if now >= end {
@@ -294,6 +348,7 @@ fn spawn_for(path: &Path, workers: usize, dur: Duration, rate: Option<f64>) -> S
                         next += iv;
                     }
                     let mut pid: libc::pid_t = 0;
+                    let t = Instant::now();
                     // SAFETY: valid NUL-terminated path and NULL-terminated
                     // argv/envp arrays that outlive the call.
                     let rc = unsafe {
@@ -315,18 +370,22 @@ fn spawn_for(path: &Path, workers: usize, dur: Duration, rate: Option<f64>) -> S
                     unsafe { libc::waitpid(pid, &mut status, 0) };
                     if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
                         n += 1;
+                        lat.push(t.elapsed().as_secs_f64() * 1e6);
                     } else {
                         failures.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 execs.fetch_add(n, Ordering::Relaxed);
+                lats.lock().unwrap_or_else(|e| e.into_inner()).extend(lat);
             });
         }
     });
+    let lats = lats.into_inner().unwrap_or_else(|e| e.into_inner());
     SpawnResult {
         execs: execs.load(Ordering::Relaxed),
         secs: t0.elapsed().as_secs_f64(),
         failures: failures.load(Ordering::Relaxed),
+        median_us: median(&lats),
     }
 }
 
@@ -524,29 +583,46 @@ impl Agent {
     }
 
     /// (RssAnon, RssFile) in KiB: heap and stacks vs. mapped binary pages.
-    fn rss_split_kib(&self) -> (u64, u64) {
+    /// Fields of /proc/PID/status, in KiB (0 when absent).
+    fn status_kib<const N: usize>(&self, keys: [&str; N]) -> [u64; N] {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let get = |k: &str| {
+        keys.map(|k| {
             s.lines()
                 .find(|l| l.starts_with(k))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
-        };
-        (get("RssAnon:"), get("RssFile:"))
+        })
+    }
+
+    /// (RssAnon, RssFile) in KiB.
+    fn rss_split_kib(&self) -> (u64, u64) {
+        let [anon, file] = self.status_kib(["RssAnon:", "RssFile:"]);
+        (anon, file)
     }
 
     /// (VmRSS, VmHWM) in KiB.
     fn memory_kib(&self) -> (u64, u64) {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let get = |k: &str| {
-            s.lines()
-                .find(|l| l.starts_with(k))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (get("VmRSS:"), get("VmHWM:"))
+        let [rss, hwm] = self.status_kib(["VmRSS:", "VmHWM:"]);
+        (rss, hwm)
+    }
+
+    /// RSS of the BPF map mappings (the ring buffer: kernel memory, its
+    /// data pages mapped twice, so a 4 MiB ring shows as 8 MiB), in KiB.
+    fn bpf_map_rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/smaps", self.pid())).unwrap_or_default();
+        let mut in_map = false;
+        let mut kib = 0;
+        for l in s.lines() {
+            if l.split_whitespace().next().is_some_and(|f| f.contains('-') && f.chars().all(|c| c.is_ascii_hexdigit() || c == '-')) {
+                in_map = l.ends_with("anon_inode:bpf-map");
+            } else if in_map {
+                if let Some(v) = l.strip_prefix("Rss:") {
+                    kib += v.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+        kib
     }
 
     /// (run_time_ns, run_cnt) of this agent's exec programs.
@@ -775,8 +851,10 @@ fn throughput(o: &Opts, exe: &Path) -> Value {
     let dur = Duration::from_secs_f64(o.run_secs);
     // (config, workers) -> rates per round
     let mut rates: BTreeMap<(String, usize), Vec<f64>> = BTreeMap::new();
+    let mut lats: BTreeMap<(String, usize), Vec<f64>> = BTreeMap::new();
     let mut cpu_per_event: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut foreign = 0usize;
+    let progs_before = exec_programs().len();
     for round in 0..o.pairs {
         if stopped() {
             break;
@@ -786,8 +864,11 @@ fn throughput(o: &Opts, exe: &Path) -> Value {
             let agent = cfg.map(|mode| Agent::start(&o.agent, mode, &[]));
             if let Some(a) = &agent {
                 foreign = foreign.max(a.foreign_progs);
-                sleep(Duration::from_millis(200));
             }
+            // Every configuration settles the same way before it is
+            // measured, "none" included: neither an agent's start nor the
+            // previous one's teardown may fall into one configuration only.
+            sleep(Duration::from_millis(300));
             for &w in &workers {
                 let s0 = agent.as_ref().map(|a| snapshot(a, false));
                 let r = spawn_for(exe, w, dur, None);
@@ -802,12 +883,14 @@ fn throughput(o: &Opts, exe: &Path) -> Value {
                     }
                 }
                 eprintln!(
-                    "  round {} {:>7} x{w}: {:>8.0} execs/s ({} failures)",
+                    "  round {} {:>7} x{w}: {:>8.0} execs/s, median {:.1} us per exec ({} failures)",
                     round + 1,
                     name(cfg),
                     r.rate(),
+                    r.median_us,
                     r.failures
                 );
+                lats.entry((name(cfg).into(), w)).or_default().push(r.median_us);
                 rates
                     .entry((name(cfg).into(), w))
                     .or_default()
@@ -815,6 +898,11 @@ fn throughput(o: &Opts, exe: &Path) -> Value {
             }
             if let Some(a) = agent {
                 a.stop();
+                // Its programs are gone before the next configuration starts.
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while exec_programs().len() > progs_before && Instant::now() < deadline {
+                    sleep(Duration::from_millis(20));
+                }
             }
         }
     }
@@ -822,18 +910,30 @@ fn throughput(o: &Opts, exe: &Path) -> Value {
     for &w in &workers {
         let base = rates.get(&("none".into(), w)).cloned().unwrap_or_default();
         let base_med = median(&base);
-        rows.push(
-            json!({"config": "none", "workers": w, "median_execs_per_s": base_med, "runs": base}),
-        );
+        let base_lat = lats.get(&("none".into(), w)).cloned().unwrap_or_default();
+        let base_lat_med = median(&base_lat);
+        rows.push(json!({"config": "none", "workers": w, "median_execs_per_s": base_med, "runs": base,
+            "median_exec_us": base_lat_med, "exec_us_runs": base_lat}));
         for cfg in ["audit", "enforce"] {
             let v = rates.get(&(cfg.into(), w)).cloned().unwrap_or_default();
             let med = median(&v);
             let pair_ratios: Vec<f64> = v.iter().zip(&base).map(|(a, b)| a / b).collect();
+            let (ci_lo, ci_hi) = bootstrap_ratio_ci(&v, &base);
             // Extra wall time per exec for one worker: the whole cost on the exec path.
             let overhead_us = 1e6 * w as f64 / med - 1e6 * w as f64 / base_med;
+            let lat = lats.get(&(cfg.into(), w)).cloned().unwrap_or_default();
+            let lat_med = median(&lat);
+            let lat_pair: Vec<f64> = lat.iter().zip(&base_lat).map(|(a, b)| b / a).collect();
             rows.push(json!({
+                "median_exec_us": lat_med, "exec_us_runs": lat,
+                // Throughput-equivalent (none / agent): per-exec medians shed
+                // the outside bursts that move whole-run rates.
+                "latency_ratio_of_medians": base_lat_med / lat_med,
+                "latency_median_pair_ratio": median(&lat_pair),
+                "extra_us_per_exec_median": lat_med - base_lat_med,
                 "config": cfg, "workers": w, "median_execs_per_s": med, "runs": v,
                 "ratio_of_medians": med / base_med,
+                "ratio_of_medians_90ci": [ci_lo, ci_hi],
                 "median_pair_ratio": median(&pair_ratios),
                 "pair_ratios": pair_ratios,
                 "extra_us_per_exec_per_worker": overhead_us,
@@ -1050,7 +1150,8 @@ fn inventory(o: &Opts) -> Value {
     res.insert(
         "no_runtime".into(),
         json!({"ready_ms": a.ready_after.as_secs_f64() * 1e3, "startup_ms": a.startup_ms, "rss_kib": rss, "hwm_kib": hwm,
-            "rss_anon_kib": a.rss_split_kib().0, "rss_file_kib": a.rss_split_kib().1}),
+            "rss_anon_kib": a.rss_split_kib().0, "rss_file_kib": a.rss_split_kib().1,
+            "rss_bpf_maps_kib": a.bpf_map_rss_kib()}),
     );
     a.stop();
     if o.skip_inventory {
@@ -1099,7 +1200,8 @@ fn inventory(o: &Opts) -> Value {
         );
         let (anon, file) = a.rss_split_kib();
         let v = json!({"ready_ms": a.ready_after.as_secs_f64() * 1e3, "startup_ms": a.startup_ms,
-            "rss_kib": rss, "hwm_kib": hwm, "rss_anon_kib": anon, "rss_file_kib": file, "inventory": summary});
+            "rss_kib": rss, "hwm_kib": hwm, "rss_anon_kib": anon, "rss_file_kib": file,
+            "rss_bpf_maps_kib": a.bpf_map_rss_kib(), "inventory": summary});
         a.stop();
         v
     };
@@ -1388,13 +1490,24 @@ fn print_table(r: &Value) {
             } else {
                 row(
                     format!(
-                        "1. ratio {cfg}/none, {} worker(s) (pairs median {:.3})",
+                        "1. ratio {cfg}/none, {} worker(s) (90% CI {:.3}-{:.3})",
                         x["workers"],
-                        f(&x["median_pair_ratio"])
+                        f(&x["ratio_of_medians_90ci"][0]),
+                        f(&x["ratio_of_medians_90ci"][1])
                     ),
                     format!("{:.3}", f(&x["ratio_of_medians"])),
                     ">= 0.99",
                     x["meets_target"].as_bool(),
+                );
+                row(
+                    format!(
+                        "   per-exec median {:.1} us, ratio none/{cfg} (pairs median {:.3})",
+                        f(&x["median_exec_us"]),
+                        f(&x["latency_median_pair_ratio"])
+                    ),
+                    format!("{:.3}", f(&x["latency_ratio_of_medians"])),
+                    "",
+                    None,
                 );
             }
         }
@@ -1557,16 +1670,20 @@ fn main() {
         "agent": o.agent.display().to_string(),
     });
     let t0 = Instant::now();
-    r["throughput"] = throughput(&o, &exe);
-    if !stopped() {
+    let want = |sec: &str| !stopped() && (o.only.is_empty() || o.only.iter().any(|s| s == sec));
+    if want("throughput") {
+        r["throughput"] = throughput(&o, &exe);
+    }
+    if want("cost") {
         r["cost"] = cost_per_exec(&o, &exe);
     }
-    if !stopped() {
+    if want("drops") {
         r["drops"] = drops(&o, &exe);
     }
-    if !stopped() {
+    if want("inventory") {
         r["inventory"] = inventory(&o);
     }
+    r["sections"] = json!(if o.only.is_empty() { SECTIONS.to_vec() } else { o.only.iter().map(String::as_str).collect() });
     if let Some(p) = &o.policy_json {
         r["policy"] = std::fs::read(p)
             .ok()
