@@ -146,15 +146,15 @@ fn deeply_nested_yaml_is_refused_not_a_stack_overflow() {
     eprintln!("nesting 100 deep in a pattern: {r:?}");
 }
 
-/// BUG (reported): libyaml's simple-key bookkeeping is quadratic in the
-/// nesting depth of flow collections, and serde_yaml parses the whole text
-/// before its recursion limit (128) applies. 40,000 nested `{a: ` (200 KB)
-/// take ~25 s in a release build (minutes in debug); 100,000 (500 KB) more
-/// than two minutes: a small policy (or a Kyverno Policy object, which the
-/// kube source hands to the same loader as JSON text) pins a core. Fix in
-/// `policy/src/load.rs` `load_policy_str` (and `manifest::extract_images`):
-/// a linear pre-scan of bracket depth outside quoted scalars, refusing more
-/// than 128 levels before calling serde_yaml.
+/// libyaml's simple-key bookkeeping is quadratic in the nesting depth of
+/// flow collections, and serde_yaml parses the whole text before its
+/// recursion limit (128) applies: 40,000 nested `{a: ` (200 KB) took ~25 s
+/// in a release build, 100,000 more than two minutes, so a small policy (or
+/// a Kyverno Policy object from the cluster) could pin a core. Fixed by a
+/// linear pre-scan of bracket depth outside quoted scalars in
+/// `policy/src/load.rs` and `manifest::extract_images`, which refuses more
+/// than 128 levels before serde_yaml runs. The 5 s bound is a hang guard
+/// (the quadratic path takes minutes), not a speed measurement.
 #[test]
 fn deeply_nested_flow_mappings_are_refused_in_linear_time() {
     for n in [40_000usize, 100_000] {
