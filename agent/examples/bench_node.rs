@@ -1199,7 +1199,15 @@ fn inventory(o: &Opts) -> Value {
             summary
         );
         let (anon, file) = a.rss_split_kib();
-        let v = json!({"ready_ms": a.ready_after.as_secs_f64() * 1e3, "startup_ms": a.startup_ms,
+        // The first resync's parts (containerd, CRI, apply), from the log.
+        let resync_ms: Option<String> = a
+            .log_text()
+            .lines()
+            .find(|l| l.contains("agent running"))
+            .and_then(|l| l.split("resync_ms=").nth(1))
+            .map(|s| s.split(']').next().unwrap_or(s).trim_start_matches('[').to_string());
+        eprintln!("    first resync (containerd, CRI, apply) ms: {resync_ms:?}");
+        let v = json!({"first_resync_ms_containerd_cri_apply": resync_ms,"ready_ms": a.ready_after.as_secs_f64() * 1e3, "startup_ms": a.startup_ms,
             "rss_kib": rss, "hwm_kib": hwm, "rss_anon_kib": anon, "rss_file_kib": file,
             "rss_bpf_maps_kib": a.bpf_map_rss_kib(), "inventory": summary});
         a.stop();

@@ -253,6 +253,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         enforcement = ctrl.probes().enforcement.as_str(),
         inventory = %ctrl.summary(),
         startup_ms = started.elapsed().as_millis() as u64,
+        resync_ms = ?ctrl.stats.last_resync_ms,
         "agent running"
     );
 

@@ -237,6 +237,9 @@ pub struct ControllerStats {
     pub holds_released: u64,
     pub holds_killed: u64,
     pub runtime_event_drops: u64,
+    /// Wall time of the last resync's parts, in ms: containerd listing,
+    /// CRI listing, and applying the verdicts (policy + kernel maps).
+    pub last_resync_ms: [u64; 3],
 }
 
 pub struct Controller {
@@ -301,6 +304,7 @@ impl Controller {
     /// the policy to each. Containers that disappeared are forgotten.
     pub async fn resync(&mut self) {
         self.stats.resyncs += 1;
+        let t0 = std::time::Instant::now();
         let mut seen: HashMap<String, ContainerInfo> = HashMap::new();
         let mut complete = true;
         use crate::metrics::Source;
@@ -331,6 +335,7 @@ impl Controller {
                 }
             }
         }
+        let t_containerd = t0.elapsed();
         if let Some(c) = &self.cri {
             let r = c.list_all().await;
             self.source_up(Source::RuntimeCri, r.is_ok());
@@ -357,16 +362,21 @@ impl Controller {
                 }
             }
         }
+        let t_cri = t0.elapsed();
         if complete {
             let gone: Vec<String> = self.entries.keys().filter(|k| !seen.contains_key(*k)).cloned().collect();
             for k in gone {
                 self.forget(&k);
             }
         }
+        let n = seen.len();
         for (_, info) in seen {
             self.upsert(info);
         }
         self.update_gauges();
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
+        self.stats.last_resync_ms = [ms(t_containerd), ms(t_cri - t_containerd), ms(t0.elapsed() - t_cri)];
+        debug!(entries = n, ms = ?self.stats.last_resync_ms, "resync (containerd, CRI, apply)");
     }
 
     fn source_up(&self, s: crate::metrics::Source, up: bool) {

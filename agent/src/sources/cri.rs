@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use k8s_cri::v1 as api;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -47,6 +48,12 @@ pub const CONTAINERD_CRI_NAMESPACE: &str = "k8s.io";
 
 /// Largest verbose `info` JSON parsed.
 const MAX_INFO_BYTES: usize = 4 * 1024 * 1024;
+
+/// Status calls in flight at once while listing. The runtime answers them
+/// in parallel; one at a time, a node's ~400 round trips (110 pods, 300
+/// containers) were most of the agent's start-up (docs/benchmarks.md).
+/// Results keep the listing's order.
+const STATUS_CONCURRENCY: usize = 8;
 
 /// Errors of the CRI client.
 #[derive(Debug, thiserror::Error)]
@@ -269,18 +276,19 @@ impl CriClient {
                 max: MAX_CONTAINERS,
             });
         }
-        let mut out = Vec::with_capacity(resp.items.len());
-        for sb in resp.items {
-            let mut info = self.sandbox_base(&sb);
-            match self.pod_sandbox_status_into(&mut info).await {
-                Ok(()) => {}
-                // Removed between list and status: report what the list said.
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
-            }
-            out.push(info);
-        }
-        Ok(out)
+        let infos: Vec<ContainerInfo> = resp.items.iter().map(|sb| self.sandbox_base(sb)).collect();
+        stream::iter(infos)
+            .map(|mut info| async move {
+                match self.pod_sandbox_status_into(&mut info).await {
+                    // Removed between list and status: report what the list said.
+                    Ok(()) => Ok(info),
+                    Err(e) if e.is_not_found() => Ok(info),
+                    Err(e) => Err(e),
+                }
+            })
+            .buffered(STATUS_CONCURRENCY)
+            .try_collect()
+            .await
     }
 
     fn sandbox_base(&self, sb: &api::PodSandbox) -> ContainerInfo {
@@ -357,17 +365,19 @@ impl CriClient {
                 .map(|s| (s.id.clone(), s))
                 .collect()
         };
-        let mut out = Vec::with_capacity(resp.containers.len());
-        for c in resp.containers {
-            let mut info = self.container_base(&c, sandboxes.get(&c.pod_sandbox_id));
-            match self.container_status_into(&mut info).await {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
-            }
-            out.push(info);
-        }
-        Ok(out)
+        let infos: Vec<ContainerInfo> =
+            resp.containers.iter().map(|c| self.container_base(c, sandboxes.get(&c.pod_sandbox_id))).collect();
+        stream::iter(infos)
+            .map(|mut info| async move {
+                match self.container_status_into(&mut info).await {
+                    Ok(()) => Ok(info),
+                    Err(e) if e.is_not_found() => Ok(info),
+                    Err(e) => Err(e),
+                }
+            })
+            .buffered(STATUS_CONCURRENCY)
+            .try_collect()
+            .await
     }
 
     /// Sandboxes and workload containers together.
