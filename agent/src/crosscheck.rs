@@ -609,7 +609,11 @@ fn check_pod(
             .filter(|s| !s.is_empty())
         {
             if !same_image(image, st_image) {
-                let msg = format!("spec image {image:?} but status image {st_image:?}");
+                let msg = format!(
+                    "spec image {:?} but status image {:?}",
+                    imagewarden_policy::text::quote(image),
+                    imagewarden_policy::text::quote(st_image)
+                );
                 let mut f = fill(base_finding(
                     Reason::SpecStatusMismatch,
                     "unknown",

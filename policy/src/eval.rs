@@ -351,7 +351,11 @@ impl PolicySet {
                 return Verdict {
                     allowed: false,
                     action: Action::Enforce,
-                    reason: format!("invalid-reference: {image:?}: {e}"),
+                    reason: format!(
+                        "invalid-reference: {:?}: {}",
+                        crate::text::quote(image),
+                        crate::text::quote(&e.to_string())
+                    ),
                     rule: None,
                     policy: None,
                 }
@@ -410,8 +414,10 @@ impl PolicySet {
                     allowed: true,
                     action: rule.action,
                     reason: format!(
-                        "allowed: {image} satisfies rule {} of policy {}{others}",
-                        rule.name, policy.name
+                        "allowed: {} satisfies rule {} of policy {}{others}",
+                        crate::text::quote(image),
+                        rule.name,
+                        policy.name
                     ),
                     rule: Some(rule.name.clone()),
                     policy: Some(policy.name.clone()),
@@ -444,8 +450,11 @@ fn fail_verdict(image: &str, policy: &Policy, rule: &Rule) -> Verdict {
         allowed: false,
         action: rule.action,
         reason: format!(
-            "untrusted-image: {image} fails rule {} of policy {} ({}): {message}",
-            rule.name, policy.name, rule.action
+            "untrusted-image: {} fails rule {} of policy {} ({}): {message}",
+            crate::text::quote(image),
+            rule.name,
+            policy.name,
+            rule.action
         ),
         rule: Some(rule.name.clone()),
         policy: Some(policy.name.clone()),

@@ -147,7 +147,7 @@ fn import_classic(
                 Some(name),
                 None,
                 "validationFailureAction",
-                format!("unknown action {s:?} (Enforce or Audit)"),
+                format!("unknown action {:?} (Enforce or Audit)", crate::text::quote(s)),
             )
         })?,
     };
@@ -891,11 +891,11 @@ enum Key {
 
 fn parse_key(key: &Value, in_foreach: bool) -> R<Key> {
     let Some(s) = key.as_str() else {
-        return skip(format!("condition key {key:?} is not a string"));
+        return skip(format!("condition key {} is not a string", crate::text::quote(&format!("{key:?}"))));
     };
     let Some(expr) = variable(s) else {
         return skip(format!(
-            "condition key {s:?} is not a single {{{{ }}}} expression"
+            "condition key {:?} is not a single {{{{ }}}} expression", crate::text::quote(s)
         ));
     };
     if in_foreach && expr == "element.image" {
@@ -956,7 +956,7 @@ fn condition(c: &Value, key: &Key) -> R<ImageTest> {
     if let Some(s) = value.as_str() {
         if s.contains("{{") {
             return skip(format!(
-                "condition value {s:?} uses variables (context) which are not supported"
+                "condition value {:?} uses variables (context) which are not supported", crate::text::quote(s)
             ));
         }
     }
@@ -968,7 +968,7 @@ fn condition(c: &Value, key: &Key) -> R<ImageTest> {
         match value {
             Value::String(s) => {
                 if s.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+' || c == '.') {
-                    return skip(format!("Equals with {s:?}: Kyverno compares durations and quantities numerically, not supported"));
+                    return skip(format!("Equals with {:?}: Kyverno compares durations and quantities numerically, not supported", crate::text::quote(s)));
                 }
                 Ok(s.clone())
             }

@@ -17,6 +17,7 @@ pub mod load;
 pub mod manifest;
 pub mod model;
 pub mod native;
+pub mod text;
 
 pub use eval::PolicySet;
 pub use load::{load_policy_file, load_policy_str};
