@@ -28,53 +28,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "support/host.rs"]
+mod host;
+
+use host::{privileged, TestCgroup};
+
 /// The agents attach programs machine-wide: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn privileged() -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("privileged test cannot run (not root) and CI is set: failing instead of skipping");
-    }
-    eprintln!("SKIPPED: privileged test needs root (run `sudo -E cargo xtask test`)");
-    false
-}
-
-fn cgroup2_root() -> PathBuf {
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
-    mounts
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.len() > 2 && f[2] == "cgroup2")
-        .map(|f| PathBuf::from(f[1]))
-        .expect("cgroup2 mounted")
-}
-
-struct TestCgroup(PathBuf);
-
-impl TestCgroup {
-    fn new(tag: &str) -> Self {
-        let p = cgroup2_root().join(format!("imagewarden-caps-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir(&p);
-        fs::create_dir(&p).unwrap();
-        TestCgroup(p)
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let _ = fs::write(self.0.join("cgroup.kill"), "1");
-        for _ in 0..50 {
-            if fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 fn in_cgroup(cg: &Path, program: &str) -> Command {
     let procs = fs::OpenOptions::new()
@@ -410,7 +370,7 @@ fn agent_works_with_exactly_the_daemonset_capabilities() {
         }
     }
     let cg = TestCgroup::new("exact");
-    let Outcome::Running(agent) = start_agent(keep, &cg.0) else {
+    let Outcome::Running(agent) = start_agent(keep, &cg.path) else {
         panic!("the agent did not start with the DaemonSet's capabilities");
     };
     let pid = agent.child.id();
@@ -432,14 +392,14 @@ fn agent_works_with_exactly_the_daemonset_capabilities() {
     assert_eq!(cap_field(pid, "CapAmb"), 0);
     let marker = std::env::temp_dir().join(format!("iw-caps-marker-{}", std::process::id()));
     let _ = fs::remove_file(&marker);
-    let st = in_cgroup(&cg.0, "/bin/sh")
+    let st = in_cgroup(&cg.path, "/bin/sh")
         .arg("-c")
         .arg(format!("echo ran > {}", marker.display()))
         .status()
         .unwrap();
     assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
     assert!(!marker.exists());
-    let id = fs::metadata(&cg.0).unwrap().ino();
+    let id = fs::metadata(&cg.path).unwrap().ino();
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut found = None;
     while found.is_none() && Instant::now() < deadline {
@@ -475,7 +435,7 @@ fn agent_without_bpf_capabilities_fails_clearly_and_each_listed_one_is_covered()
     let cg = TestCgroup::new("drop");
     let without = |names: &[&str]| all & !mask(names.iter().map(|n| cap_number(n)));
 
-    let Outcome::Exited(st, log) = start_agent(without(&["BPF", "SYS_ADMIN"]), &cg.0) else {
+    let Outcome::Exited(st, log) = start_agent(without(&["BPF", "SYS_ADMIN"]), &cg.path) else {
         panic!("the agent started without CAP_BPF and CAP_SYS_ADMIN");
     };
     eprintln!("without CAP_BPF and CAP_SYS_ADMIN: {st:?}\n{log}");
@@ -498,10 +458,10 @@ fn agent_without_bpf_capabilities_fails_clearly_and_each_listed_one_is_covered()
     );
 
     for dropped in [&["BPF"][..], &["SYS_ADMIN"], &["PERFMON"]] {
-        let Outcome::Running(agent) = start_agent(without(dropped), &cg.0) else {
+        let Outcome::Running(agent) = start_agent(without(dropped), &cg.path) else {
             panic!("the agent did not start without {dropped:?}");
         };
-        let st = in_cgroup(&cg.0, "/bin/true").status().unwrap();
+        let st = in_cgroup(&cg.path, "/bin/true").status().unwrap();
         assert_eq!(
             st.signal(),
             Some(libc::SIGKILL),
@@ -528,7 +488,7 @@ fn missing_bpf_capability_is_named_in_the_error() {
     let caps = daemonset_capabilities();
     let keep = mask(caps.values().copied()) & !mask([cap_number("BPF"), cap_number("SYS_ADMIN")]);
     let cg = TestCgroup::new("named");
-    let Outcome::Exited(st, log) = start_agent(keep, &cg.0) else {
+    let Outcome::Exited(st, log) = start_agent(keep, &cg.path) else {
         panic!("started")
     };
     assert_eq!(st.code(), Some(2));

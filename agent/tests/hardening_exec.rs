@@ -26,7 +26,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "support/host.rs"]
+mod host;
+
 use agent_common::verdict;
+use host::{move_self, private_binary, privileged, tempdir, TestCgroup};
 use imagewarden::{
     finding::Finding,
     probes::{
@@ -38,104 +42,6 @@ use imagewarden::{
 
 /// Each test attaches its own programs and counts kernel-wide events.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn privileged() -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("privileged test cannot run (not root) and CI is set: failing instead of skipping");
-    }
-    eprintln!("SKIPPED: privileged test needs root (run `sudo -E cargo xtask test`)");
-    false
-}
-
-fn cgroup2_root() -> PathBuf {
-    let mounts = fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
-    mounts
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.len() > 2 && f[2] == "cgroup2")
-        .map(|f| PathBuf::from(f[1]))
-        .expect("no cgroup2 hierarchy mounted")
-}
-
-/// A fresh cgroup v2 directory, emptied and removed on drop.
-struct TestCgroup {
-    path: PathBuf,
-    id: u64,
-}
-
-impl TestCgroup {
-    fn new(tag: &str) -> Self {
-        let path = cgroup2_root().join(format!("imagewarden-hard-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir(&path);
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        let id = imagewarden::probes::cgroup_id_of(&path).expect("cgroup id");
-        TestCgroup { path, id }
-    }
-
-    fn procs(&self) -> PathBuf {
-        self.path.join("cgroup.procs")
-    }
-
-    /// Opens `cgroup.procs` for the child to move itself (write "0").
-    fn procs_fd(&self) -> fs::File {
-        fs::OpenOptions::new()
-            .write(true)
-            .open(self.procs())
-            .expect("open cgroup.procs")
-    }
-
-    /// A command whose child moves itself into this cgroup before exec.
-    fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let procs = self.procs_fd();
-        let mut c = Command::new(program);
-        // SAFETY: only write(2) between fork and exec.
-        unsafe {
-            c.pre_exec(move || move_self(&procs));
-        }
-        c
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let _ = fs::write(self.path.join("cgroup.kill"), "1");
-        for _ in 0..100 {
-            if fs::remove_dir(&self.path).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// Moves the calling process into the cgroup of `procs` (async-signal-safe).
-fn move_self(procs: &fs::File) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: write(2) on an open fd.
-    if unsafe { libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) } != 1 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("iw-hard-{tag}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A private copy of a binary under a unique name, so its exec is unambiguous.
-fn private_binary(dir: &Path, name: impl AsRef<OsStr>, from: &str) -> PathBuf {
-    let p = dir.join(name.as_ref());
-    fs::copy(from, &p).unwrap_or_else(|e| panic!("copy {from}: {e}"));
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
-    p
-}
 
 fn cstr(b: impl AsRef<[u8]>) -> CString {
     CString::new(b.as_ref()).expect("no NUL")

@@ -27,11 +27,8 @@ use std::{
     fs,
     io::{BufRead, BufReader, Read, Write},
     net::TcpListener,
-    os::unix::{
-        fs::{MetadataExt, PermissionsExt},
-        process::{CommandExt, ExitStatusExt},
-    },
-    path::{Path, PathBuf},
+    os::unix::{fs::PermissionsExt, process::ExitStatusExt},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -47,6 +44,8 @@ use support::containerd::{Containerd, TestImages, ECR_NGINX, MARKER_MOUNT, NGINX
 /// on the machine stays out of the test).
 const NO_RUNTIME: &str = "unix:///nonexistent.sock";
 
+use support::host::TestCgroup;
+
 /// One agent at a time: they count kernel-wide events.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -57,62 +56,6 @@ fn privileged(test: &str) -> bool {
     }
     support::skip_or_fail(test, "needs root (eBPF, cgroups)");
     false
-}
-
-fn cgroup2_root() -> PathBuf {
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
-    mounts
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.len() > 2 && f[2] == "cgroup2")
-        .map(|f| PathBuf::from(f[1]))
-        .expect("cgroup2 mounted")
-}
-
-struct TestCgroup {
-    path: PathBuf,
-    id: u64,
-}
-
-impl TestCgroup {
-    fn new(tag: &str) -> Self {
-        let path = cgroup2_root().join(format!("imagewarden-faults-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir(&path);
-        fs::create_dir(&path).unwrap();
-        let id = fs::metadata(&path).unwrap().ino();
-        TestCgroup { path, id }
-    }
-
-    fn command(&self, program: &Path) -> Command {
-        let procs = fs::OpenOptions::new()
-            .write(true)
-            .open(self.path.join("cgroup.procs"))
-            .unwrap();
-        let mut c = Command::new(program);
-        // SAFETY: only write(2) between fork and exec.
-        unsafe {
-            c.pre_exec(move || {
-                use std::os::fd::AsRawFd;
-                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        c
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let _ = fs::write(self.path.join("cgroup.kill"), "1");
-        for _ in 0..50 {
-            if fs::remove_dir(&self.path).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 fn private_binary(tag: &str, from: &str) -> PathBuf {

@@ -19,6 +19,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "support/host.rs"]
+mod host;
+
+use host::{cgroup2_root, privileged};
+
 const SEED: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../deploy/policies/restrict-registries.yaml"
@@ -210,28 +215,6 @@ fn check_with_hostile_policy_files_exits_2_with_a_message() {
         eprintln!("{name}: {}", stderr.trim());
     }
     let _ = fs::remove_dir_all(dir);
-}
-
-fn privileged() -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("privileged test cannot run (not root) and CI is set: failing instead of skipping");
-    }
-    eprintln!("SKIPPED: privileged test needs root (run `sudo -E cargo xtask test`)");
-    false
-}
-
-fn cgroup2_root() -> PathBuf {
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
-    mounts
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.len() > 2 && f[2] == "cgroup2")
-        .map(|f| PathBuf::from(f[1]))
-        .expect("cgroup2 mounted")
 }
 
 /// `run` sees a binary whose path and comm are not UTF-8 exec in a denied

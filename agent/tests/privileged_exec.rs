@@ -4,14 +4,18 @@
 use std::{
     fs,
     io::Write,
-    os::unix::{fs::PermissionsExt, process::CommandExt, process::ExitStatusExt},
+    os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::Command,
     sync::Mutex,
     time::{Duration, Instant},
 };
 
+#[path = "support/host.rs"]
+mod host;
+
 use agent_common::verdict;
+use host::{private_binary, privileged, tempdir, TestCgroup};
 use imagewarden::probes::{
     event::{ExecRecord, Hook, KernelVerdict},
     reader::drain,
@@ -20,99 +24,6 @@ use imagewarden::probes::{
 
 /// The tests count kernel-wide events: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn privileged() -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("privileged test cannot run (not root) and CI is set: failing instead of skipping");
-    }
-    eprintln!("SKIPPED: privileged test needs root (run `sudo -E cargo xtask test`)");
-    false
-}
-
-fn cgroup2_root() -> PathBuf {
-    let mounts = fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
-    for l in mounts.lines() {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() > 2 && f[2] == "cgroup2" {
-            return PathBuf::from(f[1]);
-        }
-    }
-    panic!("no cgroup2 hierarchy mounted (need /sys/fs/cgroup or /sys/fs/cgroup/unified)");
-}
-
-/// A fresh cgroup v2 directory, removed (after killing what is left) on drop.
-struct TestCgroup {
-    path: PathBuf,
-    id: u64,
-}
-
-impl TestCgroup {
-    fn new(tag: &str) -> Self {
-        let path = cgroup2_root().join(format!("imagewarden-test-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir(&path);
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        let id = imagewarden::probes::cgroup_id_of(&path).expect("cgroup id");
-        TestCgroup { path, id }
-    }
-
-    /// A command whose child moves itself into this cgroup before exec.
-    fn command(&self, program: &Path) -> Command {
-        let procs = fs::OpenOptions::new()
-            .write(true)
-            .open(self.path.join("cgroup.procs"))
-            .expect("open cgroup.procs");
-        let mut c = Command::new(program);
-        // SAFETY: only async-signal-safe calls (write) between fork and exec.
-        unsafe {
-            c.pre_exec(move || {
-                use std::os::fd::AsRawFd;
-                // "0" moves the writing process itself.
-                let r = libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1);
-                if r != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        c
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        if let Ok(p) = fs::read_to_string(self.path.join("cgroup.procs")) {
-            for pid in p.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                // SAFETY: plain syscall.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        for _ in 0..50 {
-            if fs::remove_dir(&self.path).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// A private copy of a binary under a unique name, so its exec is unambiguous.
-fn private_binary(dir: &Path, name: &str, from: &str) -> PathBuf {
-    let p = dir.join(name);
-    fs::copy(from, &p).unwrap_or_else(|e| panic!("copy {from}: {e}"));
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
-    p
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("imagewarden-{tag}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn load(opts: ProbeOptions) -> (Probes, aya::maps::RingBuf<aya::maps::MapData>) {
     let mut p = Probes::load(&opts).unwrap_or_else(|e| panic!("loading probes: {e}"));
@@ -459,11 +370,7 @@ fn names_announced_after_a_cached_decision_take_effect_at_the_next_exec() {
     let sh = private_binary(&dir, "iw-sh-cache", "/bin/sh");
     let parent = TestCgroup::new("cache");
     let parent_name = parent.path.file_name().unwrap().as_encoded_bytes().to_vec();
-    let mk = |leaf: &str| {
-        let c = parent.path.join(leaf);
-        fs::create_dir(&c).unwrap();
-        TestCgroup { id: imagewarden::probes::cgroup_id_of(&c).unwrap(), path: c }
-    };
+    let mk = |leaf: &str| parent.child(leaf);
     let run = |cg: &TestCgroup, tag: &str| {
         let marker = dir.join(format!("marker-{tag}"));
         let _ = fs::remove_file(&marker);

@@ -4,36 +4,18 @@ use std::{
     fs,
     io::{BufRead, BufReader},
     os::unix::{fs::MetadataExt, process::CommandExt, process::ExitStatusExt},
-    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
+#[path = "support/host.rs"]
+mod host;
+
+use host::{cgroup2_root, privileged};
+
 /// The tests look at programs loaded machine-wide: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn privileged() -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("privileged test cannot run (not root) and CI is set: failing instead of skipping");
-    }
-    eprintln!("SKIPPED: privileged test needs root (run `sudo -E cargo xtask test`)");
-    false
-}
-
-fn cgroup2_root() -> PathBuf {
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
-    mounts
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.len() > 2 && f[2] == "cgroup2")
-        .map(|f| PathBuf::from(f[1]))
-        .expect("cgroup2 mounted")
-}
 
 fn in_cgroup(cg: &std::path::Path, program: &str) -> Command {
     let procs = fs::OpenOptions::new().write(true).open(cg.join("cgroup.procs")).unwrap();

@@ -277,10 +277,21 @@ impl CriClient {
             });
         }
         let infos: Vec<ContainerInfo> = resp.items.iter().map(|sb| self.sandbox_base(sb)).collect();
+        self.with_statuses(infos).await
+    }
+
+    /// Each listed sandbox or container with its verbose status,
+    /// STATUS_CONCURRENCY calls at a time, in listing order. One removed
+    /// between list and status keeps what the list said.
+    async fn with_statuses(&self, infos: Vec<ContainerInfo>) -> Result<Vec<ContainerInfo>, CriError> {
         stream::iter(infos)
             .map(|mut info| async move {
-                match self.pod_sandbox_status_into(&mut info).await {
-                    // Removed between list and status: report what the list said.
+                let r = if info.kind == Some(ContainerKind::Sandbox) {
+                    self.pod_sandbox_status_into(&mut info).await
+                } else {
+                    self.container_status_into(&mut info).await
+                };
+                match r {
                     Ok(()) => Ok(info),
                     Err(e) if e.is_not_found() => Ok(info),
                     Err(e) => Err(e),
@@ -367,17 +378,7 @@ impl CriClient {
         };
         let infos: Vec<ContainerInfo> =
             resp.containers.iter().map(|c| self.container_base(c, sandboxes.get(&c.pod_sandbox_id))).collect();
-        stream::iter(infos)
-            .map(|mut info| async move {
-                match self.container_status_into(&mut info).await {
-                    Ok(()) => Ok(info),
-                    Err(e) if e.is_not_found() => Ok(info),
-                    Err(e) => Err(e),
-                }
-            })
-            .buffered(STATUS_CONCURRENCY)
-            .try_collect()
-            .await
+        self.with_statuses(infos).await
     }
 
     /// Sandboxes and workload containers together.

@@ -6,6 +6,7 @@
 pub mod containerd;
 pub mod fakeapi;
 pub mod fakekubelet;
+pub mod host;
 
 /// Stops a test that cannot run here: under `CI=true` it fails, otherwise
 /// it prints a loud SKIP line and the caller returns.

@@ -1,0 +1,136 @@
+//! Host helpers shared by the privileged tests: the root check, the cgroup v2
+//! mount, throw-away cgroups, private binaries. Self-contained, so that a
+//! test that needs nothing else includes only this file:
+//! `#[path = "support/host.rs"] mod host;` (`support::host` otherwise).
+#![allow(dead_code)]
+
+use std::{
+    ffi::OsStr,
+    fs,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+/// Whether a privileged test can run. Not root: with `CI` set it fails (CI
+/// must run every privileged test), otherwise it says SKIPPED and the
+/// caller returns.
+pub fn privileged() -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("privileged test cannot run (not root) and CI is set: failing instead of skipping");
+    }
+    eprintln!("SKIPPED: privileged test needs root (run `sudo -E cargo xtask test`)");
+    false
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on hybrid hosts).
+pub fn cgroup2_root() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| PathBuf::from(f[1]))
+        .expect("no cgroup2 hierarchy mounted (need /sys/fs/cgroup or /sys/fs/cgroup/unified)")
+}
+
+/// A cgroup v2 directory of the test's own, emptied and removed on drop.
+pub struct TestCgroup {
+    pub path: PathBuf,
+    pub id: u64,
+}
+
+impl TestCgroup {
+    /// A fresh directory under the cgroup v2 root, named after the test
+    /// binary's pid so that parallel runs never share one.
+    pub fn new(tag: &str) -> Self {
+        let path = cgroup2_root().join(format!("imagewarden-test-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir(&path);
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self::at(path)
+    }
+
+    /// A child directory `leaf` of this one (for tests about cgroup names).
+    pub fn child(&self, leaf: &str) -> Self {
+        let path = self.path.join(leaf);
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self::at(path)
+    }
+
+    fn at(path: PathBuf) -> Self {
+        let id = imagewarden::probes::cgroup_id_of(&path).expect("cgroup id");
+        TestCgroup { path, id }
+    }
+
+    pub fn procs(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+
+    /// `cgroup.procs` opened for a child to move itself (see [`move_self`]).
+    pub fn procs_fd(&self) -> fs::File {
+        fs::OpenOptions::new().write(true).open(self.procs()).expect("open cgroup.procs")
+    }
+
+    /// A command whose child moves itself into this cgroup before exec.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let procs = self.procs_fd();
+        let mut c = Command::new(program);
+        // SAFETY: only write(2) between fork and exec.
+        unsafe {
+            c.pre_exec(move || move_self(&procs));
+        }
+        c
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if fs::write(self.path.join("cgroup.kill"), "1").is_err() {
+            if let Ok(p) = fs::read_to_string(self.procs()) {
+                for pid in p.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    // SAFETY: plain syscall.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        for _ in 0..100 {
+            if fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Moves the calling process into the cgroup of `procs` (async-signal-safe:
+/// callable between fork and exec).
+pub fn move_self(procs: &fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: write(2) on an open fd; "0" means the writing process.
+    if unsafe { libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) } != 1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A fresh temporary directory for one test.
+pub fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("imagewarden-{tag}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A private copy of a binary under a unique name, so its exec is unambiguous.
+pub fn private_binary(dir: &Path, name: impl AsRef<OsStr>, from: &str) -> PathBuf {
+    let p = dir.join(name.as_ref());
+    fs::copy(from, &p).unwrap_or_else(|e| panic!("copy {from}: {e}"));
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
