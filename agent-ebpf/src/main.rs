@@ -34,15 +34,23 @@ const EPERM: i32 = 1;
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
+/// Hash maps that only user space writes are not preallocated: their
+/// elements are allocated when user space inserts them (outside the exec
+/// path; the programs here only look them up), so the kernel memory they
+/// take follows the node's containers instead of the bound. Preallocated,
+/// VERDICTS and NAME_VERDICTS took 5.2 and 17.3 MB of kernel memory
+/// (charged to the agent's memory cgroup) on every node.
+const NO_PREALLOC: u32 = 1; // BPF_F_NO_PREALLOC
+
 /// cgroup id -> verdict (see `agent_common::verdict`). 65,536 cgroups is far
 /// above the pods-per-node limit times containers per pod.
 #[map]
-static VERDICTS: HashMap<u64, u32> = HashMap::with_max_entries(65_536, 0);
+static VERDICTS: HashMap<u64, u32> = HashMap::with_max_entries(65_536, NO_PREALLOC);
 
 /// (parent, leaf) cgroup names -> verdict, for containers that the runtime
 /// announced before their cgroup existed. Same bound as VERDICTS.
 #[map]
-static NAME_VERDICTS: HashMap<CgroupKey, u32> = HashMap::with_max_entries(65_536, 0);
+static NAME_VERDICTS: HashMap<CgroupKey, u32> = HashMap::with_max_entries(65_536, NO_PREALLOC);
 
 /// cgroup id -> names, written by the kernel when it decided by name (or
 /// held a container-like cgroup), so that user space can attribute the
@@ -55,7 +63,7 @@ static CGROUP_NAMES: LruHashMap<u64, CgroupKey> = LruHashMap::with_max_entries(1
 /// need not look like one). An unclassified child of such a parent is held
 /// like an unclassified container-id cgroup.
 #[map]
-static HOLD_PARENTS: HashMap<[u8; CGROUP_NAME_LEN], u32> = HashMap::with_max_entries(1024, 0);
+static HOLD_PARENTS: HashMap<[u8; CGROUP_NAME_LEN], u32> = HashMap::with_max_entries(1024, NO_PREALLOC);
 
 /// Per-CPU scratch space for a CgroupKey (192 bytes: kept off the stack).
 #[map]

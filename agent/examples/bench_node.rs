@@ -607,6 +607,29 @@ impl Agent {
         (rss, hwm)
     }
 
+    /// Kernel memory of this agent's BPF maps (`bytes_memlock` of every map
+    /// its exec program uses, as `bpftool` reports it), in KiB: not in RSS,
+    /// but charged to the agent's memory cgroup.
+    fn bpf_map_kernel_kib(&self) -> u64 {
+        let json = |args: &[&str]| -> Value {
+            Command::new("bpftool")
+                .args(args)
+                .output()
+                .ok()
+                .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+                .unwrap_or(Value::Null)
+        };
+        let mut maps = BTreeSet::new();
+        for id in &self.prog_ids {
+            let p = json(&["-j", "prog", "show", "id", &id.to_string()]);
+            maps.extend(p["map_ids"].as_array().into_iter().flatten().filter_map(Value::as_u64));
+        }
+        maps.iter()
+            .map(|m| json(&["-j", "map", "show", "id", &m.to_string()])["bytes_memlock"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+            / 1024
+    }
+
     /// RSS of the BPF map mappings (the ring buffer: kernel memory, its
     /// data pages mapped twice, so a 4 MiB ring shows as 8 MiB), in KiB.
     fn bpf_map_rss_kib(&self) -> u64 {
@@ -1151,7 +1174,7 @@ fn inventory(o: &Opts) -> Value {
         "no_runtime".into(),
         json!({"ready_ms": a.ready_after.as_secs_f64() * 1e3, "startup_ms": a.startup_ms, "rss_kib": rss, "hwm_kib": hwm,
             "rss_anon_kib": a.rss_split_kib().0, "rss_file_kib": a.rss_split_kib().1,
-            "rss_bpf_maps_kib": a.bpf_map_rss_kib()}),
+            "rss_bpf_maps_kib": a.bpf_map_rss_kib(), "bpf_maps_kernel_kib": a.bpf_map_kernel_kib()}),
     );
     a.stop();
     if o.skip_inventory {
@@ -1209,7 +1232,8 @@ fn inventory(o: &Opts) -> Value {
         eprintln!("    first resync (containerd, CRI, apply) ms: {resync_ms:?}");
         let v = json!({"first_resync_ms_containerd_cri_apply": resync_ms,"ready_ms": a.ready_after.as_secs_f64() * 1e3, "startup_ms": a.startup_ms,
             "rss_kib": rss, "hwm_kib": hwm, "rss_anon_kib": anon, "rss_file_kib": file,
-            "rss_bpf_maps_kib": a.bpf_map_rss_kib(), "inventory": summary});
+            "rss_bpf_maps_kib": a.bpf_map_rss_kib(), "bpf_maps_kernel_kib": a.bpf_map_kernel_kib(),
+            "inventory": summary});
         a.stop();
         v
     };
@@ -1626,6 +1650,12 @@ fn print_table(r: &Value) {
                     f(&w["rss_kib"]) / 1024.0,
                     f(&w["hwm_kib"]) / 1024.0
                 ),
+                "",
+                None,
+            );
+            row(
+                "4. kernel memory of the BPF maps (not in RSS; memcg)".to_string(),
+                format!("{:.1} MiB", f(&w["bpf_maps_kernel_kib"]) / 1024.0),
                 "",
                 None,
             );
