@@ -31,29 +31,10 @@ use std::{
 #[path = "support/host.rs"]
 mod host;
 
-use host::{privileged, TestCgroup};
+use host::{in_cgroup, privileged, TestCgroup};
 
 /// The agents attach programs machine-wide: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn in_cgroup(cg: &Path, program: &str) -> Command {
-    let procs = fs::OpenOptions::new()
-        .write(true)
-        .open(cg.join("cgroup.procs"))
-        .unwrap();
-    let mut c = Command::new(program);
-    // SAFETY: only write(2) between fork and exec.
-    unsafe {
-        c.pre_exec(move || {
-            use std::os::fd::AsRawFd;
-            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    c
-}
 
 /// Capability numbers (linux/capability.h) of the names a manifest uses.
 const CAPS: &[(&str, u32)] = &[

@@ -3,7 +3,7 @@
 use std::{
     fs,
     io::{BufRead, BufReader},
-    os::unix::{fs::MetadataExt, process::CommandExt, process::ExitStatusExt},
+    os::unix::{fs::MetadataExt, process::ExitStatusExt},
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -12,26 +12,10 @@ use std::{
 #[path = "support/host.rs"]
 mod host;
 
-use host::{cgroup2_root, privileged};
+use host::{in_cgroup, cgroup2_root, privileged};
 
 /// The tests look at programs loaded machine-wide: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn in_cgroup(cg: &std::path::Path, program: &str) -> Command {
-    let procs = fs::OpenOptions::new().write(true).open(cg.join("cgroup.procs")).unwrap();
-    let mut c = Command::new(program);
-    // SAFETY: only write(2) between fork and exec.
-    unsafe {
-        c.pre_exec(move || {
-            use std::os::fd::AsRawFd;
-            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    c
-}
 
 /// Lines of the agent's stdout, read on a thread.
 fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {

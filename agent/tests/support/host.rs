@@ -79,13 +79,7 @@ impl TestCgroup {
 
     /// A command whose child moves itself into this cgroup before exec.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let procs = self.procs_fd();
-        let mut c = Command::new(program);
-        // SAFETY: only write(2) between fork and exec.
-        unsafe {
-            c.pre_exec(move || move_self(&procs));
-        }
-        c
+        in_cgroup(&self.path, program)
     }
 }
 
@@ -106,6 +100,18 @@ impl Drop for TestCgroup {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A command whose child moves itself into the cgroup v2 directory `cg`
+/// before exec.
+pub fn in_cgroup(cg: &Path, program: impl AsRef<OsStr>) -> Command {
+    let procs = fs::OpenOptions::new().write(true).open(cg.join("cgroup.procs")).expect("open cgroup.procs");
+    let mut c = Command::new(program);
+    // SAFETY: only write(2) between fork and exec.
+    unsafe {
+        c.pre_exec(move || move_self(&procs));
+    }
+    c
 }
 
 /// Moves the calling process into the cgroup of `procs` (async-signal-safe:
