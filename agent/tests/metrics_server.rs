@@ -537,25 +537,41 @@ enum Behaviour {
     Slow(Duration),
 }
 
+/// What the local webhook receiver saw. Checked by the test itself: an
+/// assertion inside the server's task could not fail the test.
+struct Hook {
+    addr: SocketAddr,
+    bodies: Arc<Mutex<Vec<String>>>,
+    requests: Arc<AtomicU64>,
+    /// The Content-Type header of every request, in order.
+    content_types: Arc<Mutex<Vec<String>>>,
+}
+
 /// A local HTTP server recording the bodies it receives.
-async fn hook_server(b: Behaviour) -> (SocketAddr, Arc<Mutex<Vec<String>>>, Arc<AtomicU64>) {
+async fn hook_server(b: Behaviour) -> Hook {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let bodies = Arc::new(Mutex::new(Vec::new()));
     let requests = Arc::new(AtomicU64::new(0));
-    let (b2, r2) = (bodies.clone(), requests.clone());
+    let content_types = Arc::new(Mutex::new(Vec::new()));
+    let (b2, r2, c2) = (bodies.clone(), requests.clone(), content_types.clone());
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
-            let (bodies, requests) = (b2.clone(), r2.clone());
+            let (bodies, requests, cts) = (b2.clone(), r2.clone(), c2.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let (bodies, requests) = (bodies.clone(), requests.clone());
+                    let (bodies, requests, cts) = (bodies.clone(), requests.clone(), cts.clone());
                     async move {
                         requests.fetch_add(1, Ordering::Relaxed);
-                        assert_eq!(req.headers()["content-type"], "application/x-ndjson");
+                        let ct = req
+                            .headers()
+                            .get("content-type")
+                            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                            .unwrap_or_default();
+                        cts.lock().unwrap().push(ct);
                         let body = req
                             .into_body()
                             .collect()
@@ -587,7 +603,7 @@ async fn hook_server(b: Behaviour) -> (SocketAddr, Arc<Mutex<Vec<String>>>, Arc<
             });
         }
     });
-    (addr, bodies, requests)
+    Hook { addr, bodies, requests, content_types }
 }
 
 fn quick(url: String) -> WebhookConfig {
@@ -605,7 +621,7 @@ fn finding(i: usize) -> serde_json::Value {
 
 #[tokio::test]
 async fn webhook_delivers_json_lines() {
-    let (addr, bodies, _) = hook_server(Behaviour::Ok).await;
+    let Hook { addr, bodies, content_types, .. } = hook_server(Behaviour::Ok).await;
     let metrics = Metrics::new();
     let mut sinks = Sinks::with_writer(
         SinkLabel::Stdout,
@@ -630,6 +646,9 @@ async fn webhook_delivers_json_lines() {
         })
         .collect();
     assert_eq!(got.len(), 100);
+    let cts = content_types.lock().unwrap().clone();
+    assert!(!cts.is_empty());
+    assert!(cts.iter().all(|c| c == "application/x-ndjson"), "content types: {cts:?}");
     let pids: Vec<u64> = got.iter().map(|v| v["pid"].as_u64().unwrap()).collect();
     assert_eq!(pids, (0..100).collect::<Vec<u64>>(), "in order");
     assert_eq!(metrics.sink_dropped_count(SinkLabel::Webhook), 0);
@@ -638,7 +657,7 @@ async fn webhook_delivers_json_lines() {
 
 #[tokio::test]
 async fn slow_webhook_never_blocks_the_emitter_and_drops_are_counted() {
-    let (addr, _, _) = hook_server(Behaviour::Slow(Duration::from_secs(3))).await;
+    let Hook { addr, .. } = hook_server(Behaviour::Slow(Duration::from_secs(3600))).await;
     let metrics = Metrics::new();
     let mut sinks = Sinks::with_writer(
         SinkLabel::Stdout,
@@ -651,33 +670,28 @@ async fn slow_webhook_never_blocks_the_emitter_and_drops_are_counted() {
         ..quick(format!("http://{addr}/"))
     };
     sinks.add_webhook(WebhookSink::start(cfg, metrics.clone()).unwrap());
+    // The receiver takes an hour per request. An emitter that waited for it
+    // would drop nothing; one that never blocks fills the bounded queue at
+    // once and counts every line it could not queue. (Speed itself is a
+    // benchmark's business, not a test's.)
     let n = 5_000;
-    let t = Instant::now();
-    let mut slowest = Duration::ZERO;
     for i in 0..n {
-        let e = Instant::now();
         sinks.emit(&finding(i));
-        slowest = slowest.max(e.elapsed());
     }
-    let total = t.elapsed();
-    assert!(total < Duration::from_secs(1), "{n} emits took {total:?}");
-    assert!(
-        slowest < Duration::from_millis(50),
-        "one emit took {slowest:?}"
-    );
     let dropped = metrics.sink_dropped_count(SinkLabel::Webhook);
     let queued = metrics.sink_line_count(SinkLabel::Webhook);
     assert_eq!(dropped + queued, n as u64);
     assert!(dropped >= n as u64 - 16 - 4, "dropped {dropped}");
-    // Shutdown gives up after its grace, too.
-    let t = Instant::now();
-    sinks.shutdown(Duration::from_millis(200)).await;
-    assert!(t.elapsed() < Duration::from_secs(2));
+    // Shutdown gives up after its grace, too, although the receiver is
+    // still sleeping on the batch in flight (a liveness guard, not a timing).
+    tokio::time::timeout(Duration::from_secs(60), sinks.shutdown(Duration::from_millis(200)))
+        .await
+        .expect("shutdown returns after its grace while the webhook still hangs");
 }
 
 #[tokio::test]
 async fn failing_webhook_retries_a_bounded_number_of_times_then_drops() {
-    let (addr, _, requests) = hook_server(Behaviour::Fail500).await;
+    let Hook { addr, requests, .. } = hook_server(Behaviour::Fail500).await;
     let metrics = Metrics::new();
     let mut sinks = Sinks::with_writer(
         SinkLabel::Stdout,
