@@ -13,7 +13,7 @@
 //! image is allowed.
 use std::collections::BTreeMap;
 
-use crate::cel::CelExpr;
+use crate::cel_subset::CelExpr;
 use crate::model::{Action, EvalContext, Unsupported, Verdict, Warning};
 use crate::native::RefMatcher;
 use crate::reference::{parse_normalized_named, Reference};

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 
 use serde_yaml::{Mapping, Value};
 
-use crate::cel;
+use crate::cel_subset as cel;
 use crate::eval::{
     Filter, FilterSet, ImageField, ImageTest, InfoField, NamespaceFilter, Policy, PolicySet, Rule,
     Scope,

@@ -10,6 +10,8 @@ pub mod reference;
 pub mod wildcard;
 
 pub mod cel;
+#[doc(hidden)]
+pub mod cel_subset;
 pub mod check;
 pub mod eval;
 pub mod kyverno;
