@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod model;
 pub mod native;
 pub mod text;
+pub mod vpol;
 
 pub use eval::PolicySet;
 pub use load::{load_policy_file, load_policy_str};

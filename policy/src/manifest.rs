@@ -24,6 +24,10 @@ pub struct WorkloadImage {
     pub pod_labels: BTreeMap<String, String>,
     /// 1-based line of the document in the file.
     pub line: usize,
+    /// The Pod (a controller's template as a Pod, in the controller's
+    /// namespace), for rules that judge whole Pods (CEL). `None` when the
+    /// document cannot be represented as JSON.
+    pub pod: Option<std::sync::Arc<serde_json::Value>>,
 }
 
 /// The images found, and what was not a workload.
@@ -104,6 +108,25 @@ fn labels_at(v: Option<&Value>) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The Pod a workload runs: the Pod itself, or a controller's template with
+/// `apiVersion: v1`, `kind: Pod` and the controller's namespace (what
+/// Kyverno's autogen evaluates Pod rules on).
+fn pod_of(kind: &str, template: Option<&Value>, namespace: Option<&str>) -> Option<std::sync::Arc<serde_json::Value>> {
+    let mut pod = serde_json::to_value(template?).ok()?;
+    let obj = pod.as_object_mut()?;
+    if kind != "Pod" {
+        obj.insert("apiVersion".into(), "v1".into());
+        obj.insert("kind".into(), "Pod".into());
+        let meta = obj
+            .entry("metadata")
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+        if let (Some(m), Some(ns)) = (meta.as_object_mut(), namespace) {
+            m.entry("namespace").or_insert_with(|| ns.into());
+        }
+    }
+    Some(std::sync::Arc::new(pod))
+}
+
 fn extract_object(
     obj: &Value,
     line: usize,
@@ -145,6 +168,7 @@ fn extract_object(
     let template = lookup(obj, tpath);
     let pod_labels = labels_at(template.and_then(|t| lookup(t, &["metadata", "labels"])));
     let spec = template.and_then(|t| lookup(t, &["spec"]));
+    let pod = pod_of(&kind, template, namespace.as_deref());
     for ct in ContainerType::ALL {
         let Some(list) = spec.and_then(|s| lookup(s, &[ct.field()])) else {
             continue;
@@ -170,6 +194,7 @@ fn extract_object(
                 namespace: namespace.clone(),
                 pod_labels: pod_labels.clone(),
                 line,
+                pod: pod.clone(),
             });
         }
     }
