@@ -72,11 +72,34 @@ impl CelProgram {
     /// Parses `source` (optional syntax enabled) and refuses expressions
     /// that need what a node cannot know.
     pub fn compile(source: &str) -> Result<CelProgram, CelError> {
-        let mut expr = Parser::default()
-            .enable_optional_syntax(true)
-            .parse(source)
-            .map_err(|e| CelError::Syntax(e.to_string().trim().to_string()))?;
-        rewrite_optionals(&mut expr)?;
+        if source.len() > MAX_SOURCE {
+            return Err(CelError::Syntax(format!("expression longer than {MAX_SOURCE} bytes")));
+        }
+        if bracket_depth(source) > MAX_DEPTH {
+            return Err(CelError::Syntax(format!("expression nested deeper than {MAX_DEPTH} levels")));
+        }
+        // The parser (ANTLR) and the AST walk recurse once per level of the
+        // tree: parse on a thread with a stack large enough for any input
+        // of MAX_SOURCE bytes, and refuse trees deeper than MAX_DEPTH so that
+        // evaluation (also recursive) stays shallow on the caller's stack.
+        let owned = source.to_string();
+        let expr = std::thread::Builder::new()
+            .name("cel-parse".into())
+            .stack_size(PARSE_STACK)
+            .spawn(move || -> Result<IdedExpr, CelError> {
+                let mut expr = Parser::default()
+                    .enable_optional_syntax(true)
+                    .parse(&owned)
+                    .map_err(|e| CelError::Syntax(e.to_string().trim().to_string()))?;
+                if ast_depth(&expr) > MAX_DEPTH {
+                    return Err(CelError::Syntax(format!("expression nested deeper than {MAX_DEPTH} levels")));
+                }
+                rewrite_optionals(&mut expr)?;
+                Ok(expr)
+            })
+            .map_err(|e| CelError::Syntax(format!("cannot start the CEL parser: {e}")))?
+            .join()
+            .map_err(|_| CelError::Syntax("the CEL parser failed".into()))??;
         let refs = expr.references();
         for (var, what) in UNKNOWABLE_VARIABLES {
             if refs.has_variable(var) {
@@ -109,6 +132,82 @@ impl CelProgram {
             Value::Bool(b) => Ok(b),
             other => Err(format!("expected a bool, got {}", other.type_of())),
         }
+    }
+}
+
+/// Longest expression accepted.
+const MAX_SOURCE: usize = 64 * 1024;
+/// Deepest nesting accepted (brackets before parsing, tree depth after;
+/// cel-go's parser default is 250, Kubernetes' expressions stay far below).
+const MAX_DEPTH: usize = 100;
+/// Stack of the parsing thread (reserved, committed only as used).
+const PARSE_STACK: usize = 256 << 20;
+
+/// Deepest nesting of (), [] and {} outside string literals.
+fn bracket_depth(s: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in s.chars() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' => quote = Some(c),
+            '(' | '[' | '{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Depth of the expression tree.
+fn ast_depth(e: &IdedExpr) -> usize {
+    1 + match &e.expr {
+        Expr::Call(c) => c
+            .target
+            .iter()
+            .map(|t| ast_depth(t))
+            .chain(c.args.iter().map(ast_depth))
+            .max()
+            .unwrap_or(0),
+        Expr::Select(s) => ast_depth(&s.operand),
+        Expr::Comprehension(c) => [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result]
+            .into_iter()
+            .map(ast_depth)
+            .max()
+            .unwrap_or(0),
+        Expr::List(l) => l.elements.iter().map(ast_depth).max().unwrap_or(0),
+        Expr::Map(m) => m
+            .entries
+            .iter()
+            .map(|en| match &en.expr {
+                EntryExpr::MapEntry(me) => ast_depth(&me.key).max(ast_depth(&me.value)),
+                EntryExpr::StructField(f) => ast_depth(&f.value),
+            })
+            .max()
+            .unwrap_or(0),
+        Expr::Struct(st) => st
+            .entries
+            .iter()
+            .map(|en| match &en.expr {
+                EntryExpr::MapEntry(me) => ast_depth(&me.key).max(ast_depth(&me.value)),
+                EntryExpr::StructField(f) => ast_depth(&f.value),
+            })
+            .max()
+            .unwrap_or(0),
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => 0,
     }
 }
 
@@ -544,5 +643,13 @@ mod tests {
         assert!(CelProgram::compile("object.metadata.name == 'resource'").is_ok());
         assert!(CelProgram::compile("request.operation == 'CREATE'").is_ok());
         assert!(matches!(CelProgram::compile("a.b("), Err(CelError::Syntax(_))));
+    }
+
+    #[test]
+    fn hostile_expressions_are_refused_not_crashed() {
+        for src in ["(".repeat(100_000), "[".repeat(5000) + &"]".repeat(5000), vec!["a"; 20_000].join(" + "), "x".repeat(70_000)] {
+            assert!(matches!(CelProgram::compile(&src), Err(CelError::Syntax(_))), "{}", &src[..20]);
+        }
+        assert!(CelProgram::compile(&(vec!["1"; 50].join(" + ") + " == 50")).is_ok());
     }
 }

@@ -411,12 +411,7 @@ impl PolicySet {
                 if !rule.scope.applies(ctx) {
                     continue;
                 }
-                let judged = match test {
-                    ImageTest::Cel(cel) => crate::vpol::judge(cel, image, ctx),
-                    t if t.eval(&view) => Judgement::Pass,
-                    _ => Judgement::Fail(None),
-                };
-                match judged {
+                match judge_test(test, &view, ctx) {
                     Judgement::NotApplicable => {}
                     Judgement::Pass => {
                         passes += 1;
@@ -469,6 +464,67 @@ impl PolicySet {
                 policy: None,
             },
         }
+    }
+}
+
+/// What one rule says about one image ([`PolicySet::rule_results`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleResult {
+    pub policy: String,
+    pub rule: String,
+    pub allowed: bool,
+    pub action: Action,
+    /// The failure message (validation message for CEL rules).
+    pub message: Option<String>,
+}
+
+impl PolicySet {
+    /// The result of every rule that governs this image in this context
+    /// (rules that do not apply are left out). Invalid references give no
+    /// rule results; [`PolicySet::evaluate`] denies them.
+    pub fn rule_results(&self, image: &str, ctx: &EvalContext<'_>) -> Vec<RuleResult> {
+        let Ok(reference) = parse_normalized_named(image) else {
+            return Vec::new();
+        };
+        let view = ImageView {
+            raw: image,
+            reference: &reference,
+        };
+        let mut out = Vec::new();
+        for policy in &self.policies {
+            if !policy.applies(ctx) {
+                continue;
+            }
+            for rule in &policy.rules {
+                let Some(test) = &rule.tests[ctx.container_type.index()] else {
+                    continue;
+                };
+                if !rule.scope.applies(ctx) {
+                    continue;
+                }
+                let (allowed, message) = match judge_test(test, &view, ctx) {
+                    Judgement::NotApplicable => continue,
+                    Judgement::Pass => (true, None),
+                    Judgement::Fail(m) => (false, m.or_else(|| rule.message.clone())),
+                };
+                out.push(RuleResult {
+                    policy: policy.name.clone(),
+                    rule: rule.name.clone(),
+                    allowed,
+                    action: rule.action,
+                    message,
+                });
+            }
+        }
+        out
+    }
+}
+
+fn judge_test(test: &ImageTest, view: &ImageView<'_>, ctx: &EvalContext<'_>) -> Judgement {
+    match test {
+        ImageTest::Cel(cel) => crate::vpol::judge(cel, view.raw, ctx),
+        t if t.eval(view) => Judgement::Pass,
+        _ => Judgement::Fail(None),
     }
 }
 

@@ -124,7 +124,35 @@ fn pod_of(kind: &str, template: Option<&Value>, namespace: Option<&str>) -> Opti
             m.entry("namespace").or_insert_with(|| ns.into());
         }
     }
+    default_pull_policies(&mut pod);
     Some(std::sync::Arc::new(pod))
+}
+
+/// The API server defaults `imagePullPolicy` before admission sees the Pod
+/// (`Always` for `:latest` or no tag and no digest, else `IfNotPresent`,
+/// as `SetDefaults_Container` does); CEL rules read it.
+fn default_pull_policies(pod: &mut serde_json::Value) {
+    let Some(spec) = pod.get_mut("spec").and_then(serde_json::Value::as_object_mut) else {
+        return;
+    };
+    for ct in ContainerType::ALL {
+        let Some(list) = spec.get_mut(ct.field()).and_then(serde_json::Value::as_array_mut) else {
+            continue;
+        };
+        for c in list.iter_mut().filter_map(serde_json::Value::as_object_mut) {
+            if c.contains_key("imagePullPolicy") {
+                continue;
+            }
+            let Some(image) = c.get("image").and_then(serde_json::Value::as_str) else {
+                continue;
+            };
+            let Ok(r) = crate::reference::parse_normalized_named(image) else {
+                continue;
+            };
+            let always = r.tag.as_deref() == Some("latest") || (r.tag.is_none() && r.digest.is_none());
+            c.insert("imagePullPolicy".into(), if always { "Always" } else { "IfNotPresent" }.into());
+        }
+    }
 }
 
 fn extract_object(
