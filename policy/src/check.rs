@@ -107,7 +107,8 @@ pub fn check_workloads(
             let ctx = EvalContext::new(w.container_type)
                 .with_namespace(ns)
                 .with_kind(&w.kind)
-                .with_labels(&w.pod_labels);
+                .with_labels(&w.pod_labels)
+                .with_pod(w.pod.as_deref(), w.container.as_deref());
             let mut rec = record(&w.image, set, &ctx);
             rec.container = w.container.clone();
             rec.kind = Some(w.kind.clone());

@@ -13,7 +13,9 @@
 //! image is allowed.
 use std::collections::BTreeMap;
 
-use crate::cel::CelExpr;
+use std::sync::Arc;
+
+use crate::vpol::{CelRule, Judgement, LabelSelector};
 use crate::model::{Action, EvalContext, Unsupported, Verdict, Warning};
 use crate::native::RefMatcher;
 use crate::reference::{parse_normalized_named, Reference};
@@ -70,6 +72,11 @@ pub(crate) struct Filter {
     pub namespaces: Option<NamespaceFilter>,
     /// Every label must be present with this value.
     pub labels: Option<BTreeMap<String, String>>,
+    /// A Kubernetes label selector on the Pod's labels (`objectSelector`).
+    pub object_selector: Option<LabelSelector>,
+    /// A label selector on the namespace, which may only use the label
+    /// `kubernetes.io/metadata.name` (the only one a node knows).
+    pub namespace_selector: Option<LabelSelector>,
 }
 
 #[derive(Debug, Clone)]
@@ -98,8 +105,10 @@ pub(crate) enum ImageTest {
     },
     /// Native structural matcher on the normalised reference.
     Native(Box<RefMatcher>),
-    /// A (small) CEL boolean expression over the image string.
-    Cel(CelExpr),
+    /// A CEL rule on the Pod (Kyverno `validate.cel`, ValidatingPolicy,
+    /// ValidatingAdmissionPolicy), judged per container; only at the top
+    /// of a rule's tests.
+    Cel(Arc<CelRule>),
     Not(Box<ImageTest>),
     All(Vec<ImageTest>),
     Any(Vec<ImageTest>),
@@ -214,7 +223,8 @@ impl ImageTest {
                     .any(|v| glob_match(v, &key) || glob_match(&key, v))
             }
             ImageTest::Native(m) => m.matches(img.reference),
-            ImageTest::Cel(e) => e.eval_image(img.raw),
+            // Judged in `PolicySet::evaluate_parsed`, which has the context.
+            ImageTest::Cel(_) => true,
             ImageTest::Not(t) => !t.eval(img),
             ImageTest::All(ts) => ts.iter().all(|t| t.eval(img)),
             ImageTest::Any(ts) => ts.iter().any(|t| t.eval(img)),
@@ -255,6 +265,17 @@ impl Filter {
                 .iter()
                 .all(|(k, v)| ctx.pod_labels.get(k).is_some_and(|x| x == v))
             {
+                return false;
+            }
+        }
+        if let Some(sel) = &self.object_selector {
+            if !sel.matches(ctx.pod_labels) {
+                return false;
+            }
+        }
+        if let (Some(sel), Some(ns)) = (&self.namespace_selector, ctx.namespace) {
+            let labels = BTreeMap::from([("kubernetes.io/metadata.name".to_string(), ns.to_string())]);
+            if !sel.matches(&labels) {
                 return false;
             }
         }
@@ -378,7 +399,7 @@ impl PolicySet {
         let ct = ctx.container_type.index();
         let mut first_pass: Option<(&Policy, &Rule)> = None;
         let mut passes = 0usize;
-        let mut audit_fail: Option<(&Policy, &Rule)> = None;
+        let mut audit_fail: Option<(&Policy, &Rule, Option<String>)> = None;
         for policy in &self.policies {
             if !policy.applies(ctx) {
                 continue;
@@ -390,18 +411,25 @@ impl PolicySet {
                 if !rule.scope.applies(ctx) {
                     continue;
                 }
-                if test.eval(&view) {
-                    passes += 1;
-                    first_pass.get_or_insert((policy, rule));
-                } else if rule.action == Action::Enforce {
-                    return fail_verdict(image, policy, rule);
-                } else if audit_fail.is_none() {
-                    audit_fail = Some((policy, rule));
+                match judge_test(test, &view, ctx) {
+                    Judgement::NotApplicable => {}
+                    Judgement::Pass => {
+                        passes += 1;
+                        first_pass.get_or_insert((policy, rule));
+                    }
+                    Judgement::Fail(msg) if rule.action == Action::Enforce => {
+                        return fail_verdict(image, policy, rule, msg.as_deref());
+                    }
+                    Judgement::Fail(msg) => {
+                        if audit_fail.is_none() {
+                            audit_fail = Some((policy, rule, msg));
+                        }
+                    }
                 }
             }
         }
-        if let Some((policy, rule)) = audit_fail {
-            return fail_verdict(image, policy, rule);
+        if let Some((policy, rule, msg)) = audit_fail {
+            return fail_verdict(image, policy, rule, msg.as_deref());
         }
         match first_pass {
             Some((policy, rule)) => {
@@ -439,10 +467,70 @@ impl PolicySet {
     }
 }
 
-fn fail_verdict(image: &str, policy: &Policy, rule: &Rule) -> Verdict {
-    let message = rule
-        .message
-        .as_deref()
+/// What one rule says about one image ([`PolicySet::rule_results`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleResult {
+    pub policy: String,
+    pub rule: String,
+    pub allowed: bool,
+    pub action: Action,
+    /// The failure message (validation message for CEL rules).
+    pub message: Option<String>,
+}
+
+impl PolicySet {
+    /// The result of every rule that governs this image in this context
+    /// (rules that do not apply are left out). Invalid references give no
+    /// rule results; [`PolicySet::evaluate`] denies them.
+    pub fn rule_results(&self, image: &str, ctx: &EvalContext<'_>) -> Vec<RuleResult> {
+        let Ok(reference) = parse_normalized_named(image) else {
+            return Vec::new();
+        };
+        let view = ImageView {
+            raw: image,
+            reference: &reference,
+        };
+        let mut out = Vec::new();
+        for policy in &self.policies {
+            if !policy.applies(ctx) {
+                continue;
+            }
+            for rule in &policy.rules {
+                let Some(test) = &rule.tests[ctx.container_type.index()] else {
+                    continue;
+                };
+                if !rule.scope.applies(ctx) {
+                    continue;
+                }
+                let (allowed, message) = match judge_test(test, &view, ctx) {
+                    Judgement::NotApplicable => continue,
+                    Judgement::Pass => (true, None),
+                    Judgement::Fail(m) => (false, m.or_else(|| rule.message.clone())),
+                };
+                out.push(RuleResult {
+                    policy: policy.name.clone(),
+                    rule: rule.name.clone(),
+                    allowed,
+                    action: rule.action,
+                    message,
+                });
+            }
+        }
+        out
+    }
+}
+
+fn judge_test(test: &ImageTest, view: &ImageView<'_>, ctx: &EvalContext<'_>) -> Judgement {
+    match test {
+        ImageTest::Cel(cel) => crate::vpol::judge(cel, view.raw, ctx),
+        t if t.eval(view) => Judgement::Pass,
+        _ => Judgement::Fail(None),
+    }
+}
+
+fn fail_verdict(image: &str, policy: &Policy, rule: &Rule, judged: Option<&str>) -> Verdict {
+    let message = judged
+        .or(rule.message.as_deref())
         .map(str::trim)
         .filter(|m| !m.is_empty())
         .unwrap_or("image not allowed");

@@ -26,7 +26,6 @@ use std::collections::BTreeMap;
 
 use serde_yaml::{Mapping, Value};
 
-use crate::cel;
 use crate::eval::{
     Filter, FilterSet, ImageField, ImageTest, InfoField, NamespaceFilter, Policy, PolicySet, Rule,
     Scope,
@@ -116,7 +115,19 @@ pub(crate) fn import(doc: &Value, src: &DocSource<'_>) -> Result<PolicySet, Poli
         .ok_or_else(|| src.invalid(Some(&name), None, "spec", "policy has no spec".into()))?;
     match kind {
         "ClusterPolicy" | "Policy" => import_classic(kind, &name, meta, spec, src),
-        "ValidatingPolicy" => import_vpol(&name, spec, src),
+        "ValidatingPolicy" | "NamespacedValidatingPolicy" => {
+            let namespace = meta.and_then(|m| str_of(get(m, "namespace")));
+            if kind == "NamespacedValidatingPolicy" && namespace.is_none() {
+                return Err(src.invalid(
+                    Some(&name),
+                    None,
+                    "metadata.namespace",
+                    "a NamespacedValidatingPolicy needs metadata.namespace".into(),
+                ));
+            }
+            let namespace = if kind == "NamespacedValidatingPolicy" { namespace } else { None };
+            crate::vpol::import_vpol(kind, &name, namespace, spec, src)
+        }
         _ => {
             // Other Kyverno kinds: reported, not enforced.
             let mut set = PolicySet::new();
@@ -1195,206 +1206,12 @@ fn compile_foreach(v: &Value) -> R<Compiled> {
     })
 }
 
-type CelParts = (Vec<(String, String)>, Vec<String>);
-
-fn cel_parts(
-    variables: Option<&Value>,
-    expressions: Option<&Value>,
-    expr_key: &str,
-) -> R<CelParts> {
-    let mut vars = Vec::new();
-    if let Some(vs) = variables {
-        let Some(l) = vs.as_sequence() else {
-            return skip("cel variables is not a list");
-        };
-        for v in l {
-            let m = v
-                .as_mapping()
-                .ok_or_else(|| Skip("cel variable is not a mapping".into()))?;
-            let n =
-                str_of(get(m, "name")).ok_or_else(|| Skip("cel variable has no name".into()))?;
-            let e = str_of(get(m, "expression"))
-                .ok_or_else(|| Skip("cel variable has no expression".into()))?;
-            vars.push((n.to_string(), e.to_string()));
-        }
-    }
-    let mut exprs = Vec::new();
-    let Some(l) = expressions.and_then(Value::as_sequence) else {
-        return skip(format!("cel {expr_key} is missing or not a list"));
-    };
-    for x in l {
-        let m = x
-            .as_mapping()
-            .ok_or_else(|| Skip("cel expression is not a mapping".into()))?;
-        for (k, _) in m {
-            match k.as_str().unwrap_or("") {
-                "expression" | "message" | "reason" => {}
-                "messageExpression" => {}
-                other => return skip(format!("cel {expr_key}[].{other} is not supported")),
-            }
-        }
-        exprs.push(
-            str_of(get(m, "expression"))
-                .ok_or_else(|| Skip("cel entry has no expression".into()))?
-                .to_string(),
-        );
-    }
-    Ok((vars, exprs))
-}
-
-fn cel_tests(vars: &[(String, String)], exprs: &[String]) -> R<[Option<ImageTest>; 3]> {
-    let compiled =
-        cel::compile_rule(vars, exprs).map_err(|e| Skip(format!("CEL not supported: {e}")))?;
-    Ok(compiled.map(|c| c.map(ImageTest::Cel)))
-}
-
 fn compile_cel(v: &Value) -> R<Compiled> {
-    let Some(m) = v.as_mapping() else {
-        return skip("validate.cel is not a mapping");
-    };
-    for (k, _) in m {
-        match k.as_str().unwrap_or("") {
-            "expressions" | "variables" | "auditAnnotations" => {}
-            other => return skip(format!("validate.cel.{other} is not supported")),
-        }
-    }
-    let (vars, exprs) = cel_parts(get(m, "variables"), get(m, "expressions"), "expressions")?;
+    let tests = crate::vpol::compile_validate_cel(v).map_err(Skip)?;
     Ok(Compiled {
-        tests: cel_tests(&vars, &exprs)?,
+        tests,
         shape: Shape::Pod,
         warnings: Vec::new(),
     })
 }
 
-/// `policies.kyverno.io` `ValidatingPolicy`.
-fn import_vpol(name: &str, spec: &Mapping, src: &DocSource<'_>) -> Result<PolicySet, PolicyError> {
-    let mut set = PolicySet::new();
-    let rule_name = "validations".to_string();
-    let result = (|| -> R<(Rule, Vec<Warning>)> {
-        for (k, _) in spec {
-            match k.as_str().unwrap_or("") {
-                "validationActions"
-                | "evaluation"
-                | "matchConstraints"
-                | "variables"
-                | "validations"
-                | "failurePolicy"
-                | "auditAnnotations"
-                | "webhookConfiguration" => {}
-                other => return skip(format!("ValidatingPolicy spec.{other} is not supported")),
-            }
-        }
-        let actions: Vec<&str> = get(spec, "validationActions")
-            .and_then(Value::as_sequence)
-            .map(|l| l.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        let action = if actions.contains(&"Deny") {
-            Action::Enforce
-        } else {
-            Action::Audit
-        };
-        let mc = get(spec, "matchConstraints")
-            .and_then(Value::as_mapping)
-            .ok_or_else(|| Skip("no matchConstraints".into()))?;
-        let mut kinds = Vec::new();
-        for (k, v) in mc {
-            match k.as_str().unwrap_or("") {
-                "resourceRules" => {
-                    for rr in v.as_sequence().into_iter().flatten() {
-                        let rrm = rr
-                            .as_mapping()
-                            .ok_or_else(|| Skip("bad resourceRule".into()))?;
-                        let ops: Vec<&str> = get(rrm, "operations")
-                            .and_then(Value::as_sequence)
-                            .map(|l| l.iter().filter_map(Value::as_str).collect())
-                            .unwrap_or_default();
-                        if !ops.iter().any(|o| *o == "CREATE" || *o == "*") {
-                            return skip("resourceRules without CREATE");
-                        }
-                        for r in get(rrm, "resources")
-                            .and_then(Value::as_sequence)
-                            .into_iter()
-                            .flatten()
-                        {
-                            match r.as_str().unwrap_or("") {
-                                "pods" | "pods/ephemeralcontainers" => {
-                                    kinds.push("Pod".to_string())
-                                }
-                                other => {
-                                    return skip(format!(
-                                        "matchConstraints resource {other} is not supported"
-                                    ))
-                                }
-                            }
-                        }
-                    }
-                }
-                other => return skip(format!("matchConstraints.{other} is not supported")),
-            }
-        }
-        if kinds.is_empty() {
-            return skip("matchConstraints matches no pods");
-        }
-        kinds.dedup();
-        let (vars, exprs) = cel_parts(
-            get(spec, "variables"),
-            get(spec, "validations"),
-            "validations",
-        )?;
-        let tests = cel_tests(&vars, &exprs)?;
-        let message = get(spec, "validations")
-            .and_then(Value::as_sequence)
-            .and_then(|l| l.first())
-            .and_then(Value::as_mapping)
-            .and_then(|m| str_of(get(m, "message")))
-            .map(str::to_string);
-        let matches = FilterSet {
-            all: false,
-            filters: vec![Filter {
-                kinds: Some(kinds),
-                ..Default::default()
-            }],
-        };
-        let warn = vec![Warning {
-            source: src.file.to_string(),
-            policy: name.into(),
-            rule: Some(rule_name.clone()),
-            message: "ValidatingPolicy without spec.autogen: Pod controllers are not checked"
-                .into(),
-        }];
-        match finish(
-            &rule_name, action, message, matches, None, tests, warn, src, name,
-        )? {
-            Some(r) => Ok(r),
-            None => skip("no rule"),
-        }
-    })();
-    let mut rules = Vec::new();
-    match result {
-        Ok((rule, w)) => {
-            set.warnings.extend(w);
-            rules.push(rule);
-        }
-        Err(Skip(reason)) => {
-            set.warnings.push(Warning {
-                source: src.file.to_string(),
-                policy: name.into(),
-                rule: Some(rule_name.clone()),
-                message: format!("not enforced: {reason}"),
-            });
-            set.unsupported.push(Unsupported {
-                source: src.file.to_string(),
-                policy: name.into(),
-                rule: rule_name,
-                reason,
-            });
-        }
-    }
-    set.policies.push(Policy {
-        name: name.to_string(),
-        kind: "ValidatingPolicy".into(),
-        namespace: None,
-        rules,
-    });
-    Ok(set)
-}

@@ -10,6 +10,8 @@ pub mod reference;
 pub mod wildcard;
 
 pub mod cel;
+#[doc(hidden)]
+pub mod cel_subset;
 pub mod check;
 pub mod eval;
 pub mod kyverno;
@@ -18,8 +20,9 @@ pub mod manifest;
 pub mod model;
 pub mod native;
 pub mod text;
+pub mod vpol;
 
-pub use eval::PolicySet;
+pub use eval::{PolicySet, RuleResult};
 pub use load::{load_policy_file, load_policy_str};
 pub use model::{
     Action, ContainerType, EvalContext, InvalidPolicy, PolicyError, Unsupported, Verdict, Warning,

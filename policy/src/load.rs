@@ -233,6 +233,7 @@ pub fn load_policy_str(text: &str, source_name: &str) -> Result<PolicySet, Polic
     }
     let mut set = PolicySet::new();
     let mut found = false;
+    let mut vap = crate::vpol::VapDocs::default();
     for (doc, first_line) in split_documents(text) {
         let src = DocSource {
             file: source_name,
@@ -278,6 +279,41 @@ pub fn load_policy_str(text: &str, source_name: &str) -> Result<PolicySet, Polic
             let imported = kyverno::import(&value, &src)?;
             set.extend(imported);
             found = true;
+        } else if group == "admissionregistration.k8s.io"
+            && (kind == "ValidatingAdmissionPolicy" || kind == "ValidatingAdmissionPolicyBinding")
+        {
+            if api_version != "admissionregistration.k8s.io/v1" {
+                return Err(src.invalid(
+                    None,
+                    None,
+                    "apiVersion",
+                    format!("{kind} {api_version} is not supported (expected admissionregistration.k8s.io/v1)"),
+                ));
+            }
+            let name = value
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| src.invalid(None, None, "metadata", format!("{kind} has no metadata.name")))?
+                .to_string();
+            let spec = value
+                .get("spec")
+                .and_then(Value::as_mapping)
+                .cloned()
+                .ok_or_else(|| src.invalid(Some(&name), None, "spec", format!("{kind} has no spec")))?;
+            let entry = (name, spec, source_name.to_string(), first_line, doc.clone());
+            if kind == "ValidatingAdmissionPolicy" {
+                vap.policies.push(entry);
+            } else {
+                vap.bindings.push(entry);
+            }
+            found = true;
+        } else if !kind.is_empty() && !api_version.is_empty() && value.get("metadata").is_some() && kind != "List" {
+            // Any other Kubernetes object (a ConfigMap...) may be the params
+            // of a ValidatingAdmissionPolicy; unused ones are reported below.
+            if let Some(p) = crate::vpol::ParamObject::from_doc(&value) {
+                vap.params.push(p);
+            }
         } else {
             return Err(src.invalid(
                 None,
@@ -290,6 +326,22 @@ pub fn load_policy_str(text: &str, source_name: &str) -> Result<PolicySet, Polic
                 ),
             ));
         }
+    }
+    let params: Vec<String> = vap.params.iter().map(|p| format!("{} {}", p.kind, p.name)).collect();
+    let has_vap = !vap.policies.is_empty();
+    crate::vpol::link_vaps(vap, &mut set);
+    if !has_vap && !params.is_empty() {
+        return Err(PolicyError::Invalid(Box::new(InvalidPolicy {
+            file: source_name.to_string(),
+            line: None,
+            policy: None,
+            rule: None,
+            field: Some("kind".into()),
+            message: format!(
+                "not a policy: {} (other objects are only read as the params of a ValidatingAdmissionPolicy)",
+                params.join(", ")
+            ),
+        })));
     }
     if !found {
         return Err(PolicyError::Empty {

@@ -24,6 +24,10 @@ pub struct WorkloadImage {
     pub pod_labels: BTreeMap<String, String>,
     /// 1-based line of the document in the file.
     pub line: usize,
+    /// The Pod (a controller's template as a Pod, in the controller's
+    /// namespace), for rules that judge whole Pods (CEL). `None` when the
+    /// document cannot be represented as JSON.
+    pub pod: Option<std::sync::Arc<serde_json::Value>>,
 }
 
 /// The images found, and what was not a workload.
@@ -104,6 +108,53 @@ fn labels_at(v: Option<&Value>) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The Pod a workload runs: the Pod itself, or a controller's template with
+/// `apiVersion: v1`, `kind: Pod` and the controller's namespace (what
+/// Kyverno's autogen evaluates Pod rules on).
+fn pod_of(kind: &str, template: Option<&Value>, namespace: Option<&str>) -> Option<std::sync::Arc<serde_json::Value>> {
+    let mut pod = serde_json::to_value(template?).ok()?;
+    let obj = pod.as_object_mut()?;
+    if kind != "Pod" {
+        obj.insert("apiVersion".into(), "v1".into());
+        obj.insert("kind".into(), "Pod".into());
+        let meta = obj
+            .entry("metadata")
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+        if let (Some(m), Some(ns)) = (meta.as_object_mut(), namespace) {
+            m.entry("namespace").or_insert_with(|| ns.into());
+        }
+    }
+    default_pull_policies(&mut pod);
+    Some(std::sync::Arc::new(pod))
+}
+
+/// The API server defaults `imagePullPolicy` before admission sees the Pod
+/// (`Always` for `:latest` or no tag and no digest, else `IfNotPresent`,
+/// as `SetDefaults_Container` does); CEL rules read it.
+fn default_pull_policies(pod: &mut serde_json::Value) {
+    let Some(spec) = pod.get_mut("spec").and_then(serde_json::Value::as_object_mut) else {
+        return;
+    };
+    for ct in ContainerType::ALL {
+        let Some(list) = spec.get_mut(ct.field()).and_then(serde_json::Value::as_array_mut) else {
+            continue;
+        };
+        for c in list.iter_mut().filter_map(serde_json::Value::as_object_mut) {
+            if c.contains_key("imagePullPolicy") {
+                continue;
+            }
+            let Some(image) = c.get("image").and_then(serde_json::Value::as_str) else {
+                continue;
+            };
+            let Ok(r) = crate::reference::parse_normalized_named(image) else {
+                continue;
+            };
+            let always = r.tag.as_deref() == Some("latest") || (r.tag.is_none() && r.digest.is_none());
+            c.insert("imagePullPolicy".into(), if always { "Always" } else { "IfNotPresent" }.into());
+        }
+    }
+}
+
 fn extract_object(
     obj: &Value,
     line: usize,
@@ -145,6 +196,7 @@ fn extract_object(
     let template = lookup(obj, tpath);
     let pod_labels = labels_at(template.and_then(|t| lookup(t, &["metadata", "labels"])));
     let spec = template.and_then(|t| lookup(t, &["spec"]));
+    let pod = pod_of(&kind, template, namespace.as_deref());
     for ct in ContainerType::ALL {
         let Some(list) = spec.and_then(|s| lookup(s, &[ct.field()])) else {
             continue;
@@ -170,6 +222,7 @@ fn extract_object(
                 namespace: namespace.clone(),
                 pod_labels: pod_labels.clone(),
                 line,
+                pod: pod.clone(),
             });
         }
     }

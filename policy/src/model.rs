@@ -98,6 +98,12 @@ pub struct EvalContext<'a> {
     pub pod_labels: &'a BTreeMap<String, String>,
     /// Resource kind (`Pod`, `Deployment`, ...). The agent sees Pods.
     pub kind: &'a str,
+    /// The whole Pod (for a controller: its template as a Pod), when known.
+    /// CEL rules judge it; without it they judge a Pod reduced to this one
+    /// container with only its image, namespace and labels.
+    pub pod: Option<&'a serde_json::Value>,
+    /// Name of the container in `pod` this image belongs to.
+    pub container_name: Option<&'a str>,
 }
 
 impl Default for EvalContext<'_> {
@@ -107,6 +113,8 @@ impl Default for EvalContext<'_> {
             container_type: ContainerType::Container,
             pod_labels: &NO_LABELS,
             kind: "Pod",
+            pod: None,
+            container_name: None,
         }
     }
 }
@@ -128,6 +136,12 @@ impl<'a> EvalContext<'a> {
     }
     pub fn with_labels(mut self, labels: &'a BTreeMap<String, String>) -> Self {
         self.pod_labels = labels;
+        self
+    }
+    /// The Pod the image's container belongs to, and the container's name.
+    pub fn with_pod(mut self, pod: Option<&'a serde_json::Value>, container_name: Option<&'a str>) -> Self {
+        self.pod = pod;
+        self.container_name = container_name;
         self
     }
 }
