@@ -282,6 +282,32 @@ async fn cri_lists_pod_containers_with_pod_metadata(test: &str, rt: Runtime) {
     );
     check_cgroup(sb);
 
+    // A second pod, guaranteed QoS, its container created by image name
+    // (as crictl does) rather than by id (as the kubelet does, above).
+    let uid2 = "1c2d3e4f-5061-4b7c-8d9e-0f1a2b3c4d5e";
+    let pod2 = CriPod {
+        qos: Qos::Guaranteed,
+        image_by_id: false,
+        ..CriPod::new("mirror-0", "prod", uid2, ECR_NGINX, "cri-mirror")
+    };
+    let (sandbox2, cid2) = ctd.cri_run(&cri, &pod2).await;
+    ctd.wait_marker("cri-mirror", Duration::from_secs(10))
+        .expect("second CRI container's entrypoint wrote no marker");
+    let c2 = cri.container_status(&cid2).await.expect("ContainerStatus");
+    assert_eq!(c2.image_as_written.as_deref(), Some(ECR_NGINX), "{c2:#?}");
+    assert_eq!(
+        c2.image_ref.as_deref(),
+        Some(format!("public.ecr.aws/nginx/nginx@{}", images.digest(ECR_NGINX)).as_str()),
+        "{c2:#?}"
+    );
+    assert_eq!(
+        c2.cgroup_path.as_deref(),
+        Some(format!("/kubepods/pod{uid2}/{cid2}").as_str())
+    );
+    check_cgroup(&c2);
+    cri.stop_container(&cid2, 0).await.expect("StopContainer");
+    cri.remove_pod_sandbox(&sandbox2).await.expect("remove sandbox");
+
     // ImageStatus resolves names to digests.
     let img = cri
         .image_status(ECR_NGINX)

@@ -766,6 +766,7 @@ impl Containerd {
             marker_name,
             qos: Qos::BestEffort,
             tolerate_start_failure,
+            image_by_id: false,
         };
         self.cri_run(cri, &pod).await
     }
@@ -784,7 +785,28 @@ impl Containerd {
             marker_name,
             qos,
             tolerate_start_failure,
+            image_by_id,
         } = *pod;
+        let image_spec = if image_by_id {
+            // The kubelet resolves the pod's image first (ImageStatus) and
+            // creates the container with the image id, the name as written
+            // only in `user_specified_image` (ignored by containerd 1.6).
+            let st = cri
+                .image_status(image)
+                .await
+                .unwrap_or_else(|e| panic!("ImageStatus {image}: {e}"))
+                .unwrap_or_else(|| panic!("ImageStatus: {} does not know {image}", self.label()));
+            cri::ImageSpec {
+                image: st.id,
+                user_specified_image: image.into(),
+                ..Default::default()
+            }
+        } else {
+            cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }
+        };
         let cgroup_parent = qos.cgroup_parent(pod_uid);
         let mut parent = cgroup_parent.trim_start_matches('/').to_string();
         while let Some((up, _)) = parent.rsplit_once('/') {
@@ -848,10 +870,7 @@ impl Containerd {
                 name: container_name.into(),
                 attempt: 0,
             }),
-            image: Some(cri::ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
+            image: Some(image_spec),
             envs: vec![cri::KeyValue {
                 key: "IW_MARKER_NAME".into(),
                 value: marker_name.into(),
@@ -1082,10 +1101,16 @@ pub struct CriPod<'a> {
     /// A failed StartContainer is not a panic (a denied container may be
     /// killed while runc is still creating it).
     pub tolerate_start_failure: bool,
+    /// Create the container as the kubelet does: `ImageSpec.image` is the
+    /// image id (`sha256:<config>`, from `ImageStatus`) and the name as
+    /// written goes in `user_specified_image`. Off: the name in `image`
+    /// (what `crictl` and other direct CRI clients do).
+    pub image_by_id: bool,
 }
 
 impl<'a> CriPod<'a> {
-    /// A burstable pod (the kubelet's usual class) whose container must start.
+    /// A burstable pod (the kubelet's usual class) whose container must
+    /// start, created as the kubelet creates it (image by id).
     pub fn new(name: &'a str, namespace: &'a str, uid: &'a str, image: &'a str, marker_name: &'a str) -> Self {
         CriPod {
             name,
@@ -1096,6 +1121,7 @@ impl<'a> CriPod<'a> {
             marker_name,
             qos: Qos::Burstable,
             tolerate_start_failure: false,
+            image_by_id: true,
         }
     }
 }
