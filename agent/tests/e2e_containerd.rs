@@ -10,6 +10,12 @@
 //!   at start; the denied ones are killed, later execs into them fail.
 //! - audit: the same untrusted container runs and is reported.
 //!
+//! Each test runs once per containerd release: `containerd_1_6::<test>`
+//! (the host's Debian 12 containerd 1.6) and `containerd_2::<test>` (Debian
+//! sid's containerd 2.x from `cargo xtask setup`); `IW_TEST_CONTAINERD=1.6|2|all`
+//! picks the releases (default all). CRI pods get the kubelet's cgroupfs
+//! parents (`/kubepods/burstable/pod<uid>`).
+//!
 //! Needs root and `containerd runc umoci busybox-static`; prints SKIP
 //! without them, fails under `CI=true`.
 
@@ -24,7 +30,35 @@ use std::{
 
 use imagewarden::sources::cri::CriClient;
 use serde_json::Value;
-use support::containerd::{Containerd, TestImages, ECR_NGINX, NGINX};
+use support::containerd::{runtime_ready, Containerd, CriPod, Runtime, TestImages, ECR_NGINX, NGINX};
+
+/// One test per containerd release: `containerd_1_6::NAME` and
+/// `containerd_2::NAME`, each calling `NAME(test_name, release)`.
+macro_rules! per_release {
+    ($($name:ident),* $(,)?) => {
+        mod containerd_1_6 {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(concat!("containerd_1_6::", stringify!($name)), super::Runtime::V1_6)
+                }
+            )*
+        }
+        mod containerd_2 {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(concat!("containerd_2::", stringify!($name)), super::Runtime::V2)
+                }
+            )*
+        }
+    };
+}
+
+per_release!(
+    enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_ones_run,
+    audit_lets_the_untrusted_container_run_and_reports_it,
+);
 
 struct Agent {
     child: Child,
@@ -37,8 +71,9 @@ impl Agent {
     fn start(ctd: &Containerd, mode: &str) -> Agent {
         let started = Instant::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
-            // Fail open: the two tests of this file run agents side by side,
-            // which one pinned state per node does not allow.
+            // Fail open: nothing pinned, so the programs go with the agent
+            // (a failed test leaves no enforcement behind) and no agent
+            // meets another's pinned state.
             .args(["run", "--standalone", "--fail-mode", "open", "--mode", mode, "--runtime-endpoint"])
             .arg(ctd.endpoint())
             .env("IMAGEWARDEN_LOG", std::env::var("IMAGEWARDEN_LOG").unwrap_or_else(|_| "info".into()))
@@ -108,9 +143,19 @@ impl Drop for Agent {
     }
 }
 
-fn setup(test: &str) -> Option<(Containerd, TestImages)> {
-    if let Err(why) = support::containerd::preflight() {
-        support::skip_or_fail(test, &why);
+/// One agent at a time in this file: an enforcing agent judges every exec
+/// on the host and kills, fail closed, a container in a runtime namespace's
+/// cgroup (`/default/<id>`) that its own containerd does not know — such as
+/// the other test's (seen: containerd 2's audit container killed by the
+/// enforce test's agent when the two ran side by side).
+static ONE_AGENT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_agent_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AGENT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn setup(test: &str, rt: Runtime) -> Option<(Containerd, TestImages)> {
+    if !runtime_ready(test, rt) {
         return None;
     }
     // SAFETY: no preconditions.
@@ -119,7 +164,8 @@ fn setup(test: &str) -> Option<(Containerd, TestImages)> {
         return None;
     }
     let images = TestImages::build();
-    let ctd = Containerd::start();
+    let ctd = Containerd::start_version(rt);
+    eprintln!("{test}: {} answered in {:?}", ctd.label(), ctd.start_time);
     Some((ctd, images))
 }
 
@@ -136,10 +182,9 @@ fn assert_denied_finding(f: &Value, id: &str, image: &str, action: &str) {
     assert!(f["reason"].as_str().unwrap_or("").starts_with("untrusted-image"), "{f}");
 }
 
-#[test]
-fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_ones_run() {
-    let test = "enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_ones_run";
-    let Some((ctd, images)) = setup(test) else { return };
+fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_ones_run(test: &str, rt: Runtime) {
+    let _one = one_agent_at_a_time();
+    let Some((ctd, images)) = setup(test, rt) else { return };
     let t = &ctd.token;
     for ns in ["default", "iw-other", "k8s.io"] {
         ctd.import(ns, &images);
@@ -157,7 +202,8 @@ fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_o
     let (f, at) = agent.finding(&pre_bad, "container", Duration::from_secs(5)).expect("no finding for the running untrusted container");
     assert_denied_finding(&f, &pre_bad, NGINX, "killed");
     eprintln!(
-        "[timing] agent start -> running untrusted container killed: {:?} (agent ready after {:?})",
+        "[timing] {}: agent start -> running untrusted container killed: {:?} (agent ready after {:?})",
+        ctd.label(),
         at - agent.started,
         agent.ready_after
     );
@@ -197,7 +243,7 @@ fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_o
                 String::from_utf8_lossy(&ctd.ctr_raw(ns, &["tasks", "ls"]).stdout)
             )
         };
-        eprintln!("[timing] ctr run -> untrusted container killed ({ns}, {}): {:?}", f["type"], at - t0);
+        eprintln!("[timing] {}: ctr run -> untrusted container killed ({ns}, {}): {:?}", ctd.label(), f["type"], at - t0);
         assert_eq!(f["action"], "killed", "{f}");
         assert_eq!(f["verdict"], "deny", "{f}");
         assert_eq!(f["image"], NGINX, "{f}");
@@ -214,14 +260,25 @@ fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_o
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let cri = CriClient::connect(&ctd.endpoint()).await.expect("CRI");
-        let (_sb, good_id) =
-            ctd.cri_run_pod(&cri, "web-ecr", "prod", &format!("11111111-2222-3333-4444-{t:0>12}"), "nginx", ECR_NGINX, &format!("cri-good-{t}")).await;
-        let (_sb, bad_id) =
-            ctd.cri_run_pod_opt(&cri, "web-hub", "prod", &format!("55555555-2222-3333-4444-{t:0>12}"), "nginx", NGINX, &format!("cri-bad-{t}"), true).await;
+        let (good_uid, good_marker) = (format!("11111111-2222-3333-4444-{t:0>12}"), format!("cri-good-{t}"));
+        let (bad_uid, bad_marker) = (format!("55555555-2222-3333-4444-{t:0>12}"), format!("cri-bad-{t}"));
+        let good = CriPod { container_name: "nginx", ..CriPod::new("web-ecr", "prod", &good_uid, ECR_NGINX, &good_marker) };
+        let bad = CriPod {
+            container_name: "nginx",
+            tolerate_start_failure: true,
+            ..CriPod::new("web-hub", "prod", &bad_uid, NGINX, &bad_marker)
+        };
+        let (_sb, good_id) = ctd.cri_run(&cri, &good).await;
+        let t0 = Instant::now();
+        let (_sb, bad_id) = ctd.cri_run(&cri, &bad).await;
         assert!(ctd.wait_marker(&format!("cri-good-{t}"), Duration::from_secs(10)).is_some(), "CRI trusted container did not run");
-        let (f, _) = agent.finding(&bad_id, "killed", Duration::from_secs(10)).expect("no finding for the CRI untrusted container");
+        let (f, at) = agent.finding(&bad_id, "killed", Duration::from_secs(10)).expect("no finding for the CRI untrusted container");
+        eprintln!("[timing] {}: CRI RunPodSandbox -> untrusted container killed ({}): {:?}", ctd.label(), f["type"], at - t0);
         assert_eq!(f["action"], "killed", "{f}");
         assert_eq!(f["pod"], "web-hub", "{f}");
+        // Created as the kubelet does (image id + user_specified_image):
+        // the finding names the image as the pod spec wrote it.
+        assert_eq!(f["image"], NGINX, "{f}");
         assert_eq!(f["namespace"], "prod", "{f}");
         std::thread::sleep(Duration::from_millis(500));
         assert!(!ctd.marker(&format!("cri-bad-{t}")).exists(), "the CRI untrusted entrypoint ran");
@@ -232,10 +289,9 @@ fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_o
     drop(images);
 }
 
-#[test]
-fn audit_lets_the_untrusted_container_run_and_reports_it() {
-    let test = "audit_lets_the_untrusted_container_run_and_reports_it";
-    let Some((ctd, images)) = setup(test) else { return };
+fn audit_lets_the_untrusted_container_run_and_reports_it(test: &str, rt: Runtime) {
+    let _one = one_agent_at_a_time();
+    let Some((ctd, images)) = setup(test, rt) else { return };
     ctd.import("default", &images);
     let agent = Agent::start(&ctd, "audit");
     let bad = format!("audit-bad-{}", ctd.token);

@@ -1,8 +1,13 @@
-//! The container runtime sources against a REAL containerd (Debian's 1.6,
-//! with its CRI plugin) and runc, started privately by `support::containerd`.
+//! The container runtime sources against a REAL containerd with its CRI
+//! plugin and runc, started privately by `support::containerd`: every test
+//! runs once per release, as `containerd_1_6::<test>` (the host's Debian 12
+//! containerd 1.6, config version 2) and `containerd_2::<test>` (Debian
+//! sid's containerd 2.x from `cargo xtask setup`, config version 3).
+//! `IW_TEST_CONTAINERD=1.6|2|all` picks the releases (default all).
 //!
-//! Needs root and `containerd runc umoci busybox-static`. Where that is
-//! missing the tests print a loud SKIP, and fail under `CI=true`.
+//! Needs root and `containerd runc umoci busybox-static` (and `cargo xtask
+//! setup` for containerd 2). Where that is missing the tests print a loud
+//! SKIP, and fail under `CI=true`.
 
 mod support;
 
@@ -16,19 +21,52 @@ use imagewarden::sources::cgroup::{
 use imagewarden::sources::containerd::ContainerdClient;
 use imagewarden::sources::cri::{CriClient, CriError};
 use imagewarden::sources::{ContainerInfo, ContainerKind, ContainerState, EventKind};
-use support::containerd::{Containerd, TestImages, ECR_NGINX, NGINX, PAUSE};
+use support::containerd::{
+    runtime_ready, Containerd, CriPod, Qos, Runtime, TestImages, ECR_NGINX, NGINX, PAUSE,
+};
 
-/// Starts containerd and builds the images, or says why not.
-fn setup(test: &str) -> Option<(Containerd, TestImages)> {
-    if let Err(why) = support::containerd::preflight() {
-        support::skip_or_fail(test, &why);
+/// One test per containerd release: `containerd_1_6::NAME` and
+/// `containerd_2::NAME`, each calling `NAME(test_name, release)`.
+macro_rules! per_release {
+    ($($name:ident),* $(,)?) => {
+        mod containerd_1_6 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(concat!("containerd_1_6::", stringify!($name)), super::Runtime::V1_6).await
+                }
+            )*
+        }
+        mod containerd_2 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(concat!("containerd_2::", stringify!($name)), super::Runtime::V2).await
+                }
+            )*
+        }
+    };
+}
+
+per_release!(
+    containerd_api_lists_ctr_containers_in_every_namespace,
+    cri_lists_pod_containers_with_pod_metadata,
+    containerd_events_report_start_and_exit,
+    cri_container_events_by_release,
+);
+
+/// Starts containerd of release `rt` and builds the images, or says why not.
+fn setup(test: &str, rt: Runtime) -> Option<(Containerd, TestImages)> {
+    if !runtime_ready(test, rt) {
         return None;
     }
     let images = TestImages::build();
-    let ctd = Containerd::start();
+    let ctd = Containerd::start_version(rt);
     eprintln!(
-        "[timing] {test}: images built in {:?}, containerd answered in {:?}",
-        images.build_time, ctd.start_time
+        "[timing] {test}: {}: images built in {:?}, containerd answered in {:?}",
+        ctd.label(),
+        images.build_time,
+        ctd.start_time
     );
     Some((ctd, images))
 }
@@ -71,10 +109,8 @@ fn check_cgroup(c: &ContainerInfo) -> (u64, String) {
     (from_dir, text)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn containerd_api_lists_ctr_containers_in_every_namespace() {
-    let test = "containerd_api_lists_ctr_containers_in_every_namespace";
-    let Some((ctd, images)) = setup(test) else {
+async fn containerd_api_lists_ctr_containers_in_every_namespace(test: &str, rt: Runtime) {
+    let Some((ctd, images)) = setup(test, rt) else {
         return;
     };
     let other_ns = "iw-other";
@@ -161,10 +197,8 @@ async fn containerd_api_lists_ctr_containers_in_every_namespace() {
     assert!(out.contains("IW_MARKER_NAME"), "{out}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cri_lists_pod_containers_with_pod_metadata() {
-    let test = "cri_lists_pod_containers_with_pod_metadata";
-    let Some((ctd, images)) = setup(test) else {
+async fn cri_lists_pod_containers_with_pod_metadata(test: &str, rt: Runtime) {
+    let Some((ctd, images)) = setup(test, rt) else {
         return;
     };
     timed("image import (k8s.io)", || ctd.import("k8s.io", &images));
@@ -173,11 +207,20 @@ async fn cri_lists_pod_containers_with_pod_metadata() {
         .expect("CRI connect");
     assert_eq!(cri.runtime_name(), "containerd");
     assert_eq!(cri.runtime_namespace().as_deref(), Some("k8s.io"));
+    // CRI's Version reports the release the harness started.
+    assert!(
+        cri.runtime_version().trim_start_matches('v').starts_with(&format!("{}.", ctd.version.split('.').next().unwrap())),
+        "CRI says {} for {}",
+        cri.runtime_version(),
+        ctd.label()
+    );
     let uid = "0b1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4d";
     let t0 = Instant::now();
-    let (sandbox, cid) = ctd
-        .cri_run_pod(&cri, "web-0", "prod", uid, "nginx", NGINX, "cri-web")
-        .await;
+    let pod = CriPod {
+        container_name: "nginx",
+        ..CriPod::new("web-0", "prod", uid, NGINX, "cri-web")
+    };
+    let (sandbox, cid) = ctd.cri_run(&cri, &pod).await;
     eprintln!(
         "[timing] CRI RunPodSandbox+CreateContainer+StartContainer: {:?}",
         t0.elapsed()
@@ -217,7 +260,7 @@ async fn cri_lists_pod_containers_with_pod_metadata() {
     );
     assert_eq!(
         c.cgroup_path.as_deref(),
-        Some(format!("/kubepods/besteffort/pod{uid}/{cid}").as_str())
+        Some(format!("{}/{cid}", Qos::Burstable.cgroup_parent(uid)).as_str())
     );
     let (_, text) = check_cgroup(c);
     let r = resolve_proc_cgroup(&text).expect("resolves");
@@ -238,6 +281,32 @@ async fn cri_lists_pod_containers_with_pod_metadata() {
         Some(format!("registry.k8s.io/pause@{}", images.digest(PAUSE)).as_str())
     );
     check_cgroup(sb);
+
+    // A second pod, guaranteed QoS, its container created by image name
+    // (as crictl does) rather than by id (as the kubelet does, above).
+    let uid2 = "1c2d3e4f-5061-4b7c-8d9e-0f1a2b3c4d5e";
+    let pod2 = CriPod {
+        qos: Qos::Guaranteed,
+        image_by_id: false,
+        ..CriPod::new("mirror-0", "prod", uid2, ECR_NGINX, "cri-mirror")
+    };
+    let (sandbox2, cid2) = ctd.cri_run(&cri, &pod2).await;
+    ctd.wait_marker("cri-mirror", Duration::from_secs(10))
+        .expect("second CRI container's entrypoint wrote no marker");
+    let c2 = cri.container_status(&cid2).await.expect("ContainerStatus");
+    assert_eq!(c2.image_as_written.as_deref(), Some(ECR_NGINX), "{c2:#?}");
+    assert_eq!(
+        c2.image_ref.as_deref(),
+        Some(format!("public.ecr.aws/nginx/nginx@{}", images.digest(ECR_NGINX)).as_str()),
+        "{c2:#?}"
+    );
+    assert_eq!(
+        c2.cgroup_path.as_deref(),
+        Some(format!("/kubepods/pod{uid2}/{cid2}").as_str())
+    );
+    check_cgroup(&c2);
+    cri.stop_container(&cid2, 0).await.expect("StopContainer");
+    cri.remove_pod_sandbox(&sandbox2).await.expect("remove sandbox");
 
     // ImageStatus resolves names to digests.
     let img = cri
@@ -286,10 +355,8 @@ async fn cri_lists_pod_containers_with_pod_metadata() {
         .expect("remove sandbox");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn containerd_events_report_start_and_exit() {
-    let test = "containerd_events_report_start_and_exit";
-    let Some((ctd, images)) = setup(test) else {
+async fn containerd_events_report_start_and_exit(test: &str, rt: Runtime) {
+    let Some((ctd, images)) = setup(test, rt) else {
         return;
     };
     ctd.import("default", &images);
@@ -331,22 +398,69 @@ async fn containerd_events_report_start_and_exit() {
         "{seen:?}"
     );
 
-    // CRI's GetContainerEvents: containerd 1.6 does not implement it.
+    assert!(Path::new(&ctd.socket).exists());
+}
+
+/// CRI `GetContainerEvents`: containerd 1.6 answers `Unimplemented`
+/// ([`CriError::Unsupported`]); containerd 2 streams the lifecycle of CRI
+/// containers (and of sandboxes), which [`CriClient::container_events`]
+/// decodes. The agent keeps containerd's own event service on both: it
+/// covers every namespace and carries the task's pid, CRI's events neither.
+async fn cri_container_events_by_release(test: &str, rt: Runtime) {
+    let Some((ctd, images)) = setup(test, rt) else {
+        return;
+    };
+    ctd.import("k8s.io", &images);
     let cri = CriClient::connect(&ctd.endpoint())
         .await
         .expect("CRI connect");
-    match cri.container_events().await {
-        Err(CriError::Unsupported { .. }) => {
-            eprintln!(
-                "CRI GetContainerEvents unsupported by containerd {}",
-                cri.runtime_version()
-            )
+    let stream = cri.container_events().await;
+    let mut events = match (rt, stream) {
+        (Runtime::V1_6, Err(CriError::Unsupported { call })) => {
+            assert_eq!(call, "GetContainerEvents");
+            eprintln!("{}: CRI GetContainerEvents unimplemented, as expected", ctd.label());
+            return;
         }
-        Ok(_) => eprintln!(
-            "CRI GetContainerEvents supported by containerd {}",
-            cri.runtime_version()
-        ),
-        Err(e) => panic!("GetContainerEvents: {e}"),
+        (Runtime::V1_6, Ok(_)) => panic!("{} implements GetContainerEvents: update the docs", ctd.label()),
+        (_, Err(e)) => panic!("{}: GetContainerEvents: {e}", ctd.label()),
+        (Runtime::V2, Ok(s)) => s,
+    };
+    let uid = "7a1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4d";
+    let (sandbox, cid) = ctd
+        .cri_run(&cri, &CriPod::new("ev-0", "prod", uid, ECR_NGINX, "cri-ev"))
+        .await;
+    ctd.wait_marker("cri-ev", Duration::from_secs(10))
+        .expect("CRI container's entrypoint wrote no marker");
+    cri.stop_container(&cid, 0).await.expect("StopContainer");
+
+    let mut seen = Vec::new();
+    let mut sandbox_seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !seen.iter().any(|k| matches!(k, EventKind::Exited { .. })) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = tokio::time::timeout(left, events.next())
+            .await
+            .unwrap_or_else(|_| panic!("no CRI stop event within 15 s; saw {seen:?} (sandbox: {sandbox_seen:?})"))
+            .expect("CRI event stream")
+            .expect("stream open");
+        eprintln!("CRI event: {ev:?}");
+        assert_eq!(ev.runtime, "cri");
+        assert_eq!(ev.namespace.as_deref(), Some("k8s.io"));
+        if ev.container_id == cid {
+            seen.push(ev.kind);
+        } else if ev.container_id == sandbox {
+            sandbox_seen.push(ev.kind);
+        }
     }
-    assert!(Path::new(&ctd.socket).exists());
+    assert_eq!(
+        seen.iter().take(2).cloned().collect::<Vec<_>>(),
+        vec![EventKind::Created, EventKind::Started { pid: None }],
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&EventKind::Exited { pid: None, exit_status: Some(137) }),
+        "{seen:?}"
+    );
+    assert!(sandbox_seen.contains(&EventKind::Started { pid: None }), "{sandbox_seen:?}");
+    cri.remove_pod_sandbox(&sandbox).await.expect("remove sandbox");
 }

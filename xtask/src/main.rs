@@ -5,6 +5,7 @@
 //!   run [-- AGENT ARGS]   setup, build, then `imagewarden run --standalone ...` as root
 //!   demo                  the seed's lab on a private containerd (root)
 mod bench;
+mod containerd2;
 mod ebpf_build;
 mod setup;
 

@@ -114,6 +114,7 @@ fn bpf_linker() -> Result<()> {
 
 pub fn setup() -> Result<()> {
     apt()?;
+    crate::containerd2::setup()?;
     nightly_rust_src()?;
     bpf_linker()?;
     Ok(())

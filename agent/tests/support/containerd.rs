@@ -1,10 +1,20 @@
 //! A private, real containerd for tests.
 //!
-//! [`Containerd::start`] runs Debian's `containerd` binary as a child with
-//! its own root, state, socket and config in a temporary directory (CRI
-//! plugin on, runc v2 shim, `native` snapshotter, no CNI: pods use the host
-//! network namespace), and [`Drop`] kills every task it ran, stops it,
-//! unmounts what it left and removes the directory.
+//! [`Containerd::start_version`] runs one of two containerd releases as a
+//! child with its own root, state, socket and config in a temporary
+//! directory (CRI plugin on, runc v2 shim, `native` snapshotter, no CNI:
+//! pods use the host network namespace), and [`Drop`] kills every task it
+//! ran, stops it, unmounts what it left and removes the directory:
+//!
+//! | [`Runtime`] | binaries | config |
+//! |---|---|---|
+//! | `V1_6` | the host's Debian 12 `containerd` package (1.6) on `PATH` | version 2 (`io.containerd.grpc.v1.cri`) |
+//! | `V2` | Debian sid's `containerd` 2.x, unpacked by `cargo xtask setup` into [`CONTAINERD2_BIN`] (override: `IW_CONTAINERD2_BIN`) | version 3 (`io.containerd.cri.v1.runtime`, `io.containerd.cri.v1.images`) |
+//!
+//! Both use Debian 12's `runc` (sid's needs a newer glibc). Each uses the
+//! `ctr` and `containerd-shim-runc-v2` of its own release. [`Containerd::start`]
+//! is `start_version(Runtime::V1_6)`. Which releases a test run covers:
+//! `IW_TEST_CONTAINERD=all|1.6|2` (default `all`; see [`Runtime::selected`]).
 //!
 //! [`TestImages::build`] makes OCI images without any network: a
 //! busybox-static root filesystem with `testdata/images/entrypoint.sh`
@@ -44,6 +54,146 @@ const ENTRYPOINT: &str = include_str!(concat!(
     "/../testdata/images/entrypoint.sh"
 ));
 
+/// Where `cargo xtask setup` unpacks containerd 2 (`containerd`, `ctr`,
+/// `containerd-shim-runc-v2`).
+pub const CONTAINERD2_BIN: &str = "/opt/imagewarden/containerd2/current/usr/bin";
+/// Environment variable that picks the containerd releases the tests run
+/// against: `all` (default), `1.6`, `2`, or a comma-separated list.
+pub const SELECT_ENV: &str = "IW_TEST_CONTAINERD";
+
+/// A containerd release the harness can start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Runtime {
+    /// The host's containerd 1.6 (Debian 12), config version 2.
+    V1_6,
+    /// containerd 2.x (Debian sid, private prefix), config version 3.
+    V2,
+}
+
+/// Every release, in matrix order.
+pub const RUNTIMES: [Runtime; 2] = [Runtime::V1_6, Runtime::V2];
+
+impl Runtime {
+    /// `containerd 1.6` / `containerd 2`, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::V1_6 => "containerd 1.6",
+            Runtime::V2 => "containerd 2",
+        }
+    }
+
+    /// `1.6` / `2`: the value [`SELECT_ENV`] names it by.
+    pub fn short(self) -> &'static str {
+        match self {
+            Runtime::V1_6 => "1.6",
+            Runtime::V2 => "2",
+        }
+    }
+
+    /// The major version `containerd --version` must report.
+    fn major(self) -> u32 {
+        match self {
+            Runtime::V1_6 => 1,
+            Runtime::V2 => 2,
+        }
+    }
+
+    /// Whether [`SELECT_ENV`] includes this release (unset: all). Panics
+    /// on a value it does not know, naming it.
+    pub fn selected(self) -> bool {
+        let raw = std::env::var(SELECT_ENV).unwrap_or_default();
+        let mut any = false;
+        for w in raw.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            any = true;
+            match w {
+                "all" => return true,
+                "1.6" | "1" => {
+                    if self == Runtime::V1_6 {
+                        return true;
+                    }
+                }
+                "2" | "2.x" => {
+                    if self == Runtime::V2 {
+                        return true;
+                    }
+                }
+                other => panic!("{SELECT_ENV}={raw:?}: unknown release {other:?} (use all, 1.6 or 2)"),
+            }
+        }
+        !any
+    }
+
+    /// Directory holding this release's `containerd`, `ctr` and shim.
+    pub fn bin_dir(self) -> Option<PathBuf> {
+        match self {
+            Runtime::V1_6 => which("containerd").and_then(|p| p.parent().map(Path::to_path_buf)),
+            Runtime::V2 => Some(
+                std::env::var_os("IW_CONTAINERD2_BIN")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from(CONTAINERD2_BIN)),
+            ),
+        }
+    }
+
+    /// `containerd --version` of this release, checked against its major
+    /// version; why it cannot run otherwise.
+    pub fn version(self) -> Result<String, String> {
+        let dir = self.bin_dir().ok_or_else(|| format!("{}: `containerd` not on PATH", self.name()))?;
+        let setup_hint = match self {
+            Runtime::V1_6 => "apt-get install containerd",
+            Runtime::V2 => "run `cargo xtask setup`",
+        };
+        for b in ["containerd", "ctr", "containerd-shim-runc-v2"] {
+            if !dir.join(b).is_file() {
+                return Err(format!("{}: {} missing ({setup_hint})", self.name(), dir.join(b).display()));
+            }
+        }
+        let out = Command::new(dir.join("containerd"))
+            .arg("--version")
+            .output()
+            .map_err(|e| format!("{}: cannot run {}: {e}", self.name(), dir.join("containerd").display()))?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let v = text.split_whitespace().nth(2).unwrap_or("").trim_start_matches('v');
+        let major = v.split('.').next().and_then(|m| m.parse::<u32>().ok());
+        if !out.status.success() || major != Some(self.major()) {
+            return Err(format!(
+                "{}: {} reports {text:?}, not {}.x ({setup_hint})",
+                self.name(),
+                dir.join("containerd").display(),
+                self.major()
+            ));
+        }
+        Ok(v.to_string())
+    }
+
+    /// Why the harness cannot run this release here, if it cannot.
+    pub fn preflight(self) -> Result<(), String> {
+        preflight_with(COMMON_BINARIES)?;
+        self.version().map(|_| ())
+    }
+}
+
+/// Whether a test should run against `rt`: not when [`SELECT_ENV`] leaves
+/// it out (printed), nor when it cannot run here ([`super::skip_or_fail`]:
+/// a failure under `CI=true`).
+pub fn runtime_ready(test: &str, rt: Runtime) -> bool {
+    if !rt.selected() {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "{test}: {} not selected by {SELECT_ENV}={:?}: not run",
+            rt.name(),
+            std::env::var(SELECT_ENV).unwrap_or_default()
+        );
+        return false;
+    }
+    if let Err(why) = rt.preflight() {
+        super::skip_or_fail(test, &why);
+        return false;
+    }
+    true
+}
+
 /// Binaries the harness runs.
 pub const REQUIRED_BINARIES: &[&str] = &[
     "containerd",
@@ -56,13 +206,21 @@ pub const REQUIRED_BINARIES: &[&str] = &[
 /// The static busybox copied into the images.
 pub const BUSYBOX: &str = "/bin/busybox";
 
-/// Why the harness cannot run here, if it cannot.
+/// Why the harness cannot run here with the host's containerd (1.6), if
+/// it cannot.
 pub fn preflight() -> Result<(), String> {
+    preflight_with(REQUIRED_BINARIES)
+}
+
+/// What every release needs besides its own containerd, ctr and shim.
+const COMMON_BINARIES: &[&str] = &["runc", "umoci", "tar"];
+
+fn preflight_with(binaries: &[&str]) -> Result<(), String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err("not root (containerd and runc need root)".into());
     }
-    for b in REQUIRED_BINARIES {
+    for b in binaries {
         if which(b).is_none() {
             return Err(format!(
                 "`{b}` not found on PATH (apt-get install containerd runc umoci busybox-static)"
@@ -304,6 +462,12 @@ impl Drop for TestImages {
 /// A private containerd child process.
 #[derive(Debug)]
 pub struct Containerd {
+    /// Which release runs.
+    pub runtime: Runtime,
+    /// Its version (`1.6.20~ds1`, `2.1.9+unknown`).
+    pub version: String,
+    /// Directory of its `containerd`, `ctr` and shim.
+    bin_dir: PathBuf,
     /// Everything of this instance lives here.
     pub dir: PathBuf,
     /// The gRPC socket (CRI and containerd API).
@@ -320,63 +484,41 @@ pub struct Containerd {
 }
 
 impl Containerd {
-    /// Starts containerd; panics with its log when it does not come up
-    /// within 20 s.
+    /// Starts the host's containerd (1.6): `start_version(Runtime::V1_6)`.
     pub fn start() -> Containerd {
+        Containerd::start_version(Runtime::V1_6)
+    }
+
+    /// Starts containerd of release `rt` with the config its version
+    /// reads; panics with its log when it does not come up within 20 s, or
+    /// when the release is not there ([`Runtime::preflight`] says why first).
+    pub fn start_version(rt: Runtime) -> Containerd {
+        let version = rt.version().unwrap_or_else(|e| panic!("{e}"));
+        let bin_dir = rt.bin_dir().expect("checked by version()");
         let dir = unique_dir("iw-ctd");
         for d in [
-            "root", "state", "opt", "cni/bin", "cni/conf", "marker", "pods",
+            "root", "state", "opt", "tmp", "cni/bin", "cni/conf", "marker", "pods",
         ] {
             std::fs::create_dir_all(dir.join(d)).expect("containerd dirs");
         }
         let socket = dir.join("containerd.sock");
-        let config = format!(
-            r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
-[grpc]
-  address = "{d}/containerd.sock"
-[ttrpc]
-  address = "{d}/containerd.sock.ttrpc"
-[debug]
-  address = ""
-  level = "info"
-[metrics]
-  address = ""
-[plugins]
-  [plugins."io.containerd.internal.v1.opt"]
-    path = "{d}/opt"
-  [plugins."io.containerd.grpc.v1.cri"]
-    disable_tcp_service = true
-    stream_server_address = "127.0.0.1"
-    stream_server_port = "0"
-    sandbox_image = "{PAUSE}"
-    enable_selinux = false
-    disable_apparmor = true
-    restrict_oom_score_adj = true
-    [plugins."io.containerd.grpc.v1.cri".containerd]
-      snapshotter = "native"
-      default_runtime_name = "runc"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-        runtime_type = "io.containerd.runc.v2"
-        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-          SystemdCgroup = false
-          BinaryName = "{runc}"
-    [plugins."io.containerd.grpc.v1.cri".cni]
-      bin_dir = "{d}/cni/bin"
-      conf_dir = "{d}/cni/conf"
-"#,
-            d = dir.display(),
-            runc = std::env::var("IW_TEST_RUNC").unwrap_or_else(|_| "runc".into()),
-        );
+        let runc = std::env::var("IW_TEST_RUNC").unwrap_or_else(|_| "runc".into());
+        let config = config_toml(rt, &dir, &bin_dir, &runc);
         let cfg = dir.join("config.toml");
         std::fs::write(&cfg, config).expect("write config");
         let log = std::fs::File::create(dir.join("containerd.log")).expect("log file");
+        // containerd finds its shim on PATH: this release's first. runc is
+        // not in the containerd 2 prefix, so Debian 12's is found after it.
+        let path = std::env::join_paths(
+            std::iter::once(bin_dir.clone())
+                .chain(std::env::var_os("PATH").iter().flat_map(std::env::split_paths)),
+        )
+        .expect("PATH");
         let t0 = Instant::now();
-        let child = Command::new("containerd")
+        let child = Command::new(bin_dir.join("containerd"))
             .arg("--config")
             .arg(&cfg)
+            .env("PATH", path)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -391,6 +533,9 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
             .unwrap_or("x")
             .to_string();
         let mut me = Containerd {
+            runtime: rt,
+            version,
+            bin_dir,
             marker_dir: dir.join("marker"),
             dir,
             socket,
@@ -408,10 +553,10 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
                 }
             }
             if let Some(Ok(Some(st))) = me.child.as_mut().map(|c| c.try_wait()) {
-                panic!("containerd exited ({st}) at start:\n{}", me.log());
+                panic!("{} exited ({st}) at start:\n{}", me.runtime.name(), me.log());
             }
             if Instant::now() > deadline {
-                panic!("containerd did not answer within 20 s:\n{}", me.log());
+                panic!("{} did not answer within 20 s:\n{}", me.runtime.name(), me.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -424,13 +569,23 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
         std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
     }
 
+    /// `containerd 2 (2.1.9+unknown)`: release and version, for messages.
+    pub fn label(&self) -> String {
+        format!("{} ({})", self.runtime.name(), self.version)
+    }
+
+    /// Directory of this release's `containerd`, `ctr` and shim.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
     /// `unix://` endpoint of the socket.
     pub fn endpoint(&self) -> String {
         format!("unix://{}", self.socket.display())
     }
 
     fn ctr_cmd(&self, ns: &str) -> Command {
-        let mut c = Command::new("ctr");
+        let mut c = Command::new(self.bin_dir.join("ctr"));
         c.arg("-a")
             .arg(&self.socket)
             .args(["-n", ns])
@@ -602,10 +757,63 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
         marker_name: &str,
         tolerate_start_failure: bool,
     ) -> (String, String) {
-        let cgroup_parent = format!("/kubepods/besteffort/pod{pod_uid}");
-        self.remember_cgroup(cgroup_parent.trim_start_matches('/').to_string());
-        self.remember_cgroup("kubepods/besteffort".into());
-        self.remember_cgroup("kubepods".into());
+        let pod = CriPod {
+            name: pod_name,
+            namespace: pod_namespace,
+            uid: pod_uid,
+            container_name,
+            image,
+            marker_name,
+            qos: Qos::BestEffort,
+            tolerate_start_failure,
+            image_by_id: false,
+        };
+        self.cri_run(cri, &pod).await
+    }
+
+    /// Runs `pod` through CRI as the kubelet does: `RunPodSandbox` with the
+    /// pod's QoS cgroup parent ([`Qos::cgroup_parent`], cgroupfs driver),
+    /// then `CreateContainer` and `StartContainer`; returns (sandbox id,
+    /// container id).
+    pub async fn cri_run(&self, cri: &CriClient, pod: &CriPod<'_>) -> (String, String) {
+        let CriPod {
+            name: pod_name,
+            namespace: pod_namespace,
+            uid: pod_uid,
+            container_name,
+            image,
+            marker_name,
+            qos,
+            tolerate_start_failure,
+            image_by_id,
+        } = *pod;
+        let image_spec = if image_by_id {
+            // The kubelet resolves the pod's image first (ImageStatus) and
+            // creates the container with the image id, the name as written
+            // only in `user_specified_image` (ignored by containerd 1.6).
+            let st = cri
+                .image_status(image)
+                .await
+                .unwrap_or_else(|e| panic!("ImageStatus {image}: {e}"))
+                .unwrap_or_else(|| panic!("ImageStatus: {} does not know {image}", self.label()));
+            cri::ImageSpec {
+                image: st.id,
+                user_specified_image: image.into(),
+                ..Default::default()
+            }
+        } else {
+            cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }
+        };
+        let cgroup_parent = qos.cgroup_parent(pod_uid);
+        let mut parent = cgroup_parent.trim_start_matches('/').to_string();
+        while let Some((up, _)) = parent.rsplit_once('/') {
+            self.remember_cgroup(parent.clone());
+            parent = up.to_string();
+        }
+        self.remember_cgroup(parent);
         let log_dir = self.dir.join("pods").join(pod_uid);
         std::fs::create_dir_all(&log_dir).expect("pod log dir");
         let ns_opts = Some(cri::NamespaceOption {
@@ -662,10 +870,7 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
                 name: container_name.into(),
                 attempt: 0,
             }),
-            image: Some(cri::ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
+            image: Some(image_spec),
             envs: vec![cri::KeyValue {
                 key: "IW_MARKER_NAME".into(),
                 value: marker_name.into(),
@@ -741,6 +946,183 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
             }
         }
         out
+    }
+}
+
+/// The config file of release `rt` for an instance living in `d`.
+fn config_toml(rt: Runtime, d: &Path, bin_dir: &Path, runc: &str) -> String {
+    let d = d.display();
+    match rt {
+        Runtime::V1_6 => format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+[debug]
+  address = ""
+  level = "info"
+[metrics]
+  address = ""
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "{d}/opt"
+  [plugins."io.containerd.grpc.v1.cri"]
+    disable_tcp_service = true
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+    sandbox_image = "{PAUSE}"
+    enable_selinux = false
+    disable_apparmor = true
+    restrict_oom_score_adj = true
+    [plugins."io.containerd.grpc.v1.cri".containerd]
+      snapshotter = "native"
+      default_runtime_name = "runc"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+          SystemdCgroup = false
+          BinaryName = "{runc}"
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "{d}/cni/bin"
+      conf_dir = "{d}/cni/conf"
+"#
+        ),
+        // containerd 2 reads version 3: the CRI plugin is split into
+        // `io.containerd.cri.v1.images` (snapshotter, the sandbox image as
+        // `pinned_images.sandbox`) and `io.containerd.cri.v1.runtime`
+        // (runtimes, CNI); `io.containerd.grpc.v1.cri` keeps only the
+        // streaming server. NRI (on by default in 2.x) would listen on the
+        // host's /var/run/nri/nri.sock: off. `ctr images import` goes
+        // through the transfer service, which unpacks only for the
+        // platform/snapshotter pairs of its `unpack_config`.
+        Runtime::V2 => format!(
+            r#"version = 3
+root = "{d}/root"
+state = "{d}/state"
+temp = "{d}/tmp"
+disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.tracing.processor.v1.otlp", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.blockfile", "io.containerd.snapshotter.v1.erofs"]
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+[debug]
+  address = ""
+  level = "info"
+[metrics]
+  address = ""
+[plugins]
+  [plugins.'io.containerd.internal.v1.opt']
+    path = "{d}/opt"
+  [plugins.'io.containerd.nri.v1.nri']
+    disable = true
+  [plugins.'io.containerd.transfer.v1.local']
+    [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
+      platform = "linux/{arch}"
+      snapshotter = "native"
+  [plugins.'io.containerd.grpc.v1.cri']
+    disable_tcp_service = true
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = "native"
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = "{PAUSE}"
+  [plugins.'io.containerd.cri.v1.runtime']
+    enable_selinux = false
+    disable_apparmor = true
+    restrict_oom_score_adj = true
+    enable_cdi = false
+    [plugins.'io.containerd.cri.v1.runtime'.containerd]
+      default_runtime_name = "runc"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        runtime_path = "{shim}"
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+          SystemdCgroup = false
+          BinaryName = "{runc}"
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dirs = ["{d}/cni/bin"]
+      conf_dir = "{d}/cni/conf"
+"#,
+            shim = bin_dir.join("containerd-shim-runc-v2").display(),
+            arch = match std::env::consts::ARCH {
+                "x86_64" => "amd64",
+                "aarch64" => "arm64",
+                other => other,
+            },
+        ),
+    }
+}
+
+/// A pod's QoS class: where the kubelet puts its cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos {
+    /// `/kubepods/pod<uid>`
+    Guaranteed,
+    /// `/kubepods/burstable/pod<uid>`
+    Burstable,
+    /// `/kubepods/besteffort/pod<uid>`
+    BestEffort,
+}
+
+impl Qos {
+    /// The pod's cgroup parent as the kubelet's cgroupfs driver passes it
+    /// to `RunPodSandbox` (containers go in `<parent>/<container id>`).
+    pub fn cgroup_parent(self, pod_uid: &str) -> String {
+        match self {
+            Qos::Guaranteed => format!("/kubepods/pod{pod_uid}"),
+            Qos::Burstable => format!("/kubepods/burstable/pod{pod_uid}"),
+            Qos::BestEffort => format!("/kubepods/besteffort/pod{pod_uid}"),
+        }
+    }
+}
+
+/// One pod with one container, for [`Containerd::cri_run`].
+#[derive(Debug, Clone, Copy)]
+pub struct CriPod<'a> {
+    /// Pod name.
+    pub name: &'a str,
+    /// Pod namespace.
+    pub namespace: &'a str,
+    /// Pod uid.
+    pub uid: &'a str,
+    /// The container's name.
+    pub container_name: &'a str,
+    /// Its image, by name.
+    pub image: &'a str,
+    /// Name of the marker file its entrypoint writes.
+    pub marker_name: &'a str,
+    /// QoS class (cgroup parent).
+    pub qos: Qos,
+    /// A failed StartContainer is not a panic (a denied container may be
+    /// killed while runc is still creating it).
+    pub tolerate_start_failure: bool,
+    /// Create the container as the kubelet does: `ImageSpec.image` is the
+    /// image id (`sha256:<config>`, from `ImageStatus`) and the name as
+    /// written goes in `user_specified_image`. Off: the name in `image`
+    /// (what `crictl` and other direct CRI clients do).
+    pub image_by_id: bool,
+}
+
+impl<'a> CriPod<'a> {
+    /// A burstable pod (the kubelet's usual class) whose container must
+    /// start, created as the kubelet creates it (image by id).
+    pub fn new(name: &'a str, namespace: &'a str, uid: &'a str, image: &'a str, marker_name: &'a str) -> Self {
+        CriPod {
+            name,
+            namespace,
+            uid,
+            container_name: "main",
+            image,
+            marker_name,
+            qos: Qos::Burstable,
+            tolerate_start_failure: false,
+            image_by_id: true,
+        }
     }
 }
 
