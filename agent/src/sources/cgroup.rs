@@ -85,11 +85,19 @@ pub fn resolve_cgroup_path(path: &str) -> Option<CgroupContainer> {
     if path.len() > MAX_PATH_LEN {
         return None;
     }
-    let segs: Vec<&str> = path
+    let all: Vec<&str> = path
         .split('/')
-        .filter(|s| !s.is_empty())
-        .take(MAX_SEGMENTS + 1)
+        .filter(|s| !s.is_empty() && *s != ".")
+        .take(MAX_SEGMENTS * 2 + 1)
         .collect();
+    // Seen from a private cgroup namespace, other containers' paths start
+    // with `..` (`/../../kubepods/...`): what follows still names them, but
+    // its depth in the hierarchy is unknown.
+    let ups = all.iter().take_while(|s| **s == "..").count();
+    let segs = &all[ups..];
+    if segs.contains(&"..") {
+        return None;
+    }
     if segs.is_empty() || segs.len() > MAX_SEGMENTS {
         return None;
     }
@@ -105,7 +113,7 @@ pub fn resolve_cgroup_path(path: &str) -> Option<CgroupContainer> {
     }
     // containerd's default layout (`ctr run`, nerdctl with cgroupfs):
     // exactly `/<namespace>/<id>`.
-    if segs.len() == 2 && is_containerd_namespace(segs[0]) && is_plain_container_id(segs[1]) {
+    if ups == 0 && segs.len() == 2 && is_containerd_namespace(segs[0]) && is_plain_container_id(segs[1]) {
         return Some(CgroupContainer {
             runtime: RuntimeKind::Containerd,
             id: segs[1].to_string(),
@@ -370,8 +378,10 @@ pub fn cgroup_id_of_dir(path: &Path) -> io::Result<u64> {
     Ok(md.ino())
 }
 
-/// The cgroup2 directory of a process: `mount` joined with the `0::` line
-/// of its `/proc/PID/cgroup`.
+/// The cgroup2 directory of a process: its `0::` line of `/proc/PID/cgroup`
+/// resolved under `mount` (see [`dir_in_mount`]: the line is relative to
+/// this process's cgroup namespace, which in a container need not be the
+/// hierarchy's root nor the mount's).
 pub fn cgroup2_dir_of_pid(mount: &Path, pid: u32) -> io::Result<PathBuf> {
     let content = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
     let rel = unified_path(&content).ok_or_else(|| {
@@ -380,12 +390,209 @@ pub fn cgroup2_dir_of_pid(mount: &Path, pid: u32) -> io::Result<PathBuf> {
             format!("process {pid} has no cgroup2 entry"),
         )
     })?;
-    Ok(mount.join(rel.trim_start_matches('/')))
+    dir_in_mount(mount, rel)
 }
 
 /// The cgroup id of a process's cgroup2 directory.
 pub fn cgroup_id_of_pid(mount: &Path, pid: u32) -> io::Result<u64> {
     cgroup_id_of_dir(&cgroup2_dir_of_pid(mount, pid)?)
+}
+
+/// A cgroup path relative to this process's cgroup namespace root, as the
+/// kernel prints it in `/proc/PID/cgroup` and in the root field of
+/// `/proc/self/mountinfo`: `ups` times `..`, then `names` downwards. In the
+/// initial cgroup namespace `ups` is always 0; in a container with a private
+/// cgroup namespace another pod's cgroup reads `/../../kubepods/...`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NsPath {
+    /// Levels above the namespace root.
+    pub ups: usize,
+    /// Names below that ancestor.
+    pub names: Vec<String>,
+}
+
+impl NsPath {
+    /// Parses and normalises a kernel cgroup path (`.` dropped, a `..` after a
+    /// name cancels it). `None` for a relative or over-long path.
+    pub fn parse(path: &str) -> Option<NsPath> {
+        if !path.starts_with('/') || path.len() > MAX_PATH_LEN {
+            return None;
+        }
+        let mut p = NsPath::default();
+        for seg in path.split('/').filter(|s| !s.is_empty() && *s != ".") {
+            if seg == ".." {
+                if p.names.pop().is_none() {
+                    p.ups += 1;
+                }
+            } else {
+                p.names.push(seg.to_string());
+            }
+            if p.ups + p.names.len() > MAX_SEGMENTS * 4 {
+                return None;
+            }
+        }
+        Some(p)
+    }
+}
+
+/// Where a cgroup (given relative to this process's cgroup namespace root)
+/// lies under a cgroup2 mount whose root is `mount_root` (also relative to
+/// the namespace root, from `/proc/self/mountinfo`): the names below the
+/// mount's root, or `None` when it is outside the mount or cannot be placed.
+///
+/// `ns_root_names` are the `mount_root.ups` names that lead from the mount's
+/// root down to the namespace root, when the mount's root is an ancestor of
+/// the namespace root (a host's hierarchy bind-mounted into a container with
+/// a private cgroup namespace); they are needed only for a cgroup that is
+/// not itself under the mount's root by name, e.g. `/../../besteffort/...`
+/// seen from `/kubepods/burstable/pod<uid>/<id>` with the mount at the
+/// hierarchy root (`/../../../..`).
+pub fn place_under_mount(mount_root: &NsPath, ns_root_names: Option<&[String]>, cgroup: &NsPath) -> Option<Vec<String>> {
+    if cgroup.ups > mount_root.ups {
+        return None; // above the mount's root
+    }
+    // The cgroup relative to A, the `mount_root.ups`-th ancestor of the
+    // namespace root (the mount's root is A/mount_root.names).
+    let keep = mount_root.ups - cgroup.ups;
+    let mut from_a: Vec<&str> = Vec::with_capacity(keep + cgroup.names.len());
+    if keep > 0 {
+        let ns = ns_root_names?;
+        if ns.len() != mount_root.ups {
+            return None;
+        }
+        from_a.extend(ns[..keep].iter().map(String::as_str));
+    }
+    from_a.extend(cgroup.names.iter().map(String::as_str));
+    let rest = from_a.strip_prefix(
+        mount_root.names.iter().map(String::as_str).collect::<Vec<_>>().as_slice(),
+    )?;
+    Some(rest.iter().map(|s| s.to_string()).collect())
+}
+
+/// The root field (4th) of the last `/proc/self/mountinfo` entry mounted at
+/// `mount` (the topmost one), when it is a cgroup2 mount.
+pub fn cgroup2_mount_root_from_mountinfo(info: &str, mount: &Path) -> Option<String> {
+    info.lines()
+        .take(10_000)
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let f: Vec<&str> = pre.split(' ').collect();
+            let (root, point) = (f.get(3)?, f.get(4)?);
+            (Path::new(&unescape_mountinfo(point)) == mount).then(|| (post.split(' ').next() == Some("cgroup2"), unescape_mountinfo(root)))
+        })
+        .last()
+        .and_then(|(is_cgroup2, root)| is_cgroup2.then_some(root))
+}
+
+/// How this process sees one cgroup2 mount: its root relative to our cgroup
+/// namespace and, when needed, where our namespace root lies under it.
+#[derive(Debug, Clone)]
+struct MountView {
+    root: NsPath,
+    ns_root_names: Option<Vec<String>>,
+}
+
+/// Most directories [`find_ns_root`] looks at.
+const MAX_NS_ROOT_SEARCH: usize = 100_000;
+
+/// Finds this process's cgroup namespace root under `mount`, whose root is
+/// its `depth`-th ancestor: the directory at that depth whose `self_names`
+/// sub-cgroup lists this process in `cgroup.procs`. The kernel never prints
+/// the namespace root's own names to a process inside the namespace; this
+/// finds them from the host's hierarchy mount, which a DaemonSet mounts.
+fn find_ns_root(mount: &Path, depth: usize, self_names: &[String]) -> Option<Vec<String>> {
+    let me = std::process::id().to_string();
+    let mut level: Vec<Vec<String>> = vec![Vec::new()];
+    let mut seen = 0usize;
+    for _ in 0..depth {
+        let mut next = Vec::new();
+        for names in &level {
+            let dir = names.iter().fold(mount.to_path_buf(), |d, n| d.join(n));
+            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            for e in rd.flatten() {
+                seen += 1;
+                if seen > MAX_NS_ROOT_SEARCH {
+                    return None;
+                }
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let mut n = names.clone();
+                    n.push(e.file_name().to_string_lossy().into_owned());
+                    next.push(n);
+                }
+            }
+        }
+        level = next;
+    }
+    level.into_iter().find(|names| {
+        let dir = names.iter().chain(self_names).fold(mount.to_path_buf(), |d, n| d.join(n));
+        std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|s| s.lines().any(|l| l.trim() == me))
+    })
+}
+
+fn mount_view(mount: &Path) -> io::Result<MountView> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static VIEWS: OnceLock<Mutex<HashMap<PathBuf, MountView>>> = OnceLock::new();
+    let views = VIEWS.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(v) = views.lock().ok().and_then(|m| m.get(mount).cloned()) {
+        return Ok(v);
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    // Not a mount point itself (a directory inside a cgroup2 mount, as some
+    // tests pass): taken as rooted at our namespace root, the old behaviour.
+    let root = cgroup2_mount_root_from_mountinfo(&info, mount).unwrap_or_else(|| "/".into());
+    let root = NsPath::parse(&root).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("cgroup2 mount {}: unusable root {root:?}", mount.display()))
+    })?;
+    let mut view = MountView { root, ns_root_names: None };
+    if view.root.ups > 0 && view.root.names.is_empty() {
+        let own = std::fs::read_to_string("/proc/self/cgroup")?;
+        let own = unified_path(&own).and_then(NsPath::parse).unwrap_or_default();
+        if own.ups == 0 {
+            view.ns_root_names = find_ns_root(mount, view.root.ups, &own.names);
+        }
+        match &view.ns_root_names {
+            Some(n) => tracing::info!(
+                mount = %mount.display(),
+                "private cgroup namespace: rooted at /{} of the cgroup2 mount",
+                n.join("/")
+            ),
+            None => tracing::warn!(
+                mount = %mount.display(),
+                "private cgroup namespace whose root was not found under the cgroup2 mount: \
+                 cgroups of other pods may not resolve"
+            ),
+        }
+    } else if view.root.ups > 0 {
+        tracing::warn!(
+            mount = %mount.display(),
+            "the cgroup2 mount is not an ancestor of this process's cgroup namespace: \
+             only cgroups under it resolve"
+        );
+    }
+    if let Ok(mut m) = views.lock() {
+        m.insert(mount.to_path_buf(), view.clone());
+    }
+    Ok(view)
+}
+
+/// The directory under the cgroup2 mount `mount` of a cgroup given as the
+/// kernel prints it to this process (`/proc/PID/cgroup`: relative to our
+/// cgroup namespace root). Handles a private cgroup namespace (a container
+/// on cgroup v2: `/../../kubepods/...`) with the host's hierarchy mounted,
+/// by reading the mount's root from `/proc/self/mountinfo` and, when needed,
+/// finding our namespace root under it once (cached per mount).
+pub fn dir_in_mount(mount: &Path, path: &str) -> io::Result<PathBuf> {
+    let cg = NsPath::parse(path)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("unusable cgroup path {path:?}")))?;
+    let view = mount_view(mount)?;
+    let names = place_under_mount(&view.root, view.ns_root_names.as_deref(), &cg).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("cgroup {path} is outside the cgroup2 mount {} (its root: {:?})", mount.display(), view.root),
+        )
+    })?;
+    Ok(names.iter().fold(mount.to_path_buf(), |d, n| d.join(n)))
 }
 
 #[cfg(test)]
@@ -627,6 +834,108 @@ mod tests {
             cgroup2_mount_from_mountinfo("26 25 0:23 / /x rw - cgroup cgroup rw\n"),
             None
         );
+    }
+
+    fn ns(p: &str) -> NsPath {
+        NsPath::parse(p).unwrap_or_else(|| panic!("unparsable {p}"))
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn ns_path_parses_kernel_paths() {
+        assert_eq!(ns("/"), NsPath::default());
+        assert_eq!(ns("/../../kubepods/x"), NsPath { ups: 2, names: names(&["kubepods", "x"]) });
+        assert_eq!(ns("/a/./b/../c"), NsPath { ups: 0, names: names(&["a", "c"]) });
+        assert_eq!(NsPath::parse("relative/x"), None);
+        assert_eq!(NsPath::parse(&"/..".repeat(1000)), None);
+        assert_eq!(NsPath::parse(&"/a".repeat(3000)), None);
+    }
+
+    /// A DaemonSet pod on cgroup v2: its container has a private cgroup
+    /// namespace rooted at its own cgroup, and the host's hierarchy is
+    /// bind-mounted at /sys/fs/cgroup (mountinfo root `/../../../..`).
+    #[test]
+    fn private_cgroupns_with_the_hosts_hierarchy_mounted() {
+        let agent_cg = names(&["kubepods", "burstable", &format!("pod{UID}"), "agentid"]);
+        let root = ns("/../../../..");
+        // Another pod under another QoS class shares `kubepods` with us.
+        let other = ns(&format!("/../../../besteffort/pod{UID}/{ID}"));
+        assert_eq!(
+            place_under_mount(&root, Some(&agent_cg), &other),
+            Some(names(&["kubepods", "besteffort", &format!("pod{UID}"), ID]))
+        );
+        // Without knowing where our namespace root is, that one cannot be
+        // placed (this was the bug: mount + "../../.." left the mount).
+        assert_eq!(place_under_mount(&root, None, &other), None);
+        // Up to the hierarchy root: no need to know it.
+        let sys = ns("/../../../../system.slice/containerd.service");
+        assert_eq!(place_under_mount(&root, None, &sys), Some(names(&["system.slice", "containerd.service"])));
+        // Our own cgroup, and a sibling container of the same pod.
+        assert_eq!(place_under_mount(&root, Some(&agent_cg), &ns("/")), Some(agent_cg.clone()));
+        assert_eq!(
+            place_under_mount(&root, Some(&agent_cg), &ns("/../sidecar")),
+            Some(names(&["kubepods", "burstable", &format!("pod{UID}"), "sidecar"]))
+        );
+        // Above the mount: nothing.
+        assert_eq!(place_under_mount(&root, Some(&agent_cg), &ns("/../../../../..")), None);
+        // ns root names of the wrong length are not trusted.
+        assert_eq!(place_under_mount(&root, Some(&agent_cg[..2]), &other), None);
+        // The systemd driver's names, same shape.
+        let sd = names(&[
+            "kubepods.slice",
+            "kubepods-burstable.slice",
+            &format!("kubepods-burstable-pod{UID_}.slice"),
+            &format!("cri-containerd-{ID}.scope"),
+        ]);
+        let p = ns(&format!("/../../../kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/cri-containerd-{ID}.scope"));
+        assert_eq!(place_under_mount(&root, Some(&sd), &p).unwrap()[1], "kubepods-besteffort.slice");
+    }
+
+    #[test]
+    fn host_and_own_namespace_mounts() {
+        // The initial cgroup namespace: paths are the hierarchy's.
+        let p = ns(&format!("/kubepods/besteffort/pod{UID}/{ID}"));
+        assert_eq!(place_under_mount(&ns("/"), None, &p), Some(p.names.clone()));
+        // A container's own cgroup2 mount (root = its namespace root): other
+        // pods are outside it.
+        assert_eq!(place_under_mount(&ns("/"), None, &ns("/../x/y")), None);
+        assert_eq!(place_under_mount(&ns("/"), None, &ns("/sub")), Some(names(&["sub"])));
+        // A mount of a sub-tree: stripped; outside it, nothing.
+        assert_eq!(place_under_mount(&ns("/kubepods"), None, &p), Some(p.names[1..].to_vec()));
+        assert_eq!(place_under_mount(&ns("/system.slice"), None, &p), None);
+        // A mount of a sibling sub-tree seen from a private namespace.
+        assert_eq!(place_under_mount(&ns("/../x"), None, &ns("/../x/y")), Some(names(&["y"])));
+        assert_eq!(place_under_mount(&ns("/../x"), None, &ns("/../z")), None);
+    }
+
+    #[test]
+    fn mountinfo_root_of_a_cgroup2_mount() {
+        // `unshare --cgroup` from a sub-cgroup on a hybrid host (measured).
+        let info = "25 30 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro\n\
+                    41 31 0:38 /../.. /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount_root_from_mountinfo(info, Path::new("/sys/fs/cgroup/unified")), Some("/../..".into()));
+        // Not cgroup2 at that point.
+        assert_eq!(cgroup2_mount_root_from_mountinfo(info, Path::new("/sys/fs/cgroup")), None);
+        // runc's own cgroup2 mount, then the hostPath volume over it: the top one wins.
+        let over = "700 600 0:30 / /sys/fs/cgroup ro - cgroup2 cgroup rw\n\
+                    701 600 0:30 /../../../.. /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount_root_from_mountinfo(over, Path::new("/sys/fs/cgroup")), Some("/../../../..".into()));
+        assert_eq!(cgroup2_mount_root_from_mountinfo(over, Path::new("/elsewhere")), None);
+    }
+
+    #[test]
+    fn proc_cgroup_seen_from_a_private_namespace() {
+        let c = resolve_proc_cgroup(&format!("0::/../../../besteffort/pod{UID}/{ID}\n")).unwrap();
+        assert_eq!((c.runtime, c.id.as_str(), c.pod_uid.as_deref()), (RuntimeKind::Cri, ID, Some(UID)));
+        let c = resolve_proc_cgroup(&format!("0::/../../kubepods-besteffort-pod{UID_}.slice/cri-containerd-{ID}.scope\n")).unwrap();
+        assert_eq!((c.runtime, c.id.as_str()), (RuntimeKind::Containerd, ID));
+        // `/<namespace>/<id>` is containerd's layout only from the root:
+        // below `..` its depth is unknown.
+        assert_eq!(resolve_proc_cgroup("0::/../default/c1\n"), None);
+        assert_eq!(resolve_proc_cgroup(&format!("0::/a/../kubepods/pod{UID}/{ID}\n")), None);
     }
 
     #[test]

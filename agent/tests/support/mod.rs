@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod containerd;
+pub mod daemonset;
 pub mod fakeapi;
 pub mod fakekubelet;
 pub mod host;

@@ -1,0 +1,487 @@
+//! The agent as production runs it: in a private cgroup namespace, and in
+//! the container `deploy/daemonset.yaml` describes, started through CRI the
+//! way the kubelet starts it (see `support/daemonset.rs`), against a real
+//! containerd and runc with kubelet-style cgroup parents, enforcing the seed
+//! policy (only `public.ecr.aws/*`).
+//!
+//! 1. `private_cgroup_namespace_agent_...`: the agent binary on the host,
+//!    under `unshare --cgroup` from a pod-like cgroup
+//!    (`/kubepods/burstable/pod<uid>/<id>`), so that other pods' cgroups
+//!    read `/../../../besteffort/...` to it, as in a DaemonSet pod on
+//!    cgroup v2. A docker.io container running before the agent is killed
+//!    at start, and the per-cgroup-id verdicts are written (read back from
+//!    the pinned map).
+//! 2. `daemonset_container_...`: the agent's image built from the agent
+//!    binary (`IW_AGENT_BINARY`, e.g. `target/release/imagewarden`; by
+//!    default this test build's binary), run with the manifest's security
+//!    context, capabilities, hostPID, mounts, read-only root, env and args.
+//!    A running docker.io container is killed at agent start, a new one
+//!    never runs its entrypoint, the public.ecr.aws one runs and accepts an
+//!    exec, findings (from the CRI log) name container, image and pod. It
+//!    asserts which cgroup namespace the agent got: private where containerd
+//!    gives one (unified hierarchy at /sys/fs/cgroup), the host's on hybrid
+//!    hosts such as this project's development machine.
+//!
+//! Nothing host-specific is hard-coded: the cgroup2 mount is discovered,
+//! so the same binary runs in a pure cgroup v2 guest.
+//!
+//! Needs root and `containerd runc umoci busybox-static`; prints SKIP
+//! without them, fails under `CI=true`.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use agent_common::verdict;
+use imagewarden::sources::{cgroup, cri::CriClient, ContainerState};
+use serde_json::Value;
+use support::containerd::{Containerd, TestImages, ECR_NGINX, NGINX};
+use support::daemonset::{self as ds, AgentLog, AgentSpec, Overrides};
+
+fn setup(test: &str) -> Option<(Containerd, TestImages, PathBuf)> {
+    if let Err(why) = support::containerd::preflight() {
+        support::skip_or_fail(test, &why);
+        return None;
+    }
+    for b in ["unshare", "nsenter", "ldd"] {
+        if support::containerd::which(b).is_none() {
+            support::skip_or_fail(test, &format!("`{b}` not found (util-linux, libc-bin)"));
+            return None;
+        }
+    }
+    let mount = cgroup::find_cgroup2_mount().expect("preflight checked cgroup2");
+    let images = TestImages::build();
+    let ctd = Containerd::start();
+    ctd.import("k8s.io", &images);
+    Some((ctd, images, mount))
+}
+
+/// The verdicts the agent pinned by cgroup id (fail-closed pin directory).
+fn pinned_verdicts(pin_root: &Path) -> std::collections::HashMap<u64, u32> {
+    let path = imagewarden::probes::pin_dir_under(pin_root).join("VERDICTS");
+    let data = aya::maps::MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let map: aya::maps::HashMap<_, u64, u32> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("VERDICTS is a hash map");
+    map.iter().filter_map(Result::ok).collect()
+}
+
+/// A cgroup directory's id.
+fn cgroup_id(dir: &Path) -> u64 {
+    cgroup::cgroup_id_of_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+}
+
+/// The cgroup directory of a CRI pod's container (cgroupfs driver).
+fn pod_container_dir(mount: &Path, pod_uid: &str, id: &str) -> PathBuf {
+    mount.join(format!("kubepods/besteffort/pod{pod_uid}/{id}"))
+}
+
+fn uid(prefix: &str, token: &str) -> String {
+    let t: String = token.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+    format!("{prefix}-2222-4333-8444-{:0>12}", &t[t.len().saturating_sub(12)..])
+}
+
+async fn state_of(cri: &CriClient, id: &str) -> ContainerState {
+    cri.container_status(id).await.map(|i| i.state).unwrap_or(ContainerState::Exited)
+}
+
+async fn wait_state(cri: &CriClient, id: &str, want: ContainerState, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if state_of(cri, id).await == want {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A host-process agent whose stdout is JSON findings.
+struct HostAgent {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+    seen: std::cell::RefCell<Vec<Value>>,
+}
+
+impl HostAgent {
+    fn finding(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        if let Some(v) = self.seen.borrow().iter().find(|v| pred(v)) {
+            return Some(v.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(v) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                self.seen.borrow_mut().push(v.clone());
+                if pred(&v) {
+                    return Some(v);
+                }
+            }
+        }
+        eprintln!("findings so far: {:#?}", self.seen.borrow());
+        None
+    }
+}
+
+impl Drop for HostAgent {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child; SIGTERM unpins (clean stop).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Removes a cgroup directory chain (innermost first) when empty.
+struct CgroupChain(Vec<PathBuf>);
+
+impl Drop for CgroupChain {
+    fn drop(&mut self) {
+        // Only the innermost (the agent's own) is killed and waited for; its
+        // parents are shared with the test pods and go when empty.
+        if let Some(d) = self.0.last() {
+            let _ = std::fs::write(d.join("cgroup.kill"), "1");
+            for _ in 0..100 {
+                if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        for d in self.0.iter().rev().skip(1) {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+#[test]
+fn private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_per_id_verdicts() {
+    let test = "private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_per_id_verdicts";
+    let Some((ctd, images, mount)) = setup(test) else { return };
+    let t = ctd.token.clone();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let cri = rt.block_on(CriClient::connect(&ctd.endpoint())).expect("CRI");
+
+    // Running before the agent: an untrusted and a trusted pod.
+    let (bad_uid, good_uid) = (uid("b0000001", &t), uid("a0000001", &t));
+    let (_, pre_bad) = rt.block_on(ctd.cri_run_pod(&cri, "pre-hub", "prod", &bad_uid, "nginx", NGINX, &format!("ns-pre-bad-{t}")));
+    let (_, pre_good) = rt.block_on(ctd.cri_run_pod(&cri, "pre-ecr", "prod", &good_uid, "nginx", ECR_NGINX, &format!("ns-pre-good-{t}")));
+    assert!(ctd.wait_marker(&format!("ns-pre-bad-{t}"), Duration::from_secs(10)).is_some(), "untrusted pod did not start");
+    assert!(ctd.wait_marker(&format!("ns-pre-good-{t}"), Duration::from_secs(10)).is_some(), "trusted pod did not start");
+    let bad_dir = pod_container_dir(&mount, &bad_uid, &pre_bad);
+    let good_dir = pod_container_dir(&mount, &good_uid, &pre_good);
+    let (bad_id, good_id) = (cgroup_id(&bad_dir), cgroup_id(&good_dir));
+
+    // The agent's own cgroup, where a kubelet would put a DaemonSet pod.
+    let agent_uid = uid("c0000001", &t);
+    let rels = ["kubepods", "kubepods/burstable", &format!("kubepods/burstable/pod{agent_uid}"), &format!("kubepods/burstable/pod{agent_uid}/iw-agent-{t}")];
+    let chain = CgroupChain(rels.iter().map(|r| ds::ensure_cgroup(&mount, r)).collect());
+    let agent_cg = chain.0.last().unwrap().clone();
+    let pin_root = PathBuf::from(format!("/sys/fs/bpf/imagewarden-test-ns-{t}"));
+    let started = Instant::now();
+    let mut child = support::host::in_cgroup(&agent_cg, "unshare")
+        .arg("--cgroup")
+        .arg(env!("CARGO_BIN_EXE_imagewarden"))
+        .args(["run", "--standalone", "--mode", "enforce", "--fail-mode", "closed", "--pin-dir"])
+        .arg(&pin_root)
+        .arg("--runtime-endpoint")
+        .arg(ctd.endpoint())
+        .env("IMAGEWARDEN_LOG", std::env::var("IMAGEWARDEN_LOG").unwrap_or_else(|_| "info".into()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the agent under unshare --cgroup");
+    let (tx, lines) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            match serde_json::from_str::<Value>(&l) {
+                Ok(v) => {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => eprintln!("agent printed non-JSON on stdout {l:?}: {e}"),
+            }
+        }
+    });
+    let (rtx, rrx) = mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            eprintln!("agent: {l}");
+            if l.contains("agent running") {
+                let _ = rtx.send(());
+            }
+        }
+    });
+    let agent_pid = child.id();
+    let agent = HostAgent { child, lines, seen: Default::default() };
+    let _unpin = PinCleanup(pin_root.clone());
+    rrx.recv_timeout(Duration::from_secs(60)).expect("the agent did not start within 60 s");
+    eprintln!("[timing] agent (private cgroupns) start -> running: {}", ds::ms(started.elapsed()));
+
+    // The scenario is the real one: the agent's cgroup namespace is its own,
+    // rooted at its cgroup, and another pod's cgroup reads `/../..` to it.
+    let own_ns = ds::cgroupns_of(std::process::id()).unwrap();
+    assert_ne!(ds::cgroupns_of(agent_pid).as_deref(), Some(own_ns.as_str()), "unshare --cgroup gave no new namespace");
+    let seen = Command::new("nsenter")
+        .arg(format!("--cgroup=/proc/{agent_pid}/ns/cgroup"))
+        .args(["cat", &format!("/proc/{}/cgroup", rt.block_on(cri.container_status(&pre_good)).unwrap().pid.unwrap())])
+        .output()
+        .expect("nsenter");
+    let seen = String::from_utf8_lossy(&seen.stdout);
+    let line = cgroup::unified_path(&seen).unwrap_or_else(|| panic!("no cgroup2 line in {seen:?}"));
+    assert!(line.starts_with("/../../../besteffort/"), "another pod's cgroup as the agent reads it: {line}");
+    eprintln!("[ns] the agent reads the trusted pod's cgroup as {line}");
+
+    // Killed at start, with its cgroup id: its cgroup was found.
+    let f = agent
+        .finding(Duration::from_secs(15), |v| v["container_id"] == pre_bad.as_str() && v["action"] == "killed")
+        .expect("the running untrusted container was not killed at agent start (private cgroup namespace)");
+    assert_eq!(f["verdict"], "deny", "{f}");
+    assert_eq!(f["image"], NGINX, "{f}");
+    assert_eq!(f["pod"], "pre-hub", "{f}");
+    assert_eq!(f["cgroup_id"], bad_id, "{f}");
+    eprintln!("[timing] agent start -> running untrusted container killed: {}", ds::ms(started.elapsed()));
+    rt.block_on(async {
+        assert!(wait_state(&cri, &pre_bad, ContainerState::Exited, Duration::from_secs(10)).await, "untrusted container still running");
+        assert_eq!(state_of(&cri, &pre_good).await, ContainerState::Running, "trusted container disturbed");
+    });
+
+    // Per-id verdicts, written for both running containers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut v = pinned_verdicts(&pin_root);
+    while (v.get(&good_id) != Some(&verdict::ALLOW) || v.get(&bad_id) != Some(&verdict::DENY)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        v = pinned_verdicts(&pin_root);
+    }
+    assert_eq!(v.get(&good_id), Some(&verdict::ALLOW), "trusted container's cgroup {good_id} has no per-id verdict: {v:?}");
+    assert_eq!(v.get(&bad_id), Some(&verdict::DENY), "untrusted container's cgroup {bad_id} has no per-id verdict: {v:?}");
+
+    // A new untrusted pod never runs its entrypoint; a trusted one does.
+    let new_bad_uid = uid("b0000002", &t);
+    let (_, new_bad) =
+        rt.block_on(ctd.cri_run_pod_opt(&cri, "new-hub", "prod", &new_bad_uid, "nginx", NGINX, &format!("ns-new-bad-{t}"), true));
+    let f = agent
+        .finding(Duration::from_secs(15), |v| v["container_id"] == new_bad.as_str() && v["action"] == "killed")
+        .expect("no kill of the new untrusted container");
+    assert_eq!(f["image"], NGINX, "{f}");
+    rt.block_on(async {
+        assert!(wait_state(&cri, &new_bad, ContainerState::Exited, Duration::from_secs(10)).await, "new untrusted container running");
+    });
+    assert!(!ctd.marker(&format!("ns-new-bad-{t}")).exists(), "the untrusted entrypoint ran");
+    let out = rt
+        .block_on(cri.exec_sync(&pre_good, &["/bin/sh", "-c", "echo ns-exec-ok"], Duration::from_secs(10)))
+        .expect("ExecSync into the trusted container");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ns-exec-ok"), "{out:?}");
+    drop(agent);
+    drop(chain);
+    drop(images);
+}
+
+/// Removes a test pin directory (the agent unpins on SIGTERM; this covers a
+/// test that failed before).
+struct PinCleanup(PathBuf);
+
+impl Drop for PinCleanup {
+    fn drop(&mut self) {
+        let dir = imagewarden::probes::pin_dir_under(&self.0);
+        imagewarden::probes::remove_pins(&dir);
+        let _ = std::fs::remove_dir(&dir);
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn daemonset_container_enforces_the_seed_policy_from_the_manifest() {
+    let test = "daemonset_container_enforces_the_seed_policy_from_the_manifest";
+    let mut spec = match AgentSpec::load() {
+        Ok(s) => s,
+        Err(e) => panic!("deploy/daemonset.yaml: {e}"),
+    };
+    let Some((ctd, images, mount)) = setup(test) else { return };
+    let t = ctd.token.clone();
+    let binary = std::env::var_os("IW_AGENT_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_imagewarden")));
+    let t_img = Instant::now();
+    let image = ds::build_agent_image(&binary, &spec.image);
+    ctd.ctr("k8s.io", &["images", "import", image.archive.to_str().unwrap()]);
+    eprintln!("[image] {} from {} built and imported in {}", spec.image, binary.display(), ds::ms(t_img.elapsed()));
+
+    // What the test changes from the manifest, and why:
+    // - the mode: the manifest ships `audit`; this test is about `enforce`.
+    ds_override(&mut spec, "--mode", "enforce");
+    // - no API server here: the runtime and the kernel are the sources.
+    spec.args.push("--standalone".into());
+    // - the metrics listener: the pod shares the node's network here (no
+    //   CNI in the test's containerd), so a free loopback port, not :9090.
+    let port = ds::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    ds_override(&mut spec, "--listen", &listen);
+    // The policy stays the manifest's (`--policy /etc/imagewarden/policy.yaml`
+    // from the ConfigMap in deploy/configmap-policy.yaml: the seed policy),
+    // the runtime endpoint stays `unix:///run/containerd/containerd.sock`:
+    // the `/run/containerd` hostPath is this test's containerd directory.
+    let mut ov = Overrides { node_network: true, drop_unavailable_caps: true, ..Default::default() };
+    ov.host_paths.insert("/run/containerd".into(), ctd.dir.clone());
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let cri = rt.block_on(CriClient::connect(&ctd.endpoint())).expect("CRI");
+
+    // Running before the agent.
+    let (bad_uid, good_uid) = (uid("d0000001", &t), uid("e0000001", &t));
+    let (_, pre_bad) = rt.block_on(ctd.cri_run_pod(&cri, "pre-hub", "prod", &bad_uid, "nginx", NGINX, &format!("ds-pre-bad-{t}")));
+    let (_, pre_good) = rt.block_on(ctd.cri_run_pod(&cri, "pre-ecr", "prod", &good_uid, "nginx", ECR_NGINX, &format!("ds-pre-good-{t}")));
+    assert!(ctd.wait_marker(&format!("ds-pre-bad-{t}"), Duration::from_secs(10)).is_some(), "untrusted pod did not start");
+    assert!(ctd.wait_marker(&format!("ds-pre-good-{t}"), Duration::from_secs(10)).is_some(), "trusted pod did not start");
+    let bad_id = cgroup_id(&pod_container_dir(&mount, &bad_uid, &pre_bad));
+
+    let t_create = Instant::now();
+    let pod = rt.block_on(ds::start_agent_pod(&ctd, &cri, &spec, &ov));
+    let _stop = AgentPodStop { ctd: &ctd, container_id: pod.container_id.clone(), sandbox_id: pod.sandbox_id.clone() };
+    if !pod.caps_left_out.is_empty() {
+        eprintln!(
+            "[caps] NOTE: this host's capability bounding set lacks {:?}: left out of the agent's add list \
+             (a kubelet here could not grant them either)",
+            pod.caps_left_out
+        );
+    }
+    let log = AgentLog { path: pod.log_path.clone() };
+    // Ready as the kubelet's readinessProbe sees it.
+    let ready_path = spec.readiness_path.clone().unwrap_or_else(|| "/readyz".into());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ds::http_status(&listen, &ready_path) != Some(200) {
+        if Instant::now() > deadline || rt.block_on(state_of(&cri, &pod.container_id)) == ContainerState::Exited {
+            panic!("the agent's container did not become ready:\n{}\n--- containerd ---\n{}", log.dump(), support::containerd::tail(&ctd.log(), 30));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "[timing] agent container: CreateContainer -> ready {} (StartContainer returned -> ready {})",
+        ds::ms(t_create.elapsed()),
+        ds::ms(pod.started.elapsed())
+    );
+
+    // Which cgroup namespace the agent got.
+    let info = rt.block_on(cri.container_status(&pod.container_id)).expect("agent status");
+    let agent_pid = info.pid.expect("agent pid");
+    let private = ds::cgroupns_of(agent_pid) != ds::cgroupns_of(std::process::id());
+    eprintln!(
+        "[ns] agent container pid {agent_pid}: {} cgroup namespace (cgroup2 at {}, unified at /sys/fs/cgroup: {})",
+        if private { "a private" } else { "the host's" },
+        mount.display(),
+        ds::expect_private_cgroupns()
+    );
+    assert_eq!(private, ds::expect_private_cgroupns(), "containerd gives a private cgroup namespace exactly on a unified hierarchy");
+    // The settings from the manifest are the ones in force.
+    let status = std::fs::read_to_string(format!("/proc/{agent_pid}/status")).unwrap();
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).map(|v| u64::from_str_radix(v.trim(), 16).unwrap()).unwrap();
+    let want: u64 = ds_caps_add(&spec).iter().filter(|c| !pod.caps_left_out.contains(c)).filter_map(|c| ds::cap_number(c)).map(|n| 1u64 << n).sum();
+    assert_eq!(eff, want, "the agent's effective capabilities are not the manifest's add list");
+    assert!(status.lines().any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')), "allowPrivilegeEscalation: false not applied");
+    assert!(status.lines().any(|l| l.starts_with("Seccomp:") && l.ends_with('2')), "seccomp RuntimeDefault not applied");
+    let root_ro = std::fs::read_to_string(format!("/proc/{agent_pid}/mountinfo"))
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some("/") && l.split(' ').nth(5).is_some_and(|o| o.split(',').any(|x| x == "ro")));
+    assert!(root_ro, "read-only root not applied");
+
+    // Killed at agent start.
+    let (f, at) = log
+        .wait_finding(Duration::from_secs(15), |v| v["container_id"] == pre_bad.as_str() && v["action"] == "killed")
+        .unwrap_or_else(|| panic!("the running untrusted container was not killed at start:\n{}", log.dump()));
+    assert_eq!((f["verdict"].as_str(), f["image"].as_str(), f["pod"].as_str(), f["namespace"].as_str()), (Some("deny"), Some(NGINX), Some("pre-hub"), Some("prod")), "{f}");
+    assert_eq!(f["cgroup_id"], bad_id, "{f}");
+    eprintln!("[timing] agent container start -> running untrusted container killed: {}", ds::ms(at - pod.started));
+    rt.block_on(async {
+        assert!(wait_state(&cri, &pre_bad, ContainerState::Exited, Duration::from_secs(10)).await, "untrusted container still running");
+        assert_eq!(state_of(&cri, &pre_good).await, ContainerState::Running, "trusted container disturbed");
+    });
+
+    // A new untrusted pod: its entrypoint never runs.
+    let new_bad_uid = uid("d0000002", &t);
+    let t0 = Instant::now();
+    let (_, new_bad) =
+        rt.block_on(ctd.cri_run_pod_opt(&cri, "new-hub", "prod", &new_bad_uid, "nginx", NGINX, &format!("ds-new-bad-{t}"), true));
+    let (f, at) = log
+        .wait_finding(Duration::from_secs(15), |v| v["container_id"] == new_bad.as_str() && v["action"] == "killed")
+        .unwrap_or_else(|| panic!("no kill of the new untrusted container:\n{}", log.dump()));
+    eprintln!("[timing] RunPodSandbox+CreateContainer+StartContainer of an untrusted pod -> denial ({}): {}", f["type"], ds::ms(at - t0));
+    assert_eq!((f["verdict"].as_str(), f["image"].as_str(), f["pod"].as_str()), (Some("deny"), Some(NGINX), Some("new-hub")), "{f}");
+    rt.block_on(async {
+        assert!(wait_state(&cri, &new_bad, ContainerState::Exited, Duration::from_secs(10)).await, "new untrusted container running");
+    });
+    assert!(!ctd.marker(&format!("ds-new-bad-{t}")).exists(), "the untrusted entrypoint ran");
+
+    // A new trusted pod runs and accepts an exec.
+    let (_, new_good) =
+        rt.block_on(ctd.cri_run_pod(&cri, "new-ecr", "prod", &uid("e0000002", &t), "nginx", ECR_NGINX, &format!("ds-new-good-{t}")));
+    assert!(ctd.wait_marker(&format!("ds-new-good-{t}"), Duration::from_secs(10)).is_some(), "the trusted entrypoint did not run");
+    let out = rt
+        .block_on(cri.exec_sync(&new_good, &["/bin/sh", "-c", "echo ds-exec-ok"], Duration::from_secs(10)))
+        .expect("ExecSync into the trusted container");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ds-exec-ok"), "{out:?}");
+    assert_eq!(rt.block_on(state_of(&cri, &pod.container_id)), ContainerState::Running, "the agent died:\n{}", log.dump());
+    // The agent never judged itself nor the trusted pods.
+    let wrong: Vec<Value> = log
+        .findings()
+        .into_iter()
+        .filter(|v| [pod.container_id.as_str(), pre_good.as_str(), new_good.as_str()].contains(&v["container_id"].as_str().unwrap_or("")))
+        .filter(|v| v["verdict"] != "allow")
+        .collect();
+    assert!(wrong.is_empty(), "trusted containers reported: {wrong:#?}");
+    drop(_stop);
+    drop(image);
+    drop(images);
+}
+
+fn ds_override(spec: &mut AgentSpec, flag: &str, value: &str) {
+    assert!(spec.args.iter().any(|a| a == flag) || flag == "--listen", "manifest has no {flag}");
+    spec.set_arg(flag, value);
+}
+
+fn ds_caps_add(spec: &AgentSpec) -> Vec<String> {
+    spec.security_context["capabilities"]["add"]
+        .as_sequence()
+        .map(|q| q.iter().filter_map(|c| c.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+/// Stops the agent's container (SIGTERM: it unpins) and removes its pod.
+struct AgentPodStop<'a> {
+    ctd: &'a Containerd,
+    container_id: String,
+    sandbox_id: String,
+}
+
+impl Drop for AgentPodStop<'_> {
+    fn drop(&mut self) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            if let Ok(cri) = CriClient::connect(&self.ctd.endpoint()).await {
+                let _ = cri.stop_container(&self.container_id, 10).await;
+                let _ = cri.remove_pod_sandbox(&self.sandbox_id).await;
+            }
+        });
+        // A test that failed early may leave the manifest's pins behind.
+        let dir = imagewarden::probes::pin_dir_under(Path::new(imagewarden::probes::DEFAULT_PIN_ROOT));
+        if dir.exists() {
+            imagewarden::probes::remove_pins(&dir);
+        }
+    }
+}
