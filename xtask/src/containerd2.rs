@@ -162,7 +162,9 @@ pub fn setup() -> Result<()> {
         return Ok(());
     }
     if refresh {
-        eprintln!("setup: containerd 2: IW_CONTAINERD2_REFRESH=1: fetching the unstable suite's newest into {PREFIX_ROOT}");
+        eprintln!(
+            "setup: containerd 2: IW_CONTAINERD2_REFRESH=1: fetching the unstable suite's newest into {PREFIX_ROOT}"
+        );
     } else {
         eprintln!(
             "setup: containerd 2 missing under {PREFIX_ROOT} (the end-to-end tests run against containerd 1.6 and 2.x)"
