@@ -257,8 +257,8 @@ fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_o
     }
 
     // Through CRI: pod sandbox + container.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
+    let tokio_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    tokio_rt.block_on(async {
         let cri = CriClient::connect(&ctd.endpoint()).await.expect("CRI");
         let (good_uid, good_marker) = (format!("11111111-2222-3333-4444-{t:0>12}"), format!("cri-good-{t}"));
         let (bad_uid, bad_marker) = (format!("55555555-2222-3333-4444-{t:0>12}"), format!("cri-bad-{t}"));
@@ -284,6 +284,34 @@ fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_o
         assert!(!ctd.marker(&format!("cri-bad-{t}")).exists(), "the CRI untrusted entrypoint ran");
         let out = cri.exec_sync(&good_id, &["/bin/sh", "-c", "echo cri-exec-ok"], Duration::from_secs(10)).await.expect("ExecSync");
         assert!(String::from_utf8_lossy(&out.stdout).contains("cri-exec-ok"), "{out:?}");
+
+        // One image under two names: Docker Hub's nginx also tagged as its
+        // (byte-identical) ECR public mirror. A pod that wrote the mirror's
+        // name is trusted, though containerd names the image by the Docker
+        // Hub reference; containerd 2 keeps the kubelet's
+        // user_specified_image, which the agent judges. containerd 1.6 drops
+        // it: there such a pod is judged by the other name (a known limit).
+        if rt != Runtime::V2 {
+            eprintln!("{}: one image, two names: not checked (the runtime drops user_specified_image)", ctd.label());
+            return;
+        }
+        const MIRROR: &str = "public.ecr.aws/docker/library/nginx:latest";
+        ctd.ctr("k8s.io", &["images", "tag", NGINX, MIRROR]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cri.image_status(MIRROR).await.expect("ImageStatus").is_some_and(|i| i.repo_tags.iter().any(|x| x == NGINX)) {
+            assert!(Instant::now() < deadline, "CRI never learnt {MIRROR}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (uid, marker) = (format!("99999999-2222-3333-4444-{t:0>12}"), format!("cri-mirror-{t}"));
+        let pod = CriPod { container_name: "nginx", ..CriPod::new("web-mirror", "prod", &uid, MIRROR, &marker) };
+        let (_sb, mirror_id) = ctd.cri_run(&cri, &pod).await;
+        assert!(
+            ctd.wait_marker(&marker, Duration::from_secs(10)).is_some(),
+            "the pod that wrote the trusted mirror's name did not run its entrypoint"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let out = cri.exec_sync(&mirror_id, &["/bin/sh", "-c", "echo mirror-ok"], Duration::from_secs(10)).await.expect("ExecSync into the mirror pod");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("mirror-ok"), "{out:?}");
     });
     agent.stop();
     drop(images);

@@ -53,6 +53,7 @@ per_release!(
     cri_lists_pod_containers_with_pod_metadata,
     containerd_events_report_start_and_exit,
     cri_container_events_by_release,
+    one_image_two_names,
 );
 
 /// Starts containerd of release `rt` and builds the images, or says why not.
@@ -463,4 +464,73 @@ async fn cri_container_events_by_release(test: &str, rt: Runtime) {
     );
     assert!(sandbox_seen.contains(&EventKind::Started { pid: None }), "{sandbox_seen:?}");
     cri.remove_pod_sandbox(&sandbox).await.expect("remove sandbox");
+}
+
+/// One image under two names (Docker Hub's nginx and its byte-identical
+/// mirror on ECR public), two pods created the kubelet's way (by image id,
+/// the name in `user_specified_image`), one per name. containerd names the
+/// image of both by one reference (`Container.image`, ContainerStatus's
+/// first repo tag); containerd 2 keeps what each pod wrote, and both
+/// sources must report that. containerd 1.6 drops `user_specified_image`:
+/// there both pods carry the same name (a known limit, printed).
+async fn one_image_two_names(test: &str, rt: Runtime) {
+    let Some((ctd, images)) = setup(test, rt) else {
+        return;
+    };
+    ctd.import("k8s.io", &images);
+    const MIRROR: &str = "public.ecr.aws/docker/library/nginx:latest";
+    let digest = images.digest(NGINX);
+    ctd.ctr("k8s.io", &["images", "tag", NGINX, MIRROR]);
+    let mirror_by_digest = format!("public.ecr.aws/docker/library/nginx@{digest}");
+    ctd.ctr("k8s.io", &["images", "tag", NGINX, &mirror_by_digest]);
+    let cri = CriClient::connect(&ctd.endpoint()).await.expect("CRI connect");
+    // The CRI plugin learns of the new name from containerd's image events.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cri
+        .image_status(MIRROR)
+        .await
+        .expect("ImageStatus")
+        .is_some_and(|i| i.repo_tags.iter().any(|t| t == MIRROR) && i.repo_tags.iter().any(|t| t == NGINX))
+    {
+        assert!(Instant::now() < deadline, "CRI never learnt the name {MIRROR}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let native = ContainerdClient::connect(&ctd.endpoint()).await.expect("connect");
+    for (written, repo, uid, marker) in [
+        (MIRROR, "public.ecr.aws/docker/library/nginx", "2c2d3e4f-5061-4b7c-8d9e-0f1a2b3c4d5e", "two-names-mirror"),
+        (NGINX, "docker.io/library/nginx", "3c2d3e4f-5061-4b7c-8d9e-0f1a2b3c4d5e", "two-names-hub"),
+    ] {
+        let (_sb, cid) = ctd.cri_run(&cri, &CriPod::new(marker, "prod", uid, written, marker)).await;
+        let status = cri.container_status(&cid).await.expect("ContainerStatus");
+        let listed = cri.list_containers().await.expect("ListContainers");
+        let listed = listed.iter().find(|i| i.id == cid).expect("CRI lists it");
+        let n = native.list_containers("k8s.io").await.expect("containerd list");
+        let n = n.iter().find(|i| i.id == cid).expect("containerd lists it");
+        let want_ref = format!("{repo}@{digest}");
+        let got = [
+            ("CRI ContainerStatus", &status.image_as_written, &status.image_ref),
+            ("CRI ListContainers", &listed.image_as_written, &listed.image_ref),
+            ("containerd Containers", &n.image_as_written, &n.image_ref),
+        ];
+        for (source, image, image_ref) in got {
+            eprintln!("{}: pod wrote {written}: {source} says {image:?} ({image_ref:?})", ctd.label());
+            match rt {
+                Runtime::V2 => {
+                    assert_eq!(image.as_deref(), Some(written), "{}: {source}", ctd.label());
+                    assert_eq!(image_ref.as_deref(), Some(want_ref.as_str()), "{}: {source}", ctd.label());
+                }
+                Runtime::V1_6 => {
+                    // One of the image's two names; the same for both pods.
+                    assert!(
+                        matches!(image.as_deref(), Some(NGINX) | Some(MIRROR)),
+                        "{}: {source} says {image:?}",
+                        ctd.label()
+                    );
+                    if image.as_deref() != Some(written) {
+                        eprintln!("{}: limit: {source} names {image:?}, the pod wrote {written}", ctd.label());
+                    }
+                }
+            }
+        }
+    }
 }

@@ -161,9 +161,15 @@ pub fn setup() -> Result<()> {
     if !refresh && version_of(&bin_dir()).is_some() && complete(&bin_dir()) {
         return Ok(());
     }
-    eprintln!(
-        "setup: containerd 2 missing under {PREFIX_ROOT} (the end-to-end tests run against containerd 1.6 and 2.x)"
-    );
+    if refresh {
+        eprintln!(
+            "setup: containerd 2: IW_CONTAINERD2_REFRESH=1: fetching the unstable suite's newest into {PREFIX_ROOT}"
+        );
+    } else {
+        eprintln!(
+            "setup: containerd 2 missing under {PREFIX_ROOT} (the end-to-end tests run against containerd 1.6 and 2.x)"
+        );
+    }
     if !super::setup::is_root() {
         bail!("setup: fetching containerd 2 into {PREFIX_ROOT} needs root: run `sudo cargo xtask setup`");
     }

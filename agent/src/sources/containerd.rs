@@ -265,7 +265,11 @@ impl ContainerdClient {
             info.namespace = Some(ns.to_string());
             info.labels = bounded_labels(c.labels);
             info.fill_from_kubelet_labels();
-            info.image_as_written = non_empty(c.image.clone());
+            // A CRI container's record names the image by one of its
+            // references, whichever the CRI plugin picked; what the pod
+            // wrote is in the CRI metadata (containerd 2 and later).
+            let written = cri_user_specified_image(&c.extensions);
+            info.image_as_written = written.clone().or_else(|| non_empty(c.image.clone()));
             info.cgroup_path = c.spec.as_ref().and_then(cgroups_path_of_spec);
             if !c.image.is_empty() {
                 if !images.contains_key(&c.image) {
@@ -277,7 +281,11 @@ impl ContainerdClient {
                     images.insert(c.image.clone(), t);
                 }
                 if let Some(Some(t)) = images.get(&c.image) {
-                    info.image_ref = image_digest_ref(&t.name, &t.digest);
+                    let name = written
+                        .as_deref()
+                        .filter(|w| names_registry(w))
+                        .unwrap_or(&t.name);
+                    info.image_ref = image_digest_ref(name, &t.digest);
                     info.image_id = t.config_digest.clone();
                 }
             }
@@ -586,6 +594,39 @@ pub fn decode_envelope(env: &containerd_client::types::Envelope) -> Option<Runti
     })
 }
 
+/// The container extension where containerd's CRI plugin keeps the
+/// container's CRI metadata, the `CreateContainer` config among it (JSON:
+/// `{"Version":"v1","Metadata":{"Config":{"image":{...}},...}}`).
+pub const CRI_METADATA_EXTENSION: &str = "io.cri-containerd.container.metadata";
+
+/// The image as the pod spec wrote it, from the CRI metadata extension:
+/// `Config.image.user_specified_image`, which the kubelet sets (it creates
+/// containers by image id) and containerd 2 keeps; containerd 1.6 drops the
+/// field. `None` for other containers and for an unparsable extension.
+///
+/// Needed because containerd names a CRI container's image by one of the
+/// image's references (`Container.image`), not by what the pod wrote: with
+/// one image under two names (a registry and its byte-identical mirror),
+/// a pod that wrote the mirror's name is otherwise judged by the other.
+pub fn cri_user_specified_image(extensions: &HashMap<String, prost_types::Any>) -> Option<String> {
+    let any = extensions.get(CRI_METADATA_EXTENSION)?;
+    if any.value.len() > MAX_BLOB_BYTES {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&any.value).ok()?;
+    v.pointer("/Metadata/Config/image/user_specified_image")
+        .and_then(|s| s.as_str())
+        .filter(|s| !s.is_empty() && !s.starts_with("sha256:"))
+        .map(str::to_string)
+}
+
+/// Whether an image name starts with a registry host (`public.ecr.aws/x`,
+/// `localhost:5000/x`), not a Docker Hub short name (`nginx`, `library/x`).
+pub(crate) fn names_registry(name: &str) -> bool {
+    name.split_once('/')
+        .is_some_and(|(host, _)| host.contains('.') || host.contains(':') || host == "localhost")
+}
+
 /// `linux.cgroupsPath` from the container's OCI spec (an `Any` holding
 /// JSON).
 fn cgroups_path_of_spec(spec: &prost_types::Any) -> Option<String> {
@@ -697,6 +738,54 @@ mod tests {
             value: vec![0xff, 0xff, 0xff],
         });
         assert_eq!(decode_envelope(&garbage), None);
+    }
+
+    #[test]
+    fn cri_metadata_user_specified_image() {
+        // Shape of containerd 2.1's extension for a container the kubelet
+        // created (image by id, the pod's name in user_specified_image).
+        let ext = |json: &str| {
+            let mut m = HashMap::new();
+            m.insert(
+                CRI_METADATA_EXTENSION.to_string(),
+                prost_types::Any {
+                    type_url: "github.com/containerd/cri/pkg/store/container/Metadata".into(),
+                    value: json.as_bytes().to_vec(),
+                },
+            );
+            m
+        };
+        let id = format!("sha256:{}", "a".repeat(64));
+        let v2 = format!(
+            r#"{{"Version":"v1","Metadata":{{"ID":"c1","Config":{{"metadata":{{"name":"main"}},"image":{{"image":"{id}","user_specified_image":"public.ecr.aws/docker/library/nginx:latest"}}}},"ImageRef":"{id}"}}}}"#
+        );
+        assert_eq!(
+            cri_user_specified_image(&ext(&v2)).as_deref(),
+            Some("public.ecr.aws/docker/library/nginx:latest")
+        );
+        // containerd 1.6: the field is not there.
+        let v16 = format!(
+            r#"{{"Version":"v1","Metadata":{{"ID":"c1","Config":{{"image":{{"image":"{id}"}}}}}}}}"#
+        );
+        assert_eq!(cri_user_specified_image(&ext(&v16)), None);
+        // An id where a name belongs, garbage, other containers: nothing.
+        let by_id =
+            format!(r#"{{"Metadata":{{"Config":{{"image":{{"user_specified_image":"{id}"}}}}}}}}"#);
+        assert_eq!(cri_user_specified_image(&ext(&by_id)), None);
+        assert_eq!(cri_user_specified_image(&ext("{")), None);
+        assert_eq!(cri_user_specified_image(&HashMap::new()), None);
+        let mut huge = ext("{}");
+        huge.get_mut(CRI_METADATA_EXTENSION).unwrap().value = vec![b' '; MAX_BLOB_BYTES + 1];
+        assert_eq!(cri_user_specified_image(&huge), None);
+    }
+
+    #[test]
+    fn registry_names() {
+        assert!(names_registry("public.ecr.aws/nginx/nginx:latest"));
+        assert!(names_registry("localhost:5000/x"));
+        assert!(names_registry("localhost/x"));
+        assert!(!names_registry("nginx:latest"));
+        assert!(!names_registry("library/nginx"));
     }
 
     #[test]

@@ -13,6 +13,24 @@
 //!   came with 1.7); [`CriClient::container_events`] then returns
 //!   [`CriError::Unsupported`] and callers use containerd's event service
 //!   ([`super::containerd`]) instead.
+//!
+//! What containerd 2 (2.1) reports differently:
+//! - `ListContainers` keeps the `CreateContainer` image spec, with the
+//!   kubelet's `user_specified_image` (the name the pod wrote).
+//!   `ContainerStatus` still answers `image.image` with the image's first
+//!   repo tag and leaves `user_specified_image` empty; the verbose info's
+//!   `config.image.user_specified_image` has it, and is preferred here. With
+//!   one image under two names (a registry and its byte-identical mirror)
+//!   the first repo tag may be the other name. containerd 1.6 drops the
+//!   field: there the first repo tag is all the runtime knows.
+//! - The verbose info's other keys (`pid`, `sandboxID`, `runtimeSpec`; for
+//!   sandboxes `image`) are unchanged.
+//! - `GetContainerEvents` is implemented: created / started / stopped /
+//!   deleted of containers and sandboxes, with no pid and no cgroup. The
+//!   agent keeps containerd's own events (every namespace, the task's pid,
+//!   and the spec's cgroup path at `/containers/create`, before the task
+//!   exists); the CRI stream would be the one to use for a CRI-only
+//!   runtime.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -451,6 +469,19 @@ impl CriClient {
         if let Some(v) = parse_info(&resp.info) {
             info.pid = pid_of(&v).filter(|_| info.state == ContainerState::Running);
             info.cgroup_path = cgroups_path_of(&v);
+            // containerd 2 answers `image` with the image's first repo tag
+            // and an empty `user_specified_image`; the name the pod wrote
+            // is only in the verbose config.
+            if let Some(written) = user_specified_image_of(&v) {
+                if let Some(r) = info.image_ref.as_deref() {
+                    if let Some((_, digest)) = r.split_once('@') {
+                        if super::containerd::names_registry(&written) {
+                            info.image_ref = super::image_digest_ref(&written, digest);
+                        }
+                    }
+                }
+                info.image_as_written = Some(written);
+            }
             if info.sandbox_id.is_none() {
                 info.sandbox_id = v
                     .get("sandboxID")
@@ -707,6 +738,15 @@ fn pid_of(v: &serde_json::Value) -> Option<u32> {
         .filter(|p| *p > 0)
 }
 
+/// `config.image.user_specified_image` of the verbose info: the image as
+/// the pod spec wrote it (containerd 2; containerd 1.6 drops the field).
+fn user_specified_image_of(v: &serde_json::Value) -> Option<String> {
+    v.pointer("/config/image/user_specified_image")
+        .and_then(|p| p.as_str())
+        .filter(|s| !s.is_empty() && !is_image_id(s))
+        .map(str::to_string)
+}
+
 fn cgroups_path_of(v: &serde_json::Value) -> Option<String> {
     v.pointer("/runtimeSpec/linux/cgroupsPath")
         .and_then(|p| p.as_str())
@@ -738,6 +778,35 @@ mod tests {
         assert!(parse_info(&m).is_none());
         m.insert("info".into(), " ".repeat(MAX_INFO_BYTES + 1));
         assert!(parse_info(&m).is_none());
+    }
+
+    #[test]
+    fn verbose_info_of_containerd_2_names_the_image_the_pod_wrote() {
+        // containerd 2.1, a container the kubelet created by image id.
+        let id = format!("sha256:{}", "b".repeat(64));
+        let mut m = HashMap::new();
+        m.insert(
+            "info".to_string(),
+            format!(
+                r#"{{"sandboxID":"s1","pid":7,"config":{{"metadata":{{"name":"main"}},"image":{{"image":"{id}","user_specified_image":"public.ecr.aws/docker/library/nginx:latest"}}}},"runtimeSpec":{{"linux":{{"cgroupsPath":"/kubepods/burstable/podx/c1"}}}}}}"#
+            ),
+        );
+        let v = parse_info(&m).unwrap();
+        assert_eq!(
+            user_specified_image_of(&v).as_deref(),
+            Some("public.ecr.aws/docker/library/nginx:latest")
+        );
+        // containerd 1.6's config has no such field; an id is not a name.
+        m.insert(
+            "info".into(),
+            format!(r#"{{"config":{{"image":{{"image":"{id}"}}}}}}"#),
+        );
+        assert_eq!(user_specified_image_of(&parse_info(&m).unwrap()), None);
+        m.insert(
+            "info".into(),
+            format!(r#"{{"config":{{"image":{{"user_specified_image":"{id}"}}}}}}"#),
+        );
+        assert_eq!(user_specified_image_of(&parse_info(&m).unwrap()), None);
     }
 
     #[test]

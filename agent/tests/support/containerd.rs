@@ -174,8 +174,8 @@ impl Runtime {
 }
 
 /// Whether a test should run against `rt`: not when [`SELECT_ENV`] leaves
-/// it out (printed), nor when it cannot run here ([`super::skip_or_fail`]:
-/// a failure under `CI=true`).
+/// it out (printed), nor when it cannot run here (a loud SKIP, a failure
+/// under `CI=true`).
 pub fn runtime_ready(test: &str, rt: Runtime) -> bool {
     if !rt.selected() {
         use std::io::Write;
@@ -188,7 +188,19 @@ pub fn runtime_ready(test: &str, rt: Runtime) -> bool {
         return false;
     }
     if let Err(why) = rt.preflight() {
-        super::skip_or_fail(test, &why);
+        // As `support::skip_or_fail` (this file is also included alone, by
+        // the benchmark example).
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("{test}: cannot run in CI: {why}");
+        }
+        use std::io::Write;
+        let _ = write!(
+            std::io::stderr(),
+            "\n==================== SKIP ====================\n\
+             SKIP {test}: {why}\n\
+             (set CI=true to make this a failure)\n\
+             ==============================================\n"
+        );
         return false;
     }
     true
