@@ -44,7 +44,79 @@ use serde_json::Value;
 use support::containerd::{Containerd, TestImages, ECR_NGINX, NGINX};
 use support::daemonset::{self as ds, AgentLog, AgentSpec, Overrides};
 
+/// The agent binary the tests run: `$IW_AGENT_BINARY` (the release build,
+/// as the image ships it), else this test build's.
+fn agent_binary() -> PathBuf {
+    std::env::var_os("IW_AGENT_BINARY").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_imagewarden")))
+}
+
+/// A runc wrapper that gives the agent's container a private cgroup
+/// namespace, as containerd does on a unified (pure v2) host: it adds
+/// `{"type":"cgroup"}` to `linux.namespaces` of a bundle under the prefix
+/// written to `<dir>/prefix` whose process is `/usr/bin/imagewarden`, then
+/// runs the real runc. Lets a hybrid host (this project's machines) run the
+/// agent's container the way a cgroup v2 node does.
+struct CgroupnsRunc {
+    dir: PathBuf,
+    wrapper: PathBuf,
+}
+
+impl CgroupnsRunc {
+    fn new() -> CgroupnsRunc {
+        let real = support::containerd::which("runc").expect("runc");
+        let dir = std::env::temp_dir().join(format!("iw-runc-cgns-{}-{:x}", std::process::id(), Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id())));
+        std::fs::create_dir_all(&dir).unwrap();
+        let wrapper = dir.join("runc");
+        let script = format!(
+            r#"#!/bin/sh
+# imagewarden test: private cgroup namespace for the agent's container.
+prefix=$(cat "{dir}/prefix" 2>/dev/null)
+prev=
+bundle=
+for a in "$@"; do
+  if [ "$prev" = "--bundle" ] || [ "$prev" = "-b" ]; then bundle=$a; fi
+  prev=$a
+done
+if [ -n "$prefix" ] && [ -n "$bundle" ] && [ -f "$bundle/config.json" ]; then
+  case "$bundle" in
+    "$prefix"*)
+      if grep -q '"/usr/bin/imagewarden"' "$bundle/config.json" && ! grep -q '"type":"cgroup"' "$bundle/config.json"; then
+        sed -i 's/"namespaces":\[/"namespaces":[{{"type":"cgroup"}},/' "$bundle/config.json"
+        echo "$bundle" >> "{dir}/applied"
+      fi;;
+  esac
+fi
+exec {real} "$@"
+"#,
+            dir = dir.display(),
+            real = real.display()
+        );
+        std::fs::write(&wrapper, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        CgroupnsRunc { dir, wrapper }
+    }
+
+    fn enable_for(&self, prefix: &Path) {
+        std::fs::write(self.dir.join("prefix"), prefix.display().to_string()).unwrap();
+    }
+
+    fn applied(&self) -> String {
+        std::fs::read_to_string(self.dir.join("applied")).unwrap_or_default()
+    }
+}
+
+impl Drop for CgroupnsRunc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn setup(test: &str) -> Option<(Containerd, TestImages, PathBuf)> {
+    setup_with(test, None)
+}
+
+fn setup_with(test: &str, runc: Option<&CgroupnsRunc>) -> Option<(Containerd, TestImages, PathBuf)> {
     if let Err(why) = support::containerd::preflight() {
         support::skip_or_fail(test, &why);
         return None;
@@ -57,7 +129,19 @@ fn setup(test: &str) -> Option<(Containerd, TestImages, PathBuf)> {
     }
     let mount = cgroup::find_cgroup2_mount().expect("preflight checked cgroup2");
     let images = TestImages::build();
-    let ctd = Containerd::start();
+    let ctd = match runc {
+        Some(w) => {
+            // Read by Containerd::start; the wrapper acts only under this
+            // instance's directory (enable_for), so a concurrent test that
+            // picks the variable up is not affected.
+            std::env::set_var("IW_TEST_RUNC", &w.wrapper);
+            let ctd = Containerd::start();
+            std::env::remove_var("IW_TEST_RUNC");
+            w.enable_for(&ctd.dir);
+            ctd
+        }
+        None => Containerd::start(),
+    };
     ctd.import("k8s.io", &images);
     Some((ctd, images, mount))
 }
@@ -84,6 +168,26 @@ fn pod_container_dir(mount: &Path, pod_uid: &str, id: &str) -> PathBuf {
 fn uid(prefix: &str, token: &str) -> String {
     let t: String = token.chars().filter(|c| c.is_ascii_hexdigit()).collect();
     format!("{prefix}-2222-4333-8444-{:0>12}", &t[t.len().saturating_sub(12)..])
+}
+
+/// CRI's own record of a container (times in ns since the epoch, exit code).
+async fn raw_status(cri: &CriClient, id: &str) -> k8s_cri::v1::ContainerStatus {
+    let mut c = cri.raw_runtime();
+    c.container_status(k8s_cri::v1::ContainerStatusRequest { container_id: id.into(), verbose: false })
+        .await
+        .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
+        .into_inner()
+        .status
+        .unwrap_or_else(|| panic!("ContainerStatus {id}: no status"))
+}
+
+/// A denied container: exited by SIGKILL, never having run its entrypoint;
+/// returns CreateContainer -> death by containerd's clock.
+async fn assert_killed_by_sigkill(cri: &CriClient, id: &str) -> Duration {
+    let st = raw_status(cri, id).await;
+    assert_eq!(st.exit_code, 128 + libc::SIGKILL, "{id} did not die by SIGKILL: {st:?}");
+    assert!(st.finished_at >= st.created_at && st.created_at > 0, "{st:?}");
+    Duration::from_nanos((st.finished_at - st.created_at) as u64)
 }
 
 async fn state_of(cri: &CriClient, id: &str) -> ContainerState {
@@ -194,7 +298,7 @@ fn private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_p
     let started = Instant::now();
     let mut child = support::host::in_cgroup(&agent_cg, "unshare")
         .arg("--cgroup")
-        .arg(env!("CARGO_BIN_EXE_imagewarden"))
+        .arg(agent_binary())
         .args(["run", "--standalone", "--mode", "enforce", "--fail-mode", "closed", "--pin-dir"])
         .arg(&pin_root)
         .arg("--runtime-endpoint")
@@ -259,6 +363,7 @@ fn private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_p
     eprintln!("[timing] agent start -> running untrusted container killed: {}", ds::ms(started.elapsed()));
     rt.block_on(async {
         assert!(wait_state(&cri, &pre_bad, ContainerState::Exited, Duration::from_secs(10)).await, "untrusted container still running");
+        assert_killed_by_sigkill(&cri, &pre_bad).await;
         assert_eq!(state_of(&cri, &pre_good).await, ContainerState::Running, "trusted container disturbed");
     });
 
@@ -282,6 +387,8 @@ fn private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_p
     assert_eq!(f["image"], NGINX, "{f}");
     rt.block_on(async {
         assert!(wait_state(&cri, &new_bad, ContainerState::Exited, Duration::from_secs(10)).await, "new untrusted container running");
+        let d = assert_killed_by_sigkill(&cri, &new_bad).await;
+        eprintln!("[timing] private cgroupns agent: CreateContainer -> untrusted container killed ({}): {}", f["type"], ds::ms(d));
     });
     assert!(!ctd.marker(&format!("ns-new-bad-{t}")).exists(), "the untrusted entrypoint ran");
     let out = rt
@@ -308,16 +415,26 @@ impl Drop for PinCleanup {
 
 #[test]
 fn daemonset_container_enforces_the_seed_policy_from_the_manifest() {
-    let test = "daemonset_container_enforces_the_seed_policy_from_the_manifest";
+    daemonset_case("daemonset_container_enforces_the_seed_policy_from_the_manifest", false);
+}
+
+/// The same, with the private cgroup namespace a cgroup v2 node gives the
+/// container (on a pure v2 host the first test already has it; here the
+/// runc wrapper adds it on hybrid hosts too).
+#[test]
+fn daemonset_container_in_a_private_cgroup_namespace_enforces_the_seed_policy() {
+    daemonset_case("daemonset_container_in_a_private_cgroup_namespace_enforces_the_seed_policy", true);
+}
+
+fn daemonset_case(test: &str, force_private_cgroupns: bool) {
     let mut spec = match AgentSpec::load() {
         Ok(s) => s,
         Err(e) => panic!("deploy/daemonset.yaml: {e}"),
     };
-    let Some((ctd, images, mount)) = setup(test) else { return };
+    let wrapper = force_private_cgroupns.then(CgroupnsRunc::new);
+    let Some((ctd, images, mount)) = setup_with(test, wrapper.as_ref()) else { return };
     let t = ctd.token.clone();
-    let binary = std::env::var_os("IW_AGENT_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_imagewarden")));
+    let binary = agent_binary();
     let t_img = Instant::now();
     let image = ds::build_agent_image(&binary, &spec.image);
     ctd.ctr("k8s.io", &["images", "import", image.archive.to_str().unwrap()]);
@@ -377,6 +494,10 @@ fn daemonset_container_enforces_the_seed_policy_from_the_manifest() {
         ds::ms(pod.started.elapsed())
     );
 
+    if let Some(l) = log.lines().into_iter().map(|(_, m)| m).find(|m| m.contains("agent running")) {
+        let v: Value = serde_json::from_str(&l).unwrap_or_default();
+        eprintln!("[timing] agent container: its own start-up (process start -> running): {} ms", v["fields"]["startup_ms"]);
+    }
     // Which cgroup namespace the agent got.
     let info = rt.block_on(cri.container_status(&pod.container_id)).expect("agent status");
     let agent_pid = info.pid.expect("agent pid");
@@ -387,7 +508,26 @@ fn daemonset_container_enforces_the_seed_policy_from_the_manifest() {
         mount.display(),
         ds::expect_private_cgroupns()
     );
-    assert_eq!(private, ds::expect_private_cgroupns(), "containerd gives a private cgroup namespace exactly on a unified hierarchy");
+    if let Some(w) = &wrapper {
+        // On a unified host containerd has put it there already.
+        assert!(ds::expect_private_cgroupns() || w.applied().contains(&pod.container_id), "the runc wrapper did not add the cgroup namespace: {:?}", w.applied());
+        assert!(private, "the agent's container did not get a private cgroup namespace");
+        // What the agent sees: another pod's cgroup relative to its own.
+        let other = rt.block_on(cri.container_status(&pre_good)).unwrap().pid.unwrap();
+        let seen = Command::new("nsenter")
+            .arg(format!("--cgroup=/proc/{agent_pid}/ns/cgroup"))
+            .args(["cat", &format!("/proc/{other}/cgroup")])
+            .output()
+            .expect("nsenter");
+        let seen = String::from_utf8_lossy(&seen.stdout).into_owned();
+        let line = cgroup::unified_path(&seen).unwrap_or_default().to_string();
+        assert!(line.starts_with("/../../../besteffort/"), "another pod's cgroup as the agent reads it: {line:?}");
+        eprintln!("[ns] the agent reads the trusted pod's cgroup as {line}");
+        let said = log.lines().into_iter().any(|(_, m)| m.contains("private cgroup namespace: rooted at"));
+        assert!(said, "the agent did not say where its cgroup namespace is rooted:\n{}", log.dump());
+    } else {
+        assert_eq!(private, ds::expect_private_cgroupns(), "containerd gives a private cgroup namespace exactly on a unified hierarchy");
+    }
     // The settings from the manifest are the ones in force.
     let status = std::fs::read_to_string(format!("/proc/{agent_pid}/status")).unwrap();
     let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).map(|v| u64::from_str_radix(v.trim(), 16).unwrap()).unwrap();
@@ -410,6 +550,7 @@ fn daemonset_container_enforces_the_seed_policy_from_the_manifest() {
     eprintln!("[timing] agent container start -> running untrusted container killed: {}", ds::ms(at - pod.started));
     rt.block_on(async {
         assert!(wait_state(&cri, &pre_bad, ContainerState::Exited, Duration::from_secs(10)).await, "untrusted container still running");
+        assert_killed_by_sigkill(&cri, &pre_bad).await;
         assert_eq!(state_of(&cri, &pre_good).await, ContainerState::Running, "trusted container disturbed");
     });
 
@@ -425,6 +566,8 @@ fn daemonset_container_enforces_the_seed_policy_from_the_manifest() {
     assert_eq!((f["verdict"].as_str(), f["image"].as_str(), f["pod"].as_str()), (Some("deny"), Some(NGINX), Some("new-hub")), "{f}");
     rt.block_on(async {
         assert!(wait_state(&cri, &new_bad, ContainerState::Exited, Duration::from_secs(10)).await, "new untrusted container running");
+        let d = assert_killed_by_sigkill(&cri, &new_bad).await;
+        eprintln!("[timing] agent container: CreateContainer -> untrusted container killed ({}): {}", f["type"], ds::ms(d));
     });
     assert!(!ctd.marker(&format!("ds-new-bad-{t}")).exists(), "the untrusted entrypoint ran");
 
