@@ -47,7 +47,9 @@ use support::daemonset::{self as ds, AgentLog, AgentSpec, Overrides};
 /// The agent binary the tests run: `$IW_AGENT_BINARY` (the release build,
 /// as the image ships it), else this test build's.
 fn agent_binary() -> PathBuf {
-    std::env::var_os("IW_AGENT_BINARY").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_imagewarden")))
+    std::env::var_os("IW_AGENT_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_imagewarden")))
 }
 
 /// A runc wrapper that gives the agent's container a private cgroup
@@ -64,7 +66,11 @@ struct CgroupnsRunc {
 impl CgroupnsRunc {
     fn new() -> CgroupnsRunc {
         let real = support::containerd::which("runc").expect("runc");
-        let dir = std::env::temp_dir().join(format!("iw-runc-cgns-{}-{:x}", std::process::id(), Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id())));
+        let dir = std::env::temp_dir().join(format!(
+            "iw-runc-cgns-{}-{:x}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id())
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let wrapper = dir.join("runc");
         let script = format!(
@@ -173,12 +179,15 @@ fn uid(prefix: &str, token: &str) -> String {
 /// CRI's own record of a container (times in ns since the epoch, exit code).
 async fn raw_status(cri: &CriClient, id: &str) -> k8s_cri::v1::ContainerStatus {
     let mut c = cri.raw_runtime();
-    c.container_status(k8s_cri::v1::ContainerStatusRequest { container_id: id.into(), verbose: false })
-        .await
-        .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
-        .into_inner()
-        .status
-        .unwrap_or_else(|| panic!("ContainerStatus {id}: no status"))
+    c.container_status(k8s_cri::v1::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
+    .into_inner()
+    .status
+    .unwrap_or_else(|| panic!("ContainerStatus {id}: no status"))
 }
 
 /// A denied container: exited by SIGKILL, never having run its entrypoint;
@@ -191,7 +200,10 @@ async fn assert_killed_by_sigkill(cri: &CriClient, id: &str) -> Duration {
 }
 
 async fn state_of(cri: &CriClient, id: &str) -> ContainerState {
-    cri.container_status(id).await.map(|i| i.state).unwrap_or(ContainerState::Exited)
+    cri.container_status(id)
+        .await
+        .map(|i| i.state)
+        .unwrap_or(ContainerState::Exited)
 }
 
 async fn wait_state(cri: &CriClient, id: &str, want: ContainerState, timeout: Duration) -> bool {
@@ -274,24 +286,58 @@ impl Drop for CgroupChain {
 #[test]
 fn private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_per_id_verdicts() {
     let test = "private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_per_id_verdicts";
-    let Some((ctd, images, mount)) = setup(test) else { return };
+    let Some((ctd, images, mount)) = setup(test) else {
+        return;
+    };
     let t = ctd.token.clone();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let cri = rt.block_on(CriClient::connect(&ctd.endpoint())).expect("CRI");
 
     // Running before the agent: an untrusted and a trusted pod.
     let (bad_uid, good_uid) = (uid("b0000001", &t), uid("a0000001", &t));
-    let (_, pre_bad) = rt.block_on(ctd.cri_run_pod(&cri, "pre-hub", "prod", &bad_uid, "nginx", NGINX, &format!("ns-pre-bad-{t}")));
-    let (_, pre_good) = rt.block_on(ctd.cri_run_pod(&cri, "pre-ecr", "prod", &good_uid, "nginx", ECR_NGINX, &format!("ns-pre-good-{t}")));
-    assert!(ctd.wait_marker(&format!("ns-pre-bad-{t}"), Duration::from_secs(10)).is_some(), "untrusted pod did not start");
-    assert!(ctd.wait_marker(&format!("ns-pre-good-{t}"), Duration::from_secs(10)).is_some(), "trusted pod did not start");
+    let (_, pre_bad) = rt.block_on(ctd.cri_run_pod(
+        &cri,
+        "pre-hub",
+        "prod",
+        &bad_uid,
+        "nginx",
+        NGINX,
+        &format!("ns-pre-bad-{t}"),
+    ));
+    let (_, pre_good) = rt.block_on(ctd.cri_run_pod(
+        &cri,
+        "pre-ecr",
+        "prod",
+        &good_uid,
+        "nginx",
+        ECR_NGINX,
+        &format!("ns-pre-good-{t}"),
+    ));
+    assert!(
+        ctd.wait_marker(&format!("ns-pre-bad-{t}"), Duration::from_secs(10))
+            .is_some(),
+        "untrusted pod did not start"
+    );
+    assert!(
+        ctd.wait_marker(&format!("ns-pre-good-{t}"), Duration::from_secs(10))
+            .is_some(),
+        "trusted pod did not start"
+    );
     let bad_dir = pod_container_dir(&mount, &bad_uid, &pre_bad);
     let good_dir = pod_container_dir(&mount, &good_uid, &pre_good);
     let (bad_id, good_id) = (cgroup_id(&bad_dir), cgroup_id(&good_dir));
 
     // The agent's own cgroup, where a kubelet would put a DaemonSet pod.
     let agent_uid = uid("c0000001", &t);
-    let rels = ["kubepods", "kubepods/burstable", &format!("kubepods/burstable/pod{agent_uid}"), &format!("kubepods/burstable/pod{agent_uid}/iw-agent-{t}")];
+    let rels = [
+        "kubepods",
+        "kubepods/burstable",
+        &format!("kubepods/burstable/pod{agent_uid}"),
+        &format!("kubepods/burstable/pod{agent_uid}/iw-agent-{t}"),
+    ];
     let chain = CgroupChain(rels.iter().map(|r| ds::ensure_cgroup(&mount, r)).collect());
     let agent_cg = chain.0.last().unwrap().clone();
     let pin_root = PathBuf::from(format!("/sys/fs/bpf/imagewarden-test-ns-{t}"));
@@ -299,11 +345,22 @@ fn private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_p
     let mut child = support::host::in_cgroup(&agent_cg, "unshare")
         .arg("--cgroup")
         .arg(agent_binary())
-        .args(["run", "--standalone", "--mode", "enforce", "--fail-mode", "closed", "--pin-dir"])
+        .args([
+            "run",
+            "--standalone",
+            "--mode",
+            "enforce",
+            "--fail-mode",
+            "closed",
+            "--pin-dir",
+        ])
         .arg(&pin_root)
         .arg("--runtime-endpoint")
         .arg(ctd.endpoint())
-        .env("IMAGEWARDEN_LOG", std::env::var("IMAGEWARDEN_LOG").unwrap_or_else(|_| "info".into()))
+        .env(
+            "IMAGEWARDEN_LOG",
+            std::env::var("IMAGEWARDEN_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -333,66 +390,133 @@ fn private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_p
         }
     });
     let agent_pid = child.id();
-    let agent = HostAgent { child, lines, seen: Default::default() };
+    let agent = HostAgent {
+        child,
+        lines,
+        seen: Default::default(),
+    };
     let _unpin = PinCleanup(pin_root.clone());
-    rrx.recv_timeout(Duration::from_secs(60)).expect("the agent did not start within 60 s");
-    eprintln!("[timing] agent (private cgroupns) start -> running: {}", ds::ms(started.elapsed()));
+    rrx.recv_timeout(Duration::from_secs(60))
+        .expect("the agent did not start within 60 s");
+    eprintln!(
+        "[timing] agent (private cgroupns) start -> running: {}",
+        ds::ms(started.elapsed())
+    );
 
     // The scenario is the real one: the agent's cgroup namespace is its own,
     // rooted at its cgroup, and another pod's cgroup reads `/../..` to it.
     let own_ns = ds::cgroupns_of(std::process::id()).unwrap();
-    assert_ne!(ds::cgroupns_of(agent_pid).as_deref(), Some(own_ns.as_str()), "unshare --cgroup gave no new namespace");
+    assert_ne!(
+        ds::cgroupns_of(agent_pid).as_deref(),
+        Some(own_ns.as_str()),
+        "unshare --cgroup gave no new namespace"
+    );
     let seen = Command::new("nsenter")
         .arg(format!("--cgroup=/proc/{agent_pid}/ns/cgroup"))
-        .args(["cat", &format!("/proc/{}/cgroup", rt.block_on(cri.container_status(&pre_good)).unwrap().pid.unwrap())])
+        .args([
+            "cat",
+            &format!(
+                "/proc/{}/cgroup",
+                rt.block_on(cri.container_status(&pre_good)).unwrap().pid.unwrap()
+            ),
+        ])
         .output()
         .expect("nsenter");
     let seen = String::from_utf8_lossy(&seen.stdout);
     let line = cgroup::unified_path(&seen).unwrap_or_else(|| panic!("no cgroup2 line in {seen:?}"));
-    assert!(line.starts_with("/../../../besteffort/"), "another pod's cgroup as the agent reads it: {line}");
+    assert!(
+        line.starts_with("/../../../besteffort/"),
+        "another pod's cgroup as the agent reads it: {line}"
+    );
     eprintln!("[ns] the agent reads the trusted pod's cgroup as {line}");
 
     // Killed at start, with its cgroup id: its cgroup was found.
     let f = agent
-        .finding(Duration::from_secs(15), |v| v["container_id"] == pre_bad.as_str() && v["action"] == "killed")
+        .finding(Duration::from_secs(15), |v| {
+            v["container_id"] == pre_bad.as_str() && v["action"] == "killed"
+        })
         .expect("the running untrusted container was not killed at agent start (private cgroup namespace)");
     assert_eq!(f["verdict"], "deny", "{f}");
     assert_eq!(f["image"], NGINX, "{f}");
     assert_eq!(f["pod"], "pre-hub", "{f}");
     assert_eq!(f["cgroup_id"], bad_id, "{f}");
-    eprintln!("[timing] agent start -> running untrusted container killed: {}", ds::ms(started.elapsed()));
+    eprintln!(
+        "[timing] agent start -> running untrusted container killed: {}",
+        ds::ms(started.elapsed())
+    );
     rt.block_on(async {
-        assert!(wait_state(&cri, &pre_bad, ContainerState::Exited, Duration::from_secs(10)).await, "untrusted container still running");
+        assert!(
+            wait_state(&cri, &pre_bad, ContainerState::Exited, Duration::from_secs(10)).await,
+            "untrusted container still running"
+        );
         assert_killed_by_sigkill(&cri, &pre_bad).await;
-        assert_eq!(state_of(&cri, &pre_good).await, ContainerState::Running, "trusted container disturbed");
+        assert_eq!(
+            state_of(&cri, &pre_good).await,
+            ContainerState::Running,
+            "trusted container disturbed"
+        );
     });
 
     // Per-id verdicts, written for both running containers.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut v = pinned_verdicts(&pin_root);
-    while (v.get(&good_id) != Some(&verdict::ALLOW) || v.get(&bad_id) != Some(&verdict::DENY)) && Instant::now() < deadline {
+    while (v.get(&good_id) != Some(&verdict::ALLOW) || v.get(&bad_id) != Some(&verdict::DENY))
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(50));
         v = pinned_verdicts(&pin_root);
     }
-    assert_eq!(v.get(&good_id), Some(&verdict::ALLOW), "trusted container's cgroup {good_id} has no per-id verdict: {v:?}");
-    assert_eq!(v.get(&bad_id), Some(&verdict::DENY), "untrusted container's cgroup {bad_id} has no per-id verdict: {v:?}");
+    assert_eq!(
+        v.get(&good_id),
+        Some(&verdict::ALLOW),
+        "trusted container's cgroup {good_id} has no per-id verdict: {v:?}"
+    );
+    assert_eq!(
+        v.get(&bad_id),
+        Some(&verdict::DENY),
+        "untrusted container's cgroup {bad_id} has no per-id verdict: {v:?}"
+    );
 
     // A new untrusted pod never runs its entrypoint; a trusted one does.
     let new_bad_uid = uid("b0000002", &t);
-    let (_, new_bad) =
-        rt.block_on(ctd.cri_run_pod_opt(&cri, "new-hub", "prod", &new_bad_uid, "nginx", NGINX, &format!("ns-new-bad-{t}"), true));
+    let (_, new_bad) = rt.block_on(ctd.cri_run_pod_opt(
+        &cri,
+        "new-hub",
+        "prod",
+        &new_bad_uid,
+        "nginx",
+        NGINX,
+        &format!("ns-new-bad-{t}"),
+        true,
+    ));
     let f = agent
-        .finding(Duration::from_secs(15), |v| v["container_id"] == new_bad.as_str() && v["action"] == "killed")
+        .finding(Duration::from_secs(15), |v| {
+            v["container_id"] == new_bad.as_str() && v["action"] == "killed"
+        })
         .expect("no kill of the new untrusted container");
     assert_eq!(f["image"], NGINX, "{f}");
     rt.block_on(async {
-        assert!(wait_state(&cri, &new_bad, ContainerState::Exited, Duration::from_secs(10)).await, "new untrusted container running");
+        assert!(
+            wait_state(&cri, &new_bad, ContainerState::Exited, Duration::from_secs(10)).await,
+            "new untrusted container running"
+        );
         let d = assert_killed_by_sigkill(&cri, &new_bad).await;
-        eprintln!("[timing] private cgroupns agent: CreateContainer -> untrusted container killed ({}): {}", f["type"], ds::ms(d));
+        eprintln!(
+            "[timing] private cgroupns agent: CreateContainer -> untrusted container killed ({}): {}",
+            f["type"],
+            ds::ms(d)
+        );
     });
-    assert!(!ctd.marker(&format!("ns-new-bad-{t}")).exists(), "the untrusted entrypoint ran");
+    assert!(
+        !ctd.marker(&format!("ns-new-bad-{t}")).exists(),
+        "the untrusted entrypoint ran"
+    );
     let out = rt
-        .block_on(cri.exec_sync(&pre_good, &["/bin/sh", "-c", "echo ns-exec-ok"], Duration::from_secs(10)))
+        .block_on(cri.exec_sync(
+            &pre_good,
+            &["/bin/sh", "-c", "echo ns-exec-ok"],
+            Duration::from_secs(10),
+        ))
         .expect("ExecSync into the trusted container");
     assert!(String::from_utf8_lossy(&out.stdout).contains("ns-exec-ok"), "{out:?}");
     drop(agent);
@@ -423,7 +547,10 @@ fn daemonset_container_enforces_the_seed_policy_from_the_manifest() {
 /// runc wrapper adds it on hybrid hosts too).
 #[test]
 fn daemonset_container_in_a_private_cgroup_namespace_enforces_the_seed_policy() {
-    daemonset_case("daemonset_container_in_a_private_cgroup_namespace_enforces_the_seed_policy", true);
+    daemonset_case(
+        "daemonset_container_in_a_private_cgroup_namespace_enforces_the_seed_policy",
+        true,
+    );
 }
 
 fn daemonset_case(test: &str, force_private_cgroupns: bool) {
@@ -432,13 +559,20 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
         Err(e) => panic!("deploy/daemonset.yaml: {e}"),
     };
     let wrapper = force_private_cgroupns.then(CgroupnsRunc::new);
-    let Some((ctd, images, mount)) = setup_with(test, wrapper.as_ref()) else { return };
+    let Some((ctd, images, mount)) = setup_with(test, wrapper.as_ref()) else {
+        return;
+    };
     let t = ctd.token.clone();
     let binary = agent_binary();
     let t_img = Instant::now();
     let image = ds::build_agent_image(&binary, &spec.image);
     ctd.ctr("k8s.io", &["images", "import", image.archive.to_str().unwrap()]);
-    eprintln!("[image] {} from {} built and imported in {}", spec.image, binary.display(), ds::ms(t_img.elapsed()));
+    eprintln!(
+        "[image] {} from {} built and imported in {}",
+        spec.image,
+        binary.display(),
+        ds::ms(t_img.elapsed())
+    );
 
     // What the test changes from the manifest, and why:
     // - the mode: the manifest ships `audit`; this test is about `enforce`.
@@ -454,23 +588,59 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
     // from the ConfigMap in deploy/configmap-policy.yaml: the seed policy),
     // the runtime endpoint stays `unix:///run/containerd/containerd.sock`:
     // the `/run/containerd` hostPath is this test's containerd directory.
-    let mut ov = Overrides { node_network: true, drop_unavailable_caps: true, ..Default::default() };
+    let mut ov = Overrides {
+        node_network: true,
+        drop_unavailable_caps: true,
+        ..Default::default()
+    };
     ov.host_paths.insert("/run/containerd".into(), ctd.dir.clone());
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let cri = rt.block_on(CriClient::connect(&ctd.endpoint())).expect("CRI");
 
     // Running before the agent.
     let (bad_uid, good_uid) = (uid("d0000001", &t), uid("e0000001", &t));
-    let (_, pre_bad) = rt.block_on(ctd.cri_run_pod(&cri, "pre-hub", "prod", &bad_uid, "nginx", NGINX, &format!("ds-pre-bad-{t}")));
-    let (_, pre_good) = rt.block_on(ctd.cri_run_pod(&cri, "pre-ecr", "prod", &good_uid, "nginx", ECR_NGINX, &format!("ds-pre-good-{t}")));
-    assert!(ctd.wait_marker(&format!("ds-pre-bad-{t}"), Duration::from_secs(10)).is_some(), "untrusted pod did not start");
-    assert!(ctd.wait_marker(&format!("ds-pre-good-{t}"), Duration::from_secs(10)).is_some(), "trusted pod did not start");
+    let (_, pre_bad) = rt.block_on(ctd.cri_run_pod(
+        &cri,
+        "pre-hub",
+        "prod",
+        &bad_uid,
+        "nginx",
+        NGINX,
+        &format!("ds-pre-bad-{t}"),
+    ));
+    let (_, pre_good) = rt.block_on(ctd.cri_run_pod(
+        &cri,
+        "pre-ecr",
+        "prod",
+        &good_uid,
+        "nginx",
+        ECR_NGINX,
+        &format!("ds-pre-good-{t}"),
+    ));
+    assert!(
+        ctd.wait_marker(&format!("ds-pre-bad-{t}"), Duration::from_secs(10))
+            .is_some(),
+        "untrusted pod did not start"
+    );
+    assert!(
+        ctd.wait_marker(&format!("ds-pre-good-{t}"), Duration::from_secs(10))
+            .is_some(),
+        "trusted pod did not start"
+    );
     let bad_id = cgroup_id(&pod_container_dir(&mount, &bad_uid, &pre_bad));
 
     let t_create = Instant::now();
     let pod = rt.block_on(ds::start_agent_pod(&ctd, &cri, &spec, &ov));
-    let _stop = AgentPodStop { ctd: &ctd, container_id: pod.container_id.clone(), sandbox_id: pod.sandbox_id.clone() };
+    let _stop = AgentPodStop {
+        ctd: &ctd,
+        container_id: pod.container_id.clone(),
+        sandbox_id: pod.sandbox_id.clone(),
+        cgroup_parent: pod.cgroup_parent.clone(),
+    };
     if !pod.caps_left_out.is_empty() {
         eprintln!(
             "[caps] NOTE: this host's capability bounding set lacks {:?}: left out of the agent's add list \
@@ -478,13 +648,19 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
             pod.caps_left_out
         );
     }
-    let log = AgentLog { path: pod.log_path.clone() };
+    let log = AgentLog {
+        path: pod.log_path.clone(),
+    };
     // Ready as the kubelet's readinessProbe sees it.
     let ready_path = spec.readiness_path.clone().unwrap_or_else(|| "/readyz".into());
     let deadline = Instant::now() + Duration::from_secs(60);
     while ds::http_status(&listen, &ready_path) != Some(200) {
         if Instant::now() > deadline || rt.block_on(state_of(&cri, &pod.container_id)) == ContainerState::Exited {
-            panic!("the agent's container did not become ready:\n{}\n--- containerd ---\n{}", log.dump(), support::containerd::tail(&ctd.log(), 30));
+            panic!(
+                "the agent's container did not become ready:\n{}\n--- containerd ---\n{}",
+                log.dump(),
+                support::containerd::tail(&ctd.log(), 30)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -494,12 +670,27 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
         ds::ms(pod.started.elapsed())
     );
 
-    if let Some(l) = log.lines().into_iter().map(|(_, m)| m).find(|m| m.contains("agent running")) {
+    let running_line = || {
+        log.lines()
+            .into_iter()
+            .map(|(_, m)| m)
+            .find(|m| m.contains("agent running"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running_line().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(l) = running_line() {
         let v: Value = serde_json::from_str(&l).unwrap_or_default();
-        eprintln!("[timing] agent container: its own start-up (process start -> running): {} ms", v["fields"]["startup_ms"]);
+        eprintln!(
+            "[timing] agent container: its own start-up (process start -> running): {} ms",
+            v["fields"]["startup_ms"]
+        );
     }
     // Which cgroup namespace the agent got.
-    let info = rt.block_on(cri.container_status(&pod.container_id)).expect("agent status");
+    let info = rt
+        .block_on(cri.container_status(&pod.container_id))
+        .expect("agent status");
     let agent_pid = info.pid.expect("agent pid");
     let private = ds::cgroupns_of(agent_pid) != ds::cgroupns_of(std::process::id());
     eprintln!(
@@ -510,7 +701,11 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
     );
     if let Some(w) = &wrapper {
         // On a unified host containerd has put it there already.
-        assert!(ds::expect_private_cgroupns() || w.applied().contains(&pod.container_id), "the runc wrapper did not add the cgroup namespace: {:?}", w.applied());
+        assert!(
+            ds::expect_private_cgroupns() || w.applied().contains(&pod.container_id),
+            "the runc wrapper did not add the cgroup namespace: {:?}",
+            w.applied()
+        );
         assert!(private, "the agent's container did not get a private cgroup namespace");
         // What the agent sees: another pod's cgroup relative to its own.
         let other = rt.block_on(cri.container_status(&pre_good)).unwrap().pid.unwrap();
@@ -521,80 +716,196 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
             .expect("nsenter");
         let seen = String::from_utf8_lossy(&seen.stdout).into_owned();
         let line = cgroup::unified_path(&seen).unwrap_or_default().to_string();
-        assert!(line.starts_with("/../../../besteffort/"), "another pod's cgroup as the agent reads it: {line:?}");
+        assert!(
+            line.starts_with("/../../../besteffort/"),
+            "another pod's cgroup as the agent reads it: {line:?}"
+        );
         eprintln!("[ns] the agent reads the trusted pod's cgroup as {line}");
-        let said = log.lines().into_iter().any(|(_, m)| m.contains("private cgroup namespace: rooted at"));
-        assert!(said, "the agent did not say where its cgroup namespace is rooted:\n{}", log.dump());
     } else {
-        assert_eq!(private, ds::expect_private_cgroupns(), "containerd gives a private cgroup namespace exactly on a unified hierarchy");
+        assert_eq!(
+            private,
+            ds::expect_private_cgroupns(),
+            "containerd gives a private cgroup namespace exactly on a unified hierarchy"
+        );
     }
     // The settings from the manifest are the ones in force.
     let status = std::fs::read_to_string(format!("/proc/{agent_pid}/status")).unwrap();
-    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).map(|v| u64::from_str_radix(v.trim(), 16).unwrap()).unwrap();
-    let want: u64 = ds_caps_add(&spec).iter().filter(|c| !pod.caps_left_out.contains(c)).filter_map(|c| ds::cap_number(c)).map(|n| 1u64 << n).sum();
-    assert_eq!(eff, want, "the agent's effective capabilities are not the manifest's add list");
-    assert!(status.lines().any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')), "allowPrivilegeEscalation: false not applied");
-    assert!(status.lines().any(|l| l.starts_with("Seccomp:") && l.ends_with('2')), "seccomp RuntimeDefault not applied");
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    let want: u64 = ds_caps_add(&spec)
+        .iter()
+        .filter(|c| !pod.caps_left_out.contains(c))
+        .filter_map(|c| ds::cap_number(c))
+        .map(|n| 1u64 << n)
+        .sum();
+    assert_eq!(
+        eff, want,
+        "the agent's effective capabilities are not the manifest's add list"
+    );
+    assert!(
+        status.lines().any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')),
+        "allowPrivilegeEscalation: false not applied"
+    );
+    assert!(
+        status.lines().any(|l| l.starts_with("Seccomp:") && l.ends_with('2')),
+        "seccomp RuntimeDefault not applied"
+    );
     let root_ro = std::fs::read_to_string(format!("/proc/{agent_pid}/mountinfo"))
         .unwrap()
         .lines()
-        .any(|l| l.split(' ').nth(4) == Some("/") && l.split(' ').nth(5).is_some_and(|o| o.split(',').any(|x| x == "ro")));
+        .any(|l| {
+            l.split(' ').nth(4) == Some("/") && l.split(' ').nth(5).is_some_and(|o| o.split(',').any(|x| x == "ro"))
+        });
     assert!(root_ro, "read-only root not applied");
 
     // Killed at agent start.
     let (f, at) = log
-        .wait_finding(Duration::from_secs(15), |v| v["container_id"] == pre_bad.as_str() && v["action"] == "killed")
-        .unwrap_or_else(|| panic!("the running untrusted container was not killed at start:\n{}", log.dump()));
-    assert_eq!((f["verdict"].as_str(), f["image"].as_str(), f["pod"].as_str(), f["namespace"].as_str()), (Some("deny"), Some(NGINX), Some("pre-hub"), Some("prod")), "{f}");
+        .wait_finding(Duration::from_secs(15), |v| {
+            v["container_id"] == pre_bad.as_str() && v["action"] == "killed"
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the running untrusted container was not killed at start:\n{}",
+                log.dump()
+            )
+        });
+    assert_eq!(
+        (
+            f["verdict"].as_str(),
+            f["image"].as_str(),
+            f["pod"].as_str(),
+            f["namespace"].as_str()
+        ),
+        (Some("deny"), Some(NGINX), Some("pre-hub"), Some("prod")),
+        "{f}"
+    );
     assert_eq!(f["cgroup_id"], bad_id, "{f}");
-    eprintln!("[timing] agent container start -> running untrusted container killed: {}", ds::ms(at - pod.started));
+    eprintln!(
+        "[timing] agent container start -> running untrusted container killed: {}",
+        ds::ms(at - pod.started)
+    );
     rt.block_on(async {
-        assert!(wait_state(&cri, &pre_bad, ContainerState::Exited, Duration::from_secs(10)).await, "untrusted container still running");
+        assert!(
+            wait_state(&cri, &pre_bad, ContainerState::Exited, Duration::from_secs(10)).await,
+            "untrusted container still running"
+        );
         assert_killed_by_sigkill(&cri, &pre_bad).await;
-        assert_eq!(state_of(&cri, &pre_good).await, ContainerState::Running, "trusted container disturbed");
+        assert_eq!(
+            state_of(&cri, &pre_good).await,
+            ContainerState::Running,
+            "trusted container disturbed"
+        );
     });
 
     // A new untrusted pod: its entrypoint never runs.
     let new_bad_uid = uid("d0000002", &t);
     let t0 = Instant::now();
-    let (_, new_bad) =
-        rt.block_on(ctd.cri_run_pod_opt(&cri, "new-hub", "prod", &new_bad_uid, "nginx", NGINX, &format!("ds-new-bad-{t}"), true));
+    let (_, new_bad) = rt.block_on(ctd.cri_run_pod_opt(
+        &cri,
+        "new-hub",
+        "prod",
+        &new_bad_uid,
+        "nginx",
+        NGINX,
+        &format!("ds-new-bad-{t}"),
+        true,
+    ));
     let (f, at) = log
-        .wait_finding(Duration::from_secs(15), |v| v["container_id"] == new_bad.as_str() && v["action"] == "killed")
+        .wait_finding(Duration::from_secs(15), |v| {
+            v["container_id"] == new_bad.as_str() && v["action"] == "killed"
+        })
         .unwrap_or_else(|| panic!("no kill of the new untrusted container:\n{}", log.dump()));
-    eprintln!("[timing] RunPodSandbox+CreateContainer+StartContainer of an untrusted pod -> denial ({}): {}", f["type"], ds::ms(at - t0));
-    assert_eq!((f["verdict"].as_str(), f["image"].as_str(), f["pod"].as_str()), (Some("deny"), Some(NGINX), Some("new-hub")), "{f}");
+    eprintln!(
+        "[timing] RunPodSandbox+CreateContainer+StartContainer of an untrusted pod -> denial ({}): {}",
+        f["type"],
+        ds::ms(at - t0)
+    );
+    assert_eq!(
+        (f["verdict"].as_str(), f["image"].as_str(), f["pod"].as_str()),
+        (Some("deny"), Some(NGINX), Some("new-hub")),
+        "{f}"
+    );
     rt.block_on(async {
-        assert!(wait_state(&cri, &new_bad, ContainerState::Exited, Duration::from_secs(10)).await, "new untrusted container running");
+        assert!(
+            wait_state(&cri, &new_bad, ContainerState::Exited, Duration::from_secs(10)).await,
+            "new untrusted container running"
+        );
         let d = assert_killed_by_sigkill(&cri, &new_bad).await;
-        eprintln!("[timing] agent container: CreateContainer -> untrusted container killed ({}): {}", f["type"], ds::ms(d));
+        eprintln!(
+            "[timing] agent container: CreateContainer -> untrusted container killed ({}): {}",
+            f["type"],
+            ds::ms(d)
+        );
     });
-    assert!(!ctd.marker(&format!("ds-new-bad-{t}")).exists(), "the untrusted entrypoint ran");
+    assert!(
+        !ctd.marker(&format!("ds-new-bad-{t}")).exists(),
+        "the untrusted entrypoint ran"
+    );
 
     // A new trusted pod runs and accepts an exec.
-    let (_, new_good) =
-        rt.block_on(ctd.cri_run_pod(&cri, "new-ecr", "prod", &uid("e0000002", &t), "nginx", ECR_NGINX, &format!("ds-new-good-{t}")));
-    assert!(ctd.wait_marker(&format!("ds-new-good-{t}"), Duration::from_secs(10)).is_some(), "the trusted entrypoint did not run");
+    let (_, new_good) = rt.block_on(ctd.cri_run_pod(
+        &cri,
+        "new-ecr",
+        "prod",
+        &uid("e0000002", &t),
+        "nginx",
+        ECR_NGINX,
+        &format!("ds-new-good-{t}"),
+    ));
+    assert!(
+        ctd.wait_marker(&format!("ds-new-good-{t}"), Duration::from_secs(10))
+            .is_some(),
+        "the trusted entrypoint did not run"
+    );
     let out = rt
-        .block_on(cri.exec_sync(&new_good, &["/bin/sh", "-c", "echo ds-exec-ok"], Duration::from_secs(10)))
+        .block_on(cri.exec_sync(
+            &new_good,
+            &["/bin/sh", "-c", "echo ds-exec-ok"],
+            Duration::from_secs(10),
+        ))
         .expect("ExecSync into the trusted container");
     assert!(String::from_utf8_lossy(&out.stdout).contains("ds-exec-ok"), "{out:?}");
-    assert_eq!(rt.block_on(state_of(&cri, &pod.container_id)), ContainerState::Running, "the agent died:\n{}", log.dump());
+    assert_eq!(
+        rt.block_on(state_of(&cri, &pod.container_id)),
+        ContainerState::Running,
+        "the agent died:\n{}",
+        log.dump()
+    );
     // The agent never judged itself nor the trusted pods.
     let wrong: Vec<Value> = log
         .findings()
         .into_iter()
-        .filter(|v| [pod.container_id.as_str(), pre_good.as_str(), new_good.as_str()].contains(&v["container_id"].as_str().unwrap_or("")))
+        .filter(|v| {
+            [pod.container_id.as_str(), pre_good.as_str(), new_good.as_str()]
+                .contains(&v["container_id"].as_str().unwrap_or(""))
+        })
         .filter(|v| v["verdict"] != "allow")
         .collect();
     assert!(wrong.is_empty(), "trusted containers reported: {wrong:#?}");
+    if private {
+        let said = log
+            .lines()
+            .into_iter()
+            .any(|(_, m)| m.contains("private cgroup namespace: rooted at"));
+        assert!(
+            said,
+            "the agent did not say where its cgroup namespace is rooted:\n{}",
+            log.dump()
+        );
+    }
     drop(_stop);
     drop(image);
     drop(images);
 }
 
 fn ds_override(spec: &mut AgentSpec, flag: &str, value: &str) {
-    assert!(spec.args.iter().any(|a| a == flag) || flag == "--listen", "manifest has no {flag}");
+    assert!(
+        spec.args.iter().any(|a| a == flag) || flag == "--listen",
+        "manifest has no {flag}"
+    );
     spec.set_arg(flag, value);
 }
 
@@ -610,17 +921,22 @@ struct AgentPodStop<'a> {
     ctd: &'a Containerd,
     container_id: String,
     sandbox_id: String,
+    cgroup_parent: String,
 }
 
 impl Drop for AgentPodStop<'_> {
     fn drop(&mut self) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             if let Ok(cri) = CriClient::connect(&self.ctd.endpoint()).await {
                 let _ = cri.stop_container(&self.container_id, 10).await;
                 let _ = cri.remove_pod_sandbox(&self.sandbox_id).await;
             }
         });
+        ds::remove_pod_cgroups(&self.cgroup_parent);
         // A test that failed early may leave the manifest's pins behind.
         let dir = imagewarden::probes::pin_dir_under(Path::new(imagewarden::probes::DEFAULT_PIN_ROOT));
         if dir.exists() {
