@@ -118,6 +118,14 @@ impl Drop for CgroupnsRunc {
     }
 }
 
+/// One enforcing agent at a time: an agent judges every exec on the host, and
+/// the two DaemonSet tests share the manifest's pin directory.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn setup(test: &str) -> Option<(Containerd, TestImages, PathBuf)> {
     setup_with(test, None)
 }
@@ -286,6 +294,7 @@ impl Drop for CgroupChain {
 #[test]
 fn private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_per_id_verdicts() {
     let test = "private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_per_id_verdicts";
+    let _serial = serial();
     let Some((ctd, images, mount)) = setup(test) else {
         return;
     };
@@ -554,6 +563,7 @@ fn daemonset_container_in_a_private_cgroup_namespace_enforces_the_seed_policy() 
 }
 
 fn daemonset_case(test: &str, force_private_cgroupns: bool) {
+    let _serial = serial();
     let mut spec = match AgentSpec::load() {
         Ok(s) => s,
         Err(e) => panic!("deploy/daemonset.yaml: {e}"),
@@ -693,16 +703,17 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
         .expect("agent status");
     let agent_pid = info.pid.expect("agent pid");
     let private = ds::cgroupns_of(agent_pid) != ds::cgroupns_of(std::process::id());
+    let privileged = spec.security_context["privileged"].as_bool().unwrap_or(false);
     eprintln!(
         "[ns] agent container pid {agent_pid}: {} cgroup namespace (cgroup2 at {}, unified at /sys/fs/cgroup: {})",
         if private { "a private" } else { "the host's" },
         mount.display(),
-        ds::expect_private_cgroupns()
+        ds::expect_private_cgroupns(privileged)
     );
     if let Some(w) = &wrapper {
         // On a unified host containerd has put it there already.
         assert!(
-            ds::expect_private_cgroupns() || w.applied().contains(&pod.container_id),
+            ds::expect_private_cgroupns(privileged) || w.applied().contains(&pod.container_id),
             "the runc wrapper did not add the cgroup namespace: {:?}",
             w.applied()
         );
@@ -724,7 +735,7 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
     } else {
         assert_eq!(
             private,
-            ds::expect_private_cgroupns(),
+            ds::expect_private_cgroupns(privileged),
             "containerd gives a private cgroup namespace exactly on a unified hierarchy"
         );
     }

@@ -832,10 +832,12 @@ pub fn cgroupns_of(pid: u32) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
-/// containerd's CRI gives a container a private cgroup namespace when the
-/// host runs the unified (pure v2) hierarchy, not on hybrid or v1 hosts.
-pub fn expect_private_cgroupns() -> bool {
-    imagewarden::sources::cgroup::is_cgroup2_mount(Path::new("/sys/fs/cgroup"))
+/// containerd's CRI gives a container a private cgroup namespace exactly
+/// when the host runs the unified hierarchy (`/sys/fs/cgroup` is cgroup2)
+/// and the container is not privileged (`containerSpec`: "cgroupns is not
+/// used when running in cgroup v1 mode or in privileged").
+pub fn expect_private_cgroupns(privileged: bool) -> bool {
+    !privileged && imagewarden::sources::cgroup::is_cgroup2_mount(Path::new("/sys/fs/cgroup"))
 }
 
 /// Ensures a cgroup v2 directory (and its parents) exists under `mount`.
