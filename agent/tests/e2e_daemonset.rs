@@ -955,3 +955,88 @@ impl Drop for AgentPodStop<'_> {
         }
     }
 }
+
+// ---- The manifest and Dockerfile readers (no privileges needed) ----
+
+#[test]
+fn the_manifest_reads_as_the_kubelet_would_see_it() {
+    let spec = AgentSpec::load().expect("deploy/daemonset.yaml");
+    assert!(spec.host_pid, "the agent needs hostPID");
+    assert_eq!(spec.container_name, "agent");
+    assert!(
+        spec.image.starts_with("public.ecr.aws/"),
+        "the seed policy must allow the agent's own image: {}",
+        spec.image
+    );
+    assert!(spec.args.windows(2).any(|w| w[0] == "--policy"), "{:?}", spec.args);
+    assert!(spec
+        .env
+        .iter()
+        .any(|(k, v)| k == "NODE_NAME" && *v == ds::EnvValue::FieldRef("spec.nodeName".into())));
+    assert_eq!(spec.qos(), "burstable");
+    assert_eq!(ds::millicores(&spec.requests["cpu"]), Some(50));
+    assert_eq!(ds::bytes(&spec.limits["memory"]), Some(256 << 20));
+    let cg = spec
+        .mounts
+        .iter()
+        .find(|m| m.mount_path == "/sys/fs/cgroup")
+        .expect("cgroup mount");
+    assert!(
+        matches!(&cg.source, ds::VolumeSource::HostPath { path, .. } if path == "/sys/fs/cgroup"),
+        "{cg:?}"
+    );
+    assert!(!cg.read_only, "cgroup.kill needs the hierarchy writable");
+    for c in ds_caps_add(&spec) {
+        assert!(ds::cap_number(&c).is_some(), "unknown capability {c} in the manifest");
+    }
+    let policy = ds::configmap_data("imagewarden-policy");
+    assert!(
+        policy
+            .iter()
+            .any(|(k, v)| k == "policy.yaml" && v.contains("restrict-image-registries")),
+        "{policy:?}"
+    );
+    let mut s = spec.clone();
+    s.set_arg("--mode", "enforce");
+    assert!(s.args.windows(2).any(|w| w == ["--mode", "enforce"]));
+    s.set_arg("--new-flag", "x");
+    assert_eq!(&s.args[s.args.len() - 2..], ["--new-flag", "x"]);
+}
+
+#[test]
+fn manifest_reader_refuses_what_it_cannot_run() {
+    assert!(AgentSpec::parse("kind: Deployment\n")
+        .unwrap_err()
+        .contains("not a DaemonSet"));
+    assert!(AgentSpec::parse(": : :").is_err());
+    let nfs = "kind: DaemonSet\nmetadata: {name: x}\nspec:\n  template:\n    spec:\n      containers:\n      - name: a\n        image: i\n        volumeMounts: [{name: v, mountPath: /v}]\n      volumes: [{name: v, nfs: {server: s, path: /}}]\n";
+    let e = AgentSpec::parse(nfs).unwrap_err();
+    assert!(e.contains("volume v") && e.contains("unsupported"), "{e}");
+    let missing = nfs.replace("volumes: [{name: v, nfs: {server: s, path: /}}]", "volumes: []");
+    assert!(AgentSpec::parse(&missing).unwrap_err().contains("no such volume"));
+}
+
+#[test]
+fn dockerfile_runtime_stage_and_cri_log_readers() {
+    let df = std::fs::read_to_string(ds::repo_root().join("deploy/Dockerfile")).unwrap();
+    let d = ds::DockerfileRuntime::parse(&df).expect("deploy/Dockerfile");
+    assert_eq!(d.binary_path, "/usr/bin/imagewarden");
+    assert_eq!(d.entrypoint, ["/usr/bin/imagewarden"]);
+    assert_eq!(d.cmd.first().map(String::as_str), Some("run"));
+    assert!(ds::DockerfileRuntime::parse("FROM x\nENTRYPOINT /bin/sh -c x\n")
+        .unwrap_err()
+        .contains("exec form"));
+    assert!(ds::DockerfileRuntime::parse("RUN x\n").is_err());
+    let log = "2026-01-01T00:00:00.1Z stdout P {\"a\":\n2026-01-01T00:00:00.2Z stdout F 1}\n2026-01-01T00:00:00.3Z stderr F hello world\ngarbage\n";
+    assert_eq!(
+        ds::parse_cri_log(log),
+        [
+            ("stdout".to_string(), "{\"a\":1}".to_string()),
+            ("stderr".to_string(), "hello world".to_string())
+        ]
+    );
+    assert_eq!(ds::millicores(&serde_yaml::Value::from("1")), Some(1000));
+    assert_eq!(ds::millicores(&serde_yaml::Value::from("250m")), Some(250));
+    assert_eq!(ds::bytes(&serde_yaml::Value::from("1Gi")), Some(1 << 30));
+    assert_eq!(ds::bytes(&serde_yaml::Value::from("lots")), None);
+}
