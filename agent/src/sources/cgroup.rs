@@ -18,6 +18,14 @@
 //! | docker cgroupfs | `/docker/<id>` |
 //! | docker / podman systemd | `/system.slice/docker-<id>.scope`, `/machine.slice/libpod-<id>.scope` |
 //! | containerd default (`ctr run`, nerdctl cgroupfs) | `/<namespace>/<id>` |
+//!
+//! Paths in `/proc/PID/cgroup` are relative to the *reader's* cgroup
+//! namespace. In a container with a private one (containerd and CRI-O give
+//! it on cgroup v2; the DaemonSet's pod) another pod's cgroup reads
+//! `/../../../besteffort/pod<uid>/<id>`; [`dir_in_mount`] places such a path
+//! under the cgroup2 mount (the host's hierarchy, hostPath-mounted) from the
+//! mount's root as `/proc/self/mountinfo` shows it and, when needed, where
+//! this process's namespace root lies under the mount.
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
