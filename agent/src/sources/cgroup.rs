@@ -18,6 +18,14 @@
 //! | docker cgroupfs | `/docker/<id>` |
 //! | docker / podman systemd | `/system.slice/docker-<id>.scope`, `/machine.slice/libpod-<id>.scope` |
 //! | containerd default (`ctr run`, nerdctl cgroupfs) | `/<namespace>/<id>` |
+//!
+//! Paths in `/proc/PID/cgroup` are relative to the *reader's* cgroup
+//! namespace. In a container with a private one (containerd and CRI-O give
+//! it on cgroup v2; the DaemonSet's pod) another pod's cgroup reads
+//! `/../../../besteffort/pod<uid>/<id>`; [`dir_in_mount`] places such a path
+//! under the cgroup2 mount (the host's hierarchy, hostPath-mounted) from the
+//! mount's root as `/proc/self/mountinfo` shows it and, when needed, where
+//! this process's namespace root lies under the mount.
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -113,7 +121,11 @@ pub fn resolve_cgroup_path(path: &str) -> Option<CgroupContainer> {
     }
     // containerd's default layout (`ctr run`, nerdctl with cgroupfs):
     // exactly `/<namespace>/<id>`.
-    if ups == 0 && segs.len() == 2 && is_containerd_namespace(segs[0]) && is_plain_container_id(segs[1]) {
+    if ups == 0
+        && segs.len() == 2
+        && is_containerd_namespace(segs[0])
+        && is_plain_container_id(segs[1])
+    {
         return Some(CgroupContainer {
             runtime: RuntimeKind::Containerd,
             id: segs[1].to_string(),
@@ -447,7 +459,11 @@ impl NsPath {
 /// not itself under the mount's root by name, e.g. `/../../besteffort/...`
 /// seen from `/kubepods/burstable/pod<uid>/<id>` with the mount at the
 /// hierarchy root (`/../../../..`).
-pub fn place_under_mount(mount_root: &NsPath, ns_root_names: Option<&[String]>, cgroup: &NsPath) -> Option<Vec<String>> {
+pub fn place_under_mount(
+    mount_root: &NsPath,
+    ns_root_names: Option<&[String]>,
+    cgroup: &NsPath,
+) -> Option<Vec<String>> {
     if cgroup.ups > mount_root.ups {
         return None; // above the mount's root
     }
@@ -464,7 +480,12 @@ pub fn place_under_mount(mount_root: &NsPath, ns_root_names: Option<&[String]>, 
     }
     from_a.extend(cgroup.names.iter().map(String::as_str));
     let rest = from_a.strip_prefix(
-        mount_root.names.iter().map(String::as_str).collect::<Vec<_>>().as_slice(),
+        mount_root
+            .names
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice(),
     )?;
     Some(rest.iter().map(|s| s.to_string()).collect())
 }
@@ -478,7 +499,12 @@ pub fn cgroup2_mount_root_from_mountinfo(info: &str, mount: &Path) -> Option<Str
             let (pre, post) = line.split_once(" - ")?;
             let f: Vec<&str> = pre.split(' ').collect();
             let (root, point) = (f.get(3)?, f.get(4)?);
-            (Path::new(&unescape_mountinfo(point)) == mount).then(|| (post.split(' ').next() == Some("cgroup2"), unescape_mountinfo(root)))
+            (Path::new(&unescape_mountinfo(point)) == mount).then(|| {
+                (
+                    post.split(' ').next() == Some("cgroup2"),
+                    unescape_mountinfo(root),
+                )
+            })
         })
         .last()
         .and_then(|(is_cgroup2, root)| is_cgroup2.then_some(root))
@@ -508,7 +534,9 @@ fn find_ns_root(mount: &Path, depth: usize, self_names: &[String]) -> Option<Vec
         let mut next = Vec::new();
         for names in &level {
             let dir = names.iter().fold(mount.to_path_buf(), |d, n| d.join(n));
-            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for e in rd.flatten() {
                 seen += 1;
                 if seen > MAX_NS_ROOT_SEARCH {
@@ -524,8 +552,12 @@ fn find_ns_root(mount: &Path, depth: usize, self_names: &[String]) -> Option<Vec
         level = next;
     }
     level.into_iter().find(|names| {
-        let dir = names.iter().chain(self_names).fold(mount.to_path_buf(), |d, n| d.join(n));
-        std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|s| s.lines().any(|l| l.trim() == me))
+        let dir = names
+            .iter()
+            .chain(self_names)
+            .fold(mount.to_path_buf(), |d, n| d.join(n));
+        std::fs::read_to_string(dir.join("cgroup.procs"))
+            .is_ok_and(|s| s.lines().any(|l| l.trim() == me))
     })
 }
 
@@ -542,12 +574,20 @@ fn mount_view(mount: &Path) -> io::Result<MountView> {
     // tests pass): taken as rooted at our namespace root, the old behaviour.
     let root = cgroup2_mount_root_from_mountinfo(&info, mount).unwrap_or_else(|| "/".into());
     let root = NsPath::parse(&root).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidData, format!("cgroup2 mount {}: unusable root {root:?}", mount.display()))
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("cgroup2 mount {}: unusable root {root:?}", mount.display()),
+        )
     })?;
-    let mut view = MountView { root, ns_root_names: None };
+    let mut view = MountView {
+        root,
+        ns_root_names: None,
+    };
     if view.root.ups > 0 && view.root.names.is_empty() {
         let own = std::fs::read_to_string("/proc/self/cgroup")?;
-        let own = unified_path(&own).and_then(NsPath::parse).unwrap_or_default();
+        let own = unified_path(&own)
+            .and_then(NsPath::parse)
+            .unwrap_or_default();
         if own.ups == 0 {
             view.ns_root_names = find_ns_root(mount, view.root.ups, &own.names);
         }
@@ -583,15 +623,24 @@ fn mount_view(mount: &Path) -> io::Result<MountView> {
 /// by reading the mount's root from `/proc/self/mountinfo` and, when needed,
 /// finding our namespace root under it once (cached per mount).
 pub fn dir_in_mount(mount: &Path, path: &str) -> io::Result<PathBuf> {
-    let cg = NsPath::parse(path)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("unusable cgroup path {path:?}")))?;
-    let view = mount_view(mount)?;
-    let names = place_under_mount(&view.root, view.ns_root_names.as_deref(), &cg).ok_or_else(|| {
+    let cg = NsPath::parse(path).ok_or_else(|| {
         io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("cgroup {path} is outside the cgroup2 mount {} (its root: {:?})", mount.display(), view.root),
+            io::ErrorKind::InvalidData,
+            format!("unusable cgroup path {path:?}"),
         )
     })?;
+    let view = mount_view(mount)?;
+    let names =
+        place_under_mount(&view.root, view.ns_root_names.as_deref(), &cg).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "cgroup {path} is outside the cgroup2 mount {} (its root: {:?})",
+                    mount.display(),
+                    view.root
+                ),
+            )
+        })?;
     Ok(names.iter().fold(mount.to_path_buf(), |d, n| d.join(n)))
 }
 
@@ -847,8 +896,20 @@ mod tests {
     #[test]
     fn ns_path_parses_kernel_paths() {
         assert_eq!(ns("/"), NsPath::default());
-        assert_eq!(ns("/../../kubepods/x"), NsPath { ups: 2, names: names(&["kubepods", "x"]) });
-        assert_eq!(ns("/a/./b/../c"), NsPath { ups: 0, names: names(&["a", "c"]) });
+        assert_eq!(
+            ns("/../../kubepods/x"),
+            NsPath {
+                ups: 2,
+                names: names(&["kubepods", "x"])
+            }
+        );
+        assert_eq!(
+            ns("/a/./b/../c"),
+            NsPath {
+                ups: 0,
+                names: names(&["a", "c"])
+            }
+        );
         assert_eq!(NsPath::parse("relative/x"), None);
         assert_eq!(NsPath::parse(&"/..".repeat(1000)), None);
         assert_eq!(NsPath::parse(&"/a".repeat(3000)), None);
@@ -872,15 +933,29 @@ mod tests {
         assert_eq!(place_under_mount(&root, None, &other), None);
         // Up to the hierarchy root: no need to know it.
         let sys = ns("/../../../../system.slice/containerd.service");
-        assert_eq!(place_under_mount(&root, None, &sys), Some(names(&["system.slice", "containerd.service"])));
+        assert_eq!(
+            place_under_mount(&root, None, &sys),
+            Some(names(&["system.slice", "containerd.service"]))
+        );
         // Our own cgroup, and a sibling container of the same pod.
-        assert_eq!(place_under_mount(&root, Some(&agent_cg), &ns("/")), Some(agent_cg.clone()));
+        assert_eq!(
+            place_under_mount(&root, Some(&agent_cg), &ns("/")),
+            Some(agent_cg.clone())
+        );
         assert_eq!(
             place_under_mount(&root, Some(&agent_cg), &ns("/../sidecar")),
-            Some(names(&["kubepods", "burstable", &format!("pod{UID}"), "sidecar"]))
+            Some(names(&[
+                "kubepods",
+                "burstable",
+                &format!("pod{UID}"),
+                "sidecar"
+            ]))
         );
         // Above the mount: nothing.
-        assert_eq!(place_under_mount(&root, Some(&agent_cg), &ns("/../../../../..")), None);
+        assert_eq!(
+            place_under_mount(&root, Some(&agent_cg), &ns("/../../../../..")),
+            None
+        );
         // ns root names of the wrong length are not trusted.
         assert_eq!(place_under_mount(&root, Some(&agent_cg[..2]), &other), None);
         // The systemd driver's names, same shape.
@@ -891,7 +966,10 @@ mod tests {
             &format!("cri-containerd-{ID}.scope"),
         ]);
         let p = ns(&format!("/../../../kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/cri-containerd-{ID}.scope"));
-        assert_eq!(place_under_mount(&root, Some(&sd), &p).unwrap()[1], "kubepods-besteffort.slice");
+        assert_eq!(
+            place_under_mount(&root, Some(&sd), &p).unwrap()[1],
+            "kubepods-besteffort.slice"
+        );
     }
 
     #[test]
@@ -902,12 +980,21 @@ mod tests {
         // A container's own cgroup2 mount (root = its namespace root): other
         // pods are outside it.
         assert_eq!(place_under_mount(&ns("/"), None, &ns("/../x/y")), None);
-        assert_eq!(place_under_mount(&ns("/"), None, &ns("/sub")), Some(names(&["sub"])));
+        assert_eq!(
+            place_under_mount(&ns("/"), None, &ns("/sub")),
+            Some(names(&["sub"]))
+        );
         // A mount of a sub-tree: stripped; outside it, nothing.
-        assert_eq!(place_under_mount(&ns("/kubepods"), None, &p), Some(p.names[1..].to_vec()));
+        assert_eq!(
+            place_under_mount(&ns("/kubepods"), None, &p),
+            Some(p.names[1..].to_vec())
+        );
         assert_eq!(place_under_mount(&ns("/system.slice"), None, &p), None);
         // A mount of a sibling sub-tree seen from a private namespace.
-        assert_eq!(place_under_mount(&ns("/../x"), None, &ns("/../x/y")), Some(names(&["y"])));
+        assert_eq!(
+            place_under_mount(&ns("/../x"), None, &ns("/../x/y")),
+            Some(names(&["y"]))
+        );
         assert_eq!(place_under_mount(&ns("/../x"), None, &ns("/../z")), None);
     }
 
@@ -916,26 +1003,47 @@ mod tests {
         // `unshare --cgroup` from a sub-cgroup on a hybrid host (measured).
         let info = "25 30 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro\n\
                     41 31 0:38 /../.. /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(cgroup2_mount_root_from_mountinfo(info, Path::new("/sys/fs/cgroup/unified")), Some("/../..".into()));
+        assert_eq!(
+            cgroup2_mount_root_from_mountinfo(info, Path::new("/sys/fs/cgroup/unified")),
+            Some("/../..".into())
+        );
         // Not cgroup2 at that point.
-        assert_eq!(cgroup2_mount_root_from_mountinfo(info, Path::new("/sys/fs/cgroup")), None);
+        assert_eq!(
+            cgroup2_mount_root_from_mountinfo(info, Path::new("/sys/fs/cgroup")),
+            None
+        );
         // runc's own cgroup2 mount, then the hostPath volume over it: the top one wins.
         let over = "700 600 0:30 / /sys/fs/cgroup ro - cgroup2 cgroup rw\n\
                     701 600 0:30 /../../../.. /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(cgroup2_mount_root_from_mountinfo(over, Path::new("/sys/fs/cgroup")), Some("/../../../..".into()));
-        assert_eq!(cgroup2_mount_root_from_mountinfo(over, Path::new("/elsewhere")), None);
+        assert_eq!(
+            cgroup2_mount_root_from_mountinfo(over, Path::new("/sys/fs/cgroup")),
+            Some("/../../../..".into())
+        );
+        assert_eq!(
+            cgroup2_mount_root_from_mountinfo(over, Path::new("/elsewhere")),
+            None
+        );
     }
 
     #[test]
     fn proc_cgroup_seen_from_a_private_namespace() {
         let c = resolve_proc_cgroup(&format!("0::/../../../besteffort/pod{UID}/{ID}\n")).unwrap();
-        assert_eq!((c.runtime, c.id.as_str(), c.pod_uid.as_deref()), (RuntimeKind::Cri, ID, Some(UID)));
-        let c = resolve_proc_cgroup(&format!("0::/../../kubepods-besteffort-pod{UID_}.slice/cri-containerd-{ID}.scope\n")).unwrap();
+        assert_eq!(
+            (c.runtime, c.id.as_str(), c.pod_uid.as_deref()),
+            (RuntimeKind::Cri, ID, Some(UID))
+        );
+        let c = resolve_proc_cgroup(&format!(
+            "0::/../../kubepods-besteffort-pod{UID_}.slice/cri-containerd-{ID}.scope\n"
+        ))
+        .unwrap();
         assert_eq!((c.runtime, c.id.as_str()), (RuntimeKind::Containerd, ID));
         // `/<namespace>/<id>` is containerd's layout only from the root:
         // below `..` its depth is unknown.
         assert_eq!(resolve_proc_cgroup("0::/../default/c1\n"), None);
-        assert_eq!(resolve_proc_cgroup(&format!("0::/a/../kubepods/pod{UID}/{ID}\n")), None);
+        assert_eq!(
+            resolve_proc_cgroup(&format!("0::/a/../kubepods/pod{UID}/{ID}\n")),
+            None
+        );
     }
 
     #[test]

@@ -52,8 +52,7 @@ pub const KUBELET_MASKED_PATHS: &[&str] = &[
     "/sys/devices/virtual/powercap",
 ];
 /// The kubelet's default read-only /proc paths.
-pub const KUBELET_READONLY_PATHS: &[&str] =
-    &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+pub const KUBELET_READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
 /// One `volumeMounts` entry joined with its volume.
 #[derive(Debug, Clone)]
@@ -103,7 +102,9 @@ fn s(v: &Value) -> Option<String> {
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    v.as_sequence().map(|q| q.iter().filter_map(s).collect()).unwrap_or_default()
+    v.as_sequence()
+        .map(|q| q.iter().filter_map(s).collect())
+        .unwrap_or_default()
 }
 
 impl AgentSpec {
@@ -129,18 +130,24 @@ impl AgentSpec {
         let mut mounts = Vec::new();
         for m in c["volumeMounts"].as_sequence().into_iter().flatten() {
             let name = s(&m["name"]).ok_or("volumeMount without name")?;
-            let vol = volumes.get(&name).ok_or_else(|| format!("volumeMount {name}: no such volume"))?;
+            let vol = volumes
+                .get(&name)
+                .ok_or_else(|| format!("volumeMount {name}: no such volume"))?;
             let source = if vol["hostPath"].is_mapping() {
                 VolumeSource::HostPath {
                     path: s(&vol["hostPath"]["path"]).ok_or_else(|| format!("volume {name}: hostPath without path"))?,
                     kind: s(&vol["hostPath"]["type"]),
                 }
             } else if vol["configMap"].is_mapping() {
-                VolumeSource::ConfigMap { name: s(&vol["configMap"]["name"]).unwrap_or_default() }
+                VolumeSource::ConfigMap {
+                    name: s(&vol["configMap"]["name"]).unwrap_or_default(),
+                }
             } else if vol["emptyDir"].is_mapping() {
                 VolumeSource::EmptyDir
             } else {
-                return Err(format!("volume {name}: unsupported kind (only hostPath, configMap, emptyDir)"));
+                return Err(format!(
+                    "volume {name}: unsupported kind (only hostPath, configMap, emptyDir)"
+                ));
             };
             mounts.push(VolumeMount {
                 mount_path: s(&m["mountPath"]).ok_or_else(|| format!("volumeMount {name} without mountPath"))?,
@@ -192,7 +199,11 @@ impl AgentSpec {
         let (r, l) = (&self.requests, &self.limits);
         if r.is_null() && l.is_null() {
             "besteffort"
-        } else if !l.is_null() && ["cpu", "memory"].iter().all(|k| !l[*k].is_null() && (r[*k].is_null() || r[*k] == l[*k])) {
+        } else if !l.is_null()
+            && ["cpu", "memory"]
+                .iter()
+                .all(|k| !l[*k].is_null() && (r[*k].is_null() || r[*k] == l[*k]))
+        {
             "guaranteed"
         } else {
             "burstable"
@@ -220,7 +231,14 @@ pub fn bytes(v: &Value) -> Option<i64> {
         Value::String(s) => s.clone(),
         _ => return None,
     };
-    for (suf, mul) in [("Ki", 1i64 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("k", 1000), ("M", 1_000_000), ("G", 1_000_000_000)] {
+    for (suf, mul) in [
+        ("Ki", 1i64 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("k", 1000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+    ] {
         if let Some(n) = t.strip_suffix(suf) {
             return n.parse::<i64>().ok().map(|n| n * mul);
         }
@@ -330,7 +348,13 @@ pub fn build_agent_image(binary: &Path, name: &str) -> AgentImage {
     std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").expect("group");
     run(Command::new("umoci").args(["repack", "--image", &img]).arg(&bundle));
     let mut cfg = Command::new("umoci");
-    cfg.args(["config", "--image", &img, "--config.env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]);
+    cfg.args([
+        "config",
+        "--image",
+        &img,
+        "--config.env",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ]);
     for e in &df.entrypoint {
         cfg.args(["--config.entrypoint", e]);
     }
@@ -347,7 +371,8 @@ pub fn build_agent_image(binary: &Path, name: &str) -> AgentImage {
     run(&mut cfg);
     run(Command::new("umoci").args(["gc", "--layout"]).arg(&layout));
     let mut index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json")).expect("parse index.json");
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json"))
+            .expect("parse index.json");
     let m = &mut index["manifests"][0];
     let tag = name.rsplit_once(':').map_or("latest", |(_, t)| t);
     m["annotations"] = serde_json::json!({
@@ -356,12 +381,24 @@ pub fn build_agent_image(binary: &Path, name: &str) -> AgentImage {
     });
     std::fs::write(layout.join("index.json"), serde_json::to_vec(&index).unwrap()).expect("write index");
     let archive = dir.join("agent.tar");
-    run(Command::new("tar").arg("-C").arg(&layout).arg("-cf").arg(&archive).arg("."));
-    AgentImage { dir, archive, name: name.to_string() }
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&archive)
+        .arg("."));
+    AgentImage {
+        dir,
+        archive,
+        name: name.to_string(),
+    }
 }
 
 fn nanos() -> u32 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
 }
 
 /// What the test changes from the manifest, each for a stated reason.
@@ -396,7 +433,10 @@ pub struct AgentPod {
 fn bounding_caps() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapBnd:").map(|v| v.trim().to_string())))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:").map(|v| v.trim().to_string()))
+        })
         .and_then(|v| u64::from_str_radix(&v, 16).ok())
         .unwrap_or(u64::MAX)
 }
@@ -404,11 +444,46 @@ fn bounding_caps() -> u64 {
 /// Capability number by name (`BPF`, `SYS_ADMIN`, ...).
 pub fn cap_number(name: &str) -> Option<u32> {
     const NAMES: &[&str] = &[
-        "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
-        "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER",
-        "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
-        "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP",
-        "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
         "CHECKPOINT_RESTORE",
     ];
     let n = name.trim_start_matches("CAP_").to_ascii_uppercase();
@@ -417,22 +492,36 @@ pub fn cap_number(name: &str) -> Option<u32> {
 
 /// The node's name as the kubelet registers it (its hostname, lower-case).
 pub fn node_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_ascii_lowercase()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .unwrap_or_default()
 }
 
 /// Starts the agent's pod through CRI as the kubelet would.
 pub async fn start_agent_pod(ctd: &Containerd, cri_client: &CriClient, spec: &AgentSpec, ov: &Overrides) -> AgentPod {
     let t = &ctd.token;
-    let pod_uid = format!("a9e17000-0000-4000-8000-{:0>12}", &t[t.len().saturating_sub(12)..]).replace(|c: char| !c.is_ascii_hexdigit() && c != '-', "0");
+    let hex: String = t.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+    let pod_uid = format!("a9e17000-0000-4000-8000-{:0>12}", &hex[hex.len().saturating_sub(12)..]);
     let cgroup_parent = format!("/kubepods/{}/pod{pod_uid}", spec.qos());
     let pod_name = format!("{}-{t}", spec.pod_name);
-    let log_dir = ctd.dir.join("pods").join(format!("{}_{pod_name}_{pod_uid}", spec.namespace));
+    let log_dir = ctd
+        .dir
+        .join("pods")
+        .join(format!("{}_{pod_name}_{pod_uid}", spec.namespace));
     std::fs::create_dir_all(&log_dir).expect("pod log dir");
     let scratch = ctd.dir.join("volumes").join(&pod_uid);
     std::fs::create_dir_all(&scratch).expect("volume dir");
     let ns_opts = cri::NamespaceOption {
-        network: if spec.host_network || ov.node_network { cri::NamespaceMode::Node } else { cri::NamespaceMode::Pod } as i32,
-        pid: if spec.host_pid { cri::NamespaceMode::Node } else { cri::NamespaceMode::Container } as i32,
+        network: if spec.host_network || ov.node_network {
+            cri::NamespaceMode::Node
+        } else {
+            cri::NamespaceMode::Pod
+        } as i32,
+        pid: if spec.host_pid {
+            cri::NamespaceMode::Node
+        } else {
+            cri::NamespaceMode::Container
+        } as i32,
         ipc: cri::NamespaceMode::Pod as i32,
         ..Default::default()
     };
@@ -479,7 +568,11 @@ pub async fn start_agent_pod(ctd: &Containerd, cri_client: &CriClient, spec: &Ag
             VolumeSource::HostPath { path, kind } => {
                 let p = ov.host_paths.get(path).cloned().unwrap_or_else(|| PathBuf::from(path));
                 if kind.as_deref() == Some("Directory") && !p.is_dir() {
-                    panic!("hostPath volume {}: {} is not a directory (type: Directory)", m.name, p.display());
+                    panic!(
+                        "hostPath volume {}: {} is not a directory (type: Directory)",
+                        m.name,
+                        p.display()
+                    );
                 }
                 p
             }
@@ -578,8 +671,14 @@ pub async fn start_agent_pod(ctd: &Containerd, cri_client: &CriClient, spec: &Ag
         ..Default::default()
     };
     let config = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata { name: spec.container_name.clone(), attempt: 0 }),
-        image: Some(cri::ImageSpec { image: spec.image.clone(), ..Default::default() }),
+        metadata: Some(cri::ContainerMetadata {
+            name: spec.container_name.clone(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: spec.image.clone(),
+            ..Default::default()
+        }),
         command: spec.command.clone(),
         args: spec.args.clone(),
         envs,
@@ -589,7 +688,6 @@ pub async fn start_agent_pod(ctd: &Containerd, cri_client: &CriClient, spec: &Ag
         linux: Some(cri::LinuxContainerConfig {
             resources: Some(resources),
             security_context: Some(security_context),
-            ..Default::default()
         }),
         ..Default::default()
     };
@@ -621,7 +719,9 @@ pub fn configmap_data(name: &str) -> Vec<(String, String)> {
         if p.extension().and_then(|x| x.to_str()) != Some("yaml") {
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(&p) else { continue };
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            continue;
+        };
         for doc in serde_yaml::Deserializer::from_str(&text) {
             let Ok(v) = Value::deserialize(doc) else { continue };
             if v["kind"].as_str() == Some("ConfigMap") && v["metadata"]["name"].as_str() == Some(name) {
@@ -644,7 +744,8 @@ pub fn parse_cri_log(text: &str) -> Vec<(String, String)> {
     let mut partial: HashMap<String, String> = HashMap::new();
     for l in text.lines() {
         let mut it = l.splitn(4, ' ');
-        let (Some(_ts), Some(stream), Some(tag), msg) = (it.next(), it.next(), it.next(), it.next().unwrap_or("")) else {
+        let (Some(_ts), Some(stream), Some(tag), msg) = (it.next(), it.next(), it.next(), it.next().unwrap_or(""))
+        else {
             continue;
         };
         let acc = partial.entry(stream.to_string()).or_default();
@@ -677,7 +778,11 @@ impl AgentLog {
     }
 
     /// Waits (bounded) for a finding matching `pred`.
-    pub fn wait_finding(&self, timeout: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> Option<(serde_json::Value, Instant)> {
+    pub fn wait_finding(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<(serde_json::Value, Instant)> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(f) = self.findings().into_iter().find(&pred) {
@@ -692,7 +797,11 @@ impl AgentLog {
 
     /// The whole log, for failure messages.
     pub fn dump(&self) -> String {
-        self.lines().into_iter().map(|(s, m)| format!("{s}: {m}")).collect::<Vec<_>>().join("\n")
+        self.lines()
+            .into_iter()
+            .map(|(s, m)| format!("{s}: {m}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -710,18 +819,25 @@ pub fn http_status(addr: &str, path: &str) -> Option<u16> {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// The cgroup namespace inode of a process (`/proc/PID/ns/cgroup`).
 pub fn cgroupns_of(pid: u32) -> Option<String> {
-    std::fs::read_link(format!("/proc/{pid}/ns/cgroup")).ok().map(|p| p.display().to_string())
+    std::fs::read_link(format!("/proc/{pid}/ns/cgroup"))
+        .ok()
+        .map(|p| p.display().to_string())
 }
 
-/// containerd's CRI gives a container a private cgroup namespace when the
-/// host runs the unified (pure v2) hierarchy, not on hybrid or v1 hosts.
-pub fn expect_private_cgroupns() -> bool {
-    imagewarden::sources::cgroup::is_cgroup2_mount(Path::new("/sys/fs/cgroup"))
+/// containerd's CRI gives a container a private cgroup namespace exactly
+/// when the host runs the unified hierarchy (`/sys/fs/cgroup` is cgroup2)
+/// and the container is not privileged (`containerSpec`: "cgroupns is not
+/// used when running in cgroup v1 mode or in privileged").
+pub fn expect_private_cgroupns(privileged: bool) -> bool {
+    !privileged && imagewarden::sources::cgroup::is_cgroup2_mount(Path::new("/sys/fs/cgroup"))
 }
 
 /// Ensures a cgroup v2 directory (and its parents) exists under `mount`.
@@ -734,4 +850,32 @@ pub fn ensure_cgroup(mount: &Path, rel: &str) -> PathBuf {
 /// Time since `t0` as milliseconds, for `[timing]` lines.
 pub fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Removes a pod's cgroup directories (its containers', then its own, then
+/// empty parents up to `kubepods`) from every hierarchy: runc leaves the pod
+/// level behind, as the kubelet would remove it.
+pub fn remove_pod_cgroups(cgroup_parent: &str) {
+    let rel = cgroup_parent.trim_start_matches('/');
+    let mut roots: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    roots.push(PathBuf::from("/sys/fs/cgroup"));
+    for root in roots {
+        let pod = root.join(rel);
+        if let Ok(rd) = std::fs::read_dir(&pod) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        let mut d = pod;
+        while d.starts_with(root.join("kubepods")) {
+            let _ = std::fs::remove_dir(&d);
+            if !d.pop() {
+                break;
+            }
+        }
+    }
 }
