@@ -121,7 +121,6 @@ fn denied_exec_is_stopped(hook: HookChoice, try_lsm: bool) {
         assert_eq!(enforcement, Enforcement::Signal, "try_lsm=false must enforce with signals");
     }
     let lsm = enforcement == Enforcement::Lsm;
-    eprintln!("enforcement {} exec hook {} fallbacks {:?}", enforcement.as_str(), probes.exec_hook.as_str(), probes.fallbacks);
     let dir = tempdir("deny");
     let sh = private_binary(&dir, "iw-sh-deny", "/bin/sh");
     let denied = TestCgroup::new("denied");

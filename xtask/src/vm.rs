@@ -203,6 +203,8 @@ fn build_tests(root: &Path, tests: &[String]) -> Result<Vec<TestBin>> {
 struct BinResult {
     exit: Option<i32>,
     millis: Option<u64>,
+    /// The enforcement the tests report the agent picked (`enforcement lsm` in their output).
+    enforcement: Option<String>,
     /// libtest's per-test results: name -> Ok(()) or Err(reason).
     tests: BTreeMap<String, std::result::Result<(), String>>,
     log: PathBuf,
@@ -264,8 +266,21 @@ fn parse_libtest(log: &str) -> BTreeMap<String, std::result::Result<(), String>>
     tests
 }
 
+/// The enforcement the tests say the agent picked by default: their
+/// `agent picked enforcement lsm` line (see agent/tests/support/exec_hook.rs).
+fn enforcement_in(log: &str) -> Option<String> {
+    log.match_indices("agent picked enforcement ").find_map(|(i, k)| {
+        let rest = &log[i + k.len()..];
+        ["lsm", "signal"].into_iter().find(|m| rest.starts_with(m)).map(String::from)
+    })
+}
+
 fn host_kernel() -> String {
-    Command::new("uname").arg("-r").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Active LSMs as securityfs lists them (mounted privately when missing).
@@ -295,6 +310,7 @@ fn run_on_host(root: &Path, bins: &[TestBin], out_dir: &Path) -> Result<KernelRe
         let st = Command::new("flock")
             .arg(PRIVILEGED_LOCK)
             .arg(&b.exe)
+            .arg("--show-output")
             .current_dir(root.join("agent"))
             .env("CI", "true")
             .env("RUST_BACKTRACE", "1")
@@ -310,6 +326,7 @@ fn run_on_host(root: &Path, bins: &[TestBin], out_dir: &Path) -> Result<KernelRe
             BinResult {
                 exit: st.code(),
                 millis: Some(t0.elapsed().as_millis() as u64),
+                enforcement: enforcement_in(&text),
                 tests: parse_libtest(&text),
                 log,
             },
@@ -396,7 +413,13 @@ fn prepare_kernel(spec: &KernelSpec) -> Result<Kernel> {
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         eprintln!("vmtest: fetching {package} {version} into {}", dir.display());
-        crate::run(Command::new("apt-get").current_dir(&tmp).args(["download", "-q", "-o", "APT::Sandbox::User=root", &format!("{package}={version}")]))?;
+        crate::run(Command::new("apt-get").current_dir(&tmp).args([
+            "download",
+            "-q",
+            "-o",
+            "APT::Sandbox::User=root",
+            &format!("{package}={version}"),
+        ]))?;
         let deb = fs::read_dir(&tmp)?
             .flatten()
             .map(|e| e.path())
@@ -562,7 +585,7 @@ impl Cpio {
         self.pad();
     }
     fn pad(&mut self) {
-        while self.0.len() % 4 != 0 {
+        while !self.0.len().is_multiple_of(4) {
             self.0.push(0);
         }
     }
@@ -602,6 +625,7 @@ mount -t bpf bpf $R/sys/fs/bpf || fatal bpffs
 mount -t tracefs tracefs $R/sys/kernel/tracing || fatal tracefs
 mount -t securityfs securityfs $R/sys/kernel/security || fatal securityfs
 mount -t debugfs debugfs $R/sys/kernel/debug
+ip link set lo up || fatal "loopback"
 mkdir -p $R@RESULTS@
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results $R@RESULTS@ || fatal "mount results"
 echo "imagewarden-vm: ready $(cut -d' ' -f1 /proc/uptime) lsm=$(cat $R/sys/kernel/security/lsm)"
@@ -646,7 +670,7 @@ fn run_script(root: &Path, spec: &KernelSpec, bins: &[TestBin]) -> String {
         let _ = writeln!(
             s,
             "echo 'imagewarden-vm: running {n}' > /dev/console\n\
-             t0=$(date +%s%N)\n'{exe}' > $R/{n}.log 2>&1\necho $? > $R/{n}.status\n\
+             t0=$(date +%s%N)\n'{exe}' --show-output > $R/{n}.log 2>&1\necho $? > $R/{n}.status\n\
              echo $(( ($(date +%s%N) - t0) / 1000000 )) > $R/{n}.ms\n\
              echo \"imagewarden-vm: {n} exit $(cat $R/{n}.status)\" > /dev/console",
             n = b.name,
@@ -668,7 +692,13 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn run_in_guest(root: &Path, spec: &KernelSpec, bins: &[TestBin], out_dir: &Path, opts: &Options) -> Result<KernelResult> {
+fn run_in_guest(
+    root: &Path,
+    spec: &KernelSpec,
+    bins: &[TestBin],
+    out_dir: &Path,
+    opts: &Options,
+) -> Result<KernelResult> {
     let kernel = prepare_kernel(spec)?;
     let dir = out_dir.join(&spec.name);
     let _ = fs::remove_dir_all(&dir);
@@ -738,7 +768,10 @@ fn run_in_guest(root: &Path, spec: &KernelSpec, bins: &[TestBin], out_dir: &Path
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
         if Instant::now() > deadline {
-            bail!("guest still running after {GUEST_DEADLINE:?}: killed (console: {})", dir.join("console.log").display());
+            bail!(
+                "guest still running after {GUEST_DEADLINE:?}: killed (console: {})",
+                dir.join("console.log").display()
+            );
         }
     }
     let st = child.0.wait()?;
@@ -767,6 +800,7 @@ fn run_in_guest(root: &Path, spec: &KernelSpec, bins: &[TestBin], out_dir: &Path
             BinResult {
                 exit: status.trim().parse().ok(),
                 millis: read("ms").and_then(|m| m.trim().parse().ok()),
+                enforcement: enforcement_in(&read("log").unwrap_or_default()),
                 tests: parse_libtest(&read("log").unwrap_or_default()),
                 log,
             },
@@ -794,6 +828,8 @@ fn path_of(test: &str) -> &'static str {
 }
 
 const PATHS: &[&str] = &["lsm", "tp_btf+signal", "tracepoint+signal", "default"];
+// "lsm": the agent's own choice (BPF LSM where active, else signals with the
+// reason); "default": the agent's defaults, whatever this kernel gives.
 
 fn cell(b: Option<&BinResult>, path: &str) -> String {
     let Some(b) = b else { return "no result".into() };
@@ -806,27 +842,44 @@ fn cell(b: Option<&BinResult>, path: &str) -> String {
     if ok == of.len() {
         format!("pass {ok}/{}", of.len())
     } else {
-        let (n, why) = of.iter().find(|(_, r)| r.is_err()).map(|(n, r)| (n, r.as_ref().err().cloned().unwrap_or_default())).unwrap();
+        let (n, why) = of
+            .iter()
+            .find(|(_, r)| r.is_err())
+            .map(|(n, r)| (n, r.as_ref().err().cloned().unwrap_or_default()))
+            .unwrap();
         format!("FAIL {ok}/{}: {n}: {why}", of.len())
     }
 }
 
 fn render(results: &[(KernelSpec, KernelResult)], tests: &[String]) -> String {
     let mut rows: Vec<Vec<String>> = vec![{
-        let mut h = vec!["kernel".to_string(), "boot".into(), "bpf lsm".into(), "tests".into(), "time".into()];
+        let mut h = vec![
+            "kernel".to_string(),
+            "boot".into(),
+            "bpf lsm".into(),
+            "tests".into(),
+            "time".into(),
+            "agent picked".into(),
+        ];
         h.extend(PATHS.iter().map(|p| p.to_string()));
         h
     }];
     for (k, r) in results {
         if let Some(e) = &r.error {
             if r.binaries.is_empty() {
-                let mut row = vec![k.name.clone(), "-".into(), "-".into(), "*".into(), "-".into()];
+                let mut row = vec![k.name.clone(), "-".into(), "-".into(), "*".into(), "-".into(), "-".into()];
                 row.push(format!("FAIL: {e}"));
                 rows.push(row);
                 continue;
             }
         }
-        let lsm = if r.lsm.split(',').any(|l| l == "bpf") { "active" } else if r.lsm.is_empty() { "?" } else { "inactive" };
+        let lsm = if r.lsm.split(',').any(|l| l == "bpf") {
+            "active"
+        } else if r.lsm.is_empty() {
+            "?"
+        } else {
+            "inactive"
+        };
         for t in tests {
             let b = r.binaries.get(t);
             let mut row = vec![
@@ -835,13 +888,15 @@ fn render(results: &[(KernelSpec, KernelResult)], tests: &[String]) -> String {
                 lsm.to_string(),
                 t.clone(),
                 b.and_then(|b| b.millis).map(|m| format!("{:.1}s", m as f64 / 1000.0)).unwrap_or_else(|| "-".into()),
+                b.and_then(|b| b.enforcement.clone()).unwrap_or_else(|| "?".into()),
             ];
             row.extend(PATHS.iter().map(|p| cell(b, p)));
             rows.push(row);
         }
     }
-    let widths: Vec<usize> =
-        (0..rows[0].len()).map(|i| rows.iter().map(|r| r.get(i).map_or(0, |c| c.len().min(60))).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r.get(i).map_or(0, |c| c.len().min(60))).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for (i, row) in rows.iter().enumerate() {
         let cells: Vec<String> = row.iter().enumerate().map(|(j, c)| format!("{c:<w$}", w = widths[j])).collect();
@@ -852,7 +907,8 @@ fn render(results: &[(KernelSpec, KernelResult)], tests: &[String]) -> String {
     }
     let _ = writeln!(out);
     for (k, r) in results {
-        let _ = writeln!(out, "{}: {} (active LSMs: {})", k.name, r.kernel, if r.lsm.is_empty() { "?" } else { &r.lsm });
+        let _ =
+            writeln!(out, "{}: {} (active LSMs: {})", k.name, r.kernel, if r.lsm.is_empty() { "?" } else { &r.lsm });
         for (t, b) in &r.binaries {
             for (n, res) in &b.tests {
                 if let Err(why) = res {
@@ -876,13 +932,17 @@ mod tests {
 
     #[test]
     fn libtest_output_is_parsed_with_reasons() {
-        let log = "running 2 tests\ntest a_tp_btf ... ok\ntest b_lsm ... FAILED\n\nfailures:\n\n---- b_lsm stdout ----\n\
+        let log =
+            "running 2 tests\ntest a_tp_btf ... ok\ntest b_lsm ... FAILED\n\nfailures:\n\n---- b_lsm stdout ----\n\
 thread 'b_lsm' panicked at agent/tests/x.rs:1:2:\nexec should fail with EPERM\nnote: ...\n\nfailures:\n    b_lsm\n";
         let t = parse_libtest(log);
         assert_eq!(t["a_tp_btf"], Ok(()));
         assert_eq!(t["b_lsm"], Err("exec should fail with EPERM".to_string()));
         assert_eq!(path_of("a_tp_btf"), "tp_btf+signal");
         assert_eq!(path_of("denied_classic_tracepoint"), "tracepoint+signal");
+        assert_eq!(enforcement_in("enforcement signal\nagent picked enforcement lsm (tp_btf)"), Some("lsm".into()));
+        assert_eq!(enforcement_in("agent picked enforcement signal: BPF LSM refused"), Some("signal".into()));
+        assert_eq!(enforcement_in("enforcement lsm"), None);
     }
 
     #[test]

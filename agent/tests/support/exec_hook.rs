@@ -37,8 +37,10 @@ pub fn expected_enforcement() -> Option<Enforcement> {
 }
 
 /// Asserts that the enforcement the probes picked is the one this kernel calls for.
+/// Prints `agent picked enforcement <lsm|signal>` (read by `cargo xtask vmtest` for its table).
 pub fn assert_enforcement_matches_kernel(got: Enforcement, fallbacks: &[String]) {
     let lsms = active_lsms();
+    eprintln!("agent picked enforcement {} (active LSMs {lsms:?}; fallbacks {fallbacks:?})", got.as_str());
     match expected_enforcement() {
         Some(want) => assert_eq!(got, want, "active LSMs {lsms:?}; fallbacks {fallbacks:?}"),
         None if got == Enforcement::Signal => assert!(
@@ -92,10 +94,14 @@ impl Outcome {
     pub fn assert_denied(&self, enforcement: Enforcement) {
         match (enforcement, self) {
             (Enforcement::Lsm, Outcome::Refused) | (Enforcement::Signal, Outcome::Killed) => {}
-            (e, o) => panic!("a denied exec under {} enforcement must be {}, got {o:?}", e.as_str(), match e {
-                Enforcement::Lsm => "refused with EPERM",
-                Enforcement::Signal => "killed by SIGKILL",
-            }),
+            (e, o) => panic!(
+                "a denied exec under {} enforcement must be {}, got {o:?}",
+                e.as_str(),
+                match e {
+                    Enforcement::Lsm => "refused with EPERM",
+                    Enforcement::Signal => "killed by SIGKILL",
+                }
+            ),
         }
     }
 }
