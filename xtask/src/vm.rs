@@ -261,7 +261,10 @@ fn parse_libtest(log: &str) -> BTreeMap<String, std::result::Result<(), String>>
             .nth(1)
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|| "failed (see log)".to_string());
-        tests.insert(name.to_string(), Err(reason));
+        // `--show-output` prints the sections of passing tests too.
+        if let Some(r @ Err(_)) = tests.get_mut(name) {
+            *r = Err(reason);
+        }
     }
     tests
 }
@@ -935,7 +938,8 @@ mod tests {
         let log =
             "running 2 tests\ntest a_tp_btf ... ok\ntest b_lsm ... FAILED\n\nfailures:\n\n---- b_lsm stdout ----\n\
 thread 'b_lsm' panicked at agent/tests/x.rs:1:2:\nexec should fail with EPERM\nnote: ...\n\nfailures:\n    b_lsm\n";
-        let t = parse_libtest(log);
+        let log = format!("{log}\nsuccesses:\n\n---- a_tp_btf stdout ----\nagent picked enforcement lsm\n");
+        let t = parse_libtest(&log);
         assert_eq!(t["a_tp_btf"], Ok(()));
         assert_eq!(t["b_lsm"], Err("exec should fail with EPERM".to_string()));
         assert_eq!(path_of("a_tp_btf"), "tp_btf+signal");
