@@ -410,6 +410,10 @@ fn prepare_kernel(spec: &KernelSpec) -> Result<Kernel> {
         None => bail!("no Debian package matches {re} (is Debian 12's archive in the apt sources?)"),
     };
     let dir = Path::new(CACHE_DIR).join(format!("{package}_{}", version.replace([':', '~'], "-")));
+    // Two harnesses filling the cache at once wait for each other.
+    fs::create_dir_all(CACHE_DIR).with_context(|| format!("creating {CACHE_DIR}"))?;
+    let lock = fs::File::create(Path::new(CACHE_DIR).join(".lock"))?;
+    lock.lock().with_context(|| format!("locking {CACHE_DIR}/.lock"))?;
     if !dir.join(".complete").exists() {
         let _ = fs::remove_dir_all(&dir);
         let tmp = dir.with_extension("partial");
