@@ -4,17 +4,19 @@
 use std::{
     fs,
     io::Write,
-    os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::Command,
     sync::Mutex,
     time::{Duration, Instant},
 };
 
+#[path = "support/exec_hook.rs"]
+mod exec_hook;
 #[path = "support/host.rs"]
 mod host;
 
 use agent_common::verdict;
+use exec_hook::{assert_enforcement_matches_kernel, Outcome};
 use host::{private_binary, privileged, tempdir, TestCgroup};
 use imagewarden::probes::{
     event::{ExecRecord, Hook, KernelVerdict},
@@ -100,16 +102,25 @@ fn exec_in_fresh_cgroup_is_reported_classic_tracepoint_fallback() {
     exec_is_reported(HookChoice::Tracepoint, Hook::Tracepoint);
 }
 
-fn denied_exec_is_killed(hook: HookChoice) {
+/// A denied cgroup's exec fails before the new program runs, through the
+/// mechanism `try_lsm` and the kernel give: with BPF LSM `execve` returns
+/// EPERM to the caller (and no exec event follows: the image was never
+/// replaced); with signals the new program dies by SIGKILL at its exec event.
+/// Either way its first act, writing a marker, never happens.
+fn denied_exec_is_stopped(hook: HookChoice, try_lsm: bool) {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if !privileged() {
         return;
     }
-    let (mut probes, ring) = load(ProbeOptions { hook, enforce: true, ..Default::default() });
+    let (mut probes, ring) = load(ProbeOptions { hook, enforce: true, try_lsm, ..Default::default() });
     let mut events = Events::new(ring);
-    // This machine refuses BPF LSM; where it is allowed the exec fails with
-    // EPERM instead of being killed. Both are checked below.
-    let lsm = probes.enforcement == Enforcement::Lsm;
+    let enforcement = probes.enforcement;
+    if try_lsm {
+        assert_enforcement_matches_kernel(enforcement, &probes.fallbacks);
+    } else {
+        assert_eq!(enforcement, Enforcement::Signal, "try_lsm=false must enforce with signals");
+    }
+    let lsm = enforcement == Enforcement::Lsm;
     let dir = tempdir("deny");
     let sh = private_binary(&dir, "iw-sh-deny", "/bin/sh");
     let denied = TestCgroup::new("denied");
@@ -117,40 +128,46 @@ fn denied_exec_is_killed(hook: HookChoice) {
     probes.set_verdict(denied.id, verdict::DENY).expect("set verdict");
     let before = probes.counters().expect("counters");
 
-    // (b) the program's first act would be to write a marker.
+    // The program's first act would be to write a marker.
     let marker = dir.join("marker-denied");
-    let status = denied
-        .command(&sh)
-        .arg("-c")
-        .arg(format!("echo ran > {}", marker.display()))
-        .status();
-    if lsm {
-        assert!(status.is_err(), "exec should fail with EPERM under BPF LSM");
-    } else {
-        let status = status.expect("spawn");
-        assert_eq!(status.signal(), Some(libc::SIGKILL), "parent must see SIGKILL, got {status:?}");
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(!marker.exists(), "the denied program ran: marker {} exists", marker.display());
+    let outcome = Outcome::of(denied.command(&sh).arg("-c").arg(format!("echo ran > {}", marker.display())));
+    outcome.assert_denied(enforcement);
 
-    // (c) the same program in another cgroup, and in ours, is untouched.
+    // The same program in another cgroup, and in ours, is untouched.
     let marker2 = dir.join("marker-other");
     let st = other.command(&sh).arg("-c").arg(format!("echo ran > {}", marker2.display())).status().unwrap();
     assert!(st.success(), "exec in an unrelated cgroup was disturbed: {st:?}");
     assert_eq!(fs::read_to_string(&marker2).unwrap(), "ran\n");
     let st = Command::new(&sh).arg("-c").arg("exit 3").status().unwrap();
     assert_eq!(st.code(), Some(3), "exec in the test's own cgroup was disturbed");
+    assert!(!marker.exists(), "the denied program ran: marker {} exists", marker.display());
 
     let evs = events.take(denied.id, 1);
     assert_eq!(evs.len(), 1, "{evs:?}");
-    assert_eq!(evs[0].verdict, KernelVerdict::Deny);
-    assert!(evs[0].killed || evs[0].lsm_denied, "event must say the kernel acted: {:?}", evs[0]);
-    assert_eq!(evs[0].filename, sh.as_os_str().as_encoded_bytes());
+    let e = &evs[0];
+    assert_eq!(e.verdict, KernelVerdict::Deny);
+    assert_eq!(e.filename, sh.as_os_str().as_encoded_bytes());
+    assert_eq!(e.ppid, std::process::id(), "ppid");
+    assert_eq!(e.uid, 0);
+    assert!(!e.truncated && !e.name_unreadable, "{e:?}");
+    if lsm {
+        assert!(e.lsm_denied && !e.killed && e.hook == Hook::Lsm, "LSM event expected: {e:?}");
+    } else {
+        let want = if hook == HookChoice::Tracepoint { Hook::Tracepoint } else { Hook::TpBtf };
+        assert!(e.killed && !e.lsm_denied && e.hook == want, "signal event from {want:?} expected: {e:?}");
+        // The exec happened (the kill comes at its event) under the new name.
+        assert_eq!(e.comm, b"iw-sh-deny");
+    }
     let others = events.take(other.id, 1);
     assert_eq!(others.len(), 1);
     assert!(!others[0].killed && others[0].verdict == KernelVerdict::Unknown, "{:?}", others[0]);
+    // With LSM the image was never replaced: no exec event of the denied
+    // cgroup arrived before the later exec of the other cgroup did.
+    let late = events.take(denied.id, 0);
+    assert!(late.is_empty(), "events after the denial: {late:?}");
     let after = probes.counters().unwrap();
-    assert_eq!(after.kills + after.lsm_denies - before.kills - before.lsm_denies, 1, "{before:?} -> {after:?}");
+    let (kills, denies) = (after.kills - before.kills, after.lsm_denies - before.lsm_denies);
+    assert_eq!((kills, denies), if lsm { (0, 1) } else { (1, 0) }, "{before:?} -> {after:?}");
 
     // Back to audit: the same cgroup runs again, and the event still says deny.
     probes.set_enforce(false).unwrap();
@@ -158,19 +175,26 @@ fn denied_exec_is_killed(hook: HookChoice) {
     let st = denied.command(&sh).arg("-c").arg(format!("echo ran > {}", marker3.display())).status().unwrap();
     assert!(st.success() && marker3.exists(), "audit mode must not kill: {st:?}");
     let evs = events.take(denied.id, 1);
-    assert!(evs.iter().any(|e| e.verdict == KernelVerdict::Deny && !e.killed), "{evs:?}");
+    assert!(evs.iter().any(|e| e.verdict == KernelVerdict::Deny && !e.killed && !e.lsm_denied), "{evs:?}");
     drop(probes);
     let _ = fs::remove_dir_all(dir);
 }
 
+/// The agent's default: BPF LSM where the kernel runs it, else signals (with
+/// the reason); the hook picked must match the kernel.
+#[test]
+fn denied_cgroup_exec_is_refused_by_lsm_where_active() {
+    denied_exec_is_stopped(HookChoice::Auto, true);
+}
+
 #[test]
 fn denied_cgroup_exec_is_killed_before_it_runs_tp_btf() {
-    denied_exec_is_killed(HookChoice::TpBtf);
+    denied_exec_is_stopped(HookChoice::TpBtf, false);
 }
 
 #[test]
 fn denied_cgroup_exec_is_killed_before_it_runs_classic_tracepoint() {
-    denied_exec_is_killed(HookChoice::Tracepoint);
+    denied_exec_is_stopped(HookChoice::Tracepoint, false);
 }
 
 #[test]
@@ -279,12 +303,12 @@ fn announced_names_are_enforced_and_unknown_containers_held() {
     fs::create_dir(&c).unwrap();
     let denied = TestCgroup { id: imagewarden::probes::cgroup_id_of(&c).unwrap(), path: c };
     let marker = dir.join("marker-names");
-    let st = denied.command(&sh).arg("-c").arg(format!("echo ran > {}", marker.display())).status().unwrap();
-    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+    Outcome::of(denied.command(&sh).arg("-c").arg(format!("echo ran > {}", marker.display())))
+        .assert_denied(probes.enforcement);
     assert!(!marker.exists());
     let ev = events.take(denied.id, 1);
     assert_eq!(ev.len(), 1);
-    assert!(ev[0].killed && ev[0].verdict == KernelVerdict::Deny, "{:?}", ev[0]);
+    assert!((ev[0].killed || ev[0].lsm_denied) && ev[0].verdict == KernelVerdict::Deny, "{:?}", ev[0]);
     assert!(probes.counters().unwrap().name_hits >= 1);
 
     // Not announced, named like a container (64 hex digits): held.
@@ -374,34 +398,35 @@ fn names_announced_after_a_cached_decision_take_effect_at_the_next_exec() {
     let run = |cg: &TestCgroup, tag: &str| {
         let marker = dir.join(format!("marker-{tag}"));
         let _ = fs::remove_file(&marker);
-        let st = cg.command(&sh).arg("-c").arg(format!("echo ran > {}", marker.display())).status().unwrap();
-        (st, marker.exists())
+        let o = Outcome::of(cg.command(&sh).arg("-c").arg(format!("echo ran > {}", marker.display())));
+        (o, marker.exists())
     };
+    let enforcement = probes.enforcement;
 
     // 1. Decided by name as "nothing known" (cached), then denied by name.
     let late = mk("iw-late-leaf");
     for i in 0..3 {
         let (st, ran) = run(&late, &format!("late-{i}"));
-        assert!(st.success() && ran, "unknown host cgroup runs: {st:?}");
+        assert!(st.code() == Some(0) && ran, "unknown host cgroup runs: {st:?}");
     }
     assert_eq!(events.take(late.id, 3).len(), 3);
     let hits0 = probes.counters().unwrap().name_hits;
     probes.set_name_verdict(&agent_common::CgroupKey::new(&parent_name, b"iw-late-leaf"), verdict::DENY).unwrap();
     let (st, ran) = run(&late, "late-denied");
-    assert_eq!(st.signal(), Some(libc::SIGKILL), "stale cached verdict used: {st:?}");
+    st.assert_denied(enforcement); // not the stale cached "unknown"
     assert!(!ran);
     assert!(probes.counters().unwrap().name_hits > hits0);
     let ev = events.take(late.id, 1);
-    assert!(ev.len() == 1 && ev[0].killed, "{ev:?}");
+    assert!(ev.len() == 1 && (ev[0].killed || ev[0].lsm_denied), "{ev:?}");
     // Cleared again: back to the default.
     probes.clear_name_verdict(&agent_common::CgroupKey::new(&parent_name, b"iw-late-leaf")).unwrap();
     let (st, ran) = run(&late, "late-cleared");
-    assert!(st.success() && ran, "{st:?}");
+    assert!(st.code() == Some(0) && ran, "{st:?}");
 
     // 2. Decided (cached) under a parent that later becomes a hold parent.
     let child = mk("plain-name");
     let (st, ran) = run(&child, "child-0");
-    assert!(st.success() && ran);
+    assert!(st.code() == Some(0) && ran, "{st:?}");
     assert_eq!(events.take(child.id, 1).len(), 1);
     probes.add_hold_parent(std::str::from_utf8(&parent_name).unwrap()).unwrap();
     let marker = dir.join("marker-child-held");

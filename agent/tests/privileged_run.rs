@@ -3,16 +3,20 @@
 use std::{
     fs,
     io::{BufRead, BufReader},
-    os::unix::{fs::MetadataExt, process::ExitStatusExt},
+    os::unix::fs::MetadataExt,
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
+#[path = "support/exec_hook.rs"]
+mod exec_hook;
 #[path = "support/host.rs"]
 mod host;
 
+use exec_hook::{assert_enforcement_matches_kernel, Outcome};
 use host::{in_cgroup, cgroup2_root, privileged};
+use imagewarden::probes::Enforcement;
 
 /// The tests look at programs loaded machine-wide: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -31,19 +35,41 @@ fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
-fn wait_ready(child: &mut Child) {
-    // The agent logs "agent running" on stderr once attached.
+/// Waits for "agent running" on the agent's stderr; returns the enforcement
+/// its log says it picked (checked against the kernel) and its listen
+/// address, if it logged one.
+fn wait_ready(child: &mut Child) -> (Enforcement, Option<String>) {
     let err = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        let mut before = Vec::new();
+        let mut sent = false;
         for l in BufReader::new(err).lines().map_while(Result::ok) {
             eprintln!("agent: {l}");
-            if l.contains("agent running") {
-                let _ = tx.send(());
+            if !sent {
+                let plain = strip_ansi(&l);
+                sent = plain.contains("agent running");
+                before.push(plain);
+                if sent {
+                    let _ = tx.send(std::mem::take(&mut before));
+                }
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(20)).expect("agent did not start within 20 s");
+    let lines = rx.recv_timeout(Duration::from_secs(20)).expect("agent did not start within 20 s");
+    let value = |l: &str, key: &str| -> Option<String> {
+        let i = l.find(&format!("{key}="))?;
+        Some(l[i + key.len() + 1..].split_whitespace().next()?.trim_matches('"').to_string())
+    };
+    let attached = lines.iter().find(|l| l.contains("eBPF programs attached")).expect("no 'eBPF programs attached' log line");
+    let enforcement = match value(attached, "enforcement").as_deref() {
+        Some("lsm") => Enforcement::Lsm,
+        Some("signal") => Enforcement::Signal,
+        other => panic!("the agent must log its enforcement: {other:?} in {attached}"),
+    };
+    let fallbacks: Vec<String> = lines.iter().filter(|l| l.contains("BPF LSM")).cloned().collect();
+    assert_enforcement_matches_kernel(enforcement, &fallbacks);
+    (enforcement, lines.iter().find_map(|l| value(l, "addr")))
 }
 
 /// Kills the agent if the test fails half-way (no leftover agent holding programs).
@@ -56,14 +82,15 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Ids of the loaded exec programs (ours are named exec_btf / exec_tp).
+/// Ids of the loaded exec programs (ours are named exec_btf / exec_tp, and
+/// bprm_check for BPF LSM).
 fn exec_program_ids() -> std::collections::BTreeSet<u64> {
     let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
     v.as_array()
         .into_iter()
         .flatten()
-        .filter(|p| matches!(p["name"].as_str(), Some("exec_btf" | "exec_tp")))
+        .filter(|p| matches!(p["name"].as_str(), Some("exec_btf" | "exec_tp" | "bprm_check")))
         .filter_map(|p| p["id"].as_u64())
         .collect()
 }
@@ -88,7 +115,7 @@ fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm
         .stderr(Stdio::piped())
         .spawn()
         .expect("start agent");
-    wait_ready(&mut agent);
+    let (enforcement, _) = wait_ready(&mut agent);
     let lines = lines_of(&mut agent);
     let mut agent = KillOnDrop(agent);
     // Compared by id, so programs of anything else running on the machine do not matter.
@@ -97,8 +124,8 @@ fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm
 
     let marker = std::env::temp_dir().join(format!("iw-run-marker-{}", std::process::id()));
     let _ = fs::remove_file(&marker);
-    let st = in_cgroup(&cg, "/bin/sh").arg("-c").arg(format!("echo ran > {}", marker.display())).status().unwrap();
-    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+    Outcome::of(in_cgroup(&cg, "/bin/sh").arg("-c").arg(format!("echo ran > {}", marker.display())))
+        .assert_denied(enforcement);
     assert!(!marker.exists());
 
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -136,8 +163,8 @@ fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(still(), 0, "programs {ours:?} still loaded after SIGTERM");
-    let st = in_cgroup(&cg, "/bin/sh").arg("-c").arg("exit 4").status().unwrap();
-    assert_eq!(st.code(), Some(4), "enforcement must end with the agent");
+    let o = Outcome::of(in_cgroup(&cg, "/bin/sh").arg("-c").arg("exit 4"));
+    assert_eq!(o.code(), Some(4), "enforcement must end with the agent: {o:?}");
     let _ = fs::remove_dir(&cg);
 }
 
@@ -167,22 +194,9 @@ fn standalone_agent_serves_metrics_health_and_readiness() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start agent");
-    let err = agent.stderr.take().unwrap();
+    let (enforcement, addr) = wait_ready(&mut agent);
     let agent = KillOnDrop(agent);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut addr = None;
-        for l in BufReader::new(err).lines().map_while(Result::ok) {
-            let plain: String = strip_ansi(&l);
-            if let Some(i) = plain.find("addr=") {
-                addr = plain[i + 5..].split_whitespace().next().map(|a| a.trim_matches('"').to_string());
-            }
-            if plain.contains("agent running") {
-                let _ = tx.send(addr.clone());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("agent did not start").expect("no listen address logged");
+    let addr = addr.expect("no listen address logged");
     for _ in 0..20 {
         let _ = Command::new("/bin/true").status();
     }
@@ -220,7 +234,8 @@ fn standalone_agent_serves_metrics_health_and_readiness() {
         .unwrap();
     assert!(execs >= 20.0, "kernel exec counter read at scrape time: {execs}");
     let info = scrape.samples.iter().find(|s| s.metric == "imagewarden_enforcement_info").unwrap();
-    assert!(info.labels.get("mechanism").is_some() && info.labels.get("exec_hook").is_some(), "{info:?}");
+    assert_eq!(info.labels.get("mechanism"), Some(enforcement.as_str()), "metric and log disagree: {info:?}");
+    assert!(info.labels.get("exec_hook").is_some(), "{info:?}");
     drop(agent);
 }
 
@@ -238,7 +253,7 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-fn start_agent(cg: &std::path::Path, extra: &[&str]) -> KillOnDrop {
+fn start_agent(cg: &std::path::Path, extra: &[&str]) -> (KillOnDrop, Enforcement) {
     let mut agent = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
         .args(["run", "--standalone", "--mode", "enforce", "--runtime-endpoint", "unix:///nonexistent.sock", "--deny-cgroup"])
         .arg(cg)
@@ -247,13 +262,17 @@ fn start_agent(cg: &std::path::Path, extra: &[&str]) -> KillOnDrop {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start agent");
-    wait_ready(&mut agent);
-    KillOnDrop(agent)
+    let (enforcement, _) = wait_ready(&mut agent);
+    (KillOnDrop(agent), enforcement)
 }
 
-fn runs_in(cg: &std::path::Path) -> Option<i32> {
-    let st = in_cgroup(cg, "/bin/sh").arg("-c").arg("exit 5").status().unwrap();
-    st.signal()
+fn runs_in(cg: &std::path::Path) -> Outcome {
+    Outcome::of(in_cgroup(cg, "/bin/sh").arg("-c").arg("exit 5"))
+}
+
+fn assert_runs(cg: &std::path::Path, why: &str) {
+    let o = runs_in(cg);
+    assert_eq!(o.code(), Some(5), "{why}: {o:?}");
 }
 
 /// Fail closed: SIGKILL the agent, enforcement stays (pinned in bpffs); a
@@ -271,30 +290,34 @@ fn killed_agent_keeps_enforcing_and_restart_takes_over_without_duplicates() {
     let pin_dir = imagewarden::probes::default_pin_dir();
     let before = exec_program_ids();
 
-    let mut a = start_agent(&cg, &[]);
+    let (mut a, enf) = start_agent(&cg, &[]);
+    // One exec program, plus the LSM program where BPF LSM enforces.
+    let per_agent = if enf == Enforcement::Lsm { 2 } else { 1 };
     let ids_a: Vec<u64> = exec_program_ids().difference(&before).copied().collect();
-    assert_eq!(ids_a.len(), 1, "one exec program for agent A: {ids_a:?}");
+    assert_eq!(ids_a.len(), per_agent, "programs of agent A ({} enforcement): {ids_a:?}", enf.as_str());
     assert!(pin_dir.join("exec_link").exists(), "fail-closed agent must pin its exec link");
-    assert_eq!(runs_in(&cg), Some(libc::SIGKILL));
+    assert_eq!(pin_dir.join("lsm_link").exists(), enf == Enforcement::Lsm, "the LSM link is pinned iff LSM enforces");
+    runs_in(&cg).assert_denied(enf);
 
     // SIGKILL: no chance to clean up.
     a.0.kill().unwrap();
     a.0.wait().unwrap();
     drop(a);
-    assert_eq!(runs_in(&cg), Some(libc::SIGKILL), "enforcement must survive the agent (fail closed)");
-    assert!(exec_program_ids().contains(&ids_a[0]));
+    runs_in(&cg).assert_denied(enf); // enforcement survives the agent (fail closed)
+    assert!(ids_a.iter().all(|id| exec_program_ids().contains(id)));
 
-    let mut b = start_agent(&cg, &[]);
-    // The kernel frees an unlinked program asynchronously: give it a moment.
+    let (mut b, enf_b) = start_agent(&cg, &[]);
+    assert_eq!(enf_b, enf);
+    // The kernel frees an unlinked program asynchronously: wait for it (deadline).
     let deadline = Instant::now() + Duration::from_secs(3);
-    while exec_program_ids().contains(&ids_a[0]) && Instant::now() < deadline {
+    while ids_a.iter().any(|id| exec_program_ids().contains(id)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     let now = exec_program_ids();
     let ours: Vec<u64> = now.difference(&before).copied().collect();
-    assert_eq!(ours.len(), 1, "exactly one exec program after the restart, got {ours:?}");
-    assert!(!now.contains(&ids_a[0]), "agent A's program must be gone after B took over");
-    assert_eq!(runs_in(&cg), Some(libc::SIGKILL));
+    assert_eq!(ours.len(), per_agent, "exactly one set of programs after the restart, got {ours:?}");
+    assert!(ids_a.iter().all(|id| !now.contains(id)), "agent A's programs must be gone after B took over");
+    runs_in(&cg).assert_denied(enf);
 
     // Clean shutdown: nothing left.
     // SAFETY: plain syscall on our child.
@@ -307,19 +330,19 @@ fn killed_agent_keeps_enforcing_and_restart_takes_over_without_duplicates() {
     }
     assert_eq!(exec_program_ids().difference(&before).count(), 0, "programs left after SIGTERM");
     assert!(!pin_dir.exists(), "pin directory left after SIGTERM: {}", pin_dir.display());
-    assert_eq!(runs_in(&cg), None, "no enforcement after a clean shutdown");
+    assert_runs(&cg, "no enforcement after a clean shutdown");
 
     // Fail open: SIGKILL takes enforcement away.
-    let mut c = start_agent(&cg, &["--fail-mode", "open"]);
-    assert_eq!(runs_in(&cg), Some(libc::SIGKILL));
+    let (mut c, _) = start_agent(&cg, &["--fail-mode", "open"]);
+    runs_in(&cg).assert_denied(enf);
     assert!(!pin_dir.join("exec_link").exists(), "fail-open agent must not pin");
     c.0.kill().unwrap();
     c.0.wait().unwrap();
     drop(c);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while runs_in(&cg).is_some() && Instant::now() < deadline {
+    while !runs_in(&cg).ran() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(runs_in(&cg), None, "fail open: nothing enforced once the agent is gone");
+    assert_runs(&cg, "fail open: nothing enforced once the agent is gone");
     let _ = fs::remove_dir(&cg);
 }

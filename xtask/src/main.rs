@@ -4,10 +4,13 @@
 //!   test [-- ARGS]        setup, then every test (privileged ones need root)
 //!   run [-- AGENT ARGS]   setup, build, then `imagewarden run --standalone ...` as root
 //!   demo                  the seed's lab on a private containerd (root)
+//!   vmtest [--kernels 6.1,6.12,6.12-nolsm,host] [--tests a,b] [--ci]
+//!                         the privileged test binaries on Debian's kernels under qemu (root)
 mod bench;
 mod containerd2;
 mod ebpf_build;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -91,9 +94,10 @@ fn main() -> Result<()> {
             run(Command::new(root.join("target/release/examples/demo")).arg(root.join("target/release/imagewarden")))
         }
         "bench" => bench::bench(&rest),
+        "vmtest" => vm::vmtest(&root_dir(), &rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup | build-ebpf [--release] | test [-- cargo test args] | run [-- agent args] | demo>"
+                "usage: cargo xtask <setup | build-ebpf [--release] | test [-- cargo test args] | run [-- agent args] | demo | bench | vmtest [--kernels 6.1,6.12,6.12-nolsm,host] [--tests a,b] [--ci]>"
             );
             if cmd == "help" {
                 Ok(())

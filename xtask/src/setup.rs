@@ -119,3 +119,37 @@ pub fn setup() -> Result<()> {
     bpf_linker()?;
     Ok(())
 }
+
+/// What `cargo xtask vmtest` needs besides [`setup`]: QEMU, the initramfs'
+/// busybox, depmod for the extracted kernels' modules.dep, the kernel
+/// payload decompressors. The kernel packages themselves are fetched into
+/// a cache by the harness (`xtask/src/vm.rs`), never installed.
+pub const VM_APT_PACKAGES: &[(&str, &str)] = &[
+    ("qemu-system-x86", "booting Debian's 6.1 and 6.12 kernels for the test matrix"),
+    ("cpio", "inspecting the test initramfs (the harness writes it itself)"),
+    ("kmod", "depmod: modules.dep of the extracted kernel packages"),
+    ("busybox-static", "the test initramfs"),
+    ("xz-utils", "decompressing the 6.1 kernel and modules"),
+    ("zstd", "decompressing the 6.12 kernel"),
+];
+
+pub fn vm() -> Result<()> {
+    let missing: Vec<&str> = VM_APT_PACKAGES.iter().map(|(p, _)| *p).filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    for (p, why) in VM_APT_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+        eprintln!("setup: missing Debian package {p} ({why})");
+    }
+    if !is_root() {
+        bail!("setup: installing {} needs root: run `sudo apt-get install -y {}`", missing.join(" "), missing.join(" "));
+    }
+    step("apt-get update", Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    step(
+        &format!("apt-get install {}", missing.join(" ")),
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}

@@ -338,7 +338,19 @@ impl Probes {
         // Enforcement mechanism first, so that it is in place before events flow.
         let mut links = Vec::new();
         let mut enforcement = Enforcement::Signal;
-        if opts.try_lsm {
+        // Which LSMs run is read from securityfs, not inferred from an
+        // attach: a kernel built with BPF LSM but booted without `bpf` in
+        // `lsm=` would accept the program and never call it.
+        let active_lsms = std::fs::read_to_string(ACTIVE_LSMS).ok().map(|s| s.trim().to_string());
+        info!(active_lsms = active_lsms.as_deref().unwrap_or("unknown"), "active LSMs ({ACTIVE_LSMS})");
+        if opts.try_lsm && active_lsms.as_deref().is_some_and(|l| !bpf_lsm_listed(l)) {
+            let msg = format!(
+                "BPF LSM not active ({ACTIVE_LSMS}: {}); enforcing with bpf_send_signal(SIGKILL)",
+                active_lsms.as_deref().unwrap_or_default()
+            );
+            info!("{msg}");
+            fallbacks.push(msg);
+        } else if opts.try_lsm {
             match attach_lsm(&mut ebpf, kbtf.as_ref()) {
                 Ok(l) => {
                     enforcement = Enforcement::Lsm;
@@ -583,6 +595,14 @@ impl CounterReader {
     }
 }
 
+/// The active LSMs, comma-separated (securityfs; mounted at start).
+pub const ACTIVE_LSMS: &str = "/sys/kernel/security/lsm";
+
+/// Whether `bpf` is among the active LSMs of a `/sys/kernel/security/lsm` text.
+pub fn bpf_lsm_listed(lsms: &str) -> bool {
+    lsms.trim().split(',').any(|l| l == "bpf")
+}
+
 /// The cgroup v2 id of a directory in the unified hierarchy: its inode.
 pub fn cgroup_id_of(path: &Path) -> Result<u64, ProbeError> {
     std::fs::metadata(path)
@@ -689,6 +709,15 @@ mod tests {
         assert_eq!(tracepoint_filename_offset(&moved).unwrap(), 16);
         assert!(tracepoint_filename_offset("format:\n\tfield:int x;\toffset:8;").is_err());
         assert!(tracepoint_filename_offset("\tfield:__data_loc char[] filename;\toffset:x;").is_err());
+    }
+
+    #[test]
+    fn bpf_is_found_in_the_active_lsm_list_by_name() {
+        assert!(bpf_lsm_listed("lockdown,capability,landlock,yama,apparmor,tomoyo,bpf,ipe,ima,evm\n"));
+        assert!(bpf_lsm_listed("bpf"));
+        assert!(!bpf_lsm_listed("lockdown,capability,landlock,yama,apparmor"));
+        assert!(!bpf_lsm_listed("bpfx,xbpf"));
+        assert!(!bpf_lsm_listed(""));
     }
 
     #[test]
