@@ -1,4 +1,4 @@
-//! Command-line contract (see ARCHITECTURE.md): names are relied upon by
+//! Command-line contract (see docs/architecture.md): names are relied upon by
 //! scripts; extend, never rename. Every flag also reads IMAGEWARDEN_*.
 use std::path::PathBuf;
 

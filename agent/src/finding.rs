@@ -1,4 +1,4 @@
-//! Findings: the JSON lines the agent prints (contract in ARCHITECTURE.md:
+//! Findings: the JSON lines the agent prints (contract in docs/architecture.md:
 //! `type`, `verdict`, `action`, `reason`, `pid`, `cgroup_id`, `filename`,
 //! `container_id`, `image`, `image_digest`, `pod`, `namespace`; null where
 //! unknown).
