@@ -83,7 +83,7 @@ impl CelRule {
     pub fn compile(
         match_conditions: &[(String, String)],
         variables: &[(String, String)],
-        validations: &[(String, Option<String>, Option<String>)],
+        validations: &[ValidationSrc],
     ) -> Result<CelRule, String> {
         let prog = |what: &str, src: &str| {
             CelProgram::compile(src).map_err(|e| match e {
@@ -94,7 +94,8 @@ impl CelRule {
         let mut rule = CelRule::default();
         let mut text = String::new();
         for (n, e) in match_conditions {
-            rule.match_conditions.push((n.clone(), prog(&format!("matchCondition {n}"), e)?));
+            rule.match_conditions
+                .push((n.clone(), prog(&format!("matchCondition {n}"), e)?));
             text.push_str(e);
         }
         for (n, e) in variables {
@@ -203,7 +204,11 @@ fn governed_types(text: &str) -> [bool; 3] {
                 && !after.is_some_and(|c| c.is_alphanumeric() || c == '_')
         })
     };
-    let g = [named("containers"), named("initContainers"), named("ephemeralContainers")];
+    let g = [
+        named("containers"),
+        named("initContainers"),
+        named("ephemeralContainers"),
+    ];
     if g.iter().any(|x| *x) {
         g
     } else {
@@ -290,20 +295,30 @@ pub fn judge(rule: &CelRule, image: &str, ctx: &EvalContext<'_>) -> Judgement {
     // This container passes alone: is another one to blame?
     let spec = pod.get("spec");
     for t in ContainerType::ALL {
-        for c in spec.and_then(|s| s.get(t.field())).and_then(Json::as_array).into_iter().flatten() {
+        for c in spec
+            .and_then(|s| s.get(t.field()))
+            .and_then(Json::as_array)
+            .into_iter()
+            .flatten()
+        {
             let name = c.get("name").and_then(Json::as_str);
             let img = c.get("image").and_then(Json::as_str).unwrap_or("");
             if t == ctx.container_type && name == ctx.container_name && img == image {
                 continue;
             }
             if rule.governs[t.index()]
-                && matches!(rule.evaluate(&reduce_pod(pod, t, name, img), ns), CelOutcome::Fail(_) | CelOutcome::Error(_))
+                && matches!(
+                    rule.evaluate(&reduce_pod(pod, t, name, img), ns),
+                    CelOutcome::Fail(_) | CelOutcome::Error(_)
+                )
             {
                 return Judgement::Pass;
             }
         }
     }
-    Judgement::Fail(Some(format!("{whole} (the Pod as a whole fails; no single container does)")))
+    Judgement::Fail(Some(format!(
+        "{whole} (the Pod as a whole fails; no single container does)"
+    )))
 }
 
 // ---------------------------------------------------------------------------
@@ -344,7 +359,10 @@ impl LabelSelector {
                 }
                 "matchExpressions" => {
                     for e in v.as_sequence().into_iter().flatten() {
-                        let key = e.get("key").and_then(Value::as_str).ok_or("matchExpressions[].key missing")?;
+                        let key = e
+                            .get("key")
+                            .and_then(Value::as_str)
+                            .ok_or("matchExpressions[].key missing")?;
                         let op = match e.get("operator").and_then(Value::as_str) {
                             Some("In") => SelectorOp::In,
                             Some("NotIn") => SelectorOp::NotIn,
@@ -371,7 +389,10 @@ impl LabelSelector {
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.match_labels.keys().map(String::as_str).chain(self.match_expressions.iter().map(|e| e.0.as_str()))
+        self.match_labels
+            .keys()
+            .map(String::as_str)
+            .chain(self.match_expressions.iter().map(|e| e.0.as_str()))
     }
 
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
@@ -421,7 +442,10 @@ fn named_exprs(v: Option<&Value>, what: &str) -> R<Vec<(String, String)>> {
         return Err(Skip(format!("{what} is not a list")));
     };
     for x in l {
-        let n = x.get("name").and_then(Value::as_str).ok_or_else(|| Skip(format!("{what}[] has no name")))?;
+        let n = x
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Skip(format!("{what}[] has no name")))?;
         let e = x
             .get("expression")
             .and_then(Value::as_str)
@@ -432,7 +456,10 @@ fn named_exprs(v: Option<&Value>, what: &str) -> R<Vec<(String, String)>> {
 }
 
 /// `(expression, message, messageExpression)` of `validations`.
-fn validations(v: Option<&Value>) -> R<Vec<(String, Option<String>, Option<String>)>> {
+/// `(expression, message, messageExpression)`.
+pub type ValidationSrc = (String, Option<String>, Option<String>);
+
+fn validations(v: Option<&Value>) -> R<Vec<ValidationSrc>> {
     let Some(l) = v.and_then(Value::as_sequence) else {
         return Err(Skip("validations is missing or not a list".into()));
     };
@@ -587,7 +614,10 @@ fn uncovered_warning(rule: &CelRule, src: &DocSource<'_>, policy: &str, rule_nam
         source: src.file.to_string(),
         policy: policy.into(),
         rule: Some(rule_name.into()),
-        message: format!("the expressions never name {}: their images are not checked", missing.join(", ")),
+        message: format!(
+            "the expressions never name {}: their images are not checked",
+            missing.join(", ")
+        ),
     })
 }
 
@@ -605,8 +635,14 @@ pub(crate) fn import_vpol(
         let mut autogen_kinds: Option<Vec<String>> = None;
         for (k, v) in spec {
             match k.as_str().unwrap_or("") {
-                "validationActions" | "matchConstraints" | "matchConditions" | "variables" | "validations"
-                | "failurePolicy" | "auditAnnotations" | "webhookConfiguration" => {}
+                "validationActions"
+                | "matchConstraints"
+                | "matchConditions"
+                | "variables"
+                | "validations"
+                | "failurePolicy"
+                | "auditAnnotations"
+                | "webhookConfiguration" => {}
                 "evaluation" => {
                     for (ek, ev) in v.as_mapping().into_iter().flatten() {
                         match ek.as_str().unwrap_or("") {
@@ -667,7 +703,10 @@ pub(crate) fn import_vpol(
                 action,
                 message: None,
                 scope: Scope {
-                    matches: FilterSet { all: false, filters: vec![filter] },
+                    matches: FilterSet {
+                        all: false,
+                        filters: vec![filter],
+                    },
                     excludes: None,
                 },
                 tests: tests_of(rule),
@@ -738,14 +777,28 @@ impl ParamObject {
         let kind = doc.get("kind")?.as_str()?.to_string();
         let meta = doc.get("metadata");
         let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str)?.to_string();
-        let namespace = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str).map(str::to_string);
+        let namespace = meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let labels = meta
             .and_then(|m| m.get("labels"))
             .and_then(Value::as_mapping)
-            .map(|l| l.iter().filter_map(|(k, v)| Some((k.as_str()?.to_string(), scalar(v)?))).collect())
+            .map(|l| {
+                l.iter()
+                    .filter_map(|(k, v)| Some((k.as_str()?.to_string(), scalar(v)?)))
+                    .collect()
+            })
             .unwrap_or_default();
         let object = serde_json::to_value(doc).ok()?;
-        Some(ParamObject { api_version, kind, namespace, name, labels, object })
+        Some(ParamObject {
+            api_version,
+            kind,
+            namespace,
+            name,
+            labels,
+            object,
+        })
     }
 }
 
@@ -754,15 +807,29 @@ impl ParamObject {
 pub(crate) fn link_vaps(docs: VapDocs, set: &mut PolicySet) {
     let mut bound: Vec<bool> = vec![false; docs.policies.len()];
     for (bname, bspec, file, line, text) in &docs.bindings {
-        let src = DocSource { file, text, first_line: *line };
+        let src = DocSource {
+            file,
+            text,
+            first_line: *line,
+        };
         let pname = bspec.get("policyName").and_then(Value::as_str).unwrap_or("");
         let Some(pi) = docs.policies.iter().position(|p| p.0 == pname) else {
-            report(set, &src, bname, "binding", format!("binds policy {pname:?}, which is not in the policy files"));
+            report(
+                set,
+                &src,
+                bname,
+                "binding",
+                format!("binds policy {pname:?}, which is not in the policy files"),
+            );
             continue;
         };
         bound[pi] = true;
         let (_, pspec, pfile, pline, ptext) = &docs.policies[pi];
-        let psrc = DocSource { file: pfile, text: ptext, first_line: *pline };
+        let psrc = DocSource {
+            file: pfile,
+            text: ptext,
+            first_line: *pline,
+        };
         let policy_name = format!("{pname}/{bname}");
         let mut sub = PolicySet::new();
         match vap_rule(pname, pspec, bspec, &docs.params, &psrc, &mut sub) {
@@ -814,7 +881,11 @@ fn vap_rule(
     for (k, _) in bspec {
         match k.as_str().unwrap_or("") {
             "policyName" | "validationActions" | "matchResources" | "paramRef" => {}
-            other => return Err(Skip(format!("ValidatingAdmissionPolicyBinding spec.{other} is not supported"))),
+            other => {
+                return Err(Skip(format!(
+                    "ValidatingAdmissionPolicyBinding spec.{other} is not supported"
+                )))
+            }
         }
     }
     let actions = strs(get(bspec, "validationActions"));
@@ -826,13 +897,19 @@ fn vap_rule(
         .and_then(Value::as_mapping)
         .ok_or_else(|| Skip("no matchConstraints".into()))?;
     let Constraints { filter, .. } = match_constraints(mc)?;
-    let mut matches = FilterSet { all: true, filters: vec![filter] };
+    let mut matches = FilterSet {
+        all: true,
+        filters: vec![filter],
+    };
     if let Some(mr) = get(bspec, "matchResources").and_then(Value::as_mapping) {
         // The binding narrows what the policy matches: both must match.
         // Its resourceRules may be omitted (then the policy's apply).
         let mut narrowed = mr.clone();
         if !narrowed.contains_key("resourceRules") {
-            narrowed.insert("resourceRules".into(), mc.get("resourceRules").cloned().unwrap_or(Value::Null));
+            narrowed.insert(
+                "resourceRules".into(),
+                mc.get("resourceRules").cloned().unwrap_or(Value::Null),
+            );
         }
         let Constraints { filter, .. } = match_constraints(&narrowed)?;
         matches.filters.push(filter);
@@ -847,7 +924,9 @@ fn vap_rule(
         let api_version = pk.get("apiVersion").and_then(Value::as_str).unwrap_or("");
         let kind = pk.get("kind").and_then(Value::as_str).unwrap_or("");
         let Some(pr) = get(bspec, "paramRef") else {
-            return Err(Skip(format!("policy {pname} has paramKind {kind} but the binding has no paramRef")));
+            return Err(Skip(format!(
+                "policy {pname} has paramKind {kind} but the binding has no paramRef"
+            )));
         };
         let selected = select_params(pr, api_version, kind, params)?;
         if selected.is_empty() {
@@ -876,7 +955,10 @@ fn vap_rule(
         name: "validations".into(),
         action,
         message: None,
-        scope: Scope { matches, excludes: None },
+        scope: Scope {
+            matches,
+            excludes: None,
+        },
         tests: tests_of(rule),
     })
 }
@@ -898,7 +980,9 @@ fn select_params<'a>(pr: &Value, api_version: &str, kind: &str, params: &'a [Par
             .iter()
             .any(|p| p.kind == kind && p.api_version == api_version && p.namespace.is_some());
         if namespaced {
-            return Err(Skip("paramRef without namespace (per-request namespace lookup) is not supported".into()));
+            return Err(Skip(
+                "paramRef without namespace (per-request namespace lookup) is not supported".into(),
+            ));
         }
     }
     Ok(params
@@ -916,15 +1000,20 @@ mod tests {
 
     fn rule(vars: &[(&str, &str)], exprs: &[&str]) -> CelRule {
         let vars: Vec<(String, String)> = vars.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
-        let v: Vec<(String, Option<String>, Option<String>)> =
-            exprs.iter().map(|e| (e.to_string(), Some(format!("msg {e}")), None)).collect();
+        let v: Vec<(String, Option<String>, Option<String>)> = exprs
+            .iter()
+            .map(|e| (e.to_string(), Some(format!("msg {e}")), None))
+            .collect();
         CelRule::compile(&[], &vars, &v).unwrap()
     }
 
     #[test]
     fn per_container_verdicts() {
         let r = rule(
-            &[("all", "object.spec.containers + object.spec.?initContainers.orValue([])")],
+            &[(
+                "all",
+                "object.spec.containers + object.spec.?initContainers.orValue([])",
+            )],
             &["variables.all.all(c, c.image.startsWith('ok/'))"],
         );
         assert_eq!(r.governs, [true, true, false]);
@@ -933,26 +1022,50 @@ mod tests {
             "initContainers": [{"name": "i", "image": "ok/i"}]}});
         let ctx = |ty, n: &'static str| EvalContext::new(ty).with_pod(Some(&pod), Some(n));
         assert_eq!(judge(&r, "ok/a", &ctx(ContainerType::Container, "a")), Judgement::Pass);
-        assert!(matches!(judge(&r, "bad/b", &ctx(ContainerType::Container, "b")), Judgement::Fail(Some(_))));
+        assert!(matches!(
+            judge(&r, "bad/b", &ctx(ContainerType::Container, "b")),
+            Judgement::Fail(Some(_))
+        ));
         assert_eq!(judge(&r, "ok/i", &ctx(ContainerType::Init, "i")), Judgement::Pass);
-        assert_eq!(judge(&r, "x", &EvalContext::new(ContainerType::Ephemeral)), Judgement::NotApplicable);
+        assert_eq!(
+            judge(&r, "x", &EvalContext::new(ContainerType::Ephemeral)),
+            Judgement::NotApplicable
+        );
         // Without the Pod: the reduced synthetic Pod.
-        assert!(matches!(judge(&r, "bad/x", &EvalContext::new(ContainerType::Init)), Judgement::Fail(Some(m)) if m.starts_with("msg")));
+        assert!(
+            matches!(judge(&r, "bad/x", &EvalContext::new(ContainerType::Init)), Judgement::Fail(Some(m)) if m.starts_with("msg"))
+        );
         // A rule about the combination: everyone is denied.
         let size = rule(&[], &["size(object.spec.containers) <= 1"]);
-        assert!(matches!(judge(&size, "ok/a", &ctx(ContainerType::Container, "a")), Judgement::Fail(Some(m)) if m.contains("as a whole")));
+        assert!(
+            matches!(judge(&size, "ok/a", &ctx(ContainerType::Container, "a")), Judgement::Fail(Some(m)) if m.contains("as a whole"))
+        );
         // exists(): the Pod passes, so every container does.
         let ex = rule(&[], &["object.spec.containers.exists(c, c.image.startsWith('ok/'))"]);
-        assert_eq!(judge(&ex, "bad/b", &ctx(ContainerType::Container, "b")), Judgement::Pass);
+        assert_eq!(
+            judge(&ex, "bad/b", &ctx(ContainerType::Container, "b")),
+            Judgement::Pass
+        );
         // A field the agent does not have: the rule does not decide.
         let ipp = rule(&[], &["object.spec.containers.all(c, c.imagePullPolicy == 'Always')"]);
-        assert_eq!(judge(&ipp, "x", &EvalContext::new(ContainerType::Container)), Judgement::NotApplicable);
+        assert_eq!(
+            judge(&ipp, "x", &EvalContext::new(ContainerType::Container)),
+            Judgement::NotApplicable
+        );
     }
 
     #[test]
     fn label_selectors() {
-        let sel = LabelSelector::parse(&serde_yaml::from_str("{matchLabels: {a: b}, matchExpressions: [{key: c, operator: NotIn, values: [x]}]}").unwrap()).unwrap();
-        let l = |p: &[(&str, &str)]| p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<BTreeMap<_, _>>();
+        let sel = LabelSelector::parse(
+            &serde_yaml::from_str("{matchLabels: {a: b}, matchExpressions: [{key: c, operator: NotIn, values: [x]}]}")
+                .unwrap(),
+        )
+        .unwrap();
+        let l = |p: &[(&str, &str)]| {
+            p.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
         assert!(sel.matches(&l(&[("a", "b")])));
         assert!(sel.matches(&l(&[("a", "b"), ("c", "y")])));
         assert!(!sel.matches(&l(&[("a", "b"), ("c", "x")])));

@@ -21,9 +21,16 @@ fn binding_actions_namespaces_and_params() {
     // prod: Deny binding, params registries-prod (registry.example.com/ only).
     let v = set.evaluate("public.ecr.aws/nginx/nginx:1", &ctx("prod"));
     assert_eq!((v.allowed, v.action), (false, Action::Enforce), "{v:?}");
-    assert!(v.reason.contains("images must come from registry.example.com/"), "{}", v.reason);
+    assert!(
+        v.reason.contains("images must come from registry.example.com/"),
+        "{}",
+        v.reason
+    );
     assert!(v.reason.contains("public.ecr.aws/nginx/nginx:1"), "{}", v.reason);
-    assert_eq!(v.policy.as_deref(), Some("allowed-registries.example.com/allowed-registries-prod"));
+    assert_eq!(
+        v.policy.as_deref(),
+        Some("allowed-registries.example.com/allowed-registries-prod")
+    );
     assert!(set.evaluate("registry.example.com/app:1", &ctx("prod")).allowed);
     // elsewhere: Warn+Audit binding, params selected by label (two prefixes).
     assert!(set.evaluate("public.ecr.aws/nginx/nginx:1", &ctx("dev")).allowed);
@@ -34,9 +41,15 @@ fn binding_actions_namespaces_and_params() {
     assert!(v.allowed && v.rule.is_none(), "{v:?}");
     // objectSelector: an exempt Pod outside prod is not judged.
     let exempt: BTreeMap<String, String> = [("imagewarden.dev/exempt".to_string(), "yes".to_string())].into();
-    assert!(set.evaluate("docker.io/library/nginx:1", &ctx("dev").with_labels(&exempt)).allowed);
+    assert!(
+        set.evaluate("docker.io/library/nginx:1", &ctx("dev").with_labels(&exempt))
+            .allowed
+    );
     // init and ephemeral containers are covered too.
-    let v = set.evaluate("docker.io/library/nginx:1", &EvalContext::new(ContainerType::Ephemeral).with_namespace(Some("prod")));
+    let v = set.evaluate(
+        "docker.io/library/nginx:1",
+        &EvalContext::new(ContainerType::Ephemeral).with_namespace(Some("prod")),
+    );
     assert!(!v.allowed);
 }
 
@@ -65,7 +78,10 @@ fn vap_refusals_are_named() {
     let base = "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata: {name: p}\nspec:\n  matchConstraints:\n    resourceRules: [{apiGroups: [''], apiVersions: [v1], operations: [CREATE], resources: [pods]}]\n  validations:\n  - expression: EXPR\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata: {name: b}\nspec: {policyName: p, validationActions: [Deny]}\n";
     for (expr, needle) in [
         ("\"request.userInfo.username == 'admin'\"", "request.userInfo"),
-        ("\"authorizer.group('').resource('pods').check('create').allowed()\"", "authorizer"),
+        (
+            "\"authorizer.group('').resource('pods').check('create').allowed()\"",
+            "authorizer",
+        ),
         ("\"oldObject == null\"", "oldObject"),
         ("\"namespaceObject.metadata.labels.x == 'y'\"", "namespaceObject"),
     ] {
@@ -76,7 +92,11 @@ fn vap_refusals_are_named() {
         assert_eq!(set.rule_count(), 0);
     }
     // A binding for a policy that is not there.
-    let set = load_policy_str(&base.replace("policyName: p", "policyName: q").replace("EXPR", "'true'"), "v.yaml").unwrap();
+    let set = load_policy_str(
+        &base.replace("policyName: p", "policyName: q").replace("EXPR", "'true'"),
+        "v.yaml",
+    )
+    .unwrap();
     assert!(set.unsupported().iter().any(|u| u.reason.contains("\"q\"")));
     // A lone ConfigMap is not a policy.
     assert!(load_policy_str("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "c.yaml").is_err());
@@ -88,7 +108,11 @@ fn validating_policy_forms_and_autogen() {
         ("policies.kyverno.io/v1", "ValidatingPolicy", ""),
         ("policies.kyverno.io/v1beta1", "ValidatingPolicy", ""),
         ("policies.kyverno.io/v1alpha1", "ValidatingPolicy", ""),
-        ("policies.kyverno.io/v1", "NamespacedValidatingPolicy", "\n  namespace: team"),
+        (
+            "policies.kyverno.io/v1",
+            "NamespacedValidatingPolicy",
+            "\n  namespace: team",
+        ),
     ] {
         let text = format!(
             "apiVersion: {api}\nkind: {kind}\nmetadata:\n  name: vp{ns}\nspec:\n  validationActions: [Deny]\n  matchConstraints:\n    resourceRules: [{{apiGroups: [''], apiVersions: [v1], operations: [CREATE, UPDATE], resources: [pods]}}]\n  variables:\n  - name: cs\n    expression: object.spec.containers + object.spec.?initContainers.orValue([])\n  validations:\n  - expression: \"variables.cs.all(c, image(c.image).registry() == 'ghcr.io')\"\n    messageExpression: \"'bad registry: ' + variables.cs.filter(c, image(c.image).registry() != 'ghcr.io').map(c, c.image).join(', ')\"\n"
@@ -98,10 +122,21 @@ fn validating_policy_forms_and_autogen() {
         let manifest = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: team}\nspec:\n  template:\n    metadata: {labels: {app: d}}\n    spec:\n      initContainers: [{name: i, image: ghcr.io/x/init:1}]\n      containers:\n      - {name: ok, image: ghcr.io/x/app:1}\n      - {name: bad, image: docker.io/library/nginx:1}\n---\napiVersion: batch/v1\nkind: CronJob\nmetadata: {name: c, namespace: team}\nspec:\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          containers: [{name: only, image: quay.io/a/b:1}]\n";
         let m = extract_images(manifest, "m.yaml").unwrap();
         let recs = check_workloads(&set, &m.images, None);
-        let by: BTreeMap<&str, bool> = recs.iter().map(|r| (r.container.as_deref().unwrap(), r.allowed)).collect();
-        assert_eq!(by, BTreeMap::from([("i", true), ("ok", true), ("bad", false), ("only", false)]), "{kind} {api}");
+        let by: BTreeMap<&str, bool> = recs
+            .iter()
+            .map(|r| (r.container.as_deref().unwrap(), r.allowed))
+            .collect();
+        assert_eq!(
+            by,
+            BTreeMap::from([("i", true), ("ok", true), ("bad", false), ("only", false)]),
+            "{kind} {api}"
+        );
         let bad = recs.iter().find(|r| r.container.as_deref() == Some("bad")).unwrap();
-        assert!(bad.reason.contains("bad registry: docker.io/library/nginx:1"), "{}", bad.reason);
+        assert!(
+            bad.reason.contains("bad registry: docker.io/library/nginx:1"),
+            "{}",
+            bad.reason
+        );
         assert_eq!(bad.action.as_deref(), Some("Enforce"));
         if kind == "NamespacedValidatingPolicy" {
             let other = EvalContext::new(ContainerType::Container).with_namespace(Some("other"));
