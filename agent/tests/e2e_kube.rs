@@ -36,6 +36,10 @@ fn api_pod(ns: &str, name: &str, uid: &str, image: &str) -> Value {
     })
 }
 
+/// Each test runs an enforcing agent that judges every exec on the host:
+/// two at once would judge each other's containers. One at a time.
+static ONE_AGENT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
@@ -52,6 +56,7 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
 #[test]
 fn kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_the_api() {
     let test = "kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_the_api";
+    let _one = ONE_AGENT.lock().unwrap_or_else(|e| e.into_inner());
     if let Err(why) = support::containerd::preflight() {
         support::skip_or_fail(test, &why);
         return;
@@ -183,6 +188,7 @@ fn kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_th
 #[test]
 fn kubernetes_mode_cel_policies_added_to_the_cluster_kill_running_containers() {
     let test = "kubernetes_mode_cel_policies_added_to_the_cluster_kill_running_containers";
+    let _one = ONE_AGENT.lock().unwrap_or_else(|e| e.into_inner());
     if let Err(why) = support::containerd::preflight() {
         support::skip_or_fail(test, &why);
         return;
