@@ -124,16 +124,34 @@ impl CelRule {
     /// `namespace` would.
     pub fn evaluate(&self, object: &Json, namespace: Option<&str>) -> CelOutcome {
         let name = object.pointer("/metadata/name").and_then(Json::as_str).unwrap_or("");
-        let request = json!({
-            "operation": "CREATE",
-            "namespace": namespace.unwrap_or(""),
-            "name": name,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "dryRun": false,
-        });
-        let object = json_to_cel(object);
-        let request = json_to_cel(&request);
+        self.evaluate_value(json_to_cel(object), namespace, name)
+    }
+
+    /// [`CelRule::evaluate`] on an object already converted to CEL.
+    pub fn evaluate_value(&self, object: CelValue, namespace: Option<&str>, name: &str) -> CelOutcome {
+        let s = |x: &str| CelValue::String(Arc::new(x.to_string()));
+        let request = cel_map([
+            ("operation".to_string(), s("CREATE")),
+            ("namespace".to_string(), s(namespace.unwrap_or(""))),
+            ("name".to_string(), s(name)),
+            (
+                "kind".to_string(),
+                cel_map([
+                    ("group".to_string(), s("")),
+                    ("version".to_string(), s("v1")),
+                    ("kind".to_string(), s("Pod")),
+                ]),
+            ),
+            (
+                "resource".to_string(),
+                cel_map([
+                    ("group".to_string(), s("")),
+                    ("version".to_string(), s("v1")),
+                    ("resource".to_string(), s("pods")),
+                ]),
+            ),
+            ("dryRun".to_string(), CelValue::Bool(false)),
+        ]);
         let params: Vec<CelValue> = if self.params.is_empty() {
             vec![CelValue::Null]
         } else {
@@ -268,6 +286,37 @@ pub fn synthetic_pod(image: &str, ctx: &EvalContext<'_>) -> Json {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
 }
 
+/// [`synthetic_pod`] built directly as a CEL value (the agent's hot path).
+fn synthetic_pod_cel(image: &str, ctx: &EvalContext<'_>) -> CelValue {
+    let s = |x: &str| CelValue::String(Arc::new(x.to_string()));
+    let mut container = vec![("image".to_string(), s(image))];
+    if let Some(n) = ctx.container_name {
+        container.push(("name".to_string(), s(n)));
+    }
+    let one = CelValue::List(Arc::new(vec![cel_map(container)]));
+    let mut spec = vec![("containers".to_string(), CelValue::List(Arc::new(Vec::new())))];
+    match ctx.container_type {
+        ContainerType::Container => spec[0].1 = one,
+        t => spec.push((t.field().to_string(), one)),
+    }
+    let mut meta = Vec::new();
+    if let Some(ns) = ctx.namespace {
+        meta.push(("namespace".to_string(), s(ns)));
+    }
+    if !ctx.pod_labels.is_empty() {
+        meta.push((
+            "labels".to_string(),
+            cel_map(ctx.pod_labels.iter().map(|(k, v)| (k.clone(), s(v)))),
+        ));
+    }
+    cel_map([
+        ("apiVersion".to_string(), s("v1")),
+        ("kind".to_string(), s("Pod")),
+        ("metadata".to_string(), cel_map(meta)),
+        ("spec".to_string(), cel_map(spec)),
+    ])
+}
+
 /// The verdict of `rule` for the container of `ctx` running `image`
 /// (semantics in the module documentation).
 pub fn judge(rule: &CelRule, image: &str, ctx: &EvalContext<'_>) -> Judgement {
@@ -276,7 +325,7 @@ pub fn judge(rule: &CelRule, image: &str, ctx: &EvalContext<'_>) -> Judgement {
     }
     let ns = ctx.namespace;
     let Some(pod) = ctx.pod else {
-        return match rule.evaluate(&synthetic_pod(image, ctx), ns) {
+        return match rule.evaluate_value(synthetic_pod_cel(image, ctx), ns, "") {
             CelOutcome::NotApplicable | CelOutcome::Error(_) => Judgement::NotApplicable,
             CelOutcome::Pass => Judgement::Pass,
             CelOutcome::Fail(m) => Judgement::Fail(Some(m)),
@@ -1031,6 +1080,9 @@ mod tests {
             judge(&r, "x", &EvalContext::new(ContainerType::Ephemeral)),
             Judgement::NotApplicable
         );
+        // The synthetic Pod is the same as JSON and as CEL.
+        let c = EvalContext::new(ContainerType::Init).with_namespace(Some("n"));
+        assert_eq!(json_to_cel(&synthetic_pod("i", &c)), synthetic_pod_cel("i", &c));
         // Without the Pod: the reduced synthetic Pod.
         assert!(
             matches!(judge(&r, "bad/x", &EvalContext::new(ContainerType::Init)), Judgement::Fail(Some(m)) if m.starts_with("msg"))
