@@ -682,6 +682,90 @@ mod tests {
         assert!(matches!(CelProgram::compile("a.b("), Err(CelError::Syntax(_))));
     }
 
+    /// Token soup from a fixed generator: compile and evaluation answer
+    /// (an error or a value), never panic.
+    #[test]
+    fn token_soup_never_panics() {
+        const TOKS: &[&str] = &[
+            "object",
+            ".",
+            ".?",
+            "spec",
+            "containers",
+            "[",
+            "]",
+            "[?",
+            "(",
+            ")",
+            "{",
+            "}",
+            ",",
+            ":",
+            "'a'",
+            "\"b",
+            "1",
+            "2u",
+            "-3.5",
+            "true",
+            "null",
+            "+",
+            "-",
+            "*",
+            "/",
+            "%",
+            "==",
+            "!=",
+            "<",
+            ">=",
+            "&&",
+            "||",
+            "!",
+            "?",
+            "in",
+            "all",
+            "exists",
+            "map",
+            "filter",
+            "c",
+            "size",
+            "has",
+            "image",
+            "orValue",
+            "optional",
+            "of",
+            "none",
+            "matches",
+            "split",
+            "startsWith",
+            "'^(('",
+            "b'x'",
+            "1e999",
+            "9223372036854775808",
+            " ",
+            "x",
+            "_",
+            "@",
+            "#",
+            "`",
+        ];
+        let mut seed: u64 = 0x9e3779b97f4a7c15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let pod = json!({"spec": {"containers": [{"image": "a"}]}});
+        for _ in 0..1500 {
+            let n = 1 + (next() % 24) as usize;
+            let src: String = (0..n)
+                .map(|_| TOKS[(next() % TOKS.len() as u64) as usize])
+                .collect::<Vec<_>>()
+                .join("");
+            let _ = eval_with(&src, pod.clone());
+        }
+    }
+
     #[test]
     fn hostile_expressions_are_refused_not_crashed() {
         for src in [
