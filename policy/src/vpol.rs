@@ -55,6 +55,8 @@ pub struct CelRule {
     pub params: Vec<CelValue>,
     /// Indexed by [`ContainerType::index`].
     pub governs: [bool; 3],
+    /// `failurePolicy: Ignore`: an evaluation error does not decide.
+    pub ignore_errors: bool,
 }
 
 /// The result of a rule on one object.
@@ -129,6 +131,13 @@ impl CelRule {
 
     /// [`CelRule::evaluate`] on an object already converted to CEL.
     pub fn evaluate_value(&self, object: CelValue, namespace: Option<&str>, name: &str) -> CelOutcome {
+        match self.evaluate_inner(object, namespace, name) {
+            CelOutcome::Error(_) if self.ignore_errors => CelOutcome::NotApplicable,
+            other => other,
+        }
+    }
+
+    fn evaluate_inner(&self, object: CelValue, namespace: Option<&str>, name: &str) -> CelOutcome {
         let s = |x: &str| CelValue::String(Arc::new(x.to_string()));
         let request = cel_map([
             ("operation".to_string(), s("CREATE")),
@@ -618,6 +627,15 @@ fn match_constraints(mc: &Mapping) -> R<Constraints> {
     Ok(Constraints { filter, pods_only })
 }
 
+/// `failurePolicy`: `Fail` (the default) or `Ignore`.
+fn failure_policy_ignore(spec: &Mapping) -> R<bool> {
+    match get(spec, "failurePolicy").map(|v| v.as_str()) {
+        None | Some(Some("Fail")) => Ok(false),
+        Some(Some("Ignore")) => Ok(true),
+        Some(other) => Err(Skip(format!("failurePolicy {other:?} is not valid (Fail or Ignore)"))),
+    }
+}
+
 fn action_of(actions: &[String]) -> Action {
     if actions.iter().any(|a| a == "Deny") {
         Action::Enforce
@@ -745,6 +763,8 @@ pub(crate) fn import_vpol(
             &validations(get(spec, "validations"))?,
         )
         .map_err(Skip)?;
+        let mut rule = rule;
+        rule.ignore_errors = failure_policy_ignore(spec)?;
         let warnings: Vec<Warning> = uncovered_warning(&rule, src, name, rule_name).into_iter().collect();
         Ok((
             Rule {
@@ -969,6 +989,7 @@ fn vap_rule(
         &validations(get(pspec, "validations"))?,
     )
     .map_err(Skip)?;
+    rule.ignore_errors = failure_policy_ignore(pspec)?;
     if let Some(pk) = get(pspec, "paramKind") {
         let api_version = pk.get("apiVersion").and_then(Value::as_str).unwrap_or("");
         let kind = pk.get("kind").and_then(Value::as_str).unwrap_or("");
@@ -1098,6 +1119,12 @@ mod tests {
             judge(&ex, "bad/b", &ctx(ContainerType::Container, "b")),
             Judgement::Pass
         );
+        // failurePolicy Ignore: an error does not decide.
+        let mut ign = rule(&[], &["object.spec.containers.all(c, c.nope == 1)"]);
+        let whole = ctx(ContainerType::Container, "a");
+        assert!(matches!(judge(&ign, "ok/a", &whole), Judgement::Fail(Some(_))));
+        ign.ignore_errors = true;
+        assert_eq!(judge(&ign, "ok/a", &whole), Judgement::NotApplicable);
         // A field the agent does not have: the rule does not decide.
         let ipp = rule(&[], &["object.spec.containers.all(c, c.imagePullPolicy == 'Always')"]);
         assert_eq!(
