@@ -36,6 +36,10 @@ fn api_pod(ns: &str, name: &str, uid: &str, image: &str) -> Value {
     })
 }
 
+/// Each test runs an enforcing agent that judges every exec on the host:
+/// two at once would judge each other's containers. One at a time.
+static ONE_AGENT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
@@ -52,6 +56,7 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
 #[test]
 fn kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_the_api() {
     let test = "kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_the_api";
+    let _one = ONE_AGENT.lock().unwrap_or_else(|e| e.into_inner());
     if let Err(why) = support::containerd::preflight() {
         support::skip_or_fail(test, &why);
         return;
@@ -171,6 +176,147 @@ fn kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_th
         api.requests().iter().any(|r| format!("{r:?}").contains("spec.nodeName")),
         "the agent must watch Pods with the node field selector"
     );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(dir);
+    drop(images);
+}
+
+/// A ValidatingPolicy, then a ValidatingAdmissionPolicy with its binding,
+/// added to the stand-in cluster while untrusted containers already run:
+/// each reaches the agent, which kills the running containers it now
+/// denies (and only those).
+#[test]
+fn kubernetes_mode_cel_policies_added_to_the_cluster_kill_running_containers() {
+    let test = "kubernetes_mode_cel_policies_added_to_the_cluster_kill_running_containers";
+    let _one = ONE_AGENT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Err(why) = support::containerd::preflight() {
+        support::skip_or_fail(test, &why);
+        return;
+    }
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        support::skip_or_fail(test, "needs root (eBPF)");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let images = TestImages::build();
+    let ctd = Containerd::start();
+    ctd.import("k8s.io", &images);
+    let api = rt.block_on(FakeApi::start());
+    let t = &ctd.token;
+    let uid_hub = format!("eeeeeeee-0000-0000-0000-{t:0>12}");
+    let uid_ecr = format!("ffffffff-0000-0000-0000-{t:0>12}");
+    api.put(Coll::Pods, api_pod("prod", "cel-hub", &uid_hub, NGINX));
+    api.put(Coll::Pods, api_pod("prod", "cel-ecr", &uid_ecr, ECR_NGINX));
+
+    let dir = std::env::temp_dir().join(format!("iw-e2e-kube-cel-{t}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("config");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
+        .args(["run", "--mode", "enforce", "--fail-mode", "open", "--node-name", "node-a", "--runtime-endpoint"])
+        .arg(ctd.endpoint())
+        .env("KUBECONFIG", &kubeconfig)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agent");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let (tx, lines) = mpsc::channel::<Value>();
+    let out = agent.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let v: Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("non-JSON {l:?}: {e}"));
+            let _ = tx.send(v);
+        }
+    });
+    let (rtx, reloads) = mpsc::channel::<String>();
+    let err = agent.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            eprintln!("agent: {l}");
+            if l.contains("policy reloaded") {
+                let _ = rtx.send(l);
+            }
+        }
+    });
+    let agent = Kill(agent);
+    // The watches have listed (no policy yet): the first reload.
+    reloads.recv_timeout(Duration::from_secs(30)).expect("the agent never loaded the cluster's (empty) policy set");
+
+    let mut seen: Vec<Value> = Vec::new();
+    let mut find = |pred: &dyn Fn(&Value) -> bool, what: &str| -> (Value, Vec<Value>) {
+        wait_for(what, Duration::from_secs(30), || {
+            while let Ok(v) = lines.try_recv() {
+                seen.push(v);
+            }
+            seen.iter().find(|v| pred(v)).cloned().map(|f| (f, seen.clone()))
+        })
+    };
+    rt.block_on(async {
+        let cri = CriClient::connect(&ctd.endpoint()).await.expect("CRI");
+        // No policy: both run.
+        let (_, hub_id) = ctd.cri_run_pod(&cri, "cel-hub", "prod", &uid_hub, "nginx", NGINX, &format!("c-hub-{t}")).await;
+        let (_, ecr_id) = ctd.cri_run_pod(&cri, "cel-ecr", "prod", &uid_ecr, "nginx", ECR_NGINX, &format!("c-ecr-{t}")).await;
+        assert!(ctd.wait_marker(&format!("c-hub-{t}"), Duration::from_secs(10)).is_some(), "docker.io Pod did not run");
+        assert!(ctd.wait_marker(&format!("c-ecr-{t}"), Duration::from_secs(10)).is_some(), "ECR Pod did not run");
+
+        // A Kyverno ValidatingPolicy (the seed rewritten in CEL) arrives.
+        let vpol: Value = serde_yaml::from_str(
+            r#"
+apiVersion: policies.kyverno.io/v1
+kind: ValidatingPolicy
+metadata: {name: restrict-image-registries-cel}
+spec:
+  validationActions: [Deny]
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [""], apiVersions: [v1], operations: [CREATE, UPDATE], resources: [pods]}
+  variables:
+  - name: allContainers
+    expression: "object.spec.containers + object.spec.?initContainers.orValue([]) + object.spec.?ephemeralContainers.orValue([])"
+  validations:
+  - expression: "variables.allContainers.all(c, c.image.startsWith('public.ecr.aws/'))"
+    message: Unknown image registry.
+"#,
+        )
+        .unwrap();
+        api.put(Coll::ValidatingPolicies, vpol);
+        let (f, all) = find(&|v| v["container_id"] == hub_id.as_str() && v["action"] == "killed", "the kill of the running docker.io container");
+        assert_eq!(f["pod"], "cel-hub", "{f}");
+        assert!(f["reason"].as_str().unwrap_or("").contains("restrict-image-registries-cel"), "{f}");
+        assert!(
+            !all.iter().any(|v| v["container_id"] == ecr_id.as_str() && v["action"] == "killed"),
+            "the ECR container is allowed by the ValidatingPolicy"
+        );
+        assert!(ctd.marker(&format!("c-hub-{t}")).exists());
+
+        // A ValidatingAdmissionPolicy without binding: not in effect; with
+        // its binding (Deny): the running :latest ECR container is killed.
+        api.put(
+            Coll::ValidatingAdmissionPolicies,
+            json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+                   "metadata": {"name": "no-latest"},
+                   "spec": {"matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                "operations": ["CREATE"], "resources": ["pods"]}]},
+                            "validations": [{"expression": "object.spec.containers.all(c, !c.image.endsWith(':latest'))",
+                                             "message": "pin a tag"}]}}),
+        );
+        api.put(
+            Coll::ValidatingAdmissionPolicyBindings,
+            json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+                   "metadata": {"name": "no-latest"},
+                   "spec": {"policyName": "no-latest", "validationActions": ["Deny"]}}),
+        );
+        let (f, _) = find(&|v| v["container_id"] == ecr_id.as_str() && v["action"] == "killed", "the kill of the running :latest ECR container");
+        assert!(f["reason"].as_str().unwrap_or("").contains("pin a tag"), "{f}");
+    });
     drop(agent);
     let _ = std::fs::remove_dir_all(dir);
     drop(images);

@@ -359,3 +359,106 @@ async fn missing_kyverno_crd_is_rediscovered_and_imagepolicy_merges() {
     );
     task.abort();
 }
+
+const VPOL: &str = r#"
+apiVersion: policies.kyverno.io/v1
+kind: ValidatingPolicy
+metadata: {name: restrict-image-registries}
+spec:
+  validationActions: [Deny]
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [""], apiVersions: [v1], operations: [CREATE, UPDATE], resources: [pods]}
+  variables:
+  - name: allContainers
+    expression: "object.spec.containers + object.spec.?initContainers.orValue([]) + object.spec.?ephemeralContainers.orValue([])"
+  validations:
+  - expression: "variables.allContainers.all(c, c.image.startsWith('public.ecr.aws/'))"
+    message: Unknown image registry.
+"#;
+
+#[tokio::test]
+async fn validating_policy_and_admission_policy_from_the_cluster() {
+    let api = FakeApi::start().await;
+    let (src, fut) = policy_source(
+        client(&api),
+        PolicyWatchConfig {
+            rediscover_every: Duration::from_millis(200),
+            ..Default::default()
+        },
+    );
+    let task = tokio::spawn(fut);
+    let rx = src.policy.clone();
+    // A ValidatingPolicy added to the cluster reaches the merged set.
+    api.put(Coll::ValidatingPolicies, yaml_to_json(VPOL));
+    eventually("ValidatingPolicy loaded", || denied(&rx.borrow(), "docker.io/library/nginx:1")).await;
+    assert!(!denied(&rx.borrow(), "public.ecr.aws/nginx/nginx:1"));
+    assert!(src.stats.validatingpolicy_installed.load(Ordering::Relaxed));
+    // An invalid update (no spec: the document does not load) is counted
+    // and the last good version stays in force.
+    let mut broken = yaml_to_json(VPOL);
+    broken.as_object_mut().unwrap().remove("spec");
+    let failed = src.stats.reloads_failed.load(Ordering::Relaxed);
+    api.put(Coll::ValidatingPolicies, broken);
+    eventually("broken update counted", || src.stats.reloads_failed.load(Ordering::Relaxed) == failed + 1).await;
+    assert!(denied(&rx.borrow(), "docker.io/library/nginx:1"), "last good ValidatingPolicy still enforced");
+    api.remove(Coll::ValidatingPolicies, "", "restrict-image-registries");
+    eventually("ValidatingPolicy removed", || rx.borrow().rule_count() == 0).await;
+
+    // A ValidatingAdmissionPolicy is in effect once its binding exists.
+    api.put(
+        Coll::ValidatingAdmissionPolicies,
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+               "metadata": {"name": "no-latest"},
+               "spec": {"matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                            "operations": ["CREATE"], "resources": ["pods"]}]},
+                        "validations": [{"expression": "object.spec.containers.all(c, !c.image.endsWith(':latest'))"}]}}),
+    );
+    eventually("VAP listed", || {
+        api.requests()
+            .iter()
+            .any(|r| r.path == "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies" && r.is_watch())
+    })
+    .await;
+    assert_eq!(rx.borrow().rule_count(), 0, "no binding: not in effect");
+    api.put(
+        Coll::ValidatingAdmissionPolicyBindings,
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+               "metadata": {"name": "no-latest"},
+               "spec": {"policyName": "no-latest", "validationActions": ["Deny"]}}),
+    );
+    eventually("VAP bound", || denied(&rx.borrow(), "quay.io/x/y:latest")).await;
+    assert!(!denied(&rx.borrow(), "quay.io/x/y:1"));
+    api.remove(Coll::ValidatingAdmissionPolicyBindings, "", "no-latest");
+    eventually("binding removed", || rx.borrow().rule_count() == 0).await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn validating_policy_crd_installed_later_is_discovered() {
+    let api = FakeApi::start().await;
+    api.set_validatingpolicy_installed(false);
+    api.put(Coll::ValidatingPolicies, yaml_to_json(VPOL));
+    let (src, fut) = policy_source(
+        client(&api),
+        PolicyWatchConfig {
+            kinds: vec![PolicyKind::ValidatingPolicy],
+            rediscover_every: Duration::from_millis(200),
+            ..Default::default()
+        },
+    );
+    let task = tokio::spawn(fut);
+    let rx = src.policy.clone();
+    // v1, then v1beta1 and v1alpha1 are tried; none is served yet.
+    eventually("all versions tried", || {
+        let r = api.requests();
+        ["v1", "v1beta1", "v1alpha1"]
+            .iter()
+            .all(|v| r.iter().any(|q| q.path == format!("/apis/policies.kyverno.io/{v}")))
+    })
+    .await;
+    assert!(!src.stats.validatingpolicy_installed.load(Ordering::Relaxed));
+    api.set_validatingpolicy_installed(true);
+    eventually("installed and loaded", || denied(&rx.borrow(), "docker.io/library/nginx:1")).await;
+    task.abort();
+}

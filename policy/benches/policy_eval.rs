@@ -130,6 +130,26 @@ fn main() {
         }
         loads.push((name, load_us));
     }
+    // The seed policy as a ValidatingPolicy: the CEL engine (kube-cel/cel
+    // 0.13) against the hand-written subset it replaced, on the same
+    // expression. The subset tested the image string only; the engine
+    // evaluates the rule on a Pod holding the container (what the agent
+    // knows), so this is the whole per-image cost of each.
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/seed-vpol.yaml");
+    let set = imagewarden_policy::load_policy_file(&seed).expect("seed-vpol.yaml");
+    let ctx = EvalContext::new(ContainerType::Container);
+    samples.push(measure("seed as ValidatingPolicy: CEL engine", per_sample, |i| {
+        set.evaluate(i, &ctx).allowed
+    }));
+    let old = imagewarden_policy::cel_subset::compile_rule(
+        &[],
+        &["object.spec.containers.all(container, container.image.startsWith('public.ecr.aws/'))".to_string()],
+    )
+    .expect("subset compiles the seed expression");
+    let old = old[0].clone().expect("containers test");
+    samples.push(measure("seed as ValidatingPolicy: old CEL subset", per_sample, |i| {
+        parse_normalized_named(i).is_ok() && old.eval_image(i)
+    }));
     println!(
         "{:<56} {:>14} {:>10} {:>8}",
         "policy evaluation", "images/s", "ns/image", "allowed"

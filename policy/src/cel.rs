@@ -26,8 +26,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use kube_cel::cel::extractors::This;
 use kube_cel::cel::common::ast::{EntryExpr, Expr};
+use kube_cel::cel::extractors::This;
 use kube_cel::cel::objects::{Key, Map, Opaque, OptionalValue};
 use kube_cel::cel::parser::Parser;
 use kube_cel::cel::{Context, ExecutionError, FunctionContext, IdedExpr, Value};
@@ -76,7 +76,9 @@ impl CelProgram {
             return Err(CelError::Syntax(format!("expression longer than {MAX_SOURCE} bytes")));
         }
         if bracket_depth(source) > MAX_DEPTH {
-            return Err(CelError::Syntax(format!("expression nested deeper than {MAX_DEPTH} levels")));
+            return Err(CelError::Syntax(format!(
+                "expression nested deeper than {MAX_DEPTH} levels"
+            )));
         }
         // The parser (ANTLR) and the AST walk recurse once per level of the
         // tree: parse on a thread with a stack large enough for any input
@@ -92,7 +94,9 @@ impl CelProgram {
                     .parse(&owned)
                     .map_err(|e| CelError::Syntax(e.to_string().trim().to_string()))?;
                 if ast_depth(&expr) > MAX_DEPTH {
-                    return Err(CelError::Syntax(format!("expression nested deeper than {MAX_DEPTH} levels")));
+                    return Err(CelError::Syntax(format!(
+                        "expression nested deeper than {MAX_DEPTH} levels"
+                    )));
                 }
                 rewrite_optionals(&mut expr)?;
                 Ok(expr)
@@ -500,30 +504,42 @@ fn string(s: &str) -> Value {
 }
 
 fn register_image_library(ctx: &mut Context<'_>) {
-    ctx.add_function("image", |ftx: &FunctionContext, s: Arc<String>| -> Result<Value, ExecutionError> {
-        ImageRef::parse(&s)
-            .map(|i| Value::Opaque(Arc::new(i)))
-            .map_err(|e| ftx.error(e))
-    });
+    ctx.add_function(
+        "image",
+        |ftx: &FunctionContext, s: Arc<String>| -> Result<Value, ExecutionError> {
+            ImageRef::parse(&s)
+                .map(|i| Value::Opaque(Arc::new(i)))
+                .map_err(|e| ftx.error(e))
+        },
+    );
     ctx.add_function("isImage", |s: Arc<String>| ImageRef::parse(&s).is_ok());
     ctx.add_function("registry", |This(this): This<Value>| -> Result<Value, ExecutionError> {
         Ok(string(&image_of(&this, "registry")?.registry))
     });
-    ctx.add_function("repository", |This(this): This<Value>| -> Result<Value, ExecutionError> {
-        Ok(string(&image_of(&this, "repository")?.repository))
-    });
-    ctx.add_function("identifier", |This(this): This<Value>| -> Result<Value, ExecutionError> {
-        Ok(string(image_of(&this, "identifier")?.identifier()))
-    });
+    ctx.add_function(
+        "repository",
+        |This(this): This<Value>| -> Result<Value, ExecutionError> {
+            Ok(string(&image_of(&this, "repository")?.repository))
+        },
+    );
+    ctx.add_function(
+        "identifier",
+        |This(this): This<Value>| -> Result<Value, ExecutionError> {
+            Ok(string(image_of(&this, "identifier")?.identifier()))
+        },
+    );
     ctx.add_function("tag", |This(this): This<Value>| -> Result<Value, ExecutionError> {
         Ok(string(&image_of(&this, "tag")?.tag))
     });
     ctx.add_function("digest", |This(this): This<Value>| -> Result<Value, ExecutionError> {
         Ok(string(&image_of(&this, "digest")?.digest))
     });
-    ctx.add_function("containsDigest", |This(this): This<Value>| -> Result<Value, ExecutionError> {
-        Ok(Value::Bool(!image_of(&this, "containsDigest")?.digest.is_empty()))
-    });
+    ctx.add_function(
+        "containsDigest",
+        |This(this): This<Value>| -> Result<Value, ExecutionError> {
+            Ok(Value::Bool(!image_of(&this, "containsDigest")?.digest.is_empty()))
+        },
+    );
 }
 
 #[cfg(test)]
@@ -563,7 +579,10 @@ mod tests {
         // hasValue / value / or
         assert!(b("object.spec.?initContainers.hasValue()", with_init.clone()));
         assert!(!b("object.spec.?initContainers.hasValue()", without.clone()));
-        assert!(b("object.spec.?initContainers.value()[0].image == 'b'", with_init.clone()));
+        assert!(b(
+            "object.spec.?initContainers.value()[0].image == 'b'",
+            with_init.clone()
+        ));
         assert!(eval_with("object.spec.?initContainers.value()", without.clone()).is_err());
         assert!(b(
             "object.spec.?initContainers.or(optional.of([1])).value() == [1]",
@@ -580,10 +599,19 @@ mod tests {
         ));
         // Optional index on maps and lists.
         let labelled = json!({"metadata": {"labels": {"app.kubernetes.io/name": "x"}}});
-        assert!(b("object.metadata.labels[?'app.kubernetes.io/name'].orValue('') == 'x'", labelled.clone()));
-        assert!(b("object.metadata.labels[?'nope'].orValue('d') == 'd'", labelled.clone()));
+        assert!(b(
+            "object.metadata.labels[?'app.kubernetes.io/name'].orValue('') == 'x'",
+            labelled.clone()
+        ));
+        assert!(b(
+            "object.metadata.labels[?'nope'].orValue('d') == 'd'",
+            labelled.clone()
+        ));
         assert!(b("object.?metadata.?annotations[?'a'].orValue('') == ''", labelled));
-        assert!(b("object.spec.containers[?5].orValue({'image': 'd'}).image == 'd'", without.clone()));
+        assert!(b(
+            "object.spec.containers[?5].orValue({'image': 'd'}).image == 'd'",
+            without.clone()
+        ));
         // optional.of / none
         assert!(b("optional.none().orValue(3) == 3", json!({})));
         assert!(b("optional.of(2).orValue(3) == 2", json!({})));
@@ -596,8 +624,14 @@ mod tests {
     #[test]
     fn kubernetes_libraries_and_macros() {
         let pod = json!({"spec": {"containers": [{"image": "ghcr.io/a/b:1", "name": "x"}]}});
-        assert!(b("object.spec.containers.all(c, c.image.split('/')[0] == 'ghcr.io')", pod.clone()));
-        assert!(b("object.spec.containers.exists(c, c.image.matches('^ghcr'))", pod.clone()));
+        assert!(b(
+            "object.spec.containers.all(c, c.image.split('/')[0] == 'ghcr.io')",
+            pod.clone()
+        ));
+        assert!(b(
+            "object.spec.containers.exists(c, c.image.matches('^ghcr'))",
+            pod.clone()
+        ));
         assert!(b("['a','b'].join(', ') == 'a, b'", pod.clone()));
         assert!(b("size(object.spec.containers) == 1 ? true : false", pod.clone()));
         assert!(b("'ABC'.lowerAscii() == 'abc'", pod.clone()));
@@ -629,7 +663,10 @@ mod tests {
     fn unknowable_is_refused_by_name() {
         for (src, name) in [
             ("request.userInfo.username == 'x'", "request.userInfo"),
-            ("authorizer.serviceAccount('a','b').group('').resource('pods').check('get').allowed()", "authorizer"),
+            (
+                "authorizer.serviceAccount('a','b').group('').resource('pods').check('get').allowed()",
+                "authorizer",
+            ),
             ("oldObject.spec == object.spec", "oldObject"),
             ("resource.Get('v1', 'configmaps', 'ns', 'n').data.x == 'y'", "resource"),
             ("http.Get('https://x').ok", "http"),
@@ -645,10 +682,103 @@ mod tests {
         assert!(matches!(CelProgram::compile("a.b("), Err(CelError::Syntax(_))));
     }
 
+    /// Token soup from a fixed generator: compile and evaluation answer
+    /// (an error or a value), never panic.
+    #[test]
+    fn token_soup_never_panics() {
+        const TOKS: &[&str] = &[
+            "object",
+            ".",
+            ".?",
+            "spec",
+            "containers",
+            "[",
+            "]",
+            "[?",
+            "(",
+            ")",
+            "{",
+            "}",
+            ",",
+            ":",
+            "'a'",
+            "\"b",
+            "1",
+            "2u",
+            "-3.5",
+            "true",
+            "null",
+            "+",
+            "-",
+            "*",
+            "/",
+            "%",
+            "==",
+            "!=",
+            "<",
+            ">=",
+            "&&",
+            "||",
+            "!",
+            "?",
+            "in",
+            "all",
+            "exists",
+            "map",
+            "filter",
+            "c",
+            "size",
+            "has",
+            "image",
+            "orValue",
+            "optional",
+            "of",
+            "none",
+            "matches",
+            "split",
+            "startsWith",
+            "'^(('",
+            "b'x'",
+            "1e999",
+            "9223372036854775808",
+            " ",
+            "x",
+            "_",
+            "@",
+            "#",
+            "`",
+        ];
+        let mut seed: u64 = 0x9e3779b97f4a7c15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let pod = json!({"spec": {"containers": [{"image": "a"}]}});
+        for _ in 0..1500 {
+            let n = 1 + (next() % 24) as usize;
+            let src: String = (0..n)
+                .map(|_| TOKS[(next() % TOKS.len() as u64) as usize])
+                .collect::<Vec<_>>()
+                .join("");
+            let _ = eval_with(&src, pod.clone());
+        }
+    }
+
     #[test]
     fn hostile_expressions_are_refused_not_crashed() {
-        for src in ["(".repeat(100_000), "[".repeat(5000) + &"]".repeat(5000), vec!["a"; 20_000].join(" + "), "x".repeat(70_000)] {
-            assert!(matches!(CelProgram::compile(&src), Err(CelError::Syntax(_))), "{}", &src[..20]);
+        for src in [
+            "(".repeat(100_000),
+            "[".repeat(5000) + &"]".repeat(5000),
+            vec!["a"; 20_000].join(" + "),
+            "x".repeat(70_000),
+        ] {
+            assert!(
+                matches!(CelProgram::compile(&src), Err(CelError::Syntax(_))),
+                "{}",
+                &src[..20]
+            );
         }
         assert!(CelProgram::compile(&(vec!["1"; 50].join(" + ") + " == 50")).is_ok());
     }

@@ -1,5 +1,6 @@
 //! Import of Kyverno policies (`kyverno.io/v1`, `v2beta1`... `ClusterPolicy`
-//! and `Policy`; `policies.kyverno.io` `ValidatingPolicy`) into the
+//! and `Policy`; `policies.kyverno.io` `ValidatingPolicy` and
+//! `NamespacedValidatingPolicy`, compiled by [`crate::vpol`]) into the
 //! evaluation model.
 //!
 //! What is understood, with Kyverno's semantics on the image as written:
@@ -13,8 +14,8 @@
 //!   `Equals`, `NotEquals`, `AnyIn`, `AnyNotIn` (and `In`/`NotIn` on single values);
 //! - `validate.foreach` over the container lists with `deny.conditions` on
 //!   `{{ element.image }}` or an element `pattern` on `image`;
-//! - `validate.cel` (and `ValidatingPolicy`) in the small CEL subset of
-//!   [`crate::cel`];
+//! - `validate.cel` on the CEL engine ([`crate::cel`], [`crate::vpol`]),
+//!   judged per container on the Pod;
 //! - match/exclude on kinds, namespaces and Pod labels; autogen of Pod rules
 //!   for Pod controllers as Kyverno does it; `validationFailureAction` /
 //!   `failureAction` (per policy and per rule).

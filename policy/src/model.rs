@@ -226,7 +226,7 @@ pub enum PolicyError {
     /// The YAML is well formed but says something invalid.
     #[error("{0}")]
     Invalid(Box<InvalidPolicy>),
-    #[error("{file}: no policy found (expected imagewarden.dev ImagePolicy or Kyverno ClusterPolicy/Policy documents)")]
+    #[error("{file}: no policy found (expected imagewarden.dev ImagePolicy, Kyverno ClusterPolicy/Policy/ValidatingPolicy/NamespacedValidatingPolicy or ValidatingAdmissionPolicy documents)")]
     Empty { file: String },
 }
 

@@ -55,6 +55,8 @@ pub struct CelRule {
     pub params: Vec<CelValue>,
     /// Indexed by [`ContainerType::index`].
     pub governs: [bool; 3],
+    /// `failurePolicy: Ignore`: an evaluation error does not decide.
+    pub ignore_errors: bool,
 }
 
 /// The result of a rule on one object.
@@ -83,7 +85,7 @@ impl CelRule {
     pub fn compile(
         match_conditions: &[(String, String)],
         variables: &[(String, String)],
-        validations: &[(String, Option<String>, Option<String>)],
+        validations: &[ValidationSrc],
     ) -> Result<CelRule, String> {
         let prog = |what: &str, src: &str| {
             CelProgram::compile(src).map_err(|e| match e {
@@ -94,7 +96,8 @@ impl CelRule {
         let mut rule = CelRule::default();
         let mut text = String::new();
         for (n, e) in match_conditions {
-            rule.match_conditions.push((n.clone(), prog(&format!("matchCondition {n}"), e)?));
+            rule.match_conditions
+                .push((n.clone(), prog(&format!("matchCondition {n}"), e)?));
             text.push_str(e);
         }
         for (n, e) in variables {
@@ -123,16 +126,41 @@ impl CelRule {
     /// `namespace` would.
     pub fn evaluate(&self, object: &Json, namespace: Option<&str>) -> CelOutcome {
         let name = object.pointer("/metadata/name").and_then(Json::as_str).unwrap_or("");
-        let request = json!({
-            "operation": "CREATE",
-            "namespace": namespace.unwrap_or(""),
-            "name": name,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "dryRun": false,
-        });
-        let object = json_to_cel(object);
-        let request = json_to_cel(&request);
+        self.evaluate_value(json_to_cel(object), namespace, name)
+    }
+
+    /// [`CelRule::evaluate`] on an object already converted to CEL.
+    pub fn evaluate_value(&self, object: CelValue, namespace: Option<&str>, name: &str) -> CelOutcome {
+        match self.evaluate_inner(object, namespace, name) {
+            CelOutcome::Error(_) if self.ignore_errors => CelOutcome::NotApplicable,
+            other => other,
+        }
+    }
+
+    fn evaluate_inner(&self, object: CelValue, namespace: Option<&str>, name: &str) -> CelOutcome {
+        let s = |x: &str| CelValue::String(Arc::new(x.to_string()));
+        let request = cel_map([
+            ("operation".to_string(), s("CREATE")),
+            ("namespace".to_string(), s(namespace.unwrap_or(""))),
+            ("name".to_string(), s(name)),
+            (
+                "kind".to_string(),
+                cel_map([
+                    ("group".to_string(), s("")),
+                    ("version".to_string(), s("v1")),
+                    ("kind".to_string(), s("Pod")),
+                ]),
+            ),
+            (
+                "resource".to_string(),
+                cel_map([
+                    ("group".to_string(), s("")),
+                    ("version".to_string(), s("v1")),
+                    ("resource".to_string(), s("pods")),
+                ]),
+            ),
+            ("dryRun".to_string(), CelValue::Bool(false)),
+        ]);
         let params: Vec<CelValue> = if self.params.is_empty() {
             vec![CelValue::Null]
         } else {
@@ -203,7 +231,11 @@ fn governed_types(text: &str) -> [bool; 3] {
                 && !after.is_some_and(|c| c.is_alphanumeric() || c == '_')
         })
     };
-    let g = [named("containers"), named("initContainers"), named("ephemeralContainers")];
+    let g = [
+        named("containers"),
+        named("initContainers"),
+        named("ephemeralContainers"),
+    ];
     if g.iter().any(|x| *x) {
         g
     } else {
@@ -263,6 +295,37 @@ pub fn synthetic_pod(image: &str, ctx: &EvalContext<'_>) -> Json {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
 }
 
+/// [`synthetic_pod`] built directly as a CEL value (the agent's hot path).
+fn synthetic_pod_cel(image: &str, ctx: &EvalContext<'_>) -> CelValue {
+    let s = |x: &str| CelValue::String(Arc::new(x.to_string()));
+    let mut container = vec![("image".to_string(), s(image))];
+    if let Some(n) = ctx.container_name {
+        container.push(("name".to_string(), s(n)));
+    }
+    let one = CelValue::List(Arc::new(vec![cel_map(container)]));
+    let mut spec = vec![("containers".to_string(), CelValue::List(Arc::new(Vec::new())))];
+    match ctx.container_type {
+        ContainerType::Container => spec[0].1 = one,
+        t => spec.push((t.field().to_string(), one)),
+    }
+    let mut meta = Vec::new();
+    if let Some(ns) = ctx.namespace {
+        meta.push(("namespace".to_string(), s(ns)));
+    }
+    if !ctx.pod_labels.is_empty() {
+        meta.push((
+            "labels".to_string(),
+            cel_map(ctx.pod_labels.iter().map(|(k, v)| (k.clone(), s(v)))),
+        ));
+    }
+    cel_map([
+        ("apiVersion".to_string(), s("v1")),
+        ("kind".to_string(), s("Pod")),
+        ("metadata".to_string(), cel_map(meta)),
+        ("spec".to_string(), cel_map(spec)),
+    ])
+}
+
 /// The verdict of `rule` for the container of `ctx` running `image`
 /// (semantics in the module documentation).
 pub fn judge(rule: &CelRule, image: &str, ctx: &EvalContext<'_>) -> Judgement {
@@ -271,7 +334,7 @@ pub fn judge(rule: &CelRule, image: &str, ctx: &EvalContext<'_>) -> Judgement {
     }
     let ns = ctx.namespace;
     let Some(pod) = ctx.pod else {
-        return match rule.evaluate(&synthetic_pod(image, ctx), ns) {
+        return match rule.evaluate_value(synthetic_pod_cel(image, ctx), ns, "") {
             CelOutcome::NotApplicable | CelOutcome::Error(_) => Judgement::NotApplicable,
             CelOutcome::Pass => Judgement::Pass,
             CelOutcome::Fail(m) => Judgement::Fail(Some(m)),
@@ -290,20 +353,30 @@ pub fn judge(rule: &CelRule, image: &str, ctx: &EvalContext<'_>) -> Judgement {
     // This container passes alone: is another one to blame?
     let spec = pod.get("spec");
     for t in ContainerType::ALL {
-        for c in spec.and_then(|s| s.get(t.field())).and_then(Json::as_array).into_iter().flatten() {
+        for c in spec
+            .and_then(|s| s.get(t.field()))
+            .and_then(Json::as_array)
+            .into_iter()
+            .flatten()
+        {
             let name = c.get("name").and_then(Json::as_str);
             let img = c.get("image").and_then(Json::as_str).unwrap_or("");
             if t == ctx.container_type && name == ctx.container_name && img == image {
                 continue;
             }
             if rule.governs[t.index()]
-                && matches!(rule.evaluate(&reduce_pod(pod, t, name, img), ns), CelOutcome::Fail(_) | CelOutcome::Error(_))
+                && matches!(
+                    rule.evaluate(&reduce_pod(pod, t, name, img), ns),
+                    CelOutcome::Fail(_) | CelOutcome::Error(_)
+                )
             {
                 return Judgement::Pass;
             }
         }
     }
-    Judgement::Fail(Some(format!("{whole} (the Pod as a whole fails; no single container does)")))
+    Judgement::Fail(Some(format!(
+        "{whole} (the Pod as a whole fails; no single container does)"
+    )))
 }
 
 // ---------------------------------------------------------------------------
@@ -344,7 +417,10 @@ impl LabelSelector {
                 }
                 "matchExpressions" => {
                     for e in v.as_sequence().into_iter().flatten() {
-                        let key = e.get("key").and_then(Value::as_str).ok_or("matchExpressions[].key missing")?;
+                        let key = e
+                            .get("key")
+                            .and_then(Value::as_str)
+                            .ok_or("matchExpressions[].key missing")?;
                         let op = match e.get("operator").and_then(Value::as_str) {
                             Some("In") => SelectorOp::In,
                             Some("NotIn") => SelectorOp::NotIn,
@@ -371,7 +447,10 @@ impl LabelSelector {
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.match_labels.keys().map(String::as_str).chain(self.match_expressions.iter().map(|e| e.0.as_str()))
+        self.match_labels
+            .keys()
+            .map(String::as_str)
+            .chain(self.match_expressions.iter().map(|e| e.0.as_str()))
     }
 
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
@@ -421,7 +500,10 @@ fn named_exprs(v: Option<&Value>, what: &str) -> R<Vec<(String, String)>> {
         return Err(Skip(format!("{what} is not a list")));
     };
     for x in l {
-        let n = x.get("name").and_then(Value::as_str).ok_or_else(|| Skip(format!("{what}[] has no name")))?;
+        let n = x
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Skip(format!("{what}[] has no name")))?;
         let e = x
             .get("expression")
             .and_then(Value::as_str)
@@ -432,7 +514,10 @@ fn named_exprs(v: Option<&Value>, what: &str) -> R<Vec<(String, String)>> {
 }
 
 /// `(expression, message, messageExpression)` of `validations`.
-fn validations(v: Option<&Value>) -> R<Vec<(String, Option<String>, Option<String>)>> {
+/// `(expression, message, messageExpression)`.
+pub type ValidationSrc = (String, Option<String>, Option<String>);
+
+fn validations(v: Option<&Value>) -> R<Vec<ValidationSrc>> {
     let Some(l) = v.and_then(Value::as_sequence) else {
         return Err(Skip("validations is missing or not a list".into()));
     };
@@ -542,6 +627,15 @@ fn match_constraints(mc: &Mapping) -> R<Constraints> {
     Ok(Constraints { filter, pods_only })
 }
 
+/// `failurePolicy`: `Fail` (the default) or `Ignore`.
+fn failure_policy_ignore(spec: &Mapping) -> R<bool> {
+    match get(spec, "failurePolicy").map(|v| v.as_str()) {
+        None | Some(Some("Fail")) => Ok(false),
+        Some(Some("Ignore")) => Ok(true),
+        Some(other) => Err(Skip(format!("failurePolicy {other:?} is not valid (Fail or Ignore)"))),
+    }
+}
+
 fn action_of(actions: &[String]) -> Action {
     if actions.iter().any(|a| a == "Deny") {
         Action::Enforce
@@ -587,7 +681,10 @@ fn uncovered_warning(rule: &CelRule, src: &DocSource<'_>, policy: &str, rule_nam
         source: src.file.to_string(),
         policy: policy.into(),
         rule: Some(rule_name.into()),
-        message: format!("the expressions never name {}: their images are not checked", missing.join(", ")),
+        message: format!(
+            "the expressions never name {}: their images are not checked",
+            missing.join(", ")
+        ),
     })
 }
 
@@ -605,8 +702,14 @@ pub(crate) fn import_vpol(
         let mut autogen_kinds: Option<Vec<String>> = None;
         for (k, v) in spec {
             match k.as_str().unwrap_or("") {
-                "validationActions" | "matchConstraints" | "matchConditions" | "variables" | "validations"
-                | "failurePolicy" | "auditAnnotations" | "webhookConfiguration" => {}
+                "validationActions"
+                | "matchConstraints"
+                | "matchConditions"
+                | "variables"
+                | "validations"
+                | "failurePolicy"
+                | "auditAnnotations"
+                | "webhookConfiguration" => {}
                 "evaluation" => {
                     for (ek, ev) in v.as_mapping().into_iter().flatten() {
                         match ek.as_str().unwrap_or("") {
@@ -660,6 +763,8 @@ pub(crate) fn import_vpol(
             &validations(get(spec, "validations"))?,
         )
         .map_err(Skip)?;
+        let mut rule = rule;
+        rule.ignore_errors = failure_policy_ignore(spec)?;
         let warnings: Vec<Warning> = uncovered_warning(&rule, src, name, rule_name).into_iter().collect();
         Ok((
             Rule {
@@ -667,7 +772,10 @@ pub(crate) fn import_vpol(
                 action,
                 message: None,
                 scope: Scope {
-                    matches: FilterSet { all: false, filters: vec![filter] },
+                    matches: FilterSet {
+                        all: false,
+                        filters: vec![filter],
+                    },
                     excludes: None,
                 },
                 tests: tests_of(rule),
@@ -738,14 +846,28 @@ impl ParamObject {
         let kind = doc.get("kind")?.as_str()?.to_string();
         let meta = doc.get("metadata");
         let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str)?.to_string();
-        let namespace = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str).map(str::to_string);
+        let namespace = meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let labels = meta
             .and_then(|m| m.get("labels"))
             .and_then(Value::as_mapping)
-            .map(|l| l.iter().filter_map(|(k, v)| Some((k.as_str()?.to_string(), scalar(v)?))).collect())
+            .map(|l| {
+                l.iter()
+                    .filter_map(|(k, v)| Some((k.as_str()?.to_string(), scalar(v)?)))
+                    .collect()
+            })
             .unwrap_or_default();
         let object = serde_json::to_value(doc).ok()?;
-        Some(ParamObject { api_version, kind, namespace, name, labels, object })
+        Some(ParamObject {
+            api_version,
+            kind,
+            namespace,
+            name,
+            labels,
+            object,
+        })
     }
 }
 
@@ -754,15 +876,29 @@ impl ParamObject {
 pub(crate) fn link_vaps(docs: VapDocs, set: &mut PolicySet) {
     let mut bound: Vec<bool> = vec![false; docs.policies.len()];
     for (bname, bspec, file, line, text) in &docs.bindings {
-        let src = DocSource { file, text, first_line: *line };
+        let src = DocSource {
+            file,
+            text,
+            first_line: *line,
+        };
         let pname = bspec.get("policyName").and_then(Value::as_str).unwrap_or("");
         let Some(pi) = docs.policies.iter().position(|p| p.0 == pname) else {
-            report(set, &src, bname, "binding", format!("binds policy {pname:?}, which is not in the policy files"));
+            report(
+                set,
+                &src,
+                bname,
+                "binding",
+                format!("binds policy {pname:?}, which is not in the policy files"),
+            );
             continue;
         };
         bound[pi] = true;
         let (_, pspec, pfile, pline, ptext) = &docs.policies[pi];
-        let psrc = DocSource { file: pfile, text: ptext, first_line: *pline };
+        let psrc = DocSource {
+            file: pfile,
+            text: ptext,
+            first_line: *pline,
+        };
         let policy_name = format!("{pname}/{bname}");
         let mut sub = PolicySet::new();
         match vap_rule(pname, pspec, bspec, &docs.params, &psrc, &mut sub) {
@@ -814,7 +950,11 @@ fn vap_rule(
     for (k, _) in bspec {
         match k.as_str().unwrap_or("") {
             "policyName" | "validationActions" | "matchResources" | "paramRef" => {}
-            other => return Err(Skip(format!("ValidatingAdmissionPolicyBinding spec.{other} is not supported"))),
+            other => {
+                return Err(Skip(format!(
+                    "ValidatingAdmissionPolicyBinding spec.{other} is not supported"
+                )))
+            }
         }
     }
     let actions = strs(get(bspec, "validationActions"));
@@ -826,13 +966,19 @@ fn vap_rule(
         .and_then(Value::as_mapping)
         .ok_or_else(|| Skip("no matchConstraints".into()))?;
     let Constraints { filter, .. } = match_constraints(mc)?;
-    let mut matches = FilterSet { all: true, filters: vec![filter] };
+    let mut matches = FilterSet {
+        all: true,
+        filters: vec![filter],
+    };
     if let Some(mr) = get(bspec, "matchResources").and_then(Value::as_mapping) {
         // The binding narrows what the policy matches: both must match.
         // Its resourceRules may be omitted (then the policy's apply).
         let mut narrowed = mr.clone();
         if !narrowed.contains_key("resourceRules") {
-            narrowed.insert("resourceRules".into(), mc.get("resourceRules").cloned().unwrap_or(Value::Null));
+            narrowed.insert(
+                "resourceRules".into(),
+                mc.get("resourceRules").cloned().unwrap_or(Value::Null),
+            );
         }
         let Constraints { filter, .. } = match_constraints(&narrowed)?;
         matches.filters.push(filter);
@@ -843,11 +989,14 @@ fn vap_rule(
         &validations(get(pspec, "validations"))?,
     )
     .map_err(Skip)?;
+    rule.ignore_errors = failure_policy_ignore(pspec)?;
     if let Some(pk) = get(pspec, "paramKind") {
         let api_version = pk.get("apiVersion").and_then(Value::as_str).unwrap_or("");
         let kind = pk.get("kind").and_then(Value::as_str).unwrap_or("");
         let Some(pr) = get(bspec, "paramRef") else {
-            return Err(Skip(format!("policy {pname} has paramKind {kind} but the binding has no paramRef")));
+            return Err(Skip(format!(
+                "policy {pname} has paramKind {kind} but the binding has no paramRef"
+            )));
         };
         let selected = select_params(pr, api_version, kind, params)?;
         if selected.is_empty() {
@@ -876,7 +1025,10 @@ fn vap_rule(
         name: "validations".into(),
         action,
         message: None,
-        scope: Scope { matches, excludes: None },
+        scope: Scope {
+            matches,
+            excludes: None,
+        },
         tests: tests_of(rule),
     })
 }
@@ -898,7 +1050,9 @@ fn select_params<'a>(pr: &Value, api_version: &str, kind: &str, params: &'a [Par
             .iter()
             .any(|p| p.kind == kind && p.api_version == api_version && p.namespace.is_some());
         if namespaced {
-            return Err(Skip("paramRef without namespace (per-request namespace lookup) is not supported".into()));
+            return Err(Skip(
+                "paramRef without namespace (per-request namespace lookup) is not supported".into(),
+            ));
         }
     }
     Ok(params
@@ -916,15 +1070,20 @@ mod tests {
 
     fn rule(vars: &[(&str, &str)], exprs: &[&str]) -> CelRule {
         let vars: Vec<(String, String)> = vars.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
-        let v: Vec<(String, Option<String>, Option<String>)> =
-            exprs.iter().map(|e| (e.to_string(), Some(format!("msg {e}")), None)).collect();
+        let v: Vec<(String, Option<String>, Option<String>)> = exprs
+            .iter()
+            .map(|e| (e.to_string(), Some(format!("msg {e}")), None))
+            .collect();
         CelRule::compile(&[], &vars, &v).unwrap()
     }
 
     #[test]
     fn per_container_verdicts() {
         let r = rule(
-            &[("all", "object.spec.containers + object.spec.?initContainers.orValue([])")],
+            &[(
+                "all",
+                "object.spec.containers + object.spec.?initContainers.orValue([])",
+            )],
             &["variables.all.all(c, c.image.startsWith('ok/'))"],
         );
         assert_eq!(r.governs, [true, true, false]);
@@ -933,26 +1092,59 @@ mod tests {
             "initContainers": [{"name": "i", "image": "ok/i"}]}});
         let ctx = |ty, n: &'static str| EvalContext::new(ty).with_pod(Some(&pod), Some(n));
         assert_eq!(judge(&r, "ok/a", &ctx(ContainerType::Container, "a")), Judgement::Pass);
-        assert!(matches!(judge(&r, "bad/b", &ctx(ContainerType::Container, "b")), Judgement::Fail(Some(_))));
+        assert!(matches!(
+            judge(&r, "bad/b", &ctx(ContainerType::Container, "b")),
+            Judgement::Fail(Some(_))
+        ));
         assert_eq!(judge(&r, "ok/i", &ctx(ContainerType::Init, "i")), Judgement::Pass);
-        assert_eq!(judge(&r, "x", &EvalContext::new(ContainerType::Ephemeral)), Judgement::NotApplicable);
+        assert_eq!(
+            judge(&r, "x", &EvalContext::new(ContainerType::Ephemeral)),
+            Judgement::NotApplicable
+        );
+        // The synthetic Pod is the same as JSON and as CEL.
+        let c = EvalContext::new(ContainerType::Init).with_namespace(Some("n"));
+        assert_eq!(json_to_cel(&synthetic_pod("i", &c)), synthetic_pod_cel("i", &c));
         // Without the Pod: the reduced synthetic Pod.
-        assert!(matches!(judge(&r, "bad/x", &EvalContext::new(ContainerType::Init)), Judgement::Fail(Some(m)) if m.starts_with("msg")));
+        assert!(
+            matches!(judge(&r, "bad/x", &EvalContext::new(ContainerType::Init)), Judgement::Fail(Some(m)) if m.starts_with("msg"))
+        );
         // A rule about the combination: everyone is denied.
         let size = rule(&[], &["size(object.spec.containers) <= 1"]);
-        assert!(matches!(judge(&size, "ok/a", &ctx(ContainerType::Container, "a")), Judgement::Fail(Some(m)) if m.contains("as a whole")));
+        assert!(
+            matches!(judge(&size, "ok/a", &ctx(ContainerType::Container, "a")), Judgement::Fail(Some(m)) if m.contains("as a whole"))
+        );
         // exists(): the Pod passes, so every container does.
         let ex = rule(&[], &["object.spec.containers.exists(c, c.image.startsWith('ok/'))"]);
-        assert_eq!(judge(&ex, "bad/b", &ctx(ContainerType::Container, "b")), Judgement::Pass);
+        assert_eq!(
+            judge(&ex, "bad/b", &ctx(ContainerType::Container, "b")),
+            Judgement::Pass
+        );
+        // failurePolicy Ignore: an error does not decide.
+        let mut ign = rule(&[], &["object.spec.containers.all(c, c.nope == 1)"]);
+        let whole = ctx(ContainerType::Container, "a");
+        assert!(matches!(judge(&ign, "ok/a", &whole), Judgement::Fail(Some(_))));
+        ign.ignore_errors = true;
+        assert_eq!(judge(&ign, "ok/a", &whole), Judgement::NotApplicable);
         // A field the agent does not have: the rule does not decide.
         let ipp = rule(&[], &["object.spec.containers.all(c, c.imagePullPolicy == 'Always')"]);
-        assert_eq!(judge(&ipp, "x", &EvalContext::new(ContainerType::Container)), Judgement::NotApplicable);
+        assert_eq!(
+            judge(&ipp, "x", &EvalContext::new(ContainerType::Container)),
+            Judgement::NotApplicable
+        );
     }
 
     #[test]
     fn label_selectors() {
-        let sel = LabelSelector::parse(&serde_yaml::from_str("{matchLabels: {a: b}, matchExpressions: [{key: c, operator: NotIn, values: [x]}]}").unwrap()).unwrap();
-        let l = |p: &[(&str, &str)]| p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<BTreeMap<_, _>>();
+        let sel = LabelSelector::parse(
+            &serde_yaml::from_str("{matchLabels: {a: b}, matchExpressions: [{key: c, operator: NotIn, values: [x]}]}")
+                .unwrap(),
+        )
+        .unwrap();
+        let l = |p: &[(&str, &str)]| {
+            p.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
         assert!(sel.matches(&l(&[("a", "b")])));
         assert!(sel.matches(&l(&[("a", "b"), ("c", "y")])));
         assert!(!sel.matches(&l(&[("a", "b"), ("c", "x")])));

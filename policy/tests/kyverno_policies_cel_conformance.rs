@@ -122,7 +122,9 @@ fn results(set: &PolicySet, policy: &str, images: &[&WorkloadImage]) -> Vec<(Str
 fn workloads(images: &[WorkloadImage]) -> BTreeMap<(String, String, usize), Vec<&WorkloadImage>> {
     let mut m: BTreeMap<(String, String, usize), Vec<&WorkloadImage>> = BTreeMap::new();
     for w in images {
-        m.entry((w.kind.clone(), w.name.clone().unwrap_or_default(), w.line)).or_default().push(w);
+        m.entry((w.kind.clone(), w.name.clone().unwrap_or_default(), w.line))
+            .or_default()
+            .push(w);
     }
     m
 }
@@ -137,7 +139,15 @@ struct Tally {
     not_workloads: usize,
 }
 
-const WORKLOAD_KINDS: [&str; 7] = ["Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"];
+const WORKLOAD_KINDS: [&str; 7] = [
+    "Pod",
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "ReplicaSet",
+    "Job",
+    "CronJob",
+];
 
 #[test]
 fn kyverno_policies_cel_upstream_tests() {
@@ -207,7 +217,9 @@ fn kyverno_policies_cel_upstream_tests() {
                     };
                     tally.kyverno_checked += 1;
                     if got != want {
-                        mismatches.push(format!("{rel}: kyverno-test {kind} {rname} rule {rule:?}: want {want}, got {got}"));
+                        mismatches.push(format!(
+                            "{rel}: kyverno-test {kind} {rname} rule {rule:?}: want {want}, got {got}"
+                        ));
                     }
                 }
             }
@@ -225,7 +237,10 @@ fn kyverno_policies_cel_upstream_tests() {
                             || l.starts_with("validationActions: [Deny]")
                             || l == "- Deny")
                 });
-            assert!(enforcing, "{rel}: the chainsaw test does not run the policy in Enforce/Deny");
+            assert!(
+                enforcing,
+                "{rel}: the chainsaw test does not run the policy in Enforce/Deny"
+            );
             let ct = yaml(&ct_path);
             for step in ct.pointer_steps() {
                 for op in step.get("try").and_then(Value::as_sequence).into_iter().flatten() {
@@ -238,10 +253,10 @@ fn kyverno_policies_cel_upstream_tests() {
                     if file.starts_with("../") {
                         continue;
                     }
-                    let want_reject = apply
-                        .get("expect")
-                        .and_then(Value::as_sequence)
-                        .is_some_and(|l| l.iter().any(|e| e.get("check").and_then(|c| c.get("($error != null)")) == Some(&Value::Bool(true))));
+                    let want_reject = apply.get("expect").and_then(Value::as_sequence).is_some_and(|l| {
+                        l.iter()
+                            .any(|e| e.get("check").and_then(|c| c.get("($error != null)")) == Some(&Value::Bool(true)))
+                    });
                     let path = dir.join("chainsaw").join(file);
                     if !path.exists() {
                         // Not part of the vendored data (ns.yaml: the Namespace).
@@ -254,7 +269,10 @@ fn kyverno_policies_cel_upstream_tests() {
                             tally.refused += 1;
                             continue;
                         }
-                        let rejected = set.policy_names().iter().any(|p| results(&set, p, &ws).iter().any(|(_, ok)| !ok));
+                        let rejected = set
+                            .policy_names()
+                            .iter()
+                            .any(|p| results(&set, p, &ws).iter().any(|(_, ok)| !ok));
                         tally.chainsaw_checked += 1;
                         if rejected != want_reject {
                             mismatches.push(format!(
@@ -273,15 +291,30 @@ fn kyverno_policies_cel_upstream_tests() {
         tally.kyverno_checked, tally.chainsaw_checked, tally.refused, tally.scripts, tally.not_workloads
     );
     eprintln!("chainsaw files not in the upstream data: {:?}", tally.missing);
-    assert!(tally.missing.iter().all(|f| f.ends_with("/ns.yaml")), "{:?}", tally.missing);
+    assert!(
+        tally.missing.iter().all(|f| f.ends_with("/ns.yaml")),
+        "{:?}",
+        tally.missing
+    );
     for (d, r, why) in &refusals {
         eprintln!("refused: {d} rule {r}: {why}");
     }
-    assert!(mismatches.is_empty(), "{} disagreements:\n{}", mismatches.len(), mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} disagreements:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
     let listed: BTreeSet<(String, String)> = REFUSED.iter().map(|(d, r, _)| (d.to_string(), r.to_string())).collect();
     let found: BTreeSet<(String, String)> = refusals.iter().map(|(d, r, _)| (d.clone(), r.clone())).collect();
-    assert_eq!(found, listed, "refused rules changed; update REFUSED with the construct and why");
-    assert!(tally.kyverno_checked >= 60 && tally.chainsaw_checked >= 60, "too few cases checked");
+    assert_eq!(
+        found, listed,
+        "refused rules changed; update REFUSED with the construct and why"
+    );
+    assert!(
+        tally.kyverno_checked >= 60 && tally.chainsaw_checked >= 60,
+        "too few cases checked"
+    );
 }
 
 trait Steps {

@@ -1,5 +1,7 @@
 //! The API server as a source: Pods on this node, and policies from the
-//! cluster (Kyverno `ClusterPolicy`/`Policy`, native `ImagePolicy`).
+//! cluster (Kyverno `ClusterPolicy`/`Policy`, `ValidatingPolicy`/
+//! `NamespacedValidatingPolicy`, Kubernetes `ValidatingAdmissionPolicy` with
+//! its bindings, native `ImagePolicy`).
 //!
 //! One shared [`kube::Client`] ([`client`]) serves every watcher. Each
 //! source returns a handle to read from and a future the caller spawns;
@@ -225,32 +227,66 @@ pub enum PolicyKind {
     KyvernoPolicy,
     /// `imagewarden.dev/v1alpha1` `ImagePolicy` (cluster-scoped).
     ImagePolicy,
+    /// `policies.kyverno.io` `ValidatingPolicy` (v1, else v1beta1, else v1alpha1).
+    ValidatingPolicy,
+    /// `policies.kyverno.io` `NamespacedValidatingPolicy` (all namespaces).
+    NamespacedValidatingPolicy,
+    /// `admissionregistration.k8s.io/v1` `ValidatingAdmissionPolicy`.
+    ValidatingAdmissionPolicy,
+    /// `admissionregistration.k8s.io/v1` `ValidatingAdmissionPolicyBinding`.
+    ValidatingAdmissionPolicyBinding,
 }
 
 impl PolicyKind {
     /// Every kind, in merge order.
-    pub const ALL: [PolicyKind; 3] = [
+    pub const ALL: [PolicyKind; 7] = [
         PolicyKind::ImagePolicy,
         PolicyKind::KyvernoClusterPolicy,
         PolicyKind::KyvernoPolicy,
+        PolicyKind::ValidatingPolicy,
+        PolicyKind::NamespacedValidatingPolicy,
+        PolicyKind::ValidatingAdmissionPolicy,
+        PolicyKind::ValidatingAdmissionPolicyBinding,
     ];
-    /// `(group, version, kind, plural)`.
+    /// `(group, preferred version, kind, plural)`.
     pub fn gvkp(self) -> (&'static str, &'static str, &'static str, &'static str) {
+        let (group, kind, plural) = self.gkp();
+        (group, self.versions()[0], kind, plural)
+    }
+    fn gkp(self) -> (&'static str, &'static str, &'static str) {
         match self {
-            PolicyKind::KyvernoClusterPolicy => {
-                ("kyverno.io", "v1", "ClusterPolicy", "clusterpolicies")
-            }
-            PolicyKind::KyvernoPolicy => ("kyverno.io", "v1", "Policy", "policies"),
-            PolicyKind::ImagePolicy => (
-                "imagewarden.dev",
-                "v1alpha1",
-                "ImagePolicy",
-                "imagepolicies",
+            PolicyKind::KyvernoClusterPolicy => ("kyverno.io", "ClusterPolicy", "clusterpolicies"),
+            PolicyKind::KyvernoPolicy => ("kyverno.io", "Policy", "policies"),
+            PolicyKind::ImagePolicy => ("imagewarden.dev", "ImagePolicy", "imagepolicies"),
+            PolicyKind::ValidatingPolicy => ("policies.kyverno.io", "ValidatingPolicy", "validatingpolicies"),
+            PolicyKind::NamespacedValidatingPolicy => (
+                "policies.kyverno.io",
+                "NamespacedValidatingPolicy",
+                "namespacedvalidatingpolicies",
+            ),
+            PolicyKind::ValidatingAdmissionPolicy => (
+                "admissionregistration.k8s.io",
+                "ValidatingAdmissionPolicy",
+                "validatingadmissionpolicies",
+            ),
+            PolicyKind::ValidatingAdmissionPolicyBinding => (
+                "admissionregistration.k8s.io",
+                "ValidatingAdmissionPolicyBinding",
+                "validatingadmissionpolicybindings",
             ),
         }
     }
-    fn api_resource(self) -> ApiResource {
-        let (group, version, kind, plural) = self.gvkp();
+    /// Served versions to look for, preferred first.
+    pub fn versions(self) -> &'static [&'static str] {
+        match self {
+            PolicyKind::KyvernoClusterPolicy | PolicyKind::KyvernoPolicy => &["v1"],
+            PolicyKind::ImagePolicy => &["v1alpha1"],
+            PolicyKind::ValidatingPolicy | PolicyKind::NamespacedValidatingPolicy => &["v1", "v1beta1", "v1alpha1"],
+            PolicyKind::ValidatingAdmissionPolicy | PolicyKind::ValidatingAdmissionPolicyBinding => &["v1"],
+        }
+    }
+    fn api_resource(self, version: &str) -> ApiResource {
+        let (group, kind, plural) = self.gkp();
         ApiResource {
             group: group.into(),
             version: version.into(),
@@ -259,12 +295,24 @@ impl PolicyKind {
             plural: plural.into(),
         }
     }
+    /// ValidatingAdmissionPolicies and their bindings only mean something
+    /// together: they are compiled as one document set.
+    fn is_vap(self) -> bool {
+        matches!(
+            self,
+            PolicyKind::ValidatingAdmissionPolicy | PolicyKind::ValidatingAdmissionPolicyBinding
+        )
+    }
     /// Short label for logs and metrics.
     pub fn label(self) -> &'static str {
         match self {
             PolicyKind::KyvernoClusterPolicy => "clusterpolicy",
             PolicyKind::KyvernoPolicy => "policy",
             PolicyKind::ImagePolicy => "imagepolicy",
+            PolicyKind::ValidatingPolicy => "validatingpolicy",
+            PolicyKind::NamespacedValidatingPolicy => "namespacedvalidatingpolicy",
+            PolicyKind::ValidatingAdmissionPolicy => "validatingadmissionpolicy",
+            PolicyKind::ValidatingAdmissionPolicyBinding => "validatingadmissionpolicybinding",
         }
     }
 }
@@ -304,6 +352,9 @@ pub struct PolicyStats {
     pub kyverno_installed: AtomicBool,
     /// Whether the ImagePolicy CRD was found at the last discovery.
     pub imagepolicy_installed: AtomicBool,
+    /// Whether Kyverno's `policies.kyverno.io` ValidatingPolicy CRD was
+    /// found at the last discovery.
+    pub validatingpolicy_installed: AtomicBool,
 }
 
 /// The merged policy, republished on every change.
@@ -384,17 +435,22 @@ fn is_not_found(e: &kube::Error) -> bool {
     }
 }
 
-/// Whether `kind`'s resource is served: `Ok(false)` on 404 / not listed.
-async fn discover(client: &Client, kind: PolicyKind) -> Result<bool, kube::Error> {
-    let (group, version, _, plural) = kind.gvkp();
-    match client
-        .list_api_group_resources(&format!("{group}/{version}"))
-        .await
-    {
-        Ok(list) => Ok(list.resources.iter().any(|r| r.name == plural)),
-        Err(e) if is_not_found(&e) => Ok(false),
-        Err(e) => Err(e),
+/// The first of `kind`'s versions that is served: `Ok(None)` on 404 / not
+/// listed.
+async fn discover(client: &Client, kind: PolicyKind) -> Result<Option<&'static str>, kube::Error> {
+    let (group, _, plural) = kind.gkp();
+    for version in kind.versions() {
+        match client
+            .list_api_group_resources(&format!("{group}/{version}"))
+            .await
+        {
+            Ok(list) if list.resources.iter().any(|r| r.name == plural) => return Ok(Some(version)),
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e),
+        }
     }
+    Ok(None)
 }
 
 async fn watch_policy_kind(
@@ -407,12 +463,21 @@ async fn watch_policy_kind(
 ) {
     let set_installed = |v: bool| match kind {
         PolicyKind::ImagePolicy => stats.imagepolicy_installed.store(v, Ordering::Relaxed),
-        _ => stats.kyverno_installed.store(v, Ordering::Relaxed),
+        PolicyKind::KyvernoClusterPolicy | PolicyKind::KyvernoPolicy => {
+            stats.kyverno_installed.store(v, Ordering::Relaxed)
+        }
+        PolicyKind::ValidatingPolicy | PolicyKind::NamespacedValidatingPolicy => {
+            stats.validatingpolicy_installed.store(v, Ordering::Relaxed)
+        }
+        PolicyKind::ValidatingAdmissionPolicy | PolicyKind::ValidatingAdmissionPolicyBinding => {}
     };
     loop {
-        match discover(&client, kind).await {
-            Ok(true) => set_installed(true),
-            Ok(false) => {
+        let version = match discover(&client, kind).await {
+            Ok(Some(v)) => {
+                set_installed(true);
+                v
+            }
+            Ok(None) => {
                 set_installed(false);
                 debug!(
                     kind = kind.label(),
@@ -429,8 +494,8 @@ async fn watch_policy_kind(
                 tokio::time::sleep(rediscover_every.min(Duration::from_secs(5))).await;
                 continue;
             }
-        }
-        let ar = kind.api_resource();
+        };
+        let ar = kind.api_resource(version);
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
         let stream = watcher(api, watcher::Config::default())
             .default_backoff()
@@ -532,7 +597,9 @@ async fn merge_policies(
                 } else {
                     match load_policy_str(&text, &name) {
                         Ok(set) => {
-                            for u in set.unsupported() {
+                            // A lone VAP or binding is judged with its
+                            // partners in build_set.
+                            for u in set.unsupported().iter().filter(|_| !kind.is_vap()) {
                                 warn!(policy = %name, "{u}");
                             }
                             st.good.insert(key, (text, name));
@@ -588,11 +655,30 @@ fn build_set(st: &Merged, base: Option<&(String, String)>) -> PolicySet {
     let mut set = base
         .and_then(|(text, name)| load_policy_str(text, name).ok())
         .unwrap_or_default();
-    for (text, name) in st.good.values() {
+    let mut vap = String::new();
+    for (key, (text, name)) in &st.good {
+        if key.0.is_vap() {
+            vap.push_str("---\n");
+            vap.push_str(text);
+            vap.push('\n');
+            continue;
+        }
         // Compiled once already when stored; compiling is deterministic.
         match load_policy_str(text, name) {
             Ok(s) => set.extend(s),
             Err(e) => warn!(policy = %name, error = %e, "stored policy no longer compiles"),
+        }
+    }
+    if !vap.is_empty() {
+        // Policies and bindings are linked by name across objects.
+        match load_policy_str(&vap, "validatingadmissionpolicies") {
+            Ok(s) => {
+                for u in s.unsupported() {
+                    warn!("{u}");
+                }
+                set.extend(s)
+            }
+            Err(e) => warn!(error = %e, "ValidatingAdmissionPolicies no longer compile together"),
         }
     }
     set

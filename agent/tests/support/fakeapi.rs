@@ -10,6 +10,11 @@
 //! - `DELETE /api/v1/namespaces/NS/pods/NAME`, `POST /api/v1/namespaces/NS/events`.
 //! - Kyverno `clusterpolicies`/`policies`, `imagewarden.dev` `imagepolicies`:
 //!   list/watch as above, 404 while "not installed".
+//! - Kyverno `policies.kyverno.io/v1` `validatingpolicies` and
+//!   `namespacedvalidatingpolicies` (404 while not installed), and
+//!   `admissionregistration.k8s.io/v1` `validatingadmissionpolicies` and
+//!   `validatingadmissionpolicybindings` (always served, as since 1.30):
+//!   list/watch as above.
 //! - wgpolicyk8s.io `policyreports`: GET/POST/PUT by name.
 //! - Discovery: `/api`, `/apis`, `/apis/GROUP/VERSION`, `/version`.
 //!
@@ -43,6 +48,10 @@ pub enum Coll {
     Policies,
     ImagePolicies,
     PolicyReports,
+    ValidatingPolicies,
+    NamespacedValidatingPolicies,
+    ValidatingAdmissionPolicies,
+    ValidatingAdmissionPolicyBindings,
 }
 
 impl Coll {
@@ -53,6 +62,10 @@ impl Coll {
             Coll::Policies => "PolicyList",
             Coll::ImagePolicies => "ImagePolicyList",
             Coll::PolicyReports => "PolicyReportList",
+            Coll::ValidatingPolicies => "ValidatingPolicyList",
+            Coll::NamespacedValidatingPolicies => "NamespacedValidatingPolicyList",
+            Coll::ValidatingAdmissionPolicies => "ValidatingAdmissionPolicyList",
+            Coll::ValidatingAdmissionPolicyBindings => "ValidatingAdmissionPolicyBindingList",
         }
     }
     fn kind(self) -> &'static str {
@@ -62,6 +75,10 @@ impl Coll {
             Coll::Policies => "Policy",
             Coll::ImagePolicies => "ImagePolicy",
             Coll::PolicyReports => "PolicyReport",
+            Coll::ValidatingPolicies => "ValidatingPolicy",
+            Coll::NamespacedValidatingPolicies => "NamespacedValidatingPolicy",
+            Coll::ValidatingAdmissionPolicies => "ValidatingAdmissionPolicy",
+            Coll::ValidatingAdmissionPolicyBindings => "ValidatingAdmissionPolicyBinding",
         }
     }
     fn api_version(self) -> &'static str {
@@ -70,6 +87,10 @@ impl Coll {
             Coll::ClusterPolicies | Coll::Policies => "kyverno.io/v1",
             Coll::ImagePolicies => "imagewarden.dev/v1alpha1",
             Coll::PolicyReports => "wgpolicyk8s.io/v1alpha2",
+            Coll::ValidatingPolicies | Coll::NamespacedValidatingPolicies => "policies.kyverno.io/v1",
+            Coll::ValidatingAdmissionPolicies | Coll::ValidatingAdmissionPolicyBindings => {
+                "admissionregistration.k8s.io/v1"
+            }
         }
     }
 }
@@ -105,6 +126,7 @@ struct State {
     http_410: bool,
     kyverno_installed: bool,
     imagepolicy_installed: bool,
+    vpol_installed: bool,
     requests: Vec<Seen>,
     events: Vec<Value>,
     deleted_pods: Vec<(String, String)>,
@@ -219,6 +241,7 @@ impl FakeApi {
             rv: 100,
             kyverno_installed: true,
             imagepolicy_installed: true,
+            vpol_installed: true,
             ..Default::default()
         };
         let (up, _) = watch::channel(true);
@@ -303,6 +326,10 @@ impl FakeApi {
     }
     pub fn set_imagepolicy_installed(&self, v: bool) {
         self.st.lock().unwrap().imagepolicy_installed = v;
+    }
+    /// Whether Kyverno's `policies.kyverno.io/v1` group is served.
+    pub fn set_validatingpolicy_installed(&self, v: bool) {
+        self.st.lock().unwrap().vpol_installed = v;
     }
     /// Answer too-old resourceVersions with HTTP 410 rather than an ERROR event.
     pub fn set_http_410(&self, v: bool) {
@@ -417,9 +444,9 @@ impl FakeApi {
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let segs: Vec<&str> = seen.path.trim_matches('/').split('/').collect();
-        let (kyverno, imagepolicy) = {
+        let (kyverno, imagepolicy, vpol) = {
             let st = self.st.lock().unwrap();
-            (st.kyverno_installed, st.imagepolicy_installed)
+            (st.kyverno_installed, st.imagepolicy_installed, st.vpol_installed)
         };
         match (method.as_str(), segs.as_slice()) {
             ("GET", ["version"]) => json_resp(
@@ -431,7 +458,13 @@ impl FakeApi {
                 &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
             ),
             ("GET", ["apis"]) => {
-                let mut groups = vec![group("wgpolicyk8s.io", "v1alpha2")];
+                let mut groups = vec![
+                    group("wgpolicyk8s.io", "v1alpha2"),
+                    group("admissionregistration.k8s.io", "v1"),
+                ];
+                if vpol {
+                    groups.push(group("policies.kyverno.io", "v1"));
+                }
                 if kyverno {
                     groups.push(group("kyverno.io", "v1"));
                 }
@@ -464,6 +497,38 @@ impl FakeApi {
                     &[("imagepolicies", "ImagePolicy", false)],
                 ),
             ),
+            ("GET", ["apis", "policies.kyverno.io", "v1"]) if vpol => json_resp(
+                StatusCode::OK,
+                &resource_list(
+                    "policies.kyverno.io/v1",
+                    &[
+                        ("validatingpolicies", "ValidatingPolicy", false),
+                        ("namespacedvalidatingpolicies", "NamespacedValidatingPolicy", true),
+                    ],
+                ),
+            ),
+            ("GET", ["apis", "admissionregistration.k8s.io", "v1"]) => json_resp(
+                StatusCode::OK,
+                &resource_list(
+                    "admissionregistration.k8s.io/v1",
+                    &[
+                        ("validatingadmissionpolicies", "ValidatingAdmissionPolicy", false),
+                        ("validatingadmissionpolicybindings", "ValidatingAdmissionPolicyBinding", false),
+                    ],
+                ),
+            ),
+            ("GET", ["apis", "policies.kyverno.io", "v1", "validatingpolicies"]) if vpol => {
+                self.list_or_watch(Coll::ValidatingPolicies, None, &seen).await
+            }
+            ("GET", ["apis", "policies.kyverno.io", "v1", "namespacedvalidatingpolicies"]) if vpol => {
+                self.list_or_watch(Coll::NamespacedValidatingPolicies, None, &seen).await
+            }
+            ("GET", ["apis", "admissionregistration.k8s.io", "v1", "validatingadmissionpolicies"]) => {
+                self.list_or_watch(Coll::ValidatingAdmissionPolicies, None, &seen).await
+            }
+            ("GET", ["apis", "admissionregistration.k8s.io", "v1", "validatingadmissionpolicybindings"]) => {
+                self.list_or_watch(Coll::ValidatingAdmissionPolicyBindings, None, &seen).await
+            }
             ("GET", ["apis", "wgpolicyk8s.io", "v1alpha2"]) => json_resp(
                 StatusCode::OK,
                 &resource_list(
