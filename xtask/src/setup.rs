@@ -112,11 +112,33 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
+/// rustfmt and clippy for the stable toolchain (the workspace) and for
+/// nightly (agent-ebpf, linted for its own target): `scripts/lint.sh`.
+fn lint_components() -> Result<()> {
+    for toolchain in ["stable", "nightly"] {
+        let listed = Command::new("rustup")
+            .args(["component", "list", "--installed", "--toolchain", toolchain])
+            .output()
+            .context("setup: cannot run rustup")?;
+        let have = String::from_utf8_lossy(&listed.stdout).to_string();
+        for component in ["rustfmt", "clippy"] {
+            if !have.lines().any(|l| l.starts_with(component)) {
+                step(
+                    &format!("rustup component add {component} --toolchain {toolchain} (scripts/lint.sh)"),
+                    Command::new("rustup").args(["component", "add", component, "--toolchain", toolchain]),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn setup() -> Result<()> {
     apt()?;
     crate::containerd2::setup()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    lint_components()?;
     Ok(())
 }
 
