@@ -1570,3 +1570,176 @@ pub(crate) fn match_pattern(pattern: &serde_json::Value, resource: Option<&serde
 fn to_json(v: &Value) -> R<serde_json::Value> {
     serde_json::to_value(v).map_err(|e| Skip(format!("pattern cannot be converted: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::EvalContext;
+    use serde_json::json;
+
+    fn policy(rule: &str) -> PolicySet {
+        let text = format!(
+            "apiVersion: kyverno.io/v1\nkind: ClusterPolicy\nmetadata:\n  name: p\nspec:\n  validationFailureAction: Enforce\n  rules:\n{rule}"
+        );
+        let set = crate::load_policy_str(&text, "p.yaml").unwrap();
+        assert!(!set.is_partial(), "{:?}", set.unsupported());
+        set
+    }
+
+    /// (allowed) per rule result of the image of container `name` in `pod`;
+    /// `None` when the rule skips it.
+    fn judge(set: &PolicySet, pod: &serde_json::Value, ct: ContainerType, name: &str) -> Option<bool> {
+        let image = pod["spec"][ct.field()]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["image"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let ctx = EvalContext::new(ct).with_pod(Some(pod), Some(name));
+        let rs = set.rule_results(&image, &ctx);
+        assert!(rs.len() <= 1, "{rs:?}");
+        rs.first().map(|r| r.allowed)
+    }
+
+    fn pat(p: serde_json::Value, r: serde_json::Value) -> PatternOutcome {
+        match_pattern(&p, Some(&r))
+    }
+
+    #[test]
+    fn pattern_anchor_semantics() {
+        use PatternOutcome::*;
+        let p = json!({"(image)": "*:latest | !*:*", "imagePullPolicy": "Always"});
+        assert_eq!(pat(p.clone(), json!({"image": "nginx:latest", "imagePullPolicy": "Always"})), Pass);
+        assert_eq!(pat(p.clone(), json!({"image": "nginx", "imagePullPolicy": "IfNotPresent"})), Fail);
+        assert_eq!(pat(p.clone(), json!({"image": "nginx:1.2", "imagePullPolicy": "Never"})), Skip);
+        // Absent conditional key: the pattern does not apply.
+        assert_eq!(pat(p.clone(), json!({"imagePullPolicy": "Never"})), Skip);
+        // Plain keys must be present.
+        assert_eq!(pat(p, json!({"image": "nginx:latest"})), Fail);
+        // Equality anchor: absent is fine, present must match.
+        let e = json!({"=(imagePullPolicy)": "Always"});
+        assert_eq!(pat(e.clone(), json!({})), Pass);
+        assert_eq!(pat(e, json!({"imagePullPolicy": "Never"})), Fail);
+        // Negation anchor: must be absent.
+        let x = json!({"X(hostPort)": "null"});
+        assert_eq!(pat(x.clone(), json!({})), Pass);
+        assert_eq!(pat(x, json!({"hostPort": 80})), Fail);
+        // Lists: every element; skipped elements do not count; all
+        // skipped skips; an empty list matches.
+        let l = json!({"containers": [{"(name)": "app", "image": "ghcr.io/*"}]});
+        assert_eq!(pat(l.clone(), json!({"containers": [{"name": "x", "image": "a"}]})), Skip);
+        assert_eq!(
+            pat(l.clone(), json!({"containers": [{"name": "x", "image": "a"}, {"name": "app", "image": "ghcr.io/a"}]})),
+            Pass
+        );
+        assert_eq!(pat(l.clone(), json!({"containers": [{"name": "app", "image": "a"}]})), Fail);
+        assert_eq!(pat(l.clone(), json!({"containers": []})), Pass);
+        assert_eq!(pat(l, json!({})), Fail);
+        // Non-string scalars compare as strings under a string pattern.
+        assert_eq!(pat(json!({"a": "1-3"}), json!({"a": 2})), Pass);
+        assert_eq!(pat(json!({"a": false}), json!({"a": false})), Pass);
+        assert_eq!(pat(json!({"a": false}), json!({})), Fail);
+    }
+
+    #[test]
+    fn conditional_anchor_on_image_is_per_container() {
+        let set = policy(
+            "  - name: always\n    match:\n      any:\n      - resources:\n          kinds: [Pod]\n    validate:\n      pattern:\n        spec:\n          containers:\n          - (image): \"*:latest | !*:*\"\n            imagePullPolicy: Always\n",
+        );
+        let pod = json!({"spec": {"containers": [
+            {"name": "a", "image": "nginx:latest", "imagePullPolicy": "Never"},
+            {"name": "b", "image": "nginx:1.2", "imagePullPolicy": "Never"},
+            {"name": "c", "image": "nginx", "imagePullPolicy": "Always"},
+        ]}});
+        assert_eq!(judge(&set, &pod, ContainerType::Container, "a"), Some(false));
+        assert_eq!(judge(&set, &pod, ContainerType::Container, "b"), None, "tag 1.2: skipped");
+        assert_eq!(judge(&set, &pod, ContainerType::Container, "c"), Some(true));
+        // Without the Pod: the container's defaulted imagePullPolicy.
+        assert!(set.evaluate("nginx:latest", &EvalContext::default()).allowed);
+        assert!(set.rule_results("nginx:1.2", &EvalContext::default()).is_empty());
+        // Init containers are not governed by a containers pattern.
+        let ctx = EvalContext::new(ContainerType::Init);
+        assert!(set.rule_results("nginx:latest", &ctx).is_empty());
+    }
+
+    #[test]
+    fn container_name_in_pattern_applies_to_every_container() {
+        let set = policy(
+            "  - name: v\n    match:\n      resources:\n        kinds: [Pod]\n    validate:\n      pattern:\n        spec:\n          containers:\n          - name: controller\n            image: \"registry.k8s.io/ingress-nginx/controller:v1.11.*\"\n",
+        );
+        let pod = json!({"spec": {"containers": [
+            {"name": "controller", "image": "registry.k8s.io/ingress-nginx/controller:v1.11.2"},
+            {"name": "controller2", "image": "registry.k8s.io/ingress-nginx/controller:v1.11.2"},
+            {"name": "controller3", "image": "registry.k8s.io/ingress-nginx/controller:v1.10.0"},
+        ]}});
+        assert_eq!(judge(&set, &pod, ContainerType::Container, "controller"), Some(true));
+        // No anchor: Kyverno requires every element to match, names included.
+        assert_eq!(judge(&set, &pod, ContainerType::Container, "controller2"), Some(false));
+        assert_eq!(judge(&set, &pod, ContainerType::Container, "controller3"), Some(false));
+    }
+
+    #[test]
+    fn preconditions_on_image_infos() {
+        let set = policy(
+            "  - name: secrets\n    match:\n      any:\n      - resources:\n          kinds: [Pod]\n    preconditions:\n      all:\n      - key: \"{{ images.containers.*.registry }}\"\n        operator: AnyNotIn\n        value: [ghcr.io, quay.io]\n    validate:\n      pattern:\n        spec:\n          imagePullSecrets:\n          - name: \"?*\"\n",
+        );
+        let bare = json!({"spec": {
+            "containers": [{"name": "a", "image": "nginx"}, {"name": "g", "image": "ghcr.io/x/y"}],
+            "initContainers": [{"name": "i", "image": "nginx"}],
+        }});
+        assert_eq!(judge(&set, &bare, ContainerType::Container, "a"), Some(false));
+        assert_eq!(judge(&set, &bare, ContainerType::Container, "g"), None, "precondition false");
+        assert_eq!(judge(&set, &bare, ContainerType::Init, "i"), None, "key covers containers only");
+        let mut with = bare.clone();
+        with["spec"]["imagePullSecrets"] = json!([{"name": "k"}]);
+        assert_eq!(judge(&set, &with, ContainerType::Container, "a"), Some(true));
+        with["spec"]["imagePullSecrets"] = json!([{"name": ""}]);
+        assert_eq!(judge(&set, &with, ContainerType::Container, "a"), Some(false), "?* needs a name");
+        // Without the Pod, Pod fields are not known: not judged, and said so.
+        assert!(set.rule_results("nginx", &EvalContext::default()).is_empty());
+        assert!(set.warnings().iter().any(|w| w.message.contains("Pod-level fields are not judged")));
+
+        // any: some condition; AnyIn; a key on init containers.
+        let set = policy(
+            "  - name: r\n    match:\n      any:\n      - resources:\n          kinds: [Pod]\n    preconditions:\n      any:\n      - key: \"{{ images.initContainers.*.registry }}\"\n        operator: AnyIn\n        value: [\"docker.io\"]\n    validate:\n      pattern:\n        spec:\n          =(initContainers):\n          - image: \"nginx*\"\n",
+        );
+        assert_eq!(judge(&set, &bare, ContainerType::Init, "i"), Some(true));
+        let other = json!({"spec": {"containers": [], "initContainers": [{"name": "i", "image": "quay.io/a/b"}]}});
+        assert_eq!(judge(&set, &other, ContainerType::Init, "i"), None);
+        let ctx = EvalContext::new(ContainerType::Container).with_pod(Some(&bare), Some("a"));
+        assert!(set.rule_results("nginx", &ctx).is_empty(), "containers not governed");
+    }
+
+    #[test]
+    fn unsupported_preconditions_are_reported() {
+        let text = "apiVersion: kyverno.io/v1\nkind: ClusterPolicy\nmetadata:\n  name: p\nspec:\n  rules:\n  - name: op\n    match:\n      any:\n      - resources:\n          kinds: [Pod]\n    preconditions:\n      all:\n      - key: \"{{ request.operation }}\"\n        operator: Equals\n        value: CREATE\n    validate:\n      pattern:\n        spec:\n          containers:\n          - image: \"a/*\"\n";
+        let set = crate::load_policy_str(text, "p.yaml").unwrap();
+        assert_eq!(set.unsupported().len(), 1);
+        assert!(set.unsupported()[0].reason.starts_with("preconditions:"), "{:?}", set.unsupported());
+        assert_eq!(set.rule_count(), 0);
+    }
+
+    #[test]
+    fn jmespath_container_filter() {
+        for f in ["(@.name=='controller')", "@.name == 'controller'", "name=='controller'", "name==`\"controller\"`"] {
+            assert_eq!(jmespath_equality(f), Some(("name".into(), "controller".into())), "{f}");
+        }
+        for f in ["name=='a' && image=='b'", "name>'a'", "@.a.b=='x'", "name==controller"] {
+            assert_eq!(jmespath_equality(f), None, "{f}");
+        }
+        let set = policy(
+            "  - name: deny-old\n    match:\n      resources:\n        kinds: [Pod]\n    validate:\n      deny:\n        conditions:\n        - key: \"{{ request.object.spec.containers[?(@.name=='controller')].image }}\"\n          operator: AnyIn\n          value: [\"registry.k8s.io/ingress-nginx/controller:v1.10.*\"]\n",
+        );
+        let pod = json!({"spec": {"containers": [
+            {"name": "controller", "image": "registry.k8s.io/ingress-nginx/controller:v1.10.3"},
+            {"name": "sidecar", "image": "registry.k8s.io/ingress-nginx/controller:v1.10.3"},
+            {"name": "controller2", "image": "registry.k8s.io/ingress-nginx/controller:v1.11.2"},
+        ]}});
+        assert_eq!(judge(&set, &pod, ContainerType::Container, "controller"), Some(false));
+        assert_eq!(judge(&set, &pod, ContainerType::Container, "sidecar"), Some(true), "filtered out");
+        assert_eq!(judge(&set, &pod, ContainerType::Container, "controller2"), Some(true));
+    }
+}
