@@ -4,13 +4,22 @@
 //! evaluation model.
 //!
 //! What is understood, with Kyverno's semantics on the image as written:
-//! - `validate.pattern` / `validate.anyPattern` whose only leaves are the
-//!   `image` of `containers`, `=(initContainers)`, `=(ephemeralContainers)`
-//!   under `spec`, `spec.template.spec` or `spec.jobTemplate.spec.template.spec`;
+//! - `validate.pattern` / `validate.anyPattern` on the Pod spec (`spec`,
+//!   `spec.template.spec` or `spec.jobTemplate.spec.template.spec`): the
+//!   element pattern of `containers`, `=(initContainers)`,
+//!   `=(ephemeralContainers)` judged on each container (an image-only
+//!   element as an image pattern; other fields, conditional `(key)`,
+//!   equality `=(key)` and negation `X(key)` anchors with
+//!   [`match_pattern`]), and Pod fields beside the container lists (such as
+//!   `imagePullSecrets`) judged on the Pod for every governed container;
+//! - rule `preconditions` (`any`/`all`) with the condition keys below: a
+//!   container whose image makes them false is skipped, as Kyverno skips
+//!   the rule for a Pod where they are false;
 //! - `validate.deny.conditions` whose keys are Kyverno image infos
 //!   (`{{ images.containers.*.registry }}`, `{{ images.[containers,
 //!   initContainers, ephemeralContainers][].*.name[] }}`...) or
-//!   `request.object.spec.containers[].image`, with the operators
+//!   `request.object.spec.containers[].image` (or filtered by a container
+//!   field, `containers[?(@.name=='x')].image`), with the operators
 //!   `Equals`, `NotEquals`, `AnyIn`, `AnyNotIn` (and `In`/`NotIn` on single values);
 //! - `validate.foreach` over the container lists with `deny.conditions` on
 //!   `{{ element.image }}` or an element `pattern` on `image`;
@@ -20,7 +29,7 @@
 //!   for Pod controllers as Kyverno does it; `validationFailureAction` /
 //!   `failureAction` (per policy and per rule).
 //!
-//! Everything else (context, preconditions, JMESPath beyond those forms,
+//! Everything else (context, other preconditions, JMESPath beyond those forms,
 //! other operators, user info, namespace selectors...) makes the *rule* not
 //! enforced and is reported by rule name with the reason.
 use std::collections::BTreeMap;
@@ -821,9 +830,7 @@ fn compile_pattern(p: &Value) -> R<(Shape, [Option<ImageTest>; 3], Vec<String>)>
             .ok_or_else(|| Skip("bad template spec".into()))?;
         (Shape::Template, ps)
     } else if let Ok(j) = single_key(spec, "jobTemplate", "spec") {
-        let js = j
-            .as_mapping()
-            .ok_or_else(|| Skip("bad jobTemplate".into()))?;
+        let js = j.as_mapping().ok_or_else(|| Skip("bad jobTemplate".into()))?;
         let jss = single_key(js, "spec", "spec.jobTemplate")?
             .as_mapping()
             .ok_or_else(|| Skip("bad jobTemplate spec".into()))?;
@@ -1188,7 +1195,11 @@ fn compile_deny(deny: &Value) -> R<Compiled> {
 /// exact equality of a string field of the container.
 fn jmespath_equality(f: &str) -> Option<(String, String)> {
     let f = f.trim();
-    let f = f.strip_prefix('(').and_then(|x| x.strip_suffix(')')).unwrap_or(f).trim();
+    let f = f
+        .strip_prefix('(')
+        .and_then(|x| x.strip_suffix(')'))
+        .unwrap_or(f)
+        .trim();
     let (lhs, rhs) = f.split_once("==")?;
     let (lhs, rhs) = (lhs.trim(), rhs.trim());
     let field = lhs.strip_prefix("@.").unwrap_or(lhs);
@@ -1245,7 +1256,10 @@ fn compile_preconditions(v: &Value) -> R<[Option<ImageTest>; 3]> {
             let Key::Images(_, gs, _, filter) = &key else {
                 return skip("preconditions: element.image outside foreach");
             };
-            let t = filtered(condition(c, &key).map_err(|Skip(m)| Skip(format!("preconditions: {m}")))?, filter);
+            let t = filtered(
+                condition(c, &key).map_err(|Skip(m)| Skip(format!("preconditions: {m}")))?,
+                filter,
+            );
             for ct in ContainerType::ALL {
                 out[ct.index()].push(if gs.contains(&ct) { t.clone() } else { never() });
             }
@@ -1453,7 +1467,9 @@ fn check_pattern(p: &Value, path: &str) -> R<()> {
                 };
                 let (name, a) = anchor_of(k)?;
                 if a == Anchor::Negation && !matches!(v, Value::String(_) | Value::Null) {
-                    return skip(format!("pattern {path}.{k}: X() with a nested pattern is not supported"));
+                    return skip(format!(
+                        "pattern {path}.{k}: X() with a nested pattern is not supported"
+                    ));
                 }
                 check_pattern(v, &format!("{path}.{name}"))?;
             }
@@ -1461,11 +1477,11 @@ fn check_pattern(p: &Value, path: &str) -> R<()> {
         }
         Value::Sequence(l) => match l.as_slice() {
             [Value::Mapping(_)] => check_pattern(&l[0], &format!("{path}[]")),
-            _ => skip(format!("pattern {path} is a list other than one mapping, not supported")),
+            _ => skip(format!(
+                "pattern {path} is a list other than one mapping, not supported"
+            )),
         },
-        Value::String(s) if s.contains("{{") => {
-            skip(format!("pattern {path} uses variables, which are not supported"))
-        }
+        Value::String(s) if s.contains("{{") => skip(format!("pattern {path} uses variables, which are not supported")),
         Value::String(_) | Value::Bool(_) | Value::Number(_) => Ok(()),
         _ => skip(format!("pattern {path} has a value of an unsupported type")),
     }
@@ -1612,9 +1628,18 @@ mod tests {
     fn pattern_anchor_semantics() {
         use PatternOutcome::*;
         let p = json!({"(image)": "*:latest | !*:*", "imagePullPolicy": "Always"});
-        assert_eq!(pat(p.clone(), json!({"image": "nginx:latest", "imagePullPolicy": "Always"})), Pass);
-        assert_eq!(pat(p.clone(), json!({"image": "nginx", "imagePullPolicy": "IfNotPresent"})), Fail);
-        assert_eq!(pat(p.clone(), json!({"image": "nginx:1.2", "imagePullPolicy": "Never"})), Skip);
+        assert_eq!(
+            pat(p.clone(), json!({"image": "nginx:latest", "imagePullPolicy": "Always"})),
+            Pass
+        );
+        assert_eq!(
+            pat(p.clone(), json!({"image": "nginx", "imagePullPolicy": "IfNotPresent"})),
+            Fail
+        );
+        assert_eq!(
+            pat(p.clone(), json!({"image": "nginx:1.2", "imagePullPolicy": "Never"})),
+            Skip
+        );
         // Absent conditional key: the pattern does not apply.
         assert_eq!(pat(p.clone(), json!({"imagePullPolicy": "Never"})), Skip);
         // Plain keys must be present.
@@ -1630,12 +1655,21 @@ mod tests {
         // Lists: every element; skipped elements do not count; all
         // skipped skips; an empty list matches.
         let l = json!({"containers": [{"(name)": "app", "image": "ghcr.io/*"}]});
-        assert_eq!(pat(l.clone(), json!({"containers": [{"name": "x", "image": "a"}]})), Skip);
         assert_eq!(
-            pat(l.clone(), json!({"containers": [{"name": "x", "image": "a"}, {"name": "app", "image": "ghcr.io/a"}]})),
+            pat(l.clone(), json!({"containers": [{"name": "x", "image": "a"}]})),
+            Skip
+        );
+        assert_eq!(
+            pat(
+                l.clone(),
+                json!({"containers": [{"name": "x", "image": "a"}, {"name": "app", "image": "ghcr.io/a"}]})
+            ),
             Pass
         );
-        assert_eq!(pat(l.clone(), json!({"containers": [{"name": "app", "image": "a"}]})), Fail);
+        assert_eq!(
+            pat(l.clone(), json!({"containers": [{"name": "app", "image": "a"}]})),
+            Fail
+        );
         assert_eq!(pat(l.clone(), json!({"containers": []})), Pass);
         assert_eq!(pat(l, json!({})), Fail);
         // Non-string scalars compare as strings under a string pattern.
@@ -1655,7 +1689,11 @@ mod tests {
             {"name": "c", "image": "nginx", "imagePullPolicy": "Always"},
         ]}});
         assert_eq!(judge(&set, &pod, ContainerType::Container, "a"), Some(false));
-        assert_eq!(judge(&set, &pod, ContainerType::Container, "b"), None, "tag 1.2: skipped");
+        assert_eq!(
+            judge(&set, &pod, ContainerType::Container, "b"),
+            None,
+            "tag 1.2: skipped"
+        );
         assert_eq!(judge(&set, &pod, ContainerType::Container, "c"), Some(true));
         // Without the Pod: the container's defaulted imagePullPolicy.
         assert!(set.evaluate("nginx:latest", &EvalContext::default()).allowed);
@@ -1691,16 +1729,31 @@ mod tests {
             "initContainers": [{"name": "i", "image": "nginx"}],
         }});
         assert_eq!(judge(&set, &bare, ContainerType::Container, "a"), Some(false));
-        assert_eq!(judge(&set, &bare, ContainerType::Container, "g"), None, "precondition false");
-        assert_eq!(judge(&set, &bare, ContainerType::Init, "i"), None, "key covers containers only");
+        assert_eq!(
+            judge(&set, &bare, ContainerType::Container, "g"),
+            None,
+            "precondition false"
+        );
+        assert_eq!(
+            judge(&set, &bare, ContainerType::Init, "i"),
+            None,
+            "key covers containers only"
+        );
         let mut with = bare.clone();
         with["spec"]["imagePullSecrets"] = json!([{"name": "k"}]);
         assert_eq!(judge(&set, &with, ContainerType::Container, "a"), Some(true));
         with["spec"]["imagePullSecrets"] = json!([{"name": ""}]);
-        assert_eq!(judge(&set, &with, ContainerType::Container, "a"), Some(false), "?* needs a name");
+        assert_eq!(
+            judge(&set, &with, ContainerType::Container, "a"),
+            Some(false),
+            "?* needs a name"
+        );
         // Without the Pod, Pod fields are not known: not judged, and said so.
         assert!(set.rule_results("nginx", &EvalContext::default()).is_empty());
-        assert!(set.warnings().iter().any(|w| w.message.contains("Pod-level fields are not judged")));
+        assert!(set
+            .warnings()
+            .iter()
+            .any(|w| w.message.contains("Pod-level fields are not judged")));
 
         // any: some condition; AnyIn; a key on init containers.
         let set = policy(
@@ -1718,13 +1771,22 @@ mod tests {
         let text = "apiVersion: kyverno.io/v1\nkind: ClusterPolicy\nmetadata:\n  name: p\nspec:\n  rules:\n  - name: op\n    match:\n      any:\n      - resources:\n          kinds: [Pod]\n    preconditions:\n      all:\n      - key: \"{{ request.operation }}\"\n        operator: Equals\n        value: CREATE\n    validate:\n      pattern:\n        spec:\n          containers:\n          - image: \"a/*\"\n";
         let set = crate::load_policy_str(text, "p.yaml").unwrap();
         assert_eq!(set.unsupported().len(), 1);
-        assert!(set.unsupported()[0].reason.starts_with("preconditions:"), "{:?}", set.unsupported());
+        assert!(
+            set.unsupported()[0].reason.starts_with("preconditions:"),
+            "{:?}",
+            set.unsupported()
+        );
         assert_eq!(set.rule_count(), 0);
     }
 
     #[test]
     fn jmespath_container_filter() {
-        for f in ["(@.name=='controller')", "@.name == 'controller'", "name=='controller'", "name==`\"controller\"`"] {
+        for f in [
+            "(@.name=='controller')",
+            "@.name == 'controller'",
+            "name=='controller'",
+            "name==`\"controller\"`",
+        ] {
             assert_eq!(jmespath_equality(f), Some(("name".into(), "controller".into())), "{f}");
         }
         for f in ["name=='a' && image=='b'", "name>'a'", "@.a.b=='x'", "name==controller"] {
@@ -1739,7 +1801,11 @@ mod tests {
             {"name": "controller2", "image": "registry.k8s.io/ingress-nginx/controller:v1.11.2"},
         ]}});
         assert_eq!(judge(&set, &pod, ContainerType::Container, "controller"), Some(false));
-        assert_eq!(judge(&set, &pod, ContainerType::Container, "sidecar"), Some(true), "filtered out");
+        assert_eq!(
+            judge(&set, &pod, ContainerType::Container, "sidecar"),
+            Some(true),
+            "filtered out"
+        );
         assert_eq!(judge(&set, &pod, ContainerType::Container, "controller2"), Some(true));
     }
 }
