@@ -278,9 +278,32 @@ impl ImageView<'_> {
         target.1.and_then(|c| outcome(match_pattern(target.0, Some(c))))
     }
 
+    /// Whether the test only reads what is known without the Pod: the
+    /// container's image, the defaulted `imagePullPolicy`, and its name
+    /// when given.
+    fn known_without_pod(&self, test: &ImageTest) -> bool {
+        let known = |field: &str| {
+            matches!(field, "image" | "imagePullPolicy") || (field == "name" && self.container_name.is_some())
+        };
+        match test {
+            ImageTest::PodPattern(_) => false,
+            ImageTest::ContainerPattern(p) => crate::kyverno::pattern_fields(p).iter().all(|f| known(f)),
+            ImageTest::ContainerFieldEquals { field, .. } => known(field),
+            ImageTest::Pre { pre, test } => self.known_without_pod(pre) && self.known_without_pod(test),
+            ImageTest::Not(t) => self.known_without_pod(t),
+            ImageTest::All(ts) | ImageTest::Any(ts) => ts.iter().all(|t| self.known_without_pod(t)),
+            _ => true,
+        }
+    }
+
     /// Tri-state judgement of a rule's test: `None` when a precondition or
-    /// a conditional anchor makes the rule skip this image.
+    /// a conditional anchor makes the rule skip this image, or when the
+    /// Pod is not known and the test reads fields only the Pod has (not
+    /// judged; the rule carries a load-time warning saying so).
     pub(crate) fn judge(&self, test: &ImageTest) -> Option<bool> {
+        if self.pod.is_none() && !self.known_without_pod(test) {
+            return None;
+        }
         match test {
             ImageTest::Pre { pre, test } => {
                 if pre.eval(self) {

@@ -618,9 +618,8 @@ fn import_rule(
     }
     if pod_fields || container_fields {
         compiled.warnings.push(format!(
-            "reads {} beyond the image: judged on the Pod when it is known (check --manifest); without it, on the container's name, image and defaulted imagePullPolicy{}",
-            if pod_fields { "Pod fields" } else { "container fields" },
-            if pod_fields { ", and Pod-level fields are not judged" } else { "" }
+            "reads {} beyond the image: judged on the Pod when it is known (check --manifest); without it, only when it reads no more than the container's image, defaulted imagePullPolicy and name (when known), else not judged",
+            if pod_fields { "Pod fields" } else { "container fields" }
         ));
     }
     if message.as_deref().is_some_and(|m| m.contains("{{")) {
@@ -1583,6 +1582,13 @@ pub(crate) fn match_pattern(pattern: &serde_json::Value, resource: Option<&serde
     }
 }
 
+/// The field names (anchors stripped) at the top of a map pattern.
+pub(crate) fn pattern_fields(p: &serde_json::Value) -> Vec<&str> {
+    p.as_object()
+        .map(|m| m.keys().map(|k| anchor_of(k).map_or(k.as_str(), |(n, _)| n)).collect())
+        .unwrap_or_default()
+}
+
 fn to_json(v: &Value) -> R<serde_json::Value> {
     serde_json::to_value(v).map_err(|e| Skip(format!("pattern cannot be converted: {e}")))
 }
@@ -1717,6 +1723,13 @@ mod tests {
         // No anchor: Kyverno requires every element to match, names included.
         assert_eq!(judge(&set, &pod, ContainerType::Container, "controller2"), Some(false));
         assert_eq!(judge(&set, &pod, ContainerType::Container, "controller3"), Some(false));
+        // Without the Pod: judged on the name when it is known, else not.
+        let img = "registry.k8s.io/ingress-nginx/controller:v1.11.2";
+        let named = EvalContext::default().with_pod(None, Some("controller"));
+        assert!(set.evaluate(img, &named).allowed);
+        let named = EvalContext::default().with_pod(None, Some("other"));
+        assert!(!set.evaluate(img, &named).allowed);
+        assert!(set.rule_results(img, &EvalContext::default()).is_empty());
     }
 
     #[test]
@@ -1750,10 +1763,7 @@ mod tests {
         );
         // Without the Pod, Pod fields are not known: not judged, and said so.
         assert!(set.rule_results("nginx", &EvalContext::default()).is_empty());
-        assert!(set
-            .warnings()
-            .iter()
-            .any(|w| w.message.contains("Pod-level fields are not judged")));
+        assert!(set.warnings().iter().any(|w| w.message.contains("else not judged")));
 
         // any: some condition; AnyIn; a key on init containers.
         let set = policy(
@@ -1807,5 +1817,10 @@ mod tests {
             "filtered out"
         );
         assert_eq!(judge(&set, &pod, ContainerType::Container, "controller2"), Some(true));
+        // Without the Pod and the container's name: not judged.
+        let img = "registry.k8s.io/ingress-nginx/controller:v1.10.3";
+        assert!(set.rule_results(img, &EvalContext::default()).is_empty());
+        let named = EvalContext::default().with_pod(None, Some("controller"));
+        assert!(!set.evaluate(img, &named).allowed);
     }
 }
