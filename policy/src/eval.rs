@@ -117,10 +117,16 @@ pub(crate) enum ImageTest {
     /// container lists, such as `spec.imagePullSecrets`).
     PodPattern(Arc<serde_json::Value>),
     /// JMESPath filter `[?name=='v']` on a string field of the container.
-    ContainerFieldEquals { field: String, value: String },
+    ContainerFieldEquals {
+        field: String,
+        value: String,
+    },
     /// Kyverno rule `preconditions`: when `pre` does not hold the rule does
     /// not apply to the image (skip), else `test` decides.
-    Pre { pre: Box<ImageTest>, test: Box<ImageTest> },
+    Pre {
+        pre: Box<ImageTest>,
+        test: Box<ImageTest>,
+    },
     Not(Box<ImageTest>),
     All(Vec<ImageTest>),
     Any(Vec<ImageTest>),
@@ -242,7 +248,10 @@ impl ImageView<'_> {
                 c.insert("image".into(), self.raw.into());
                 let always = self.reference.tag.as_deref() == Some("latest")
                     || (self.reference.tag.is_none() && self.reference.digest.is_none());
-                c.insert("imagePullPolicy".into(), if always { "Always" } else { "IfNotPresent" }.into());
+                c.insert(
+                    "imagePullPolicy".into(),
+                    if always { "Always" } else { "IfNotPresent" }.into(),
+                );
                 std::borrow::Cow::Owned(serde_json::json!({
                     "apiVersion": "v1",
                     "kind": "Pod",
