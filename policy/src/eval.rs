@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::vpol::{CelRule, Judgement, LabelSelector};
-use crate::model::{Action, EvalContext, Unsupported, Verdict, Warning};
+use crate::model::{Action, ContainerType, EvalContext, Unsupported, Verdict, Warning};
 use crate::native::RefMatcher;
 use crate::reference::{parse_normalized_named, Reference};
 
@@ -109,6 +109,24 @@ pub(crate) enum ImageTest {
     /// ValidatingAdmissionPolicy), judged per container; only at the top
     /// of a rule's tests.
     Cel(Arc<CelRule>),
+    /// Kyverno `validate.pattern` element of a container list (`containers:
+    /// [{(image): ..., imagePullPolicy: ...}]`) on this image's container;
+    /// a failed conditional anchor skips it ([`crate::kyverno::PatternOutcome`]).
+    ContainerPattern(Arc<serde_json::Value>),
+    /// Kyverno `validate.pattern` on the whole Pod (fields outside the
+    /// container lists, such as `spec.imagePullSecrets`).
+    PodPattern(Arc<serde_json::Value>),
+    /// JMESPath filter `[?name=='v']` on a string field of the container.
+    ContainerFieldEquals {
+        field: String,
+        value: String,
+    },
+    /// Kyverno rule `preconditions`: when `pre` does not hold the rule does
+    /// not apply to the image (skip), else `test` decides.
+    Pre {
+        pre: Box<ImageTest>,
+        test: Box<ImageTest>,
+    },
     Not(Box<ImageTest>),
     All(Vec<ImageTest>),
     Any(Vec<ImageTest>),
@@ -151,10 +169,14 @@ impl InfoField {
     }
 }
 
-/// An image being evaluated: as written, and parsed.
+/// An image being evaluated: as written, and parsed, with the Pod it runs
+/// in when known.
 pub(crate) struct ImageView<'a> {
     pub raw: &'a str,
     pub reference: &'a Reference,
+    pub pod: Option<&'a serde_json::Value>,
+    pub container_type: ContainerType,
+    pub container_name: Option<&'a str>,
 }
 
 impl ImageView<'_> {
@@ -211,9 +233,136 @@ pub(crate) fn glob_match(pattern: &str, value: &str) -> bool {
     pi == p.len()
 }
 
+impl ImageView<'_> {
+    /// The Pod, or without one a Pod reduced to this container with only
+    /// its name and image (`imagePullPolicy` defaulted as the API server
+    /// does): what the agent knows at run time.
+    fn pod_or_synthetic(&self) -> std::borrow::Cow<'_, serde_json::Value> {
+        match self.pod {
+            Some(p) => std::borrow::Cow::Borrowed(p),
+            None => {
+                let mut c = serde_json::Map::new();
+                if let Some(n) = self.container_name {
+                    c.insert("name".into(), n.into());
+                }
+                c.insert("image".into(), self.raw.into());
+                let always = self.reference.tag.as_deref() == Some("latest")
+                    || (self.reference.tag.is_none() && self.reference.digest.is_none());
+                c.insert(
+                    "imagePullPolicy".into(),
+                    if always { "Always" } else { "IfNotPresent" }.into(),
+                );
+                std::borrow::Cow::Owned(serde_json::json!({
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "spec": { self.container_type.field(): [serde_json::Value::Object(c)] },
+                }))
+            }
+        }
+    }
+
+    /// Tri-state evaluation of a pattern test (`None`: skipped).
+    fn pattern(&self, test: &ImageTest) -> Option<bool> {
+        use crate::kyverno::{match_pattern, PatternOutcome};
+        if self.pod.is_none() && matches!(test, ImageTest::PodPattern(_)) {
+            // Pod fields are not known without the Pod: not judged (the
+            // rule carries a load-time warning saying so).
+            return None;
+        }
+        let pod = self.pod_or_synthetic();
+        let target = match test {
+            ImageTest::PodPattern(p) => return outcome(match_pattern(p, Some(&pod))),
+            ImageTest::ContainerPattern(p) => (p, container_of(&pod, self)),
+            _ => return Some(test.eval(self)),
+        };
+        fn outcome(o: PatternOutcome) -> Option<bool> {
+            match o {
+                PatternOutcome::Pass => Some(true),
+                PatternOutcome::Fail => Some(false),
+                PatternOutcome::Skip => None,
+            }
+        }
+        // No such container: nothing to check (cannot happen for a Pod
+        // the image was taken from).
+        target.1.and_then(|c| outcome(match_pattern(target.0, Some(c))))
+    }
+
+    /// Whether the test only reads what is known without the Pod: the
+    /// container's image, the defaulted `imagePullPolicy`, and its name
+    /// when given.
+    fn known_without_pod(&self, test: &ImageTest) -> bool {
+        let known = |field: &str| {
+            matches!(field, "image" | "imagePullPolicy") || (field == "name" && self.container_name.is_some())
+        };
+        match test {
+            ImageTest::PodPattern(_) => false,
+            ImageTest::ContainerPattern(p) => crate::kyverno::pattern_fields(p).iter().all(|f| known(f)),
+            ImageTest::ContainerFieldEquals { field, .. } => known(field),
+            ImageTest::Pre { pre, test } => self.known_without_pod(pre) && self.known_without_pod(test),
+            ImageTest::Not(t) => self.known_without_pod(t),
+            ImageTest::All(ts) | ImageTest::Any(ts) => ts.iter().all(|t| self.known_without_pod(t)),
+            _ => true,
+        }
+    }
+
+    /// Tri-state judgement of a rule's test: `None` when a precondition or
+    /// a conditional anchor makes the rule skip this image, or when the
+    /// Pod is not known and the test reads fields only the Pod has (not
+    /// judged; the rule carries a load-time warning saying so).
+    pub(crate) fn judge(&self, test: &ImageTest) -> Option<bool> {
+        if self.pod.is_none() && !self.known_without_pod(test) {
+            return None;
+        }
+        match test {
+            ImageTest::Pre { pre, test } => {
+                if pre.eval(self) {
+                    self.judge(test)
+                } else {
+                    None
+                }
+            }
+            ImageTest::PodPattern(_) | ImageTest::ContainerPattern(_) => self.pattern(test),
+            ImageTest::All(ts) => {
+                let mut any = false;
+                for t in ts {
+                    match self.judge(t) {
+                        Some(false) => return Some(false),
+                        Some(true) => any = true,
+                        None => {}
+                    }
+                }
+                any.then_some(true)
+            }
+            t => Some(t.eval(self)),
+        }
+    }
+}
+
+/// This image's container in the Pod (by list, name and image).
+fn container_of<'p>(pod: &'p serde_json::Value, img: &ImageView<'_>) -> Option<&'p serde_json::Value> {
+    pod.get("spec")?
+        .get(img.container_type.field())?
+        .as_array()?
+        .iter()
+        .find(|c| {
+            c.get("image").and_then(serde_json::Value::as_str) == Some(img.raw)
+                && (img.container_name.is_none()
+                    || c.get("name").and_then(serde_json::Value::as_str) == img.container_name)
+        })
+}
+
 impl ImageTest {
     pub(crate) fn eval(&self, img: &ImageView<'_>) -> bool {
         match self {
+            ImageTest::ContainerPattern(_) | ImageTest::PodPattern(_) => img.pattern(self).unwrap_or(true),
+            ImageTest::ContainerFieldEquals { field, value } => {
+                let pod = img.pod_or_synthetic();
+                container_of(&pod, img)
+                    .and_then(|c| c.get(field))
+                    .and_then(serde_json::Value::as_str)
+                    == Some(value.as_str())
+            }
+            ImageTest::Pre { pre, test } => !pre.eval(img) || test.eval(img),
             ImageTest::KyvernoPattern(p) => crate::wildcard::kyverno_match(p, img.raw),
             ImageTest::Equals { field, pattern } => glob_match(pattern, &img.field(*field)),
             ImageTest::InList { field, values } => {
@@ -395,6 +544,9 @@ impl PolicySet {
         let view = ImageView {
             raw: image,
             reference,
+            pod: ctx.pod,
+            container_type: ctx.container_type,
+            container_name: ctx.container_name,
         };
         let ct = ctx.container_type.index();
         let mut first_pass: Option<(&Policy, &Rule)> = None;
@@ -489,6 +641,9 @@ impl PolicySet {
         let view = ImageView {
             raw: image,
             reference: &reference,
+            pod: ctx.pod,
+            container_type: ctx.container_type,
+            container_name: ctx.container_name,
         };
         let mut out = Vec::new();
         for policy in &self.policies {
@@ -523,8 +678,11 @@ impl PolicySet {
 fn judge_test(test: &ImageTest, view: &ImageView<'_>, ctx: &EvalContext<'_>) -> Judgement {
     match test {
         ImageTest::Cel(cel) => crate::vpol::judge(cel, view.raw, ctx),
-        t if t.eval(view) => Judgement::Pass,
-        _ => Judgement::Fail(None),
+        t => match view.judge(t) {
+            None => Judgement::NotApplicable,
+            Some(true) => Judgement::Pass,
+            Some(false) => Judgement::Fail(None),
+        },
     }
 }
 

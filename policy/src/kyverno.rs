@@ -4,13 +4,22 @@
 //! evaluation model.
 //!
 //! What is understood, with Kyverno's semantics on the image as written:
-//! - `validate.pattern` / `validate.anyPattern` whose only leaves are the
-//!   `image` of `containers`, `=(initContainers)`, `=(ephemeralContainers)`
-//!   under `spec`, `spec.template.spec` or `spec.jobTemplate.spec.template.spec`;
+//! - `validate.pattern` / `validate.anyPattern` on the Pod spec (`spec`,
+//!   `spec.template.spec` or `spec.jobTemplate.spec.template.spec`): the
+//!   element pattern of `containers`, `=(initContainers)`,
+//!   `=(ephemeralContainers)` judged on each container (an image-only
+//!   element as an image pattern; other fields, conditional `(key)`,
+//!   equality `=(key)` and negation `X(key)` anchors with
+//!   [`match_pattern`]), and Pod fields beside the container lists (such as
+//!   `imagePullSecrets`) judged on the Pod for every governed container;
+//! - rule `preconditions` (`any`/`all`) with the condition keys below: a
+//!   container whose image makes them false is skipped, as Kyverno skips
+//!   the rule for a Pod where they are false;
 //! - `validate.deny.conditions` whose keys are Kyverno image infos
 //!   (`{{ images.containers.*.registry }}`, `{{ images.[containers,
 //!   initContainers, ephemeralContainers][].*.name[] }}`...) or
-//!   `request.object.spec.containers[].image`, with the operators
+//!   `request.object.spec.containers[].image` (or filtered by a container
+//!   field, `containers[?(@.name=='x')].image`), with the operators
 //!   `Equals`, `NotEquals`, `AnyIn`, `AnyNotIn` (and `In`/`NotIn` on single values);
 //! - `validate.foreach` over the container lists with `deny.conditions` on
 //!   `{{ element.image }}` or an element `pattern` on `image`;
@@ -20,10 +29,11 @@
 //!   for Pod controllers as Kyverno does it; `validationFailureAction` /
 //!   `failureAction` (per policy and per rule).
 //!
-//! Everything else (context, preconditions, JMESPath beyond those forms,
+//! Everything else (context, other preconditions, JMESPath beyond those forms,
 //! other operators, user info, namespace selectors...) makes the *rule* not
 //! enforced and is reported by rule name with the reason.
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_yaml::{Mapping, Value};
 
@@ -491,12 +501,12 @@ fn import_rule(
             | "match"
             | "exclude"
             | "validate"
+            | "preconditions"
             | "skipBackgroundRequests"
             | "reportProperties" => {}
             "context" => {
                 problems.push("context (API calls, ConfigMaps, variables) is not supported".into())
             }
-            "preconditions" => problems.push("preconditions are not supported".into()),
             "celPreconditions" => problems.push("celPreconditions are not supported".into()),
             k @ ("mutate" | "generate" | "verifyImages") => problems.push(format!(
                 "{k} rules are not enforced by imagewarden (only validate)"
@@ -554,9 +564,64 @@ fn import_rule(
             other => return skip(format!("validate.{other} is not supported")),
         }
     }
-    let Some(compiled) = compiled else {
+    let Some(mut compiled) = compiled else {
         return skip("validate has none of pattern, anyPattern, deny, foreach, cel");
     };
+    if let Some(pre) = get(rm, "preconditions") {
+        if compiled.tests.iter().flatten().any(|t| matches!(t, ImageTest::Cel(_))) {
+            return skip("preconditions on a validate.cel rule are not supported");
+        }
+        let pre = compile_preconditions(pre)?;
+        for (t, p) in compiled.tests.iter_mut().zip(pre) {
+            *t = match (t.take(), p) {
+                (Some(test), Some(pre)) => Some(ImageTest::Pre {
+                    pre: Box::new(pre),
+                    test: Box::new(test),
+                }),
+                // The preconditions never hold for this container type.
+                _ => None,
+            };
+        }
+    }
+    let has_preconditions = get(rm, "preconditions").is_some();
+    let reads_pod = |t: &ImageTest| {
+        fn walk(t: &ImageTest, f: &mut dyn FnMut(&ImageTest)) {
+            f(t);
+            match t {
+                ImageTest::Not(x) => walk(x, f),
+                ImageTest::All(l) | ImageTest::Any(l) => l.iter().for_each(|x| walk(x, f)),
+                ImageTest::Pre { pre, test } => {
+                    walk(pre, f);
+                    walk(test, f)
+                }
+                _ => {}
+            }
+        }
+        let (mut pod, mut container, mut image) = (false, false, false);
+        walk(t, &mut |x| match x {
+            ImageTest::PodPattern(_) => pod = true,
+            ImageTest::ContainerPattern(_) | ImageTest::ContainerFieldEquals { .. } => container = true,
+            ImageTest::KyvernoPattern(_) | ImageTest::Equals { .. } | ImageTest::InList { .. } => image = true,
+            _ => {}
+        });
+        (pod, container, image)
+    };
+    let (mut pod_fields, mut container_fields, mut image_tests) = (false, false, false);
+    for t in compiled.tests.iter().flatten() {
+        let (p, c, i) = reads_pod(t);
+        pod_fields |= p;
+        container_fields |= c;
+        image_tests |= i;
+    }
+    if pod_fields && !container_fields && !image_tests && !has_preconditions {
+        return skip("pattern does not check container images (no containers, initContainers or ephemeralContainers, no preconditions on images)");
+    }
+    if pod_fields || container_fields {
+        compiled.warnings.push(format!(
+            "reads {} beyond the image: judged on the Pod when it is known (check --manifest); without it, only when it reads no more than the container's image, defaulted imagePullPolicy and name (when known), else not judged",
+            if pod_fields { "Pod fields" } else { "container fields" }
+        ));
+    }
     if message.as_deref().is_some_and(|m| m.contains("{{")) {
         // Variables in messages only change the text, not the verdict.
         message = message.map(|m| format!("{m} (variables not substituted)"));
@@ -729,8 +794,14 @@ fn single_key<'a>(m: &'a Mapping, want: &str, path: &str) -> R<&'a Value> {
     Ok(v)
 }
 
-/// The per-container-type image patterns of one `validate.pattern`.
-fn compile_pattern(p: &Value) -> R<(Shape, [Option<String>; 3], Vec<String>)> {
+/// The per-container-type tests of one `validate.pattern`: the element
+/// pattern of each container list (an image-only element as a Kyverno
+/// image pattern, any other element, such as `(image)` conditional anchors
+/// or `imagePullPolicy`, as a [`ImageTest::ContainerPattern`] on the
+/// container), and the Pod fields outside the container lists (such as
+/// `imagePullSecrets`) as a [`ImageTest::PodPattern`] that every governed
+/// container shares (all three types when the pattern has no container list).
+fn compile_pattern(p: &Value) -> R<(Shape, [Option<ImageTest>; 3], Vec<String>)> {
     let Some(top) = p.as_mapping() else {
         return skip("pattern is not a mapping");
     };
@@ -744,7 +815,10 @@ fn compile_pattern(p: &Value) -> R<(Shape, [Option<String>; 3], Vec<String>)> {
                 .is_some_and(|(n, _)| ContainerType::from_field(n).is_some())
         })
     };
-    let (shape, podspec) = if pod_keys(spec) {
+    let controller_keys = spec
+        .iter()
+        .any(|(k, _)| matches!(k.as_str(), Some("template" | "jobTemplate")));
+    let (shape, podspec) = if pod_keys(spec) || !controller_keys {
         (Shape::Pod, spec)
     } else if let Ok(t) = single_key(spec, "template", "spec") {
         let ts = t
@@ -755,9 +829,7 @@ fn compile_pattern(p: &Value) -> R<(Shape, [Option<String>; 3], Vec<String>)> {
             .ok_or_else(|| Skip("bad template spec".into()))?;
         (Shape::Template, ps)
     } else if let Ok(j) = single_key(spec, "jobTemplate", "spec") {
-        let js = j
-            .as_mapping()
-            .ok_or_else(|| Skip("bad jobTemplate".into()))?;
+        let js = j.as_mapping().ok_or_else(|| Skip("bad jobTemplate".into()))?;
         let jss = single_key(js, "spec", "spec.jobTemplate")?
             .as_mapping()
             .ok_or_else(|| Skip("bad jobTemplate spec".into()))?;
@@ -769,18 +841,29 @@ fn compile_pattern(p: &Value) -> R<(Shape, [Option<String>; 3], Vec<String>)> {
             .ok_or_else(|| Skip("bad template spec".into()))?;
         (Shape::CronJob, ps)
     } else {
-        return skip("pattern does not check container images (no containers, initContainers or ephemeralContainers)");
+        return skip("pattern checks the controller spec beside its Pod template, not supported");
     };
-    let mut pats: [Option<String>; 3] = [None, None, None];
+    let mut tests: [Option<ImageTest>; 3] = [None, None, None];
+    let mut pod_level = serde_json::Map::new();
     let mut warnings = Vec::new();
     for (k, v) in podspec {
         let key = k.as_str().unwrap_or("");
-        let (name, conditional) = anchor(key)?;
+        let (name, a) = anchor_of(key)?;
         let Some(ct) = ContainerType::from_field(name) else {
-            return skip(format!(
-                "pattern checks spec field {name}, which imagewarden does not enforce"
-            ));
+            // A Pod field outside the container lists: checked on the Pod.
+            if name.is_empty() {
+                return skip("pattern spec has a non-string key");
+            }
+            let mut one = Mapping::new();
+            one.insert(k.clone(), v.clone());
+            check_pattern(&Value::Mapping(one), "spec")?;
+            pod_level.insert(key.to_string(), to_json(v)?);
+            continue;
         };
+        if !matches!(a, Anchor::Plain | Anchor::Equality) {
+            return skip(format!("pattern anchor {key} on a container list is not supported"));
+        }
+        let conditional = a == Anchor::Equality;
         let Some(list) = v.as_sequence() else {
             return skip(format!("pattern {key} is not a list"));
         };
@@ -793,33 +876,43 @@ fn compile_pattern(p: &Value) -> R<(Shape, [Option<String>; 3], Vec<String>)> {
         let Some(elem) = list[0].as_mapping() else {
             return skip(format!("pattern {key}[] is not a mapping"));
         };
+        check_pattern(&list[0], &format!("spec.{name}[]"))?;
+        // Image-only elements (other keys `*`): the image pattern as before.
         let mut image = None;
+        let mut image_only = true;
         for (ek, ev) in elem {
-            let (en, _) = anchor(ek.as_str().unwrap_or(""))?;
-            if en == "image" {
+            let (en, ea) = anchor_of(ek.as_str().unwrap_or(""))?;
+            if en == "image" && matches!(ea, Anchor::Plain | Anchor::Equality) {
                 match ev.as_str() {
                     Some(s) => image = Some(s.to_string()),
-                    None => return skip(format!("pattern {key}[].image is not a string")),
+                    None => image_only = false,
                 }
-            } else if ev.as_str() == Some("*") {
-                // Matches any string value: no constraint at run time.
-            } else {
-                return skip(format!(
-                    "pattern {key}[].{en} is checked, which imagewarden does not enforce"
-                ));
+            } else if !(matches!(ea, Anchor::Plain | Anchor::Equality) && ev.as_str() == Some("*")) {
+                image_only = false;
             }
         }
-        let Some(image) = image else {
-            return skip(format!("pattern {key}[] does not check image"));
+        let test = match image {
+            Some(image) if image_only => ImageTest::KyvernoPattern(image),
+            _ => ImageTest::ContainerPattern(Arc::new(to_json(&list[0])?)),
         };
         if !conditional && ct != ContainerType::Container {
             warnings.push(format!(
                 "pattern requires {name} to be present (no =() anchor): Kyverno fails Pods without {name}; imagewarden only checks the images present"
             ));
         }
-        pats[ct.index()] = Some(image);
+        tests[ct.index()] = Some(test);
     }
-    Ok((shape, pats, warnings))
+    if !pod_level.is_empty() {
+        let pp = ImageTest::PodPattern(Arc::new(serde_json::json!({ "spec": pod_level })));
+        if tests.iter().all(Option::is_none) {
+            tests = [Some(pp.clone()), Some(pp.clone()), Some(pp)];
+        } else {
+            for t in tests.iter_mut().flatten() {
+                *t = ImageTest::All(vec![pp.clone(), t.clone()]);
+            }
+        }
+    }
+    Ok((shape, tests, warnings))
 }
 
 fn compile_pattern_rule(patterns: &[Value]) -> R<Compiled> {
@@ -847,11 +940,7 @@ fn compile_pattern_rule(patterns: &[Value]) -> R<Compiled> {
         // An alternative that does not constrain this container type lets
         // every such image through: the type is then not governed.
         if alts.iter().all(|a| a[i].is_some()) {
-            let mut ts: Vec<ImageTest> = alts
-                .iter()
-                .filter_map(|a| a[i].clone())
-                .map(ImageTest::KyvernoPattern)
-                .collect();
+            let mut ts: Vec<ImageTest> = alts.iter().filter_map(|a| a[i].clone()).collect();
             tests[i] = Some(if ts.len() == 1 {
                 ts.pop().unwrap_or(ImageTest::True)
             } else {
@@ -897,8 +986,9 @@ fn groups(sel: &str) -> Option<Vec<ContainerType>> {
 enum Key {
     /// One image per element (foreach `element.image`).
     Element,
-    /// A list over the images of these container groups.
-    Images(ImageField, Vec<ContainerType>, Shape),
+    /// A list over the images of these container groups, optionally
+    /// filtered on a container field (JMESPath `[?name=='v']`).
+    Images(ImageField, Vec<ContainerType>, Shape, Option<(String, String)>),
 }
 
 fn parse_key(key: &Value, in_foreach: bool) -> R<Key> {
@@ -918,7 +1008,7 @@ fn parse_key(key: &Value, in_foreach: bool) -> R<Key> {
         let rest = rest.strip_suffix("[]").unwrap_or(rest);
         if let Some((sel, field)) = rest.rsplit_once(".*.") {
             if let (Some(gs), Some(f)) = (groups(sel), InfoField::from_name(field)) {
-                return Ok(Key::Images(ImageField::Info(f), gs, Shape::Pod));
+                return Ok(Key::Images(ImageField::Info(f), gs, Shape::Pod, None));
             }
         }
     }
@@ -933,7 +1023,17 @@ fn parse_key(key: &Value, in_foreach: bool) -> R<Key> {
         if let Some(rest) = expr.strip_prefix(prefix) {
             if let Some(sel) = rest.strip_suffix("[].image") {
                 if let Some(gs) = groups(sel) {
-                    return Ok(Key::Images(ImageField::Raw, gs, shape));
+                    return Ok(Key::Images(ImageField::Raw, gs, shape, None));
+                }
+            }
+            if let Some(sel) = rest.strip_suffix(".image") {
+                if let Some((group, filter)) = sel.split_once("[?") {
+                    if let (Some(ct), Some(f)) = (
+                        ContainerType::from_field(group),
+                        filter.strip_suffix(']').and_then(jmespath_equality),
+                    ) {
+                        return Ok(Key::Images(ImageField::Raw, vec![ct], shape, Some(f)));
+                    }
                 }
             }
         }
@@ -974,7 +1074,7 @@ fn condition(c: &Value, key: &Key) -> R<ImageTest> {
     }
     let (field, is_list) = match key {
         Key::Element => (ImageField::Raw, false),
-        Key::Images(f, _, _) => (*f, true),
+        Key::Images(f, _, _, _) => (*f, true),
     };
     let scalar = || -> R<String> {
         match value {
@@ -1062,14 +1162,14 @@ fn compile_deny(deny: &Value) -> R<Compiled> {
             .unwrap_or(&Value::Null),
             false,
         )?;
-        let Key::Images(_, gs, s) = &key else {
+        let Key::Images(_, gs, s, filter) = &key else {
             return skip("element.image outside foreach");
         };
         if shape.is_some_and(|x| x != *s) {
             return skip("conditions address different resource shapes");
         }
         shape = Some(*s);
-        let t = condition(c, &key)?;
+        let t = filtered(condition(c, &key)?, filter);
         for g in gs {
             per[g.index()].push(t.clone());
         }
@@ -1087,6 +1187,104 @@ fn compile_deny(deny: &Value) -> R<Compiled> {
         shape: shape.unwrap_or(Shape::Pod),
         warnings: Vec::new(),
     })
+}
+
+/// A JMESPath filter body `(@.field=='v')`, `@.field=='v'` or
+/// `field=='v'` (raw string literal or JSON string literal in backquotes):
+/// exact equality of a string field of the container.
+fn jmespath_equality(f: &str) -> Option<(String, String)> {
+    let f = f.trim();
+    let f = f
+        .strip_prefix('(')
+        .and_then(|x| x.strip_suffix(')'))
+        .unwrap_or(f)
+        .trim();
+    let (lhs, rhs) = f.split_once("==")?;
+    let (lhs, rhs) = (lhs.trim(), rhs.trim());
+    let field = lhs.strip_prefix("@.").unwrap_or(lhs);
+    if field.is_empty() || !field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return None;
+    }
+    let value = if let Some(v) = rhs.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')) {
+        if v.contains(['\'', '\\']) {
+            return None;
+        }
+        v.to_string()
+    } else if let Some(v) = rhs.strip_prefix('`').and_then(|x| x.strip_suffix('`')) {
+        serde_json::from_str::<String>(v.trim()).ok()?
+    } else {
+        return None;
+    };
+    Some((field.to_string(), value))
+}
+
+/// A per-image condition on a filtered list: it can only hold for the
+/// containers the filter keeps (the reduced list of any other is empty, and
+/// `AnyIn`/`AnyNotIn` on an empty list are false).
+fn filtered(t: ImageTest, filter: &Option<(String, String)>) -> ImageTest {
+    match filter {
+        None => t,
+        Some((field, value)) => ImageTest::All(vec![
+            ImageTest::ContainerFieldEquals {
+                field: field.clone(),
+                value: value.clone(),
+            },
+            t,
+        ]),
+    }
+}
+
+/// Rule `preconditions` as a per-image test per container type, on the Pod
+/// reduced to the image's container (Kyverno evaluates them on the whole
+/// resource; with the keys supported here, `AnyIn`/`AnyNotIn` over the
+/// images, "some image" holds for the Pod exactly when it holds for one of
+/// its containers alone). `None`: never holds for that type (its images are
+/// not in any key's list).
+fn compile_preconditions(v: &Value) -> R<[Option<ImageTest>; 3]> {
+    let (any, all) = condition_blocks(v).map_err(|Skip(m)| Skip(format!("preconditions: {m}")))?;
+    let never = || ImageTest::Not(Box::new(ImageTest::True));
+    let mut any_t: [Vec<ImageTest>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let mut all_t: [Vec<ImageTest>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    for (block, out) in [(&any, &mut any_t), (&all, &mut all_t)] {
+        for c in block.iter() {
+            let cm = c
+                .as_mapping()
+                .ok_or_else(|| Skip("precondition is not a mapping".into()))?;
+            let key = parse_key(get(cm, "key").unwrap_or(&Value::Null), false)
+                .map_err(|Skip(m)| Skip(format!("preconditions: {m}")))?;
+            let Key::Images(_, gs, _, filter) = &key else {
+                return skip("preconditions: element.image outside foreach");
+            };
+            let t = filtered(
+                condition(c, &key).map_err(|Skip(m)| Skip(format!("preconditions: {m}")))?,
+                filter,
+            );
+            for ct in ContainerType::ALL {
+                out[ct.index()].push(if gs.contains(&ct) { t.clone() } else { never() });
+            }
+        }
+    }
+    let mut out: [Option<ImageTest>; 3] = [None, None, None];
+    for ct in ContainerType::ALL {
+        let i = ct.index();
+        let mut parts = std::mem::take(&mut all_t[i]);
+        if !any_t[i].is_empty() {
+            parts.push(ImageTest::Any(std::mem::take(&mut any_t[i])));
+        }
+        // A type for which some part can never hold is not governed.
+        let impossible = parts.iter().any(|p| match p {
+            ImageTest::Any(l) => l.iter().all(is_never),
+            p => is_never(p),
+        });
+        if !impossible {
+            out[i] = Some(ImageTest::All(parts));
+        }
+    }
+    Ok(out)
+}
+
+fn is_never(t: &ImageTest) -> bool {
+    matches!(t, ImageTest::Not(b) if matches!(**b, ImageTest::True))
 }
 
 /// The container groups and shape of a foreach `list`.
@@ -1216,3 +1414,413 @@ fn compile_cel(v: &Value) -> R<Compiled> {
     })
 }
 
+
+/// Result of a Kyverno pattern on a resource (`pkg/engine/validate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PatternOutcome {
+    Pass,
+    Fail,
+    /// A conditional anchor `(key)` did not hold: the pattern does not apply.
+    Skip,
+}
+
+/// Kinds of anchor on a pattern key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Anchor {
+    /// `key`: must be present and match.
+    Plain,
+    /// `(key)`: if absent or not matching, the enclosing pattern is skipped.
+    Condition,
+    /// `=(key)`: if present, must match.
+    Equality,
+    /// `X(key)`: must be absent.
+    Negation,
+}
+
+fn anchor_of(key: &str) -> R<(&str, Anchor)> {
+    let inner = |p: &str| key.strip_prefix(p).and_then(|k| k.strip_suffix(')'));
+    if let Some(k) = inner("=(") {
+        return Ok((k, Anchor::Equality));
+    }
+    if let Some(k) = inner("X(") {
+        return Ok((k, Anchor::Negation));
+    }
+    if let Some(k) = inner("(") {
+        return Ok((k, Anchor::Condition));
+    }
+    if key.ends_with(')') && key.contains('(') {
+        return skip(format!("pattern anchor {key} is not supported"));
+    }
+    Ok((key, Anchor::Plain))
+}
+
+/// Checks that a pattern only uses what [`match_pattern`] implements:
+/// maps with plain, `(conditional)`, `=(equality)` and `X(negation)` keys,
+/// lists of one map, and scalar leaves.
+fn check_pattern(p: &Value, path: &str) -> R<()> {
+    match p {
+        Value::Mapping(m) => {
+            for (k, v) in m {
+                let Some(k) = k.as_str() else {
+                    return skip(format!("pattern at {path} has a non-string key"));
+                };
+                let (name, a) = anchor_of(k)?;
+                if a == Anchor::Negation && !matches!(v, Value::String(_) | Value::Null) {
+                    return skip(format!(
+                        "pattern {path}.{k}: X() with a nested pattern is not supported"
+                    ));
+                }
+                check_pattern(v, &format!("{path}.{name}"))?;
+            }
+            Ok(())
+        }
+        Value::Sequence(l) => match l.as_slice() {
+            [Value::Mapping(_)] => check_pattern(&l[0], &format!("{path}[]")),
+            _ => skip(format!(
+                "pattern {path} is a list other than one mapping, not supported"
+            )),
+        },
+        Value::String(s) if s.contains("{{") => skip(format!("pattern {path} uses variables, which are not supported")),
+        Value::String(_) | Value::Bool(_) | Value::Number(_) => Ok(()),
+        _ => skip(format!("pattern {path} has a value of an unsupported type")),
+    }
+}
+
+/// Kyverno's validation of a resource against a pattern, for the patterns
+/// [`check_pattern`] accepts: a map matches when every conditional anchor
+/// holds (else the map is skipped), every plain key is present and matches,
+/// every `=()` key is absent or matches and every `X()` key is absent; a
+/// list of one map matches when every element does (elements skipped by a
+/// conditional anchor do not count; all skipped: skip; an empty list
+/// matches); a string leaf is a Kyverno value pattern
+/// ([`crate::wildcard::kyverno_match`]) on the scalar as a string; other
+/// leaves compare equal. A missing value fails.
+pub(crate) fn match_pattern(pattern: &serde_json::Value, resource: Option<&serde_json::Value>) -> PatternOutcome {
+    use serde_json::Value as J;
+    let Some(res) = resource else {
+        return PatternOutcome::Fail;
+    };
+    match pattern {
+        J::Object(m) => {
+            let Some(rm) = res.as_object() else {
+                return PatternOutcome::Fail;
+            };
+            // Conditional anchors first: they decide whether the map applies.
+            for (k, v) in m {
+                if let Ok((name, Anchor::Condition)) = anchor_of(k) {
+                    if match_pattern(v, rm.get(name)) != PatternOutcome::Pass {
+                        return PatternOutcome::Skip;
+                    }
+                }
+            }
+            let mut skipped = false;
+            for (k, v) in m {
+                let Ok((name, a)) = anchor_of(k) else {
+                    return PatternOutcome::Fail;
+                };
+                let got = match a {
+                    Anchor::Condition => continue,
+                    Anchor::Negation => {
+                        if rm.contains_key(name) {
+                            return PatternOutcome::Fail;
+                        }
+                        continue;
+                    }
+                    Anchor::Equality if !rm.contains_key(name) => continue,
+                    Anchor::Equality | Anchor::Plain => match_pattern(v, rm.get(name)),
+                };
+                match got {
+                    PatternOutcome::Fail => return PatternOutcome::Fail,
+                    PatternOutcome::Skip => skipped = true,
+                    PatternOutcome::Pass => {}
+                }
+            }
+            if skipped {
+                PatternOutcome::Skip
+            } else {
+                PatternOutcome::Pass
+            }
+        }
+        J::Array(pl) => {
+            let (Some(elem), Some(rl)) = (pl.first(), res.as_array()) else {
+                return PatternOutcome::Fail;
+            };
+            let (mut applied, mut skipped) = (0usize, 0usize);
+            for r in rl {
+                match match_pattern(elem, Some(r)) {
+                    PatternOutcome::Fail => return PatternOutcome::Fail,
+                    PatternOutcome::Skip => skipped += 1,
+                    PatternOutcome::Pass => applied += 1,
+                }
+            }
+            if applied == 0 && skipped > 0 {
+                PatternOutcome::Skip
+            } else {
+                PatternOutcome::Pass
+            }
+        }
+        J::String(p) => {
+            let v = match res {
+                J::String(s) => s.clone(),
+                J::Bool(b) => b.to_string(),
+                J::Number(n) => n.to_string(),
+                _ => return PatternOutcome::Fail,
+            };
+            if crate::wildcard::kyverno_match(p, &v) {
+                PatternOutcome::Pass
+            } else {
+                PatternOutcome::Fail
+            }
+        }
+        p => {
+            if p == res {
+                PatternOutcome::Pass
+            } else {
+                PatternOutcome::Fail
+            }
+        }
+    }
+}
+
+/// The field names (anchors stripped) at the top of a map pattern.
+pub(crate) fn pattern_fields(p: &serde_json::Value) -> Vec<&str> {
+    p.as_object()
+        .map(|m| m.keys().map(|k| anchor_of(k).map_or(k.as_str(), |(n, _)| n)).collect())
+        .unwrap_or_default()
+}
+
+fn to_json(v: &Value) -> R<serde_json::Value> {
+    serde_json::to_value(v).map_err(|e| Skip(format!("pattern cannot be converted: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::EvalContext;
+    use serde_json::json;
+
+    fn policy(rule: &str) -> PolicySet {
+        let text = format!(
+            "apiVersion: kyverno.io/v1\nkind: ClusterPolicy\nmetadata:\n  name: p\nspec:\n  validationFailureAction: Enforce\n  rules:\n{rule}"
+        );
+        let set = crate::load_policy_str(&text, "p.yaml").unwrap();
+        assert!(!set.is_partial(), "{:?}", set.unsupported());
+        set
+    }
+
+    /// (allowed) per rule result of the image of container `name` in `pod`;
+    /// `None` when the rule skips it.
+    fn judge(set: &PolicySet, pod: &serde_json::Value, ct: ContainerType, name: &str) -> Option<bool> {
+        let image = pod["spec"][ct.field()]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["image"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let ctx = EvalContext::new(ct).with_pod(Some(pod), Some(name));
+        let rs = set.rule_results(&image, &ctx);
+        assert!(rs.len() <= 1, "{rs:?}");
+        rs.first().map(|r| r.allowed)
+    }
+
+    fn pat(p: serde_json::Value, r: serde_json::Value) -> PatternOutcome {
+        match_pattern(&p, Some(&r))
+    }
+
+    #[test]
+    fn pattern_anchor_semantics() {
+        use PatternOutcome::*;
+        let p = json!({"(image)": "*:latest | !*:*", "imagePullPolicy": "Always"});
+        assert_eq!(
+            pat(p.clone(), json!({"image": "nginx:latest", "imagePullPolicy": "Always"})),
+            Pass
+        );
+        assert_eq!(
+            pat(p.clone(), json!({"image": "nginx", "imagePullPolicy": "IfNotPresent"})),
+            Fail
+        );
+        assert_eq!(
+            pat(p.clone(), json!({"image": "nginx:1.2", "imagePullPolicy": "Never"})),
+            Skip
+        );
+        // Absent conditional key: the pattern does not apply.
+        assert_eq!(pat(p.clone(), json!({"imagePullPolicy": "Never"})), Skip);
+        // Plain keys must be present.
+        assert_eq!(pat(p, json!({"image": "nginx:latest"})), Fail);
+        // Equality anchor: absent is fine, present must match.
+        let e = json!({"=(imagePullPolicy)": "Always"});
+        assert_eq!(pat(e.clone(), json!({})), Pass);
+        assert_eq!(pat(e, json!({"imagePullPolicy": "Never"})), Fail);
+        // Negation anchor: must be absent.
+        let x = json!({"X(hostPort)": "null"});
+        assert_eq!(pat(x.clone(), json!({})), Pass);
+        assert_eq!(pat(x, json!({"hostPort": 80})), Fail);
+        // Lists: every element; skipped elements do not count; all
+        // skipped skips; an empty list matches.
+        let l = json!({"containers": [{"(name)": "app", "image": "ghcr.io/*"}]});
+        assert_eq!(
+            pat(l.clone(), json!({"containers": [{"name": "x", "image": "a"}]})),
+            Skip
+        );
+        assert_eq!(
+            pat(
+                l.clone(),
+                json!({"containers": [{"name": "x", "image": "a"}, {"name": "app", "image": "ghcr.io/a"}]})
+            ),
+            Pass
+        );
+        assert_eq!(
+            pat(l.clone(), json!({"containers": [{"name": "app", "image": "a"}]})),
+            Fail
+        );
+        assert_eq!(pat(l.clone(), json!({"containers": []})), Pass);
+        assert_eq!(pat(l, json!({})), Fail);
+        // Non-string scalars compare as strings under a string pattern.
+        assert_eq!(pat(json!({"a": "1-3"}), json!({"a": 2})), Pass);
+        assert_eq!(pat(json!({"a": false}), json!({"a": false})), Pass);
+        assert_eq!(pat(json!({"a": false}), json!({})), Fail);
+    }
+
+    #[test]
+    fn conditional_anchor_on_image_is_per_container() {
+        let set = policy(
+            "  - name: always\n    match:\n      any:\n      - resources:\n          kinds: [Pod]\n    validate:\n      pattern:\n        spec:\n          containers:\n          - (image): \"*:latest | !*:*\"\n            imagePullPolicy: Always\n",
+        );
+        let pod = json!({"spec": {"containers": [
+            {"name": "a", "image": "nginx:latest", "imagePullPolicy": "Never"},
+            {"name": "b", "image": "nginx:1.2", "imagePullPolicy": "Never"},
+            {"name": "c", "image": "nginx", "imagePullPolicy": "Always"},
+        ]}});
+        assert_eq!(judge(&set, &pod, ContainerType::Container, "a"), Some(false));
+        assert_eq!(
+            judge(&set, &pod, ContainerType::Container, "b"),
+            None,
+            "tag 1.2: skipped"
+        );
+        assert_eq!(judge(&set, &pod, ContainerType::Container, "c"), Some(true));
+        // Without the Pod: the container's defaulted imagePullPolicy.
+        assert!(set.evaluate("nginx:latest", &EvalContext::default()).allowed);
+        assert!(set.rule_results("nginx:1.2", &EvalContext::default()).is_empty());
+        // Init containers are not governed by a containers pattern.
+        let ctx = EvalContext::new(ContainerType::Init);
+        assert!(set.rule_results("nginx:latest", &ctx).is_empty());
+    }
+
+    #[test]
+    fn container_name_in_pattern_applies_to_every_container() {
+        let set = policy(
+            "  - name: v\n    match:\n      resources:\n        kinds: [Pod]\n    validate:\n      pattern:\n        spec:\n          containers:\n          - name: controller\n            image: \"registry.k8s.io/ingress-nginx/controller:v1.11.*\"\n",
+        );
+        let pod = json!({"spec": {"containers": [
+            {"name": "controller", "image": "registry.k8s.io/ingress-nginx/controller:v1.11.2"},
+            {"name": "controller2", "image": "registry.k8s.io/ingress-nginx/controller:v1.11.2"},
+            {"name": "controller3", "image": "registry.k8s.io/ingress-nginx/controller:v1.10.0"},
+        ]}});
+        assert_eq!(judge(&set, &pod, ContainerType::Container, "controller"), Some(true));
+        // No anchor: Kyverno requires every element to match, names included.
+        assert_eq!(judge(&set, &pod, ContainerType::Container, "controller2"), Some(false));
+        assert_eq!(judge(&set, &pod, ContainerType::Container, "controller3"), Some(false));
+        // Without the Pod: judged on the name when it is known, else not.
+        let img = "registry.k8s.io/ingress-nginx/controller:v1.11.2";
+        let named = EvalContext::default().with_pod(None, Some("controller"));
+        assert!(set.evaluate(img, &named).allowed);
+        let named = EvalContext::default().with_pod(None, Some("other"));
+        assert!(!set.evaluate(img, &named).allowed);
+        assert!(set.rule_results(img, &EvalContext::default()).is_empty());
+    }
+
+    #[test]
+    fn preconditions_on_image_infos() {
+        let set = policy(
+            "  - name: secrets\n    match:\n      any:\n      - resources:\n          kinds: [Pod]\n    preconditions:\n      all:\n      - key: \"{{ images.containers.*.registry }}\"\n        operator: AnyNotIn\n        value: [ghcr.io, quay.io]\n    validate:\n      pattern:\n        spec:\n          imagePullSecrets:\n          - name: \"?*\"\n",
+        );
+        let bare = json!({"spec": {
+            "containers": [{"name": "a", "image": "nginx"}, {"name": "g", "image": "ghcr.io/x/y"}],
+            "initContainers": [{"name": "i", "image": "nginx"}],
+        }});
+        assert_eq!(judge(&set, &bare, ContainerType::Container, "a"), Some(false));
+        assert_eq!(
+            judge(&set, &bare, ContainerType::Container, "g"),
+            None,
+            "precondition false"
+        );
+        assert_eq!(
+            judge(&set, &bare, ContainerType::Init, "i"),
+            None,
+            "key covers containers only"
+        );
+        let mut with = bare.clone();
+        with["spec"]["imagePullSecrets"] = json!([{"name": "k"}]);
+        assert_eq!(judge(&set, &with, ContainerType::Container, "a"), Some(true));
+        with["spec"]["imagePullSecrets"] = json!([{"name": ""}]);
+        assert_eq!(
+            judge(&set, &with, ContainerType::Container, "a"),
+            Some(false),
+            "?* needs a name"
+        );
+        // Without the Pod, Pod fields are not known: not judged, and said so.
+        assert!(set.rule_results("nginx", &EvalContext::default()).is_empty());
+        assert!(set.warnings().iter().any(|w| w.message.contains("else not judged")));
+
+        // any: some condition; AnyIn; a key on init containers.
+        let set = policy(
+            "  - name: r\n    match:\n      any:\n      - resources:\n          kinds: [Pod]\n    preconditions:\n      any:\n      - key: \"{{ images.initContainers.*.registry }}\"\n        operator: AnyIn\n        value: [\"docker.io\"]\n    validate:\n      pattern:\n        spec:\n          =(initContainers):\n          - image: \"nginx*\"\n",
+        );
+        assert_eq!(judge(&set, &bare, ContainerType::Init, "i"), Some(true));
+        let other = json!({"spec": {"containers": [], "initContainers": [{"name": "i", "image": "quay.io/a/b"}]}});
+        assert_eq!(judge(&set, &other, ContainerType::Init, "i"), None);
+        let ctx = EvalContext::new(ContainerType::Container).with_pod(Some(&bare), Some("a"));
+        assert!(set.rule_results("nginx", &ctx).is_empty(), "containers not governed");
+    }
+
+    #[test]
+    fn unsupported_preconditions_are_reported() {
+        let text = "apiVersion: kyverno.io/v1\nkind: ClusterPolicy\nmetadata:\n  name: p\nspec:\n  rules:\n  - name: op\n    match:\n      any:\n      - resources:\n          kinds: [Pod]\n    preconditions:\n      all:\n      - key: \"{{ request.operation }}\"\n        operator: Equals\n        value: CREATE\n    validate:\n      pattern:\n        spec:\n          containers:\n          - image: \"a/*\"\n";
+        let set = crate::load_policy_str(text, "p.yaml").unwrap();
+        assert_eq!(set.unsupported().len(), 1);
+        assert!(
+            set.unsupported()[0].reason.starts_with("preconditions:"),
+            "{:?}",
+            set.unsupported()
+        );
+        assert_eq!(set.rule_count(), 0);
+    }
+
+    #[test]
+    fn jmespath_container_filter() {
+        for f in [
+            "(@.name=='controller')",
+            "@.name == 'controller'",
+            "name=='controller'",
+            "name==`\"controller\"`",
+        ] {
+            assert_eq!(jmespath_equality(f), Some(("name".into(), "controller".into())), "{f}");
+        }
+        for f in ["name=='a' && image=='b'", "name>'a'", "@.a.b=='x'", "name==controller"] {
+            assert_eq!(jmespath_equality(f), None, "{f}");
+        }
+        let set = policy(
+            "  - name: deny-old\n    match:\n      resources:\n        kinds: [Pod]\n    validate:\n      deny:\n        conditions:\n        - key: \"{{ request.object.spec.containers[?(@.name=='controller')].image }}\"\n          operator: AnyIn\n          value: [\"registry.k8s.io/ingress-nginx/controller:v1.10.*\"]\n",
+        );
+        let pod = json!({"spec": {"containers": [
+            {"name": "controller", "image": "registry.k8s.io/ingress-nginx/controller:v1.10.3"},
+            {"name": "sidecar", "image": "registry.k8s.io/ingress-nginx/controller:v1.10.3"},
+            {"name": "controller2", "image": "registry.k8s.io/ingress-nginx/controller:v1.11.2"},
+        ]}});
+        assert_eq!(judge(&set, &pod, ContainerType::Container, "controller"), Some(false));
+        assert_eq!(
+            judge(&set, &pod, ContainerType::Container, "sidecar"),
+            Some(true),
+            "filtered out"
+        );
+        assert_eq!(judge(&set, &pod, ContainerType::Container, "controller2"), Some(true));
+        // Without the Pod and the container's name: not judged.
+        let img = "registry.k8s.io/ingress-nginx/controller:v1.10.3";
+        assert!(set.rule_results(img, &EvalContext::default()).is_empty());
+        let named = EvalContext::default().with_pod(None, Some("controller"));
+        assert!(!set.evaluate(img, &named).allowed);
+    }
+}

@@ -234,7 +234,7 @@ fn unsupported_constructs_are_reported_by_rule() {
     let pod = "    match:\n      any:\n      - resources:\n          kinds: [Pod]\n";
     let cases = [
         ("ctx", format!("  - name: ctx\n{pod}    context:\n    - name: x\n      configMap: {{name: a, namespace: b}}\n    validate:\n      pattern:\n        spec:\n          containers:\n          - image: \"a/*\"\n"), "context"),
-        ("pre", format!("  - name: pre\n{pod}    preconditions:\n      any: []\n    validate:\n      pattern:\n        spec:\n          containers:\n          - image: \"a/*\"\n"), "preconditions"),
+        ("pre", format!("  - name: pre\n{pod}    preconditions:\n      any:\n      - key: \"{{{{ request.object.metadata.labels.app }}}}\"\n        operator: Equals\n        value: x\n    validate:\n      pattern:\n        spec:\n          containers:\n          - image: \"a/*\"\n"), "preconditions"),
         ("op", format!("  - name: op\n{pod}    validate:\n      deny:\n        conditions:\n          any:\n          - key: \"{{{{ images.containers.*.tag }}}}\"\n            operator: GreaterThan\n            value: \"1\"\n"), "operator GreaterThan"),
         ("jmes", format!("  - name: jmes\n{pod}    validate:\n      deny:\n        conditions:\n          any:\n          - key: \"{{{{ request.object.metadata.labels.app }}}}\"\n            operator: Equals\n            value: x\n"), "JMESPath"),
         ("other", format!("  - name: other\n{pod}    validate:\n      pattern:\n        spec:\n          hostNetwork: false\n"), "images"),
