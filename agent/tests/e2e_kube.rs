@@ -178,51 +178,17 @@ fn kubernetes_mode_cel_policies_added_to_the_cluster_kill_running_containers() {
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("config");
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
-        .args(["run", "--mode", "enforce", "--fail-mode", "open", "--node-name", "node-a", "--runtime-endpoint"])
+    let mut cmd = AgentProcess::command();
+    cmd.args(["run", "--mode", "enforce", "--fail-mode", "open", "--node-name", "node-a", "--runtime-endpoint"])
         .arg(ctd.endpoint())
-        .env("KUBECONFIG", &kubeconfig)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start agent");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let (tx, lines) = mpsc::channel::<Value>();
-    let out = agent.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let v: Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("non-JSON {l:?}: {e}"));
-            let _ = tx.send(v);
-        }
-    });
-    let (rtx, reloads) = mpsc::channel::<String>();
-    let err = agent.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(err).lines().map_while(Result::ok) {
-            eprintln!("agent: {l}");
-            if l.contains("policy reloaded") {
-                let _ = rtx.send(l);
-            }
-        }
-    });
-    let agent = Kill(agent);
+        .env("KUBECONFIG", &kubeconfig);
     // The watches have listed (no policy yet): the first reload.
-    reloads.recv_timeout(Duration::from_secs(30)).expect("the agent never loaded the cluster's (empty) policy set");
+    let agent = AgentProcess::spawn(cmd, |l| l.contains("policy reloaded"), Duration::from_secs(30));
 
-    let mut seen: Vec<Value> = Vec::new();
-    let mut find = |pred: &dyn Fn(&Value) -> bool, what: &str| -> (Value, Vec<Value>) {
-        wait_for(what, Duration::from_secs(30), || {
-            while let Ok(v) = lines.try_recv() {
-                seen.push(v);
-            }
-            seen.iter().find(|v| pred(v)).cloned().map(|f| (f, seen.clone()))
-        })
+    // The finding, and every finding printed so far.
+    let find = |pred: &dyn Fn(&Value) -> bool, what: &str| -> (Value, Vec<Value>) {
+        let f = agent.finding(what, pred, Duration::from_secs(30));
+        (f, agent.findings())
     };
     rt.block_on(async {
         let cri = CriClient::connect(&ctd.endpoint()).await.expect("CRI");

@@ -151,7 +151,10 @@ impl AgentProcess {
         }
         let deadline = Instant::now() + timeout;
         loop {
-            match self.log_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            match self
+                .log_rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
                 Ok(l) => {
                     let hit = pred(&l);
                     self.take_log(l.clone());
@@ -198,7 +201,10 @@ impl AgentProcess {
         }
         let deadline = Instant::now() + timeout;
         loop {
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
                 Ok(r) => {
                     let v = self.take_line(r);
                     if pred(&v) {
@@ -228,16 +234,22 @@ impl AgentProcess {
     /// The findings and the log so far, for failure messages.
     pub fn dump(&self) -> String {
         let f: Vec<String> = self.findings().iter().map(Value::to_string).collect();
-        format!("--- findings ---\n{}\n--- agent log ---\n{}", f.join("\n"), self.log_text())
+        format!(
+            "--- findings ---\n{}\n--- agent log ---\n{}",
+            f.join("\n"),
+            self.log_text()
+        )
     }
 
     /// The `--listen` address the agent logged (`127.0.0.1:0` resolved).
     pub fn metrics_addr(&self) -> String {
         self.drain_log();
-        self.metrics_addr
-            .borrow()
-            .clone()
-            .unwrap_or_else(|| panic!("no `serving /metrics` address logged (run with --listen):\n{}", self.log_text()))
+        self.metrics_addr.borrow().clone().unwrap_or_else(|| {
+            panic!(
+                "no `serving /metrics` address logged (run with --listen):\n{}",
+                self.log_text()
+            )
+        })
     }
 
     /// One scrape of `/metrics`: sample (name with labels) -> value.
@@ -252,7 +264,10 @@ impl AgentProcess {
         assert!(head.starts_with("HTTP/1.1 200"), "GET /metrics: {head}");
         body.lines()
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?))))
+            .filter_map(|l| {
+                l.rsplit_once(' ')
+                    .and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+            })
             .collect()
     }
 
@@ -283,7 +298,10 @@ impl AgentProcess {
         let grace = self.grace;
         match self.terminate() {
             Some(st) => assert!(st.success(), "agent exit status {st:?}:\n{}", self.log_text()),
-            None => panic!("the agent did not exit within {grace:?} of SIGTERM:\n{}", self.log_text()),
+            None => panic!(
+                "the agent did not exit within {grace:?} of SIGTERM:\n{}",
+                self.log_text()
+            ),
         }
     }
 }

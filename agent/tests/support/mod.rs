@@ -14,6 +14,7 @@ pub mod host;
 /// it prints a loud SKIP line (straight to fd 2) and the caller returns.
 /// Decided in one place, [`host::skip_or_fail`], which `host::privileged`
 /// uses too.
+#[allow(unused_imports)]
 pub use host::skip_or_fail;
 
 /// CRI's own record of a container (state, exit code, reason, times in ns).
