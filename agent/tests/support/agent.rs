@@ -254,21 +254,7 @@ impl AgentProcess {
 
     /// One scrape of `/metrics`: sample (name with labels) -> value.
     pub fn metrics(&self) -> BTreeMap<String, f64> {
-        let addr = self.metrics_addr();
-        let mut s = std::net::TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).expect("read /metrics");
-        let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-        assert!(head.starts_with("HTTP/1.1 200"), "GET /metrics: {head}");
-        body.lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .filter_map(|l| {
-                l.rsplit_once(' ')
-                    .and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
-            })
-            .collect()
+        scrape(&self.metrics_addr())
     }
 
     /// SIGTERM, then waits up to [`Self::grace`]; the exit status if it
@@ -310,6 +296,24 @@ impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.terminate();
     }
+}
+
+/// One `GET /metrics` from `addr`: sample (name with labels) -> value.
+pub fn scrape(addr: &str) -> BTreeMap<String, f64> {
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).expect("read /metrics");
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "GET /metrics: {head}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            l.rsplit_once(' ')
+                .and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        })
+        .collect()
 }
 
 /// `s` without ANSI escape sequences (the text log colours its fields).
@@ -354,5 +358,24 @@ mod tests {
         assert_eq!(listen_addr(&strip_ansi(text)).as_deref(), Some("127.0.0.1:4321"));
         let json = r#"{"level":"INFO","fields":{"message":"serving /metrics","addr":"127.0.0.1:9"}}"#;
         assert_eq!(listen_addr(json).as_deref(), Some("127.0.0.1:9"));
+    }
+
+    #[test]
+    fn scrape_reads_samples_with_their_labels() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let n = c.read(&mut req).unwrap();
+            let body = "# HELP x_total x\nx_total 3\ny{mechanism=\"cgroup_kill\"} 1.5\n";
+            write!(c, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
+            String::from_utf8_lossy(&req[..n]).into_owned()
+        });
+        let m = scrape(&addr);
+        assert!(server.join().unwrap().starts_with("GET /metrics "));
+        assert_eq!(m.get("x_total"), Some(&3.0));
+        assert_eq!(m.get("y{mechanism=\"cgroup_kill\"}"), Some(&1.5));
+        assert_eq!(m.len(), 2, "{m:?}");
     }
 }

@@ -45,6 +45,7 @@ pub async fn cri_assert_denied(
                 st.exit_code == 128 + libc::SIGKILL || st.reason == "StartError",
                 "the denied container {id} exited, but neither by SIGKILL nor at start: {st:?}"
             );
+            eprintln!("denied container {id}: exited, code {} ({})", st.exit_code, st.reason);
             return st;
         }
         assert!(std::time::Instant::now() < deadline, "the denied container {id} has not exited after {timeout:?}: {st:?}");
