@@ -21,15 +21,11 @@
 
 mod support;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use imagewarden::sources::cri::CriClient;
 use serde_json::Value;
+use support::agent::AgentProcess;
 use support::containerd::{runtime_ready, Containerd, CriPod, Runtime, TestImages, ECR_NGINX, NGINX};
 
 /// One test per containerd release: `containerd_1_6::NAME` and
@@ -60,86 +56,44 @@ per_release!(
     audit_lets_the_untrusted_container_run_and_reports_it,
 );
 
-struct Agent {
-    child: Child,
-    lines: mpsc::Receiver<Value>,
-    started: Instant,
-    ready_after: Duration,
-}
+/// The agent for one containerd: findings with their arrival time.
+struct Agent(AgentProcess);
 
 impl Agent {
     fn start(ctd: &Containerd, mode: &str) -> Agent {
-        let started = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
-            // Fail open: nothing pinned, so the programs go with the agent
-            // (a failed test leaves no enforcement behind) and no agent
-            // meets another's pinned state.
-            .args(["run", "--standalone", "--fail-mode", "open", "--mode", mode, "--runtime-endpoint"])
-            .arg(ctd.endpoint())
-            .env("IMAGEWARDEN_LOG", std::env::var("IMAGEWARDEN_LOG").unwrap_or_else(|_| "info".into()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start agent");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let v: Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("agent printed non-JSON {l:?}: {e}"));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        let (rtx, rrx) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("agent: {l}");
-                if l.contains("agent running") {
-                    let _ = rtx.send(());
-                }
-            }
-        });
-        rrx.recv_timeout(Duration::from_secs(30)).expect("agent did not start within 30 s");
-        let ready_after = started.elapsed();
-        Agent { child, lines, started, ready_after }
+        // Fail open: nothing pinned, so the programs go with the agent
+        // (a failed test leaves no enforcement behind) and no agent
+        // meets another's pinned state.
+        let endpoint = ctd.endpoint();
+        Agent(AgentProcess::start(&[
+            "run",
+            "--standalone",
+            "--fail-mode",
+            "open",
+            "--mode",
+            mode,
+            "--runtime-endpoint",
+            &endpoint,
+        ]))
     }
 
-    /// Waits for a finding about `container_id`, keeping the others for later.
     /// Waits for a finding about `container_id` of type `kind` (`exec`,
     /// `container`, or `killed`: either type, with action `killed`).
     fn finding(&self, container_id: &str, kind: &str, timeout: Duration) -> Option<(Value, Instant)> {
-        let deadline = Instant::now() + timeout;
-        let mut others = Vec::new();
-        while Instant::now() < deadline {
-            if let Ok(v) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                let kind_ok = if kind == "killed" { v["action"] == "killed" } else { v["type"] == kind };
-                if v["container_id"] == container_id && kind_ok {
-                    return Some((v, Instant::now()));
-                }
-                others.push(v);
-            }
+        let kind_ok = |v: &Value| if kind == "killed" { v["action"] == "killed" } else { v["type"] == kind };
+        let f = self.0.wait_for_finding(|v| v["container_id"] == container_id && kind_ok(v), timeout);
+        if f.is_none() {
+            eprintln!("no {kind} finding for {container_id}:\n{}", self.0.dump());
         }
-        eprintln!("no {kind} finding for {container_id}; the agent printed meanwhile:");
-        for v in others {
-            eprintln!("  {v}");
-        }
-        None
+        f.map(|v| (v, Instant::now()))
     }
 
-    fn stop(mut self) {
-        // SAFETY: plain syscall on our child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let st = self.child.wait().unwrap();
-        assert!(st.success(), "agent exit status {st:?}");
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Asserts that no finding with action `killed` names `container_id`
+    /// within `window`: a wrongful kill would print one.
+    fn assert_not_killed(&self, container_id: &str, window: Duration) {
+        if let Some(f) = self.0.wait_for_finding(|v| v["container_id"] == container_id && v["action"] == "killed", window) {
+            panic!("{container_id} was killed: {f}");
+        }
     }
 }
 
@@ -174,6 +128,53 @@ fn task_running(ctd: &Containerd, ns: &str, id: &str) -> bool {
     String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().next() == Some(id) && l.contains("RUNNING"))
 }
 
+/// The task's status in `ctr tasks ls` (`RUNNING`, `STOPPED`, ...).
+fn task_status(ctd: &Containerd, ns: &str, id: &str) -> Option<String> {
+    let out = ctd.ctr_raw(ns, &["tasks", "ls"]);
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.first() == Some(&id)).then(|| f.last().unwrap_or(&"").to_string())
+    })
+}
+
+/// The positive signal that a denied `ctr run` container was stopped: `ctr
+/// run` failed in runc (killed while runc created it: nothing of the image
+/// ran), or its task stopped — waited for until `timeout` — with SIGKILL's
+/// exit status 137, as `ctr tasks rm` reports it (the task is removed).
+fn assert_ctr_denied(ctd: &Containerd, ns: &str, id: &str, run: &std::process::Output, timeout: Duration) {
+    if !run.status.success() {
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(err.contains("runc create failed") || err.contains("init"), "unexpected ctr failure: {err}");
+        return;
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        match task_status(ctd, ns, id).as_deref() {
+            Some("RUNNING" | "CREATED") => {
+                assert!(Instant::now() < deadline, "the denied task {ns}/{id} still runs after {timeout:?}")
+            }
+            Some(_) => break,
+            None => panic!("the denied task {ns}/{id} vanished: no exit status to check"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // `ctr tasks rm` reports a non-zero exit status on stderr ("task ID exit
+    // with non-zero exit code N", containerd 1.6 and 2) and exits 0.
+    let rm = ctd.ctr_raw(ns, &["tasks", "rm", id]);
+    let err = String::from_utf8_lossy(&rm.stderr);
+    let code = err
+        .split("exit code ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<i32>().ok());
+    assert_eq!(
+        code,
+        Some(128 + libc::SIGKILL),
+        "the denied task {ns}/{id} did not die by SIGKILL: `ctr tasks rm` exited {:?} and said {err:?}",
+        rm.status.code()
+    );
+}
+
 fn assert_denied_finding(f: &Value, id: &str, image: &str, action: &str) {
     assert_eq!(f["verdict"], "deny", "{f}");
     assert_eq!(f["action"], action, "{f}");
@@ -204,8 +205,8 @@ fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_o
     eprintln!(
         "[timing] {}: agent start -> running untrusted container killed: {:?} (agent ready after {:?})",
         ctd.label(),
-        at - agent.started,
-        agent.ready_after
+        at - agent.0.started,
+        agent.0.ready_after
     );
     let deadline = Instant::now() + Duration::from_secs(5);
     while task_running(&ctd, "default", &pre_bad) && Instant::now() < deadline {
@@ -225,10 +226,6 @@ fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_o
         // (its `runc init` exec lands in the denied cgroup): then `ctr run`
         // fails, which is as good — nothing of the image ran.
         let out = ctd.try_ctr_run(ns, &bad, NGINX, &[]);
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains("runc create failed") || err.contains("init"), "unexpected ctr failure: {err}");
-        }
         ctd.ctr_run(ns, &good, ECR_NGINX, &[]);
         assert!(ctd.wait_marker(&good, Duration::from_secs(10)).is_some(), "trusted container did not run its entrypoint");
         // Killed in the kernel at its entrypoint's exec (an `exec` finding),
@@ -248,7 +245,8 @@ fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_o
         assert_eq!(f["verdict"], "deny", "{f}");
         assert_eq!(f["image"], NGINX, "{f}");
         assert_eq!(f["runtime_namespace"], ns, "{f}");
-        std::thread::sleep(Duration::from_millis(500));
+        // Dead (by SIGKILL, or never created) before the marker is checked.
+        assert_ctr_denied(&ctd, ns, &bad, &out, Duration::from_secs(10));
         assert!(!ctd.marker(&bad).exists(), "the untrusted entrypoint ran ({ns})");
         assert!(!task_running(&ctd, ns, &bad));
         assert!(task_running(&ctd, ns, &good), "trusted container stopped ({ns})");
@@ -280,7 +278,7 @@ fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_o
         // the finding names the image as the pod spec wrote it.
         assert_eq!(f["image"], NGINX, "{f}");
         assert_eq!(f["namespace"], "prod", "{f}");
-        std::thread::sleep(Duration::from_millis(500));
+        support::cri_assert_denied(&cri, &bad_id, Duration::from_secs(10)).await;
         assert!(!ctd.marker(&format!("cri-bad-{t}")).exists(), "the CRI untrusted entrypoint ran");
         let out = cri.exec_sync(&good_id, &["/bin/sh", "-c", "echo cri-exec-ok"], Duration::from_secs(10)).await.expect("ExecSync");
         assert!(String::from_utf8_lossy(&out.stdout).contains("cri-exec-ok"), "{out:?}");
@@ -309,11 +307,11 @@ fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_o
             ctd.wait_marker(&marker, Duration::from_secs(10)).is_some(),
             "the pod that wrote the trusted mirror's name did not run its entrypoint"
         );
-        std::thread::sleep(Duration::from_millis(500));
+        agent.assert_not_killed(&mirror_id, Duration::from_millis(500));
         let out = cri.exec_sync(&mirror_id, &["/bin/sh", "-c", "echo mirror-ok"], Duration::from_secs(10)).await.expect("ExecSync into the mirror pod");
         assert!(String::from_utf8_lossy(&out.stdout).contains("mirror-ok"), "{out:?}");
     });
-    agent.stop();
+    agent.0.stop();
     drop(images);
 }
 
@@ -327,8 +325,8 @@ fn audit_lets_the_untrusted_container_run_and_reports_it(test: &str, rt: Runtime
     assert!(ctd.wait_marker(&bad, Duration::from_secs(10)).is_some(), "audit mode must not stop the container");
     let (f, _) = agent.finding(&bad, "container", Duration::from_secs(10)).expect("no finding in audit mode");
     assert_denied_finding(&f, &bad, NGINX, "alerted");
-    std::thread::sleep(Duration::from_millis(300));
+    agent.assert_not_killed(&bad, Duration::from_millis(300));
     assert!(task_running(&ctd, "default", &bad));
-    agent.stop();
+    agent.0.stop();
     drop(images);
 }

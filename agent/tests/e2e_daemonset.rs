@@ -31,16 +31,15 @@
 mod support;
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::Command,
     time::{Duration, Instant},
 };
 
 use agent_common::verdict;
 use imagewarden::sources::{cgroup, cri::CriClient, ContainerState};
 use serde_json::Value;
+use support::agent::{AgentProcess, RUNNING};
 use support::containerd::{Containerd, TestImages, ECR_NGINX, NGINX};
 use support::daemonset::{self as ds, AgentLog, AgentSpec, Overrides};
 
@@ -184,24 +183,10 @@ fn uid(prefix: &str, token: &str) -> String {
     format!("{prefix}-2222-4333-8444-{:0>12}", &t[t.len().saturating_sub(12)..])
 }
 
-/// CRI's own record of a container (times in ns since the epoch, exit code).
-async fn raw_status(cri: &CriClient, id: &str) -> k8s_cri::v1::ContainerStatus {
-    let mut c = cri.raw_runtime();
-    c.container_status(k8s_cri::v1::ContainerStatusRequest {
-        container_id: id.into(),
-        verbose: false,
-    })
-    .await
-    .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
-    .into_inner()
-    .status
-    .unwrap_or_else(|| panic!("ContainerStatus {id}: no status"))
-}
-
 /// A denied container: exited by SIGKILL, never having run its entrypoint;
 /// returns CreateContainer -> death by containerd's clock.
 async fn assert_killed_by_sigkill(cri: &CriClient, id: &str) -> Duration {
-    let st = raw_status(cri, id).await;
+    let st = support::cri_status(cri, id).await;
     assert_eq!(st.exit_code, 128 + libc::SIGKILL, "{id} did not die by SIGKILL: {st:?}");
     assert!(st.finished_at >= st.created_at && st.created_at > 0, "{st:?}");
     Duration::from_nanos((st.finished_at - st.created_at) as u64)
@@ -224,48 +209,6 @@ async fn wait_state(cri: &CriClient, id: &str, want: ContainerState, timeout: Du
             return false;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// A host-process agent whose stdout is JSON findings.
-struct HostAgent {
-    child: Child,
-    lines: mpsc::Receiver<Value>,
-    seen: std::cell::RefCell<Vec<Value>>,
-}
-
-impl HostAgent {
-    fn finding(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
-        if let Some(v) = self.seen.borrow().iter().find(|v| pred(v)) {
-            return Some(v.clone());
-        }
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(v) = self.lines.recv_timeout(Duration::from_millis(50)) {
-                self.seen.borrow_mut().push(v.clone());
-                if pred(&v) {
-                    return Some(v);
-                }
-            }
-        }
-        eprintln!("findings so far: {:#?}", self.seen.borrow());
-        None
-    }
-}
-
-impl Drop for HostAgent {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child; SIGTERM unpins (clean stop).
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -351,8 +294,9 @@ fn private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_p
     let agent_cg = chain.0.last().unwrap().clone();
     let pin_root = PathBuf::from(format!("/sys/fs/bpf/imagewarden-test-ns-{t}"));
     let started = Instant::now();
-    let mut child = support::host::in_cgroup(&agent_cg, "unshare")
-        .arg("--cgroup")
+    let _unpin = PinCleanup(pin_root.clone());
+    let mut cmd = support::host::in_cgroup(&agent_cg, "unshare");
+    cmd.arg("--cgroup")
         .arg(agent_binary())
         .args([
             "run",
@@ -369,44 +313,10 @@ fn private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_p
         .env(
             "IMAGEWARDEN_LOG",
             std::env::var("IMAGEWARDEN_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the agent under unshare --cgroup");
-    let (tx, lines) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            match serde_json::from_str::<Value>(&l) {
-                Ok(v) => {
-                    if tx.send(v).is_err() {
-                        break;
-                    }
-                }
-                Err(e) => eprintln!("agent printed non-JSON on stdout {l:?}: {e}"),
-            }
-        }
-    });
-    let (rtx, rrx) = mpsc::channel();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(err).lines().map_while(Result::ok) {
-            eprintln!("agent: {l}");
-            if l.contains("agent running") {
-                let _ = rtx.send(());
-            }
-        }
-    });
-    let agent_pid = child.id();
-    let agent = HostAgent {
-        child,
-        lines,
-        seen: Default::default(),
-    };
-    let _unpin = PinCleanup(pin_root.clone());
-    rrx.recv_timeout(Duration::from_secs(60))
-        .expect("the agent did not start within 60 s");
+        );
+    // `unshare` execs the agent: the child's pid is the agent's.
+    let agent = AgentProcess::spawn(cmd, |l| l.contains(RUNNING), Duration::from_secs(60));
+    let agent_pid = agent.pid();
     eprintln!(
         "[timing] agent (private cgroupns) start -> running: {}",
         ds::ms(started.elapsed())
@@ -441,9 +351,10 @@ fn private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_p
 
     // Killed at start, with its cgroup id: its cgroup was found.
     let f = agent
-        .finding(Duration::from_secs(15), |v| {
-            v["container_id"] == pre_bad.as_str() && v["action"] == "killed"
-        })
+        .wait_for_finding(
+            |v| v["container_id"] == pre_bad.as_str() && v["action"] == "killed",
+            Duration::from_secs(15),
+        )
         .expect("the running untrusted container was not killed at agent start (private cgroup namespace)");
     assert_eq!(f["verdict"], "deny", "{f}");
     assert_eq!(f["image"], NGINX, "{f}");
@@ -499,9 +410,10 @@ fn private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_p
         true,
     ));
     let f = agent
-        .finding(Duration::from_secs(15), |v| {
-            v["container_id"] == new_bad.as_str() && v["action"] == "killed"
-        })
+        .wait_for_finding(
+            |v| v["container_id"] == new_bad.as_str() && v["action"] == "killed",
+            Duration::from_secs(15),
+        )
         .expect("no kill of the new untrusted container");
     assert_eq!(f["image"], NGINX, "{f}");
     rt.block_on(async {

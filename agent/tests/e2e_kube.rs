@@ -14,16 +14,12 @@
 
 mod support;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use imagewarden::sources::cri::CriClient;
 use serde_json::{json, Value};
 use support::{
+    agent::AgentProcess,
     containerd::{Containerd, TestImages, ECR_NGINX, NGINX},
     fakeapi::{Coll, FakeApi},
 };
@@ -85,51 +81,17 @@ fn kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_th
     let kubeconfig = dir.join("config");
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
 
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
-        .args(["run", "--mode", "enforce", "--fail-mode", "open", "--node-name", "node-a", "--runtime-endpoint"])
+    let mut cmd = AgentProcess::command();
+    cmd.args(["run", "--mode", "enforce", "--fail-mode", "open", "--node-name", "node-a", "--runtime-endpoint"])
         .arg(ctd.endpoint())
-        .env("KUBECONFIG", &kubeconfig)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start agent");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let (tx, lines) = mpsc::channel::<Value>();
-    let out = agent.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let v: Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("non-JSON {l:?}: {e}"));
-            let _ = tx.send(v);
-        }
-    });
-    let (rtx, ready) = mpsc::channel();
-    let err = agent.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(err).lines().map_while(Result::ok) {
-            eprintln!("agent: {l}");
-            if l.contains("policy reloaded") && l.contains("restrict-image-registries") {
-                let _ = rtx.send(());
-            }
-        }
-    });
-    let agent = Kill(agent);
-    ready.recv_timeout(Duration::from_secs(30)).expect("the cluster's ClusterPolicy never reached the agent");
-
-    let mut seen: Vec<Value> = Vec::new();
-    let mut find = |pred: &dyn Fn(&Value) -> bool, what: &str| -> Value {
-        wait_for(what, Duration::from_secs(20), || {
-            while let Ok(v) = lines.try_recv() {
-                seen.push(v);
-            }
-            seen.iter().find(|v| pred(v)).cloned()
-        })
-    };
+        .env("KUBECONFIG", &kubeconfig);
+    // Ready once the cluster's ClusterPolicy reached the agent.
+    let agent = AgentProcess::spawn(
+        cmd,
+        |l| l.contains("policy reloaded") && l.contains("restrict-image-registries"),
+        Duration::from_secs(30),
+    );
+    let find = |pred: &dyn Fn(&Value) -> bool, what: &str| -> Value { agent.finding(what, pred, Duration::from_secs(20)) };
 
     rt.block_on(async {
         let cri = CriClient::connect(&ctd.endpoint()).await.expect("CRI");
@@ -141,7 +103,7 @@ fn kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_th
         let f = find(&|v| v["container_id"] == bad_id.as_str() && v["action"] == "killed", "the kill of the docker.io Pod");
         assert_eq!(f["pod"], "web-hub", "{f}");
         assert_eq!(f["namespace"], "prod", "{f}");
-        std::thread::sleep(Duration::from_millis(500));
+        support::cri_assert_denied(&cri, &bad_id, Duration::from_secs(10)).await;
         assert!(!ctd.marker(&format!("k-bad-{t}")).exists(), "the untrusted entrypoint ran");
 
         let f = find(&|v| v["container_id"] == ghost_id.as_str() && v["reason"] == "not-in-api", "not-in-api for the ghost Pod");
@@ -151,14 +113,17 @@ fn kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_th
 
         // Degraded: the API server goes away. The runtime and the kernel
         // keep enforcing the last good policy; nothing restarts.
+        let mark = agent.log_mark();
         api.down();
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The agent noticed: a source of the API logs the outage once.
+        let seen_down = agent.wait_for_log_since(mark, |l| l.contains("source down"), Duration::from_secs(20));
+        assert!(seen_down.is_some(), "the agent never noticed the API going away:\n{}", agent.log_text());
         let (_, down_id) = ctd
             .cri_run_pod_opt(&cri, "while-down", "prod", &format!("dddddddd-0000-0000-0000-{t:0>12}"), "nginx", NGINX, &format!("k-down-{t}"), true)
             .await;
         let f = find(&|v| v["container_id"] == down_id.as_str() && v["action"] == "killed", "a kill while the API is down");
         assert_eq!(f["verdict"], "deny", "{f}");
-        std::thread::sleep(Duration::from_millis(500));
+        support::cri_assert_denied(&cri, &down_id, Duration::from_secs(10)).await;
         assert!(!ctd.marker(&format!("k-down-{t}")).exists(), "an untrusted entrypoint ran while the API was down");
         api.up();
     });
@@ -213,51 +178,17 @@ fn kubernetes_mode_cel_policies_added_to_the_cluster_kill_running_containers() {
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("config");
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
-        .args(["run", "--mode", "enforce", "--fail-mode", "open", "--node-name", "node-a", "--runtime-endpoint"])
+    let mut cmd = AgentProcess::command();
+    cmd.args(["run", "--mode", "enforce", "--fail-mode", "open", "--node-name", "node-a", "--runtime-endpoint"])
         .arg(ctd.endpoint())
-        .env("KUBECONFIG", &kubeconfig)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start agent");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let (tx, lines) = mpsc::channel::<Value>();
-    let out = agent.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let v: Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("non-JSON {l:?}: {e}"));
-            let _ = tx.send(v);
-        }
-    });
-    let (rtx, reloads) = mpsc::channel::<String>();
-    let err = agent.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(err).lines().map_while(Result::ok) {
-            eprintln!("agent: {l}");
-            if l.contains("policy reloaded") {
-                let _ = rtx.send(l);
-            }
-        }
-    });
-    let agent = Kill(agent);
+        .env("KUBECONFIG", &kubeconfig);
     // The watches have listed (no policy yet): the first reload.
-    reloads.recv_timeout(Duration::from_secs(30)).expect("the agent never loaded the cluster's (empty) policy set");
+    let agent = AgentProcess::spawn(cmd, |l| l.contains("policy reloaded"), Duration::from_secs(30));
 
-    let mut seen: Vec<Value> = Vec::new();
-    let mut find = |pred: &dyn Fn(&Value) -> bool, what: &str| -> (Value, Vec<Value>) {
-        wait_for(what, Duration::from_secs(30), || {
-            while let Ok(v) = lines.try_recv() {
-                seen.push(v);
-            }
-            seen.iter().find(|v| pred(v)).cloned().map(|f| (f, seen.clone()))
-        })
+    // The finding, and every finding printed so far.
+    let find = |pred: &dyn Fn(&Value) -> bool, what: &str| -> (Value, Vec<Value>) {
+        let f = agent.finding(what, pred, Duration::from_secs(30));
+        (f, agent.findings())
     };
     rt.block_on(async {
         let cri = CriClient::connect(&ctd.endpoint()).await.expect("CRI");

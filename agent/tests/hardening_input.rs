@@ -8,7 +8,6 @@
 use std::{
     ffi::OsStr,
     fs,
-    io::{BufRead, BufReader},
     os::unix::{
         ffi::OsStrExt,
         fs::{MetadataExt, PermissionsExt},
@@ -19,9 +18,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "support/agent.rs"]
+mod agent;
 #[path = "support/host.rs"]
 mod host;
 
+use agent::AgentProcess;
 use host::{cgroup2_root, privileged};
 
 const SEED: &str = concat!(
@@ -234,43 +236,19 @@ fn run_prints_valid_json_for_non_utf8_exec_names() {
     fs::copy("/bin/true", &bin).unwrap();
     fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
 
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
-        .args([
-            "run",
-            "--standalone",
-            "--fail-mode",
-            "open",
-            "--mode",
-            "enforce",
-            "--runtime-endpoint",
-            "unix:///nonexistent.sock",
-            "--deny-cgroup",
-        ])
-        .arg(&cg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start agent");
-    let err = agent.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(err).lines().map_while(Result::ok) {
-            if l.contains("agent running") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let out = agent.stdout.take().unwrap();
-    let mut agent = Kill(agent);
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("agent did not start");
+    let cg_arg = cg.to_str().expect("utf-8 cgroup path");
+    let agent = AgentProcess::start(&[
+        "run",
+        "--standalone",
+        "--fail-mode",
+        "open",
+        "--mode",
+        "enforce",
+        "--runtime-endpoint",
+        "unix:///nonexistent.sock",
+        "--deny-cgroup",
+        cg_arg,
+    ]);
 
     let procs = fs::OpenOptions::new()
         .write(true)
@@ -290,38 +268,16 @@ fn run_prints_valid_json_for_non_utf8_exec_names() {
     let st = c.status().unwrap();
     assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
 
-    // Raw bytes of stdout: each line must be UTF-8 and JSON.
-    let (ltx, lrx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(out);
-        let mut buf = Vec::new();
-        while r.read_until(b'\n', &mut buf).unwrap_or(0) > 0 {
-            if ltx.send(std::mem::take(&mut buf)).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut finding = None;
-    while finding.is_none() && Instant::now() < deadline {
-        if let Ok(raw) = lrx.recv_timeout(Duration::from_millis(100)) {
-            let line = String::from_utf8(raw).expect("findings are UTF-8");
-            let v: serde_json::Value =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-            if v["cgroup_id"] == cg_id {
-                finding = Some(v);
-            }
-        }
-    }
+    // Each stdout line must be UTF-8 and JSON: the helper reads raw bytes
+    // and fails the test on a line that is not.
+    let finding = agent.wait_for_finding(|v| v["cgroup_id"] == cg_id, Duration::from_secs(5));
     let f = finding.expect("no finding for the non-UTF-8 exec");
     assert_eq!(f["action"], "killed", "{f}");
     let name = f["filename"].as_str().unwrap();
     assert!(name.ends_with("/iw-\u{fffd}\u{fffd}-\u{fffd}("), "{name}");
     assert_eq!(f["comm"], "iw-\u{fffd}\u{fffd}-\u{fffd}(", "{f}");
-    // SAFETY: plain syscall on our child.
-    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
-    let st = agent.0.wait().unwrap();
-    assert!(st.success(), "{st:?}");
+    // SIGTERM: a clean exit.
+    agent.stop();
     let _ = fs::remove_dir(&cg);
     let _ = fs::remove_dir_all(dir);
 }

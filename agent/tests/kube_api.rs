@@ -135,15 +135,23 @@ async fn bookmarks_move_the_resume_point_and_410_forces_a_relist() {
     eventually("watching", || api.requests().iter().any(|r| r.is_watch())).await;
 
     // A bookmark, then the watch ends: the re-watch resumes at the bookmark.
+    // The stand-in cannot tell when the watcher has read the bookmark, so
+    // the watch is ended until a re-watch resumes at it (a re-watch from
+    // before it is served the bookmark again), within a deadline.
     let bm = api.bookmark(Coll::Pods);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    api.end_watches();
-    eventually("re-watch from the bookmark's resourceVersion", || {
+    let watches = || api.requests().iter().filter(|r| r.is_watch()).count();
+    let from_bm = || {
         api.requests()
             .iter()
             .any(|r| r.is_watch() && r.params.get("resourceVersion") == Some(&bm.to_string()))
-    })
-    .await;
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !from_bm() {
+        assert!(Instant::now() < deadline, "no re-watch from the bookmark's resourceVersion {bm}");
+        let before = watches();
+        api.end_watches();
+        eventually("a re-watch", || watches() > before).await;
+    }
 
     // History compacted: the next re-watch gets an ERROR event with 410
     // Expired, and the watcher lists again (and sees a pod that was added

@@ -13,19 +13,46 @@ use std::{
     time::Duration,
 };
 
-/// Whether a privileged test can run. Not root: with `CI` set it fails (CI
-/// must run every privileged test), otherwise it says SKIPPED and the
-/// caller returns.
+/// Whether a privileged test can run: as root, yes; otherwise
+/// [`skip_or_fail`] decides (a failure under `CI=true`, a visible SKIP
+/// elsewhere) and the caller returns.
 pub fn privileged() -> bool {
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    if std::env::var_os("CI").is_some() {
-        panic!("privileged test cannot run (not root) and CI is set: failing instead of skipping");
-    }
-    eprintln!("SKIPPED: privileged test needs root (run `sudo -E cargo xtask test`)");
+    // The harness names each test's thread after the test.
+    let thread = std::thread::current();
+    skip_or_fail(
+        thread.name().unwrap_or("privileged test"),
+        "needs root (run `sudo -E cargo xtask test`)",
+    );
     false
+}
+
+/// Whether this is CI (`CI=true` or `CI=1`), where every test must run.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The one place that decides skip-or-fail for a test that cannot run
+/// here: under CI it fails; otherwise it prints a loud SKIP and the caller
+/// returns. (`support::containerd::runtime_ready` repeats this for the
+/// examples that include that file alone.)
+pub fn skip_or_fail(test: &str, why: &str) {
+    if in_ci() {
+        panic!("{test}: cannot run in CI: {why}");
+    }
+    // Straight to fd 2: the test harness captures `eprintln!` of passing
+    // tests, and a skip must not be silent.
+    use std::io::Write;
+    let msg = format!(
+        "\n==================== SKIP ====================\n\
+         SKIP {test}: {why}\n\
+         (set CI=true to make this a failure)\n\
+         ==============================================\n"
+    );
+    let _ = std::io::stderr().write_all(msg.as_bytes());
 }
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
