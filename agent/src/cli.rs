@@ -154,9 +154,22 @@ pub struct RunArgs {
     /// API (never in exempt namespaces). Off by default.
     #[arg(long, env = "IMAGEWARDEN_DELETE_PODS")]
     pub delete_pods: bool,
-    /// Namespaces never acted on (findings only). Repeatable.
+    /// Namespaces never acted on: their containers are never stopped in the
+    /// kernel nor killed, untrusted images there are reported (audit).
+    /// Repeatable. Kubernetes mode adds what Kyverno's resourceFilters exclude.
     #[arg(long = "exempt-namespace", env = "IMAGEWARDEN_EXEMPT_NAMESPACES", value_delimiter = ',')]
     pub exempt_namespaces: Vec<String>,
+    /// Namespace of Kyverno and of its ConfigMap (Kubernetes mode): its
+    /// resourceFilters are honoured; without the ConfigMap, Kyverno's
+    /// defaults (kube-system, kube-public, kube-node-lease, this namespace).
+    #[arg(long, default_value = "kyverno", env = "IMAGEWARDEN_KYVERNO_NAMESPACE")]
+    pub kyverno_namespace: String,
+    /// Name of Kyverno's ConfigMap.
+    #[arg(long, default_value = "kyverno", env = "IMAGEWARDEN_KYVERNO_CONFIGMAP")]
+    pub kyverno_configmap: String,
+    /// How often Kyverno's ConfigMap is read again.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "IMAGEWARDEN_KYVERNO_CONFIG_INTERVAL")]
+    pub kyverno_config_interval: std::time::Duration,
     /// Write wgpolicyk8s.io/v1alpha2 PolicyReports with the runtime findings.
     #[arg(long, env = "IMAGEWARDEN_POLICY_REPORTS")]
     pub policy_reports: bool,

@@ -28,7 +28,9 @@ use crate::{
         reader::{self, ReaderStats, CHANNEL_CAPACITY},
         HookChoice, ProbeOptions, Probes,
     },
-    sources::{cgroup::find_cgroup2_mount, containerd::ContainerdClient, cri::CriClient},
+    sources::{
+        cgroup::find_cgroup2_mount, containerd::ContainerdClient, cri::CriClient, kyverno_config::Exemptions,
+    },
 };
 
 /// The default policy when `--policy` is absent: the seed's Kyverno
@@ -76,6 +78,7 @@ pub fn load_policy(args: &RunArgs) -> anyhow::Result<(PolicySet, Option<(String,
 enum KubeChange {
     Policy,
     Pods,
+    Exemptions,
 }
 
 /// Resolves when the cluster's merged policy or the API server's Pods
@@ -89,6 +92,10 @@ async fn kube_changed(k: &mut Option<KubeState>) -> KubeChange {
         },
         r = k.pods.changes.changed() => match r {
             Ok(()) => KubeChange::Pods,
+            Err(_) => std::future::pending().await,
+        },
+        r = k.exemptions.changed() => match r {
+            Ok(()) => KubeChange::Exemptions,
             Err(_) => std::future::pending().await,
         },
     }
@@ -230,10 +237,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     ctrl.static_attributions = static_attr;
     ctrl.metrics = Some(metrics.clone());
     let mut kube = if args.standalone {
+        ctrl.set_exemptions(Arc::new(Exemptions::from_namespaces(&args.exempt_namespaces)));
         None
     } else {
         let k = KubeState::start(&args, base_policy, metrics.clone()).await?;
         ctrl.pod_lookup = Some(k.pod_lookup());
+        ctrl.set_exemptions(k.exemptions.borrow().clone());
         Some(k)
     };
     ctrl.resync().await;
@@ -319,6 +328,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                         let p = k.take_policy();
                         info!(policies = ?p.policy_names(), rules = p.rule_count(), "policy reloaded");
                         ctrl.set_policy(p);
+                    }
+                }
+                KubeChange::Exemptions => {
+                    if let Some(k) = kube.as_mut() {
+                        let e = k.exemptions.borrow_and_update().clone();
+                        ctrl.set_exemptions(e);
                     }
                 }
                 KubeChange::Pods => {

@@ -43,6 +43,8 @@ pub enum Coll {
     Policies,
     ImagePolicies,
     PolicyReports,
+    /// `GET /api/v1/namespaces/NS/configmaps/NAME` only (Kyverno's ConfigMap).
+    ConfigMaps,
 }
 
 impl Coll {
@@ -53,6 +55,7 @@ impl Coll {
             Coll::Policies => "PolicyList",
             Coll::ImagePolicies => "ImagePolicyList",
             Coll::PolicyReports => "PolicyReportList",
+            Coll::ConfigMaps => "ConfigMapList",
         }
     }
     fn kind(self) -> &'static str {
@@ -62,11 +65,12 @@ impl Coll {
             Coll::Policies => "Policy",
             Coll::ImagePolicies => "ImagePolicy",
             Coll::PolicyReports => "PolicyReport",
+            Coll::ConfigMaps => "ConfigMap",
         }
     }
     fn api_version(self) -> &'static str {
         match self {
-            Coll::Pods => "v1",
+            Coll::Pods | Coll::ConfigMaps => "v1",
             Coll::ClusterPolicies | Coll::Policies => "kyverno.io/v1",
             Coll::ImagePolicies => "imagewarden.dev/v1alpha1",
             Coll::PolicyReports => "wgpolicyk8s.io/v1alpha2",
@@ -479,6 +483,12 @@ impl FakeApi {
                 match self.get(Coll::Pods, ns, name) {
                     Some(p) => json_resp(StatusCode::OK, &p),
                     None => not_found("pod not found"),
+                }
+            }
+            ("GET", ["api", "v1", "namespaces", ns, "configmaps", name]) => {
+                match self.get(Coll::ConfigMaps, ns, name) {
+                    Some(p) => json_resp(StatusCode::OK, &p),
+                    None => not_found(&format!("configmaps \"{name}\" not found")),
                 }
             }
             ("DELETE", ["api", "v1", "namespaces", ns, "pods", name]) => {
