@@ -167,6 +167,11 @@ pub struct RunArgs {
     /// Name of Kyverno's ConfigMap.
     #[arg(long, default_value = "kyverno", env = "IMAGEWARDEN_KYVERNO_CONFIGMAP")]
     pub kyverno_configmap: String,
+    /// Enforce mode in Kubernetes: how long to wait at start for the
+    /// cluster's policies; with none by then (and no --policy), the agent
+    /// refuses to start rather than allow every image.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "IMAGEWARDEN_POLICY_WAIT")]
+    pub policy_wait: std::time::Duration,
     /// How often Kyverno's ConfigMap is read again.
     #[arg(long, default_value = "30s", value_parser = parse_duration, env = "IMAGEWARDEN_KYVERNO_CONFIG_INTERVAL")]
     pub kyverno_config_interval: std::time::Duration,

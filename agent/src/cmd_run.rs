@@ -173,6 +173,41 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     metrics.policy_reload(ReloadResult::Success);
+    // Kubernetes mode: the cluster's policies (and exclusions) before
+    // anything reaches the kernel, so that the first verdicts written are
+    // the policy's, never an empty set's ALLOW.
+    let mut kube = if args.standalone {
+        None
+    } else {
+        Some(KubeState::start(&args, base_policy, metrics.clone()).await?)
+    };
+    let mut policy = Arc::new(policy);
+    if let Some(k) = kube.as_mut() {
+        if enforce {
+            k.wait_for_policy(args.policy_wait).await;
+        }
+        policy = k.take_policy();
+        info!(policies = ?policy.policy_names(), rules = policy.rule_count(), "policy reloaded (the cluster's, at start)");
+    }
+    if enforce && policy.rule_count() == 0 {
+        metrics.policy_reload(ReloadResult::Error);
+        bail!(
+            "enforce mode refuses to start without a policy: {} has no rule that checks images{}; \
+             an empty policy would allow every image (use --mode audit to run without one)",
+            match &args.policy {
+                Some(p) => format!("--policy {}", p.display()),
+                None => "the cluster (Kyverno ClusterPolicy/Policy, ImagePolicy)".to_string(),
+            },
+            if kube.is_some() && args.policy.is_none() {
+                format!(" after waiting {:?} (--policy-wait)", args.policy_wait)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if policy.rule_count() == 0 && kube.is_none() {
+        warn!("audit mode with an empty policy: nothing will be reported");
+    }
     health.set_ready(ReadyGate::PolicyLoaded, true);
     let sink_cfg = SinkConfig {
         stdout: true,
@@ -233,18 +268,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         cgroup2,
     };
     let (out, sinks) = findings_out(sinks, metrics.clone());
-    let mut ctrl = Controller::new(cfg, probes, Arc::new(policy), containerd, cri, out);
+    let mut ctrl = Controller::new(cfg, probes, policy, containerd, cri, out);
     ctrl.static_attributions = static_attr;
     ctrl.metrics = Some(metrics.clone());
-    let mut kube = if args.standalone {
-        ctrl.set_exemptions(Arc::new(Exemptions::from_namespaces(&args.exempt_namespaces)));
-        None
-    } else {
-        let k = KubeState::start(&args, base_policy, metrics.clone()).await?;
-        ctrl.pod_lookup = Some(k.pod_lookup());
-        ctrl.set_exemptions(k.exemptions.borrow().clone());
-        Some(k)
-    };
+    match kube.as_ref() {
+        None => ctrl.set_exemptions(Arc::new(Exemptions::from_namespaces(&args.exempt_namespaces))),
+        Some(k) => {
+            ctrl.pod_lookup = Some(k.pod_lookup());
+            ctrl.set_exemptions(k.exemptions.borrow().clone());
+        }
+    }
     ctrl.resync().await;
     if ctrl.probes().took_over {
         // A previous agent died and left its pinned state: the kernel kept
@@ -326,8 +359,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 KubeChange::Policy => {
                     if let Some(k) = kube.as_mut() {
                         let p = k.take_policy();
-                        info!(policies = ?p.policy_names(), rules = p.rule_count(), "policy reloaded");
-                        ctrl.set_policy(p);
+                        if p.rule_count() == 0 {
+                            // Deleted policies or a CRD gone: an empty set
+                            // would allow every image. Keep the last good one
+                            // and say so (metric, /readyz).
+                            tracing::error!(
+                                kept_rules = ctrl.policy().rule_count(),
+                                "the cluster's policies disappeared (no rule left); the last good policy stays \
+                                 in force; /readyz is not ready until a policy is back"
+                            );
+                            metrics.set_policy_missing(true);
+                            health.set_ready(ReadyGate::PolicyLoaded, false);
+                        } else {
+                            metrics.set_policy_missing(false);
+                            health.set_ready(ReadyGate::PolicyLoaded, true);
+                            info!(policies = ?p.policy_names(), rules = p.rule_count(), "policy reloaded");
+                            ctrl.set_policy(p);
+                        }
                     }
                 }
                 KubeChange::Exemptions => {

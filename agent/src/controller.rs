@@ -760,6 +760,11 @@ impl Controller {
         }
     }
 
+    /// The policy in force.
+    pub fn policy(&self) -> &PolicySet {
+        &self.policy
+    }
+
     /// A new policy (hot reload): every container is decided again.
     pub fn set_policy(&mut self, policy: Arc<PolicySet>) {
         self.policy = policy;

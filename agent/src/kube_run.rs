@@ -172,6 +172,15 @@ impl KubeState {
         lookup(self.pods.store.clone())
     }
 
+    /// Waits (bounded) until the cluster's merged policy has a rule.
+    pub async fn wait_for_policy(&mut self, timeout: Duration) {
+        let mut rx = self.policy.policy.clone();
+        let wait = rx.wait_for(|p| p.rule_count() > 0);
+        if tokio::time::timeout(timeout, wait).await.is_err() {
+            warn!(?timeout, "no cluster policy with a rule arrived");
+        }
+    }
+
     /// The newest merged policy; counts reloads (an invalid update keeps
     /// the last good policy inside the source and shows up here as an error).
     pub fn take_policy(&mut self) -> Arc<PolicySet> {

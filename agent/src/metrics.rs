@@ -325,6 +325,7 @@ struct Inner {
     sink_lines: Vec<Counter>,
     sink_dropped: Vec<Counter>,
     sink_errors: Vec<Counter>,
+    policy_missing: Gauge,
 }
 
 /// All the agent's metrics. Cheap to clone (one `Arc`); every update is a
@@ -438,6 +439,13 @@ impl Metrics {
             sink_errors.clone(),
         );
 
+        let policy_missing = Gauge::default();
+        registry.register(
+            "policy_missing",
+            "1 while the cluster has no policy left: the last good policy stays in force and /readyz is not ready.",
+            policy_missing.clone(),
+        );
+
         let scrape = Arc::new(ScrapeSources::default());
         registry.register_collector(Box::new(ScrapeCollector(scrape.clone())));
 
@@ -457,6 +465,7 @@ impl Metrics {
             sink_dropped: handles(&sink_dropped, "sink", SinkLabel::ALL, SinkLabel::as_str),
             sink_errors: handles(&sink_errors, "sink", SinkLabel::ALL, SinkLabel::as_str),
             enforcement,
+            policy_missing,
             registry,
             scrape,
         };
@@ -513,6 +522,11 @@ impl Metrics {
 
     pub fn policy_reload(&self, r: ReloadResult) {
         self.0.reloads[r.index()].inc();
+    }
+
+    /// The cluster's policies disappeared (the last good set is kept).
+    pub fn set_policy_missing(&self, missing: bool) {
+        self.0.policy_missing.set(i64::from(missing));
     }
 
     pub fn set_source_up(&self, s: Source, up: bool) {

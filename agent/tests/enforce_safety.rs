@@ -23,6 +23,13 @@ use support::{
     fakeapi::{Coll, FakeApi},
 };
 
+/// One enforcing agent at a time: two would judge each other's containers.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Waits for `f` with a deadline (never a fixed sleep).
 fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -42,6 +49,8 @@ struct Agent {
     child: Child,
     findings: Arc<Mutex<Vec<Value>>>,
     log: Arc<Mutex<Vec<String>>>,
+    /// The agent's stderr reached its end.
+    log_done: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Agent {
@@ -64,13 +73,16 @@ impl Agent {
         });
         let err = child.stderr.take().unwrap();
         let l2 = log.clone();
+        let log_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let d2 = log_done.clone();
         std::thread::spawn(move || {
             for l in BufReader::new(err).lines().map_while(Result::ok) {
                 eprintln!("agent: {l}");
                 l2.lock().unwrap().push(l);
             }
+            d2.store(true, std::sync::atomic::Ordering::SeqCst);
         });
-        Agent { child, findings, log }
+        Agent { child, findings, log, log_done }
     }
 
     fn finding(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
@@ -85,8 +97,8 @@ impl Agent {
     fn wait_exit(&mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
         let st = wait_for("the agent to exit", timeout, || self.child.try_wait().ok().flatten());
         // Let the reader thread drain what the agent wrote last.
-        let _ = wait_for("the agent's log", Duration::from_secs(2), || {
-            (!self.log.lock().unwrap().is_empty()).then_some(())
+        wait_for("the end of the agent's log", Duration::from_secs(10), || {
+            self.log_done.load(std::sync::atomic::Ordering::SeqCst).then_some(())
         });
         (st, self.log.lock().unwrap().join("\n"))
     }
@@ -123,6 +135,7 @@ fn seed_policy() -> Value {
 /// one Pod; kube-public, which it does not list, is enforced again).
 #[test]
 fn admission_exclusions_are_reported_never_stopped() {
+    let _serial = serial();
     let test = "admission_exclusions_are_reported_never_stopped";
     if !root_or_skip(test) {
         return;
@@ -210,6 +223,143 @@ fn admission_exclusions_are_reported_never_stopped() {
         });
         assert!(!ctd.marker(&format!("x-pub-{t}")).exists(), "kube-public is not excluded by this ConfigMap");
     });
+    drop(agent);
+    let _ = std::fs::remove_dir_all(dir);
+    drop(ctd);
+    drop(images);
+}
+
+/// A free local port for `--listen`.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `GET path` on the agent's server: (status code, body).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, buf))
+}
+
+/// Case 8, at start: enforce mode with a policy that has no rule checking
+/// images (here a Kyverno policy whose only rule cannot be enforced, run
+/// with --allow-partial), or with no policy in the cluster, refuses to
+/// start with a clear error instead of allowing every image. No root
+/// needed: the refusal comes before anything is loaded.
+#[test]
+fn enforce_mode_refuses_an_empty_policy() {
+    let _serial = serial();
+    let dir = support::host::tempdir("iw-safety-empty");
+    let pol = dir.join("labels-only.yaml");
+    std::fs::write(
+        &pol,
+        "apiVersion: kyverno.io/v1\nkind: ClusterPolicy\nmetadata: {name: require-labels}\nspec:\n  \
+         validationFailureAction: Enforce\n  rules:\n  - name: check-team\n    match: {any: [{resources: {kinds: [Pod]}}]}\n    \
+         validate:\n      message: label team required\n      pattern: {metadata: {labels: {team: \"?*\"}}}\n",
+    )
+    .unwrap();
+    let pol_s = pol.display().to_string();
+    let mut a = Agent::start(
+        &["run", "--standalone", "--mode", "enforce", "--allow-partial", "--fail-mode", "open", "--policy", &pol_s],
+        &[],
+    );
+    let (st, log) = a.wait_exit(Duration::from_secs(30));
+    assert!(!st.success(), "enforce mode started with an empty policy:\n{log}");
+    assert!(log.contains("refuses to start without a policy"), "{log}");
+    assert!(!log.contains("agent running"), "{log}");
+
+    // Kubernetes mode, nothing in the cluster: refused after --policy-wait.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let api = rt.block_on(FakeApi::start());
+    let kubeconfig = dir.join("config");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let mut a = Agent::start(
+        &["run", "--mode", "enforce", "--fail-mode", "open", "--node-name", "node-a", "--policy-wait", "1s"],
+        &[("KUBECONFIG", &kubeconfig)],
+    );
+    let (st, log) = a.wait_exit(Duration::from_secs(30));
+    assert!(!st.success(), "enforce mode started with no policy in the cluster:\n{log}");
+    assert!(log.contains("refuses to start without a policy") && log.contains("the cluster"), "{log}");
+    // Audit mode may run without a policy (it stops nothing).
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let a = Agent::start(
+        &["run", "--standalone", "--mode", "audit", "--allow-partial", "--fail-mode", "open", "--policy", &pol_s, "--listen", &listen],
+        &[],
+    );
+    if support::host::privileged() {
+        a.wait_log("the audit agent running", Duration::from_secs(30), "agent running");
+    }
+    drop(a);
+    drop(api);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Case 8, later: the cluster's policy is deleted while an enforcing agent
+/// runs. The last good policy stays in force (a docker.io container started
+/// afterwards is still killed), /readyz turns not ready and
+/// `imagewarden_policy_missing` is 1; when a policy is back, both recover.
+#[test]
+fn policies_disappearing_keep_the_last_good_set() {
+    let _serial = serial();
+    let test = "policies_disappearing_keep_the_last_good_set";
+    if !root_or_skip(test) {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let images = TestImages::build();
+    let ctd = Containerd::start();
+    ctd.import("k8s.io", &images);
+    let api = rt.block_on(FakeApi::start());
+    api.put(Coll::ClusterPolicies, seed_policy());
+    let t = ctd.token.clone();
+    let dir = support::host::tempdir("iw-safety-gone");
+    let kubeconfig = dir.join("config");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let endpoint = ctd.endpoint();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let agent = Agent::start(
+        &[
+            "run", "--mode", "enforce", "--fail-mode", "open", "--node-name", "node-a", "--listen", &listen,
+            "--runtime-endpoint", &endpoint,
+        ],
+        &[("KUBECONFIG", &kubeconfig)],
+    );
+    agent.wait_log("the agent running", Duration::from_secs(30), "agent running");
+    let ready = |want: u16| wait_for("/readyz", Duration::from_secs(15), || http_get(port, "/readyz").filter(|(c, _)| *c == want));
+    let gauge = |want: &str| {
+        wait_for("imagewarden_policy_missing", Duration::from_secs(15), || {
+            let (_, body) = http_get(port, "/metrics")?;
+            body.lines().any(|l| l.starts_with("imagewarden_policy_missing ") && l.ends_with(want)).then_some(())
+        })
+    };
+    ready(200);
+    gauge(" 0");
+
+    api.remove(Coll::ClusterPolicies, "", "restrict-image-registries");
+    agent.wait_log("the disappearance", Duration::from_secs(15), "policies disappeared");
+    let (_, body) = ready(503);
+    assert!(body.contains("policy"), "{body}");
+    gauge(" 1");
+    rt.block_on(async {
+        let cri = CriClient::connect(&endpoint).await.expect("CRI");
+        let (_, id) = ctd
+            .cri_run_pod_opt(&cri, "web-hub", "prod", &format!("eeeeeeee-0000-0000-0000-{t:0>12}"), "nginx", NGINX, &format!("g-{t}"), true)
+            .await;
+        agent.finding("the kill under the kept policy", Duration::from_secs(15), |v| {
+            v["container_id"] == id.as_str() && v["action"] == "killed"
+        });
+        assert!(!ctd.marker(&format!("g-{t}")).exists(), "an untrusted entrypoint ran once the policy was deleted");
+    });
+    api.put(Coll::ClusterPolicies, seed_policy());
+    ready(200);
+    gauge(" 0");
     drop(agent);
     let _ = std::fs::remove_dir_all(dir);
     drop(ctd);
