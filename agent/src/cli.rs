@@ -27,10 +27,14 @@ pub enum Command {
     /// Run the node agent.
     Run(RunArgs),
     /// Remove the programs and maps a fail-closed agent left pinned in
-    /// bpffs (after a crash, when uninstalling).
+    /// bpffs (after a crash, when uninstalling): detaches enforcement. Takes
+    /// the one-agent lock first, so it never pulls a running agent's pins.
     Cleanup {
         #[arg(long, default_value = crate::probes::DEFAULT_PIN_ROOT, env = "IMAGEWARDEN_PIN_DIR")]
         pin_dir: PathBuf,
+        /// How long to wait for a running agent to let go of the lock.
+        #[arg(long, default_value = "30s", value_parser = parse_duration, env = "IMAGEWARDEN_CLEANUP_WAIT")]
+        wait: std::time::Duration,
     },
 }
 

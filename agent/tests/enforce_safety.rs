@@ -365,3 +365,90 @@ fn policies_disappearing_keep_the_last_good_set() {
     drop(ctd);
     drop(images);
 }
+
+/// Creates a map of the given definition in the kernel and pins it at
+/// `path` (raw bpf(2): BPF_MAP_CREATE, BPF_OBJ_PIN), as an agent of another
+/// version would have left it.
+fn pin_foreign_map(path: &Path, map_type: u32, key: u32, value: u32, entries: u32, flags: u32) {
+    use std::os::unix::ffi::OsStrExt;
+    let mut attr = [0u8; 128];
+    for (i, v) in [map_type, key, value, entries, flags].iter().enumerate() {
+        attr[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    // SAFETY: bpf(BPF_MAP_CREATE = 0) with a zeroed attr of the right size.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), attr.len()) };
+    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut attr = [0u8; 128];
+    attr[0..8].copy_from_slice(&(cpath.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
+    // SAFETY: bpf(BPF_OBJ_PIN = 6); the path outlives the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, 6, attr.as_ptr(), attr.len()) };
+    assert!(r == 0, "BPF_OBJ_PIN {}: {}", path.display(), std::io::Error::last_os_error());
+    // SAFETY: our fd.
+    unsafe { libc::close(fd as i32) };
+}
+
+/// Case 7: pinned maps of another definition (same key and value sizes,
+/// other max entries and flags, as the no-prealloc change made them) are
+/// rebuilt, not reused; another version's pin directory is removed once
+/// the new programs run; the agent's own pins are reused on restart (no
+/// false mismatch); `cleanup` removes everything.
+#[test]
+fn pinned_maps_of_another_definition_are_rebuilt() {
+    let _serial = serial();
+    let test = "pinned_maps_of_another_definition_are_rebuilt";
+    if !support::host::privileged() {
+        support::skip_or_fail(test, "needs root (eBPF, bpffs)");
+        return;
+    }
+    use imagewarden::probes::{layout, pin_dir_under};
+    let root = Path::new("/sys/fs/bpf").join(format!("iw-test-layout-{}", std::process::id()));
+    /// Whatever happens, no pinned program of this test stays attached.
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = imagewarden::probes::cleanup_root(&self.0, Duration::from_secs(5));
+        }
+    }
+    let _ = imagewarden::probes::cleanup_root(&root, Duration::from_secs(1));
+    let _cleanup = Cleanup(root.clone());
+    let dir = pin_dir_under(&root);
+    std::fs::create_dir_all(&dir).unwrap();
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    // The shape VERDICTS had before it stopped being preallocated.
+    pin_foreign_map(&dir.join("VERDICTS"), BPF_MAP_TYPE_HASH, 8, 4, 8, 0);
+    // A previous version's directory (the first layout tag).
+    let old = root.join("v1-c100-k72");
+    std::fs::create_dir_all(&old).unwrap();
+    pin_foreign_map(&old.join("VERDICTS"), BPF_MAP_TYPE_HASH, 8, 4, 8, 0);
+
+    let want = layout::embedded().expect("layout").maps["VERDICTS"];
+    assert_ne!(layout::MapDef::of_pin(&dir.join("VERDICTS")).unwrap(), want);
+    let root_s = root.display().to_string();
+    let args = ["run", "--standalone", "--mode", "audit", "--fail-mode", "closed", "--pin-dir", &root_s];
+    let mut a = Agent::start(&args, &[]);
+    a.wait_log("the agent running", Duration::from_secs(30), "agent running");
+    assert_eq!(
+        layout::MapDef::of_pin(&dir.join("VERDICTS")).unwrap(),
+        want,
+        "the pinned VERDICTS of another definition was reused"
+    );
+    a.wait_log("the rebuild logged", Duration::from_secs(5), "rebuilding the pinned maps");
+    assert!(!old.exists(), "the other layout's pins must be removed");
+    // SIGKILL (a crash): the next agent reuses this layout's pins as they are.
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let mut b = Agent::start(&args, &[]);
+    b.wait_log("the second agent running", Duration::from_secs(30), "agent running");
+    assert!(
+        !b.log.lock().unwrap().iter().any(|l| l.contains("rebuilding") || l.contains("another definition")),
+        "the agent's own pins must be reused"
+    );
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    // Uninstall.
+    let out = Command::new(env!("CARGO_BIN_EXE_imagewarden")).args(["cleanup", "--pin-dir", &root_s]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!root.exists(), "cleanup must remove {}", root.display());
+}
