@@ -138,6 +138,12 @@ pub struct RunArgs {
     /// One agent per directory: a second one refuses to start.
     #[arg(long, default_value = crate::probes::DEFAULT_PIN_ROOT, env = "IMAGEWARDEN_PIN_DIR")]
     pub pin_dir: PathBuf,
+    /// Dead-man's switch: when the agent's heartbeat in the kernel is older
+    /// than this (the agent died or hangs), the kernel stops holding unknown
+    /// containers: they run, are counted, and the next agent reports and
+    /// judges them. Known-denied containers stay denied. 0 disables it.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, env = "IMAGEWARDEN_HEARTBEAT_TIMEOUT")]
+    pub heartbeat_timeout: std::time::Duration,
     /// Do not hold execs of unclassified containers (the kernel lets them
     /// run until user space has a verdict).
     #[arg(long, env = "IMAGEWARDEN_NO_HOLD")]

@@ -227,6 +227,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         hold_unknown_containers: !args.no_hold,
         pin_dir: (args.fail_mode == FailMode::Closed).then(|| crate::probes::pin_dir_under(&args.pin_dir)),
         emit_all: args.all_execs,
+        heartbeat_timeout: if enforce { args.heartbeat_timeout } else { std::time::Duration::ZERO },
     };
     let mut probes = Probes::load(&opts).context("loading the eBPF probes")?;
     metrics.set_enforcement(probes.enforcement, probes.exec_hook);
@@ -243,6 +244,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Attribution { reason: Some(format!("denied-cgroup: {}", path.display())), ..Default::default() },
         );
         info!(cgroup = %path.display(), cgroup_id = id, "cgroup denied");
+    }
+    // The agent's own pod is never held nor killed: its cgroup is allowed
+    // by id (a restarted agent's new container runs through the dead-man's
+    // switch while no agent is alive).
+    if let Some(cg2) = find_cgroup2_mount() {
+        match crate::sources::cgroup::cgroup2_dir_of_pid(&cg2, std::process::id()) {
+            Ok(dir) if dir != cg2 => match probes.set_cgroup_path_verdict(&dir, verdict::ALLOW) {
+                Ok(id) => {
+                    static_attr.entry(id).or_insert_with(|| Attribution {
+                        reason: Some("imagewarden itself: never held nor killed".into()),
+                        ..Default::default()
+                    });
+                }
+                Err(e) => warn!("allowing the agent's own cgroup: {e}"),
+            },
+            Ok(_) => {}
+            Err(e) => warn!("the agent's own cgroup: {e}"),
+        }
     }
     let ring = probes.take_events().context("ring buffer already taken")?;
     let (tx, mut rx) = mpsc::channel::<ExecRecord>(CHANNEL_CAPACITY);
@@ -284,9 +303,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         // enforcing with it until now. Drop what no longer exists, let
         // containers it held while nobody decided go on (or die).
         ctrl.after_takeover();
+        // What the kernel let run unheld while no agent was alive (the
+        // dead-man's switch): reported now, and judged by the resync above
+        // (a denied one is killed like any other in enforce mode).
+        let (execs, cgroups) = ctrl.probes_mut().take_unenforced();
+        if execs > 0 || !cgroups.is_empty() {
+            warn!(execs, containers = cgroups.len(), "while no agent was alive, unknown containers ran unenforced");
+            metrics.unenforced_execs(execs);
+            for (id, _since) in cgroups {
+                let attr = ctrl.attribution_of(id);
+                let f = Finding::container(
+                    "unknown",
+                    "none",
+                    format!("ran-unenforced: cgroup {id} ran while no agent was alive (heartbeat stale); judged on takeover"),
+                    None,
+                    Some(id),
+                    attr,
+                );
+                ctrl.report(&f);
+            }
+        }
     }
     health.set_ready(ReadyGate::InventorySynced, true);
     health.tick();
+    let _ = ctrl.probes_mut().heartbeat();
     // Start-up's peak (the kernel BTF parsed and freed) goes back now.
     crate::memory::trim();
     info!(
@@ -339,6 +379,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = resync_now.notified() => ctrl.resync().await,
             _ = health_tick.tick() => {
                 health.tick();
+                if let Err(e) = ctrl.probes_mut().heartbeat() {
+                    warn!("heartbeat: {e}");
+                }
                 // Lost exec events are counted in /metrics; say so in the
                 // log too, at most once every 10 s.
                 if last_loss_check.elapsed() >= std::time::Duration::from_secs(10) {

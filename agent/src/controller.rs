@@ -760,6 +760,21 @@ impl Controller {
         }
     }
 
+    /// What is known about a cgroup, for a finding.
+    pub fn attribution_of(&self, cgroup_id: u64) -> Attribution {
+        self.by_cgroup
+            .get(&cgroup_id)
+            .and_then(|k| self.entries.get(k))
+            .map(Entry::attribution)
+            .or_else(|| self.static_attributions.get(&cgroup_id).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Prints a finding through the controller's sinks.
+    pub fn report(&mut self, f: &Finding) {
+        (self.out)(f);
+    }
+
     /// The policy in force.
     pub fn policy(&self) -> &PolicySet {
         &self.policy

@@ -326,6 +326,7 @@ struct Inner {
     sink_dropped: Vec<Counter>,
     sink_errors: Vec<Counter>,
     policy_missing: Gauge,
+    unenforced_execs: Counter,
 }
 
 /// All the agent's metrics. Cheap to clone (one `Arc`); every update is a
@@ -446,6 +447,13 @@ impl Metrics {
             policy_missing.clone(),
         );
 
+        let unenforced_execs = Counter::default();
+        registry.register(
+            "unenforced_execs",
+            "Execs of unknown containers the kernel let run unheld while no agent was alive (dead-man's switch), as reported by the next agent.",
+            unenforced_execs.clone(),
+        );
+
         let scrape = Arc::new(ScrapeSources::default());
         registry.register_collector(Box::new(ScrapeCollector(scrape.clone())));
 
@@ -466,6 +474,7 @@ impl Metrics {
             sink_errors: handles(&sink_errors, "sink", SinkLabel::ALL, SinkLabel::as_str),
             enforcement,
             policy_missing,
+            unenforced_execs,
             registry,
             scrape,
         };
@@ -522,6 +531,11 @@ impl Metrics {
 
     pub fn policy_reload(&self, r: ReloadResult) {
         self.0.reloads[r.index()].inc();
+    }
+
+    /// Execs that ran unenforced while no agent was alive.
+    pub fn unenforced_execs(&self, n: u64) {
+        self.0.unenforced_execs.inc_by(n);
     }
 
     /// The cluster's policies disappeared (the last good set is kept).

@@ -452,3 +452,120 @@ fn pinned_maps_of_another_definition_are_rebuilt() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!root.exists(), "cleanup must remove {}", root.display());
 }
+
+/// Runs `sh -c 'exit 5'` in a cgroup: the signal that ended it, if any.
+fn exec_signal_in(cg: &Path) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    let st = support::host::in_cgroup(cg, "/bin/sh").arg("-c").arg("exit 5").status().unwrap();
+    st.signal()
+}
+
+/// Removes a test's pin root whatever happens (no program stays attached).
+struct PinRoot(std::path::PathBuf);
+
+impl Drop for PinRoot {
+    fn drop(&mut self) {
+        let _ = imagewarden::probes::cleanup_root(&self.0, Duration::from_secs(5));
+    }
+}
+
+/// Case 1, the dead-man's switch: SIGKILL an enforcing, fail-closed agent.
+/// Within the staleness bound (--heartbeat-timeout) a new trusted container
+/// starts and runs its entrypoint (containers the kernel held just before
+/// the bound stay stopped until the next agent); a cgroup denied before
+/// the crash still cannot exec; the next agent takes over, reports what ran
+/// unenforced (finding `ran-unenforced` naming the container, metric) and
+/// judges it. Prints the measured recovery time (SIGKILL to the first
+/// trusted entrypoint).
+#[test]
+fn dead_agent_does_not_wedge_the_node_and_denied_stays_denied() {
+    let _serial = serial();
+    let test = "dead_agent_does_not_wedge_the_node_and_denied_stays_denied";
+    if !root_or_skip(test) {
+        return;
+    }
+    let images = TestImages::build();
+    let ctd = Containerd::start();
+    ctd.import("default", &images);
+    let root = Path::new("/sys/fs/bpf").join(format!("iw-test-deadman-{}", std::process::id()));
+    let _ = imagewarden::probes::cleanup_root(&root, Duration::from_secs(1));
+    let pins = PinRoot(root.clone());
+    let denied = support::host::TestCgroup::new("deadman-denied");
+    let root_s = root.display().to_string();
+    let endpoint = ctd.endpoint();
+    let denied_s = denied.path.display().to_string();
+    let args = [
+        "run", "--standalone", "--mode", "enforce", "--fail-mode", "closed", "--pin-dir", &root_s,
+        "--heartbeat-timeout", "2s", "--runtime-endpoint", &endpoint, "--deny-cgroup", &denied_s,
+    ];
+    let mut a = Agent::start(&args, &[]);
+    a.wait_log("agent A running", Duration::from_secs(30), "agent running");
+    assert_eq!(exec_signal_in(&denied.path), Some(libc::SIGKILL), "the denied cgroup must be denied");
+    let t = ctd.token.clone();
+    ctd.ctr_run("default", &format!("alive-{t}"), support::containerd::ECR_NGINX, &[]);
+    assert!(ctd.wait_marker(&format!("alive-{t}"), Duration::from_secs(15)).is_some(), "trusted container with the agent alive");
+
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let t0 = Instant::now();
+    // New trusted containers, one after another, until one runs. `ctr run`
+    // is not waited for: while the kernel holds a container's first exec
+    // (runc's own re-exec included) it does not return.
+    let sock = endpoint.trim_start_matches("unix://").to_string();
+    let marker_dir = ctd.marker("x").parent().unwrap().to_path_buf();
+    let mut ctrs: Vec<Child> = Vec::new();
+    let mut ran = None;
+    let mut held = Vec::new();
+    for i in 0.. {
+        let id = format!("after-{i}-{t}");
+        let child = Command::new("ctr")
+            .args(["-a", &sock, "-n", "default", "run", "-d", "--mount"])
+            .arg(format!("type=bind,src={},dst={},options=rbind:rw", marker_dir.display(), support::containerd::MARKER_MOUNT))
+            .args(["--env", &format!("IW_MARKER_NAME={id}"), support::containerd::ECR_NGINX, &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ctr run");
+        ctrs.push(child);
+        if ctd.wait_marker(&id, Duration::from_millis(500)).is_some() {
+            ran = Some(id);
+            break;
+        }
+        held.push(id);
+        if t0.elapsed() > Duration::from_secs(30) {
+            for c in &mut ctrs {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            panic!("no trusted container ran within 30 s of the agent's death (held: {held:?})");
+        }
+    }
+    let recovered = t0.elapsed();
+    let ran = ran.unwrap();
+    eprintln!("RECOVERY after SIGKILL of the enforcing agent: first trusted entrypoint after {} ms (heartbeat timeout 2 s)", recovered.as_millis());
+    assert_eq!(exec_signal_in(&denied.path), Some(libc::SIGKILL), "a cgroup denied before the crash must stay denied");
+
+    // The next agent takes over and reports what ran while nobody decided.
+    let b = Agent::start(&args, &[]);
+    b.wait_log("agent B running", Duration::from_secs(30), "agent running");
+    b.wait_log("the unenforced report", Duration::from_secs(10), "ran unenforced");
+    let f = b.finding("the ran-unenforced finding", Duration::from_secs(10), |v| {
+        v["container_id"] == ran.as_str() && v["reason"].as_str().is_some_and(|r| r.starts_with("ran-unenforced"))
+    });
+    assert_eq!(f["type"], "container", "{f}");
+    assert_eq!(exec_signal_in(&denied.path), Some(libc::SIGKILL), "denied under the new agent");
+    // Those held in the window before the bound are released by the new agent.
+    for id in &held {
+        assert!(ctd.wait_marker(id, Duration::from_secs(15)).is_some(), "{id}, held while no agent was alive, must run once one is back");
+    }
+    for mut c in ctrs {
+        let done = wait_for("ctr run to return", Duration::from_secs(15), || c.try_wait().ok().map(|s| s.is_some()).filter(|d| *d));
+        assert!(done);
+    }
+    drop(b);
+    drop(a);
+    drop(pins);
+    drop(denied);
+    drop(ctd);
+    drop(images);
+}

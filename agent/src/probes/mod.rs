@@ -127,10 +127,22 @@ pub struct ProbeOptions {
     /// Emit every exec into the ring buffer; otherwise only those user space
     /// acts on (deny, audit, hold, kill, fileless).
     pub emit_all: bool,
+    /// Dead-man's switch: how old the agent's heartbeat may get before the
+    /// kernel stops holding unknown containers (zero: never).
+    pub heartbeat_timeout: std::time::Duration,
 }
 
 /// Maps that survive an agent restart in fail-closed mode.
-pub const PINNED_MAPS: &[&str] = &["VERDICTS", "NAME_VERDICTS", "CGROUP_NAMES", "HOLD_PARENTS", "CONFIG"];
+pub const PINNED_MAPS: &[&str] = &[
+    "VERDICTS",
+    "NAME_VERDICTS",
+    "CGROUP_NAMES",
+    "HOLD_PARENTS",
+    "CONFIG",
+    "HEARTBEAT",
+    "UNENFORCED",
+    "UNENFORCED_CGROUPS",
+];
 
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/imagewarden";
 
@@ -204,7 +216,7 @@ enum Attached {
 
 impl Default for ProbeOptions {
     fn default() -> Self {
-        Self { ringbuf_bytes: 1 << 22, hook: HookChoice::Auto, enforce: false, try_lsm: true, hold_unknown_containers: true, pin_dir: None, emit_all: true }
+        Self { ringbuf_bytes: 1 << 22, hook: HookChoice::Auto, enforce: false, try_lsm: true, hold_unknown_containers: true, pin_dir: None, emit_all: true, heartbeat_timeout: std::time::Duration::from_secs(5) }
     }
 }
 
@@ -233,6 +245,9 @@ pub struct Probes {
     /// Generation of the kernel's by-name decision cache (see `bump_gen`).
     name_gen_map: Array<MapData, u32>,
     name_gen: u32,
+    heartbeat: Array<MapData, u64>,
+    unenforced: PerCpuArray<MapData, u64>,
+    unenforced_cgroups: HashMap<MapData, u64, u64>,
     events: Option<RingBuf<MapData>>,
     pub exec_hook: ExecHook,
     pub enforcement: Enforcement,
@@ -318,6 +333,7 @@ impl Probes {
         cfg.emit_all = opts.emit_all as u32;
         cfg.unknown_container_verdict =
             if opts.hold_unknown_containers { verdict::HOLD } else { verdict::UNKNOWN };
+        cfg.heartbeat_stale_ns = u64::try_from(opts.heartbeat_timeout.as_nanos()).unwrap_or(u64::MAX);
         kernel_offsets(&mut cfg)?;
         let fmt_path = tracefs.join("events/sched/sched_process_exec/format");
         let fmt = std::fs::read_to_string(&fmt_path)
@@ -367,6 +383,11 @@ impl Probes {
         // the next one (start-up's memory peak; see crate::memory).
         drop(loader);
 
+        // The heartbeat first: the configuration below arms the switch.
+        let mut heartbeat: Array<MapData, u64> = take(&mut ebpf, "HEARTBEAT")?;
+        heartbeat.set(0, boot_ns(), 0).map_err(|e| ProbeError::Map("HEARTBEAT", e.to_string()))?;
+        let unenforced: PerCpuArray<MapData, u64> = take(&mut ebpf, "UNENFORCED")?;
+        let unenforced_cgroups: HashMap<MapData, u64, u64> = take(&mut ebpf, "UNENFORCED_CGROUPS")?;
         let mut config_map: Array<MapData, Config> = take(&mut ebpf, "CONFIG")?;
         config_map.set(0, cfg, 0).map_err(|e| ProbeError::Map("CONFIG", e.to_string()))?;
         let verdicts: HashMap<MapData, u64, u32> = take(&mut ebpf, "VERDICTS")?;
@@ -482,6 +503,9 @@ impl Probes {
             config: cfg,
             name_gen_map,
             name_gen: 0,
+            heartbeat,
+            unenforced,
+            unenforced_cgroups,
             events: Some(events),
             exec_hook,
             enforcement,
@@ -514,6 +538,32 @@ impl Probes {
                 let _ = std::fs::remove_dir(root); // only if empty
             }
         }
+    }
+
+    /// Dead-man's switch: tells the kernel the agent is alive (call at least
+    /// every second; see `ProbeOptions::heartbeat_timeout`).
+    pub fn heartbeat(&mut self) -> Result<(), ProbeError> {
+        self.heartbeat.set(0, boot_ns(), 0).map_err(|e| ProbeError::Map("HEARTBEAT", e.to_string()))
+    }
+
+    /// What ran unenforced while no agent was alive (the heartbeat was
+    /// stale): the number of execs let through unheld, and the cgroups
+    /// (with the boot ns of their first such exec). Both are reset.
+    pub fn take_unenforced(&mut self) -> (u64, Vec<(u64, u64)>) {
+        let n = self.unenforced.get(&0, 0).map(|v| v.iter().copied().fold(0u64, u64::wrapping_add)).unwrap_or(0);
+        if n > 0 {
+            if let Ok(cpus) = aya::util::nr_cpus() {
+                let zero = aya::maps::PerCpuValues::try_from(vec![0u64; cpus]);
+                if let Ok(z) = zero {
+                    let _ = self.unenforced.set(0, z, 0);
+                }
+            }
+        }
+        let cgroups: Vec<(u64, u64)> = self.unenforced_cgroups.iter().filter_map(Result::ok).collect();
+        for (id, _) in &cgroups {
+            let _ = self.unenforced_cgroups.remove(id);
+        }
+        (n, cgroups)
     }
 
     /// Cgroup ids that have a verdict in the kernel.
@@ -736,6 +786,14 @@ fn attach_tracepoint(ebpf: &mut Ebpf) -> Result<FdLink, String> {
     let id = p.attach("sched", "sched_process_exec").map_err(|e| format!("attach: {e}"))?;
     let link = p.take_link(id).map_err(|e| format!("take link: {e}"))?;
     FdLink::try_from(link).map_err(|e| format!("tracepoint link is not a bpf_link (kernel too old to pin it): {e}"))
+}
+
+/// `CLOCK_BOOTTIME` in ns: what `bpf_ktime_get_boot_ns` reads in the kernel.
+fn boot_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
