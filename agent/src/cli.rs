@@ -129,11 +129,16 @@ pub struct RunArgs {
     /// Full resync with the container runtimes (safety net under the event streams).
     #[arg(long, default_value = "30s", value_parser = parse_duration, env = "IMAGEWARDEN_RESYNC_INTERVAL")]
     pub resync_interval: std::time::Duration,
-    /// When the agent dies (crash, OOM, SIGKILL): closed keeps enforcing in
-    /// the kernel (pinned in /sys/fs/bpf/imagewarden); open stops. A clean
-    /// SIGTERM/SIGINT always detaches and unpins.
+    /// When the agent dies (crash, OOM, SIGKILL) or stops (SIGTERM, SIGINT):
+    /// closed keeps enforcing in the kernel (pinned in /sys/fs/bpf/imagewarden)
+    /// and the next agent takes the state over (rolling updates without a
+    /// gap); open stops. `imagewarden cleanup` or --detach-on-exit detach.
     #[arg(long, value_enum, default_value_t = FailMode::Closed, env = "IMAGEWARDEN_FAIL_MODE")]
     pub fail_mode: FailMode,
+    /// On SIGTERM/SIGINT, detach and unpin everything instead of handing the
+    /// pinned state over to the next agent (enforcement ends with the agent).
+    #[arg(long, env = "IMAGEWARDEN_DETACH_ON_EXIT")]
+    pub detach_on_exit: bool,
     /// Where a fail-closed agent pins its programs and verdict maps (bpffs).
     /// One agent per directory: a second one refuses to start.
     #[arg(long, default_value = crate::probes::DEFAULT_PIN_ROOT, env = "IMAGEWARDEN_PIN_DIR")]

@@ -436,16 +436,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = cross_tick.tick(), if kube.is_some() => {
                 if let Some(k) = kube.as_mut() { k.crosscheck(&mut ctrl, &sinks).await }
             }
-            _ = sigterm.recv() => { info!("SIGTERM: detaching"); break }
-            _ = sigint.recv() => { info!("SIGINT: detaching"); break }
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break }
+            _ = sigint.recv() => { info!("SIGINT: stopping"); break }
         }
     }
     pump.abort();
     if let Some(f) = forwarder {
         f.abort();
     }
-    // Clean shutdown: detach everything, leave nothing pinned.
-    ctrl.probes_mut().unpin_all();
+    if args.fail_mode == FailMode::Closed && !args.detach_on_exit {
+        // A rolling update: the kernel keeps enforcing with the pinned
+        // state, which the next agent takes over. Unknown containers are
+        // held until it does (or until --heartbeat-timeout, the dead-man's
+        // switch). Uninstalling detaches: `imagewarden cleanup`.
+        let _ = ctrl.probes_mut().heartbeat();
+        info!("leaving the pinned state to the next agent (enforcement continues; `imagewarden cleanup` detaches)");
+    } else {
+        // Detach everything, leave nothing pinned.
+        ctrl.probes_mut().unpin_all();
+        info!("detached");
+    }
     let k = ctrl.probes().counters().unwrap_or_default();
     info!(
         execs = k.execs,

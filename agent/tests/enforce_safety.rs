@@ -569,3 +569,79 @@ fn dead_agent_does_not_wedge_the_node_and_denied_stays_denied() {
     drop(ctd);
     drop(images);
 }
+
+/// Case 2, rolling update without a gap: while untrusted (docker.io)
+/// containers start in a loop, the enforcing agent gets SIGTERM and a new
+/// one starts a second later (as a DaemonSet rollout does). SIGTERM hands
+/// the pinned state over: none of the untrusted containers runs its
+/// entrypoint (held by the kernel until the new agent kills them).
+#[test]
+fn rolling_replacement_lets_no_untrusted_entrypoint_run() {
+    let _serial = serial();
+    let test = "rolling_replacement_lets_no_untrusted_entrypoint_run";
+    if !root_or_skip(test) {
+        return;
+    }
+    let images = TestImages::build();
+    let ctd = Containerd::start();
+    ctd.import("default", &images);
+    let root = Path::new("/sys/fs/bpf").join(format!("iw-test-rollout-{}", std::process::id()));
+    let _ = imagewarden::probes::cleanup_root(&root, Duration::from_secs(1));
+    let pins = PinRoot(root.clone());
+    let root_s = root.display().to_string();
+    let endpoint = ctd.endpoint();
+    let args = [
+        "run", "--standalone", "--mode", "enforce", "--fail-mode", "closed", "--pin-dir", &root_s,
+        "--runtime-endpoint", &endpoint, "--hold-timeout", "10s",
+    ];
+    let mut a = Agent::start(&args, &[]);
+    a.wait_log("agent A running", Duration::from_secs(30), "agent running");
+    let t = ctd.token.clone();
+    let sock = endpoint.trim_start_matches("unix://").to_string();
+    let marker_dir = ctd.marker("x").parent().unwrap().to_path_buf();
+    let mut ctrs: Vec<Child> = Vec::new();
+    let mut ids = Vec::new();
+    let mut start_one = |i: usize, ctrs: &mut Vec<Child>| {
+        let id = format!("u-{i}-{t}");
+        let child = Command::new("ctr")
+            .args(["-a", &sock, "-n", "default", "run", "-d", "--mount"])
+            .arg(format!("type=bind,src={},dst={},options=rbind:rw", marker_dir.display(), support::containerd::MARKER_MOUNT))
+            .args(["--env", &format!("IW_MARKER_NAME={id}"), NGINX, &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ctr run");
+        ctrs.push(child);
+        ids.push(id);
+    };
+    let mut i = 0;
+    let mut tick = |until: Instant, ctrs: &mut Vec<Child>| {
+        while Instant::now() < until {
+            start_one(i, ctrs);
+            i += 1;
+            let next = (Instant::now() + Duration::from_millis(300)).min(until);
+            wait_for("a pause between starts", Duration::from_secs(1), || (Instant::now() >= next).then_some(()));
+        }
+    };
+    tick(Instant::now() + Duration::from_secs(1), &mut ctrs);
+    // SAFETY: plain syscall on our child.
+    unsafe { libc::kill(a.child.id() as i32, libc::SIGTERM) };
+    let (st, _) = a.wait_exit(Duration::from_secs(30));
+    assert!(st.success(), "agent A after SIGTERM: {st:?}");
+    tick(Instant::now() + Duration::from_secs(1), &mut ctrs);
+    let b = Agent::start(&args, &[]);
+    b.wait_log("agent B running", Duration::from_secs(30), "agent running");
+    tick(Instant::now() + Duration::from_secs(1), &mut ctrs);
+    // Every one is decided (killed) by the new agent; none ran.
+    for mut c in ctrs {
+        wait_for("ctr run to return", Duration::from_secs(20), || c.try_wait().ok().flatten().map(|_| ()));
+    }
+    let ran: Vec<&String> = ids.iter().filter(|id| ctd.marker(id).exists()).collect();
+    assert!(ids.len() >= 6, "too few containers started: {ids:?}");
+    assert!(ran.is_empty(), "untrusted entrypoints ran across the handover: {ran:?} of {}", ids.len());
+    drop(b);
+    drop(a);
+    drop(pins);
+    drop(ctd);
+    drop(images);
+}

@@ -81,7 +81,7 @@ fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm
     let before = exec_program_ids();
 
     let mut agent = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
-        .args(["run", "--standalone", "--mode", "enforce", "--deny-cgroup"])
+        .args(["run", "--standalone", "--mode", "enforce", "--detach-on-exit", "--deny-cgroup"])
         .arg(&cg)
         .env("IMAGEWARDEN_LOG_FORMAT", "text")
         .stdout(Stdio::piped())
@@ -122,7 +122,7 @@ fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm
         assert!(f.get(k).is_some(), "key {k} missing in {f}");
     }
 
-    // SIGTERM: clean exit, programs detached.
+    // SIGTERM with --detach-on-exit: clean exit, programs detached.
     // SAFETY: plain syscall on our child.
     unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
     let st = agent.0.wait().unwrap();
@@ -258,7 +258,8 @@ fn runs_in(cg: &std::path::Path) -> Option<i32> {
 
 /// Fail closed: SIGKILL the agent, enforcement stays (pinned in bpffs); a
 /// new agent takes over with no gap and no duplicate programs; SIGTERM
-/// leaves nothing behind. Fail open: the programs go with the agent.
+/// hands the state over and `cleanup` leaves nothing behind. Fail open:
+/// the programs go with the agent.
 #[test]
 fn killed_agent_keeps_enforcing_and_restart_takes_over_without_duplicates() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -296,18 +297,23 @@ fn killed_agent_keeps_enforcing_and_restart_takes_over_without_duplicates() {
     assert!(!now.contains(&ids_a[0]), "agent A's program must be gone after B took over");
     assert_eq!(runs_in(&cg), Some(libc::SIGKILL));
 
-    // Clean shutdown: nothing left.
+    // SIGTERM hands the pinned state over (a rolling update): enforcement
+    // stays until the next agent; `imagewarden cleanup` detaches.
     // SAFETY: plain syscall on our child.
     unsafe { libc::kill(b.0.id() as i32, libc::SIGTERM) };
     assert!(b.0.wait().unwrap().success());
     drop(b);
+    assert!(pin_dir.join("exec_link").exists(), "SIGTERM must leave the pinned state to the next agent");
+    assert_eq!(runs_in(&cg), Some(libc::SIGKILL), "enforcement must survive a clean SIGTERM (handover)");
+    let out = Command::new(env!("CARGO_BIN_EXE_imagewarden")).arg("cleanup").output().unwrap();
+    assert!(out.status.success(), "cleanup: {}", String::from_utf8_lossy(&out.stderr));
     let deadline = Instant::now() + Duration::from_secs(5);
     while exec_program_ids().difference(&before).count() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(exec_program_ids().difference(&before).count(), 0, "programs left after SIGTERM");
-    assert!(!pin_dir.exists(), "pin directory left after SIGTERM: {}", pin_dir.display());
-    assert_eq!(runs_in(&cg), None, "no enforcement after a clean shutdown");
+    assert_eq!(exec_program_ids().difference(&before).count(), 0, "programs left after cleanup");
+    assert!(!pin_dir.exists(), "pin directory left after cleanup: {}", pin_dir.display());
+    assert_eq!(runs_in(&cg), None, "no enforcement after cleanup");
 
     // Fail open: SIGKILL takes enforcement away.
     let mut c = start_agent(&cg, &["--fail-mode", "open"]);
