@@ -231,11 +231,17 @@ pub struct Config {
     /// hold, killed, fileless). Routine execs then cost no ring-buffer
     /// submit and no wake-up of user space (see docs/benchmarks.md).
     pub emit_all: u32,
+    /// Dead-man's switch: when the agent's heartbeat (the `HEARTBEAT` map,
+    /// `CLOCK_BOOTTIME` ns written by user space every second) is older
+    /// than this, the kernel stops holding unknown containers (they run and
+    /// are counted in `UNENFORCED`); known-denied cgroups stay denied.
+    /// 0: off (hold regardless).
+    pub heartbeat_stale_ns: u64,
 }
 
 pub const CONFIG_MAGIC: u32 = 0x1a6e_3a2d;
 
-const _: () = assert!(size_of::<Config>() == 72);
+const _: () = assert!(size_of::<Config>() == 80);
 
 #[cfg(feature = "user")]
 mod user {

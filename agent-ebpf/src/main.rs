@@ -88,6 +88,57 @@ static NAME_GEN: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+/// The agent's heartbeat: `CLOCK_BOOTTIME` ns, written by user space every
+/// second. Pinned: it outlives the agent, which is the point.
+#[map]
+static HEARTBEAT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Execs let through unheld while the heartbeat was stale (no agent).
+/// Pinned: the next agent reports them.
+#[map]
+static UNENFORCED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// cgroup id -> boot ns of the first exec let through unheld there.
+/// Pinned, for the next agent to report and judge.
+#[map]
+static UNENFORCED_CGROUPS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// Whether the agent is gone: its heartbeat is older than the bound.
+#[inline(always)]
+fn agent_gone(cfg: &Config, now: u64) -> bool {
+    if cfg.heartbeat_stale_ns == 0 {
+        return false;
+    }
+    match HEARTBEAT.get_ptr(0) {
+        // SAFETY: array slot; an aligned u64 read is not torn.
+        Some(p) => now.saturating_sub(unsafe { core::ptr::read_volatile(p) }) > cfg.heartbeat_stale_ns,
+        None => false,
+    }
+}
+
+/// Dead-man's switch: an unknown container's exec is not held while no
+/// agent is there to decide; it is counted instead.
+#[inline(always)]
+fn unless_agent_gone(v: u32, cgroup_id: u64, cfg: &Config) -> u32 {
+    if v != verdict::HOLD {
+        return v;
+    }
+    // SAFETY: helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if !agent_gone(cfg, now) {
+        return v;
+    }
+    if let Some(p) = UNENFORCED.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *p += 1 };
+    }
+    // SAFETY: the value is a plain u64 copied out immediately.
+    if unsafe { UNENFORCED_CGROUPS.get(&cgroup_id) }.is_none() {
+        let _ = UNENFORCED_CGROUPS.insert(&cgroup_id, &now, 0);
+    }
+    verdict::UNKNOWN
+}
+
 #[inline(always)]
 fn count(idx: u32) {
     if let Some(p) = COUNTERS.get_ptr_mut(idx) {
@@ -299,7 +350,7 @@ fn on_exec(hk: u32, filename: impl FnOnce(&Config) -> Result<*const u8, i64>) ->
     count(counter::EXECS);
     // SAFETY: helper call.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let v = verdict_of(cgroup_id, cfg);
+    let v = unless_agent_gone(verdict_of(cgroup_id, cfg), cgroup_id, cfg);
     let acted = act(v, cfg);
     if cfg.emit_all == 0 && acted == 0 && (v == verdict::UNKNOWN || v == verdict::ALLOW) {
         // A routine exec: user space only wants it if it runs a file with

@@ -27,10 +27,14 @@ pub enum Command {
     /// Run the node agent.
     Run(RunArgs),
     /// Remove the programs and maps a fail-closed agent left pinned in
-    /// bpffs (after a crash, when uninstalling).
+    /// bpffs (after a crash, when uninstalling): detaches enforcement. Takes
+    /// the one-agent lock first, so it never pulls a running agent's pins.
     Cleanup {
         #[arg(long, default_value = crate::probes::DEFAULT_PIN_ROOT, env = "IMAGEWARDEN_PIN_DIR")]
         pin_dir: PathBuf,
+        /// How long to wait for a running agent to let go of the lock.
+        #[arg(long, default_value = "30s", value_parser = parse_duration, env = "IMAGEWARDEN_CLEANUP_WAIT")]
+        wait: std::time::Duration,
     },
 }
 
@@ -125,15 +129,26 @@ pub struct RunArgs {
     /// Full resync with the container runtimes (safety net under the event streams).
     #[arg(long, default_value = "30s", value_parser = parse_duration, env = "IMAGEWARDEN_RESYNC_INTERVAL")]
     pub resync_interval: std::time::Duration,
-    /// When the agent dies (crash, OOM, SIGKILL): closed keeps enforcing in
-    /// the kernel (pinned in /sys/fs/bpf/imagewarden); open stops. A clean
-    /// SIGTERM/SIGINT always detaches and unpins.
+    /// When the agent dies (crash, OOM, SIGKILL) or stops (SIGTERM, SIGINT):
+    /// closed keeps enforcing in the kernel (pinned in /sys/fs/bpf/imagewarden)
+    /// and the next agent takes the state over (rolling updates without a
+    /// gap); open stops. `imagewarden cleanup` or --detach-on-exit detach.
     #[arg(long, value_enum, default_value_t = FailMode::Closed, env = "IMAGEWARDEN_FAIL_MODE")]
     pub fail_mode: FailMode,
+    /// On SIGTERM/SIGINT, detach and unpin everything instead of handing the
+    /// pinned state over to the next agent (enforcement ends with the agent).
+    #[arg(long, env = "IMAGEWARDEN_DETACH_ON_EXIT")]
+    pub detach_on_exit: bool,
     /// Where a fail-closed agent pins its programs and verdict maps (bpffs).
     /// One agent per directory: a second one refuses to start.
     #[arg(long, default_value = crate::probes::DEFAULT_PIN_ROOT, env = "IMAGEWARDEN_PIN_DIR")]
     pub pin_dir: PathBuf,
+    /// Dead-man's switch: when the agent's heartbeat in the kernel is older
+    /// than this (the agent died or hangs), the kernel stops holding unknown
+    /// containers: they run, are counted, and the next agent reports and
+    /// judges them. Known-denied containers stay denied. 0 disables it.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, env = "IMAGEWARDEN_HEARTBEAT_TIMEOUT")]
+    pub heartbeat_timeout: std::time::Duration,
     /// Do not hold execs of unclassified containers (the kernel lets them
     /// run until user space has a verdict).
     #[arg(long, env = "IMAGEWARDEN_NO_HOLD")]
@@ -154,9 +169,27 @@ pub struct RunArgs {
     /// API (never in exempt namespaces). Off by default.
     #[arg(long, env = "IMAGEWARDEN_DELETE_PODS")]
     pub delete_pods: bool,
-    /// Namespaces never acted on (findings only). Repeatable.
+    /// Namespaces never acted on: their containers are never stopped in the
+    /// kernel nor killed, untrusted images there are reported (audit).
+    /// Repeatable. Kubernetes mode adds what Kyverno's resourceFilters exclude.
     #[arg(long = "exempt-namespace", env = "IMAGEWARDEN_EXEMPT_NAMESPACES", value_delimiter = ',')]
     pub exempt_namespaces: Vec<String>,
+    /// Namespace of Kyverno and of its ConfigMap (Kubernetes mode): its
+    /// resourceFilters are honoured; without the ConfigMap, Kyverno's
+    /// defaults (kube-system, kube-public, kube-node-lease, this namespace).
+    #[arg(long, default_value = "kyverno", env = "IMAGEWARDEN_KYVERNO_NAMESPACE")]
+    pub kyverno_namespace: String,
+    /// Name of Kyverno's ConfigMap.
+    #[arg(long, default_value = "kyverno", env = "IMAGEWARDEN_KYVERNO_CONFIGMAP")]
+    pub kyverno_configmap: String,
+    /// Enforce mode in Kubernetes: how long to wait at start for the
+    /// cluster's policies; with none by then (and no --policy), the agent
+    /// refuses to start rather than allow every image.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "IMAGEWARDEN_POLICY_WAIT")]
+    pub policy_wait: std::time::Duration,
+    /// How often Kyverno's ConfigMap is read again.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "IMAGEWARDEN_KYVERNO_CONFIG_INTERVAL")]
+    pub kyverno_config_interval: std::time::Duration,
     /// Write wgpolicyk8s.io/v1alpha2 PolicyReports with the runtime findings.
     #[arg(long, env = "IMAGEWARDEN_POLICY_REPORTS")]
     pub policy_reports: bool,

@@ -28,7 +28,9 @@ use crate::{
         reader::{self, ReaderStats, CHANNEL_CAPACITY},
         HookChoice, ProbeOptions, Probes,
     },
-    sources::{cgroup::find_cgroup2_mount, containerd::ContainerdClient, cri::CriClient},
+    sources::{
+        cgroup::find_cgroup2_mount, containerd::ContainerdClient, cri::CriClient, kyverno_config::Exemptions,
+    },
 };
 
 /// The default policy when `--policy` is absent: the seed's Kyverno
@@ -76,6 +78,7 @@ pub fn load_policy(args: &RunArgs) -> anyhow::Result<(PolicySet, Option<(String,
 enum KubeChange {
     Policy,
     Pods,
+    Exemptions,
 }
 
 /// Resolves when the cluster's merged policy or the API server's Pods
@@ -89,6 +92,10 @@ async fn kube_changed(k: &mut Option<KubeState>) -> KubeChange {
         },
         r = k.pods.changes.changed() => match r {
             Ok(()) => KubeChange::Pods,
+            Err(_) => std::future::pending().await,
+        },
+        r = k.exemptions.changed() => match r {
+            Ok(()) => KubeChange::Exemptions,
             Err(_) => std::future::pending().await,
         },
     }
@@ -166,6 +173,41 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     metrics.policy_reload(ReloadResult::Success);
+    // Kubernetes mode: the cluster's policies (and exclusions) before
+    // anything reaches the kernel, so that the first verdicts written are
+    // the policy's, never an empty set's ALLOW.
+    let mut kube = if args.standalone {
+        None
+    } else {
+        Some(KubeState::start(&args, base_policy, metrics.clone()).await?)
+    };
+    let mut policy = Arc::new(policy);
+    if let Some(k) = kube.as_mut() {
+        if enforce {
+            k.wait_for_policy(args.policy_wait).await;
+        }
+        policy = k.take_policy();
+        info!(policies = ?policy.policy_names(), rules = policy.rule_count(), "policy reloaded (the cluster's, at start)");
+    }
+    if enforce && policy.rule_count() == 0 {
+        metrics.policy_reload(ReloadResult::Error);
+        bail!(
+            "enforce mode refuses to start without a policy: {} has no rule that checks images{}; \
+             an empty policy would allow every image (use --mode audit to run without one)",
+            match &args.policy {
+                Some(p) => format!("--policy {}", p.display()),
+                None => "the cluster (Kyverno ClusterPolicy/Policy, ImagePolicy)".to_string(),
+            },
+            if kube.is_some() && args.policy.is_none() {
+                format!(" after waiting {:?} (--policy-wait)", args.policy_wait)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if policy.rule_count() == 0 && kube.is_none() {
+        warn!("audit mode with an empty policy: nothing will be reported");
+    }
     health.set_ready(ReadyGate::PolicyLoaded, true);
     let sink_cfg = SinkConfig {
         stdout: true,
@@ -185,6 +227,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         hold_unknown_containers: !args.no_hold,
         pin_dir: (args.fail_mode == FailMode::Closed).then(|| crate::probes::pin_dir_under(&args.pin_dir)),
         emit_all: args.all_execs,
+        heartbeat_timeout: if enforce { args.heartbeat_timeout } else { std::time::Duration::ZERO },
     };
     let mut probes = Probes::load(&opts).context("loading the eBPF probes")?;
     metrics.set_enforcement(probes.enforcement, probes.exec_hook);
@@ -201,6 +244,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Attribution { reason: Some(format!("denied-cgroup: {}", path.display())), ..Default::default() },
         );
         info!(cgroup = %path.display(), cgroup_id = id, "cgroup denied");
+    }
+    // The agent's own pod is never held nor killed: its cgroup is allowed
+    // by id (a restarted agent's new container runs through the dead-man's
+    // switch while no agent is alive).
+    if let Some(cg2) = find_cgroup2_mount() {
+        match crate::sources::cgroup::cgroup2_dir_of_pid(&cg2, std::process::id()) {
+            Ok(dir) if dir != cg2 => match probes.set_cgroup_path_verdict(&dir, verdict::ALLOW) {
+                Ok(id) => {
+                    static_attr.entry(id).or_insert_with(|| Attribution {
+                        reason: Some("imagewarden itself: never held nor killed".into()),
+                        ..Default::default()
+                    });
+                }
+                Err(e) => warn!("allowing the agent's own cgroup: {e}"),
+            },
+            Ok(_) => {}
+            Err(e) => warn!("the agent's own cgroup: {e}"),
+        }
     }
     let ring = probes.take_events().context("ring buffer already taken")?;
     let (tx, mut rx) = mpsc::channel::<ExecRecord>(CHANNEL_CAPACITY);
@@ -226,25 +287,46 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         cgroup2,
     };
     let (out, sinks) = findings_out(sinks, metrics.clone());
-    let mut ctrl = Controller::new(cfg, probes, Arc::new(policy), containerd, cri, out);
+    let mut ctrl = Controller::new(cfg, probes, policy, containerd, cri, out);
     ctrl.static_attributions = static_attr;
     ctrl.metrics = Some(metrics.clone());
-    let mut kube = if args.standalone {
-        None
-    } else {
-        let k = KubeState::start(&args, base_policy, metrics.clone()).await?;
-        ctrl.pod_lookup = Some(k.pod_lookup());
-        Some(k)
-    };
+    match kube.as_ref() {
+        None => ctrl.set_exemptions(Arc::new(Exemptions::from_namespaces(&args.exempt_namespaces))),
+        Some(k) => {
+            ctrl.pod_lookup = Some(k.pod_lookup());
+            ctrl.set_exemptions(k.exemptions.borrow().clone());
+        }
+    }
     ctrl.resync().await;
     if ctrl.probes().took_over {
         // A previous agent died and left its pinned state: the kernel kept
         // enforcing with it until now. Drop what no longer exists, let
         // containers it held while nobody decided go on (or die).
         ctrl.after_takeover();
+        // What the kernel let run unheld while no agent was alive (the
+        // dead-man's switch): reported now, and judged by the resync above
+        // (a denied one is killed like any other in enforce mode).
+        let (execs, cgroups) = ctrl.probes_mut().take_unenforced();
+        if execs > 0 || !cgroups.is_empty() {
+            warn!(execs, containers = cgroups.len(), "while no agent was alive, unknown containers ran unenforced");
+            metrics.unenforced_execs(execs);
+            for (id, _since) in cgroups {
+                let attr = ctrl.attribution_of(id);
+                let f = Finding::container(
+                    "unknown",
+                    "none",
+                    format!("ran-unenforced: cgroup {id} ran while no agent was alive (heartbeat stale); judged on takeover"),
+                    None,
+                    Some(id),
+                    attr,
+                );
+                ctrl.report(&f);
+            }
+        }
     }
     health.set_ready(ReadyGate::InventorySynced, true);
     health.tick();
+    let _ = ctrl.probes_mut().heartbeat();
     // Start-up's peak (the kernel BTF parsed and freed) goes back now.
     crate::memory::trim();
     info!(
@@ -297,6 +379,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = resync_now.notified() => ctrl.resync().await,
             _ = health_tick.tick() => {
                 health.tick();
+                if let Err(e) = ctrl.probes_mut().heartbeat() {
+                    warn!("heartbeat: {e}");
+                }
                 // Lost exec events are counted in /metrics; say so in the
                 // log too, at most once every 10 s.
                 if last_loss_check.elapsed() >= std::time::Duration::from_secs(10) {
@@ -317,8 +402,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 KubeChange::Policy => {
                     if let Some(k) = kube.as_mut() {
                         let p = k.take_policy();
-                        info!(policies = ?p.policy_names(), rules = p.rule_count(), "policy reloaded");
-                        ctrl.set_policy(p);
+                        if p.rule_count() == 0 {
+                            // Deleted policies or a CRD gone: an empty set
+                            // would allow every image. Keep the last good one
+                            // and say so (metric, /readyz).
+                            tracing::error!(
+                                kept_rules = ctrl.policy().rule_count(),
+                                "the cluster's policies disappeared (no rule left); the last good policy stays \
+                                 in force; /readyz is not ready until a policy is back"
+                            );
+                            metrics.set_policy_missing(true);
+                            health.set_ready(ReadyGate::PolicyLoaded, false);
+                        } else {
+                            metrics.set_policy_missing(false);
+                            health.set_ready(ReadyGate::PolicyLoaded, true);
+                            info!(policies = ?p.policy_names(), rules = p.rule_count(), "policy reloaded");
+                            ctrl.set_policy(p);
+                        }
+                    }
+                }
+                KubeChange::Exemptions => {
+                    if let Some(k) = kube.as_mut() {
+                        let e = k.exemptions.borrow_and_update().clone();
+                        ctrl.set_exemptions(e);
                     }
                 }
                 KubeChange::Pods => {
@@ -330,16 +436,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = cross_tick.tick(), if kube.is_some() => {
                 if let Some(k) = kube.as_mut() { k.crosscheck(&mut ctrl, &sinks).await }
             }
-            _ = sigterm.recv() => { info!("SIGTERM: detaching"); break }
-            _ = sigint.recv() => { info!("SIGINT: detaching"); break }
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break }
+            _ = sigint.recv() => { info!("SIGINT: stopping"); break }
         }
     }
     pump.abort();
     if let Some(f) = forwarder {
         f.abort();
     }
-    // Clean shutdown: detach everything, leave nothing pinned.
-    ctrl.probes_mut().unpin_all();
+    if args.fail_mode == FailMode::Closed && !args.detach_on_exit {
+        // A rolling update: the kernel keeps enforcing with the pinned
+        // state, which the next agent takes over. Unknown containers are
+        // held until it does (or until --heartbeat-timeout, the dead-man's
+        // switch). Uninstalling detaches: `imagewarden cleanup`.
+        let _ = ctrl.probes_mut().heartbeat();
+        info!("leaving the pinned state to the next agent (enforcement continues; `imagewarden cleanup` detaches)");
+    } else {
+        // Detach everything, leave nothing pinned.
+        ctrl.probes_mut().unpin_all();
+        info!("detached");
+    }
     let k = ctrl.probes().counters().unwrap_or_default();
     info!(
         execs = k.execs,

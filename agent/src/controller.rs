@@ -44,6 +44,7 @@ use crate::{
         cgroup::{self, cgroup2_dir_of_pid, cgroup_id_of_dir},
         containerd::ContainerdClient,
         cri::CriClient,
+        kyverno_config::Exemptions,
         ContainerInfo, ContainerKind, ContainerState, EventKind, RuntimeEvent,
     },
 };
@@ -161,6 +162,25 @@ pub fn is_image_id(s: &str) -> bool {
 
 /// The policy's answer for a container, as a kernel verdict.
 pub fn decide(policy: &PolicySet, info: &ContainerInfo, pod: Option<&PodContext>) -> Decision {
+    decide_with(policy, info, pod, &Exemptions::default())
+}
+
+/// [`decide`], where what admission excluded (exempt namespaces, Kyverno's
+/// resource filters) is never stopped: an image the policy denies there gets
+/// the AUDIT verdict (reported, not killed).
+pub fn decide_with(policy: &PolicySet, info: &ContainerInfo, pod: Option<&PodContext>, exempt: &Exemptions) -> Decision {
+    let mut d = decide_policy(policy, info, pod);
+    if d.kernel == verdict::DENY {
+        let ns = pod.map(|p| p.namespace.as_str()).or(info.pod_namespace.as_deref());
+        if let Some(why) = ns.and_then(|ns| exempt.exempt(ns, info.pod_name.as_deref())) {
+            d.kernel = verdict::AUDIT;
+            d.reason = format!("{}; not stopped: {why}", d.reason);
+        }
+    }
+    d
+}
+
+fn decide_policy(policy: &PolicySet, info: &ContainerInfo, pod: Option<&PodContext>) -> Decision {
     if info.kind == Some(ContainerKind::Sandbox) {
         // Kyverno never checks the pause image either: it is node
         // configuration (containerd's sandbox_image), not a workload.
@@ -259,6 +279,8 @@ pub struct Controller {
     /// Kubernetes mode: the Pod spec behind a runtime container.
     pub pod_lookup: Option<PodLookup>,
     hold_parents: std::collections::HashSet<String>,
+    /// What admission excluded: never stopped, only reported.
+    exemptions: Arc<Exemptions>,
 }
 
 impl Controller {
@@ -285,6 +307,7 @@ impl Controller {
             metrics: None,
             pod_lookup: None,
             hold_parents: Default::default(),
+            exemptions: Arc::new(Exemptions::default()),
         }
     }
 
@@ -416,7 +439,7 @@ impl Controller {
     pub fn upsert(&mut self, info: ContainerInfo) {
         let key = entry_key(&info);
         let pod = self.pod_lookup.as_ref().and_then(|f| f(&info));
-        let decision = decide(&self.policy, &info, pod.as_ref());
+        let decision = decide_with(&self.policy, &info, pod.as_ref(), &self.exemptions);
         let e = self.entries.entry(key.clone()).or_insert_with(|| Entry {
             info: info.clone(),
             key: None,
@@ -729,6 +752,34 @@ impl Controller {
         info!(pruned, resumed, "took over a previous agent's pinned state");
     }
 
+    /// New exemptions (Kyverno's ConfigMap changed): every container is decided again.
+    pub fn set_exemptions(&mut self, exemptions: Arc<Exemptions>) {
+        if *self.exemptions != *exemptions {
+            self.exemptions = exemptions;
+            self.redecide();
+        }
+    }
+
+    /// What is known about a cgroup, for a finding.
+    pub fn attribution_of(&self, cgroup_id: u64) -> Attribution {
+        self.by_cgroup
+            .get(&cgroup_id)
+            .and_then(|k| self.entries.get(k))
+            .map(Entry::attribution)
+            .or_else(|| self.static_attributions.get(&cgroup_id).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Prints a finding through the controller's sinks.
+    pub fn report(&mut self, f: &Finding) {
+        (self.out)(f);
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &PolicySet {
+        &self.policy
+    }
+
     /// A new policy (hot reload): every container is decided again.
     pub fn set_policy(&mut self, policy: Arc<PolicySet>) {
         self.policy = policy;
@@ -741,7 +792,7 @@ impl Controller {
         for k in keys {
             let Some(e) = self.entries.get(&k) else { continue };
             let pod = self.pod_lookup.as_ref().and_then(|f| f(&e.info));
-            let d = decide(&self.policy, &e.info, pod.as_ref());
+            let d = decide_with(&self.policy, &e.info, pod.as_ref(), &self.exemptions);
             if d != e.decision {
                 if let Some(e) = self.entries.get_mut(&k) {
                     e.decision = d;
@@ -937,6 +988,34 @@ mod tests {
         assert_eq!(d.kernel, verdict::ALLOW, "{d:?}");
         let regular = PodContext { container_type: ContainerType::Container, ..init };
         assert_eq!(decide(&policy, &info(Some("x")), Some(&regular)).kernel, verdict::DENY);
+    }
+
+    #[test]
+    fn admission_exclusions_audit_instead_of_deny() {
+        let policy = imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
+        let ex = Exemptions::kyverno_defaults(&["ops".into()], "kyverno");
+        let mut i = info(Some("602401280802.dkr.ecr.us-west-2.amazonaws.com/amazon-k8s-cni:v1.19.0"));
+        i.pod_namespace = Some("kube-system".into());
+        i.pod_name = Some("aws-node-x".into());
+        let d = decide_with(&policy, &i, None, &ex);
+        assert_eq!(d.kernel, verdict::AUDIT, "{d:?}");
+        assert!(d.reason.starts_with("untrusted-image") && d.reason.contains("kube-system"), "{d:?}");
+        // The Pod's namespace from the API wins over the runtime's.
+        let pod = PodContext {
+            image: "docker.io/library/nginx:1".into(),
+            container_type: ContainerType::Container,
+            namespace: "prod".into(),
+            labels: BTreeMap::new(),
+        };
+        assert_eq!(decide_with(&policy, &i, Some(&pod), &ex).kernel, verdict::DENY);
+        i.pod_namespace = Some("ops".into());
+        assert_eq!(decide_with(&policy, &i, None, &ex).kernel, verdict::AUDIT);
+        i.pod_namespace = Some("prod".into());
+        assert_eq!(decide_with(&policy, &i, None, &ex).kernel, verdict::DENY);
+        // Allowed images stay allowed, exempt or not.
+        i.image_as_written = Some("public.ecr.aws/nginx/nginx:1".into());
+        i.pod_namespace = Some("kube-system".into());
+        assert_eq!(decide_with(&policy, &i, None, &ex).kernel, verdict::ALLOW);
     }
 
     #[test]

@@ -26,9 +26,13 @@ use crate::{
     sources::{
         kube::{self as ksrc, PodSource, PolicySource, PolicyWatchConfig},
         kubelet::{kubelet_source, KubeletClient, KubeletConfig, KubeletSource},
+        kyverno_config::{self, Exemptions},
         ContainerInfo,
     },
 };
+
+/// Bound on the first read of Kyverno's ConfigMap at start.
+const KYVERNO_CONFIG_FIRST_READ: Duration = Duration::from_secs(5);
 
 /// How often the cross-checks run besides on Pod changes.
 pub const CROSSCHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -49,6 +53,8 @@ pub struct KubeState {
     reported: HashSet<String>,
     reloads_seen: (u64, u64),
     metrics: Metrics,
+    /// What admission excluded (Kyverno's resourceFilters, --exempt-namespace).
+    pub exemptions: tokio::sync::watch::Receiver<Arc<Exemptions>>,
 }
 
 /// The Pod spec behind a runtime container, from a Pod store.
@@ -68,6 +74,38 @@ pub fn pod_context(pods: &[Arc<Pod>], c: &ContainerInfo) -> Option<PodContext> {
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
         labels: pod.metadata.labels.clone().unwrap_or_default().into_iter().collect::<BTreeMap<_, _>>(),
     })
+}
+
+/// Reads Kyverno's ConfigMap once (bounded) and keeps it current.
+async fn start_exemptions(client: &kube::Client, args: &RunArgs) -> tokio::sync::watch::Receiver<Arc<Exemptions>> {
+    let (ns, name) = (args.kyverno_namespace.clone(), args.kyverno_configmap.clone());
+    let first = tokio::time::timeout(KYVERNO_CONFIG_FIRST_READ, kyverno_config::fetch(client, &ns, &name)).await;
+    let data = match first {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => {
+            warn!("reading the Kyverno ConfigMap {ns}/{name}: {e}; using Kyverno's default exclusions until it can be read");
+            None
+        }
+        Err(_) => {
+            warn!("reading the Kyverno ConfigMap {ns}/{name} timed out; using Kyverno's default exclusions until it can be read");
+            None
+        }
+    };
+    let (e, notes) = kyverno_config::exemptions_of(&args.exempt_namespaces, &ns, &name, data.as_ref());
+    for n in notes {
+        warn!("Kyverno configuration: {n}");
+    }
+    info!(origin = ?e.origin, filters = ?e.filters, exempt_namespaces = ?e.namespaces, "admission exclusions (never stopped, reported as audit)");
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(e));
+    tokio::spawn(kyverno_config::watch_exemptions(
+        client.clone(),
+        args.exempt_namespaces.clone(),
+        ns,
+        name,
+        tx,
+        args.kyverno_config_interval.max(Duration::from_millis(100)),
+    ));
+    rx
 }
 
 fn lookup(store: Store<Pod>) -> PodLookup {
@@ -107,6 +145,7 @@ impl KubeState {
                 None
             }
         };
+        let exemptions = start_exemptions(&client, args).await;
         let modes = ModeResolver::new(match args.mode {
             Mode::Audit => kube_actions::Mode::Audit,
             Mode::Enforce => kube_actions::Mode::Enforce,
@@ -125,11 +164,21 @@ impl KubeState {
             reported: HashSet::new(),
             reloads_seen: (0, 0),
             metrics,
+            exemptions,
         })
     }
 
     pub fn pod_lookup(&self) -> PodLookup {
         lookup(self.pods.store.clone())
+    }
+
+    /// Waits (bounded) until the cluster's merged policy has a rule.
+    pub async fn wait_for_policy(&mut self, timeout: Duration) {
+        let mut rx = self.policy.policy.clone();
+        let wait = rx.wait_for(|p| p.rule_count() > 0);
+        if tokio::time::timeout(timeout, wait).await.is_err() {
+            warn!(?timeout, "no cluster policy with a rule arrived");
+        }
     }
 
     /// The newest merged policy; counts reloads (an invalid update keeps
@@ -176,7 +225,14 @@ impl KubeState {
             if !self.reported.insert(f.dedup_key()) {
                 continue;
             }
-            let p = kube_actions::plan(&f, &self.modes, &self.opts);
+            let mut p = kube_actions::plan(&f, &self.modes, &self.opts);
+            let exempt = f.namespace.as_deref().and_then(|ns| self.exemptions.borrow().exempt(ns, f.pod.as_deref()));
+            if exempt.is_some() {
+                // Admission excluded this Pod: report, never kill or delete.
+                p.kill = false;
+                p.delete_pod = false;
+                p.action = "alerted";
+            }
             // The runtime path already judged (and killed) containers it
             // knows by their image; here only what it cannot see.
             let judged_by_runtime = matches!(f.reason, Reason::UntrustedImage | Reason::InvalidReference)

@@ -17,12 +17,19 @@ fn main() {
     init_logging(cli.log_format);
     let code = match cli.command {
         Command::Check(args) => imagewarden::cmd_check::run(&args),
-        Command::Cleanup { pin_dir } => {
-            let dir = imagewarden::probes::pin_dir_under(&pin_dir);
-            imagewarden::probes::remove_pins(&dir);
-            eprintln!("imagewarden: removed pinned state under {}", dir.display());
-            0
-        }
+        Command::Cleanup { pin_dir, wait } => match imagewarden::probes::cleanup_root(&pin_dir, wait) {
+            Ok(dirs) => {
+                for d in &dirs {
+                    eprintln!("imagewarden: removed pinned state {}", d.display());
+                }
+                eprintln!("imagewarden: nothing pinned under {} any more", pin_dir.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("imagewarden cleanup: {e}");
+                1
+            }
+        },
         Command::Run(args) => {
             let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(rt) => rt,

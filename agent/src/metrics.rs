@@ -325,6 +325,8 @@ struct Inner {
     sink_lines: Vec<Counter>,
     sink_dropped: Vec<Counter>,
     sink_errors: Vec<Counter>,
+    policy_missing: Gauge,
+    unenforced_execs: Counter,
 }
 
 /// All the agent's metrics. Cheap to clone (one `Arc`); every update is a
@@ -438,6 +440,20 @@ impl Metrics {
             sink_errors.clone(),
         );
 
+        let policy_missing = Gauge::default();
+        registry.register(
+            "policy_missing",
+            "1 while the cluster has no policy left: the last good policy stays in force and /readyz is not ready.",
+            policy_missing.clone(),
+        );
+
+        let unenforced_execs = Counter::default();
+        registry.register(
+            "unenforced_execs",
+            "Execs of unknown containers the kernel let run unheld while no agent was alive (dead-man's switch), as reported by the next agent.",
+            unenforced_execs.clone(),
+        );
+
         let scrape = Arc::new(ScrapeSources::default());
         registry.register_collector(Box::new(ScrapeCollector(scrape.clone())));
 
@@ -457,6 +473,8 @@ impl Metrics {
             sink_dropped: handles(&sink_dropped, "sink", SinkLabel::ALL, SinkLabel::as_str),
             sink_errors: handles(&sink_errors, "sink", SinkLabel::ALL, SinkLabel::as_str),
             enforcement,
+            policy_missing,
+            unenforced_execs,
             registry,
             scrape,
         };
@@ -513,6 +531,16 @@ impl Metrics {
 
     pub fn policy_reload(&self, r: ReloadResult) {
         self.0.reloads[r.index()].inc();
+    }
+
+    /// Execs that ran unenforced while no agent was alive.
+    pub fn unenforced_execs(&self, n: u64) {
+        self.0.unenforced_execs.inc_by(n);
+    }
+
+    /// The cluster's policies disappeared (the last good set is kept).
+    pub fn set_policy_missing(&self, missing: bool) {
+        self.0.policy_missing.set(i64::from(missing));
     }
 
     pub fn set_source_up(&self, s: Source, up: bool) {

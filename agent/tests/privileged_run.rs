@@ -108,7 +108,7 @@ fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm
     let before = exec_program_ids();
 
     let mut agent = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
-        .args(["run", "--standalone", "--mode", "enforce", "--deny-cgroup"])
+        .args(["run", "--standalone", "--mode", "enforce", "--detach-on-exit", "--deny-cgroup"])
         .arg(&cg)
         .env("IMAGEWARDEN_LOG_FORMAT", "text")
         .stdout(Stdio::piped())
@@ -149,7 +149,7 @@ fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm
         assert!(f.get(k).is_some(), "key {k} missing in {f}");
     }
 
-    // SIGTERM: clean exit, programs detached.
+    // SIGTERM with --detach-on-exit: clean exit, programs detached.
     // SAFETY: plain syscall on our child.
     unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
     let st = agent.0.wait().unwrap();
@@ -277,7 +277,8 @@ fn assert_runs(cg: &std::path::Path, why: &str) {
 
 /// Fail closed: SIGKILL the agent, enforcement stays (pinned in bpffs); a
 /// new agent takes over with no gap and no duplicate programs; SIGTERM
-/// leaves nothing behind. Fail open: the programs go with the agent.
+/// hands the state over and `cleanup` leaves nothing behind. Fail open:
+/// the programs go with the agent.
 #[test]
 fn killed_agent_keeps_enforcing_and_restart_takes_over_without_duplicates() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -319,18 +320,24 @@ fn killed_agent_keeps_enforcing_and_restart_takes_over_without_duplicates() {
     assert!(ids_a.iter().all(|id| !now.contains(id)), "agent A's programs must be gone after B took over");
     runs_in(&cg).assert_denied(enf);
 
-    // Clean shutdown: nothing left.
+    // SIGTERM hands the pinned state over (a rolling update): enforcement
+    // stays until the next agent; `imagewarden cleanup` detaches.
     // SAFETY: plain syscall on our child.
     unsafe { libc::kill(b.0.id() as i32, libc::SIGTERM) };
     assert!(b.0.wait().unwrap().success());
     drop(b);
+    assert!(pin_dir.join("exec_link").exists(), "SIGTERM must leave the pinned state to the next agent");
+    // Enforcement survives a clean SIGTERM (handover).
+    runs_in(&cg).assert_denied(enf);
+    let out = Command::new(env!("CARGO_BIN_EXE_imagewarden")).arg("cleanup").output().unwrap();
+    assert!(out.status.success(), "cleanup: {}", String::from_utf8_lossy(&out.stderr));
     let deadline = Instant::now() + Duration::from_secs(5);
     while exec_program_ids().difference(&before).count() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(exec_program_ids().difference(&before).count(), 0, "programs left after SIGTERM");
-    assert!(!pin_dir.exists(), "pin directory left after SIGTERM: {}", pin_dir.display());
-    assert_runs(&cg, "no enforcement after a clean shutdown");
+    assert_eq!(exec_program_ids().difference(&before).count(), 0, "programs left after cleanup");
+    assert!(!pin_dir.exists(), "pin directory left after cleanup: {}", pin_dir.display());
+    assert_runs(&cg, "no enforcement after cleanup");
 
     // Fail open: SIGKILL takes enforcement away.
     let (mut c, _) = start_agent(&cg, &["--fail-mode", "open"]);

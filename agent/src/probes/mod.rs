@@ -5,6 +5,7 @@
 pub mod btf;
 pub mod event;
 pub mod kernelfs;
+pub mod layout;
 pub mod reader;
 
 use std::{os::unix::fs::MetadataExt, path::Path};
@@ -126,47 +127,81 @@ pub struct ProbeOptions {
     /// Emit every exec into the ring buffer; otherwise only those user space
     /// acts on (deny, audit, hold, kill, fileless).
     pub emit_all: bool,
+    /// Dead-man's switch: how old the agent's heartbeat may get before the
+    /// kernel stops holding unknown containers (zero: never).
+    pub heartbeat_timeout: std::time::Duration,
 }
 
 /// Maps that survive an agent restart in fail-closed mode.
-pub const PINNED_MAPS: &[&str] = &["VERDICTS", "NAME_VERDICTS", "CGROUP_NAMES", "HOLD_PARENTS", "CONFIG"];
+pub const PINNED_MAPS: &[&str] = &[
+    "VERDICTS",
+    "NAME_VERDICTS",
+    "CGROUP_NAMES",
+    "HOLD_PARENTS",
+    "CONFIG",
+    "HEARTBEAT",
+    "UNENFORCED",
+    "UNENFORCED_CGROUPS",
+];
 
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/imagewarden";
 
-/// The pin directory under a root. The layout tag changes whenever a pinned
-/// map's key or value layout does, so an upgraded agent never reuses maps of
-/// another shape.
+/// The pin directory under a root, named after the layout hash (see
+/// [`layout`]): an agent whose maps or programs differ uses another
+/// directory and never reuses pins of another shape.
 pub fn pin_dir_under(root: &Path) -> std::path::PathBuf {
-    root.join(format!("v1-c{}-k{}", std::mem::size_of::<Config>(), std::mem::size_of::<CgroupKey>()))
+    match layout::embedded() {
+        Ok(l) => root.join(format!("{LAYOUT_PREFIX}{:016x}", l.hash)),
+        Err(_) => root.join(format!("{LAYOUT_PREFIX}unparsed")),
+    }
+}
+
+/// Every layout directory (this agent's and other versions') starts so.
+const LAYOUT_PREFIX: &str = "v2-";
+
+/// Pin directories under `root` of other layouts (other agent versions,
+/// including the first, `v1-c..-k..`) than `ours`.
+pub fn other_layout_dirs(root: &Path, ours: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(rd) = std::fs::read_dir(root) else { return Vec::new() };
+    rd.flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && p.as_path() != ours)
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('v')))
+        .collect()
 }
 
 pub fn default_pin_dir() -> std::path::PathBuf {
     pin_dir_under(Path::new(DEFAULT_PIN_ROOT))
 }
 
-/// Holds an exclusive lock for a pin directory while the agent runs: two
-/// agents sharing pinned maps would overwrite each other's configuration.
+/// The one-agent lock: an exclusive `flock` on the pin root directory
+/// itself, in bpffs, so that it lives on the host (not in a pod's
+/// emptyDir) and is shared by every agent pod and `imagewarden cleanup` on
+/// the node. Two agents sharing pinned maps would overwrite each other's
+/// state and unpin each other's programs.
 pub struct PinLock(#[allow(dead_code)] std::fs::File);
 
 impl PinLock {
-    pub fn acquire(pin_dir: &Path) -> Result<Self, ProbeError> {
+    /// Takes the lock of `root` (created when missing); fails at once when
+    /// another process holds it.
+    pub fn acquire(root: &Path) -> Result<Self, ProbeError> {
+        Self::take(root, libc::LOCK_EX | libc::LOCK_NB)
+    }
+
+    /// Takes the lock, waiting for the holder to let go.
+    pub fn acquire_wait(root: &Path) -> Result<Self, ProbeError> {
+        Self::take(root, libc::LOCK_EX)
+    }
+
+    fn take(root: &Path, how: i32) -> Result<Self, ProbeError> {
         use std::os::fd::AsRawFd;
-        let name: String = pin_dir.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-        let dir = Path::new("/run/imagewarden");
-        std::fs::create_dir_all(dir).map_err(|e| ProbeError::Pin(format!("{}: {e}", dir.display())))?;
-        let path = dir.join(format!("{name}.lock"));
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| ProbeError::Pin(format!("{}: {e}", path.display())))?;
+        std::fs::create_dir_all(root).map_err(|e| ProbeError::Pin(format!("{}: {e}", root.display())))?;
+        let f = std::fs::File::open(root).map_err(|e| ProbeError::Pin(format!("{}: {e}", root.display())))?;
         // SAFETY: valid fd owned by `f`.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if unsafe { libc::flock(f.as_raw_fd(), how) } != 0 {
             return Err(ProbeError::Pin(format!(
-                "another imagewarden agent is running with pin directory {} (lock {}); one agent per node",
-                pin_dir.display(),
-                path.display()
+                "another imagewarden agent (or cleanup) holds the lock on {}; one agent per node",
+                root.display()
             )));
         }
         Ok(PinLock(f))
@@ -181,7 +216,7 @@ enum Attached {
 
 impl Default for ProbeOptions {
     fn default() -> Self {
-        Self { ringbuf_bytes: 1 << 22, hook: HookChoice::Auto, enforce: false, try_lsm: true, hold_unknown_containers: true, pin_dir: None, emit_all: true }
+        Self { ringbuf_bytes: 1 << 22, hook: HookChoice::Auto, enforce: false, try_lsm: true, hold_unknown_containers: true, pin_dir: None, emit_all: true, heartbeat_timeout: std::time::Duration::from_secs(5) }
     }
 }
 
@@ -210,6 +245,9 @@ pub struct Probes {
     /// Generation of the kernel's by-name decision cache (see `bump_gen`).
     name_gen_map: Array<MapData, u32>,
     name_gen: u32,
+    heartbeat: Array<MapData, u64>,
+    unenforced: PerCpuArray<MapData, u64>,
+    unenforced_cgroups: HashMap<MapData, u64, u64>,
     events: Option<RingBuf<MapData>>,
     pub exec_hook: ExecHook,
     pub enforcement: Enforcement,
@@ -295,6 +333,7 @@ impl Probes {
         cfg.emit_all = opts.emit_all as u32;
         cfg.unknown_container_verdict =
             if opts.hold_unknown_containers { verdict::HOLD } else { verdict::UNKNOWN };
+        cfg.heartbeat_stale_ns = u64::try_from(opts.heartbeat_timeout.as_nanos()).unwrap_or(u64::MAX);
         kernel_offsets(&mut cfg)?;
         let fmt_path = tracefs.join("events/sched/sched_process_exec/format");
         let fmt = std::fs::read_to_string(&fmt_path)
@@ -305,12 +344,34 @@ impl Probes {
         loader.map_max_entries("EVENTS", opts.ringbuf_bytes);
         let mut took_over = false;
         let lock = match &opts.pin_dir {
-            Some(dir) => Some(PinLock::acquire(dir)?),
+            Some(dir) => Some(PinLock::acquire(dir.parent().unwrap_or(dir))?),
             None => None,
         };
+        let mut stale_layouts = Vec::new();
         if let Some(dir) = &opts.pin_dir {
             std::fs::create_dir_all(dir).map_err(|e| ProbeError::Pin(format!("{}: {e}", dir.display())))?;
             took_over = dir.join("exec_link").exists();
+            // Reuse only maps of this agent's exact definition.
+            let layout = layout::embedded().map_err(|e| ProbeError::Pin(format!("layout of the eBPF object: {e}")))?;
+            let bad = layout::mismatches(dir, layout);
+            if !bad.is_empty() {
+                for (m, why) in &bad {
+                    warn!(map = %m, "pinned map of another definition: {why}");
+                }
+                warn!(dir = %dir.display(), "rebuilding the pinned maps (their state is not reused)");
+                for m in PINNED_MAPS {
+                    let _ = std::fs::remove_file(dir.join(m));
+                }
+            }
+            // A previous agent version's state: its links are replaced by
+            // ours once attached (below), then its pins are removed.
+            if let Some(root) = dir.parent() {
+                stale_layouts = other_layout_dirs(root, dir);
+                for d in &stale_layouts {
+                    took_over |= d.join("exec_link").exists();
+                    info!(dir = %d.display(), "found the pinned state of another agent version (another layout): it is rebuilt, not reused");
+                }
+            }
             for m in PINNED_MAPS {
                 loader.map_pin_path(m, dir.join(m));
             }
@@ -322,6 +383,11 @@ impl Probes {
         // the next one (start-up's memory peak; see crate::memory).
         drop(loader);
 
+        // The heartbeat first: the configuration below arms the switch.
+        let mut heartbeat: Array<MapData, u64> = take(&mut ebpf, "HEARTBEAT")?;
+        heartbeat.set(0, boot_ns(), 0).map_err(|e| ProbeError::Map("HEARTBEAT", e.to_string()))?;
+        let unenforced: PerCpuArray<MapData, u64> = take(&mut ebpf, "UNENFORCED")?;
+        let unenforced_cgroups: HashMap<MapData, u64, u64> = take(&mut ebpf, "UNENFORCED_CGROUPS")?;
         let mut config_map: Array<MapData, Config> = take(&mut ebpf, "CONFIG")?;
         config_map.set(0, cfg, 0).map_err(|e| ProbeError::Map("CONFIG", e.to_string()))?;
         let verdicts: HashMap<MapData, u64, u32> = take(&mut ebpf, "VERDICTS")?;
@@ -413,16 +479,26 @@ impl Probes {
                 None => attached.push(Attached::Owned(link)),
             }
         }
+        // Our programs run: a previous agent version's pinned programs
+        // (another layout) go now, so that exactly one set is attached.
+        for d in &stale_layouts {
+            warn!(dir = %d.display(), "removing the pinned state of another layout (previous agent version)");
+            remove_pins(d);
+        }
         if opts.pin_dir.is_none() {
             // Fail open now; a previous fail-closed agent's pins would keep
             // a second set of programs attached: remove them.
-            let old = default_pin_dir();
-            if old.join("exec_link").exists() {
+            let root = Path::new(DEFAULT_PIN_ROOT);
+            let mut old = other_layout_dirs(root, Path::new(""));
+            old.retain(|d| d.join("exec_link").exists());
+            if !old.is_empty() {
                 // Only a dead agent's: a live one holds the lock.
-                match PinLock::acquire(&old) {
+                match PinLock::acquire(root) {
                     Ok(_lock) => {
-                        warn!(dir = %old.display(), "removing a previous agent's pinned programs (running fail-open now)");
-                        remove_pins(&old);
+                        for d in old {
+                            warn!(dir = %d.display(), "removing a previous agent's pinned programs (running fail-open now)");
+                            remove_pins(&d);
+                        }
                     }
                     Err(e) => warn!("leaving pinned programs alone: {e}"),
                 }
@@ -439,6 +515,9 @@ impl Probes {
             config: cfg,
             name_gen_map,
             name_gen: 0,
+            heartbeat,
+            unenforced,
+            unenforced_cgroups,
             events: Some(events),
             exec_hook,
             enforcement,
@@ -467,7 +546,36 @@ impl Probes {
         }
         if let Some(dir) = self.pin_dir.take() {
             remove_pins(&dir);
+            if let Some(root) = dir.parent() {
+                let _ = std::fs::remove_dir(root); // only if empty
+            }
         }
+    }
+
+    /// Dead-man's switch: tells the kernel the agent is alive (call at least
+    /// every second; see `ProbeOptions::heartbeat_timeout`).
+    pub fn heartbeat(&mut self) -> Result<(), ProbeError> {
+        self.heartbeat.set(0, boot_ns(), 0).map_err(|e| ProbeError::Map("HEARTBEAT", e.to_string()))
+    }
+
+    /// What ran unenforced while no agent was alive (the heartbeat was
+    /// stale): the number of execs let through unheld, and the cgroups
+    /// (with the boot ns of their first such exec). Both are reset.
+    pub fn take_unenforced(&mut self) -> (u64, Vec<(u64, u64)>) {
+        let n = self.unenforced.get(&0, 0).map(|v| v.iter().copied().fold(0u64, u64::wrapping_add)).unwrap_or(0);
+        if n > 0 {
+            if let Ok(cpus) = aya::util::nr_cpus() {
+                let zero = aya::maps::PerCpuValues::try_from(vec![0u64; cpus]);
+                if let Ok(z) = zero {
+                    let _ = self.unenforced.set(0, z, 0);
+                }
+            }
+        }
+        let cgroups: Vec<(u64, u64)> = self.unenforced_cgroups.iter().filter_map(Result::ok).collect();
+        for (id, _) in &cgroups {
+            let _ = self.unenforced_cgroups.remove(id);
+        }
+        (n, cgroups)
     }
 
     /// Cgroup ids that have a verdict in the kernel.
@@ -637,9 +745,29 @@ pub fn remove_pins(dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir(dir);
-    if let Some(parent) = dir.parent() {
-        let _ = std::fs::remove_dir(parent); // only if empty
+}
+
+/// Uninstall: takes the one-agent lock of `root` (waiting up to `wait` for
+/// a running agent to let go), removes every layout's pins (detaching the
+/// programs) and the root. Returns the directories removed.
+pub fn cleanup_root(root: &Path, wait: std::time::Duration) -> Result<Vec<std::path::PathBuf>, ProbeError> {
+    if !root.exists() {
+        return Ok(Vec::new());
     }
+    let deadline = std::time::Instant::now() + wait;
+    let _lock = loop {
+        match PinLock::acquire(root) {
+            Ok(l) => break l,
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    };
+    let dirs = other_layout_dirs(root, Path::new(""));
+    for d in &dirs {
+        remove_pins(d);
+    }
+    let _ = std::fs::remove_dir(root);
+    Ok(dirs)
 }
 
 fn attach_lsm(ebpf: &mut Ebpf, kbtf: Option<&aya::Btf>) -> Result<FdLink, String> {
@@ -678,6 +806,14 @@ fn attach_tracepoint(ebpf: &mut Ebpf) -> Result<FdLink, String> {
     let id = p.attach("sched", "sched_process_exec").map_err(|e| format!("attach: {e}"))?;
     let link = p.take_link(id).map_err(|e| format!("take link: {e}"))?;
     FdLink::try_from(link).map_err(|e| format!("tracepoint link is not a bpf_link (kernel too old to pin it): {e}"))
+}
+
+/// `CLOCK_BOOTTIME` in ns: what `bpf_ktime_get_boot_ns` reads in the kernel.
+fn boot_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.

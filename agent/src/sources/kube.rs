@@ -622,9 +622,14 @@ async fn merge_policies(
                 true
             }
             PolicyMsg::Absent(kind) => {
-                let before = st.good.len();
-                st.good.retain(|k, _| k.0 != kind);
-                before != st.good.len()
+                // The kind is no longer served (CRD removed, API trouble):
+                // its last good policies stay in force rather than vanish;
+                // a fresh listing once it is back replaces them.
+                let kept = st.good.keys().filter(|k| k.0 == kind).count();
+                if kept > 0 {
+                    warn!(kind = kind.label(), kept, "policy kind no longer served; its last good policies stay in force");
+                }
+                false
             }
         };
         if publish {

@@ -13,6 +13,7 @@ pub mod containerd;
 pub mod cri;
 pub mod kube;
 pub mod kubelet;
+pub mod kyverno_config;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -52,6 +52,8 @@ pub enum Coll {
     NamespacedValidatingPolicies,
     ValidatingAdmissionPolicies,
     ValidatingAdmissionPolicyBindings,
+    /// `GET /api/v1/namespaces/NS/configmaps/NAME` only (Kyverno's ConfigMap).
+    ConfigMaps,
 }
 
 impl Coll {
@@ -66,6 +68,7 @@ impl Coll {
             Coll::NamespacedValidatingPolicies => "NamespacedValidatingPolicyList",
             Coll::ValidatingAdmissionPolicies => "ValidatingAdmissionPolicyList",
             Coll::ValidatingAdmissionPolicyBindings => "ValidatingAdmissionPolicyBindingList",
+            Coll::ConfigMaps => "ConfigMapList",
         }
     }
     fn kind(self) -> &'static str {
@@ -79,11 +82,12 @@ impl Coll {
             Coll::NamespacedValidatingPolicies => "NamespacedValidatingPolicy",
             Coll::ValidatingAdmissionPolicies => "ValidatingAdmissionPolicy",
             Coll::ValidatingAdmissionPolicyBindings => "ValidatingAdmissionPolicyBinding",
+            Coll::ConfigMaps => "ConfigMap",
         }
     }
     fn api_version(self) -> &'static str {
         match self {
-            Coll::Pods => "v1",
+            Coll::Pods | Coll::ConfigMaps => "v1",
             Coll::ClusterPolicies | Coll::Policies => "kyverno.io/v1",
             Coll::ImagePolicies => "imagewarden.dev/v1alpha1",
             Coll::PolicyReports => "wgpolicyk8s.io/v1alpha2",
@@ -544,6 +548,12 @@ impl FakeApi {
                 match self.get(Coll::Pods, ns, name) {
                     Some(p) => json_resp(StatusCode::OK, &p),
                     None => not_found("pod not found"),
+                }
+            }
+            ("GET", ["api", "v1", "namespaces", ns, "configmaps", name]) => {
+                match self.get(Coll::ConfigMaps, ns, name) {
+                    Some(p) => json_resp(StatusCode::OK, &p),
+                    None => not_found(&format!("configmaps \"{name}\" not found")),
                 }
             }
             ("DELETE", ["api", "v1", "namespaces", ns, "pods", name]) => {

@@ -1,0 +1,314 @@
+//! What admission deliberately excluded: Kyverno's global configuration
+//! (the `kyverno` ConfigMap's `resourceFilters`) and `--exempt-namespace`.
+//!
+//! Kyverno never checks a Pod that a resource filter matches, so the agent
+//! must not kill its containers either: they get the `audit` kernel verdict
+//! (an untrusted image is still reported, never stopped).
+//!
+//! `resourceFilters` is a string of `[Kind,Namespace,Name]` entries, e.g.
+//! `[Event,*,*][*/*,kube-system,*][Pod,kyverno,*]`, with `*` and `?`
+//! wildcards. The kind may be `Kind`, `Kind/subresource` or
+//! `group/version/Kind`; only entries whose kind matches a Pod (not a Pod
+//! subresource) matter here. Missing namespace or name fields match
+//! anything, as in Kyverno.
+//!
+//! When the cluster has no Kyverno ConfigMap, Kyverno's documented defaults
+//! apply: kube-system, kube-public, kube-node-lease and Kyverno's own
+//! namespace are excluded.
+//!
+//! Not applied: `excludeGroups` / `excludeUsernames` decide on the user who
+//! sends an admission request, which a Pod object does not record; they are
+//! logged as not applied.
+use std::collections::BTreeMap;
+
+/// One `[Kind,Namespace,Name]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceFilter {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ResourceFilter {
+    fn new(kind: &str, namespace: &str, name: &str) -> Self {
+        ResourceFilter { kind: kind.into(), namespace: namespace.into(), name: name.into() }
+    }
+
+    /// Whether the filter's kind covers the creation of a Pod.
+    pub fn matches_pod_kind(&self) -> bool {
+        let parts: Vec<&str> = self.kind.split('/').collect();
+        match parts.as_slice() {
+            [kind] => glob(kind, "Pod"),
+            // `Kind/subresource` (a Pod creation has no subresource) or
+            // `version/Kind` (Kyverno's GVK forms).
+            [a, b] => (glob(a, "Pod") && glob(b, "")) || (glob(a, "v1") && glob(b, "Pod")),
+            [group, version, kind] => glob(group, "") && glob(version, "v1") && glob(kind, "Pod"),
+            _ => false,
+        }
+    }
+
+    /// Whether this filter excludes the Pod `name` in `namespace` from admission.
+    pub fn matches_pod(&self, namespace: &str, name: Option<&str>) -> bool {
+        self.matches_pod_kind()
+            && glob(&self.namespace, namespace)
+            && match name {
+                Some(n) => glob(&self.name, n),
+                // Pod unknown: only a filter for every name applies.
+                None => self.name == "*",
+            }
+    }
+
+    fn render(&self) -> String {
+        format!("[{},{},{}]", self.kind, self.namespace, self.name)
+    }
+}
+
+/// Kyverno's wildcard match: `*` any run (also empty), `?` one character.
+pub fn glob(pattern: &str, s: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = s.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// Parses a `resourceFilters` value. Entries with more than three fields are
+/// returned as unsupported (by their text) and ignored.
+pub fn parse_resource_filters(s: &str) -> (Vec<ResourceFilter>, Vec<String>) {
+    let mut filters = Vec::new();
+    let mut unsupported = Vec::new();
+    let mut rest = s;
+    while let Some(open) = rest.find('[') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find(']') else {
+            unsupported.push(rest[open..].trim().to_string());
+            break;
+        };
+        let body = &after[..close];
+        rest = &after[close + 1..];
+        if body.contains('[') {
+            unsupported.push(format!("[{body}]"));
+            continue;
+        }
+        let f: Vec<&str> = body.split(',').map(str::trim).collect();
+        match f.as_slice() {
+            [k] if !k.is_empty() => filters.push(ResourceFilter::new(k, "*", "*")),
+            [k, ns] => filters.push(ResourceFilter::new(k, if ns.is_empty() { "*" } else { ns }, "*")),
+            [k, ns, n] => filters.push(ResourceFilter::new(
+                k,
+                if ns.is_empty() { "*" } else { ns },
+                if n.is_empty() { "*" } else { n },
+            )),
+            _ => unsupported.push(format!("[{body}]")),
+        }
+    }
+    (filters, unsupported)
+}
+
+/// Where the resource filters in force came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterOrigin {
+    /// No Kubernetes (standalone): only `--exempt-namespace`.
+    None,
+    /// No Kyverno ConfigMap in the cluster: Kyverno's defaults.
+    KyvernoDefaults,
+    /// The cluster's Kyverno ConfigMap `namespace/name`.
+    ConfigMap(String),
+}
+
+/// Namespaces and Pods never stopped by the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exemptions {
+    /// `--exempt-namespace` (exact names).
+    pub namespaces: Vec<String>,
+    /// Kyverno resource filters that match Pods.
+    pub filters: Vec<ResourceFilter>,
+    pub origin: FilterOrigin,
+}
+
+impl Default for Exemptions {
+    fn default() -> Self {
+        Exemptions { namespaces: Vec::new(), filters: Vec::new(), origin: FilterOrigin::None }
+    }
+}
+
+impl Exemptions {
+    /// `--exempt-namespace` only.
+    pub fn from_namespaces(namespaces: &[String]) -> Self {
+        Exemptions { namespaces: namespaces.to_vec(), ..Default::default() }
+    }
+
+    /// Kyverno's defaults (no ConfigMap in the cluster), plus `--exempt-namespace`.
+    pub fn kyverno_defaults(namespaces: &[String], kyverno_namespace: &str) -> Self {
+        let filters = ["kube-system", "kube-public", "kube-node-lease", kyverno_namespace]
+            .iter()
+            .map(|ns| ResourceFilter::new("*", ns, "*"))
+            .collect();
+        Exemptions { namespaces: namespaces.to_vec(), filters, origin: FilterOrigin::KyvernoDefaults }
+    }
+
+    /// The filters of a Kyverno ConfigMap's data, plus `--exempt-namespace`;
+    /// also returns what is not applied (unsupported entries and keys).
+    pub fn from_configmap(
+        namespaces: &[String],
+        origin: &str,
+        data: &BTreeMap<String, String>,
+    ) -> (Self, Vec<String>) {
+        let (all, mut notes) = parse_resource_filters(data.get("resourceFilters").map(String::as_str).unwrap_or(""));
+        notes.iter_mut().for_each(|u| *u = format!("resourceFilters entry {u} not understood"));
+        for key in ["excludeGroups", "excludeUsernames", "excludeRoles", "excludeClusterRoles"] {
+            if data.get(key).is_some_and(|v| !v.trim().is_empty()) {
+                notes.push(format!("{key}: not applied (a Pod does not record who created it)"));
+            }
+        }
+        let filters = all.into_iter().filter(ResourceFilter::matches_pod_kind).collect();
+        (Exemptions { namespaces: namespaces.to_vec(), filters, origin: FilterOrigin::ConfigMap(origin.into()) }, notes)
+    }
+
+    /// Why a Pod is exempt (for the finding's reason), or `None`.
+    pub fn exempt(&self, namespace: &str, pod: Option<&str>) -> Option<String> {
+        if self.namespaces.iter().any(|n| n == namespace) {
+            return Some(format!("namespace {namespace} is exempt (--exempt-namespace)"));
+        }
+        let f = self.filters.iter().find(|f| f.matches_pod(namespace, pod))?;
+        let origin = match &self.origin {
+            FilterOrigin::None => "resource filter".to_string(),
+            FilterOrigin::KyvernoDefaults => "Kyverno's default resourceFilters (no Kyverno ConfigMap)".to_string(),
+            FilterOrigin::ConfigMap(c) => format!("Kyverno ConfigMap {c} resourceFilters"),
+        };
+        Some(format!("excluded from admission by {origin} {}", f.render()))
+    }
+}
+
+/// Reads the Kyverno ConfigMap: `Ok(None)` when it does not exist (then
+/// Kyverno's defaults apply), `Err` when the API cannot say.
+pub async fn fetch(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<BTreeMap<String, String>>, kube::Error> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), namespace);
+    Ok(api.get_opt(name).await?.map(|cm| cm.data.unwrap_or_default()))
+}
+
+/// The exemptions in force given what [`fetch`] returned.
+pub fn exemptions_of(
+    namespaces: &[String],
+    kyverno_namespace: &str,
+    name: &str,
+    data: Option<&BTreeMap<String, String>>,
+) -> (Exemptions, Vec<String>) {
+    match data {
+        Some(d) => Exemptions::from_configmap(namespaces, &format!("{kyverno_namespace}/{name}"), d),
+        None => (Exemptions::kyverno_defaults(namespaces, kyverno_namespace), Vec::new()),
+    }
+}
+
+/// Keeps the exemptions current: reads the ConfigMap every `every`; while
+/// the API cannot answer, the last known exemptions stay. Spawn it.
+pub async fn watch_exemptions(
+    client: kube::Client,
+    namespaces: Vec<String>,
+    kyverno_namespace: String,
+    name: String,
+    tx: tokio::sync::watch::Sender<std::sync::Arc<Exemptions>>,
+    every: std::time::Duration,
+) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(every).await;
+        match fetch(&client, &kyverno_namespace, &name).await {
+            Ok(data) => {
+                failing = false;
+                let (e, notes) = exemptions_of(&namespaces, &kyverno_namespace, &name, data.as_ref());
+                if **tx.borrow() != e {
+                    for n in notes {
+                        tracing::warn!("Kyverno configuration: {n}");
+                    }
+                    tracing::info!(filters = e.filters.len(), origin = ?e.origin, "admission exclusions changed");
+                    if tx.send(std::sync::Arc::new(e)).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(err) => {
+                if !failing {
+                    tracing::warn!("reading the Kyverno ConfigMap {kyverno_namespace}/{name}: {err}; the last known exclusions stay");
+                }
+                failing = true;
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(glob("*", ""));
+        assert!(glob("*", "kube-system"));
+        assert!(glob("kube-*", "kube-system"));
+        assert!(!glob("kube-*", "kyverno"));
+        assert!(glob("k?verno", "kyverno"));
+        assert!(glob("*-lease", "kube-node-lease"));
+        assert!(!glob("Pod", "Pods"));
+        assert!(glob("a*b*c", "aXXbYYc"));
+        assert!(!glob("a*b*c", "aXXbYY"));
+    }
+
+    #[test]
+    fn parses_kyverno_resource_filters() {
+        let s = "[Event,*,*][*/*,kube-system,*] [*,kube-public,*]\n[Pod,prod,web-*][Pod/binding,*,*][ReplicaSet,*,*]\
+                 [v1/Pod,ns2,*][Node][a,b,c,d]";
+        let (f, u) = parse_resource_filters(s);
+        assert_eq!(u, vec!["[a,b,c,d]".to_string()]);
+        assert_eq!(f.len(), 8);
+        let pods: Vec<String> = f.iter().filter(|f| f.matches_pod_kind()).map(ResourceFilter::render).collect();
+        assert_eq!(pods, vec!["[*/*,kube-system,*]", "[*,kube-public,*]", "[Pod,prod,web-*]", "[v1/Pod,ns2,*]"]);
+    }
+
+    #[test]
+    fn exemptions_by_namespace_and_pod() {
+        let mut data = BTreeMap::new();
+        data.insert("resourceFilters".to_string(), "[Event,*,*][*/*,kube-system,*][Pod,prod,web-*]".to_string());
+        data.insert("excludeGroups".to_string(), "system:nodes".to_string());
+        let (e, notes) = Exemptions::from_configmap(&["ops".into()], "kyverno/kyverno", &data);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(e.exempt("kube-system", Some("aws-node-x")).unwrap().contains("[*/*,kube-system,*]"));
+        assert!(e.exempt("kube-system", None).is_some());
+        assert!(e.exempt("prod", Some("web-1")).is_some());
+        assert!(e.exempt("prod", Some("db-1")).is_none());
+        assert!(e.exempt("prod", None).is_none(), "a name filter needs the Pod's name");
+        assert!(e.exempt("ops", None).unwrap().contains("--exempt-namespace"));
+        // The ConfigMap replaces Kyverno's defaults: kube-public is checked here.
+        assert!(e.exempt("kube-public", Some("x")).is_none());
+        let d = Exemptions::kyverno_defaults(&[], "kyverno");
+        for ns in ["kube-system", "kube-public", "kube-node-lease", "kyverno"] {
+            assert!(d.exempt(ns, None).unwrap().contains("default"), "{ns}");
+        }
+        assert!(d.exempt("default", None).is_none());
+        assert!(Exemptions::default().exempt("kube-system", None).is_none());
+    }
+}

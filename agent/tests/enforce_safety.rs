@@ -1,0 +1,647 @@
+//! Safe to leave in enforce mode on a production node (issue 13): what
+//! admission excluded is never stopped, an empty policy is refused, pinned
+//! state of another layout is rebuilt, forged labels buy nothing.
+//!
+//! Real parts: a private containerd + runc, the real kernel, the agent
+//! binary; the stand-in API server of `support::fakeapi` in Kubernetes mode.
+//! Privileged: run under the host-wide lock, one test at a time.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use imagewarden::sources::cri::CriClient;
+use serde_json::{json, Value};
+use support::{
+    containerd::{Containerd, TestImages, NGINX},
+    fakeapi::{Coll, FakeApi},
+};
+
+/// One enforcing agent at a time: two would judge each other's containers.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Waits for `f` with a deadline (never a fixed sleep).
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running agent: its findings (stdout JSON lines) and log (stderr).
+struct Agent {
+    child: Child,
+    findings: Arc<Mutex<Vec<Value>>>,
+    log: Arc<Mutex<Vec<String>>>,
+    /// The agent's stderr reached its end.
+    log_done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Agent {
+    fn start(args: &[&str], env: &[(&str, &Path)]) -> Agent {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_imagewarden"));
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start agent");
+        let findings = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let f2 = findings.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("non-JSON {l:?}: {e}"));
+                f2.lock().unwrap().push(v);
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let l2 = log.clone();
+        let log_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let d2 = log_done.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("agent: {l}");
+                l2.lock().unwrap().push(l);
+            }
+            d2.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        Agent { child, findings, log, log_done }
+    }
+
+    fn finding(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_for(what, timeout, || self.findings.lock().unwrap().iter().find(|v| pred(v)).cloned())
+    }
+
+    fn wait_log(&self, what: &str, timeout: Duration, needle: &str) {
+        wait_for(what, timeout, || self.log.lock().unwrap().iter().any(|l| l.contains(needle)).then_some(()));
+    }
+
+    /// Waits for the agent to exit by itself; its status and log.
+    fn wait_exit(&mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let st = wait_for("the agent to exit", timeout, || self.child.try_wait().ok().flatten());
+        // Let the reader thread drain what the agent wrote last.
+        wait_for("the end of the agent's log", Duration::from_secs(10), || {
+            self.log_done.load(std::sync::atomic::Ordering::SeqCst).then_some(())
+        });
+        (st, self.log.lock().unwrap().join("\n"))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn root_or_skip(test: &str) -> bool {
+    if let Err(why) = support::containerd::preflight() {
+        support::skip_or_fail(test, &why);
+        return false;
+    }
+    if !support::host::privileged() {
+        support::skip_or_fail(test, "needs root (eBPF, cgroups, containerd)");
+        return false;
+    }
+    true
+}
+
+fn seed_policy() -> Value {
+    serde_yaml::from_str(include_str!("../../deploy/policies/restrict-registries.yaml")).unwrap()
+}
+
+/// Case 3: what admission excluded is not killed. An untrusted image in
+/// kube-system (Kyverno's default resourceFilters: no ConfigMap in the
+/// cluster) runs its entrypoint and is reported as audit; the same image in
+/// an ordinary namespace is killed; once the cluster's Kyverno ConfigMap
+/// exists, its own resourceFilters decide (a `[Pod,NS,NAME-*]` entry exempts
+/// one Pod; kube-public, which it does not list, is enforced again).
+#[test]
+fn admission_exclusions_are_reported_never_stopped() {
+    let _serial = serial();
+    let test = "admission_exclusions_are_reported_never_stopped";
+    if !root_or_skip(test) {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let images = TestImages::build();
+    let ctd = Containerd::start();
+    ctd.import("k8s.io", &images);
+    let api = rt.block_on(FakeApi::start());
+    api.put(Coll::ClusterPolicies, seed_policy());
+    let t = ctd.token.clone();
+    let dir = support::host::tempdir("iw-safety-exempt");
+    let kubeconfig = dir.join("config");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let endpoint = ctd.endpoint();
+    let agent = Agent::start(
+        &[
+            "run",
+            "--mode",
+            "enforce",
+            "--fail-mode",
+            "open",
+            "--node-name",
+            "node-a",
+            "--kyverno-config-interval",
+            "200ms",
+            "--runtime-endpoint",
+            &endpoint,
+        ],
+        &[("KUBECONFIG", &kubeconfig)],
+    );
+    agent.wait_log("the cluster policy", Duration::from_secs(30), "restrict-image-registries");
+    agent.wait_log("the agent running", Duration::from_secs(30), "agent running");
+    let uid = |n: u32| format!("{n:08x}-0000-0000-0000-{t:0>12}");
+
+    rt.block_on(async {
+        let cri = CriClient::connect(&endpoint).await.expect("CRI");
+        // No Kyverno ConfigMap: Kyverno's defaults exclude kube-system.
+        let (_, sys_id) =
+            ctd.cri_run_pod(&cri, "aws-node-x", "kube-system", &uid(1), "aws-node", NGINX, &format!("x-sys-{t}")).await;
+        assert!(
+            ctd.wait_marker(&format!("x-sys-{t}"), Duration::from_secs(15)).is_some(),
+            "an untrusted image in kube-system (excluded by Kyverno's defaults) must run"
+        );
+        let f = agent.finding("the audit finding in kube-system", Duration::from_secs(15), |v| {
+            v["container_id"] == sys_id.as_str() && v["type"] == "container"
+        });
+        assert_eq!(f["verdict"], "deny", "{f}");
+        assert_eq!(f["action"], "alerted", "{f}");
+        let reason = f["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("untrusted-image") && reason.contains("[*,kube-system,*]"), "{f}");
+
+        // The same image elsewhere: killed before its entrypoint.
+        let (_, prod_id) =
+            ctd.cri_run_pod_opt(&cri, "web-hub", "prod", &uid(2), "nginx", NGINX, &format!("x-prod-{t}"), true).await;
+        agent.finding("the kill in prod", Duration::from_secs(15), |v| {
+            v["container_id"] == prod_id.as_str() && v["action"] == "killed"
+        });
+        assert!(!ctd.marker(&format!("x-prod-{t}")).exists(), "the untrusted entrypoint ran in prod");
+
+        // The cluster's Kyverno ConfigMap replaces the defaults.
+        api.put(
+            Coll::ConfigMaps,
+            json!({"metadata": {"name": "kyverno", "namespace": "kyverno"},
+                   "data": {"resourceFilters": "[Event,*,*][*/*,kube-system,*][Pod,prod,batch-*]",
+                            "excludeGroups": "system:nodes"}}),
+        );
+        agent.wait_log("the ConfigMap's exclusions", Duration::from_secs(15), "admission exclusions changed");
+        let (_, batch_id) =
+            ctd.cri_run_pod(&cri, "batch-7", "prod", &uid(3), "nginx", NGINX, &format!("x-batch-{t}")).await;
+        assert!(
+            ctd.wait_marker(&format!("x-batch-{t}"), Duration::from_secs(15)).is_some(),
+            "a Pod the ConfigMap's [Pod,prod,batch-*] excludes must run"
+        );
+        let f = agent.finding("the audit finding for batch-7", Duration::from_secs(15), |v| {
+            v["container_id"] == batch_id.as_str() && v["type"] == "container"
+        });
+        assert_eq!(f["action"], "alerted", "{f}");
+        assert!(f["reason"].as_str().unwrap_or_default().contains("ConfigMap kyverno/kyverno"), "{f}");
+        let (_, pub_id) = ctd
+            .cri_run_pod_opt(&cri, "pub", "kube-public", &uid(4), "nginx", NGINX, &format!("x-pub-{t}"), true)
+            .await;
+        agent.finding("the kill in kube-public", Duration::from_secs(15), |v| {
+            v["container_id"] == pub_id.as_str() && v["action"] == "killed"
+        });
+        assert!(!ctd.marker(&format!("x-pub-{t}")).exists(), "kube-public is not excluded by this ConfigMap");
+    });
+    drop(agent);
+    let _ = std::fs::remove_dir_all(dir);
+    drop(ctd);
+    drop(images);
+}
+
+/// A free local port for `--listen`.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `GET path` on the agent's server: (status code, body).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, buf))
+}
+
+/// Case 8, at start: enforce mode with a policy that has no rule checking
+/// images (here a Kyverno policy whose only rule cannot be enforced, run
+/// with --allow-partial), or with no policy in the cluster, refuses to
+/// start with a clear error instead of allowing every image. No root
+/// needed: the refusal comes before anything is loaded.
+#[test]
+fn enforce_mode_refuses_an_empty_policy() {
+    let _serial = serial();
+    let dir = support::host::tempdir("iw-safety-empty");
+    let pol = dir.join("labels-only.yaml");
+    std::fs::write(
+        &pol,
+        "apiVersion: kyverno.io/v1\nkind: ClusterPolicy\nmetadata: {name: require-labels}\nspec:\n  \
+         validationFailureAction: Enforce\n  rules:\n  - name: check-team\n    match: {any: [{resources: {kinds: [Pod]}}]}\n    \
+         validate:\n      message: label team required\n      pattern: {metadata: {labels: {team: \"?*\"}}}\n",
+    )
+    .unwrap();
+    let pol_s = pol.display().to_string();
+    let mut a = Agent::start(
+        &["run", "--standalone", "--mode", "enforce", "--allow-partial", "--fail-mode", "open", "--policy", &pol_s],
+        &[],
+    );
+    let (st, log) = a.wait_exit(Duration::from_secs(30));
+    assert!(!st.success(), "enforce mode started with an empty policy:\n{log}");
+    assert!(log.contains("refuses to start without a policy"), "{log}");
+    assert!(!log.contains("agent running"), "{log}");
+
+    // Kubernetes mode, nothing in the cluster: refused after --policy-wait.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let api = rt.block_on(FakeApi::start());
+    let kubeconfig = dir.join("config");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let mut a = Agent::start(
+        &["run", "--mode", "enforce", "--fail-mode", "open", "--node-name", "node-a", "--policy-wait", "1s"],
+        &[("KUBECONFIG", &kubeconfig)],
+    );
+    let (st, log) = a.wait_exit(Duration::from_secs(30));
+    assert!(!st.success(), "enforce mode started with no policy in the cluster:\n{log}");
+    assert!(log.contains("refuses to start without a policy") && log.contains("the cluster"), "{log}");
+    // Audit mode may run without a policy (it stops nothing).
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let a = Agent::start(
+        &["run", "--standalone", "--mode", "audit", "--allow-partial", "--fail-mode", "open", "--policy", &pol_s, "--listen", &listen],
+        &[],
+    );
+    if support::host::privileged() {
+        a.wait_log("the audit agent running", Duration::from_secs(30), "agent running");
+    }
+    drop(a);
+    drop(api);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Case 8, later: the cluster's policy is deleted while an enforcing agent
+/// runs. The last good policy stays in force (a docker.io container started
+/// afterwards is still killed), /readyz turns not ready and
+/// `imagewarden_policy_missing` is 1; when a policy is back, both recover.
+#[test]
+fn policies_disappearing_keep_the_last_good_set() {
+    let _serial = serial();
+    let test = "policies_disappearing_keep_the_last_good_set";
+    if !root_or_skip(test) {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let images = TestImages::build();
+    let ctd = Containerd::start();
+    ctd.import("k8s.io", &images);
+    let api = rt.block_on(FakeApi::start());
+    api.put(Coll::ClusterPolicies, seed_policy());
+    let t = ctd.token.clone();
+    let dir = support::host::tempdir("iw-safety-gone");
+    let kubeconfig = dir.join("config");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let endpoint = ctd.endpoint();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let agent = Agent::start(
+        &[
+            "run", "--mode", "enforce", "--fail-mode", "open", "--node-name", "node-a", "--listen", &listen,
+            "--runtime-endpoint", &endpoint,
+        ],
+        &[("KUBECONFIG", &kubeconfig)],
+    );
+    agent.wait_log("the agent running", Duration::from_secs(30), "agent running");
+    let ready = |want: u16| wait_for("/readyz", Duration::from_secs(15), || http_get(port, "/readyz").filter(|(c, _)| *c == want));
+    let gauge = |want: &str| {
+        wait_for("imagewarden_policy_missing", Duration::from_secs(15), || {
+            let (_, body) = http_get(port, "/metrics")?;
+            body.lines().any(|l| l.starts_with("imagewarden_policy_missing ") && l.ends_with(want)).then_some(())
+        })
+    };
+    ready(200);
+    gauge(" 0");
+
+    api.remove(Coll::ClusterPolicies, "", "restrict-image-registries");
+    agent.wait_log("the disappearance", Duration::from_secs(15), "policies disappeared");
+    let (_, body) = ready(503);
+    assert!(body.contains("policy"), "{body}");
+    gauge(" 1");
+    rt.block_on(async {
+        let cri = CriClient::connect(&endpoint).await.expect("CRI");
+        let (_, id) = ctd
+            .cri_run_pod_opt(&cri, "web-hub", "prod", &format!("eeeeeeee-0000-0000-0000-{t:0>12}"), "nginx", NGINX, &format!("g-{t}"), true)
+            .await;
+        agent.finding("the kill under the kept policy", Duration::from_secs(15), |v| {
+            v["container_id"] == id.as_str() && v["action"] == "killed"
+        });
+        assert!(!ctd.marker(&format!("g-{t}")).exists(), "an untrusted entrypoint ran once the policy was deleted");
+    });
+    api.put(Coll::ClusterPolicies, seed_policy());
+    ready(200);
+    gauge(" 0");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(dir);
+    drop(ctd);
+    drop(images);
+}
+
+/// Creates a map of the given definition in the kernel and pins it at
+/// `path` (raw bpf(2): BPF_MAP_CREATE, BPF_OBJ_PIN), as an agent of another
+/// version would have left it.
+fn pin_foreign_map(path: &Path, map_type: u32, key: u32, value: u32, entries: u32, flags: u32) {
+    use std::os::unix::ffi::OsStrExt;
+    let mut attr = [0u8; 128];
+    for (i, v) in [map_type, key, value, entries, flags].iter().enumerate() {
+        attr[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    // SAFETY: bpf(BPF_MAP_CREATE = 0) with a zeroed attr of the right size.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), attr.len()) };
+    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut attr = [0u8; 128];
+    attr[0..8].copy_from_slice(&(cpath.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
+    // SAFETY: bpf(BPF_OBJ_PIN = 6); the path outlives the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, 6, attr.as_ptr(), attr.len()) };
+    assert!(r == 0, "BPF_OBJ_PIN {}: {}", path.display(), std::io::Error::last_os_error());
+    // SAFETY: our fd.
+    unsafe { libc::close(fd as i32) };
+}
+
+/// Case 7: pinned maps of another definition (same key and value sizes,
+/// other max entries and flags, as the no-prealloc change made them) are
+/// rebuilt, not reused; another version's pin directory is removed once
+/// the new programs run; the agent's own pins are reused on restart (no
+/// false mismatch); `cleanup` removes everything.
+#[test]
+fn pinned_maps_of_another_definition_are_rebuilt() {
+    let _serial = serial();
+    let test = "pinned_maps_of_another_definition_are_rebuilt";
+    if !support::host::privileged() {
+        support::skip_or_fail(test, "needs root (eBPF, bpffs)");
+        return;
+    }
+    use imagewarden::probes::{layout, pin_dir_under};
+    let root = Path::new("/sys/fs/bpf").join(format!("iw-test-layout-{}", std::process::id()));
+    /// Whatever happens, no pinned program of this test stays attached.
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = imagewarden::probes::cleanup_root(&self.0, Duration::from_secs(5));
+        }
+    }
+    let _ = imagewarden::probes::cleanup_root(&root, Duration::from_secs(1));
+    let _cleanup = Cleanup(root.clone());
+    let dir = pin_dir_under(&root);
+    std::fs::create_dir_all(&dir).unwrap();
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    // The shape VERDICTS had before it stopped being preallocated.
+    pin_foreign_map(&dir.join("VERDICTS"), BPF_MAP_TYPE_HASH, 8, 4, 8, 0);
+    // A previous version's directory (the first layout tag).
+    let old = root.join("v1-c100-k72");
+    std::fs::create_dir_all(&old).unwrap();
+    pin_foreign_map(&old.join("VERDICTS"), BPF_MAP_TYPE_HASH, 8, 4, 8, 0);
+
+    let want = layout::embedded().expect("layout").maps["VERDICTS"];
+    assert_ne!(layout::MapDef::of_pin(&dir.join("VERDICTS")).unwrap(), want);
+    let root_s = root.display().to_string();
+    let args = ["run", "--standalone", "--mode", "audit", "--fail-mode", "closed", "--pin-dir", &root_s];
+    let mut a = Agent::start(&args, &[]);
+    a.wait_log("the agent running", Duration::from_secs(30), "agent running");
+    assert_eq!(
+        layout::MapDef::of_pin(&dir.join("VERDICTS")).unwrap(),
+        want,
+        "the pinned VERDICTS of another definition was reused"
+    );
+    a.wait_log("the rebuild logged", Duration::from_secs(5), "rebuilding the pinned maps");
+    assert!(!old.exists(), "the other layout's pins must be removed");
+    // SIGKILL (a crash): the next agent reuses this layout's pins as they are.
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let mut b = Agent::start(&args, &[]);
+    b.wait_log("the second agent running", Duration::from_secs(30), "agent running");
+    assert!(
+        !b.log.lock().unwrap().iter().any(|l| l.contains("rebuilding") || l.contains("another definition")),
+        "the agent's own pins must be reused"
+    );
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    // Uninstall.
+    let out = Command::new(env!("CARGO_BIN_EXE_imagewarden")).args(["cleanup", "--pin-dir", &root_s]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!root.exists(), "cleanup must remove {}", root.display());
+}
+
+/// Runs `sh -c 'exit 5'` in a cgroup: the signal that ended it, if any.
+fn exec_signal_in(cg: &Path) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    let st = support::host::in_cgroup(cg, "/bin/sh").arg("-c").arg("exit 5").status().unwrap();
+    st.signal()
+}
+
+/// Removes a test's pin root whatever happens (no program stays attached).
+struct PinRoot(std::path::PathBuf);
+
+impl Drop for PinRoot {
+    fn drop(&mut self) {
+        let _ = imagewarden::probes::cleanup_root(&self.0, Duration::from_secs(5));
+    }
+}
+
+/// Case 1, the dead-man's switch: SIGKILL an enforcing, fail-closed agent.
+/// Within the staleness bound (--heartbeat-timeout) a new trusted container
+/// starts and runs its entrypoint (containers the kernel held just before
+/// the bound stay stopped until the next agent); a cgroup denied before
+/// the crash still cannot exec; the next agent takes over, reports what ran
+/// unenforced (finding `ran-unenforced` naming the container, metric) and
+/// judges it. Prints the measured recovery time (SIGKILL to the first
+/// trusted entrypoint).
+#[test]
+fn dead_agent_does_not_wedge_the_node_and_denied_stays_denied() {
+    let _serial = serial();
+    let test = "dead_agent_does_not_wedge_the_node_and_denied_stays_denied";
+    if !root_or_skip(test) {
+        return;
+    }
+    let images = TestImages::build();
+    let ctd = Containerd::start();
+    ctd.import("default", &images);
+    let root = Path::new("/sys/fs/bpf").join(format!("iw-test-deadman-{}", std::process::id()));
+    let _ = imagewarden::probes::cleanup_root(&root, Duration::from_secs(1));
+    let pins = PinRoot(root.clone());
+    let denied = support::host::TestCgroup::new("deadman-denied");
+    let root_s = root.display().to_string();
+    let endpoint = ctd.endpoint();
+    let denied_s = denied.path.display().to_string();
+    let args = [
+        "run", "--standalone", "--mode", "enforce", "--fail-mode", "closed", "--pin-dir", &root_s,
+        "--heartbeat-timeout", "2s", "--runtime-endpoint", &endpoint, "--deny-cgroup", &denied_s,
+    ];
+    let mut a = Agent::start(&args, &[]);
+    a.wait_log("agent A running", Duration::from_secs(30), "agent running");
+    assert_eq!(exec_signal_in(&denied.path), Some(libc::SIGKILL), "the denied cgroup must be denied");
+    let t = ctd.token.clone();
+    ctd.ctr_run("default", &format!("alive-{t}"), support::containerd::ECR_NGINX, &[]);
+    assert!(ctd.wait_marker(&format!("alive-{t}"), Duration::from_secs(15)).is_some(), "trusted container with the agent alive");
+
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let t0 = Instant::now();
+    // New trusted containers, one after another, until one runs. `ctr run`
+    // is not waited for: while the kernel holds a container's first exec
+    // (runc's own re-exec included) it does not return.
+    let sock = endpoint.trim_start_matches("unix://").to_string();
+    let marker_dir = ctd.marker("x").parent().unwrap().to_path_buf();
+    let mut ctrs: Vec<Child> = Vec::new();
+    let mut ran = None;
+    let mut held = Vec::new();
+    for i in 0.. {
+        let id = format!("after-{i}-{t}");
+        let child = Command::new("ctr")
+            .args(["-a", &sock, "-n", "default", "run", "-d", "--mount"])
+            .arg(format!("type=bind,src={},dst={},options=rbind:rw", marker_dir.display(), support::containerd::MARKER_MOUNT))
+            .args(["--env", &format!("IW_MARKER_NAME={id}"), support::containerd::ECR_NGINX, &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ctr run");
+        ctrs.push(child);
+        if ctd.wait_marker(&id, Duration::from_millis(500)).is_some() {
+            ran = Some(id);
+            break;
+        }
+        held.push(id);
+        if t0.elapsed() > Duration::from_secs(30) {
+            for c in &mut ctrs {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            panic!("no trusted container ran within 30 s of the agent's death (held: {held:?})");
+        }
+    }
+    let recovered = t0.elapsed();
+    let ran = ran.unwrap();
+    eprintln!("RECOVERY after SIGKILL of the enforcing agent: first trusted entrypoint after {} ms (heartbeat timeout 2 s)", recovered.as_millis());
+    assert_eq!(exec_signal_in(&denied.path), Some(libc::SIGKILL), "a cgroup denied before the crash must stay denied");
+
+    // The next agent takes over and reports what ran while nobody decided.
+    let b = Agent::start(&args, &[]);
+    b.wait_log("agent B running", Duration::from_secs(30), "agent running");
+    b.wait_log("the unenforced report", Duration::from_secs(10), "ran unenforced");
+    let f = b.finding("the ran-unenforced finding", Duration::from_secs(10), |v| {
+        v["container_id"] == ran.as_str() && v["reason"].as_str().is_some_and(|r| r.starts_with("ran-unenforced"))
+    });
+    assert_eq!(f["type"], "container", "{f}");
+    assert_eq!(exec_signal_in(&denied.path), Some(libc::SIGKILL), "denied under the new agent");
+    // Those held in the window before the bound are released by the new agent.
+    for id in &held {
+        assert!(ctd.wait_marker(id, Duration::from_secs(15)).is_some(), "{id}, held while no agent was alive, must run once one is back");
+    }
+    for mut c in ctrs {
+        let done = wait_for("ctr run to return", Duration::from_secs(15), || c.try_wait().ok().map(|s| s.is_some()).filter(|d| *d));
+        assert!(done);
+    }
+    drop(b);
+    drop(a);
+    drop(pins);
+    drop(denied);
+    drop(ctd);
+    drop(images);
+}
+
+/// Case 2, rolling update without a gap: while untrusted (docker.io)
+/// containers start in a loop, the enforcing agent gets SIGTERM and a new
+/// one starts a second later (as a DaemonSet rollout does). SIGTERM hands
+/// the pinned state over: none of the untrusted containers runs its
+/// entrypoint (held by the kernel until the new agent kills them).
+#[test]
+fn rolling_replacement_lets_no_untrusted_entrypoint_run() {
+    let _serial = serial();
+    let test = "rolling_replacement_lets_no_untrusted_entrypoint_run";
+    if !root_or_skip(test) {
+        return;
+    }
+    let images = TestImages::build();
+    let ctd = Containerd::start();
+    ctd.import("default", &images);
+    let root = Path::new("/sys/fs/bpf").join(format!("iw-test-rollout-{}", std::process::id()));
+    let _ = imagewarden::probes::cleanup_root(&root, Duration::from_secs(1));
+    let pins = PinRoot(root.clone());
+    let root_s = root.display().to_string();
+    let endpoint = ctd.endpoint();
+    let args = [
+        "run", "--standalone", "--mode", "enforce", "--fail-mode", "closed", "--pin-dir", &root_s,
+        "--runtime-endpoint", &endpoint, "--hold-timeout", "10s",
+    ];
+    let mut a = Agent::start(&args, &[]);
+    a.wait_log("agent A running", Duration::from_secs(30), "agent running");
+    let t = ctd.token.clone();
+    let sock = endpoint.trim_start_matches("unix://").to_string();
+    let marker_dir = ctd.marker("x").parent().unwrap().to_path_buf();
+    let mut ctrs: Vec<Child> = Vec::new();
+    let mut ids = Vec::new();
+    let mut start_one = |i: usize, ctrs: &mut Vec<Child>| {
+        let id = format!("u-{i}-{t}");
+        let child = Command::new("ctr")
+            .args(["-a", &sock, "-n", "default", "run", "-d", "--mount"])
+            .arg(format!("type=bind,src={},dst={},options=rbind:rw", marker_dir.display(), support::containerd::MARKER_MOUNT))
+            .args(["--env", &format!("IW_MARKER_NAME={id}"), NGINX, &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ctr run");
+        ctrs.push(child);
+        ids.push(id);
+    };
+    let mut i = 0;
+    let mut tick = |until: Instant, ctrs: &mut Vec<Child>| {
+        while Instant::now() < until {
+            start_one(i, ctrs);
+            i += 1;
+            let next = (Instant::now() + Duration::from_millis(300)).min(until);
+            wait_for("a pause between starts", Duration::from_secs(1), || (Instant::now() >= next).then_some(()));
+        }
+    };
+    tick(Instant::now() + Duration::from_secs(1), &mut ctrs);
+    // SAFETY: plain syscall on our child.
+    unsafe { libc::kill(a.child.id() as i32, libc::SIGTERM) };
+    let (st, _) = a.wait_exit(Duration::from_secs(30));
+    assert!(st.success(), "agent A after SIGTERM: {st:?}");
+    tick(Instant::now() + Duration::from_secs(1), &mut ctrs);
+    let b = Agent::start(&args, &[]);
+    b.wait_log("agent B running", Duration::from_secs(30), "agent running");
+    tick(Instant::now() + Duration::from_secs(1), &mut ctrs);
+    // Every one is decided (killed) by the new agent; none ran.
+    for mut c in ctrs {
+        wait_for("ctr run to return", Duration::from_secs(20), || c.try_wait().ok().flatten().map(|_| ()));
+    }
+    let ran: Vec<&String> = ids.iter().filter(|id| ctd.marker(id).exists()).collect();
+    assert!(ids.len() >= 6, "too few containers started: {ids:?}");
+    assert!(ran.is_empty(), "untrusted entrypoints ran across the handover: {ran:?} of {}", ids.len());
+    drop(b);
+    drop(a);
+    drop(pins);
+    drop(ctd);
+    drop(images);
+}
