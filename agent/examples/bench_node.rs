@@ -1676,6 +1676,8 @@ fn spawner_child(args: &[String]) -> ! {
                 .unwrap_or_else(|e| panic!("namespace {ns} of {ns_pid}: {e}"))
         };
         let mnt = open("mnt");
+        // Opened before setns: the container's /proc is its own pid namespace's.
+        let pid_ns = open("pid");
         // SAFETY: setns on an open namespace fd; this process is still
         // single-threaded (no thread has been spawned yet), as CLONE_NEWNS needs.
         let rc = unsafe { libc::setns(mnt.as_raw_fd(), libc::CLONE_NEWNS) };
@@ -1684,7 +1686,7 @@ fn spawner_child(args: &[String]) -> ! {
         // The pid namespace is joined by each worker thread for its own
         // children (a process whose pid namespace for children differs from
         // its own can no longer create threads).
-        PID_NS_FD.store(open("pid").into_raw_fd(), Ordering::SeqCst);
+        PID_NS_FD.store(pid_ns.into_raw_fd(), Ordering::SeqCst);
     }
     let u0 = usage_usec(&mut stat);
     let r = spawn_for(Path::new(exe), workers, Duration::from_secs_f64(secs), None);
@@ -2012,6 +2014,10 @@ fn peer(o: &Opts, exe: &Path) -> Value {
                     r["failures"],
                     name_hits.map_or(String::new(), |h| format!(", name-path hits {h:.0}"))
                 );
+                if execs == 0.0 {
+                    eprintln!("    (no exec ran: this run is left out) {r}");
+                    continue;
+                }
                 if cfg != "none" {
                     kns.entry((path.into(), cfg.into()))
                         .or_default()
