@@ -2344,7 +2344,7 @@ fn print_table(r: &Value) {
     if let Some(p) = r["policy"]["policies"].as_array() {
         for x in p {
             row(
-                format!("5. policy eval, {}", x["name"].as_str().unwrap_or("?")),
+                format!("7. policy eval, {}", x["name"].as_str().unwrap_or("?")),
                 format!("{:.0}/s", f(&x["images_per_s"])),
                 "",
                 None,
