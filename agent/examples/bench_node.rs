@@ -1071,10 +1071,10 @@ fn cost_per_exec(o: &Opts, exe: &Path) -> Value {
         let kernel_ns = d.prog_ns as f64 / d.prog_cnt.max(1) as f64;
         // Per exec the kernel saw: without --all-execs most execs are never
         // submitted to user space at all, which is the point.
-        let cpu_us = d.cpu_ns as f64 / (d.kernel_execs as f64).max(1.0) / 1000.0;
+        let cpu_us = d.cpu_ns as f64 / d.kernel_execs.max(1.0) / 1000.0;
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        let ticks_us = d.ticks as f64 * 1e6 / hz / (d.kernel_execs as f64).max(1.0);
+        let ticks_us = d.ticks as f64 * 1e6 / hz / d.kernel_execs.max(1.0);
         eprintln!(
             "  {:>7}: probe {kernel_ns:.0} ns/exec over {} runs; agent {cpu_us:.2} us/exec (schedstat), {ticks_us:.2} us/exec (utime+stime) over {} events; idle agent {:.2} ms CPU/s",
             mode.as_str(),
@@ -1525,7 +1525,6 @@ async fn populate(
         }
     }
     let new_sandboxes = sandboxes.clone();
-    let mut sandboxes = sandboxes;
     sandboxes.splice(0..0, prior.iter().cloned());
     let mut made = 0;
     let (mut next, containers) = (containers.start, containers.end);
@@ -1905,7 +1904,7 @@ fn bench_container(exe: &Path) -> Result<BenchContainer, String> {
     })
 }
 
-/// 6. Per-exec kernel time (bpf_stats) and the exec'ing tasks' CPU (their
+/// Section 6, per-exec kernel time (bpf_stats) and the exec'ing tasks' CPU (their
 /// cgroup's cpu.stat) of imagewarden (audit, enforce) and of bpftrace's two
 /// programs, in the same run, on the host cgroup and inside a container.
 fn peer(o: &Opts, exe: &Path) -> Value {
