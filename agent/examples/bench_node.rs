@@ -64,7 +64,7 @@ fn sleep(d: Duration) {
     }
 }
 
-const SECTIONS: [&str; 4] = ["throughput", "cost", "drops", "inventory"];
+const SECTIONS: [&str; 5] = ["throughput", "cost", "drops", "inventory", "peer"];
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -82,6 +82,10 @@ struct Opts {
     pods: usize,
     containers: usize,
     inventory_budget: Duration,
+    /// `--inventory-sizes 250x750,737x2000`: pods x containers, measured in turn.
+    inventory_sizes: Vec<(usize, usize)>,
+    /// `--runtimes 1.6,2`: the containerd releases of the inventory section.
+    runtimes: Vec<containerd::Runtime>,
 }
 
 fn parse_opts() -> Opts {
@@ -99,7 +103,10 @@ fn parse_opts() -> Opts {
         pods: 110,
         containers: 300,
         inventory_budget: Duration::from_secs(60),
+        inventory_sizes: Vec::new(),
+        runtimes: vec![containerd::Runtime::V1_6],
     };
+    let mut budget_set = false;
     let mut sustain_set = false;
     let mut pairs_set = false;
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -137,6 +144,36 @@ fn parse_opts() -> Opts {
             }
             "--pods" => o.pods = val(&mut it, a).parse().expect("--pods: count"),
             "--containers" => o.containers = val(&mut it, a).parse().expect("--containers: count"),
+            "--inventory-sizes" => {
+                for sz in val(&mut it, a).split(',') {
+                    let (p, c) = sz.split_once('x').unwrap_or_else(|| {
+                        panic!("--inventory-sizes: PODSxCONTAINERS, not {sz:?}")
+                    });
+                    o.inventory_sizes.push((
+                        p.parse().expect("--inventory-sizes: pods"),
+                        c.parse().expect("--inventory-sizes: containers"),
+                    ));
+                }
+                o.inventory_sizes.sort();
+            }
+            "--inventory-budget" => {
+                o.inventory_budget = Duration::from_secs_f64(
+                    val(&mut it, a)
+                        .parse()
+                        .expect("--inventory-budget: seconds"),
+                );
+                budget_set = true;
+            }
+            "--runtimes" => {
+                o.runtimes = val(&mut it, a)
+                    .split(',')
+                    .map(|r| match r {
+                        "1.6" => containerd::Runtime::V1_6,
+                        "2" => containerd::Runtime::V2,
+                        other => panic!("--runtimes: 1.6 or 2, not {other:?}"),
+                    })
+                    .collect();
+            }
             "--bench" => {} // passed by `cargo bench`-style runners
             other => panic!("unknown argument {other}"),
         }
@@ -149,7 +186,9 @@ fn parse_opts() -> Opts {
         if !pairs_set {
             o.pairs = 5;
         }
-        o.inventory_budget = Duration::from_secs(20);
+        if !budget_set {
+            o.inventory_budget = Duration::from_secs(20);
+        }
     }
     assert!(
         !o.agent.as_os_str().is_empty(),
@@ -318,6 +357,10 @@ impl SpawnResult {
     }
 }
 
+/// A pid namespace fd the spawner's worker threads join before they spawn
+/// (`--spawner` in a container), or -1.
+static PID_NS_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
 /// `workers` threads posix_spawn + waitpid `path` until `dur` is over;
 /// `rate` (execs/s, all workers together) paces them when given.
 fn spawn_for(path: &Path, workers: usize, dur: Duration, rate: Option<f64>) -> SpawnResult {
@@ -330,6 +373,12 @@ fn spawn_for(path: &Path, workers: usize, dur: Duration, rate: Option<f64>) -> S
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {
+                let ns = PID_NS_FD.load(Ordering::SeqCst);
+                if ns >= 0 {
+                    // SAFETY: setns of this thread's pid namespace for children.
+                    let rc = unsafe { libc::setns(ns, libc::CLONE_NEWPID) };
+                    assert_eq!(rc, 0, "setns pid: {}", std::io::Error::last_os_error());
+                }
                 let argv = [cpath.as_ptr() as *mut libc::c_char, std::ptr::null_mut()];
                 let envp = [std::ptr::null_mut::<libc::c_char>()];
                 let interval = rate.map(|r| Duration::from_secs_f64(workers as f64 / r));
@@ -622,10 +671,20 @@ impl Agent {
         let mut maps = BTreeSet::new();
         for id in &self.prog_ids {
             let p = json(&["-j", "prog", "show", "id", &id.to_string()]);
-            maps.extend(p["map_ids"].as_array().into_iter().flatten().filter_map(Value::as_u64));
+            maps.extend(
+                p["map_ids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_u64),
+            );
         }
         maps.iter()
-            .map(|m| json(&["-j", "map", "show", "id", &m.to_string()])["bytes_memlock"].as_u64().unwrap_or(0))
+            .map(|m| {
+                json(&["-j", "map", "show", "id", &m.to_string()])["bytes_memlock"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
             .sum::<u64>()
             / 1024
     }
@@ -637,11 +696,18 @@ impl Agent {
         let mut in_map = false;
         let mut kib = 0;
         for l in s.lines() {
-            if l.split_whitespace().next().is_some_and(|f| f.contains('-') && f.chars().all(|c| c.is_ascii_hexdigit() || c == '-')) {
+            if l.split_whitespace().next().is_some_and(|f| {
+                f.contains('-') && f.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+            }) {
                 in_map = l.ends_with("anon_inode:bpf-map");
             } else if in_map {
                 if let Some(v) = l.strip_prefix("Rss:") {
-                    kib += v.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0);
+                    kib += v
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .unwrap_or(0);
                 }
             }
         }
@@ -913,7 +979,9 @@ fn throughput(o: &Opts, exe: &Path) -> Value {
                     r.median_us,
                     r.failures
                 );
-                lats.entry((name(cfg).into(), w)).or_default().push(r.median_us);
+                lats.entry((name(cfg).into(), w))
+                    .or_default()
+                    .push(r.median_us);
                 rates
                     .entry((name(cfg).into(), w))
                     .or_default()
@@ -935,8 +1003,10 @@ fn throughput(o: &Opts, exe: &Path) -> Value {
         let base_med = median(&base);
         let base_lat = lats.get(&("none".into(), w)).cloned().unwrap_or_default();
         let base_lat_med = median(&base_lat);
-        rows.push(json!({"config": "none", "workers": w, "median_execs_per_s": base_med, "runs": base,
-            "median_exec_us": base_lat_med, "exec_us_runs": base_lat}));
+        rows.push(
+            json!({"config": "none", "workers": w, "median_execs_per_s": base_med, "runs": base,
+            "median_exec_us": base_lat_med, "exec_us_runs": base_lat}),
+        );
         for cfg in ["audit", "enforce"] {
             let v = rates.get(&(cfg.into(), w)).cloned().unwrap_or_default();
             let med = median(&v);
@@ -1001,10 +1071,10 @@ fn cost_per_exec(o: &Opts, exe: &Path) -> Value {
         let kernel_ns = d.prog_ns as f64 / d.prog_cnt.max(1) as f64;
         // Per exec the kernel saw: without --all-execs most execs are never
         // submitted to user space at all, which is the point.
-        let cpu_us = d.cpu_ns as f64 / (d.kernel_execs as f64).max(1.0) / 1000.0;
+        let cpu_us = d.cpu_ns as f64 / d.kernel_execs.max(1.0) / 1000.0;
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        let ticks_us = d.ticks as f64 * 1e6 / hz / (d.kernel_execs as f64).max(1.0);
+        let ticks_us = d.ticks as f64 * 1e6 / hz / d.kernel_execs.max(1.0);
         eprintln!(
             "  {:>7}: probe {kernel_ns:.0} ns/exec over {} runs; agent {cpu_us:.2} us/exec (schedstat), {ticks_us:.2} us/exec (utime+stime) over {} events; idle agent {:.2} ms CPU/s",
             mode.as_str(),
@@ -1118,7 +1188,11 @@ fn drops(o: &Opts, exe: &Path) -> Value {
         let a = Agent::start(
             &o.agent,
             Mode::Audit,
-            &["--all-execs".into(), "--ringbuf-bytes".into(), ring_bytes.to_string()],
+            &[
+                "--all-execs".into(),
+                "--ringbuf-bytes".into(),
+                ring_bytes.to_string(),
+            ],
         );
         sleep(Duration::from_millis(200));
         let s0 = snapshot(&a, false);
@@ -1186,13 +1260,43 @@ fn inventory(o: &Opts) -> Value {
         res.insert("containerd".into(), json!({"skipped": why}));
         return Value::Object(res);
     }
-    let (pods_want, ctrs_want) = if o.quick {
-        (o.pods.min(20), o.containers.min(55))
+    let sizes: Vec<(usize, usize)> = if !o.inventory_sizes.is_empty() {
+        o.inventory_sizes.clone()
+    } else if o.quick {
+        vec![(o.pods.min(20), o.containers.min(55))]
     } else {
-        (o.pods, o.containers)
+        vec![(o.pods, o.containers)]
     };
+    let mut per_runtime = serde_json::Map::new();
+    for rt in o.runtimes.clone() {
+        if stopped() {
+            break;
+        }
+        if let Err(why) = rt.preflight() {
+            eprintln!("  {}: skipped: {why}", rt.name());
+            per_runtime.insert(rt.short().into(), json!({"skipped": why}));
+            continue;
+        }
+        per_runtime.insert(rt.short().into(), inventory_on(o, rt, &sizes));
+    }
+    // The first runtime's largest inventory stays where the table and older
+    // readers of the JSON look for it.
+    if let Some(first) = per_runtime.values().find(|v| v.get("sizes").is_some()) {
+        res.insert("empty_containerd".into(), first["empty_containerd"].clone());
+        if let Some(w) = first["sizes"].as_array().and_then(|a| a.first()) {
+            res.insert("with_inventory".into(), w.clone());
+        }
+    }
+    res.insert("runtimes".into(), Value::Object(per_runtime));
+    Value::Object(res)
+}
+
+/// One containerd release: the agent with an empty containerd, then with
+/// each inventory size in turn (created incrementally, measured after each).
+fn inventory_on(o: &Opts, rt: containerd::Runtime, sizes: &[(usize, usize)]) -> Value {
     let images = containerd::TestImages::build();
-    let ctd = containerd::Containerd::start();
+    let ctd = containerd::Containerd::start_version(rt);
+    eprintln!("  {} ({})", rt.name(), ctd.version);
     ctd.import("k8s.io", &images);
     let endpoint = ctd.endpoint();
     let rt_args = vec!["--runtime-endpoint".to_string(), endpoint.clone()];
@@ -1228,7 +1332,13 @@ fn inventory(o: &Opts) -> Value {
             .lines()
             .find(|l| l.contains("agent running"))
             .and_then(|l| l.split("resync_ms=").nth(1))
-            .map(|s| s.split(']').next().unwrap_or(s).trim_start_matches('[').to_string());
+            .map(|s| {
+                s.split(']')
+                    .next()
+                    .unwrap_or(s)
+                    .trim_start_matches('[')
+                    .to_string()
+            });
         eprintln!("    first resync (containerd, CRI, apply) ms: {resync_ms:?}");
         let v = json!({"first_resync_ms_containerd_cri_apply": resync_ms,"ready_ms": a.ready_after.as_secs_f64() * 1e3, "startup_ms": a.startup_ms,
             "rss_kib": rss, "hwm_kib": hwm, "rss_anon_kib": anon, "rss_file_kib": file,
@@ -1237,67 +1347,87 @@ fn inventory(o: &Opts) -> Value {
         a.stop();
         v
     };
-    res.insert("empty_containerd".into(), measure("empty containerd"));
+    let empty = measure("empty containerd");
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rtm = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio");
-    let t0 = Instant::now();
-    let budget = o.inventory_budget;
-    let (sandboxes, containers, errors) = rt.block_on(populate(&ctd, pods_want, ctrs_want, budget));
-    let populate_secs = t0.elapsed().as_secs_f64();
-    eprintln!(
-        "  created {} pods (running sandboxes) and {} containers (created, not started) in {populate_secs:.1} s; {} errors",
-        sandboxes.len(),
-        containers,
-        errors.len()
-    );
-    let mut full = measure("with inventory");
-    let rss0 = res["empty_containerd"]["rss_kib"].as_f64().unwrap_or(0.0);
-    let rss1 = full["rss_kib"].as_f64().unwrap_or(0.0);
-    let have = (sandboxes.len() + containers) as f64;
-    let want = (pods_want + ctrs_want) as f64;
-    let per_entry = if have > 0.0 {
-        (rss1 - rss0) / have
-    } else {
-        0.0
-    };
-    let extrapolated = rss0 + per_entry * (o.pods + o.containers) as f64;
-    full["pods"] = json!(sandboxes.len());
-    full["containers"] = json!(containers);
-    full["populate_secs"] = json!(populate_secs);
-    full["errors"] = json!(errors.iter().take(5).collect::<Vec<_>>());
-    full["rss_kib_per_inventory_entry"] = json!(per_entry);
-    full["extrapolated"] = json!(have < (o.pods + o.containers) as f64);
-    full["rss_kib_at_target_inventory"] =
-        json!(if have >= want && have >= (o.pods + o.containers) as f64 {
+    let mut sandboxes: Vec<(String, k8s_cri::v1::PodSandboxConfig)> = Vec::new();
+    let mut made_total = 0usize;
+    let mut out_sizes = Vec::new();
+    for &(pods_want, ctrs_want) in sizes {
+        if stopped() {
+            break;
+        }
+        let t0 = Instant::now();
+        let (new_sb, made, errors) = rtm.block_on(populate(
+            &ctd,
+            sandboxes.len()..pods_want.max(sandboxes.len()),
+            made_total..ctrs_want.max(made_total),
+            &sandboxes,
+            o.inventory_budget,
+        ));
+        sandboxes.extend(new_sb);
+        made_total += made;
+        let populate_secs = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "  {}: {} pods (running sandboxes) and {} containers (created, not started) after {populate_secs:.1} s more; {} errors",
+            rt.name(),
+            sandboxes.len(),
+            made_total,
+            errors.len()
+        );
+        let mut full = measure(&format!(
+            "{} pods + {} containers",
+            sandboxes.len(),
+            made_total
+        ));
+        let rss0 = empty["rss_kib"].as_f64().unwrap_or(0.0);
+        let rss1 = full["rss_kib"].as_f64().unwrap_or(0.0);
+        let have = (sandboxes.len() + made_total) as f64;
+        let want = (pods_want + ctrs_want) as f64;
+        let per_entry = if have > 0.0 {
+            (rss1 - rss0) / have
+        } else {
+            0.0
+        };
+        full["pods"] = json!(sandboxes.len());
+        full["containers"] = json!(made_total);
+        full["populate_secs"] = json!(populate_secs);
+        full["errors"] = json!(errors.iter().take(5).collect::<Vec<_>>());
+        full["rss_kib_per_inventory_entry"] = json!(per_entry);
+        full["extrapolated"] = json!(have < want);
+        full["rss_kib_at_target_inventory"] = json!(if have >= want {
             rss1
         } else {
-            extrapolated
+            rss0 + per_entry * want
         });
-    full["target_inventory"] = json!({"pods": o.pods, "containers": o.containers});
-    full["meets_rss_target_32mib"] = json!(
-        full["rss_kib_at_target_inventory"]
-            .as_f64()
-            .unwrap_or(f64::MAX)
-            <= 32.0 * 1024.0
-    );
-    full["meets_startup_target_1s"] =
-        json!(full["ready_ms"].as_f64().unwrap_or(f64::MAX) <= 1000.0);
-    res.insert("with_inventory".into(), full);
+        full["target_inventory"] = json!({"pods": pods_want, "containers": ctrs_want});
+        full["meets_rss_target_32mib"] = json!(
+            full["rss_kib_at_target_inventory"]
+                .as_f64()
+                .unwrap_or(f64::MAX)
+                <= 32.0 * 1024.0
+        );
+        full["meets_startup_target_1s"] =
+            json!(full["ready_ms"].as_f64().unwrap_or(f64::MAX) <= 1000.0);
+        out_sizes.push(full);
+    }
+    // The table shows the largest first.
+    out_sizes.reverse();
 
     // Tear down through CRI in parallel (much faster than one ctr per object).
     let t1 = Instant::now();
-    rt.block_on(async {
+    rtm.block_on(async {
         let Ok(cri) = imagewarden::sources::cri::CriClient::connect(&endpoint).await else {
             return;
         };
         let cri = Arc::new(cri);
         let mut set = tokio::task::JoinSet::new();
         let sem = Arc::new(tokio::sync::Semaphore::new(4));
-        for id in sandboxes {
+        for (id, _) in sandboxes {
             let (cri, sem) = (cri.clone(), sem.clone());
             set.spawn(async move {
                 let _p = sem.acquire().await;
@@ -1306,11 +1436,12 @@ fn inventory(o: &Opts) -> Value {
         }
         while set.join_next().await.is_some() {}
     });
+    let version = ctd.version.clone();
     drop(ctd);
     drop(images);
     remove_cgroups(&format!("iwbench-{}", std::process::id()));
     eprintln!("  torn down in {:.1} s", t1.elapsed().as_secs_f64());
-    Value::Object(res)
+    json!({"runtime": rt.name(), "version": version, "empty_containerd": empty, "sizes": out_sizes})
 }
 
 /// RunPodSandbox up to `pods` (host network, pause image), then
@@ -1318,10 +1449,15 @@ fn inventory(o: &Opts) -> Value {
 /// denied and an allowed image), four requests in flight, within `budget`.
 async fn populate(
     ctd: &containerd::Containerd,
-    pods: usize,
-    containers: usize,
+    pods: std::ops::Range<usize>,
+    containers: std::ops::Range<usize>,
+    prior: &[(String, k8s_cri::v1::PodSandboxConfig)],
     budget: Duration,
-) -> (Vec<String>, usize, Vec<String>) {
+) -> (
+    Vec<(String, k8s_cri::v1::PodSandboxConfig)>,
+    usize,
+    Vec<String>,
+) {
     use k8s_cri::v1 as cri;
     let cri = Arc::new(
         imagewarden::sources::cri::CriClient::connect(&ctd.endpoint())
@@ -1373,7 +1509,7 @@ async fn populate(
     let mut errors = Vec::new();
     let mut sandboxes: Vec<(String, cri::PodSandboxConfig)> = Vec::new();
     let mut set = tokio::task::JoinSet::new();
-    let mut next = 0;
+    let (mut next, pods) = (pods.start, pods.end);
     while (next < pods || !set.is_empty()) && !stopped() {
         while next < pods && set.len() < 4 && Instant::now() < deadline {
             let cfg = sandbox_config(next);
@@ -1388,8 +1524,10 @@ async fn populate(
             None => break,
         }
     }
+    let new_sandboxes = sandboxes.clone();
+    sandboxes.splice(0..0, prior.iter().cloned());
     let mut made = 0;
-    let mut next = 0;
+    let (mut next, containers) = (containers.start, containers.end);
     while !sandboxes.is_empty() && (next < containers || !set.is_empty()) && !stopped() {
         let mut cset = tokio::task::JoinSet::new();
         while next < containers && cset.len() < 4 && Instant::now() < deadline {
@@ -1438,11 +1576,7 @@ async fn populate(
             }
         }
     }
-    (
-        sandboxes.into_iter().map(|(id, _)| id).collect(),
-        made,
-        errors,
-    )
+    (new_sandboxes, made, errors)
 }
 
 /// Removes the bench's cgroup parents (empty directories) in every hierarchy.
@@ -1474,6 +1608,490 @@ fn remove_cgroups(name: &str) {
             let _ = std::fs::remove_dir(d);
         }
     }
+}
+
+// ---------------------------------------------------------------- peer
+
+/// Where the cgroup v2 hierarchy is mounted (`unified` on hybrid hosts).
+fn cgroup2_root() -> PathBuf {
+    let hybrid = Path::new("/sys/fs/cgroup/unified");
+    if hybrid.join("cgroup.procs").exists() {
+        hybrid.to_path_buf()
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    }
+}
+
+/// The cgroup v2 path of a process (`0::/path` of `/proc/PID/cgroup`).
+fn cgroup2_of(pid: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+}
+
+fn usage_usec(f: &mut std::fs::File) -> u64 {
+    use std::io::Seek;
+    let mut s = String::new();
+    let _ = f.seek(std::io::SeekFrom::Start(0));
+    let _ = f.read_to_string(&mut s);
+    s.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `bench_node --spawner EXE WORKERS SECS CGROUP_DIR|- NS_PID|0`: the
+/// spawner as its own process, so that its cgroup holds only the exec'ing
+/// tasks. It joins CGROUP_DIR (cgroup v2), and with NS_PID the mount and
+/// pid namespaces of that process (a container's init), as `runc exec`
+/// does; EXE is resolved there. Prints one JSON line: the spawn result and
+/// the cgroup's `cpu.stat` usage during the run.
+fn spawner_child(args: &[String]) -> ! {
+    let [exe, workers, secs, cg, ns_pid] = args else {
+        eprintln!("--spawner EXE WORKERS SECS CGROUP_DIR|- NS_PID|0");
+        std::process::exit(2);
+    };
+    let workers: usize = workers.parse().expect("--spawner: workers");
+    let secs: f64 = secs.parse().expect("--spawner: seconds");
+    if cg != "-" {
+        std::fs::write(
+            Path::new(cg).join("cgroup.procs"),
+            std::process::id().to_string(),
+        )
+        .unwrap_or_else(|e| panic!("join cgroup {cg}: {e}"));
+    }
+    let rel = cgroup2_of("self").expect("own cgroup v2 path");
+    let stat_path = cgroup2_root()
+        .join(rel.trim_start_matches('/'))
+        .join("cpu.stat");
+    // Opened before setns: the container's mount namespace has no /sys/fs/cgroup.
+    let mut stat =
+        std::fs::File::open(&stat_path).unwrap_or_else(|e| panic!("{}: {e}", stat_path.display()));
+    if ns_pid != "0" {
+        use std::os::fd::{AsRawFd, IntoRawFd};
+        let open = |ns: &str| {
+            std::fs::File::open(format!("/proc/{ns_pid}/ns/{ns}"))
+                .unwrap_or_else(|e| panic!("namespace {ns} of {ns_pid}: {e}"))
+        };
+        let mnt = open("mnt");
+        // Opened before setns: the container's /proc is its own pid namespace's.
+        let pid_ns = open("pid");
+        // SAFETY: setns on an open namespace fd; this process is still
+        // single-threaded (no thread has been spawned yet), as CLONE_NEWNS needs.
+        let rc = unsafe { libc::setns(mnt.as_raw_fd(), libc::CLONE_NEWNS) };
+        assert_eq!(rc, 0, "setns mnt: {}", std::io::Error::last_os_error());
+        std::env::set_current_dir("/").expect("chdir /");
+        // The pid namespace is joined by each worker thread for its own
+        // children (a process whose pid namespace for children differs from
+        // its own can no longer create threads).
+        PID_NS_FD.store(pid_ns.into_raw_fd(), Ordering::SeqCst);
+    }
+    let u0 = usage_usec(&mut stat);
+    let r = spawn_for(Path::new(exe), workers, Duration::from_secs_f64(secs), None);
+    let u1 = usage_usec(&mut stat);
+    println!(
+        "{}",
+        json!({"execs": r.execs, "secs": r.secs, "failures": r.failures, "median_us": r.median_us,
+            "task_cpu_us": u1.saturating_sub(u0), "cgroup": rel})
+    );
+    std::process::exit(0);
+}
+
+/// Runs the spawner child (see [`spawner_child`]); its JSON line.
+fn spawn_child(
+    exe: &Path,
+    workers: usize,
+    secs: f64,
+    cg: Option<&Path>,
+    ns_pid: Option<u32>,
+) -> Value {
+    let me = std::env::current_exe().expect("own path");
+    let mut cmd = Command::new(me);
+    cmd.arg("--spawner")
+        .arg(exe)
+        .arg(workers.to_string())
+        .arg(secs.to_string())
+        .arg(cg.map_or("-".into(), |p| p.display().to_string()))
+        .arg(ns_pid.unwrap_or(0).to_string())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .stdout(Stdio::piped());
+    // SAFETY: prctl is async-signal-safe; runs in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("run the spawner");
+    let line = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(line.trim())
+        .unwrap_or_else(|_| json!({"error": format!("spawner: {} {line}", out.status)}))
+}
+
+/// Every loaded BPF program: id -> (name, run_time_ns, run_cnt).
+fn all_programs() -> BTreeMap<u64, (String, u64, u64)> {
+    let Ok(out) = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+    else {
+        return BTreeMap::new();
+    };
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["id"].as_u64().unwrap_or(0),
+                (
+                    p["name"].as_str().unwrap_or("").to_string(),
+                    p["run_time_ns"].as_u64().unwrap_or(0),
+                    p["run_cnt"].as_u64().unwrap_or(0),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The two bpftrace programs of the baseline (issue 16): counting per
+/// cgroup, and printing one line per exec.
+const BT_COUNT: &str = "tracepoint:sched:sched_process_exec { @[cgroup] = count(); }";
+const BT_PRINT: &str =
+    "tracepoint:sched:sched_process_exec { printf(\"%d %s %llu %s\\n\", pid, comm, cgroup, str(args->filename)); }";
+
+/// A running `bpftrace -e PROG` (output to /dev/null); killed when dropped.
+struct Bpftrace {
+    child: Child,
+    prog_ids: BTreeSet<u64>,
+}
+
+impl Bpftrace {
+    fn start(prog: &str) -> Result<Bpftrace, String> {
+        let before: BTreeSet<u64> = all_programs().into_keys().collect();
+        let mut cmd = Command::new("bpftrace");
+        cmd.args(["-e", prog])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; runs in the child before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| format!("bpftrace: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Loaded, and attached: it runs on the next exec.
+        loop {
+            let now = all_programs();
+            let ids: BTreeSet<u64> = now
+                .keys()
+                .copied()
+                .filter(|i| !before.contains(i))
+                .collect();
+            if !ids.is_empty() {
+                let _ = Command::new("true").status();
+                if ids.iter().any(|i| now.get(i).is_some_and(|p| p.2 > 0)) {
+                    return Ok(Bpftrace {
+                        child,
+                        prog_ids: ids,
+                    });
+                }
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                return Err(format!("bpftrace exited ({st}) before its program ran"));
+            }
+            if Instant::now() > deadline || stopped() {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("bpftrace: program not running within 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Bpftrace {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+enum Tool {
+    None,
+    Agent(Agent),
+    Bpftrace(Bpftrace),
+}
+
+impl Tool {
+    fn prog_ids(&self) -> BTreeSet<u64> {
+        match self {
+            Tool::None => BTreeSet::new(),
+            Tool::Agent(a) => a.prog_ids.clone(),
+            Tool::Bpftrace(b) => b.prog_ids.clone(),
+        }
+    }
+}
+
+const PEER_CONFIGS: [&str; 5] = [
+    "none",
+    "audit",
+    "enforce",
+    "bpftrace-count",
+    "bpftrace-print",
+];
+
+/// The container the container path execs in: a running allowed-image
+/// container in a private containerd, and its pieces.
+struct BenchContainer {
+    ctd: containerd::Containerd,
+    _images: containerd::TestImages,
+    pid: u32,
+    cgroup: PathBuf,
+    exe_inside: PathBuf,
+}
+
+fn bench_container(exe: &Path) -> Result<BenchContainer, String> {
+    containerd::preflight()?;
+    let images = containerd::TestImages::build();
+    let ctd = containerd::Containerd::start();
+    ctd.import("k8s.io", &images);
+    let id = ctd.id("peer");
+    ctd.ctr_run("k8s.io", &id, containerd::ECR_NGINX, &[]);
+    // The tiny ELF, visible inside at /iw-marker (the harness's bind mount).
+    let name = "iw-bench-exit0";
+    std::fs::copy(exe, ctd.marker_dir.join(name)).map_err(|e| format!("copy exec target: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid = loop {
+        let ls = ctd.ctr("k8s.io", &["tasks", "ls"]);
+        if let Some(p) = ls
+            .lines()
+            .find(|l| l.starts_with(&id) && l.contains("RUNNING"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok())
+        {
+            break p;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("container {id} not running: {ls}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let rel = cgroup2_of(&pid.to_string()).ok_or("container's cgroup v2 path")?;
+    if rel == "/" {
+        return Err("the container is in the root cgroup v2: no by-id path to measure".into());
+    }
+    let cgroup = cgroup2_root().join(rel.trim_start_matches('/'));
+    Ok(BenchContainer {
+        ctd,
+        _images: images,
+        pid,
+        cgroup,
+        exe_inside: PathBuf::from(containerd::MARKER_MOUNT).join(name),
+    })
+}
+
+/// Section 6, per-exec kernel time (bpf_stats) and the exec'ing tasks' CPU (their
+/// cgroup's cpu.stat) of imagewarden (audit, enforce) and of bpftrace's two
+/// programs, in the same run, on the host cgroup and inside a container.
+fn peer(o: &Opts, exe: &Path) -> Value {
+    section("6. per-exec cost on the host and container paths, next to bpftrace");
+    let bt_ok = Command::new("bpftrace")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let host_cg = cgroup2_root().join(format!("iwbench-spawn-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&host_cg);
+    let ctr = match bench_container(exe) {
+        Ok(c) => Some(c),
+        Err(why) => {
+            eprintln!("  container path skipped: {why}");
+            None
+        }
+    };
+    let rt_args: Vec<String> = ctr
+        .as_ref()
+        .map(|c| vec!["--runtime-endpoint".to_string(), c.ctd.endpoint()])
+        .unwrap_or_default();
+    let rounds = if o.quick {
+        o.pairs.min(3)
+    } else {
+        o.pairs.min(7)
+    };
+    let secs = o.run_secs;
+    // (path, config) -> per round: kernel ns/exec, task us/exec, execs/s, extra
+    let mut kns: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    let mut tus: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    let mut runs = Vec::new();
+    let baseline: BTreeSet<u64> = all_programs().into_keys().collect();
+    for round in 0..rounds {
+        for k in 0..PEER_CONFIGS.len() {
+            if stopped() {
+                break;
+            }
+            let cfg = PEER_CONFIGS[(round + k) % PEER_CONFIGS.len()];
+            let stats = BpfStats::enable();
+            let tool = match cfg {
+                "none" => Tool::None,
+                "audit" => Tool::Agent(Agent::start(&o.agent, Mode::Audit, &rt_args)),
+                "enforce" => Tool::Agent(Agent::start(&o.agent, Mode::Enforce, &rt_args)),
+                _ if !bt_ok => continue,
+                "bpftrace-count" | "bpftrace-print" => {
+                    match Bpftrace::start(if cfg == "bpftrace-count" {
+                        BT_COUNT
+                    } else {
+                        BT_PRINT
+                    }) {
+                        Ok(b) => Tool::Bpftrace(b),
+                        Err(e) => {
+                            eprintln!("  {cfg}: {e}");
+                            continue;
+                        }
+                    }
+                }
+                _ => unreachable!(),
+            };
+            let ids = tool.prog_ids();
+            sleep(Duration::from_millis(300));
+            let mut paths: Vec<(&str, Option<&Path>, Option<u32>, &Path)> =
+                vec![("host", Some(&host_cg), None, exe)];
+            if let Some(c) = &ctr {
+                paths.push(("container", Some(&c.cgroup), Some(c.pid), &c.exe_inside));
+            }
+            for (path, cg, ns, target) in paths {
+                let m0 = if let Tool::Agent(a) = &tool {
+                    Some(a.metrics())
+                } else {
+                    None
+                };
+                let p0 = all_programs();
+                let r = spawn_child(target, 2, secs, cg, ns);
+                let p1 = all_programs();
+                let m1 = if let Tool::Agent(a) = &tool {
+                    Some(a.metrics())
+                } else {
+                    None
+                };
+                let (mut dns, mut dcnt) = (0u64, 0u64);
+                for id in &ids {
+                    if let (Some(a), Some(b)) = (p0.get(id), p1.get(id)) {
+                        dns += b.1.saturating_sub(a.1);
+                        dcnt += b.2.saturating_sub(a.2);
+                    }
+                }
+                let execs = r["execs"].as_f64().unwrap_or(0.0);
+                let task_us = r["task_cpu_us"].as_f64().unwrap_or(f64::NAN) / execs.max(1.0);
+                let ns_per = if dcnt > 0 {
+                    dns as f64 / dcnt as f64
+                } else {
+                    f64::NAN
+                };
+                let name_hits = match (&m0, &m1) {
+                    (Some(a), Some(b)) => Some(
+                        m(b, "imagewarden_kernel_name_hits_total")
+                            - m(a, "imagewarden_kernel_name_hits_total"),
+                    ),
+                    _ => None,
+                };
+                eprintln!(
+                    "  round {} {path:>9} {cfg:>14}: {:.0} execs ({} failed), probe {ns_per:.0} ns/exec over {dcnt} runs, tasks {task_us:.1} us CPU/exec{}",
+                    round + 1,
+                    execs,
+                    r["failures"],
+                    name_hits.map_or(String::new(), |h| format!(", name-path hits {h:.0}"))
+                );
+                if execs == 0.0 {
+                    eprintln!("    (no exec ran: this run is left out) {r}");
+                    continue;
+                }
+                if cfg != "none" {
+                    kns.entry((path.into(), cfg.into()))
+                        .or_default()
+                        .push(ns_per);
+                }
+                tus.entry((path.into(), cfg.into()))
+                    .or_default()
+                    .push(task_us);
+                runs.push(
+                    json!({"round": round + 1, "path": path, "config": cfg, "spawner": r,
+                    "probe_run_time_ns": dns, "probe_run_cnt": dcnt, "probe_ns_per_exec": ns_per,
+                    "task_cpu_us_per_exec": task_us, "name_path_hits": name_hits}),
+                );
+            }
+            drop(stats);
+            drop(tool);
+            // Its programs are gone before the next configuration starts.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while all_programs()
+                .keys()
+                .any(|i| !baseline.contains(i) && ids.contains(i))
+                && Instant::now() < deadline
+            {
+                sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(&host_cg);
+    let mut table = Vec::new();
+    for path in ["host", "container"] {
+        let get = |map: &BTreeMap<(String, String), Vec<f64>>, c: &str| {
+            map.get(&(path.to_string(), c.to_string()))
+                .cloned()
+                .unwrap_or_default()
+        };
+        for cfg in PEER_CONFIGS {
+            let kv = get(&kns, cfg);
+            let tv = get(&tus, cfg);
+            if tv.is_empty() {
+                continue;
+            }
+            let mut row = json!({"path": path, "config": cfg,
+                "probe_ns_per_exec_median": median(&kv), "probe_ns_per_exec_runs": kv,
+                "task_cpu_us_per_exec_median": median(&tv), "task_cpu_us_per_exec_runs": tv});
+            if cfg == "audit" || cfg == "enforce" {
+                for peer in ["bpftrace-count", "bpftrace-print"] {
+                    let pv = get(&kns, peer);
+                    if pv.is_empty() {
+                        continue;
+                    }
+                    let (lo, hi) = bootstrap_ratio_ci(&kv, &pv);
+                    row[format!("kernel_ratio_vs_{peer}")] = json!(median(&kv) / median(&pv));
+                    row[format!("kernel_ratio_vs_{peer}_90ci")] = json!([lo, hi]);
+                }
+            }
+            let none = get(&tus, "none");
+            if cfg != "none" && !none.is_empty() {
+                let (lo, hi) = bootstrap_ratio_ci(&tv, &none);
+                row["task_cpu_ratio_vs_none"] = json!(median(&tv) / median(&none));
+                row["task_cpu_ratio_vs_none_90ci"] = json!([lo, hi]);
+            }
+            if path == "container" && cfg == "enforce" {
+                row["target"] = json!("kernel time per container exec <= bpftrace-count");
+                row["meets_target"] = row["kernel_ratio_vs_bpftrace-count"]
+                    .as_f64()
+                    .map(|r| r <= 1.0)
+                    .into();
+            }
+            table.push(row);
+        }
+    }
+    drop(ctr);
+    remove_cgroups(&format!("iwbench-spawn-{}", std::process::id()));
+    json!({"rounds": rounds, "run_secs": secs, "workers": 2, "bpftrace": sh("bpftrace", &["--version"]),
+        "bpftrace_programs": {"bpftrace-count": BT_COUNT, "bpftrace-print": BT_PRINT}, "rows": table, "runs": runs})
 }
 
 // ---------------------------------------------------------------- report
@@ -1620,64 +2238,112 @@ fn print_table(r: &Value) {
             "",
             None,
         );
-        let w = &inv["with_inventory"];
-        if !w.is_null() {
-            row(
-                format!(
-                    "4. start to /readyz 200, {} pods + {} containers",
+        let empty = serde_json::Map::new();
+        for (rt, v) in inv["runtimes"].as_object().unwrap_or(&empty) {
+            if let Some(why) = v["skipped"].as_str() {
+                row(
+                    format!("4. containerd {rt}: skipped ({why})"),
+                    String::new(),
+                    "",
+                    None,
+                );
+                continue;
+            }
+            for w in v["sizes"].as_array().into_iter().flatten() {
+                let inv = format!(
+                    "{} pods + {} ctrs, containerd {rt}",
                     w["pods"], w["containers"]
-                ),
-                format!("{:.0} ms", f(&w["ready_ms"])),
-                "<= 1000 ms",
-                w["meets_startup_target_1s"].as_bool(),
-            );
+                );
+                row(
+                    format!("4. start to /readyz 200, {inv}"),
+                    format!("{:.0} ms", f(&w["ready_ms"])),
+                    "<= 1000 ms",
+                    w["meets_startup_target_1s"].as_bool(),
+                );
+                row(
+                    "4.   first resync ms (containerd, CRI, apply)".to_string(),
+                    w["first_resync_ms_containerd_cri_apply"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .to_string(),
+                    "",
+                    None,
+                );
+                row(
+                    format!("4. VmRSS / VmHWM, {inv}"),
+                    format!(
+                        "{:.1}/{:.1} MiB",
+                        f(&w["rss_kib"]) / 1024.0,
+                        f(&w["hwm_kib"]) / 1024.0
+                    ),
+                    "<= 32 MiB",
+                    w["meets_rss_target_32mib"].as_bool(),
+                );
+                row(
+                    format!("4. kernel memory of the BPF maps (memcg, not RSS), {inv}"),
+                    format!("{:.1} MiB", f(&w["bpf_maps_kernel_kib"]) / 1024.0),
+                    "",
+                    None,
+                );
+                if w["extrapolated"] == true {
+                    row(
+                        format!(
+                            "4. RSS at {} pods + {} ctrs (extrapolated)",
+                            w["target_inventory"]["pods"], w["target_inventory"]["containers"]
+                        ),
+                        format!("{:.1} MiB", f(&w["rss_kib_at_target_inventory"]) / 1024.0),
+                        "<= 32 MiB",
+                        w["meets_rss_target_32mib"].as_bool(),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(rows) = r["peer"]["rows"].as_array() {
+        for x in rows {
+            let cfg = x["config"].as_str().unwrap_or("?");
+            let path = x["path"].as_str().unwrap_or("?");
+            if cfg != "none" {
+                row(
+                    format!("6. {path}: probe kernel time per exec, {cfg}"),
+                    format!("{:.0} ns", f(&x["probe_ns_per_exec_median"])),
+                    "",
+                    None,
+                );
+            }
             row(
-                format!(
-                    "4. agent startup_ms (log), {} pods + {} containers",
-                    w["pods"], w["containers"]
-                ),
-                format!("{} ms", w["startup_ms"]),
+                format!("6. {path}: exec'ing tasks' CPU per exec, {cfg}"),
+                format!("{:.1} us", f(&x["task_cpu_us_per_exec_median"])),
                 "",
                 None,
             );
-            row(
-                format!(
-                    "4. VmRSS / VmHWM, {} pods + {} containers",
-                    w["pods"], w["containers"]
-                ),
-                format!(
-                    "{:.1}/{:.1} MiB",
-                    f(&w["rss_kib"]) / 1024.0,
-                    f(&w["hwm_kib"]) / 1024.0
-                ),
-                "",
-                None,
-            );
-            row(
-                "4. kernel memory of the BPF maps (not in RSS; memcg)".to_string(),
-                format!("{:.1} MiB", f(&w["bpf_maps_kernel_kib"]) / 1024.0),
-                "",
-                None,
-            );
-            row(
-                format!(
-                    "4. RSS at 110 pods + 300 containers{}",
-                    if w["extrapolated"] == true {
-                        " (extrapolated)"
+            for peer in ["bpftrace-count", "bpftrace-print"] {
+                let k = format!("kernel_ratio_vs_{peer}");
+                if x[&k].is_null() {
+                    continue;
+                }
+                let is_target = path == "container" && cfg == "enforce" && peer == "bpftrace-count";
+                row(
+                    format!(
+                        "6. {path}: kernel ratio {cfg} / {peer} (90% CI {:.2}-{:.2})",
+                        f(&x[format!("{k}_90ci")][0]),
+                        f(&x[format!("{k}_90ci")][1])
+                    ),
+                    format!("{:.2}", f(&x[&k])),
+                    if is_target { "<= 1.00" } else { "" },
+                    if is_target {
+                        x["meets_target"].as_bool()
                     } else {
-                        ""
-                    }
-                ),
-                format!("{:.1} MiB", f(&w["rss_kib_at_target_inventory"]) / 1024.0),
-                "<= 32 MiB",
-                w["meets_rss_target_32mib"].as_bool(),
-            );
+                        None
+                    },
+                );
+            }
         }
     }
     if let Some(p) = r["policy"]["policies"].as_array() {
         for x in p {
             row(
-                format!("5. policy eval, {}", x["name"].as_str().unwrap_or("?")),
+                format!("7. policy eval, {}", x["name"].as_str().unwrap_or("?")),
                 format!("{:.0}/s", f(&x["images_per_s"])),
                 "",
                 None,
@@ -1687,6 +2353,10 @@ fn print_table(r: &Value) {
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--spawner") {
+        spawner_child(&argv[2..]);
+    }
     let o = parse_opts();
     // SAFETY: installing a handler that only stores an atomic flag.
     unsafe {
@@ -1718,10 +2388,17 @@ fn main() {
     if want("drops") {
         r["drops"] = drops(&o, &exe);
     }
+    if want("peer") {
+        r["peer"] = peer(&o, &exe);
+    }
     if want("inventory") {
         r["inventory"] = inventory(&o);
     }
-    r["sections"] = json!(if o.only.is_empty() { SECTIONS.to_vec() } else { o.only.iter().map(String::as_str).collect() });
+    r["sections"] = json!(if o.only.is_empty() {
+        SECTIONS.to_vec()
+    } else {
+        o.only.iter().map(String::as_str).collect()
+    });
     if let Some(p) = &o.policy_json {
         r["policy"] = std::fs::read(p)
             .ok()
