@@ -29,6 +29,8 @@
 //! without them, fails under `CI=true`.
 
 mod support;
+#[path = "support/exec_hook.rs"]
+mod exec_hook;
 
 use std::{
     io::{BufRead, BufReader},
@@ -39,6 +41,8 @@ use std::{
 };
 
 use agent_common::verdict;
+use exec_hook::Outcome;
+use imagewarden::probes::Enforcement;
 use imagewarden::sources::{cgroup, cri::CriClient, ContainerState};
 use serde_json::Value;
 use support::containerd::{Containerd, TestImages, ECR_NGINX, NGINX};
@@ -205,6 +209,79 @@ async fn assert_killed_by_sigkill(cri: &CriClient, id: &str) -> Duration {
     assert_eq!(st.exit_code, 128 + libc::SIGKILL, "{id} did not die by SIGKILL: {st:?}");
     assert!(st.finished_at >= st.created_at && st.created_at > 0, "{st:?}");
     Duration::from_nanos((st.finished_at - st.created_at) as u64)
+}
+
+/// What became of a new container whose first exec was denied, from CRI's
+/// record: killed by SIGKILL (the signal path: exit 137 after it started), or
+/// refused (BPF LSM: `execve` in runc's init failed, so the container never
+/// started: containerd records a `StartError` with no start time).
+fn container_outcome(st: &k8s_cri::v1::ContainerStatus) -> Outcome {
+    use std::os::unix::process::ExitStatusExt;
+    if st.exit_code == 128 + libc::SIGKILL {
+        Outcome::Killed
+    } else if st.started_at == 0 && st.reason == "StartError" {
+        Outcome::Refused
+    } else {
+        Outcome::Ran(std::process::ExitStatus::from_raw((st.exit_code & 0xff) << 8))
+    }
+}
+
+/// A new denied container: killed (signals) or never started (LSM), as
+/// `enforcement` prescribes; returns CreateContainer -> denial by
+/// containerd's clock.
+async fn assert_new_container_denied(cri: &CriClient, id: &str, enforcement: Enforcement) -> Duration {
+    let st = raw_status(cri, id).await;
+    let outcome = container_outcome(&st);
+    eprintln!("[outcome] new untrusted container {id}: {outcome:?} ({}: {})", st.reason, st.message);
+    if !matches!(
+        (enforcement, &outcome),
+        (Enforcement::Lsm, Outcome::Refused) | (Enforcement::Signal, Outcome::Killed)
+    ) {
+        panic!("{id}: under {} enforcement, got {outcome:?}: {st:?}", enforcement.as_str());
+    }
+    assert!(st.finished_at >= st.created_at && st.created_at > 0, "{st:?}");
+    Duration::from_nanos((st.finished_at - st.created_at) as u64)
+}
+
+/// The enforcement the agent reports on its `agent running` line (the
+/// JSON log's `fields.enforcement`, or the text log's `enforcement="lsm"`),
+/// checked against what this kernel calls for where that is known.
+fn picked_enforcement(running_line: &str) -> Enforcement {
+    let v: Value = serde_json::from_str(running_line).unwrap_or_default();
+    let text: String = match v["fields"]["enforcement"].as_str() {
+        Some(e) => e.to_string(),
+        None => strip_ansi(running_line),
+    };
+    let got = if text == "lsm" || text.contains("enforcement=\"lsm\"") {
+        Enforcement::Lsm
+    } else if text == "signal" || text.contains("enforcement=\"signal\"") {
+        Enforcement::Signal
+    } else {
+        panic!("no enforcement on the agent's running line: {running_line}")
+    };
+    eprintln!("agent picked enforcement {} (active LSMs {:?})", got.as_str(), exec_hook::active_lsms());
+    if let Some(want) = exec_hook::expected_enforcement() {
+        assert_eq!(got, want, "the agent picked the wrong enforcement: {running_line}");
+    }
+    got
+}
+
+/// Text without terminal colour sequences (`ESC [ ... m`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' {
+            for c in it.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 async fn state_of(cri: &CriClient, id: &str) -> ContainerState {
@@ -394,7 +471,7 @@ fn private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_p
         for l in BufReader::new(err).lines().map_while(Result::ok) {
             eprintln!("agent: {l}");
             if l.contains("agent running") {
-                let _ = rtx.send(());
+                let _ = rtx.send(l);
             }
         }
     });
@@ -405,8 +482,10 @@ fn private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_p
         seen: Default::default(),
     };
     let _unpin = PinCleanup(pin_root.clone());
-    rrx.recv_timeout(Duration::from_secs(60))
+    let running = rrx
+        .recv_timeout(Duration::from_secs(60))
         .expect("the agent did not start within 60 s");
+    let enforcement = picked_enforcement(&running);
     eprintln!(
         "[timing] agent (private cgroupns) start -> running: {}",
         ds::ms(started.elapsed())
@@ -509,10 +588,11 @@ fn private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_p
             wait_state(&cri, &new_bad, ContainerState::Exited, Duration::from_secs(10)).await,
             "new untrusted container running"
         );
-        let d = assert_killed_by_sigkill(&cri, &new_bad).await;
+        let d = assert_new_container_denied(&cri, &new_bad, enforcement).await;
         eprintln!(
-            "[timing] private cgroupns agent: CreateContainer -> untrusted container killed ({}): {}",
+            "[timing] private cgroupns agent: CreateContainer -> untrusted container denied ({}, {}): {}",
             f["type"],
+            enforcement.as_str(),
             ds::ms(d)
         );
     });
@@ -690,13 +770,13 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
     while running_line().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    if let Some(l) = running_line() {
-        let v: Value = serde_json::from_str(&l).unwrap_or_default();
-        eprintln!(
-            "[timing] agent container: its own start-up (process start -> running): {} ms",
-            v["fields"]["startup_ms"]
-        );
-    }
+    let running = running_line().unwrap_or_else(|| panic!("the agent never said it is running:\n{}", log.dump()));
+    let v: Value = serde_json::from_str(&running).unwrap_or_default();
+    eprintln!(
+        "[timing] agent container: its own start-up (process start -> running): {} ms",
+        v["fields"]["startup_ms"]
+    );
+    let enforcement = picked_enforcement(&running);
     // Which cgroup namespace the agent got.
     let info = rt
         .block_on(cri.container_status(&pod.container_id))
@@ -844,10 +924,11 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
             wait_state(&cri, &new_bad, ContainerState::Exited, Duration::from_secs(10)).await,
             "new untrusted container running"
         );
-        let d = assert_killed_by_sigkill(&cri, &new_bad).await;
+        let d = assert_new_container_denied(&cri, &new_bad, enforcement).await;
         eprintln!(
-            "[timing] agent container: CreateContainer -> untrusted container killed ({}): {}",
+            "[timing] agent container: CreateContainer -> untrusted container denied ({}, {}): {}",
             f["type"],
+            enforcement.as_str(),
             ds::ms(d)
         );
     });

@@ -75,14 +75,27 @@ fn spec(name: &str) -> Result<KernelSpec> {
 struct Options {
     kernels: Vec<KernelSpec>,
     tests: Vec<String>,
-    memory_mib: u32,
+    /// Guest memory; None: [`default_memory_mib`].
+    memory_mib: Option<u32>,
     keep: bool,
+}
+
+/// Guest memory by default: 1 GiB for the probe tests; 3 GiB where an
+/// `e2e_*` binary runs containerd, whose state and images (the agent's own
+/// image with a debug build's binary: ~270 MB, copied per snapshot) live in
+/// the guest's tmpfs `/tmp`.
+fn default_memory_mib(tests: &[String]) -> u32 {
+    if tests.iter().any(|t| t.starts_with("e2e_")) {
+        3072
+    } else {
+        1024
+    }
 }
 
 fn parse_args(args: &[String]) -> Result<Options> {
     let mut kernels: Vec<String> = ALL_KERNELS.iter().map(|s| s.to_string()).collect();
     let mut tests: Vec<String> = DEFAULT_TESTS.iter().map(|s| s.to_string()).collect();
-    let mut memory_mib = 1024;
+    let mut memory_mib = None;
     let mut keep = false;
     let mut it = args.iter();
     let list = |v: Option<&String>, what: &str| -> Result<Vec<String>> {
@@ -95,7 +108,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
             "--tests" => tests = list(it.next(), "--tests")?,
             "--ci" => kernels = CI_KERNELS.iter().map(|s| s.to_string()).collect(),
             "--memory" => {
-                memory_mib = it.next().and_then(|v| v.parse().ok()).context("--memory needs a size in MiB")?;
+                memory_mib = Some(it.next().and_then(|v| v.parse().ok()).context("--memory needs a size in MiB")?);
             }
             "--keep" => keep = true,
             other => bail!(
@@ -629,7 +642,10 @@ mount -o bind /dev $R/dev || fatal dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts $R/dev/pts
 mount -t tmpfs tmpfs $R/dev/shm
-for d in tmp run var/tmp root; do mount -t tmpfs -o mode=1777 tmpfs $R/$d || fatal "tmpfs $d"; done
+# /tmp holds containerd's state and images (native snapshots copy each
+# layer): up to 80% of guest memory rather than tmpfs's default half.
+mount -t tmpfs -o mode=1777,size=80% tmpfs $R/tmp || fatal "tmpfs tmp"
+for d in run var/tmp root; do mount -t tmpfs -o mode=1777 tmpfs $R/$d || fatal "tmpfs $d"; done
 mount -t cgroup2 cgroup2 $R/sys/fs/cgroup || fatal cgroup2
 mount -t bpf bpf $R/sys/fs/bpf || fatal bpffs
 mount -t tracefs tracefs $R/sys/kernel/tracing || fatal tracefs
@@ -726,7 +742,7 @@ fn run_in_guest(
     }
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "1"])
-        .args(["-m", &opts.memory_mib.to_string()])
+        .args(["-m", &opts.memory_mib.unwrap_or_else(|| default_memory_mib(&opts.tests)).to_string()])
         .arg("-kernel")
         .arg(&kernel.vmlinux)
         .arg("-initrd")
