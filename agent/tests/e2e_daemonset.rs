@@ -45,7 +45,7 @@ use exec_hook::Outcome;
 use imagewarden::probes::Enforcement;
 use imagewarden::sources::{cgroup, cri::CriClient, ContainerState};
 use serde_json::Value;
-use support::containerd::{Containerd, TestImages, ECR_NGINX, NGINX};
+use support::containerd::{Containerd, Runtime, TestImages, ECR_NGINX, NGINX};
 use support::daemonset::{self as ds, AgentLog, AgentSpec, Overrides};
 
 /// The agent binary the tests run: `$IW_AGENT_BINARY` (the release build,
@@ -145,6 +145,12 @@ fn setup_with(test: &str, runc: Option<&CgroupnsRunc>) -> Option<(Containerd, Te
             return None;
         }
     }
+    let rt = daemonset_runtime();
+    if let Err(why) = rt.preflight() {
+        support::skip_or_fail(test, &why);
+        return None;
+    }
+    eprintln!("[runtime] {test}: {}", rt.name());
     let mount = cgroup::find_cgroup2_mount().expect("preflight checked cgroup2");
     let images = TestImages::build();
     let ctd = match runc {
@@ -153,15 +159,26 @@ fn setup_with(test: &str, runc: Option<&CgroupnsRunc>) -> Option<(Containerd, Te
             // instance's directory (enable_for), so a concurrent test that
             // picks the variable up is not affected.
             std::env::set_var("IW_TEST_RUNC", &w.wrapper);
-            let ctd = Containerd::start();
+            let ctd = Containerd::start_version(rt);
             std::env::remove_var("IW_TEST_RUNC");
             w.enable_for(&ctd.dir);
             ctd
         }
-        None => Containerd::start(),
+        None => Containerd::start_version(rt),
     };
     ctd.import("k8s.io", &images);
     Some((ctd, images, mount))
+}
+
+/// The containerd these tests run: the host's 1.6, or containerd 2 when
+/// `IW_TEST_CONTAINERD=2` selects only it (`cargo xtask vmtest --ci` does:
+/// AL2023's EKS nodes run containerd 2).
+fn daemonset_runtime() -> Runtime {
+    if Runtime::V1_6.selected() {
+        Runtime::V1_6
+    } else {
+        Runtime::V2
+    }
 }
 
 /// The verdicts the agent pinned by cgroup id (fail-closed pin directory).

@@ -43,6 +43,8 @@ const CI_TESTS: &[&str] = &["privileged_exec", "privileged_run", "e2e_daemonset"
 /// (and its ~1.5 min image build under TCG). The full matrix runs it.
 const CI_SKIPS: &[(&str, &str)] =
     &[("e2e_daemonset", "daemonset_container_in_a_private_cgroup_namespace_enforces_the_seed_policy")];
+/// The containerd release the CI subset's e2e tests use (`IW_TEST_CONTAINERD`).
+const CI_CONTAINERD: &str = "2";
 /// Modules the initramfs loads (with their dependencies), where not built in.
 const GUEST_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
 /// The active LSMs of Debian's kernels without `bpf`: the signal fallback.
@@ -89,6 +91,8 @@ struct Options {
     keep: bool,
     /// libtest `--skip` filters by binary (the CI subset's [`CI_SKIPS`]).
     skips: Vec<(String, String)>,
+    /// `IW_TEST_CONTAINERD` for the tests (`1.6`, `2`, `all`); None: unset.
+    containerd: Option<String>,
 }
 
 /// Guest memory by default: 1 GiB for the probe tests; 3 GiB where an
@@ -110,6 +114,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
     let mut keep = false;
     let mut ci = false;
     let mut tests_given = false;
+    let mut containerd = None;
     let mut it = args.iter();
     let list = |v: Option<&String>, what: &str| -> Result<Vec<String>> {
         let v = v.with_context(|| format!("{what} needs a comma-separated list"))?;
@@ -130,8 +135,15 @@ fn parse_args(args: &[String]) -> Result<Options> {
                 memory_mib = Some(it.next().and_then(|v| v.parse().ok()).context("--memory needs a size in MiB")?);
             }
             "--keep" => keep = true,
+            "--containerd" => {
+                let v = it.next().context("--containerd needs 1.6, 2 or all")?;
+                if !v.split(',').all(|r| ["1.6", "2", "all"].contains(&r.trim())) {
+                    bail!("vmtest: --containerd {v:?}: known are 1.6, 2 and all");
+                }
+                containerd = Some(v.clone());
+            }
             other => bail!(
-                "vmtest: unknown argument {other:?}\nusage: cargo xtask vmtest [--kernels {}] [--tests {}] [--ci] [--memory MIB] [--keep]",
+                "vmtest: unknown argument {other:?}\nusage: cargo xtask vmtest [--kernels {}] [--tests {}] [--ci] [--memory MIB] [--containerd 1.6|2|all] [--keep]",
                 ALL_KERNELS.join(","),
                 DEFAULT_TESTS.join(",")
             ),
@@ -143,6 +155,9 @@ fn parse_args(args: &[String]) -> Result<Options> {
             tests = CI_TESTS.iter().map(|s| s.to_string()).collect();
         }
         skips = CI_SKIPS.iter().map(|(b, t)| (b.to_string(), t.to_string())).collect();
+        // The node CI stands for runs containerd 2 (AL2023's EKS AMIs);
+        // containerd 1.6 runs the same tests in the host column.
+        containerd.get_or_insert_with(|| CI_CONTAINERD.to_string());
     }
     if kernels.is_empty() || tests.is_empty() {
         bail!("vmtest: empty --kernels or --tests");
@@ -153,7 +168,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
         }
     }
     let kernels = kernels.iter().map(|k| spec(k)).collect::<Result<Vec<_>>>()?;
-    Ok(Options { kernels, tests, memory_mib, keep, skips })
+    Ok(Options { kernels, tests, memory_mib, keep, skips, containerd })
 }
 
 pub fn vmtest(root: &Path, args: &[String]) -> Result<()> {
@@ -170,7 +185,7 @@ pub fn vmtest(root: &Path, args: &[String]) -> Result<()> {
     for k in &opts.kernels {
         eprintln!("vmtest: === {} ===", k.name);
         let r = match &k.package_re {
-            None => run_on_host(root, &bins, &out_dir),
+            None => run_on_host(root, &bins, &out_dir, opts.containerd.as_deref()),
             Some(_) => run_in_guest(root, k, &bins, &out_dir, &opts),
         };
         let r = r.unwrap_or_else(|e| KernelResult::failed(format!("{e:#}")));
@@ -342,7 +357,7 @@ fn host_lsm() -> String {
 
 /// The host column: the same binaries, here, one at a time under the
 /// host-wide privileged lock.
-fn run_on_host(root: &Path, bins: &[TestBin], out_dir: &Path) -> Result<KernelResult> {
+fn run_on_host(root: &Path, bins: &[TestBin], out_dir: &Path, containerd: Option<&str>) -> Result<KernelResult> {
     let dir = out_dir.join("host");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
@@ -352,7 +367,11 @@ fn run_on_host(root: &Path, bins: &[TestBin], out_dir: &Path) -> Result<KernelRe
         let f = fs::File::create(&log)?;
         eprintln!("vmtest: host: {} (waiting for {PRIVILEGED_LOCK})", b.name);
         let t0 = Instant::now();
-        let st = Command::new("flock")
+        let mut cmd = Command::new("flock");
+        if let Some(c) = containerd {
+            cmd.env("IW_TEST_CONTAINERD", c);
+        }
+        let st = cmd
             .arg(PRIVILEGED_LOCK)
             .arg(&b.exe)
             .arg("--show-output")
@@ -709,8 +728,12 @@ fn initramfs(kernel: &Kernel) -> Result<Vec<u8>> {
 
 /// The one command the guest runs: every test binary in turn, each with its
 /// exit status, run time and output in the results share.
-fn run_script(root: &Path, spec: &KernelSpec, bins: &[TestBin], skips: &[(String, String)]) -> String {
+fn run_script(root: &Path, spec: &KernelSpec, bins: &[TestBin], opts: &Options) -> String {
+    let skips = &opts.skips;
     let mut s = String::from("set -u\nexport CI=true RUST_BACKTRACE=1 HOME=/root\n");
+    if let Some(c) = &opts.containerd {
+        let _ = writeln!(s, "export IW_TEST_CONTAINERD='{c}'");
+    }
     let _ = writeln!(s, "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     let _ = writeln!(s, "export IMAGEWARDEN_VM_KERNEL='{}'", spec.name);
     if let Some(e) = spec.expect {
@@ -764,7 +787,7 @@ fn run_in_guest(
     fs::create_dir_all(&results)?;
     let initrd = dir.join("initramfs.cpio");
     fs::write(&initrd, initramfs(&kernel)?)?;
-    fs::write(results.join("run.sh"), run_script(root, spec, bins, &opts.skips))?;
+    fs::write(results.join("run.sh"), run_script(root, spec, bins, opts))?;
 
     let mut append = String::from("console=ttyS0 quiet panic=-1 rdinit=/init");
     if !spec.cmdline.is_empty() {
@@ -1017,6 +1040,8 @@ thread 'b_lsm' panicked at agent/tests/x.rs:1:2:\nexec should fail with EPERM\nn
         assert_eq!(o.kernels.len(), 1);
         assert!(o.tests.iter().any(|t| t == "e2e_daemonset"), "{:?}", o.tests);
         assert_eq!(o.skips.len(), 1);
+        assert_eq!(o.containerd.as_deref(), Some("2"));
+        assert!(parse_args(&["--containerd".into(), "3".into()]).is_err());
         let o = parse_args(&["--ci".into(), "--tests".into(), "privileged_exec".into()]).unwrap();
         assert_eq!(o.tests, ["privileged_exec"]);
         assert!(parse_args(&[]).unwrap().skips.is_empty());
