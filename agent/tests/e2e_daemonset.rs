@@ -229,9 +229,11 @@ async fn assert_killed_by_sigkill(cri: &CriClient, id: &str) -> Duration {
 }
 
 /// What became of a new container whose first exec was denied, from CRI's
-/// record: killed by SIGKILL (the signal path: exit 137 after it started), or
-/// refused (BPF LSM: `execve` in runc's init failed, so the container never
-/// started: containerd records a `StartError` with no start time).
+/// record: killed by SIGKILL after it started (exit 137: the signal path),
+/// or never started (`Refused` here: containerd records a `StartError` with
+/// no start time because `runc init` failed — its `execve` refused with
+/// EPERM by BPF LSM, or, where its first exec came before the agent knew
+/// the cgroup, held by the kernel and then killed by the agent).
 fn container_outcome(st: &k8s_cri::v1::ContainerStatus) -> Outcome {
     use std::os::unix::process::ExitStatusExt;
     if st.exit_code == 128 + libc::SIGKILL {
@@ -243,16 +245,16 @@ fn container_outcome(st: &k8s_cri::v1::ContainerStatus) -> Outcome {
     }
 }
 
-/// A new denied container: killed (signals) or never started (LSM), as
-/// `enforcement` prescribes; returns CreateContainer -> denial by
-/// containerd's clock.
+/// A new denied container: never started under LSM; killed, or never
+/// started (a held `runc init` killed), under signals. Returns
+/// CreateContainer -> denial by containerd's clock.
 async fn assert_new_container_denied(cri: &CriClient, id: &str, enforcement: Enforcement) -> Duration {
     let st = raw_status(cri, id).await;
     let outcome = container_outcome(&st);
     eprintln!("[outcome] new untrusted container {id}: {outcome:?} ({}: {})", st.reason, st.message);
     if !matches!(
         (enforcement, &outcome),
-        (Enforcement::Lsm, Outcome::Refused) | (Enforcement::Signal, Outcome::Killed)
+        (Enforcement::Lsm, Outcome::Refused) | (Enforcement::Signal, Outcome::Killed | Outcome::Refused)
     ) {
         panic!("{id}: under {} enforcement, got {outcome:?}: {st:?}", enforcement.as_str());
     }
