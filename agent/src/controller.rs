@@ -632,6 +632,12 @@ impl Controller {
             self.held.entry(rec.cgroup_id).or_insert_with(|| Held { pids: Vec::new(), since: Instant::now() }).pids.push(rec.tgid);
             self.resolve_held(rec.cgroup_id, rec.tgid).await;
         }
+        // Held, then decided while this very exec was handled (killed, or
+        // continued): its finding is that decision, not a hold that no later
+        // finding would resolve.
+        let decided_on_hold = (rec.held && !self.held.contains_key(&rec.cgroup_id))
+            .then(|| self.by_cgroup.get(&rec.cgroup_id).and_then(|k| self.entries.get(k)).map(|e| e.decision.kernel))
+            .flatten();
         let print = self.cfg.all_execs
             || matches!(rec.verdict, KernelVerdict::Deny | KernelVerdict::Audit)
             || rec.killed
@@ -646,7 +652,13 @@ impl Controller {
             .and_then(|k| self.entries.get(k))
             .map(Entry::attribution)
             .or_else(|| self.static_attributions.get(&rec.cgroup_id).cloned());
-        let f = Finding::from_exec(rec, attr.as_ref());
+        let mut f = Finding::from_exec(rec, attr.as_ref());
+        match decided_on_hold {
+            Some(v) if v == verdict::DENY && self.cfg.enforce => (f.verdict, f.action) = ("deny", "killed"),
+            Some(v) if v == verdict::DENY || v == verdict::AUDIT => (f.verdict, f.action) = ("deny", "alerted"),
+            Some(v) if v == verdict::ALLOW => (f.verdict, f.action) = ("allow", "none"),
+            _ => {}
+        }
         (self.out)(&f);
     }
 

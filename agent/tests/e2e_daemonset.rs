@@ -29,6 +29,8 @@
 //! without them, fails under `CI=true`.
 
 mod support;
+#[path = "support/exec_hook.rs"]
+mod exec_hook;
 
 use std::{
     path::{Path, PathBuf},
@@ -37,10 +39,12 @@ use std::{
 };
 
 use agent_common::verdict;
+use exec_hook::Outcome;
+use imagewarden::probes::Enforcement;
 use imagewarden::sources::{cgroup, cri::CriClient, ContainerState};
 use serde_json::Value;
 use support::agent::{AgentProcess, RUNNING};
-use support::containerd::{Containerd, TestImages, ECR_NGINX, NGINX};
+use support::containerd::{Containerd, Runtime, TestImages, ECR_NGINX, NGINX};
 use support::daemonset::{self as ds, AgentLog, AgentSpec, Overrides};
 
 /// The agent binary the tests run: `$IW_AGENT_BINARY` (the release build,
@@ -140,6 +144,12 @@ fn setup_with(test: &str, runc: Option<&CgroupnsRunc>) -> Option<(Containerd, Te
             return None;
         }
     }
+    let rt = daemonset_runtime();
+    if let Err(why) = rt.preflight() {
+        support::skip_or_fail(test, &why);
+        return None;
+    }
+    eprintln!("[runtime] {test}: {}", rt.name());
     let mount = cgroup::find_cgroup2_mount().expect("preflight checked cgroup2");
     let images = TestImages::build();
     let ctd = match runc {
@@ -148,15 +158,26 @@ fn setup_with(test: &str, runc: Option<&CgroupnsRunc>) -> Option<(Containerd, Te
             // instance's directory (enable_for), so a concurrent test that
             // picks the variable up is not affected.
             std::env::set_var("IW_TEST_RUNC", &w.wrapper);
-            let ctd = Containerd::start();
+            let ctd = Containerd::start_version(rt);
             std::env::remove_var("IW_TEST_RUNC");
             w.enable_for(&ctd.dir);
             ctd
         }
-        None => Containerd::start(),
+        None => Containerd::start_version(rt),
     };
     ctd.import("k8s.io", &images);
     Some((ctd, images, mount))
+}
+
+/// The containerd these tests run: the host's 1.6, or containerd 2 when
+/// `IW_TEST_CONTAINERD=2` selects only it (`cargo xtask vmtest --ci` does:
+/// AL2023's EKS nodes run containerd 2).
+fn daemonset_runtime() -> Runtime {
+    if Runtime::V1_6.selected() {
+        Runtime::V1_6
+    } else {
+        Runtime::V2
+    }
 }
 
 /// The verdicts the agent pinned by cgroup id (fail-closed pin directory).
@@ -190,6 +211,81 @@ async fn assert_killed_by_sigkill(cri: &CriClient, id: &str) -> Duration {
     assert_eq!(st.exit_code, 128 + libc::SIGKILL, "{id} did not die by SIGKILL: {st:?}");
     assert!(st.finished_at >= st.created_at && st.created_at > 0, "{st:?}");
     Duration::from_nanos((st.finished_at - st.created_at) as u64)
+}
+
+/// What became of a new container whose first exec was denied, from CRI's
+/// record: killed by SIGKILL after it started (exit 137: the signal path),
+/// or never started (`Refused` here: containerd records a `StartError` with
+/// no start time because `runc init` failed — its `execve` refused with
+/// EPERM by BPF LSM, or, where its first exec came before the agent knew
+/// the cgroup, held by the kernel and then killed by the agent).
+fn container_outcome(st: &k8s_cri::v1::ContainerStatus) -> Outcome {
+    use std::os::unix::process::ExitStatusExt;
+    if st.exit_code == 128 + libc::SIGKILL {
+        Outcome::Killed
+    } else if st.started_at == 0 && st.reason == "StartError" {
+        Outcome::Refused
+    } else {
+        Outcome::Ran(std::process::ExitStatus::from_raw((st.exit_code & 0xff) << 8))
+    }
+}
+
+/// A new denied container: never started under LSM; killed, or never
+/// started (a held `runc init` killed), under signals. Returns
+/// CreateContainer -> denial by containerd's clock.
+async fn assert_new_container_denied(cri: &CriClient, id: &str, enforcement: Enforcement) -> Duration {
+    let st = support::cri_status(cri, id).await;
+    let outcome = container_outcome(&st);
+    eprintln!("[outcome] new untrusted container {id}: {outcome:?} ({}: {})", st.reason, st.message);
+    if !matches!(
+        (enforcement, &outcome),
+        (Enforcement::Lsm, Outcome::Refused) | (Enforcement::Signal, Outcome::Killed | Outcome::Refused)
+    ) {
+        panic!("{id}: under {} enforcement, got {outcome:?}: {st:?}", enforcement.as_str());
+    }
+    assert!(st.finished_at >= st.created_at && st.created_at > 0, "{st:?}");
+    Duration::from_nanos((st.finished_at - st.created_at) as u64)
+}
+
+/// The enforcement the agent reports on its `agent running` line (the
+/// JSON log's `fields.enforcement`, or the text log's `enforcement="lsm"`),
+/// checked against what this kernel calls for where that is known.
+fn picked_enforcement(running_line: &str) -> Enforcement {
+    let v: Value = serde_json::from_str(running_line).unwrap_or_default();
+    let text: String = match v["fields"]["enforcement"].as_str() {
+        Some(e) => e.to_string(),
+        None => strip_ansi(running_line),
+    };
+    let got = if text == "lsm" || text.contains("enforcement=\"lsm\"") {
+        Enforcement::Lsm
+    } else if text == "signal" || text.contains("enforcement=\"signal\"") {
+        Enforcement::Signal
+    } else {
+        panic!("no enforcement on the agent's running line: {running_line}")
+    };
+    eprintln!("agent picked enforcement {} (active LSMs {:?})", got.as_str(), exec_hook::active_lsms());
+    if let Some(want) = exec_hook::expected_enforcement() {
+        assert_eq!(got, want, "the agent picked the wrong enforcement: {running_line}");
+    }
+    got
+}
+
+/// Text without terminal colour sequences (`ESC [ ... m`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' {
+            for c in it.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 async fn state_of(cri: &CriClient, id: &str) -> ContainerState {
@@ -317,6 +413,10 @@ fn private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_p
     // `unshare` execs the agent: the child's pid is the agent's.
     let agent = AgentProcess::spawn(cmd, |l| l.contains(RUNNING), Duration::from_secs(60));
     let agent_pid = agent.pid();
+    let running = agent
+        .wait_for_log(|l| l.contains(RUNNING), Duration::from_secs(1))
+        .expect("the agent's running line");
+    let enforcement = picked_enforcement(&running);
     eprintln!(
         "[timing] agent (private cgroupns) start -> running: {}",
         ds::ms(started.elapsed())
@@ -421,10 +521,11 @@ fn private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_p
             wait_state(&cri, &new_bad, ContainerState::Exited, Duration::from_secs(10)).await,
             "new untrusted container running"
         );
-        let d = assert_killed_by_sigkill(&cri, &new_bad).await;
+        let d = assert_new_container_denied(&cri, &new_bad, enforcement).await;
         eprintln!(
-            "[timing] private cgroupns agent: CreateContainer -> untrusted container killed ({}): {}",
+            "[timing] private cgroupns agent: CreateContainer -> untrusted container denied ({}, {}): {}",
             f["type"],
+            enforcement.as_str(),
             ds::ms(d)
         );
     });
@@ -602,13 +703,13 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
     while running_line().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    if let Some(l) = running_line() {
-        let v: Value = serde_json::from_str(&l).unwrap_or_default();
-        eprintln!(
-            "[timing] agent container: its own start-up (process start -> running): {} ms",
-            v["fields"]["startup_ms"]
-        );
-    }
+    let running = running_line().unwrap_or_else(|| panic!("the agent never said it is running:\n{}", log.dump()));
+    let v: Value = serde_json::from_str(&running).unwrap_or_default();
+    eprintln!(
+        "[timing] agent container: its own start-up (process start -> running): {} ms",
+        v["fields"]["startup_ms"]
+    );
+    let enforcement = picked_enforcement(&running);
     // Which cgroup namespace the agent got.
     let info = rt
         .block_on(cri.container_status(&pod.container_id))
@@ -756,10 +857,11 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
             wait_state(&cri, &new_bad, ContainerState::Exited, Duration::from_secs(10)).await,
             "new untrusted container running"
         );
-        let d = assert_killed_by_sigkill(&cri, &new_bad).await;
+        let d = assert_new_container_denied(&cri, &new_bad, enforcement).await;
         eprintln!(
-            "[timing] agent container: CreateContainer -> untrusted container killed ({}): {}",
+            "[timing] agent container: CreateContainer -> untrusted container denied ({}, {}): {}",
             f["type"],
+            enforcement.as_str(),
             ds::ms(d)
         );
     });
