@@ -20,6 +20,8 @@ pub enum LogFormat {
     Json,
 }
 
+// Parsed once at start: the size of the `Run` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Evaluate image references or a manifest against a policy; one JSON line per image.

@@ -212,6 +212,27 @@ fn entry_key(info: &ContainerInfo) -> String {
     format!("{}/{}", info.namespace.as_deref().unwrap_or(""), info.id)
 }
 
+/// The containerd namespace of Kubernetes' containers (containerd's CRI plugin).
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
+/// Identity from labels is not trusted (issue 13, case 6): anyone with
+/// containerd's API can set `io.cri-containerd.kind=sandbox` or
+/// `io.kubernetes.pod.*` on a container. Outside the CRI plugin's namespace
+/// no container is a Pod's: the kind and Pod fields a containerd report
+/// took from labels are dropped, so the container is judged by the image
+/// it runs, as a plain container of no namespace.
+pub fn distrust_labels(info: &mut ContainerInfo) {
+    if info.runtime != "containerd" || info.namespace.as_deref() == Some(CRI_NAMESPACE) {
+        return;
+    }
+    info.kind = None;
+    info.pod_name = None;
+    info.pod_namespace = None;
+    info.pod_uid = None;
+    info.container_name = None;
+    info.sandbox_id = None;
+}
+
 /// Fills fields one report lacks from another report of the same container.
 fn merge(into: &mut ContainerInfo, from: &ContainerInfo) {
     macro_rules! fill {
@@ -436,7 +457,8 @@ impl Controller {
     }
 
     /// Records (or refreshes) a container and pushes its verdict into the kernel.
-    pub fn upsert(&mut self, info: ContainerInfo) {
+    pub fn upsert(&mut self, mut info: ContainerInfo) {
+        distrust_labels(&mut info);
         let key = entry_key(&info);
         let pod = self.pod_lookup.as_ref().and_then(|f| f(&info));
         let decision = decide_with(&self.policy, &info, pod.as_ref(), &self.exemptions);
@@ -1028,6 +1050,25 @@ mod tests {
         i.image_as_written = Some("public.ecr.aws/nginx/nginx:1".into());
         i.pod_namespace = Some("kube-system".into());
         assert_eq!(decide_with(&policy, &i, None, &ex).kernel, verdict::ALLOW);
+    }
+
+    #[test]
+    fn labels_outside_the_cri_namespace_buy_nothing() {
+        let policy = imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
+        let mut forged = info(Some("docker.io/library/nginx:latest"));
+        forged.kind = Some(ContainerKind::Sandbox);
+        forged.pod_namespace = Some("kube-system".into());
+        let ex = Exemptions::kyverno_defaults(&[], "kyverno");
+        assert_eq!(decide_with(&policy, &forged, None, &ex).kernel, verdict::ALLOW, "what labels used to buy");
+        distrust_labels(&mut forged);
+        assert_eq!(forged.kind, None);
+        assert_eq!(decide_with(&policy, &forged, None, &ex).kernel, verdict::DENY);
+        // The CRI plugin's namespace keeps them (CRI confirms them on resync).
+        let mut cri = info(Some("registry.k8s.io/pause:3.6"));
+        cri.namespace = Some(CRI_NAMESPACE.into());
+        cri.kind = Some(ContainerKind::Sandbox);
+        distrust_labels(&mut cri);
+        assert_eq!(cri.kind, Some(ContainerKind::Sandbox));
     }
 
     #[test]

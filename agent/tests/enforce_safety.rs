@@ -645,3 +645,52 @@ fn rolling_replacement_lets_no_untrusted_entrypoint_run() {
     drop(ctd);
     drop(images);
 }
+
+/// Case 6 (containerd namespaces outside CRI): a container created straight
+/// through containerd's API (`ctr run`) with forged labels
+/// `io.cri-containerd.kind=sandbox` and `io.kubernetes.pod.namespace=kube-system`
+/// buys neither the sandbox allowance nor the kube-system exclusion: it is
+/// judged by the image it runs (docker.io: killed before its entrypoint).
+#[test]
+fn forged_labels_through_containerd_buy_nothing() {
+    let _serial = serial();
+    let test = "forged_labels_through_containerd_buy_nothing";
+    if !root_or_skip(test) {
+        return;
+    }
+    let images = TestImages::build();
+    let ctd = Containerd::start();
+    ctd.import("default", &images);
+    let endpoint = ctd.endpoint();
+    let a = Agent::start(
+        &[
+            "run", "--standalone", "--mode", "enforce", "--fail-mode", "open", "--exempt-namespace", "kube-system",
+            "--runtime-endpoint", &endpoint,
+        ],
+        &[],
+    );
+    a.wait_log("the agent running", Duration::from_secs(30), "agent running");
+    let t = ctd.token.clone();
+    let id = format!("forged-{t}");
+    let sock = endpoint.trim_start_matches("unix://").to_string();
+    let marker_dir = ctd.marker("x").parent().unwrap().to_path_buf();
+    let mut ctr = Command::new("ctr")
+        .args(["-a", &sock, "-n", "default", "run", "-d", "--label", "io.cri-containerd.kind=sandbox"])
+        .args(["--label", "io.kubernetes.pod.namespace=kube-system", "--label", "io.kubernetes.pod.name=kube-proxy-x"])
+        .args(["--mount"])
+        .arg(format!("type=bind,src={},dst={},options=rbind:rw", marker_dir.display(), support::containerd::MARKER_MOUNT))
+        .args(["--env", &format!("IW_MARKER_NAME={id}"), NGINX, &id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ctr run");
+    let f = a.finding("the kill of the forged container", Duration::from_secs(20), |v| {
+        v["container_id"] == id.as_str() && v["action"] == "killed"
+    });
+    assert_eq!(f["verdict"], "deny", "{f}");
+    wait_for("ctr run to return", Duration::from_secs(20), || ctr.try_wait().ok().flatten().map(|_| ()));
+    assert!(!ctd.marker(&id).exists(), "a container with forged sandbox labels ran its entrypoint");
+    drop(a);
+    drop(ctd);
+    drop(images);
+}
