@@ -103,6 +103,14 @@ static UNENFORCED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static UNENFORCED_CGROUPS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 
+/// Processes the kernel stopped (SIGSTOP) at exec, waiting for a decision:
+/// tgid -> cgroup id. Pinned and scanned by user space every tick, so a hold
+/// is decided even when its ring-buffer event was lost or went to an agent
+/// that died (issue 13, case 4). LRU: bounded; user space removes entries
+/// as it releases or kills them.
+#[map]
+static HELD: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
 /// Whether the agent is gone: its heartbeat is older than the bound.
 #[inline(always)]
 fn agent_gone(cfg: &Config, now: u64) -> bool {
@@ -352,6 +360,11 @@ fn on_exec(hk: u32, filename: impl FnOnce(&Config) -> Result<*const u8, i64>) ->
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let v = unless_agent_gone(verdict_of(cgroup_id, cfg), cgroup_id, cfg);
     let acted = act(v, cfg);
+    if acted & flags::HELD != 0 {
+        // SAFETY: helper call.
+        let tgid = (unsafe { bpf_get_current_pid_tgid() } >> 32) as u32;
+        let _ = HELD.insert(&tgid, &cgroup_id, 0);
+    }
     if cfg.emit_all == 0 && acted == 0 && (v == verdict::UNKNOWN || v == verdict::ALLOW) {
         // A routine exec: user space only wants it if it runs a file with
         // no name on disk.

@@ -375,7 +375,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 ctrl.resync().await;
                 crate::memory::trim();
             }
-            _ = hold_tick.tick(), if ctrl.has_holds() => ctrl.expire_holds().await,
+            _ = hold_tick.tick() => {
+                ctrl.scan_kernel_holds().await;
+                if ctrl.has_holds() {
+                    ctrl.expire_holds().await;
+                }
+            }
             _ = resync_now.notified() => ctrl.resync().await,
             _ = health_tick.tick() => {
                 health.tick();
@@ -452,9 +457,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let _ = ctrl.probes_mut().heartbeat();
         info!("leaving the pinned state to the next agent (enforcement continues; `imagewarden cleanup` detaches)");
     } else {
-        // Detach everything, leave nothing pinned.
+        // Detach everything, leave nothing pinned; what the kernel held
+        // runs on (nobody is left to decide it).
+        let resumed = ctrl.release_all_holds();
         ctrl.probes_mut().unpin_all();
-        info!("detached");
+        info!(resumed_holds = resumed, "detached");
     }
     let k = ctrl.probes().counters().unwrap_or_default();
     info!(

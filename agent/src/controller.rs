@@ -277,6 +277,8 @@ pub struct ControllerStats {
     pub containers_killed: u64,
     pub holds_released: u64,
     pub holds_killed: u64,
+    /// Holds found in the kernel's HELD map whose event never arrived.
+    pub holds_adopted: u64,
     pub runtime_event_drops: u64,
     /// Wall time of the last resync's parts, in ms: containerd listing,
     /// CRI listing, and applying the verdicts (policy + kernel maps).
@@ -556,6 +558,9 @@ impl Controller {
     /// A held cgroup's fate: continue (allow/audit) or kill (deny).
     fn release(&mut self, cgroup_id: u64, v: u32) {
         let Some(h) = self.held.remove(&cgroup_id) else { return };
+        for pid in &h.pids {
+            self.probes.forget_held(*pid);
+        }
         if v == verdict::DENY && self.cfg.enforce {
             let dir = self.by_cgroup.get(&cgroup_id).and_then(|k| self.entries.get(k)).and_then(|e| e.cgroup_dir.clone());
             let killed = match dir {
@@ -684,6 +689,50 @@ impl Controller {
         (self.out)(&f);
     }
 
+    /// Holds as the kernel keeps them (its pinned HELD map), not only as
+    /// events told: a held process whose ring-buffer event was dropped, or
+    /// went to an agent that died or handed over, is adopted here and
+    /// decided like any other hold (released, killed, or killed after
+    /// `--hold-timeout`). Entries of processes that run again or are gone
+    /// are dropped. Called every hold tick; the map is empty when nothing
+    /// is held.
+    pub async fn scan_kernel_holds(&mut self) {
+        for (tgid, cgroup_id) in self.probes.held_processes() {
+            if !process_stopped(tgid as i32) {
+                self.probes.forget_held(tgid);
+                continue;
+            }
+            let h = self.held.entry(cgroup_id).or_insert_with(|| Held { pids: Vec::new(), since: Instant::now() });
+            if h.pids.contains(&tgid) {
+                continue;
+            }
+            h.pids.push(tgid);
+            self.stats.holds_adopted += 1;
+            info!(tgid, cgroup_id, "adopted a hold the kernel kept (its event never reached this agent)");
+            self.resolve_held(cgroup_id, tgid).await;
+        }
+    }
+
+    /// Detaching (uninstall, fail-open exit): nobody will decide what the
+    /// kernel holds, and nothing enforces any more, so every held process
+    /// runs on. Returns how many were resumed.
+    pub fn release_all_holds(&mut self) -> usize {
+        let mut pids: Vec<u32> = self.held.drain().flat_map(|(_, h)| h.pids).collect();
+        pids.extend(self.probes.held_processes().into_iter().map(|(tgid, _)| tgid));
+        pids.sort_unstable();
+        pids.dedup();
+        let mut resumed = 0;
+        for pid in pids {
+            self.probes.forget_held(pid);
+            if process_stopped(pid as i32) {
+                // SAFETY: plain syscall; the pid was stopped by the kernel at exec.
+                unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+                resumed += 1;
+            }
+        }
+        resumed
+    }
+
     /// Tries to attribute a held cgroup to a container and decide.
     async fn resolve_held(&mut self, cgroup_id: u64, pid: u32) {
         if let Some(k) = self.by_cgroup.get(&cgroup_id).cloned() {
@@ -726,6 +775,9 @@ impl Controller {
                 self.resolve_held(id, pid).await;
             }
             let Some(h) = self.held.remove(&id) else { continue };
+            for pid in &h.pids {
+                self.probes.forget_held(*pid);
+            }
             let dir = h.pids.first().and_then(|p| cgroup2_dir_of_pid(&self.cfg.cgroup2, *p).ok());
             let _ = self.probes.set_verdict(id, verdict::DENY);
             let mut killed = false;

@@ -694,3 +694,65 @@ fn forged_labels_through_containerd_buy_nothing() {
     drop(ctd);
     drop(images);
 }
+
+/// Whether a process is stopped (state `T` in /proc/PID/stat).
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T')))
+        .unwrap_or(false)
+}
+
+/// Case 4: holds are kept in a kernel map, not only learned from events.
+/// Agent A holds the first exec of an unknown container-like cgroup (its
+/// event reaches A alone) and is SIGKILLed before it decides. Agent B takes
+/// the pinned state over: it never saw that event, yet it must find the
+/// stopped process in the kernel's HELD map and decide it — here, as
+/// nobody can say what the cgroup is, kill it after B's `--hold-timeout`
+/// (fail closed). Before the kernel map, the process stayed stopped for
+/// good: a wedged container.
+#[test]
+fn a_hold_whose_event_died_with_the_agent_is_decided_by_the_next() {
+    use std::os::unix::process::ExitStatusExt;
+    let _serial = serial();
+    let test = "a_hold_whose_event_died_with_the_agent_is_decided_by_the_next";
+    if !support::host::privileged() {
+        support::skip_or_fail(test, "needs root (eBPF, cgroups)");
+        return;
+    }
+    let root = Path::new("/sys/fs/bpf").join(format!("iw-test-heldmap-{}", std::process::id()));
+    let _ = imagewarden::probes::cleanup_root(&root, Duration::from_secs(1));
+    let _pins = PinRoot(root.clone());
+    let parent = support::host::TestCgroup::new("heldmap");
+    // A leaf named like a container id: the kernel holds its first exec
+    // while no runtime has described it.
+    let leaf = parent.child(&format!("{:064x}", 0x1f2e3d4c5b6a_u64 ^ std::process::id() as u64));
+    let root_s = root.display().to_string();
+    let common = [
+        "run", "--standalone", "--mode", "enforce", "--fail-mode", "closed", "--pin-dir", &root_s,
+        "--runtime-endpoint", "unix:///nonexistent.sock", "--heartbeat-timeout", "120s",
+    ];
+    let mut a_args = common.to_vec();
+    a_args.extend(["--hold-timeout", "120s"]);
+    let mut a = Agent::start(&a_args, &[]);
+    a.wait_log("agent A running", Duration::from_secs(30), "agent running");
+    let mut held = support::host::in_cgroup(&leaf.path, "/bin/sh").arg("-c").arg("exit 7").spawn().expect("spawn");
+    let pid = held.id();
+    wait_for("the kernel to hold the exec (SIGSTOP)", Duration::from_secs(10), || stopped(pid).then_some(()));
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    assert!(stopped(pid), "still held after agent A died (the heartbeat bound is 120 s)");
+
+    let mut b_args = common.to_vec();
+    b_args.extend(["--hold-timeout", "1s"]);
+    let b = Agent::start(&b_args, &[]);
+    b.wait_log("agent B running", Duration::from_secs(30), "agent running");
+    // The positive signal: the held process dies by SIGKILL (fail closed),
+    // decided by an agent that never received its event.
+    let st = wait_for("agent B to decide the hold it never heard of", Duration::from_secs(30), || {
+        held.try_wait().ok().flatten()
+    });
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "the unresolvable held process must be killed: {st:?}");
+    b.wait_log("agent B's adoption log", Duration::from_secs(5), "adopted a hold the kernel kept");
+    drop(b);
+}

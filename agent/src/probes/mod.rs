@@ -142,6 +142,7 @@ pub const PINNED_MAPS: &[&str] = &[
     "HEARTBEAT",
     "UNENFORCED",
     "UNENFORCED_CGROUPS",
+    "HELD",
 ];
 
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/imagewarden";
@@ -248,6 +249,8 @@ pub struct Probes {
     heartbeat: Array<MapData, u64>,
     unenforced: PerCpuArray<MapData, u64>,
     unenforced_cgroups: HashMap<MapData, u64, u64>,
+    /// Processes the kernel holds (stopped at exec): tgid -> cgroup id.
+    held: HashMap<MapData, u32, u64>,
     events: Option<RingBuf<MapData>>,
     pub exec_hook: ExecHook,
     pub enforcement: Enforcement,
@@ -388,6 +391,7 @@ impl Probes {
         heartbeat.set(0, boot_ns(), 0).map_err(|e| ProbeError::Map("HEARTBEAT", e.to_string()))?;
         let unenforced: PerCpuArray<MapData, u64> = take(&mut ebpf, "UNENFORCED")?;
         let unenforced_cgroups: HashMap<MapData, u64, u64> = take(&mut ebpf, "UNENFORCED_CGROUPS")?;
+        let held: HashMap<MapData, u32, u64> = take(&mut ebpf, "HELD")?;
         let mut config_map: Array<MapData, Config> = take(&mut ebpf, "CONFIG")?;
         config_map.set(0, cfg, 0).map_err(|e| ProbeError::Map("CONFIG", e.to_string()))?;
         let verdicts: HashMap<MapData, u64, u32> = take(&mut ebpf, "VERDICTS")?;
@@ -518,6 +522,7 @@ impl Probes {
             heartbeat,
             unenforced,
             unenforced_cgroups,
+            held,
             events: Some(events),
             exec_hook,
             enforcement,
@@ -576,6 +581,17 @@ impl Probes {
             let _ = self.unenforced_cgroups.remove(id);
         }
         (n, cgroups)
+    }
+
+    /// The processes the kernel holds, as (tgid, cgroup id), whether or not
+    /// their events reached user space.
+    pub fn held_processes(&self) -> Vec<(u32, u64)> {
+        self.held.iter().filter_map(Result::ok).collect()
+    }
+
+    /// A held process was released, killed or is gone.
+    pub fn forget_held(&mut self, tgid: u32) {
+        let _ = self.held.remove(&tgid);
     }
 
     /// Cgroup ids that have a verdict in the kernel.
