@@ -19,11 +19,18 @@ fn main() {
 
     let obj = match env::var_os("IMAGEWARDEN_EBPF_OBJECT") {
         Some(p) => PathBuf::from(p),
-        None => match ebpf_build::build_ebpf(&root.join("agent-ebpf"), &out.join("ebpf-target"), true) {
-            Ok(p) => p,
-            Err(e) => panic!("imagewarden: {e}"),
-        },
+        None => {
+            match ebpf_build::build_ebpf(&root.join("agent-ebpf"), &out.join("ebpf-target"), true) {
+                Ok(p) => p,
+                Err(e) => panic!("imagewarden: {e}"),
+            }
+        }
     };
-    std::fs::copy(&obj, &dest)
-        .unwrap_or_else(|e| panic!("imagewarden: cannot copy {} to {}: {e}", obj.display(), dest.display()));
+    std::fs::copy(&obj, &dest).unwrap_or_else(|e| {
+        panic!(
+            "imagewarden: cannot copy {} to {}: {e}",
+            obj.display(),
+            dest.display()
+        )
+    });
 }

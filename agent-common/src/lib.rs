@@ -82,16 +82,27 @@ const _: () = assert!(size_of::<CgroupKey>() == 2 * CGROUP_NAME_LEN);
 
 impl CgroupKey {
     pub const fn zeroed() -> Self {
-        CgroupKey { leaf: [0; CGROUP_NAME_LEN], parent: [0; CGROUP_NAME_LEN] }
+        CgroupKey {
+            leaf: [0; CGROUP_NAME_LEN],
+            parent: [0; CGROUP_NAME_LEN],
+        }
     }
 
     /// Builds a key the way the kernel reads one: each name cut to
     /// `CGROUP_NAME_LEN - 1` bytes, NUL padded.
     pub fn new(parent: &[u8], leaf: &[u8]) -> Self {
         let mut k = Self::zeroed();
-        let n = if leaf.len() < CGROUP_NAME_LEN { leaf.len() } else { CGROUP_NAME_LEN - 1 };
+        let n = if leaf.len() < CGROUP_NAME_LEN {
+            leaf.len()
+        } else {
+            CGROUP_NAME_LEN - 1
+        };
         k.leaf[..n].copy_from_slice(&leaf[..n]);
-        let n = if parent.len() < CGROUP_NAME_LEN { parent.len() } else { CGROUP_NAME_LEN - 1 };
+        let n = if parent.len() < CGROUP_NAME_LEN {
+            parent.len()
+        } else {
+            CGROUP_NAME_LEN - 1
+        };
         k.parent[..n].copy_from_slice(&parent[..n]);
         k
     }
@@ -132,13 +143,27 @@ mod tests {
             format!("crio-{id}.scope"),
             format!("docker-{id}.scope"),
         ] {
-            assert!(CgroupKey::new(b"p", leaf.as_bytes()).leaf_looks_like_container(), "{leaf}");
+            assert!(
+                CgroupKey::new(b"p", leaf.as_bytes()).leaf_looks_like_container(),
+                "{leaf}"
+            );
         }
         let short = &id[..63];
         let upper = id.to_uppercase();
         let gap = format!("{}-{}", &id[..32], &id[32..]);
-        for leaf in ["", "init.scope", "user.slice", short, upper.as_str(), gap.as_str(), "ggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggg"] {
-            assert!(!CgroupKey::new(b"p", leaf.as_bytes()).leaf_looks_like_container(), "{leaf}");
+        for leaf in [
+            "",
+            "init.scope",
+            "user.slice",
+            short,
+            upper.as_str(),
+            gap.as_str(),
+            "ggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggg",
+        ] {
+            assert!(
+                !CgroupKey::new(b"p", leaf.as_bytes()).leaf_looks_like_container(),
+                "{leaf}"
+            );
         }
     }
 

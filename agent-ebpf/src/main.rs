@@ -12,7 +12,10 @@
 #![no_std]
 #![no_main]
 
-use agent_common::{counter, flags, hook, verdict, CgroupKey, Config, ExecEvent, CGROUP_NAME_LEN, CONFIG_MAGIC, FILENAME_LEN};
+use agent_common::{
+    counter, flags, hook, verdict, CgroupKey, Config, ExecEvent, CGROUP_NAME_LEN, CONFIG_MAGIC,
+    FILENAME_LEN,
+};
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -63,7 +66,8 @@ static CGROUP_NAMES: LruHashMap<u64, CgroupKey> = LruHashMap::with_max_entries(1
 /// need not look like one). An unclassified child of such a parent is held
 /// like an unclassified container-id cgroup.
 #[map]
-static HOLD_PARENTS: HashMap<[u8; CGROUP_NAME_LEN], u32> = HashMap::with_max_entries(1024, NO_PREALLOC);
+static HOLD_PARENTS: HashMap<[u8; CGROUP_NAME_LEN], u32> =
+    HashMap::with_max_entries(1024, NO_PREALLOC);
 
 /// Per-CPU scratch space for a CgroupKey (192 bytes: kept off the stack).
 #[map]
@@ -119,7 +123,9 @@ fn agent_gone(cfg: &Config, now: u64) -> bool {
     }
     match HEARTBEAT.get_ptr(0) {
         // SAFETY: array slot; an aligned u64 read is not torn.
-        Some(p) => now.saturating_sub(unsafe { core::ptr::read_volatile(p) }) > cfg.heartbeat_stale_ns,
+        Some(p) => {
+            now.saturating_sub(unsafe { core::ptr::read_volatile(p) }) > cfg.heartbeat_stale_ns
+        }
         None => false,
     }
 }
@@ -209,7 +215,11 @@ fn verdict_of(cgroup_id: u64, cfg: &Config) -> u32 {
             return cfg.unknown_container_verdict;
         }
     }
-    let _ = DECIDED.insert(&cgroup_id, &(((gen as u64) << 32) | cfg.default_verdict as u64), 0);
+    let _ = DECIDED.insert(
+        &cgroup_id,
+        &(((gen as u64) << 32) | cfg.default_verdict as u64),
+        0,
+    );
     cfg.default_verdict
 }
 
@@ -296,7 +306,8 @@ unsafe fn exe_nlink(task: *const u8, cfg: &Config) -> Result<u32, i64> {
     if inode.is_null() {
         return Err(-1);
     }
-    bpf_probe_read_kernel(inode.add(cfg.off_inode_i_nlink as usize) as *const u32).map_err(|e| e as i64)
+    bpf_probe_read_kernel(inode.add(cfg.off_inode_i_nlink as usize) as *const u32)
+        .map_err(|e| e as i64)
 }
 
 /// Copies a NUL-terminated kernel string into the event, flagging truncation.
@@ -408,7 +419,9 @@ pub fn exec_btf(ctx: BtfTracePointContext) -> i32 {
 fn try_exec_btf(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     let bprm: *const u8 = ctx.arg(2);
     // SAFETY: reads through bpf_probe_read_kernel only.
-    on_exec(hook::TP_BTF, |cfg| unsafe { read_ptr(bprm, cfg.off_bprm_filename) })
+    on_exec(hook::TP_BTF, |cfg| unsafe {
+        read_ptr(bprm, cfg.off_bprm_filename)
+    })
 }
 
 /// Classic `sched/sched_process_exec` tracepoint: `__data_loc char[] filename`.
@@ -423,7 +436,8 @@ pub fn exec_tp(ctx: TracePointContext) -> u32 {
 fn try_exec_tp(ctx: &TracePointContext) -> Result<u32, i64> {
     on_exec(hook::TRACEPOINT, |cfg| {
         // SAFETY: in-bounds read of the tracepoint record (offset from its format file).
-        let loc: u32 = unsafe { ctx.read_at(cfg.off_tp_filename_loc as usize) }.map_err(|e| e as i64)?;
+        let loc: u32 =
+            unsafe { ctx.read_at(cfg.off_tp_filename_loc as usize) }.map_err(|e| e as i64)?;
         let off = (loc & 0xffff) as usize;
         Ok(unsafe { (ctx.as_ptr() as *const u8).add(off) })
     })

@@ -28,7 +28,9 @@ fn main() {
         eprintln!("demo cannot run here: {why}\n(run `cargo xtask setup` as root first)");
         std::process::exit(2);
     }
-    let agent_bin = std::env::args().nth(1).expect("usage: demo PATH-TO-imagewarden");
+    let agent_bin = std::env::args()
+        .nth(1)
+        .expect("usage: demo PATH-TO-imagewarden");
     say("building two images locally (busybox-static + an entrypoint that writes a marker file first)");
     let images = TestImages::build();
     for (name, digest) in &images.digests {
@@ -42,7 +44,13 @@ fn main() {
     say("starting imagewarden: enforce mode, policy = the seed's Kyverno ClusterPolicy (public.ecr.aws/* only)");
     let t0 = Instant::now();
     let mut agent = Command::new(&agent_bin)
-        .args(["run", "--standalone", "--mode", "enforce", "--runtime-endpoint"])
+        .args([
+            "run",
+            "--standalone",
+            "--mode",
+            "enforce",
+            "--runtime-endpoint",
+        ])
         .arg(ctd.endpoint())
         .env("IMAGEWARDEN_LOG", "warn,imagewarden::cmd_run=info")
         .stdout(Stdio::piped())
@@ -94,14 +102,36 @@ fn main() {
     say("what actually ran");
     for id in [&bad, &good] {
         let ran = ctd.marker(id).exists();
-        println!("    {id}: entrypoint {}", if ran { "RAN" } else { "never ran (killed at exec)" });
+        println!(
+            "    {id}: entrypoint {}",
+            if ran {
+                "RAN"
+            } else {
+                "never ran (killed at exec)"
+            }
+        );
     }
     let tasks = ctd.ctr("default", &["tasks", "ls"]);
     for l in tasks.lines() {
         println!("    {l}");
     }
-    let exec = ctd.ctr_raw("default", &["tasks", "exec", "--exec-id", "demo", &good, "/bin/sh", "-c", "echo hello from the allowed container"]);
-    println!("    exec into {good}: {}", String::from_utf8_lossy(&exec.stdout).trim());
+    let exec = ctd.ctr_raw(
+        "default",
+        &[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "demo",
+            &good,
+            "/bin/sh",
+            "-c",
+            "echo hello from the allowed container",
+        ],
+    );
+    println!(
+        "    exec into {good}: {}",
+        String::from_utf8_lossy(&exec.stdout).trim()
+    );
 
     say("stopping");
     // SAFETY: plain syscall on our child.

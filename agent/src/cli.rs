@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "imagewarden", version, about = "Only images from trusted registries run on this node.")]
+#[command(
+    name = "imagewarden",
+    version,
+    about = "Only images from trusted registries run on this node."
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "IMAGEWARDEN_LOG_FORMAT")]
@@ -174,7 +178,11 @@ pub struct RunArgs {
     /// Namespaces never acted on: their containers are never stopped in the
     /// kernel nor killed, untrusted images there are reported (audit).
     /// Repeatable. Kubernetes mode adds what Kyverno's resourceFilters exclude.
-    #[arg(long = "exempt-namespace", env = "IMAGEWARDEN_EXEMPT_NAMESPACES", value_delimiter = ',')]
+    #[arg(
+        long = "exempt-namespace",
+        env = "IMAGEWARDEN_EXEMPT_NAMESPACES",
+        value_delimiter = ','
+    )]
     pub exempt_namespaces: Vec<String>,
     /// Namespace of Kyverno and of its ConfigMap (Kubernetes mode): its
     /// resourceFilters are honoured; without the ConfigMap, Kyverno's
@@ -197,7 +205,11 @@ pub struct RunArgs {
     pub policy_reports: bool,
     /// Mark a cgroup (v2 directory path) as denied. Repeatable. For tests and
     /// manual quarantine of a workload without a container runtime.
-    #[arg(long = "deny-cgroup", env = "IMAGEWARDEN_DENY_CGROUP", value_delimiter = ',')]
+    #[arg(
+        long = "deny-cgroup",
+        env = "IMAGEWARDEN_DENY_CGROUP",
+        value_delimiter = ','
+    )]
     pub deny_cgroups: Vec<PathBuf>,
 }
 
@@ -215,7 +227,9 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         Some(i) => (&s[..i], &s[i..]),
         None => (s, "s"),
     };
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?} (use 500ms, 2s, 1m)"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (use 500ms, 2s, 1m)"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
@@ -240,10 +254,22 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("500ms").unwrap(), std::time::Duration::from_millis(500));
-        assert_eq!(parse_duration("2s").unwrap(), std::time::Duration::from_secs(2));
-        assert_eq!(parse_duration("3").unwrap(), std::time::Duration::from_secs(3));
-        assert_eq!(parse_duration("1m").unwrap(), std::time::Duration::from_secs(60));
+        assert_eq!(
+            parse_duration("500ms").unwrap(),
+            std::time::Duration::from_millis(500)
+        );
+        assert_eq!(
+            parse_duration("2s").unwrap(),
+            std::time::Duration::from_secs(2)
+        );
+        assert_eq!(
+            parse_duration("3").unwrap(),
+            std::time::Duration::from_secs(3)
+        );
+        assert_eq!(
+            parse_duration("1m").unwrap(),
+            std::time::Duration::from_secs(60)
+        );
         assert!(parse_duration("1h").is_err());
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("-1s").is_err());

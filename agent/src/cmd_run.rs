@@ -17,19 +17,20 @@ use tracing::{info, warn};
 
 use crate::{
     cli::{ExecHook as CliHook, FailMode, Mode, RunArgs},
-    metrics::{self, Metrics, ModeLabel, ReloadResult},
-    server::{self, Health, ReadyGate, ServerState},
-    sink::{SinkConfig, Sinks, WebhookConfig},
     controller::{self, Controller, ControllerConfig, RUNTIME_EVENT_CAPACITY},
-    kube_run::KubeState,
     finding::{Attribution, Finding},
+    kube_run::KubeState,
+    metrics::{self, Metrics, ModeLabel, ReloadResult},
     probes::{
         event::ExecRecord,
         reader::{self, ReaderStats, CHANNEL_CAPACITY},
         HookChoice, ProbeOptions, Probes,
     },
+    server::{self, Health, ReadyGate, ServerState},
+    sink::{SinkConfig, Sinks, WebhookConfig},
     sources::{
-        cgroup::find_cgroup2_mount, containerd::ContainerdClient, cri::CriClient, kyverno_config::Exemptions,
+        cgroup::find_cgroup2_mount, containerd::ContainerdClient, cri::CriClient,
+        kyverno_config::Exemptions,
     },
 };
 
@@ -43,19 +44,24 @@ pub const EMBEDDED_POLICY: &str = include_str!("../../deploy/policies/restrict-r
 pub fn load_policy(args: &RunArgs) -> anyhow::Result<(PolicySet, Option<(String, String)>)> {
     let (text, name) = match &args.policy {
         Some(p) => (
-            std::fs::read_to_string(p).with_context(|| format!("reading policy {}", p.display()))?,
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading policy {}", p.display()))?,
             p.display().to_string(),
         ),
         None if args.standalone => {
             info!("no --policy: using the embedded default (the seed's restrict-image-registries: only public.ecr.aws/*)");
-            (EMBEDDED_POLICY.to_string(), "embedded:restrict-registries.yaml".to_string())
+            (
+                EMBEDDED_POLICY.to_string(),
+                "embedded:restrict-registries.yaml".to_string(),
+            )
         }
         None => {
             info!("no --policy: enforcing the cluster's policies only (Kyverno ClusterPolicy/Policy, ImagePolicy)");
             return Ok((PolicySet::new(), None));
         }
     };
-    let set = imagewarden_policy::load_policy_str(&text, &name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let set =
+        imagewarden_policy::load_policy_str(&text, &name).map_err(|e| anyhow::anyhow!("{e}"))?;
     for w in set.warnings() {
         warn!("policy: {w}");
     }
@@ -84,7 +90,9 @@ enum KubeChange {
 /// Resolves when the cluster's merged policy or the API server's Pods
 /// changed (never without Kubernetes, nor once a source has ended).
 async fn kube_changed(k: &mut Option<KubeState>) -> KubeChange {
-    let Some(k) = k else { return std::future::pending().await };
+    let Some(k) = k else {
+        return std::future::pending().await;
+    };
     tokio::select! {
         r = k.policy.policy.changed() => match r {
             Ok(()) => KubeChange::Policy,
@@ -150,14 +158,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let health = Health::with_gates(std::time::Duration::from_secs(30), &ReadyGate::ALL);
     let enforce = args.mode == Mode::Enforce;
-    metrics.set_mode(if enforce { ModeLabel::Enforce } else { ModeLabel::Audit });
+    metrics.set_mode(if enforce {
+        ModeLabel::Enforce
+    } else {
+        ModeLabel::Audit
+    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server_task = match &args.listen {
         Some(l) => {
-            let addr: std::net::SocketAddr = l.parse().with_context(|| format!("--listen {l}: not ADDR:PORT"))?;
-            let srv = server::bind(addr, ServerState { metrics: metrics.clone(), health: health.clone() })
-                .await
-                .with_context(|| format!("--listen {l}"))?;
+            let addr: std::net::SocketAddr = l
+                .parse()
+                .with_context(|| format!("--listen {l}: not ADDR:PORT"))?;
+            let srv = server::bind(
+                addr,
+                ServerState {
+                    metrics: metrics.clone(),
+                    health: health.clone(),
+                },
+            )
+            .await
+            .with_context(|| format!("--listen {l}"))?;
             info!(addr = %srv.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics, /healthz, /readyz");
             Some(tokio::spawn(srv.run(async {
                 let _ = stop_rx.await;
@@ -225,9 +245,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         enforce,
         try_lsm: true,
         hold_unknown_containers: !args.no_hold,
-        pin_dir: (args.fail_mode == FailMode::Closed).then(|| crate::probes::pin_dir_under(&args.pin_dir)),
+        pin_dir: (args.fail_mode == FailMode::Closed)
+            .then(|| crate::probes::pin_dir_under(&args.pin_dir)),
         emit_all: args.all_execs,
-        heartbeat_timeout: if enforce { args.heartbeat_timeout } else { std::time::Duration::ZERO },
+        heartbeat_timeout: if enforce {
+            args.heartbeat_timeout
+        } else {
+            std::time::Duration::ZERO
+        },
     };
     let mut probes = Probes::load(&opts).context("loading the eBPF probes")?;
     metrics.set_enforcement(probes.enforcement, probes.exec_hook);
@@ -241,7 +266,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--deny-cgroup {}", path.display()))?;
         static_attr.insert(
             id,
-            Attribution { reason: Some(format!("denied-cgroup: {}", path.display())), ..Default::default() },
+            Attribution {
+                reason: Some(format!("denied-cgroup: {}", path.display())),
+                ..Default::default()
+            },
         );
         info!(cgroup = %path.display(), cgroup_id = id, "cgroup denied");
     }
@@ -275,7 +303,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let rt_drops = Arc::new(AtomicU64::new(0));
     let resync_now = Arc::new(tokio::sync::Notify::new());
     let forwarder = containerd.clone().map(|c| {
-        tokio::spawn(controller::forward_containerd_events(c, rt_tx.clone(), rt_drops.clone(), resync_now.clone()))
+        tokio::spawn(controller::forward_containerd_events(
+            c,
+            rt_tx.clone(),
+            rt_drops.clone(),
+            resync_now.clone(),
+        ))
     });
     drop(rt_tx);
 
@@ -291,7 +324,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     ctrl.static_attributions = static_attr;
     ctrl.metrics = Some(metrics.clone());
     match kube.as_ref() {
-        None => ctrl.set_exemptions(Arc::new(Exemptions::from_namespaces(&args.exempt_namespaces))),
+        None => ctrl.set_exemptions(Arc::new(Exemptions::from_namespaces(
+            &args.exempt_namespaces,
+        ))),
         Some(k) => {
             ctrl.pod_lookup = Some(k.pod_lookup());
             ctrl.set_exemptions(k.exemptions.borrow().clone());
@@ -308,7 +343,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         // (a denied one is killed like any other in enforce mode).
         let (execs, cgroups) = ctrl.probes_mut().take_unenforced();
         if execs > 0 || !cgroups.is_empty() {
-            warn!(execs, containers = cgroups.len(), "while no agent was alive, unknown containers ran unenforced");
+            warn!(
+                execs,
+                containers = cgroups.len(),
+                "while no agent was alive, unknown containers ran unenforced"
+            );
             metrics.unenforced_execs(execs);
             for (id, _since) in cgroups {
                 let attr = ctrl.attribution_of(id);
@@ -350,7 +389,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut seen_rt_drops = 0;
     let mut last_loss_check = Instant::now();
     let mut seen_losses = (
-        ctrl.probes().counters().map(|k| k.ringbuf_drops).unwrap_or(0),
+        ctrl.probes()
+            .counters()
+            .map(|k| k.ringbuf_drops)
+            .unwrap_or(0),
         stats.channel_drops.load(Ordering::Relaxed),
     );
     loop {

@@ -99,7 +99,11 @@ impl Entry {
                 .clone()
                 .filter(|i| !is_image_id(i))
                 .or_else(|| self.info.image_ref.clone()),
-            image_digest: self.info.image_ref.as_ref().and_then(|r| r.split_once('@').map(|(_, d)| d.to_string())),
+            image_digest: self
+                .info
+                .image_ref
+                .as_ref()
+                .and_then(|r| r.split_once('@').map(|(_, d)| d.to_string())),
             pod: self.info.pod_name.clone(),
             namespace: self.info.pod_namespace.clone(),
             runtime_namespace: self.info.namespace.clone(),
@@ -129,13 +133,24 @@ pub fn cgroup_key_of_path(path: &str) -> Option<CgroupKey> {
             } else {
                 format!("{prefix}-{name}.scope")
             };
-            let parent = if slice.is_empty() { "system.slice" } else { slice };
+            let parent = if slice.is_empty() {
+                "system.slice"
+            } else {
+                slice
+            };
             return Some(CgroupKey::new(parent.as_bytes(), leaf.as_bytes()));
         }
     }
-    let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    let comps: Vec<&str> = path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
     let leaf = comps.last()?;
-    let parent = if comps.len() >= 2 { comps[comps.len() - 2] } else { "" };
+    let parent = if comps.len() >= 2 {
+        comps[comps.len() - 2]
+    } else {
+        ""
+    };
     Some(CgroupKey::new(parent.as_bytes(), leaf.as_bytes()))
 }
 
@@ -168,10 +183,17 @@ pub fn decide(policy: &PolicySet, info: &ContainerInfo, pod: Option<&PodContext>
 /// [`decide`], where what admission excluded (exempt namespaces, Kyverno's
 /// resource filters) is never stopped: an image the policy denies there gets
 /// the AUDIT verdict (reported, not killed).
-pub fn decide_with(policy: &PolicySet, info: &ContainerInfo, pod: Option<&PodContext>, exempt: &Exemptions) -> Decision {
+pub fn decide_with(
+    policy: &PolicySet,
+    info: &ContainerInfo,
+    pod: Option<&PodContext>,
+    exempt: &Exemptions,
+) -> Decision {
     let mut d = decide_policy(policy, info, pod);
     if d.kernel == verdict::DENY {
-        let ns = pod.map(|p| p.namespace.as_str()).or(info.pod_namespace.as_deref());
+        let ns = pod
+            .map(|p| p.namespace.as_str())
+            .or(info.pod_namespace.as_deref());
         if let Some(why) = ns.and_then(|ns| exempt.exempt(ns, info.pod_name.as_deref())) {
             d.kernel = verdict::AUDIT;
             d.reason = format!("{}; not stopped: {why}", d.reason);
@@ -184,18 +206,28 @@ fn decide_policy(policy: &PolicySet, info: &ContainerInfo, pod: Option<&PodConte
     if info.kind == Some(ContainerKind::Sandbox) {
         // Kyverno never checks the pause image either: it is node
         // configuration (containerd's sandbox_image), not a workload.
-        return Decision { kernel: verdict::ALLOW, reason: "allowed: pod sandbox".into() };
+        return Decision {
+            kernel: verdict::ALLOW,
+            reason: "allowed: pod sandbox".into(),
+        };
     }
     let image = pod
         .map(|p| p.image.as_str())
         .or(info.image_as_written.as_deref().filter(|i| !is_image_id(i)))
         .or(info.image_ref.as_deref());
     let Some(image) = image else {
-        return Decision { kernel: verdict::DENY, reason: "unresolved: the runtime reports no image name".into() };
+        return Decision {
+            kernel: verdict::DENY,
+            reason: "unresolved: the runtime reports no image name".into(),
+        };
     };
     let ctx = match pod {
-        Some(p) => EvalContext::new(p.container_type).with_namespace(Some(&p.namespace)).with_labels(&p.labels),
-        None => EvalContext::new(ContainerType::Container).with_namespace(info.pod_namespace.as_deref()),
+        Some(p) => EvalContext::new(p.container_type)
+            .with_namespace(Some(&p.namespace))
+            .with_labels(&p.labels),
+        None => {
+            EvalContext::new(ContainerType::Container).with_namespace(info.pod_namespace.as_deref())
+        }
     };
     let v = policy.evaluate(image, &ctx);
     let kernel = if v.allowed {
@@ -205,7 +237,10 @@ fn decide_policy(policy: &PolicySet, info: &ContainerInfo, pod: Option<&PodConte
     } else {
         verdict::AUDIT
     };
-    Decision { kernel, reason: v.reason }
+    Decision {
+        kernel,
+        reason: v.reason,
+    }
 }
 
 fn entry_key(info: &ContainerInfo) -> String {
@@ -238,7 +273,19 @@ fn merge(into: &mut ContainerInfo, from: &ContainerInfo) {
     macro_rules! fill {
         ($($f:ident),*) => { $( if into.$f.is_none() { into.$f = from.$f.clone(); } )* };
     }
-    fill!(sandbox_id, pod_name, pod_namespace, pod_uid, container_name, kind, image_as_written, image_ref, image_id, pid, cgroup_path);
+    fill!(
+        sandbox_id,
+        pod_name,
+        pod_namespace,
+        pod_uid,
+        container_name,
+        kind,
+        image_as_written,
+        image_ref,
+        image_id,
+        pid,
+        cgroup_path
+    );
     if into.state == ContainerState::Unknown {
         into.state = from.state;
     }
@@ -410,7 +457,12 @@ impl Controller {
         }
         let t_cri = t0.elapsed();
         if complete {
-            let gone: Vec<String> = self.entries.keys().filter(|k| !seen.contains_key(*k)).cloned().collect();
+            let gone: Vec<String> = self
+                .entries
+                .keys()
+                .filter(|k| !seen.contains_key(*k))
+                .cloned()
+                .collect();
             for k in gone {
                 self.forget(&k);
             }
@@ -421,7 +473,11 @@ impl Controller {
         }
         self.update_gauges();
         let ms = |d: std::time::Duration| d.as_millis() as u64;
-        self.stats.last_resync_ms = [ms(t_containerd), ms(t_cri - t_containerd), ms(t0.elapsed() - t_cri)];
+        self.stats.last_resync_ms = [
+            ms(t_containerd),
+            ms(t_cri - t_containerd),
+            ms(t0.elapsed() - t_cri),
+        ];
         debug!(entries = n, ms = ?self.stats.last_resync_ms, "resync (containerd, CRI, apply)");
     }
 
@@ -434,7 +490,12 @@ impl Controller {
     fn update_gauges(&self) {
         use crate::metrics::Verdict as V;
         let Some(m) = &self.metrics else { return };
-        let count = |k: u32| self.entries.values().filter(|e| e.decision.kernel == k).count() as u64;
+        let count = |k: u32| {
+            self.entries
+                .values()
+                .filter(|e| e.decision.kernel == k)
+                .count() as u64
+        };
         m.set_containers(V::Allow, count(verdict::ALLOW));
         m.set_containers(V::Deny, count(verdict::DENY) + count(verdict::AUDIT));
     }
@@ -483,7 +544,9 @@ impl Controller {
 
     /// Kernel maps, kills and findings for one entry.
     fn apply(&mut self, key: &str) {
-        let Some(e) = self.entries.get_mut(key) else { return };
+        let Some(e) = self.entries.get_mut(key) else {
+            return;
+        };
         let v = e.decision.kernel;
         if e.key.is_none() {
             e.key = e.info.cgroup_path.as_deref().and_then(cgroup_key_of_path);
@@ -512,7 +575,11 @@ impl Controller {
         }
         let denied = v == verdict::DENY;
         let running = e.info.state == ContainerState::Running || e.info.pid.is_some();
-        let mut action = if v == verdict::ALLOW { "none" } else { "alerted" };
+        let mut action = if v == verdict::ALLOW {
+            "none"
+        } else {
+            "alerted"
+        };
         if denied && self.cfg.enforce && running && !e.killed {
             if let Some(dir) = &e.cgroup_dir {
                 match kill_cgroup(dir) {
@@ -557,12 +624,18 @@ impl Controller {
 
     /// A held cgroup's fate: continue (allow/audit) or kill (deny).
     fn release(&mut self, cgroup_id: u64, v: u32) {
-        let Some(h) = self.held.remove(&cgroup_id) else { return };
+        let Some(h) = self.held.remove(&cgroup_id) else {
+            return;
+        };
         for pid in &h.pids {
             self.probes.forget_held(*pid);
         }
         if v == verdict::DENY && self.cfg.enforce {
-            let dir = self.by_cgroup.get(&cgroup_id).and_then(|k| self.entries.get(k)).and_then(|e| e.cgroup_dir.clone());
+            let dir = self
+                .by_cgroup
+                .get(&cgroup_id)
+                .and_then(|k| self.entries.get(k))
+                .and_then(|e| e.cgroup_dir.clone());
             let killed = match dir {
                 Some(d) => kill_cgroup(&d).is_ok(),
                 None => false,
@@ -587,7 +660,11 @@ impl Controller {
     /// Handles a runtime lifecycle event.
     pub async fn on_runtime_event(&mut self, ev: RuntimeEvent) {
         debug!(?ev, "runtime event");
-        let key = format!("{}/{}", ev.namespace.as_deref().unwrap_or(""), ev.container_id);
+        let key = format!(
+            "{}/{}",
+            ev.namespace.as_deref().unwrap_or(""),
+            ev.container_id
+        );
         match ev.kind {
             EventKind::Created | EventKind::Started { .. } => {
                 if let EventKind::Started { pid: Some(pid) } = ev.kind {
@@ -598,7 +675,8 @@ impl Controller {
                         return;
                     }
                 }
-                self.fetch_one(ev.namespace.as_deref(), &ev.container_id).await;
+                self.fetch_one(ev.namespace.as_deref(), &ev.container_id)
+                    .await;
                 if let EventKind::Started { pid: Some(pid) } = ev.kind {
                     if let Some(e) = self.entries.get_mut(&key) {
                         e.info.pid = Some(pid);
@@ -627,7 +705,11 @@ impl Controller {
                     self.upsert(info);
                 }
             }
-            Err(e) => warn!(namespace = ns, container = id, "containerd lookup failed: {e}"),
+            Err(e) => warn!(
+                namespace = ns,
+                container = id,
+                "containerd lookup failed: {e}"
+            ),
         }
     }
 
@@ -637,8 +719,15 @@ impl Controller {
         if self.by_cgroup.contains_key(&cgroup_id) {
             return;
         }
-        let Some(names) = self.probes.cgroup_names(cgroup_id) else { return };
-        let Some(k) = self.entries.iter().find(|(_, e)| e.key.as_ref() == Some(&names)).map(|(k, _)| k.clone()) else {
+        let Some(names) = self.probes.cgroup_names(cgroup_id) else {
+            return;
+        };
+        let Some(k) = self
+            .entries
+            .iter()
+            .find(|(_, e)| e.key.as_ref() == Some(&names))
+            .map(|(k, _)| k.clone())
+        else {
             return;
         };
         if let Some(e) = self.entries.get_mut(&k) {
@@ -656,14 +745,26 @@ impl Controller {
             self.learn_cgroup(rec.cgroup_id);
         }
         if rec.held {
-            self.held.entry(rec.cgroup_id).or_insert_with(|| Held { pids: Vec::new(), since: Instant::now() }).pids.push(rec.tgid);
+            self.held
+                .entry(rec.cgroup_id)
+                .or_insert_with(|| Held {
+                    pids: Vec::new(),
+                    since: Instant::now(),
+                })
+                .pids
+                .push(rec.tgid);
             self.resolve_held(rec.cgroup_id, rec.tgid).await;
         }
         // Held, then decided while this very exec was handled (killed, or
         // continued): its finding is that decision, not a hold that no later
         // finding would resolve.
         let decided_on_hold = (rec.held && !self.held.contains_key(&rec.cgroup_id))
-            .then(|| self.by_cgroup.get(&rec.cgroup_id).and_then(|k| self.entries.get(k)).map(|e| e.decision.kernel))
+            .then(|| {
+                self.by_cgroup
+                    .get(&rec.cgroup_id)
+                    .and_then(|k| self.entries.get(k))
+                    .map(|e| e.decision.kernel)
+            })
             .flatten();
         let print = self.cfg.all_execs
             || matches!(rec.verdict, KernelVerdict::Deny | KernelVerdict::Audit)
@@ -681,8 +782,12 @@ impl Controller {
             .or_else(|| self.static_attributions.get(&rec.cgroup_id).cloned());
         let mut f = Finding::from_exec(rec, attr.as_ref());
         match decided_on_hold {
-            Some(v) if v == verdict::DENY && self.cfg.enforce => (f.verdict, f.action) = ("deny", "killed"),
-            Some(v) if v == verdict::DENY || v == verdict::AUDIT => (f.verdict, f.action) = ("deny", "alerted"),
+            Some(v) if v == verdict::DENY && self.cfg.enforce => {
+                (f.verdict, f.action) = ("deny", "killed")
+            }
+            Some(v) if v == verdict::DENY || v == verdict::AUDIT => {
+                (f.verdict, f.action) = ("deny", "alerted")
+            }
             Some(v) if v == verdict::ALLOW => (f.verdict, f.action) = ("allow", "none"),
             _ => {}
         }
@@ -702,13 +807,19 @@ impl Controller {
                 self.probes.forget_held(tgid);
                 continue;
             }
-            let h = self.held.entry(cgroup_id).or_insert_with(|| Held { pids: Vec::new(), since: Instant::now() });
+            let h = self.held.entry(cgroup_id).or_insert_with(|| Held {
+                pids: Vec::new(),
+                since: Instant::now(),
+            });
             if h.pids.contains(&tgid) {
                 continue;
             }
             h.pids.push(tgid);
             self.stats.holds_adopted += 1;
-            info!(tgid, cgroup_id, "adopted a hold the kernel kept (its event never reached this agent)");
+            info!(
+                tgid,
+                cgroup_id, "adopted a hold the kernel kept (its event never reached this agent)"
+            );
             self.resolve_held(cgroup_id, tgid).await;
         }
     }
@@ -718,7 +829,12 @@ impl Controller {
     /// runs on. Returns how many were resumed.
     pub fn release_all_holds(&mut self) -> usize {
         let mut pids: Vec<u32> = self.held.drain().flat_map(|(_, h)| h.pids).collect();
-        pids.extend(self.probes.held_processes().into_iter().map(|(tgid, _)| tgid));
+        pids.extend(
+            self.probes
+                .held_processes()
+                .into_iter()
+                .map(|(tgid, _)| tgid),
+        );
         pids.sort_unstable();
         pids.dedup();
         let mut resumed = 0;
@@ -742,13 +858,25 @@ impl Controller {
             }
         }
         // Which container does the process's cgroup name?
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { return };
-        let Some(cc) = cgroup::resolve_proc_cgroup(&text) else { return };
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            return;
+        };
+        let Some(cc) = cgroup::resolve_proc_cgroup(&text) else {
+            return;
+        };
         let dir = cgroup2_dir_of_pid(&self.cfg.cgroup2, pid).ok();
-        let mut found = self.entries.iter().find(|(_, e)| e.info.id == cc.id).map(|(k, _)| k.clone());
+        let mut found = self
+            .entries
+            .iter()
+            .find(|(_, e)| e.info.id == cc.id)
+            .map(|(k, _)| k.clone());
         if found.is_none() {
             self.resync().await;
-            found = self.entries.iter().find(|(_, e)| e.info.id == cc.id).map(|(k, _)| k.clone());
+            found = self
+                .entries
+                .iter()
+                .find(|(_, e)| e.info.id == cc.id)
+                .map(|(k, _)| k.clone());
         }
         if let Some(k) = found {
             if let Some(e) = self.entries.get_mut(&k) {
@@ -774,11 +902,16 @@ impl Controller {
             if let Some(pid) = pid {
                 self.resolve_held(id, pid).await;
             }
-            let Some(h) = self.held.remove(&id) else { continue };
+            let Some(h) = self.held.remove(&id) else {
+                continue;
+            };
             for pid in &h.pids {
                 self.probes.forget_held(*pid);
             }
-            let dir = h.pids.first().and_then(|p| cgroup2_dir_of_pid(&self.cfg.cgroup2, *p).ok());
+            let dir = h
+                .pids
+                .first()
+                .and_then(|p| cgroup2_dir_of_pid(&self.cfg.cgroup2, *p).ok());
             let _ = self.probes.set_verdict(id, verdict::DENY);
             let mut killed = false;
             if let Some(d) = &dir {
@@ -798,7 +931,14 @@ impl Controller {
                 self.cfg.hold_timeout
             );
             warn!("{reason}");
-            (self.out)(&Finding::container("deny", "killed", reason, h.pids.first().copied(), Some(id), Attribution::default()));
+            (self.out)(&Finding::container(
+                "deny",
+                "killed",
+                reason,
+                h.pids.first().copied(),
+                Some(id),
+                Attribution::default(),
+            ));
         }
     }
 
@@ -806,8 +946,12 @@ impl Controller {
     /// cgroups and names no container has any more, and decide the processes
     /// that were held (stopped) while no agent was there to decide.
     pub fn after_takeover(&mut self) {
-        let known_ids: std::collections::HashSet<u64> =
-            self.by_cgroup.keys().chain(self.static_attributions.keys()).copied().collect();
+        let known_ids: std::collections::HashSet<u64> = self
+            .by_cgroup
+            .keys()
+            .chain(self.static_attributions.keys())
+            .copied()
+            .collect();
         let mut pruned = 0;
         for id in self.probes.verdict_cgroups() {
             if !known_ids.contains(&id) && self.probes.clear_verdict(id).is_ok() {
@@ -826,7 +970,9 @@ impl Controller {
             if e.decision.kernel == verdict::DENY {
                 continue; // already killed by apply() in enforce mode
             }
-            let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else { continue };
+            let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+                continue;
+            };
             for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
                 if process_stopped(pid) {
                     // SAFETY: plain syscall.
@@ -876,7 +1022,9 @@ impl Controller {
     pub fn redecide(&mut self) {
         let keys: Vec<String> = self.entries.keys().cloned().collect();
         for k in keys {
-            let Some(e) = self.entries.get(&k) else { continue };
+            let Some(e) = self.entries.get(&k) else {
+                continue;
+            };
             let pod = self.pod_lookup.as_ref().and_then(|f| f(&e.info));
             let d = decide_with(&self.policy, &e.info, pod.as_ref(), &self.exemptions);
             if d != e.decision {
@@ -901,14 +1049,25 @@ impl Controller {
 
     /// Kills a container by id (cgroup.kill) and denies its cgroup from now on.
     pub fn kill_container(&mut self, container_id: &str) -> bool {
-        let Some(k) = self.entries.iter().find(|(_, e)| e.info.id == container_id).map(|(k, _)| k.clone()) else {
+        let Some(k) = self
+            .entries
+            .iter()
+            .find(|(_, e)| e.info.id == container_id)
+            .map(|(k, _)| k.clone())
+        else {
             return false;
         };
-        let Some(e) = self.entries.get_mut(&k) else { return false };
+        let Some(e) = self.entries.get_mut(&k) else {
+            return false;
+        };
         if let Some(id) = e.cgroup_id {
             let _ = self.probes.set_verdict(id, verdict::DENY);
         }
-        let ok = e.cgroup_dir.as_deref().map(|d| kill_cgroup(d).is_ok()).unwrap_or(false);
+        let ok = e
+            .cgroup_dir
+            .as_deref()
+            .map(|d| kill_cgroup(d).is_ok())
+            .unwrap_or(false);
         if ok {
             e.killed = true;
             self.count_kill();
@@ -922,7 +1081,11 @@ impl Controller {
 
     /// Summary line for logs.
     pub fn summary(&self) -> String {
-        let denied = self.entries.values().filter(|e| e.decision.kernel != verdict::ALLOW).count();
+        let denied = self
+            .entries
+            .values()
+            .filter(|e| e.decision.kernel != verdict::ALLOW)
+            .count();
         format!("{} containers ({} denied)", self.entries.len(), denied)
     }
 }
@@ -931,7 +1094,10 @@ impl Controller {
 fn process_stopped(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
         .unwrap_or(false)
 }
 
@@ -999,8 +1165,17 @@ mod tests {
         assert_eq!(k, CgroupKey::new(b"pod1234", id.as_bytes()));
         let k = cgroup_key_of_path("/default/web1").unwrap();
         assert_eq!(k, CgroupKey::new(b"default", b"web1"));
-        let k = cgroup_key_of_path(&format!("kubepods-besteffort-pod12.slice:cri-containerd:{id}")).unwrap();
-        assert_eq!(k, CgroupKey::new(b"kubepods-besteffort-pod12.slice", format!("cri-containerd-{id}.scope").as_bytes()));
+        let k = cgroup_key_of_path(&format!(
+            "kubepods-besteffort-pod12.slice:cri-containerd:{id}"
+        ))
+        .unwrap();
+        assert_eq!(
+            k,
+            CgroupKey::new(
+                b"kubepods-besteffort-pod12.slice",
+                format!("cri-containerd-{id}.scope").as_bytes()
+            )
+        );
         let k = cgroup_key_of_path(":docker:abc").unwrap();
         assert_eq!(k, CgroupKey::new(b"system.slice", b"docker-abc.scope"));
         let k = cgroup_key_of_path("/single").unwrap();
@@ -1035,11 +1210,16 @@ mod tests {
 
     #[test]
     fn decisions_follow_the_seed_policy() {
-        let policy = imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
+        let policy =
+            imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
         let d = decide(&policy, &info(Some("docker.io/library/nginx:latest")), None);
         assert_eq!(d.kernel, verdict::DENY, "{d:?}");
         assert!(d.reason.starts_with("untrusted-image"), "{d:?}");
-        let d = decide(&policy, &info(Some("public.ecr.aws/nginx/nginx:latest")), None);
+        let d = decide(
+            &policy,
+            &info(Some("public.ecr.aws/nginx/nginx:latest")),
+            None,
+        );
         assert_eq!(d.kernel, verdict::ALLOW, "{d:?}");
         let d = decide(&policy, &info(Some("public.ecr.aws/../x")), None);
         assert_eq!(d.kernel, verdict::DENY, "{d:?}");
@@ -1051,17 +1231,24 @@ mod tests {
         assert_eq!(decide(&policy, &sb, None).kernel, verdict::ALLOW);
         let audit = crate::cmd_run::EMBEDDED_POLICY.replace("Enforce", "Audit");
         let policy = imagewarden_policy::load_policy_str(&audit, "seed-audit").unwrap();
-        assert_eq!(decide(&policy, &info(Some("nginx")), None).kernel, verdict::AUDIT);
+        assert_eq!(
+            decide(&policy, &info(Some("nginx")), None).kernel,
+            verdict::AUDIT
+        );
     }
 
     #[test]
     fn image_ids_are_not_judged_as_names_and_pod_context_wins() {
-        let policy = imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
+        let policy =
+            imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
         let id = format!("sha256:{}", "ab".repeat(32));
         assert!(is_image_id(&id) && is_image_id(&"cd".repeat(32)) && !is_image_id("nginx"));
         // A kubelet hands CRI the image id: judge the repo digest instead.
         let mut i = info(Some(&id));
-        i.image_ref = Some(format!("public.ecr.aws/nginx/nginx@sha256:{}", "cd".repeat(32)));
+        i.image_ref = Some(format!(
+            "public.ecr.aws/nginx/nginx@sha256:{}",
+            "cd".repeat(32)
+        ));
         assert_eq!(decide(&policy, &i, None).kernel, verdict::ALLOW);
         // The seed policy does not cover init containers: the Pod says this is one.
         let init = PodContext {
@@ -1070,22 +1257,38 @@ mod tests {
             namespace: "prod".into(),
             labels: BTreeMap::new(),
         };
-        let d = decide(&policy, &info(Some("docker.io/library/busybox:1")), Some(&init));
+        let d = decide(
+            &policy,
+            &info(Some("docker.io/library/busybox:1")),
+            Some(&init),
+        );
         assert_eq!(d.kernel, verdict::ALLOW, "{d:?}");
-        let regular = PodContext { container_type: ContainerType::Container, ..init };
-        assert_eq!(decide(&policy, &info(Some("x")), Some(&regular)).kernel, verdict::DENY);
+        let regular = PodContext {
+            container_type: ContainerType::Container,
+            ..init
+        };
+        assert_eq!(
+            decide(&policy, &info(Some("x")), Some(&regular)).kernel,
+            verdict::DENY
+        );
     }
 
     #[test]
     fn admission_exclusions_audit_instead_of_deny() {
-        let policy = imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
+        let policy =
+            imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
         let ex = Exemptions::kyverno_defaults(&["ops".into()], "kyverno");
-        let mut i = info(Some("602401280802.dkr.ecr.us-west-2.amazonaws.com/amazon-k8s-cni:v1.19.0"));
+        let mut i = info(Some(
+            "602401280802.dkr.ecr.us-west-2.amazonaws.com/amazon-k8s-cni:v1.19.0",
+        ));
         i.pod_namespace = Some("kube-system".into());
         i.pod_name = Some("aws-node-x".into());
         let d = decide_with(&policy, &i, None, &ex);
         assert_eq!(d.kernel, verdict::AUDIT, "{d:?}");
-        assert!(d.reason.starts_with("untrusted-image") && d.reason.contains("kube-system"), "{d:?}");
+        assert!(
+            d.reason.starts_with("untrusted-image") && d.reason.contains("kube-system"),
+            "{d:?}"
+        );
         // The Pod's namespace from the API wins over the runtime's.
         let pod = PodContext {
             image: "docker.io/library/nginx:1".into(),
@@ -1093,7 +1296,10 @@ mod tests {
             namespace: "prod".into(),
             labels: BTreeMap::new(),
         };
-        assert_eq!(decide_with(&policy, &i, Some(&pod), &ex).kernel, verdict::DENY);
+        assert_eq!(
+            decide_with(&policy, &i, Some(&pod), &ex).kernel,
+            verdict::DENY
+        );
         i.pod_namespace = Some("ops".into());
         assert_eq!(decide_with(&policy, &i, None, &ex).kernel, verdict::AUDIT);
         i.pod_namespace = Some("prod".into());
@@ -1106,15 +1312,23 @@ mod tests {
 
     #[test]
     fn labels_outside_the_cri_namespace_buy_nothing() {
-        let policy = imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
+        let policy =
+            imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
         let mut forged = info(Some("docker.io/library/nginx:latest"));
         forged.kind = Some(ContainerKind::Sandbox);
         forged.pod_namespace = Some("kube-system".into());
         let ex = Exemptions::kyverno_defaults(&[], "kyverno");
-        assert_eq!(decide_with(&policy, &forged, None, &ex).kernel, verdict::ALLOW, "what labels used to buy");
+        assert_eq!(
+            decide_with(&policy, &forged, None, &ex).kernel,
+            verdict::ALLOW,
+            "what labels used to buy"
+        );
         distrust_labels(&mut forged);
         assert_eq!(forged.kind, None);
-        assert_eq!(decide_with(&policy, &forged, None, &ex).kernel, verdict::DENY);
+        assert_eq!(
+            decide_with(&policy, &forged, None, &ex).kernel,
+            verdict::DENY
+        );
         // The CRI plugin's namespace keeps them (CRI confirms them on resync).
         let mut cri = info(Some("registry.k8s.io/pause:3.6"));
         cri.namespace = Some(CRI_NAMESPACE.into());

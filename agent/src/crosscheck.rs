@@ -531,9 +531,7 @@ fn check_pod(
         let rt = runtime
             .iter()
             .find(|c| c.container_name.as_deref() == Some(name));
-        let status_id = status
-            .map(|s| s.image_id.as_str())
-            .map(parse_image_id);
+        let status_id = status.map(|s| s.image_id.as_str()).map(parse_image_id);
         let rt_id = rt.and_then(|c| c.image_ref.as_deref()).map(parse_image_id);
         // The digest the container runs: the runtime's word first.
         let running = rt_id
@@ -604,10 +602,7 @@ fn check_pod(
         }
 
         // Status image vs spec image.
-        if let Some(st_image) = status
-            .map(|s| s.image.as_str())
-            .filter(|s| !s.is_empty())
-        {
+        if let Some(st_image) = status.map(|s| s.image.as_str()).filter(|s| !s.is_empty()) {
             if !same_image(image, st_image) {
                 let msg = format!(
                     "spec image {:?} but status image {:?}",

@@ -182,7 +182,20 @@ mod tests {
     fn contract_keys_are_present_and_null_when_unknown() {
         let f = Finding::from_exec(&rec(KernelVerdict::Deny, true), None);
         let v = serde_json::to_value(&f).unwrap();
-        for k in ["type", "verdict", "action", "reason", "pid", "cgroup_id", "filename", "container_id", "image", "image_digest", "pod", "namespace"] {
+        for k in [
+            "type",
+            "verdict",
+            "action",
+            "reason",
+            "pid",
+            "cgroup_id",
+            "filename",
+            "container_id",
+            "image",
+            "image_digest",
+            "pod",
+            "namespace",
+        ] {
             assert!(v.get(k).is_some(), "missing key {k}");
         }
         assert_eq!(v["type"], "exec");
@@ -194,10 +207,23 @@ mod tests {
 
     #[test]
     fn action_follows_verdict_and_kernel_flags() {
-        assert_eq!(Finding::from_exec(&rec(KernelVerdict::Deny, false), None).action, "alerted");
-        assert_eq!(Finding::from_exec(&rec(KernelVerdict::Allow, false), None).action, "none");
-        assert_eq!(Finding::from_exec(&rec(KernelVerdict::Unknown, false), None).verdict, "unknown");
-        let attr = Attribution { reason: Some("untrusted-image: x".into()), image: Some("nginx".into()), ..Default::default() };
+        assert_eq!(
+            Finding::from_exec(&rec(KernelVerdict::Deny, false), None).action,
+            "alerted"
+        );
+        assert_eq!(
+            Finding::from_exec(&rec(KernelVerdict::Allow, false), None).action,
+            "none"
+        );
+        assert_eq!(
+            Finding::from_exec(&rec(KernelVerdict::Unknown, false), None).verdict,
+            "unknown"
+        );
+        let attr = Attribution {
+            reason: Some("untrusted-image: x".into()),
+            image: Some("nginx".into()),
+            ..Default::default()
+        };
         let f = Finding::from_exec(&rec(KernelVerdict::Deny, true), Some(&attr));
         assert_eq!(f.reason, "untrusted-image: x");
         assert_eq!(f.image.as_deref(), Some("nginx"));

@@ -64,22 +64,43 @@ pub fn pod_context(pods: &[Arc<Pod>], c: &ContainerInfo) -> Option<PodContext> {
         let m = &p.metadata;
         match (&c.pod_uid, &m.uid) {
             (Some(a), Some(b)) => a == b,
-            _ => m.name.as_deref() == c.pod_name.as_deref() && m.namespace.as_deref() == c.pod_namespace.as_deref(),
+            _ => {
+                m.name.as_deref() == c.pod_name.as_deref()
+                    && m.namespace.as_deref() == c.pod_namespace.as_deref()
+            }
         }
     })?;
-    let (ty, _, image) = crosscheck::spec_containers(pod).into_iter().find(|(_, n, _)| *n == name)?;
+    let (ty, _, image) = crosscheck::spec_containers(pod)
+        .into_iter()
+        .find(|(_, n, _)| *n == name)?;
     Some(PodContext {
         image: image.to_string(),
         container_type: ty,
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-        labels: pod.metadata.labels.clone().unwrap_or_default().into_iter().collect::<BTreeMap<_, _>>(),
+        labels: pod
+            .metadata
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect::<BTreeMap<_, _>>(),
     })
 }
 
 /// Reads Kyverno's ConfigMap once (bounded) and keeps it current.
-async fn start_exemptions(client: &kube::Client, args: &RunArgs) -> tokio::sync::watch::Receiver<Arc<Exemptions>> {
-    let (ns, name) = (args.kyverno_namespace.clone(), args.kyverno_configmap.clone());
-    let first = tokio::time::timeout(KYVERNO_CONFIG_FIRST_READ, kyverno_config::fetch(client, &ns, &name)).await;
+async fn start_exemptions(
+    client: &kube::Client,
+    args: &RunArgs,
+) -> tokio::sync::watch::Receiver<Arc<Exemptions>> {
+    let (ns, name) = (
+        args.kyverno_namespace.clone(),
+        args.kyverno_configmap.clone(),
+    );
+    let first = tokio::time::timeout(
+        KYVERNO_CONFIG_FIRST_READ,
+        kyverno_config::fetch(client, &ns, &name),
+    )
+    .await;
     let data = match first {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => {
@@ -91,7 +112,8 @@ async fn start_exemptions(client: &kube::Client, args: &RunArgs) -> tokio::sync:
             None
         }
     };
-    let (e, notes) = kyverno_config::exemptions_of(&args.exempt_namespaces, &ns, &name, data.as_ref());
+    let (e, notes) =
+        kyverno_config::exemptions_of(&args.exempt_namespaces, &ns, &name, data.as_ref());
     for n in notes {
         warn!("Kyverno configuration: {n}");
     }
@@ -114,17 +136,29 @@ fn lookup(store: Store<Pod>) -> PodLookup {
 
 impl KubeState {
     /// Connects to the cluster and starts the watches (spawned tasks).
-    pub async fn start(args: &RunArgs, base: Option<(String, String)>, metrics: Metrics) -> anyhow::Result<Self> {
+    pub async fn start(
+        args: &RunArgs,
+        base: Option<(String, String)>,
+        metrics: Metrics,
+    ) -> anyhow::Result<Self> {
         let node = args
             .node_name
             .clone()
             .or_else(|| std::env::var("NODE_NAME").ok())
             .filter(|n| !n.is_empty())
             .context("Kubernetes mode needs the node name: --node-name, IMAGEWARDEN_NODE_NAME or NODE_NAME (or run --standalone)")?;
-        let client = ksrc::client().await.context("Kubernetes client (in-cluster or KUBECONFIG)")?;
+        let client = ksrc::client()
+            .await
+            .context("Kubernetes client (in-cluster or KUBECONFIG)")?;
         let (pods, fut) = ksrc::pod_source(client.clone(), &node);
         tokio::spawn(fut);
-        let (policy, fut) = ksrc::policy_source(client.clone(), PolicyWatchConfig { base, ..Default::default() });
+        let (policy, fut) = ksrc::policy_source(
+            client.clone(),
+            PolicyWatchConfig {
+                base,
+                ..Default::default()
+            },
+        );
         tokio::spawn(fut);
         let kubelet = match &args.kubelet_url {
             Some(url) => {
@@ -158,7 +192,10 @@ impl KubeState {
             policy,
             kubelet,
             modes,
-            opts: ActionOptions { delete_pods: args.delete_pods, exempt_namespaces: args.exempt_namespaces.clone() },
+            opts: ActionOptions {
+                delete_pods: args.delete_pods,
+                exempt_namespaces: args.exempt_namespaces.clone(),
+            },
             reports: args.policy_reports,
             obs: Observations::default(),
             reported: HashSet::new(),
@@ -206,7 +243,11 @@ impl KubeState {
             self.metrics.set_source_up(Source::Kubelet, kubelet_up);
         }
         let api: Option<Vec<Arc<Pod>>> = api_up.then(|| self.pods.store.state());
-        let kl: Option<Arc<Vec<Pod>>> = if kubelet_up { self.kubelet.as_ref().map(|k| k.pods.borrow().clone()) } else { None };
+        let kl: Option<Arc<Vec<Pod>>> = if kubelet_up {
+            self.kubelet.as_ref().map(|k| k.pods.borrow().clone())
+        } else {
+            None
+        };
         let runtime = ctrl.containers();
         let policy = self.policy.policy.borrow().clone();
         let out = crosscheck::crosscheck(&CrossCheckInput {
@@ -226,7 +267,10 @@ impl KubeState {
                 continue;
             }
             let mut p = kube_actions::plan(&f, &self.modes, &self.opts);
-            let exempt = f.namespace.as_deref().and_then(|ns| self.exemptions.borrow().exempt(ns, f.pod.as_deref()));
+            let exempt = f
+                .namespace
+                .as_deref()
+                .and_then(|ns| self.exemptions.borrow().exempt(ns, f.pod.as_deref()));
             if exempt.is_some() {
                 // Admission excluded this Pod: report, never kill or delete.
                 p.kill = false;
@@ -235,8 +279,9 @@ impl KubeState {
             }
             // The runtime path already judged (and killed) containers it
             // knows by their image; here only what it cannot see.
-            let judged_by_runtime = matches!(f.reason, Reason::UntrustedImage | Reason::InvalidReference)
-                && f.container_id.as_deref().is_some_and(|id| ctrl.knows(id));
+            let judged_by_runtime =
+                matches!(f.reason, Reason::UntrustedImage | Reason::InvalidReference)
+                    && f.container_id.as_deref().is_some_and(|id| ctrl.knows(id));
             f.action = p.action;
             if p.kill && !judged_by_runtime {
                 if let Some(id) = f.container_id.clone() {
@@ -254,20 +299,32 @@ impl KubeState {
             }
             if p.delete_pod {
                 if let (Some(ns), Some(pod)) = (&f.namespace, &f.pod) {
-                    match kube_actions::delete_pod(&self.client, ns, pod, &self.opts.exempt_namespaces).await {
+                    match kube_actions::delete_pod(
+                        &self.client,
+                        ns,
+                        pod,
+                        &self.opts.exempt_namespaces,
+                    )
+                    .await
+                    {
                         Ok(o) => info!(namespace = %ns, pod = %pod, outcome = ?o, "pod deletion"),
                         Err(e) => warn!(namespace = %ns, pod = %pod, "deleting the pod: {e}"),
                     }
                 }
             }
             if self.reports {
-                report_batch.entry(f.namespace.clone().unwrap_or_else(|| "default".into())).or_default().push(f);
+                report_batch
+                    .entry(f.namespace.clone().unwrap_or_else(|| "default".into()))
+                    .or_default()
+                    .push(f);
             }
         }
         sinks.flush();
         for (ns, fs) in report_batch {
             let refs: Vec<&KubeFinding> = fs.iter().collect();
-            if let Err(e) = kube_actions::apply_policy_report(&self.client, &ns, &self.node, &refs).await {
+            if let Err(e) =
+                kube_actions::apply_policy_report(&self.client, &ns, &self.node, &refs).await
+            {
                 warn!(namespace = %ns, "PolicyReport: {e}");
             }
         }

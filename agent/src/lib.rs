@@ -4,11 +4,11 @@
 pub mod cli;
 pub mod cmd_check;
 pub mod cmd_run;
-pub mod crosscheck;
 pub mod controller;
-pub mod kube_run;
+pub mod crosscheck;
 pub mod finding;
 pub mod kube_actions;
+pub mod kube_run;
 pub mod memory;
 pub mod metrics;
 pub mod probes;

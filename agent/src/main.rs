@@ -4,7 +4,9 @@ use imagewarden::cli::{Cli, Command, LogFormat};
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IMAGEWARDEN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => b.json().init(),
         LogFormat::Text => b.init(),
@@ -17,21 +19,30 @@ fn main() {
     init_logging(cli.log_format);
     let code = match cli.command {
         Command::Check(args) => imagewarden::cmd_check::run(&args),
-        Command::Cleanup { pin_dir, wait } => match imagewarden::probes::cleanup_root(&pin_dir, wait) {
-            Ok(dirs) => {
-                for d in &dirs {
-                    eprintln!("imagewarden: removed pinned state {}", d.display());
+        Command::Cleanup { pin_dir, wait } => {
+            match imagewarden::probes::cleanup_root(&pin_dir, wait) {
+                Ok(dirs) => {
+                    for d in &dirs {
+                        eprintln!("imagewarden: removed pinned state {}", d.display());
+                    }
+                    eprintln!(
+                        "imagewarden: nothing pinned under {} any more",
+                        pin_dir.display()
+                    );
+                    0
                 }
-                eprintln!("imagewarden: nothing pinned under {} any more", pin_dir.display());
-                0
+                Err(e) => {
+                    eprintln!("imagewarden cleanup: {e}");
+                    1
+                }
             }
-            Err(e) => {
-                eprintln!("imagewarden cleanup: {e}");
-                1
-            }
-        },
+        }
         Command::Run(args) => {
-            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("imagewarden: cannot start the runtime: {e}");

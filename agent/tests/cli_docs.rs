@@ -22,7 +22,10 @@ fn render() -> String {
     for (name, c) in sections {
         // The rendering must not depend on the environment of the test run.
         let mut c = c.mut_args(|a| a.hide_env_values(true));
-        out.push_str(&format!("\n## `{name}`\n\n```text\n{}\n```\n", c.render_long_help().to_string().trim_end()));
+        out.push_str(&format!(
+            "\n## `{name}`\n\n```text\n{}\n```\n",
+            c.render_long_help().to_string().trim_end()
+        ));
     }
     out
 }
@@ -36,5 +39,8 @@ fn cli_reference_is_up_to_date() {
         return;
     }
     let have = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(have == want, "docs/cli.md is stale: run UPDATE_DOCS=1 cargo test -p imagewarden --test cli_docs");
+    assert!(
+        have == want,
+        "docs/cli.md is stale: run UPDATE_DOCS=1 cargo test -p imagewarden --test cli_docs"
+    );
 }

@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 use imagewarden::sources::cri::CriClient;
 use serde_json::Value;
 use support::agent::AgentProcess;
-use support::containerd::{runtime_ready, Containerd, CriPod, Runtime, TestImages, ECR_NGINX, NGINX};
+use support::containerd::{
+    runtime_ready, Containerd, CriPod, Runtime, TestImages, ECR_NGINX, NGINX,
+};
 
 /// One test per containerd release: `containerd_1_6::NAME` and
 /// `containerd_2::NAME`, each calling `NAME(test_name, release)`.
@@ -79,9 +81,22 @@ impl Agent {
 
     /// Waits for a finding about `container_id` of type `kind` (`exec`,
     /// `container`, or `killed`: either type, with action `killed`).
-    fn finding(&self, container_id: &str, kind: &str, timeout: Duration) -> Option<(Value, Instant)> {
-        let kind_ok = |v: &Value| if kind == "killed" { v["action"] == "killed" } else { v["type"] == kind };
-        let f = self.0.wait_for_finding(|v| v["container_id"] == container_id && kind_ok(v), timeout);
+    fn finding(
+        &self,
+        container_id: &str,
+        kind: &str,
+        timeout: Duration,
+    ) -> Option<(Value, Instant)> {
+        let kind_ok = |v: &Value| {
+            if kind == "killed" {
+                v["action"] == "killed"
+            } else {
+                v["type"] == kind
+            }
+        };
+        let f = self
+            .0
+            .wait_for_finding(|v| v["container_id"] == container_id && kind_ok(v), timeout);
         if f.is_none() {
             eprintln!("no {kind} finding for {container_id}:\n{}", self.0.dump());
         }
@@ -91,7 +106,10 @@ impl Agent {
     /// Asserts that no finding with action `killed` names `container_id`
     /// within `window`: a wrongful kill would print one.
     fn assert_not_killed(&self, container_id: &str, window: Duration) {
-        if let Some(f) = self.0.wait_for_finding(|v| v["container_id"] == container_id && v["action"] == "killed", window) {
+        if let Some(f) = self.0.wait_for_finding(
+            |v| v["container_id"] == container_id && v["action"] == "killed",
+            window,
+        ) {
             panic!("{container_id} was killed: {f}");
         }
     }
@@ -125,7 +143,9 @@ fn setup(test: &str, rt: Runtime) -> Option<(Containerd, TestImages)> {
 
 fn task_running(ctd: &Containerd, ns: &str, id: &str) -> bool {
     let out = ctd.ctr_raw(ns, &["tasks", "ls"]);
-    String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().next() == Some(id) && l.contains("RUNNING"))
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(id) && l.contains("RUNNING"))
 }
 
 /// The task's status in `ctr tasks ls` (`RUNNING`, `STOPPED`, ...).
@@ -141,17 +161,29 @@ fn task_status(ctd: &Containerd, ns: &str, id: &str) -> Option<String> {
 /// run` failed in runc (killed while runc created it: nothing of the image
 /// ran), or its task stopped — waited for until `timeout` — with SIGKILL's
 /// exit status 137, as `ctr tasks rm` reports it (the task is removed).
-fn assert_ctr_denied(ctd: &Containerd, ns: &str, id: &str, run: &std::process::Output, timeout: Duration) {
+fn assert_ctr_denied(
+    ctd: &Containerd,
+    ns: &str,
+    id: &str,
+    run: &std::process::Output,
+    timeout: Duration,
+) {
     if !run.status.success() {
         let err = String::from_utf8_lossy(&run.stderr);
-        assert!(err.contains("runc create failed") || err.contains("init"), "unexpected ctr failure: {err}");
+        assert!(
+            err.contains("runc create failed") || err.contains("init"),
+            "unexpected ctr failure: {err}"
+        );
         return;
     }
     let deadline = Instant::now() + timeout;
     loop {
         match task_status(ctd, ns, id).as_deref() {
             Some("RUNNING" | "CREATED") => {
-                assert!(Instant::now() < deadline, "the denied task {ns}/{id} still runs after {timeout:?}")
+                assert!(
+                    Instant::now() < deadline,
+                    "the denied task {ns}/{id} still runs after {timeout:?}"
+                )
             }
             Some(_) => break,
             None => panic!("the denied task {ns}/{id} vanished: no exit status to check"),
@@ -180,12 +212,23 @@ fn assert_denied_finding(f: &Value, id: &str, image: &str, action: &str) {
     assert_eq!(f["action"], action, "{f}");
     assert_eq!(f["container_id"], id, "{f}");
     assert_eq!(f["image"], image, "{f}");
-    assert!(f["reason"].as_str().unwrap_or("").starts_with("untrusted-image"), "{f}");
+    assert!(
+        f["reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("untrusted-image"),
+        "{f}"
+    );
 }
 
-fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_ones_run(test: &str, rt: Runtime) {
+fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_ones_run(
+    test: &str,
+    rt: Runtime,
+) {
     let _one = one_agent_at_a_time();
-    let Some((ctd, images)) = setup(test, rt) else { return };
+    let Some((ctd, images)) = setup(test, rt) else {
+        return;
+    };
     let t = &ctd.token;
     for ns in ["default", "iw-other", "k8s.io"] {
         ctd.import(ns, &images);
@@ -195,12 +238,19 @@ fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_o
     let pre_good = format!("pre-good-{t}");
     ctd.ctr_run("default", &pre_bad, NGINX, &[]);
     ctd.ctr_run("default", &pre_good, ECR_NGINX, &[]);
-    assert!(ctd.wait_marker(&pre_bad, Duration::from_secs(10)).is_some(), "pre-existing container did not start");
-    assert!(ctd.wait_marker(&pre_good, Duration::from_secs(10)).is_some());
+    assert!(
+        ctd.wait_marker(&pre_bad, Duration::from_secs(10)).is_some(),
+        "pre-existing container did not start"
+    );
+    assert!(ctd
+        .wait_marker(&pre_good, Duration::from_secs(10))
+        .is_some());
 
     let agent = Agent::start(&ctd, "enforce");
     // Already running: the denied one is killed at start, the other untouched.
-    let (f, at) = agent.finding(&pre_bad, "container", Duration::from_secs(5)).expect("no finding for the running untrusted container");
+    let (f, at) = agent
+        .finding(&pre_bad, "container", Duration::from_secs(5))
+        .expect("no finding for the running untrusted container");
     assert_denied_finding(&f, &pre_bad, NGINX, "killed");
     eprintln!(
         "[timing] {}: agent start -> running untrusted container killed: {:?} (agent ready after {:?})",
@@ -212,10 +262,31 @@ fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_o
     while task_running(&ctd, "default", &pre_bad) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!task_running(&ctd, "default", &pre_bad), "untrusted container still running");
-    assert!(task_running(&ctd, "default", &pre_good), "trusted container was disturbed");
-    let out = ctd.ctr_raw("default", &["tasks", "exec", "--exec-id", "late", &pre_bad, "/bin/sh", "-c", "echo hi"]);
-    assert!(!out.status.success(), "an exec into the denied container succeeded");
+    assert!(
+        !task_running(&ctd, "default", &pre_bad),
+        "untrusted container still running"
+    );
+    assert!(
+        task_running(&ctd, "default", &pre_good),
+        "trusted container was disturbed"
+    );
+    let out = ctd.ctr_raw(
+        "default",
+        &[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "late",
+            &pre_bad,
+            "/bin/sh",
+            "-c",
+            "echo hi",
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "an exec into the denied container succeeded"
+    );
 
     // Started while the agent runs, in two containerd namespaces.
     for ns in ["default", "iw-other"] {
@@ -227,7 +298,10 @@ fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_o
         // fails, which is as good — nothing of the image ran.
         let out = ctd.try_ctr_run(ns, &bad, NGINX, &[]);
         ctd.ctr_run(ns, &good, ECR_NGINX, &[]);
-        assert!(ctd.wait_marker(&good, Duration::from_secs(10)).is_some(), "trusted container did not run its entrypoint");
+        assert!(
+            ctd.wait_marker(&good, Duration::from_secs(10)).is_some(),
+            "trusted container did not run its entrypoint"
+        );
         // Killed in the kernel at its entrypoint's exec (an `exec` finding),
         // or — when the agent learns of the started task before runc init
         // has exec'd the entrypoint — through cgroup.kill (a `container`
@@ -240,27 +314,50 @@ fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_o
                 String::from_utf8_lossy(&ctd.ctr_raw(ns, &["tasks", "ls"]).stdout)
             )
         };
-        eprintln!("[timing] {}: ctr run -> untrusted container killed ({ns}, {}): {:?}", ctd.label(), f["type"], at - t0);
+        eprintln!(
+            "[timing] {}: ctr run -> untrusted container killed ({ns}, {}): {:?}",
+            ctd.label(),
+            f["type"],
+            at - t0
+        );
         assert_eq!(f["action"], "killed", "{f}");
         assert_eq!(f["verdict"], "deny", "{f}");
         assert_eq!(f["image"], NGINX, "{f}");
         assert_eq!(f["runtime_namespace"], ns, "{f}");
         // Dead (by SIGKILL, or never created) before the marker is checked.
         assert_ctr_denied(&ctd, ns, &bad, &out, Duration::from_secs(10));
-        assert!(!ctd.marker(&bad).exists(), "the untrusted entrypoint ran ({ns})");
+        assert!(
+            !ctd.marker(&bad).exists(),
+            "the untrusted entrypoint ran ({ns})"
+        );
         assert!(!task_running(&ctd, ns, &bad));
-        assert!(task_running(&ctd, ns, &good), "trusted container stopped ({ns})");
+        assert!(
+            task_running(&ctd, ns, &good),
+            "trusted container stopped ({ns})"
+        );
         let out = ctd.ctr_exec(ns, &good, "probe", &["/bin/sh", "-c", "echo exec-ok"]);
         assert_eq!(out.trim(), "exec-ok");
     }
 
     // Through CRI: pod sandbox + container.
-    let tokio_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let tokio_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     tokio_rt.block_on(async {
         let cri = CriClient::connect(&ctd.endpoint()).await.expect("CRI");
-        let (good_uid, good_marker) = (format!("11111111-2222-3333-4444-{t:0>12}"), format!("cri-good-{t}"));
-        let (bad_uid, bad_marker) = (format!("55555555-2222-3333-4444-{t:0>12}"), format!("cri-bad-{t}"));
-        let good = CriPod { container_name: "nginx", ..CriPod::new("web-ecr", "prod", &good_uid, ECR_NGINX, &good_marker) };
+        let (good_uid, good_marker) = (
+            format!("11111111-2222-3333-4444-{t:0>12}"),
+            format!("cri-good-{t}"),
+        );
+        let (bad_uid, bad_marker) = (
+            format!("55555555-2222-3333-4444-{t:0>12}"),
+            format!("cri-bad-{t}"),
+        );
+        let good = CriPod {
+            container_name: "nginx",
+            ..CriPod::new("web-ecr", "prod", &good_uid, ECR_NGINX, &good_marker)
+        };
         let bad = CriPod {
             container_name: "nginx",
             tolerate_start_failure: true,
@@ -269,9 +366,20 @@ fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_o
         let (_sb, good_id) = ctd.cri_run(&cri, &good).await;
         let t0 = Instant::now();
         let (_sb, bad_id) = ctd.cri_run(&cri, &bad).await;
-        assert!(ctd.wait_marker(&format!("cri-good-{t}"), Duration::from_secs(10)).is_some(), "CRI trusted container did not run");
-        let (f, at) = agent.finding(&bad_id, "killed", Duration::from_secs(10)).expect("no finding for the CRI untrusted container");
-        eprintln!("[timing] {}: CRI RunPodSandbox -> untrusted container killed ({}): {:?}", ctd.label(), f["type"], at - t0);
+        assert!(
+            ctd.wait_marker(&format!("cri-good-{t}"), Duration::from_secs(10))
+                .is_some(),
+            "CRI trusted container did not run"
+        );
+        let (f, at) = agent
+            .finding(&bad_id, "killed", Duration::from_secs(10))
+            .expect("no finding for the CRI untrusted container");
+        eprintln!(
+            "[timing] {}: CRI RunPodSandbox -> untrusted container killed ({}): {:?}",
+            ctd.label(),
+            f["type"],
+            at - t0
+        );
         assert_eq!(f["action"], "killed", "{f}");
         assert_eq!(f["pod"], "web-hub", "{f}");
         // Created as the kubelet does (image id + user_specified_image):
@@ -279,9 +387,22 @@ fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_o
         assert_eq!(f["image"], NGINX, "{f}");
         assert_eq!(f["namespace"], "prod", "{f}");
         support::cri_assert_denied(&cri, &bad_id, Duration::from_secs(10)).await;
-        assert!(!ctd.marker(&format!("cri-bad-{t}")).exists(), "the CRI untrusted entrypoint ran");
-        let out = cri.exec_sync(&good_id, &["/bin/sh", "-c", "echo cri-exec-ok"], Duration::from_secs(10)).await.expect("ExecSync");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("cri-exec-ok"), "{out:?}");
+        assert!(
+            !ctd.marker(&format!("cri-bad-{t}")).exists(),
+            "the CRI untrusted entrypoint ran"
+        );
+        let out = cri
+            .exec_sync(
+                &good_id,
+                &["/bin/sh", "-c", "echo cri-exec-ok"],
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("ExecSync");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("cri-exec-ok"),
+            "{out:?}"
+        );
 
         // One image under two names: Docker Hub's nginx also tagged as its
         // (byte-identical) ECR public mirror. A pod that wrote the mirror's
@@ -290,26 +411,50 @@ fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_o
         // user_specified_image, which the agent judges. containerd 1.6 drops
         // it: there such a pod is judged by the other name (a known limit).
         if rt != Runtime::V2 {
-            eprintln!("{}: one image, two names: not checked (the runtime drops user_specified_image)", ctd.label());
+            eprintln!(
+                "{}: one image, two names: not checked (the runtime drops user_specified_image)",
+                ctd.label()
+            );
             return;
         }
         const MIRROR: &str = "public.ecr.aws/docker/library/nginx:latest";
         ctd.ctr("k8s.io", &["images", "tag", NGINX, MIRROR]);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !cri.image_status(MIRROR).await.expect("ImageStatus").is_some_and(|i| i.repo_tags.iter().any(|x| x == NGINX)) {
+        while !cri
+            .image_status(MIRROR)
+            .await
+            .expect("ImageStatus")
+            .is_some_and(|i| i.repo_tags.iter().any(|x| x == NGINX))
+        {
             assert!(Instant::now() < deadline, "CRI never learnt {MIRROR}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let (uid, marker) = (format!("99999999-2222-3333-4444-{t:0>12}"), format!("cri-mirror-{t}"));
-        let pod = CriPod { container_name: "nginx", ..CriPod::new("web-mirror", "prod", &uid, MIRROR, &marker) };
+        let (uid, marker) = (
+            format!("99999999-2222-3333-4444-{t:0>12}"),
+            format!("cri-mirror-{t}"),
+        );
+        let pod = CriPod {
+            container_name: "nginx",
+            ..CriPod::new("web-mirror", "prod", &uid, MIRROR, &marker)
+        };
         let (_sb, mirror_id) = ctd.cri_run(&cri, &pod).await;
         assert!(
             ctd.wait_marker(&marker, Duration::from_secs(10)).is_some(),
             "the pod that wrote the trusted mirror's name did not run its entrypoint"
         );
         agent.assert_not_killed(&mirror_id, Duration::from_millis(500));
-        let out = cri.exec_sync(&mirror_id, &["/bin/sh", "-c", "echo mirror-ok"], Duration::from_secs(10)).await.expect("ExecSync into the mirror pod");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("mirror-ok"), "{out:?}");
+        let out = cri
+            .exec_sync(
+                &mirror_id,
+                &["/bin/sh", "-c", "echo mirror-ok"],
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("ExecSync into the mirror pod");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("mirror-ok"),
+            "{out:?}"
+        );
     });
     agent.0.stop();
     drop(images);
@@ -317,13 +462,20 @@ fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_o
 
 fn audit_lets_the_untrusted_container_run_and_reports_it(test: &str, rt: Runtime) {
     let _one = one_agent_at_a_time();
-    let Some((ctd, images)) = setup(test, rt) else { return };
+    let Some((ctd, images)) = setup(test, rt) else {
+        return;
+    };
     ctd.import("default", &images);
     let agent = Agent::start(&ctd, "audit");
     let bad = format!("audit-bad-{}", ctd.token);
     ctd.ctr_run("default", &bad, NGINX, &[]);
-    assert!(ctd.wait_marker(&bad, Duration::from_secs(10)).is_some(), "audit mode must not stop the container");
-    let (f, _) = agent.finding(&bad, "container", Duration::from_secs(10)).expect("no finding in audit mode");
+    assert!(
+        ctd.wait_marker(&bad, Duration::from_secs(10)).is_some(),
+        "audit mode must not stop the container"
+    );
+    let (f, _) = agent
+        .finding(&bad, "container", Duration::from_secs(10))
+        .expect("no finding in audit mode");
     assert_denied_finding(&f, &bad, NGINX, "alerted");
     agent.assert_not_killed(&bad, Duration::from_millis(300));
     assert!(task_running(&ctd, "default", &bad));

@@ -28,9 +28,9 @@
 //! Needs root and `containerd runc umoci busybox-static`; prints SKIP
 //! without them, fails under `CI=true`.
 
-mod support;
 #[path = "support/exec_hook.rs"]
 mod exec_hook;
+mod support;
 
 use std::{
     path::{Path, PathBuf},
@@ -133,7 +133,10 @@ fn setup(test: &str) -> Option<(Containerd, TestImages, PathBuf)> {
     setup_with(test, None)
 }
 
-fn setup_with(test: &str, runc: Option<&CgroupnsRunc>) -> Option<(Containerd, TestImages, PathBuf)> {
+fn setup_with(
+    test: &str,
+    runc: Option<&CgroupnsRunc>,
+) -> Option<(Containerd, TestImages, PathBuf)> {
     if let Err(why) = support::containerd::preflight() {
         support::skip_or_fail(test, &why);
         return None;
@@ -183,9 +186,11 @@ fn daemonset_runtime() -> Runtime {
 /// The verdicts the agent pinned by cgroup id (fail-closed pin directory).
 fn pinned_verdicts(pin_root: &Path) -> std::collections::HashMap<u64, u32> {
     let path = imagewarden::probes::pin_dir_under(pin_root).join("VERDICTS");
-    let data = aya::maps::MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let data =
+        aya::maps::MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let map: aya::maps::HashMap<_, u64, u32> =
-        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("VERDICTS is a hash map");
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))
+            .expect("VERDICTS is a hash map");
     map.iter().filter_map(Result::ok).collect()
 }
 
@@ -201,15 +206,25 @@ fn pod_container_dir(mount: &Path, pod_uid: &str, id: &str) -> PathBuf {
 
 fn uid(prefix: &str, token: &str) -> String {
     let t: String = token.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-    format!("{prefix}-2222-4333-8444-{:0>12}", &t[t.len().saturating_sub(12)..])
+    format!(
+        "{prefix}-2222-4333-8444-{:0>12}",
+        &t[t.len().saturating_sub(12)..]
+    )
 }
 
 /// A denied container: exited by SIGKILL, never having run its entrypoint;
 /// returns CreateContainer -> death by containerd's clock.
 async fn assert_killed_by_sigkill(cri: &CriClient, id: &str) -> Duration {
     let st = support::cri_status(cri, id).await;
-    assert_eq!(st.exit_code, 128 + libc::SIGKILL, "{id} did not die by SIGKILL: {st:?}");
-    assert!(st.finished_at >= st.created_at && st.created_at > 0, "{st:?}");
+    assert_eq!(
+        st.exit_code,
+        128 + libc::SIGKILL,
+        "{id} did not die by SIGKILL: {st:?}"
+    );
+    assert!(
+        st.finished_at >= st.created_at && st.created_at > 0,
+        "{st:?}"
+    );
     Duration::from_nanos((st.finished_at - st.created_at) as u64)
 }
 
@@ -226,24 +241,40 @@ fn container_outcome(st: &k8s_cri::v1::ContainerStatus) -> Outcome {
     } else if st.started_at == 0 && st.reason == "StartError" {
         Outcome::Refused
     } else {
-        Outcome::Ran(std::process::ExitStatus::from_raw((st.exit_code & 0xff) << 8))
+        Outcome::Ran(std::process::ExitStatus::from_raw(
+            (st.exit_code & 0xff) << 8,
+        ))
     }
 }
 
 /// A new denied container: never started under LSM; killed, or never
 /// started (a held `runc init` killed), under signals. Returns
 /// CreateContainer -> denial by containerd's clock.
-async fn assert_new_container_denied(cri: &CriClient, id: &str, enforcement: Enforcement) -> Duration {
+async fn assert_new_container_denied(
+    cri: &CriClient,
+    id: &str,
+    enforcement: Enforcement,
+) -> Duration {
     let st = support::cri_status(cri, id).await;
     let outcome = container_outcome(&st);
-    eprintln!("[outcome] new untrusted container {id}: {outcome:?} ({}: {})", st.reason, st.message);
+    eprintln!(
+        "[outcome] new untrusted container {id}: {outcome:?} ({}: {})",
+        st.reason, st.message
+    );
     if !matches!(
         (enforcement, &outcome),
-        (Enforcement::Lsm, Outcome::Refused) | (Enforcement::Signal, Outcome::Killed | Outcome::Refused)
+        (Enforcement::Lsm, Outcome::Refused)
+            | (Enforcement::Signal, Outcome::Killed | Outcome::Refused)
     ) {
-        panic!("{id}: under {} enforcement, got {outcome:?}: {st:?}", enforcement.as_str());
+        panic!(
+            "{id}: under {} enforcement, got {outcome:?}: {st:?}",
+            enforcement.as_str()
+        );
     }
-    assert!(st.finished_at >= st.created_at && st.created_at > 0, "{st:?}");
+    assert!(
+        st.finished_at >= st.created_at && st.created_at > 0,
+        "{st:?}"
+    );
     Duration::from_nanos((st.finished_at - st.created_at) as u64)
 }
 
@@ -263,9 +294,16 @@ fn picked_enforcement(running_line: &str) -> Enforcement {
     } else {
         panic!("no enforcement on the agent's running line: {running_line}")
     };
-    eprintln!("agent picked enforcement {} (active LSMs {:?})", got.as_str(), exec_hook::active_lsms());
+    eprintln!(
+        "agent picked enforcement {} (active LSMs {:?})",
+        got.as_str(),
+        exec_hook::active_lsms()
+    );
     if let Some(want) = exec_hook::expected_enforcement() {
-        assert_eq!(got, want, "the agent picked the wrong enforcement: {running_line}");
+        assert_eq!(
+            got, want,
+            "the agent picked the wrong enforcement: {running_line}"
+        );
     }
     got
 }
@@ -342,7 +380,9 @@ fn private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_p
         .enable_all()
         .build()
         .unwrap();
-    let cri = rt.block_on(CriClient::connect(&ctd.endpoint())).expect("CRI");
+    let cri = rt
+        .block_on(CriClient::connect(&ctd.endpoint()))
+        .expect("CRI");
 
     // Running before the agent: an untrusted and a trusted pod.
     let (bad_uid, good_uid) = (uid("b0000001", &t), uid("a0000001", &t));
@@ -436,7 +476,10 @@ fn private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_p
             "cat",
             &format!(
                 "/proc/{}/cgroup",
-                rt.block_on(cri.container_status(&pre_good)).unwrap().pid.unwrap()
+                rt.block_on(cri.container_status(&pre_good))
+                    .unwrap()
+                    .pid
+                    .unwrap()
             ),
         ])
         .output()
@@ -466,7 +509,13 @@ fn private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_p
     );
     rt.block_on(async {
         assert!(
-            wait_state(&cri, &pre_bad, ContainerState::Exited, Duration::from_secs(10)).await,
+            wait_state(
+                &cri,
+                &pre_bad,
+                ContainerState::Exited,
+                Duration::from_secs(10)
+            )
+            .await,
             "untrusted container still running"
         );
         assert_killed_by_sigkill(&cri, &pre_bad).await;
@@ -540,7 +589,10 @@ fn private_cgroup_namespace_agent_kills_running_untrusted_container_and_writes_p
             Duration::from_secs(10),
         ))
         .expect("ExecSync into the trusted container");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ns-exec-ok"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ns-exec-ok"),
+        "{out:?}"
+    );
     drop(agent);
     drop(chain);
     drop(images);
@@ -561,7 +613,10 @@ impl Drop for PinCleanup {
 
 #[test]
 fn daemonset_container_enforces_the_seed_policy_from_the_manifest() {
-    daemonset_case("daemonset_container_enforces_the_seed_policy_from_the_manifest", false);
+    daemonset_case(
+        "daemonset_container_enforces_the_seed_policy_from_the_manifest",
+        false,
+    );
 }
 
 /// The same, with the private cgroup namespace a cgroup v2 node gives the
@@ -589,7 +644,10 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
     let binary = agent_binary();
     let t_img = Instant::now();
     let image = ds::build_agent_image(&binary, &spec.image);
-    ctd.ctr("k8s.io", &["images", "import", image.archive.to_str().unwrap()]);
+    ctd.ctr(
+        "k8s.io",
+        &["images", "import", image.archive.to_str().unwrap()],
+    );
     eprintln!(
         "[image] {} from {} built and imported in {}",
         spec.image,
@@ -616,13 +674,16 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
         drop_unavailable_caps: true,
         ..Default::default()
     };
-    ov.host_paths.insert("/run/containerd".into(), ctd.dir.clone());
+    ov.host_paths
+        .insert("/run/containerd".into(), ctd.dir.clone());
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let cri = rt.block_on(CriClient::connect(&ctd.endpoint())).expect("CRI");
+    let cri = rt
+        .block_on(CriClient::connect(&ctd.endpoint()))
+        .expect("CRI");
 
     // Running before the agent.
     let (bad_uid, good_uid) = (uid("d0000001", &t), uid("e0000001", &t));
@@ -675,10 +736,15 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
         path: pod.log_path.clone(),
     };
     // Ready as the kubelet's readinessProbe sees it.
-    let ready_path = spec.readiness_path.clone().unwrap_or_else(|| "/readyz".into());
+    let ready_path = spec
+        .readiness_path
+        .clone()
+        .unwrap_or_else(|| "/readyz".into());
     let deadline = Instant::now() + Duration::from_secs(60);
     while ds::http_status(&listen, &ready_path) != Some(200) {
-        if Instant::now() > deadline || rt.block_on(state_of(&cri, &pod.container_id)) == ContainerState::Exited {
+        if Instant::now() > deadline
+            || rt.block_on(state_of(&cri, &pod.container_id)) == ContainerState::Exited
+        {
             panic!(
                 "the agent's container did not become ready:\n{}\n--- containerd ---\n{}",
                 log.dump(),
@@ -703,7 +769,8 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
     while running_line().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let running = running_line().unwrap_or_else(|| panic!("the agent never said it is running:\n{}", log.dump()));
+    let running = running_line()
+        .unwrap_or_else(|| panic!("the agent never said it is running:\n{}", log.dump()));
     let v: Value = serde_json::from_str(&running).unwrap_or_default();
     eprintln!(
         "[timing] agent container: its own start-up (process start -> running): {} ms",
@@ -716,7 +783,9 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
         .expect("agent status");
     let agent_pid = info.pid.expect("agent pid");
     let private = ds::cgroupns_of(agent_pid) != ds::cgroupns_of(std::process::id());
-    let privileged = spec.security_context["privileged"].as_bool().unwrap_or(false);
+    let privileged = spec.security_context["privileged"]
+        .as_bool()
+        .unwrap_or(false);
     eprintln!(
         "[ns] agent container pid {agent_pid}: {} cgroup namespace (cgroup2 at {}, unified at /sys/fs/cgroup: {})",
         if private { "a private" } else { "the host's" },
@@ -730,9 +799,16 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
             "the runc wrapper did not add the cgroup namespace: {:?}",
             w.applied()
         );
-        assert!(private, "the agent's container did not get a private cgroup namespace");
+        assert!(
+            private,
+            "the agent's container did not get a private cgroup namespace"
+        );
         // What the agent sees: another pod's cgroup relative to its own.
-        let other = rt.block_on(cri.container_status(&pre_good)).unwrap().pid.unwrap();
+        let other = rt
+            .block_on(cri.container_status(&pre_good))
+            .unwrap()
+            .pid
+            .unwrap();
         let seen = Command::new("nsenter")
             .arg(format!("--cgroup=/proc/{agent_pid}/ns/cgroup"))
             .args(["cat", &format!("/proc/{other}/cgroup")])
@@ -770,18 +846,25 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
         "the agent's effective capabilities are not the manifest's add list"
     );
     assert!(
-        status.lines().any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')),
+        status
+            .lines()
+            .any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')),
         "allowPrivilegeEscalation: false not applied"
     );
     assert!(
-        status.lines().any(|l| l.starts_with("Seccomp:") && l.ends_with('2')),
+        status
+            .lines()
+            .any(|l| l.starts_with("Seccomp:") && l.ends_with('2')),
         "seccomp RuntimeDefault not applied"
     );
     let root_ro = std::fs::read_to_string(format!("/proc/{agent_pid}/mountinfo"))
         .unwrap()
         .lines()
         .any(|l| {
-            l.split(' ').nth(4) == Some("/") && l.split(' ').nth(5).is_some_and(|o| o.split(',').any(|x| x == "ro"))
+            l.split(' ').nth(4) == Some("/")
+                && l.split(' ')
+                    .nth(5)
+                    .is_some_and(|o| o.split(',').any(|x| x == "ro"))
         });
     assert!(root_ro, "read-only root not applied");
 
@@ -813,7 +896,13 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
     );
     rt.block_on(async {
         assert!(
-            wait_state(&cri, &pre_bad, ContainerState::Exited, Duration::from_secs(10)).await,
+            wait_state(
+                &cri,
+                &pre_bad,
+                ContainerState::Exited,
+                Duration::from_secs(10)
+            )
+            .await,
             "untrusted container still running"
         );
         assert_killed_by_sigkill(&cri, &pre_bad).await;
@@ -848,13 +937,23 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
         ds::ms(at - t0)
     );
     assert_eq!(
-        (f["verdict"].as_str(), f["image"].as_str(), f["pod"].as_str()),
+        (
+            f["verdict"].as_str(),
+            f["image"].as_str(),
+            f["pod"].as_str()
+        ),
         (Some("deny"), Some(NGINX), Some("new-hub")),
         "{f}"
     );
     rt.block_on(async {
         assert!(
-            wait_state(&cri, &new_bad, ContainerState::Exited, Duration::from_secs(10)).await,
+            wait_state(
+                &cri,
+                &new_bad,
+                ContainerState::Exited,
+                Duration::from_secs(10)
+            )
+            .await,
             "new untrusted container running"
         );
         let d = assert_new_container_denied(&cri, &new_bad, enforcement).await;
@@ -892,7 +991,10 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
             Duration::from_secs(10),
         ))
         .expect("ExecSync into the trusted container");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ds-exec-ok"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ds-exec-ok"),
+        "{out:?}"
+    );
     assert_eq!(
         rt.block_on(state_of(&cri, &pod.container_id)),
         ContainerState::Running,
@@ -904,8 +1006,12 @@ fn daemonset_case(test: &str, force_private_cgroupns: bool) {
         .findings()
         .into_iter()
         .filter(|v| {
-            [pod.container_id.as_str(), pre_good.as_str(), new_good.as_str()]
-                .contains(&v["container_id"].as_str().unwrap_or(""))
+            [
+                pod.container_id.as_str(),
+                pre_good.as_str(),
+                new_good.as_str(),
+            ]
+            .contains(&v["container_id"].as_str().unwrap_or(""))
         })
         .filter(|v| v["verdict"] != "allow")
         .collect();
@@ -937,7 +1043,11 @@ fn ds_override(spec: &mut AgentSpec, flag: &str, value: &str) {
 fn ds_caps_add(spec: &AgentSpec) -> Vec<String> {
     spec.security_context["capabilities"]["add"]
         .as_sequence()
-        .map(|q| q.iter().filter_map(|c| c.as_str().map(str::to_string)).collect())
+        .map(|q| {
+            q.iter()
+                .filter_map(|c| c.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -963,7 +1073,8 @@ impl Drop for AgentPodStop<'_> {
         });
         ds::remove_pod_cgroups(&self.cgroup_parent);
         // A test that failed early may leave the manifest's pins behind.
-        let dir = imagewarden::probes::pin_dir_under(Path::new(imagewarden::probes::DEFAULT_PIN_ROOT));
+        let dir =
+            imagewarden::probes::pin_dir_under(Path::new(imagewarden::probes::DEFAULT_PIN_ROOT));
         if dir.exists() {
             imagewarden::probes::remove_pins(&dir);
         }
@@ -982,7 +1093,11 @@ fn the_manifest_reads_as_the_kubelet_would_see_it() {
         "the seed policy must allow the agent's own image: {}",
         spec.image
     );
-    assert!(spec.args.windows(2).any(|w| w[0] == "--policy"), "{:?}", spec.args);
+    assert!(
+        spec.args.windows(2).any(|w| w[0] == "--policy"),
+        "{:?}",
+        spec.args
+    );
     assert!(spec
         .env
         .iter()
@@ -1001,7 +1116,10 @@ fn the_manifest_reads_as_the_kubelet_would_see_it() {
     );
     assert!(!cg.read_only, "cgroup.kill needs the hierarchy writable");
     for c in ds_caps_add(&spec) {
-        assert!(ds::cap_number(&c).is_some(), "unknown capability {c} in the manifest");
+        assert!(
+            ds::cap_number(&c).is_some(),
+            "unknown capability {c} in the manifest"
+        );
     }
     let policy = ds::configmap_data("imagewarden-policy");
     assert!(
@@ -1026,8 +1144,13 @@ fn manifest_reader_refuses_what_it_cannot_run() {
     let nfs = "kind: DaemonSet\nmetadata: {name: x}\nspec:\n  template:\n    spec:\n      containers:\n      - name: a\n        image: i\n        volumeMounts: [{name: v, mountPath: /v}]\n      volumes: [{name: v, nfs: {server: s, path: /}}]\n";
     let e = AgentSpec::parse(nfs).unwrap_err();
     assert!(e.contains("volume v") && e.contains("unsupported"), "{e}");
-    let missing = nfs.replace("volumes: [{name: v, nfs: {server: s, path: /}}]", "volumes: []");
-    assert!(AgentSpec::parse(&missing).unwrap_err().contains("no such volume"));
+    let missing = nfs.replace(
+        "volumes: [{name: v, nfs: {server: s, path: /}}]",
+        "volumes: []",
+    );
+    assert!(AgentSpec::parse(&missing)
+        .unwrap_err()
+        .contains("no such volume"));
 }
 
 #[test]
@@ -1037,9 +1160,11 @@ fn dockerfile_runtime_stage_and_cri_log_readers() {
     assert_eq!(d.binary_path, "/usr/bin/imagewarden");
     assert_eq!(d.entrypoint, ["/usr/bin/imagewarden"]);
     assert_eq!(d.cmd.first().map(String::as_str), Some("run"));
-    assert!(ds::DockerfileRuntime::parse("FROM x\nENTRYPOINT /bin/sh -c x\n")
-        .unwrap_err()
-        .contains("exec form"));
+    assert!(
+        ds::DockerfileRuntime::parse("FROM x\nENTRYPOINT /bin/sh -c x\n")
+            .unwrap_err()
+            .contains("exec form")
+    );
     assert!(ds::DockerfileRuntime::parse("RUN x\n").is_err());
     let log = "2026-01-01T00:00:00.1Z stdout P {\"a\":\n2026-01-01T00:00:00.2Z stdout F 1}\n2026-01-01T00:00:00.3Z stderr F hello world\ngarbage\n";
     assert_eq!(

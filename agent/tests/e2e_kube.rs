@@ -62,12 +62,19 @@ fn kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_th
         support::skip_or_fail(test, "needs root (eBPF)");
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let images = TestImages::build();
     let ctd = Containerd::start();
     ctd.import("k8s.io", &images);
     let api = rt.block_on(FakeApi::start());
-    let seed: Value = serde_yaml::from_str(include_str!("../../deploy/policies/restrict-registries.yaml")).unwrap();
+    let seed: Value = serde_yaml::from_str(include_str!(
+        "../../deploy/policies/restrict-registries.yaml"
+    ))
+    .unwrap();
     api.put(Coll::ClusterPolicies, seed);
     let t = &ctd.token;
     let uid_ok = format!("aaaaaaaa-0000-0000-0000-{t:0>12}");
@@ -82,33 +89,91 @@ fn kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_th
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
 
     let mut cmd = AgentProcess::command();
-    cmd.args(["run", "--mode", "enforce", "--fail-mode", "open", "--node-name", "node-a", "--runtime-endpoint"])
-        .arg(ctd.endpoint())
-        .env("KUBECONFIG", &kubeconfig);
+    cmd.args([
+        "run",
+        "--mode",
+        "enforce",
+        "--fail-mode",
+        "open",
+        "--node-name",
+        "node-a",
+        "--runtime-endpoint",
+    ])
+    .arg(ctd.endpoint())
+    .env("KUBECONFIG", &kubeconfig);
     // Ready once the cluster's ClusterPolicy reached the agent.
     let agent = AgentProcess::spawn(
         cmd,
         |l| l.contains("policy reloaded") && l.contains("restrict-image-registries"),
         Duration::from_secs(30),
     );
-    let find = |pred: &dyn Fn(&Value) -> bool, what: &str| -> Value { agent.finding(what, pred, Duration::from_secs(20)) };
+    let find = |pred: &dyn Fn(&Value) -> bool, what: &str| -> Value {
+        agent.finding(what, pred, Duration::from_secs(20))
+    };
 
     rt.block_on(async {
         let cri = CriClient::connect(&ctd.endpoint()).await.expect("CRI");
-        let (_, ok_id) = ctd.cri_run_pod(&cri, "web-ecr", "prod", &uid_ok, "nginx", ECR_NGINX, &format!("k-ok-{t}")).await;
-        let (_, bad_id) = ctd.cri_run_pod_opt(&cri, "web-hub", "prod", &uid_bad, "nginx", NGINX, &format!("k-bad-{t}"), true).await;
-        let (_, ghost_id) = ctd.cri_run_pod(&cri, "ghost", "prod", &uid_ghost, "nginx", ECR_NGINX, &format!("k-ghost-{t}")).await;
-        assert!(ctd.wait_marker(&format!("k-ok-{t}"), Duration::from_secs(10)).is_some(), "the allowed Pod did not run");
+        let (_, ok_id) = ctd
+            .cri_run_pod(
+                &cri,
+                "web-ecr",
+                "prod",
+                &uid_ok,
+                "nginx",
+                ECR_NGINX,
+                &format!("k-ok-{t}"),
+            )
+            .await;
+        let (_, bad_id) = ctd
+            .cri_run_pod_opt(
+                &cri,
+                "web-hub",
+                "prod",
+                &uid_bad,
+                "nginx",
+                NGINX,
+                &format!("k-bad-{t}"),
+                true,
+            )
+            .await;
+        let (_, ghost_id) = ctd
+            .cri_run_pod(
+                &cri,
+                "ghost",
+                "prod",
+                &uid_ghost,
+                "nginx",
+                ECR_NGINX,
+                &format!("k-ghost-{t}"),
+            )
+            .await;
+        assert!(
+            ctd.wait_marker(&format!("k-ok-{t}"), Duration::from_secs(10))
+                .is_some(),
+            "the allowed Pod did not run"
+        );
 
-        let f = find(&|v| v["container_id"] == bad_id.as_str() && v["action"] == "killed", "the kill of the docker.io Pod");
+        let f = find(
+            &|v| v["container_id"] == bad_id.as_str() && v["action"] == "killed",
+            "the kill of the docker.io Pod",
+        );
         assert_eq!(f["pod"], "web-hub", "{f}");
         assert_eq!(f["namespace"], "prod", "{f}");
         support::cri_assert_denied(&cri, &bad_id, Duration::from_secs(10)).await;
-        assert!(!ctd.marker(&format!("k-bad-{t}")).exists(), "the untrusted entrypoint ran");
+        assert!(
+            !ctd.marker(&format!("k-bad-{t}")).exists(),
+            "the untrusted entrypoint ran"
+        );
 
-        let f = find(&|v| v["container_id"] == ghost_id.as_str() && v["reason"] == "not-in-api", "not-in-api for the ghost Pod");
+        let f = find(
+            &|v| v["container_id"] == ghost_id.as_str() && v["reason"] == "not-in-api",
+            "not-in-api for the ghost Pod",
+        );
         assert_eq!(f["type"], "container", "{f}");
-        assert!(ctd.marker(&format!("k-ghost-{t}")).exists(), "an allowed image not in the API is reported, not killed");
+        assert!(
+            ctd.marker(&format!("k-ghost-{t}")).exists(),
+            "an allowed image not in the API is reported, not killed"
+        );
         let _ = ok_id;
 
         // Degraded: the API server goes away. The runtime and the kernel
@@ -116,29 +181,57 @@ fn kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_th
         let mark = agent.log_mark();
         api.down();
         // The agent noticed: a source of the API logs the outage once.
-        let seen_down = agent.wait_for_log_since(mark, |l| l.contains("source down"), Duration::from_secs(20));
-        assert!(seen_down.is_some(), "the agent never noticed the API going away:\n{}", agent.log_text());
+        let seen_down =
+            agent.wait_for_log_since(mark, |l| l.contains("source down"), Duration::from_secs(20));
+        assert!(
+            seen_down.is_some(),
+            "the agent never noticed the API going away:\n{}",
+            agent.log_text()
+        );
         let (_, down_id) = ctd
-            .cri_run_pod_opt(&cri, "while-down", "prod", &format!("dddddddd-0000-0000-0000-{t:0>12}"), "nginx", NGINX, &format!("k-down-{t}"), true)
+            .cri_run_pod_opt(
+                &cri,
+                "while-down",
+                "prod",
+                &format!("dddddddd-0000-0000-0000-{t:0>12}"),
+                "nginx",
+                NGINX,
+                &format!("k-down-{t}"),
+                true,
+            )
             .await;
-        let f = find(&|v| v["container_id"] == down_id.as_str() && v["action"] == "killed", "a kill while the API is down");
+        let f = find(
+            &|v| v["container_id"] == down_id.as_str() && v["action"] == "killed",
+            "a kill while the API is down",
+        );
         assert_eq!(f["verdict"], "deny", "{f}");
         support::cri_assert_denied(&cri, &down_id, Duration::from_secs(10)).await;
-        assert!(!ctd.marker(&format!("k-down-{t}")).exists(), "an untrusted entrypoint ran while the API was down");
+        assert!(
+            !ctd.marker(&format!("k-down-{t}")).exists(),
+            "an untrusted entrypoint ran while the API was down"
+        );
         api.up();
     });
 
     let events = wait_for("Events posted", Duration::from_secs(20), || {
         let ev = api.events();
-        let has = |reason: &str| ev.iter().any(|e| e["reason"].as_str().is_some_and(|r| r.contains(reason)));
+        let has = |reason: &str| {
+            ev.iter()
+                .any(|e| e["reason"].as_str().is_some_and(|r| r.contains(reason)))
+        };
         (has("Untrusted") && ev.len() >= 2).then_some(ev)
     });
     assert!(
-        events.iter().any(|e| e["involvedObject"]["name"] == "web-hub" && e["involvedObject"]["kind"] == "Pod"),
+        events
+            .iter()
+            .any(|e| e["involvedObject"]["name"] == "web-hub"
+                && e["involvedObject"]["kind"] == "Pod"),
         "no Event on Pod web-hub: {events:#?}"
     );
     assert!(
-        api.requests().iter().any(|r| format!("{r:?}").contains("spec.nodeName")),
+        api.requests()
+            .iter()
+            .any(|r| format!("{r:?}").contains("spec.nodeName")),
         "the agent must watch Pods with the node field selector"
     );
     drop(agent);
@@ -163,7 +256,11 @@ fn kubernetes_mode_cel_policies_added_to_the_cluster_kill_running_containers() {
         support::skip_or_fail(test, "needs root (eBPF)");
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let images = TestImages::build();
     let ctd = Containerd::start();
     ctd.import("k8s.io", &images);
@@ -179,11 +276,24 @@ fn kubernetes_mode_cel_policies_added_to_the_cluster_kill_running_containers() {
     let kubeconfig = dir.join("config");
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
     let mut cmd = AgentProcess::command();
-    cmd.args(["run", "--mode", "enforce", "--fail-mode", "open", "--node-name", "node-a", "--runtime-endpoint"])
-        .arg(ctd.endpoint())
-        .env("KUBECONFIG", &kubeconfig);
+    cmd.args([
+        "run",
+        "--mode",
+        "enforce",
+        "--fail-mode",
+        "open",
+        "--node-name",
+        "node-a",
+        "--runtime-endpoint",
+    ])
+    .arg(ctd.endpoint())
+    .env("KUBECONFIG", &kubeconfig);
     // The watches have listed (no policy yet): the first reload.
-    let agent = AgentProcess::spawn(cmd, |l| l.contains("policy reloaded"), Duration::from_secs(30));
+    let agent = AgentProcess::spawn(
+        cmd,
+        |l| l.contains("policy reloaded"),
+        Duration::from_secs(30),
+    );
 
     // The finding, and every finding printed so far.
     let find = |pred: &dyn Fn(&Value) -> bool, what: &str| -> (Value, Vec<Value>) {

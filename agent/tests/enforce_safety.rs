@@ -67,7 +67,8 @@ impl Agent {
         let f2 = findings.clone();
         std::thread::spawn(move || {
             for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let v: Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("non-JSON {l:?}: {e}"));
+                let v: Value =
+                    serde_json::from_str(&l).unwrap_or_else(|e| panic!("non-JSON {l:?}: {e}"));
                 f2.lock().unwrap().push(v);
             }
         });
@@ -82,24 +83,51 @@ impl Agent {
             }
             d2.store(true, std::sync::atomic::Ordering::SeqCst);
         });
-        Agent { child, findings, log, log_done }
+        Agent {
+            child,
+            findings,
+            log,
+            log_done,
+        }
     }
 
     fn finding(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-        wait_for(what, timeout, || self.findings.lock().unwrap().iter().find(|v| pred(v)).cloned())
+        wait_for(what, timeout, || {
+            self.findings
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|v| pred(v))
+                .cloned()
+        })
     }
 
     fn wait_log(&self, what: &str, timeout: Duration, needle: &str) {
-        wait_for(what, timeout, || self.log.lock().unwrap().iter().any(|l| l.contains(needle)).then_some(()));
+        wait_for(what, timeout, || {
+            self.log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(needle))
+                .then_some(())
+        });
     }
 
     /// Waits for the agent to exit by itself; its status and log.
     fn wait_exit(&mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
-        let st = wait_for("the agent to exit", timeout, || self.child.try_wait().ok().flatten());
-        // Let the reader thread drain what the agent wrote last.
-        wait_for("the end of the agent's log", Duration::from_secs(10), || {
-            self.log_done.load(std::sync::atomic::Ordering::SeqCst).then_some(())
+        let st = wait_for("the agent to exit", timeout, || {
+            self.child.try_wait().ok().flatten()
         });
+        // Let the reader thread drain what the agent wrote last.
+        wait_for(
+            "the end of the agent's log",
+            Duration::from_secs(10),
+            || {
+                self.log_done
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    .then_some(())
+            },
+        );
         (st, self.log.lock().unwrap().join("\n"))
     }
 }
@@ -124,7 +152,10 @@ fn root_or_skip(test: &str) -> bool {
 }
 
 fn seed_policy() -> Value {
-    serde_yaml::from_str(include_str!("../../deploy/policies/restrict-registries.yaml")).unwrap()
+    serde_yaml::from_str(include_str!(
+        "../../deploy/policies/restrict-registries.yaml"
+    ))
+    .unwrap()
 }
 
 /// Case 3: what admission excluded is not killed. An untrusted image in
@@ -140,7 +171,11 @@ fn admission_exclusions_are_reported_never_stopped() {
     if !root_or_skip(test) {
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let images = TestImages::build();
     let ctd = Containerd::start();
     ctd.import("k8s.io", &images);
@@ -167,34 +202,70 @@ fn admission_exclusions_are_reported_never_stopped() {
         ],
         &[("KUBECONFIG", &kubeconfig)],
     );
-    agent.wait_log("the cluster policy", Duration::from_secs(30), "restrict-image-registries");
-    agent.wait_log("the agent running", Duration::from_secs(30), "agent running");
+    agent.wait_log(
+        "the cluster policy",
+        Duration::from_secs(30),
+        "restrict-image-registries",
+    );
+    agent.wait_log(
+        "the agent running",
+        Duration::from_secs(30),
+        "agent running",
+    );
     let uid = |n: u32| format!("{n:08x}-0000-0000-0000-{t:0>12}");
 
     rt.block_on(async {
         let cri = CriClient::connect(&endpoint).await.expect("CRI");
         // No Kyverno ConfigMap: Kyverno's defaults exclude kube-system.
-        let (_, sys_id) =
-            ctd.cri_run_pod(&cri, "aws-node-x", "kube-system", &uid(1), "aws-node", NGINX, &format!("x-sys-{t}")).await;
+        let (_, sys_id) = ctd
+            .cri_run_pod(
+                &cri,
+                "aws-node-x",
+                "kube-system",
+                &uid(1),
+                "aws-node",
+                NGINX,
+                &format!("x-sys-{t}"),
+            )
+            .await;
         assert!(
-            ctd.wait_marker(&format!("x-sys-{t}"), Duration::from_secs(15)).is_some(),
+            ctd.wait_marker(&format!("x-sys-{t}"), Duration::from_secs(15))
+                .is_some(),
             "an untrusted image in kube-system (excluded by Kyverno's defaults) must run"
         );
-        let f = agent.finding("the audit finding in kube-system", Duration::from_secs(15), |v| {
-            v["container_id"] == sys_id.as_str() && v["type"] == "container"
-        });
+        let f = agent.finding(
+            "the audit finding in kube-system",
+            Duration::from_secs(15),
+            |v| v["container_id"] == sys_id.as_str() && v["type"] == "container",
+        );
         assert_eq!(f["verdict"], "deny", "{f}");
         assert_eq!(f["action"], "alerted", "{f}");
         let reason = f["reason"].as_str().unwrap_or_default();
-        assert!(reason.contains("untrusted-image") && reason.contains("[*,kube-system,*]"), "{f}");
+        assert!(
+            reason.contains("untrusted-image") && reason.contains("[*,kube-system,*]"),
+            "{f}"
+        );
 
         // The same image elsewhere: killed before its entrypoint.
-        let (_, prod_id) =
-            ctd.cri_run_pod_opt(&cri, "web-hub", "prod", &uid(2), "nginx", NGINX, &format!("x-prod-{t}"), true).await;
+        let (_, prod_id) = ctd
+            .cri_run_pod_opt(
+                &cri,
+                "web-hub",
+                "prod",
+                &uid(2),
+                "nginx",
+                NGINX,
+                &format!("x-prod-{t}"),
+                true,
+            )
+            .await;
         agent.finding("the kill in prod", Duration::from_secs(15), |v| {
             v["container_id"] == prod_id.as_str() && v["action"] == "killed"
         });
-        assert!(!ctd.marker(&format!("x-prod-{t}")).exists(), "the untrusted entrypoint ran in prod");
+        assert!(
+            !ctd.marker(&format!("x-prod-{t}")).exists(),
+            "the untrusted entrypoint ran in prod"
+        );
 
         // The cluster's Kyverno ConfigMap replaces the defaults.
         api.put(
@@ -203,25 +274,59 @@ fn admission_exclusions_are_reported_never_stopped() {
                    "data": {"resourceFilters": "[Event,*,*][*/*,kube-system,*][Pod,prod,batch-*]",
                             "excludeGroups": "system:nodes"}}),
         );
-        agent.wait_log("the ConfigMap's exclusions", Duration::from_secs(15), "admission exclusions changed");
-        let (_, batch_id) =
-            ctd.cri_run_pod(&cri, "batch-7", "prod", &uid(3), "nginx", NGINX, &format!("x-batch-{t}")).await;
+        agent.wait_log(
+            "the ConfigMap's exclusions",
+            Duration::from_secs(15),
+            "admission exclusions changed",
+        );
+        let (_, batch_id) = ctd
+            .cri_run_pod(
+                &cri,
+                "batch-7",
+                "prod",
+                &uid(3),
+                "nginx",
+                NGINX,
+                &format!("x-batch-{t}"),
+            )
+            .await;
         assert!(
-            ctd.wait_marker(&format!("x-batch-{t}"), Duration::from_secs(15)).is_some(),
+            ctd.wait_marker(&format!("x-batch-{t}"), Duration::from_secs(15))
+                .is_some(),
             "a Pod the ConfigMap's [Pod,prod,batch-*] excludes must run"
         );
-        let f = agent.finding("the audit finding for batch-7", Duration::from_secs(15), |v| {
-            v["container_id"] == batch_id.as_str() && v["type"] == "container"
-        });
+        let f = agent.finding(
+            "the audit finding for batch-7",
+            Duration::from_secs(15),
+            |v| v["container_id"] == batch_id.as_str() && v["type"] == "container",
+        );
         assert_eq!(f["action"], "alerted", "{f}");
-        assert!(f["reason"].as_str().unwrap_or_default().contains("ConfigMap kyverno/kyverno"), "{f}");
+        assert!(
+            f["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("ConfigMap kyverno/kyverno"),
+            "{f}"
+        );
         let (_, pub_id) = ctd
-            .cri_run_pod_opt(&cri, "pub", "kube-public", &uid(4), "nginx", NGINX, &format!("x-pub-{t}"), true)
+            .cri_run_pod_opt(
+                &cri,
+                "pub",
+                "kube-public",
+                &uid(4),
+                "nginx",
+                NGINX,
+                &format!("x-pub-{t}"),
+                true,
+            )
             .await;
         agent.finding("the kill in kube-public", Duration::from_secs(15), |v| {
             v["container_id"] == pub_id.as_str() && v["action"] == "killed"
         });
-        assert!(!ctd.marker(&format!("x-pub-{t}")).exists(), "kube-public is not excluded by this ConfigMap");
+        assert!(
+            !ctd.marker(&format!("x-pub-{t}")).exists(),
+            "kube-public is not excluded by this ConfigMap"
+        );
     });
     drop(agent);
     let _ = std::fs::remove_dir_all(dir);
@@ -231,7 +336,11 @@ fn admission_exclusions_are_reported_never_stopped() {
 
 /// A free local port for `--listen`.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `GET path` on the agent's server: (status code, body).
@@ -239,7 +348,11 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let code = buf.split_whitespace().nth(1)?.parse().ok()?;
@@ -265,35 +378,84 @@ fn enforce_mode_refuses_an_empty_policy() {
     .unwrap();
     let pol_s = pol.display().to_string();
     let mut a = Agent::start(
-        &["run", "--standalone", "--mode", "enforce", "--allow-partial", "--fail-mode", "open", "--policy", &pol_s],
+        &[
+            "run",
+            "--standalone",
+            "--mode",
+            "enforce",
+            "--allow-partial",
+            "--fail-mode",
+            "open",
+            "--policy",
+            &pol_s,
+        ],
         &[],
     );
     let (st, log) = a.wait_exit(Duration::from_secs(30));
-    assert!(!st.success(), "enforce mode started with an empty policy:\n{log}");
+    assert!(
+        !st.success(),
+        "enforce mode started with an empty policy:\n{log}"
+    );
     assert!(log.contains("refuses to start without a policy"), "{log}");
     assert!(!log.contains("agent running"), "{log}");
 
     // Kubernetes mode, nothing in the cluster: refused after --policy-wait.
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let api = rt.block_on(FakeApi::start());
     let kubeconfig = dir.join("config");
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
     let mut a = Agent::start(
-        &["run", "--mode", "enforce", "--fail-mode", "open", "--node-name", "node-a", "--policy-wait", "1s"],
+        &[
+            "run",
+            "--mode",
+            "enforce",
+            "--fail-mode",
+            "open",
+            "--node-name",
+            "node-a",
+            "--policy-wait",
+            "1s",
+        ],
         &[("KUBECONFIG", &kubeconfig)],
     );
     let (st, log) = a.wait_exit(Duration::from_secs(30));
-    assert!(!st.success(), "enforce mode started with no policy in the cluster:\n{log}");
-    assert!(log.contains("refuses to start without a policy") && log.contains("the cluster"), "{log}");
+    assert!(
+        !st.success(),
+        "enforce mode started with no policy in the cluster:\n{log}"
+    );
+    assert!(
+        log.contains("refuses to start without a policy") && log.contains("the cluster"),
+        "{log}"
+    );
     // Audit mode may run without a policy (it stops nothing).
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let a = Agent::start(
-        &["run", "--standalone", "--mode", "audit", "--allow-partial", "--fail-mode", "open", "--policy", &pol_s, "--listen", &listen],
+        &[
+            "run",
+            "--standalone",
+            "--mode",
+            "audit",
+            "--allow-partial",
+            "--fail-mode",
+            "open",
+            "--policy",
+            &pol_s,
+            "--listen",
+            &listen,
+        ],
         &[],
     );
     if support::host::privileged() {
-        a.wait_log("the audit agent running", Duration::from_secs(30), "agent running");
+        a.wait_log(
+            "the audit agent running",
+            Duration::from_secs(30),
+            "agent running",
+        );
     }
     drop(a);
     drop(api);
@@ -311,7 +473,11 @@ fn policies_disappearing_keep_the_last_good_set() {
     if !root_or_skip(test) {
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let images = TestImages::build();
     let ctd = Containerd::start();
     ctd.import("k8s.io", &images);
@@ -326,36 +492,77 @@ fn policies_disappearing_keep_the_last_good_set() {
     let listen = format!("127.0.0.1:{port}");
     let agent = Agent::start(
         &[
-            "run", "--mode", "enforce", "--fail-mode", "open", "--node-name", "node-a", "--listen", &listen,
-            "--runtime-endpoint", &endpoint,
+            "run",
+            "--mode",
+            "enforce",
+            "--fail-mode",
+            "open",
+            "--node-name",
+            "node-a",
+            "--listen",
+            &listen,
+            "--runtime-endpoint",
+            &endpoint,
         ],
         &[("KUBECONFIG", &kubeconfig)],
     );
-    agent.wait_log("the agent running", Duration::from_secs(30), "agent running");
-    let ready = |want: u16| wait_for("/readyz", Duration::from_secs(15), || http_get(port, "/readyz").filter(|(c, _)| *c == want));
-    let gauge = |want: &str| {
-        wait_for("imagewarden_policy_missing", Duration::from_secs(15), || {
-            let (_, body) = http_get(port, "/metrics")?;
-            body.lines().any(|l| l.starts_with("imagewarden_policy_missing ") && l.ends_with(want)).then_some(())
+    agent.wait_log(
+        "the agent running",
+        Duration::from_secs(30),
+        "agent running",
+    );
+    let ready = |want: u16| {
+        wait_for("/readyz", Duration::from_secs(15), || {
+            http_get(port, "/readyz").filter(|(c, _)| *c == want)
         })
+    };
+    let gauge = |want: &str| {
+        wait_for(
+            "imagewarden_policy_missing",
+            Duration::from_secs(15),
+            || {
+                let (_, body) = http_get(port, "/metrics")?;
+                body.lines()
+                    .any(|l| l.starts_with("imagewarden_policy_missing ") && l.ends_with(want))
+                    .then_some(())
+            },
+        )
     };
     ready(200);
     gauge(" 0");
 
     api.remove(Coll::ClusterPolicies, "", "restrict-image-registries");
-    agent.wait_log("the disappearance", Duration::from_secs(15), "policies disappeared");
+    agent.wait_log(
+        "the disappearance",
+        Duration::from_secs(15),
+        "policies disappeared",
+    );
     let (_, body) = ready(503);
     assert!(body.contains("policy"), "{body}");
     gauge(" 1");
     rt.block_on(async {
         let cri = CriClient::connect(&endpoint).await.expect("CRI");
         let (_, id) = ctd
-            .cri_run_pod_opt(&cri, "web-hub", "prod", &format!("eeeeeeee-0000-0000-0000-{t:0>12}"), "nginx", NGINX, &format!("g-{t}"), true)
+            .cri_run_pod_opt(
+                &cri,
+                "web-hub",
+                "prod",
+                &format!("eeeeeeee-0000-0000-0000-{t:0>12}"),
+                "nginx",
+                NGINX,
+                &format!("g-{t}"),
+                true,
+            )
             .await;
-        agent.finding("the kill under the kept policy", Duration::from_secs(15), |v| {
-            v["container_id"] == id.as_str() && v["action"] == "killed"
-        });
-        assert!(!ctd.marker(&format!("g-{t}")).exists(), "an untrusted entrypoint ran once the policy was deleted");
+        agent.finding(
+            "the kill under the kept policy",
+            Duration::from_secs(15),
+            |v| v["container_id"] == id.as_str() && v["action"] == "killed",
+        );
+        assert!(
+            !ctd.marker(&format!("g-{t}")).exists(),
+            "an untrusted entrypoint ran once the policy was deleted"
+        );
     });
     api.put(Coll::ClusterPolicies, seed_policy());
     ready(200);
@@ -377,14 +584,23 @@ fn pin_foreign_map(path: &Path, map_type: u32, key: u32, value: u32, entries: u3
     }
     // SAFETY: bpf(BPF_MAP_CREATE = 0) with a zeroed attr of the right size.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), attr.len()) };
-    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
     let cpath = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
     let mut attr = [0u8; 128];
     attr[0..8].copy_from_slice(&(cpath.as_ptr() as u64).to_ne_bytes());
     attr[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
     // SAFETY: bpf(BPF_OBJ_PIN = 6); the path outlives the call.
     let r = unsafe { libc::syscall(libc::SYS_bpf, 6, attr.as_ptr(), attr.len()) };
-    assert!(r == 0, "BPF_OBJ_PIN {}: {}", path.display(), std::io::Error::last_os_error());
+    assert!(
+        r == 0,
+        "BPF_OBJ_PIN {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
     // SAFETY: our fd.
     unsafe { libc::close(fd as i32) };
 }
@@ -426,37 +642,73 @@ fn pinned_maps_of_another_definition_are_rebuilt() {
     let want = layout::embedded().expect("layout").maps["VERDICTS"];
     assert_ne!(layout::MapDef::of_pin(&dir.join("VERDICTS")).unwrap(), want);
     let root_s = root.display().to_string();
-    let args = ["run", "--standalone", "--mode", "audit", "--fail-mode", "closed", "--pin-dir", &root_s];
+    let args = [
+        "run",
+        "--standalone",
+        "--mode",
+        "audit",
+        "--fail-mode",
+        "closed",
+        "--pin-dir",
+        &root_s,
+    ];
     let mut a = Agent::start(&args, &[]);
-    a.wait_log("the agent running", Duration::from_secs(30), "agent running");
+    a.wait_log(
+        "the agent running",
+        Duration::from_secs(30),
+        "agent running",
+    );
     assert_eq!(
         layout::MapDef::of_pin(&dir.join("VERDICTS")).unwrap(),
         want,
         "the pinned VERDICTS of another definition was reused"
     );
-    a.wait_log("the rebuild logged", Duration::from_secs(5), "rebuilding the pinned maps");
+    a.wait_log(
+        "the rebuild logged",
+        Duration::from_secs(5),
+        "rebuilding the pinned maps",
+    );
     assert!(!old.exists(), "the other layout's pins must be removed");
     // SIGKILL (a crash): the next agent reuses this layout's pins as they are.
     a.child.kill().unwrap();
     a.child.wait().unwrap();
     let mut b = Agent::start(&args, &[]);
-    b.wait_log("the second agent running", Duration::from_secs(30), "agent running");
+    b.wait_log(
+        "the second agent running",
+        Duration::from_secs(30),
+        "agent running",
+    );
     assert!(
-        !b.log.lock().unwrap().iter().any(|l| l.contains("rebuilding") || l.contains("another definition")),
+        !b.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("rebuilding") || l.contains("another definition")),
         "the agent's own pins must be reused"
     );
     b.child.kill().unwrap();
     b.child.wait().unwrap();
     // Uninstall.
-    let out = Command::new(env!("CARGO_BIN_EXE_imagewarden")).args(["cleanup", "--pin-dir", &root_s]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
+        .args(["cleanup", "--pin-dir", &root_s])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!root.exists(), "cleanup must remove {}", root.display());
 }
 
 /// Runs `sh -c 'exit 5'` in a cgroup: the signal that ended it, if any.
 fn exec_signal_in(cg: &Path) -> Option<i32> {
     use std::os::unix::process::ExitStatusExt;
-    let st = support::host::in_cgroup(cg, "/bin/sh").arg("-c").arg("exit 5").status().unwrap();
+    let st = support::host::in_cgroup(cg, "/bin/sh")
+        .arg("-c")
+        .arg("exit 5")
+        .status()
+        .unwrap();
     st.signal()
 }
 
@@ -495,15 +747,40 @@ fn dead_agent_does_not_wedge_the_node_and_denied_stays_denied() {
     let endpoint = ctd.endpoint();
     let denied_s = denied.path.display().to_string();
     let args = [
-        "run", "--standalone", "--mode", "enforce", "--fail-mode", "closed", "--pin-dir", &root_s,
-        "--heartbeat-timeout", "2s", "--runtime-endpoint", &endpoint, "--deny-cgroup", &denied_s,
+        "run",
+        "--standalone",
+        "--mode",
+        "enforce",
+        "--fail-mode",
+        "closed",
+        "--pin-dir",
+        &root_s,
+        "--heartbeat-timeout",
+        "2s",
+        "--runtime-endpoint",
+        &endpoint,
+        "--deny-cgroup",
+        &denied_s,
     ];
     let mut a = Agent::start(&args, &[]);
     a.wait_log("agent A running", Duration::from_secs(30), "agent running");
-    assert_eq!(exec_signal_in(&denied.path), Some(libc::SIGKILL), "the denied cgroup must be denied");
+    assert_eq!(
+        exec_signal_in(&denied.path),
+        Some(libc::SIGKILL),
+        "the denied cgroup must be denied"
+    );
     let t = ctd.token.clone();
-    ctd.ctr_run("default", &format!("alive-{t}"), support::containerd::ECR_NGINX, &[]);
-    assert!(ctd.wait_marker(&format!("alive-{t}"), Duration::from_secs(15)).is_some(), "trusted container with the agent alive");
+    ctd.ctr_run(
+        "default",
+        &format!("alive-{t}"),
+        support::containerd::ECR_NGINX,
+        &[],
+    );
+    assert!(
+        ctd.wait_marker(&format!("alive-{t}"), Duration::from_secs(15))
+            .is_some(),
+        "trusted container with the agent alive"
+    );
 
     a.child.kill().unwrap();
     a.child.wait().unwrap();
@@ -520,8 +797,17 @@ fn dead_agent_does_not_wedge_the_node_and_denied_stays_denied() {
         let id = format!("after-{i}-{t}");
         let child = Command::new("ctr")
             .args(["-a", &sock, "-n", "default", "run", "-d", "--mount"])
-            .arg(format!("type=bind,src={},dst={},options=rbind:rw", marker_dir.display(), support::containerd::MARKER_MOUNT))
-            .args(["--env", &format!("IW_MARKER_NAME={id}"), support::containerd::ECR_NGINX, &id])
+            .arg(format!(
+                "type=bind,src={},dst={},options=rbind:rw",
+                marker_dir.display(),
+                support::containerd::MARKER_MOUNT
+            ))
+            .args([
+                "--env",
+                &format!("IW_MARKER_NAME={id}"),
+                support::containerd::ECR_NGINX,
+                &id,
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -543,23 +829,43 @@ fn dead_agent_does_not_wedge_the_node_and_denied_stays_denied() {
     let recovered = t0.elapsed();
     let ran = ran.unwrap();
     eprintln!("RECOVERY after SIGKILL of the enforcing agent: first trusted entrypoint after {} ms (heartbeat timeout 2 s)", recovered.as_millis());
-    assert_eq!(exec_signal_in(&denied.path), Some(libc::SIGKILL), "a cgroup denied before the crash must stay denied");
+    assert_eq!(
+        exec_signal_in(&denied.path),
+        Some(libc::SIGKILL),
+        "a cgroup denied before the crash must stay denied"
+    );
 
     // The next agent takes over and reports what ran while nobody decided.
     let b = Agent::start(&args, &[]);
     b.wait_log("agent B running", Duration::from_secs(30), "agent running");
-    b.wait_log("the unenforced report", Duration::from_secs(10), "ran unenforced");
+    b.wait_log(
+        "the unenforced report",
+        Duration::from_secs(10),
+        "ran unenforced",
+    );
     let f = b.finding("the ran-unenforced finding", Duration::from_secs(10), |v| {
-        v["container_id"] == ran.as_str() && v["reason"].as_str().is_some_and(|r| r.starts_with("ran-unenforced"))
+        v["container_id"] == ran.as_str()
+            && v["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("ran-unenforced"))
     });
     assert_eq!(f["type"], "container", "{f}");
-    assert_eq!(exec_signal_in(&denied.path), Some(libc::SIGKILL), "denied under the new agent");
+    assert_eq!(
+        exec_signal_in(&denied.path),
+        Some(libc::SIGKILL),
+        "denied under the new agent"
+    );
     // Those held in the window before the bound are released by the new agent.
     for id in &held {
-        assert!(ctd.wait_marker(id, Duration::from_secs(15)).is_some(), "{id}, held while no agent was alive, must run once one is back");
+        assert!(
+            ctd.wait_marker(id, Duration::from_secs(15)).is_some(),
+            "{id}, held while no agent was alive, must run once one is back"
+        );
     }
     for mut c in ctrs {
-        let done = wait_for("ctr run to return", Duration::from_secs(15), || c.try_wait().ok().map(|s| s.is_some()).filter(|d| *d));
+        let done = wait_for("ctr run to return", Duration::from_secs(15), || {
+            c.try_wait().ok().map(|s| s.is_some()).filter(|d| *d)
+        });
         assert!(done);
     }
     drop(b);
@@ -591,8 +897,18 @@ fn rolling_replacement_lets_no_untrusted_entrypoint_run() {
     let root_s = root.display().to_string();
     let endpoint = ctd.endpoint();
     let args = [
-        "run", "--standalone", "--mode", "enforce", "--fail-mode", "closed", "--pin-dir", &root_s,
-        "--runtime-endpoint", &endpoint, "--hold-timeout", "10s",
+        "run",
+        "--standalone",
+        "--mode",
+        "enforce",
+        "--fail-mode",
+        "closed",
+        "--pin-dir",
+        &root_s,
+        "--runtime-endpoint",
+        &endpoint,
+        "--hold-timeout",
+        "10s",
     ];
     let mut a = Agent::start(&args, &[]);
     a.wait_log("agent A running", Duration::from_secs(30), "agent running");
@@ -605,7 +921,11 @@ fn rolling_replacement_lets_no_untrusted_entrypoint_run() {
         let id = format!("u-{i}-{t}");
         let child = Command::new("ctr")
             .args(["-a", &sock, "-n", "default", "run", "-d", "--mount"])
-            .arg(format!("type=bind,src={},dst={},options=rbind:rw", marker_dir.display(), support::containerd::MARKER_MOUNT))
+            .arg(format!(
+                "type=bind,src={},dst={},options=rbind:rw",
+                marker_dir.display(),
+                support::containerd::MARKER_MOUNT
+            ))
             .args(["--env", &format!("IW_MARKER_NAME={id}"), NGINX, &id])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -620,7 +940,9 @@ fn rolling_replacement_lets_no_untrusted_entrypoint_run() {
             start_one(i, ctrs);
             i += 1;
             let next = (Instant::now() + Duration::from_millis(300)).min(until);
-            wait_for("a pause between starts", Duration::from_secs(1), || (Instant::now() >= next).then_some(()));
+            wait_for("a pause between starts", Duration::from_secs(1), || {
+                (Instant::now() >= next).then_some(())
+            });
         }
     };
     tick(Instant::now() + Duration::from_secs(1), &mut ctrs);
@@ -634,11 +956,17 @@ fn rolling_replacement_lets_no_untrusted_entrypoint_run() {
     tick(Instant::now() + Duration::from_secs(1), &mut ctrs);
     // Every one is decided (killed) by the new agent; none ran.
     for mut c in ctrs {
-        wait_for("ctr run to return", Duration::from_secs(20), || c.try_wait().ok().flatten().map(|_| ()));
+        wait_for("ctr run to return", Duration::from_secs(20), || {
+            c.try_wait().ok().flatten().map(|_| ())
+        });
     }
     let ran: Vec<&String> = ids.iter().filter(|id| ctd.marker(id).exists()).collect();
     assert!(ids.len() >= 6, "too few containers started: {ids:?}");
-    assert!(ran.is_empty(), "untrusted entrypoints ran across the handover: {ran:?} of {}", ids.len());
+    assert!(
+        ran.is_empty(),
+        "untrusted entrypoints ran across the handover: {ran:?} of {}",
+        ids.len()
+    );
     drop(b);
     drop(a);
     drop(pins);
@@ -664,32 +992,69 @@ fn forged_labels_through_containerd_buy_nothing() {
     let endpoint = ctd.endpoint();
     let a = Agent::start(
         &[
-            "run", "--standalone", "--mode", "enforce", "--fail-mode", "open", "--exempt-namespace", "kube-system",
-            "--runtime-endpoint", &endpoint,
+            "run",
+            "--standalone",
+            "--mode",
+            "enforce",
+            "--fail-mode",
+            "open",
+            "--exempt-namespace",
+            "kube-system",
+            "--runtime-endpoint",
+            &endpoint,
         ],
         &[],
     );
-    a.wait_log("the agent running", Duration::from_secs(30), "agent running");
+    a.wait_log(
+        "the agent running",
+        Duration::from_secs(30),
+        "agent running",
+    );
     let t = ctd.token.clone();
     let id = format!("forged-{t}");
     let sock = endpoint.trim_start_matches("unix://").to_string();
     let marker_dir = ctd.marker("x").parent().unwrap().to_path_buf();
     let mut ctr = Command::new("ctr")
-        .args(["-a", &sock, "-n", "default", "run", "-d", "--label", "io.cri-containerd.kind=sandbox"])
-        .args(["--label", "io.kubernetes.pod.namespace=kube-system", "--label", "io.kubernetes.pod.name=kube-proxy-x"])
+        .args([
+            "-a",
+            &sock,
+            "-n",
+            "default",
+            "run",
+            "-d",
+            "--label",
+            "io.cri-containerd.kind=sandbox",
+        ])
+        .args([
+            "--label",
+            "io.kubernetes.pod.namespace=kube-system",
+            "--label",
+            "io.kubernetes.pod.name=kube-proxy-x",
+        ])
         .args(["--mount"])
-        .arg(format!("type=bind,src={},dst={},options=rbind:rw", marker_dir.display(), support::containerd::MARKER_MOUNT))
+        .arg(format!(
+            "type=bind,src={},dst={},options=rbind:rw",
+            marker_dir.display(),
+            support::containerd::MARKER_MOUNT
+        ))
         .args(["--env", &format!("IW_MARKER_NAME={id}"), NGINX, &id])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("ctr run");
-    let f = a.finding("the kill of the forged container", Duration::from_secs(20), |v| {
-        v["container_id"] == id.as_str() && v["action"] == "killed"
-    });
+    let f = a.finding(
+        "the kill of the forged container",
+        Duration::from_secs(20),
+        |v| v["container_id"] == id.as_str() && v["action"] == "killed",
+    );
     assert_eq!(f["verdict"], "deny", "{f}");
-    wait_for("ctr run to return", Duration::from_secs(20), || ctr.try_wait().ok().flatten().map(|_| ()));
-    assert!(!ctd.marker(&id).exists(), "a container with forged sandbox labels ran its entrypoint");
+    wait_for("ctr run to return", Duration::from_secs(20), || {
+        ctr.try_wait().ok().flatten().map(|_| ())
+    });
+    assert!(
+        !ctd.marker(&id).exists(),
+        "a container with forged sandbox labels ran its entrypoint"
+    );
     drop(a);
     drop(ctd);
     drop(images);
@@ -699,7 +1064,10 @@ fn forged_labels_through_containerd_buy_nothing() {
 fn stopped(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
         .unwrap_or(false)
 }
 
@@ -726,22 +1094,46 @@ fn a_hold_whose_event_died_with_the_agent_is_decided_by_the_next() {
     let parent = support::host::TestCgroup::new("heldmap");
     // A leaf named like a container id: the kernel holds its first exec
     // while no runtime has described it.
-    let leaf = parent.child(&format!("{:064x}", 0x1f2e3d4c5b6a_u64 ^ std::process::id() as u64));
+    let leaf = parent.child(&format!(
+        "{:064x}",
+        0x1f2e3d4c5b6a_u64 ^ std::process::id() as u64
+    ));
     let root_s = root.display().to_string();
     let common = [
-        "run", "--standalone", "--mode", "enforce", "--fail-mode", "closed", "--pin-dir", &root_s,
-        "--runtime-endpoint", "unix:///nonexistent.sock", "--heartbeat-timeout", "120s",
+        "run",
+        "--standalone",
+        "--mode",
+        "enforce",
+        "--fail-mode",
+        "closed",
+        "--pin-dir",
+        &root_s,
+        "--runtime-endpoint",
+        "unix:///nonexistent.sock",
+        "--heartbeat-timeout",
+        "120s",
     ];
     let mut a_args = common.to_vec();
     a_args.extend(["--hold-timeout", "120s"]);
     let mut a = Agent::start(&a_args, &[]);
     a.wait_log("agent A running", Duration::from_secs(30), "agent running");
-    let mut held = support::host::in_cgroup(&leaf.path, "/bin/sh").arg("-c").arg("exit 7").spawn().expect("spawn");
+    let mut held = support::host::in_cgroup(&leaf.path, "/bin/sh")
+        .arg("-c")
+        .arg("exit 7")
+        .spawn()
+        .expect("spawn");
     let pid = held.id();
-    wait_for("the kernel to hold the exec (SIGSTOP)", Duration::from_secs(10), || stopped(pid).then_some(()));
+    wait_for(
+        "the kernel to hold the exec (SIGSTOP)",
+        Duration::from_secs(10),
+        || stopped(pid).then_some(()),
+    );
     a.child.kill().unwrap();
     a.child.wait().unwrap();
-    assert!(stopped(pid), "still held after agent A died (the heartbeat bound is 120 s)");
+    assert!(
+        stopped(pid),
+        "still held after agent A died (the heartbeat bound is 120 s)"
+    );
 
     let mut b_args = common.to_vec();
     b_args.extend(["--hold-timeout", "1s"]);
@@ -749,10 +1141,20 @@ fn a_hold_whose_event_died_with_the_agent_is_decided_by_the_next() {
     b.wait_log("agent B running", Duration::from_secs(30), "agent running");
     // The positive signal: the held process dies by SIGKILL (fail closed),
     // decided by an agent that never received its event.
-    let st = wait_for("agent B to decide the hold it never heard of", Duration::from_secs(30), || {
-        held.try_wait().ok().flatten()
-    });
-    assert_eq!(st.signal(), Some(libc::SIGKILL), "the unresolvable held process must be killed: {st:?}");
-    b.wait_log("agent B's adoption log", Duration::from_secs(5), "adopted a hold the kernel kept");
+    let st = wait_for(
+        "agent B to decide the hold it never heard of",
+        Duration::from_secs(30),
+        || held.try_wait().ok().flatten(),
+    );
+    assert_eq!(
+        st.signal(),
+        Some(libc::SIGKILL),
+        "the unresolvable held process must be killed: {st:?}"
+    );
+    b.wait_log(
+        "agent B's adoption log",
+        Duration::from_secs(5),
+        "adopted a hold the kernel kept",
+    );
     drop(b);
 }

@@ -147,7 +147,10 @@ async fn bookmarks_move_the_resume_point_and_410_forces_a_relist() {
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     while !from_bm() {
-        assert!(Instant::now() < deadline, "no re-watch from the bookmark's resourceVersion {bm}");
+        assert!(
+            Instant::now() < deadline,
+            "no re-watch from the bookmark's resourceVersion {bm}"
+        );
         let before = watches();
         api.end_watches();
         eventually("a re-watch", || watches() > before).await;
@@ -399,7 +402,10 @@ async fn validating_policy_and_admission_policy_from_the_cluster() {
     let rx = src.policy.clone();
     // A ValidatingPolicy added to the cluster reaches the merged set.
     api.put(Coll::ValidatingPolicies, yaml_to_json(VPOL));
-    eventually("ValidatingPolicy loaded", || denied(&rx.borrow(), "docker.io/library/nginx:1")).await;
+    eventually("ValidatingPolicy loaded", || {
+        denied(&rx.borrow(), "docker.io/library/nginx:1")
+    })
+    .await;
     assert!(!denied(&rx.borrow(), "public.ecr.aws/nginx/nginx:1"));
     assert!(src.stats.validatingpolicy_installed.load(Ordering::Relaxed));
     // An invalid update (no spec: the document does not load) is counted
@@ -408,8 +414,14 @@ async fn validating_policy_and_admission_policy_from_the_cluster() {
     broken.as_object_mut().unwrap().remove("spec");
     let failed = src.stats.reloads_failed.load(Ordering::Relaxed);
     api.put(Coll::ValidatingPolicies, broken);
-    eventually("broken update counted", || src.stats.reloads_failed.load(Ordering::Relaxed) == failed + 1).await;
-    assert!(denied(&rx.borrow(), "docker.io/library/nginx:1"), "last good ValidatingPolicy still enforced");
+    eventually("broken update counted", || {
+        src.stats.reloads_failed.load(Ordering::Relaxed) == failed + 1
+    })
+    .await;
+    assert!(
+        denied(&rx.borrow(), "docker.io/library/nginx:1"),
+        "last good ValidatingPolicy still enforced"
+    );
     api.remove(Coll::ValidatingPolicies, "", "restrict-image-registries");
     eventually("ValidatingPolicy removed", || rx.borrow().rule_count() == 0).await;
 
@@ -423,9 +435,10 @@ async fn validating_policy_and_admission_policy_from_the_cluster() {
                         "validations": [{"expression": "object.spec.containers.all(c, !c.image.endsWith(':latest'))"}]}}),
     );
     eventually("VAP listed", || {
-        api.requests()
-            .iter()
-            .any(|r| r.path == "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies" && r.is_watch())
+        api.requests().iter().any(|r| {
+            r.path == "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies"
+                && r.is_watch()
+        })
     })
     .await;
     assert_eq!(rx.borrow().rule_count(), 0, "no binding: not in effect");
@@ -460,13 +473,17 @@ async fn validating_policy_crd_installed_later_is_discovered() {
     // v1, then v1beta1 and v1alpha1 are tried; none is served yet.
     eventually("all versions tried", || {
         let r = api.requests();
-        ["v1", "v1beta1", "v1alpha1"]
-            .iter()
-            .all(|v| r.iter().any(|q| q.path == format!("/apis/policies.kyverno.io/{v}")))
+        ["v1", "v1beta1", "v1alpha1"].iter().all(|v| {
+            r.iter()
+                .any(|q| q.path == format!("/apis/policies.kyverno.io/{v}"))
+        })
     })
     .await;
     assert!(!src.stats.validatingpolicy_installed.load(Ordering::Relaxed));
     api.set_validatingpolicy_installed(true);
-    eventually("installed and loaded", || denied(&rx.borrow(), "docker.io/library/nginx:1")).await;
+    eventually("installed and loaded", || {
+        denied(&rx.borrow(), "docker.io/library/nginx:1")
+    })
+    .await;
     task.abort();
 }

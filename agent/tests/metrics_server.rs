@@ -603,7 +603,12 @@ async fn hook_server(b: Behaviour) -> Hook {
             });
         }
     });
-    Hook { addr, bodies, requests, content_types }
+    Hook {
+        addr,
+        bodies,
+        requests,
+        content_types,
+    }
 }
 
 fn quick(url: String) -> WebhookConfig {
@@ -621,7 +626,12 @@ fn finding(i: usize) -> serde_json::Value {
 
 #[tokio::test]
 async fn webhook_delivers_json_lines() {
-    let Hook { addr, bodies, content_types, .. } = hook_server(Behaviour::Ok).await;
+    let Hook {
+        addr,
+        bodies,
+        content_types,
+        ..
+    } = hook_server(Behaviour::Ok).await;
     let metrics = Metrics::new();
     let mut sinks = Sinks::with_writer(
         SinkLabel::Stdout,
@@ -648,7 +658,10 @@ async fn webhook_delivers_json_lines() {
     assert_eq!(got.len(), 100);
     let cts = content_types.lock().unwrap().clone();
     assert!(!cts.is_empty());
-    assert!(cts.iter().all(|c| c == "application/x-ndjson"), "content types: {cts:?}");
+    assert!(
+        cts.iter().all(|c| c == "application/x-ndjson"),
+        "content types: {cts:?}"
+    );
     let pids: Vec<u64> = got.iter().map(|v| v["pid"].as_u64().unwrap()).collect();
     assert_eq!(pids, (0..100).collect::<Vec<u64>>(), "in order");
     assert_eq!(metrics.sink_dropped_count(SinkLabel::Webhook), 0);
@@ -684,9 +697,12 @@ async fn slow_webhook_never_blocks_the_emitter_and_drops_are_counted() {
     assert!(dropped >= n as u64 - 16 - 4, "dropped {dropped}");
     // Shutdown gives up after its grace, too, although the receiver is
     // still sleeping on the batch in flight (a liveness guard, not a timing).
-    tokio::time::timeout(Duration::from_secs(60), sinks.shutdown(Duration::from_millis(200)))
-        .await
-        .expect("shutdown returns after its grace while the webhook still hangs");
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        sinks.shutdown(Duration::from_millis(200)),
+    )
+    .await
+    .expect("shutdown returns after its grace while the webhook still hangs");
 }
 
 #[tokio::test]

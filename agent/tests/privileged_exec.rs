@@ -41,7 +41,10 @@ struct Events {
 
 impl Events {
     fn new(ring: aya::maps::RingBuf<aya::maps::MapData>) -> Self {
-        Events { ring, seen: Vec::new() }
+        Events {
+            ring,
+            seen: Vec::new(),
+        }
     }
 
     /// Waits (up to 5 s) until `n` events of `cgroup_id` arrived; takes them.
@@ -49,9 +52,15 @@ impl Events {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             self.seen.extend(drain(&mut self.ring));
-            let count = self.seen.iter().filter(|r| r.cgroup_id == cgroup_id).count();
+            let count = self
+                .seen
+                .iter()
+                .filter(|r| r.cgroup_id == cgroup_id)
+                .count();
             if count >= n || Instant::now() >= deadline {
-                let (ours, rest) = std::mem::take(&mut self.seen).into_iter().partition(|r| r.cgroup_id == cgroup_id);
+                let (ours, rest) = std::mem::take(&mut self.seen)
+                    .into_iter()
+                    .partition(|r| r.cgroup_id == cgroup_id);
                 self.seen = rest;
                 return ours;
             }
@@ -65,7 +74,10 @@ fn exec_is_reported(hook: HookChoice, want: Hook) {
     if !privileged() {
         return;
     }
-    let (probes, ring) = load(ProbeOptions { hook, ..Default::default() });
+    let (probes, ring) = load(ProbeOptions {
+        hook,
+        ..Default::default()
+    });
     let mut events = Events::new(ring);
     let dir = tempdir("report");
     let bin = private_binary(&dir, "iw-true-report", "/bin/true");
@@ -77,7 +89,12 @@ fn exec_is_reported(hook: HookChoice, want: Hook) {
     assert!(out.status.success(), "child failed: {:?}", out.status);
 
     let evs = events.take(cg.id, 1);
-    assert_eq!(evs.len(), 1, "expected exactly one exec in cgroup {}: {evs:?}", cg.id);
+    assert_eq!(
+        evs.len(),
+        1,
+        "expected exactly one exec in cgroup {}: {evs:?}",
+        cg.id
+    );
     let e = &evs[0];
     assert_eq!(e.hook, want);
     assert_eq!(e.filename, bin.as_os_str().as_encoded_bytes(), "file name");
@@ -87,7 +104,10 @@ fn exec_is_reported(hook: HookChoice, want: Hook) {
     assert_eq!(e.uid, 0);
     assert_eq!(e.comm, b"iw-true-report");
     assert_eq!(e.verdict, KernelVerdict::Unknown);
-    assert!(!e.killed && !e.fileless && !e.truncated && !e.name_unreadable && !e.nlink_unreadable, "{e:?}");
+    assert!(
+        !e.killed && !e.fileless && !e.truncated && !e.name_unreadable && !e.nlink_unreadable,
+        "{e:?}"
+    );
     drop(probes);
     let _ = fs::remove_dir_all(dir);
 }
@@ -112,35 +132,67 @@ fn denied_exec_is_stopped(hook: HookChoice, try_lsm: bool) {
     if !privileged() {
         return;
     }
-    let (mut probes, ring) = load(ProbeOptions { hook, enforce: true, try_lsm, ..Default::default() });
+    let (mut probes, ring) = load(ProbeOptions {
+        hook,
+        enforce: true,
+        try_lsm,
+        ..Default::default()
+    });
     let mut events = Events::new(ring);
     let enforcement = probes.enforcement;
     if try_lsm {
         assert_enforcement_matches_kernel(enforcement, &probes.fallbacks);
     } else {
-        assert_eq!(enforcement, Enforcement::Signal, "try_lsm=false must enforce with signals");
+        assert_eq!(
+            enforcement,
+            Enforcement::Signal,
+            "try_lsm=false must enforce with signals"
+        );
     }
     let lsm = enforcement == Enforcement::Lsm;
     let dir = tempdir("deny");
     let sh = private_binary(&dir, "iw-sh-deny", "/bin/sh");
     let denied = TestCgroup::new("denied");
     let other = TestCgroup::new("other");
-    probes.set_verdict(denied.id, verdict::DENY).expect("set verdict");
+    probes
+        .set_verdict(denied.id, verdict::DENY)
+        .expect("set verdict");
     let before = probes.counters().expect("counters");
 
     // The program's first act would be to write a marker.
     let marker = dir.join("marker-denied");
-    let outcome = Outcome::of(denied.command(&sh).arg("-c").arg(format!("echo ran > {}", marker.display())));
+    let outcome = Outcome::of(
+        denied
+            .command(&sh)
+            .arg("-c")
+            .arg(format!("echo ran > {}", marker.display())),
+    );
     outcome.assert_denied(enforcement);
 
     // The same program in another cgroup, and in ours, is untouched.
     let marker2 = dir.join("marker-other");
-    let st = other.command(&sh).arg("-c").arg(format!("echo ran > {}", marker2.display())).status().unwrap();
-    assert!(st.success(), "exec in an unrelated cgroup was disturbed: {st:?}");
+    let st = other
+        .command(&sh)
+        .arg("-c")
+        .arg(format!("echo ran > {}", marker2.display()))
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "exec in an unrelated cgroup was disturbed: {st:?}"
+    );
     assert_eq!(fs::read_to_string(&marker2).unwrap(), "ran\n");
     let st = Command::new(&sh).arg("-c").arg("exit 3").status().unwrap();
-    assert_eq!(st.code(), Some(3), "exec in the test's own cgroup was disturbed");
-    assert!(!marker.exists(), "the denied program ran: marker {} exists", marker.display());
+    assert_eq!(
+        st.code(),
+        Some(3),
+        "exec in the test's own cgroup was disturbed"
+    );
+    assert!(
+        !marker.exists(),
+        "the denied program ran: marker {} exists",
+        marker.display()
+    );
 
     let evs = events.take(denied.id, 1);
     assert_eq!(evs.len(), 1, "{evs:?}");
@@ -151,31 +203,64 @@ fn denied_exec_is_stopped(hook: HookChoice, try_lsm: bool) {
     assert_eq!(e.uid, 0);
     assert!(!e.truncated && !e.name_unreadable, "{e:?}");
     if lsm {
-        assert!(e.lsm_denied && !e.killed && e.hook == Hook::Lsm, "LSM event expected: {e:?}");
+        assert!(
+            e.lsm_denied && !e.killed && e.hook == Hook::Lsm,
+            "LSM event expected: {e:?}"
+        );
     } else {
-        let want = if hook == HookChoice::Tracepoint { Hook::Tracepoint } else { Hook::TpBtf };
-        assert!(e.killed && !e.lsm_denied && e.hook == want, "signal event from {want:?} expected: {e:?}");
+        let want = if hook == HookChoice::Tracepoint {
+            Hook::Tracepoint
+        } else {
+            Hook::TpBtf
+        };
+        assert!(
+            e.killed && !e.lsm_denied && e.hook == want,
+            "signal event from {want:?} expected: {e:?}"
+        );
         // The exec happened (the kill comes at its event) under the new name.
         assert_eq!(e.comm, b"iw-sh-deny");
     }
     let others = events.take(other.id, 1);
     assert_eq!(others.len(), 1);
-    assert!(!others[0].killed && others[0].verdict == KernelVerdict::Unknown, "{:?}", others[0]);
+    assert!(
+        !others[0].killed && others[0].verdict == KernelVerdict::Unknown,
+        "{:?}",
+        others[0]
+    );
     // With LSM the image was never replaced: no exec event of the denied
     // cgroup arrived before the later exec of the other cgroup did.
     let late = events.take(denied.id, 0);
     assert!(late.is_empty(), "events after the denial: {late:?}");
     let after = probes.counters().unwrap();
-    let (kills, denies) = (after.kills - before.kills, after.lsm_denies - before.lsm_denies);
-    assert_eq!((kills, denies), if lsm { (0, 1) } else { (1, 0) }, "{before:?} -> {after:?}");
+    let (kills, denies) = (
+        after.kills - before.kills,
+        after.lsm_denies - before.lsm_denies,
+    );
+    assert_eq!(
+        (kills, denies),
+        if lsm { (0, 1) } else { (1, 0) },
+        "{before:?} -> {after:?}"
+    );
 
     // Back to audit: the same cgroup runs again, and the event still says deny.
     probes.set_enforce(false).unwrap();
     let marker3 = dir.join("marker-audit");
-    let st = denied.command(&sh).arg("-c").arg(format!("echo ran > {}", marker3.display())).status().unwrap();
-    assert!(st.success() && marker3.exists(), "audit mode must not kill: {st:?}");
+    let st = denied
+        .command(&sh)
+        .arg("-c")
+        .arg(format!("echo ran > {}", marker3.display()))
+        .status()
+        .unwrap();
+    assert!(
+        st.success() && marker3.exists(),
+        "audit mode must not kill: {st:?}"
+    );
     let evs = events.take(denied.id, 1);
-    assert!(evs.iter().any(|e| e.verdict == KernelVerdict::Deny && !e.killed && !e.lsm_denied), "{evs:?}");
+    assert!(
+        evs.iter()
+            .any(|e| e.verdict == KernelVerdict::Deny && !e.killed && !e.lsm_denied),
+        "{evs:?}"
+    );
     drop(probes);
     let _ = fs::remove_dir_all(dir);
 }
@@ -204,7 +289,10 @@ fn flood_against_tiny_ring_buffer_is_counted_not_lost() {
         return;
     }
     // One page: room for about a dozen 320-byte events.
-    let (probes, mut ring) = load(ProbeOptions { ringbuf_bytes: 4096, ..Default::default() });
+    let (probes, mut ring) = load(ProbeOptions {
+        ringbuf_bytes: 4096,
+        ..Default::default()
+    });
     let dir = tempdir("flood");
     let bin = private_binary(&dir, "iw-true-flood", "/bin/true");
     let cg = TestCgroup::new("flood");
@@ -219,15 +307,26 @@ fn flood_against_tiny_ring_buffer_is_counted_not_lost() {
     let got = drain(&mut ring);
     let c1 = probes.counters().unwrap();
     let late = drain(&mut ring);
-    let ours = got.iter().chain(late.iter()).filter(|r| r.cgroup_id == cg.id).count();
+    let ours = got
+        .iter()
+        .chain(late.iter())
+        .filter(|r| r.cgroup_id == cg.id)
+        .count();
     let drops = c1.ringbuf_drops - c0.ringbuf_drops;
     let execs = c1.execs - c0.execs;
     let received = (got.len() + late.len()) as u64;
     eprintln!("flood: execs={execs} received={received} (ours {ours}) drops={drops}");
     assert!(ours <= 16, "a 4 KiB ring cannot hold {ours} events");
-    assert!(drops as usize >= N - ours, "every exec not delivered must be counted: drops {drops}, ours {ours}");
+    assert!(
+        drops as usize >= N - ours,
+        "every exec not delivered must be counted: drops {drops}, ours {ours}"
+    );
     // Every exec the kernel saw is either delivered or counted as dropped.
-    assert_eq!(execs, received + drops, "execs {execs} != received {received} + drops {drops}");
+    assert_eq!(
+        execs,
+        received + drops,
+        "execs {execs} != received {received} + drops {drops}"
+    );
     drop(probes);
     let _ = fs::remove_dir_all(dir);
 }
@@ -255,7 +354,11 @@ fn fileless_and_long_names_are_flagged() {
     assert!(st.success());
     let evs = events.take(cg.id, 1);
     assert_eq!(evs.len(), 1, "{evs:?}");
-    assert!(evs[0].fileless, "memfd exec must be flagged fileless: {:?}", evs[0]);
+    assert!(
+        evs[0].fileless,
+        "memfd exec must be flagged fileless: {:?}",
+        evs[0]
+    );
     drop(f);
 
     // A path longer than the kernel buffer: cut at 255 bytes and flagged.
@@ -287,7 +390,10 @@ fn announced_names_are_enforced_and_unknown_containers_held() {
     if !privileged() {
         return;
     }
-    let (mut probes, ring) = load(ProbeOptions { enforce: true, ..Default::default() });
+    let (mut probes, ring) = load(ProbeOptions {
+        enforce: true,
+        ..Default::default()
+    });
     let mut events = Events::new(ring);
     let dir = tempdir("names");
     let sh = private_binary(&dir, "iw-sh-names", "/bin/sh");
@@ -297,33 +403,67 @@ fn announced_names_are_enforced_and_unknown_containers_held() {
     // Announced and denied: the verdict is stored before the cgroup exists.
     let leaf_denied = "iw-denied-leaf";
     probes
-        .set_name_verdict(&agent_common::CgroupKey::new(&parent_name, leaf_denied.as_bytes()), verdict::DENY)
+        .set_name_verdict(
+            &agent_common::CgroupKey::new(&parent_name, leaf_denied.as_bytes()),
+            verdict::DENY,
+        )
         .unwrap();
     let c = parent.path.join(leaf_denied);
     fs::create_dir(&c).unwrap();
-    let denied = TestCgroup { id: imagewarden::probes::cgroup_id_of(&c).unwrap(), path: c };
+    let denied = TestCgroup {
+        id: imagewarden::probes::cgroup_id_of(&c).unwrap(),
+        path: c,
+    };
     let marker = dir.join("marker-names");
-    Outcome::of(denied.command(&sh).arg("-c").arg(format!("echo ran > {}", marker.display())))
-        .assert_denied(probes.enforcement);
+    Outcome::of(
+        denied
+            .command(&sh)
+            .arg("-c")
+            .arg(format!("echo ran > {}", marker.display())),
+    )
+    .assert_denied(probes.enforcement);
     assert!(!marker.exists());
     let ev = events.take(denied.id, 1);
     assert_eq!(ev.len(), 1);
-    assert!((ev[0].killed || ev[0].lsm_denied) && ev[0].verdict == KernelVerdict::Deny, "{:?}", ev[0]);
+    assert!(
+        (ev[0].killed || ev[0].lsm_denied) && ev[0].verdict == KernelVerdict::Deny,
+        "{:?}",
+        ev[0]
+    );
     assert!(probes.counters().unwrap().name_hits >= 1);
 
     // Not announced, named like a container (64 hex digits): held.
     let hex = "cri-containerd-".to_string() + &"0123456789abcdef".repeat(4) + ".scope";
     let c = parent.path.join(&hex);
     fs::create_dir(&c).unwrap();
-    let held = TestCgroup { id: imagewarden::probes::cgroup_id_of(&c).unwrap(), path: c };
+    let held = TestCgroup {
+        id: imagewarden::probes::cgroup_id_of(&c).unwrap(),
+        path: c,
+    };
     let marker = dir.join("marker-held");
-    let mut child = held.command(&sh).arg("-c").arg(format!("echo ran > {}", marker.display())).spawn().unwrap();
+    let mut child = held
+        .command(&sh)
+        .arg("-c")
+        .arg(format!("echo ran > {}", marker.display()))
+        .spawn()
+        .unwrap();
     let ev = events.take(held.id, 1);
     assert_eq!(ev.len(), 1, "{ev:?}");
-    assert!(ev[0].held && ev[0].verdict == KernelVerdict::Hold, "{:?}", ev[0]);
+    assert!(
+        ev[0].held && ev[0].verdict == KernelVerdict::Hold,
+        "{:?}",
+        ev[0]
+    );
     std::thread::sleep(Duration::from_millis(100));
     let stat = fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
-    let state = stat.rsplit(')').next().unwrap().split_whitespace().next().unwrap().to_string();
+    let state = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     assert_eq!(state, "T", "held process must be stopped: {stat}");
     assert!(!marker.exists(), "held program ran");
     // User space decides "allow": the program continues from its first instruction.
@@ -348,16 +488,30 @@ fn routine_execs_are_counted_but_not_emitted_unless_asked() {
     if !privileged() {
         return;
     }
-    let (mut probes, ring) = load(ProbeOptions { emit_all: false, ..Default::default() });
+    let (mut probes, ring) = load(ProbeOptions {
+        emit_all: false,
+        ..Default::default()
+    });
     let mut events = Events::new(ring);
     let routine = TestCgroup::new("routine");
     let denied = TestCgroup::new("quiet-denied");
     probes.set_verdict(denied.id, verdict::DENY).unwrap();
     let c0 = probes.counters().unwrap();
     for _ in 0..20 {
-        assert!(routine.command(Path::new("/bin/true")).status().unwrap().success());
+        assert!(routine
+            .command(Path::new("/bin/true"))
+            .status()
+            .unwrap()
+            .success());
     }
-    assert!(denied.command(Path::new("/bin/true")).status().unwrap().success(), "audit mode: runs");
+    assert!(
+        denied
+            .command(Path::new("/bin/true"))
+            .status()
+            .unwrap()
+            .success(),
+        "audit mode: runs"
+    );
     // A fileless exec in the routine cgroup is still emitted.
     let name = std::ffi::CString::new("iw-quiet-memfd").unwrap();
     // SAFETY: valid C string; the child inherits the fd.
@@ -366,16 +520,27 @@ fn routine_execs_are_counted_but_not_emitted_unless_asked() {
     // SAFETY: we own fd.
     let mut f = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     f.write_all(&fs::read("/bin/true").unwrap()).unwrap();
-    assert!(routine.command(Path::new(&format!("/proc/self/fd/{fd}"))).status().unwrap().success());
+    assert!(routine
+        .command(Path::new(&format!("/proc/self/fd/{fd}")))
+        .status()
+        .unwrap()
+        .success());
     drop(f);
 
     let d = events.take(denied.id, 1);
     assert_eq!(d.len(), 1, "denied exec must be emitted: {d:?}");
     let r = events.take(routine.id, 1);
-    assert_eq!(r.len(), 1, "only the fileless exec of the routine cgroup is emitted: {r:?}");
+    assert_eq!(
+        r.len(),
+        1,
+        "only the fileless exec of the routine cgroup is emitted: {r:?}"
+    );
     assert!(r[0].fileless, "{:?}", r[0]);
     let c1 = probes.counters().unwrap();
-    assert!(c1.execs - c0.execs >= 22, "every exec is counted: {c0:?} -> {c1:?}");
+    assert!(
+        c1.execs - c0.execs >= 22,
+        "every exec is counted: {c0:?} -> {c1:?}"
+    );
 }
 
 /// The kernel caches the default verdict of cgroups it decided by name
@@ -388,7 +553,10 @@ fn names_announced_after_a_cached_decision_take_effect_at_the_next_exec() {
     if !privileged() {
         return;
     }
-    let (mut probes, ring) = load(ProbeOptions { enforce: true, ..Default::default() });
+    let (mut probes, ring) = load(ProbeOptions {
+        enforce: true,
+        ..Default::default()
+    });
     let mut events = Events::new(ring);
     let dir = tempdir("cache");
     let sh = private_binary(&dir, "iw-sh-cache", "/bin/sh");
@@ -398,7 +566,11 @@ fn names_announced_after_a_cached_decision_take_effect_at_the_next_exec() {
     let run = |cg: &TestCgroup, tag: &str| {
         let marker = dir.join(format!("marker-{tag}"));
         let _ = fs::remove_file(&marker);
-        let o = Outcome::of(cg.command(&sh).arg("-c").arg(format!("echo ran > {}", marker.display())));
+        let o = Outcome::of(
+            cg.command(&sh)
+                .arg("-c")
+                .arg(format!("echo ran > {}", marker.display())),
+        );
         (o, marker.exists())
     };
     let enforcement = probes.enforcement;
@@ -407,19 +579,32 @@ fn names_announced_after_a_cached_decision_take_effect_at_the_next_exec() {
     let late = mk("iw-late-leaf");
     for i in 0..3 {
         let (st, ran) = run(&late, &format!("late-{i}"));
-        assert!(st.code() == Some(0) && ran, "unknown host cgroup runs: {st:?}");
+        assert!(
+            st.code() == Some(0) && ran,
+            "unknown host cgroup runs: {st:?}"
+        );
     }
     assert_eq!(events.take(late.id, 3).len(), 3);
     let hits0 = probes.counters().unwrap().name_hits;
-    probes.set_name_verdict(&agent_common::CgroupKey::new(&parent_name, b"iw-late-leaf"), verdict::DENY).unwrap();
+    probes
+        .set_name_verdict(
+            &agent_common::CgroupKey::new(&parent_name, b"iw-late-leaf"),
+            verdict::DENY,
+        )
+        .unwrap();
     let (st, ran) = run(&late, "late-denied");
     st.assert_denied(enforcement); // not the stale cached "unknown"
     assert!(!ran);
     assert!(probes.counters().unwrap().name_hits > hits0);
     let ev = events.take(late.id, 1);
-    assert!(ev.len() == 1 && (ev[0].killed || ev[0].lsm_denied), "{ev:?}");
+    assert!(
+        ev.len() == 1 && (ev[0].killed || ev[0].lsm_denied),
+        "{ev:?}"
+    );
     // Cleared again: back to the default.
-    probes.clear_name_verdict(&agent_common::CgroupKey::new(&parent_name, b"iw-late-leaf")).unwrap();
+    probes
+        .clear_name_verdict(&agent_common::CgroupKey::new(&parent_name, b"iw-late-leaf"))
+        .unwrap();
     let (st, ran) = run(&late, "late-cleared");
     assert!(st.code() == Some(0) && ran, "{st:?}");
 
@@ -428,11 +613,21 @@ fn names_announced_after_a_cached_decision_take_effect_at_the_next_exec() {
     let (st, ran) = run(&child, "child-0");
     assert!(st.code() == Some(0) && ran, "{st:?}");
     assert_eq!(events.take(child.id, 1).len(), 1);
-    probes.add_hold_parent(std::str::from_utf8(&parent_name).unwrap()).unwrap();
+    probes
+        .add_hold_parent(std::str::from_utf8(&parent_name).unwrap())
+        .unwrap();
     let marker = dir.join("marker-child-held");
-    let mut p = child.command(&sh).arg("-c").arg(format!("echo ran > {}", marker.display())).spawn().unwrap();
+    let mut p = child
+        .command(&sh)
+        .arg("-c")
+        .arg(format!("echo ran > {}", marker.display()))
+        .spawn()
+        .unwrap();
     let ev = events.take(child.id, 1);
-    assert!(ev.len() == 1 && ev[0].held, "cached verdict hid the new hold parent: {ev:?}");
+    assert!(
+        ev.len() == 1 && ev[0].held,
+        "cached verdict hid the new hold parent: {ev:?}"
+    );
     assert!(!marker.exists());
     // SAFETY: plain syscall on our child.
     unsafe { libc::kill(p.id() as i32, libc::SIGKILL) };

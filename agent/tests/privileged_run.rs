@@ -15,7 +15,7 @@ mod exec_hook;
 mod host;
 
 use exec_hook::{assert_enforcement_matches_kernel, Outcome};
-use host::{in_cgroup, cgroup2_root, privileged};
+use host::{cgroup2_root, in_cgroup, privileged};
 use imagewarden::probes::Enforcement;
 
 /// The tests look at programs loaded machine-wide: one at a time.
@@ -56,18 +56,33 @@ fn wait_ready(child: &mut Child) -> (Enforcement, Option<String>) {
             }
         }
     });
-    let lines = rx.recv_timeout(Duration::from_secs(20)).expect("agent did not start within 20 s");
+    let lines = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("agent did not start within 20 s");
     let value = |l: &str, key: &str| -> Option<String> {
         let i = l.find(&format!("{key}="))?;
-        Some(l[i + key.len() + 1..].split_whitespace().next()?.trim_matches('"').to_string())
+        Some(
+            l[i + key.len() + 1..]
+                .split_whitespace()
+                .next()?
+                .trim_matches('"')
+                .to_string(),
+        )
     };
-    let attached = lines.iter().find(|l| l.contains("eBPF programs attached")).expect("no 'eBPF programs attached' log line");
+    let attached = lines
+        .iter()
+        .find(|l| l.contains("eBPF programs attached"))
+        .expect("no 'eBPF programs attached' log line");
     let enforcement = match value(attached, "enforcement").as_deref() {
         Some("lsm") => Enforcement::Lsm,
         Some("signal") => Enforcement::Signal,
         other => panic!("the agent must log its enforcement: {other:?} in {attached}"),
     };
-    let fallbacks: Vec<String> = lines.iter().filter(|l| l.contains("BPF LSM")).cloned().collect();
+    let fallbacks: Vec<String> = lines
+        .iter()
+        .filter(|l| l.contains("BPF LSM"))
+        .cloned()
+        .collect();
     assert_enforcement_matches_kernel(enforcement, &fallbacks);
     (enforcement, lines.iter().find_map(|l| value(l, "addr")))
 }
@@ -85,12 +100,20 @@ impl Drop for KillOnDrop {
 /// Ids of the loaded exec programs (ours are named exec_btf / exec_tp, and
 /// bprm_check for BPF LSM).
 fn exec_program_ids() -> std::collections::BTreeSet<u64> {
-    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool");
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
     v.as_array()
         .into_iter()
         .flatten()
-        .filter(|p| matches!(p["name"].as_str(), Some("exec_btf" | "exec_tp" | "bprm_check")))
+        .filter(|p| {
+            matches!(
+                p["name"].as_str(),
+                Some("exec_btf" | "exec_tp" | "bprm_check")
+            )
+        })
         .filter_map(|p| p["id"].as_u64())
         .collect()
 }
@@ -108,7 +131,14 @@ fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm
     let before = exec_program_ids();
 
     let mut agent = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
-        .args(["run", "--standalone", "--mode", "enforce", "--detach-on-exit", "--deny-cgroup"])
+        .args([
+            "run",
+            "--standalone",
+            "--mode",
+            "enforce",
+            "--detach-on-exit",
+            "--deny-cgroup",
+        ])
         .arg(&cg)
         .env("IMAGEWARDEN_LOG_FORMAT", "text")
         .stdout(Stdio::piped())
@@ -120,19 +150,27 @@ fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm
     let mut agent = KillOnDrop(agent);
     // Compared by id, so programs of anything else running on the machine do not matter.
     let ours: Vec<u64> = exec_program_ids().difference(&before).copied().collect();
-    assert!(!ours.is_empty(), "no exec program attached while the agent runs");
+    assert!(
+        !ours.is_empty(),
+        "no exec program attached while the agent runs"
+    );
 
     let marker = std::env::temp_dir().join(format!("iw-run-marker-{}", std::process::id()));
     let _ = fs::remove_file(&marker);
-    Outcome::of(in_cgroup(&cg, "/bin/sh").arg("-c").arg(format!("echo ran > {}", marker.display())))
-        .assert_denied(enforcement);
+    Outcome::of(
+        in_cgroup(&cg, "/bin/sh")
+            .arg("-c")
+            .arg(format!("echo ran > {}", marker.display())),
+    )
+    .assert_denied(enforcement);
     assert!(!marker.exists());
 
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut finding = None;
     while Instant::now() < deadline {
         if let Ok(l) = lines.recv_timeout(Duration::from_millis(200)) {
-            let v: serde_json::Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"));
+            let v: serde_json::Value =
+                serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"));
             if v["cgroup_id"] == cg_id {
                 finding = Some(v);
                 break;
@@ -144,8 +182,18 @@ fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm
     assert_eq!(f["verdict"], "deny");
     assert_eq!(f["action"], "killed");
     assert_eq!(f["filename"], "/bin/sh");
-    assert!(f["reason"].as_str().unwrap().starts_with("denied-cgroup"), "{f}");
-    for k in ["pid", "container_id", "image", "image_digest", "pod", "namespace"] {
+    assert!(
+        f["reason"].as_str().unwrap().starts_with("denied-cgroup"),
+        "{f}"
+    );
+    for k in [
+        "pid",
+        "container_id",
+        "image",
+        "image_digest",
+        "pod",
+        "namespace",
+    ] {
         assert!(f.get(k).is_some(), "key {k} missing in {f}");
     }
 
@@ -164,7 +212,11 @@ fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm
     }
     assert_eq!(still(), 0, "programs {ours:?} still loaded after SIGTERM");
     let o = Outcome::of(in_cgroup(&cg, "/bin/sh").arg("-c").arg("exit 4"));
-    assert_eq!(o.code(), Some(4), "enforcement must end with the agent: {o:?}");
+    assert_eq!(
+        o.code(),
+        Some(4),
+        "enforcement must end with the agent: {o:?}"
+    );
     let _ = fs::remove_dir(&cg);
 }
 
@@ -172,11 +224,22 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).unwrap();
-    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (code, body)
 }
 
@@ -189,7 +252,14 @@ fn standalone_agent_serves_metrics_health_and_readiness() {
         return;
     }
     let mut agent = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
-        .args(["run", "--standalone", "--listen", "127.0.0.1:0", "--runtime-endpoint", "unix:///nonexistent.sock"])
+        .args([
+            "run",
+            "--standalone",
+            "--listen",
+            "127.0.0.1:0",
+            "--runtime-endpoint",
+            "unix:///nonexistent.sock",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -208,7 +278,8 @@ fn standalone_agent_serves_metrics_health_and_readiness() {
     assert_eq!(code, 200);
     let lines = text.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
-    let names: std::collections::BTreeSet<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+    let names: std::collections::BTreeSet<&str> =
+        scrape.samples.iter().map(|s| s.metric.as_str()).collect();
     for family in [
         "imagewarden_exec_events_total",
         "imagewarden_kernel_execs_total",
@@ -221,20 +292,36 @@ fn standalone_agent_serves_metrics_health_and_readiness() {
         "imagewarden_enforcement_info",
         "imagewarden_build_info",
     ] {
-        assert!(names.contains(family), "family {family} missing from the scrape: {names:?}");
+        assert!(
+            names.contains(family),
+            "family {family} missing from the scrape: {names:?}"
+        );
     }
     let execs = scrape
         .samples
         .iter()
         .find(|s| s.metric == "imagewarden_kernel_execs_total")
         .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) | prometheus_parse::Value::Gauge(v) => v,
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Untyped(v)
+            | prometheus_parse::Value::Gauge(v) => v,
             _ => -1.0,
         })
         .unwrap();
-    assert!(execs >= 20.0, "kernel exec counter read at scrape time: {execs}");
-    let info = scrape.samples.iter().find(|s| s.metric == "imagewarden_enforcement_info").unwrap();
-    assert_eq!(info.labels.get("mechanism"), Some(enforcement.as_str()), "metric and log disagree: {info:?}");
+    assert!(
+        execs >= 20.0,
+        "kernel exec counter read at scrape time: {execs}"
+    );
+    let info = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "imagewarden_enforcement_info")
+        .unwrap();
+    assert_eq!(
+        info.labels.get("mechanism"),
+        Some(enforcement.as_str()),
+        "metric and log disagree: {info:?}"
+    );
     assert!(info.labels.get("exec_hook").is_some(), "{info:?}");
     drop(agent);
 }
@@ -255,7 +342,15 @@ fn strip_ansi(s: &str) -> String {
 
 fn start_agent(cg: &std::path::Path, extra: &[&str]) -> (KillOnDrop, Enforcement) {
     let mut agent = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
-        .args(["run", "--standalone", "--mode", "enforce", "--runtime-endpoint", "unix:///nonexistent.sock", "--deny-cgroup"])
+        .args([
+            "run",
+            "--standalone",
+            "--mode",
+            "enforce",
+            "--runtime-endpoint",
+            "unix:///nonexistent.sock",
+            "--deny-cgroup",
+        ])
         .arg(cg)
         .args(extra)
         .stdout(Stdio::null())
@@ -295,9 +390,21 @@ fn killed_agent_keeps_enforcing_and_restart_takes_over_without_duplicates() {
     // One exec program, plus the LSM program where BPF LSM enforces.
     let per_agent = if enf == Enforcement::Lsm { 2 } else { 1 };
     let ids_a: Vec<u64> = exec_program_ids().difference(&before).copied().collect();
-    assert_eq!(ids_a.len(), per_agent, "programs of agent A ({} enforcement): {ids_a:?}", enf.as_str());
-    assert!(pin_dir.join("exec_link").exists(), "fail-closed agent must pin its exec link");
-    assert_eq!(pin_dir.join("lsm_link").exists(), enf == Enforcement::Lsm, "the LSM link is pinned iff LSM enforces");
+    assert_eq!(
+        ids_a.len(),
+        per_agent,
+        "programs of agent A ({} enforcement): {ids_a:?}",
+        enf.as_str()
+    );
+    assert!(
+        pin_dir.join("exec_link").exists(),
+        "fail-closed agent must pin its exec link"
+    );
+    assert_eq!(
+        pin_dir.join("lsm_link").exists(),
+        enf == Enforcement::Lsm,
+        "the LSM link is pinned iff LSM enforces"
+    );
     runs_in(&cg).assert_denied(enf);
 
     // SIGKILL: no chance to clean up.
@@ -316,8 +423,15 @@ fn killed_agent_keeps_enforcing_and_restart_takes_over_without_duplicates() {
     }
     let now = exec_program_ids();
     let ours: Vec<u64> = now.difference(&before).copied().collect();
-    assert_eq!(ours.len(), per_agent, "exactly one set of programs after the restart, got {ours:?}");
-    assert!(ids_a.iter().all(|id| !now.contains(id)), "agent A's programs must be gone after B took over");
+    assert_eq!(
+        ours.len(),
+        per_agent,
+        "exactly one set of programs after the restart, got {ours:?}"
+    );
+    assert!(
+        ids_a.iter().all(|id| !now.contains(id)),
+        "agent A's programs must be gone after B took over"
+    );
     runs_in(&cg).assert_denied(enf);
 
     // SIGTERM hands the pinned state over (a rolling update): enforcement
@@ -326,23 +440,44 @@ fn killed_agent_keeps_enforcing_and_restart_takes_over_without_duplicates() {
     unsafe { libc::kill(b.0.id() as i32, libc::SIGTERM) };
     assert!(b.0.wait().unwrap().success());
     drop(b);
-    assert!(pin_dir.join("exec_link").exists(), "SIGTERM must leave the pinned state to the next agent");
+    assert!(
+        pin_dir.join("exec_link").exists(),
+        "SIGTERM must leave the pinned state to the next agent"
+    );
     // Enforcement survives a clean SIGTERM (handover).
     runs_in(&cg).assert_denied(enf);
-    let out = Command::new(env!("CARGO_BIN_EXE_imagewarden")).arg("cleanup").output().unwrap();
-    assert!(out.status.success(), "cleanup: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
+        .arg("cleanup")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cleanup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while exec_program_ids().difference(&before).count() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(exec_program_ids().difference(&before).count(), 0, "programs left after cleanup");
-    assert!(!pin_dir.exists(), "pin directory left after cleanup: {}", pin_dir.display());
+    assert_eq!(
+        exec_program_ids().difference(&before).count(),
+        0,
+        "programs left after cleanup"
+    );
+    assert!(
+        !pin_dir.exists(),
+        "pin directory left after cleanup: {}",
+        pin_dir.display()
+    );
     assert_runs(&cg, "no enforcement after cleanup");
 
     // Fail open: SIGKILL takes enforcement away.
     let (mut c, _) = start_agent(&cg, &["--fail-mode", "open"]);
     runs_in(&cg).assert_denied(enf);
-    assert!(!pin_dir.join("exec_link").exists(), "fail-open agent must not pin");
+    assert!(
+        !pin_dir.join("exec_link").exists(),
+        "fail-open agent must not pin"
+    );
     c.0.kill().unwrap();
     c.0.wait().unwrap();
     drop(c);

@@ -210,7 +210,9 @@ async fn cri_lists_pod_containers_with_pod_metadata(test: &str, rt: Runtime) {
     assert_eq!(cri.runtime_namespace().as_deref(), Some("k8s.io"));
     // CRI's Version reports the release the harness started.
     assert!(
-        cri.runtime_version().trim_start_matches('v').starts_with(&format!("{}.", ctd.version.split('.').next().unwrap())),
+        cri.runtime_version()
+            .trim_start_matches('v')
+            .starts_with(&format!("{}.", ctd.version.split('.').next().unwrap())),
         "CRI says {} for {}",
         cri.runtime_version(),
         ctd.label()
@@ -307,7 +309,9 @@ async fn cri_lists_pod_containers_with_pod_metadata(test: &str, rt: Runtime) {
     );
     check_cgroup(&c2);
     cri.stop_container(&cid2, 0).await.expect("StopContainer");
-    cri.remove_pod_sandbox(&sandbox2).await.expect("remove sandbox");
+    cri.remove_pod_sandbox(&sandbox2)
+        .await
+        .expect("remove sandbox");
 
     // ImageStatus resolves names to digests.
     let img = cri
@@ -419,10 +423,16 @@ async fn cri_container_events_by_release(test: &str, rt: Runtime) {
     let mut events = match (rt, stream) {
         (Runtime::V1_6, Err(CriError::Unsupported { call })) => {
             assert_eq!(call, "GetContainerEvents");
-            eprintln!("{}: CRI GetContainerEvents unimplemented, as expected", ctd.label());
+            eprintln!(
+                "{}: CRI GetContainerEvents unimplemented, as expected",
+                ctd.label()
+            );
             return;
         }
-        (Runtime::V1_6, Ok(_)) => panic!("{} implements GetContainerEvents: update the docs", ctd.label()),
+        (Runtime::V1_6, Ok(_)) => panic!(
+            "{} implements GetContainerEvents: update the docs",
+            ctd.label()
+        ),
         (_, Err(e)) => panic!("{}: GetContainerEvents: {e}", ctd.label()),
         (Runtime::V2, Ok(s)) => s,
     };
@@ -441,7 +451,9 @@ async fn cri_container_events_by_release(test: &str, rt: Runtime) {
         let left = deadline.saturating_duration_since(Instant::now());
         let ev = tokio::time::timeout(left, events.next())
             .await
-            .unwrap_or_else(|_| panic!("no CRI stop event within 15 s; saw {seen:?} (sandbox: {sandbox_seen:?})"))
+            .unwrap_or_else(|_| {
+                panic!("no CRI stop event within 15 s; saw {seen:?} (sandbox: {sandbox_seen:?})")
+            })
             .expect("CRI event stream")
             .expect("stream open");
         eprintln!("CRI event: {ev:?}");
@@ -459,11 +471,19 @@ async fn cri_container_events_by_release(test: &str, rt: Runtime) {
         "{seen:?}"
     );
     assert!(
-        seen.contains(&EventKind::Exited { pid: None, exit_status: Some(137) }),
+        seen.contains(&EventKind::Exited {
+            pid: None,
+            exit_status: Some(137)
+        }),
         "{seen:?}"
     );
-    assert!(sandbox_seen.contains(&EventKind::Started { pid: None }), "{sandbox_seen:?}");
-    cri.remove_pod_sandbox(&sandbox).await.expect("remove sandbox");
+    assert!(
+        sandbox_seen.contains(&EventKind::Started { pid: None }),
+        "{sandbox_seen:?}"
+    );
+    cri.remove_pod_sandbox(&sandbox)
+        .await
+        .expect("remove sandbox");
 }
 
 /// One image under two names (Docker Hub's nginx and its byte-identical
@@ -483,41 +503,81 @@ async fn one_image_two_names(test: &str, rt: Runtime) {
     ctd.ctr("k8s.io", &["images", "tag", NGINX, MIRROR]);
     let mirror_by_digest = format!("public.ecr.aws/docker/library/nginx@{digest}");
     ctd.ctr("k8s.io", &["images", "tag", NGINX, &mirror_by_digest]);
-    let cri = CriClient::connect(&ctd.endpoint()).await.expect("CRI connect");
+    let cri = CriClient::connect(&ctd.endpoint())
+        .await
+        .expect("CRI connect");
     // The CRI plugin learns of the new name from containerd's image events.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cri
         .image_status(MIRROR)
         .await
         .expect("ImageStatus")
-        .is_some_and(|i| i.repo_tags.iter().any(|t| t == MIRROR) && i.repo_tags.iter().any(|t| t == NGINX))
+        .is_some_and(|i| {
+            i.repo_tags.iter().any(|t| t == MIRROR) && i.repo_tags.iter().any(|t| t == NGINX)
+        })
     {
-        assert!(Instant::now() < deadline, "CRI never learnt the name {MIRROR}");
+        assert!(
+            Instant::now() < deadline,
+            "CRI never learnt the name {MIRROR}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let native = ContainerdClient::connect(&ctd.endpoint()).await.expect("connect");
+    let native = ContainerdClient::connect(&ctd.endpoint())
+        .await
+        .expect("connect");
     for (written, repo, uid, marker) in [
-        (MIRROR, "public.ecr.aws/docker/library/nginx", "2c2d3e4f-5061-4b7c-8d9e-0f1a2b3c4d5e", "two-names-mirror"),
-        (NGINX, "docker.io/library/nginx", "3c2d3e4f-5061-4b7c-8d9e-0f1a2b3c4d5e", "two-names-hub"),
+        (
+            MIRROR,
+            "public.ecr.aws/docker/library/nginx",
+            "2c2d3e4f-5061-4b7c-8d9e-0f1a2b3c4d5e",
+            "two-names-mirror",
+        ),
+        (
+            NGINX,
+            "docker.io/library/nginx",
+            "3c2d3e4f-5061-4b7c-8d9e-0f1a2b3c4d5e",
+            "two-names-hub",
+        ),
     ] {
-        let (_sb, cid) = ctd.cri_run(&cri, &CriPod::new(marker, "prod", uid, written, marker)).await;
+        let (_sb, cid) = ctd
+            .cri_run(&cri, &CriPod::new(marker, "prod", uid, written, marker))
+            .await;
         let status = cri.container_status(&cid).await.expect("ContainerStatus");
         let listed = cri.list_containers().await.expect("ListContainers");
         let listed = listed.iter().find(|i| i.id == cid).expect("CRI lists it");
-        let n = native.list_containers("k8s.io").await.expect("containerd list");
+        let n = native
+            .list_containers("k8s.io")
+            .await
+            .expect("containerd list");
         let n = n.iter().find(|i| i.id == cid).expect("containerd lists it");
         let want_ref = format!("{repo}@{digest}");
         let got = [
-            ("CRI ContainerStatus", &status.image_as_written, &status.image_ref),
-            ("CRI ListContainers", &listed.image_as_written, &listed.image_ref),
+            (
+                "CRI ContainerStatus",
+                &status.image_as_written,
+                &status.image_ref,
+            ),
+            (
+                "CRI ListContainers",
+                &listed.image_as_written,
+                &listed.image_ref,
+            ),
             ("containerd Containers", &n.image_as_written, &n.image_ref),
         ];
         for (source, image, image_ref) in got {
-            eprintln!("{}: pod wrote {written}: {source} says {image:?} ({image_ref:?})", ctd.label());
+            eprintln!(
+                "{}: pod wrote {written}: {source} says {image:?} ({image_ref:?})",
+                ctd.label()
+            );
             match rt {
                 Runtime::V2 => {
                     assert_eq!(image.as_deref(), Some(written), "{}: {source}", ctd.label());
-                    assert_eq!(image_ref.as_deref(), Some(want_ref.as_str()), "{}: {source}", ctd.label());
+                    assert_eq!(
+                        image_ref.as_deref(),
+                        Some(want_ref.as_str()),
+                        "{}: {source}",
+                        ctd.label()
+                    );
                 }
                 Runtime::V1_6 => {
                     // One of the image's two names; the same for both pods.
@@ -527,7 +587,10 @@ async fn one_image_two_names(test: &str, rt: Runtime) {
                         ctd.label()
                     );
                     if image.as_deref() != Some(written) {
-                        eprintln!("{}: limit: {source} names {image:?}, the pod wrote {written}", ctd.label());
+                        eprintln!(
+                            "{}: limit: {source} names {image:?}, the pod wrote {written}",
+                            ctd.label()
+                        );
                     }
                 }
             }

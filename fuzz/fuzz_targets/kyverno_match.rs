@@ -17,7 +17,14 @@ fuzz_target!(|input: (&str, &str)| {
     let _ = wildcard::go_wildcard_match_simple(pattern, value);
     let _ = wildcard::gobwas_glob_match(pattern, value);
     if !pattern.contains(['*', '?']) {
-        assert_eq!(g, pattern == value, "glob without wildcards must be equality: {pattern:?} {value:?}");
+        assert_eq!(
+            g,
+            pattern == value,
+            "glob without wildcards must be equality: {pattern:?} {value:?}"
+        );
     }
-    assert!(wildcard::glob_match(value.replace(['*', '?'], "").as_str(), &value.replace(['*', '?'], "")));
+    assert!(wildcard::glob_match(
+        value.replace(['*', '?'], "").as_str(),
+        &value.replace(['*', '?'], "")
+    ));
 });

@@ -12,9 +12,15 @@ fuzz_target!(|data: &[u8]| {
     if data.len() > 16 << 10 {
         return;
     }
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(set) = load_policy_str(text, "fuzz.yaml") {
-        for ct in [ContainerType::Container, ContainerType::Init, ContainerType::Ephemeral] {
+        for ct in [
+            ContainerType::Container,
+            ContainerType::Init,
+            ContainerType::Ephemeral,
+        ] {
             let ctx = EvalContext::new(ct).with_namespace(Some("default"));
             for image in ["nginx", "public.ecr.aws/nginx/nginx:1@sha256:0000000000000000000000000000000000000000000000000000000000000000", "", "::"] {
                 let v = set.evaluate(image, &ctx);

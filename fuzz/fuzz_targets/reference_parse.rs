@@ -7,12 +7,18 @@ use imagewarden_policy::{imageinfo, reference};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(r) = reference::parse_normalized_named(s) {
         let printed = r.to_string();
         let again = reference::parse_normalized_named(&printed)
             .unwrap_or_else(|e| panic!("{s:?} parsed, its string {printed:?} does not: {e}"));
-        assert_eq!(again.to_string(), printed, "normalisation is not idempotent for {s:?}");
+        assert_eq!(
+            again.to_string(),
+            printed,
+            "normalisation is not idempotent for {s:?}"
+        );
         let _ = reference::familiar_string(&r);
         let _ = imagewarden_policy::check::normalized_string(&r);
     }

@@ -138,18 +138,25 @@ fn main() {
     let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/seed-vpol.yaml");
     let set = imagewarden_policy::load_policy_file(&seed).expect("seed-vpol.yaml");
     let ctx = EvalContext::new(ContainerType::Container);
-    samples.push(measure("seed as ValidatingPolicy: CEL engine", per_sample, |i| {
-        set.evaluate(i, &ctx).allowed
-    }));
+    samples.push(measure(
+        "seed as ValidatingPolicy: CEL engine",
+        per_sample,
+        |i| set.evaluate(i, &ctx).allowed,
+    ));
     let old = imagewarden_policy::cel_subset::compile_rule(
         &[],
-        &["object.spec.containers.all(container, container.image.startsWith('public.ecr.aws/'))".to_string()],
+        &[
+            "object.spec.containers.all(container, container.image.startsWith('public.ecr.aws/'))"
+                .to_string(),
+        ],
     )
     .expect("subset compiles the seed expression");
     let old = old[0].clone().expect("containers test");
-    samples.push(measure("seed as ValidatingPolicy: old CEL subset", per_sample, |i| {
-        parse_normalized_named(i).is_ok() && old.eval_image(i)
-    }));
+    samples.push(measure(
+        "seed as ValidatingPolicy: old CEL subset",
+        per_sample,
+        |i| parse_normalized_named(i).is_ok() && old.eval_image(i),
+    ));
     println!(
         "{:<56} {:>14} {:>10} {:>8}",
         "policy evaluation", "images/s", "ns/image", "allowed"

@@ -73,7 +73,9 @@ impl CelProgram {
     /// that need what a node cannot know.
     pub fn compile(source: &str) -> Result<CelProgram, CelError> {
         if source.len() > MAX_SOURCE {
-            return Err(CelError::Syntax(format!("expression longer than {MAX_SOURCE} bytes")));
+            return Err(CelError::Syntax(format!(
+                "expression longer than {MAX_SOURCE} bytes"
+            )));
         }
         if bracket_depth(source) > MAX_DEPTH {
             return Err(CelError::Syntax(format!(
@@ -187,11 +189,17 @@ fn ast_depth(e: &IdedExpr) -> usize {
             .max()
             .unwrap_or(0),
         Expr::Select(s) => ast_depth(&s.operand),
-        Expr::Comprehension(c) => [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result]
-            .into_iter()
-            .map(ast_depth)
-            .max()
-            .unwrap_or(0),
+        Expr::Comprehension(c) => [
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ]
+        .into_iter()
+        .map(ast_depth)
+        .max()
+        .unwrap_or(0),
         Expr::List(l) => l.elements.iter().map(ast_depth).max().unwrap_or(0),
         Expr::Map(m) => m
             .entries
@@ -223,9 +231,11 @@ pub const OPT_INDEX: &str = "@iw.optIndex";
 fn yields_optional(e: &IdedExpr) -> bool {
     match &e.expr {
         Expr::Call(c) => {
-            matches!(c.func_name.as_str(), "_?._" | "_[?_]" | OPT_SELECT | OPT_INDEX | "or")
-                || (matches!(c.func_name.as_str(), "of" | "none" | "ofNonZeroValue")
-                    && matches!(c.target.as_deref().map(|t| &t.expr), Some(Expr::Ident(i)) if i == "optional"))
+            matches!(
+                c.func_name.as_str(),
+                "_?._" | "_[?_]" | OPT_SELECT | OPT_INDEX | "or"
+            ) || (matches!(c.func_name.as_str(), "of" | "none" | "ofNonZeroValue")
+                && matches!(c.target.as_deref().map(|t| &t.expr), Some(Expr::Ident(i)) if i == "optional"))
         }
         _ => false,
     }
@@ -318,7 +328,11 @@ fn unwrap_operand(v: &Value) -> Option<&Value> {
 }
 
 /// `a.?f`.
-fn opt_select(ftx: &FunctionContext, operand: Value, field: Arc<String>) -> Result<Value, ExecutionError> {
+fn opt_select(
+    ftx: &FunctionContext,
+    operand: Value,
+    field: Arc<String>,
+) -> Result<Value, ExecutionError> {
     let Some(v) = unwrap_operand(&operand) else {
         return Ok(none());
     };
@@ -345,7 +359,9 @@ fn opt_index(ftx: &FunctionContext, operand: Value, key: Value) -> Result<Value,
                 Value::Int(i) => Key::Int(*i),
                 Value::UInt(u) => Key::Uint(*u),
                 Value::Bool(b) => Key::Bool(*b),
-                other => return Err(ftx.error(format!("cannot use {} as a map key", other.type_of()))),
+                other => {
+                    return Err(ftx.error(format!("cannot use {} as a map key", other.type_of())))
+                }
             };
             Ok(m.map.get(&k).cloned().map(some).unwrap_or_else(none))
         }
@@ -361,7 +377,11 @@ fn opt_index(ftx: &FunctionContext, operand: Value, key: Value) -> Result<Value,
             .cloned()
             .map(some)
             .unwrap_or_else(none)),
-        (other, k) => Err(ftx.error(format!("cannot index {} with [?{}]", other.type_of(), k.type_of()))),
+        (other, k) => Err(ftx.error(format!(
+            "cannot index {} with [?{}]",
+            other.type_of(),
+            k.type_of()
+        ))),
     }
 }
 
@@ -369,7 +389,10 @@ fn opt_index(ftx: &FunctionContext, operand: Value, key: Value) -> Result<Value,
 fn mentions_field(source: &str, field: &str) -> bool {
     source.match_indices(field).any(|(i, _)| {
         let before = source[..i].trim_end();
-        before.ends_with('.') || before.ends_with(".?") || before.ends_with("['") || before.ends_with("[\"")
+        before.ends_with('.')
+            || before.ends_with(".?")
+            || before.ends_with("['")
+            || before.ends_with("[\"")
     })
 }
 
@@ -513,9 +536,12 @@ fn register_image_library(ctx: &mut Context<'_>) {
         },
     );
     ctx.add_function("isImage", |s: Arc<String>| ImageRef::parse(&s).is_ok());
-    ctx.add_function("registry", |This(this): This<Value>| -> Result<Value, ExecutionError> {
-        Ok(string(&image_of(&this, "registry")?.registry))
-    });
+    ctx.add_function(
+        "registry",
+        |This(this): This<Value>| -> Result<Value, ExecutionError> {
+            Ok(string(&image_of(&this, "registry")?.registry))
+        },
+    );
     ctx.add_function(
         "repository",
         |This(this): This<Value>| -> Result<Value, ExecutionError> {
@@ -528,16 +554,24 @@ fn register_image_library(ctx: &mut Context<'_>) {
             Ok(string(image_of(&this, "identifier")?.identifier()))
         },
     );
-    ctx.add_function("tag", |This(this): This<Value>| -> Result<Value, ExecutionError> {
-        Ok(string(&image_of(&this, "tag")?.tag))
-    });
-    ctx.add_function("digest", |This(this): This<Value>| -> Result<Value, ExecutionError> {
-        Ok(string(&image_of(&this, "digest")?.digest))
-    });
+    ctx.add_function(
+        "tag",
+        |This(this): This<Value>| -> Result<Value, ExecutionError> {
+            Ok(string(&image_of(&this, "tag")?.tag))
+        },
+    );
+    ctx.add_function(
+        "digest",
+        |This(this): This<Value>| -> Result<Value, ExecutionError> {
+            Ok(string(&image_of(&this, "digest")?.digest))
+        },
+    );
     ctx.add_function(
         "containsDigest",
         |This(this): This<Value>| -> Result<Value, ExecutionError> {
-            Ok(Value::Bool(!image_of(&this, "containsDigest")?.digest.is_empty()))
+            Ok(Value::Bool(
+                !image_of(&this, "containsDigest")?.digest.is_empty(),
+            ))
         },
     );
 }
@@ -564,7 +598,8 @@ mod tests {
 
     #[test]
     fn optional_field_semantics() {
-        let with_init = json!({"spec": {"containers": [{"image": "a"}], "initContainers": [{"image": "b"}]}});
+        let with_init =
+            json!({"spec": {"containers": [{"image": "a"}], "initContainers": [{"image": "b"}]}});
         let without = json!({"spec": {"containers": [{"image": "a"}]}});
         let null_field = json!({"spec": {"containers": [{"image": "a"}], "initContainers": null}});
         let all = "object.spec.containers + object.spec.?initContainers.orValue([])";
@@ -573,12 +608,24 @@ mod tests {
         assert!(b(&format!("size({all}) == 1"), without.clone()));
         // Present but null: the optional holds null (as in cel-go), and
         // adding null to a list is an error, not a silent pass.
-        assert!(b("object.spec.?initContainers.hasValue()", null_field.clone()));
-        assert!(b("object.spec.?initContainers.orValue([]) == null", null_field.clone()));
+        assert!(b(
+            "object.spec.?initContainers.hasValue()",
+            null_field.clone()
+        ));
+        assert!(b(
+            "object.spec.?initContainers.orValue([]) == null",
+            null_field.clone()
+        ));
         assert!(eval_with(&format!("size({all})"), null_field).is_err());
         // hasValue / value / or
-        assert!(b("object.spec.?initContainers.hasValue()", with_init.clone()));
-        assert!(!b("object.spec.?initContainers.hasValue()", without.clone()));
+        assert!(b(
+            "object.spec.?initContainers.hasValue()",
+            with_init.clone()
+        ));
+        assert!(!b(
+            "object.spec.?initContainers.hasValue()",
+            without.clone()
+        ));
         assert!(b(
             "object.spec.?initContainers.value()[0].image == 'b'",
             with_init.clone()
@@ -589,9 +636,15 @@ mod tests {
             without.clone()
         ));
         // Chained: absent anywhere along the chain gives none.
-        assert!(b("object.?status.?phase.orValue('none') == 'none'", without.clone()));
+        assert!(b(
+            "object.?status.?phase.orValue('none') == 'none'",
+            without.clone()
+        ));
         assert!(b("object.?spec.?containers.hasValue()", without.clone()));
-        assert!(b("!object.?metadata.?labels.?app.hasValue()", without.clone()));
+        assert!(b(
+            "!object.?metadata.?labels.?app.hasValue()",
+            without.clone()
+        ));
         // Plain selection through an optional is refused, not guessed.
         assert!(matches!(
             CelProgram::compile("object.?spec.containers.hasValue()"),
@@ -607,7 +660,10 @@ mod tests {
             "object.metadata.labels[?'nope'].orValue('d') == 'd'",
             labelled.clone()
         ));
-        assert!(b("object.?metadata.?annotations[?'a'].orValue('') == ''", labelled));
+        assert!(b(
+            "object.?metadata.?annotations[?'a'].orValue('') == ''",
+            labelled
+        ));
         assert!(b(
             "object.spec.containers[?5].orValue({'image': 'd'}).image == 'd'",
             without.clone()
@@ -633,27 +689,54 @@ mod tests {
             pod.clone()
         ));
         assert!(b("['a','b'].join(', ') == 'a, b'", pod.clone()));
-        assert!(b("size(object.spec.containers) == 1 ? true : false", pod.clone()));
+        assert!(b(
+            "size(object.spec.containers) == 1 ? true : false",
+            pod.clone()
+        ));
         assert!(b("'ABC'.lowerAscii() == 'abc'", pod.clone()));
-        assert!(b("object.spec.containers.map(c, c.name) == ['x']", pod.clone()));
+        assert!(b(
+            "object.spec.containers.map(c, c.name) == ['x']",
+            pod.clone()
+        ));
         assert!(b("'a' in ['a', 'b']", pod));
     }
 
     #[test]
     fn image_library() {
         let o = json!({});
-        assert!(b("image('nginx').registry() == 'index.docker.io'", o.clone()));
-        assert!(b("image('nginx').repository() == 'library/nginx'", o.clone()));
+        assert!(b(
+            "image('nginx').registry() == 'index.docker.io'",
+            o.clone()
+        ));
+        assert!(b(
+            "image('nginx').repository() == 'library/nginx'",
+            o.clone()
+        ));
         assert!(b("image('nginx').tag() == 'latest'", o.clone()));
         assert!(b("image('nginx').identifier() == 'latest'", o.clone()));
         assert!(b("!image('nginx').containsDigest()", o.clone()));
-        assert!(b("image('ghcr.io/x/y:1.2').registry() == 'ghcr.io'", o.clone()));
+        assert!(b(
+            "image('ghcr.io/x/y:1.2').registry() == 'ghcr.io'",
+            o.clone()
+        ));
         assert!(b("image('ghcr.io/x/y:1.2').tag() == '1.2'", o.clone()));
         let d = "sha256:0123456789012345678901234567890123456789012345678901234567890123";
-        assert!(b(&format!("image('ghcr.io/x/y:1@{d}').digest() == '{d}'"), o.clone()));
-        assert!(b(&format!("image('ghcr.io/x/y:1@{d}').tag() == ''"), o.clone()));
-        assert!(b(&format!("image('ghcr.io/x/y@{d}').identifier() == '{d}'"), o.clone()));
-        assert!(b(&format!("image('ghcr.io/x/y@{d}').containsDigest()"), o.clone()));
+        assert!(b(
+            &format!("image('ghcr.io/x/y:1@{d}').digest() == '{d}'"),
+            o.clone()
+        ));
+        assert!(b(
+            &format!("image('ghcr.io/x/y:1@{d}').tag() == ''"),
+            o.clone()
+        ));
+        assert!(b(
+            &format!("image('ghcr.io/x/y@{d}').identifier() == '{d}'"),
+            o.clone()
+        ));
+        assert!(b(
+            &format!("image('ghcr.io/x/y@{d}').containsDigest()"),
+            o.clone()
+        ));
         assert!(b("isImage('nginx:1')", o.clone()));
         assert!(!b("isImage('Not An Image')", o.clone()));
         assert!(eval_with("image('not an image')", o).is_err());
@@ -679,7 +762,10 @@ mod tests {
         // A variable named like a field is fine.
         assert!(CelProgram::compile("object.metadata.name == 'resource'").is_ok());
         assert!(CelProgram::compile("request.operation == 'CREATE'").is_ok());
-        assert!(matches!(CelProgram::compile("a.b("), Err(CelError::Syntax(_))));
+        assert!(matches!(
+            CelProgram::compile("a.b("),
+            Err(CelError::Syntax(_))
+        ));
     }
 
     /// Token soup from a fixed generator: compile and evaluation answer

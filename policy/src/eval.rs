@@ -15,10 +15,10 @@ use std::collections::BTreeMap;
 
 use std::sync::Arc;
 
-use crate::vpol::{CelRule, Judgement, LabelSelector};
 use crate::model::{Action, ContainerType, EvalContext, Unsupported, Verdict, Warning};
 use crate::native::RefMatcher;
 use crate::reference::{parse_normalized_named, Reference};
+use crate::vpol::{CelRule, Judgement, LabelSelector};
 
 /// A set of loaded policies, ready to evaluate images.
 #[derive(Debug, Default)]
@@ -284,7 +284,9 @@ impl ImageView<'_> {
         }
         // No such container: nothing to check (cannot happen for a Pod
         // the image was taken from).
-        target.1.and_then(|c| outcome(match_pattern(target.0, Some(c))))
+        target
+            .1
+            .and_then(|c| outcome(match_pattern(target.0, Some(c))))
     }
 
     /// Whether the test only reads what is known without the Pod: the
@@ -292,13 +294,18 @@ impl ImageView<'_> {
     /// when given.
     fn known_without_pod(&self, test: &ImageTest) -> bool {
         let known = |field: &str| {
-            matches!(field, "image" | "imagePullPolicy") || (field == "name" && self.container_name.is_some())
+            matches!(field, "image" | "imagePullPolicy")
+                || (field == "name" && self.container_name.is_some())
         };
         match test {
             ImageTest::PodPattern(_) => false,
-            ImageTest::ContainerPattern(p) => crate::kyverno::pattern_fields(p).iter().all(|f| known(f)),
+            ImageTest::ContainerPattern(p) => {
+                crate::kyverno::pattern_fields(p).iter().all(|f| known(f))
+            }
             ImageTest::ContainerFieldEquals { field, .. } => known(field),
-            ImageTest::Pre { pre, test } => self.known_without_pod(pre) && self.known_without_pod(test),
+            ImageTest::Pre { pre, test } => {
+                self.known_without_pod(pre) && self.known_without_pod(test)
+            }
             ImageTest::Not(t) => self.known_without_pod(t),
             ImageTest::All(ts) | ImageTest::Any(ts) => ts.iter().all(|t| self.known_without_pod(t)),
             _ => true,
@@ -339,7 +346,10 @@ impl ImageView<'_> {
 }
 
 /// This image's container in the Pod (by list, name and image).
-fn container_of<'p>(pod: &'p serde_json::Value, img: &ImageView<'_>) -> Option<&'p serde_json::Value> {
+fn container_of<'p>(
+    pod: &'p serde_json::Value,
+    img: &ImageView<'_>,
+) -> Option<&'p serde_json::Value> {
     pod.get("spec")?
         .get(img.container_type.field())?
         .as_array()?
@@ -354,7 +364,9 @@ fn container_of<'p>(pod: &'p serde_json::Value, img: &ImageView<'_>) -> Option<&
 impl ImageTest {
     pub(crate) fn eval(&self, img: &ImageView<'_>) -> bool {
         match self {
-            ImageTest::ContainerPattern(_) | ImageTest::PodPattern(_) => img.pattern(self).unwrap_or(true),
+            ImageTest::ContainerPattern(_) | ImageTest::PodPattern(_) => {
+                img.pattern(self).unwrap_or(true)
+            }
             ImageTest::ContainerFieldEquals { field, value } => {
                 let pod = img.pod_or_synthetic();
                 container_of(&pod, img)
@@ -423,7 +435,8 @@ impl Filter {
             }
         }
         if let (Some(sel), Some(ns)) = (&self.namespace_selector, ctx.namespace) {
-            let labels = BTreeMap::from([("kubernetes.io/metadata.name".to_string(), ns.to_string())]);
+            let labels =
+                BTreeMap::from([("kubernetes.io/metadata.name".to_string(), ns.to_string())]);
             if !sel.matches(&labels) {
                 return false;
             }

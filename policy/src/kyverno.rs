@@ -136,7 +136,11 @@ pub(crate) fn import(doc: &Value, src: &DocSource<'_>) -> Result<PolicySet, Poli
                     "a NamespacedValidatingPolicy needs metadata.namespace".into(),
                 ));
             }
-            let namespace = if kind == "NamespacedValidatingPolicy" { namespace } else { None };
+            let namespace = if kind == "NamespacedValidatingPolicy" {
+                namespace
+            } else {
+                None
+            };
             crate::vpol::import_vpol(kind, &name, namespace, spec, src)
         }
         _ => {
@@ -169,7 +173,10 @@ fn import_classic(
                 Some(name),
                 None,
                 "validationFailureAction",
-                format!("unknown action {:?} (Enforce or Audit)", crate::text::quote(s)),
+                format!(
+                    "unknown action {:?} (Enforce or Audit)",
+                    crate::text::quote(s)
+                ),
             )
         })?,
     };
@@ -568,7 +575,12 @@ fn import_rule(
         return skip("validate has none of pattern, anyPattern, deny, foreach, cel");
     };
     if let Some(pre) = get(rm, "preconditions") {
-        if compiled.tests.iter().flatten().any(|t| matches!(t, ImageTest::Cel(_))) {
+        if compiled
+            .tests
+            .iter()
+            .flatten()
+            .any(|t| matches!(t, ImageTest::Cel(_)))
+        {
             return skip("preconditions on a validate.cel rule are not supported");
         }
         let pre = compile_preconditions(pre)?;
@@ -600,8 +612,12 @@ fn import_rule(
         let (mut pod, mut container, mut image) = (false, false, false);
         walk(t, &mut |x| match x {
             ImageTest::PodPattern(_) => pod = true,
-            ImageTest::ContainerPattern(_) | ImageTest::ContainerFieldEquals { .. } => container = true,
-            ImageTest::KyvernoPattern(_) | ImageTest::Equals { .. } | ImageTest::InList { .. } => image = true,
+            ImageTest::ContainerPattern(_) | ImageTest::ContainerFieldEquals { .. } => {
+                container = true
+            }
+            ImageTest::KyvernoPattern(_) | ImageTest::Equals { .. } | ImageTest::InList { .. } => {
+                image = true
+            }
             _ => {}
         });
         (pod, container, image)
@@ -829,7 +845,9 @@ fn compile_pattern(p: &Value) -> R<(Shape, [Option<ImageTest>; 3], Vec<String>)>
             .ok_or_else(|| Skip("bad template spec".into()))?;
         (Shape::Template, ps)
     } else if let Ok(j) = single_key(spec, "jobTemplate", "spec") {
-        let js = j.as_mapping().ok_or_else(|| Skip("bad jobTemplate".into()))?;
+        let js = j
+            .as_mapping()
+            .ok_or_else(|| Skip("bad jobTemplate".into()))?;
         let jss = single_key(js, "spec", "spec.jobTemplate")?
             .as_mapping()
             .ok_or_else(|| Skip("bad jobTemplate spec".into()))?;
@@ -861,7 +879,9 @@ fn compile_pattern(p: &Value) -> R<(Shape, [Option<ImageTest>; 3], Vec<String>)>
             continue;
         };
         if !matches!(a, Anchor::Plain | Anchor::Equality) {
-            return skip(format!("pattern anchor {key} on a container list is not supported"));
+            return skip(format!(
+                "pattern anchor {key} on a container list is not supported"
+            ));
         }
         let conditional = a == Anchor::Equality;
         let Some(list) = v.as_sequence() else {
@@ -887,7 +907,8 @@ fn compile_pattern(p: &Value) -> R<(Shape, [Option<ImageTest>; 3], Vec<String>)>
                     Some(s) => image = Some(s.to_string()),
                     None => image_only = false,
                 }
-            } else if !(matches!(ea, Anchor::Plain | Anchor::Equality) && ev.as_str() == Some("*")) {
+            } else if !(matches!(ea, Anchor::Plain | Anchor::Equality) && ev.as_str() == Some("*"))
+            {
                 image_only = false;
             }
         }
@@ -988,16 +1009,25 @@ enum Key {
     Element,
     /// A list over the images of these container groups, optionally
     /// filtered on a container field (JMESPath `[?name=='v']`).
-    Images(ImageField, Vec<ContainerType>, Shape, Option<(String, String)>),
+    Images(
+        ImageField,
+        Vec<ContainerType>,
+        Shape,
+        Option<(String, String)>,
+    ),
 }
 
 fn parse_key(key: &Value, in_foreach: bool) -> R<Key> {
     let Some(s) = key.as_str() else {
-        return skip(format!("condition key {} is not a string", crate::text::quote(&format!("{key:?}"))));
+        return skip(format!(
+            "condition key {} is not a string",
+            crate::text::quote(&format!("{key:?}"))
+        ));
     };
     let Some(expr) = variable(s) else {
         return skip(format!(
-            "condition key {:?} is not a single {{{{ }}}} expression", crate::text::quote(s)
+            "condition key {:?} is not a single {{{{ }}}} expression",
+            crate::text::quote(s)
         ));
     };
     if in_foreach && expr == "element.image" {
@@ -1068,7 +1098,8 @@ fn condition(c: &Value, key: &Key) -> R<ImageTest> {
     if let Some(s) = value.as_str() {
         if s.contains("{{") {
             return skip(format!(
-                "condition value {:?} uses variables (context) which are not supported", crate::text::quote(s)
+                "condition value {:?} uses variables (context) which are not supported",
+                crate::text::quote(s)
             ));
         }
     }
@@ -1414,7 +1445,6 @@ fn compile_cel(v: &Value) -> R<Compiled> {
     })
 }
 
-
 /// Result of a Kyverno pattern on a resource (`pkg/engine/validate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PatternOutcome {
@@ -1480,7 +1510,9 @@ fn check_pattern(p: &Value, path: &str) -> R<()> {
                 "pattern {path} is a list other than one mapping, not supported"
             )),
         },
-        Value::String(s) if s.contains("{{") => skip(format!("pattern {path} uses variables, which are not supported")),
+        Value::String(s) if s.contains("{{") => skip(format!(
+            "pattern {path} uses variables, which are not supported"
+        )),
         Value::String(_) | Value::Bool(_) | Value::Number(_) => Ok(()),
         _ => skip(format!("pattern {path} has a value of an unsupported type")),
     }
@@ -1495,7 +1527,10 @@ fn check_pattern(p: &Value, path: &str) -> R<()> {
 /// matches); a string leaf is a Kyverno value pattern
 /// ([`crate::wildcard::kyverno_match`]) on the scalar as a string; other
 /// leaves compare equal. A missing value fails.
-pub(crate) fn match_pattern(pattern: &serde_json::Value, resource: Option<&serde_json::Value>) -> PatternOutcome {
+pub(crate) fn match_pattern(
+    pattern: &serde_json::Value,
+    resource: Option<&serde_json::Value>,
+) -> PatternOutcome {
     use serde_json::Value as J;
     let Some(res) = resource else {
         return PatternOutcome::Fail;
@@ -1585,7 +1620,11 @@ pub(crate) fn match_pattern(pattern: &serde_json::Value, resource: Option<&serde
 /// The field names (anchors stripped) at the top of a map pattern.
 pub(crate) fn pattern_fields(p: &serde_json::Value) -> Vec<&str> {
     p.as_object()
-        .map(|m| m.keys().map(|k| anchor_of(k).map_or(k.as_str(), |(n, _)| n)).collect())
+        .map(|m| {
+            m.keys()
+                .map(|k| anchor_of(k).map_or(k.as_str(), |(n, _)| n))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -1610,7 +1649,12 @@ mod tests {
 
     /// (allowed) per rule result of the image of container `name` in `pod`;
     /// `None` when the rule skips it.
-    fn judge(set: &PolicySet, pod: &serde_json::Value, ct: ContainerType, name: &str) -> Option<bool> {
+    fn judge(
+        set: &PolicySet,
+        pod: &serde_json::Value,
+        ct: ContainerType,
+        name: &str,
+    ) -> Option<bool> {
         let image = pod["spec"][ct.field()]
             .as_array()
             .unwrap()
@@ -1635,15 +1679,24 @@ mod tests {
         use PatternOutcome::*;
         let p = json!({"(image)": "*:latest | !*:*", "imagePullPolicy": "Always"});
         assert_eq!(
-            pat(p.clone(), json!({"image": "nginx:latest", "imagePullPolicy": "Always"})),
+            pat(
+                p.clone(),
+                json!({"image": "nginx:latest", "imagePullPolicy": "Always"})
+            ),
             Pass
         );
         assert_eq!(
-            pat(p.clone(), json!({"image": "nginx", "imagePullPolicy": "IfNotPresent"})),
+            pat(
+                p.clone(),
+                json!({"image": "nginx", "imagePullPolicy": "IfNotPresent"})
+            ),
             Fail
         );
         assert_eq!(
-            pat(p.clone(), json!({"image": "nginx:1.2", "imagePullPolicy": "Never"})),
+            pat(
+                p.clone(),
+                json!({"image": "nginx:1.2", "imagePullPolicy": "Never"})
+            ),
             Skip
         );
         // Absent conditional key: the pattern does not apply.
@@ -1662,7 +1715,10 @@ mod tests {
         // skipped skips; an empty list matches.
         let l = json!({"containers": [{"(name)": "app", "image": "ghcr.io/*"}]});
         assert_eq!(
-            pat(l.clone(), json!({"containers": [{"name": "x", "image": "a"}]})),
+            pat(
+                l.clone(),
+                json!({"containers": [{"name": "x", "image": "a"}]})
+            ),
             Skip
         );
         assert_eq!(
@@ -1673,7 +1729,10 @@ mod tests {
             Pass
         );
         assert_eq!(
-            pat(l.clone(), json!({"containers": [{"name": "app", "image": "a"}]})),
+            pat(
+                l.clone(),
+                json!({"containers": [{"name": "app", "image": "a"}]})
+            ),
             Fail
         );
         assert_eq!(pat(l.clone(), json!({"containers": []})), Pass);
@@ -1694,7 +1753,10 @@ mod tests {
             {"name": "b", "image": "nginx:1.2", "imagePullPolicy": "Never"},
             {"name": "c", "image": "nginx", "imagePullPolicy": "Always"},
         ]}});
-        assert_eq!(judge(&set, &pod, ContainerType::Container, "a"), Some(false));
+        assert_eq!(
+            judge(&set, &pod, ContainerType::Container, "a"),
+            Some(false)
+        );
         assert_eq!(
             judge(&set, &pod, ContainerType::Container, "b"),
             None,
@@ -1702,8 +1764,13 @@ mod tests {
         );
         assert_eq!(judge(&set, &pod, ContainerType::Container, "c"), Some(true));
         // Without the Pod: the container's defaulted imagePullPolicy.
-        assert!(set.evaluate("nginx:latest", &EvalContext::default()).allowed);
-        assert!(set.rule_results("nginx:1.2", &EvalContext::default()).is_empty());
+        assert!(
+            set.evaluate("nginx:latest", &EvalContext::default())
+                .allowed
+        );
+        assert!(set
+            .rule_results("nginx:1.2", &EvalContext::default())
+            .is_empty());
         // Init containers are not governed by a containers pattern.
         let ctx = EvalContext::new(ContainerType::Init);
         assert!(set.rule_results("nginx:latest", &ctx).is_empty());
@@ -1719,10 +1786,19 @@ mod tests {
             {"name": "controller2", "image": "registry.k8s.io/ingress-nginx/controller:v1.11.2"},
             {"name": "controller3", "image": "registry.k8s.io/ingress-nginx/controller:v1.10.0"},
         ]}});
-        assert_eq!(judge(&set, &pod, ContainerType::Container, "controller"), Some(true));
+        assert_eq!(
+            judge(&set, &pod, ContainerType::Container, "controller"),
+            Some(true)
+        );
         // No anchor: Kyverno requires every element to match, names included.
-        assert_eq!(judge(&set, &pod, ContainerType::Container, "controller2"), Some(false));
-        assert_eq!(judge(&set, &pod, ContainerType::Container, "controller3"), Some(false));
+        assert_eq!(
+            judge(&set, &pod, ContainerType::Container, "controller2"),
+            Some(false)
+        );
+        assert_eq!(
+            judge(&set, &pod, ContainerType::Container, "controller3"),
+            Some(false)
+        );
         // Without the Pod: judged on the name when it is known, else not.
         let img = "registry.k8s.io/ingress-nginx/controller:v1.11.2";
         let named = EvalContext::default().with_pod(None, Some("controller"));
@@ -1741,7 +1817,10 @@ mod tests {
             "containers": [{"name": "a", "image": "nginx"}, {"name": "g", "image": "ghcr.io/x/y"}],
             "initContainers": [{"name": "i", "image": "nginx"}],
         }});
-        assert_eq!(judge(&set, &bare, ContainerType::Container, "a"), Some(false));
+        assert_eq!(
+            judge(&set, &bare, ContainerType::Container, "a"),
+            Some(false)
+        );
         assert_eq!(
             judge(&set, &bare, ContainerType::Container, "g"),
             None,
@@ -1754,7 +1833,10 @@ mod tests {
         );
         let mut with = bare.clone();
         with["spec"]["imagePullSecrets"] = json!([{"name": "k"}]);
-        assert_eq!(judge(&set, &with, ContainerType::Container, "a"), Some(true));
+        assert_eq!(
+            judge(&set, &with, ContainerType::Container, "a"),
+            Some(true)
+        );
         with["spec"]["imagePullSecrets"] = json!([{"name": ""}]);
         assert_eq!(
             judge(&set, &with, ContainerType::Container, "a"),
@@ -1762,8 +1844,13 @@ mod tests {
             "?* needs a name"
         );
         // Without the Pod, Pod fields are not known: not judged, and said so.
-        assert!(set.rule_results("nginx", &EvalContext::default()).is_empty());
-        assert!(set.warnings().iter().any(|w| w.message.contains("else not judged")));
+        assert!(set
+            .rule_results("nginx", &EvalContext::default())
+            .is_empty());
+        assert!(set
+            .warnings()
+            .iter()
+            .any(|w| w.message.contains("else not judged")));
 
         // any: some condition; AnyIn; a key on init containers.
         let set = policy(
@@ -1773,7 +1860,10 @@ mod tests {
         let other = json!({"spec": {"containers": [], "initContainers": [{"name": "i", "image": "quay.io/a/b"}]}});
         assert_eq!(judge(&set, &other, ContainerType::Init, "i"), None);
         let ctx = EvalContext::new(ContainerType::Container).with_pod(Some(&bare), Some("a"));
-        assert!(set.rule_results("nginx", &ctx).is_empty(), "containers not governed");
+        assert!(
+            set.rule_results("nginx", &ctx).is_empty(),
+            "containers not governed"
+        );
     }
 
     #[test]
@@ -1797,9 +1887,18 @@ mod tests {
             "name=='controller'",
             "name==`\"controller\"`",
         ] {
-            assert_eq!(jmespath_equality(f), Some(("name".into(), "controller".into())), "{f}");
+            assert_eq!(
+                jmespath_equality(f),
+                Some(("name".into(), "controller".into())),
+                "{f}"
+            );
         }
-        for f in ["name=='a' && image=='b'", "name>'a'", "@.a.b=='x'", "name==controller"] {
+        for f in [
+            "name=='a' && image=='b'",
+            "name>'a'",
+            "@.a.b=='x'",
+            "name==controller",
+        ] {
             assert_eq!(jmespath_equality(f), None, "{f}");
         }
         let set = policy(
@@ -1810,13 +1909,19 @@ mod tests {
             {"name": "sidecar", "image": "registry.k8s.io/ingress-nginx/controller:v1.10.3"},
             {"name": "controller2", "image": "registry.k8s.io/ingress-nginx/controller:v1.11.2"},
         ]}});
-        assert_eq!(judge(&set, &pod, ContainerType::Container, "controller"), Some(false));
+        assert_eq!(
+            judge(&set, &pod, ContainerType::Container, "controller"),
+            Some(false)
+        );
         assert_eq!(
             judge(&set, &pod, ContainerType::Container, "sidecar"),
             Some(true),
             "filtered out"
         );
-        assert_eq!(judge(&set, &pod, ContainerType::Container, "controller2"), Some(true));
+        assert_eq!(
+            judge(&set, &pod, ContainerType::Container, "controller2"),
+            Some(true)
+        );
         // Without the Pod and the container's name: not judged.
         let img = "registry.k8s.io/ingress-nginx/controller:v1.10.3";
         assert!(set.rule_results(img, &EvalContext::default()).is_empty());

@@ -228,7 +228,9 @@ pub fn load_policy_str(text: &str, source_name: &str) -> Result<PolicySet, Polic
             file: source_name.to_string(),
             line,
             column,
-            message: format!("recursion limit exceeded: flow nesting deeper than {MAX_FLOW_DEPTH} levels"),
+            message: format!(
+                "recursion limit exceeded: flow nesting deeper than {MAX_FLOW_DEPTH} levels"
+            ),
         });
     }
     let mut set = PolicySet::new();
@@ -294,13 +296,22 @@ pub fn load_policy_str(text: &str, source_name: &str) -> Result<PolicySet, Polic
                 .get("metadata")
                 .and_then(|m| m.get("name"))
                 .and_then(Value::as_str)
-                .ok_or_else(|| src.invalid(None, None, "metadata", format!("{kind} has no metadata.name")))?
+                .ok_or_else(|| {
+                    src.invalid(
+                        None,
+                        None,
+                        "metadata",
+                        format!("{kind} has no metadata.name"),
+                    )
+                })?
                 .to_string();
             let spec = value
                 .get("spec")
                 .and_then(Value::as_mapping)
                 .cloned()
-                .ok_or_else(|| src.invalid(Some(&name), None, "spec", format!("{kind} has no spec")))?;
+                .ok_or_else(|| {
+                    src.invalid(Some(&name), None, "spec", format!("{kind} has no spec"))
+                })?;
             let entry = (name, spec, source_name.to_string(), first_line, doc.clone());
             if kind == "ValidatingAdmissionPolicy" {
                 vap.policies.push(entry);
@@ -308,7 +319,11 @@ pub fn load_policy_str(text: &str, source_name: &str) -> Result<PolicySet, Polic
                 vap.bindings.push(entry);
             }
             found = true;
-        } else if !kind.is_empty() && !api_version.is_empty() && value.get("metadata").is_some() && kind != "List" {
+        } else if !kind.is_empty()
+            && !api_version.is_empty()
+            && value.get("metadata").is_some()
+            && kind != "List"
+        {
             // Any other Kubernetes object (a ConfigMap...) may be the params
             // of a ValidatingAdmissionPolicy; unused ones are reported below.
             if let Some(p) = crate::vpol::ParamObject::from_doc(&value) {
@@ -327,7 +342,11 @@ pub fn load_policy_str(text: &str, source_name: &str) -> Result<PolicySet, Polic
             ));
         }
     }
-    let params: Vec<String> = vap.params.iter().map(|p| format!("{} {}", p.kind, p.name)).collect();
+    let params: Vec<String> = vap
+        .params
+        .iter()
+        .map(|p| format!("{} {}", p.kind, p.name))
+        .collect();
     let has_vap = !vap.policies.is_empty();
     crate::vpol::link_vaps(vap, &mut set);
     if !has_vap && !params.is_empty() {

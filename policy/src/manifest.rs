@@ -111,7 +111,11 @@ fn labels_at(v: Option<&Value>) -> BTreeMap<String, String> {
 /// The Pod a workload runs: the Pod itself, or a controller's template with
 /// `apiVersion: v1`, `kind: Pod` and the controller's namespace (what
 /// Kyverno's autogen evaluates Pod rules on).
-fn pod_of(kind: &str, template: Option<&Value>, namespace: Option<&str>) -> Option<std::sync::Arc<serde_json::Value>> {
+fn pod_of(
+    kind: &str,
+    template: Option<&Value>,
+    namespace: Option<&str>,
+) -> Option<std::sync::Arc<serde_json::Value>> {
     let mut pod = serde_json::to_value(template?).ok()?;
     let obj = pod.as_object_mut()?;
     if kind != "Pod" {
@@ -132,11 +136,17 @@ fn pod_of(kind: &str, template: Option<&Value>, namespace: Option<&str>) -> Opti
 /// (`Always` for `:latest` or no tag and no digest, else `IfNotPresent`,
 /// as `SetDefaults_Container` does); CEL rules read it.
 fn default_pull_policies(pod: &mut serde_json::Value) {
-    let Some(spec) = pod.get_mut("spec").and_then(serde_json::Value::as_object_mut) else {
+    let Some(spec) = pod
+        .get_mut("spec")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
         return;
     };
     for ct in ContainerType::ALL {
-        let Some(list) = spec.get_mut(ct.field()).and_then(serde_json::Value::as_array_mut) else {
+        let Some(list) = spec
+            .get_mut(ct.field())
+            .and_then(serde_json::Value::as_array_mut)
+        else {
             continue;
         };
         for c in list.iter_mut().filter_map(serde_json::Value::as_object_mut) {
@@ -149,8 +159,12 @@ fn default_pull_policies(pod: &mut serde_json::Value) {
             let Ok(r) = crate::reference::parse_normalized_named(image) else {
                 continue;
             };
-            let always = r.tag.as_deref() == Some("latest") || (r.tag.is_none() && r.digest.is_none());
-            c.insert("imagePullPolicy".into(), if always { "Always" } else { "IfNotPresent" }.into());
+            let always =
+                r.tag.as_deref() == Some("latest") || (r.tag.is_none() && r.digest.is_none());
+            c.insert(
+                "imagePullPolicy".into(),
+                if always { "Always" } else { "IfNotPresent" }.into(),
+            );
         }
     }
 }
@@ -236,7 +250,10 @@ pub fn extract_images(text: &str, source_name: &str) -> Result<Manifest, Manifes
             file: source_name.to_string(),
             line,
             column,
-            message: format!("recursion limit exceeded: flow nesting deeper than {} levels", crate::load::MAX_FLOW_DEPTH),
+            message: format!(
+                "recursion limit exceeded: flow nesting deeper than {} levels",
+                crate::load::MAX_FLOW_DEPTH
+            ),
         });
     }
     let mut out = Manifest::default();

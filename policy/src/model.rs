@@ -139,7 +139,11 @@ impl<'a> EvalContext<'a> {
         self
     }
     /// The Pod the image's container belongs to, and the container's name.
-    pub fn with_pod(mut self, pod: Option<&'a serde_json::Value>, container_name: Option<&'a str>) -> Self {
+    pub fn with_pod(
+        mut self,
+        pod: Option<&'a serde_json::Value>,
+        container_name: Option<&'a str>,
+    ) -> Self {
         self.pod = pod;
         self.container_name = container_name;
         self

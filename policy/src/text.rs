@@ -35,7 +35,10 @@ mod tests {
 
     #[test]
     fn short_values_are_untouched() {
-        assert!(matches!(clip("nginx:1.27", 256), Cow::Borrowed("nginx:1.27")));
+        assert!(matches!(
+            clip("nginx:1.27", 256),
+            Cow::Borrowed("nginx:1.27")
+        ));
         assert_eq!(clip(&"a".repeat(256), 256).len(), 256);
     }
 

@@ -34,7 +34,14 @@ use crate::model::{Action, ContainerType, EvalContext, PolicyError, Unsupported,
 use kube_cel::cel::Value as CelValue;
 
 /// The Pod controllers Kyverno's autogen covers for a ValidatingPolicy.
-pub const VPOL_AUTOGEN_KINDS: [&str; 6] = ["Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "ReplicaSet"];
+pub const VPOL_AUTOGEN_KINDS: [&str; 6] = [
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "Job",
+    "CronJob",
+    "ReplicaSet",
+];
 
 /// One `validations[]` entry.
 #[derive(Debug, Clone)]
@@ -101,7 +108,8 @@ impl CelRule {
             text.push_str(e);
         }
         for (n, e) in variables {
-            rule.variables.push((n.clone(), prog(&format!("variable {n}"), e)?));
+            rule.variables
+                .push((n.clone(), prog(&format!("variable {n}"), e)?));
             text.push_str(e);
         }
         if validations.is_empty() {
@@ -125,12 +133,20 @@ impl CelRule {
     /// Evaluates the rule on `object` (a Pod) as admission of a CREATE in
     /// `namespace` would.
     pub fn evaluate(&self, object: &Json, namespace: Option<&str>) -> CelOutcome {
-        let name = object.pointer("/metadata/name").and_then(Json::as_str).unwrap_or("");
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Json::as_str)
+            .unwrap_or("");
         self.evaluate_value(json_to_cel(object), namespace, name)
     }
 
     /// [`CelRule::evaluate`] on an object already converted to CEL.
-    pub fn evaluate_value(&self, object: CelValue, namespace: Option<&str>, name: &str) -> CelOutcome {
+    pub fn evaluate_value(
+        &self,
+        object: CelValue,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> CelOutcome {
         match self.evaluate_inner(object, namespace, name) {
             CelOutcome::Error(_) if self.ignore_errors => CelOutcome::NotApplicable,
             other => other,
@@ -203,11 +219,14 @@ impl CelRule {
                                 .or_else(|| v.message.clone())
                                 .map(|m| m.trim().to_string())
                                 .filter(|m| !m.is_empty())
-                                .unwrap_or_else(|| format!("failed expression: {}", v.expr.source().trim()));
+                                .unwrap_or_else(|| {
+                                    format!("failed expression: {}", v.expr.source().trim())
+                                });
                             return CelOutcome::Fail(msg);
                         }
                         Err(e) => {
-                            let mut msg = format!("error evaluating {}: {e}", v.expr.source().trim());
+                            let mut msg =
+                                format!("error evaluating {}: {e}", v.expr.source().trim());
                             if !var_errors.is_empty() {
                                 msg.push_str(&format!(" ({})", var_errors.join("; ")));
                             }
@@ -303,7 +322,10 @@ fn synthetic_pod_cel(image: &str, ctx: &EvalContext<'_>) -> CelValue {
         container.push(("name".to_string(), s(n)));
     }
     let one = CelValue::List(Arc::new(vec![cel_map(container)]));
-    let mut spec = vec![("containers".to_string(), CelValue::List(Arc::new(Vec::new())))];
+    let mut spec = vec![(
+        "containers".to_string(),
+        CelValue::List(Arc::new(Vec::new())),
+    )];
     match ctx.container_type {
         ContainerType::Container => spec[0].1 = one,
         t => spec.push((t.field().to_string(), one)),
@@ -426,7 +448,11 @@ impl LabelSelector {
                             Some("NotIn") => SelectorOp::NotIn,
                             Some("Exists") => SelectorOp::Exists,
                             Some("DoesNotExist") => SelectorOp::DoesNotExist,
-                            other => return Err(format!("matchExpressions operator {other:?} is not valid")),
+                            other => {
+                                return Err(format!(
+                                    "matchExpressions operator {other:?} is not valid"
+                                ))
+                            }
                         };
                         let values = e
                             .get("values")
@@ -454,7 +480,9 @@ impl LabelSelector {
     }
 
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
             && self.match_expressions.iter().all(|(k, op, vals)| match op {
                 SelectorOp::In => labels.get(k).is_some_and(|v| vals.contains(v)),
                 SelectorOp::NotIn => !labels.get(k).is_some_and(|v| vals.contains(v)),
@@ -537,8 +565,12 @@ fn validations(v: Option<&Value>) -> R<Vec<ValidationSrc>> {
             .ok_or_else(|| Skip("validations[] has no expression".into()))?;
         out.push((
             e.to_string(),
-            get(m, "message").and_then(Value::as_str).map(str::to_string),
-            get(m, "messageExpression").and_then(Value::as_str).map(str::to_string),
+            get(m, "message")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            get(m, "messageExpression")
+                .and_then(Value::as_str)
+                .map(str::to_string),
         ));
     }
     Ok(out)
@@ -562,7 +594,9 @@ fn resource_kinds(rules: Option<&Value>, what: &str) -> R<(Vec<String>, bool)> {
         for (k, _) in m {
             match k.as_str().unwrap_or("") {
                 "apiGroups" | "apiVersions" | "operations" | "resources" | "scope" => {}
-                "resourceNames" => return Err(Skip(format!("{what}[].resourceNames is not supported"))),
+                "resourceNames" => {
+                    return Err(Skip(format!("{what}[].resourceNames is not supported")))
+                }
                 other => return Err(Skip(format!("{what}[].{other} is not supported"))),
             }
         }
@@ -573,13 +607,22 @@ fn resource_kinds(rules: Option<&Value>, what: &str) -> R<(Vec<String>, bool)> {
         let mut this_pods = false;
         for r in strs(get(m, "resources")) {
             match r.as_str() {
-                "pods" | "pods/ephemeralcontainers" | "*" | "pods/*" | "*/*" if core && creates => this_pods = true,
+                "pods" | "pods/ephemeralcontainers" | "*" | "pods/*" | "*/*" if core && creates => {
+                    this_pods = true
+                }
                 _ => others = true,
             }
         }
         pods |= this_pods;
     }
-    Ok((if pods { vec!["Pod".to_string()] } else { Vec::new() }, pods && !others))
+    Ok((
+        if pods {
+            vec!["Pod".to_string()]
+        } else {
+            Vec::new()
+        },
+        pods && !others,
+    ))
 }
 
 fn match_constraints(mc: &Mapping) -> R<Constraints> {
@@ -632,7 +675,9 @@ fn failure_policy_ignore(spec: &Mapping) -> R<bool> {
     match get(spec, "failurePolicy").map(|v| v.as_str()) {
         None | Some(Some("Fail")) => Ok(false),
         Some(Some("Ignore")) => Ok(true),
-        Some(other) => Err(Skip(format!("failurePolicy {other:?} is not valid (Fail or Ignore)"))),
+        Some(other) => Err(Skip(format!(
+            "failurePolicy {other:?} is not valid (Fail or Ignore)"
+        ))),
     }
 }
 
@@ -671,7 +716,12 @@ fn tests_of(rule: CelRule) -> [Option<ImageTest>; 3] {
     t
 }
 
-fn uncovered_warning(rule: &CelRule, src: &DocSource<'_>, policy: &str, rule_name: &str) -> Option<Warning> {
+fn uncovered_warning(
+    rule: &CelRule,
+    src: &DocSource<'_>,
+    policy: &str,
+    rule_name: &str,
+) -> Option<Warning> {
     let missing: Vec<&str> = ContainerType::ALL
         .iter()
         .filter(|c| !rule.governs[c.index()])
@@ -720,7 +770,9 @@ pub(crate) fn import_vpol(
                                 let _ = ev;
                             }
                             "mode" if ev.as_str() == Some("Kubernetes") => {}
-                            other => return Err(Skip(format!("evaluation.{other} is not supported"))),
+                            other => {
+                                return Err(Skip(format!("evaluation.{other} is not supported")))
+                            }
                         }
                     }
                 }
@@ -735,7 +787,10 @@ pub(crate) fn import_vpol(
                             .filter_map(|r| {
                                 VPOL_AUTOGEN_KINDS
                                     .iter()
-                                    .find(|k| format!("{}s", k.to_ascii_lowercase()) == *r || k.eq_ignore_ascii_case(r))
+                                    .find(|k| {
+                                        format!("{}s", k.to_ascii_lowercase()) == *r
+                                            || k.eq_ignore_ascii_case(r)
+                                    })
                                     .map(|k| k.to_string())
                             })
                             .collect();
@@ -749,7 +804,10 @@ pub(crate) fn import_vpol(
         let mc = get(spec, "matchConstraints")
             .and_then(Value::as_mapping)
             .ok_or_else(|| Skip("no matchConstraints".into()))?;
-        let Constraints { mut filter, pods_only } = match_constraints(mc)?;
+        let Constraints {
+            mut filter,
+            pods_only,
+        } = match_constraints(mc)?;
         if pods_only {
             let kinds = filter.kinds.get_or_insert_with(Vec::new);
             match &autogen_kinds {
@@ -765,7 +823,9 @@ pub(crate) fn import_vpol(
         .map_err(Skip)?;
         let mut rule = rule;
         rule.ignore_errors = failure_policy_ignore(spec)?;
-        let warnings: Vec<Warning> = uncovered_warning(&rule, src, name, rule_name).into_iter().collect();
+        let warnings: Vec<Warning> = uncovered_warning(&rule, src, name, rule_name)
+            .into_iter()
+            .collect();
         Ok((
             Rule {
                 name: rule_name.into(),
@@ -845,7 +905,10 @@ impl ParamObject {
         let api_version = doc.get("apiVersion")?.as_str()?.to_string();
         let kind = doc.get("kind")?.as_str()?.to_string();
         let meta = doc.get("metadata");
-        let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str)?.to_string();
+        let name = meta
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)?
+            .to_string();
         let namespace = meta
             .and_then(|m| m.get("namespace"))
             .and_then(Value::as_str)
@@ -881,7 +944,10 @@ pub(crate) fn link_vaps(docs: VapDocs, set: &mut PolicySet) {
             text,
             first_line: *line,
         };
-        let pname = bspec.get("policyName").and_then(Value::as_str).unwrap_or("");
+        let pname = bspec
+            .get("policyName")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let Some(pi) = docs.policies.iter().position(|p| p.0 == pname) else {
             report(
                 set,
@@ -942,9 +1008,13 @@ fn vap_rule(
 ) -> R<Rule> {
     for (k, _) in pspec {
         match k.as_str().unwrap_or("") {
-            "matchConstraints" | "matchConditions" | "variables" | "validations" | "failurePolicy"
-            | "auditAnnotations" | "paramKind" => {}
-            other => return Err(Skip(format!("ValidatingAdmissionPolicy spec.{other} is not supported"))),
+            "matchConstraints" | "matchConditions" | "variables" | "validations"
+            | "failurePolicy" | "auditAnnotations" | "paramKind" => {}
+            other => {
+                return Err(Skip(format!(
+                    "ValidatingAdmissionPolicy spec.{other} is not supported"
+                )))
+            }
         }
     }
     for (k, _) in bspec {
@@ -1012,11 +1082,15 @@ fn vap_rule(
                 rule: None,
                 message: format!("paramRef selects no {kind} in the policy files: the binding allows everything (parameterNotFoundAction Allow)"),
             });
-            return Err(Skip(format!("paramRef selects no {kind} in the policy files")));
+            return Err(Skip(format!(
+                "paramRef selects no {kind} in the policy files"
+            )));
         }
         rule.params = selected.iter().map(|p| json_to_cel(&p.object)).collect();
     } else if get(bspec, "paramRef").is_some() {
-        return Err(Skip("binding has a paramRef but the policy no paramKind".into()));
+        return Err(Skip(
+            "binding has a paramRef but the policy no paramKind".into(),
+        ));
     }
     if let Some(w) = uncovered_warning(&rule, src, pname, "validations") {
         set.warnings.push(w);
@@ -1033,7 +1107,12 @@ fn vap_rule(
     })
 }
 
-fn select_params<'a>(pr: &Value, api_version: &str, kind: &str, params: &'a [ParamObject]) -> R<Vec<&'a ParamObject>> {
+fn select_params<'a>(
+    pr: &Value,
+    api_version: &str,
+    kind: &str,
+    params: &'a [ParamObject],
+) -> R<Vec<&'a ParamObject>> {
     let name = pr.get("name").and_then(Value::as_str);
     let ns = pr.get("namespace").and_then(Value::as_str);
     let selector = match pr.get("selector") {
@@ -1069,7 +1148,10 @@ mod tests {
     use super::*;
 
     fn rule(vars: &[(&str, &str)], exprs: &[&str]) -> CelRule {
-        let vars: Vec<(String, String)> = vars.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         let v: Vec<(String, Option<String>, Option<String>)> = exprs
             .iter()
             .map(|e| (e.to_string(), Some(format!("msg {e}")), None))
@@ -1091,19 +1173,28 @@ mod tests {
             "containers": [{"name": "a", "image": "ok/a"}, {"name": "b", "image": "bad/b"}],
             "initContainers": [{"name": "i", "image": "ok/i"}]}});
         let ctx = |ty, n: &'static str| EvalContext::new(ty).with_pod(Some(&pod), Some(n));
-        assert_eq!(judge(&r, "ok/a", &ctx(ContainerType::Container, "a")), Judgement::Pass);
+        assert_eq!(
+            judge(&r, "ok/a", &ctx(ContainerType::Container, "a")),
+            Judgement::Pass
+        );
         assert!(matches!(
             judge(&r, "bad/b", &ctx(ContainerType::Container, "b")),
             Judgement::Fail(Some(_))
         ));
-        assert_eq!(judge(&r, "ok/i", &ctx(ContainerType::Init, "i")), Judgement::Pass);
+        assert_eq!(
+            judge(&r, "ok/i", &ctx(ContainerType::Init, "i")),
+            Judgement::Pass
+        );
         assert_eq!(
             judge(&r, "x", &EvalContext::new(ContainerType::Ephemeral)),
             Judgement::NotApplicable
         );
         // The synthetic Pod is the same as JSON and as CEL.
         let c = EvalContext::new(ContainerType::Init).with_namespace(Some("n"));
-        assert_eq!(json_to_cel(&synthetic_pod("i", &c)), synthetic_pod_cel("i", &c));
+        assert_eq!(
+            json_to_cel(&synthetic_pod("i", &c)),
+            synthetic_pod_cel("i", &c)
+        );
         // Without the Pod: the reduced synthetic Pod.
         assert!(
             matches!(judge(&r, "bad/x", &EvalContext::new(ContainerType::Init)), Judgement::Fail(Some(m)) if m.starts_with("msg"))
@@ -1114,7 +1205,10 @@ mod tests {
             matches!(judge(&size, "ok/a", &ctx(ContainerType::Container, "a")), Judgement::Fail(Some(m)) if m.contains("as a whole"))
         );
         // exists(): the Pod passes, so every container does.
-        let ex = rule(&[], &["object.spec.containers.exists(c, c.image.startsWith('ok/'))"]);
+        let ex = rule(
+            &[],
+            &["object.spec.containers.exists(c, c.image.startsWith('ok/'))"],
+        );
         assert_eq!(
             judge(&ex, "bad/b", &ctx(ContainerType::Container, "b")),
             Judgement::Pass
@@ -1122,11 +1216,17 @@ mod tests {
         // failurePolicy Ignore: an error does not decide.
         let mut ign = rule(&[], &["object.spec.containers.all(c, c.nope == 1)"]);
         let whole = ctx(ContainerType::Container, "a");
-        assert!(matches!(judge(&ign, "ok/a", &whole), Judgement::Fail(Some(_))));
+        assert!(matches!(
+            judge(&ign, "ok/a", &whole),
+            Judgement::Fail(Some(_))
+        ));
         ign.ignore_errors = true;
         assert_eq!(judge(&ign, "ok/a", &whole), Judgement::NotApplicable);
         // A field the agent does not have: the rule does not decide.
-        let ipp = rule(&[], &["object.spec.containers.all(c, c.imagePullPolicy == 'Always')"]);
+        let ipp = rule(
+            &[],
+            &["object.spec.containers.all(c, c.imagePullPolicy == 'Always')"],
+        );
         assert_eq!(
             judge(&ipp, "x", &EvalContext::new(ContainerType::Container)),
             Judgement::NotApplicable
@@ -1136,8 +1236,10 @@ mod tests {
     #[test]
     fn label_selectors() {
         let sel = LabelSelector::parse(
-            &serde_yaml::from_str("{matchLabels: {a: b}, matchExpressions: [{key: c, operator: NotIn, values: [x]}]}")
-                .unwrap(),
+            &serde_yaml::from_str(
+                "{matchLabels: {a: b}, matchExpressions: [{key: c, operator: NotIn, values: [x]}]}",
+            )
+            .unwrap(),
         )
         .unwrap();
         let l = |p: &[(&str, &str)]| {

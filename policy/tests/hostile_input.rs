@@ -426,7 +426,12 @@ fn sixty_four_kib_image_strings_are_invalid_references_not_panics() {
             );
             // The reason quotes at most 256 bytes of the image (and of the
             // parser's error, which may quote it too).
-            assert!(v.reason.len() < 1024, "reason of {} bytes: {:.300}", v.reason.len(), v.reason);
+            assert!(
+                v.reason.len() < 1024,
+                "reason of {} bytes: {:.300}",
+                v.reason.len(),
+                v.reason
+            );
             let recs = check::check_images(
                 &set,
                 std::slice::from_ref(img),

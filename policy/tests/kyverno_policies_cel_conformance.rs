@@ -54,7 +54,10 @@ fn as_written(images: &mut [WorkloadImage], file: &Path) {
         let Some(pod) = &w.pod else { continue };
         let Some(doc) = docs.iter().find(|d| {
             d.get("kind").and_then(Value::as_str) == Some(w.kind.as_str())
-                && d.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str) == w.name.as_deref()
+                && d.get("metadata")
+                    .and_then(|m| m.get("name"))
+                    .and_then(Value::as_str)
+                    == w.name.as_deref()
         }) else {
             continue;
         };
@@ -66,12 +69,19 @@ fn as_written(images: &mut [WorkloadImage], file: &Path) {
                 .and_then(|j| j.get("spec"))
                 .and_then(|s| s.get("template"))
                 .and_then(|t| t.get("spec")),
-            _ => spec.and_then(|s| s.get("template")).and_then(|t| t.get("spec")),
+            _ => spec
+                .and_then(|s| s.get("template"))
+                .and_then(|t| t.get("spec")),
         };
         let mut pod = (**pod).clone();
         for field in ["containers", "initContainers", "ephemeralContainers"] {
-            let written = podspec.and_then(|p| p.get(field)).and_then(Value::as_sequence);
-            let Some(list) = pod.pointer_mut(&format!("/spec/{field}")).and_then(|l| l.as_array_mut()) else {
+            let written = podspec
+                .and_then(|p| p.get(field))
+                .and_then(Value::as_sequence);
+            let Some(list) = pod
+                .pointer_mut(&format!("/spec/{field}"))
+                .and_then(|l| l.as_array_mut())
+            else {
                 continue;
             };
             for (i, c) in list.iter_mut().enumerate() {
@@ -109,13 +119,23 @@ fn rule_kinds(policy_file: &Path) -> BTreeMap<String, Vec<String>> {
     let text = std::fs::read_to_string(policy_file).unwrap();
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let doc: Value = serde::Deserialize::deserialize(doc).unwrap();
-        let rules = doc.get("spec").and_then(|s| s.get("rules")).and_then(Value::as_sequence);
+        let rules = doc
+            .get("spec")
+            .and_then(|s| s.get("rules"))
+            .and_then(Value::as_sequence);
         for r in rules.into_iter().flatten() {
-            let Some(name) = r.get("name").and_then(Value::as_str) else { continue };
+            let Some(name) = r.get("name").and_then(Value::as_str) else {
+                continue;
+            };
             let m = r.get("match");
             let mut rds: Vec<&Value> = m.and_then(|m| m.get("resources")).into_iter().collect();
             for k in ["any", "all"] {
-                for f in m.and_then(|m| m.get(k)).and_then(Value::as_sequence).into_iter().flatten() {
+                for f in m
+                    .and_then(|m| m.get(k))
+                    .and_then(Value::as_sequence)
+                    .into_iter()
+                    .flatten()
+                {
                     rds.extend(f.get("resources"));
                 }
             }
@@ -154,13 +174,19 @@ fn policy_dirs() -> Vec<PathBuf> {
 }
 
 fn yaml(path: &Path) -> Value {
-    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    serde_yaml::from_str(
+        &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn strs(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_sequence)
-        .map(|l| l.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .map(|l| {
+            l.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -243,7 +269,10 @@ fn kyverno_policies_cel_upstream_tests() {
         let kinds = rule_kinds(&policy_file);
         let blocking = refused.iter().any(|r| {
             kinds.get(r).is_none_or(|ks| {
-                ks.is_empty() || ks.iter().any(|k| k == "*" || WORKLOAD_KINDS.contains(&k.as_str()))
+                ks.is_empty()
+                    || ks
+                        .iter()
+                        .any(|k| k == "*" || WORKLOAD_KINDS.contains(&k.as_str()))
             })
         });
 
@@ -258,7 +287,12 @@ fn kyverno_policies_cel_upstream_tests() {
                 as_written(&mut got, &file);
                 images.extend(got);
             }
-            for res in kt.get("results").and_then(Value::as_sequence).into_iter().flatten() {
+            for res in kt
+                .get("results")
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+            {
                 let policy = res.get("policy").and_then(Value::as_str).unwrap();
                 let kind = res.get("kind").and_then(Value::as_str).unwrap();
                 let rule = res.get("rule").and_then(Value::as_str);
@@ -279,14 +313,19 @@ fn kyverno_policies_cel_upstream_tests() {
                         .filter(|w| w.kind == kind && w.name.as_deref() == Some(n))
                         .filter(|w| ns.is_none() || w.namespace.as_deref() == ns)
                         .collect();
-                    assert!(!ws.is_empty(), "{rel}: kyverno-test resource {kind} {rname} not found");
+                    assert!(
+                        !ws.is_empty(),
+                        "{rel}: kyverno-test resource {kind} {rname} not found"
+                    );
                     if rule.map_or(blocking, |r| refused.contains(r)) {
                         tally.refused += 1;
                         continue;
                     }
                     let rs: Vec<(String, bool)> = results(&set, policy, &ws)
                         .into_iter()
-                        .filter(|(r, _)| rule.is_none_or(|want| r == want || r == "(invalid reference)"))
+                        .filter(|(r, _)| {
+                            rule.is_none_or(|want| r == want || r == "(invalid reference)")
+                        })
                         .collect();
                     let got = if rs.iter().any(|(_, ok)| !ok) {
                         "fail"
@@ -323,20 +362,32 @@ fn kyverno_policies_cel_upstream_tests() {
             );
             let ct = yaml(&ct_path);
             for step in ct.pointer_steps() {
-                for op in step.get("try").and_then(Value::as_sequence).into_iter().flatten() {
+                for op in step
+                    .get("try")
+                    .and_then(Value::as_sequence)
+                    .into_iter()
+                    .flatten()
+                {
                     if op.get("script").is_some() {
                         tally.scripts += 1;
                         continue;
                     }
-                    let Some(apply) = op.get("apply") else { continue };
+                    let Some(apply) = op.get("apply") else {
+                        continue;
+                    };
                     let file = apply.get("file").and_then(Value::as_str).unwrap();
                     if file.starts_with("../") {
                         continue;
                     }
-                    let want_reject = apply.get("expect").and_then(Value::as_sequence).is_some_and(|l| {
-                        l.iter()
-                            .any(|e| e.get("check").and_then(|c| c.get("($error != null)")) == Some(&Value::Bool(true)))
-                    });
+                    let want_reject = apply
+                        .get("expect")
+                        .and_then(Value::as_sequence)
+                        .is_some_and(|l| {
+                            l.iter().any(|e| {
+                                e.get("check").and_then(|c| c.get("($error != null)"))
+                                    == Some(&Value::Bool(true))
+                            })
+                        });
                     let path = dir.join("chainsaw").join(file);
                     if !path.exists() {
                         // Not part of the vendored data (ns.yaml: the Namespace).
@@ -354,7 +405,9 @@ fn kyverno_policies_cel_upstream_tests() {
                             .iter()
                             .any(|p| results(&set, p, &ws).iter().any(|(_, ok)| !ok));
                         if rejected != want_reject
-                            && DIVERGENT.iter().any(|(d, f, n, _)| *d == rel && *f == file && *n == wname)
+                            && DIVERGENT
+                                .iter()
+                                .any(|(d, f, n, _)| *d == rel && *f == file && *n == wname)
                         {
                             divergent.insert((rel.clone(), file.to_string(), wname.clone()));
                             continue;
@@ -376,7 +429,10 @@ fn kyverno_policies_cel_upstream_tests() {
         "kyverno/policies CEL conformance: {} kyverno-test results and {} chainsaw applies checked; {} cases of refused rules; {} chainsaw scripts (need a cluster); {} results on other kinds (Ingress)",
         tally.kyverno_checked, tally.chainsaw_checked, tally.refused, tally.scripts, tally.not_workloads
     );
-    eprintln!("chainsaw files not in the upstream data: {:?}", tally.missing);
+    eprintln!(
+        "chainsaw files not in the upstream data: {:?}",
+        tally.missing
+    );
     assert!(
         tally.missing.iter().all(|f| f.ends_with("/ns.yaml")),
         "{:?}",
@@ -398,9 +454,18 @@ fn kyverno_policies_cel_upstream_tests() {
     for (d, f, n, why) in DIVERGENT {
         eprintln!("divergent upstream expectation: {d} {f} {n}: {why}");
     }
-    assert_eq!(divergent, want_divergent, "upstream divergences changed; update DIVERGENT");
-    let listed: BTreeSet<(String, String)> = REFUSED.iter().map(|(d, r, _)| (d.to_string(), r.to_string())).collect();
-    let found: BTreeSet<(String, String)> = refusals.iter().map(|(d, r, _)| (d.clone(), r.clone())).collect();
+    assert_eq!(
+        divergent, want_divergent,
+        "upstream divergences changed; update DIVERGENT"
+    );
+    let listed: BTreeSet<(String, String)> = REFUSED
+        .iter()
+        .map(|(d, r, _)| (d.to_string(), r.to_string()))
+        .collect();
+    let found: BTreeSet<(String, String)> = refusals
+        .iter()
+        .map(|(d, r, _)| (d.clone(), r.clone()))
+        .collect();
     assert_eq!(
         found, listed,
         "refused rules changed; update REFUSED with the construct and why"

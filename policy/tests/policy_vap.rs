@@ -9,41 +9,61 @@ use imagewarden_policy::manifest::extract_images;
 use imagewarden_policy::{load_policy_file, load_policy_str, Action, ContainerType, EvalContext};
 
 fn vap(name: &str) -> imagewarden_policy::PolicySet {
-    load_policy_file(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/vap").join(name))
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
+    load_policy_file(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/vap")
+            .join(name),
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 #[test]
 fn binding_actions_namespaces_and_params() {
     let set = vap("registries-params.yaml");
     assert!(!set.is_partial(), "{:?}", set.unsupported());
-    let ctx = |ns: &'static str| EvalContext::new(ContainerType::Container).with_namespace(Some(ns));
+    let ctx =
+        |ns: &'static str| EvalContext::new(ContainerType::Container).with_namespace(Some(ns));
     // prod: Deny binding, params registries-prod (registry.example.com/ only).
     let v = set.evaluate("public.ecr.aws/nginx/nginx:1", &ctx("prod"));
     assert_eq!((v.allowed, v.action), (false, Action::Enforce), "{v:?}");
     assert!(
-        v.reason.contains("images must come from registry.example.com/"),
+        v.reason
+            .contains("images must come from registry.example.com/"),
         "{}",
         v.reason
     );
-    assert!(v.reason.contains("public.ecr.aws/nginx/nginx:1"), "{}", v.reason);
+    assert!(
+        v.reason.contains("public.ecr.aws/nginx/nginx:1"),
+        "{}",
+        v.reason
+    );
     assert_eq!(
         v.policy.as_deref(),
         Some("allowed-registries.example.com/allowed-registries-prod")
     );
-    assert!(set.evaluate("registry.example.com/app:1", &ctx("prod")).allowed);
+    assert!(
+        set.evaluate("registry.example.com/app:1", &ctx("prod"))
+            .allowed
+    );
     // elsewhere: Warn+Audit binding, params selected by label (two prefixes).
-    assert!(set.evaluate("public.ecr.aws/nginx/nginx:1", &ctx("dev")).allowed);
+    assert!(
+        set.evaluate("public.ecr.aws/nginx/nginx:1", &ctx("dev"))
+            .allowed
+    );
     let v = set.evaluate("docker.io/library/nginx:1", &ctx("dev"));
     assert_eq!((v.allowed, v.action), (false, Action::Audit), "{v:?}");
     // kube-system is matched by neither binding.
     let v = set.evaluate("docker.io/library/nginx:1", &ctx("kube-system"));
     assert!(v.allowed && v.rule.is_none(), "{v:?}");
     // objectSelector: an exempt Pod outside prod is not judged.
-    let exempt: BTreeMap<String, String> = [("imagewarden.dev/exempt".to_string(), "yes".to_string())].into();
+    let exempt: BTreeMap<String, String> =
+        [("imagewarden.dev/exempt".to_string(), "yes".to_string())].into();
     assert!(
-        set.evaluate("docker.io/library/nginx:1", &ctx("dev").with_labels(&exempt))
-            .allowed
+        set.evaluate(
+            "docker.io/library/nginx:1",
+            &ctx("dev").with_labels(&exempt)
+        )
+        .allowed
     );
     // init and ephemeral containers are covered too.
     let v = set.evaluate(
@@ -60,15 +80,24 @@ fn match_conditions_and_unbound_policies() {
     assert!(set
         .warnings()
         .iter()
-        .any(|w| w.policy == "unbound.example.com" && w.message.contains("no ValidatingAdmissionPolicyBinding")));
+        .any(|w| w.policy == "unbound.example.com"
+            && w.message.contains("no ValidatingAdmissionPolicyBinding")));
     let ctx = EvalContext::new(ContainerType::Container);
     let v = set.evaluate("nginx:latest", &ctx);
     assert_eq!((v.allowed, v.action), (false, Action::Enforce));
-    assert!(v.reason.contains("a pinned tag is required"), "{}", v.reason);
+    assert!(
+        v.reason.contains("a pinned tag is required"),
+        "{}",
+        v.reason
+    );
     assert!(set.evaluate("nginx:1.25", &ctx).allowed);
     assert!(!set.evaluate("nginx", &ctx).allowed);
-    let exempt: BTreeMap<String, String> = [("imagewarden.dev/exempt".to_string(), "".to_string())].into();
-    assert!(set.evaluate("nginx:latest", &ctx.with_labels(&exempt)).allowed);
+    let exempt: BTreeMap<String, String> =
+        [("imagewarden.dev/exempt".to_string(), "".to_string())].into();
+    assert!(
+        set.evaluate("nginx:latest", &ctx.with_labels(&exempt))
+            .allowed
+    );
     // The unbound policy (validation "false") is not in effect.
     assert_eq!(set.rule_count(), 1);
 }
@@ -77,13 +106,19 @@ fn match_conditions_and_unbound_policies() {
 fn vap_refusals_are_named() {
     let base = "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata: {name: p}\nspec:\n  matchConstraints:\n    resourceRules: [{apiGroups: [''], apiVersions: [v1], operations: [CREATE], resources: [pods]}]\n  validations:\n  - expression: EXPR\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata: {name: b}\nspec: {policyName: p, validationActions: [Deny]}\n";
     for (expr, needle) in [
-        ("\"request.userInfo.username == 'admin'\"", "request.userInfo"),
+        (
+            "\"request.userInfo.username == 'admin'\"",
+            "request.userInfo",
+        ),
         (
             "\"authorizer.group('').resource('pods').check('create').allowed()\"",
             "authorizer",
         ),
         ("\"oldObject == null\"", "oldObject"),
-        ("\"namespaceObject.metadata.labels.x == 'y'\"", "namespaceObject"),
+        (
+            "\"namespaceObject.metadata.labels.x == 'y'\"",
+            "namespaceObject",
+        ),
     ] {
         let set = load_policy_str(&base.replace("EXPR", expr), "v.yaml").unwrap();
         let u = set.unsupported();
@@ -93,13 +128,19 @@ fn vap_refusals_are_named() {
     }
     // A binding for a policy that is not there.
     let set = load_policy_str(
-        &base.replace("policyName: p", "policyName: q").replace("EXPR", "'true'"),
+        &base
+            .replace("policyName: p", "policyName: q")
+            .replace("EXPR", "'true'"),
         "v.yaml",
     )
     .unwrap();
     assert!(set.unsupported().iter().any(|u| u.reason.contains("\"q\"")));
     // A lone ConfigMap is not a policy.
-    assert!(load_policy_str("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "c.yaml").is_err());
+    assert!(load_policy_str(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+        "c.yaml"
+    )
+    .is_err());
 }
 
 #[test]
@@ -131,9 +172,13 @@ fn validating_policy_forms_and_autogen() {
             BTreeMap::from([("i", true), ("ok", true), ("bad", false), ("only", false)]),
             "{kind} {api}"
         );
-        let bad = recs.iter().find(|r| r.container.as_deref() == Some("bad")).unwrap();
+        let bad = recs
+            .iter()
+            .find(|r| r.container.as_deref() == Some("bad"))
+            .unwrap();
         assert!(
-            bad.reason.contains("bad registry: docker.io/library/nginx:1"),
+            bad.reason
+                .contains("bad registry: docker.io/library/nginx:1"),
             "{}",
             bad.reason
         );

@@ -38,7 +38,10 @@ pub fn bin_dir() -> PathBuf {
 /// `containerd --version` of the binary in `dir`, if it runs and is 2.x or
 /// newer.
 fn version_of(dir: &Path) -> Option<String> {
-    let out = Command::new(dir.join("containerd")).arg("--version").output().ok()?;
+    let out = Command::new(dir.join("containerd"))
+        .arg("--version")
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }
@@ -143,7 +146,9 @@ fn private_apt(tool: &str, apt_dir: &Path) -> Command {
 
 fn run_step(what: &str, cmd: &mut Command) -> Result<()> {
     eprintln!("setup: containerd 2: {what}");
-    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "setup: containerd 2: {what} failed ({}):\n{}{}",
@@ -174,7 +179,9 @@ pub fn setup() -> Result<()> {
         bail!("setup: fetching containerd 2 into {PREFIX_ROOT} needs root: run `sudo cargo xtask setup`");
     }
     if !Path::new(KEYRING).is_file() {
-        bail!("setup: containerd 2: {KEYRING} is missing: `apt-get install debian-archive-keyring`");
+        bail!(
+            "setup: containerd 2: {KEYRING} is missing: `apt-get install debian-archive-keyring`"
+        );
     }
     let root = Path::new(PREFIX_ROOT);
     let apt_dir = root.join(".apt");
@@ -185,7 +192,8 @@ pub fn setup() -> Result<()> {
         "cache/archives/partial",
         "debs",
     ] {
-        std::fs::create_dir_all(apt_dir.join(d)).with_context(|| format!("creating {}", apt_dir.join(d).display()))?;
+        std::fs::create_dir_all(apt_dir.join(d))
+            .with_context(|| format!("creating {}", apt_dir.join(d).display()))?;
     }
     let archive = host_archive();
     std::fs::write(
@@ -205,7 +213,10 @@ pub fn setup() -> Result<()> {
         let _ = std::fs::remove_file(e.path());
     }
     run_step(
-        &format!("apt-get download containerd (from {SUITE}, into {})", debs.display()),
+        &format!(
+            "apt-get download containerd (from {SUITE}, into {})",
+            debs.display()
+        ),
         private_apt("apt-get", &apt_dir)
             .current_dir(&debs)
             .args(["download", "-q", "containerd"]),
@@ -222,7 +233,10 @@ pub fn setup() -> Result<()> {
         .output()?;
     let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
     if version.is_empty() || version.contains('/') || version.starts_with('.') {
-        bail!("setup: containerd 2: cannot read a version from {}", deb.display());
+        bail!(
+            "setup: containerd 2: cannot read a version from {}",
+            deb.display()
+        );
     }
     let major = version
         .split('.')
@@ -247,7 +261,9 @@ pub fn setup() -> Result<()> {
         );
     };
     if !complete(&tmp_bin) {
-        bail!("setup: containerd 2: the package lacks one of {BINARIES:?}, or its ctr does not run");
+        bail!(
+            "setup: containerd 2: the package lacks one of {BINARIES:?}, or its ctr does not run"
+        );
     }
     let _ = std::fs::remove_dir_all(&dest);
     std::fs::rename(&tmp, &dest)?;
@@ -277,11 +293,17 @@ mod tests {
             Some("http://deb.debian.org/debian")
         );
         let one = "# deb http://x/debian sid main\ndeb [arch=amd64 signed-by=/k.gpg] https://mirror.example/debian/ bookworm main\n";
-        assert_eq!(debian_archive_in(one).as_deref(), Some("https://mirror.example/debian"));
+        assert_eq!(
+            debian_archive_in(one).as_deref(),
+            Some("https://mirror.example/debian")
+        );
         assert_eq!(
             debian_archive_in("deb https://packages.example/apt stable main\n"),
             None
         );
-        assert_eq!(debian_archive_in("URIs: http://deb.debian.org/debian-security\n"), None);
+        assert_eq!(
+            debian_archive_in("URIs: http://deb.debian.org/debian-security\n"),
+            None
+        );
     }
 }

@@ -33,7 +33,14 @@ pub fn build_ebpf(ebpf_dir: &Path, target_dir: &Path, release: bool) -> Result<P
     let mut cmd = Command::new("cargo");
     cmd.current_dir(ebpf_dir)
         .arg("+nightly")
-        .args(["build", "--quiet", "--target", EBPF_TARGET, "-Z", "build-std=core"])
+        .args([
+            "build",
+            "--quiet",
+            "--target",
+            EBPF_TARGET,
+            "-Z",
+            "build-std=core",
+        ])
         .arg("--bin")
         .arg(EBPF_BIN)
         .arg("--target-dir")
@@ -46,13 +53,19 @@ pub fn build_ebpf(ebpf_dir: &Path, target_dir: &Path, release: bool) -> Result<P
     }
     for (k, _) in std::env::vars_os() {
         if let Some(k) = k.to_str() {
-            if k.starts_with("CARGO_CFG_") || k.starts_with("CARGO_FEATURE_") || k.starts_with("CARGO_PKG_") {
+            if k.starts_with("CARGO_CFG_")
+                || k.starts_with("CARGO_FEATURE_")
+                || k.starts_with("CARGO_PKG_")
+            {
                 cmd.env_remove(k);
             }
         }
     }
     // BTF is emitted only when asked; it is needed for tp_btf/LSM and bpftool.
-    cmd.env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf");
+    cmd.env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+    );
     let status = cmd
         .status()
         .map_err(|e| format!("cannot run `cargo +nightly` ({e}); run `cargo xtask setup`"))?;
@@ -67,7 +80,10 @@ pub fn build_ebpf(ebpf_dir: &Path, target_dir: &Path, release: bool) -> Result<P
         .join(if release { "release" } else { "debug" })
         .join(EBPF_BIN);
     if !obj.is_file() {
-        return Err(format!("the eBPF build succeeded but {} is missing", obj.display()));
+        return Err(format!(
+            "the eBPF build succeeded but {} is missing",
+            obj.display()
+        ));
     }
     Ok(obj)
 }

@@ -20,7 +20,10 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 fn root_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -47,8 +50,12 @@ fn main() -> Result<()> {
             setup::setup()?;
             let release = rest.iter().any(|a| a == "--release");
             let root = root_dir();
-            let obj = ebpf_build::build_ebpf(&root.join("agent-ebpf"), &root.join("target/ebpf"), release)
-                .map_err(anyhow::Error::msg)?;
+            let obj = ebpf_build::build_ebpf(
+                &root.join("agent-ebpf"),
+                &root.join("target/ebpf"),
+                release,
+            )
+            .map_err(anyhow::Error::msg)?;
             println!("{}", obj.display());
             Ok(())
         }
@@ -57,20 +64,34 @@ fn main() -> Result<()> {
             if !setup::is_root() {
                 eprintln!(
                     "xtask: not root: the privileged tests (eBPF, cgroups, containerd) will {}",
-                    if std::env::var_os("CI").is_some() { "FAIL (CI is set)" } else { "be reported as SKIPPED" }
+                    if std::env::var_os("CI").is_some() {
+                        "FAIL (CI is set)"
+                    } else {
+                        "be reported as SKIPPED"
+                    }
                 );
             }
             let root = root_dir();
             // --no-fail-fast: one failing test binary must not hide the others.
-            let tests = run(Command::new("cargo").current_dir(&root).args(["test", "--workspace", "--no-fail-fast"]).args(&passthrough));
+            let tests = run(Command::new("cargo")
+                .current_dir(&root)
+                .args(["test", "--workspace", "--no-fail-fast"])
+                .args(&passthrough));
             // The deploy manifests against the Kubernetes JSON schemas (offline, strict).
-            let manifests = run(Command::new("bash").current_dir(&root).arg("scripts/validate-manifests.sh"));
+            let manifests = run(Command::new("bash")
+                .current_dir(&root)
+                .arg("scripts/validate-manifests.sh"));
             tests.and(manifests)
         }
         "run" => {
             setup::setup()?;
             let root = root_dir();
-            run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "imagewarden"]))?;
+            run(Command::new("cargo").current_dir(&root).args([
+                "build",
+                "--release",
+                "-p",
+                "imagewarden",
+            ]))?;
             let bin = root.join("target/release/imagewarden");
             let mut c = if setup::is_root() {
                 Command::new(&bin)
@@ -90,8 +111,18 @@ fn main() -> Result<()> {
                 bail!("the demo loads eBPF programs and runs containerd: run it as root");
             }
             let root = root_dir();
-            run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "imagewarden", "--bin", "imagewarden", "--example", "demo"]))?;
-            run(Command::new(root.join("target/release/examples/demo")).arg(root.join("target/release/imagewarden")))
+            run(Command::new("cargo").current_dir(&root).args([
+                "build",
+                "--release",
+                "-p",
+                "imagewarden",
+                "--bin",
+                "imagewarden",
+                "--example",
+                "demo",
+            ]))?;
+            run(Command::new(root.join("target/release/examples/demo"))
+                .arg(root.join("target/release/imagewarden")))
         }
         "bench" => bench::bench(&rest),
         "vmtest" => vm::vmtest(&root_dir(), &rest),

@@ -11,7 +11,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("libzstd-dev", "linking bpf-linker against LLVM"),
     ("zlib1g-dev", "linking bpf-linker against LLVM"),
     ("bpftool", "inspecting loaded programs in tests"),
-    ("protobuf-compiler", "protoc for the CRI and containerd API clients"),
+    (
+        "protobuf-compiler",
+        "protoc for the CRI and containerd API clients",
+    ),
     ("containerd", "end-to-end tests run a private containerd"),
     ("runc", "containerd's runtime in the end-to-end tests"),
     ("umoci", "building test images without a registry"),
@@ -31,7 +34,11 @@ pub fn is_root() -> bool {
 }
 
 fn quiet_ok(cmd: &mut Command) -> bool {
-    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 fn installed(pkg: &str) -> bool {
@@ -44,7 +51,9 @@ fn installed(pkg: &str) -> bool {
 
 fn step(what: &str, cmd: &mut Command) -> Result<()> {
     eprintln!("setup: {what}");
-    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("setup: {what} failed ({status}); command: {cmd:?}");
     }
@@ -52,7 +61,11 @@ fn step(what: &str, cmd: &mut Command) -> Result<()> {
 }
 
 fn apt() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES.iter().map(|(p, _)| *p).filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| !installed(p))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -60,9 +73,18 @@ fn apt() -> Result<()> {
         eprintln!("setup: missing Debian package {p} ({why})");
     }
     if !is_root() {
-        bail!("setup: installing {} needs root: run `sudo apt-get install -y {}`", missing.join(" "), missing.join(" "));
+        bail!(
+            "setup: installing {} needs root: run `sudo apt-get install -y {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
     }
-    step("apt-get update", Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    step(
+        "apt-get update",
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
     step(
         &format!("apt-get install {}", missing.join(" ")),
         Command::new("apt-get")
@@ -78,11 +100,23 @@ fn nightly_rust_src() -> Result<()> {
         .output()
         .context("setup: cannot run `rustc +nightly` (is rustup installed?)")?;
     if !sysroot.status.success() {
-        step("rustup toolchain install nightly", Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        step(
+            "rustup toolchain install nightly",
+            Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+            ]),
+        )?;
         return nightly_rust_src();
     }
     let root = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
-    if std::path::Path::new(&root).join("lib/rustlib/src/rust/library/core").is_dir() {
+    if std::path::Path::new(&root)
+        .join("lib/rustlib/src/rust/library/core")
+        .is_dir()
+    {
         return Ok(());
     }
     step(
@@ -95,11 +129,20 @@ fn bpf_linker() -> Result<()> {
     if quiet_ok(Command::new("bpf-linker").arg("--version")) {
         return Ok(());
     }
-    let path = format!("{LLVM_PREFIX}/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{LLVM_PREFIX}/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
     step(
         &format!("cargo install bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes)"),
         Command::new("cargo")
-            .args(["install", "--locked", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args([
+                "install",
+                "--locked",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("PATH", path)
             .env("LLVM_PREFIX", LLVM_PREFIX)
@@ -147,16 +190,29 @@ pub fn setup() -> Result<()> {
 /// payload decompressors. The kernel packages themselves are fetched into
 /// a cache by the harness (`xtask/src/vm.rs`), never installed.
 pub const VM_APT_PACKAGES: &[(&str, &str)] = &[
-    ("qemu-system-x86", "booting Debian's 6.1 and 6.12 kernels for the test matrix"),
-    ("cpio", "inspecting the test initramfs (the harness writes it itself)"),
-    ("kmod", "depmod: modules.dep of the extracted kernel packages"),
+    (
+        "qemu-system-x86",
+        "booting Debian's 6.1 and 6.12 kernels for the test matrix",
+    ),
+    (
+        "cpio",
+        "inspecting the test initramfs (the harness writes it itself)",
+    ),
+    (
+        "kmod",
+        "depmod: modules.dep of the extracted kernel packages",
+    ),
     ("busybox-static", "the test initramfs"),
     ("xz-utils", "decompressing the 6.1 kernel and modules"),
     ("zstd", "decompressing the 6.12 kernel"),
 ];
 
 pub fn vm() -> Result<()> {
-    let missing: Vec<&str> = VM_APT_PACKAGES.iter().map(|(p, _)| *p).filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = VM_APT_PACKAGES
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| !installed(p))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -164,9 +220,18 @@ pub fn vm() -> Result<()> {
         eprintln!("setup: missing Debian package {p} ({why})");
     }
     if !is_root() {
-        bail!("setup: installing {} needs root: run `sudo apt-get install -y {}`", missing.join(" "), missing.join(" "));
+        bail!(
+            "setup: installing {} needs root: run `sudo apt-get install -y {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
     }
-    step("apt-get update", Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    step(
+        "apt-get update",
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
     step(
         &format!("apt-get install {}", missing.join(" ")),
         Command::new("apt-get")

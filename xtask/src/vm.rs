@@ -41,8 +41,10 @@ const CI_TESTS: &[&str] = &["privileged_exec", "privileged_run", "e2e_daemonset"
 /// guest containerd itself gives the agent's container its private cgroup
 /// namespace, so the runc-wrapper variant repeats the first DaemonSet test
 /// (and its ~1.5 min image build under TCG). The full matrix runs it.
-const CI_SKIPS: &[(&str, &str)] =
-    &[("e2e_daemonset", "daemonset_container_in_a_private_cgroup_namespace_enforces_the_seed_policy")];
+const CI_SKIPS: &[(&str, &str)] = &[(
+    "e2e_daemonset",
+    "daemonset_container_in_a_private_cgroup_namespace_enforces_the_seed_policy",
+)];
 /// The containerd release the CI subset's e2e tests use (`IW_TEST_CONTAINERD`).
 const CI_CONTAINERD: &str = "2";
 /// Modules the initramfs loads (with their dependencies), where not built in.
@@ -72,15 +74,43 @@ struct KernelSpec {
 
 fn spec(name: &str) -> Result<KernelSpec> {
     let (package_re, cmdline, expect) = match name {
-        "6.1" => (Some(r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$"), "", Some("lsm")),
-        "6.12" => (Some(r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$"), "", Some("lsm")),
-        "6.12-nolsm" => (Some(r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$"), "nolsm", Some("signal")),
-        "6.1-nolsm" => (Some(r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$"), "nolsm", Some("signal")),
+        "6.1" => (
+            Some(r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$"),
+            "",
+            Some("lsm"),
+        ),
+        "6.12" => (
+            Some(r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$"),
+            "",
+            Some("lsm"),
+        ),
+        "6.12-nolsm" => (
+            Some(r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$"),
+            "nolsm",
+            Some("signal"),
+        ),
+        "6.1-nolsm" => (
+            Some(r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$"),
+            "nolsm",
+            Some("signal"),
+        ),
         "host" => (None, "", None),
-        other => bail!("unknown kernel {other:?}: known are {} (and 6.1-nolsm)", ALL_KERNELS.join(", ")),
+        other => bail!(
+            "unknown kernel {other:?}: known are {} (and 6.1-nolsm)",
+            ALL_KERNELS.join(", ")
+        ),
     };
-    let cmdline = if cmdline == "nolsm" { "lsm=NOLSM" } else { cmdline };
-    Ok(KernelSpec { name: name.to_string(), package_re, cmdline, expect })
+    let cmdline = if cmdline == "nolsm" {
+        "lsm=NOLSM"
+    } else {
+        cmdline
+    };
+    Ok(KernelSpec {
+        name: name.to_string(),
+        package_re,
+        cmdline,
+        expect,
+    })
 }
 
 struct Options {
@@ -118,7 +148,11 @@ fn parse_args(args: &[String]) -> Result<Options> {
     let mut it = args.iter();
     let list = |v: Option<&String>, what: &str| -> Result<Vec<String>> {
         let v = v.with_context(|| format!("{what} needs a comma-separated list"))?;
-        Ok(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+        Ok(v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect())
     };
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -154,7 +188,10 @@ fn parse_args(args: &[String]) -> Result<Options> {
         if !tests_given {
             tests = CI_TESTS.iter().map(|s| s.to_string()).collect();
         }
-        skips = CI_SKIPS.iter().map(|(b, t)| (b.to_string(), t.to_string())).collect();
+        skips = CI_SKIPS
+            .iter()
+            .map(|(b, t)| (b.to_string(), t.to_string()))
+            .collect();
         // The node CI stands for runs containerd 2 (AL2023's EKS AMIs);
         // containerd 1.6 runs the same tests in the host column.
         containerd.get_or_insert_with(|| CI_CONTAINERD.to_string());
@@ -167,8 +204,18 @@ fn parse_args(args: &[String]) -> Result<Options> {
             bail!("vmtest: {t:?} is not a test binary name (agent/tests/<name>.rs)");
         }
     }
-    let kernels = kernels.iter().map(|k| spec(k)).collect::<Result<Vec<_>>>()?;
-    Ok(Options { kernels, tests, memory_mib, keep, skips, containerd })
+    let kernels = kernels
+        .iter()
+        .map(|k| spec(k))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Options {
+        kernels,
+        tests,
+        memory_mib,
+        keep,
+        skips,
+        containerd,
+    })
 }
 
 pub fn vmtest(root: &Path, args: &[String]) -> Result<()> {
@@ -210,7 +257,11 @@ pub fn vmtest(root: &Path, args: &[String]) -> Result<()> {
         })
         .collect();
     if !failed.is_empty() {
-        bail!("vmtest: failed: {} (logs in {})", failed.join("; "), out_dir.display());
+        bail!(
+            "vmtest: failed: {} (logs in {})",
+            failed.join("; "),
+            out_dir.display()
+        );
     }
     Ok(())
 }
@@ -226,22 +277,36 @@ struct TestBin {
 /// executables in cargo's JSON messages.
 fn build_tests(root: &Path, tests: &[String]) -> Result<Vec<TestBin>> {
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(root).args(["test", "-p", "imagewarden", "--no-run", "--message-format=json"]);
+    cmd.current_dir(root).args([
+        "test",
+        "-p",
+        "imagewarden",
+        "--no-run",
+        "--message-format=json",
+    ]);
     for t in tests {
         cmd.args(["--test", t]);
     }
     eprintln!("vmtest: building {}", tests.join(", "));
-    let out = cmd.stderr(Stdio::inherit()).output().with_context(|| format!("running {cmd:?}"))?;
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!("vmtest: building the test binaries failed: {cmd:?}");
     }
     let mut found = BTreeMap::new();
     for line in out.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else { continue };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
         if v["reason"] != "compiler-artifact" || v["profile"]["test"] != true {
             continue;
         }
-        let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str()) else { continue };
+        let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str())
+        else {
+            continue;
+        };
         if tests.iter().any(|t| t == name) {
             found.insert(name.to_string(), PathBuf::from(exe));
         }
@@ -249,8 +314,13 @@ fn build_tests(root: &Path, tests: &[String]) -> Result<Vec<TestBin>> {
     tests
         .iter()
         .map(|t| {
-            let exe = found.get(t).with_context(|| format!("cargo built no test executable named {t}"))?;
-            Ok(TestBin { name: t.clone(), exe: exe.clone() })
+            let exe = found
+                .get(t)
+                .with_context(|| format!("cargo built no test executable named {t}"))?;
+            Ok(TestBin {
+                name: t.clone(),
+                exe: exe.clone(),
+            })
         })
         .collect()
 }
@@ -286,7 +356,10 @@ struct KernelResult {
 
 impl KernelResult {
     fn failed(e: String) -> Self {
-        KernelResult { error: Some(e), ..Default::default() }
+        KernelResult {
+            error: Some(e),
+            ..Default::default()
+        }
     }
 }
 
@@ -295,8 +368,12 @@ impl KernelResult {
 fn parse_libtest(log: &str) -> BTreeMap<String, std::result::Result<(), String>> {
     let mut tests = BTreeMap::new();
     for l in log.lines() {
-        let Some(rest) = l.strip_prefix("test ") else { continue };
-        let Some((name, res)) = rest.rsplit_once(" ... ") else { continue };
+        let Some(rest) = l.strip_prefix("test ") else {
+            continue;
+        };
+        let Some((name, res)) = rest.rsplit_once(" ... ") else {
+            continue;
+        };
         match res.trim() {
             "ok" => {
                 tests.insert(name.to_string(), Ok(()));
@@ -310,7 +387,12 @@ fn parse_libtest(log: &str) -> BTreeMap<String, std::result::Result<(), String>>
     // Reasons: `---- NAME stdout ----` sections, the line after "panicked at".
     let lines: Vec<&str> = log.lines().collect();
     for (i, l) in lines.iter().enumerate() {
-        let Some(name) = l.strip_prefix("---- ").and_then(|r| r.strip_suffix(" stdout ----")) else { continue };
+        let Some(name) = l
+            .strip_prefix("---- ")
+            .and_then(|r| r.strip_suffix(" stdout ----"))
+        else {
+            continue;
+        };
         let reason = lines[i + 1..]
             .iter()
             .take_while(|l| !l.starts_with("---- "))
@@ -329,10 +411,14 @@ fn parse_libtest(log: &str) -> BTreeMap<String, std::result::Result<(), String>>
 /// The enforcement the tests say the agent picked by default: their
 /// `agent picked enforcement lsm` line (see agent/tests/support/exec_hook.rs).
 fn enforcement_in(log: &str) -> Option<String> {
-    log.match_indices("agent picked enforcement ").find_map(|(i, k)| {
-        let rest = &log[i + k.len()..];
-        ["lsm", "signal"].into_iter().find(|m| rest.starts_with(m)).map(String::from)
-    })
+    log.match_indices("agent picked enforcement ")
+        .find_map(|(i, k)| {
+            let rest = &log[i + k.len()..];
+            ["lsm", "signal"]
+                .into_iter()
+                .find(|m| rest.starts_with(m))
+                .map(String::from)
+        })
 }
 
 fn host_kernel() -> String {
@@ -349,7 +435,12 @@ fn host_lsm() -> String {
         return s.trim().to_string();
     }
     Command::new("unshare")
-        .args(["-m", "sh", "-c", "mount -t securityfs none /sys/kernel/security && cat /sys/kernel/security/lsm"])
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount -t securityfs none /sys/kernel/security && cat /sys/kernel/security/lsm",
+        ])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
@@ -357,11 +448,20 @@ fn host_lsm() -> String {
 
 /// The host column: the same binaries, here, one at a time under the
 /// host-wide privileged lock.
-fn run_on_host(root: &Path, bins: &[TestBin], out_dir: &Path, containerd: Option<&str>) -> Result<KernelResult> {
+fn run_on_host(
+    root: &Path,
+    bins: &[TestBin],
+    out_dir: &Path,
+    containerd: Option<&str>,
+) -> Result<KernelResult> {
     let dir = out_dir.join("host");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
-    let mut r = KernelResult { kernel: format!("host {}", host_kernel()), lsm: host_lsm(), ..Default::default() };
+    let mut r = KernelResult {
+        kernel: format!("host {}", host_kernel()),
+        lsm: host_lsm(),
+        ..Default::default()
+    };
     for b in bins {
         let log = dir.join(format!("{}.log", b.name));
         let f = fs::File::create(&log)?;
@@ -410,7 +510,10 @@ struct Kernel {
 }
 
 fn capture(cmd: &mut Command) -> Result<String> {
-    let out = cmd.stderr(Stdio::inherit()).output().with_context(|| format!("running {cmd:?}"))?;
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed: {}", out.status);
     }
@@ -421,14 +524,23 @@ fn capture(cmd: &mut Command) -> Result<String> {
 fn newest_package(re: &str) -> Result<Option<(String, String)>> {
     let names = capture(Command::new("apt-cache").args(["search", "--names-only", re]))?;
     let mut best: Option<(Vec<u64>, String)> = None;
-    for name in names.lines().filter_map(|l| l.split(" - ").next()).map(str::trim) {
+    for name in names
+        .lines()
+        .filter_map(|l| l.split(" - ").next())
+        .map(str::trim)
+    {
         // Compare the numbers in the name: 6.12.118 > 6.12.99, 6.1.0-57 > 6.1.0-9.
-        let key: Vec<u64> = name.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
+        let key: Vec<u64> = name
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect();
         if best.as_ref().is_none_or(|(k, _)| key > *k) {
             best = Some((key, name.to_string()));
         }
     }
-    let Some((_, name)) = best else { return Ok(None) };
+    let Some((_, name)) = best else {
+        return Ok(None);
+    };
     let show = capture(Command::new("apt-cache").args(["show", "--no-all-versions", &name]))?;
     let version = show
         .lines()
@@ -442,7 +554,10 @@ fn newest_package(re: &str) -> Result<Option<(String, String)>> {
 /// A cached kernel for `re` when apt cannot be asked (offline).
 fn cached_kernel(re: &str) -> Option<(String, String)> {
     let pattern = re.trim_start_matches('^').trim_end_matches('$');
-    let prefix: String = pattern.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    let prefix: String = pattern
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
     let mut found: Vec<(String, String)> = fs::read_dir(CACHE_DIR)
         .ok()?
         .flatten()
@@ -450,7 +565,8 @@ fn cached_kernel(re: &str) -> Option<(String, String)> {
         .filter_map(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
             let (p, v) = n.split_once('_')?;
-            p.starts_with(&prefix).then(|| (p.to_string(), v.to_string()))
+            p.starts_with(&prefix)
+                .then(|| (p.to_string(), v.to_string()))
         })
         .collect();
     found.sort();
@@ -463,24 +579,34 @@ fn prepare_kernel(spec: &KernelSpec) -> Result<Kernel> {
     let mut pkg = newest_package(re)?;
     if pkg.is_none() {
         eprintln!("vmtest: apt knows no package matching {re}: running apt-get update");
-        crate::run(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        crate::run(
+            Command::new("apt-get")
+                .args(["update", "-q"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
         pkg = newest_package(re)?;
     }
     let (package, version) = match pkg.or_else(|| cached_kernel(re)) {
         Some(p) => p,
-        None => bail!("no Debian package matches {re} (is Debian 12's archive in the apt sources?)"),
+        None => {
+            bail!("no Debian package matches {re} (is Debian 12's archive in the apt sources?)")
+        }
     };
     let dir = Path::new(CACHE_DIR).join(format!("{package}_{}", version.replace([':', '~'], "-")));
     // Two harnesses filling the cache at once wait for each other.
     fs::create_dir_all(CACHE_DIR).with_context(|| format!("creating {CACHE_DIR}"))?;
     let lock = fs::File::create(Path::new(CACHE_DIR).join(".lock"))?;
-    lock.lock().with_context(|| format!("locking {CACHE_DIR}/.lock"))?;
+    lock.lock()
+        .with_context(|| format!("locking {CACHE_DIR}/.lock"))?;
     if !dir.join(".complete").exists() {
         let _ = fs::remove_dir_all(&dir);
         let tmp = dir.with_extension("partial");
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        eprintln!("vmtest: fetching {package} {version} into {}", dir.display());
+        eprintln!(
+            "vmtest: fetching {package} {version} into {}",
+            dir.display()
+        );
         crate::run(Command::new("apt-get").current_dir(&tmp).args([
             "download",
             "-q",
@@ -500,12 +626,15 @@ fn prepare_kernel(spec: &KernelSpec) -> Result<Kernel> {
         // The package has no modules.dep (the postinst makes it): make it here.
         crate::run(Command::new("depmod").arg("-b").arg(&tree).arg(&kver))?;
         let vmlinuz = tree.join(format!("boot/vmlinuz-{kver}"));
-        let vmlinux = extract_vmlinux(&fs::read(&vmlinuz).with_context(|| format!("reading {}", vmlinuz.display()))?)
-            .with_context(|| format!("extracting vmlinux from {}", vmlinuz.display()))?;
+        let vmlinux = extract_vmlinux(
+            &fs::read(&vmlinuz).with_context(|| format!("reading {}", vmlinuz.display()))?,
+        )
+        .with_context(|| format!("extracting vmlinux from {}", vmlinuz.display()))?;
         fs::write(tmp.join("vmlinux"), vmlinux)?;
         fs::write(tmp.join("kernel-release"), &kver)?;
         fs::write(tmp.join(".complete"), format!("{package} {version}\n"))?;
-        fs::rename(&tmp, &dir).with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
+        fs::rename(&tmp, &dir)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
     }
     let kver = fs::read_to_string(dir.join("kernel-release"))?;
     Ok(Kernel {
@@ -517,11 +646,16 @@ fn prepare_kernel(spec: &KernelSpec) -> Result<Kernel> {
 }
 
 fn only_entry(dir: &Path) -> Result<String> {
-    let names: Vec<String> =
-        fs::read_dir(dir)?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     match names.as_slice() {
         [one] => Ok(one.clone()),
-        _ => bail!("expected one kernel release in {}, found {names:?}", dir.display()),
+        _ => bail!(
+            "expected one kernel release in {}, found {names:?}",
+            dir.display()
+        ),
     }
 }
 
@@ -543,7 +677,9 @@ pub fn extract_vmlinux(bz: &[u8]) -> Result<Vec<u8>> {
     };
     let start = (setup_sects + 1) * 512 + u32_at(0x248)? as usize;
     let len = u32_at(0x24c)? as usize;
-    let payload = bz.get(start..start + len).context("payload outside the image")?;
+    let payload = bz
+        .get(start..start + len)
+        .context("payload outside the image")?;
     let tool: &[&str] = if payload.starts_with(b"\xfd7zXZ\x00") {
         &["xz", "-dc", "--single-stream"]
     } else if payload.starts_with(b"\x28\xb5\x2f\xfd") {
@@ -551,7 +687,10 @@ pub fn extract_vmlinux(bz: &[u8]) -> Result<Vec<u8>> {
     } else if payload.starts_with(b"\x1f\x8b") {
         &["gzip", "-dc"]
     } else {
-        bail!("unknown compression of the kernel payload (magic {:02x?})", &payload[..payload.len().min(6)]);
+        bail!(
+            "unknown compression of the kernel payload (magic {:02x?})",
+            &payload[..payload.len().min(6)]
+        );
     };
     let mut child = Command::new(tool[0])
         .args(&tool[1..])
@@ -587,14 +726,24 @@ fn module_order(modules: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>> {
     let deps: BTreeMap<String, (String, Vec<String>)> = dep
         .lines()
         .filter_map(|l| l.split_once(':'))
-        .map(|(m, d)| (name_of(m), (m.to_string(), d.split_whitespace().map(String::from).collect())))
+        .map(|(m, d)| {
+            (
+                name_of(m),
+                (
+                    m.to_string(),
+                    d.split_whitespace().map(String::from).collect(),
+                ),
+            )
+        })
         .collect();
     let mut order: Vec<String> = Vec::new();
     for w in wanted {
         if builtin.lines().any(|l| name_of(l) == *w) {
             continue;
         }
-        let (path, ds) = deps.get(*w).with_context(|| format!("module {w} neither built in nor in modules.dep"))?;
+        let (path, ds) = deps
+            .get(*w)
+            .with_context(|| format!("module {w} neither built in nor in modules.dep"))?;
         for d in ds.iter().rev().chain(std::iter::once(path)) {
             if !order.contains(d) {
                 order.push(d.clone());
@@ -616,7 +765,11 @@ fn module_bytes(path: &Path) -> Result<Vec<u8>> {
     } else {
         return fs::read(path).with_context(|| format!("reading {name}"));
     };
-    let out = Command::new(tool).arg("-dc").arg(path).output().with_context(|| format!("running {tool}"))?;
+    let out = Command::new(tool)
+        .arg("-dc")
+        .arg(path)
+        .output()
+        .with_context(|| format!("running {tool}"))?;
     if !out.status.success() {
         bail!("{tool} -dc {name} failed");
     }
@@ -713,11 +866,27 @@ fn initramfs(kernel: &Kernel) -> Result<Vec<u8>> {
     for d in ["bin", "dev", "proc", "sys", "newroot", "modules"] {
         c.dir(d);
     }
-    c.file("bin/busybox", 0o755, &fs::read("/bin/busybox").context("/bin/busybox (busybox-static)")?);
-    c.file("init", 0o755, INIT.replace("@RESULTS@", GUEST_RESULTS).as_bytes());
+    c.file(
+        "bin/busybox",
+        0o755,
+        &fs::read("/bin/busybox").context("/bin/busybox (busybox-static)")?,
+    );
+    c.file(
+        "init",
+        0o755,
+        INIT.replace("@RESULTS@", GUEST_RESULTS).as_bytes(),
+    );
     let mut order = String::new();
     for m in module_order(&kernel.modules, GUEST_MODULES)? {
-        let base = m.file_name().unwrap().to_string_lossy().split(".ko").next().unwrap().to_string() + ".ko";
+        let base = m
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .split(".ko")
+            .next()
+            .unwrap()
+            .to_string()
+            + ".ko";
         c.file(&format!("modules/{base}"), 0o644, &module_bytes(&m)?);
         order.push_str(&base);
         order.push('\n');
@@ -734,12 +903,18 @@ fn run_script(root: &Path, spec: &KernelSpec, bins: &[TestBin], opts: &Options) 
     if let Some(c) = &opts.containerd {
         let _ = writeln!(s, "export IW_TEST_CONTAINERD='{c}'");
     }
-    let _ = writeln!(s, "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let _ = writeln!(
+        s,
+        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    );
     let _ = writeln!(s, "export IMAGEWARDEN_VM_KERNEL='{}'", spec.name);
     if let Some(e) = spec.expect {
         let _ = writeln!(s, "export IMAGEWARDEN_EXPECT_ENFORCEMENT={e}");
     }
-    let _ = writeln!(s, "R={GUEST_RESULTS}\ncat /sys/kernel/security/lsm > $R/lsm");
+    let _ = writeln!(
+        s,
+        "R={GUEST_RESULTS}\ncat /sys/kernel/security/lsm > $R/lsm"
+    );
     let _ = writeln!(s, "cd '{}'", root.join("agent").display());
     for b in bins {
         let _ = writeln!(
@@ -796,20 +971,45 @@ fn run_in_guest(
     }
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "1"])
-        .args(["-m", &opts.memory_mib.unwrap_or_else(|| default_memory_mib(&opts.tests)).to_string()])
+        .args([
+            "-m",
+            &opts
+                .memory_mib
+                .unwrap_or_else(|| default_memory_mib(&opts.tests))
+                .to_string(),
+        ])
         .arg("-kernel")
         .arg(&kernel.vmlinux)
         .arg("-initrd")
         .arg(&initrd)
         .args(["-append", &append])
-        .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-nic", "none", "-no-reboot"])
-        .args(["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"])
+        .args([
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-nic",
+            "none",
+            "-no-reboot",
+        ])
+        .args([
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        ])
         .arg("-virtfs")
-        .arg(format!("local,path={},mount_tag=results,security_model=none,multidevs=remap", results.display()))
+        .arg(format!(
+            "local,path={},mount_tag=results,security_model=none,multidevs=remap",
+            results.display()
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    eprintln!("vmtest: booting {} {} ({append})", kernel.package, kernel.version);
+    eprintln!(
+        "vmtest: booting {} {} ({append})",
+        kernel.package, kernel.version
+    );
     let t0 = Instant::now();
     let mut child = KillOnDrop(cmd.spawn().context("starting qemu-system-x86_64")?);
     let stdout = child.0.stdout.take().expect("piped");
@@ -859,11 +1059,17 @@ fn run_in_guest(
     let mut r = KernelResult {
         kernel: format!("{} {}", kernel.package, kernel.version),
         boot,
-        lsm: fs::read_to_string(results.join("lsm")).unwrap_or_default().trim().to_string(),
+        lsm: fs::read_to_string(results.join("lsm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
         ..Default::default()
     };
     if let Some(f) = fatal {
-        r.error = Some(format!("{f} (console: {})", dir.join("console.log").display()));
+        r.error = Some(format!(
+            "{f} (console: {})",
+            dir.join("console.log").display()
+        ));
         return Ok(r);
     }
     if !results.join("exit-status").exists() {
@@ -874,7 +1080,9 @@ fn run_in_guest(
     }
     for b in bins {
         let read = |ext: &str| fs::read_to_string(results.join(format!("{}.{ext}", b.name))).ok();
-        let Some(status) = read("status") else { continue };
+        let Some(status) = read("status") else {
+            continue;
+        };
         let log = results.join(format!("{}.log", b.name));
         r.binaries.insert(
             b.name.clone(),
@@ -913,11 +1121,17 @@ const PATHS: &[&str] = &["lsm", "tp_btf+signal", "tracepoint+signal", "default"]
 // reason); "default": the agent's defaults, whatever this kernel gives.
 
 fn cell(b: Option<&BinResult>, path: &str) -> String {
-    let Some(b) = b else { return "no result".into() };
+    let Some(b) = b else {
+        return "no result".into();
+    };
     let of: Vec<(&String, &std::result::Result<(), String>)> =
         b.tests.iter().filter(|(n, _)| path_of(n) == path).collect();
     if of.is_empty() {
-        return if b.tests.is_empty() && b.exit != Some(0) { format!("FAIL exit {:?}", b.exit) } else { "-".into() };
+        return if b.tests.is_empty() && b.exit != Some(0) {
+            format!("FAIL exit {:?}", b.exit)
+        } else {
+            "-".into()
+        };
     }
     let ok = of.iter().filter(|(_, r)| r.is_ok()).count();
     if ok == of.len() && b.exit != Some(0) {
@@ -951,7 +1165,14 @@ fn render(results: &[(KernelSpec, KernelResult)], tests: &[String]) -> String {
     for (k, r) in results {
         if let Some(e) = &r.error {
             if r.binaries.is_empty() {
-                let mut row = vec![k.name.clone(), "-".into(), "-".into(), "*".into(), "-".into(), "-".into()];
+                let mut row = vec![
+                    k.name.clone(),
+                    "-".into(),
+                    "-".into(),
+                    "*".into(),
+                    "-".into(),
+                    "-".into(),
+                ];
                 row.push(format!("FAIL: {e}"));
                 rows.push(row);
                 continue;
@@ -968,31 +1189,58 @@ fn render(results: &[(KernelSpec, KernelResult)], tests: &[String]) -> String {
             let b = r.binaries.get(t);
             let mut row = vec![
                 k.name.clone(),
-                r.boot.map(|d| format!("{:.1}s", d.as_secs_f64())).unwrap_or_else(|| "-".into()),
+                r.boot
+                    .map(|d| format!("{:.1}s", d.as_secs_f64()))
+                    .unwrap_or_else(|| "-".into()),
                 lsm.to_string(),
                 t.clone(),
-                b.and_then(|b| b.millis).map(|m| format!("{:.1}s", m as f64 / 1000.0)).unwrap_or_else(|| "-".into()),
-                b.and_then(|b| b.enforcement.clone()).unwrap_or_else(|| "?".into()),
+                b.and_then(|b| b.millis)
+                    .map(|m| format!("{:.1}s", m as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into()),
+                b.and_then(|b| b.enforcement.clone())
+                    .unwrap_or_else(|| "?".into()),
             ];
             row.extend(PATHS.iter().map(|p| cell(b, p)));
             rows.push(row);
         }
     }
     let widths: Vec<usize> = (0..rows[0].len())
-        .map(|i| rows.iter().map(|r| r.get(i).map_or(0, |c| c.len().min(60))).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.len().min(60)))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for (i, row) in rows.iter().enumerate() {
-        let cells: Vec<String> = row.iter().enumerate().map(|(j, c)| format!("{c:<w$}", w = widths[j])).collect();
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(j, c)| format!("{c:<w$}", w = widths[j]))
+            .collect();
         let _ = writeln!(out, "| {} |", cells.join(" | "));
         if i == 0 {
-            let _ = writeln!(out, "|{}|", widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("|"));
+            let _ = writeln!(
+                out,
+                "|{}|",
+                widths
+                    .iter()
+                    .map(|w| "-".repeat(w + 2))
+                    .collect::<Vec<_>>()
+                    .join("|")
+            );
         }
     }
     let _ = writeln!(out);
     for (k, r) in results {
-        let _ =
-            writeln!(out, "{}: {} (active LSMs: {})", k.name, r.kernel, if r.lsm.is_empty() { "?" } else { &r.lsm });
+        let _ = writeln!(
+            out,
+            "{}: {} (active LSMs: {})",
+            k.name,
+            r.kernel,
+            if r.lsm.is_empty() { "?" } else { &r.lsm }
+        );
         for (t, b) in &r.binaries {
             for (n, res) in &b.tests {
                 if let Err(why) = res {
@@ -1019,26 +1267,41 @@ mod tests {
         let log =
             "running 2 tests\ntest a_tp_btf ... ok\ntest b_lsm ... FAILED\n\nfailures:\n\n---- b_lsm stdout ----\n\
 thread 'b_lsm' panicked at agent/tests/x.rs:1:2:\nexec should fail with EPERM\nnote: ...\n\nfailures:\n    b_lsm\n";
-        let log = format!("{log}\nsuccesses:\n\n---- a_tp_btf stdout ----\nagent picked enforcement lsm\n");
+        let log = format!(
+            "{log}\nsuccesses:\n\n---- a_tp_btf stdout ----\nagent picked enforcement lsm\n"
+        );
         let t = parse_libtest(&log);
         assert_eq!(t["a_tp_btf"], Ok(()));
         assert_eq!(t["b_lsm"], Err("exec should fail with EPERM".to_string()));
         assert_eq!(path_of("a_tp_btf"), "tp_btf+signal");
         assert_eq!(path_of("denied_classic_tracepoint"), "tracepoint+signal");
-        assert_eq!(enforcement_in("enforcement signal\nagent picked enforcement lsm (tp_btf)"), Some("lsm".into()));
-        assert_eq!(enforcement_in("agent picked enforcement signal: BPF LSM refused"), Some("signal".into()));
+        assert_eq!(
+            enforcement_in("enforcement signal\nagent picked enforcement lsm (tp_btf)"),
+            Some("lsm".into())
+        );
+        assert_eq!(
+            enforcement_in("agent picked enforcement signal: BPF LSM refused"),
+            Some("signal".into())
+        );
         assert_eq!(enforcement_in("enforcement lsm"), None);
     }
 
     #[test]
     fn bad_arguments_are_refused_by_name() {
-        let e = parse_args(&["--kernels".into(), "5.4".into()]).err().unwrap().to_string();
+        let e = parse_args(&["--kernels".into(), "5.4".into()])
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("5.4"), "{e}");
         assert!(parse_args(&["--tests".into(), "../x".into()]).is_err());
         assert!(parse_args(&["--bogus".into()]).is_err());
         let o = parse_args(&["--ci".into()]).unwrap();
         assert_eq!(o.kernels.len(), 1);
-        assert!(o.tests.iter().any(|t| t == "e2e_daemonset"), "{:?}", o.tests);
+        assert!(
+            o.tests.iter().any(|t| t == "e2e_daemonset"),
+            "{:?}",
+            o.tests
+        );
         assert_eq!(o.skips.len(), 1);
         assert_eq!(o.containerd.as_deref(), Some("2"));
         assert!(parse_args(&["--containerd".into(), "3".into()]).is_err());

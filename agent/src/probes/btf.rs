@@ -7,7 +7,10 @@ use std::collections::HashMap;
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("not BTF data (bad magic or truncated header)")]
     BadHeader,
     #[error("BTF type section is truncated or malformed at type {0}")]
@@ -51,7 +54,10 @@ struct Member {
 
 #[derive(Debug, Clone)]
 enum Type {
-    Composite { name_off: u32, members: Vec<Member> },
+    Composite {
+        name_off: u32,
+        members: Vec<Member>,
+    },
     /// typedef, const, volatile, restrict, type tag: resolve through.
     Alias(u32),
     Other,
@@ -77,7 +83,10 @@ impl Btf {
     }
 
     pub fn from_file(path: &str) -> Result<Self, BtfError> {
-        let data = std::fs::read(path).map_err(|source| BtfError::Read { path: path.into(), source })?;
+        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::parse(&data)
     }
 
@@ -91,9 +100,14 @@ impl Btf {
         let str_off = u32_at(data, 16).ok_or(BtfError::BadHeader)? as usize;
         let str_len = u32_at(data, 20).ok_or(BtfError::BadHeader)? as usize;
         let tstart = hdr_len.checked_add(type_off).ok_or(BtfError::BadHeader)?;
-        let types_bytes = data.get(tstart..tstart + type_len).ok_or(BtfError::BadHeader)?;
+        let types_bytes = data
+            .get(tstart..tstart + type_len)
+            .ok_or(BtfError::BadHeader)?;
         let sstart = hdr_len + str_off;
-        let strings = data.get(sstart..sstart + str_len).ok_or(BtfError::BadHeader)?.to_vec();
+        let strings = data
+            .get(sstart..sstart + str_len)
+            .ok_or(BtfError::BadHeader)?
+            .to_vec();
 
         let mut types = vec![Type::Other];
         let mut o = 0usize;
@@ -127,9 +141,17 @@ impl Btf {
                         let m_type = u32_at(types_bytes, o + 4).ok_or_else(bad)?;
                         let m_off = u32_at(types_bytes, o + 8).ok_or_else(bad)?;
                         o += 12;
-                        let (bit_offset, bitfield_size) =
-                            if kflag { (m_off & 0xff_ffff, m_off >> 24) } else { (m_off, 0) };
-                        members.push(Member { name_off: m_name, type_id: m_type, bit_offset, bitfield_size });
+                        let (bit_offset, bitfield_size) = if kflag {
+                            (m_off & 0xff_ffff, m_off >> 24)
+                        } else {
+                            (m_off, 0)
+                        };
+                        members.push(Member {
+                            name_off: m_name,
+                            type_id: m_type,
+                            bit_offset,
+                            bitfield_size,
+                        });
                     }
                     Type::Composite { name_off, members }
                 }
@@ -157,7 +179,11 @@ impl Btf {
             };
             types.push(t);
         }
-        let mut btf = Btf { types, strings, by_name: HashMap::new() };
+        let mut btf = Btf {
+            types,
+            strings,
+            by_name: HashMap::new(),
+        };
         let mut by_name = HashMap::new();
         for (id, t) in btf.types.iter().enumerate() {
             if let Type::Composite { name_off, members } = t {
@@ -191,7 +217,10 @@ impl Btf {
     /// Byte offset of `member` in `struct name`, looking through anonymous
     /// struct/union members (as `mm_struct` and `inode` use them).
     pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
-        let id = *self.by_name.get(name).ok_or_else(|| BtfError::NoStruct(name.into()))?;
+        let id = *self
+            .by_name
+            .get(name)
+            .ok_or_else(|| BtfError::NoStruct(name.into()))?;
         match self.find_member(id, member, 0)? {
             Some(bits) => Ok(bits / 8),
             None => Err(BtfError::NoMember(name.into(), member.into())),
@@ -202,7 +231,8 @@ impl Btf {
         if depth > 8 {
             return Ok(None);
         }
-        let Some(Type::Composite { members, .. }) = self.types.get(self.resolve(id) as usize) else {
+        let Some(Type::Composite { members, .. }) = self.types.get(self.resolve(id) as usize)
+        else {
             return Ok(None);
         };
         for m in members {
@@ -232,7 +262,11 @@ mod tests {
         let strings = b"\0int\0outer\0a\0x\0y\0b\0".to_vec();
         let s = |name: &str| -> u32 {
             let needle = format!("\0{name}\0");
-            strings.windows(needle.len()).position(|w| w == needle.as_bytes()).unwrap() as u32 + 1
+            strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .unwrap() as u32
+                + 1
         };
         let mut t = Vec::new();
         let push = |t: &mut Vec<u8>, v: u32| t.extend_from_slice(&v.to_le_bytes());
@@ -263,7 +297,13 @@ mod tests {
         out.extend_from_slice(&MAGIC.to_le_bytes());
         out.push(1); // version
         out.push(0); // flags
-        for v in [24u32, 0, t.len() as u32, t.len() as u32, strings.len() as u32] {
+        for v in [
+            24u32,
+            0,
+            t.len() as u32,
+            t.len() as u32,
+            strings.len() as u32,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&t);
@@ -277,8 +317,14 @@ mod tests {
         assert_eq!(btf.member_offset("outer", "a").unwrap(), 0);
         assert_eq!(btf.member_offset("outer", "y").unwrap(), 4);
         assert_eq!(btf.member_offset("outer", "b").unwrap(), 8);
-        assert!(matches!(btf.member_offset("outer", "zz"), Err(BtfError::NoMember(..))));
-        assert!(matches!(btf.member_offset("nope", "a"), Err(BtfError::NoStruct(..))));
+        assert!(matches!(
+            btf.member_offset("outer", "zz"),
+            Err(BtfError::NoMember(..))
+        ));
+        assert!(matches!(
+            btf.member_offset("nope", "a"),
+            Err(BtfError::NoStruct(..))
+        ));
     }
 
     #[test]

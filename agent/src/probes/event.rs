@@ -93,7 +93,10 @@ fn until_nul(b: &[u8]) -> &[u8] {
 pub fn decode(bytes: &[u8]) -> Result<ExecRecord, DecodeError> {
     let want = std::mem::size_of::<ExecEvent>();
     if bytes.len() != want {
-        return Err(DecodeError::Size { got: bytes.len(), want });
+        return Err(DecodeError::Size {
+            got: bytes.len(),
+            want,
+        });
     }
     // SAFETY: length checked; ExecEvent is plain old data (any bit pattern is
     // valid) and read_unaligned copes with the ring buffer's alignment.
@@ -137,8 +140,13 @@ mod tests {
 
     fn raw(ev: &ExecEvent) -> Vec<u8> {
         // SAFETY: ExecEvent is repr(C) plain data.
-        unsafe { std::slice::from_raw_parts((ev as *const ExecEvent).cast::<u8>(), size_of::<ExecEvent>()) }
-            .to_vec()
+        unsafe {
+            std::slice::from_raw_parts(
+                (ev as *const ExecEvent).cast::<u8>(),
+                size_of::<ExecEvent>(),
+            )
+        }
+        .to_vec()
     }
 
     fn sample() -> ExecEvent {
@@ -186,7 +194,10 @@ mod tests {
     fn decodes_every_field() {
         let r = decode(&raw(&sample())).expect("decode");
         assert_eq!(r.cgroup_id, 0xdead_beef_0000_0001);
-        assert_eq!((r.pid, r.tgid, r.ppid, r.uid, r.gid), (42, 42, 7, 1000, 100));
+        assert_eq!(
+            (r.pid, r.tgid, r.ppid, r.uid, r.gid),
+            (42, 42, 7, 1000, 100)
+        );
         assert_eq!(r.verdict, KernelVerdict::Deny);
         assert_eq!(r.hook, Hook::Tracepoint);
         assert_eq!(r.comm, b"true");
@@ -197,11 +208,20 @@ mod tests {
     #[test]
     fn rejects_wrong_sizes_and_lengths() {
         let b = raw(&sample());
-        assert_eq!(decode(&b[..100]), Err(DecodeError::Size { got: 100, want: 320 }));
+        assert_eq!(
+            decode(&b[..100]),
+            Err(DecodeError::Size {
+                got: 100,
+                want: 320
+            })
+        );
         assert!(decode(&[]).is_err());
         let mut ev = sample();
         ev.filename_len = FILENAME_LEN as u16;
-        assert_eq!(decode(&raw(&ev)), Err(DecodeError::NameLength(FILENAME_LEN)));
+        assert_eq!(
+            decode(&raw(&ev)),
+            Err(DecodeError::NameLength(FILENAME_LEN))
+        );
     }
 
     #[test]

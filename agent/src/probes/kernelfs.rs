@@ -9,7 +9,11 @@ use std::{
 #[derive(Debug, thiserror::Error)]
 pub enum KernelFsError {
     #[error("cannot mount {fstype} at {target}: {source}")]
-    Mount { fstype: &'static str, target: String, source: std::io::Error },
+    Mount {
+        fstype: &'static str,
+        target: String,
+        source: std::io::Error,
+    },
     #[error("cannot read /proc/self/mounts: {0}")]
     Mounts(std::io::Error),
 }
@@ -33,15 +37,28 @@ pub fn parse_mounts(text: &str) -> Vec<(PathBuf, String)> {
 }
 
 fn mount(fstype: &'static str, target: &Path) -> Result<(), KernelFsError> {
-    let err = |source| KernelFsError::Mount { fstype, target: target.display().to_string(), source };
+    let err = |source| KernelFsError::Mount {
+        fstype,
+        target: target.display().to_string(),
+        source,
+    };
     std::fs::create_dir_all(target).map_err(err)?;
     let src = CString::new(fstype).expect("static name");
     let tgt = CString::new(target.as_os_str().as_encoded_bytes()).map_err(|_| {
-        err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "NUL in path",
+        ))
     })?;
     // SAFETY: valid NUL-terminated strings; null data is allowed.
     let rc = unsafe {
-        libc::mount(src.as_ptr(), tgt.as_ptr(), src.as_ptr(), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, std::ptr::null())
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            src.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(err(std::io::Error::last_os_error()));
@@ -88,7 +105,10 @@ mod tests {
              garbage\n",
         );
         assert_eq!(m.len(), 3);
-        assert_eq!(m[0], (PathBuf::from("/sys/kernel/tracing"), "tracefs".to_string()));
+        assert_eq!(
+            m[0],
+            (PathBuf::from("/sys/kernel/tracing"), "tracefs".to_string())
+        );
         assert_eq!(m[2].0, PathBuf::from("/mnt/a b"));
     }
 }

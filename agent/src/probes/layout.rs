@@ -26,7 +26,10 @@ impl MapDef {
     pub fn of_pin(path: &Path) -> Result<MapDef, String> {
         let info = MapInfo::from_pin(path).map_err(|e| e.to_string())?;
         Ok(MapDef {
-            map_type: info.map_type().map(|t| t as u32).map_err(|e| e.to_string())?,
+            map_type: info
+                .map_type()
+                .map(|t| t as u32)
+                .map_err(|e| e.to_string())?,
             key_size: info.key_size(),
             value_size: info.value_size(),
             max_entries: info.max_entries(),
@@ -70,7 +73,10 @@ pub fn layout_of(object: &[u8], pinned: &[&str]) -> Result<Layout, String> {
     let mut names: Vec<&str> = pinned.to_vec();
     names.sort_unstable();
     for name in names {
-        let m = obj.maps.get(name).ok_or_else(|| format!("map {name} missing from the object"))?;
+        let m = obj
+            .maps
+            .get(name)
+            .ok_or_else(|| format!("map {name} missing from the object"))?;
         let d = MapDef {
             map_type: m.map_type(),
             key_size: m.key_size(),
@@ -93,7 +99,8 @@ pub fn layout_of(object: &[u8], pinned: &[&str]) -> Result<Layout, String> {
         if let Some(f) = obj.functions.get(&p.function_key()) {
             for insn in &f.instructions {
                 // SAFETY: bpf_insn is a plain 8-byte repr(C) struct.
-                let b: &[u8; 8] = unsafe { &*(insn as *const aya_obj::generated::bpf_insn as *const [u8; 8]) };
+                let b: &[u8; 8] =
+                    unsafe { &*(insn as *const aya_obj::generated::bpf_insn as *const [u8; 8]) };
                 h.bytes(b);
             }
         }
@@ -105,7 +112,10 @@ static LAYOUT: OnceLock<Result<Layout, String>> = OnceLock::new();
 
 /// The layout of the embedded eBPF object (computed once).
 pub fn embedded() -> Result<&'static Layout, &'static str> {
-    LAYOUT.get_or_init(|| layout_of(super::EBPF_OBJECT, super::PINNED_MAPS)).as_ref().map_err(String::as_str)
+    LAYOUT
+        .get_or_init(|| layout_of(super::EBPF_OBJECT, super::PINNED_MAPS))
+        .as_ref()
+        .map_err(String::as_str)
 }
 
 /// The pinned maps in `dir` whose definition differs from `layout`'s (or
@@ -119,7 +129,10 @@ pub fn mismatches(dir: &Path, layout: &Layout) -> Vec<(String, String)> {
         }
         match MapDef::of_pin(&path) {
             Ok(have) if have == *want => {}
-            Ok(have) => out.push((name.clone(), format!("pinned {have:?}, this agent needs {want:?}"))),
+            Ok(have) => out.push((
+                name.clone(),
+                format!("pinned {have:?}, this agent needs {want:?}"),
+            )),
             Err(e) => out.push((name.clone(), format!("unreadable pin: {e}"))),
         }
     }

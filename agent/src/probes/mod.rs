@@ -22,7 +22,8 @@ use aya::{
 use tracing::{info, warn};
 
 /// The eBPF object built by `build.rs` (see `xtask/src/ebpf_build.rs`).
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imagewarden.bpf.o"));
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imagewarden.bpf.o"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -41,8 +42,13 @@ pub enum ProbeError {
     #[error("map {0}: {1}")]
     Map(&'static str, String),
     #[error("cgroup {path}: {source}")]
-    Cgroup { path: String, source: std::io::Error },
-    #[error("invalid ring buffer size {0}: must be a power of two and a multiple of the page size")]
+    Cgroup {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "invalid ring buffer size {0}: must be a power of two and a multiple of the page size"
+    )]
     RingBufSize(u32),
     #[error("pinning in bpffs: {0}")]
     Pin(String),
@@ -163,11 +169,17 @@ const LAYOUT_PREFIX: &str = "v2-";
 /// Pin directories under `root` of other layouts (other agent versions,
 /// including the first, `v1-c..-k..`) than `ours`.
 pub fn other_layout_dirs(root: &Path, ours: &Path) -> Vec<std::path::PathBuf> {
-    let Ok(rd) = std::fs::read_dir(root) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
     rd.flatten()
         .map(|e| e.path())
         .filter(|p| p.is_dir() && p.as_path() != ours)
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('v')))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('v'))
+        })
         .collect()
 }
 
@@ -196,8 +208,10 @@ impl PinLock {
 
     fn take(root: &Path, how: i32) -> Result<Self, ProbeError> {
         use std::os::fd::AsRawFd;
-        std::fs::create_dir_all(root).map_err(|e| ProbeError::Pin(format!("{}: {e}", root.display())))?;
-        let f = std::fs::File::open(root).map_err(|e| ProbeError::Pin(format!("{}: {e}", root.display())))?;
+        std::fs::create_dir_all(root)
+            .map_err(|e| ProbeError::Pin(format!("{}: {e}", root.display())))?;
+        let f = std::fs::File::open(root)
+            .map_err(|e| ProbeError::Pin(format!("{}: {e}", root.display())))?;
         // SAFETY: valid fd owned by `f`.
         if unsafe { libc::flock(f.as_raw_fd(), how) } != 0 {
             return Err(ProbeError::Pin(format!(
@@ -217,7 +231,16 @@ enum Attached {
 
 impl Default for ProbeOptions {
     fn default() -> Self {
-        Self { ringbuf_bytes: 1 << 22, hook: HookChoice::Auto, enforce: false, try_lsm: true, hold_unknown_containers: true, pin_dir: None, emit_all: true, heartbeat_timeout: std::time::Duration::from_secs(5) }
+        Self {
+            ringbuf_bytes: 1 << 22,
+            hook: HookChoice::Auto,
+            enforce: false,
+            try_lsm: true,
+            hold_unknown_containers: true,
+            pin_dir: None,
+            emit_all: true,
+            heartbeat_timeout: std::time::Duration::from_secs(5),
+        }
     }
 }
 
@@ -307,14 +330,18 @@ pub fn tracepoint_filename_offset(format: &str) -> Result<u32, ProbeError> {
             return Ok(off);
         }
     }
-    Err(ProbeError::TracepointFormat("no `__data_loc char[] filename` field".into()))
+    Err(ProbeError::TracepointFormat(
+        "no `__data_loc char[] filename` field".into(),
+    ))
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or_else(|| ProbeError::Map(name, "missing from the object".into()))?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| ProbeError::Map(name, "missing from the object".into()))?;
     T::try_from(map).map_err(|e| ProbeError::Map(name, e.to_string()))
 }
 
@@ -331,12 +358,20 @@ impl Probes {
         let tracefs = kernelfs::ensure_kernel_filesystems()?;
         raise_memlock_rlimit();
 
-        let mut cfg = Config { magic: CONFIG_MAGIC, default_verdict: verdict::UNKNOWN, ..Default::default() };
+        let mut cfg = Config {
+            magic: CONFIG_MAGIC,
+            default_verdict: verdict::UNKNOWN,
+            ..Default::default()
+        };
         cfg.enforce = opts.enforce as u32;
         cfg.emit_all = opts.emit_all as u32;
-        cfg.unknown_container_verdict =
-            if opts.hold_unknown_containers { verdict::HOLD } else { verdict::UNKNOWN };
-        cfg.heartbeat_stale_ns = u64::try_from(opts.heartbeat_timeout.as_nanos()).unwrap_or(u64::MAX);
+        cfg.unknown_container_verdict = if opts.hold_unknown_containers {
+            verdict::HOLD
+        } else {
+            verdict::UNKNOWN
+        };
+        cfg.heartbeat_stale_ns =
+            u64::try_from(opts.heartbeat_timeout.as_nanos()).unwrap_or(u64::MAX);
         kernel_offsets(&mut cfg)?;
         let fmt_path = tracefs.join("events/sched/sched_process_exec/format");
         let fmt = std::fs::read_to_string(&fmt_path)
@@ -352,10 +387,12 @@ impl Probes {
         };
         let mut stale_layouts = Vec::new();
         if let Some(dir) = &opts.pin_dir {
-            std::fs::create_dir_all(dir).map_err(|e| ProbeError::Pin(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| ProbeError::Pin(format!("{}: {e}", dir.display())))?;
             took_over = dir.join("exec_link").exists();
             // Reuse only maps of this agent's exact definition.
-            let layout = layout::embedded().map_err(|e| ProbeError::Pin(format!("layout of the eBPF object: {e}")))?;
+            let layout = layout::embedded()
+                .map_err(|e| ProbeError::Pin(format!("layout of the eBPF object: {e}")))?;
             let bad = layout::mismatches(dir, layout);
             if !bad.is_empty() {
                 for (m, why) in &bad {
@@ -379,21 +416,29 @@ impl Probes {
                 loader.map_pin_path(m, dir.join(m));
             }
         }
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
-            .map_err(|e| if is_eperm(&e) { ProbeError::Permission(e.to_string()) } else { ProbeError::Load(e) })?;
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
+            if is_eperm(&e) {
+                ProbeError::Permission(e.to_string())
+            } else {
+                ProbeError::Load(e)
+            }
+        })?;
         // The loader holds its own parse of the kernel BTF: free it before
         // the next one (start-up's memory peak; see crate::memory).
         drop(loader);
 
         // The heartbeat first: the configuration below arms the switch.
         let mut heartbeat: Array<MapData, u64> = take(&mut ebpf, "HEARTBEAT")?;
-        heartbeat.set(0, boot_ns(), 0).map_err(|e| ProbeError::Map("HEARTBEAT", e.to_string()))?;
+        heartbeat
+            .set(0, boot_ns(), 0)
+            .map_err(|e| ProbeError::Map("HEARTBEAT", e.to_string()))?;
         let unenforced: PerCpuArray<MapData, u64> = take(&mut ebpf, "UNENFORCED")?;
         let unenforced_cgroups: HashMap<MapData, u64, u64> = take(&mut ebpf, "UNENFORCED_CGROUPS")?;
         let held: HashMap<MapData, u32, u64> = take(&mut ebpf, "HELD")?;
         let mut config_map: Array<MapData, Config> = take(&mut ebpf, "CONFIG")?;
-        config_map.set(0, cfg, 0).map_err(|e| ProbeError::Map("CONFIG", e.to_string()))?;
+        config_map
+            .set(0, cfg, 0)
+            .map_err(|e| ProbeError::Map("CONFIG", e.to_string()))?;
         let verdicts: HashMap<MapData, u64, u32> = take(&mut ebpf, "VERDICTS")?;
         let name_verdicts: HashMap<MapData, CgroupKey, u32> = take(&mut ebpf, "NAME_VERDICTS")?;
         let cgroup_names: HashMap<MapData, u64, CgroupKey> = take(&mut ebpf, "CGROUP_NAMES")?;
@@ -411,8 +456,13 @@ impl Probes {
         // Which LSMs run is read from securityfs, not inferred from an
         // attach: a kernel built with BPF LSM but booted without `bpf` in
         // `lsm=` would accept the program and never call it.
-        let active_lsms = std::fs::read_to_string(ACTIVE_LSMS).ok().map(|s| s.trim().to_string());
-        info!(active_lsms = active_lsms.as_deref().unwrap_or("unknown"), "active LSMs ({ACTIVE_LSMS})");
+        let active_lsms = std::fs::read_to_string(ACTIVE_LSMS)
+            .ok()
+            .map(|s| s.trim().to_string());
+        info!(
+            active_lsms = active_lsms.as_deref().unwrap_or("unknown"),
+            "active LSMs ({ACTIVE_LSMS})"
+        );
         if opts.try_lsm && active_lsms.as_deref().is_some_and(|l| !bpf_lsm_listed(l)) {
             let msg = format!(
                 "BPF LSM not active ({ACTIVE_LSMS}: {}); enforcing with bpf_send_signal(SIGKILL)",
@@ -427,7 +477,8 @@ impl Probes {
                     links.push(("lsm_link", l));
                 }
                 Err(e) => {
-                    let msg = format!("BPF LSM refused ({e}); enforcing with bpf_send_signal(SIGKILL)");
+                    let msg =
+                        format!("BPF LSM refused ({e}); enforcing with bpf_send_signal(SIGKILL)");
                     info!("{msg}");
                     fallbacks.push(msg);
                 }
@@ -436,16 +487,19 @@ impl Probes {
 
         let (exec_hook, exec_link) = match opts.hook {
             HookChoice::Tracepoint => {
-                let l = attach_tracepoint(&mut ebpf).map_err(|tracepoint| ProbeError::NoExecHook {
-                    tp_btf: "not tried (--exec-hook tracepoint)".into(),
-                    tracepoint,
-                })?;
+                let l =
+                    attach_tracepoint(&mut ebpf).map_err(|tracepoint| ProbeError::NoExecHook {
+                        tp_btf: "not tried (--exec-hook tracepoint)".into(),
+                        tracepoint,
+                    })?;
                 (ExecHook::Tracepoint, l)
             }
             HookChoice::TpBtf => {
-                let l = attach_tp_btf(&mut ebpf, kbtf.as_ref()).map_err(|tp_btf| ProbeError::NoExecHook {
-                    tp_btf,
-                    tracepoint: "not tried (--exec-hook tp-btf)".into(),
+                let l = attach_tp_btf(&mut ebpf, kbtf.as_ref()).map_err(|tp_btf| {
+                    ProbeError::NoExecHook {
+                        tp_btf,
+                        tracepoint: "not tried (--exec-hook tp-btf)".into(),
+                    }
                 })?;
                 (ExecHook::TpBtf, l)
             }
@@ -477,7 +531,9 @@ impl Probes {
                         }
                         info!(link = name, "took over from a previous agent's pinned link");
                     }
-                    let pinned = link.pin(&path).map_err(|e| ProbeError::Pin(format!("{}: {e}", path.display())))?;
+                    let pinned = link
+                        .pin(&path)
+                        .map_err(|e| ProbeError::Pin(format!("{}: {e}", path.display())))?;
                     attached.push(Attached::Pinned(pinned));
                 }
                 None => attached.push(Attached::Owned(link)),
@@ -508,7 +564,11 @@ impl Probes {
                 }
             }
         }
-        info!(exec_hook = exec_hook.as_str(), enforcement = enforcement.as_str(), "eBPF programs attached");
+        info!(
+            exec_hook = exec_hook.as_str(),
+            enforcement = enforcement.as_str(),
+            "eBPF programs attached"
+        );
         Ok(Probes {
             verdicts,
             name_verdicts,
@@ -560,14 +620,20 @@ impl Probes {
     /// Dead-man's switch: tells the kernel the agent is alive (call at least
     /// every second; see `ProbeOptions::heartbeat_timeout`).
     pub fn heartbeat(&mut self) -> Result<(), ProbeError> {
-        self.heartbeat.set(0, boot_ns(), 0).map_err(|e| ProbeError::Map("HEARTBEAT", e.to_string()))
+        self.heartbeat
+            .set(0, boot_ns(), 0)
+            .map_err(|e| ProbeError::Map("HEARTBEAT", e.to_string()))
     }
 
     /// What ran unenforced while no agent was alive (the heartbeat was
     /// stale): the number of execs let through unheld, and the cgroups
     /// (with the boot ns of their first such exec). Both are reset.
     pub fn take_unenforced(&mut self) -> (u64, Vec<(u64, u64)>) {
-        let n = self.unenforced.get(&0, 0).map(|v| v.iter().copied().fold(0u64, u64::wrapping_add)).unwrap_or(0);
+        let n = self
+            .unenforced
+            .get(&0, 0)
+            .map(|v| v.iter().copied().fold(0u64, u64::wrapping_add))
+            .unwrap_or(0);
         if n > 0 {
             if let Ok(cpus) = aya::util::nr_cpus() {
                 let zero = aya::maps::PerCpuValues::try_from(vec![0u64; cpus]);
@@ -576,7 +642,11 @@ impl Probes {
                 }
             }
         }
-        let cgroups: Vec<(u64, u64)> = self.unenforced_cgroups.iter().filter_map(Result::ok).collect();
+        let cgroups: Vec<(u64, u64)> = self
+            .unenforced_cgroups
+            .iter()
+            .filter_map(Result::ok)
+            .collect();
         for (id, _) in &cgroups {
             let _ = self.unenforced_cgroups.remove(id);
         }
@@ -612,7 +682,9 @@ impl Probes {
     /// Switches between audit (false) and enforce (true) without reloading.
     pub fn set_enforce(&mut self, enforce: bool) -> Result<(), ProbeError> {
         self.config.enforce = enforce as u32;
-        self.config_map.set(0, self.config, 0).map_err(|e| ProbeError::Map("CONFIG", e.to_string()))?;
+        self.config_map
+            .set(0, self.config, 0)
+            .map_err(|e| ProbeError::Map("CONFIG", e.to_string()))?;
         self.bump_gen()
     }
 
@@ -622,7 +694,9 @@ impl Probes {
     /// up, so a decision made before a change is never used after it.
     fn bump_gen(&mut self) -> Result<(), ProbeError> {
         let next = self.name_gen.wrapping_add(1);
-        self.name_gen_map.set(0, next, 0).map_err(|e| ProbeError::Map("NAME_GEN", e.to_string()))?;
+        self.name_gen_map
+            .set(0, next, 0)
+            .map_err(|e| ProbeError::Map("NAME_GEN", e.to_string()))?;
         self.name_gen = next;
         Ok(())
     }
@@ -632,7 +706,9 @@ impl Probes {
     }
 
     pub fn set_verdict(&mut self, cgroup_id: u64, v: u32) -> Result<(), ProbeError> {
-        self.verdicts.insert(cgroup_id, v, 0).map_err(|e| ProbeError::Map("VERDICTS", e.to_string()))
+        self.verdicts
+            .insert(cgroup_id, v, 0)
+            .map_err(|e| ProbeError::Map("VERDICTS", e.to_string()))
     }
 
     pub fn clear_verdict(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
@@ -649,7 +725,9 @@ impl Probes {
         if self.name_verdicts.get(key, 0).ok() == Some(v) {
             return Ok(()); // a refresh: nothing to invalidate
         }
-        self.name_verdicts.insert(key, v, 0).map_err(|e| ProbeError::Map("NAME_VERDICTS", e.to_string()))?;
+        self.name_verdicts
+            .insert(key, v, 0)
+            .map_err(|e| ProbeError::Map("NAME_VERDICTS", e.to_string()))?;
         self.bump_gen()
     }
 
@@ -665,7 +743,9 @@ impl Probes {
     /// namespaces, whose container ids need not look like ids).
     pub fn add_hold_parent(&mut self, parent: &str) -> Result<(), ProbeError> {
         let key = CgroupKey::new(parent.as_bytes(), b"");
-        self.hold_parents.insert(key.parent, 1, 0).map_err(|e| ProbeError::Map("HOLD_PARENTS", e.to_string()))?;
+        self.hold_parents
+            .insert(key.parent, 1, 0)
+            .map_err(|e| ProbeError::Map("HOLD_PARENTS", e.to_string()))?;
         self.bump_gen()
     }
 
@@ -704,7 +784,10 @@ pub struct CounterReader(std::sync::Arc<PerCpuArray<MapData, u64>>);
 impl CounterReader {
     pub fn read(&self) -> Result<KernelCounters, ProbeError> {
         let get = |i: u32| -> Result<u64, ProbeError> {
-            let v = self.0.get(&i, 0).map_err(|e| ProbeError::Map("COUNTERS", e.to_string()))?;
+            let v = self
+                .0
+                .get(&i, 0)
+                .map_err(|e| ProbeError::Map("COUNTERS", e.to_string()))?;
             Ok(v.iter().copied().fold(0u64, u64::wrapping_add))
         };
         Ok(KernelCounters {
@@ -731,7 +814,10 @@ pub fn bpf_lsm_listed(lsms: &str) -> bool {
 pub fn cgroup_id_of(path: &Path) -> Result<u64, ProbeError> {
     std::fs::metadata(path)
         .map(|m| m.ino())
-        .map_err(|source| ProbeError::Cgroup { path: path.display().to_string(), source })
+        .map_err(|source| ProbeError::Cgroup {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 /// Whether an error, or any error behind it, is EPERM (the errno of a map
@@ -766,7 +852,10 @@ pub fn remove_pins(dir: &Path) {
 /// Uninstall: takes the one-agent lock of `root` (waiting up to `wait` for
 /// a running agent to let go), removes every layout's pins (detaching the
 /// programs) and the root. Returns the directories removed.
-pub fn cleanup_root(root: &Path, wait: std::time::Duration) -> Result<Vec<std::path::PathBuf>, ProbeError> {
+pub fn cleanup_root(
+    root: &Path,
+    wait: std::time::Duration,
+) -> Result<Vec<std::path::PathBuf>, ProbeError> {
     if !root.exists() {
         return Ok(Vec::new());
     }
@@ -793,7 +882,8 @@ fn attach_lsm(ebpf: &mut Ebpf, kbtf: Option<&aya::Btf>) -> Result<FdLink, String
         .ok_or("program missing")?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    p.load("bprm_check_security", btf).map_err(|e| format!("load: {e}"))?;
+    p.load("bprm_check_security", btf)
+        .map_err(|e| format!("load: {e}"))?;
     let id = p.attach().map_err(|e| format!("attach: {e}"))?;
     let link = p.take_link(id).map_err(|e| format!("take link: {e}"))?;
     Ok(link.into())
@@ -806,7 +896,8 @@ fn attach_tp_btf(ebpf: &mut Ebpf, kbtf: Option<&aya::Btf>) -> Result<FdLink, Str
         .ok_or("program missing")?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    p.load("sched_process_exec", btf).map_err(|e| format!("load: {e}"))?;
+    p.load("sched_process_exec", btf)
+        .map_err(|e| format!("load: {e}"))?;
     let id = p.attach().map_err(|e| format!("attach: {e}"))?;
     let link = p.take_link(id).map_err(|e| format!("take link: {e}"))?;
     Ok(link.into())
@@ -819,26 +910,40 @@ fn attach_tracepoint(ebpf: &mut Ebpf) -> Result<FdLink, String> {
         .try_into()
         .map_err(|e: aya::programs::ProgramError| e.to_string())?;
     p.load().map_err(|e| format!("load: {e}"))?;
-    let id = p.attach("sched", "sched_process_exec").map_err(|e| format!("attach: {e}"))?;
+    let id = p
+        .attach("sched", "sched_process_exec")
+        .map_err(|e| format!("attach: {e}"))?;
     let link = p.take_link(id).map_err(|e| format!("take link: {e}"))?;
-    FdLink::try_from(link).map_err(|e| format!("tracepoint link is not a bpf_link (kernel too old to pin it): {e}"))
+    FdLink::try_from(link)
+        .map_err(|e| format!("tracepoint link is not a bpf_link (kernel too old to pin it): {e}"))
 }
 
 /// `CLOCK_BOOTTIME` in ns: what `bpf_ktime_get_boot_ns` reads in the kernel.
 fn boot_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
 fn raise_memlock_rlimit() {
-    let r = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let r = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: valid pointer to an initialised rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) } != 0 {
         // Harmless on 5.11+ (memcg accounting), which is what this agent targets.
-        tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -860,14 +965,20 @@ mod tests {
         let moved = FORMAT.replace("offset:8;", "offset:16;");
         assert_eq!(tracepoint_filename_offset(&moved).unwrap(), 16);
         assert!(tracepoint_filename_offset("format:\n\tfield:int x;\toffset:8;").is_err());
-        assert!(tracepoint_filename_offset("\tfield:__data_loc char[] filename;\toffset:x;").is_err());
+        assert!(
+            tracepoint_filename_offset("\tfield:__data_loc char[] filename;\toffset:x;").is_err()
+        );
     }
 
     #[test]
     fn bpf_is_found_in_the_active_lsm_list_by_name() {
-        assert!(bpf_lsm_listed("lockdown,capability,landlock,yama,apparmor,tomoyo,bpf,ipe,ima,evm\n"));
+        assert!(bpf_lsm_listed(
+            "lockdown,capability,landlock,yama,apparmor,tomoyo,bpf,ipe,ima,evm\n"
+        ));
         assert!(bpf_lsm_listed("bpf"));
-        assert!(!bpf_lsm_listed("lockdown,capability,landlock,yama,apparmor"));
+        assert!(!bpf_lsm_listed(
+            "lockdown,capability,landlock,yama,apparmor"
+        ));
         assert!(!bpf_lsm_listed("bpfx,xbpf"));
         assert!(!bpf_lsm_listed(""));
     }

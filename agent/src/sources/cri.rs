@@ -301,7 +301,10 @@ impl CriClient {
     /// Each listed sandbox or container with its verbose status,
     /// STATUS_CONCURRENCY calls at a time, in listing order. One removed
     /// between list and status keeps what the list said.
-    async fn with_statuses(&self, infos: Vec<ContainerInfo>) -> Result<Vec<ContainerInfo>, CriError> {
+    async fn with_statuses(
+        &self,
+        infos: Vec<ContainerInfo>,
+    ) -> Result<Vec<ContainerInfo>, CriError> {
         stream::iter(infos)
             .map(|mut info| async move {
                 let r = if info.kind == Some(ContainerKind::Sandbox) {
@@ -394,8 +397,11 @@ impl CriClient {
                 .map(|s| (s.id.clone(), s))
                 .collect()
         };
-        let infos: Vec<ContainerInfo> =
-            resp.containers.iter().map(|c| self.container_base(c, sandboxes.get(&c.pod_sandbox_id))).collect();
+        let infos: Vec<ContainerInfo> = resp
+            .containers
+            .iter()
+            .map(|c| self.container_base(c, sandboxes.get(&c.pod_sandbox_id)))
+            .collect();
         self.with_statuses(infos).await
     }
 

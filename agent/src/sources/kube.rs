@@ -258,7 +258,11 @@ impl PolicyKind {
             PolicyKind::KyvernoClusterPolicy => ("kyverno.io", "ClusterPolicy", "clusterpolicies"),
             PolicyKind::KyvernoPolicy => ("kyverno.io", "Policy", "policies"),
             PolicyKind::ImagePolicy => ("imagewarden.dev", "ImagePolicy", "imagepolicies"),
-            PolicyKind::ValidatingPolicy => ("policies.kyverno.io", "ValidatingPolicy", "validatingpolicies"),
+            PolicyKind::ValidatingPolicy => (
+                "policies.kyverno.io",
+                "ValidatingPolicy",
+                "validatingpolicies",
+            ),
             PolicyKind::NamespacedValidatingPolicy => (
                 "policies.kyverno.io",
                 "NamespacedValidatingPolicy",
@@ -281,8 +285,11 @@ impl PolicyKind {
         match self {
             PolicyKind::KyvernoClusterPolicy | PolicyKind::KyvernoPolicy => &["v1"],
             PolicyKind::ImagePolicy => &["v1alpha1"],
-            PolicyKind::ValidatingPolicy | PolicyKind::NamespacedValidatingPolicy => &["v1", "v1beta1", "v1alpha1"],
-            PolicyKind::ValidatingAdmissionPolicy | PolicyKind::ValidatingAdmissionPolicyBinding => &["v1"],
+            PolicyKind::ValidatingPolicy | PolicyKind::NamespacedValidatingPolicy => {
+                &["v1", "v1beta1", "v1alpha1"]
+            }
+            PolicyKind::ValidatingAdmissionPolicy
+            | PolicyKind::ValidatingAdmissionPolicyBinding => &["v1"],
         }
     }
     fn api_resource(self, version: &str) -> ApiResource {
@@ -444,7 +451,9 @@ async fn discover(client: &Client, kind: PolicyKind) -> Result<Option<&'static s
             .list_api_group_resources(&format!("{group}/{version}"))
             .await
         {
-            Ok(list) if list.resources.iter().any(|r| r.name == plural) => return Ok(Some(version)),
+            Ok(list) if list.resources.iter().any(|r| r.name == plural) => {
+                return Ok(Some(version))
+            }
             Ok(_) => {}
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(e),
@@ -627,7 +636,10 @@ async fn merge_policies(
                 // a fresh listing once it is back replaces them.
                 let kept = st.good.keys().filter(|k| k.0 == kind).count();
                 if kept > 0 {
-                    warn!(kind = kind.label(), kept, "policy kind no longer served; its last good policies stay in force");
+                    warn!(
+                        kind = kind.label(),
+                        kept, "policy kind no longer served; its last good policies stay in force"
+                    );
                 }
                 false
             }

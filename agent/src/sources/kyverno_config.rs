@@ -31,7 +31,11 @@ pub struct ResourceFilter {
 
 impl ResourceFilter {
     fn new(kind: &str, namespace: &str, name: &str) -> Self {
-        ResourceFilter { kind: kind.into(), namespace: namespace.into(), name: name.into() }
+        ResourceFilter {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 
     /// Whether the filter's kind covers the creation of a Pod.
@@ -109,7 +113,11 @@ pub fn parse_resource_filters(s: &str) -> (Vec<ResourceFilter>, Vec<String>) {
         let f: Vec<&str> = body.split(',').map(str::trim).collect();
         match f.as_slice() {
             [k] if !k.is_empty() => filters.push(ResourceFilter::new(k, "*", "*")),
-            [k, ns] => filters.push(ResourceFilter::new(k, if ns.is_empty() { "*" } else { ns }, "*")),
+            [k, ns] => filters.push(ResourceFilter::new(
+                k,
+                if ns.is_empty() { "*" } else { ns },
+                "*",
+            )),
             [k, ns, n] => filters.push(ResourceFilter::new(
                 k,
                 if ns.is_empty() { "*" } else { ns },
@@ -144,23 +152,39 @@ pub struct Exemptions {
 
 impl Default for Exemptions {
     fn default() -> Self {
-        Exemptions { namespaces: Vec::new(), filters: Vec::new(), origin: FilterOrigin::None }
+        Exemptions {
+            namespaces: Vec::new(),
+            filters: Vec::new(),
+            origin: FilterOrigin::None,
+        }
     }
 }
 
 impl Exemptions {
     /// `--exempt-namespace` only.
     pub fn from_namespaces(namespaces: &[String]) -> Self {
-        Exemptions { namespaces: namespaces.to_vec(), ..Default::default() }
+        Exemptions {
+            namespaces: namespaces.to_vec(),
+            ..Default::default()
+        }
     }
 
     /// Kyverno's defaults (no ConfigMap in the cluster), plus `--exempt-namespace`.
     pub fn kyverno_defaults(namespaces: &[String], kyverno_namespace: &str) -> Self {
-        let filters = ["kube-system", "kube-public", "kube-node-lease", kyverno_namespace]
-            .iter()
-            .map(|ns| ResourceFilter::new("*", ns, "*"))
-            .collect();
-        Exemptions { namespaces: namespaces.to_vec(), filters, origin: FilterOrigin::KyvernoDefaults }
+        let filters = [
+            "kube-system",
+            "kube-public",
+            "kube-node-lease",
+            kyverno_namespace,
+        ]
+        .iter()
+        .map(|ns| ResourceFilter::new("*", ns, "*"))
+        .collect();
+        Exemptions {
+            namespaces: namespaces.to_vec(),
+            filters,
+            origin: FilterOrigin::KyvernoDefaults,
+        }
     }
 
     /// The filters of a Kyverno ConfigMap's data, plus `--exempt-namespace`;
@@ -170,29 +194,62 @@ impl Exemptions {
         origin: &str,
         data: &BTreeMap<String, String>,
     ) -> (Self, Vec<String>) {
-        let (all, mut notes) = parse_resource_filters(data.get("resourceFilters").map(String::as_str).unwrap_or(""));
-        notes.iter_mut().for_each(|u| *u = format!("resourceFilters entry {u} not understood"));
-        for key in ["excludeGroups", "excludeUsernames", "excludeRoles", "excludeClusterRoles"] {
+        let (all, mut notes) = parse_resource_filters(
+            data.get("resourceFilters")
+                .map(String::as_str)
+                .unwrap_or(""),
+        );
+        notes
+            .iter_mut()
+            .for_each(|u| *u = format!("resourceFilters entry {u} not understood"));
+        for key in [
+            "excludeGroups",
+            "excludeUsernames",
+            "excludeRoles",
+            "excludeClusterRoles",
+        ] {
             if data.get(key).is_some_and(|v| !v.trim().is_empty()) {
-                notes.push(format!("{key}: not applied (a Pod does not record who created it)"));
+                notes.push(format!(
+                    "{key}: not applied (a Pod does not record who created it)"
+                ));
             }
         }
-        let filters = all.into_iter().filter(ResourceFilter::matches_pod_kind).collect();
-        (Exemptions { namespaces: namespaces.to_vec(), filters, origin: FilterOrigin::ConfigMap(origin.into()) }, notes)
+        let filters = all
+            .into_iter()
+            .filter(ResourceFilter::matches_pod_kind)
+            .collect();
+        (
+            Exemptions {
+                namespaces: namespaces.to_vec(),
+                filters,
+                origin: FilterOrigin::ConfigMap(origin.into()),
+            },
+            notes,
+        )
     }
 
     /// Why a Pod is exempt (for the finding's reason), or `None`.
     pub fn exempt(&self, namespace: &str, pod: Option<&str>) -> Option<String> {
         if self.namespaces.iter().any(|n| n == namespace) {
-            return Some(format!("namespace {namespace} is exempt (--exempt-namespace)"));
+            return Some(format!(
+                "namespace {namespace} is exempt (--exempt-namespace)"
+            ));
         }
-        let f = self.filters.iter().find(|f| f.matches_pod(namespace, pod))?;
+        let f = self
+            .filters
+            .iter()
+            .find(|f| f.matches_pod(namespace, pod))?;
         let origin = match &self.origin {
             FilterOrigin::None => "resource filter".to_string(),
-            FilterOrigin::KyvernoDefaults => "Kyverno's default resourceFilters (no Kyverno ConfigMap)".to_string(),
+            FilterOrigin::KyvernoDefaults => {
+                "Kyverno's default resourceFilters (no Kyverno ConfigMap)".to_string()
+            }
             FilterOrigin::ConfigMap(c) => format!("Kyverno ConfigMap {c} resourceFilters"),
         };
-        Some(format!("excluded from admission by {origin} {}", f.render()))
+        Some(format!(
+            "excluded from admission by {origin} {}",
+            f.render()
+        ))
     }
 }
 
@@ -205,7 +262,10 @@ pub async fn fetch(
 ) -> Result<Option<BTreeMap<String, String>>, kube::Error> {
     use k8s_openapi::api::core::v1::ConfigMap;
     let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), namespace);
-    Ok(api.get_opt(name).await?.map(|cm| cm.data.unwrap_or_default()))
+    Ok(api
+        .get_opt(name)
+        .await?
+        .map(|cm| cm.data.unwrap_or_default()))
 }
 
 /// The exemptions in force given what [`fetch`] returned.
@@ -216,8 +276,13 @@ pub fn exemptions_of(
     data: Option<&BTreeMap<String, String>>,
 ) -> (Exemptions, Vec<String>) {
     match data {
-        Some(d) => Exemptions::from_configmap(namespaces, &format!("{kyverno_namespace}/{name}"), d),
-        None => (Exemptions::kyverno_defaults(namespaces, kyverno_namespace), Vec::new()),
+        Some(d) => {
+            Exemptions::from_configmap(namespaces, &format!("{kyverno_namespace}/{name}"), d)
+        }
+        None => (
+            Exemptions::kyverno_defaults(namespaces, kyverno_namespace),
+            Vec::new(),
+        ),
     }
 }
 
@@ -237,7 +302,8 @@ pub async fn watch_exemptions(
         match fetch(&client, &kyverno_namespace, &name).await {
             Ok(data) => {
                 failing = false;
-                let (e, notes) = exemptions_of(&namespaces, &kyverno_namespace, &name, data.as_ref());
+                let (e, notes) =
+                    exemptions_of(&namespaces, &kyverno_namespace, &name, data.as_ref());
                 if **tx.borrow() != e {
                     for n in notes {
                         tracing::warn!("Kyverno configuration: {n}");
@@ -285,23 +351,47 @@ mod tests {
         let (f, u) = parse_resource_filters(s);
         assert_eq!(u, vec!["[a,b,c,d]".to_string()]);
         assert_eq!(f.len(), 8);
-        let pods: Vec<String> = f.iter().filter(|f| f.matches_pod_kind()).map(ResourceFilter::render).collect();
-        assert_eq!(pods, vec!["[*/*,kube-system,*]", "[*,kube-public,*]", "[Pod,prod,web-*]", "[v1/Pod,ns2,*]"]);
+        let pods: Vec<String> = f
+            .iter()
+            .filter(|f| f.matches_pod_kind())
+            .map(ResourceFilter::render)
+            .collect();
+        assert_eq!(
+            pods,
+            vec![
+                "[*/*,kube-system,*]",
+                "[*,kube-public,*]",
+                "[Pod,prod,web-*]",
+                "[v1/Pod,ns2,*]"
+            ]
+        );
     }
 
     #[test]
     fn exemptions_by_namespace_and_pod() {
         let mut data = BTreeMap::new();
-        data.insert("resourceFilters".to_string(), "[Event,*,*][*/*,kube-system,*][Pod,prod,web-*]".to_string());
+        data.insert(
+            "resourceFilters".to_string(),
+            "[Event,*,*][*/*,kube-system,*][Pod,prod,web-*]".to_string(),
+        );
         data.insert("excludeGroups".to_string(), "system:nodes".to_string());
         let (e, notes) = Exemptions::from_configmap(&["ops".into()], "kyverno/kyverno", &data);
         assert_eq!(notes.len(), 1, "{notes:?}");
-        assert!(e.exempt("kube-system", Some("aws-node-x")).unwrap().contains("[*/*,kube-system,*]"));
+        assert!(e
+            .exempt("kube-system", Some("aws-node-x"))
+            .unwrap()
+            .contains("[*/*,kube-system,*]"));
         assert!(e.exempt("kube-system", None).is_some());
         assert!(e.exempt("prod", Some("web-1")).is_some());
         assert!(e.exempt("prod", Some("db-1")).is_none());
-        assert!(e.exempt("prod", None).is_none(), "a name filter needs the Pod's name");
-        assert!(e.exempt("ops", None).unwrap().contains("--exempt-namespace"));
+        assert!(
+            e.exempt("prod", None).is_none(),
+            "a name filter needs the Pod's name"
+        );
+        assert!(e
+            .exempt("ops", None)
+            .unwrap()
+            .contains("--exempt-namespace"));
         // The ConfigMap replaces Kyverno's defaults: kube-public is checked here.
         assert!(e.exempt("kube-public", Some("x")).is_none());
         let d = Exemptions::kyverno_defaults(&[], "kyverno");

@@ -62,7 +62,11 @@ impl AgentProcess {
     /// Spawns `cmd` (stdout and stderr piped here) and waits until a log
     /// line satisfies `ready`; panics with the log if the deadline passes
     /// or the agent exits first.
-    pub fn spawn(mut cmd: Command, ready: impl Fn(&str) -> bool, timeout: Duration) -> AgentProcess {
+    pub fn spawn(
+        mut cmd: Command,
+        ready: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> AgentProcess {
         let started = Instant::now();
         let mut child = cmd
             .stdin(Stdio::null())
@@ -78,7 +82,8 @@ impl AgentProcess {
             while r.read_until(b'\n', &mut buf).unwrap_or(0) > 0 {
                 let raw = std::mem::take(&mut buf);
                 let v = match String::from_utf8(raw) {
-                    Ok(s) => serde_json::from_str::<Value>(&s).map_err(|e| format!("not JSON ({e}): {s:?}")),
+                    Ok(s) => serde_json::from_str::<Value>(&s)
+                        .map_err(|e| format!("not JSON ({e}): {s:?}")),
                     Err(e) => Err(format!("not UTF-8: {:?}", e.as_bytes())),
                 };
                 if tx.send(v).is_err() {
@@ -145,7 +150,12 @@ impl AgentProcess {
     }
 
     /// [`Self::wait_for_log`] among the lines printed after `mark`.
-    pub fn wait_for_log_since(&self, mark: usize, pred: impl Fn(&str) -> bool, timeout: Duration) -> Option<String> {
+    pub fn wait_for_log_since(
+        &self,
+        mark: usize,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Option<String> {
         if let Some(l) = self.log.borrow().iter().skip(mark).find(|l| pred(l)) {
             return Some(l.clone());
         }
@@ -188,14 +198,20 @@ impl AgentProcess {
     /// Keeps one stdout line; a line that is not a JSON finding fails the
     /// test here, on the test's thread.
     fn take_line(&self, r: Result<Value, String>) -> Value {
-        let v = r.unwrap_or_else(|e| panic!("the agent printed a line on stdout that is not a finding: {e}"));
+        let v = r.unwrap_or_else(|e| {
+            panic!("the agent printed a line on stdout that is not a finding: {e}")
+        });
         self.seen.borrow_mut().push(v.clone());
         v
     }
 
     /// Waits for a finding satisfying `pred`, looking at those already seen
     /// first (a finding can be waited for more than once).
-    pub fn wait_for_finding(&self, pred: impl Fn(&Value) -> bool, timeout: Duration) -> Option<Value> {
+    pub fn wait_for_finding(
+        &self,
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Option<Value> {
         if let Some(v) = self.seen.borrow().iter().find(|v| pred(v)) {
             return Some(v.clone());
         }
@@ -283,7 +299,11 @@ impl AgentProcess {
     pub fn stop(mut self) {
         let grace = self.grace;
         match self.terminate() {
-            Some(st) => assert!(st.success(), "agent exit status {st:?}:\n{}", self.log_text()),
+            Some(st) => assert!(
+                st.success(),
+                "agent exit status {st:?}:\n{}",
+                self.log_text()
+            ),
             None => panic!(
                 "the agent did not exit within {grace:?} of SIGTERM:\n{}",
                 self.log_text()
@@ -300,9 +320,14 @@ impl Drop for AgentProcess {
 
 /// One `GET /metrics` from `addr`: sample (name with labels) -> value.
 pub fn scrape(addr: &str) -> BTreeMap<String, f64> {
-    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).expect("read /metrics");
     let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
@@ -355,8 +380,12 @@ mod tests {
     #[test]
     fn parses_the_listen_address_of_either_log_format() {
         let text = "\u{1b}[2m2026\u{1b}[0m  INFO imagewarden: serving /metrics, /healthz, /readyz \u{1b}[3maddr\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:4321";
-        assert_eq!(listen_addr(&strip_ansi(text)).as_deref(), Some("127.0.0.1:4321"));
-        let json = r#"{"level":"INFO","fields":{"message":"serving /metrics","addr":"127.0.0.1:9"}}"#;
+        assert_eq!(
+            listen_addr(&strip_ansi(text)).as_deref(),
+            Some("127.0.0.1:4321")
+        );
+        let json =
+            r#"{"level":"INFO","fields":{"message":"serving /metrics","addr":"127.0.0.1:9"}}"#;
         assert_eq!(listen_addr(json).as_deref(), Some("127.0.0.1:9"));
     }
 
@@ -369,7 +398,12 @@ mod tests {
             let mut req = [0u8; 1024];
             let n = c.read(&mut req).unwrap();
             let body = "# HELP x_total x\nx_total 3\ny{mechanism=\"cgroup_kill\"} 1.5\n";
-            write!(c, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
+            write!(
+                c,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
             String::from_utf8_lossy(&req[..n]).into_owned()
         });
         let m = scrape(&addr);

@@ -117,7 +117,9 @@ impl Runtime {
                         return true;
                     }
                 }
-                other => panic!("{SELECT_ENV}={raw:?}: unknown release {other:?} (use all, 1.6 or 2)"),
+                other => {
+                    panic!("{SELECT_ENV}={raw:?}: unknown release {other:?} (use all, 1.6 or 2)")
+                }
             }
         }
         !any
@@ -138,22 +140,38 @@ impl Runtime {
     /// `containerd --version` of this release, checked against its major
     /// version; why it cannot run otherwise.
     pub fn version(self) -> Result<String, String> {
-        let dir = self.bin_dir().ok_or_else(|| format!("{}: `containerd` not on PATH", self.name()))?;
+        let dir = self
+            .bin_dir()
+            .ok_or_else(|| format!("{}: `containerd` not on PATH", self.name()))?;
         let setup_hint = match self {
             Runtime::V1_6 => "apt-get install containerd",
             Runtime::V2 => "run `cargo xtask setup`",
         };
         for b in ["containerd", "ctr", "containerd-shim-runc-v2"] {
             if !dir.join(b).is_file() {
-                return Err(format!("{}: {} missing ({setup_hint})", self.name(), dir.join(b).display()));
+                return Err(format!(
+                    "{}: {} missing ({setup_hint})",
+                    self.name(),
+                    dir.join(b).display()
+                ));
             }
         }
         let out = Command::new(dir.join("containerd"))
             .arg("--version")
             .output()
-            .map_err(|e| format!("{}: cannot run {}: {e}", self.name(), dir.join("containerd").display()))?;
+            .map_err(|e| {
+                format!(
+                    "{}: cannot run {}: {e}",
+                    self.name(),
+                    dir.join("containerd").display()
+                )
+            })?;
         let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let v = text.split_whitespace().nth(2).unwrap_or("").trim_start_matches('v');
+        let v = text
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or("")
+            .trim_start_matches('v');
         let major = v.split('.').next().and_then(|m| m.parse::<u32>().ok());
         if !out.status.success() || major != Some(self.major()) {
             return Err(format!(
@@ -522,8 +540,11 @@ impl Containerd {
         // containerd finds its shim on PATH: this release's first. runc is
         // not in the containerd 2 prefix, so Debian 12's is found after it.
         let path = std::env::join_paths(
-            std::iter::once(bin_dir.clone())
-                .chain(std::env::var_os("PATH").iter().flat_map(std::env::split_paths)),
+            std::iter::once(bin_dir.clone()).chain(
+                std::env::var_os("PATH")
+                    .iter()
+                    .flat_map(std::env::split_paths),
+            ),
         )
         .expect("PATH");
         let t0 = Instant::now();
@@ -565,10 +586,18 @@ impl Containerd {
                 }
             }
             if let Some(Ok(Some(st))) = me.child.as_mut().map(|c| c.try_wait()) {
-                panic!("{} exited ({st}) at start:\n{}", me.runtime.name(), me.log());
+                panic!(
+                    "{} exited ({st}) at start:\n{}",
+                    me.runtime.name(),
+                    me.log()
+                );
             }
             if Instant::now() > deadline {
-                panic!("{} did not answer within 20 s:\n{}", me.runtime.name(), me.log());
+                panic!(
+                    "{} did not answer within 20 s:\n{}",
+                    me.runtime.name(),
+                    me.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -1123,7 +1152,13 @@ pub struct CriPod<'a> {
 impl<'a> CriPod<'a> {
     /// A burstable pod (the kubelet's usual class) whose container must
     /// start, created as the kubelet creates it (image by id).
-    pub fn new(name: &'a str, namespace: &'a str, uid: &'a str, image: &'a str, marker_name: &'a str) -> Self {
+    pub fn new(
+        name: &'a str,
+        namespace: &'a str,
+        uid: &'a str,
+        image: &'a str,
+        marker_name: &'a str,
+    ) -> Self {
         CriPod {
             name,
             namespace,

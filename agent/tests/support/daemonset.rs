@@ -52,7 +52,13 @@ pub const KUBELET_MASKED_PATHS: &[&str] = &[
     "/sys/devices/virtual/powercap",
 ];
 /// The kubelet's default read-only /proc paths.
-pub const KUBELET_READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+pub const KUBELET_READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 /// One `volumeMounts` entry joined with its volume.
 #[derive(Debug, Clone)]
@@ -111,7 +117,8 @@ impl AgentSpec {
     /// Reads the DaemonSet in `deploy/daemonset.yaml` and its first container.
     pub fn load() -> Result<AgentSpec, String> {
         let path = repo_root().join("deploy/daemonset.yaml");
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         Self::parse(&text)
     }
 
@@ -125,7 +132,11 @@ impl AgentSpec {
         let c = &pod["containers"][0];
         let volumes: HashMap<String, Value> = pod["volumes"]
             .as_sequence()
-            .map(|v| v.iter().filter_map(|v| Some((s(&v["name"])?, v.clone()))).collect())
+            .map(|v| {
+                v.iter()
+                    .filter_map(|v| Some((s(&v["name"])?, v.clone())))
+                    .collect()
+            })
             .unwrap_or_default();
         let mut mounts = Vec::new();
         for m in c["volumeMounts"].as_sequence().into_iter().flatten() {
@@ -135,7 +146,8 @@ impl AgentSpec {
                 .ok_or_else(|| format!("volumeMount {name}: no such volume"))?;
             let source = if vol["hostPath"].is_mapping() {
                 VolumeSource::HostPath {
-                    path: s(&vol["hostPath"]["path"]).ok_or_else(|| format!("volume {name}: hostPath without path"))?,
+                    path: s(&vol["hostPath"]["path"])
+                        .ok_or_else(|| format!("volume {name}: hostPath without path"))?,
                     kind: s(&vol["hostPath"]["type"]),
                 }
             } else if vol["configMap"].is_mapping() {
@@ -150,7 +162,8 @@ impl AgentSpec {
                 ));
             };
             mounts.push(VolumeMount {
-                mount_path: s(&m["mountPath"]).ok_or_else(|| format!("volumeMount {name} without mountPath"))?,
+                mount_path: s(&m["mountPath"])
+                    .ok_or_else(|| format!("volumeMount {name} without mountPath"))?,
                 read_only: m["readOnly"].as_bool().unwrap_or(false),
                 name,
                 source,
@@ -270,14 +283,23 @@ impl DockerfileRuntime {
         for l in text.lines().skip(last + 1).map(str::trim) {
             let (instr, rest) = l.split_once(' ').unwrap_or((l, ""));
             let json = |r: &str| -> Result<Vec<String>, String> {
-                serde_json::from_str(r.trim()).map_err(|e| format!("Dockerfile {instr}: exec form expected ({e})"))
+                serde_json::from_str(r.trim())
+                    .map_err(|e| format!("Dockerfile {instr}: exec form expected ({e})"))
             };
             match instr.to_ascii_uppercase().as_str() {
-                "COPY" => d.binary_path = rest.split_whitespace().last().unwrap_or_default().to_string(),
+                "COPY" => {
+                    d.binary_path = rest
+                        .split_whitespace()
+                        .last()
+                        .unwrap_or_default()
+                        .to_string()
+                }
                 "ENTRYPOINT" => d.entrypoint = json(rest)?,
                 "CMD" => d.cmd = json(rest)?,
                 "USER" => d.user = Some(rest.trim().to_string()),
-                "EXPOSE" => d.exposed.extend(rest.split_whitespace().map(str::to_string)),
+                "EXPOSE" => d
+                    .exposed
+                    .extend(rest.split_whitespace().map(str::to_string)),
                 _ => {}
             }
         }
@@ -321,21 +343,31 @@ fn shared_libraries(binary: &Path) -> Vec<PathBuf> {
 /// and /etc/group for uid 0, /tmp — with the Dockerfile's ENTRYPOINT, CMD,
 /// USER and EXPOSE, named `name` (the manifest's image).
 pub fn build_agent_image(binary: &Path, name: &str) -> AgentImage {
-    let df = std::fs::read_to_string(repo_root().join("deploy/Dockerfile")).expect("read deploy/Dockerfile");
+    let df = std::fs::read_to_string(repo_root().join("deploy/Dockerfile"))
+        .expect("read deploy/Dockerfile");
     let df = DockerfileRuntime::parse(&df).unwrap_or_else(|e| panic!("{e}"));
-    let dir = std::env::temp_dir().join(format!("iw-agent-image-{}-{:x}", std::process::id(), nanos()));
+    let dir = std::env::temp_dir().join(format!(
+        "iw-agent-image-{}-{:x}",
+        std::process::id(),
+        nanos()
+    ));
     std::fs::create_dir_all(&dir).expect("image dir");
     let layout = dir.join("oci");
     let bundle = dir.join("bundle");
     let img = format!("{}:agent", layout.display());
-    run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
     run(Command::new("umoci").args(["new", "--image", &img]));
-    run(Command::new("umoci").args(["unpack", "--image", &img]).arg(&bundle));
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &img])
+        .arg(&bundle));
     let rootfs = bundle.join("rootfs");
     let put = |src: &Path, dst: &str| {
         let to = rootfs.join(dst.trim_start_matches('/'));
         std::fs::create_dir_all(to.parent().unwrap()).expect("rootfs dir");
-        std::fs::copy(src, &to).unwrap_or_else(|e| panic!("copy {} -> {}: {e}", src.display(), to.display()));
+        std::fs::copy(src, &to)
+            .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", src.display(), to.display()));
     };
     put(binary, &df.binary_path);
     for lib in shared_libraries(binary) {
@@ -344,9 +376,15 @@ pub fn build_agent_image(binary: &Path, name: &str) -> AgentImage {
     for d in ["tmp", "proc", "sys", "dev", "etc", "run"] {
         std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dir");
     }
-    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/sbin/nologin\n").expect("passwd");
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/sbin/nologin\n",
+    )
+    .expect("passwd");
     std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").expect("group");
-    run(Command::new("umoci").args(["repack", "--image", &img]).arg(&bundle));
+    run(Command::new("umoci")
+        .args(["repack", "--image", &img])
+        .arg(&bundle));
     let mut cfg = Command::new("umoci");
     cfg.args([
         "config",
@@ -365,7 +403,11 @@ pub fn build_agent_image(binary: &Path, name: &str) -> AgentImage {
         cfg.args(["--config.user", u]);
     }
     for p in &df.exposed {
-        let p = if p.contains('/') { p.clone() } else { format!("{p}/tcp") };
+        let p = if p.contains('/') {
+            p.clone()
+        } else {
+            format!("{p}/tcp")
+        };
         cfg.args(["--config.exposedports", &p]);
     }
     run(&mut cfg);
@@ -379,7 +421,11 @@ pub fn build_agent_image(binary: &Path, name: &str) -> AgentImage {
         "org.opencontainers.image.ref.name": tag,
         "io.containerd.image.name": name,
     });
-    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index).unwrap()).expect("write index");
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .expect("write index");
     let archive = dir.join("agent.tar");
     run(Command::new("tar")
         .arg("-C")
@@ -498,10 +544,18 @@ pub fn node_name() -> String {
 }
 
 /// Starts the agent's pod through CRI as the kubelet would.
-pub async fn start_agent_pod(ctd: &Containerd, cri_client: &CriClient, spec: &AgentSpec, ov: &Overrides) -> AgentPod {
+pub async fn start_agent_pod(
+    ctd: &Containerd,
+    cri_client: &CriClient,
+    spec: &AgentSpec,
+    ov: &Overrides,
+) -> AgentPod {
     let t = &ctd.token;
     let hex: String = t.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-    let pod_uid = format!("a9e17000-0000-4000-8000-{:0>12}", &hex[hex.len().saturating_sub(12)..]);
+    let pod_uid = format!(
+        "a9e17000-0000-4000-8000-{:0>12}",
+        &hex[hex.len().saturating_sub(12)..]
+    );
     let cgroup_parent = format!("/kubepods/{}/pod{pod_uid}", spec.qos());
     let pod_name = format!("{}-{t}", spec.pod_name);
     let log_dir = ctd
@@ -566,7 +620,11 @@ pub async fn start_agent_pod(ctd: &Containerd, cri_client: &CriClient, spec: &Ag
     for m in &spec.mounts {
         let host_path = match &m.source {
             VolumeSource::HostPath { path, kind } => {
-                let p = ov.host_paths.get(path).cloned().unwrap_or_else(|| PathBuf::from(path));
+                let p = ov
+                    .host_paths
+                    .get(path)
+                    .cloned()
+                    .unwrap_or_else(|| PathBuf::from(path));
                 if kind.as_deref() == Some("Directory") && !p.is_dir() {
                     panic!(
                         "hostPath volume {}: {} is not a directory (type: Directory)",
@@ -650,12 +708,19 @@ pub async fn start_agent_pod(ctd: &Containerd, cri_client: &CriClient, spec: &Ag
         }),
         privileged: sc["privileged"].as_bool().unwrap_or(false),
         namespace_options: Some(ns_opts),
-        run_as_user: sc["runAsUser"].as_i64().map(|value| cri::Int64Value { value }),
-        run_as_group: sc["runAsGroup"].as_i64().map(|value| cri::Int64Value { value }),
+        run_as_user: sc["runAsUser"]
+            .as_i64()
+            .map(|value| cri::Int64Value { value }),
+        run_as_group: sc["runAsGroup"]
+            .as_i64()
+            .map(|value| cri::Int64Value { value }),
         readonly_rootfs: sc["readOnlyRootFilesystem"].as_bool().unwrap_or(false),
         no_new_privs: sc["allowPrivilegeEscalation"].as_bool() == Some(false),
         masked_paths: KUBELET_MASKED_PATHS.iter().map(|s| s.to_string()).collect(),
-        readonly_paths: KUBELET_READONLY_PATHS.iter().map(|s| s.to_string()).collect(),
+        readonly_paths: KUBELET_READONLY_PATHS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         seccomp,
         ..Default::default()
     };
@@ -723,8 +788,12 @@ pub fn configmap_data(name: &str) -> Vec<(String, String)> {
             continue;
         };
         for doc in serde_yaml::Deserializer::from_str(&text) {
-            let Ok(v) = Value::deserialize(doc) else { continue };
-            if v["kind"].as_str() == Some("ConfigMap") && v["metadata"]["name"].as_str() == Some(name) {
+            let Ok(v) = Value::deserialize(doc) else {
+                continue;
+            };
+            if v["kind"].as_str() == Some("ConfigMap")
+                && v["metadata"]["name"].as_str() == Some(name)
+            {
                 return v["data"]
                     .as_mapping()
                     .map(|m| m.iter().filter_map(|(k, v)| Some((s(k)?, s(v)?))).collect())
@@ -744,7 +813,8 @@ pub fn parse_cri_log(text: &str) -> Vec<(String, String)> {
     let mut partial: HashMap<String, String> = HashMap::new();
     for l in text.lines() {
         let mut it = l.splitn(4, ' ');
-        let (Some(_ts), Some(stream), Some(tag), msg) = (it.next(), it.next(), it.next(), it.next().unwrap_or(""))
+        let (Some(_ts), Some(stream), Some(tag), msg) =
+            (it.next(), it.next(), it.next(), it.next().unwrap_or(""))
         else {
             continue;
         };
@@ -808,7 +878,8 @@ impl AgentLog {
 /// `GET http://addr/path` → status code.
 pub fn http_status(addr: &str, path: &str) -> Option<u16> {
     use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(1)).ok()?;
+    let mut c =
+        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(1)).ok()?;
     c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(c, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut buf = Vec::new();

@@ -15,7 +15,9 @@ use imagewarden::probes::Enforcement;
 /// The active LSMs (`/sys/kernel/security/lsm`; securityfs is mounted by
 /// the probes at load, so read this after loading).
 pub fn active_lsms() -> Option<String> {
-    std::fs::read_to_string(imagewarden::probes::ACTIVE_LSMS).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(imagewarden::probes::ACTIVE_LSMS)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// What the agent must pick here, when that is known: from
@@ -40,7 +42,10 @@ pub fn expected_enforcement() -> Option<Enforcement> {
 /// Prints `agent picked enforcement <lsm|signal>` (read by `cargo xtask vmtest` for its table).
 pub fn assert_enforcement_matches_kernel(got: Enforcement, fallbacks: &[String]) {
     let lsms = active_lsms();
-    eprintln!("agent picked enforcement {} (active LSMs {lsms:?}; fallbacks {fallbacks:?})", got.as_str());
+    eprintln!(
+        "agent picked enforcement {} (active LSMs {lsms:?}; fallbacks {fallbacks:?})",
+        got.as_str()
+    );
     match expected_enforcement() {
         Some(want) => assert_eq!(got, want, "active LSMs {lsms:?}; fallbacks {fallbacks:?}"),
         None if got == Enforcement::Signal => assert!(
@@ -49,7 +54,11 @@ pub fn assert_enforcement_matches_kernel(got: Enforcement, fallbacks: &[String])
         ),
         None => {}
     }
-    if got == Enforcement::Signal && lsms.as_deref().is_some_and(|l| !imagewarden::probes::bpf_lsm_listed(l)) {
+    if got == Enforcement::Signal
+        && lsms
+            .as_deref()
+            .is_some_and(|l| !imagewarden::probes::bpf_lsm_listed(l))
+    {
         assert!(
             fallbacks.iter().any(|f| f.contains("BPF LSM not active")),
             "the fallback must say that bpf is not an active LSM: {fallbacks:?}"

@@ -91,7 +91,9 @@ impl Coll {
             Coll::ClusterPolicies | Coll::Policies => "kyverno.io/v1",
             Coll::ImagePolicies => "imagewarden.dev/v1alpha1",
             Coll::PolicyReports => "wgpolicyk8s.io/v1alpha2",
-            Coll::ValidatingPolicies | Coll::NamespacedValidatingPolicies => "policies.kyverno.io/v1",
+            Coll::ValidatingPolicies | Coll::NamespacedValidatingPolicies => {
+                "policies.kyverno.io/v1"
+            }
             Coll::ValidatingAdmissionPolicies | Coll::ValidatingAdmissionPolicyBindings => {
                 "admissionregistration.k8s.io/v1"
             }
@@ -450,7 +452,11 @@ impl FakeApi {
         let segs: Vec<&str> = seen.path.trim_matches('/').split('/').collect();
         let (kyverno, imagepolicy, vpol) = {
             let st = self.st.lock().unwrap();
-            (st.kyverno_installed, st.imagepolicy_installed, st.vpol_installed)
+            (
+                st.kyverno_installed,
+                st.imagepolicy_installed,
+                st.vpol_installed,
+            )
         };
         match (method.as_str(), segs.as_slice()) {
             ("GET", ["version"]) => json_resp(
@@ -507,7 +513,11 @@ impl FakeApi {
                     "policies.kyverno.io/v1",
                     &[
                         ("validatingpolicies", "ValidatingPolicy", false),
-                        ("namespacedvalidatingpolicies", "NamespacedValidatingPolicy", true),
+                        (
+                            "namespacedvalidatingpolicies",
+                            "NamespacedValidatingPolicy",
+                            true,
+                        ),
                     ],
                 ),
             ),
@@ -516,22 +526,42 @@ impl FakeApi {
                 &resource_list(
                     "admissionregistration.k8s.io/v1",
                     &[
-                        ("validatingadmissionpolicies", "ValidatingAdmissionPolicy", false),
-                        ("validatingadmissionpolicybindings", "ValidatingAdmissionPolicyBinding", false),
+                        (
+                            "validatingadmissionpolicies",
+                            "ValidatingAdmissionPolicy",
+                            false,
+                        ),
+                        (
+                            "validatingadmissionpolicybindings",
+                            "ValidatingAdmissionPolicyBinding",
+                            false,
+                        ),
                     ],
                 ),
             ),
             ("GET", ["apis", "policies.kyverno.io", "v1", "validatingpolicies"]) if vpol => {
-                self.list_or_watch(Coll::ValidatingPolicies, None, &seen).await
+                self.list_or_watch(Coll::ValidatingPolicies, None, &seen)
+                    .await
             }
-            ("GET", ["apis", "policies.kyverno.io", "v1", "namespacedvalidatingpolicies"]) if vpol => {
-                self.list_or_watch(Coll::NamespacedValidatingPolicies, None, &seen).await
+            ("GET", ["apis", "policies.kyverno.io", "v1", "namespacedvalidatingpolicies"])
+                if vpol =>
+            {
+                self.list_or_watch(Coll::NamespacedValidatingPolicies, None, &seen)
+                    .await
             }
-            ("GET", ["apis", "admissionregistration.k8s.io", "v1", "validatingadmissionpolicies"]) => {
-                self.list_or_watch(Coll::ValidatingAdmissionPolicies, None, &seen).await
+            (
+                "GET",
+                ["apis", "admissionregistration.k8s.io", "v1", "validatingadmissionpolicies"],
+            ) => {
+                self.list_or_watch(Coll::ValidatingAdmissionPolicies, None, &seen)
+                    .await
             }
-            ("GET", ["apis", "admissionregistration.k8s.io", "v1", "validatingadmissionpolicybindings"]) => {
-                self.list_or_watch(Coll::ValidatingAdmissionPolicyBindings, None, &seen).await
+            (
+                "GET",
+                ["apis", "admissionregistration.k8s.io", "v1", "validatingadmissionpolicybindings"],
+            ) => {
+                self.list_or_watch(Coll::ValidatingAdmissionPolicyBindings, None, &seen)
+                    .await
             }
             ("GET", ["apis", "wgpolicyk8s.io", "v1alpha2"]) => json_resp(
                 StatusCode::OK,

@@ -101,7 +101,10 @@ impl TestCgroup {
 
     /// `cgroup.procs` opened for a child to move itself (see [`move_self`]).
     pub fn procs_fd(&self) -> fs::File {
-        fs::OpenOptions::new().write(true).open(self.procs()).expect("open cgroup.procs")
+        fs::OpenOptions::new()
+            .write(true)
+            .open(self.procs())
+            .expect("open cgroup.procs")
     }
 
     /// A command whose child moves itself into this cgroup before exec.
@@ -132,7 +135,10 @@ impl Drop for TestCgroup {
 /// A command whose child moves itself into the cgroup v2 directory `cg`
 /// before exec.
 pub fn in_cgroup(cg: &Path, program: impl AsRef<OsStr>) -> Command {
-    let procs = fs::OpenOptions::new().write(true).open(cg.join("cgroup.procs")).expect("open cgroup.procs");
+    let procs = fs::OpenOptions::new()
+        .write(true)
+        .open(cg.join("cgroup.procs"))
+        .expect("open cgroup.procs");
     let mut c = Command::new(program);
     // SAFETY: only write(2) between fork and exec.
     unsafe {

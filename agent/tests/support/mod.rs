@@ -18,14 +18,20 @@ pub mod host;
 pub use host::skip_or_fail;
 
 /// CRI's own record of a container (state, exit code, reason, times in ns).
-pub async fn cri_status(cri: &imagewarden::sources::cri::CriClient, id: &str) -> k8s_cri::v1::ContainerStatus {
+pub async fn cri_status(
+    cri: &imagewarden::sources::cri::CriClient,
+    id: &str,
+) -> k8s_cri::v1::ContainerStatus {
     let mut c = cri.raw_runtime();
-    c.container_status(k8s_cri::v1::ContainerStatusRequest { container_id: id.into(), verbose: false })
-        .await
-        .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
-        .into_inner()
-        .status
-        .unwrap_or_else(|| panic!("ContainerStatus {id}: no status"))
+    c.container_status(k8s_cri::v1::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
+    .into_inner()
+    .status
+    .unwrap_or_else(|| panic!("ContainerStatus {id}: no status"))
 }
 
 /// The positive signal that a denied CRI container was stopped: waits (up
@@ -45,10 +51,16 @@ pub async fn cri_assert_denied(
                 st.exit_code == 128 + libc::SIGKILL || st.reason == "StartError",
                 "the denied container {id} exited, but neither by SIGKILL nor at start: {st:?}"
             );
-            eprintln!("denied container {id}: exited, code {} ({})", st.exit_code, st.reason);
+            eprintln!(
+                "denied container {id}: exited, code {} ({})",
+                st.exit_code, st.reason
+            );
             return st;
         }
-        assert!(std::time::Instant::now() < deadline, "the denied container {id} has not exited after {timeout:?}: {st:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the denied container {id} has not exited after {timeout:?}: {st:?}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
 }
