@@ -147,8 +147,8 @@ fn unless_agent_gone(v: u32, cgroup_id: u64, cfg: &Config) -> u32 {
         unsafe { *p += 1 };
     }
     // SAFETY: the value is a plain u64 copied out immediately.
-    if unsafe { UNENFORCED_CGROUPS.get(&cgroup_id) }.is_none() {
-        let _ = UNENFORCED_CGROUPS.insert(&cgroup_id, &now, 0);
+    if unsafe { UNENFORCED_CGROUPS.get(cgroup_id) }.is_none() {
+        let _ = UNENFORCED_CGROUPS.insert(cgroup_id, now, 0);
     }
     verdict::UNKNOWN
 }
@@ -175,10 +175,14 @@ fn config() -> Option<&'static Config> {
 /// leaf) names of the cgroup (a container announced before its cgroup
 /// existed); else, for a cgroup whose name holds a container id, the
 /// unknown-container verdict; else the default.
+// The cgroup names stay where they are (a per-CPU scratch map) and are
+// passed by reference: by value, each lookup would copy the 192-byte key
+// onto the 512-byte BPF stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn verdict_of(cgroup_id: u64, cfg: &Config) -> u32 {
     // SAFETY: the value is a plain u32 copied out immediately.
-    if let Some(v) = unsafe { VERDICTS.get(&cgroup_id) } {
+    if let Some(v) = unsafe { VERDICTS.get(cgroup_id) } {
         return *v;
     }
     // Read the generation before the names are looked up: a change made by
@@ -190,7 +194,7 @@ fn verdict_of(cgroup_id: u64, cfg: &Config) -> u32 {
         None => return cfg.default_verdict,
     };
     // SAFETY: the value is a plain u64 copied out immediately.
-    if let Some(d) = unsafe { DECIDED.get(&cgroup_id) } {
+    if let Some(d) = unsafe { DECIDED.get(cgroup_id) } {
         let d = *d;
         if (d >> 32) as u32 == gen {
             return d as u32;
@@ -207,17 +211,17 @@ fn verdict_of(cgroup_id: u64, cfg: &Config) -> u32 {
         }
         if let Some(v) = NAME_VERDICTS.get(&*key) {
             count(counter::NAME_HITS);
-            let _ = CGROUP_NAMES.insert(&cgroup_id, &*key, 0);
+            let _ = CGROUP_NAMES.insert(cgroup_id, &*key, 0);
             return *v;
         }
         if (*key).leaf_looks_like_container() || HOLD_PARENTS.get(&(*key).parent).is_some() {
-            let _ = CGROUP_NAMES.insert(&cgroup_id, &*key, 0);
+            let _ = CGROUP_NAMES.insert(cgroup_id, &*key, 0);
             return cfg.unknown_container_verdict;
         }
     }
     let _ = DECIDED.insert(
-        &cgroup_id,
-        &(((gen as u64) << 32) | cfg.default_verdict as u64),
+        cgroup_id,
+        ((gen as u64) << 32) | cfg.default_verdict as u64,
         0,
     );
     cfg.default_verdict
@@ -372,9 +376,8 @@ fn on_exec(hk: u32, filename: impl FnOnce(&Config) -> Result<*const u8, i64>) ->
     let v = unless_agent_gone(verdict_of(cgroup_id, cfg), cgroup_id, cfg);
     let acted = act(v, cfg);
     if acted & flags::HELD != 0 {
-        // SAFETY: helper call.
-        let tgid = (unsafe { bpf_get_current_pid_tgid() } >> 32) as u32;
-        let _ = HELD.insert(&tgid, &cgroup_id, 0);
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        let _ = HELD.insert(tgid, cgroup_id, 0);
     }
     if cfg.emit_all == 0 && acted == 0 && (v == verdict::UNKNOWN || v == verdict::ALLOW) {
         // A routine exec: user space only wants it if it runs a file with
@@ -427,10 +430,7 @@ fn try_exec_btf(ctx: &BtfTracePointContext) -> Result<u32, i64> {
 /// Classic `sched/sched_process_exec` tracepoint: `__data_loc char[] filename`.
 #[tracepoint]
 pub fn exec_tp(ctx: TracePointContext) -> u32 {
-    match try_exec_tp(&ctx) {
-        Ok(r) => r,
-        Err(_) => 0,
-    }
+    try_exec_tp(&ctx).unwrap_or_default()
 }
 
 fn try_exec_tp(ctx: &TracePointContext) -> Result<u32, i64> {
