@@ -3,9 +3,9 @@
 //! evaluation bench, then the node benchmarks (`agent/examples/bench_node.rs`)
 //! as root. Prints one table; writes the same figures as JSON
 //! (default `bench/results.json`). See docs/benchmarks.md.
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::{root_dir, run, setup};
 
@@ -13,38 +13,10 @@ use crate::{root_dir, run, setup};
 /// Debian's `bpftrace`, the peer the exec cost is compared with. Idempotent:
 /// installs only what is missing.
 fn bench_setup() -> Result<()> {
-    let have = |bin: &str| {
-        Command::new(bin)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    if have("bpftrace") {
-        return Ok(());
-    }
-    eprintln!(
-        "bench setup: installing Debian's bpftrace (the peer baseline of the exec-cost section)"
-    );
-    let apt = |args: &[&str]| -> Result<()> {
-        let st = Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .context("bench setup: cannot run apt-get")?;
-        if !st.success() {
-            bail!("bench setup: apt-get {} failed ({st})", args.join(" "));
-        }
-        Ok(())
-    };
-    apt(&["update", "-q"])?;
-    apt(&["install", "-y", "-q", "--no-install-recommends", "bpftrace"])?;
-    if !have("bpftrace") {
-        bail!("bench setup: bpftrace was installed but `bpftrace --version` fails");
-    }
-    Ok(())
+    setup::apt_install(&[(
+        "bpftrace",
+        "the peer baseline of the benchmark's exec-cost section",
+    )])
 }
 
 pub fn bench(args: &[String]) -> Result<()> {

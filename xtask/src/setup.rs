@@ -61,7 +61,13 @@ fn step(what: &str, cmd: &mut Command) -> Result<()> {
 }
 
 fn apt() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    apt_install(APT_PACKAGES)
+}
+
+/// Installs the packages of `list` that are missing (each with why it is
+/// needed), after one `apt-get update`; nothing when all are there.
+pub fn apt_install(list: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = list
         .iter()
         .map(|(p, _)| *p)
         .filter(|p| !installed(p))
@@ -69,7 +75,7 @@ fn apt() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    for (p, why) in APT_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+    for (p, why) in list.iter().filter(|(p, _)| missing.contains(p)) {
         eprintln!("setup: missing Debian package {p} ({why})");
     }
     if !is_root() {
@@ -208,35 +214,5 @@ pub const VM_APT_PACKAGES: &[(&str, &str)] = &[
 ];
 
 pub fn vm() -> Result<()> {
-    let missing: Vec<&str> = VM_APT_PACKAGES
-        .iter()
-        .map(|(p, _)| *p)
-        .filter(|p| !installed(p))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    for (p, why) in VM_APT_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
-        eprintln!("setup: missing Debian package {p} ({why})");
-    }
-    if !is_root() {
-        bail!(
-            "setup: installing {} needs root: run `sudo apt-get install -y {}`",
-            missing.join(" "),
-            missing.join(" ")
-        );
-    }
-    step(
-        "apt-get update",
-        Command::new("apt-get")
-            .args(["update", "-q"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    step(
-        &format!("apt-get install {}", missing.join(" ")),
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    apt_install(VM_APT_PACKAGES)
 }
