@@ -56,7 +56,7 @@ pub fn load_policy(args: &RunArgs) -> anyhow::Result<(PolicySet, Option<(String,
             )
         }
         None => {
-            info!("no --policy: enforcing the cluster's policies only (Kyverno ClusterPolicy/Policy, ImagePolicy)");
+            info!("no --policy: enforcing the cluster's policies only (Kyverno ClusterPolicy/Policy/ValidatingPolicy, ValidatingAdmissionPolicy, ImagePolicy)");
             return Ok((PolicySet::new(), None));
         }
     };
@@ -216,7 +216,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
              an empty policy would allow every image (use --mode audit to run without one)",
             match &args.policy {
                 Some(p) => format!("--policy {}", p.display()),
-                None => "the cluster (Kyverno ClusterPolicy/Policy, ImagePolicy)".to_string(),
+                None => "the cluster (Kyverno ClusterPolicy/Policy/ValidatingPolicy, ValidatingAdmissionPolicy, ImagePolicy)".to_string(),
             },
             if kube.is_some() && args.policy.is_none() {
                 format!(" after waiting {:?} (--policy-wait)", args.policy_wait)

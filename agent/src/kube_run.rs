@@ -1,8 +1,8 @@
 //! Kubernetes mode of `imagewarden run`: Pods from the API server (watch,
 //! field selector on this node) and the kubelet, policies from the cluster
-//! (Kyverno ClusterPolicy/Policy, ImagePolicy; hot reload), cross-checks
-//! into findings, and their actions (Event, kill, optional Pod deletion,
-//! optional PolicyReport).
+//! (Kyverno ClusterPolicy/Policy/ValidatingPolicy, ValidatingAdmissionPolicy,
+//! ImagePolicy; hot reload), cross-checks into findings, and their actions
+//! (Event, kill, optional Pod deletion, optional PolicyReport).
 use std::{
     collections::{BTreeMap, HashSet},
     path::PathBuf,
