@@ -186,7 +186,7 @@ mod tests {
         assert_eq!(offset_of!(ExecEvent, hook), 46);
         assert_eq!(offset_of!(ExecEvent, comm), 48);
         assert_eq!(offset_of!(ExecEvent, filename), 64);
-        assert_eq!(size_of::<agent_common::Config>(), 72);
+        assert_eq!(size_of::<agent_common::Config>(), 80);
         assert_eq!(size_of::<agent_common::CgroupKey>(), 192);
     }
 
