@@ -844,6 +844,11 @@ mount -t tmpfs tmpfs $R/dev/shm
 # layer): up to 80% of guest memory rather than tmpfs's default half.
 mount -t tmpfs -o mode=1777,size=80% tmpfs $R/tmp || fatal "tmpfs tmp"
 for d in run var/tmp root; do mount -t tmpfs -o mode=1777 tmpfs $R/$d || fatal "tmpfs $d"; done
+# The workspace (test binaries, CARGO_MANIFEST_DIR files, the agent binary)
+# at its host path, on top of the tmpfs mounts above: a clone under /tmp or
+# /root is hidden by them otherwise.
+mkdir -p "$R@WORKSPACE@" 2>/dev/null
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose workspace "$R@WORKSPACE@" || fatal "mount workspace"
 mount -t cgroup2 cgroup2 $R/sys/fs/cgroup || fatal cgroup2
 mount -t bpf bpf $R/sys/fs/bpf || fatal bpffs
 mount -t tracefs tracefs $R/sys/kernel/tracing || fatal tracefs
@@ -874,7 +879,9 @@ fn initramfs(kernel: &Kernel) -> Result<Vec<u8>> {
     c.file(
         "init",
         0o755,
-        INIT.replace("@RESULTS@", GUEST_RESULTS).as_bytes(),
+        INIT.replace("@RESULTS@", GUEST_RESULTS)
+            .replace("@WORKSPACE@", &crate::root_dir().display().to_string())
+            .as_bytes(),
     );
     let mut order = String::new();
     for m in module_order(&kernel.modules, GUEST_MODULES)? {
@@ -998,6 +1005,11 @@ fn run_in_guest(
             "-virtfs",
             "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         ])
+        .arg("-virtfs")
+        .arg(format!(
+            "local,path={},mount_tag=workspace,security_model=none,readonly=on,multidevs=remap",
+            crate::root_dir().display()
+        ))
         .arg("-virtfs")
         .arg(format!(
             "local,path={},mount_tag=results,security_model=none,multidevs=remap",
