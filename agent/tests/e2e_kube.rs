@@ -101,12 +101,21 @@ fn kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_th
     ])
     .arg(ctd.endpoint())
     .env("KUBECONFIG", &kubeconfig);
-    // Ready once the cluster's ClusterPolicy reached the agent.
+    // Ready once the programs are attached ("agent running": in enforce
+    // mode the agent loads the cluster's policy before it attaches, so the
+    // policy line alone came too early and a Pod could start unenforced),
+    // and the cluster's ClusterPolicy is the one in force.
     let agent = AgentProcess::spawn(
         cmd,
-        |l| l.contains("policy reloaded") && l.contains("restrict-image-registries"),
+        |l| l.contains(support::agent::RUNNING),
         Duration::from_secs(30),
     );
+    agent
+        .wait_for_log(
+            |l| l.contains("policy reloaded") && l.contains("restrict-image-registries"),
+            Duration::from_secs(30),
+        )
+        .expect("the cluster's ClusterPolicy reached the agent");
     let find = |pred: &dyn Fn(&Value) -> bool, what: &str| -> Value {
         agent.finding(what, pred, Duration::from_secs(20))
     };
