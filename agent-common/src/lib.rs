@@ -27,7 +27,31 @@ pub mod flags {
     pub const NAME_UNREADABLE: u32 = 1 << 5;
     /// The link count of the executed file could not be read.
     pub const NLINK_UNREADABLE: u32 = 1 << 6;
+    /// Exec drift: the executed file lives in the upper (writable) layer of
+    /// the container's overlayfs root, i.e. it was written or modified after
+    /// the container started; it is not one of the image's files.
+    pub const DRIFT: u32 = 1 << 7;
+    /// The exec ran in a container's cgroup (known to user space by id or
+    /// name, or container-like): the fileless and drift checks apply.
+    pub const IN_CONTAINER: u32 = 1 << 8;
+    /// The exec was refused (LSM) or killed (signal) because it was fileless
+    /// or drift in a container whose policy denies such execs.
+    pub const DRIFT_DENIED: u32 = 1 << 9;
+    /// The executed file was unlinked (`d_unlinked` of its dentry) although
+    /// its link count was not 0 (another hard link remains): also fileless.
+    pub const UNLINKED: u32 = 1 << 10;
 }
+
+/// Bits of the `DRIFT_POLICY` map's value (cgroup id -> what to refuse).
+pub mod drift_policy {
+    /// Refuse (enforce mode) execs of files without a name on disk.
+    pub const DENY_FILELESS: u32 = 1 << 0;
+    /// Refuse (enforce mode) execs of files in the container's upper layer.
+    pub const DENY_DRIFT: u32 = 1 << 1;
+}
+
+/// `OVERLAYFS_SUPER_MAGIC` (`include/uapi/linux/magic.h`).
+pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
 
 /// Values of the verdict map (cgroup id -> verdict).
 pub mod verdict {
@@ -58,7 +82,11 @@ pub mod counter {
     pub const NAME_HITS: u32 = 6;
     /// Failed kernel reads or signals (the event is still emitted, flagged).
     pub const ERRORS: u32 = 5;
-    pub const COUNT: u32 = 8;
+    /// Fileless or drift execs seen in containers (reported or refused).
+    pub const DRIFT_EXECS: u32 = 7;
+    /// Fileless or drift execs refused (LSM) or killed (signal) by policy.
+    pub const DRIFT_DENIES: u32 = 8;
+    pub const COUNT: u32 = 10;
 }
 
 /// Bytes kept of each of the two last cgroup path components in
@@ -211,9 +239,16 @@ pub struct ExecEvent {
     pub hook: u16,
     pub comm: [u8; COMM_LEN],
     pub filename: [u8; FILENAME_LEN],
+    /// The executed file's own name (its dentry's last component, NUL
+    /// padded), read for fileless and drift execs only: a memfd's
+    /// `memfd:<name>`, where `filename` says `/dev/fd/3`.
+    pub file_name: [u8; FILE_NAME_LEN],
 }
 
-const _: () = assert!(size_of::<ExecEvent>() == 320);
+/// Bytes kept of [`ExecEvent::file_name`], NUL included.
+pub const FILE_NAME_LEN: usize = 64;
+
+const _: () = assert!(size_of::<ExecEvent>() == 384);
 const _: () = assert!(offset_of!(ExecEvent, cgroup_id) == 8);
 const _: () = assert!(offset_of!(ExecEvent, pid) == 16);
 const _: () = assert!(offset_of!(ExecEvent, verdict) == 40);
@@ -262,11 +297,29 @@ pub struct Config {
     /// are counted in `UNENFORCED`); known-denied cgroups stay denied.
     /// 0: off (hold regardless).
     pub heartbeat_stale_ns: u64,
+    /// `file::f_path` + `path::dentry`.
+    pub off_file_dentry: u32,
+    /// `inode::i_sb`.
+    pub off_inode_i_sb: u32,
+    /// `super_block::s_magic`.
+    pub off_sb_s_magic: u32,
+    /// `sizeof(struct inode)`: overlayfs' `struct ovl_inode` keeps its
+    /// `__upperdentry` right after its embedded `vfs_inode`, which ends
+    /// the inode the file points at (Linux 4.x to 6.18).
+    pub off_ovl_upperdentry: u32,
+    /// `dentry::d_hash` + `hlist_bl_node::pprev` (NULL: unhashed).
+    pub off_dentry_d_hash_pprev: u32,
+    /// `dentry::d_parent`.
+    pub off_dentry_d_parent: u32,
+    /// `dentry::d_name` + `qstr::name`.
+    pub off_dentry_d_name: u32,
+    /// `linux_binprm::file` (LSM program).
+    pub off_bprm_file: u32,
 }
 
 pub const CONFIG_MAGIC: u32 = 0x1a6e_3a2d;
 
-const _: () = assert!(size_of::<Config>() == 80);
+const _: () = assert!(size_of::<Config>() == 112);
 
 #[cfg(feature = "user")]
 mod user {

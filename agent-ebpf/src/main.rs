@@ -13,8 +13,8 @@
 #![no_main]
 
 use agent_common::{
-    counter, flags, hook, verdict, CgroupKey, Config, ExecEvent, CGROUP_NAME_LEN, CONFIG_MAGIC,
-    FILENAME_LEN,
+    counter, drift_policy, flags, hook, verdict, CgroupKey, Config, ExecEvent, CGROUP_NAME_LEN,
+    CONFIG_MAGIC, FILENAME_LEN, OVERLAYFS_SUPER_MAGIC,
 };
 use aya_ebpf::{
     helpers::{
@@ -68,6 +68,13 @@ static CGROUP_NAMES: LruHashMap<u64, CgroupKey> = LruHashMap::with_max_entries(1
 #[map]
 static HOLD_PARENTS: HashMap<[u8; CGROUP_NAME_LEN], u32> =
     HashMap::with_max_entries(1024, NO_PREALLOC);
+
+/// cgroup id -> [`drift_policy`] bits: the containers whose policy refuses
+/// fileless and drift execs (enforce mode). Looked up only for an exec that
+/// is fileless or drift (tracepoints), or in a container that has an entry
+/// (LSM), so routine execs pay nothing for it.
+#[map]
+static DRIFT_POLICY: HashMap<u64, u32> = HashMap::with_max_entries(65_536, NO_PREALLOC);
 
 /// Per-CPU scratch space for a CgroupKey (192 bytes: kept off the stack).
 #[map]
@@ -174,16 +181,17 @@ fn config() -> Option<&'static Config> {
 /// The verdict for the current task's cgroup: by id; else by the (parent,
 /// leaf) names of the cgroup (a container announced before its cgroup
 /// existed); else, for a cgroup whose name holds a container id, the
-/// unknown-container verdict; else the default.
+/// unknown-container verdict; else the default. The second value says
+/// whether the cgroup is a container's (every case but the default).
 // The cgroup names stay where they are (a per-CPU scratch map) and are
 // passed by reference: by value, each lookup would copy the 192-byte key
 // onto the 512-byte BPF stack.
 #[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
-fn verdict_of(cgroup_id: u64, cfg: &Config) -> u32 {
+fn verdict_of(cgroup_id: u64, cfg: &Config) -> (u32, bool) {
     // SAFETY: the value is a plain u32 copied out immediately.
     if let Some(v) = unsafe { VERDICTS.get(cgroup_id) } {
-        return *v;
+        return (*v, true);
     }
     // Read the generation before the names are looked up: a change made by
     // user space after this point bumps it, so the entry written below
@@ -191,32 +199,32 @@ fn verdict_of(cgroup_id: u64, cfg: &Config) -> u32 {
     let gen = match NAME_GEN.get_ptr(0) {
         // SAFETY: array slot; a torn read is impossible for an aligned u32.
         Some(p) => unsafe { core::ptr::read_volatile(p) },
-        None => return cfg.default_verdict,
+        None => return (cfg.default_verdict, false),
     };
     // SAFETY: the value is a plain u64 copied out immediately.
     if let Some(d) = unsafe { DECIDED.get(cgroup_id) } {
         let d = *d;
         if (d >> 32) as u32 == gen {
-            return d as u32;
+            return (d as u32, false);
         }
     }
     let Some(key) = SCRATCH.get_ptr_mut(0) else {
-        return cfg.default_verdict;
+        return (cfg.default_verdict, false);
     };
     // SAFETY: per-CPU scratch slot; kernel memory only through probe helpers.
     unsafe {
         if current_cgroup_key(key, cfg).is_err() {
             count(counter::ERRORS);
-            return cfg.default_verdict;
+            return (cfg.default_verdict, false);
         }
         if let Some(v) = NAME_VERDICTS.get(&*key) {
             count(counter::NAME_HITS);
             let _ = CGROUP_NAMES.insert(cgroup_id, &*key, 0);
-            return *v;
+            return (*v, true);
         }
         if (*key).leaf_looks_like_container() || HOLD_PARENTS.get(&(*key).parent).is_some() {
             let _ = CGROUP_NAMES.insert(cgroup_id, &*key, 0);
-            return cfg.unknown_container_verdict;
+            return (cfg.unknown_container_verdict, true);
         }
     }
     let _ = DECIDED.insert(
@@ -224,7 +232,7 @@ fn verdict_of(cgroup_id: u64, cfg: &Config) -> u32 {
         ((gen as u64) << 32) | cfg.default_verdict as u64,
         0,
     );
-    cfg.default_verdict
+    (cfg.default_verdict, false)
 }
 
 /// Fills `key` with the names of the current task's cgroup v2 directory and
@@ -259,9 +267,18 @@ unsafe fn read_ptr(base: *const u8, off: u32) -> Result<*const u8, i64> {
     bpf_probe_read_kernel(base.add(off as usize) as *const *const u8).map_err(|e| e as i64)
 }
 
-/// Fills the process fields shared by every hook.
+/// Fills the process fields shared by every hook. `file` is the executed
+/// file (`struct file *`); `class` its [`exe_class`] when already known.
 #[inline(always)]
-unsafe fn fill_common(ev: *mut ExecEvent, cfg: &Config, cgroup_id: u64, v: u32, hk: u32) {
+unsafe fn fill_common(
+    ev: *mut ExecEvent,
+    cfg: &Config,
+    cgroup_id: u64,
+    v: u32,
+    hk: u32,
+    file: *const u8,
+    class: Option<u32>,
+) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     (*ev).boot_ns = bpf_ktime_get_boot_ns();
@@ -284,25 +301,50 @@ unsafe fn fill_common(ev: *mut ExecEvent, cfg: &Config, cgroup_id: u64, v: u32, 
         }
         _ => 0,
     };
-    // link count of the executed file: task->mm->exe_file->f_inode->i_nlink
-    match exe_nlink(task, cfg) {
-        Ok(0) => fl |= flags::FILELESS,
-        Ok(_) => {}
-        Err(_) => {
-            fl |= flags::NLINK_UNREADABLE;
-            count(counter::ERRORS);
-        }
+    fl |= match class {
+        Some(c) => c,
+        None => exe_class(file, cfg),
+    };
+    (*ev).file_name[0] = 0;
+    if fl & (flags::FILELESS | flags::DRIFT) != 0 {
+        read_file_name(ev, file, cfg);
     }
     (*ev).flags = fl;
 }
 
+/// The file the current task runs since its exec: task->mm->exe_file.
 #[inline(always)]
-unsafe fn exe_nlink(task: *const u8, cfg: &Config) -> Result<u32, i64> {
-    let mm = read_ptr(task, cfg.off_task_mm)?;
-    if mm.is_null() {
-        return Err(-1);
+unsafe fn current_exe_file(cfg: &Config) -> *const u8 {
+    let task = bpf_get_current_task() as *const u8;
+    match read_ptr(task, cfg.off_task_mm) {
+        Ok(mm) if !mm.is_null() => read_ptr(mm, cfg.off_mm_exe_file).unwrap_or(core::ptr::null()),
+        _ => core::ptr::null(),
     }
-    let file = read_ptr(mm, cfg.off_mm_exe_file)?;
+}
+
+/// What the executed file is, as [`flags`] bits:
+/// - `FILELESS`: it has no name on disk: its link count is 0 (a memfd, an
+///   unlinked file) or its dentry is unlinked (`d_unlinked`: unhashed and
+///   not a root; then also `UNLINKED`);
+/// - `DRIFT`: it is on an overlayfs whose inode has an upper dentry: the
+///   container's writable layer holds it (created, or copied up because it
+///   was modified, after the container started). The image's own files
+///   live in the lower layers and have none.
+///
+/// `NLINK_UNREADABLE` when the file could not be read (counted as an error).
+#[inline(always)]
+unsafe fn exe_class(file: *const u8, cfg: &Config) -> u32 {
+    match exe_class_inner(file, cfg) {
+        Ok(c) => c,
+        Err(_) => {
+            count(counter::ERRORS);
+            flags::NLINK_UNREADABLE
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn exe_class_inner(file: *const u8, cfg: &Config) -> Result<u32, i64> {
     if file.is_null() {
         return Err(-1);
     }
@@ -310,8 +352,62 @@ unsafe fn exe_nlink(task: *const u8, cfg: &Config) -> Result<u32, i64> {
     if inode.is_null() {
         return Err(-1);
     }
-    bpf_probe_read_kernel(inode.add(cfg.off_inode_i_nlink as usize) as *const u32)
-        .map_err(|e| e as i64)
+    let mut c = 0;
+    let nlink: u32 = bpf_probe_read_kernel(inode.add(cfg.off_inode_i_nlink as usize) as *const u32)
+        .map_err(|e| e as i64)?;
+    if nlink == 0 {
+        c |= flags::FILELESS;
+    } else {
+        let dentry = read_ptr(file, cfg.off_file_dentry)?;
+        if !dentry.is_null() {
+            let pprev = read_ptr(dentry, cfg.off_dentry_d_hash_pprev)?;
+            let parent = read_ptr(dentry, cfg.off_dentry_d_parent)?;
+            if pprev.is_null() && parent != dentry {
+                c |= flags::FILELESS | flags::UNLINKED;
+            }
+        }
+    }
+    let sb = read_ptr(inode, cfg.off_inode_i_sb)?;
+    if !sb.is_null() {
+        let magic: u64 = bpf_probe_read_kernel(sb.add(cfg.off_sb_s_magic as usize) as *const u64)
+            .map_err(|e| e as i64)?;
+        if magic == OVERLAYFS_SUPER_MAGIC {
+            let upper = read_ptr(inode, cfg.off_ovl_upperdentry)?;
+            if !upper.is_null() {
+                c |= flags::DRIFT;
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// Copies the executed file's own name (its dentry's) into the event.
+#[inline(always)]
+unsafe fn read_file_name(ev: *mut ExecEvent, file: *const u8, cfg: &Config) {
+    let Ok(dentry) = read_ptr(file, cfg.off_file_dentry) else {
+        return;
+    };
+    if dentry.is_null() {
+        return;
+    }
+    let Ok(name) = read_ptr(dentry, cfg.off_dentry_d_name) else {
+        return;
+    };
+    if !name.is_null() && bpf_probe_read_kernel_str_bytes(name, &mut (*ev).file_name).is_err() {
+        (*ev).file_name[0] = 0;
+    }
+}
+
+/// Whether the container's policy refuses an exec of this class.
+#[inline(always)]
+fn drift_refused(cgroup_id: u64, class: u32) -> bool {
+    // SAFETY: the value is a plain u32 copied out immediately.
+    let Some(p) = (unsafe { DRIFT_POLICY.get(cgroup_id) }) else {
+        return false;
+    };
+    let p = *p;
+    (class & flags::FILELESS != 0 && p & drift_policy::DENY_FILELESS != 0)
+        || (class & flags::DRIFT != 0 && p & drift_policy::DENY_DRIFT != 0)
 }
 
 /// Copies a NUL-terminated kernel string into the event, flagging truncation.
@@ -373,20 +469,41 @@ fn on_exec(hk: u32, filename: impl FnOnce(&Config) -> Result<*const u8, i64>) ->
     count(counter::EXECS);
     // SAFETY: helper call.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let v = unless_agent_gone(verdict_of(cgroup_id, cfg), cgroup_id, cfg);
-    let acted = act(v, cfg);
+    let (v, in_container) = verdict_of(cgroup_id, cfg);
+    let v = unless_agent_gone(v, cgroup_id, cfg);
+    let mut acted = act(v, cfg);
     if acted & flags::HELD != 0 {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         let _ = HELD.insert(tgid, cgroup_id, 0);
     }
-    if cfg.emit_all == 0 && acted == 0 && (v == verdict::UNKNOWN || v == verdict::ALLOW) {
-        // A routine exec: user space only wants it if it runs a file with
-        // no name on disk.
-        // SAFETY: kernel memory read through probe helpers only.
-        let task = unsafe { bpf_get_current_task() } as *const u8;
-        if !matches!(unsafe { exe_nlink(task, cfg) }, Ok(0)) {
-            return Ok(0);
+    // SAFETY: kernel memory read through probe helpers only.
+    let file = unsafe { current_exe_file(cfg) };
+    // Every exec in a container that still runs is classified (fileless,
+    // drift); host execs only when every exec is emitted anyway.
+    let mut class = None;
+    if in_container && acted & flags::KILLED == 0 {
+        // SAFETY: as above.
+        let c = unsafe { exe_class(file, cfg) } | flags::IN_CONTAINER;
+        if c & (flags::FILELESS | flags::DRIFT) != 0 {
+            count(counter::DRIFT_EXECS);
+            if cfg.enforce != 0 && acted == 0 && drift_refused(cgroup_id, c) {
+                // SAFETY: helper call; signals the current thread group.
+                if unsafe { bpf_send_signal(SIGKILL) } == 0 {
+                    count(counter::KILLS);
+                    count(counter::DRIFT_DENIES);
+                    acted = flags::KILLED | flags::DRIFT_DENIED;
+                } else {
+                    count(counter::ERRORS);
+                }
+            }
         }
+        class = Some(c);
+    }
+    let notable = matches!(class, Some(c) if c & (flags::FILELESS | flags::DRIFT) != 0);
+    if cfg.emit_all == 0 && acted == 0 && (v == verdict::UNKNOWN || v == verdict::ALLOW) && !notable
+    {
+        // A routine exec: user space does not want it.
+        return Ok(0);
     }
 
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
@@ -396,7 +513,7 @@ fn on_exec(hk: u32, filename: impl FnOnce(&Config) -> Result<*const u8, i64>) ->
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points to a reserved ring-buffer slot of the right size.
     unsafe {
-        fill_common(ev, cfg, cgroup_id, v, hk);
+        fill_common(ev, cfg, cgroup_id, v, hk, file, class);
         (*ev).flags |= acted;
         match filename(cfg) {
             Ok(p) if !p.is_null() => read_filename(ev, p),
@@ -459,20 +576,42 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<i32, i64> {
         Some(c) => c,
         None => return Ok(0),
     };
-    // SAFETY: helper call.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let v = verdict_of(cgroup_id, cfg);
-    if cfg.enforce == 0 || v != verdict::DENY {
+    if cfg.enforce == 0 {
         return Ok(0);
     }
-    count(counter::LSM_DENIES);
+    // SAFETY: helper call.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let (v, in_container) = verdict_of(cgroup_id, cfg);
     let bprm: *const u8 = ctx.arg(0);
+    // SAFETY: kernel memory read through probe helpers only.
+    let file = unsafe { read_ptr(bprm, cfg.off_bprm_file) }.unwrap_or(core::ptr::null());
+    let mut class = None;
+    let mut denied = flags::LSM_DENIED;
+    if v != verdict::DENY {
+        // A container whose policy refuses fileless or drift execs: the
+        // file being exec'd (for a script: the script itself, before its
+        // interpreter) is known here, before the point of no return.
+        // SAFETY: the value is a plain u32 copied out immediately.
+        if !in_container || unsafe { DRIFT_POLICY.get(cgroup_id) }.is_none() {
+            return Ok(0);
+        }
+        // SAFETY: as above.
+        let c = unsafe { exe_class(file, cfg) } | flags::IN_CONTAINER;
+        if !drift_refused(cgroup_id, c) {
+            return Ok(0);
+        }
+        count(counter::DRIFT_EXECS);
+        count(counter::DRIFT_DENIES);
+        class = Some(c);
+        denied |= flags::DRIFT_DENIED;
+    }
+    count(counter::LSM_DENIES);
     if let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) {
         let ev = entry.as_mut_ptr();
         // SAFETY: reserved slot; kernel reads through probe helpers.
         unsafe {
-            fill_common(ev, cfg, cgroup_id, v, hook::LSM);
-            (*ev).flags |= flags::LSM_DENIED;
+            fill_common(ev, cfg, cgroup_id, v, hook::LSM, file, class);
+            (*ev).flags |= denied;
             match read_ptr(bprm, cfg.off_bprm_filename) {
                 Ok(p) if !p.is_null() => read_filename(ev, p),
                 _ => (*ev).flags |= flags::NAME_UNREADABLE,

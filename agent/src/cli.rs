@@ -118,6 +118,12 @@ pub struct RunArgs {
     /// Also print allowed exec events (one JSON line each).
     #[arg(long, env = "IMAGEWARDEN_ALL_EXECS")]
     pub all_execs: bool,
+    /// Refuse (enforce mode) execs of programs that are not part of the
+    /// image in every container: fileless (memfd, unlinked) and files of
+    /// the container's writable layer. Without it, only native policy rules
+    /// with `execDrift` refuse them; they are reported either way.
+    #[arg(long, env = "IMAGEWARDEN_DENY_EXEC_DRIFT")]
+    pub deny_exec_drift: bool,
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     #[arg(long, default_value_t = 1 << 22, env = "IMAGEWARDEN_RINGBUF_BYTES")]
     pub ringbuf_bytes: u32,

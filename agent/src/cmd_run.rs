@@ -318,6 +318,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         hold_timeout: args.hold_timeout,
         resync_interval: args.resync_interval,
         cgroup2,
+        deny_exec_drift: args.deny_exec_drift,
     };
     let (out, sinks) = findings_out(sinks, metrics.clone());
     let mut ctrl = Controller::new(cfg, probes, policy, containerd, cri, out);
@@ -329,6 +330,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ))),
         Some(k) => {
             ctrl.pod_lookup = Some(k.pod_lookup());
+            ctrl.queue_drift_findings();
             ctrl.set_exemptions(k.exemptions.borrow().clone());
         }
     }

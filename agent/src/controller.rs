@@ -30,7 +30,7 @@ use std::{
 };
 
 use agent_common::{verdict, CgroupKey};
-use imagewarden_policy::{Action, ContainerType, EvalContext, PolicySet};
+use imagewarden_policy::{Action, ContainerType, DriftDecision, EvalContext, PolicySet};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -65,6 +65,9 @@ pub struct ControllerConfig {
     pub resync_interval: Duration,
     /// The cgroup v2 mount (`/sys/fs/cgroup` or `/sys/fs/cgroup/unified`).
     pub cgroup2: PathBuf,
+    /// `--deny-exec-drift`: every container refuses fileless and
+    /// writable-layer execs, whatever its policy says (enforce mode).
+    pub deny_exec_drift: bool,
 }
 
 /// What the controller decided about a container.
@@ -82,6 +85,8 @@ pub struct Entry {
     pub cgroup_id: Option<u64>,
     pub cgroup_dir: Option<PathBuf>,
     pub decision: Decision,
+    /// What the policies say about exec drift in this container.
+    pub drift: DriftDecision,
     /// The decision already reported as a finding.
     reported: Option<Decision>,
     killed: bool,
@@ -110,6 +115,65 @@ impl Entry {
             reason: Some(self.decision.reason.clone()),
         }
     }
+
+    /// The kernel's `DRIFT_POLICY` bits for this container: what it refuses
+    /// in enforce mode.
+    fn drift_bits(&self) -> u32 {
+        use agent_common::drift_policy::{DENY_DRIFT, DENY_FILELESS};
+        let on = |a: Option<Action>, bit: u32| if a == Some(Action::Enforce) { bit } else { 0 };
+        on(self.drift.fileless, DENY_FILELESS) | on(self.drift.writable_layer, DENY_DRIFT)
+    }
+}
+
+/// The policy context of a container: its Pod's container type, namespace
+/// and labels when the Pod is known, else a plain container of the
+/// namespace its runtime reports.
+fn eval_context<'a>(info: &'a ContainerInfo, pod: Option<&'a PodContext>) -> EvalContext<'a> {
+    match pod {
+        Some(p) => EvalContext::new(p.container_type)
+            .with_namespace(Some(&p.namespace))
+            .with_labels(&p.labels),
+        None => {
+            EvalContext::new(ContainerType::Container).with_namespace(info.pod_namespace.as_deref())
+        }
+    }
+}
+
+/// What the policies (and `--deny-exec-drift`) say about exec drift in a
+/// container. What admission excluded is reported, never stopped: an
+/// Enforce there becomes an Audit.
+pub fn drift_with(
+    policy: &PolicySet,
+    info: &ContainerInfo,
+    pod: Option<&PodContext>,
+    exempt: &Exemptions,
+    deny_flag: bool,
+) -> DriftDecision {
+    let mut d = if policy.has_drift_rules() {
+        policy.exec_drift(&eval_context(info, pod))
+    } else {
+        DriftDecision::default()
+    };
+    if deny_flag {
+        d.merge(&DriftDecision::deny_all(
+            Action::Enforce,
+            "flag --deny-exec-drift",
+        ));
+    }
+    let ns = pod
+        .map(|p| p.namespace.as_str())
+        .or(info.pod_namespace.as_deref());
+    if ns
+        .and_then(|ns| exempt.exempt(ns, info.pod_name.as_deref()))
+        .is_some()
+    {
+        for a in [&mut d.fileless, &mut d.writable_layer] {
+            if *a == Some(Action::Enforce) {
+                *a = Some(Action::Audit);
+            }
+        }
+    }
+    d
 }
 
 /// The cgroup v2 directory names (parent, leaf) that runc will create for
@@ -327,6 +391,8 @@ pub struct ControllerStats {
     /// Holds found in the kernel's HELD map whose event never arrived.
     pub holds_adopted: u64,
     pub runtime_event_drops: u64,
+    /// Exec-drift findings dropped from the full Event queue.
+    pub drift_findings_dropped: u64,
     /// Wall time of the last resync's parts, in ms: containerd listing,
     /// CRI listing, and applying the verdicts (policy + kernel maps).
     pub last_resync_ms: [u64; 3],
@@ -351,7 +417,13 @@ pub struct Controller {
     hold_parents: std::collections::HashSet<String>,
     /// What admission excluded: never stopped, only reported.
     exemptions: Arc<Exemptions>,
+    /// Kubernetes mode: fileless and drift exec findings waiting for their
+    /// Event (bounded; the oldest is dropped and counted).
+    drift_findings: Option<std::collections::VecDeque<Finding>>,
 }
+
+/// Bound of the queue of exec-drift findings waiting for their Event.
+pub const DRIFT_FINDINGS_CAPACITY: usize = 256;
 
 impl Controller {
     pub fn new(
@@ -378,6 +450,7 @@ impl Controller {
             pod_lookup: None,
             hold_parents: Default::default(),
             exemptions: Arc::new(Exemptions::default()),
+            drift_findings: None,
         }
     }
 
@@ -525,12 +598,20 @@ impl Controller {
         let key = entry_key(&info);
         let pod = self.pod_lookup.as_ref().and_then(|f| f(&info));
         let decision = decide_with(&self.policy, &info, pod.as_ref(), &self.exemptions);
+        let drift = drift_with(
+            &self.policy,
+            &info,
+            pod.as_ref(),
+            &self.exemptions,
+            self.cfg.deny_exec_drift,
+        );
         let e = self.entries.entry(key.clone()).or_insert_with(|| Entry {
             info: info.clone(),
             key: None,
             cgroup_id: None,
             cgroup_dir: None,
             decision: decision.clone(),
+            drift: drift.clone(),
             reported: None,
             killed: false,
             kill_reported: false,
@@ -539,6 +620,7 @@ impl Controller {
         merge(&mut fresh, &e.info);
         e.info = fresh;
         e.decision = decision;
+        e.drift = drift;
         self.apply(&key);
     }
 
@@ -571,6 +653,10 @@ impl Controller {
             if let Err(err) = self.probes.set_verdict(id, v) {
                 warn!(container = %e.info.id, "kernel verdict: {err}");
             }
+            if let Err(err) = self.probes.set_drift_policy(id, e.drift_bits()) {
+                warn!(container = %e.info.id, "kernel drift policy: {err}");
+            }
+            debug!(container = %e.info.id, cgroup_id = id, verdict = v, drift = e.drift_bits(), "kernel maps set by id");
             self.by_cgroup.insert(id, key.to_string());
         }
         let denied = v == verdict::DENY;
@@ -689,6 +775,15 @@ impl Controller {
                 if let Some(e) = self.entries.get_mut(&key) {
                     e.info.state = ContainerState::Exited;
                     e.info.pid = None;
+                    // The task's cgroup goes with it; a restarted task (same
+                    // container, `ctr tasks start`) gets a new cgroup with a
+                    // new id, learnt again at its start. Until then its execs
+                    // are decided by name.
+                    if let Some(id) = e.cgroup_id.take() {
+                        e.cgroup_dir = None;
+                        let _ = self.probes.clear_verdict(id);
+                        self.by_cgroup.remove(&id);
+                    }
                 }
             }
             EventKind::Deleted => self.forget(&key),
@@ -766,21 +861,36 @@ impl Controller {
                     .map(|e| e.decision.kernel)
             })
             .flatten();
+        // A container ran a program that is not its image's: reported
+        // whatever the mode and flags (issue 17).
+        let drift = rec.in_container && (rec.fileless || rec.drift);
         let print = self.cfg.all_execs
             || matches!(rec.verdict, KernelVerdict::Deny | KernelVerdict::Audit)
             || rec.killed
             || rec.held
-            || rec.lsm_denied;
+            || rec.lsm_denied
+            || drift;
         if !print {
             return;
         }
-        let attr = self
+        let entry = self
             .by_cgroup
             .get(&rec.cgroup_id)
-            .and_then(|k| self.entries.get(k))
+            .and_then(|k| self.entries.get(k));
+        let attr = entry
             .map(Entry::attribution)
             .or_else(|| self.static_attributions.get(&rec.cgroup_id).cloned());
         let mut f = Finding::from_exec(rec, attr.as_ref());
+        if drift && matches!(rec.verdict, KernelVerdict::Allow | KernelVerdict::Unknown) {
+            f.exec_drift(rec, entry.map(|e| &e.drift));
+            if let Some(q) = &mut self.drift_findings {
+                if q.len() >= DRIFT_FINDINGS_CAPACITY {
+                    q.pop_front();
+                    self.stats.drift_findings_dropped += 1;
+                }
+                q.push_back(f.clone());
+            }
+        }
         match decided_on_hold {
             Some(v) if v == verdict::DENY && self.cfg.enforce => {
                 (f.verdict, f.action) = ("deny", "killed")
@@ -1027,14 +1137,36 @@ impl Controller {
             };
             let pod = self.pod_lookup.as_ref().and_then(|f| f(&e.info));
             let d = decide_with(&self.policy, &e.info, pod.as_ref(), &self.exemptions);
-            if d != e.decision {
+            let drift = drift_with(
+                &self.policy,
+                &e.info,
+                pod.as_ref(),
+                &self.exemptions,
+                self.cfg.deny_exec_drift,
+            );
+            if d != e.decision || drift != e.drift {
                 if let Some(e) = self.entries.get_mut(&k) {
                     e.decision = d;
+                    e.drift = drift;
                 }
                 self.apply(&k);
             }
         }
         self.update_gauges();
+    }
+
+    /// Kubernetes mode: keep fileless and drift exec findings for
+    /// [`Controller::take_drift_findings`] (their Events).
+    pub fn queue_drift_findings(&mut self) {
+        self.drift_findings.get_or_insert_with(Default::default);
+    }
+
+    /// The fileless and drift exec findings since the last call.
+    pub fn take_drift_findings(&mut self) -> Vec<Finding> {
+        self.drift_findings
+            .as_mut()
+            .map(|q| q.drain(..).collect())
+            .unwrap_or_default()
     }
 
     /// Every container the runtimes reported (for the Kubernetes cross-checks).
@@ -1206,6 +1338,55 @@ mod tests {
         };
         i.image_as_written = image.map(str::to_string);
         i
+    }
+
+    #[test]
+    fn drift_policy_bits_follow_rules_flag_and_exemptions() {
+        let seed =
+            imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
+        let mut i = info(Some("public.ecr.aws/nginx/nginx:latest"));
+        let none = Exemptions::default();
+        let entry = |d: DriftDecision| Entry {
+            info: info(None),
+            key: None,
+            cgroup_id: None,
+            cgroup_dir: None,
+            decision: Decision {
+                kernel: verdict::ALLOW,
+                reason: String::new(),
+            },
+            drift: d,
+            reported: None,
+            killed: false,
+            kill_reported: false,
+        };
+        use agent_common::drift_policy::{DENY_DRIFT, DENY_FILELESS};
+        // The seed policy says nothing about drift: reported, never refused.
+        let d = drift_with(&seed, &i, None, &none, false);
+        assert_eq!(d, DriftDecision::default());
+        assert_eq!(entry(d).drift_bits(), 0);
+        // The flag refuses both everywhere...
+        let d = drift_with(&seed, &i, None, &none, true);
+        assert_eq!(entry(d).drift_bits(), DENY_FILELESS | DENY_DRIFT);
+        // ...but what admission excluded is only reported (Audit).
+        i.pod_namespace = Some("kube-system".into());
+        let kyverno_defaults = Exemptions::from_namespaces(&["kube-system".to_string()]);
+        let d = drift_with(&seed, &i, None, &kyverno_defaults, true);
+        assert_eq!(d.fileless, Some(Action::Audit));
+        assert_eq!(entry(d).drift_bits(), 0);
+        // A native rule: fileless only, and an Audit rule sets no kernel bit.
+        let native = imagewarden_policy::load_policy_str(
+            "apiVersion: imagewarden.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {name: p}\n\
+             spec:\n  rules:\n  - name: r\n    allow: [{registry: public.ecr.aws}]\n\
+             \x20   execDrift: {fileless: deny}\n  - name: a\n    action: Audit\n\
+             \x20   execDrift: {writableLayer: deny}\n",
+            "p.yaml",
+        )
+        .unwrap();
+        i.pod_namespace = None;
+        let d = drift_with(&native, &i, None, &none, false);
+        assert_eq!(d.writable_layer, Some(Action::Audit));
+        assert_eq!(entry(d).drift_bits(), DENY_FILELESS);
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub enum Reason {
     ImageDrift,
     NotInApi,
     SpecStatusMismatch,
+    /// A container exec'd a file with no name on disk (issue 17).
+    FilelessExec,
+    /// A container exec'd a file of its writable layer (issue 17).
+    DriftExec,
 }
 
 impl Reason {
@@ -57,6 +61,8 @@ impl Reason {
             Reason::ImageDrift => "image-drift",
             Reason::NotInApi => "not-in-api",
             Reason::SpecStatusMismatch => "spec-status-mismatch",
+            Reason::FilelessExec => "fileless-exec",
+            Reason::DriftExec => "drift-exec",
         }
     }
     /// The Kubernetes Event reason (CamelCase).
@@ -67,6 +73,8 @@ impl Reason {
             Reason::ImageDrift => "ImageDrift",
             Reason::NotInApi => "NotInAPI",
             Reason::SpecStatusMismatch => "SpecStatusMismatch",
+            Reason::FilelessExec => "FilelessExec",
+            Reason::DriftExec => "ExecDrift",
         }
     }
 }
@@ -124,6 +132,32 @@ pub struct KubeFinding {
 }
 
 impl KubeFinding {
+    /// The Kubernetes side of a fileless or drift exec finding (its Event):
+    /// the Pod and container the runtime attributed the exec to.
+    pub fn from_exec_drift(f: &crate::finding::Finding) -> Self {
+        let reason = if f.fileless {
+            Reason::FilelessExec
+        } else {
+            Reason::DriftExec
+        };
+        let source = if f.pod.is_some() && f.namespace.is_some() {
+            Source::Api
+        } else {
+            Source::Runtime
+        };
+        let mut k = KubeFinding::new(reason, f.verdict, source, f.reason.clone());
+        k.action = f.action;
+        k.pid = f.pid;
+        k.cgroup_id = f.cgroup_id;
+        k.filename = f.filename.clone();
+        k.container_id = f.container_id.clone();
+        k.image = f.image.clone();
+        k.image_digest = f.image_digest.clone();
+        k.pod = f.pod.clone();
+        k.namespace = f.namespace.clone();
+        k
+    }
+
     fn new(reason: Reason, verdict: &'static str, source: Source, message: String) -> Self {
         KubeFinding {
             kind: "container",

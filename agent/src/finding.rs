@@ -4,6 +4,8 @@
 //! unknown).
 use serde::Serialize;
 
+use imagewarden_policy::{Action, DriftDecision};
+
 use crate::probes::event::{ExecRecord, Hook, KernelVerdict};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -31,6 +33,12 @@ pub struct Finding {
     pub runtime_namespace: Option<String>,
     /// The executed file has no name on disk (memfd, unlinked).
     pub fileless: bool,
+    /// The executed file is in the container's writable (overlayfs upper)
+    /// layer: written or modified after the container started.
+    pub drift: bool,
+    /// The executed file's own name, for fileless and drift execs
+    /// (`memfd:<name>` for a memfd, whose `filename` is `/dev/fd/N`).
+    pub file: Option<String>,
     /// The file name was cut at the kernel's buffer size.
     pub filename_truncated: bool,
     /// Kernel hook that saw the exec (`tp_btf`, `tracepoint`, `lsm`).
@@ -107,6 +115,9 @@ impl Finding {
             namespace: a.namespace,
             runtime_namespace: a.runtime_namespace,
             fileless: rec.fileless,
+            drift: rec.drift,
+            file: (!rec.file_name.is_empty())
+                .then(|| String::from_utf8_lossy(&rec.file_name).into_owned()),
             filename_truncated: rec.truncated,
             hook: hook_name(rec.hook),
             boot_ns: Some(rec.boot_ns),
@@ -115,6 +126,68 @@ impl Finding {
 }
 
 impl Finding {
+    /// Makes an exec finding in a container whose verdict allowed it (or
+    /// did not know it) the finding of a fileless or drift exec: reason
+    /// `fileless-exec` or `drift-exec`, verdict `deny` when a rule (or the
+    /// flag) denies such execs there, action `killed` when the kernel
+    /// refused or killed it, else `alerted`.
+    pub fn exec_drift(&mut self, rec: &ExecRecord, policy: Option<&DriftDecision>) {
+        let (kind, what, action, rule) = if rec.fileless {
+            (
+                "fileless-exec",
+                if rec.file_name.starts_with(b"memfd:") {
+                    "a memfd"
+                } else {
+                    "an unlinked file"
+                },
+                policy.and_then(|p| p.fileless),
+                policy.and_then(|p| p.fileless_rule.as_deref()),
+            )
+        } else {
+            (
+                "drift-exec",
+                "a file of the container's writable layer",
+                policy.and_then(|p| p.writable_layer),
+                policy.and_then(|p| p.writable_layer_rule.as_deref()),
+            )
+        };
+        let stopped = rec.drift_denied && (rec.killed || rec.lsm_denied);
+        let (verdict, action, why) = match (action, stopped) {
+            (_, true) => (
+                "deny",
+                "killed",
+                format!("refused by {}", rule.unwrap_or("policy")),
+            ),
+            (Some(a), false) => (
+                "deny",
+                "alerted",
+                format!(
+                    "denied by {} ({}), not stopped",
+                    rule.unwrap_or("policy"),
+                    if a == Action::Audit {
+                        "Audit rule or exempt namespace"
+                    } else {
+                        "audit mode, or the container's cgroup was not known yet"
+                    }
+                ),
+            ),
+            (None, false) => ("allow", "alerted", "no rule denies it".to_string()),
+        };
+        let file = self
+            .file
+            .clone()
+            .or_else(|| self.filename.clone())
+            .unwrap_or_default();
+        self.reason = format!(
+            "{kind}: {:?} ran {what} ({:?}) in a container of image {}; {why}",
+            imagewarden_policy::text::quote(self.filename.as_deref().unwrap_or("")),
+            imagewarden_policy::text::quote(&file),
+            self.image.as_deref().unwrap_or("(unknown)"),
+        );
+        self.verdict = verdict;
+        self.action = action;
+    }
+
     /// A container-level finding (the runtime reported a container; the
     /// policy decided on its image).
     #[allow(clippy::too_many_arguments)]
@@ -144,6 +217,8 @@ impl Finding {
             namespace: attr.namespace,
             runtime_namespace: attr.runtime_namespace,
             fileless: false,
+            drift: false,
+            file: None,
             filename_truncated: false,
             hook: None,
             boot_ns: None,
@@ -170,6 +245,10 @@ mod tests {
             filename: b"/bin/sh".to_vec(),
             truncated: false,
             fileless: false,
+            drift: false,
+            in_container: false,
+            drift_denied: false,
+            file_name: Vec::new(),
             killed,
             held: false,
             lsm_denied: false,
@@ -203,6 +282,55 @@ mod tests {
         assert_eq!(v["action"], "killed");
         assert_eq!(v["cgroup_id"], 99);
         assert!(v["container_id"].is_null() && v["image"].is_null() && v["pod"].is_null());
+    }
+
+    #[test]
+    fn exec_drift_findings_say_what_ran_and_what_the_policy_did() {
+        let mut r = rec(KernelVerdict::Allow, false);
+        r.fileless = true;
+        r.in_container = true;
+        r.filename = b"/dev/fd/3".to_vec();
+        r.file_name = b"memfd:x".to_vec();
+        let attr = Attribution {
+            image: Some("public.ecr.aws/a:1".into()),
+            ..Default::default()
+        };
+        // No rule: reported, not denied.
+        let mut f = Finding::from_exec(&r, Some(&attr));
+        f.exec_drift(&r, None);
+        assert_eq!((f.verdict, f.action), ("allow", "alerted"));
+        assert!(
+            f.reason
+                .starts_with("fileless-exec: \"/dev/fd/3\" ran a memfd (\"memfd:x\")"),
+            "{}",
+            f.reason
+        );
+        assert_eq!(f.file.as_deref(), Some("memfd:x"));
+        // A rule denies it, the kernel killed it.
+        let d = DriftDecision::deny_all(Action::Enforce, "p/r");
+        r.killed = true;
+        r.drift_denied = true;
+        let mut f = Finding::from_exec(&r, Some(&attr));
+        f.exec_drift(&r, Some(&d));
+        assert_eq!((f.verdict, f.action), ("deny", "killed"));
+        assert!(f.reason.ends_with("refused by p/r"), "{}", f.reason);
+        // Denied by an Audit rule: alerted. A drift (not fileless) exec.
+        let mut r = rec(KernelVerdict::Allow, false);
+        r.drift = true;
+        r.in_container = true;
+        r.filename = b"/tmp/sh".to_vec();
+        r.file_name = b"sh".to_vec();
+        let d = DriftDecision::deny_all(Action::Audit, "p/a");
+        let mut f = Finding::from_exec(&r, Some(&attr));
+        f.exec_drift(&r, Some(&d));
+        assert_eq!((f.verdict, f.action), ("deny", "alerted"));
+        assert!(f.reason.starts_with("drift-exec: "), "{}", f.reason);
+        assert!(f.reason.contains("writable layer"), "{}", f.reason);
+        assert!(f.drift && !f.fileless);
+        assert_eq!(
+            crate::metrics::FindingReason::from_reason(&f.reason),
+            crate::metrics::FindingReason::DriftExec
+        );
     }
 
     #[test]

@@ -236,6 +236,14 @@ impl KubeState {
 
     /// Runs the cross-checks and acts on new findings.
     pub async fn crosscheck(&mut self, ctrl: &mut Controller, sinks: &Sinks) {
+        // Fileless and drift execs: their findings are printed already; here
+        // each gets its Event on the Pod.
+        for f in ctrl.take_drift_findings() {
+            let k = KubeFinding::from_exec_drift(&f);
+            if let Err(e) = kube_actions::post_event(&self.client, &k, &self.node, k.action).await {
+                warn!("posting an Event: {e}");
+            }
+        }
         let api_up = self.pods.health.is_up();
         let kubelet_up = self.kubelet.as_ref().is_some_and(|k| k.health.is_up());
         self.metrics.set_source_up(Source::KubeApi, api_up);

@@ -100,6 +100,10 @@ label_enum!(
         HeldUntilClassified => "held-until-classified",
         /// An exec of a cgroup no source knows (`unattributed`).
         Unattributed => "unattributed",
+        /// A container exec'd a file with no name on disk (memfd, unlinked).
+        FilelessExec => "fileless-exec",
+        /// A container exec'd a file of its writable (overlayfs upper) layer.
+        DriftExec => "drift-exec",
         Other => "other",
     }
 );
@@ -280,6 +284,19 @@ impl Collector for ScrapeCollector {
                 "kernel_name_hits",
                 "Verdicts found by cgroup name for a cgroup not yet known by id.",
                 k.name_hits,
+            )?;
+            const_counter(
+                &mut enc,
+                "kernel_exec_drift",
+                "Execs in containers of a file that is not the image's: fileless (memfd, \
+                 unlinked) or in the container's writable layer (kernel count, reported or not).",
+                k.drift_execs,
+            )?;
+            const_counter(
+                &mut enc,
+                "kernel_exec_drift_denied",
+                "Fileless or writable-layer execs refused (LSM) or killed (signal) by policy.",
+                k.drift_denies,
             )?;
         }
 

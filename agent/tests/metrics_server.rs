@@ -154,6 +154,8 @@ async fn metrics_scrape_parses_and_has_every_family() {
             holds: 5,
             errors: 6,
             name_hits: 7,
+            drift_execs: 8,
+            drift_denies: 9,
         })
     }));
     let reader = Arc::new(ReaderStats::default());
@@ -265,6 +267,8 @@ async fn metrics_scrape_parses_and_has_every_family() {
         ("imagewarden_kernel_holds_total", 5.0),
         ("imagewarden_kernel_errors_total", 6.0),
         ("imagewarden_kernel_name_hits_total", 7.0),
+        ("imagewarden_kernel_exec_drift_total", 8.0),
+        ("imagewarden_kernel_exec_drift_denied_total", 9.0),
         ("imagewarden_events_channel_drops_total", 11.0),
         ("imagewarden_event_decode_errors_total", 12.0),
         ("imagewarden_events_received_total", 13.0),

@@ -46,6 +46,79 @@ pub(crate) struct Rule {
     pub scope: Scope,
     /// Indexed by [`ContainerType::index`]; `None`: not governed.
     pub tests: [Option<ImageTest>; 3],
+    /// Exec drift: which execs of files that are not the image's the rule
+    /// refuses in the containers it covers (native `execDrift`).
+    pub drift: Option<DriftRule>,
+}
+
+/// A rule's `execDrift` (native policies only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DriftRule {
+    pub deny_fileless: bool,
+    pub deny_writable_layer: bool,
+    /// Container types it covers, by [`ContainerType::index`].
+    pub types: [bool; 3],
+}
+
+/// What the policies say about exec drift in one container
+/// ([`PolicySet::exec_drift`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DriftDecision {
+    /// Refuse execs of files with no name on disk (memfd, unlinked):
+    /// `Some(Enforce)` stops them in enforce mode, `Some(Audit)` reports
+    /// them as denied without stopping them.
+    pub fileless: Option<Action>,
+    /// The same for files in the container's writable (upper) layer.
+    pub writable_layer: Option<Action>,
+    /// `policy/rule` that decided each (the first Enforce rule, else the
+    /// first Audit rule).
+    pub fileless_rule: Option<String>,
+    pub writable_layer_rule: Option<String>,
+}
+
+impl DriftDecision {
+    /// Both kinds denied by `action`, decided by `rule` (a command-line flag).
+    pub fn deny_all(action: Action, rule: &str) -> Self {
+        DriftDecision {
+            fileless: Some(action),
+            writable_layer: Some(action),
+            fileless_rule: Some(rule.to_string()),
+            writable_layer_rule: Some(rule.to_string()),
+        }
+    }
+
+    /// Keeps, for each kind, the stronger of `self` and `other`.
+    pub fn merge(&mut self, other: &DriftDecision) {
+        fn pick(
+            a: &mut Option<Action>,
+            ar: &mut Option<String>,
+            b: Option<Action>,
+            br: &Option<String>,
+        ) {
+            let stronger = match (*a, b) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(Action::Audit), Some(Action::Enforce)) => true,
+                _ => false,
+            };
+            if stronger {
+                *a = b;
+                *ar = br.clone();
+            }
+        }
+        pick(
+            &mut self.fileless,
+            &mut self.fileless_rule,
+            other.fileless,
+            &other.fileless_rule,
+        );
+        pick(
+            &mut self.writable_layer,
+            &mut self.writable_layer_rule,
+            other.writable_layer,
+            &other.writable_layer_rule,
+        );
+    }
 }
 
 /// Which resources a rule looks at.
@@ -524,6 +597,41 @@ impl PolicySet {
         self.policies.extend(other.policies);
         self.warnings.extend(other.warnings);
         self.unsupported.extend(other.unsupported);
+    }
+
+    /// Whether any rule says anything about exec drift.
+    pub fn has_drift_rules(&self) -> bool {
+        self.policies
+            .iter()
+            .any(|p| p.rules.iter().any(|r| r.drift.is_some()))
+    }
+
+    /// What the rules covering a container (kind, namespace, labels,
+    /// container type, exemptions) say about exec drift.
+    pub fn exec_drift(&self, ctx: &EvalContext<'_>) -> DriftDecision {
+        let ct = ctx.container_type.index();
+        let mut d = DriftDecision::default();
+        for policy in &self.policies {
+            if !policy.applies(ctx) {
+                continue;
+            }
+            for rule in &policy.rules {
+                let Some(dr) = rule.drift.filter(|dr| dr.types[ct]) else {
+                    continue;
+                };
+                if !rule.scope.applies(ctx) {
+                    continue;
+                }
+                let name = Some(format!("{}/{}", policy.name, rule.name));
+                d.merge(&DriftDecision {
+                    fileless: dr.deny_fileless.then_some(rule.action),
+                    writable_layer: dr.deny_writable_layer.then_some(rule.action),
+                    fileless_rule: name.clone(),
+                    writable_layer_rule: name,
+                });
+            }
+        }
+        d
     }
 
     /// Evaluates one image as written in a Pod spec.

@@ -779,6 +779,7 @@ fn finish(
             message,
             scope: Scope { matches, excludes },
             tests,
+            drift: None,
         },
         warnings,
     )))

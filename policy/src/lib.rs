@@ -22,7 +22,7 @@ pub mod native;
 pub mod text;
 pub mod vpol;
 
-pub use eval::{PolicySet, RuleResult};
+pub use eval::{DriftDecision, PolicySet, RuleResult};
 pub use load::{load_policy_file, load_policy_str};
 pub use model::{
     Action, ContainerType, EvalContext, InvalidPolicy, PolicyError, Unsupported, Verdict, Warning,

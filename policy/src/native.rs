@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::eval::{Filter, FilterSet, ImageTest, NamespaceFilter, Policy, Rule, Scope};
+use crate::eval::{DriftRule, Filter, FilterSet, ImageTest, NamespaceFilter, Policy, Rule, Scope};
 use crate::load::DocSource;
 use crate::model::{Action, ContainerType, PolicyError, Warning};
 use crate::reference::Reference;
@@ -107,6 +107,31 @@ pub struct NativeRule {
     /// The image must match none of these.
     #[serde(default)]
     pub deny: Vec<DenyEntry>,
+    /// Execs of programs that are not part of the image, in the containers
+    /// the rule covers: `deny` refuses them (in enforce mode, with the rule's
+    /// action), `report` (the default) only reports them.
+    #[serde(default)]
+    pub exec_drift: Option<ExecDriftSpec>,
+}
+
+/// A rule's `execDrift`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExecDriftSpec {
+    /// A file with no name on disk: a memfd, an unlinked file.
+    #[serde(default)]
+    pub fileless: Option<DriftAction>,
+    /// A file in the container's writable layer: written, copied or
+    /// modified after the container started.
+    #[serde(default)]
+    pub writable_layer: Option<DriftAction>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftAction {
+    Deny,
+    Report,
 }
 
 #[derive(Debug, Deserialize)]
@@ -419,10 +444,27 @@ pub(crate) fn compile(
         if !seen.insert(rule_name.clone()) {
             return Err(err("name", "duplicate rule name".into()));
         }
-        if r.allow.is_empty() && r.deny.is_empty() {
+        let drift = match &r.exec_drift {
+            None => None,
+            Some(ExecDriftSpec {
+                fileless: None,
+                writable_layer: None,
+            }) => {
+                return Err(err(
+                    "execDrift",
+                    "empty: give `fileless` and/or `writableLayer` (deny or report)".into(),
+                ))
+            }
+            Some(d) => Some((
+                d.fileless == Some(DriftAction::Deny),
+                d.writable_layer == Some(DriftAction::Deny),
+            )),
+        };
+        if r.allow.is_empty() && r.deny.is_empty() && drift.is_none() {
             return Err(err(
                 "allow",
-                "a rule needs `allow` or `deny` entries (an empty rule would allow everything)"
+                "a rule needs `allow` or `deny` entries, or `execDrift` (an empty rule would \
+                 allow everything)"
                     .into(),
             ));
         }
@@ -472,10 +514,10 @@ pub(crate) fn compile(
         if !deny.is_empty() {
             parts.push(ImageTest::Not(Box::new(ImageTest::Any(deny))));
         }
-        let test = if parts.len() == 1 {
-            parts.pop().unwrap_or(ImageTest::True)
-        } else {
-            ImageTest::All(parts)
+        let test = match parts.len() {
+            0 => None, // an `execDrift`-only rule: no image test
+            1 => parts.pop(),
+            _ => Some(ImageTest::All(parts)),
         };
 
         let mut filter = Filter::default();
@@ -571,8 +613,10 @@ pub(crate) fn compile(
             });
         }
         let mut tests: [Option<ImageTest>; 3] = [None, None, None];
+        let mut drift_types = [false; 3];
         for t in types {
-            tests[t.index()] = Some(test.clone());
+            tests[t.index()] = test.clone();
+            drift_types[t.index()] = true;
         }
         rules.push(Rule {
             name: rule_name,
@@ -589,6 +633,11 @@ pub(crate) fn compile(
                 }),
             },
             tests,
+            drift: drift.map(|(f, w)| DriftRule {
+                deny_fileless: f,
+                deny_writable_layer: w,
+                types: drift_types,
+            }),
         });
     }
     Ok((

@@ -839,6 +839,7 @@ pub(crate) fn import_vpol(
                     excludes: None,
                 },
                 tests: tests_of(rule),
+                drift: None,
             },
             warnings,
         ))
@@ -1104,6 +1105,7 @@ fn vap_rule(
             excludes: None,
         },
         tests: tests_of(rule),
+        drift: None,
     })
 }
 

@@ -413,6 +413,9 @@ spec:
       requireDigest: true
     - registry: ghcr.io
       digests: ["sha256:4c0fdaa8b6341bfdeca5f18f7837462c80cff90527ee35ef185571e1c327beac"]
+    execDrift:
+      fileless: deny
+      writableLayer: report
     deny:
     - registry: k8s.gcr.io
 "#;
@@ -455,6 +458,7 @@ fn schema_accepts_the_example_policies_and_rejects_typos() {
             "containerTypes: [containers]",
         ),
         ("action: Enforce", "action: Deny"),
+        ("writableLayer: report", "writableLayer: block"),
         ("repositories: [\"team/*\"", "repositories: [\"Team/*\""),
     ] {
         let bad = FULL_EXAMPLE.replacen(from, to, 1);
@@ -489,4 +493,74 @@ fn schema_is_crd_compatible_after_stripping_markers() {
         }
     }
     walk(&schema(), "");
+}
+
+/// `execDrift` (issue 17): which execs of programs that are not the
+/// image's a rule refuses, in the containers it covers.
+#[test]
+fn exec_drift_follows_the_rules_scope_and_action() {
+    use imagewarden_policy::DriftDecision;
+    let set = policy(
+        "  - name: ecr\n    allow:\n    - registry: public.ecr.aws\n    execDrift:\n      fileless: deny\n      writableLayer: report\n    exemptions:\n    - namespaces: [dev]\n\
+         \x20 - name: prod-drift\n    action: Audit\n    match:\n      namespaces: [prod]\n      containerTypes: [container]\n    execDrift:\n      writableLayer: deny\n",
+    );
+    assert!(set.has_drift_rules());
+    let ctx = |ns: &'static str, ct: ContainerType| EvalContext::new(ct).with_namespace(Some(ns));
+    // Everywhere but dev: fileless denied (Enforce), writable layer reported.
+    assert_eq!(
+        set.exec_drift(&ctx("default", ContainerType::Container)),
+        DriftDecision {
+            fileless: Some(Action::Enforce),
+            writable_layer: None,
+            fileless_rule: Some("p/ecr".into()),
+            writable_layer_rule: None,
+        }
+    );
+    // prod adds an Audit rule for the writable layer, for containers only.
+    let prod = set.exec_drift(&ctx("prod", ContainerType::Container));
+    assert_eq!(prod.fileless, Some(Action::Enforce));
+    assert_eq!(prod.writable_layer, Some(Action::Audit));
+    assert_eq!(prod.writable_layer_rule.as_deref(), Some("p/prod-drift"));
+    let init = set.exec_drift(&ctx("prod", ContainerType::Init));
+    assert_eq!(init.writable_layer, None);
+    // dev is exempt from the first rule.
+    assert_eq!(
+        set.exec_drift(&ctx("dev", ContainerType::Container)),
+        DriftDecision::default()
+    );
+    // A drift-only rule judges no image.
+    let v = set.evaluate("public.ecr.aws/x", &ctx("prod", ContainerType::Container));
+    assert!(v.allowed && v.rule.as_deref() == Some("ecr"), "{v:?}");
+    // Enforce wins over Audit when both cover a container.
+    let mut d = DriftDecision::default();
+    d.merge(&DriftDecision::deny_all(Action::Audit, "a"));
+    d.merge(&DriftDecision::deny_all(Action::Enforce, "flag"));
+    d.merge(&DriftDecision::deny_all(Action::Audit, "b"));
+    assert_eq!(d, DriftDecision::deny_all(Action::Enforce, "flag"));
+    assert!(!ecr().has_drift_rules());
+}
+
+#[test]
+fn exec_drift_mistakes_are_errors_with_their_line() {
+    for (rules, needle) in [
+        (
+            "  - name: r\n    allow:\n    - registry: public.ecr.aws\n    execDrift: {}\n",
+            "execDrift",
+        ),
+        (
+            "  - name: r\n    allow:\n    - registry: public.ecr.aws\n    execDrift:\n      fileless: block\n",
+            "block",
+        ),
+        (
+            "  - name: r\n    allow:\n    - registry: public.ecr.aws\n    execDrift:\n      upperLayer: deny\n",
+            "upperLayer",
+        ),
+    ] {
+        let text = format!(
+            "apiVersion: imagewarden.dev/v1alpha1\nkind: ImagePolicy\nmetadata:\n  name: p\nspec:\n  rules:\n{rules}"
+        );
+        let e = load_policy_str(&text, "t.yaml").expect_err(rules).to_string();
+        assert!(e.contains(needle), "{e}");
+        assert!(e.starts_with("t.yaml:"), "the file and line: {e}");
+    }
 }

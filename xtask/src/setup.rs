@@ -19,6 +19,11 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("runc", "containerd's runtime in the end-to-end tests"),
     ("umoci", "building test images without a registry"),
     ("busybox-static", "the root filesystem of test images"),
+    (
+        "gcc",
+        "the static exec-drift helper in the test images (and the linker Rust uses)",
+    ),
+    ("libc6-dev", "static libc for the exec-drift test helper"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -56,6 +56,8 @@ struct Member {
 enum Type {
     Composite {
         name_off: u32,
+        /// `sizeof` in bytes.
+        size: u32,
         members: Vec<Member>,
     },
     /// typedef, const, volatile, restrict, type tag: resolve through.
@@ -153,7 +155,11 @@ impl Btf {
                             bitfield_size,
                         });
                     }
-                    Type::Composite { name_off, members }
+                    Type::Composite {
+                        name_off,
+                        size: size_or_type,
+                        members,
+                    }
                 }
                 KIND_ENUM => {
                     o += 8 * vlen;
@@ -186,7 +192,10 @@ impl Btf {
         };
         let mut by_name = HashMap::new();
         for (id, t) in btf.types.iter().enumerate() {
-            if let Type::Composite { name_off, members } = t {
+            if let Type::Composite {
+                name_off, members, ..
+            } = t
+            {
                 // Keep the first complete definition of a name.
                 let name = btf.str_at(*name_off);
                 if !name.is_empty() && !members.is_empty() {
@@ -225,6 +234,28 @@ impl Btf {
             Some(bits) => Ok(bits / 8),
             None => Err(BtfError::NoMember(name.into(), member.into())),
         }
+    }
+
+    /// `sizeof(struct name)` in bytes.
+    pub fn struct_size(&self, name: &str) -> Result<u32, BtfError> {
+        let id = *self
+            .by_name
+            .get(name)
+            .ok_or_else(|| BtfError::NoStruct(name.into()))?;
+        match self.types.get(id as usize) {
+            Some(Type::Composite { size, .. }) => Ok(*size),
+            _ => Err(BtfError::NoStruct(name.into())),
+        }
+    }
+
+    /// Byte offset of a member path (`["f_path", "dentry"]` in `file`):
+    /// each step's struct is the previous member's type, named by `via`.
+    pub fn path_offset(&self, steps: &[(&str, &str)]) -> Result<u32, BtfError> {
+        let mut off = 0;
+        for (name, member) in steps {
+            off += self.member_offset(name, member)?;
+        }
+        Ok(off)
     }
 
     fn find_member(&self, id: u32, member: &str, depth: u32) -> Result<Option<u32>, BtfError> {

@@ -66,8 +66,20 @@ pub struct ExecRecord {
     /// Raw bytes of the file name as the kernel saw it (not necessarily UTF-8).
     pub filename: Vec<u8>,
     pub truncated: bool,
-    /// No name on disk (memfd or unlinked file): link count 0.
+    /// No name on disk (memfd or unlinked file): link count 0, or an
+    /// unlinked dentry.
     pub fileless: bool,
+    /// The executed file is in the container's overlayfs upper (writable)
+    /// layer: written or modified after the container started.
+    pub drift: bool,
+    /// The exec ran in a container's cgroup (as the kernel classified it).
+    pub in_container: bool,
+    /// Refused (LSM) or killed (signal) because it was fileless or drift in
+    /// a container whose policy denies that.
+    pub drift_denied: bool,
+    /// The executed file's own name (its dentry), for fileless and drift
+    /// execs: `memfd:<name>` for a memfd.
+    pub file_name: Vec<u8>,
     pub killed: bool,
     pub held: bool,
     pub lsm_denied: bool,
@@ -125,6 +137,10 @@ pub fn decode(bytes: &[u8]) -> Result<ExecRecord, DecodeError> {
         filename: until_nul(&ev.filename[..len]).to_vec(),
         truncated: f & flags::TRUNCATED != 0,
         fileless: f & flags::FILELESS != 0,
+        drift: f & flags::DRIFT != 0,
+        in_container: f & flags::IN_CONTAINER != 0,
+        drift_denied: f & flags::DRIFT_DENIED != 0,
+        file_name: until_nul(&ev.file_name).to_vec(),
         killed: f & flags::KILLED != 0,
         held: f & flags::HELD != 0,
         lsm_denied: f & flags::LSM_DENIED != 0,
@@ -158,13 +174,15 @@ mod tests {
             ppid: 7,
             uid: 1000,
             gid: 100,
-            flags: flags::FILELESS | flags::KILLED,
+            flags: flags::FILELESS | flags::KILLED | flags::IN_CONTAINER | flags::DRIFT_DENIED,
             verdict: verdict::DENY,
             filename_len: 8,
             hook: hook::TRACEPOINT as u16,
             comm: [0; COMM_LEN],
             filename: [0; FILENAME_LEN],
+            file_name: [0; agent_common::FILE_NAME_LEN],
         };
+        ev.file_name[..9].copy_from_slice(b"memfd:run");
         ev.comm[..4].copy_from_slice(b"true");
         ev.filename[..8].copy_from_slice(b"/bin/tru");
         ev
@@ -172,7 +190,7 @@ mod tests {
 
     #[test]
     fn layout_matches_the_kernel_side() {
-        assert_eq!(size_of::<ExecEvent>(), 320);
+        assert_eq!(size_of::<ExecEvent>(), 384);
         assert_eq!(offset_of!(ExecEvent, boot_ns), 0);
         assert_eq!(offset_of!(ExecEvent, cgroup_id), 8);
         assert_eq!(offset_of!(ExecEvent, pid), 16);
@@ -186,7 +204,8 @@ mod tests {
         assert_eq!(offset_of!(ExecEvent, hook), 46);
         assert_eq!(offset_of!(ExecEvent, comm), 48);
         assert_eq!(offset_of!(ExecEvent, filename), 64);
-        assert_eq!(size_of::<agent_common::Config>(), 80);
+        assert_eq!(offset_of!(ExecEvent, file_name), 320);
+        assert_eq!(size_of::<agent_common::Config>(), 112);
         assert_eq!(size_of::<agent_common::CgroupKey>(), 192);
     }
 
@@ -203,6 +222,8 @@ mod tests {
         assert_eq!(r.comm, b"true");
         assert_eq!(r.filename, b"/bin/tru");
         assert!(r.fileless && r.killed && !r.truncated && !r.held && !r.lsm_denied);
+        assert!(r.in_container && r.drift_denied && !r.drift);
+        assert_eq!(r.file_name, b"memfd:run");
     }
 
     #[test]
@@ -212,7 +233,7 @@ mod tests {
             decode(&b[..100]),
             Err(DecodeError::Size {
                 got: 100,
-                want: 320
+                want: 384
             })
         );
         assert!(decode(&[]).is_err());

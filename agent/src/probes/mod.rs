@@ -149,6 +149,7 @@ pub const PINNED_MAPS: &[&str] = &[
     "UNENFORCED",
     "UNENFORCED_CGROUPS",
     "HELD",
+    "DRIFT_POLICY",
 ];
 
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/imagewarden";
@@ -254,6 +255,10 @@ pub struct KernelCounters {
     pub holds: u64,
     pub errors: u64,
     pub name_hits: u64,
+    /// Fileless or drift execs seen in containers.
+    pub drift_execs: u64,
+    /// Fileless or drift execs refused or killed by policy.
+    pub drift_denies: u64,
 }
 
 /// Loaded and attached programs. Dropping it detaches everything.
@@ -274,6 +279,8 @@ pub struct Probes {
     unenforced_cgroups: HashMap<MapData, u64, u64>,
     /// Processes the kernel holds (stopped at exec): tgid -> cgroup id.
     held: HashMap<MapData, u32, u64>,
+    /// cgroup id -> `agent_common::drift_policy` bits.
+    drift_policy: HashMap<MapData, u64, u32>,
     events: Option<RingBuf<MapData>>,
     pub exec_hook: ExecHook,
     pub enforcement: Enforcement,
@@ -314,6 +321,18 @@ fn kernel_offsets(cfg: &mut Config) -> Result<(), ProbeError> {
     cfg.off_kernfs_node_parent = b
         .member_offset("kernfs_node", "__parent")
         .or_else(|_| b.member_offset("kernfs_node", "parent"))?;
+    cfg.off_bprm_file = b.member_offset("linux_binprm", "file")?;
+    cfg.off_file_dentry = b.path_offset(&[("file", "f_path"), ("path", "dentry")])?;
+    cfg.off_inode_i_sb = b.member_offset("inode", "i_sb")?;
+    cfg.off_sb_s_magic = b.member_offset("super_block", "s_magic")?;
+    // overlayfs' `struct ovl_inode` is in its module's BTF, not vmlinux';
+    // its `__upperdentry` has followed the embedded `vfs_inode` (its last
+    // `struct inode`) since overlayfs began, as Falco's probe also relies on.
+    cfg.off_ovl_upperdentry = b.struct_size("inode")?;
+    cfg.off_dentry_d_hash_pprev =
+        b.path_offset(&[("dentry", "d_hash"), ("hlist_bl_node", "pprev")])?;
+    cfg.off_dentry_d_parent = b.member_offset("dentry", "d_parent")?;
+    cfg.off_dentry_d_name = b.path_offset(&[("dentry", "d_name"), ("qstr", "name")])?;
     Ok(())
 }
 
@@ -435,6 +454,7 @@ impl Probes {
         let unenforced: PerCpuArray<MapData, u64> = take(&mut ebpf, "UNENFORCED")?;
         let unenforced_cgroups: HashMap<MapData, u64, u64> = take(&mut ebpf, "UNENFORCED_CGROUPS")?;
         let held: HashMap<MapData, u32, u64> = take(&mut ebpf, "HELD")?;
+        let drift_policy: HashMap<MapData, u64, u32> = take(&mut ebpf, "DRIFT_POLICY")?;
         let mut config_map: Array<MapData, Config> = take(&mut ebpf, "CONFIG")?;
         config_map
             .set(0, cfg, 0)
@@ -583,6 +603,7 @@ impl Probes {
             unenforced,
             unenforced_cgroups,
             held,
+            drift_policy,
             events: Some(events),
             exec_hook,
             enforcement,
@@ -713,10 +734,32 @@ impl Probes {
 
     pub fn clear_verdict(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
         match self.verdicts.remove(&cgroup_id) {
-            Ok(()) => Ok(()),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(ProbeError::Map("VERDICTS", e.to_string())),
+            Ok(()) => {}
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(ProbeError::Map("VERDICTS", e.to_string())),
         }
+        self.set_drift_policy(cgroup_id, 0)
+    }
+
+    /// Which fileless/drift execs the kernel refuses in a container's
+    /// cgroup (`agent_common::drift_policy` bits; 0 removes the entry).
+    pub fn set_drift_policy(&mut self, cgroup_id: u64, bits: u32) -> Result<(), ProbeError> {
+        let r = if bits == 0 {
+            match self.drift_policy.remove(&cgroup_id) {
+                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                r => r,
+            }
+        } else if self.drift_policy.get(&cgroup_id, 0).ok() == Some(bits) {
+            Ok(())
+        } else {
+            self.drift_policy.insert(cgroup_id, bits, 0)
+        };
+        r.map_err(|e| ProbeError::Map("DRIFT_POLICY", e.to_string()))
+    }
+
+    /// The cgroups with a drift policy entry.
+    pub fn drift_policy_cgroups(&self) -> Vec<u64> {
+        self.drift_policy.keys().filter_map(Result::ok).collect()
     }
 
     /// Verdict for a cgroup that does not exist yet, by the names of its
@@ -798,6 +841,8 @@ impl CounterReader {
             holds: get(counter::HOLDS)?,
             errors: get(counter::ERRORS)?,
             name_hits: get(counter::NAME_HITS)?,
+            drift_execs: get(counter::DRIFT_EXECS)?,
+            drift_denies: get(counter::DRIFT_DENIES)?,
         })
     }
 }

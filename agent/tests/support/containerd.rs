@@ -2,7 +2,9 @@
 //!
 //! [`Containerd::start_version`] runs one of two containerd releases as a
 //! child with its own root, state, socket and config in a temporary
-//! directory (CRI plugin on, runc v2 shim, `native` snapshotter, no CNI:
+//! directory (CRI plugin on, runc v2 shim, `native` snapshotter — or
+//! `overlayfs` through [`Containerd::start_with`], as production nodes
+//! use it — no CNI:
 //! pods use the host network namespace), and [`Drop`] kills every task it
 //! ran, stops it, unmounts what it left and removes the directory:
 //!
@@ -371,6 +373,14 @@ impl TestImages {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
                 .expect("applet symlink");
         }
+        // The exec-drift helper (memfd and unlinked execs), static like busybox.
+        run(Command::new("cc")
+            .args(["-static", "-O2", "-o"])
+            .arg(rootfs.join("bin/iw-drift"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../testdata/images/iw-drift.c"
+            )));
         std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").expect("passwd");
         std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").expect("group");
         let ep = rootfs.join("entrypoint.sh");
@@ -511,6 +521,8 @@ pub struct Containerd {
     child: Option<Child>,
     /// cgroup dirs (relative) this instance's containers may leave behind.
     cgroup_leftovers: std::sync::Mutex<Vec<String>>,
+    /// `native` or `overlayfs`.
+    pub snapshotter: &'static str,
 }
 
 impl Containerd {
@@ -523,6 +535,13 @@ impl Containerd {
     /// reads; panics with its log when it does not come up within 20 s, or
     /// when the release is not there ([`Runtime::preflight`] says why first).
     pub fn start_version(rt: Runtime) -> Containerd {
+        Containerd::start_with(rt, "native")
+    }
+
+    /// [`Containerd::start_version`] with another snapshotter (`overlayfs`:
+    /// each container's root is an overlay of the image's layers and its
+    /// own writable upper layer).
+    pub fn start_with(rt: Runtime, snapshotter: &'static str) -> Containerd {
         let version = rt.version().unwrap_or_else(|e| panic!("{e}"));
         let bin_dir = rt.bin_dir().expect("checked by version()");
         let dir = unique_dir("iw-ctd");
@@ -533,7 +552,10 @@ impl Containerd {
         }
         let socket = dir.join("containerd.sock");
         let runc = std::env::var("IW_TEST_RUNC").unwrap_or_else(|_| "runc".into());
-        let config = config_toml(rt, &dir, &bin_dir, &runc);
+        let config = config_toml(rt, &dir, &bin_dir, &runc).replace(
+            "snapshotter = \"native\"",
+            &format!("snapshotter = \"{snapshotter}\""),
+        );
         let cfg = dir.join("config.toml");
         std::fs::write(&cfg, config).expect("write config");
         let log = std::fs::File::create(dir.join("containerd.log")).expect("log file");
@@ -576,6 +598,7 @@ impl Containerd {
             token,
             child: Some(child),
             cgroup_leftovers: std::sync::Mutex::new(Vec::new()),
+            snapshotter,
         };
         let deadline = t0 + Duration::from_secs(20);
         loop {
@@ -630,7 +653,7 @@ impl Containerd {
         c.arg("-a")
             .arg(&self.socket)
             .args(["-n", ns])
-            .env("CONTAINERD_SNAPSHOTTER", "native")
+            .env("CONTAINERD_SNAPSHOTTER", self.snapshotter)
             .stdin(Stdio::null());
         c
     }
@@ -656,7 +679,7 @@ impl Containerd {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Imports the test images into a namespace (unpacked for `native`).
+    /// Imports the test images into a namespace (unpacked for the snapshotter).
     pub fn import(&self, ns: &str, images: &TestImages) {
         let archive = images.archive.to_str().expect("utf-8 path");
         self.ctr(ns, &["images", "import", archive]);
