@@ -315,11 +315,15 @@ pub struct Config {
     pub off_dentry_d_name: u32,
     /// `linux_binprm::file` (LSM program).
     pub off_bprm_file: u32,
+    /// 1: classify every exec in a container (fileless, drift); 0: off
+    /// (`--no-exec-drift-check`: neither reported nor refused).
+    pub drift_check: u32,
+    pub _pad: u32,
 }
 
 pub const CONFIG_MAGIC: u32 = 0x1a6e_3a2d;
 
-const _: () = assert!(size_of::<Config>() == 112);
+const _: () = assert!(size_of::<Config>() == 120);
 
 #[cfg(feature = "user")]
 mod user {

@@ -481,7 +481,7 @@ fn on_exec(hk: u32, filename: impl FnOnce(&Config) -> Result<*const u8, i64>) ->
     // Every exec in a container that still runs is classified (fileless,
     // drift); host execs only when every exec is emitted anyway.
     let mut class = None;
-    if in_container && acted & flags::KILLED == 0 {
+    if in_container && cfg.drift_check != 0 && acted & flags::KILLED == 0 {
         // SAFETY: as above.
         let c = unsafe { exe_class(file, cfg) } | flags::IN_CONTAINER;
         if c & (flags::FILELESS | flags::DRIFT) != 0 {
@@ -592,7 +592,10 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<i32, i64> {
         // file being exec'd (for a script: the script itself, before its
         // interpreter) is known here, before the point of no return.
         // SAFETY: the value is a plain u32 copied out immediately.
-        if !in_container || unsafe { DRIFT_POLICY.get(cgroup_id) }.is_none() {
+        if !in_container
+            || cfg.drift_check == 0
+            || unsafe { DRIFT_POLICY.get(cgroup_id) }.is_none()
+        {
             return Ok(0);
         }
         // SAFETY: as above.

@@ -1846,10 +1846,13 @@ impl Tool {
     }
 }
 
-const PEER_CONFIGS: [&str; 5] = [
+const PEER_CONFIGS: [&str; 6] = [
     "none",
     "audit",
     "enforce",
+    // enforce without the exec-drift check (issue 17): the difference to
+    // `enforce` on the container path is what the check costs per exec.
+    "enforce-nodrift",
     "bpftrace-count",
     "bpftrace-print",
 ];
@@ -1948,6 +1951,11 @@ fn peer(o: &Opts, exe: &Path) -> Value {
                 "none" => Tool::None,
                 "audit" => Tool::Agent(Agent::start(&o.agent, Mode::Audit, &rt_args)),
                 "enforce" => Tool::Agent(Agent::start(&o.agent, Mode::Enforce, &rt_args)),
+                "enforce-nodrift" => {
+                    let mut a = rt_args.clone();
+                    a.push("--no-exec-drift-check".into());
+                    Tool::Agent(Agent::start(&o.agent, Mode::Enforce, &a))
+                }
                 _ if !bt_ok => continue,
                 "bpftrace-count" | "bpftrace-print" => {
                     match Bpftrace::start(if cfg == "bpftrace-count" {
@@ -2061,7 +2069,7 @@ fn peer(o: &Opts, exe: &Path) -> Value {
             let mut row = json!({"path": path, "config": cfg,
                 "probe_ns_per_exec_median": median(&kv), "probe_ns_per_exec_runs": kv,
                 "task_cpu_us_per_exec_median": median(&tv), "task_cpu_us_per_exec_runs": tv});
-            if cfg == "audit" || cfg == "enforce" {
+            if cfg == "audit" || cfg == "enforce" || cfg == "enforce-nodrift" {
                 for peer in ["bpftrace-count", "bpftrace-print"] {
                     let pv = get(&kns, peer);
                     if pv.is_empty() {
@@ -2077,6 +2085,14 @@ fn peer(o: &Opts, exe: &Path) -> Value {
                 let (lo, hi) = bootstrap_ratio_ci(&tv, &none);
                 row["task_cpu_ratio_vs_none"] = json!(median(&tv) / median(&none));
                 row["task_cpu_ratio_vs_none_90ci"] = json!([lo, hi]);
+            }
+            if cfg == "enforce" {
+                let nd = get(&kns, "enforce-nodrift");
+                if !nd.is_empty() && !kv.is_empty() {
+                    row["drift_check_ns_per_exec"] = json!(median(&kv) - median(&nd));
+                    let (lo, hi) = bootstrap_ratio_ci(&kv, &nd);
+                    row["kernel_ratio_vs_enforce-nodrift_90ci"] = json!([lo, hi]);
+                }
             }
             if path == "container" && cfg == "enforce" {
                 row["target"] = json!("kernel time per container exec <= bpftrace-count");
@@ -2317,6 +2333,18 @@ fn print_table(r: &Value) {
                 "",
                 None,
             );
+            if !x["drift_check_ns_per_exec"].is_null() {
+                row(
+                    format!(
+                        "6. {path}: exec-drift check, enforce - enforce-nodrift (ratio 90% CI {:.2}-{:.2})",
+                        f(&x["kernel_ratio_vs_enforce-nodrift_90ci"][0]),
+                        f(&x["kernel_ratio_vs_enforce-nodrift_90ci"][1])
+                    ),
+                    format!("{:+.0} ns", f(&x["drift_check_ns_per_exec"])),
+                    "",
+                    None,
+                );
+            }
             for peer in ["bpftrace-count", "bpftrace-print"] {
                 let k = format!("kernel_ratio_vs_{peer}");
                 if x[&k].is_null() {

@@ -122,8 +122,17 @@ pub struct RunArgs {
     /// image in every container: fileless (memfd, unlinked) and files of
     /// the container's writable layer. Without it, only native policy rules
     /// with `execDrift` refuse them; they are reported either way.
-    #[arg(long, env = "IMAGEWARDEN_DENY_EXEC_DRIFT")]
+    #[arg(
+        long,
+        env = "IMAGEWARDEN_DENY_EXEC_DRIFT",
+        conflicts_with = "no_exec_drift_check"
+    )]
     pub deny_exec_drift: bool,
+    /// Do not classify execs in containers as fileless or drift: they are
+    /// then neither reported nor refused (saves the check's kernel time,
+    /// see docs/benchmarks.md; for measurement and troubleshooting).
+    #[arg(long, env = "IMAGEWARDEN_NO_EXEC_DRIFT_CHECK")]
+    pub no_exec_drift_check: bool,
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     #[arg(long, default_value_t = 1 << 22, env = "IMAGEWARDEN_RINGBUF_BYTES")]
     pub ringbuf_bytes: u32,

@@ -253,6 +253,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         } else {
             std::time::Duration::ZERO
         },
+        drift_check: !args.no_exec_drift_check,
     };
     let mut probes = Probes::load(&opts).context("loading the eBPF probes")?;
     metrics.set_enforcement(probes.enforcement, probes.exec_hook);

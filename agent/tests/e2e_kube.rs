@@ -10,7 +10,9 @@
 //! - a Pod the API lists, of a docker.io image: killed at its first exec,
 //!   an `untrusted-image` Event is posted on the Pod;
 //! - a Pod the API does not list (started behind Kubernetes' back): a
-//!   `not-in-api` finding names its container, and an Event is posted.
+//!   `not-in-api` finding names its container, and an Event is posted;
+//! - a memfd exec inside the allowed Pod is a `fileless-exec` finding with
+//!   the Pod's name and a `FilelessExec` Event on the Pod (issue 17).
 
 mod support;
 
@@ -183,7 +185,46 @@ fn kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_th
             ctd.marker(&format!("k-ghost-{t}")).exists(),
             "an allowed image not in the API is reported, not killed"
         );
-        let _ = ok_id;
+        // Exec drift in the allowed Pod (issue 17): a memfd exec is reported
+        // with the Pod (and becomes an Event below); no rule denies it here.
+        let out = ctd.ctr_raw(
+            "k8s.io",
+            &[
+                "tasks",
+                "exec",
+                "--exec-id",
+                "drift",
+                &ok_id,
+                "/bin/iw-drift",
+                "memfd",
+                "/bin/busybox",
+                "true",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "the memfd exec: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let f = find(
+            &|v| {
+                v["container_id"] == ok_id.as_str()
+                    && v["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("fileless-exec:"))
+            },
+            "the memfd exec in the allowed Pod",
+        );
+        assert_eq!(
+            (&f["pod"], &f["namespace"], &f["file"], &f["action"]),
+            (
+                &Value::from("web-ecr"),
+                &Value::from("prod"),
+                &Value::from("memfd:iw-drift"),
+                &Value::from("alerted")
+            ),
+            "{f}"
+        );
 
         // Degraded: the API server goes away. The runtime and the kernel
         // keep enforcing the last good policy; nothing restarts.
@@ -228,8 +269,17 @@ fn kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_th
             ev.iter()
                 .any(|e| e["reason"].as_str().is_some_and(|r| r.contains(reason)))
         };
-        (has("Untrusted") && ev.len() >= 2).then_some(ev)
+        (has("Untrusted") && has("FilelessExec") && ev.len() >= 2).then_some(ev)
     });
+    assert!(
+        events.iter().any(|e| e["reason"] == "FilelessExec"
+            && e["involvedObject"]["name"] == "web-ecr"
+            && e["involvedObject"]["kind"] == "Pod"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("memfd:iw-drift"))),
+        "no FilelessExec Event on Pod web-ecr: {events:#?}"
+    );
     assert!(
         events
             .iter()

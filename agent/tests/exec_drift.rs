@@ -28,6 +28,8 @@
 //! runc, umoci, busybox-static and a C compiler with a static libc (all
 //! installed by `cargo xtask setup`); fails under `CI=true` without them.
 
+#[path = "support/exec_hook.rs"]
+mod exec_hook;
 mod support;
 
 use std::process::Output;
@@ -181,11 +183,18 @@ impl Lab {
     /// Runs `script` with the image's `sh`; it must succeed.
     fn sh(&self, exec_id: &str, script: &str) {
         let out = self.exec(exec_id, &["/bin/sh", "-c", script]);
-        assert!(
-            out.status.success(),
-            "{exec_id}: `{script}` failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            let diag = self.exec(
+                &format!("{exec_id}-diag"),
+                &["/bin/sh", "-c", "ls -la / ; cat /proc/self/mountinfo"],
+            );
+            panic!(
+                "{exec_id}: `{script}` failed: {}\n--- what the exec sees ---\n{}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&diag.stdout),
+                String::from_utf8_lossy(&diag.stderr)
+            );
+        }
     }
 
     /// The path, in the container, of a marker named `name`.
@@ -344,9 +353,27 @@ fn enforce_refuses_fileless_and_drift_execs_and_runs_the_images_own_programs(
     let Some(lab) = lab(test, rt, "enforce") else {
         return;
     };
+    // Which hook refuses: the LSM (execve fails with EPERM) where the
+    // kernel runs BPF LSM programs, else the exec hook's SIGKILL.
+    let picked = lab
+        .agent
+        .wait_for_log(|l| l.contains("eBPF programs attached"), WAIT)
+        .expect("the attach line");
+    let lsm = picked.contains("enforcement=\"lsm\"");
+    eprintln!(
+        "agent picked enforcement {}",
+        if lsm { "lsm" } else { "signal" }
+    );
+    match exec_hook::expected_enforcement() {
+        Some(imagewarden::probes::Enforcement::Lsm) => assert!(lsm, "{picked}"),
+        Some(imagewarden::probes::Enforcement::Signal) => assert!(!lsm, "{picked}"),
+        None => {}
+    }
+    let want_hook = if lsm { "lsm" } else { "tp_btf" };
     let assert_refused = |case: &str, out: &Output, reason: &str, field: &str, value: &str| {
         let f = lab.drift_finding(case, reason, field, value);
         assert_eq!(f["verdict"], "deny", "{f}");
+        assert_eq!(f["hook"], want_hook, "{f}");
         assert_eq!(f["action"], "killed", "{f}");
         assert!(
             !out.status.success(),
@@ -393,6 +420,27 @@ fn enforce_refuses_fileless_and_drift_execs_and_runs_the_images_own_programs(
     lab.sh("c-copy", "cp /bin/busybox /tmp/sh");
     let c = lab.exec("c", &["/tmp/sh", "-c", &busybox_sh(&lab.marker_in("c"))]);
     assert_refused("c", &c, "drift-exec", "filename", "/tmp/sh");
+    // A script written into the writable layer and exec'd by path: the LSM
+    // hook sees the script itself (before its interpreter) and refuses it;
+    // the tracepoints see only the image's interpreter, so it runs there.
+    let script = "/tmp/s.sh";
+    lab.sh(
+        "s-write",
+        &format!(
+            "printf '#!/bin/sh\\n{}\\n' > {script} && chmod +x {script}",
+            busybox_sh(&lab.marker_in("s"))
+        ),
+    );
+    let s_out = lab.exec("s", &[script]);
+    if lsm {
+        assert_refused("s", &s_out, "drift-exec", "filename", script);
+    } else {
+        assert!(
+            s_out.status.success() && lab.marker_on_host("s").exists(),
+            "signal path: the script runs (its interpreter is the image's): {}",
+            String::from_utf8_lossy(&s_out.stderr)
+        );
+    }
     // (e) a volume: runs.
     let vol = lab.marker_in("vol");
     lab.sh(
@@ -450,7 +498,8 @@ fn enforce_refuses_fileless_and_drift_execs_and_runs_the_images_own_programs(
         .collect();
     assert_eq!(
         killed.len(),
-        4,
-        "the kills of (a), (b), (c) and (c) after the restart, and nothing else: {killed:?}"
+        if lsm { 5 } else { 4 },
+        "the kills of (a), (b), (c), the script (LSM) and (c) after the restart, and nothing \
+         else: {killed:?}"
     );
 }

@@ -35,8 +35,14 @@ const ALL_KERNELS: &[&str] = &["6.1", "6.12", "6.12-nolsm", "host"];
 /// The CI subset: one LSM-active guest kernel (the host column runs in `cargo xtask test`).
 const CI_KERNELS: &[&str] = &["6.12"];
 /// The CI subset's test binaries: the probe tests and the agent in its
-/// DaemonSet container (issue 12: LSM active, agent in its container).
-const CI_TESTS: &[&str] = &["privileged_exec", "privileged_run", "e2e_daemonset"];
+/// DaemonSet container (issue 12: LSM active, agent in its container), and
+/// exec drift refused by the LSM hook (issue 17).
+const CI_TESTS: &[&str] = &[
+    "privileged_exec",
+    "privileged_run",
+    "e2e_daemonset",
+    "exec_drift",
+];
 /// Tests the CI subset leaves out, by binary, and why: on a pure cgroup v2
 /// guest containerd itself gives the agent's container its private cgroup
 /// namespace, so the runc-wrapper variant repeats the first DaemonSet test
@@ -47,8 +53,9 @@ const CI_SKIPS: &[(&str, &str)] = &[(
 )];
 /// The containerd release the CI subset's e2e tests use (`IW_TEST_CONTAINERD`).
 const CI_CONTAINERD: &str = "2";
-/// Modules the initramfs loads (with their dependencies), where not built in.
-const GUEST_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
+/// Modules the initramfs loads (with their dependencies), where not built in:
+/// the 9p root, and overlayfs for containerd's overlayfs snapshotter.
+const GUEST_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
 /// The active LSMs of Debian's kernels without `bpf`: the signal fallback.
 const LSM_WITHOUT_BPF: &str = "lockdown,capability,landlock,yama,apparmor";
 /// Where the results share is mounted inside the guest's view of the host root.
@@ -858,12 +865,13 @@ ip link set lo up || fatal "loopback"
 mkdir -p $R@RESULTS@
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results $R@RESULTS@ || fatal "mount results"
 echo "imagewarden-vm: ready $(cut -d' ' -f1 /proc/uptime) lsm=$(cat $R/sys/kernel/security/lsm)"
-chroot $R /bin/sh @RESULTS@/run.sh
-echo $? > $R@RESULTS@/exit-status
-sync
-umount $R@RESULTS@
-echo "imagewarden-vm: done"
-poweroff -f
+# The host root becomes the root of the mount namespace (switch_root's
+# move, not a chroot): a process that joins a container's mount namespace
+# (`runc exec`) lands in the namespace's root, which must be the
+# container's pivoted root and not the initramfs underneath.
+cd $R || fatal "cd newroot"
+mount --move . / || fatal "move the host root to /"
+exec /bin/busybox chroot . /bin/busybox sh -c '/bin/sh @RESULTS@/run.sh; echo $? > @RESULTS@/exit-status; sync; umount @RESULTS@; echo "imagewarden-vm: done"; /bin/busybox poweroff -f'
 "#;
 
 fn initramfs(kernel: &Kernel) -> Result<Vec<u8>> {

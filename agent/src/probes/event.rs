@@ -205,7 +205,7 @@ mod tests {
         assert_eq!(offset_of!(ExecEvent, comm), 48);
         assert_eq!(offset_of!(ExecEvent, filename), 64);
         assert_eq!(offset_of!(ExecEvent, file_name), 320);
-        assert_eq!(size_of::<agent_common::Config>(), 112);
+        assert_eq!(size_of::<agent_common::Config>(), 120);
         assert_eq!(size_of::<agent_common::CgroupKey>(), 192);
     }
 

@@ -136,6 +136,8 @@ pub struct ProbeOptions {
     /// Dead-man's switch: how old the agent's heartbeat may get before the
     /// kernel stops holding unknown containers (zero: never).
     pub heartbeat_timeout: std::time::Duration,
+    /// Classify container execs as fileless or drift (issue 17).
+    pub drift_check: bool,
 }
 
 /// Maps that survive an agent restart in fail-closed mode.
@@ -241,6 +243,7 @@ impl Default for ProbeOptions {
             pin_dir: None,
             emit_all: true,
             heartbeat_timeout: std::time::Duration::from_secs(5),
+            drift_check: true,
         }
     }
 }
@@ -384,6 +387,7 @@ impl Probes {
         };
         cfg.enforce = opts.enforce as u32;
         cfg.emit_all = opts.emit_all as u32;
+        cfg.drift_check = opts.drift_check as u32;
         cfg.unknown_container_verdict = if opts.hold_unknown_containers {
             verdict::HOLD
         } else {
