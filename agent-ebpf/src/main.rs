@@ -592,9 +592,7 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<i32, i64> {
         // file being exec'd (for a script: the script itself, before its
         // interpreter) is known here, before the point of no return.
         // SAFETY: the value is a plain u32 copied out immediately.
-        if !in_container
-            || cfg.drift_check == 0
-            || unsafe { DRIFT_POLICY.get(cgroup_id) }.is_none()
+        if !in_container || cfg.drift_check == 0 || unsafe { DRIFT_POLICY.get(cgroup_id) }.is_none()
         {
             return Ok(0);
         }
