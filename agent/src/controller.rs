@@ -618,9 +618,20 @@ impl Controller {
         });
         let mut fresh = info;
         merge(&mut fresh, &e.info);
+        // Another task of the same container (its events were missed): its
+        // cgroup is new too.
+        let restarted = matches!((fresh.pid, e.info.pid), (Some(a), Some(b)) if a != b);
+        let stale = if restarted { e.cgroup_id.take() } else { None };
+        if stale.is_some() {
+            e.cgroup_dir = None;
+        }
         e.info = fresh;
         e.decision = decision;
         e.drift = drift;
+        if let Some(old) = stale {
+            let _ = self.probes.clear_verdict(old);
+            self.by_cgroup.remove(&old);
+        }
         self.apply(&key);
     }
 
@@ -755,6 +766,18 @@ impl Controller {
             EventKind::Created | EventKind::Started { .. } => {
                 if let EventKind::Started { pid: Some(pid) } = ev.kind {
                     if let Some(e) = self.entries.get_mut(&key) {
+                        // A restarted task (same container, `ctr tasks
+                        // start`) runs in a new cgroup with a new id: the
+                        // old id's entries go, the new id is learnt below.
+                        if e.info.pid.is_some_and(|p| p != pid)
+                            || e.info.state == ContainerState::Exited
+                        {
+                            if let Some(old) = e.cgroup_id.take() {
+                                e.cgroup_dir = None;
+                                let _ = self.probes.clear_verdict(old);
+                                self.by_cgroup.remove(&old);
+                            }
+                        }
                         e.info.pid = Some(pid);
                         e.info.state = ContainerState::Running;
                         self.apply(&key);
@@ -775,15 +798,6 @@ impl Controller {
                 if let Some(e) = self.entries.get_mut(&key) {
                     e.info.state = ContainerState::Exited;
                     e.info.pid = None;
-                    // The task's cgroup goes with it; a restarted task (same
-                    // container, `ctr tasks start`) gets a new cgroup with a
-                    // new id, learnt again at its start. Until then its execs
-                    // are decided by name.
-                    if let Some(id) = e.cgroup_id.take() {
-                        e.cgroup_dir = None;
-                        let _ = self.probes.clear_verdict(id);
-                        self.by_cgroup.remove(&id);
-                    }
                 }
             }
             EventKind::Deleted => self.forget(&key),

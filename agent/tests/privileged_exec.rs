@@ -480,8 +480,10 @@ fn announced_names_are_enforced_and_unknown_containers_held() {
 }
 
 /// Without --all-execs the kernel emits only what user space acts on:
-/// routine execs cost no ring-buffer submit; denied and fileless ones still
-/// arrive, and every exec is still counted.
+/// routine execs cost no ring-buffer submit; denied ones still arrive, and
+/// fileless ones in a container's cgroup (known by id: here ALLOW); a
+/// fileless exec in a host cgroup is not emitted (runc execs a memfd copy
+/// of itself on every container start), and every exec is still counted.
 #[test]
 fn routine_execs_are_counted_but_not_emitted_unless_asked() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -495,7 +497,9 @@ fn routine_execs_are_counted_but_not_emitted_unless_asked() {
     let mut events = Events::new(ring);
     let routine = TestCgroup::new("routine");
     let denied = TestCgroup::new("quiet-denied");
+    let container = TestCgroup::new("quiet-container");
     probes.set_verdict(denied.id, verdict::DENY).unwrap();
+    probes.set_verdict(container.id, verdict::ALLOW).unwrap();
     let c0 = probes.counters().unwrap();
     for _ in 0..20 {
         assert!(routine
@@ -512,33 +516,41 @@ fn routine_execs_are_counted_but_not_emitted_unless_asked() {
             .success(),
         "audit mode: runs"
     );
-    // A fileless exec in the routine cgroup is still emitted.
-    let name = std::ffi::CString::new("iw-quiet-memfd").unwrap();
-    // SAFETY: valid C string; the child inherits the fd.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
-    assert!(fd >= 0);
-    // SAFETY: we own fd.
-    let mut f = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    f.write_all(&fs::read("/bin/true").unwrap()).unwrap();
-    assert!(routine
-        .command(Path::new(&format!("/proc/self/fd/{fd}")))
-        .status()
-        .unwrap()
-        .success());
-    drop(f);
+    // A fileless exec in the routine (host) cgroup, then one in the
+    // container's: only the second is emitted.
+    let memfd_exec = |cg: &TestCgroup| {
+        let name = std::ffi::CString::new("iw-quiet-memfd").unwrap();
+        // SAFETY: valid C string; the child inherits the fd.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+        assert!(fd >= 0);
+        // SAFETY: we own fd.
+        let mut f = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        f.write_all(&fs::read("/bin/true").unwrap()).unwrap();
+        assert!(cg
+            .command(Path::new(&format!("/proc/self/fd/{fd}")))
+            .status()
+            .unwrap()
+            .success());
+    };
+    memfd_exec(&routine);
+    memfd_exec(&container);
 
     let d = events.take(denied.id, 1);
     assert_eq!(d.len(), 1, "denied exec must be emitted: {d:?}");
-    let r = events.take(routine.id, 1);
-    assert_eq!(
-        r.len(),
-        1,
-        "only the fileless exec of the routine cgroup is emitted: {r:?}"
+    let c = events.take(container.id, 1);
+    assert_eq!(c.len(), 1, "the container's fileless exec: {c:?}");
+    assert!(c[0].fileless && c[0].in_container, "{:?}", c[0]);
+    assert_eq!(c[0].file_name, b"memfd:iw-quiet-memfd", "{:?}", c[0]);
+    // The routine cgroup's events were reserved before the container's,
+    // which arrived: none of them is in the ring.
+    let r = events.take(routine.id, 0);
+    assert!(
+        r.is_empty(),
+        "routine execs, fileless or not, stay quiet: {r:?}"
     );
-    assert!(r[0].fileless, "{:?}", r[0]);
     let c1 = probes.counters().unwrap();
     assert!(
-        c1.execs - c0.execs >= 22,
+        c1.execs - c0.execs >= 23,
         "every exec is counted: {c0:?} -> {c1:?}"
     );
 }
