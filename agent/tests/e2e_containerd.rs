@@ -26,34 +26,9 @@ use std::time::{Duration, Instant};
 use imagewarden::sources::cri::CriClient;
 use serde_json::Value;
 use support::agent::AgentProcess;
-use support::containerd::{
-    runtime_ready, Containerd, CriPod, Runtime, TestImages, ECR_NGINX, NGINX,
-};
+use support::containerd::{Containerd, CriPod, Runtime, TestImages, ECR_NGINX, NGINX};
 
-/// One test per containerd release: `containerd_1_6::NAME` and
-/// `containerd_2::NAME`, each calling `NAME(test_name, release)`.
-macro_rules! per_release {
-    ($($name:ident),* $(,)?) => {
-        mod containerd_1_6 {
-            $(
-                #[test]
-                fn $name() {
-                    super::$name(concat!("containerd_1_6::", stringify!($name)), super::Runtime::V1_6)
-                }
-            )*
-        }
-        mod containerd_2 {
-            $(
-                #[test]
-                fn $name() {
-                    super::$name(concat!("containerd_2::", stringify!($name)), super::Runtime::V2)
-                }
-            )*
-        }
-    };
-}
-
-per_release!(
+crate::per_containerd_release!(
     enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_ones_run,
     audit_lets_the_untrusted_container_run_and_reports_it,
 );
@@ -127,12 +102,7 @@ fn one_agent_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn setup(test: &str, rt: Runtime) -> Option<(Containerd, TestImages)> {
-    if !runtime_ready(test, rt) {
-        return None;
-    }
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        support::skip_or_fail(test, "needs root (eBPF)");
+    if !support::e2e_ready(test, rt) {
         return None;
     }
     let images = TestImages::build();

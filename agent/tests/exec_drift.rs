@@ -37,30 +37,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::agent::AgentProcess;
-use support::containerd::{runtime_ready, Containerd, Runtime, TestImages, ECR_NGINX};
+use support::containerd::{Containerd, Runtime, TestImages, ECR_NGINX};
 
-macro_rules! per_release {
-    ($($name:ident),* $(,)?) => {
-        mod containerd_1_6 {
-            $(
-                #[test]
-                fn $name() {
-                    super::$name(concat!("containerd_1_6::", stringify!($name)), super::Runtime::V1_6)
-                }
-            )*
-        }
-        mod containerd_2 {
-            $(
-                #[test]
-                fn $name() {
-                    super::$name(concat!("containerd_2::", stringify!($name)), super::Runtime::V2)
-                }
-            )*
-        }
-    };
-}
-
-per_release!(
+crate::per_containerd_release!(
     audit_reports_fileless_and_drift_execs_and_nothing_of_the_image,
     enforce_refuses_fileless_and_drift_execs_and_runs_the_images_own_programs,
 );
@@ -110,12 +89,7 @@ const NS: &str = "default";
 /// containerd, the images, the agent in `mode`, and one running container
 /// of the allowed image that the agent has put in its kernel maps by id.
 fn lab(test: &str, rt: Runtime, mode: &str) -> Option<Lab> {
-    if !runtime_ready(test, rt) {
-        return None;
-    }
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        support::skip_or_fail(test, "needs root (eBPF)");
+    if !support::e2e_ready(test, rt) {
         return None;
     }
     let images = TestImages::build();
@@ -197,6 +171,40 @@ impl Lab {
         }
     }
 
+    /// (a): busybox copied into a memfd and exec'd from it, writing the
+    /// marker of `case` as its first act.
+    fn memfd_exec(&self, case: &str) -> Output {
+        let script = busybox_sh(&self.marker_in(case));
+        self.exec(
+            case,
+            &[
+                "/bin/iw-drift",
+                "memfd",
+                "/bin/busybox",
+                "sh",
+                "-c",
+                &script,
+            ],
+        )
+    }
+
+    /// (b): busybox copied to `/tmp/u`, opened, unlinked and exec'd from its fd.
+    fn unlinked_exec(&self, case: &str) -> Output {
+        let script = busybox_sh(&self.marker_in(case));
+        self.exec(
+            case,
+            &[
+                "/bin/iw-drift",
+                "unlinked",
+                "/bin/busybox",
+                "/tmp/u",
+                "sh",
+                "-c",
+                &script,
+            ],
+        )
+    }
+
     /// The path, in the container, of a marker named `name`.
     fn marker_in(&self, name: &str) -> String {
         format!("/iw-marker/{}-{name}", self.id)
@@ -254,17 +262,7 @@ fn audit_reports_fileless_and_drift_execs_and_nothing_of_the_image(test: &str, r
         assert!(lab.marker_on_host(m).exists(), "case ({m}) did not run");
     }
     // (a) memfd: reported, and it ran (audit).
-    let a = lab.exec(
-        "a",
-        &[
-            "/bin/iw-drift",
-            "memfd",
-            "/bin/busybox",
-            "sh",
-            "-c",
-            &busybox_sh(&lab.marker_in("a")),
-        ],
-    );
+    let a = lab.memfd_exec("a");
     assert!(
         a.status.success(),
         "memfd exec failed: {}",
@@ -301,18 +299,7 @@ fn audit_reports_fileless_and_drift_execs_and_nothing_of_the_image(test: &str, r
         "audit: the memfd exec ran"
     );
     // (b) unlinked copy.
-    let b = lab.exec(
-        "b",
-        &[
-            "/bin/iw-drift",
-            "unlinked",
-            "/bin/busybox",
-            "/tmp/u",
-            "sh",
-            "-c",
-            &busybox_sh(&lab.marker_in("b")),
-        ],
-    );
+    let b = lab.unlinked_exec("b");
     assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
     let f = lab.drift_finding("the unlinked exec", "fileless-exec", "file", "u");
     assert!(
@@ -389,31 +376,10 @@ fn enforce_refuses_fileless_and_drift_execs_and_runs_the_images_own_programs(
     lab.sh("f", &busybox_sh(&lab.marker_in("f")));
     assert!(lab.marker_on_host("f").exists());
     // (a) memfd: refused / killed before its first instruction.
-    let a = lab.exec(
-        "a",
-        &[
-            "/bin/iw-drift",
-            "memfd",
-            "/bin/busybox",
-            "sh",
-            "-c",
-            &busybox_sh(&lab.marker_in("a")),
-        ],
-    );
+    let a = lab.memfd_exec("a");
     assert_refused("a", &a, "fileless-exec", "file", "memfd:iw-drift");
     // (b) unlinked.
-    let b = lab.exec(
-        "b",
-        &[
-            "/bin/iw-drift",
-            "unlinked",
-            "/bin/busybox",
-            "/tmp/u",
-            "sh",
-            "-c",
-            &busybox_sh(&lab.marker_in("b")),
-        ],
-    );
+    let b = lab.unlinked_exec("b");
     assert_refused("b", &b, "fileless-exec", "file", "u");
     // (c) writable layer: the copy is made by the image's programs, its
     // exec is refused.

@@ -33,6 +33,32 @@
 //!
 //! Needs root and the Debian packages `containerd runc umoci busybox-static`.
 
+/// One test per containerd release: `containerd_1_6::NAME` and
+/// `containerd_2::NAME`, each calling `NAME(test_name, release)` of the
+/// calling module (which imports [`Runtime`]). Use:
+/// `crate::per_containerd_release!(test_a, test_b);`
+#[macro_export]
+macro_rules! per_containerd_release {
+    ($($name:ident),* $(,)?) => {
+        mod containerd_1_6 {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(concat!("containerd_1_6::", stringify!($name)), super::Runtime::V1_6)
+                }
+            )*
+        }
+        mod containerd_2 {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(concat!("containerd_2::", stringify!($name)), super::Runtime::V2)
+                }
+            )*
+        }
+    };
+}
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

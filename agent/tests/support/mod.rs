@@ -17,6 +17,21 @@ pub mod host;
 #[allow(unused_imports)]
 pub use host::skip_or_fail;
 
+/// Whether an end-to-end test against containerd release `rt` runs here:
+/// the release is selected and present ([`containerd::runtime_ready`]) and
+/// the test runs as root (eBPF); else it is skipped, or fails under `CI=true`.
+pub fn e2e_ready(test: &str, rt: containerd::Runtime) -> bool {
+    if !containerd::runtime_ready(test, rt) {
+        return false;
+    }
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip_or_fail(test, "needs root (eBPF)");
+        return false;
+    }
+    true
+}
+
 /// CRI's own record of a container (state, exit code, reason, times in ns).
 pub async fn cri_status(
     cri: &imagewarden::sources::cri::CriClient,
