@@ -390,7 +390,6 @@ pub struct ControllerStats {
     pub holds_killed: u64,
     /// Holds found in the kernel's HELD map whose event never arrived.
     pub holds_adopted: u64,
-    pub runtime_event_drops: u64,
     /// Exec-drift findings dropped from the full Event queue.
     pub drift_findings_dropped: u64,
     /// Wall time of the last resync's parts, in ms: containerd listing,

@@ -36,16 +36,6 @@ pub enum ActionError {
     NoPod(&'static str),
 }
 
-impl ActionError {
-    /// Stable metric label.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ActionError::Api { action, .. } => action,
-            ActionError::NoPod(_) => "no_pod",
-        }
-    }
-}
-
 /// Audit or enforce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -114,7 +104,8 @@ impl ModeResolver {
 pub struct Plan {
     /// Print the JSON finding, post an Event, count it.
     pub alert: bool,
-    /// Stop the container (kernel verdict + CRI StopContainer).
+    /// Stop the container: `cgroup.kill` of its cgroup and a DENY verdict
+    /// for later execs (`Controller::kill_container`).
     pub kill: bool,
     /// Delete the pod through the API.
     pub delete_pod: bool,

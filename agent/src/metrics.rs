@@ -117,8 +117,6 @@ label_enum!(
         Lsm => "lsm",
         /// `cgroup.kill` written by user space.
         CgroupKill => "cgroup_kill",
-        /// The container runtime was asked to stop the container (CRI StopContainer).
-        Runtime => "runtime",
     }
 );
 
@@ -187,10 +185,9 @@ fn gauge_handles<E: Copy>(
 struct ScrapeSources {
     kernel: RwLock<Option<Arc<dyn KernelCounterSource>>>,
     reader: RwLock<Option<Arc<ReaderStats>>>,
-    /// User-space kill counters (cgroup_kill, runtime) for the kills family,
-    /// which the collector encodes together with the kernel's.
+    /// The user-space kill counter (cgroup_kill) of the kills family, which
+    /// the collector encodes together with the kernel's.
     cgroup_kills: Counter,
-    runtime_kills: Counter,
 }
 
 impl std::fmt::Debug for ScrapeSources {
@@ -247,7 +244,6 @@ impl Collector for ScrapeCollector {
                 rows.push((KillMechanism::Lsm, k.lsm_denies));
             }
             rows.push((KillMechanism::CgroupKill, src.cgroup_kills.get()));
-            rows.push((KillMechanism::Runtime, src.runtime_kills.get()));
             for (m, v) in rows {
                 let labels: Labels1 = [("mechanism", m.as_str())];
                 ConstCounter::new(v).encode(me.encode_family(&labels)?)?;
@@ -534,9 +530,6 @@ impl Metrics {
             KillMechanism::CgroupKill => {
                 self.0.scrape.cgroup_kills.inc();
             }
-            KillMechanism::Runtime => {
-                self.0.scrape.runtime_kills.inc();
-            }
             KillMechanism::KernelSignal | KillMechanism::Lsm => {}
         }
     }
@@ -704,7 +697,7 @@ mod tests {
         assert!(text.contains("imagewarden_kernel_counters_readable 0"));
         assert!(!text.contains("imagewarden_ringbuf_drops_total"));
         assert!(!text.contains("mechanism=\"kernel_signal\""));
-        assert!(text.contains("imagewarden_kills_total{mechanism=\"runtime\"} 0"));
+        assert!(text.contains("imagewarden_kills_total{mechanism=\"cgroup_kill\"} 0"));
     }
 
     #[test]
@@ -713,7 +706,7 @@ mod tests {
         m.exec_event(Verdict::Deny);
         m.exec_event(Verdict::Deny);
         m.finding("untrusted-image: x");
-        m.kill(KillMechanism::Runtime);
+        m.kill(KillMechanism::CgroupKill);
         m.kill(KillMechanism::KernelSignal);
         m.set_containers(Verdict::Allow, 7);
         m.set_mode(ModeLabel::Enforce);
@@ -735,7 +728,7 @@ mod tests {
         assert!(text.contains("imagewarden_findings_total{reason=\"untrusted-image\"} 1"));
         assert!(text.contains("imagewarden_kills_total{mechanism=\"kernel_signal\"} 3"));
         assert!(text.contains("imagewarden_kills_total{mechanism=\"lsm\"} 1"));
-        assert!(text.contains("imagewarden_kills_total{mechanism=\"runtime\"} 1"));
+        assert!(text.contains("imagewarden_kills_total{mechanism=\"cgroup_kill\"} 1"));
         assert!(text.contains("imagewarden_containers{verdict=\"allow\"} 7"));
         assert!(text.contains("imagewarden_mode{mode=\"enforce\"} 1"));
         assert!(text.contains("imagewarden_mode{mode=\"audit\"} 0"));

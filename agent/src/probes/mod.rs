@@ -54,24 +54,6 @@ pub enum ProbeError {
     Pin(String),
 }
 
-impl ProbeError {
-    /// Stable label for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Permission(_) => "permission",
-            Self::KernelFs(_) => "kernel_fs",
-            Self::Btf(_) => "btf",
-            Self::TracepointFormat(_) => "tracepoint_format",
-            Self::Load(_) => "load",
-            Self::NoExecHook { .. } => "no_exec_hook",
-            Self::Map(..) => "map",
-            Self::Cgroup { .. } => "cgroup",
-            Self::RingBufSize(_) => "ringbuf_size",
-            Self::Pin(_) => "pin",
-        }
-    }
-}
-
 /// Which exec hook to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HookChoice {
