@@ -329,3 +329,122 @@ fn partial_kyverno_policy_needs_allow_partial() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("validate-corp-registries"));
 }
+
+/// One `--policy` file mixing every policy kind imagewarden reads (issue
+/// 14): a native ImagePolicy, a Kyverno ClusterPolicy, a Kyverno
+/// ValidatingPolicy and a Kubernetes ValidatingAdmissionPolicy with its
+/// binding. Each of four images fails exactly one of them, and the finding
+/// names that one; the fifth passes all four.
+#[test]
+fn one_policy_file_mixing_every_kind() {
+    let policy = tmp(
+        "mixed.yaml",
+        r#"apiVersion: imagewarden.dev/v1alpha1
+kind: ImagePolicy
+metadata: {name: native-registries}
+spec:
+  rules:
+  - name: allow
+    allow:
+    - registry: public.ecr.aws
+    - registry: ghcr.io
+    - registry: quay.io
+---
+apiVersion: kyverno.io/v1
+kind: ClusterPolicy
+metadata: {name: kyverno-registries}
+spec:
+  validationFailureAction: Enforce
+  rules:
+  - name: validate-registries
+    match:
+      any:
+      - resources:
+          kinds: [Pod]
+    validate:
+      message: "Unknown image registry."
+      pattern:
+        spec:
+          containers:
+          - image: "public.ecr.aws/* | ghcr.io/* | docker.io/*"
+---
+apiVersion: policies.kyverno.io/v1
+kind: ValidatingPolicy
+metadata: {name: vpol-no-evil}
+spec:
+  validationActions: [Deny]
+  matchConstraints:
+    resourceRules:
+    - apiGroups: [""]
+      apiVersions: [v1]
+      operations: [CREATE, UPDATE]
+      resources: [pods]
+  validations:
+  - expression: "object.spec.containers.all(c, !c.image.startsWith('ghcr.io/evil/'))"
+    message: no evil images
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: vap-no-latest}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups: [""]
+      apiVersions: [v1]
+      operations: [CREATE, UPDATE]
+      resources: [pods]
+  validations:
+  - expression: "object.spec.containers.all(c, !c.image.endsWith(':latest'))"
+    message: no latest tags
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: vap-no-latest-binding}
+spec:
+  policyName: vap-no-latest
+  validationActions: [Deny]
+"#,
+    );
+    let m = tmp(
+        "mixed-pod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nspec:\n  containers:\n  \
+         - {name: ok, image: public.ecr.aws/a/b:1}\n  - {name: quay, image: quay.io/a/b:1}\n  \
+         - {name: evil, image: ghcr.io/evil/x:1}\n  - {name: latest, image: public.ecr.aws/a/b:latest}\n  \
+         - {name: hub, image: docker.io/library/nginx:1}\n",
+    );
+    let o = run(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--manifest",
+        m.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let got: Vec<(String, bool, Option<String>)> = lines(&o)
+        .iter()
+        .map(|v| {
+            (
+                v["container"].as_str().unwrap().to_string(),
+                v["allowed"].as_bool().unwrap(),
+                v["policy"]
+                    .as_str()
+                    .map(str::to_string)
+                    .filter(|_| v["allowed"] == false),
+            )
+        })
+        .collect();
+    let want = |c: &str, p: Option<&str>| (c.to_string(), p.is_none(), p.map(str::to_string));
+    assert_eq!(
+        got,
+        vec![
+            want("ok", None),
+            want("quay", Some("kyverno-registries")),
+            want("evil", Some("vpol-no-evil")),
+            // A VAP is named with the binding that put it in force.
+            want("latest", Some("vap-no-latest/vap-no-latest-binding")),
+            want("hub", Some("native-registries")),
+        ],
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
