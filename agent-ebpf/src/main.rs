@@ -268,7 +268,10 @@ unsafe fn read_ptr(base: *const u8, off: u32) -> Result<*const u8, i64> {
 }
 
 /// Fills the process fields shared by every hook. `file` is the executed
-/// file (`struct file *`); `class` its [`exe_class`] when already known.
+/// file (`struct file *`); `class` its [`exe_class`] when already known,
+/// else [`UNCLASSIFIED`]. (Not an `Option`: its payload would be an
+/// uninitialised register on the `None` path, which the verifier refuses
+/// once the compiler copies it.)
 #[inline(always)]
 unsafe fn fill_common(
     ev: *mut ExecEvent,
@@ -277,7 +280,7 @@ unsafe fn fill_common(
     v: u32,
     hk: u32,
     file: *const u8,
-    class: Option<u32>,
+    class: u32,
 ) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
@@ -301,9 +304,10 @@ unsafe fn fill_common(
         }
         _ => 0,
     };
-    fl |= match class {
-        Some(c) => c,
-        None => exe_class(file, cfg),
+    fl |= if class == UNCLASSIFIED {
+        exe_class(file, cfg)
+    } else {
+        class
     };
     (*ev).file_name[0] = 0;
     if fl & (flags::FILELESS | flags::DRIFT) != 0 {
@@ -311,6 +315,9 @@ unsafe fn fill_common(
     }
     (*ev).flags = fl;
 }
+
+/// [`fill_common`]'s `class` when the exec was not classified yet.
+const UNCLASSIFIED: u32 = u32::MAX;
 
 /// The file the current task runs since its exec: task->mm->exe_file.
 #[inline(always)]
@@ -357,24 +364,32 @@ unsafe fn exe_class_inner(file: *const u8, cfg: &Config) -> Result<u32, i64> {
         .map_err(|e| e as i64)?;
     if nlink == 0 {
         c |= flags::FILELESS;
+    }
+    // The common case first, in the fewest reads (each a helper call): a
+    // container's file on its overlayfs root, lower (the image) or upper.
+    let sb = read_ptr(inode, cfg.off_inode_i_sb)?;
+    let magic: u64 = if sb.is_null() {
+        0
     } else {
+        bpf_probe_read_kernel(sb.add(cfg.off_sb_s_magic as usize) as *const u64)
+            .map_err(|e| e as i64)?
+    };
+    if magic == OVERLAYFS_SUPER_MAGIC {
+        let upper = read_ptr(inode, cfg.off_ovl_upperdentry)?;
+        if !upper.is_null() {
+            c |= flags::DRIFT;
+        }
+        // An unlinked overlay file has its link count dropped (0 above):
+        // no dentry walk needed.
+    } else if nlink != 0 {
+        // Elsewhere (a volume, tmpfs): a file unlinked while another hard
+        // link keeps its count above 0 still has an unlinked dentry.
         let dentry = read_ptr(file, cfg.off_file_dentry)?;
         if !dentry.is_null() {
             let pprev = read_ptr(dentry, cfg.off_dentry_d_hash_pprev)?;
             let parent = read_ptr(dentry, cfg.off_dentry_d_parent)?;
             if pprev.is_null() && parent != dentry {
                 c |= flags::FILELESS | flags::UNLINKED;
-            }
-        }
-    }
-    let sb = read_ptr(inode, cfg.off_inode_i_sb)?;
-    if !sb.is_null() {
-        let magic: u64 = bpf_probe_read_kernel(sb.add(cfg.off_sb_s_magic as usize) as *const u64)
-            .map_err(|e| e as i64)?;
-        if magic == OVERLAYFS_SUPER_MAGIC {
-            let upper = read_ptr(inode, cfg.off_ovl_upperdentry)?;
-            if !upper.is_null() {
-                c |= flags::DRIFT;
             }
         }
     }
@@ -461,7 +476,11 @@ fn act(v: u32, cfg: &Config) -> u32 {
 /// Shared body of both exec hooks. `filename` yields the kernel pointer of
 /// the exec'd file name.
 #[inline(always)]
-fn on_exec(hk: u32, filename: impl FnOnce(&Config) -> Result<*const u8, i64>) -> Result<u32, i64> {
+fn on_exec(
+    hk: u32,
+    exe_file: impl FnOnce(&Config) -> *const u8,
+    filename: impl FnOnce(&Config) -> Result<*const u8, i64>,
+) -> Result<u32, i64> {
     let cfg = match config() {
         Some(c) => c,
         None => return Ok(0),
@@ -476,11 +495,10 @@ fn on_exec(hk: u32, filename: impl FnOnce(&Config) -> Result<*const u8, i64>) ->
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         let _ = HELD.insert(tgid, cgroup_id, 0);
     }
-    // SAFETY: kernel memory read through probe helpers only.
-    let file = unsafe { current_exe_file(cfg) };
+    let file = exe_file(cfg);
     // Every exec in a container that still runs is classified (fileless,
     // drift); host execs only when every exec is emitted anyway.
-    let mut class = None;
+    let mut class = UNCLASSIFIED;
     if in_container && cfg.drift_check != 0 && acted & flags::KILLED == 0 {
         // SAFETY: as above.
         let c = unsafe { exe_class(file, cfg) } | flags::IN_CONTAINER;
@@ -497,9 +515,9 @@ fn on_exec(hk: u32, filename: impl FnOnce(&Config) -> Result<*const u8, i64>) ->
                 }
             }
         }
-        class = Some(c);
+        class = c;
     }
-    let notable = matches!(class, Some(c) if c & (flags::FILELESS | flags::DRIFT) != 0);
+    let notable = class != UNCLASSIFIED && class & (flags::FILELESS | flags::DRIFT) != 0;
     if cfg.emit_all == 0 && acted == 0 && (v == verdict::UNKNOWN || v == verdict::ALLOW) && !notable
     {
         // A routine exec: user space does not want it.
@@ -539,9 +557,14 @@ pub fn exec_btf(ctx: BtfTracePointContext) -> i32 {
 fn try_exec_btf(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     let bprm: *const u8 = ctx.arg(2);
     // SAFETY: reads through bpf_probe_read_kernel only.
-    on_exec(hook::TP_BTF, |cfg| unsafe {
-        read_ptr(bprm, cfg.off_bprm_filename)
-    })
+    on_exec(
+        hook::TP_BTF,
+        // bprm->file: one read where task->mm->exe_file takes three.
+        // SAFETY: reads through bpf_probe_read_kernel only.
+        |cfg| unsafe { read_ptr(bprm, cfg.off_bprm_file) }.unwrap_or(core::ptr::null()),
+        // SAFETY: as above.
+        |cfg| unsafe { read_ptr(bprm, cfg.off_bprm_filename) },
+    )
 }
 
 /// Classic `sched/sched_process_exec` tracepoint: `__data_loc char[] filename`.
@@ -551,13 +574,18 @@ pub fn exec_tp(ctx: TracePointContext) -> u32 {
 }
 
 fn try_exec_tp(ctx: &TracePointContext) -> Result<u32, i64> {
-    on_exec(hook::TRACEPOINT, |cfg| {
-        // SAFETY: in-bounds read of the tracepoint record (offset from its format file).
-        let loc: u32 =
-            unsafe { ctx.read_at(cfg.off_tp_filename_loc as usize) }.map_err(|e| e as i64)?;
-        let off = (loc & 0xffff) as usize;
-        Ok(unsafe { (ctx.as_ptr() as *const u8).add(off) })
-    })
+    on_exec(
+        hook::TRACEPOINT,
+        // SAFETY: kernel memory read through probe helpers only.
+        |cfg| unsafe { current_exe_file(cfg) },
+        |cfg| {
+            // SAFETY: in-bounds read of the tracepoint record (offset from its format file).
+            let loc: u32 =
+                unsafe { ctx.read_at(cfg.off_tp_filename_loc as usize) }.map_err(|e| e as i64)?;
+            let off = (loc & 0xffff) as usize;
+            Ok(unsafe { (ctx.as_ptr() as *const u8).add(off) })
+        },
+    )
 }
 
 /// `lsm/bprm_check_security(struct linux_binprm *bprm, int ret)`: refuses a
@@ -585,7 +613,7 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<i32, i64> {
     let bprm: *const u8 = ctx.arg(0);
     // SAFETY: kernel memory read through probe helpers only.
     let file = unsafe { read_ptr(bprm, cfg.off_bprm_file) }.unwrap_or(core::ptr::null());
-    let mut class = None;
+    let mut class = UNCLASSIFIED;
     let mut denied = flags::LSM_DENIED;
     if v != verdict::DENY {
         // A container whose policy refuses fileless or drift execs: the
@@ -603,7 +631,7 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<i32, i64> {
         }
         count(counter::DRIFT_EXECS);
         count(counter::DRIFT_DENIES);
-        class = Some(c);
+        class = c;
         denied |= flags::DRIFT_DENIED;
     }
     count(counter::LSM_DENIES);

@@ -1869,14 +1869,15 @@ struct BenchContainer {
 
 fn bench_container(exe: &Path) -> Result<BenchContainer, String> {
     containerd::preflight()?;
-    let images = containerd::TestImages::build();
-    let ctd = containerd::Containerd::start();
+    // The tiny ELF is part of the image, and the root an overlayfs as on a
+    // production node: a routine container exec runs a file of the image's
+    // (lower) layer, which the exec-drift check classifies on every exec.
+    let elf = std::fs::read(exe).map_err(|e| format!("read the exec target: {e}"))?;
+    let images = containerd::TestImages::build_with(&[("bin/iw-bench-exit0", &elf)]);
+    let ctd = containerd::Containerd::start_with(containerd::Runtime::V1_6, "overlayfs");
     ctd.import("k8s.io", &images);
     let id = ctd.id("peer");
     ctd.ctr_run("k8s.io", &id, containerd::ECR_NGINX, &[]);
-    // The tiny ELF, visible inside at /iw-marker (the harness's bind mount).
-    let name = "iw-bench-exit0";
-    std::fs::copy(exe, ctd.marker_dir.join(name)).map_err(|e| format!("copy exec target: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(20);
     let pid = loop {
         let ls = ctd.ctr("k8s.io", &["tasks", "ls"]);
@@ -1903,7 +1904,7 @@ fn bench_container(exe: &Path) -> Result<BenchContainer, String> {
         _images: images,
         pid,
         cgroup,
-        exe_inside: PathBuf::from(containerd::MARKER_MOUNT).join(name),
+        exe_inside: PathBuf::from("/bin/iw-bench-exit0"),
     })
 }
 

@@ -374,6 +374,12 @@ pub struct TestImages {
 impl TestImages {
     /// Builds the images into a fresh temporary directory.
     pub fn build() -> TestImages {
+        TestImages::build_with(&[])
+    }
+
+    /// [`TestImages::build`] with extra executable files in every image
+    /// (path relative to the root, contents): part of the image's layer.
+    pub fn build_with(extra: &[(&str, &[u8])]) -> TestImages {
         let t0 = Instant::now();
         let dir = unique_dir("iw-images");
         std::fs::create_dir_all(&dir).expect("image work dir");
@@ -407,6 +413,12 @@ impl TestImages {
                 env!("CARGO_MANIFEST_DIR"),
                 "/../testdata/images/iw-drift.c"
             )));
+        for (path, bytes) in extra {
+            use std::os::unix::fs::PermissionsExt;
+            let p = rootfs.join(path);
+            std::fs::write(&p, bytes).expect("extra image file");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
         std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").expect("passwd");
         std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").expect("group");
         let ep = rootfs.join("entrypoint.sh");
