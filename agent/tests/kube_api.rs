@@ -274,6 +274,7 @@ async fn kyverno_clusterpolicy_hot_reload_keeps_last_good_on_invalid_update() {
         kinds: vec![PolicyKind::KyvernoClusterPolicy, PolicyKind::KyvernoPolicy],
         base: None,
         rediscover_every: Duration::from_millis(200),
+        ..Default::default()
     };
     let (src, fut) = policy_source(client(&api), cfg);
     let task = tokio::spawn(fut);
@@ -452,6 +453,66 @@ async fn validating_policy_and_admission_policy_from_the_cluster() {
     assert!(!denied(&rx.borrow(), "quay.io/x/y:1"));
     api.remove(Coll::ValidatingAdmissionPolicyBindings, "", "no-latest");
     eventually("binding removed", || rx.borrow().rule_count() == 0).await;
+    task.abort();
+}
+
+/// A ValidatingAdmissionPolicy with `paramKind: ConfigMap`: its binding's
+/// `paramRef` is read from the cluster, and a change of the ConfigMap alone
+/// (no policy changes) reaches the merged set (issue 14).
+#[tokio::test]
+async fn admission_policy_params_are_read_from_the_cluster() {
+    let api = FakeApi::start().await;
+    let (src, fut) = policy_source(
+        client(&api),
+        PolicyWatchConfig {
+            rediscover_every: Duration::from_millis(200),
+            param_refresh: Duration::from_millis(200),
+            ..Default::default()
+        },
+    );
+    let task = tokio::spawn(fut);
+    let rx = src.policy.clone();
+    let params = |registries: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "allowed-registries", "namespace": "policy-params"},
+               "data": {"registries": registries}})
+    };
+    api.put(Coll::ConfigMaps, params("public.ecr.aws/"));
+    api.put(
+        Coll::ValidatingAdmissionPolicies,
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+               "metadata": {"name": "registries"},
+               "spec": {"paramKind": {"apiVersion": "v1", "kind": "ConfigMap"},
+                        "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                            "operations": ["CREATE"], "resources": ["pods"]}]},
+                        "validations": [{"expression":
+                            "object.spec.containers.all(c, params.data.registries.split(',').exists(r, c.image.startsWith(r)))"}]}}),
+    );
+    api.put(
+        Coll::ValidatingAdmissionPolicyBindings,
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+               "metadata": {"name": "registries"},
+               "spec": {"policyName": "registries", "validationActions": ["Deny"],
+                        "paramRef": {"name": "allowed-registries", "namespace": "policy-params",
+                                     "parameterNotFoundAction": "Deny"}}}),
+    );
+    eventually("VAP with params in force", || {
+        denied(&rx.borrow(), "quay.io/x/y:1") && !denied(&rx.borrow(), "public.ecr.aws/x/y:1")
+    })
+    .await;
+    assert!(
+        api.requests()
+            .iter()
+            .any(|r| r.path == "/api/v1/namespaces/policy-params/configmaps/allowed-registries"),
+        "the param ConfigMap was read from the API"
+    );
+    // Only the ConfigMap changes.
+    api.put(Coll::ConfigMaps, params("public.ecr.aws/,quay.io/"));
+    eventually("the new params reach the agent", || {
+        !denied(&rx.borrow(), "quay.io/x/y:1")
+    })
+    .await;
+    assert!(denied(&rx.borrow(), "docker.io/library/nginx:1"));
     task.abort();
 }
 

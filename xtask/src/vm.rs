@@ -35,12 +35,14 @@ const ALL_KERNELS: &[&str] = &["6.1", "6.12", "6.12-nolsm", "host"];
 /// The CI subset: one LSM-active guest kernel (the host column runs in `cargo xtask test`).
 const CI_KERNELS: &[&str] = &["6.12"];
 /// The CI subset's test binaries: the probe tests and the agent in its
-/// DaemonSet container (issue 12: LSM active, agent in its container), and
-/// exec drift refused by the LSM hook (issue 17).
+/// DaemonSet container (issue 12: LSM active, agent in its container),
+/// enforce-mode safety (issue 13) and exec drift refused by the LSM hook
+/// (issue 17).
 const CI_TESTS: &[&str] = &[
     "privileged_exec",
     "privileged_run",
     "e2e_daemonset",
+    "enforce_safety",
     "exec_drift",
 ];
 /// Tests the CI subset leaves out, by binary, and why: on a pure cgroup v2

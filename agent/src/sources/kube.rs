@@ -335,6 +335,8 @@ pub struct PolicyWatchConfig {
     /// How often to look again for a CRD that is not installed (or after
     /// its watch fails with 404).
     pub rediscover_every: Duration,
+    /// How often the ValidatingAdmissionPolicy params are read again.
+    pub param_refresh: Duration,
 }
 
 impl Default for PolicyWatchConfig {
@@ -343,6 +345,7 @@ impl Default for PolicyWatchConfig {
             kinds: PolicyKind::ALL.to_vec(),
             base: None,
             rediscover_every: Duration::from_secs(60),
+            param_refresh: PARAM_REFRESH,
         }
     }
 }
@@ -419,7 +422,15 @@ pub fn policy_source(
         );
     }
     drop(mtx);
-    let merger = merge_policies(mrx, ptx, stats.clone(), cfg.base.clone()).boxed();
+    let merger = merge_policies(
+        client.clone(),
+        mrx,
+        ptx,
+        stats.clone(),
+        cfg.base.clone(),
+        cfg.param_refresh,
+    )
+    .boxed();
     tasks.push(merger);
     let fut = async move {
         futures_util::future::join_all(tasks).await;
@@ -578,16 +589,71 @@ struct Merged {
     good: BTreeMap<(PolicyKind, String, String), (String, String)>,
     /// Keys seen during a (re)list of a kind, to drop the ones now gone.
     listing: BTreeMap<PolicyKind, Vec<(PolicyKind, String, String)>>,
+    /// The ValidatingAdmissionPolicy params read from the cluster (YAML
+    /// documents), compiled with the policies and bindings.
+    params: String,
+}
+
+/// How often the params of the cluster's ValidatingAdmissionPolicies are
+/// read again (they are ordinary objects, such as ConfigMaps, that change
+/// without any policy changing).
+const PARAM_REFRESH: Duration = Duration::from_secs(30);
+
+/// The ValidatingAdmissionPolicies and bindings in force, as one text.
+fn vap_text(st: &Merged) -> String {
+    let mut vap = String::new();
+    for (key, (text, _)) in &st.good {
+        if key.0.is_vap() {
+            vap.push_str("---\n");
+            vap.push_str(text);
+            vap.push('\n');
+        }
+    }
+    vap
+}
+
+/// Reads the params the bindings in force select; whether they changed.
+async fn refresh_params(client: &Client, st: &mut Merged) -> bool {
+    let refs = super::vap_params::param_refs(&vap_text(st));
+    let params = if refs.is_empty() {
+        String::new()
+    } else {
+        super::vap_params::fetch(client, &refs).await
+    };
+    let changed = params != st.params;
+    st.params = params;
+    changed
 }
 
 async fn merge_policies(
+    client: Client,
     mut rx: mpsc::Receiver<PolicyMsg>,
     tx: watch::Sender<Arc<PolicySet>>,
     stats: Arc<PolicyStats>,
     base: Option<(String, String)>,
+    param_refresh: Duration,
 ) {
     let mut st = Merged::default();
-    while let Some(msg) = rx.recv().await {
+    let mut refresh = tokio::time::interval(param_refresh);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let msg = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => return,
+            },
+            _ = refresh.tick() => {
+                if st.good.keys().any(|k| k.0.is_vap()) && refresh_params(&client, &mut st).await {
+                    info!("ValidatingAdmissionPolicy params changed");
+                    let set = build_set(&st, base.as_ref());
+                    stats.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                    if tx.send(Arc::new(set)).is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+        };
         let publish = match msg {
             PolicyMsg::Init(kind) => {
                 st.listing.insert(kind, Vec::new());
@@ -645,6 +711,7 @@ async fn merge_policies(
             }
         };
         if publish {
+            refresh_params(&client, &mut st).await;
             let set = build_set(&st, base.as_ref());
             info!(
                 policies = set.policy_names().len(),
@@ -672,12 +739,9 @@ fn build_set(st: &Merged, base: Option<&(String, String)>) -> PolicySet {
     let mut set = base
         .and_then(|(text, name)| load_policy_str(text, name).ok())
         .unwrap_or_default();
-    let mut vap = String::new();
+    let mut vap = vap_text(st);
     for (key, (text, name)) in &st.good {
         if key.0.is_vap() {
-            vap.push_str("---\n");
-            vap.push_str(text);
-            vap.push('\n');
             continue;
         }
         // Compiled once already when stored; compiling is deterministic.
@@ -687,7 +751,9 @@ fn build_set(st: &Merged, base: Option<&(String, String)>) -> PolicySet {
         }
     }
     if !vap.is_empty() {
-        // Policies and bindings are linked by name across objects.
+        vap.push_str(&st.params);
+        // Policies and bindings are linked by name across objects, and
+        // bindings to their params.
         match load_policy_str(&vap, "validatingadmissionpolicies") {
             Ok(s) => {
                 for u in s.unsupported() {

@@ -14,6 +14,7 @@ pub mod cri;
 pub mod kube;
 pub mod kubelet;
 pub mod kyverno_config;
+pub mod vap_params;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
