@@ -87,6 +87,10 @@ pub struct Entry {
     killed: bool,
     /// A `killed` container finding was printed.
     kill_reported: bool,
+    /// Since when the verdict waits for CRI's word (see [`judge`]).
+    pending_since: Option<Instant>,
+    /// CRI did not confirm it within the hold timeout: judged by image.
+    unconfirmed_final: bool,
 }
 
 impl Entry {
@@ -154,9 +158,10 @@ pub fn cgroup_key_of_path(path: &str) -> Option<CgroupKey> {
     Some(CgroupKey::new(parent.as_bytes(), leaf.as_bytes()))
 }
 
-/// What the Kubernetes sources say about a runtime container: the image as
-/// the Pod spec writes it (what Kyverno matched), which kind of container
-/// it is, the Pod's namespace and labels.
+/// What the Kubernetes sources say about a runtime container, found through
+/// the Pod identity CRI reports: the image as the Pod spec writes it (what
+/// Kyverno matched; for cross-checks only, never the image judged), which
+/// kind of container it is, the Pod's namespace and labels.
 #[derive(Debug, Clone)]
 pub struct PodContext {
     pub image: String,
@@ -211,9 +216,12 @@ fn decide_policy(policy: &PolicySet, info: &ContainerInfo, pod: Option<&PodConte
             reason: "allowed: pod sandbox".into(),
         };
     }
-    let image = pod
-        .map(|p| p.image.as_str())
-        .or(info.image_as_written.as_deref().filter(|i| !is_image_id(i)))
+    // The image the runtime runs, never the Pod spec's (issue 13, case 6):
+    // a Pod found through forged or stale identity must not lend its image.
+    let image = info
+        .image_as_written
+        .as_deref()
+        .filter(|i| !is_image_id(i))
         .or(info.image_ref.as_deref());
     let Some(image) = image else {
         return Decision {
@@ -250,14 +258,15 @@ fn entry_key(info: &ContainerInfo) -> String {
 /// The containerd namespace of Kubernetes' containers (containerd's CRI plugin).
 pub const CRI_NAMESPACE: &str = "k8s.io";
 
-/// Identity from labels is not trusted (issue 13, case 6): anyone with
+/// Identity comes from CRI only (issue 13, case 6): anyone with
 /// containerd's API can set `io.cri-containerd.kind=sandbox` or
-/// `io.kubernetes.pod.*` on a container. Outside the CRI plugin's namespace
-/// no container is a Pod's: the kind and Pod fields a containerd report
-/// took from labels are dropped, so the container is judged by the image
-/// it runs, as a plain container of no namespace.
+/// `io.kubernetes.pod.*` on a container, in any namespace, `k8s.io`
+/// included. A report from containerd's own API carries no kind and no Pod
+/// (the source sets none; this drops any that slipped in), so until CRI
+/// lists the container it is judged by the image it runs, as a plain
+/// container of no namespace.
 pub fn distrust_labels(info: &mut ContainerInfo) {
-    if info.runtime != "containerd" || info.namespace.as_deref() == Some(CRI_NAMESPACE) {
+    if info.runtime != "containerd" {
         return;
     }
     info.kind = None;
@@ -266,6 +275,57 @@ pub fn distrust_labels(info: &mut ContainerInfo) {
     info.pod_uid = None;
     info.container_name = None;
     info.sandbox_id = None;
+}
+
+/// Whether a container must wait for CRI's word before its verdict is final:
+/// containerd reports it in the CRI plugin's namespace, CRI has not listed
+/// it (yet) and a CRI client is there to ask. Kubernetes' containers are
+/// announced by containerd before CRI lists them (a sandbox only once its
+/// pause process runs), so judging them by image alone at once would kill
+/// a sandbox or an exempt Pod's container before CRI could say what it is.
+pub fn awaits_cri(info: &ContainerInfo, cri_configured: bool) -> bool {
+    cri_configured
+        && info.runtime == "containerd"
+        && info.kind.is_none()
+        && info.namespace.as_deref() == Some(CRI_NAMESPACE)
+}
+
+/// The verdict of a container, and whether it is pending (HOLD: the kernel
+/// stops its execs until CRI confirms it). A container awaiting CRI whose
+/// image the policy allows is allowed at once (nothing to lose); one whose
+/// image it does not allow is pending until CRI knows it, and judged by its
+/// image for good once `unconfirmed_final` (the hold timeout passed and CRI
+/// still does not know it): never allowed for a label.
+pub fn judge(
+    policy: &PolicySet,
+    info: &ContainerInfo,
+    pod: Option<&PodContext>,
+    exempt: &Exemptions,
+    awaiting_cri: bool,
+    unconfirmed_final: bool,
+) -> (Decision, bool) {
+    let pod = if awaiting_cri { None } else { pod };
+    let mut d = decide_with(policy, info, pod, exempt);
+    if !awaiting_cri || d.kernel == verdict::ALLOW {
+        return (d, false);
+    }
+    if !unconfirmed_final {
+        return (
+            Decision {
+                kernel: verdict::HOLD,
+                reason: format!(
+                    "pending: in containerd's {CRI_NAMESPACE} namespace but not (yet) known to CRI; held until CRI confirms it, else judged by the image it runs ({})",
+                    d.reason
+                ),
+            },
+            true,
+        );
+    }
+    d.reason = format!(
+        "{}; in containerd's {CRI_NAMESPACE} namespace but unknown to CRI: judged by the image it runs",
+        d.reason
+    );
+    (d, false)
 }
 
 /// Fills fields one report lacks from another report of the same container.
@@ -523,8 +583,16 @@ impl Controller {
     pub fn upsert(&mut self, mut info: ContainerInfo) {
         distrust_labels(&mut info);
         let key = entry_key(&info);
-        let pod = self.pod_lookup.as_ref().and_then(|f| f(&info));
-        let decision = decide_with(&self.policy, &info, pod.as_ref(), &self.exemptions);
+        // What an earlier report said (CRI's identity among it) fills what
+        // this one lacks, before the container is judged.
+        let (prev, unconfirmed_final) = match self.entries.get(&key) {
+            Some(e) => (Some(e.info.clone()), e.unconfirmed_final),
+            None => (None, false),
+        };
+        if let Some(prev) = &prev {
+            merge(&mut info, prev);
+        }
+        let (decision, pending) = self.judge_info(&info, unconfirmed_final);
         let e = self.entries.entry(key.clone()).or_insert_with(|| Entry {
             info: info.clone(),
             key: None,
@@ -534,12 +602,81 @@ impl Controller {
             reported: None,
             killed: false,
             kill_reported: false,
+            pending_since: None,
+            unconfirmed_final: false,
         });
-        let mut fresh = info;
-        merge(&mut fresh, &e.info);
-        e.info = fresh;
+        e.info = info;
         e.decision = decision;
+        if pending {
+            e.pending_since.get_or_insert_with(Instant::now);
+        } else {
+            e.pending_since = None;
+        }
         self.apply(&key);
+    }
+
+    fn judge_info(&self, info: &ContainerInfo, unconfirmed_final: bool) -> (Decision, bool) {
+        let awaiting = awaits_cri(info, self.cri.is_some());
+        let pod = if awaiting {
+            None
+        } else {
+            self.pod_lookup.as_ref().and_then(|f| f(info))
+        };
+        judge(
+            &self.policy,
+            info,
+            pod.as_ref(),
+            &self.exemptions,
+            awaiting,
+            unconfirmed_final,
+        )
+    }
+
+    /// Containers waiting for CRI's word: asks CRI about each (one unary
+    /// call each; such containers are rare: in `k8s.io`, not listed by CRI
+    /// yet, of an image the policy does not allow). Confirmed ones are
+    /// judged with CRI's identity; those CRI still does not know after
+    /// `hold_timeout` (or at once when `force`) are judged by their image.
+    async fn settle_pending(&mut self, only: Option<&str>, force: bool) {
+        let keys: Vec<(String, String, bool)> = self
+            .entries
+            .iter()
+            .filter(|(k, _)| only.is_none_or(|o| o == k.as_str()))
+            .filter_map(|(k, e)| {
+                let since = e.pending_since?;
+                let expired = force || since.elapsed() >= self.cfg.hold_timeout;
+                Some((k.clone(), e.info.id.clone(), expired))
+            })
+            .collect();
+        for (key, id, expired) in keys {
+            let looked = match &self.cri {
+                Some(c) => c.lookup(&id).await,
+                None => Ok(None),
+            };
+            match looked {
+                Ok(Some(mut cri)) => {
+                    cri.namespace = Some(CRI_NAMESPACE.to_string());
+                    debug!(container = %id, "CRI confirmed a pending container");
+                    self.upsert(cri);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => warn!(container = %id, "CRI lookup of a pending container: {e}"),
+            }
+            if expired {
+                let Some(e) = self.entries.get_mut(&key) else {
+                    continue;
+                };
+                e.unconfirmed_final = true;
+                let info = e.info.clone();
+                let (d, _) = self.judge_info(&info, true);
+                if let Some(e) = self.entries.get_mut(&key) {
+                    e.decision = d;
+                    e.pending_since = None;
+                }
+                self.apply(&key);
+            }
+        }
     }
 
     /// Kernel maps, kills and findings for one entry.
@@ -598,7 +735,8 @@ impl Controller {
             action = "killed";
         }
         let newly_killed = action == "killed" && !e.kill_reported;
-        if e.reported.as_ref() != Some(&e.decision) || newly_killed {
+        let pending = v == verdict::HOLD;
+        if !pending && (e.reported.as_ref() != Some(&e.decision) || newly_killed) {
             e.kill_reported |= action == "killed";
             let show = v != verdict::ALLOW || self.cfg.all_execs;
             if show {
@@ -614,8 +752,9 @@ impl Controller {
             }
             e.reported = Some(e.decision.clone());
         }
-        // A held exec in this cgroup can be decided now.
-        if let Some(id) = e.cgroup_id {
+        // A held exec in this cgroup can be decided now (unless the
+        // container itself still waits for CRI).
+        if let Some(id) = e.cgroup_id.filter(|_| !pending) {
             if self.held.contains_key(&id) {
                 self.release(id, v);
             }
@@ -852,8 +991,13 @@ impl Controller {
     /// Tries to attribute a held cgroup to a container and decide.
     async fn resolve_held(&mut self, cgroup_id: u64, pid: u32) {
         if let Some(k) = self.by_cgroup.get(&cgroup_id).cloned() {
+            if self.entries.get(&k).is_some_and(|e| e.pending_since.is_some()) {
+                self.settle_pending(Some(&k), false).await;
+            }
             if let Some(v) = self.entries.get(&k).map(|e| e.decision.kernel) {
-                self.release(cgroup_id, v);
+                if v != verdict::HOLD {
+                    self.release(cgroup_id, v);
+                }
                 return;
             }
         }
@@ -891,6 +1035,7 @@ impl Controller {
     /// after one last look at the runtimes: an approved container must never
     /// be killed because the agent was slow.
     pub async fn expire_holds(&mut self) {
+        self.settle_pending(None, false).await;
         let now = Instant::now();
         let expired: Vec<(u64, Option<u32>)> = self
             .held
@@ -901,6 +1046,13 @@ impl Controller {
         for (id, pid) in expired {
             if let Some(pid) = pid {
                 self.resolve_held(id, pid).await;
+            }
+            // Held for the whole timeout by a container still waiting for
+            // CRI: judged by its image now (a finding that names it).
+            if let Some(k) = self.by_cgroup.get(&id).cloned() {
+                if self.entries.get(&k).is_some_and(|e| e.pending_since.is_some()) {
+                    self.settle_pending(Some(&k), true).await;
+                }
             }
             let Some(h) = self.held.remove(&id) else {
                 continue;
@@ -1025,11 +1177,15 @@ impl Controller {
             let Some(e) = self.entries.get(&k) else {
                 continue;
             };
-            let pod = self.pod_lookup.as_ref().and_then(|f| f(&e.info));
-            let d = decide_with(&self.policy, &e.info, pod.as_ref(), &self.exemptions);
+            let (d, pending) = self.judge_info(&e.info, e.unconfirmed_final);
             if d != e.decision {
                 if let Some(e) = self.entries.get_mut(&k) {
                     e.decision = d;
+                    if pending {
+                        e.pending_since.get_or_insert_with(Instant::now);
+                    } else {
+                        e.pending_since = None;
+                    }
                 }
                 self.apply(&k);
             }
@@ -1075,8 +1231,10 @@ impl Controller {
         ok
     }
 
+    /// Whether anything waits on the hold tick: held processes, or
+    /// containers waiting for CRI's word.
     pub fn has_holds(&self) -> bool {
-        !self.held.is_empty()
+        !self.held.is_empty() || self.entries.values().any(|e| e.pending_since.is_some())
     }
 
     /// Summary line for logs.
@@ -1238,7 +1396,7 @@ mod tests {
     }
 
     #[test]
-    fn image_ids_are_not_judged_as_names_and_pod_context_wins() {
+    fn image_ids_are_not_judged_as_names_and_the_pod_gives_context_not_the_image() {
         let policy =
             imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
         let id = format!("sha256:{}", "ab".repeat(32));
@@ -1271,6 +1429,20 @@ mod tests {
             decide(&policy, &info(Some("x")), Some(&regular)).kernel,
             verdict::DENY
         );
+        // The Pod spec's image is never the one judged (issue 13, case 6):
+        // a Pod whose spec writes a trusted image does not lend it to a
+        // container that runs another.
+        let trusted_spec = PodContext {
+            image: "public.ecr.aws/nginx/nginx:latest".into(),
+            ..regular
+        };
+        let d = decide(
+            &policy,
+            &info(Some("docker.io/library/nginx:latest")),
+            Some(&trusted_spec),
+        );
+        assert_eq!(d.kernel, verdict::DENY, "{d:?}");
+        assert!(d.reason.contains("docker.io"), "{d:?}");
     }
 
     #[test]
@@ -1329,12 +1501,80 @@ mod tests {
             decide_with(&policy, &forged, None, &ex).kernel,
             verdict::DENY
         );
-        // The CRI plugin's namespace keeps them (CRI confirms them on resync).
-        let mut cri = info(Some("registry.k8s.io/pause:3.6"));
-        cri.namespace = Some(CRI_NAMESPACE.into());
-        cri.kind = Some(ContainerKind::Sandbox);
-        distrust_labels(&mut cri);
-        assert_eq!(cri.kind, Some(ContainerKind::Sandbox));
+        assert!(!awaits_cri(&forged, true), "outside k8s.io: judged at once");
+    }
+
+    /// Issue 13, case 6, inside the CRI plugin's namespace: a container
+    /// containerd reports in `k8s.io` with forged `io.cri-containerd.kind`
+    /// and `io.kubernetes.pod.*` labels naming a Pod whose spec image is
+    /// trusted gets neither the sandbox allowance nor that Pod's image: it
+    /// waits for CRI (held), and CRI never knowing it, it is judged by the
+    /// image it runs. What CRI itself reports is believed.
+    #[test]
+    fn cri_namespace_identity_comes_from_cri_only() {
+        let policy =
+            imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
+        let ex = Exemptions::kyverno_defaults(&[], "kyverno");
+        let mut forged = info(Some("docker.io/library/nginx:latest"));
+        forged.namespace = Some(CRI_NAMESPACE.into());
+        forged.labels = crate::sources::bounded_labels(
+            [
+                ("io.cri-containerd.kind", "sandbox"),
+                ("io.kubernetes.pod.name", "web-ecr"),
+                ("io.kubernetes.pod.namespace", "kube-system"),
+                ("io.kubernetes.container.name", "nginx"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        // Whatever put a kind or a Pod on a containerd report, it goes.
+        forged.kind = Some(ContainerKind::Sandbox);
+        forged.pod_name = Some("web-ecr".into());
+        forged.pod_namespace = Some("kube-system".into());
+        distrust_labels(&mut forged);
+        assert_eq!(
+            (forged.kind, forged.pod_name.as_deref(), forged.pod_namespace.as_deref()),
+            (None, None, None)
+        );
+        assert!(awaits_cri(&forged, true));
+        // The Pod the labels name, as a lookup would find it.
+        let pod = PodContext {
+            image: "public.ecr.aws/nginx/nginx:latest".into(),
+            container_type: ContainerType::Container,
+            namespace: "kube-system".into(),
+            labels: BTreeMap::new(),
+        };
+        let (d, pending) = judge(&policy, &forged, Some(&pod), &ex, true, false);
+        assert!(pending && d.kernel == verdict::HOLD, "{d:?}");
+        let (d, pending) = judge(&policy, &forged, Some(&pod), &ex, true, true);
+        assert!(!pending, "{d:?}");
+        assert_eq!(d.kernel, verdict::DENY, "judged by the image it runs: {d:?}");
+        assert!(d.reason.contains("docker.io") && d.reason.contains("unknown to CRI"), "{d:?}");
+        // No CRI to ask: judged by its image at once.
+        assert!(!awaits_cri(&forged, false));
+        let (d, pending) = judge(&policy, &forged, None, &ex, false, false);
+        assert!(!pending && d.kernel == verdict::DENY, "{d:?}");
+        // A trusted image waits for nobody.
+        let mut good = forged.clone();
+        good.image_as_written = Some("public.ecr.aws/nginx/nginx:latest".into());
+        let (d, pending) = judge(&policy, &good, None, &ex, true, false);
+        assert!(!pending && d.kernel == verdict::ALLOW, "{d:?}");
+        // What CRI reports is believed: its sandbox is the pod's pause
+        // container (allowed), its Pod's namespace is exempt.
+        let mut sb = info(Some("registry.k8s.io/pause:3.6"));
+        sb.runtime = "cri";
+        sb.namespace = Some(CRI_NAMESPACE.into());
+        sb.kind = Some(ContainerKind::Sandbox);
+        distrust_labels(&mut sb);
+        assert!(!awaits_cri(&sb, true));
+        assert_eq!(judge(&policy, &sb, None, &ex, false, false).0.kernel, verdict::ALLOW);
+        let mut sys = forged.clone();
+        sys.runtime = "cri";
+        sys.kind = Some(ContainerKind::Container);
+        sys.pod_namespace = Some("kube-system".into());
+        assert!(!awaits_cri(&sys, true));
+        let (d, _) = judge(&policy, &sys, Some(&pod), &ex, false, false);
+        assert_eq!(d.kernel, verdict::AUDIT, "{d:?}");
+        assert!(d.reason.contains("docker.io"), "still its own image: {d:?}");
     }
 
     #[test]

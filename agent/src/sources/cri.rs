@@ -339,7 +339,7 @@ impl CriClient {
             Err(_) => ContainerState::Unknown,
         };
         info.labels = bounded_labels(sb.labels.clone());
-        info.fill_from_kubelet_labels();
+        info.fill_from_cri_labels();
         info
     }
 
@@ -435,7 +435,7 @@ impl CriClient {
             .or_else(|| Some(c.image_ref.clone()).filter(|r| is_image_id(r)));
         info.state = state_of(c.state);
         info.labels = bounded_labels(c.labels.clone());
-        info.fill_from_kubelet_labels();
+        info.fill_from_cri_labels();
         info
     }
 
@@ -469,7 +469,7 @@ impl CriClient {
             }
             if info.labels.is_empty() {
                 info.labels = bounded_labels(st.labels);
-                info.fill_from_kubelet_labels();
+                info.fill_from_cri_labels();
             }
         }
         if let Some(v) = parse_info(&resp.info) {
@@ -513,6 +513,59 @@ impl CriClient {
             }
         }
         Ok(())
+    }
+
+    /// What CRI says about one id: the container, else the pod sandbox of
+    /// that id, with their statuses; `Ok(None)` when CRI knows neither
+    /// (yet). Pod fields come from the sandbox's CRI metadata.
+    pub async fn lookup(&self, id: &str) -> Result<Option<ContainerInfo>, CriError> {
+        match self.container_status(id).await {
+            Ok(mut c) => {
+                if let Some(sb) = c.sandbox_id.clone() {
+                    match self.sandbox(&sb).await {
+                        Ok(Some(s)) => {
+                            c.pod_name = s.pod_name.or(c.pod_name.take());
+                            c.pod_namespace = s.pod_namespace.or(c.pod_namespace.take());
+                            c.pod_uid = s.pod_uid.or(c.pod_uid.take());
+                        }
+                        Ok(None) => {}
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                return Ok(Some(c));
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+        match self.sandbox(id).await {
+            Err(e) if e.is_not_found() => Ok(None),
+            r => r,
+        }
+    }
+
+    /// One pod sandbox by id, from CRI's listing (with its status).
+    async fn sandbox(&self, id: &str) -> Result<Option<ContainerInfo>, CriError> {
+        let mut rt = self.runtime.clone();
+        let resp = call!(
+            self,
+            "ListPodSandbox",
+            rt.list_pod_sandbox(api::ListPodSandboxRequest {
+                filter: Some(api::PodSandboxFilter {
+                    id: id.to_string(),
+                    ..Default::default()
+                }),
+            })
+        )?;
+        let Some(sb) = resp.items.iter().find(|s| s.id == id) else {
+            return Ok(None);
+        };
+        let mut info = self.sandbox_base(sb);
+        match self.pod_sandbox_status_into(&mut info).await {
+            Ok(()) => Ok(Some(info)),
+            Err(e) if e.is_not_found() => Ok(Some(info)),
+            Err(e) => Err(e),
+        }
     }
 
     /// One container, with its verbose status.
