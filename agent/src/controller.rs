@@ -29,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{verdict, CgroupKey};
+use agent_common::{hold_parent, verdict, CgroupKey};
 use imagewarden_policy::{Action, ContainerType, EvalContext, PolicySet};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -408,7 +408,9 @@ pub struct Controller {
     pub metrics: Option<crate::metrics::Metrics>,
     /// Kubernetes mode: the Pod spec behind a runtime container.
     pub pod_lookup: Option<PodLookup>,
-    hold_parents: std::collections::HashSet<String>,
+    /// containerd namespace -> the cgroup id of its directory, marked
+    /// NAMESPACE in the kernel's HOLD_PARENTS (by id: issue 13, case 9).
+    hold_parents: HashMap<String, u64>,
     /// What admission excluded: never stopped, only reported.
     exemptions: Arc<Exemptions>,
 }
@@ -461,18 +463,16 @@ impl Controller {
         let mut seen: HashMap<String, ContainerInfo> = HashMap::new();
         let mut complete = true;
         use crate::metrics::Source;
+        // Children of a containerd namespace's cgroup are its containers:
+        // hold any the agent has not classified yet (kernel side).
         if let Some(c) = &self.containerd {
-            // Children of a containerd namespace's cgroup are its containers:
-            // hold any the agent has not classified yet (kernel side).
             if let Ok(nss) = c.namespaces().await {
                 for ns in nss {
-                    if self.hold_parents.insert(ns.clone()) {
-                        if let Err(e) = self.probes.add_hold_parent(&ns) {
-                            warn!(namespace = %ns, "hold parent: {e}");
-                        }
-                    }
+                    self.watch_namespace_cgroup(&ns);
                 }
             }
+        }
+        if let Some(c) = &self.containerd {
             let r = c.list_all().await;
             self.source_up(Source::RuntimeContainerd, r.is_ok());
             match r {
@@ -541,6 +541,71 @@ impl Controller {
         debug!(entries = n, ms = ?self.stats.last_resync_ms, "resync (containerd, CRI, apply)");
     }
 
+    /// Marks the cgroup of a containerd namespace (`<cgroup2>/<namespace>`,
+    /// where `ctr run` and nerdctl put its containers with the cgroupfs
+    /// driver) as a hold parent, by the directory's cgroup id: a cgroup
+    /// elsewhere that is merely *named* like a namespace is never held for
+    /// it (issue 13, case 9). The directory is created when missing, so the
+    /// id exists before the namespace's first container; checked again on
+    /// every resync and runtime event of the namespace, so a directory
+    /// removed and made again is followed.
+    fn watch_namespace_cgroup(&mut self, ns: &str) {
+        if ns.is_empty() || ns.len() > 76 || ns.contains('/') || ns.starts_with('.') {
+            return;
+        }
+        let dir = self.cfg.cgroup2.join(ns);
+        let mut id = cgroup_id_of_dir(&dir).ok();
+        if id.is_none() {
+            match std::fs::create_dir(&dir) {
+                Ok(()) => debug!(namespace = ns, dir = %dir.display(), "created the namespace's cgroup"),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => debug!(namespace = ns, dir = %dir.display(), "cannot create the namespace's cgroup: {e}"),
+            }
+            id = cgroup_id_of_dir(&dir).ok();
+        }
+        let Some(id) = id else { return };
+        let old = self.hold_parents.insert(ns.to_string(), id);
+        if old == Some(id) {
+            return;
+        }
+        if let Some(old) = old {
+            let _ = self.probes.remove_hold_parent(old);
+        }
+        if let Err(e) = self.probes.add_hold_parent(id, hold_parent::NAMESPACE) {
+            warn!(namespace = %ns, "hold parent: {e}");
+        }
+    }
+
+    /// Marks a container's cgroup so that a cgroup below it no verdict
+    /// names (a nested runtime's container) is judged as this container.
+    fn mark_container_cgroup(&mut self, cgroup_id: u64) {
+        if let Err(e) = self.probes.add_hold_parent(cgroup_id, hold_parent::CONTAINER) {
+            warn!(cgroup_id, "container hold parent: {e}");
+        }
+    }
+
+    /// The known container whose cgroup is an ancestor of `dir` (the
+    /// outermost), with its verdict: a nested runtime's container is judged
+    /// as the container it runs in.
+    fn outer_container_of(&self, dir: &Path) -> Option<(String, u32)> {
+        let mut found = None;
+        let mut d = dir.parent();
+        while let Some(p) = d {
+            if !p.starts_with(&self.cfg.cgroup2) || p == self.cfg.cgroup2 {
+                break;
+            }
+            if let Ok(id) = cgroup_id_of_dir(p) {
+                if let Some(k) = self.by_cgroup.get(&id) {
+                    if let Some(e) = self.entries.get(k) {
+                        found = Some((k.clone(), e.decision.kernel));
+                    }
+                }
+            }
+            d = p.parent();
+        }
+        found
+    }
+
     fn source_up(&self, s: crate::metrics::Source, up: bool) {
         if let Some(m) = &self.metrics {
             m.set_source_up(s, up);
@@ -573,6 +638,7 @@ impl Controller {
             }
             if let Some(id) = e.cgroup_id {
                 let _ = self.probes.clear_verdict(id);
+                let _ = self.probes.remove_hold_parent(id);
                 self.by_cgroup.remove(&id);
             }
             debug!(container = %e.info.id, "container forgotten");
@@ -708,6 +774,9 @@ impl Controller {
             if let Err(err) = self.probes.set_verdict(id, v) {
                 warn!(container = %e.info.id, "kernel verdict: {err}");
             }
+            if let Err(err) = self.probes.add_hold_parent(id, hold_parent::CONTAINER) {
+                warn!(container = %e.info.id, "container hold parent: {err}");
+            }
             self.by_cgroup.insert(id, key.to_string());
         }
         let denied = v == verdict::DENY;
@@ -804,6 +873,11 @@ impl Controller {
             ev.namespace.as_deref().unwrap_or(""),
             ev.container_id
         );
+        if let Some(ns) = ev.namespace.as_deref().filter(|_| ev.runtime == "containerd") {
+            if !self.hold_parents.contains_key(ns) {
+                self.watch_namespace_cgroup(ns);
+            }
+        }
         match ev.kind {
             EventKind::Created | EventKind::Started { .. } => {
                 if let EventKind::Started { pid: Some(pid) } = ev.kind {
@@ -876,6 +950,7 @@ impl Controller {
             }
         }
         self.by_cgroup.insert(cgroup_id, k);
+        self.mark_container_cgroup(cgroup_id);
     }
 
     /// Handles one exec record from the kernel; prints its finding.
@@ -1028,6 +1103,18 @@ impl Controller {
                 e.cgroup_dir = dir;
             }
             self.apply(&k);
+            return;
+        }
+        // No runtime here knows it: a nested runtime's container (docker in
+        // docker, a kind node) is judged as the container it runs in. The
+        // kernel does so itself once that container's cgroup is marked;
+        // this covers a hold taken before the mark was.
+        if let Some((outer, v)) = dir.as_deref().and_then(|d| self.outer_container_of(d)) {
+            debug!(cgroup_id, outer = %outer, verdict = v, "held cgroup is nested in a known container");
+            if v != verdict::HOLD {
+                let _ = self.probes.set_verdict(cgroup_id, v);
+                self.release(cgroup_id, v);
+            }
         }
     }
 
@@ -1107,6 +1194,15 @@ impl Controller {
         let mut pruned = 0;
         for id in self.probes.verdict_cgroups() {
             if !known_ids.contains(&id) && self.probes.clear_verdict(id).is_ok() {
+                pruned += 1;
+            }
+        }
+        let namespaces: std::collections::HashSet<u64> = self.hold_parents.values().copied().collect();
+        for (id, _) in self.probes.hold_parents() {
+            if !self.by_cgroup.contains_key(&id)
+                && !namespaces.contains(&id)
+                && self.probes.remove_hold_parent(id).is_ok()
+            {
                 pruned += 1;
             }
         }

@@ -1158,3 +1158,149 @@ fn a_hold_whose_event_died_with_the_agent_is_decided_by_the_next() {
     );
     drop(b);
 }
+
+/// Case 9, end to end on the host's cgroup2: an enforcing agent
+/// (`--hold-timeout 1s`, fail closed) with a real containerd.
+/// - A process in `/<x>/default/foo`, a cgroup merely *named* like the
+///   containerd namespace `default`, runs (before: held by name, then
+///   killed at the hold timeout as "not known to any runtime").
+/// - A nested runtime inside an allowed `ctr run` container (its cgroup
+///   `/default/<id>`): processes in `/default/<id>/default/inner`
+///   (`/<ns>/<id>/<ns2>/<id2>`) and in a kind node's
+///   `/default/<id>/kubelet.slice/.../cri-containerd-<hex>.scope` run to
+///   completion, judged as that container (before: held and killed).
+/// - The namespace's own cgroup still holds by id: an unclassified child
+///   of `/default` that no runtime knows is held, then killed.
+#[test]
+fn nested_runtimes_are_judged_as_their_container_and_names_alone_hold_nothing() {
+    let _serial = serial();
+    let test = "nested_runtimes_are_judged_as_their_container_and_names_alone_hold_nothing";
+    if !root_or_skip(test) {
+        return;
+    }
+    let images = TestImages::build();
+    let ctd = Containerd::start();
+    ctd.import("default", &images);
+    let endpoint = ctd.endpoint();
+    let root = Path::new("/sys/fs/bpf").join(format!("iw-test-nested-{}", std::process::id()));
+    let _ = imagewarden::probes::cleanup_root(&root, Duration::from_secs(1));
+    let pins = PinRoot(root.clone());
+    let root_s = root.display().to_string();
+    let a = Agent::start(
+        &[
+            "run",
+            "--standalone",
+            "--mode",
+            "enforce",
+            "--fail-mode",
+            "closed",
+            "--pin-dir",
+            &root_s,
+            "--hold-timeout",
+            "1s",
+            "--runtime-endpoint",
+            &endpoint,
+        ],
+        &[],
+    );
+    a.wait_log(
+        "the agent running",
+        Duration::from_secs(30),
+        "agent running",
+    );
+    let cg2 = support::host::cgroup2_root();
+    let t = ctd.token.clone();
+    let mkdir = |p: &Path| -> support::host::TestCgroup {
+        std::fs::create_dir(p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+        support::host::TestCgroup {
+            path: p.to_path_buf(),
+            id: imagewarden::probes::cgroup_id_of(p).expect("cgroup id"),
+        }
+    };
+    let marker_dir = support::host::tempdir("nested-e2e");
+    // Runs `sh -c 'echo ran > marker'` in `cg`; its exit status, bounded:
+    // a held process is killed by the agent at the hold timeout.
+    let run_in = |cg: &Path, tag: &str| -> (Option<i32>, Option<i32>, bool) {
+        use std::os::unix::process::ExitStatusExt;
+        let marker = marker_dir.join(tag);
+        let mut child = support::host::in_cgroup(cg, "/bin/sh")
+            .arg("-c")
+            .arg(format!("echo ran > {}", marker.display()))
+            .spawn()
+            .expect("spawn in cgroup");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let st = loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{tag}: neither ran nor was killed within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (st.code(), st.signal(), marker.exists())
+    };
+
+    // 1. A cgroup named like a containerd namespace, elsewhere.
+    let decoy_root = support::host::TestCgroup::new("decoy-ns");
+    let decoy_ns = mkdir(&decoy_root.path.join("default"));
+    let decoy = mkdir(&decoy_ns.path.join("foo"));
+    let (code, sig, ran) = run_in(&decoy.path, "decoy");
+    assert!(
+        code == Some(0) && ran,
+        "a process in {} (named like a namespace only) did not run: exit {code:?} signal {sig:?}",
+        decoy.path.display()
+    );
+
+    // 2. A nested runtime inside an allowed container.
+    let id = format!("nest-{t}");
+    ctd.ctr_run("default", &id, support::containerd::ECR_NGINX, &[]);
+    assert!(
+        ctd.wait_marker(&id, Duration::from_secs(20)).is_some(),
+        "the allowed outer container did not run"
+    );
+    let outer = cg2.join("default").join(&id);
+    wait_for("the outer container's cgroup", Duration::from_secs(10), || {
+        outer.is_dir().then_some(())
+    });
+    let inner_ns = mkdir(&outer.join("default"));
+    let inner = mkdir(&inner_ns.path.join("inner"));
+    let kubelet = mkdir(&outer.join("kubelet.slice"));
+    let kind_pod = mkdir(&kubelet.path.join("kubelet-kubepods-besteffort-pod1.slice"));
+    let kind_ctr = mkdir(
+        &kind_pod
+            .path
+            .join(format!("cri-containerd-{}.scope", "c".repeat(64))),
+    );
+    for (cg, tag) in [(&inner, "nested-ctr"), (&kind_ctr, "nested-kind")] {
+        let (code, sig, ran) = run_in(&cg.path, tag);
+        assert!(
+            code == Some(0) && ran,
+            "{tag}: nested in an allowed container, it must run: exit {code:?} signal {sig:?}"
+        );
+    }
+
+    // 3. The namespace's own cgroup still holds, by id: an unclassified
+    // child no runtime knows is held, then killed (fail closed).
+    let lone = mkdir(&cg2.join("default").join(format!("lone-{t}")));
+    let (code, sig, ran) = run_in(&lone.path, "lone");
+    assert!(
+        sig == Some(libc::SIGKILL) && !ran,
+        "an unknown child of the namespace cgroup must be held and killed: exit {code:?} signal {sig:?}"
+    );
+    let f = a.finding(
+        "the kill of the unknown child of the namespace cgroup",
+        Duration::from_secs(10),
+        |v| v["action"] == "killed" && v["cgroup_id"] == lone.id,
+    );
+    assert_eq!(f["verdict"], "deny", "{f}");
+
+    drop((lone, kind_ctr, kind_pod, kubelet, inner, inner_ns));
+    drop((decoy, decoy_ns, decoy_root));
+    drop(a);
+    drop(pins);
+    drop(ctd);
+    drop(images);
+    let _ = std::fs::remove_dir_all(marker_dir);
+}
