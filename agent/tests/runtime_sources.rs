@@ -342,14 +342,40 @@ async fn cri_lists_pod_containers_with_pod_metadata(test: &str, rt: Runtime) {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("started"));
 
     // The containerd API sees the same container in k8s.io, with the pod
-    // labels the kubelet (here: we) set.
+    // labels the kubelet (here: we) set, but takes no identity from them
+    // (anyone with containerd's API sets labels: issue 13, case 6): the
+    // kind and the Pod are CRI's word alone.
     let native = ContainerdClient::connect(&ctd.endpoint())
         .await
         .expect("connect");
     let all = native.list_all().await.expect("list_all");
     let n = find(&all, "k8s.io", &cid);
-    assert_eq!(n.pod_uid.as_deref(), Some(uid));
-    assert_eq!(n.kind, Some(ContainerKind::Container));
+    assert_eq!(
+        n.labels.get("io.kubernetes.pod.uid").map(String::as_str),
+        Some(uid)
+    );
+    assert_eq!((n.pod_uid.as_deref(), n.kind), (None, None), "{n:#?}");
+    // CRI's word on one id (how the agent confirms a k8s.io container
+    // containerd announced before CRI listed it): the container with its
+    // Pod, the sandbox as a sandbox, an id CRI does not know as nothing.
+    let one = cri.lookup(&cid).await.expect("lookup").expect("CRI knows it");
+    assert_eq!(one.kind, Some(ContainerKind::Container), "{one:#?}");
+    assert_eq!(one.pod_uid.as_deref(), Some(uid), "{one:#?}");
+    assert_eq!(one.pod_name, c.pod_name, "{one:#?}");
+    let sb = cri.lookup(&sandbox).await.expect("lookup").expect("CRI knows it");
+    assert_eq!(sb.kind, Some(ContainerKind::Sandbox), "{sb:#?}");
+    assert_eq!(sb.pod_uid.as_deref(), Some(uid), "{sb:#?}");
+    assert!(cri
+        .lookup(&"0".repeat(64))
+        .await
+        .expect("lookup")
+        .is_none());
+    // containerd resolves id prefixes; an id that is only a prefix of a
+    // real container's or sandbox's is still unknown.
+    for prefix in [&cid[..12], &sandbox[..12]] {
+        let got = cri.lookup(prefix).await.expect("lookup");
+        assert!(got.is_none(), "{prefix}: {got:#?}");
+    }
     assert_eq!(n.pid, c.pid);
     assert_eq!(n.image_ref, c.image_ref);
 

@@ -450,6 +450,16 @@ impl CriClient {
             })
         )?;
         if let Some(st) = resp.status {
+            // containerd resolves an id prefix to the one container it
+            // names: an answer about another container is no answer about
+            // this one (a forged container named by a prefix of a real one
+            // must not borrow its identity).
+            if !st.id.is_empty() && st.id != info.id {
+                return Err(CriError::status(
+                    "ContainerStatus",
+                    tonic::Status::not_found(format!("no container {:?}", info.id)),
+                ));
+            }
             info.state = state_of(st.state);
             if let Some(spec) = &st.image {
                 let user = non_empty(spec.user_specified_image.clone());
