@@ -557,9 +557,13 @@ impl Controller {
         let mut id = cgroup_id_of_dir(&dir).ok();
         if id.is_none() {
             match std::fs::create_dir(&dir) {
-                Ok(()) => debug!(namespace = ns, dir = %dir.display(), "created the namespace's cgroup"),
+                Ok(()) => {
+                    debug!(namespace = ns, dir = %dir.display(), "created the namespace's cgroup")
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => debug!(namespace = ns, dir = %dir.display(), "cannot create the namespace's cgroup: {e}"),
+                Err(e) => {
+                    debug!(namespace = ns, dir = %dir.display(), "cannot create the namespace's cgroup: {e}")
+                }
             }
             id = cgroup_id_of_dir(&dir).ok();
         }
@@ -579,7 +583,10 @@ impl Controller {
     /// Marks a container's cgroup so that a cgroup below it no verdict
     /// names (a nested runtime's container) is judged as this container.
     fn mark_container_cgroup(&mut self, cgroup_id: u64) {
-        if let Err(e) = self.probes.add_hold_parent(cgroup_id, hold_parent::CONTAINER) {
+        if let Err(e) = self
+            .probes
+            .add_hold_parent(cgroup_id, hold_parent::CONTAINER)
+        {
             warn!(cgroup_id, "container hold parent: {e}");
         }
     }
@@ -873,7 +880,11 @@ impl Controller {
             ev.namespace.as_deref().unwrap_or(""),
             ev.container_id
         );
-        if let Some(ns) = ev.namespace.as_deref().filter(|_| ev.runtime == "containerd") {
+        if let Some(ns) = ev
+            .namespace
+            .as_deref()
+            .filter(|_| ev.runtime == "containerd")
+        {
             if !self.hold_parents.contains_key(ns) {
                 self.watch_namespace_cgroup(ns);
             }
@@ -1066,7 +1077,11 @@ impl Controller {
     /// Tries to attribute a held cgroup to a container and decide.
     async fn resolve_held(&mut self, cgroup_id: u64, pid: u32) {
         if let Some(k) = self.by_cgroup.get(&cgroup_id).cloned() {
-            if self.entries.get(&k).is_some_and(|e| e.pending_since.is_some()) {
+            if self
+                .entries
+                .get(&k)
+                .is_some_and(|e| e.pending_since.is_some())
+            {
                 self.settle_pending(Some(&k), false).await;
             }
             if let Some(v) = self.entries.get(&k).map(|e| e.decision.kernel) {
@@ -1137,7 +1152,11 @@ impl Controller {
             // Held for the whole timeout by a container still waiting for
             // CRI: judged by its image now (a finding that names it).
             if let Some(k) = self.by_cgroup.get(&id).cloned() {
-                if self.entries.get(&k).is_some_and(|e| e.pending_since.is_some()) {
+                if self
+                    .entries
+                    .get(&k)
+                    .is_some_and(|e| e.pending_since.is_some())
+                {
                     self.settle_pending(Some(&k), true).await;
                 }
             }
@@ -1197,7 +1216,8 @@ impl Controller {
                 pruned += 1;
             }
         }
-        let namespaces: std::collections::HashSet<u64> = self.hold_parents.values().copied().collect();
+        let namespaces: std::collections::HashSet<u64> =
+            self.hold_parents.values().copied().collect();
         for (id, _) in self.probes.hold_parents() {
             if !self.by_cgroup.contains_key(&id)
                 && !namespaces.contains(&id)
@@ -1628,7 +1648,11 @@ mod tests {
         forged.pod_namespace = Some("kube-system".into());
         distrust_labels(&mut forged);
         assert_eq!(
-            (forged.kind, forged.pod_name.as_deref(), forged.pod_namespace.as_deref()),
+            (
+                forged.kind,
+                forged.pod_name.as_deref(),
+                forged.pod_namespace.as_deref()
+            ),
             (None, None, None)
         );
         assert!(awaits_cri(&forged, true));
@@ -1643,8 +1667,15 @@ mod tests {
         assert!(pending && d.kernel == verdict::HOLD, "{d:?}");
         let (d, pending) = judge(&policy, &forged, Some(&pod), &ex, true, true);
         assert!(!pending, "{d:?}");
-        assert_eq!(d.kernel, verdict::DENY, "judged by the image it runs: {d:?}");
-        assert!(d.reason.contains("docker.io") && d.reason.contains("unknown to CRI"), "{d:?}");
+        assert_eq!(
+            d.kernel,
+            verdict::DENY,
+            "judged by the image it runs: {d:?}"
+        );
+        assert!(
+            d.reason.contains("docker.io") && d.reason.contains("unknown to CRI"),
+            "{d:?}"
+        );
         // No CRI to ask: judged by its image at once.
         assert!(!awaits_cri(&forged, false));
         let (d, pending) = judge(&policy, &forged, None, &ex, false, false);
@@ -1662,7 +1693,10 @@ mod tests {
         sb.kind = Some(ContainerKind::Sandbox);
         distrust_labels(&mut sb);
         assert!(!awaits_cri(&sb, true));
-        assert_eq!(judge(&policy, &sb, None, &ex, false, false).0.kernel, verdict::ALLOW);
+        assert_eq!(
+            judge(&policy, &sb, None, &ex, false, false).0.kernel,
+            verdict::ALLOW
+        );
         let mut sys = forged.clone();
         sys.runtime = "cri";
         sys.kind = Some(ContainerKind::Container);

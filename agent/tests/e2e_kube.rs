@@ -475,7 +475,10 @@ fn forged_cri_identity_in_k8s_io_buys_nothing() {
         "no Pod from labels: {f}"
     );
     assert!(
-        f["reason"].as_str().unwrap_or("").contains("unknown to CRI"),
+        f["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unknown to CRI"),
         "{f}"
     );
     wait_for("ctr run to return", Duration::from_secs(20), || {

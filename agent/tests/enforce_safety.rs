@@ -1261,9 +1261,11 @@ fn nested_runtimes_are_judged_as_their_container_and_names_alone_hold_nothing() 
         "the allowed outer container did not run"
     );
     let outer = cg2.join("default").join(&id);
-    wait_for("the outer container's cgroup", Duration::from_secs(10), || {
-        outer.is_dir().then_some(())
-    });
+    wait_for(
+        "the outer container's cgroup",
+        Duration::from_secs(10),
+        || outer.is_dir().then_some(()),
+    );
     let inner_ns = mkdir(&outer.join("default"));
     let inner = mkdir(&inner_ns.path.join("inner"));
     let kubelet = mkdir(&outer.join("kubelet.slice"));

@@ -677,7 +677,10 @@ fn hold_parents_by_cgroup_id_and_nested_containers_judged_as_the_outer() {
     let stopped = |pid: u32| {
         fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
-            .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('T')))
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().starts_with('T'))
+            })
             .unwrap_or(false)
     };
     // Spawns `sh` in `cg`, expects the kernel to hold it; kills it.
@@ -741,13 +744,17 @@ fn hold_parents_by_cgroup_id_and_nested_containers_judged_as_the_outer() {
     }
     // The outer container denied: what it runs nested is denied with it.
     probes.set_verdict(outer.id, verdict::DENY).unwrap();
-    for (cg, tag) in [(&inner, "nested-ctr-denied"), (&kind_ctr, "nested-kind-denied")] {
+    for (cg, tag) in [
+        (&inner, "nested-ctr-denied"),
+        (&kind_ctr, "nested-kind-denied"),
+    ] {
         let (o, ran) = run(cg, tag);
         o.assert_denied(enforcement);
         assert!(!ran, "{tag}: ran");
         let ev = events.take(cg.id, 1);
         assert!(
-            ev.iter().any(|e| (e.killed || e.lsm_denied) && e.verdict == KernelVerdict::Deny),
+            ev.iter()
+                .any(|e| (e.killed || e.lsm_denied) && e.verdict == KernelVerdict::Deny),
             "{tag}: {ev:?}"
         );
     }
@@ -761,7 +768,9 @@ fn hold_parents_by_cgroup_id_and_nested_containers_judged_as_the_outer() {
     probes.remove_hold_parent(outer.id).unwrap();
     probes.clear_verdict(outer.id).unwrap();
     expect_held(&mut events, &kind_ctr, "after-unmark");
-    drop((lone, plain, kind_ctr, kind_pod, kubelet, inner, inner_ns, outer));
+    drop((
+        lone, plain, kind_ctr, kind_pod, kubelet, inner, inner_ns, outer,
+    ));
     drop((decoy, decoy_ns, other, web3, ns, root));
     drop(probes);
     let _ = fs::remove_dir_all(dir);

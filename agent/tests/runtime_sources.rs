@@ -358,18 +358,22 @@ async fn cri_lists_pod_containers_with_pod_metadata(test: &str, rt: Runtime) {
     // CRI's word on one id (how the agent confirms a k8s.io container
     // containerd announced before CRI listed it): the container with its
     // Pod, the sandbox as a sandbox, an id CRI does not know as nothing.
-    let one = cri.lookup(&cid).await.expect("lookup").expect("CRI knows it");
+    let one = cri
+        .lookup(&cid)
+        .await
+        .expect("lookup")
+        .expect("CRI knows it");
     assert_eq!(one.kind, Some(ContainerKind::Container), "{one:#?}");
     assert_eq!(one.pod_uid.as_deref(), Some(uid), "{one:#?}");
     assert_eq!(one.pod_name, c.pod_name, "{one:#?}");
-    let sb = cri.lookup(&sandbox).await.expect("lookup").expect("CRI knows it");
-    assert_eq!(sb.kind, Some(ContainerKind::Sandbox), "{sb:#?}");
-    assert_eq!(sb.pod_uid.as_deref(), Some(uid), "{sb:#?}");
-    assert!(cri
-        .lookup(&"0".repeat(64))
+    let sb = cri
+        .lookup(&sandbox)
         .await
         .expect("lookup")
-        .is_none());
+        .expect("CRI knows it");
+    assert_eq!(sb.kind, Some(ContainerKind::Sandbox), "{sb:#?}");
+    assert_eq!(sb.pod_uid.as_deref(), Some(uid), "{sb:#?}");
+    assert!(cri.lookup(&"0".repeat(64)).await.expect("lookup").is_none());
     // containerd resolves id prefixes; an id that is only a prefix of a
     // real container's or sandbox's is still unknown.
     for prefix in [&cid[..12], &sandbox[..12]] {
