@@ -18,10 +18,19 @@
 //!    decides — SIGCONT for an allowed image, cgroup.kill for a denied one,
 //!    and cgroup.kill after `hold_timeout` for a container no runtime knows
 //!    (fail closed).
+//! 3. A container containerd reports in the CRI plugin's namespace
+//!    (`k8s.io`) that CRI does not list yet has no Pod and no kind (labels
+//!    are not identity): an image the policy allows runs; any other is
+//!    pending (HOLD) until CRI confirms it, and judged by its own image
+//!    once `hold_timeout` passed without CRI knowing it.
+//! 4. Hold parents are cgroup ids (containerd namespaces' cgroups, and
+//!    known containers' cgroups, under which a nested runtime's containers
+//!    are judged as the outer container).
 //!
 //! Limits: a container whose cgroup is named without a container id (`ctr
-//! run` ids such as `web1`) relies on step 1 alone; a container whose spec
-//! has no cgroupsPath is recognised only once its task has started.
+//! run` ids such as `web1`) outside a containerd namespace's cgroup relies
+//! on step 1 alone; a container whose spec has no cgroupsPath is recognised
+//! only once its task has started.
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
