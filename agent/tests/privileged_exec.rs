@@ -697,6 +697,12 @@ fn hold_parents_by_cgroup_id_and_nested_containers_judged_as_the_outer() {
             ev.len() == 1 && ev[0].held && ev[0].verdict == KernelVerdict::Hold,
             "{tag}: must be held: {ev:?}"
         );
+        // The stop is delivered on the way back to user space, after the
+        // event: wait for it (bounded).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !stopped(child.id()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(stopped(child.id()), "{tag}: held process must be stopped");
         assert!(!marker.exists(), "{tag}: held program ran");
         // SAFETY: plain syscall on our child.
