@@ -305,6 +305,14 @@ pub fn awaits_cri(info: &ContainerInfo, cri_configured: bool) -> bool {
 /// image it does not allow is pending until CRI knows it, and judged by its
 /// image for good once `unconfirmed_final` (the hold timeout passed and CRI
 /// still does not know it): never allowed for a label.
+///
+/// `node_sandbox_image`: the container runs one of the node's pod sandbox
+/// (pause) images as CRI configures them. Such a container awaiting CRI is
+/// allowed by the image it runs (a sandbox's pause process runs before CRI
+/// lists the sandbox, and may exec before its task is even started):
+/// node configuration, which Kyverno never checks — a forged label buys
+/// nothing, a forged container running the pause image gets the pause
+/// image.
 pub fn judge(
     policy: &PolicySet,
     info: &ContainerInfo,
@@ -312,7 +320,18 @@ pub fn judge(
     exempt: &Exemptions,
     awaiting_cri: bool,
     unconfirmed_final: bool,
+    node_sandbox_image: bool,
 ) -> (Decision, bool) {
+    if awaiting_cri && node_sandbox_image {
+        return (
+            Decision {
+                kernel: verdict::ALLOW,
+                reason: "allowed: the node's pod sandbox image (CRI's sandbox image, node configuration)"
+                    .into(),
+            },
+            false,
+        );
+    }
     let pod = if awaiting_cri { None } else { pod };
     let mut d = decide_with(policy, info, pod, exempt);
     if !awaiting_cri || d.kernel == verdict::ALLOW {
@@ -422,6 +441,10 @@ pub struct Controller {
     hold_parents: HashMap<String, u64>,
     /// What admission excluded: never stopped, only reported.
     exemptions: Arc<Exemptions>,
+    /// Image ids of the node's pod sandbox images (CRI's config), and
+    /// when they were last asked for.
+    sandbox_images: std::collections::HashSet<String>,
+    sandbox_images_at: Option<Instant>,
 }
 
 impl Controller {
@@ -449,6 +472,8 @@ impl Controller {
             pod_lookup: None,
             hold_parents: Default::default(),
             exemptions: Arc::new(Exemptions::default()),
+            sandbox_images: Default::default(),
+            sandbox_images_at: None,
         }
     }
 
@@ -536,6 +561,7 @@ impl Controller {
                 self.forget(&k);
             }
         }
+        self.refresh_sandbox_images(true).await;
         let n = seen.len();
         for (_, info) in seen {
             self.upsert(info);
@@ -697,6 +723,37 @@ impl Controller {
         self.apply(&key);
     }
 
+    /// Asks CRI for the node's sandbox image ids: always when `force`,
+    /// else at most once a second (a pending container's image may be a
+    /// sandbox image pulled since).
+    async fn refresh_sandbox_images(&mut self, force: bool) {
+        let Some(c) = &self.cri else { return };
+        if !force
+            && self
+                .sandbox_images_at
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.sandbox_images_at = Some(Instant::now());
+        match c.sandbox_image_ids().await {
+            Ok(ids) => {
+                let ids: std::collections::HashSet<String> = ids.into_iter().collect();
+                if ids != self.sandbox_images {
+                    info!(images = ?ids, "the node's pod sandbox images (CRI)");
+                    self.sandbox_images = ids;
+                }
+            }
+            Err(e) => debug!("CRI sandbox images: {e}"),
+        }
+    }
+
+    fn is_node_sandbox_image(&self, info: &ContainerInfo) -> bool {
+        info.image_id
+            .as_ref()
+            .is_some_and(|id| self.sandbox_images.contains(id))
+    }
+
     fn judge_info(&self, info: &ContainerInfo, unconfirmed_final: bool) -> (Decision, bool) {
         let awaiting = awaits_cri(info, self.cri.is_some());
         let pod = if awaiting {
@@ -711,6 +768,7 @@ impl Controller {
             &self.exemptions,
             awaiting,
             unconfirmed_final,
+            self.is_node_sandbox_image(info),
         )
     }
 
@@ -730,7 +788,17 @@ impl Controller {
                 Some((k.clone(), e.info.id.clone(), expired))
             })
             .collect();
+        if keys.is_empty() {
+            return;
+        }
+        self.refresh_sandbox_images(false).await;
         for (key, id, expired) in keys {
+            if let Some(info) = self.entries.get(&key).map(|e| e.info.clone()) {
+                if self.is_node_sandbox_image(&info) {
+                    self.upsert(info);
+                    continue;
+                }
+            }
             let looked = match &self.cri {
                 Some(c) => c.lookup(&id).await,
                 None => Ok(None),
@@ -935,6 +1003,9 @@ impl Controller {
         match c.list_containers(ns).await {
             Ok(list) => {
                 if let Some(info) = list.into_iter().find(|i| i.id == id) {
+                    if awaits_cri(&info, self.cri.is_some()) && !self.is_node_sandbox_image(&info) {
+                        self.refresh_sandbox_images(false).await;
+                    }
                     self.upsert(info);
                 }
             }
@@ -1672,9 +1743,9 @@ mod tests {
             namespace: "kube-system".into(),
             labels: BTreeMap::new(),
         };
-        let (d, pending) = judge(&policy, &forged, Some(&pod), &ex, true, false);
+        let (d, pending) = judge(&policy, &forged, Some(&pod), &ex, true, false, false);
         assert!(pending && d.kernel == verdict::HOLD, "{d:?}");
-        let (d, pending) = judge(&policy, &forged, Some(&pod), &ex, true, true);
+        let (d, pending) = judge(&policy, &forged, Some(&pod), &ex, true, true, false);
         assert!(!pending, "{d:?}");
         assert_eq!(
             d.kernel,
@@ -1687,13 +1758,33 @@ mod tests {
         );
         // No CRI to ask: judged by its image at once.
         assert!(!awaits_cri(&forged, false));
-        let (d, pending) = judge(&policy, &forged, None, &ex, false, false);
+        let (d, pending) = judge(&policy, &forged, None, &ex, false, false, false);
         assert!(!pending && d.kernel == verdict::DENY, "{d:?}");
         // A trusted image waits for nobody.
         let mut good = forged.clone();
         good.image_as_written = Some("public.ecr.aws/nginx/nginx:latest".into());
-        let (d, pending) = judge(&policy, &good, None, &ex, true, false);
+        let (d, pending) = judge(&policy, &good, None, &ex, true, false, false);
         assert!(!pending && d.kernel == verdict::ALLOW, "{d:?}");
+        // A k8s.io container CRI does not list yet that runs the node's
+        // pod sandbox image (CRI's config: a sandbox's pause process runs
+        // before CRI lists the sandbox) is allowed by that image; the same
+        // image elsewhere, or CRI's word, is judged as usual.
+        let mut pause = forged.clone();
+        pause.image_as_written = Some("registry.k8s.io/pause:3.6".into());
+        let (d, pending) = judge(&policy, &pause, None, &ex, true, false, true);
+        assert!(!pending && d.kernel == verdict::ALLOW, "{d:?}");
+        assert!(d.reason.contains("sandbox image"), "{d:?}");
+        let (d, pending) = judge(&policy, &pause, None, &ex, true, false, false);
+        assert!(
+            pending && d.kernel == verdict::HOLD,
+            "not the node's: {d:?}"
+        );
+        let (d, _) = judge(&policy, &pause, None, &ex, false, false, true);
+        assert_eq!(
+            d.kernel,
+            verdict::DENY,
+            "outside k8s.io, judged by policy: {d:?}"
+        );
         // What CRI reports is believed: its sandbox is the pod's pause
         // container (allowed), its Pod's namespace is exempt.
         let mut sb = info(Some("registry.k8s.io/pause:3.6"));
@@ -1703,7 +1794,7 @@ mod tests {
         distrust_labels(&mut sb);
         assert!(!awaits_cri(&sb, true));
         assert_eq!(
-            judge(&policy, &sb, None, &ex, false, false).0.kernel,
+            judge(&policy, &sb, None, &ex, false, false, false).0.kernel,
             verdict::ALLOW
         );
         let mut sys = forged.clone();
@@ -1711,7 +1802,7 @@ mod tests {
         sys.kind = Some(ContainerKind::Container);
         sys.pod_namespace = Some("kube-system".into());
         assert!(!awaits_cri(&sys, true));
-        let (d, _) = judge(&policy, &sys, Some(&pod), &ex, false, false);
+        let (d, _) = judge(&policy, &sys, Some(&pod), &ex, false, false, false);
         assert_eq!(d.kernel, verdict::AUDIT, "{d:?}");
         assert!(d.reason.contains("docker.io"), "still its own image: {d:?}");
     }

@@ -1306,3 +1306,86 @@ fn nested_runtimes_are_judged_as_their_container_and_names_alone_hold_nothing() 
     drop(images);
     let _ = std::fs::remove_dir_all(marker_dir);
 }
+
+/// Case 6, the other side: a pod sandbox's pause process runs before CRI
+/// lists the sandbox (containerd's CRI plugin adds it to its store only
+/// after the task started; runc may even exec in the new cgroup while the
+/// task is being created). A `k8s.io` container CRI does not list, running
+/// the node's sandbox image (CRI's `sandbox_image`, here
+/// `registry.k8s.io/pause`, which the seed policy does not trust), is
+/// allowed by that image — no label involved — and is not held until the
+/// hold timeout kills it: execs in it succeed.
+#[test]
+fn k8s_io_container_of_the_node_sandbox_image_runs_before_cri_lists_it() {
+    let _serial = serial();
+    let test = "k8s_io_container_of_the_node_sandbox_image_runs_before_cri_lists_it";
+    if !root_or_skip(test) {
+        return;
+    }
+    let images = TestImages::build();
+    let ctd = Containerd::start();
+    ctd.import("k8s.io", &images);
+    let endpoint = ctd.endpoint();
+    let a = Agent::start(
+        &[
+            "run",
+            "--standalone",
+            "--mode",
+            "enforce",
+            "--fail-mode",
+            "open",
+            "--hold-timeout",
+            "1s",
+            "--all-execs",
+            "--runtime-endpoint",
+            &endpoint,
+        ],
+        &[],
+    );
+    a.wait_log(
+        "the agent running",
+        Duration::from_secs(30),
+        "agent running",
+    );
+    let id = format!("not-yet-a-sandbox-{}", ctd.token);
+    let sock = endpoint.trim_start_matches("unix://").to_string();
+    let st = Command::new("ctr")
+        .args(["-a", &sock, "-n", "k8s.io", "run", "-d"])
+        .args([support::containerd::PAUSE, &id, "sleep", "600"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("ctr run");
+    assert!(st.success(), "ctr run {id}: {st:?}");
+    let f = a.finding(
+        "the verdict of the pause-image container",
+        Duration::from_secs(20),
+        |v| v["type"] == "container" && v["container_id"] == id.as_str(),
+    );
+    assert_eq!(f["verdict"], "allow", "{f}");
+    assert!(
+        f["reason"].as_str().unwrap_or("").contains("sandbox image"),
+        "{f}"
+    );
+    // Positive signal that it is neither held nor killed: an exec in it
+    // runs to completion (a held one would stop, a killed one fail).
+    let out = ctd.ctr_raw(
+        "k8s.io",
+        &["tasks", "exec", "--exec-id", "probe", &id, "sleep", "0"],
+    );
+    assert!(
+        out.status.success(),
+        "exec in the pause-image container: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !a.findings
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|v| v["container_id"] == id.as_str() && v["action"] == "killed"),
+        "the pause-image container was killed"
+    );
+    drop(a);
+    drop(ctd);
+    drop(images);
+}

@@ -608,6 +608,53 @@ impl CriClient {
         }))
     }
 
+    /// The image ids (`sha256:<config digest>`) of the node's pod sandbox
+    /// (pause) images, as CRI configures them: containerd 1.6/1.7's
+    /// `sandbox_image` (in the verbose `Status` config, resolved through
+    /// `ImageStatus`) and the images CRI reports pinned (containerd 1.7+
+    /// and 2 pin the sandbox image). Node configuration, not workloads:
+    /// Kyverno never checks them. Empty when CRI tells neither.
+    pub async fn sandbox_image_ids(&self) -> Result<Vec<String>, CriError> {
+        let mut ids = Vec::new();
+        let mut rt = self.runtime.clone();
+        let st = call!(
+            self,
+            "Status",
+            rt.status(api::StatusRequest { verbose: true })
+        )?;
+        let configured = st
+            .info
+            .get("config")
+            .filter(|c| c.len() <= MAX_INFO_BYTES)
+            .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+            .and_then(|v| {
+                v.get("sandboxImage")
+                    .and_then(|s| s.as_str())
+                    .and_then(non_empty)
+            });
+        if let Some(name) = configured {
+            if let Some(img) = self.image_status(&name).await? {
+                ids.extend(non_empty(img.id));
+            }
+        }
+        let mut im = self.images.clone();
+        let list = call!(
+            self,
+            "ListImages",
+            im.list_images(api::ListImagesRequest { filter: None })
+        )?;
+        ids.extend(
+            list.images
+                .into_iter()
+                .take(MAX_CONTAINERS)
+                .filter(|i| i.pinned)
+                .filter_map(|i| non_empty(i.id)),
+        );
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
     /// `GetContainerEvents` (CRI runtimes that implement it: containerd
     /// 1.7+, CRI-O 1.26+). [`CriError::Unsupported`] on containerd 1.6.
     pub async fn container_events(&self) -> Result<CriEventStream, CriError> {
