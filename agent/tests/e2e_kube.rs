@@ -445,6 +445,7 @@ fn forged_cri_identity_in_k8s_io_buys_nothing() {
     let sock = ctd.endpoint().trim_start_matches("unix://").to_string();
     let marker_dir = ctd.marker("x").parent().unwrap().to_path_buf();
     let mut ctr = std::process::Command::new("ctr")
+        .env("CONTAINERD_SNAPSHOTTER", "native")
         .args(["-a", &sock, "-n", "k8s.io", "run", "-d"])
         .args(["--label", "io.cri-containerd.kind=sandbox"])
         .args(["--label", "io.kubernetes.pod.name=web-ecr"])

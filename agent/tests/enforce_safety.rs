@@ -1015,6 +1015,7 @@ fn forged_labels_through_containerd_buy_nothing() {
     let sock = endpoint.trim_start_matches("unix://").to_string();
     let marker_dir = ctd.marker("x").parent().unwrap().to_path_buf();
     let mut ctr = Command::new("ctr")
+        .env("CONTAINERD_SNAPSHOTTER", "native")
         .args([
             "-a",
             &sock,
@@ -1350,6 +1351,7 @@ fn k8s_io_container_of_the_node_sandbox_image_runs_before_cri_lists_it() {
     let id = format!("not-yet-a-sandbox-{}", ctd.token);
     let sock = endpoint.trim_start_matches("unix://").to_string();
     let st = Command::new("ctr")
+        .env("CONTAINERD_SNAPSHOTTER", "native")
         .args(["-a", &sock, "-n", "k8s.io", "run", "-d"])
         .args([support::containerd::PAUSE, &id, "sleep", "600"])
         .stdout(Stdio::null())
