@@ -66,6 +66,18 @@ pub mod verdict {
     pub const AUDIT: u32 = 4;
 }
 
+/// Values of the `HOLD_PARENTS` map (cgroup id -> mark), which user space
+/// fills with full-path cgroups, by id (issue 13, case 9).
+pub mod hold_parent {
+    /// A containerd namespace's cgroup (`/<namespace>`): an unclassified
+    /// child is held like an unclassified container-id cgroup.
+    pub const NAMESPACE: u32 = 1;
+    /// A container's cgroup: a cgroup below it that no verdict names (a
+    /// nested runtime's container, a sub-cgroup) is judged as this
+    /// container, by this cgroup's own verdict.
+    pub const CONTAINER: u32 = 2;
+}
+
 /// Indices of the per-CPU counter array.
 pub mod counter {
     /// Exec events seen by the exec hook.

@@ -13,14 +13,15 @@
 #![no_main]
 
 use agent_common::{
-    counter, drift_policy, flags, hook, verdict, CgroupKey, Config, ExecEvent, CGROUP_NAME_LEN,
-    CONFIG_MAGIC, FILENAME_LEN, OVERLAYFS_SUPER_MAGIC,
+    counter, drift_policy, flags, hold_parent, hook, verdict, CgroupKey, Config, ExecEvent,
+    CGROUP_NAME_LEN, CONFIG_MAGIC, FILENAME_LEN, OVERLAYFS_SUPER_MAGIC,
 };
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_send_signal,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        bpf_send_signal,
     },
     macros::{btf_tracepoint, lsm, map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -61,13 +62,57 @@ static NAME_VERDICTS: HashMap<CgroupKey, u32> = HashMap::with_max_entries(65_536
 #[map]
 static CGROUP_NAMES: LruHashMap<u64, CgroupKey> = LruHashMap::with_max_entries(16_384, 0);
 
-/// Parent cgroup names under which every child is a container (containerd
-/// namespaces: `ctr run` puts a container in `/<namespace>/<id>`, whose id
-/// need not look like one). An unclassified child of such a parent is held
-/// like an unclassified container-id cgroup.
+/// cgroup id -> `agent_common::hold_parent` mark, by full path (the id of
+/// one directory), never by name (issue 13, case 9):
+/// - NAMESPACE: a containerd namespace's cgroup (`ctr run` puts a container
+///   in `/<namespace>/<id>`, whose id need not look like one); an
+///   unclassified child is held like an unclassified container-id cgroup.
+/// - CONTAINER: a container's cgroup; an unclassified cgroup below it (a
+///   nested runtime's container: docker-in-docker, a kind node) is judged
+///   as that container. Same bound as VERDICTS.
 #[map]
-static HOLD_PARENTS: HashMap<[u8; CGROUP_NAME_LEN], u32> =
-    HashMap::with_max_entries(1024, NO_PREALLOC);
+static HOLD_PARENTS: HashMap<u64, u32> = HashMap::with_max_entries(65_536, NO_PREALLOC);
+
+/// Deepest cgroup level the ancestry walk reads; below it, a cgroup's
+/// parent is not looked up (a container-like leaf is still held).
+const MAX_CGROUP_LEVEL: i32 = 32;
+
+/// What the current task's cgroup ancestry says (by cgroup id, from the
+/// root down): `Some(verdict)` of the outermost ancestor marked CONTAINER,
+/// and whether the direct parent is marked NAMESPACE.
+#[inline(always)]
+fn ancestry(cgroup_id: u64, cfg: &Config) -> (Option<u32>, bool) {
+    let mut parent: u64 = 0;
+    let mut reached = false;
+    let mut level: i32 = 1;
+    while level <= MAX_CGROUP_LEVEL {
+        // SAFETY: helper call.
+        let a = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if a == 0 {
+            break;
+        }
+        if a == cgroup_id {
+            reached = true;
+            break;
+        }
+        // SAFETY: the values are plain u32s copied out immediately.
+        if let Some(m) = unsafe { HOLD_PARENTS.get(&a) } {
+            if *m == hold_parent::CONTAINER {
+                let v = unsafe { VERDICTS.get(&a) }
+                    .copied()
+                    .unwrap_or(cfg.unknown_container_verdict);
+                return (Some(v), false);
+            }
+        }
+        parent = a;
+        level += 1;
+    }
+    let ns = reached
+        && parent != 0
+        // SAFETY: as above.
+        && unsafe { HOLD_PARENTS.get(&parent) }.is_some_and(|m| *m == hold_parent::NAMESPACE);
+    (None, ns)
+}
 
 /// cgroup id -> [`drift_policy`] bits: the containers whose policy refuses
 /// fileless and drift execs (enforce mode). Looked up only for an exec that
@@ -222,7 +267,13 @@ fn verdict_of(cgroup_id: u64, cfg: &Config) -> (u32, bool) {
             let _ = CGROUP_NAMES.insert(cgroup_id, &*key, 0);
             return (*v, true);
         }
-        if (*key).leaf_looks_like_container() || HOLD_PARENTS.get(&(*key).parent).is_some() {
+        let (outer, under_namespace) = ancestry(cgroup_id, cfg);
+        if let Some(v) = outer {
+            // Nested in a known container: its verdict, as it changes (not
+            // cached: VERDICTS changes do not bump the generation).
+            return (v, true);
+        }
+        if (*key).leaf_looks_like_container() || under_namespace {
             let _ = CGROUP_NAMES.insert(cgroup_id, &*key, 0);
             return (cfg.unknown_container_verdict, true);
         }

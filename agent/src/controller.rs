@@ -18,10 +18,19 @@
 //!    decides — SIGCONT for an allowed image, cgroup.kill for a denied one,
 //!    and cgroup.kill after `hold_timeout` for a container no runtime knows
 //!    (fail closed).
+//! 3. A container containerd reports in the CRI plugin's namespace
+//!    (`k8s.io`) that CRI does not list yet has no Pod and no kind (labels
+//!    are not identity): an image the policy allows runs; any other is
+//!    pending (HOLD) until CRI confirms it, and judged by its own image
+//!    once `hold_timeout` passed without CRI knowing it.
+//! 4. Hold parents are cgroup ids (containerd namespaces' cgroups, and
+//!    known containers' cgroups, under which a nested runtime's containers
+//!    are judged as the outer container).
 //!
 //! Limits: a container whose cgroup is named without a container id (`ctr
-//! run` ids such as `web1`) relies on step 1 alone; a container whose spec
-//! has no cgroupsPath is recognised only once its task has started.
+//! run` ids such as `web1`) outside a containerd namespace's cgroup relies
+//! on step 1 alone; a container whose spec has no cgroupsPath is recognised
+//! only once its task has started.
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
@@ -29,7 +38,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{verdict, CgroupKey};
+use agent_common::{hold_parent, verdict, CgroupKey};
 use imagewarden_policy::{Action, ContainerType, DriftDecision, EvalContext, PolicySet};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -92,6 +101,10 @@ pub struct Entry {
     killed: bool,
     /// A `killed` container finding was printed.
     kill_reported: bool,
+    /// Since when the verdict waits for CRI's word (see [`judge`]).
+    pending_since: Option<Instant>,
+    /// CRI did not confirm it within the hold timeout: judged by image.
+    unconfirmed_final: bool,
 }
 
 impl Entry {
@@ -218,9 +231,10 @@ pub fn cgroup_key_of_path(path: &str) -> Option<CgroupKey> {
     Some(CgroupKey::new(parent.as_bytes(), leaf.as_bytes()))
 }
 
-/// What the Kubernetes sources say about a runtime container: the image as
-/// the Pod spec writes it (what Kyverno matched), which kind of container
-/// it is, the Pod's namespace and labels.
+/// What the Kubernetes sources say about a runtime container, found through
+/// the Pod identity CRI reports: the image as the Pod spec writes it (what
+/// Kyverno matched; for cross-checks only, never the image judged), which
+/// kind of container it is, the Pod's namespace and labels.
 #[derive(Debug, Clone)]
 pub struct PodContext {
     pub image: String,
@@ -275,9 +289,12 @@ fn decide_policy(policy: &PolicySet, info: &ContainerInfo, pod: Option<&PodConte
             reason: "allowed: pod sandbox".into(),
         };
     }
-    let image = pod
-        .map(|p| p.image.as_str())
-        .or(info.image_as_written.as_deref().filter(|i| !is_image_id(i)))
+    // The image the runtime runs, never the Pod spec's (issue 13, case 6):
+    // a Pod found through forged or stale identity must not lend its image.
+    let image = info
+        .image_as_written
+        .as_deref()
+        .filter(|i| !is_image_id(i))
         .or(info.image_ref.as_deref());
     let Some(image) = image else {
         return Decision {
@@ -314,14 +331,15 @@ fn entry_key(info: &ContainerInfo) -> String {
 /// The containerd namespace of Kubernetes' containers (containerd's CRI plugin).
 pub const CRI_NAMESPACE: &str = "k8s.io";
 
-/// Identity from labels is not trusted (issue 13, case 6): anyone with
+/// Identity comes from CRI only (issue 13, case 6): anyone with
 /// containerd's API can set `io.cri-containerd.kind=sandbox` or
-/// `io.kubernetes.pod.*` on a container. Outside the CRI plugin's namespace
-/// no container is a Pod's: the kind and Pod fields a containerd report
-/// took from labels are dropped, so the container is judged by the image
-/// it runs, as a plain container of no namespace.
+/// `io.kubernetes.pod.*` on a container, in any namespace, `k8s.io`
+/// included. A report from containerd's own API carries no kind and no Pod
+/// (the source sets none; this drops any that slipped in), so until CRI
+/// lists the container it is judged by the image it runs, as a plain
+/// container of no namespace.
 pub fn distrust_labels(info: &mut ContainerInfo) {
-    if info.runtime != "containerd" || info.namespace.as_deref() == Some(CRI_NAMESPACE) {
+    if info.runtime != "containerd" {
         return;
     }
     info.kind = None;
@@ -330,6 +348,76 @@ pub fn distrust_labels(info: &mut ContainerInfo) {
     info.pod_uid = None;
     info.container_name = None;
     info.sandbox_id = None;
+}
+
+/// Whether a container must wait for CRI's word before its verdict is final:
+/// containerd reports it in the CRI plugin's namespace, CRI has not listed
+/// it (yet) and a CRI client is there to ask. Kubernetes' containers are
+/// announced by containerd before CRI lists them (a sandbox only once its
+/// pause process runs), so judging them by image alone at once would kill
+/// a sandbox or an exempt Pod's container before CRI could say what it is.
+pub fn awaits_cri(info: &ContainerInfo, cri_configured: bool) -> bool {
+    cri_configured
+        && info.runtime == "containerd"
+        && info.kind.is_none()
+        && info.namespace.as_deref() == Some(CRI_NAMESPACE)
+}
+
+/// The verdict of a container, and whether it is pending (HOLD: the kernel
+/// stops its execs until CRI confirms it). A container awaiting CRI whose
+/// image the policy allows is allowed at once (nothing to lose); one whose
+/// image it does not allow is pending until CRI knows it, and judged by its
+/// image for good once `unconfirmed_final` (the hold timeout passed and CRI
+/// still does not know it): never allowed for a label.
+///
+/// `node_sandbox_image`: the container runs one of the node's pod sandbox
+/// (pause) images as CRI configures them. Such a container awaiting CRI is
+/// allowed by the image it runs (a sandbox's pause process runs before CRI
+/// lists the sandbox, and may exec before its task is even started):
+/// node configuration, which Kyverno never checks — a forged label buys
+/// nothing, a forged container running the pause image gets the pause
+/// image.
+pub fn judge(
+    policy: &PolicySet,
+    info: &ContainerInfo,
+    pod: Option<&PodContext>,
+    exempt: &Exemptions,
+    awaiting_cri: bool,
+    unconfirmed_final: bool,
+    node_sandbox_image: bool,
+) -> (Decision, bool) {
+    if awaiting_cri && node_sandbox_image {
+        return (
+            Decision {
+                kernel: verdict::ALLOW,
+                reason: "allowed: the node's pod sandbox image (CRI's sandbox image, node configuration)"
+                    .into(),
+            },
+            false,
+        );
+    }
+    let pod = if awaiting_cri { None } else { pod };
+    let mut d = decide_with(policy, info, pod, exempt);
+    if !awaiting_cri || d.kernel == verdict::ALLOW {
+        return (d, false);
+    }
+    if !unconfirmed_final {
+        return (
+            Decision {
+                kernel: verdict::HOLD,
+                reason: format!(
+                    "pending: in containerd's {CRI_NAMESPACE} namespace but not (yet) known to CRI; held until CRI confirms it, else judged by the image it runs ({})",
+                    d.reason
+                ),
+            },
+            true,
+        );
+    }
+    d.reason = format!(
+        "{}; in containerd's {CRI_NAMESPACE} namespace but unknown to CRI: judged by the image it runs",
+        d.reason
+    );
+    (d, false)
 }
 
 /// Fills fields one report lacks from another report of the same container.
@@ -413,12 +501,18 @@ pub struct Controller {
     pub metrics: Option<crate::metrics::Metrics>,
     /// Kubernetes mode: the Pod spec behind a runtime container.
     pub pod_lookup: Option<PodLookup>,
-    hold_parents: std::collections::HashSet<String>,
+    /// containerd namespace -> the cgroup id of its directory, marked
+    /// NAMESPACE in the kernel's HOLD_PARENTS (by id: issue 13, case 9).
+    hold_parents: HashMap<String, u64>,
     /// What admission excluded: never stopped, only reported.
     exemptions: Arc<Exemptions>,
     /// Kubernetes mode: fileless and drift exec findings waiting for their
     /// Event (bounded; the oldest is dropped and counted).
     drift_findings: Option<std::collections::VecDeque<Finding>>,
+    /// Image ids of the node's pod sandbox images (CRI's config), and
+    /// when they were last asked for.
+    sandbox_images: std::collections::HashSet<String>,
+    sandbox_images_at: Option<Instant>,
 }
 
 /// Bound of the queue of exec-drift findings waiting for their Event.
@@ -450,6 +544,8 @@ impl Controller {
             hold_parents: Default::default(),
             exemptions: Arc::new(Exemptions::default()),
             drift_findings: None,
+            sandbox_images: Default::default(),
+            sandbox_images_at: None,
         }
     }
 
@@ -473,18 +569,16 @@ impl Controller {
         let mut seen: HashMap<String, ContainerInfo> = HashMap::new();
         let mut complete = true;
         use crate::metrics::Source;
+        // Children of a containerd namespace's cgroup are its containers:
+        // hold any the agent has not classified yet (kernel side).
         if let Some(c) = &self.containerd {
-            // Children of a containerd namespace's cgroup are its containers:
-            // hold any the agent has not classified yet (kernel side).
             if let Ok(nss) = c.namespaces().await {
                 for ns in nss {
-                    if self.hold_parents.insert(ns.clone()) {
-                        if let Err(e) = self.probes.add_hold_parent(&ns) {
-                            warn!(namespace = %ns, "hold parent: {e}");
-                        }
-                    }
+                    self.watch_namespace_cgroup(&ns);
                 }
             }
+        }
+        if let Some(c) = &self.containerd {
             let r = c.list_all().await;
             self.source_up(Source::RuntimeContainerd, r.is_ok());
             match r {
@@ -539,6 +633,7 @@ impl Controller {
                 self.forget(&k);
             }
         }
+        self.refresh_sandbox_images(true).await;
         let n = seen.len();
         for (_, info) in seen {
             self.upsert(info);
@@ -551,6 +646,78 @@ impl Controller {
             ms(t0.elapsed() - t_cri),
         ];
         debug!(entries = n, ms = ?self.stats.last_resync_ms, "resync (containerd, CRI, apply)");
+    }
+
+    /// Marks the cgroup of a containerd namespace (`<cgroup2>/<namespace>`,
+    /// where `ctr run` and nerdctl put its containers with the cgroupfs
+    /// driver) as a hold parent, by the directory's cgroup id: a cgroup
+    /// elsewhere that is merely *named* like a namespace is never held for
+    /// it (issue 13, case 9). The directory is created when missing, so the
+    /// id exists before the namespace's first container; checked again on
+    /// every resync and runtime event of the namespace, so a directory
+    /// removed and made again is followed.
+    fn watch_namespace_cgroup(&mut self, ns: &str) {
+        if ns.is_empty() || ns.len() > 76 || ns.contains('/') || ns.starts_with('.') {
+            return;
+        }
+        let dir = self.cfg.cgroup2.join(ns);
+        let mut id = cgroup_id_of_dir(&dir).ok();
+        if id.is_none() {
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {
+                    debug!(namespace = ns, dir = %dir.display(), "created the namespace's cgroup")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    debug!(namespace = ns, dir = %dir.display(), "cannot create the namespace's cgroup: {e}")
+                }
+            }
+            id = cgroup_id_of_dir(&dir).ok();
+        }
+        let Some(id) = id else { return };
+        let old = self.hold_parents.insert(ns.to_string(), id);
+        if old == Some(id) {
+            return;
+        }
+        if let Some(old) = old {
+            let _ = self.probes.remove_hold_parent(old);
+        }
+        if let Err(e) = self.probes.add_hold_parent(id, hold_parent::NAMESPACE) {
+            warn!(namespace = %ns, "hold parent: {e}");
+        }
+    }
+
+    /// Marks a container's cgroup so that a cgroup below it no verdict
+    /// names (a nested runtime's container) is judged as this container.
+    fn mark_container_cgroup(&mut self, cgroup_id: u64) {
+        if let Err(e) = self
+            .probes
+            .add_hold_parent(cgroup_id, hold_parent::CONTAINER)
+        {
+            warn!(cgroup_id, "container hold parent: {e}");
+        }
+    }
+
+    /// The known container whose cgroup is an ancestor of `dir` (the
+    /// outermost), with its verdict: a nested runtime's container is judged
+    /// as the container it runs in.
+    fn outer_container_of(&self, dir: &Path) -> Option<(String, u32)> {
+        let mut found = None;
+        let mut d = dir.parent();
+        while let Some(p) = d {
+            if !p.starts_with(&self.cfg.cgroup2) || p == self.cfg.cgroup2 {
+                break;
+            }
+            if let Ok(id) = cgroup_id_of_dir(p) {
+                if let Some(k) = self.by_cgroup.get(&id) {
+                    if let Some(e) = self.entries.get(k) {
+                        found = Some((k.clone(), e.decision.kernel));
+                    }
+                }
+            }
+            d = p.parent();
+        }
+        found
     }
 
     fn source_up(&self, s: crate::metrics::Source, up: bool) {
@@ -584,26 +751,35 @@ impl Controller {
                 let _ = self.probes.clear_name_verdict(k);
             }
             if let Some(id) = e.cgroup_id {
-                let _ = self.probes.clear_verdict(id);
-                self.by_cgroup.remove(&id);
+                self.forget_cgroup(id);
             }
             debug!(container = %e.info.id, "container forgotten");
         }
+    }
+
+    /// A container's cgroup id that no longer is one (the container is
+    /// gone, or its task restarted in a new cgroup): its verdict, drift
+    /// policy and hold-parent mark go.
+    fn forget_cgroup(&mut self, id: u64) {
+        let _ = self.probes.clear_verdict(id);
+        let _ = self.probes.remove_hold_parent(id);
+        self.by_cgroup.remove(&id);
     }
 
     /// Records (or refreshes) a container and pushes its verdict into the kernel.
     pub fn upsert(&mut self, mut info: ContainerInfo) {
         distrust_labels(&mut info);
         let key = entry_key(&info);
-        let pod = self.pod_lookup.as_ref().and_then(|f| f(&info));
-        let decision = decide_with(&self.policy, &info, pod.as_ref(), &self.exemptions);
-        let drift = drift_with(
-            &self.policy,
-            &info,
-            pod.as_ref(),
-            &self.exemptions,
-            self.cfg.deny_exec_drift,
-        );
+        // What an earlier report said (CRI's identity among it) fills what
+        // this one lacks, before the container is judged.
+        let (prev, unconfirmed_final) = match self.entries.get(&key) {
+            Some(e) => (Some(e.info.clone()), e.unconfirmed_final),
+            None => (None, false),
+        };
+        if let Some(prev) = &prev {
+            merge(&mut info, prev);
+        }
+        let (decision, drift, pending) = self.judge_info(&info, unconfirmed_final);
         let e = self.entries.entry(key.clone()).or_insert_with(|| Entry {
             info: info.clone(),
             key: None,
@@ -614,24 +790,149 @@ impl Controller {
             reported: None,
             killed: false,
             kill_reported: false,
+            pending_since: None,
+            unconfirmed_final: false,
         });
-        let mut fresh = info;
-        merge(&mut fresh, &e.info);
         // Another task of the same container (its events were missed): its
         // cgroup is new too.
-        let restarted = matches!((fresh.pid, e.info.pid), (Some(a), Some(b)) if a != b);
+        let restarted = matches!((info.pid, e.info.pid), (Some(a), Some(b)) if a != b);
         let stale = if restarted { e.cgroup_id.take() } else { None };
         if stale.is_some() {
             e.cgroup_dir = None;
         }
-        e.info = fresh;
+        e.info = info;
         e.decision = decision;
         e.drift = drift;
+        if pending {
+            e.pending_since.get_or_insert_with(Instant::now);
+        } else {
+            e.pending_since = None;
+        }
         if let Some(old) = stale {
-            let _ = self.probes.clear_verdict(old);
-            self.by_cgroup.remove(&old);
+            self.forget_cgroup(old);
         }
         self.apply(&key);
+    }
+
+    /// Asks CRI for the node's sandbox image ids: always when `force`,
+    /// else at most once a second (a pending container's image may be a
+    /// sandbox image pulled since).
+    async fn refresh_sandbox_images(&mut self, force: bool) {
+        let Some(c) = &self.cri else { return };
+        if !force
+            && self
+                .sandbox_images_at
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.sandbox_images_at = Some(Instant::now());
+        match c.sandbox_image_ids().await {
+            Ok(ids) => {
+                let ids: std::collections::HashSet<String> = ids.into_iter().collect();
+                if ids != self.sandbox_images {
+                    info!(images = ?ids, "the node's pod sandbox images (CRI)");
+                    self.sandbox_images = ids;
+                }
+            }
+            Err(e) => debug!("CRI sandbox images: {e}"),
+        }
+    }
+
+    fn is_node_sandbox_image(&self, info: &ContainerInfo) -> bool {
+        info.image_id
+            .as_ref()
+            .is_some_and(|id| self.sandbox_images.contains(id))
+    }
+
+    /// The container's decision, its exec-drift policy, and whether it
+    /// waits for CRI's confirmation.
+    fn judge_info(
+        &self,
+        info: &ContainerInfo,
+        unconfirmed_final: bool,
+    ) -> (Decision, DriftDecision, bool) {
+        let awaiting = awaits_cri(info, self.cri.is_some());
+        let pod = if awaiting {
+            None
+        } else {
+            self.pod_lookup.as_ref().and_then(|f| f(info))
+        };
+        let (d, pending) = judge(
+            &self.policy,
+            info,
+            pod.as_ref(),
+            &self.exemptions,
+            awaiting,
+            unconfirmed_final,
+            self.is_node_sandbox_image(info),
+        );
+        let drift = drift_with(
+            &self.policy,
+            info,
+            pod.as_ref(),
+            &self.exemptions,
+            self.cfg.deny_exec_drift,
+        );
+        (d, drift, pending)
+    }
+
+    /// Containers waiting for CRI's word: asks CRI about each (one unary
+    /// call each; such containers are rare: in `k8s.io`, not listed by CRI
+    /// yet, of an image the policy does not allow). Confirmed ones are
+    /// judged with CRI's identity; those CRI still does not know after
+    /// `hold_timeout` (or at once when `force`) are judged by their image.
+    async fn settle_pending(&mut self, only: Option<&str>, force: bool) {
+        let keys: Vec<(String, String, bool)> = self
+            .entries
+            .iter()
+            .filter(|(k, _)| only.is_none_or(|o| o == k.as_str()))
+            .filter_map(|(k, e)| {
+                let since = e.pending_since?;
+                let expired = force || since.elapsed() >= self.cfg.hold_timeout;
+                Some((k.clone(), e.info.id.clone(), expired))
+            })
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        self.refresh_sandbox_images(false).await;
+        for (key, id, expired) in keys {
+            if let Some(info) = self.entries.get(&key).map(|e| e.info.clone()) {
+                if self.is_node_sandbox_image(&info) {
+                    self.upsert(info);
+                    continue;
+                }
+            }
+            let looked = match &self.cri {
+                Some(c) => c.lookup(&id).await,
+                None => Ok(None),
+            };
+            match looked {
+                Ok(Some(mut cri)) => {
+                    cri.namespace = Some(CRI_NAMESPACE.to_string());
+                    debug!(container = %id, "CRI confirmed a pending container");
+                    self.upsert(cri);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => warn!(container = %id, "CRI lookup of a pending container: {e}"),
+            }
+            if expired {
+                let Some(e) = self.entries.get_mut(&key) else {
+                    continue;
+                };
+                e.unconfirmed_final = true;
+                let info = e.info.clone();
+                let (d, drift, _) = self.judge_info(&info, true);
+                if let Some(e) = self.entries.get_mut(&key) {
+                    e.decision = d;
+                    e.drift = drift;
+                    e.pending_since = None;
+                }
+                self.apply(&key);
+            }
+        }
     }
 
     /// Kernel maps, kills and findings for one entry.
@@ -667,6 +968,9 @@ impl Controller {
                 warn!(container = %e.info.id, "kernel drift policy: {err}");
             }
             debug!(container = %e.info.id, cgroup_id = id, verdict = v, drift = e.drift_bits(), "kernel maps set by id");
+            if let Err(err) = self.probes.add_hold_parent(id, hold_parent::CONTAINER) {
+                warn!(container = %e.info.id, "container hold parent: {err}");
+            }
             self.by_cgroup.insert(id, key.to_string());
         }
         let denied = v == verdict::DENY;
@@ -694,7 +998,8 @@ impl Controller {
             action = "killed";
         }
         let newly_killed = action == "killed" && !e.kill_reported;
-        if e.reported.as_ref() != Some(&e.decision) || newly_killed {
+        let pending = v == verdict::HOLD;
+        if !pending && (e.reported.as_ref() != Some(&e.decision) || newly_killed) {
             e.kill_reported |= action == "killed";
             let show = v != verdict::ALLOW || self.cfg.all_execs;
             if show {
@@ -710,8 +1015,9 @@ impl Controller {
             }
             e.reported = Some(e.decision.clone());
         }
-        // A held exec in this cgroup can be decided now.
-        if let Some(id) = e.cgroup_id {
+        // A held exec in this cgroup can be decided now (unless the
+        // container itself still waits for CRI).
+        if let Some(id) = e.cgroup_id.filter(|_| !pending) {
             if self.held.contains_key(&id) {
                 self.release(id, v);
             }
@@ -761,9 +1067,19 @@ impl Controller {
             ev.namespace.as_deref().unwrap_or(""),
             ev.container_id
         );
+        if let Some(ns) = ev
+            .namespace
+            .as_deref()
+            .filter(|_| ev.runtime == "containerd")
+        {
+            if !self.hold_parents.contains_key(ns) {
+                self.watch_namespace_cgroup(ns);
+            }
+        }
         match ev.kind {
             EventKind::Created | EventKind::Started { .. } => {
                 if let EventKind::Started { pid: Some(pid) } = ev.kind {
+                    let mut stale = None;
                     if let Some(e) = self.entries.get_mut(&key) {
                         // A restarted task (same container, `ctr tasks
                         // start`) runs in a new cgroup with a new id: the
@@ -771,12 +1087,16 @@ impl Controller {
                         if e.info.pid.is_some_and(|p| p != pid)
                             || e.info.state == ContainerState::Exited
                         {
-                            if let Some(old) = e.cgroup_id.take() {
+                            stale = e.cgroup_id.take();
+                            if stale.is_some() {
                                 e.cgroup_dir = None;
-                                let _ = self.probes.clear_verdict(old);
-                                self.by_cgroup.remove(&old);
                             }
                         }
+                    }
+                    if let Some(old) = stale {
+                        self.forget_cgroup(old);
+                    }
+                    if let Some(e) = self.entries.get_mut(&key) {
                         e.info.pid = Some(pid);
                         e.info.state = ContainerState::Running;
                         self.apply(&key);
@@ -810,6 +1130,9 @@ impl Controller {
         match c.list_containers(ns).await {
             Ok(list) => {
                 if let Some(info) = list.into_iter().find(|i| i.id == id) {
+                    if awaits_cri(&info, self.cri.is_some()) && !self.is_node_sandbox_image(&info) {
+                        self.refresh_sandbox_images(false).await;
+                    }
                     self.upsert(info);
                 }
             }
@@ -845,6 +1168,7 @@ impl Controller {
             }
         }
         self.by_cgroup.insert(cgroup_id, k);
+        self.mark_container_cgroup(cgroup_id);
     }
 
     /// Handles one exec record from the kernel; prints its finding.
@@ -975,8 +1299,17 @@ impl Controller {
     /// Tries to attribute a held cgroup to a container and decide.
     async fn resolve_held(&mut self, cgroup_id: u64, pid: u32) {
         if let Some(k) = self.by_cgroup.get(&cgroup_id).cloned() {
+            if self
+                .entries
+                .get(&k)
+                .is_some_and(|e| e.pending_since.is_some())
+            {
+                self.settle_pending(Some(&k), false).await;
+            }
             if let Some(v) = self.entries.get(&k).map(|e| e.decision.kernel) {
-                self.release(cgroup_id, v);
+                if v != verdict::HOLD {
+                    self.release(cgroup_id, v);
+                }
                 return;
             }
         }
@@ -1007,6 +1340,18 @@ impl Controller {
                 e.cgroup_dir = dir;
             }
             self.apply(&k);
+            return;
+        }
+        // No runtime here knows it: a nested runtime's container (docker in
+        // docker, a kind node) is judged as the container it runs in. The
+        // kernel does so itself once that container's cgroup is marked;
+        // this covers a hold taken before the mark was.
+        if let Some((outer, v)) = dir.as_deref().and_then(|d| self.outer_container_of(d)) {
+            debug!(cgroup_id, outer = %outer, verdict = v, "held cgroup is nested in a known container");
+            if v != verdict::HOLD {
+                let _ = self.probes.set_verdict(cgroup_id, v);
+                self.release(cgroup_id, v);
+            }
         }
     }
 
@@ -1014,6 +1359,7 @@ impl Controller {
     /// after one last look at the runtimes: an approved container must never
     /// be killed because the agent was slow.
     pub async fn expire_holds(&mut self) {
+        self.settle_pending(None, false).await;
         let now = Instant::now();
         let expired: Vec<(u64, Option<u32>)> = self
             .held
@@ -1024,6 +1370,17 @@ impl Controller {
         for (id, pid) in expired {
             if let Some(pid) = pid {
                 self.resolve_held(id, pid).await;
+            }
+            // Held for the whole timeout by a container still waiting for
+            // CRI: judged by its image now (a finding that names it).
+            if let Some(k) = self.by_cgroup.get(&id).cloned() {
+                if self
+                    .entries
+                    .get(&k)
+                    .is_some_and(|e| e.pending_since.is_some())
+                {
+                    self.settle_pending(Some(&k), true).await;
+                }
             }
             let Some(h) = self.held.remove(&id) else {
                 continue;
@@ -1078,6 +1435,16 @@ impl Controller {
         let mut pruned = 0;
         for id in self.probes.verdict_cgroups() {
             if !known_ids.contains(&id) && self.probes.clear_verdict(id).is_ok() {
+                pruned += 1;
+            }
+        }
+        let namespaces: std::collections::HashSet<u64> =
+            self.hold_parents.values().copied().collect();
+        for (id, _) in self.probes.hold_parents() {
+            if !self.by_cgroup.contains_key(&id)
+                && !namespaces.contains(&id)
+                && self.probes.remove_hold_parent(id).is_ok()
+            {
                 pruned += 1;
             }
         }
@@ -1148,19 +1515,16 @@ impl Controller {
             let Some(e) = self.entries.get(&k) else {
                 continue;
             };
-            let pod = self.pod_lookup.as_ref().and_then(|f| f(&e.info));
-            let d = decide_with(&self.policy, &e.info, pod.as_ref(), &self.exemptions);
-            let drift = drift_with(
-                &self.policy,
-                &e.info,
-                pod.as_ref(),
-                &self.exemptions,
-                self.cfg.deny_exec_drift,
-            );
+            let (d, drift, pending) = self.judge_info(&e.info, e.unconfirmed_final);
             if d != e.decision || drift != e.drift {
                 if let Some(e) = self.entries.get_mut(&k) {
                     e.decision = d;
                     e.drift = drift;
+                    if pending {
+                        e.pending_since.get_or_insert_with(Instant::now);
+                    } else {
+                        e.pending_since = None;
+                    }
                 }
                 self.apply(&k);
             }
@@ -1220,8 +1584,10 @@ impl Controller {
         ok
     }
 
+    /// Whether anything waits on the hold tick: held processes, or
+    /// containers waiting for CRI's word.
     pub fn has_holds(&self) -> bool {
-        !self.held.is_empty()
+        !self.held.is_empty() || self.entries.values().any(|e| e.pending_since.is_some())
     }
 
     /// Summary line for logs.
@@ -1372,6 +1738,8 @@ mod tests {
             reported: None,
             killed: false,
             kill_reported: false,
+            pending_since: None,
+            unconfirmed_final: false,
         };
         use agent_common::drift_policy::{DENY_DRIFT, DENY_FILELESS};
         // The seed policy says nothing about drift: reported, never refused.
@@ -1432,7 +1800,7 @@ mod tests {
     }
 
     #[test]
-    fn image_ids_are_not_judged_as_names_and_pod_context_wins() {
+    fn image_ids_are_not_judged_as_names_and_the_pod_gives_context_not_the_image() {
         let policy =
             imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
         let id = format!("sha256:{}", "ab".repeat(32));
@@ -1465,6 +1833,20 @@ mod tests {
             decide(&policy, &info(Some("x")), Some(&regular)).kernel,
             verdict::DENY
         );
+        // The Pod spec's image is never the one judged (issue 13, case 6):
+        // a Pod whose spec writes a trusted image does not lend it to a
+        // container that runs another.
+        let trusted_spec = PodContext {
+            image: "public.ecr.aws/nginx/nginx:latest".into(),
+            ..regular
+        };
+        let d = decide(
+            &policy,
+            &info(Some("docker.io/library/nginx:latest")),
+            Some(&trusted_spec),
+        );
+        assert_eq!(d.kernel, verdict::DENY, "{d:?}");
+        assert!(d.reason.contains("docker.io"), "{d:?}");
     }
 
     #[test]
@@ -1523,12 +1905,114 @@ mod tests {
             decide_with(&policy, &forged, None, &ex).kernel,
             verdict::DENY
         );
-        // The CRI plugin's namespace keeps them (CRI confirms them on resync).
-        let mut cri = info(Some("registry.k8s.io/pause:3.6"));
-        cri.namespace = Some(CRI_NAMESPACE.into());
-        cri.kind = Some(ContainerKind::Sandbox);
-        distrust_labels(&mut cri);
-        assert_eq!(cri.kind, Some(ContainerKind::Sandbox));
+        assert!(!awaits_cri(&forged, true), "outside k8s.io: judged at once");
+    }
+
+    /// Issue 13, case 6, inside the CRI plugin's namespace: a container
+    /// containerd reports in `k8s.io` with forged `io.cri-containerd.kind`
+    /// and `io.kubernetes.pod.*` labels naming a Pod whose spec image is
+    /// trusted gets neither the sandbox allowance nor that Pod's image: it
+    /// waits for CRI (held), and CRI never knowing it, it is judged by the
+    /// image it runs. What CRI itself reports is believed.
+    #[test]
+    fn cri_namespace_identity_comes_from_cri_only() {
+        let policy =
+            imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
+        let ex = Exemptions::kyverno_defaults(&[], "kyverno");
+        let mut forged = info(Some("docker.io/library/nginx:latest"));
+        forged.namespace = Some(CRI_NAMESPACE.into());
+        forged.labels = crate::sources::bounded_labels(
+            [
+                ("io.cri-containerd.kind", "sandbox"),
+                ("io.kubernetes.pod.name", "web-ecr"),
+                ("io.kubernetes.pod.namespace", "kube-system"),
+                ("io.kubernetes.container.name", "nginx"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        // Whatever put a kind or a Pod on a containerd report, it goes.
+        forged.kind = Some(ContainerKind::Sandbox);
+        forged.pod_name = Some("web-ecr".into());
+        forged.pod_namespace = Some("kube-system".into());
+        distrust_labels(&mut forged);
+        assert_eq!(
+            (
+                forged.kind,
+                forged.pod_name.as_deref(),
+                forged.pod_namespace.as_deref()
+            ),
+            (None, None, None)
+        );
+        assert!(awaits_cri(&forged, true));
+        // The Pod the labels name, as a lookup would find it.
+        let pod = PodContext {
+            image: "public.ecr.aws/nginx/nginx:latest".into(),
+            container_type: ContainerType::Container,
+            namespace: "kube-system".into(),
+            labels: BTreeMap::new(),
+        };
+        let (d, pending) = judge(&policy, &forged, Some(&pod), &ex, true, false, false);
+        assert!(pending && d.kernel == verdict::HOLD, "{d:?}");
+        let (d, pending) = judge(&policy, &forged, Some(&pod), &ex, true, true, false);
+        assert!(!pending, "{d:?}");
+        assert_eq!(
+            d.kernel,
+            verdict::DENY,
+            "judged by the image it runs: {d:?}"
+        );
+        assert!(
+            d.reason.contains("docker.io") && d.reason.contains("unknown to CRI"),
+            "{d:?}"
+        );
+        // No CRI to ask: judged by its image at once.
+        assert!(!awaits_cri(&forged, false));
+        let (d, pending) = judge(&policy, &forged, None, &ex, false, false, false);
+        assert!(!pending && d.kernel == verdict::DENY, "{d:?}");
+        // A trusted image waits for nobody.
+        let mut good = forged.clone();
+        good.image_as_written = Some("public.ecr.aws/nginx/nginx:latest".into());
+        let (d, pending) = judge(&policy, &good, None, &ex, true, false, false);
+        assert!(!pending && d.kernel == verdict::ALLOW, "{d:?}");
+        // A k8s.io container CRI does not list yet that runs the node's
+        // pod sandbox image (CRI's config: a sandbox's pause process runs
+        // before CRI lists the sandbox) is allowed by that image; the same
+        // image elsewhere, or CRI's word, is judged as usual.
+        let mut pause = forged.clone();
+        pause.image_as_written = Some("registry.k8s.io/pause:3.6".into());
+        let (d, pending) = judge(&policy, &pause, None, &ex, true, false, true);
+        assert!(!pending && d.kernel == verdict::ALLOW, "{d:?}");
+        assert!(d.reason.contains("sandbox image"), "{d:?}");
+        let (d, pending) = judge(&policy, &pause, None, &ex, true, false, false);
+        assert!(
+            pending && d.kernel == verdict::HOLD,
+            "not the node's: {d:?}"
+        );
+        let (d, _) = judge(&policy, &pause, None, &ex, false, false, true);
+        assert_eq!(
+            d.kernel,
+            verdict::DENY,
+            "outside k8s.io, judged by policy: {d:?}"
+        );
+        // What CRI reports is believed: its sandbox is the pod's pause
+        // container (allowed), its Pod's namespace is exempt.
+        let mut sb = info(Some("registry.k8s.io/pause:3.6"));
+        sb.runtime = "cri";
+        sb.namespace = Some(CRI_NAMESPACE.into());
+        sb.kind = Some(ContainerKind::Sandbox);
+        distrust_labels(&mut sb);
+        assert!(!awaits_cri(&sb, true));
+        assert_eq!(
+            judge(&policy, &sb, None, &ex, false, false, false).0.kernel,
+            verdict::ALLOW
+        );
+        let mut sys = forged.clone();
+        sys.runtime = "cri";
+        sys.kind = Some(ContainerKind::Container);
+        sys.pod_namespace = Some("kube-system".into());
+        assert!(!awaits_cri(&sys, true));
+        let (d, _) = judge(&policy, &sys, Some(&pod), &ex, false, false, false);
+        assert_eq!(d.kernel, verdict::AUDIT, "{d:?}");
+        assert!(d.reason.contains("docker.io"), "still its own image: {d:?}");
     }
 
     #[test]

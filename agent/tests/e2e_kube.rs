@@ -421,3 +421,126 @@ spec:
     let _ = std::fs::remove_dir_all(dir);
     drop(images);
 }
+
+/// Issue 13, case 6: Pod identity comes from CRI only. A container created
+/// straight through containerd's API (`ctr run`) in the CRI plugin's own
+/// namespace `k8s.io`, with forged labels `io.cri-containerd.kind=sandbox`
+/// and `io.kubernetes.pod.*` naming a Pod the API lists with a trusted
+/// (public.ecr.aws) spec image, runs a docker.io image: CRI never lists
+/// it, so it gets neither the sandbox allowance nor that Pod's image. It is
+/// held until the agent gives up waiting for CRI, then judged by the image
+/// it really runs and killed before its entrypoint; the kill's finding
+/// names that image and no Pod.
+#[test]
+fn forged_cri_identity_in_k8s_io_buys_nothing() {
+    let test = "forged_cri_identity_in_k8s_io_buys_nothing";
+    let _one = ONE_AGENT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Err(why) = support::containerd::preflight() {
+        support::skip_or_fail(test, &why);
+        return;
+    }
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        support::skip_or_fail(test, "needs root (eBPF)");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let images = TestImages::build();
+    let ctd = Containerd::start();
+    ctd.import("k8s.io", &images);
+    let api = rt.block_on(FakeApi::start());
+    let seed: Value = serde_yaml::from_str(include_str!(
+        "../../deploy/policies/restrict-registries.yaml"
+    ))
+    .unwrap();
+    api.put(Coll::ClusterPolicies, seed);
+    let t = ctd.token.clone();
+    let uid = format!("abababab-0000-0000-0000-{t:0>12}");
+    api.put(Coll::Pods, api_pod("prod", "web-ecr", &uid, ECR_NGINX));
+
+    let dir = std::env::temp_dir().join(format!("iw-e2e-kube-forged-{t}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("config");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let mut cmd = AgentProcess::command();
+    cmd.args([
+        "run",
+        "--mode",
+        "enforce",
+        "--fail-mode",
+        "open",
+        "--node-name",
+        "node-a",
+        "--runtime-endpoint",
+    ])
+    .arg(ctd.endpoint())
+    .env("KUBECONFIG", &kubeconfig);
+    let agent = AgentProcess::spawn(
+        cmd,
+        |l| l.contains(support::agent::RUNNING),
+        Duration::from_secs(30),
+    );
+    agent
+        .wait_for_log(
+            |l| l.contains("policy reloaded") && l.contains("restrict-image-registries"),
+            Duration::from_secs(30),
+        )
+        .expect("the cluster's ClusterPolicy reached the agent");
+
+    let id = format!("forged-k8s-{t}");
+    let sock = ctd.endpoint().trim_start_matches("unix://").to_string();
+    let marker_dir = ctd.marker("x").parent().unwrap().to_path_buf();
+    let mut ctr = std::process::Command::new("ctr")
+        .env("CONTAINERD_SNAPSHOTTER", "native")
+        .args(["-a", &sock, "-n", "k8s.io", "run", "-d"])
+        .args(["--label", "io.cri-containerd.kind=sandbox"])
+        .args(["--label", "io.kubernetes.pod.name=web-ecr"])
+        .args(["--label", "io.kubernetes.pod.namespace=prod"])
+        .args(["--label", &format!("io.kubernetes.pod.uid={uid}")])
+        .args(["--label", "io.kubernetes.container.name=nginx"])
+        .arg("--mount")
+        .arg(format!(
+            "type=bind,src={},dst={},options=rbind:rw",
+            marker_dir.display(),
+            support::containerd::MARKER_MOUNT
+        ))
+        .args(["--env", &format!("IW_MARKER_NAME={id}"), NGINX, &id])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ctr run");
+    // The positive signal that it never ran: the agent's kill.
+    let f = agent.finding(
+        "the kill of the container with forged CRI identity",
+        |v| v["container_id"] == id.as_str() && v["action"] == "killed",
+        Duration::from_secs(30),
+    );
+    assert_eq!(f["verdict"], "deny", "{f}");
+    assert_eq!(f["image"], NGINX, "judged by the image it runs: {f}");
+    assert!(
+        f["pod"].is_null() && f["namespace"].is_null(),
+        "no Pod from labels: {f}"
+    );
+    assert!(
+        f["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unknown to CRI"),
+        "{f}"
+    );
+    wait_for("ctr run to return", Duration::from_secs(20), || {
+        ctr.try_wait().ok().flatten().map(|_| ())
+    });
+    assert!(
+        !ctd.marker(&id).exists(),
+        "the container with a forged sandbox label and a trusted Pod's identity ran its entrypoint"
+    );
+    drop(agent);
+    drop(ctd);
+    let _ = std::fs::remove_dir_all(dir);
+    drop(images);
+}

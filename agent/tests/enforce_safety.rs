@@ -1014,6 +1014,7 @@ fn forged_labels_through_containerd_buy_nothing() {
     let sock = endpoint.trim_start_matches("unix://").to_string();
     let marker_dir = ctd.marker("x").parent().unwrap().to_path_buf();
     let mut ctr = Command::new("ctr")
+        .env("CONTAINERD_SNAPSHOTTER", "native")
         .args([
             "-a",
             &sock,
@@ -1156,4 +1157,236 @@ fn a_hold_whose_event_died_with_the_agent_is_decided_by_the_next() {
         "adopted a hold the kernel kept",
     );
     drop(b);
+}
+
+/// Case 9, end to end on the host's cgroup2: an enforcing agent
+/// (`--hold-timeout 1s`, fail closed) with a real containerd.
+/// - A process in `/<x>/default/foo`, a cgroup merely *named* like the
+///   containerd namespace `default`, runs (before: held by name, then
+///   killed at the hold timeout as "not known to any runtime").
+/// - A nested runtime inside an allowed `ctr run` container (its cgroup
+///   `/default/<id>`): processes in `/default/<id>/default/inner`
+///   (`/<ns>/<id>/<ns2>/<id2>`) and in a kind node's
+///   `/default/<id>/kubelet.slice/.../cri-containerd-<hex>.scope` run to
+///   completion, judged as that container (before: held and killed).
+/// - The namespace's own cgroup still holds by id: an unclassified child
+///   of `/default` that no runtime knows is held, then killed.
+#[test]
+fn nested_runtimes_are_judged_as_their_container_and_names_alone_hold_nothing() {
+    let _serial = serial();
+    let test = "nested_runtimes_are_judged_as_their_container_and_names_alone_hold_nothing";
+    if !root_or_skip(test) {
+        return;
+    }
+    let images = TestImages::build();
+    let ctd = Containerd::start();
+    ctd.import("default", &images);
+    let endpoint = ctd.endpoint();
+    let root = Path::new("/sys/fs/bpf").join(format!("iw-test-nested-{}", std::process::id()));
+    let _ = imagewarden::probes::cleanup_root(&root, Duration::from_secs(1));
+    let pins = PinRoot(root.clone());
+    let root_s = root.display().to_string();
+    let a = Agent::start(
+        &[
+            "run",
+            "--standalone",
+            "--mode",
+            "enforce",
+            "--fail-mode",
+            "closed",
+            "--pin-dir",
+            &root_s,
+            "--hold-timeout",
+            "1s",
+            "--runtime-endpoint",
+            &endpoint,
+        ],
+        &[],
+    );
+    a.wait_log(
+        "the agent running",
+        Duration::from_secs(30),
+        "agent running",
+    );
+    let cg2 = support::host::cgroup2_root();
+    let t = ctd.token.clone();
+    let mkdir = |p: &Path| -> support::host::TestCgroup {
+        std::fs::create_dir(p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+        support::host::TestCgroup {
+            path: p.to_path_buf(),
+            id: imagewarden::probes::cgroup_id_of(p).expect("cgroup id"),
+        }
+    };
+    let marker_dir = support::host::tempdir("nested-e2e");
+    // Runs `sh -c 'echo ran > marker'` in `cg`; its exit status, bounded:
+    // a held process is killed by the agent at the hold timeout.
+    let run_in = |cg: &Path, tag: &str| -> (Option<i32>, Option<i32>, bool) {
+        use std::os::unix::process::ExitStatusExt;
+        let marker = marker_dir.join(tag);
+        let mut child = support::host::in_cgroup(cg, "/bin/sh")
+            .arg("-c")
+            .arg(format!("echo ran > {}", marker.display()))
+            .spawn()
+            .expect("spawn in cgroup");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let st = loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{tag}: neither ran nor was killed within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (st.code(), st.signal(), marker.exists())
+    };
+
+    // 1. A cgroup named like a containerd namespace, elsewhere.
+    let decoy_root = support::host::TestCgroup::new("decoy-ns");
+    let decoy_ns = mkdir(&decoy_root.path.join("default"));
+    let decoy = mkdir(&decoy_ns.path.join("foo"));
+    let (code, sig, ran) = run_in(&decoy.path, "decoy");
+    assert!(
+        code == Some(0) && ran,
+        "a process in {} (named like a namespace only) did not run: exit {code:?} signal {sig:?}",
+        decoy.path.display()
+    );
+
+    // 2. A nested runtime inside an allowed container.
+    let id = format!("nest-{t}");
+    ctd.ctr_run("default", &id, support::containerd::ECR_NGINX, &[]);
+    assert!(
+        ctd.wait_marker(&id, Duration::from_secs(20)).is_some(),
+        "the allowed outer container did not run"
+    );
+    let outer = cg2.join("default").join(&id);
+    wait_for(
+        "the outer container's cgroup",
+        Duration::from_secs(10),
+        || outer.is_dir().then_some(()),
+    );
+    let inner_ns = mkdir(&outer.join("default"));
+    let inner = mkdir(&inner_ns.path.join("inner"));
+    let kubelet = mkdir(&outer.join("kubelet.slice"));
+    let kind_pod = mkdir(&kubelet.path.join("kubelet-kubepods-besteffort-pod1.slice"));
+    let kind_ctr = mkdir(
+        &kind_pod
+            .path
+            .join(format!("cri-containerd-{}.scope", "c".repeat(64))),
+    );
+    for (cg, tag) in [(&inner, "nested-ctr"), (&kind_ctr, "nested-kind")] {
+        let (code, sig, ran) = run_in(&cg.path, tag);
+        assert!(
+            code == Some(0) && ran,
+            "{tag}: nested in an allowed container, it must run: exit {code:?} signal {sig:?}"
+        );
+    }
+
+    // 3. The namespace's own cgroup still holds, by id: an unclassified
+    // child no runtime knows is held, then killed (fail closed).
+    let lone = mkdir(&cg2.join("default").join(format!("lone-{t}")));
+    let (code, sig, ran) = run_in(&lone.path, "lone");
+    assert!(
+        sig == Some(libc::SIGKILL) && !ran,
+        "an unknown child of the namespace cgroup must be held and killed: exit {code:?} signal {sig:?}"
+    );
+    let f = a.finding(
+        "the kill of the unknown child of the namespace cgroup",
+        Duration::from_secs(10),
+        |v| v["action"] == "killed" && v["cgroup_id"] == lone.id,
+    );
+    assert_eq!(f["verdict"], "deny", "{f}");
+
+    drop((lone, kind_ctr, kind_pod, kubelet, inner, inner_ns));
+    drop((decoy, decoy_ns, decoy_root));
+    drop(a);
+    drop(pins);
+    drop(ctd);
+    drop(images);
+    let _ = std::fs::remove_dir_all(marker_dir);
+}
+
+/// Case 6, the other side: a pod sandbox's pause process runs before CRI
+/// lists the sandbox (containerd's CRI plugin adds it to its store only
+/// after the task started; runc may even exec in the new cgroup while the
+/// task is being created). A `k8s.io` container CRI does not list, running
+/// the node's sandbox image (CRI's `sandbox_image`, here
+/// `registry.k8s.io/pause`, which the seed policy does not trust), is
+/// allowed by that image — no label involved — and is not held until the
+/// hold timeout kills it: execs in it succeed.
+#[test]
+fn k8s_io_container_of_the_node_sandbox_image_runs_before_cri_lists_it() {
+    let _serial = serial();
+    let test = "k8s_io_container_of_the_node_sandbox_image_runs_before_cri_lists_it";
+    if !root_or_skip(test) {
+        return;
+    }
+    let images = TestImages::build();
+    let ctd = Containerd::start();
+    ctd.import("k8s.io", &images);
+    let endpoint = ctd.endpoint();
+    let a = Agent::start(
+        &[
+            "run",
+            "--standalone",
+            "--mode",
+            "enforce",
+            "--fail-mode",
+            "open",
+            "--hold-timeout",
+            "1s",
+            "--all-execs",
+            "--runtime-endpoint",
+            &endpoint,
+        ],
+        &[],
+    );
+    a.wait_log(
+        "the agent running",
+        Duration::from_secs(30),
+        "agent running",
+    );
+    let id = format!("not-yet-a-sandbox-{}", ctd.token);
+    let sock = endpoint.trim_start_matches("unix://").to_string();
+    let st = Command::new("ctr")
+        .env("CONTAINERD_SNAPSHOTTER", "native")
+        .args(["-a", &sock, "-n", "k8s.io", "run", "-d"])
+        .args([support::containerd::PAUSE, &id, "sleep", "600"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("ctr run");
+    assert!(st.success(), "ctr run {id}: {st:?}");
+    let f = a.finding(
+        "the verdict of the pause-image container",
+        Duration::from_secs(20),
+        |v| v["type"] == "container" && v["container_id"] == id.as_str(),
+    );
+    assert_eq!(f["verdict"], "allow", "{f}");
+    assert!(
+        f["reason"].as_str().unwrap_or("").contains("sandbox image"),
+        "{f}"
+    );
+    // Positive signal that it is neither held nor killed: an exec in it
+    // runs to completion (a held one would stop, a killed one fail).
+    let out = ctd.ctr_raw(
+        "k8s.io",
+        &["tasks", "exec", "--exec-id", "probe", &id, "sleep", "0"],
+    );
+    assert!(
+        out.status.success(),
+        "exec in the pause-image container: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !a.findings
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|v| v["container_id"] == id.as_str() && v["action"] == "killed"),
+        "the pause-image container was killed"
+    );
+    drop(a);
+    drop(ctd);
+    drop(images);
 }

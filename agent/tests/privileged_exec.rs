@@ -626,7 +626,7 @@ fn names_announced_after_a_cached_decision_take_effect_at_the_next_exec() {
     assert!(st.code() == Some(0) && ran, "{st:?}");
     assert_eq!(events.take(child.id, 1).len(), 1);
     probes
-        .add_hold_parent(std::str::from_utf8(&parent_name).unwrap())
+        .add_hold_parent(parent.id, agent_common::hold_parent::NAMESPACE)
         .unwrap();
     let marker = dir.join("marker-child-held");
     let mut p = child
@@ -646,6 +646,150 @@ fn names_announced_after_a_cached_decision_take_effect_at_the_next_exec() {
     let _ = p.wait();
     drop(late);
     drop(child);
+    drop(probes);
+    let _ = fs::remove_dir_all(dir);
+}
+
+/// Issue 13, case 9, on the host's real cgroup2: hold parents are matched
+/// by cgroup id (the full path), not by name, and a nested runtime's
+/// containers are judged as the container they run in.
+/// - `<ns>/web3` under the namespace cgroup marked NAMESPACE: held;
+/// - `other/default/foo`, merely *named* like the namespace: runs (before,
+///   by name, it was held, and the agent killed it after the hold timeout);
+/// - under a container cgroup marked CONTAINER (`<ns>/web1`, allowed): a
+///   nested `default/web2` (`/<ns>/<id>/<ns2>/<id2>`) and a kind node's
+///   `kubelet.slice/cri-containerd-<id>.scope` run, unheld; once the outer
+///   container is denied, the nested ones are denied with it;
+/// - the same container-like leaf under an unmarked cgroup: held.
+#[test]
+fn hold_parents_by_cgroup_id_and_nested_containers_judged_as_the_outer() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !privileged() {
+        return;
+    }
+    use agent_common::hold_parent;
+    let (mut probes, ring) = load(ProbeOptions {
+        enforce: true,
+        ..Default::default()
+    });
+    let enforcement = probes.enforcement;
+    let mut events = Events::new(ring);
+    let dir = tempdir("nested");
+    let sh = private_binary(&dir, "iw-sh-nested", "/bin/sh");
+    let run = |cg: &TestCgroup, tag: &str| {
+        let marker = dir.join(format!("marker-{tag}"));
+        let _ = fs::remove_file(&marker);
+        let o = Outcome::of(
+            cg.command(&sh)
+                .arg("-c")
+                .arg(format!("echo ran > {}", marker.display())),
+        );
+        (o, marker.exists())
+    };
+    let stopped = |pid: u32| {
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().starts_with('T'))
+            })
+            .unwrap_or(false)
+    };
+    // Spawns `sh` in `cg`, expects the kernel to hold it; kills it.
+    let expect_held = |events: &mut Events, cg: &TestCgroup, tag: &str| {
+        let marker = dir.join(format!("marker-{tag}"));
+        let mut child = cg
+            .command(&sh)
+            .arg("-c")
+            .arg(format!("echo ran > {}", marker.display()))
+            .spawn()
+            .unwrap();
+        let ev = events.take(cg.id, 1);
+        assert!(
+            ev.len() == 1 && ev[0].held && ev[0].verdict == KernelVerdict::Hold,
+            "{tag}: must be held: {ev:?}"
+        );
+        // The stop is delivered on the way back to user space, after the
+        // event: wait for it (bounded).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !stopped(child.id()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(stopped(child.id()), "{tag}: held process must be stopped");
+        assert!(!marker.exists(), "{tag}: held program ran");
+        // SAFETY: plain syscall on our child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let _ = child.wait();
+    };
+    let hex = |c: &str| c.repeat(64);
+
+    let root = TestCgroup::new("nested");
+    let ns = root.child("default");
+    probes
+        .add_hold_parent(ns.id, hold_parent::NAMESPACE)
+        .unwrap();
+    // The namespace's own unclassified child: held.
+    let web3 = ns.child("web3");
+    expect_held(&mut events, &web3, "ns-child");
+
+    // Named like the namespace, elsewhere: not a hold parent.
+    let other = root.child("other");
+    let decoy_ns = other.child("default");
+    let decoy = decoy_ns.child("foo");
+    let (o, ran) = run(&decoy, "decoy");
+    assert!(
+        o.code() == Some(0) && ran,
+        "a cgroup merely named like a namespace was not let run: {o:?}"
+    );
+
+    // A known, allowed container, and a nested runtime inside it.
+    let outer = ns.child("web1");
+    probes.set_verdict(outer.id, verdict::ALLOW).unwrap();
+    probes
+        .add_hold_parent(outer.id, hold_parent::CONTAINER)
+        .unwrap();
+    let inner_ns = outer.child("default");
+    let inner = inner_ns.child("web2");
+    let kubelet = outer.child("kubelet.slice");
+    let kind_pod = kubelet.child("kubelet-kubepods-besteffort-pod1.slice");
+    let kind_ctr = kind_pod.child(&format!("cri-containerd-{}.scope", hex("a")));
+    for (cg, tag) in [(&inner, "nested-ctr"), (&kind_ctr, "nested-kind")] {
+        let (o, ran) = run(cg, tag);
+        assert!(
+            o.code() == Some(0) && ran,
+            "{tag}: nested in an allowed container, it must run unheld: {o:?}"
+        );
+    }
+    // The outer container denied: what it runs nested is denied with it.
+    probes.set_verdict(outer.id, verdict::DENY).unwrap();
+    for (cg, tag) in [
+        (&inner, "nested-ctr-denied"),
+        (&kind_ctr, "nested-kind-denied"),
+    ] {
+        let (o, ran) = run(cg, tag);
+        o.assert_denied(enforcement);
+        assert!(!ran, "{tag}: ran");
+        let ev = events.take(cg.id, 1);
+        assert!(
+            ev.iter()
+                .any(|e| (e.killed || e.lsm_denied) && e.verdict == KernelVerdict::Deny),
+            "{tag}: {ev:?}"
+        );
+    }
+
+    // The same container-like leaf under a cgroup no container owns: held.
+    let plain = root.child("plain");
+    let lone = plain.child(&format!("cri-containerd-{}.scope", hex("b")));
+    expect_held(&mut events, &lone, "unowned-container-like");
+
+    // Unmarked: the nested cgroups are unknown containers again.
+    probes.remove_hold_parent(outer.id).unwrap();
+    probes.clear_verdict(outer.id).unwrap();
+    expect_held(&mut events, &kind_ctr, "after-unmark");
+    drop((
+        lone, plain, kind_ctr, kind_pod, kubelet, inner, inner_ns, outer,
+    ));
+    drop((decoy, decoy_ns, other, web3, ns, root));
     drop(probes);
     let _ = fs::remove_dir_all(dir);
 }

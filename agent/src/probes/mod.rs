@@ -252,7 +252,8 @@ pub struct Probes {
     verdicts: HashMap<MapData, u64, u32>,
     name_verdicts: HashMap<MapData, CgroupKey, u32>,
     cgroup_names: HashMap<MapData, u64, CgroupKey>,
-    hold_parents: HashMap<MapData, [u8; agent_common::CGROUP_NAME_LEN], u32>,
+    /// cgroup id -> `agent_common::hold_parent` mark.
+    hold_parents: HashMap<MapData, u64, u32>,
     counters: CounterReader,
     config_map: Array<MapData, Config>,
     config: Config,
@@ -768,14 +769,34 @@ impl Probes {
         }
     }
 
-    /// Every unclassified child cgroup of `parent` is held (containerd
-    /// namespaces, whose container ids need not look like ids).
-    pub fn add_hold_parent(&mut self, parent: &str) -> Result<(), ProbeError> {
-        let key = CgroupKey::new(parent.as_bytes(), b"");
+    /// Marks one cgroup, by id (its full path, never its name; issue 13,
+    /// case 9), with an `agent_common::hold_parent` mark:
+    /// `NAMESPACE` (every unclassified child is held: containerd
+    /// namespaces, whose container ids need not look like ids) or
+    /// `CONTAINER` (a cgroup below it that no verdict names is judged as
+    /// this container: nested runtimes).
+    pub fn add_hold_parent(&mut self, cgroup_id: u64, mark: u32) -> Result<(), ProbeError> {
+        if self.hold_parents.get(&cgroup_id, 0).ok() == Some(mark) {
+            return Ok(());
+        }
         self.hold_parents
-            .insert(key.parent, 1, 0)
+            .insert(cgroup_id, mark, 0)
             .map_err(|e| ProbeError::Map("HOLD_PARENTS", e.to_string()))?;
         self.bump_gen()
+    }
+
+    /// Removes a cgroup's hold-parent mark (gone, or no longer a container).
+    pub fn remove_hold_parent(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
+        match self.hold_parents.remove(&cgroup_id) {
+            Ok(()) => self.bump_gen(),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(ProbeError::Map("HOLD_PARENTS", e.to_string())),
+        }
+    }
+
+    /// Every marked cgroup id with its mark.
+    pub fn hold_parents(&self) -> Vec<(u64, u32)> {
+        self.hold_parents.iter().filter_map(Result::ok).collect()
     }
 
     /// The names the kernel saw for a cgroup it decided by name or held.

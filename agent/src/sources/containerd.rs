@@ -263,13 +263,15 @@ impl ContainerdClient {
         for c in raw {
             let mut info = ContainerInfo::new(c.id.clone(), "containerd");
             info.namespace = Some(ns.to_string());
+            // Labels are kept for display only: anyone with containerd's
+            // API sets them, so they never say which Pod a container is
+            // or whether it is a sandbox (issue 13, case 6; CRI does).
             info.labels = bounded_labels(c.labels);
-            info.fill_from_kubelet_labels();
-            // A CRI container's record names the image by one of its
-            // references, whichever the CRI plugin picked; what the pod
-            // wrote is in the CRI metadata (containerd 2 and later).
-            let written = cri_user_specified_image(&c.extensions);
-            info.image_as_written = written.clone().or_else(|| non_empty(c.image.clone()));
+            // The image judged is the container record's own image, never
+            // the CRI metadata extension's name, which is as forgeable as a
+            // label; CRI's status gives the name a pod wrote once CRI knows
+            // the container.
+            info.image_as_written = non_empty(c.image.clone());
             info.cgroup_path = c.spec.as_ref().and_then(cgroups_path_of_spec);
             if !c.image.is_empty() {
                 if !images.contains_key(&c.image) {
@@ -281,11 +283,7 @@ impl ContainerdClient {
                     images.insert(c.image.clone(), t);
                 }
                 if let Some(Some(t)) = images.get(&c.image) {
-                    let name = written
-                        .as_deref()
-                        .filter(|w| names_registry(w))
-                        .unwrap_or(&t.name);
-                    info.image_ref = image_digest_ref(name, &t.digest);
+                    info.image_ref = image_digest_ref(&t.name, &t.digest);
                     info.image_id = t.config_digest.clone();
                 }
             }
@@ -604,10 +602,11 @@ pub const CRI_METADATA_EXTENSION: &str = "io.cri-containerd.container.metadata";
 /// containers by image id) and containerd 2 keeps; containerd 1.6 drops the
 /// field. `None` for other containers and for an unparsable extension.
 ///
-/// Needed because containerd names a CRI container's image by one of the
-/// image's references (`Container.image`), not by what the pod wrote: with
-/// one image under two names (a registry and its byte-identical mirror),
-/// a pod that wrote the mirror's name is otherwise judged by the other.
+/// containerd names a CRI container's image by one of the image's
+/// references (`Container.image`), not by what the pod wrote. The extension
+/// is as forgeable as a label through containerd's API, so the agent never
+/// judges by it: CRI's own status reports the same name for the containers
+/// CRI knows (issue 13, case 6).
 pub fn cri_user_specified_image(extensions: &HashMap<String, prost_types::Any>) -> Option<String> {
     let any = extensions.get(CRI_METADATA_EXTENSION)?;
     if any.value.len() > MAX_BLOB_BYTES {

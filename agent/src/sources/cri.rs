@@ -339,7 +339,7 @@ impl CriClient {
             Err(_) => ContainerState::Unknown,
         };
         info.labels = bounded_labels(sb.labels.clone());
-        info.fill_from_kubelet_labels();
+        info.fill_from_cri_labels();
         info
     }
 
@@ -435,7 +435,7 @@ impl CriClient {
             .or_else(|| Some(c.image_ref.clone()).filter(|r| is_image_id(r)));
         info.state = state_of(c.state);
         info.labels = bounded_labels(c.labels.clone());
-        info.fill_from_kubelet_labels();
+        info.fill_from_cri_labels();
         info
     }
 
@@ -450,6 +450,16 @@ impl CriClient {
             })
         )?;
         if let Some(st) = resp.status {
+            // containerd resolves an id prefix to the one container it
+            // names: an answer about another container is no answer about
+            // this one (a forged container named by a prefix of a real one
+            // must not borrow its identity).
+            if !st.id.is_empty() && st.id != info.id {
+                return Err(CriError::status(
+                    "ContainerStatus",
+                    tonic::Status::not_found(format!("no container {:?}", info.id)),
+                ));
+            }
             info.state = state_of(st.state);
             if let Some(spec) = &st.image {
                 let user = non_empty(spec.user_specified_image.clone());
@@ -469,7 +479,7 @@ impl CriClient {
             }
             if info.labels.is_empty() {
                 info.labels = bounded_labels(st.labels);
-                info.fill_from_kubelet_labels();
+                info.fill_from_cri_labels();
             }
         }
         if let Some(v) = parse_info(&resp.info) {
@@ -515,6 +525,59 @@ impl CriClient {
         Ok(())
     }
 
+    /// What CRI says about one id: the container, else the pod sandbox of
+    /// that id, with their statuses; `Ok(None)` when CRI knows neither
+    /// (yet). Pod fields come from the sandbox's CRI metadata.
+    pub async fn lookup(&self, id: &str) -> Result<Option<ContainerInfo>, CriError> {
+        match self.container_status(id).await {
+            Ok(mut c) => {
+                if let Some(sb) = c.sandbox_id.clone() {
+                    match self.sandbox(&sb).await {
+                        Ok(Some(s)) => {
+                            c.pod_name = s.pod_name.or(c.pod_name.take());
+                            c.pod_namespace = s.pod_namespace.or(c.pod_namespace.take());
+                            c.pod_uid = s.pod_uid.or(c.pod_uid.take());
+                        }
+                        Ok(None) => {}
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                return Ok(Some(c));
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+        match self.sandbox(id).await {
+            Err(e) if e.is_not_found() => Ok(None),
+            r => r,
+        }
+    }
+
+    /// One pod sandbox by id, from CRI's listing (with its status).
+    async fn sandbox(&self, id: &str) -> Result<Option<ContainerInfo>, CriError> {
+        let mut rt = self.runtime.clone();
+        let resp = call!(
+            self,
+            "ListPodSandbox",
+            rt.list_pod_sandbox(api::ListPodSandboxRequest {
+                filter: Some(api::PodSandboxFilter {
+                    id: id.to_string(),
+                    ..Default::default()
+                }),
+            })
+        )?;
+        let Some(sb) = resp.items.iter().find(|s| s.id == id) else {
+            return Ok(None);
+        };
+        let mut info = self.sandbox_base(sb);
+        match self.pod_sandbox_status_into(&mut info).await {
+            Ok(()) => Ok(Some(info)),
+            Err(e) if e.is_not_found() => Ok(Some(info)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// One container, with its verbose status.
     pub async fn container_status(&self, id: &str) -> Result<ContainerInfo, CriError> {
         let mut info = ContainerInfo::new(id.to_string(), "cri");
@@ -543,6 +606,53 @@ impl CriClient {
             repo_tags: i.repo_tags,
             repo_digests: i.repo_digests,
         }))
+    }
+
+    /// The image ids (`sha256:<config digest>`) of the node's pod sandbox
+    /// (pause) images, as CRI configures them: containerd 1.6/1.7's
+    /// `sandbox_image` (in the verbose `Status` config, resolved through
+    /// `ImageStatus`) and the images CRI reports pinned (containerd 1.7+
+    /// and 2 pin the sandbox image). Node configuration, not workloads:
+    /// Kyverno never checks them. Empty when CRI tells neither.
+    pub async fn sandbox_image_ids(&self) -> Result<Vec<String>, CriError> {
+        let mut ids = Vec::new();
+        let mut rt = self.runtime.clone();
+        let st = call!(
+            self,
+            "Status",
+            rt.status(api::StatusRequest { verbose: true })
+        )?;
+        let configured = st
+            .info
+            .get("config")
+            .filter(|c| c.len() <= MAX_INFO_BYTES)
+            .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+            .and_then(|v| {
+                v.get("sandboxImage")
+                    .and_then(|s| s.as_str())
+                    .and_then(non_empty)
+            });
+        if let Some(name) = configured {
+            if let Some(img) = self.image_status(&name).await? {
+                ids.extend(non_empty(img.id));
+            }
+        }
+        let mut im = self.images.clone();
+        let list = call!(
+            self,
+            "ListImages",
+            im.list_images(api::ListImagesRequest { filter: None })
+        )?;
+        ids.extend(
+            list.images
+                .into_iter()
+                .take(MAX_CONTAINERS)
+                .filter(|i| i.pinned)
+                .filter_map(|i| non_empty(i.id)),
+        );
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
     }
 
     /// `GetContainerEvents` (CRI runtimes that implement it: containerd

@@ -74,10 +74,10 @@ pub struct ContainerInfo {
     /// Runtime namespace (containerd namespace; `k8s.io` for containerd's
     /// CRI plugin; `None` where the runtime has none, e.g. CRI-O).
     pub namespace: Option<String>,
-    /// Pod sandbox id (CRI), or the sandbox id label (containerd).
+    /// Pod sandbox id (CRI only).
     pub sandbox_id: Option<String>,
-    /// Kubernetes pod name, namespace and UID (from the CRI metadata or
-    /// the kubelet's `io.kubernetes.*` labels).
+    /// Kubernetes pod name, namespace and UID: from CRI only (its metadata,
+    /// else the labels CRI reports), never from containerd's labels.
     pub pod_name: Option<String>,
     /// Kubernetes namespace of the pod.
     pub pod_namespace: Option<String>,
@@ -85,7 +85,7 @@ pub struct ContainerInfo {
     pub pod_uid: Option<String>,
     /// Container name inside the pod.
     pub container_name: Option<String>,
-    /// Sandbox or workload, where known.
+    /// Sandbox or workload, where CRI says (never from a label).
     pub kind: Option<ContainerKind>,
     /// The image reference as written (the container spec's image, or the
     /// name the container was created from).
@@ -126,30 +126,24 @@ impl ContainerInfo {
         }
     }
 
-    /// Fills pod fields from the kubelet's `io.kubernetes.*` labels where
-    /// they are still empty.
-    pub(crate) fn fill_from_kubelet_labels(&mut self) {
+    /// Fills pod fields from the `io.kubernetes.*` labels CRI reports for
+    /// this container, where CRI's metadata left them empty. Only for what
+    /// CRI reports (the kubelet set those labels through CRI): labels read
+    /// from containerd's own API are never identity, since anyone with that
+    /// API can set them (issue 13, case 6). The kind never comes from a
+    /// label: CRI says it by the call that listed the container.
+    pub(crate) fn fill_from_cri_labels(&mut self) {
         let get = |k: &str| self.labels.get(k).filter(|v| !v.is_empty()).cloned();
         let pod_name = get("io.kubernetes.pod.name");
         let pod_ns = get("io.kubernetes.pod.namespace");
         let pod_uid = get("io.kubernetes.pod.uid");
         let cname = get("io.kubernetes.container.name");
         let sandbox = get("io.kubernetes.sandbox.id");
-        let kind = match self
-            .labels
-            .get("io.cri-containerd.kind")
-            .map(String::as_str)
-        {
-            Some("sandbox") => Some(ContainerKind::Sandbox),
-            Some("container") => Some(ContainerKind::Container),
-            _ => None,
-        };
         self.pod_name = self.pod_name.take().or(pod_name);
         self.pod_namespace = self.pod_namespace.take().or(pod_ns);
         self.pod_uid = self.pod_uid.take().or(pod_uid);
         self.container_name = self.container_name.take().or(cname);
         self.sandbox_id = self.sandbox_id.take().or(sandbox);
-        self.kind = self.kind.or(kind);
     }
 }
 
@@ -393,7 +387,7 @@ mod tests {
     }
 
     #[test]
-    fn kubelet_labels_fill_pod_fields() {
+    fn cri_labels_fill_pod_fields_but_never_the_kind() {
         let mut c = ContainerInfo::new("x".into(), "containerd");
         c.labels = bounded_labels([
             ("io.kubernetes.pod.name".to_string(), "web".to_string()),
@@ -411,11 +405,11 @@ mod tests {
                 "container".to_string(),
             ),
         ]);
-        c.fill_from_kubelet_labels();
+        c.fill_from_cri_labels();
         assert_eq!(c.pod_name.as_deref(), Some("web"));
         assert_eq!(c.pod_namespace.as_deref(), Some("prod"));
         assert_eq!(c.container_name.as_deref(), Some("nginx"));
-        assert_eq!(c.kind, Some(ContainerKind::Container));
+        assert_eq!(c.kind, None, "a label never says what kind a container is");
         let many = (0..1000).map(|i| (format!("k{i}"), String::new()));
         assert_eq!(bounded_labels(many).len(), MAX_LABELS);
     }
