@@ -96,9 +96,9 @@ fn ancestry(cgroup_id: u64, cfg: &Config) -> (Option<u32>, bool) {
             break;
         }
         // SAFETY: the values are plain u32s copied out immediately.
-        if let Some(m) = unsafe { HOLD_PARENTS.get(&a) } {
+        if let Some(m) = unsafe { HOLD_PARENTS.get(a) } {
             if *m == hold_parent::CONTAINER {
-                let v = unsafe { VERDICTS.get(&a) }
+                let v = unsafe { VERDICTS.get(a) }
                     .copied()
                     .unwrap_or(cfg.unknown_container_verdict);
                 return (Some(v), false);
@@ -110,7 +110,7 @@ fn ancestry(cgroup_id: u64, cfg: &Config) -> (Option<u32>, bool) {
     let ns = reached
         && parent != 0
         // SAFETY: as above.
-        && unsafe { HOLD_PARENTS.get(&parent) }.is_some_and(|m| *m == hold_parent::NAMESPACE);
+        && unsafe { HOLD_PARENTS.get(parent) }.is_some_and(|m| *m == hold_parent::NAMESPACE);
     (None, ns)
 }
 
