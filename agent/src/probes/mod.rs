@@ -720,11 +720,8 @@ impl Probes {
     }
 
     pub fn clear_verdict(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
-        match self.verdicts.remove(&cgroup_id) {
-            Ok(()) => {}
-            Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(ProbeError::Map("VERDICTS", e.to_string())),
-        }
+        removed(self.verdicts.remove(&cgroup_id))
+            .map_err(|e| ProbeError::Map("VERDICTS", e.to_string()))?;
         self.set_drift_policy(cgroup_id, 0)
     }
 
@@ -732,10 +729,7 @@ impl Probes {
     /// cgroup (`agent_common::drift_policy` bits; 0 removes the entry).
     pub fn set_drift_policy(&mut self, cgroup_id: u64, bits: u32) -> Result<(), ProbeError> {
         let r = if bits == 0 {
-            match self.drift_policy.remove(&cgroup_id) {
-                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-                r => r,
-            }
+            removed(self.drift_policy.remove(&cgroup_id)).map(|_| ())
         } else if self.drift_policy.get(&cgroup_id, 0).ok() == Some(bits) {
             Ok(())
         } else {
@@ -762,9 +756,9 @@ impl Probes {
     }
 
     pub fn clear_name_verdict(&mut self, key: &CgroupKey) -> Result<(), ProbeError> {
-        match self.name_verdicts.remove(key) {
-            Ok(()) => self.bump_gen(),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        match removed(self.name_verdicts.remove(key)) {
+            Ok(true) => self.bump_gen(),
+            Ok(false) => Ok(()),
             Err(e) => Err(ProbeError::Map("NAME_VERDICTS", e.to_string())),
         }
     }
@@ -787,9 +781,9 @@ impl Probes {
 
     /// Removes a cgroup's hold-parent mark (gone, or no longer a container).
     pub fn remove_hold_parent(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
-        match self.hold_parents.remove(&cgroup_id) {
-            Ok(()) => self.bump_gen(),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        match removed(self.hold_parents.remove(&cgroup_id)) {
+            Ok(true) => self.bump_gen(),
+            Ok(false) => Ok(()),
             Err(e) => Err(ProbeError::Map("HOLD_PARENTS", e.to_string())),
         }
     }
@@ -996,6 +990,23 @@ fn raise_memlock_rlimit() {
             "could not raise RLIMIT_MEMLOCK: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+/// A map delete whose key may be absent. aya 0.14 reports an absent key as
+/// the syscall's ENOENT, not as `MapError::KeyNotFound` (before this, every
+/// clear of a container without a drift policy logged a failed delete).
+/// `Ok(true)`: removed; `Ok(false)`: was not there.
+fn removed(r: Result<(), aya::maps::MapError>) -> Result<bool, aya::maps::MapError> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
 }
 
