@@ -105,6 +105,8 @@ pub struct Entry {
     pending_since: Option<Instant>,
     /// CRI did not confirm it within the hold timeout: judged by image.
     unconfirmed_final: bool,
+    /// When a finding last asked CRI about it (see `on_exec`).
+    cri_asked_at: Option<Instant>,
 }
 
 impl Entry {
@@ -515,6 +517,9 @@ pub struct Controller {
     sandbox_images_at: Option<Instant>,
 }
 
+/// How often a finding may ask CRI about a container it does not list.
+const CRI_ASK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Bound of the queue of exec-drift findings waiting for their Event.
 pub const DRIFT_FINDINGS_CAPACITY: usize = 256;
 
@@ -792,6 +797,7 @@ impl Controller {
             kill_reported: false,
             pending_since: None,
             unconfirmed_final: false,
+            cri_asked_at: None,
         });
         // Another task of the same container (its events were missed): its
         // cgroup is new too.
@@ -882,6 +888,29 @@ impl Controller {
     /// yet, of an image the policy does not allow). Confirmed ones are
     /// judged with CRI's identity; those CRI still does not know after
     /// `hold_timeout` (or at once when `force`) are judged by their image.
+    /// Asks CRI about one container (by its exact id); what CRI says is
+    /// upserted (its identity replaces what the runtime's report lacks).
+    /// Returns whether CRI knows the container.
+    async fn confirm_with_cri(&mut self, id: &str, what: &str) -> bool {
+        let looked = match &self.cri {
+            Some(c) => c.lookup(id).await,
+            None => return false,
+        };
+        match looked {
+            Ok(Some(mut cri)) => {
+                cri.namespace = Some(CRI_NAMESPACE.to_string());
+                debug!(container = %id, "CRI confirmed {what}");
+                self.upsert(cri);
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                warn!(container = %id, "CRI lookup of {what}: {e}");
+                false
+            }
+        }
+    }
+
     async fn settle_pending(&mut self, only: Option<&str>, force: bool) {
         let keys: Vec<(String, String, bool)> = self
             .entries
@@ -904,19 +933,8 @@ impl Controller {
                     continue;
                 }
             }
-            let looked = match &self.cri {
-                Some(c) => c.lookup(&id).await,
-                None => Ok(None),
-            };
-            match looked {
-                Ok(Some(mut cri)) => {
-                    cri.namespace = Some(CRI_NAMESPACE.to_string());
-                    debug!(container = %id, "CRI confirmed a pending container");
-                    self.upsert(cri);
-                    continue;
-                }
-                Ok(None) => {}
-                Err(e) => warn!(container = %id, "CRI lookup of a pending container: {e}"),
+            if self.confirm_with_cri(&id, "a pending container").await {
+                continue;
             }
             if expired {
                 let Some(e) = self.entries.get_mut(&key) else {
@@ -1209,6 +1227,27 @@ impl Controller {
             || drift;
         if !print {
             return;
+        }
+        // A finding names its Pod from CRI only: an allowed k8s.io container
+        // CRI has not been asked about yet (it is not pending, so nothing
+        // else asks before the next resync) is asked now, at most once per
+        // CRI_ASK_INTERVAL.
+        let unconfirmed = self
+            .by_cgroup
+            .get(&rec.cgroup_id)
+            .and_then(|k| self.entries.get_mut(k))
+            .filter(|e| awaits_cri(&e.info, self.cri.is_some()))
+            .filter(|e| {
+                e.cri_asked_at
+                    .is_none_or(|t| t.elapsed() >= CRI_ASK_INTERVAL)
+            })
+            .map(|e| {
+                e.cri_asked_at = Some(Instant::now());
+                e.info.id.clone()
+            });
+        if let Some(id) = unconfirmed {
+            self.confirm_with_cri(&id, "a container with a finding")
+                .await;
         }
         let entry = self
             .by_cgroup
@@ -1740,6 +1779,7 @@ mod tests {
             kill_reported: false,
             pending_since: None,
             unconfirmed_final: false,
+            cri_asked_at: None,
         };
         use agent_common::drift_policy::{DENY_DRIFT, DENY_FILELESS};
         // The seed policy says nothing about drift: reported, never refused.
