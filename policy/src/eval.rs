@@ -515,8 +515,8 @@ impl Filter {
             // Namespace; the other labels are the Namespace object's.
             let mut labels = ctx.namespace_labels.cloned().unwrap_or_default();
             labels.insert(NAMESPACE_NAME_LABEL.to_string(), ns.to_string());
-            let known = ctx.namespace_labels.is_some()
-                || sel.keys().all(|k| k == NAMESPACE_NAME_LABEL);
+            let known =
+                ctx.namespace_labels.is_some() || sel.keys().all(|k| k == NAMESPACE_NAME_LABEL);
             // Labels not known (the Namespace not seen yet, no Namespace
             // source): the policy applies, as the stricter answer; the agent
             // re-judges when the Namespace's labels arrive.
