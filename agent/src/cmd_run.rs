@@ -84,6 +84,7 @@ pub fn load_policy(args: &RunArgs) -> anyhow::Result<(PolicySet, Option<(String,
 enum KubeChange {
     Policy,
     Pods,
+    Namespaces,
     Exemptions,
 }
 
@@ -104,6 +105,10 @@ async fn kube_changed(k: &mut Option<KubeState>) -> KubeChange {
         },
         r = k.exemptions.changed() => match r {
             Ok(()) => KubeChange::Exemptions,
+            Err(_) => std::future::pending().await,
+        },
+        r = k.namespaces.changes.changed() => match r {
+            Ok(()) => KubeChange::Namespaces,
             Err(_) => std::future::pending().await,
         },
     }
@@ -206,6 +211,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         if enforce {
             k.wait_for_policy(args.policy_wait).await;
         }
+        // Before the first judgement: a namespaceSelector with labels not
+        // known yet would select every namespace.
+        k.wait_for_namespaces(args.policy_wait).await;
         policy = k.take_policy();
         info!(policies = ?policy.policy_names(), rules = policy.rule_count(), "policy reloaded (the cluster's, at start)");
     }
@@ -477,8 +485,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                         ctrl.set_exemptions(e);
                     }
                 }
-                KubeChange::Pods => {
-                    // New Pod knowledge may change a container's type or image as written.
+                KubeChange::Pods | KubeChange::Namespaces => {
+                    // New Pod knowledge may change a container's type or
+                    // image as written; a Namespace's labels, which
+                    // namespaceSelectors select.
                     ctrl.redecide();
                     if let Some(k) = kube.as_mut() { k.crosscheck(&mut ctrl, &sinks).await }
                 }

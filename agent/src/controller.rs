@@ -147,7 +147,8 @@ fn eval_context<'a>(info: &'a ContainerInfo, pod: Option<&'a PodContext>) -> Eva
     match pod {
         Some(p) => EvalContext::new(p.container_type)
             .with_namespace(Some(&p.namespace))
-            .with_labels(&p.labels),
+            .with_labels(&p.labels)
+            .with_namespace_labels(p.namespace_labels.as_ref()),
         None => {
             EvalContext::new(ContainerType::Container).with_namespace(info.pod_namespace.as_deref())
         }
@@ -243,6 +244,9 @@ pub struct PodContext {
     pub container_type: ContainerType,
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
+    /// The Namespace's labels (`None`: not known; see
+    /// `EvalContext::namespace_labels`).
+    pub namespace_labels: Option<BTreeMap<String, String>>,
 }
 
 /// Looks a runtime container up in the Pods the agent knows (kube mode).
@@ -304,15 +308,7 @@ fn decide_policy(policy: &PolicySet, info: &ContainerInfo, pod: Option<&PodConte
             reason: "unresolved: the runtime reports no image name".into(),
         };
     };
-    let ctx = match pod {
-        Some(p) => EvalContext::new(p.container_type)
-            .with_namespace(Some(&p.namespace))
-            .with_labels(&p.labels),
-        None => {
-            EvalContext::new(ContainerType::Container).with_namespace(info.pod_namespace.as_deref())
-        }
-    };
-    let v = policy.evaluate(image, &ctx);
+    let v = policy.evaluate(image, &eval_context(info, pod));
     let kernel = if v.allowed {
         verdict::ALLOW
     } else if v.action == Action::Enforce {
@@ -1858,6 +1854,7 @@ mod tests {
             container_type: ContainerType::Init,
             namespace: "prod".into(),
             labels: BTreeMap::new(),
+            namespace_labels: None,
         };
         let d = decide(
             &policy,
@@ -1911,6 +1908,7 @@ mod tests {
             container_type: ContainerType::Container,
             namespace: "prod".into(),
             labels: BTreeMap::new(),
+            namespace_labels: None,
         };
         assert_eq!(
             decide_with(&policy, &i, Some(&pod), &ex).kernel,
@@ -1924,6 +1922,29 @@ mod tests {
         i.image_as_written = Some("public.ecr.aws/nginx/nginx:1".into());
         i.pod_namespace = Some("kube-system".into());
         assert_eq!(decide_with(&policy, &i, None, &ex).kernel, verdict::ALLOW);
+    }
+
+    #[test]
+    fn namespace_labels_reach_the_namespace_selector() {
+        let policy = imagewarden_policy::load_policy_str(
+            "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata: {name: p}\nspec:\n  matchConstraints:\n    resourceRules: [{apiGroups: [''], apiVersions: [v1], operations: [CREATE], resources: [pods]}]\n  validations:\n  - expression: \"object.spec.containers.all(c, c.image.startsWith('public.ecr.aws/'))\"\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata: {name: b}\nspec:\n  policyName: p\n  validationActions: [Deny]\n  matchResources:\n    namespaceSelector:\n      matchLabels: {env: prod}\n",
+            "ns.yaml",
+        )
+        .unwrap();
+        let i = info(Some("docker.io/library/nginx:1"));
+        let ex = Exemptions::default();
+        let pod = |env: Option<&str>| PodContext {
+            image: "docker.io/library/nginx:1".into(),
+            container_type: ContainerType::Container,
+            namespace: "shop".into(),
+            labels: BTreeMap::new(),
+            namespace_labels: env.map(|e| BTreeMap::from([("env".to_string(), e.to_string())])),
+        };
+        let kernel = |env| decide_with(&policy, &i, Some(&pod(env)), &ex).kernel;
+        assert_eq!(kernel(Some("prod")), verdict::DENY);
+        assert_eq!(kernel(Some("dev")), verdict::ALLOW);
+        // Not known (yet): the stricter answer.
+        assert_eq!(kernel(None), verdict::DENY);
     }
 
     #[test]
@@ -1990,6 +2011,7 @@ mod tests {
             container_type: ContainerType::Container,
             namespace: "kube-system".into(),
             labels: BTreeMap::new(),
+            namespace_labels: None,
         };
         let (d, pending) = judge(&policy, &forged, Some(&pod), &ex, true, false, false);
         assert!(pending && d.kernel == verdict::HOLD, "{d:?}");

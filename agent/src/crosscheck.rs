@@ -239,6 +239,9 @@ pub struct CrossCheckInput<'a> {
     pub policy: &'a PolicySet,
     /// Observations returned by the previous run.
     pub previous: &'a Observations,
+    /// Labels of the Namespaces the Pods are in, where known (policies'
+    /// `namespaceSelector`s); a namespace missing here is not known.
+    pub namespace_labels: &'a BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// Findings, and the observations to pass to the next run.
@@ -511,6 +514,7 @@ pub fn crosscheck(input: &CrossCheckInput<'_>) -> CrossCheckOutput {
             let runtime = rt.get(&i).map(Vec::as_slice).unwrap_or(&[]);
             check_pod(
                 input.policy,
+                input.namespace_labels.get(p.ns),
                 p,
                 runtime,
                 api_up,
@@ -522,7 +526,13 @@ pub fn crosscheck(input: &CrossCheckInput<'_>) -> CrossCheckOutput {
 
     if api_up || input.kubelet_pods.is_some() {
         for c in orphans {
-            check_orphan(input.policy, c, api_up, &mut findings);
+            check_orphan(
+                input.policy,
+                input.namespace_labels,
+                c,
+                api_up,
+                &mut findings,
+            );
         }
     }
 
@@ -554,6 +564,7 @@ fn base_finding(
 
 fn check_pod(
     policy: &PolicySet,
+    namespace_labels: Option<&BTreeMap<String, String>>,
     p: &PodView<'_>,
     runtime: &[&ContainerInfo],
     api_up: bool,
@@ -595,6 +606,7 @@ fn check_pod(
         let ctx = EvalContext::new(ty)
             .with_namespace(Some(p.ns))
             .with_labels(&p.labels)
+            .with_namespace_labels(namespace_labels)
             .with_kind("Pod");
         let verdict = policy.evaluate(image, &ctx);
         if !verdict.allowed {
@@ -702,6 +714,7 @@ fn check_pod(
 
 fn check_orphan(
     policy: &PolicySet,
+    namespace_labels: &BTreeMap<String, BTreeMap<String, String>>,
     c: &ContainerInfo,
     api_up: bool,
     findings: &mut Vec<KubeFinding>,
@@ -753,6 +766,11 @@ fn check_orphan(
     let ctx = EvalContext::new(ContainerType::Container)
         .with_namespace(c.pod_namespace.as_deref())
         .with_labels(&no_labels)
+        .with_namespace_labels(
+            c.pod_namespace
+                .as_deref()
+                .and_then(|ns| namespace_labels.get(ns)),
+        )
         .with_kind("Pod");
     let verdict = policy.evaluate(&image, &ctx);
     if !verdict.allowed {
@@ -907,6 +925,7 @@ spec:
             runtime,
             policy: &set,
             previous: prev,
+            namespace_labels: &BTreeMap::new(),
         });
         Run {
             findings: out.findings,

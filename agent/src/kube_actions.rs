@@ -449,6 +449,7 @@ mod tests {
             runtime: &[],
             policy: &set,
             previous: &Default::default(),
+            namespace_labels: &Default::default(),
         });
         out.findings
             .into_iter()

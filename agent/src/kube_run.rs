@@ -24,7 +24,7 @@ use crate::{
     metrics::{Metrics, ReloadResult, Source},
     sink::Sinks,
     sources::{
-        kube::{self as ksrc, PodSource, PolicySource, PolicyWatchConfig},
+        kube::{self as ksrc, NamespaceSource, PodSource, PolicySource, PolicyWatchConfig},
         kubelet::{kubelet_source, KubeletClient, KubeletConfig, KubeletSource},
         kyverno_config::{self, Exemptions},
         ContainerInfo,
@@ -44,6 +44,8 @@ pub struct KubeState {
     client: kube::Client,
     node: String,
     pub pods: PodSource,
+    /// Namespaces, for their labels (policies' `namespaceSelector`s).
+    pub namespaces: NamespaceSource,
     pub policy: PolicySource,
     pub kubelet: Option<KubeletSource>,
     modes: ModeResolver,
@@ -84,6 +86,7 @@ pub fn pod_context(pods: &[Arc<Pod>], c: &ContainerInfo) -> Option<PodContext> {
             .unwrap_or_default()
             .into_iter()
             .collect::<BTreeMap<_, _>>(),
+        namespace_labels: None,
     })
 }
 
@@ -130,8 +133,12 @@ async fn start_exemptions(
     rx
 }
 
-fn lookup(store: Store<Pod>) -> PodLookup {
-    Box::new(move |c: &ContainerInfo| pod_context(&store.state(), c))
+fn lookup(store: Store<Pod>, namespaces: NamespaceSource) -> PodLookup {
+    Box::new(move |c: &ContainerInfo| {
+        let mut p = pod_context(&store.state(), c)?;
+        p.namespace_labels = namespaces.labels(&p.namespace);
+        Some(p)
+    })
 }
 
 impl KubeState {
@@ -151,6 +158,8 @@ impl KubeState {
             .await
             .context("Kubernetes client (in-cluster or KUBECONFIG)")?;
         let (pods, fut) = ksrc::pod_source(client.clone(), &node);
+        tokio::spawn(fut);
+        let (namespaces, fut) = ksrc::namespace_source(client.clone());
         tokio::spawn(fut);
         let (policy, fut) = ksrc::policy_source(
             client.clone(),
@@ -189,6 +198,7 @@ impl KubeState {
             client,
             node,
             pods,
+            namespaces,
             policy,
             kubelet,
             modes,
@@ -206,7 +216,23 @@ impl KubeState {
     }
 
     pub fn pod_lookup(&self) -> PodLookup {
-        lookup(self.pods.store.clone())
+        lookup(self.pods.store.clone(), self.namespaces.clone())
+    }
+
+    /// Waits (bounded) until the Namespaces are listed (their labels decide
+    /// `namespaceSelector`s; not known, such a policy applies everywhere).
+    pub async fn wait_for_namespaces(&mut self, timeout: Duration) {
+        let mut rx = self.namespaces.changes.clone();
+        if tokio::time::timeout(timeout, rx.wait_for(|g| *g > 0))
+            .await
+            .is_err()
+        {
+            warn!(
+                ?timeout,
+                "the Namespaces could not be listed (RBAC: list/watch namespaces): a policy's \
+                 namespaceSelector on Namespace labels selects every namespace until they are"
+            );
+        }
     }
 
     /// Waits (bounded) until the cluster's merged policy has a rule.
@@ -258,12 +284,30 @@ impl KubeState {
         };
         let runtime = ctrl.containers();
         let policy = self.policy.policy.borrow().clone();
+        self.metrics
+            .set_source_up(Source::KubeNamespaces, self.namespaces.health.is_up());
+        // The labels of the namespaces this node's Pods and containers are in.
+        let namespace_labels: BTreeMap<String, BTreeMap<String, String>> = api
+            .iter()
+            .flatten()
+            .filter_map(|p| p.metadata.namespace.clone())
+            .chain(
+                kl.iter()
+                    .flat_map(|v| v.iter())
+                    .filter_map(|p| p.metadata.namespace.clone()),
+            )
+            .chain(runtime.iter().filter_map(|c| c.pod_namespace.clone()))
+            .collect::<HashSet<String>>()
+            .into_iter()
+            .filter_map(|ns| Some((ns.clone(), self.namespaces.labels(&ns)?)))
+            .collect();
         let out = crosscheck::crosscheck(&CrossCheckInput {
             api_pods: api.as_ref().map(|v| v.iter().map(|p| p.as_ref()).collect()),
             kubelet_pods: kl.as_ref().map(|v| v.iter().collect()),
             runtime: &runtime,
             policy: &policy,
             previous: &self.obs,
+            namespace_labels: &namespace_labels,
         });
         self.obs = out.observations;
         if self.reported.len() > MAX_REPORTED {

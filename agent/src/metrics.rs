@@ -134,6 +134,7 @@ label_enum!(
         RuntimeCri => "runtime_cri",
         RuntimeContainerd => "runtime_containerd",
         KubeApi => "kube_api",
+        KubeNamespaces => "kube_namespaces",
         Kubelet => "kubelet",
     }
 );

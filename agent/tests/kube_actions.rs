@@ -45,6 +45,7 @@ async fn findings_from_watched_pods_become_events_reports_and_deletes() {
         runtime: &[],
         policy: &policy,
         previous: &Observations::default(),
+        namespace_labels: &Default::default(),
     });
     let f = out
         .findings

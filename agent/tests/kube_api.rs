@@ -7,7 +7,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use imagewarden::sources::kube::{
-    client_from_kubeconfig, pod_source_with_probe, policy_source, PolicyKind, PolicyWatchConfig,
+    client_from_kubeconfig, namespace_source, pod_source_with_probe, policy_source, PolicyKind,
+    PolicyWatchConfig,
 };
 use imagewarden_policy::{ContainerType, EvalContext};
 use kube::{Client, Config};
@@ -547,4 +548,77 @@ async fn validating_policy_crd_installed_later_is_discovered() {
     })
     .await;
     task.abort();
+}
+
+#[tokio::test]
+async fn namespace_labels_decide_namespace_selectors_and_follow_relabels() {
+    let api = FakeApi::start().await;
+    let ns = |name: &str, env: &str| {
+        json!({"metadata": {"name": name,
+                            "labels": {"kubernetes.io/metadata.name": name, "env": env}}})
+    };
+    api.put(Coll::Namespaces, ns("shop", "prod"));
+    api.put(Coll::Namespaces, ns("lab", "dev"));
+    api.put(
+        Coll::ValidatingAdmissionPolicies,
+        json!({"metadata": {"name": "registries"},
+               "spec": {"matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                            "operations": ["CREATE"], "resources": ["pods"]}]},
+                        "validations": [{"expression":
+                            "object.spec.containers.all(c, c.image.startsWith('public.ecr.aws/'))"}]}}),
+    );
+    api.put(
+        Coll::ValidatingAdmissionPolicyBindings,
+        json!({"metadata": {"name": "registries-prod"},
+               "spec": {"policyName": "registries", "validationActions": ["Deny"],
+                        "matchResources": {"namespaceSelector": {"matchLabels": {"env": "prod"}}}}}),
+    );
+    let (nss, fut) = namespace_source(client(&api));
+    let ns_task = tokio::spawn(fut);
+    let (pol, fut) = policy_source(client(&api), PolicyWatchConfig::default());
+    let pol_task = tokio::spawn(fut);
+    let rx = pol.policy.clone();
+    eventually("namespaces listed and the policy loaded", || {
+        nss.labels("lab").is_some() && rx.borrow().rule_count() > 0
+    })
+    .await;
+    assert!(
+        rx.borrow().unsupported().is_empty(),
+        "{:?}",
+        rx.borrow().unsupported()
+    );
+    assert_eq!(
+        nss.labels("nope"),
+        None,
+        "an unknown namespace has no labels"
+    );
+    let allowed = |namespace: &str| {
+        let labels = nss.labels(namespace);
+        rx.borrow()
+            .evaluate(
+                "docker.io/library/nginx:1",
+                &EvalContext::new(ContainerType::Container)
+                    .with_namespace(Some(namespace))
+                    .with_namespace_labels(labels.as_ref()),
+            )
+            .allowed
+    };
+    assert!(!allowed("shop"), "env=prod: the binding applies");
+    assert!(allowed("lab"), "env=dev: not selected");
+    assert!(!allowed("nope"), "labels not known: the policy applies");
+    // Relabel: the watch brings the new labels and bumps the generation.
+    let generation = *nss.changes.borrow();
+    api.put(Coll::Namespaces, ns("lab", "prod"));
+    eventually("the relabel arrives", || {
+        *nss.changes.borrow() > generation && !allowed("lab")
+    })
+    .await;
+    assert!(
+        api.requests()
+            .iter()
+            .any(|r| r.path == "/api/v1/namespaces" && r.query.contains("watch=true")),
+        "namespaces are watched, not polled"
+    );
+    ns_task.abort();
+    pol_task.abort();
 }

@@ -137,6 +137,9 @@ pub(crate) struct FilterSet {
     pub filters: Vec<Filter>,
 }
 
+/// The label the API server sets on every Namespace: its name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
 /// One resource filter. Unset fields match everything.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Filter {
@@ -147,8 +150,8 @@ pub(crate) struct Filter {
     pub labels: Option<BTreeMap<String, String>>,
     /// A Kubernetes label selector on the Pod's labels (`objectSelector`).
     pub object_selector: Option<LabelSelector>,
-    /// A label selector on the namespace, which may only use the label
-    /// `kubernetes.io/metadata.name` (the only one a node knows).
+    /// A label selector on the workload's Namespace (its labels from
+    /// [`EvalContext::namespace_labels`], plus `kubernetes.io/metadata.name`).
     pub namespace_selector: Option<LabelSelector>,
 }
 
@@ -508,9 +511,16 @@ impl Filter {
             }
         }
         if let (Some(sel), Some(ns)) = (&self.namespace_selector, ctx.namespace) {
-            let labels =
-                BTreeMap::from([("kubernetes.io/metadata.name".to_string(), ns.to_string())]);
-            if !sel.matches(&labels) {
+            // The API server sets kubernetes.io/metadata.name on every
+            // Namespace; the other labels are the Namespace object's.
+            let mut labels = ctx.namespace_labels.cloned().unwrap_or_default();
+            labels.insert(NAMESPACE_NAME_LABEL.to_string(), ns.to_string());
+            let known =
+                ctx.namespace_labels.is_some() || sel.keys().all(|k| k == NAMESPACE_NAME_LABEL);
+            // Labels not known (the Namespace not seen yet, no Namespace
+            // source): the policy applies, as the stricter answer; the agent
+            // re-judges when the Namespace's labels arrive.
+            if known && !sel.matches(&labels) {
                 return false;
             }
         }

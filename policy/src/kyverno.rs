@@ -468,6 +468,15 @@ fn resource_filter(v: &Value, what: &str) -> R<Filter> {
                     }
                 }
             }
+            "namespaceSelector" => {
+                // A metav1.LabelSelector on the Namespace's labels, as in
+                // ValidatingAdmissionPolicy (see `Filter::matches`).
+                match crate::vpol::LabelSelector::parse(val) {
+                    Ok(sel) if !sel.is_empty() => f.namespace_selector = Some(sel),
+                    Ok(_) => {}
+                    Err(e) => return skip(format!("{what}.resources.namespaceSelector: {e}")),
+                }
+            }
             other => {
                 return skip(format!("{what}.resources.{other} is not supported"));
             }

@@ -104,6 +104,11 @@ pub struct EvalContext<'a> {
     pub pod: Option<&'a serde_json::Value>,
     /// Name of the container in `pod` this image belongs to.
     pub container_name: Option<&'a str>,
+    /// Labels of the workload's Namespace, when known (the agent watches
+    /// Namespaces in Kubernetes mode). A `namespaceSelector` on a label
+    /// other than `kubernetes.io/metadata.name` needs them; without them
+    /// such a selector selects the namespace (see `Filter::matches`).
+    pub namespace_labels: Option<&'a BTreeMap<String, String>>,
 }
 
 impl Default for EvalContext<'_> {
@@ -115,6 +120,7 @@ impl Default for EvalContext<'_> {
             kind: "Pod",
             pod: None,
             container_name: None,
+            namespace_labels: None,
         }
     }
 }
@@ -136,6 +142,11 @@ impl<'a> EvalContext<'a> {
     }
     pub fn with_labels(mut self, labels: &'a BTreeMap<String, String>) -> Self {
         self.pod_labels = labels;
+        self
+    }
+    /// The labels of the workload's Namespace (`None`: not known).
+    pub fn with_namespace_labels(mut self, labels: Option<&'a BTreeMap<String, String>>) -> Self {
+        self.namespace_labels = labels;
         self
     }
     /// The Pod the image's container belongs to, and the container's name.

@@ -644,11 +644,6 @@ fn match_constraints(mc: &Mapping) -> R<Constraints> {
             }
             "namespaceSelector" => {
                 let sel = LabelSelector::parse(v).map_err(Skip)?;
-                if let Some(k) = sel.keys().find(|k| *k != "kubernetes.io/metadata.name") {
-                    return Err(Skip(format!(
-                        "namespaceSelector on the label {k} (a node knows only kubernetes.io/metadata.name)"
-                    )));
-                }
                 if !sel.is_empty() {
                     filter.namespace_selector = Some(sel);
                 }

@@ -240,7 +240,7 @@ fn unsupported_constructs_are_reported_by_rule() {
         ("other", format!("  - name: other\n{pod}    validate:\n      pattern:\n        spec:\n          hostNetwork: false\n"), "images"),
         ("cel", format!("  - name: cel\n{pod}    validate:\n      cel:\n        expressions:\n        - expression: \"object.spec.containers.all(c, c.image.matches('^a')) || authorizer.group('').resource('pods').check('create').allowed()\"\n"), "needs authorizer"),
         ("subj", format!("  - name: subj\n    match:\n      any:\n      - resources:\n          kinds: [Pod]\n        subjects:\n        - kind: User\n          name: bob\n    validate:\n      pattern:\n        spec:\n          containers:\n          - image: \"a/*\"\n"), "user info"),
-        ("nssel", format!("  - name: nssel\n    match:\n      any:\n      - resources:\n          kinds: [Pod]\n          namespaceSelector:\n            matchLabels: {{a: b}}\n    validate:\n      pattern:\n        spec:\n          containers:\n          - image: \"a/*\"\n"), "namespaceSelector"),
+        ("annot", format!("  - name: annot\n    match:\n      any:\n      - resources:\n          kinds: [Pod]\n          annotations:\n            a: b\n    validate:\n      pattern:\n        spec:\n          containers:\n          - image: \"a/*\"\n"), "annotations"),
         ("verify", format!("  - name: verify\n{pod}    verifyImages:\n    - imageReferences: [\"*\"]\n"), "verifyImages"),
         ("allin", format!("  - name: allin\n{pod}    validate:\n      deny:\n        conditions:\n          all:\n          - key: \"{{{{ images.containers.*.registry }}}}\"\n            operator: AllIn\n            value: [a]\n"), "as a whole"),
     ];

@@ -189,3 +189,58 @@ fn validating_policy_forms_and_autogen() {
         }
     }
 }
+
+#[test]
+fn namespace_selectors_on_namespace_labels() {
+    // A binding that applies to namespaces labelled env=prod only, and a
+    // Kyverno rule that applies where team != infra.
+    let text = "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata: {name: p}\nspec:\n  matchConstraints:\n    resourceRules: [{apiGroups: [''], apiVersions: [v1], operations: [CREATE], resources: [pods]}]\n  validations:\n  - expression: \"object.spec.containers.all(c, c.image.startsWith('public.ecr.aws/'))\"\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata: {name: b}\nspec:\n  policyName: p\n  validationActions: [Deny]\n  matchResources:\n    namespaceSelector:\n      matchLabels: {env: prod}\n---\napiVersion: kyverno.io/v1\nkind: ClusterPolicy\nmetadata: {name: k}\nspec:\n  validationFailureAction: Enforce\n  rules:\n  - name: no-quay\n    match:\n      any:\n      - resources:\n          kinds: [Pod]\n          namespaceSelector:\n            matchExpressions:\n            - {key: team, operator: NotIn, values: [infra]}\n    validate:\n      pattern:\n        spec:\n          containers:\n          - image: \"!quay.io/*\"\n";
+    let set = load_policy_str(text, "ns.yaml").unwrap();
+    assert!(set.unsupported().is_empty(), "{:?}", set.unsupported());
+    let labels = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let prod = labels(&[("env", "prod")]);
+    let dev = labels(&[("env", "dev")]);
+    let infra = labels(&[("env", "dev"), ("team", "infra")]);
+    let judge = |image: &str, ns_labels: Option<&BTreeMap<String, String>>| {
+        set.evaluate(
+            image,
+            &EvalContext::new(ContainerType::Container)
+                .with_namespace(Some("web"))
+                .with_namespace_labels(ns_labels),
+        )
+        .allowed
+    };
+    // The VAP binding: by the Namespace's labels.
+    assert!(!judge("docker.io/library/nginx:1", Some(&prod)));
+    assert!(judge("public.ecr.aws/nginx/nginx:1", Some(&prod)));
+    assert!(judge("docker.io/library/nginx:1", Some(&dev)));
+    // The Kyverno rule: NotIn on a label the Namespace has or lacks.
+    assert!(!judge("quay.io/x/y:1", Some(&dev)));
+    assert!(judge("quay.io/x/y:1", Some(&infra)));
+    // Labels not known: both apply (the stricter answer), never skipped.
+    assert!(!judge("docker.io/library/nginx:1", None));
+    assert!(!judge("quay.io/x/y:1", None));
+    // kubernetes.io/metadata.name is known without the Namespace's labels.
+    let by_name = load_policy_str(
+        &text.replace(
+            "matchLabels: {env: prod}",
+            "matchLabels: {kubernetes.io/metadata.name: prod}",
+        ),
+        "n.yaml",
+    )
+    .unwrap();
+    let in_ns = |ns: &str| {
+        by_name
+            .evaluate(
+                "docker.io/library/nginx:1",
+                &EvalContext::new(ContainerType::Container).with_namespace(Some(ns)),
+            )
+            .allowed
+    };
+    assert!(!in_ns("prod"));
+    assert!(in_ns("web"));
+}

@@ -9,6 +9,8 @@
 //!
 //! - [`pod_source`]: a reflector on Pods with `spec.nodeName=<node>`,
 //!   managed fields trimmed, kube-runtime's default backoff, bookmarks on.
+//! - [`namespace_source`]: a reflector on Namespaces (their labels decide
+//!   policies' `namespaceSelector`s).
 //! - [`policy_source`]: watches the policy kinds that exist (discovered,
 //!   and rediscovered periodically when a CRD is missing), compiles each
 //!   object with `imagewarden_policy::load_policy_str` and publishes a
@@ -26,7 +28,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use imagewarden_policy::{load_policy_str, PolicySet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector::{self, Store};
@@ -167,21 +169,102 @@ pub fn pod_source_with_probe(
     probe_every: Duration,
 ) -> (PodSource, BoxFuture<'static, ()>) {
     let selector = node_field_selector(node);
-    let api: Api<Pod> = Api::all(client);
-    let (store, writer) = reflector::store::<Pod>();
-    let health = SourceHealth::new("api");
+    let (store, health, changes, fut) = reflect(
+        Api::<Pod>::all(client),
+        watcher::Config::default().fields(&selector), // bookmarks are on by default
+        ListParams::default().fields(&selector).limit(1),
+        "api",
+        probe_every,
+    );
+    (
+        PodSource {
+            store,
+            health,
+            changes,
+        },
+        fut,
+    )
+}
+
+/// The cluster's Namespaces (for their labels: `namespaceSelector`).
+#[derive(Clone)]
+pub struct NamespaceSource {
+    pub store: Store<Namespace>,
+    pub health: Arc<SourceHealth>,
+    /// Bumped after every applied change, as [`PodSource::changes`].
+    pub changes: watch::Receiver<u64>,
+}
+
+impl NamespaceSource {
+    /// A Namespace's labels, `None` when it is not known (not listed yet,
+    /// or the source cannot list Namespaces).
+    pub fn labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
+        let ns = self
+            .store
+            .get(&kube::runtime::reflector::ObjectRef::new(namespace))?;
+        Some(ns.metadata.labels.clone().unwrap_or_default())
+    }
+}
+
+/// Watches every Namespace (list/watch `namespaces`, cluster-wide: their
+/// labels decide `namespaceSelector`s). Spawn the returned future.
+pub fn namespace_source(client: Client) -> (NamespaceSource, BoxFuture<'static, ()>) {
+    let (store, health, changes, fut) = reflect(
+        Api::<Namespace>::all(client),
+        watcher::Config::default(),
+        ListParams::default().limit(1),
+        "api_namespaces",
+        API_PROBE_INTERVAL,
+    );
+    (
+        NamespaceSource {
+            store,
+            health,
+            changes,
+        },
+        fut,
+    )
+}
+
+/// A reflector on one kind (managed fields trimmed, kube-runtime's default
+/// backoff), its health (down on the first error, up on the next success;
+/// probed while down, as the watcher emits nothing when a watch restarts
+/// cleanly), and a change generation bumped after every applied change and
+/// every complete (re)list: a single-slot channel, so a slow reader sees
+/// only the latest generation and nothing queues up.
+fn reflect<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    probe_params: ListParams,
+    name: &'static str,
+    probe_every: Duration,
+) -> (
+    Store<K>,
+    Arc<SourceHealth>,
+    watch::Receiver<u64>,
+    BoxFuture<'static, ()>,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let health = SourceHealth::new(name);
     let (tx, rx) = watch::channel(0u64);
-    let cfg = watcher::Config::default().fields(&selector); // bookmarks are on by default
     let h = health.clone();
     let fut = async move {
         let stream = watcher(api.clone(), cfg)
             .default_backoff()
-            .modify(|pod: &mut Pod| pod.managed_fields_mut().clear())
+            .modify(|o: &mut K| o.meta_mut().managed_fields = None)
             .reflect(writer);
         let mut stream = std::pin::pin!(stream);
         let mut probe = tokio::time::interval(probe_every);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let probe_params = ListParams::default().fields(&selector).limit(1);
         loop {
             tokio::select! {
                 ev = stream.next() => match ev {
@@ -198,8 +281,6 @@ pub fn pod_source_with_probe(
                     Some(Err(e)) => h.set_down(&e),
                 },
                 _ = probe.tick(), if !h.is_up() => {
-                    // The watcher emits nothing when a watch restarts
-                    // cleanly; probe so recovery shows without pod changes.
                     if api.list(&probe_params).await.is_ok() {
                         h.set_up();
                     }
@@ -208,14 +289,7 @@ pub fn pod_source_with_probe(
         }
     }
     .boxed();
-    (
-        PodSource {
-            store,
-            health,
-            changes: rx,
-        },
-        fut,
-    )
+    (store, health, rx, fut)
 }
 
 /// One kind of policy object imagewarden reads from the cluster.

@@ -54,6 +54,8 @@ pub enum Coll {
     ValidatingAdmissionPolicyBindings,
     /// `GET /api/v1/namespaces/NS/configmaps/NAME` only (Kyverno's ConfigMap).
     ConfigMaps,
+    /// Cluster-scoped: `GET /api/v1/namespaces` (list and watch).
+    Namespaces,
 }
 
 impl Coll {
@@ -69,6 +71,7 @@ impl Coll {
             Coll::ValidatingAdmissionPolicies => "ValidatingAdmissionPolicyList",
             Coll::ValidatingAdmissionPolicyBindings => "ValidatingAdmissionPolicyBindingList",
             Coll::ConfigMaps => "ConfigMapList",
+            Coll::Namespaces => "NamespaceList",
         }
     }
     fn kind(self) -> &'static str {
@@ -83,11 +86,12 @@ impl Coll {
             Coll::ValidatingAdmissionPolicies => "ValidatingAdmissionPolicy",
             Coll::ValidatingAdmissionPolicyBindings => "ValidatingAdmissionPolicyBinding",
             Coll::ConfigMaps => "ConfigMap",
+            Coll::Namespaces => "Namespace",
         }
     }
     fn api_version(self) -> &'static str {
         match self {
-            Coll::Pods | Coll::ConfigMaps => "v1",
+            Coll::Pods | Coll::ConfigMaps | Coll::Namespaces => "v1",
             Coll::ClusterPolicies | Coll::Policies => "kyverno.io/v1",
             Coll::ImagePolicies => "imagewarden.dev/v1alpha1",
             Coll::PolicyReports => "wgpolicyk8s.io/v1alpha2",
@@ -571,6 +575,9 @@ impl FakeApi {
                 ),
             ),
             ("GET", ["api", "v1", "pods"]) => self.list_or_watch(Coll::Pods, None, &seen).await,
+            ("GET", ["api", "v1", "namespaces"]) => {
+                self.list_or_watch(Coll::Namespaces, None, &seen).await
+            }
             ("GET", ["api", "v1", "namespaces", ns, "pods"]) => {
                 self.list_or_watch(Coll::Pods, Some(ns), &seen).await
             }
