@@ -1477,6 +1477,44 @@ spec:
         );
     }
 
+    /// The JSON line of a Kubernetes-side finding is a contract: pinned
+    /// text, key order included.
+    #[test]
+    fn json_lines_are_pinned() {
+        let api = pods(API_PODS);
+        let r = run(NATIVE, Some(&api), None, &[], &Observations::default());
+        let json = |f: &KubeFinding| serde_json::to_string(f).unwrap();
+        let f = find(&r.findings, Reason::ImageDrift, "pinned", "app")[0];
+        assert_eq!(json(f), PIN_IMAGE_DRIFT, "{}", json(f));
+        let f = r
+            .findings
+            .iter()
+            .find(|f| f.reason == Reason::UntrustedImage)
+            .unwrap();
+        assert_eq!(json(f), PIN_UNTRUSTED, "{}", json(f));
+        // The Kubernetes side of a fileless exec.
+        let mut e = crate::finding::Finding::container(
+            "deny",
+            "killed",
+            "fileless-exec: x".into(),
+            Some(3),
+            Some(9),
+            crate::finding::Attribution {
+                pod: Some("web".into()),
+                namespace: Some("prod".into()),
+                ..Default::default()
+            },
+        );
+        e.fileless = true;
+        e.filename = Some("/dev/fd/3".into());
+        let k = KubeFinding::from_exec_drift(&e);
+        assert_eq!(json(&k), PIN_FILELESS, "{}", json(&k));
+    }
+
+    const PIN_IMAGE_DRIFT: &str = r#"{"type":"container","verdict":"deny","action":"none","reason":"image-drift","message":"spec pins sha256:1111111111111111111111111111111111111111111111111111111111111111 but the container runs sha256:2222222222222222222222222222222222222222222222222222222222222222","pid":null,"cgroup_id":null,"filename":null,"container_id":"b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1","image":"public.ecr.aws/nginx/nginx@sha256:1111111111111111111111111111111111111111111111111111111111111111","image_digest":"sha256:2222222222222222222222222222222222222222222222222222222222222222","pod":"pinned","namespace":"prod","pod_uid":"6f1c2a9e-1111-4c3b-9d7e-000000000002","container_name":"app","container_type":"container","source":"api","policy":null,"rule":null,"policy_action":null}"#;
+    const PIN_UNTRUSTED: &str = r#"{"type":"container","verdict":"deny","action":"none","reason":"untrusted-image","message":"untrusted-image: busybox:1.36 fails rule trusted-registries of policy trusted (Enforce): image not allowed","pid":null,"cgroup_id":null,"filename":null,"container_id":"a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2","image":"busybox:1.36","image_digest":"sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","pod":"web-7d9c6b8f5-x2x9k","namespace":"prod","pod_uid":"6f1c2a9e-1111-4c3b-9d7e-000000000001","container_name":"setup","container_type":"init","source":"api","policy":"trusted","rule":"trusted-registries","policy_action":"Enforce"}"#;
+    const PIN_FILELESS: &str = r#"{"type":"container","verdict":"deny","action":"killed","reason":"fileless-exec","message":"fileless-exec: x","pid":3,"cgroup_id":9,"filename":"/dev/fd/3","container_id":null,"image":null,"image_digest":null,"pod":"web","namespace":"prod","pod_uid":null,"container_name":null,"container_type":null,"source":"api","policy":null,"rule":null,"policy_action":null}"#;
+
     #[test]
     fn observations_are_bounded() {
         let mut prev = Observations::default();

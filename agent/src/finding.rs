@@ -284,6 +284,65 @@ mod tests {
         assert!(v["container_id"].is_null() && v["image"].is_null() && v["pod"].is_null());
     }
 
+    /// The JSON line of a finding is a contract (README, docs, scripts and
+    /// tests parse it): these pin its exact text, key order included.
+    #[test]
+    fn json_lines_are_pinned() {
+        let attr = Attribution {
+            container_id: Some("c1".into()),
+            image: Some("docker.io/library/nginx:latest".into()),
+            image_digest: Some("sha256:ab".into()),
+            pod: Some("web".into()),
+            namespace: Some("prod".into()),
+            runtime_namespace: Some("k8s.io".into()),
+            reason: Some(
+                "untrusted-image: \"nginx\" fails rule r of policy p (Enforce): no".into(),
+            ),
+        };
+        let json = |f: &Finding| serde_json::to_string(f).unwrap();
+        // An exec the kernel killed, in a denied container.
+        let f = Finding::from_exec(&rec(KernelVerdict::Deny, true), Some(&attr));
+        assert_eq!(json(&f), PIN_EXEC_KILLED, "{}", json(&f));
+        // An exec nobody knows (no attribution), not killed.
+        let f = Finding::from_exec(&rec(KernelVerdict::Unknown, false), None);
+        assert_eq!(json(&f), PIN_EXEC_UNATTRIBUTED, "{}", json(&f));
+        // A held exec.
+        let mut r = rec(KernelVerdict::Hold, false);
+        r.held = true;
+        r.hook = Hook::Lsm;
+        let f = Finding::from_exec(&r, None);
+        assert_eq!(json(&f), PIN_EXEC_HELD, "{}", json(&f));
+        // A fileless exec no rule denies.
+        let mut r = rec(KernelVerdict::Allow, false);
+        r.fileless = true;
+        r.in_container = true;
+        r.hook = Hook::TpBtf;
+        r.filename = b"/dev/fd/3".to_vec();
+        r.file_name = b"memfd:x".to_vec();
+        let mut f = Finding::from_exec(&r, Some(&attr));
+        f.exec_drift(&r, None);
+        assert_eq!(json(&f), PIN_EXEC_FILELESS, "{}", json(&f));
+        // A container finding.
+        let f = Finding::container(
+            "deny",
+            "killed",
+            "unresolved: the runtime reports no image name".into(),
+            Some(42),
+            Some(7),
+            attr.clone(),
+        );
+        assert_eq!(json(&f), PIN_CONTAINER_KILLED, "{}", json(&f));
+        let f = Finding::container(
+            "allow",
+            "none",
+            "allowed: pod sandbox".into(),
+            None,
+            None,
+            Attribution::default(),
+        );
+        assert_eq!(json(&f), PIN_CONTAINER_ALLOWED, "{}", json(&f));
+    }
+
     #[test]
     fn exec_drift_findings_say_what_ran_and_what_the_policy_did() {
         let mut r = rec(KernelVerdict::Allow, false);
@@ -356,4 +415,11 @@ mod tests {
         assert_eq!(f.reason, "untrusted-image: x");
         assert_eq!(f.image.as_deref(), Some("nginx"));
     }
+
+    const PIN_EXEC_KILLED: &str = r#"{"type":"exec","verdict":"deny","action":"killed","reason":"untrusted-image: \"nginx\" fails rule r of policy p (Enforce): no","pid":5,"ppid":1,"uid":0,"cgroup_id":99,"filename":"/bin/sh","comm":"sh","container_id":"c1","image":"docker.io/library/nginx:latest","image_digest":"sha256:ab","pod":"web","namespace":"prod","runtime_namespace":"k8s.io","fileless":false,"drift":false,"file":null,"filename_truncated":false,"hook":"tracepoint","boot_ns":1}"#;
+    const PIN_EXEC_UNATTRIBUTED: &str = r#"{"type":"exec","verdict":"unknown","action":"none","reason":"unattributed","pid":5,"ppid":1,"uid":0,"cgroup_id":99,"filename":"/bin/sh","comm":"sh","container_id":null,"image":null,"image_digest":null,"pod":null,"namespace":null,"runtime_namespace":null,"fileless":false,"drift":false,"file":null,"filename_truncated":false,"hook":"tracepoint","boot_ns":1}"#;
+    const PIN_EXEC_HELD: &str = r#"{"type":"exec","verdict":"unknown","action":"held","reason":"held-until-classified","pid":5,"ppid":1,"uid":0,"cgroup_id":99,"filename":"/bin/sh","comm":"sh","container_id":null,"image":null,"image_digest":null,"pod":null,"namespace":null,"runtime_namespace":null,"fileless":false,"drift":false,"file":null,"filename_truncated":false,"hook":"lsm","boot_ns":1}"#;
+    const PIN_EXEC_FILELESS: &str = r#"{"type":"exec","verdict":"allow","action":"alerted","reason":"fileless-exec: \"/dev/fd/3\" ran a memfd (\"memfd:x\") in a container of image docker.io/library/nginx:latest; no rule denies it","pid":5,"ppid":1,"uid":0,"cgroup_id":99,"filename":"/dev/fd/3","comm":"sh","container_id":"c1","image":"docker.io/library/nginx:latest","image_digest":"sha256:ab","pod":"web","namespace":"prod","runtime_namespace":"k8s.io","fileless":true,"drift":false,"file":"memfd:x","filename_truncated":false,"hook":"tp_btf","boot_ns":1}"#;
+    const PIN_CONTAINER_KILLED: &str = r#"{"type":"container","verdict":"deny","action":"killed","reason":"unresolved: the runtime reports no image name","pid":42,"ppid":null,"uid":null,"cgroup_id":7,"filename":null,"comm":null,"container_id":"c1","image":"docker.io/library/nginx:latest","image_digest":"sha256:ab","pod":"web","namespace":"prod","runtime_namespace":"k8s.io","fileless":false,"drift":false,"file":null,"filename_truncated":false,"hook":null,"boot_ns":null}"#;
+    const PIN_CONTAINER_ALLOWED: &str = r#"{"type":"container","verdict":"allow","action":"none","reason":"allowed: pod sandbox","pid":null,"ppid":null,"uid":null,"cgroup_id":null,"filename":null,"comm":null,"container_id":null,"image":null,"image_digest":null,"pod":null,"namespace":null,"runtime_namespace":null,"fileless":false,"drift":false,"file":null,"filename_truncated":false,"hook":null,"boot_ns":null}"#;
 }
