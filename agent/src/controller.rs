@@ -44,7 +44,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::{
-    finding::{Attribution, Finding},
+    finding::{Attribution, Finding, FindingAction, FindingVerdict, Reason, ReasonKind},
     probes::{
         event::{ExecRecord, KernelVerdict},
         Probes,
@@ -84,7 +84,7 @@ pub struct ControllerConfig {
 pub struct Decision {
     /// Kernel verdict: ALLOW, DENY (enforce rule) or AUDIT (audit rule).
     pub kernel: u32,
-    pub reason: String,
+    pub reason: Reason,
 }
 
 #[derive(Debug, Clone)]
@@ -276,7 +276,7 @@ pub fn decide_with(
             .or(info.pod_namespace.as_deref());
         if let Some(why) = ns.and_then(|ns| exempt.exempt(ns, info.pod_name.as_deref())) {
             d.kernel = verdict::AUDIT;
-            d.reason = format!("{}; not stopped: {why}", d.reason);
+            d.reason.text = format!("{}; not stopped: {why}", d.reason.text);
         }
     }
     d
@@ -288,7 +288,7 @@ fn decide_policy(policy: &PolicySet, info: &ContainerInfo, pod: Option<&PodConte
         // configuration (containerd's sandbox_image), not a workload.
         return Decision {
             kernel: verdict::ALLOW,
-            reason: "allowed: pod sandbox".into(),
+            reason: Reason::new(ReasonKind::Allowed, "allowed: pod sandbox"),
         };
     }
     // The image the runtime runs, never the Pod spec's (issue 13, case 6):
@@ -301,7 +301,10 @@ fn decide_policy(policy: &PolicySet, info: &ContainerInfo, pod: Option<&PodConte
     let Some(image) = image else {
         return Decision {
             kernel: verdict::DENY,
-            reason: "unresolved: the runtime reports no image name".into(),
+            reason: Reason::new(
+                ReasonKind::Unresolved,
+                "unresolved: the runtime reports no image name",
+            ),
         };
     };
     let ctx = match pod {
@@ -322,7 +325,7 @@ fn decide_policy(policy: &PolicySet, info: &ContainerInfo, pod: Option<&PodConte
     };
     Decision {
         kernel,
-        reason: v.reason,
+        reason: Reason::new(v.kind.into(), v.reason),
     }
 }
 
@@ -392,8 +395,10 @@ pub fn judge(
         return (
             Decision {
                 kernel: verdict::ALLOW,
-                reason: "allowed: the node's pod sandbox image (CRI's sandbox image, node configuration)"
-                    .into(),
+                reason: Reason::new(
+                    ReasonKind::Allowed,
+                    "allowed: the node's pod sandbox image (CRI's sandbox image, node configuration)",
+                ),
             },
             false,
         );
@@ -407,17 +412,20 @@ pub fn judge(
         return (
             Decision {
                 kernel: verdict::HOLD,
-                reason: format!(
-                    "pending: in containerd's {CRI_NAMESPACE} namespace but not (yet) known to CRI; held until CRI confirms it, else judged by the image it runs ({})",
-                    d.reason
+                reason: Reason::new(
+                    ReasonKind::Pending,
+                    format!(
+                        "pending: in containerd's {CRI_NAMESPACE} namespace but not (yet) known to CRI; held until CRI confirms it, else judged by the image it runs ({})",
+                        d.reason.text
+                    ),
                 ),
             },
             true,
         );
     }
-    d.reason = format!(
+    d.reason.text = format!(
         "{}; in containerd's {CRI_NAMESPACE} namespace but unknown to CRI: judged by the image it runs",
-        d.reason
+        d.reason.text
     );
     (d, false)
 }
@@ -994,9 +1002,9 @@ impl Controller {
         let denied = v == verdict::DENY;
         let running = e.info.state == ContainerState::Running || e.info.pid.is_some();
         let mut action = if v == verdict::ALLOW {
-            "none"
+            FindingAction::None
         } else {
-            "alerted"
+            FindingAction::Alerted
         };
         if denied && self.cfg.enforce && running && !e.killed {
             if let Some(dir) = &e.cgroup_dir {
@@ -1007,22 +1015,26 @@ impl Controller {
                         if let Some(m) = &self.metrics {
                             m.kill(crate::metrics::KillMechanism::CgroupKill);
                         }
-                        action = "killed";
+                        action = FindingAction::Killed;
                     }
                     Err(err) => warn!(container = %e.info.id, "cgroup.kill: {err}"),
                 }
             }
         } else if e.killed {
-            action = "killed";
+            action = FindingAction::Killed;
         }
-        let newly_killed = action == "killed" && !e.kill_reported;
+        let newly_killed = action == FindingAction::Killed && !e.kill_reported;
         let pending = v == verdict::HOLD;
         if !pending && (e.reported.as_ref() != Some(&e.decision) || newly_killed) {
-            e.kill_reported |= action == "killed";
+            e.kill_reported |= action == FindingAction::Killed;
             let show = v != verdict::ALLOW || self.cfg.all_execs;
             if show {
                 let f = Finding::container(
-                    if v == verdict::ALLOW { "allow" } else { "deny" },
+                    if v == verdict::ALLOW {
+                        FindingVerdict::Allow
+                    } else {
+                        FindingVerdict::Deny
+                    },
                     action,
                     e.decision.reason.clone(),
                     e.info.pid,
@@ -1269,12 +1281,14 @@ impl Controller {
         }
         match decided_on_hold {
             Some(v) if v == verdict::DENY && self.cfg.enforce => {
-                (f.verdict, f.action) = ("deny", "killed")
+                (f.verdict, f.action) = (FindingVerdict::Deny, FindingAction::Killed)
             }
             Some(v) if v == verdict::DENY || v == verdict::AUDIT => {
-                (f.verdict, f.action) = ("deny", "alerted")
+                (f.verdict, f.action) = (FindingVerdict::Deny, FindingAction::Alerted)
             }
-            Some(v) if v == verdict::ALLOW => (f.verdict, f.action) = ("allow", "none"),
+            Some(v) if v == verdict::ALLOW => {
+                (f.verdict, f.action) = (FindingVerdict::Allow, FindingAction::None)
+            }
             _ => {}
         }
         (self.out)(&f);
@@ -1444,15 +1458,18 @@ impl Controller {
             }
             self.stats.holds_killed += 1;
             self.count_kill();
-            let reason = format!(
-                "unresolved: container cgroup {} not known to any runtime within {:?}; killed (fail closed)",
-                dir.as_deref().map(|d| d.display().to_string()).unwrap_or_else(|| id.to_string()),
-                self.cfg.hold_timeout
+            let reason = Reason::new(
+                ReasonKind::Unresolved,
+                format!(
+                    "unresolved: container cgroup {} not known to any runtime within {:?}; killed (fail closed)",
+                    dir.as_deref().map(|d| d.display().to_string()).unwrap_or_else(|| id.to_string()),
+                    self.cfg.hold_timeout
+                ),
             );
             warn!("{reason}");
             (self.out)(&Finding::container(
-                "deny",
-                "killed",
+                FindingVerdict::Deny,
+                FindingAction::Killed,
                 reason,
                 h.pids.first().copied(),
                 Some(id),
@@ -1771,7 +1788,7 @@ mod tests {
             cgroup_dir: None,
             decision: Decision {
                 kernel: verdict::ALLOW,
-                reason: String::new(),
+                reason: Reason::new(ReasonKind::Allowed, ""),
             },
             drift: d,
             reported: None,
@@ -1816,7 +1833,8 @@ mod tests {
             imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
         let d = decide(&policy, &info(Some("docker.io/library/nginx:latest")), None);
         assert_eq!(d.kernel, verdict::DENY, "{d:?}");
-        assert!(d.reason.starts_with("untrusted-image"), "{d:?}");
+        assert_eq!(d.reason.kind, ReasonKind::UntrustedImage, "{d:?}");
+        assert!(d.reason.text.starts_with("untrusted-image"), "{d:?}");
         let d = decide(
             &policy,
             &info(Some("public.ecr.aws/nginx/nginx:latest")),
@@ -1825,7 +1843,8 @@ mod tests {
         assert_eq!(d.kernel, verdict::ALLOW, "{d:?}");
         let d = decide(&policy, &info(Some("public.ecr.aws/../x")), None);
         assert_eq!(d.kernel, verdict::DENY, "{d:?}");
-        assert!(d.reason.starts_with("invalid-reference"), "{d:?}");
+        assert_eq!(d.reason.kind, ReasonKind::InvalidReference, "{d:?}");
+        assert!(d.reason.text.starts_with("invalid-reference"), "{d:?}");
         let d = decide(&policy, &info(None), None);
         assert_eq!(d.kernel, verdict::DENY);
         let mut sb = info(Some("registry.k8s.io/pause:3.6"));
@@ -1886,7 +1905,7 @@ mod tests {
             Some(&trusted_spec),
         );
         assert_eq!(d.kernel, verdict::DENY, "{d:?}");
-        assert!(d.reason.contains("docker.io"), "{d:?}");
+        assert!(d.reason.text.contains("docker.io"), "{d:?}");
     }
 
     #[test]
@@ -1902,7 +1921,7 @@ mod tests {
         let d = decide_with(&policy, &i, None, &ex);
         assert_eq!(d.kernel, verdict::AUDIT, "{d:?}");
         assert!(
-            d.reason.starts_with("untrusted-image") && d.reason.contains("kube-system"),
+            d.reason.kind == ReasonKind::UntrustedImage && d.reason.text.contains("kube-system"),
             "{d:?}"
         );
         // The Pod's namespace from the API wins over the runtime's.
@@ -2001,7 +2020,7 @@ mod tests {
             "judged by the image it runs: {d:?}"
         );
         assert!(
-            d.reason.contains("docker.io") && d.reason.contains("unknown to CRI"),
+            d.reason.text.contains("docker.io") && d.reason.text.contains("unknown to CRI"),
             "{d:?}"
         );
         // No CRI to ask: judged by its image at once.
@@ -2021,7 +2040,7 @@ mod tests {
         pause.image_as_written = Some("registry.k8s.io/pause:3.6".into());
         let (d, pending) = judge(&policy, &pause, None, &ex, true, false, true);
         assert!(!pending && d.kernel == verdict::ALLOW, "{d:?}");
-        assert!(d.reason.contains("sandbox image"), "{d:?}");
+        assert!(d.reason.text.contains("sandbox image"), "{d:?}");
         let (d, pending) = judge(&policy, &pause, None, &ex, true, false, false);
         assert!(
             pending && d.kernel == verdict::HOLD,
@@ -2052,7 +2071,10 @@ mod tests {
         assert!(!awaits_cri(&sys, true));
         let (d, _) = judge(&policy, &sys, Some(&pod), &ex, false, false, false);
         assert_eq!(d.kernel, verdict::AUDIT, "{d:?}");
-        assert!(d.reason.contains("docker.io"), "still its own image: {d:?}");
+        assert!(
+            d.reason.text.contains("docker.io"),
+            "still its own image: {d:?}"
+        );
     }
 
     #[test]
