@@ -144,10 +144,7 @@ fn findings_out(sinks: Sinks, metrics: Metrics) -> (FindingsOut, Arc<Sinks>) {
     let sinks = Arc::new(sinks);
     let s2 = sinks.clone();
     let out = Box::new(move |f: &Finding| {
-        if f.verdict != FindingVerdict::Allow {
-            metrics.finding(f.reason.kind);
-        }
-        s2.emit(f);
+        crate::finding::emit(f, &metrics, &s2);
         s2.flush();
     });
     (out, sinks)

@@ -12,7 +12,9 @@ use serde::{Serialize, Serializer};
 
 use imagewarden_policy::{Action, DriftDecision, VerdictKind};
 
+use crate::metrics::Metrics;
 use crate::probes::event::{ExecRecord, Hook, KernelVerdict};
+use crate::sink::Sinks;
 
 /// Declares an enum of a finding's field whose JSON value is its `as_str`.
 macro_rules! wire_enum {
@@ -212,6 +214,41 @@ pub struct Finding {
     pub hook: Option<&'static str>,
     /// Nanoseconds since boot when the kernel saw the exec.
     pub boot_ns: Option<u64>,
+}
+
+/// A finding line of either shape: [`Finding`] (execs, containers the
+/// runtime reported) or [`crate::crosscheck::KubeFinding`] (the cross-checks).
+pub trait FindingLine: Serialize {
+    fn verdict(&self) -> FindingVerdict;
+    fn reason_kind(&self) -> ReasonKind;
+}
+
+impl FindingLine for Finding {
+    fn verdict(&self) -> FindingVerdict {
+        self.verdict
+    }
+    fn reason_kind(&self) -> ReasonKind {
+        self.reason.kind
+    }
+}
+
+impl FindingLine for crate::crosscheck::KubeFinding {
+    fn verdict(&self) -> FindingVerdict {
+        self.verdict
+    }
+    fn reason_kind(&self) -> ReasonKind {
+        self.reason
+    }
+}
+
+/// The one way a finding leaves the agent: counted by its reason kind
+/// (unless its verdict is `allow`) and written to every sink. The caller
+/// flushes (after each finding, or after a batch).
+pub fn emit(f: &impl FindingLine, metrics: &Metrics, sinks: &Sinks) {
+    if f.verdict() != FindingVerdict::Allow {
+        metrics.finding(f.reason_kind());
+    }
+    sinks.emit(f);
 }
 
 /// What the agent knows about the exec'ing cgroup (filled by the inventory).
@@ -614,6 +651,44 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["allow", "deny", "unknown"]
         );
+    }
+
+    #[test]
+    fn emit_counts_what_is_not_allowed_and_writes_every_line() {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let metrics = Metrics::new();
+        let buf = Buf::default();
+        let sinks = Sinks::with_writer(
+            crate::metrics::SinkLabel::Stdout,
+            Box::new(buf.clone()),
+            metrics.clone(),
+        );
+        let denied = Finding::from_exec(&rec(KernelVerdict::Deny, true), None);
+        let allowed = Finding::from_exec(&rec(KernelVerdict::Allow, false), None);
+        emit(&denied, &metrics, &sinks);
+        emit(&allowed, &metrics, &sinks);
+        sinks.flush();
+        let text = metrics.encode(false).unwrap();
+        assert!(
+            text.contains("imagewarden_findings_total{reason=\"denied-cgroup\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("imagewarden_findings_total{reason=\"other\"} 0"),
+            "an allowed exec is printed, not counted: {text}"
+        );
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.lines().count(), 2, "{out}");
     }
 
     #[test]

@@ -301,8 +301,7 @@ impl KubeState {
                 }
             }
             if !judged_by_runtime {
-                self.metrics.finding(f.reason);
-                sinks.emit(&f);
+                crate::finding::emit(&f, &self.metrics, sinks);
             }
             if let Err(e) = kube_actions::post_event(&self.client, &f, &self.node, f.action).await {
                 warn!("posting an Event: {e}");
