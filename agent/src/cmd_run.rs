@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::{
     cli::{ExecHook as CliHook, FailMode, Mode, RunArgs},
     controller::{self, Controller, ControllerConfig, RUNTIME_EVENT_CAPACITY},
-    finding::{Attribution, Finding},
+    finding::{Attribution, Finding, FindingAction, FindingVerdict, Reason, ReasonKind},
     kube_run::KubeState,
     metrics::{self, Metrics, ModeLabel, ReloadResult},
     probes::{
@@ -149,10 +149,7 @@ fn findings_out(sinks: Sinks, metrics: Metrics) -> (FindingsOut, Arc<Sinks>) {
     let sinks = Arc::new(sinks);
     let s2 = sinks.clone();
     let out = Box::new(move |f: &Finding| {
-        if f.verdict != "allow" {
-            metrics.finding(&f.reason);
-        }
-        s2.emit(f);
+        crate::finding::emit(f, &metrics, &s2);
         s2.flush();
     });
     (out, sinks)
@@ -276,7 +273,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         static_attr.insert(
             id,
             Attribution {
-                reason: Some(format!("denied-cgroup: {}", path.display())),
+                reason: Some(Reason::new(
+                    ReasonKind::DeniedCgroup,
+                    format!("denied-cgroup: {}", path.display()),
+                )),
                 ..Default::default()
             },
         );
@@ -290,7 +290,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Ok(dir) if dir != cg2 => match probes.set_cgroup_path_verdict(&dir, verdict::ALLOW) {
                 Ok(id) => {
                     static_attr.entry(id).or_insert_with(|| Attribution {
-                        reason: Some("imagewarden itself: never held nor killed".into()),
+                        reason: Some(Reason::new(
+                            ReasonKind::AgentItself,
+                            "imagewarden itself: never held nor killed",
+                        )),
                         ..Default::default()
                     });
                 }
@@ -363,9 +366,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             for (id, _since) in cgroups {
                 let attr = ctrl.attribution_of(id);
                 let f = Finding::container(
-                    "unknown",
-                    "none",
-                    format!("ran-unenforced: cgroup {id} ran while no agent was alive (heartbeat stale); judged on takeover"),
+                    FindingVerdict::Unknown,
+                    FindingAction::None,
+                    Reason::new(
+                        ReasonKind::RanUnenforced,
+                        format!("ran-unenforced: cgroup {id} ran while no agent was alive (heartbeat stale); judged on takeover"),
+                    ),
                     None,
                     Some(id),
                     attr,

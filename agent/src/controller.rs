@@ -38,13 +38,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{hold_parent, verdict, CgroupKey};
+use agent_common::{hold_parent, CgroupKey};
 use imagewarden_policy::{Action, ContainerType, DriftDecision, EvalContext, PolicySet};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::{
-    finding::{Attribution, Finding},
+    finding::{Attribution, Finding, FindingAction, FindingVerdict, Reason, ReasonKind},
     probes::{
         event::{ExecRecord, KernelVerdict},
         Probes,
@@ -82,9 +82,10 @@ pub struct ControllerConfig {
 /// What the controller decided about a container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    /// Kernel verdict: ALLOW, DENY (enforce rule) or AUDIT (audit rule).
-    pub kernel: u32,
-    pub reason: String,
+    /// Kernel verdict: Allow, Deny (enforce rule), Audit (audit rule) or
+    /// Hold (pending; see [`judge`]).
+    pub kernel: KernelVerdict,
+    pub reason: Reason,
 }
 
 #[derive(Debug, Clone)]
@@ -274,13 +275,13 @@ pub fn decide_with(
     exempt: &Exemptions,
 ) -> Decision {
     let mut d = decide_policy(policy, info, pod);
-    if d.kernel == verdict::DENY {
+    if d.kernel == KernelVerdict::Deny {
         let ns = pod
             .map(|p| p.namespace.as_str())
             .or(info.pod_namespace.as_deref());
         if let Some(why) = ns.and_then(|ns| exempt.exempt(ns, info.pod_name.as_deref())) {
-            d.kernel = verdict::AUDIT;
-            d.reason = format!("{}; not stopped: {why}", d.reason);
+            d.kernel = KernelVerdict::Audit;
+            d.reason.text = format!("{}; not stopped: {why}", d.reason.text);
         }
     }
     d
@@ -291,8 +292,8 @@ fn decide_policy(policy: &PolicySet, info: &ContainerInfo, pod: Option<&PodConte
         // Kyverno never checks the pause image either: it is node
         // configuration (containerd's sandbox_image), not a workload.
         return Decision {
-            kernel: verdict::ALLOW,
-            reason: "allowed: pod sandbox".into(),
+            kernel: KernelVerdict::Allow,
+            reason: Reason::new(ReasonKind::Allowed, "allowed: pod sandbox"),
         };
     }
     // The image the runtime runs, never the Pod spec's (issue 13, case 6):
@@ -304,21 +305,24 @@ fn decide_policy(policy: &PolicySet, info: &ContainerInfo, pod: Option<&PodConte
         .or(info.image_ref.as_deref());
     let Some(image) = image else {
         return Decision {
-            kernel: verdict::DENY,
-            reason: "unresolved: the runtime reports no image name".into(),
+            kernel: KernelVerdict::Deny,
+            reason: Reason::new(
+                ReasonKind::Unresolved,
+                "unresolved: the runtime reports no image name",
+            ),
         };
     };
     let v = policy.evaluate(image, &eval_context(info, pod));
     let kernel = if v.allowed {
-        verdict::ALLOW
+        KernelVerdict::Allow
     } else if v.action == Action::Enforce {
-        verdict::DENY
+        KernelVerdict::Deny
     } else {
-        verdict::AUDIT
+        KernelVerdict::Audit
     };
     Decision {
         kernel,
-        reason: v.reason,
+        reason: Reason::new(v.kind.into(), v.reason),
     }
 }
 
@@ -387,33 +391,38 @@ pub fn judge(
     if awaiting_cri && node_sandbox_image {
         return (
             Decision {
-                kernel: verdict::ALLOW,
-                reason: "allowed: the node's pod sandbox image (CRI's sandbox image, node configuration)"
-                    .into(),
+                kernel: KernelVerdict::Allow,
+                reason: Reason::new(
+                    ReasonKind::Allowed,
+                    "allowed: the node's pod sandbox image (CRI's sandbox image, node configuration)",
+                ),
             },
             false,
         );
     }
     let pod = if awaiting_cri { None } else { pod };
     let mut d = decide_with(policy, info, pod, exempt);
-    if !awaiting_cri || d.kernel == verdict::ALLOW {
+    if !awaiting_cri || d.kernel == KernelVerdict::Allow {
         return (d, false);
     }
     if !unconfirmed_final {
         return (
             Decision {
-                kernel: verdict::HOLD,
-                reason: format!(
-                    "pending: in containerd's {CRI_NAMESPACE} namespace but not (yet) known to CRI; held until CRI confirms it, else judged by the image it runs ({})",
-                    d.reason
+                kernel: KernelVerdict::Hold,
+                reason: Reason::new(
+                    ReasonKind::Pending,
+                    format!(
+                        "pending: in containerd's {CRI_NAMESPACE} namespace but not (yet) known to CRI; held until CRI confirms it, else judged by the image it runs ({})",
+                        d.reason.text
+                    ),
                 ),
             },
             true,
         );
     }
-    d.reason = format!(
+    d.reason.text = format!(
         "{}; in containerd's {CRI_NAMESPACE} namespace but unknown to CRI: judged by the image it runs",
-        d.reason
+        d.reason.text
     );
     (d, false)
 }
@@ -702,7 +711,7 @@ impl Controller {
     /// The known container whose cgroup is an ancestor of `dir` (the
     /// outermost), with its verdict: a nested runtime's container is judged
     /// as the container it runs in.
-    fn outer_container_of(&self, dir: &Path) -> Option<(String, u32)> {
+    fn outer_container_of(&self, dir: &Path) -> Option<(String, KernelVerdict)> {
         let mut found = None;
         let mut d = dir.parent();
         while let Some(p) = d {
@@ -730,14 +739,17 @@ impl Controller {
     fn update_gauges(&self) {
         use crate::metrics::Verdict as V;
         let Some(m) = &self.metrics else { return };
-        let count = |k: u32| {
+        let count = |k: KernelVerdict| {
             self.entries
                 .values()
                 .filter(|e| e.decision.kernel == k)
                 .count() as u64
         };
-        m.set_containers(V::Allow, count(verdict::ALLOW));
-        m.set_containers(V::Deny, count(verdict::DENY) + count(verdict::AUDIT));
+        m.set_containers(V::Allow, count(KernelVerdict::Allow));
+        m.set_containers(
+            V::Deny,
+            count(KernelVerdict::Deny) + count(KernelVerdict::Audit),
+        );
     }
 
     fn count_kill(&self) {
@@ -958,9 +970,9 @@ impl Controller {
         if e.key.is_none() {
             e.key = e.info.cgroup_path.as_deref().and_then(cgroup_key_of_path);
         }
-        debug!(container = %e.info.id, verdict = v, key = e.key.is_some(), cgroup_id = ?e.cgroup_id, pid = ?e.info.pid, "apply");
+        debug!(container = %e.info.id, verdict = v.raw(), key = e.key.is_some(), cgroup_id = ?e.cgroup_id, pid = ?e.info.pid, "apply");
         if let Some(k) = &e.key {
-            if let Err(err) = self.probes.set_name_verdict(k, v) {
+            if let Err(err) = self.probes.set_name_verdict(k, v.raw()) {
                 warn!(container = %e.info.id, "kernel name verdict: {err}");
             }
         }
@@ -975,24 +987,24 @@ impl Controller {
             }
         }
         if let Some(id) = e.cgroup_id {
-            if let Err(err) = self.probes.set_verdict(id, v) {
+            if let Err(err) = self.probes.set_verdict(id, v.raw()) {
                 warn!(container = %e.info.id, "kernel verdict: {err}");
             }
             if let Err(err) = self.probes.set_drift_policy(id, e.drift_bits()) {
                 warn!(container = %e.info.id, "kernel drift policy: {err}");
             }
-            debug!(container = %e.info.id, cgroup_id = id, verdict = v, drift = e.drift_bits(), "kernel maps set by id");
+            debug!(container = %e.info.id, cgroup_id = id, verdict = v.raw(), drift = e.drift_bits(), "kernel maps set by id");
             if let Err(err) = self.probes.add_hold_parent(id, hold_parent::CONTAINER) {
                 warn!(container = %e.info.id, "container hold parent: {err}");
             }
             self.by_cgroup.insert(id, key.to_string());
         }
-        let denied = v == verdict::DENY;
+        let denied = v == KernelVerdict::Deny;
         let running = e.info.state == ContainerState::Running || e.info.pid.is_some();
-        let mut action = if v == verdict::ALLOW {
-            "none"
+        let mut action = if v == KernelVerdict::Allow {
+            FindingAction::None
         } else {
-            "alerted"
+            FindingAction::Alerted
         };
         if denied && self.cfg.enforce && running && !e.killed {
             if let Some(dir) = &e.cgroup_dir {
@@ -1003,22 +1015,26 @@ impl Controller {
                         if let Some(m) = &self.metrics {
                             m.kill(crate::metrics::KillMechanism::CgroupKill);
                         }
-                        action = "killed";
+                        action = FindingAction::Killed;
                     }
                     Err(err) => warn!(container = %e.info.id, "cgroup.kill: {err}"),
                 }
             }
         } else if e.killed {
-            action = "killed";
+            action = FindingAction::Killed;
         }
-        let newly_killed = action == "killed" && !e.kill_reported;
-        let pending = v == verdict::HOLD;
+        let newly_killed = action == FindingAction::Killed && !e.kill_reported;
+        let pending = v == KernelVerdict::Hold;
         if !pending && (e.reported.as_ref() != Some(&e.decision) || newly_killed) {
-            e.kill_reported |= action == "killed";
-            let show = v != verdict::ALLOW || self.cfg.all_execs;
+            e.kill_reported |= action == FindingAction::Killed;
+            let show = v != KernelVerdict::Allow || self.cfg.all_execs;
             if show {
                 let f = Finding::container(
-                    if v == verdict::ALLOW { "allow" } else { "deny" },
+                    if v == KernelVerdict::Allow {
+                        FindingVerdict::Allow
+                    } else {
+                        FindingVerdict::Deny
+                    },
                     action,
                     e.decision.reason.clone(),
                     e.info.pid,
@@ -1039,14 +1055,14 @@ impl Controller {
     }
 
     /// A held cgroup's fate: continue (allow/audit) or kill (deny).
-    fn release(&mut self, cgroup_id: u64, v: u32) {
+    fn release(&mut self, cgroup_id: u64, v: KernelVerdict) {
         let Some(h) = self.held.remove(&cgroup_id) else {
             return;
         };
         for pid in &h.pids {
             self.probes.forget_held(*pid);
         }
-        if v == verdict::DENY && self.cfg.enforce {
+        if v == KernelVerdict::Deny && self.cfg.enforce {
             let dir = self
                 .by_cgroup
                 .get(&cgroup_id)
@@ -1264,13 +1280,15 @@ impl Controller {
             }
         }
         match decided_on_hold {
-            Some(v) if v == verdict::DENY && self.cfg.enforce => {
-                (f.verdict, f.action) = ("deny", "killed")
+            Some(KernelVerdict::Deny) if self.cfg.enforce => {
+                (f.verdict, f.action) = (FindingVerdict::Deny, FindingAction::Killed)
             }
-            Some(v) if v == verdict::DENY || v == verdict::AUDIT => {
-                (f.verdict, f.action) = ("deny", "alerted")
+            Some(KernelVerdict::Deny | KernelVerdict::Audit) => {
+                (f.verdict, f.action) = (FindingVerdict::Deny, FindingAction::Alerted)
             }
-            Some(v) if v == verdict::ALLOW => (f.verdict, f.action) = ("allow", "none"),
+            Some(KernelVerdict::Allow) => {
+                (f.verdict, f.action) = (FindingVerdict::Allow, FindingAction::None)
+            }
             _ => {}
         }
         (self.out)(&f);
@@ -1342,7 +1360,7 @@ impl Controller {
                 self.settle_pending(Some(&k), false).await;
             }
             if let Some(v) = self.entries.get(&k).map(|e| e.decision.kernel) {
-                if v != verdict::HOLD {
+                if v != KernelVerdict::Hold {
                     self.release(cgroup_id, v);
                 }
                 return;
@@ -1382,9 +1400,9 @@ impl Controller {
         // kernel does so itself once that container's cgroup is marked;
         // this covers a hold taken before the mark was.
         if let Some((outer, v)) = dir.as_deref().and_then(|d| self.outer_container_of(d)) {
-            debug!(cgroup_id, outer = %outer, verdict = v, "held cgroup is nested in a known container");
-            if v != verdict::HOLD {
-                let _ = self.probes.set_verdict(cgroup_id, v);
+            debug!(cgroup_id, outer = %outer, verdict = v.raw(), "held cgroup is nested in a known container");
+            if v != KernelVerdict::Hold {
+                let _ = self.probes.set_verdict(cgroup_id, v.raw());
                 self.release(cgroup_id, v);
             }
         }
@@ -1427,7 +1445,7 @@ impl Controller {
                 .pids
                 .first()
                 .and_then(|p| cgroup2_dir_of_pid(&self.cfg.cgroup2, *p).ok());
-            let _ = self.probes.set_verdict(id, verdict::DENY);
+            let _ = self.probes.set_verdict(id, KernelVerdict::Deny.raw());
             let mut killed = false;
             if let Some(d) = &dir {
                 killed = kill_cgroup(d).is_ok();
@@ -1440,15 +1458,18 @@ impl Controller {
             }
             self.stats.holds_killed += 1;
             self.count_kill();
-            let reason = format!(
-                "unresolved: container cgroup {} not known to any runtime within {:?}; killed (fail closed)",
-                dir.as_deref().map(|d| d.display().to_string()).unwrap_or_else(|| id.to_string()),
-                self.cfg.hold_timeout
+            let reason = Reason::new(
+                ReasonKind::Unresolved,
+                format!(
+                    "unresolved: container cgroup {} not known to any runtime within {:?}; killed (fail closed)",
+                    dir.as_deref().map(|d| d.display().to_string()).unwrap_or_else(|| id.to_string()),
+                    self.cfg.hold_timeout
+                ),
             );
             warn!("{reason}");
             (self.out)(&Finding::container(
-                "deny",
-                "killed",
+                FindingVerdict::Deny,
+                FindingAction::Killed,
                 reason,
                 h.pids.first().copied(),
                 Some(id),
@@ -1492,7 +1513,7 @@ impl Controller {
         let mut resumed = 0;
         for e in self.entries.values() {
             let Some(dir) = &e.cgroup_dir else { continue };
-            if e.decision.kernel == verdict::DENY {
+            if e.decision.kernel == KernelVerdict::Deny {
                 continue; // already killed by apply() in enforce mode
             }
             let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
@@ -1605,7 +1626,7 @@ impl Controller {
             return false;
         };
         if let Some(id) = e.cgroup_id {
-            let _ = self.probes.set_verdict(id, verdict::DENY);
+            let _ = self.probes.set_verdict(id, KernelVerdict::Deny.raw());
         }
         let ok = e
             .cgroup_dir
@@ -1630,7 +1651,7 @@ impl Controller {
         let denied = self
             .entries
             .values()
-            .filter(|e| e.decision.kernel != verdict::ALLOW)
+            .filter(|e| e.decision.kernel != KernelVerdict::Allow)
             .count();
         format!("{} containers ({} denied)", self.entries.len(), denied)
     }
@@ -1766,8 +1787,8 @@ mod tests {
             cgroup_id: None,
             cgroup_dir: None,
             decision: Decision {
-                kernel: verdict::ALLOW,
-                reason: String::new(),
+                kernel: KernelVerdict::Allow,
+                reason: Reason::new(ReasonKind::Allowed, ""),
             },
             drift: d,
             reported: None,
@@ -1811,27 +1832,29 @@ mod tests {
         let policy =
             imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
         let d = decide(&policy, &info(Some("docker.io/library/nginx:latest")), None);
-        assert_eq!(d.kernel, verdict::DENY, "{d:?}");
-        assert!(d.reason.starts_with("untrusted-image"), "{d:?}");
+        assert_eq!(d.kernel, KernelVerdict::Deny, "{d:?}");
+        assert_eq!(d.reason.kind, ReasonKind::UntrustedImage, "{d:?}");
+        assert!(d.reason.text.starts_with("untrusted-image"), "{d:?}");
         let d = decide(
             &policy,
             &info(Some("public.ecr.aws/nginx/nginx:latest")),
             None,
         );
-        assert_eq!(d.kernel, verdict::ALLOW, "{d:?}");
+        assert_eq!(d.kernel, KernelVerdict::Allow, "{d:?}");
         let d = decide(&policy, &info(Some("public.ecr.aws/../x")), None);
-        assert_eq!(d.kernel, verdict::DENY, "{d:?}");
-        assert!(d.reason.starts_with("invalid-reference"), "{d:?}");
+        assert_eq!(d.kernel, KernelVerdict::Deny, "{d:?}");
+        assert_eq!(d.reason.kind, ReasonKind::InvalidReference, "{d:?}");
+        assert!(d.reason.text.starts_with("invalid-reference"), "{d:?}");
         let d = decide(&policy, &info(None), None);
-        assert_eq!(d.kernel, verdict::DENY);
+        assert_eq!(d.kernel, KernelVerdict::Deny);
         let mut sb = info(Some("registry.k8s.io/pause:3.6"));
         sb.kind = Some(ContainerKind::Sandbox);
-        assert_eq!(decide(&policy, &sb, None).kernel, verdict::ALLOW);
+        assert_eq!(decide(&policy, &sb, None).kernel, KernelVerdict::Allow);
         let audit = crate::cmd_run::EMBEDDED_POLICY.replace("Enforce", "Audit");
         let policy = imagewarden_policy::load_policy_str(&audit, "seed-audit").unwrap();
         assert_eq!(
             decide(&policy, &info(Some("nginx")), None).kernel,
-            verdict::AUDIT
+            KernelVerdict::Audit
         );
     }
 
@@ -1847,7 +1870,7 @@ mod tests {
             "public.ecr.aws/nginx/nginx@sha256:{}",
             "cd".repeat(32)
         ));
-        assert_eq!(decide(&policy, &i, None).kernel, verdict::ALLOW);
+        assert_eq!(decide(&policy, &i, None).kernel, KernelVerdict::Allow);
         // The seed policy does not cover init containers: the Pod says this is one.
         let init = PodContext {
             image: "docker.io/library/busybox:1".into(),
@@ -1861,14 +1884,14 @@ mod tests {
             &info(Some("docker.io/library/busybox:1")),
             Some(&init),
         );
-        assert_eq!(d.kernel, verdict::ALLOW, "{d:?}");
+        assert_eq!(d.kernel, KernelVerdict::Allow, "{d:?}");
         let regular = PodContext {
             container_type: ContainerType::Container,
             ..init
         };
         assert_eq!(
             decide(&policy, &info(Some("x")), Some(&regular)).kernel,
-            verdict::DENY
+            KernelVerdict::Deny
         );
         // The Pod spec's image is never the one judged (issue 13, case 6):
         // a Pod whose spec writes a trusted image does not lend it to a
@@ -1882,8 +1905,8 @@ mod tests {
             &info(Some("docker.io/library/nginx:latest")),
             Some(&trusted_spec),
         );
-        assert_eq!(d.kernel, verdict::DENY, "{d:?}");
-        assert!(d.reason.contains("docker.io"), "{d:?}");
+        assert_eq!(d.kernel, KernelVerdict::Deny, "{d:?}");
+        assert!(d.reason.text.contains("docker.io"), "{d:?}");
     }
 
     #[test]
@@ -1897,9 +1920,9 @@ mod tests {
         i.pod_namespace = Some("kube-system".into());
         i.pod_name = Some("aws-node-x".into());
         let d = decide_with(&policy, &i, None, &ex);
-        assert_eq!(d.kernel, verdict::AUDIT, "{d:?}");
+        assert_eq!(d.kernel, KernelVerdict::Audit, "{d:?}");
         assert!(
-            d.reason.starts_with("untrusted-image") && d.reason.contains("kube-system"),
+            d.reason.kind == ReasonKind::UntrustedImage && d.reason.text.contains("kube-system"),
             "{d:?}"
         );
         // The Pod's namespace from the API wins over the runtime's.
@@ -1912,16 +1935,25 @@ mod tests {
         };
         assert_eq!(
             decide_with(&policy, &i, Some(&pod), &ex).kernel,
-            verdict::DENY
+            KernelVerdict::Deny
         );
         i.pod_namespace = Some("ops".into());
-        assert_eq!(decide_with(&policy, &i, None, &ex).kernel, verdict::AUDIT);
+        assert_eq!(
+            decide_with(&policy, &i, None, &ex).kernel,
+            KernelVerdict::Audit
+        );
         i.pod_namespace = Some("prod".into());
-        assert_eq!(decide_with(&policy, &i, None, &ex).kernel, verdict::DENY);
+        assert_eq!(
+            decide_with(&policy, &i, None, &ex).kernel,
+            KernelVerdict::Deny
+        );
         // Allowed images stay allowed, exempt or not.
         i.image_as_written = Some("public.ecr.aws/nginx/nginx:1".into());
         i.pod_namespace = Some("kube-system".into());
-        assert_eq!(decide_with(&policy, &i, None, &ex).kernel, verdict::ALLOW);
+        assert_eq!(
+            decide_with(&policy, &i, None, &ex).kernel,
+            KernelVerdict::Allow
+        );
     }
 
     #[test]
@@ -1957,14 +1989,14 @@ mod tests {
         let ex = Exemptions::kyverno_defaults(&[], "kyverno");
         assert_eq!(
             decide_with(&policy, &forged, None, &ex).kernel,
-            verdict::ALLOW,
+            KernelVerdict::Allow,
             "what labels used to buy"
         );
         distrust_labels(&mut forged);
         assert_eq!(forged.kind, None);
         assert_eq!(
             decide_with(&policy, &forged, None, &ex).kernel,
-            verdict::DENY
+            KernelVerdict::Deny
         );
         assert!(!awaits_cri(&forged, true), "outside k8s.io: judged at once");
     }
@@ -2014,27 +2046,27 @@ mod tests {
             namespace_labels: None,
         };
         let (d, pending) = judge(&policy, &forged, Some(&pod), &ex, true, false, false);
-        assert!(pending && d.kernel == verdict::HOLD, "{d:?}");
+        assert!(pending && d.kernel == KernelVerdict::Hold, "{d:?}");
         let (d, pending) = judge(&policy, &forged, Some(&pod), &ex, true, true, false);
         assert!(!pending, "{d:?}");
         assert_eq!(
             d.kernel,
-            verdict::DENY,
+            KernelVerdict::Deny,
             "judged by the image it runs: {d:?}"
         );
         assert!(
-            d.reason.contains("docker.io") && d.reason.contains("unknown to CRI"),
+            d.reason.text.contains("docker.io") && d.reason.text.contains("unknown to CRI"),
             "{d:?}"
         );
         // No CRI to ask: judged by its image at once.
         assert!(!awaits_cri(&forged, false));
         let (d, pending) = judge(&policy, &forged, None, &ex, false, false, false);
-        assert!(!pending && d.kernel == verdict::DENY, "{d:?}");
+        assert!(!pending && d.kernel == KernelVerdict::Deny, "{d:?}");
         // A trusted image waits for nobody.
         let mut good = forged.clone();
         good.image_as_written = Some("public.ecr.aws/nginx/nginx:latest".into());
         let (d, pending) = judge(&policy, &good, None, &ex, true, false, false);
-        assert!(!pending && d.kernel == verdict::ALLOW, "{d:?}");
+        assert!(!pending && d.kernel == KernelVerdict::Allow, "{d:?}");
         // A k8s.io container CRI does not list yet that runs the node's
         // pod sandbox image (CRI's config: a sandbox's pause process runs
         // before CRI lists the sandbox) is allowed by that image; the same
@@ -2042,17 +2074,17 @@ mod tests {
         let mut pause = forged.clone();
         pause.image_as_written = Some("registry.k8s.io/pause:3.6".into());
         let (d, pending) = judge(&policy, &pause, None, &ex, true, false, true);
-        assert!(!pending && d.kernel == verdict::ALLOW, "{d:?}");
-        assert!(d.reason.contains("sandbox image"), "{d:?}");
+        assert!(!pending && d.kernel == KernelVerdict::Allow, "{d:?}");
+        assert!(d.reason.text.contains("sandbox image"), "{d:?}");
         let (d, pending) = judge(&policy, &pause, None, &ex, true, false, false);
         assert!(
-            pending && d.kernel == verdict::HOLD,
+            pending && d.kernel == KernelVerdict::Hold,
             "not the node's: {d:?}"
         );
         let (d, _) = judge(&policy, &pause, None, &ex, false, false, true);
         assert_eq!(
             d.kernel,
-            verdict::DENY,
+            KernelVerdict::Deny,
             "outside k8s.io, judged by policy: {d:?}"
         );
         // What CRI reports is believed: its sandbox is the pod's pause
@@ -2065,7 +2097,7 @@ mod tests {
         assert!(!awaits_cri(&sb, true));
         assert_eq!(
             judge(&policy, &sb, None, &ex, false, false, false).0.kernel,
-            verdict::ALLOW
+            KernelVerdict::Allow
         );
         let mut sys = forged.clone();
         sys.runtime = "cri";
@@ -2073,8 +2105,11 @@ mod tests {
         sys.pod_namespace = Some("kube-system".into());
         assert!(!awaits_cri(&sys, true));
         let (d, _) = judge(&policy, &sys, Some(&pod), &ex, false, false, false);
-        assert_eq!(d.kernel, verdict::AUDIT, "{d:?}");
-        assert!(d.reason.contains("docker.io"), "still its own image: {d:?}");
+        assert_eq!(d.kernel, KernelVerdict::Audit, "{d:?}");
+        assert!(
+            d.reason.text.contains("docker.io"),
+            "still its own image: {d:?}"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! the policy and the previous tag -> digest observations in; findings and
 //! the new observations out. No I/O, no clock.
 //!
-//! Each [`KubeFinding`] has a stable `reason`:
+//! Each [`KubeFinding`] has a stable `reason` (a [`ReasonKind`]):
 //!
 //! - `untrusted-image`: the policy denies the image (containers, init and
 //!   ephemeral containers alike, each with its container type, the pod's
@@ -24,10 +24,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use imagewarden_policy::reference::{parse_normalized_named, tag_name_only, Reference};
-use imagewarden_policy::{ContainerType, EvalContext, PolicySet};
+use imagewarden_policy::{Action, ContainerType, EvalContext, PolicySet};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use serde::Serialize;
 
+use crate::finding::{FindingAction, FindingKind, FindingVerdict, ReasonKind};
 use crate::sources::{ContainerInfo, ContainerKind, ContainerState};
 
 /// Annotation of a mirror pod: the UID (config hash) of its static pod.
@@ -36,48 +37,6 @@ pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 pub const CONFIG_HASH_ANNOTATION: &str = "kubernetes.io/config.hash";
 /// Most tag -> digest observations kept; the least recently seen go first.
 pub const MAX_OBSERVATIONS: usize = 4096;
-
-/// Why a finding was raised. Serialised as its stable string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Reason {
-    UntrustedImage,
-    InvalidReference,
-    ImageDrift,
-    NotInApi,
-    SpecStatusMismatch,
-    /// A container exec'd a file with no name on disk (issue 17).
-    FilelessExec,
-    /// A container exec'd a file of its writable layer (issue 17).
-    DriftExec,
-}
-
-impl Reason {
-    /// The stable string (`untrusted-image`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::UntrustedImage => "untrusted-image",
-            Reason::InvalidReference => "invalid-reference",
-            Reason::ImageDrift => "image-drift",
-            Reason::NotInApi => "not-in-api",
-            Reason::SpecStatusMismatch => "spec-status-mismatch",
-            Reason::FilelessExec => "fileless-exec",
-            Reason::DriftExec => "drift-exec",
-        }
-    }
-    /// The Kubernetes Event reason (CamelCase).
-    pub fn event_reason(self) -> &'static str {
-        match self {
-            Reason::UntrustedImage => "UntrustedImage",
-            Reason::InvalidReference => "InvalidImageReference",
-            Reason::ImageDrift => "ImageDrift",
-            Reason::NotInApi => "NotInAPI",
-            Reason::SpecStatusMismatch => "SpecStatusMismatch",
-            Reason::FilelessExec => "FilelessExec",
-            Reason::DriftExec => "ExecDrift",
-        }
-    }
-}
 
 /// Which source the pod (or container) of a finding came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -96,17 +55,22 @@ pub enum Source {
 /// contract keys (`type`, `verdict`, `action`, `reason`, `pid`,
 /// `cgroup_id`, `filename`, `container_id`, `image`, `image_digest`, `pod`,
 /// `namespace`) are always present, null where unknown.
+///
+/// It shares its enums with [`crate::finding::Finding`] but stays its own
+/// struct: its line is another contract (`reason` is the kind alone, the
+/// text is `message`; Pod, container and policy keys instead of the exec's
+/// process keys), which one struct could only produce with two shapes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KubeFinding {
     /// Always `container`.
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: FindingKind,
     /// `deny` (policy violation, invalid reference, pinned digest not
     /// honoured) or `unknown` (suspicious, not a policy verdict).
-    pub verdict: &'static str,
+    pub verdict: FindingVerdict,
     /// `none` here; the action layer sets `alerted` / `killed`.
-    pub action: &'static str,
-    pub reason: Reason,
+    pub action: FindingAction,
+    pub reason: ReasonKind,
     /// Human-readable detail.
     pub message: String,
     pub pid: Option<u32>,
@@ -128,24 +92,19 @@ pub struct KubeFinding {
     /// Deciding policy and rule, and the rule's action (`Audit`/`Enforce`).
     pub policy: Option<String>,
     pub rule: Option<String>,
-    pub policy_action: Option<&'static str>,
+    pub policy_action: Option<Action>,
 }
 
 impl KubeFinding {
     /// The Kubernetes side of a fileless or drift exec finding (its Event):
     /// the Pod and container the runtime attributed the exec to.
     pub fn from_exec_drift(f: &crate::finding::Finding) -> Self {
-        let reason = if f.fileless {
-            Reason::FilelessExec
-        } else {
-            Reason::DriftExec
-        };
         let source = if f.pod.is_some() && f.namespace.is_some() {
             Source::Api
         } else {
             Source::Runtime
         };
-        let mut k = KubeFinding::new(reason, f.verdict, source, f.reason.clone());
+        let mut k = KubeFinding::new(f.reason.kind, f.verdict, source, f.reason.text.clone());
         k.action = f.action;
         k.pid = f.pid;
         k.cgroup_id = f.cgroup_id;
@@ -158,11 +117,11 @@ impl KubeFinding {
         k
     }
 
-    fn new(reason: Reason, verdict: &'static str, source: Source, message: String) -> Self {
+    fn new(reason: ReasonKind, verdict: FindingVerdict, source: Source, message: String) -> Self {
         KubeFinding {
-            kind: "container",
+            kind: FindingKind::Container,
             verdict,
-            action: "none",
+            action: FindingAction::None,
             reason,
             message,
             pid: None,
@@ -544,8 +503,8 @@ pub fn crosscheck(input: &CrossCheckInput<'_>) -> CrossCheckOutput {
 }
 
 fn base_finding(
-    reason: Reason,
-    verdict: &'static str,
+    reason: ReasonKind,
+    verdict: FindingVerdict,
     p: &PodView<'_>,
     ty: ContainerType,
     name: &str,
@@ -610,14 +569,10 @@ fn check_pod(
             .with_kind("Pod");
         let verdict = policy.evaluate(image, &ctx);
         if !verdict.allowed {
-            let reason = if verdict.reason.starts_with("invalid-reference") {
-                Reason::InvalidReference
-            } else {
-                Reason::UntrustedImage
-            };
+            let reason = ReasonKind::from(verdict.kind);
             let mut f = fill(base_finding(
                 reason,
-                "deny",
+                FindingVerdict::Deny,
                 p,
                 ty,
                 name,
@@ -626,7 +581,7 @@ fn check_pod(
             ));
             f.policy = verdict.policy.clone();
             f.rule = verdict.rule.clone();
-            f.policy_action = Some(verdict.action.as_str());
+            f.policy_action = Some(verdict.action);
             findings.push(f);
         }
 
@@ -637,8 +592,8 @@ fn check_pod(
                 p.ns, p.name
             );
             findings.push(fill(base_finding(
-                Reason::NotInApi,
-                "unknown",
+                ReasonKind::NotInApi,
+                FindingVerdict::Unknown,
                 p,
                 ty,
                 name,
@@ -656,8 +611,8 @@ fn check_pod(
                     imagewarden_policy::text::quote(st_image)
                 );
                 let mut f = fill(base_finding(
-                    Reason::SpecStatusMismatch,
-                    "unknown",
+                    ReasonKind::SpecStatusMismatch,
+                    FindingVerdict::Unknown,
                     p,
                     ty,
                     name,
@@ -677,8 +632,8 @@ fn check_pod(
             (Some(pinned), Some((_, run))) if pinned != run => {
                 let msg = format!("spec pins {pinned} but the container runs {run}");
                 findings.push(fill(base_finding(
-                    Reason::ImageDrift,
-                    "deny",
+                    ReasonKind::ImageDrift,
+                    FindingVerdict::Deny,
                     p,
                     ty,
                     name,
@@ -697,8 +652,8 @@ fn check_pod(
                     tagged,
                     digest: run.clone(),
                     finding: fill(base_finding(
-                        Reason::ImageDrift,
-                        "unknown",
+                        ReasonKind::ImageDrift,
+                        FindingVerdict::Unknown,
                         p,
                         ty,
                         name,
@@ -754,8 +709,8 @@ fn check_orphan(
         c.namespace.as_deref().unwrap_or("-")
     );
     findings.push(fill(KubeFinding::new(
-        Reason::NotInApi,
-        "unknown",
+        ReasonKind::NotInApi,
+        FindingVerdict::Unknown,
         Source::Runtime,
         msg,
     )));
@@ -774,21 +729,17 @@ fn check_orphan(
         .with_kind("Pod");
     let verdict = policy.evaluate(&image, &ctx);
     if !verdict.allowed {
-        let reason = if verdict.reason.starts_with("invalid-reference") {
-            Reason::InvalidReference
-        } else {
-            Reason::UntrustedImage
-        };
+        let reason = ReasonKind::from(verdict.kind);
         let mut f = fill(KubeFinding::new(
             reason,
-            "deny",
+            FindingVerdict::Deny,
             Source::Runtime,
             verdict.reason.clone(),
         ));
         f.container_type = Some(ContainerType::Container);
         f.policy = verdict.policy;
         f.rule = verdict.rule;
-        f.policy_action = Some(verdict.action.as_str());
+        f.policy_action = Some(verdict.action);
         findings.push(f);
     }
 }
@@ -935,7 +886,7 @@ spec:
 
     fn find<'a>(
         fs: &'a [KubeFinding],
-        reason: Reason,
+        reason: ReasonKind,
         pod: &str,
         container: &str,
     ) -> Vec<&'a KubeFinding> {
@@ -1020,24 +971,24 @@ spec:
         // busybox are not governed by it, the legacy pod is fine.
         assert!(find(
             &r.findings,
-            Reason::UntrustedImage,
+            ReasonKind::UntrustedImage,
             "web-7d9c6b8f5-x2x9k",
             "setup"
         )
         .is_empty());
         let apiserver = find(
             &r.findings,
-            Reason::UntrustedImage,
+            ReasonKind::UntrustedImage,
             "kube-apiserver-node-a",
             "kube-apiserver",
         );
         assert_eq!(apiserver.len(), 1, "registry.k8s.io is not public.ecr.aws");
-        assert_eq!(apiserver[0].verdict, "deny");
+        assert_eq!(apiserver[0].verdict, FindingVerdict::Deny);
         assert_eq!(
             apiserver[0].policy.as_deref(),
             Some("restrict-image-registries")
         );
-        assert_eq!(apiserver[0].policy_action, Some("Enforce"));
+        assert_eq!(apiserver[0].policy_action, Some(Action::Enforce));
         assert_eq!(
             apiserver[0].container_id.as_deref(),
             Some("f1".repeat(32).as_str())
@@ -1048,7 +999,7 @@ spec:
         let r = run(&only_ecr, Some(&api), None, &[], &Observations::default());
         let init = find(
             &r.findings,
-            Reason::UntrustedImage,
+            ReasonKind::UntrustedImage,
             "web-7d9c6b8f5-x2x9k",
             "setup",
         );
@@ -1060,7 +1011,7 @@ spec:
         assert_eq!(init[0].source, Source::Api);
         let eph = find(
             &r.findings,
-            Reason::UntrustedImage,
+            ReasonKind::UntrustedImage,
             "web-7d9c6b8f5-x2x9k",
             "debugger-abcde",
         );
@@ -1072,7 +1023,7 @@ spec:
         );
         assert!(find(
             &r.findings,
-            Reason::UntrustedImage,
+            ReasonKind::UntrustedImage,
             "web-7d9c6b8f5-x2x9k",
             "nginx"
         )
@@ -1083,7 +1034,7 @@ spec:
         let r = run(&exempt, Some(&api), None, &[], &Observations::default());
         assert!(find(
             &r.findings,
-            Reason::UntrustedImage,
+            ReasonKind::UntrustedImage,
             "web-7d9c6b8f5-x2x9k",
             "setup"
         )
@@ -1093,7 +1044,7 @@ spec:
         let r = run(&ns_exempt, Some(&api), None, &[], &Observations::default());
         assert!(find(
             &r.findings,
-            Reason::UntrustedImage,
+            ReasonKind::UntrustedImage,
             "web-7d9c6b8f5-x2x9k",
             "setup"
         )
@@ -1101,7 +1052,7 @@ spec:
         assert_eq!(
             find(
                 &r.findings,
-                Reason::UntrustedImage,
+                ReasonKind::UntrustedImage,
                 "kube-apiserver-node-a",
                 "kube-apiserver"
             )
@@ -1114,31 +1065,31 @@ spec:
     fn invalid_reference() {
         let api = pods(API_PODS);
         let r = run(NATIVE, Some(&api), None, &[], &Observations::default());
-        let f = find(&r.findings, Reason::InvalidReference, "bad-ref", "app");
+        let f = find(&r.findings, ReasonKind::InvalidReference, "bad-ref", "app");
         assert_eq!(f.len(), 1);
-        assert_eq!(f[0].verdict, "deny");
+        assert_eq!(f[0].verdict, FindingVerdict::Deny);
         assert!(
             f[0].message.starts_with("invalid-reference"),
             "{}",
             f[0].message
         );
-        assert!(find(&r.findings, Reason::UntrustedImage, "bad-ref", "app").is_empty());
+        assert!(find(&r.findings, ReasonKind::UntrustedImage, "bad-ref", "app").is_empty());
     }
 
     #[test]
     fn pinned_digest_not_honoured_is_drift() {
         let api = pods(API_PODS);
         let r = run(NATIVE, Some(&api), None, &[], &Observations::default());
-        let f = find(&r.findings, Reason::ImageDrift, "pinned", "app");
+        let f = find(&r.findings, ReasonKind::ImageDrift, "pinned", "app");
         assert_eq!(f.len(), 1);
-        assert_eq!(f[0].verdict, "deny");
+        assert_eq!(f[0].verdict, FindingVerdict::Deny);
         assert_eq!(f[0].image_digest, Some(d('2')));
         assert!(f[0].message.contains(&d('1')));
         // No other drift on a first run (no previous observations).
         assert_eq!(
             r.findings
                 .iter()
-                .filter(|f| f.reason == Reason::ImageDrift)
+                .filter(|f| f.reason == ReasonKind::ImageDrift)
                 .count(),
             1
         );
@@ -1153,7 +1104,7 @@ spec:
             &format!("public.ecr.aws/nginx/nginx@{}", d('1')),
         );
         let r = run(NATIVE, Some(&api), None, &[c], &Observations::default());
-        assert!(find(&r.findings, Reason::ImageDrift, "pinned", "app").is_empty());
+        assert!(find(&r.findings, ReasonKind::ImageDrift, "pinned", "app").is_empty());
     }
 
     #[test]
@@ -1179,7 +1130,7 @@ spec:
             again
                 .findings
                 .iter()
-                .filter(|f| f.reason == Reason::ImageDrift)
+                .filter(|f| f.reason == ReasonKind::ImageDrift)
                 .count(),
             1,
             "only the pinned one"
@@ -1197,12 +1148,12 @@ spec:
         let moved = run(NATIVE, Some(&api), None, &[c], &first.obs);
         let f = find(
             &moved.findings,
-            Reason::ImageDrift,
+            ReasonKind::ImageDrift,
             "web-7d9c6b8f5-x2x9k",
             "nginx",
         );
         assert_eq!(f.len(), 1);
-        assert_eq!(f[0].verdict, "unknown");
+        assert_eq!(f[0].verdict, FindingVerdict::Unknown);
         assert_eq!(f[0].image_digest, Some(d('9')));
         assert_eq!(f[0].pid, Some(4242));
         assert!(f[0].message.contains(&d('3')), "{}", f[0].message);
@@ -1222,7 +1173,7 @@ spec:
         let mm: Vec<_> = r
             .findings
             .iter()
-            .filter(|f| f.reason == Reason::SpecStatusMismatch)
+            .filter(|f| f.reason == ReasonKind::SpecStatusMismatch)
             .collect();
         assert_eq!(mm.len(), 1, "{mm:#?}");
         assert_eq!(mm[0].pod.as_deref(), Some("mismatch"));
@@ -1248,7 +1199,7 @@ spec:
         let nia: Vec<_> = r
             .findings
             .iter()
-            .filter(|f| f.reason == Reason::NotInApi)
+            .filter(|f| f.reason == ReasonKind::NotInApi)
             .collect();
         assert_eq!(
             nia.len(),
@@ -1264,7 +1215,7 @@ spec:
         // Its image is also judged by the policy, in its namespace.
         let u = find(
             &r.findings,
-            Reason::UntrustedImage,
+            ReasonKind::UntrustedImage,
             "node-helper-node-a",
             "helper",
         );
@@ -1354,7 +1305,7 @@ spec:
         let nia: BTreeSet<String> = r
             .findings
             .iter()
-            .filter(|f| f.reason == Reason::NotInApi)
+            .filter(|f| f.reason == ReasonKind::NotInApi)
             .map(|f| f.container_id.clone().unwrap_or_default())
             .collect();
         let want: BTreeSet<String> = ["ctr-1", "ghost-1", &"99".repeat(32)]
@@ -1365,7 +1316,9 @@ spec:
         let ctr = r
             .findings
             .iter()
-            .find(|f| f.container_id.as_deref() == Some("ctr-1") && f.reason == Reason::NotInApi)
+            .find(|f| {
+                f.container_id.as_deref() == Some("ctr-1") && f.reason == ReasonKind::NotInApi
+            })
             .unwrap();
         assert_eq!(ctr.source, Source::Runtime);
         assert!(
@@ -1380,14 +1333,14 @@ spec:
             .findings
             .iter()
             .find(|f| {
-                f.container_id.as_deref() == Some("ctr-1") && f.reason == Reason::UntrustedImage
+                f.container_id.as_deref() == Some("ctr-1") && f.reason == ReasonKind::UntrustedImage
             })
             .unwrap();
-        assert_eq!(u.verdict, "deny");
+        assert_eq!(u.verdict, FindingVerdict::Deny);
         // The static pod's container got its runtime id through the mirror.
         let w = find(
             &r.findings,
-            Reason::UntrustedImage,
+            ReasonKind::UntrustedImage,
             "web-7d9c6b8f5-x2x9k",
             "nginx",
         );
@@ -1424,7 +1377,7 @@ spec:
         assert_eq!(
             find(
                 &r.findings,
-                Reason::UntrustedImage,
+                ReasonKind::UntrustedImage,
                 "node-helper-node-a",
                 "helper"
             )
@@ -1434,7 +1387,7 @@ spec:
         let nia: Vec<_> = r
             .findings
             .iter()
-            .filter(|f| f.reason == Reason::NotInApi)
+            .filter(|f| f.reason == ReasonKind::NotInApi)
             .collect();
         assert_eq!(nia.len(), 1);
         assert_eq!(nia[0].container_id.as_deref(), Some("ctr-1"));
@@ -1450,20 +1403,20 @@ spec:
         assert_eq!(
             r.findings
                 .iter()
-                .filter(|f| f.reason == Reason::NotInApi)
+                .filter(|f| f.reason == ReasonKind::NotInApi)
                 .count(),
             1
         );
         // Both down: only the runtime; nothing can be "not in API".
         let r = run(NATIVE, None, None, &[ctr], &Observations::default());
-        assert!(r.findings.iter().all(|f| f.reason != Reason::NotInApi));
+        assert!(r.findings.iter().all(|f| f.reason != ReasonKind::NotInApi));
     }
 
     #[test]
     fn findings_serialise_with_the_contract_keys() {
         let api = pods(API_PODS);
         let r = run(NATIVE, Some(&api), None, &[], &Observations::default());
-        let f = find(&r.findings, Reason::ImageDrift, "pinned", "app")[0];
+        let f = find(&r.findings, ReasonKind::ImageDrift, "pinned", "app")[0];
         let v = serde_json::to_value(f).unwrap();
         for k in [
             "type",
@@ -1492,9 +1445,53 @@ spec:
         assert!(v["pid"].is_null() && v["cgroup_id"].is_null() && v["filename"].is_null());
         assert_ne!(
             f.dedup_key(),
-            find(&r.findings, Reason::SpecStatusMismatch, "mismatch", "api")[0].dedup_key()
+            find(
+                &r.findings,
+                ReasonKind::SpecStatusMismatch,
+                "mismatch",
+                "api"
+            )[0]
+            .dedup_key()
         );
     }
+
+    /// The JSON line of a Kubernetes-side finding is a contract: pinned
+    /// text, key order included.
+    #[test]
+    fn json_lines_are_pinned() {
+        let api = pods(API_PODS);
+        let r = run(NATIVE, Some(&api), None, &[], &Observations::default());
+        let json = |f: &KubeFinding| serde_json::to_string(f).unwrap();
+        let f = find(&r.findings, ReasonKind::ImageDrift, "pinned", "app")[0];
+        assert_eq!(json(f), PIN_IMAGE_DRIFT, "{}", json(f));
+        let f = r
+            .findings
+            .iter()
+            .find(|f| f.reason == ReasonKind::UntrustedImage)
+            .unwrap();
+        assert_eq!(json(f), PIN_UNTRUSTED, "{}", json(f));
+        // The Kubernetes side of a fileless exec.
+        let mut e = crate::finding::Finding::container(
+            FindingVerdict::Deny,
+            FindingAction::Killed,
+            crate::finding::Reason::new(ReasonKind::FilelessExec, "fileless-exec: x"),
+            Some(3),
+            Some(9),
+            crate::finding::Attribution {
+                pod: Some("web".into()),
+                namespace: Some("prod".into()),
+                ..Default::default()
+            },
+        );
+        e.fileless = true;
+        e.filename = Some("/dev/fd/3".into());
+        let k = KubeFinding::from_exec_drift(&e);
+        assert_eq!(json(&k), PIN_FILELESS, "{}", json(&k));
+    }
+
+    const PIN_IMAGE_DRIFT: &str = r#"{"type":"container","verdict":"deny","action":"none","reason":"image-drift","message":"spec pins sha256:1111111111111111111111111111111111111111111111111111111111111111 but the container runs sha256:2222222222222222222222222222222222222222222222222222222222222222","pid":null,"cgroup_id":null,"filename":null,"container_id":"b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1","image":"public.ecr.aws/nginx/nginx@sha256:1111111111111111111111111111111111111111111111111111111111111111","image_digest":"sha256:2222222222222222222222222222222222222222222222222222222222222222","pod":"pinned","namespace":"prod","pod_uid":"6f1c2a9e-1111-4c3b-9d7e-000000000002","container_name":"app","container_type":"container","source":"api","policy":null,"rule":null,"policy_action":null}"#;
+    const PIN_UNTRUSTED: &str = r#"{"type":"container","verdict":"deny","action":"none","reason":"untrusted-image","message":"untrusted-image: busybox:1.36 fails rule trusted-registries of policy trusted (Enforce): image not allowed","pid":null,"cgroup_id":null,"filename":null,"container_id":"a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2","image":"busybox:1.36","image_digest":"sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","pod":"web-7d9c6b8f5-x2x9k","namespace":"prod","pod_uid":"6f1c2a9e-1111-4c3b-9d7e-000000000001","container_name":"setup","container_type":"init","source":"api","policy":"trusted","rule":"trusted-registries","policy_action":"Enforce"}"#;
+    const PIN_FILELESS: &str = r#"{"type":"container","verdict":"deny","action":"killed","reason":"fileless-exec","message":"fileless-exec: x","pid":3,"cgroup_id":9,"filename":"/dev/fd/3","container_id":null,"image":null,"image_digest":null,"pod":"web","namespace":"prod","pod_uid":null,"container_name":null,"container_type":null,"source":"api","policy":null,"rule":null,"policy_action":null}"#;
 
     #[test]
     fn observations_are_bounded() {

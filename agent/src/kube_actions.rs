@@ -12,7 +12,9 @@ use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, PostParams};
 use kube::Client;
 use serde_json::json;
 
-use crate::crosscheck::{KubeFinding, Reason};
+use crate::crosscheck::KubeFinding;
+use crate::finding::{FindingAction, FindingVerdict, ReasonKind};
+use imagewarden_policy::Action;
 
 /// The namespace annotation that overrides the global mode.
 pub const MODE_ANNOTATION: &str = "imagewarden.dev/mode";
@@ -110,7 +112,7 @@ pub struct Plan {
     /// Delete the pod through the API.
     pub delete_pod: bool,
     /// The `action` the JSON finding gets: `alerted` or `killed`.
-    pub action: &'static str,
+    pub action: FindingAction,
 }
 
 /// Options for [`plan`].
@@ -129,18 +131,22 @@ pub struct ActionOptions {
 pub fn plan(f: &KubeFinding, modes: &ModeResolver, opts: &ActionOptions) -> Plan {
     let ns = f.namespace.as_deref();
     let exempt = ns.is_some_and(|n| opts.exempt_namespaces.iter().any(|e| e == n));
-    let killable = f.verdict == "deny"
+    let killable = f.verdict == FindingVerdict::Deny
         && matches!(
             f.reason,
-            Reason::UntrustedImage | Reason::InvalidReference | Reason::ImageDrift
+            ReasonKind::UntrustedImage | ReasonKind::InvalidReference | ReasonKind::ImageDrift
         )
-        && f.policy_action != Some("Audit");
+        && f.policy_action != Some(Action::Audit);
     let kill = killable && !exempt && modes.mode_for(ns) == Mode::Enforce;
     Plan {
         alert: true,
         kill,
         delete_pod: kill && opts.delete_pods && f.pod.is_some() && ns.is_some(),
-        action: if kill { "killed" } else { "alerted" },
+        action: if kill {
+            FindingAction::Killed
+        } else {
+            FindingAction::Alerted
+        },
     }
 }
 
@@ -177,7 +183,7 @@ fn k8s_time(now: chrono_like::Now) -> Option<(Time, MicroTime)> {
 
 /// The core/v1 Event for a finding: on the Pod when there is one, else on
 /// the Node (`not-in-api` containers started outside Kubernetes).
-pub fn event_for(f: &KubeFinding, node: &str, action: &str) -> Event {
+pub fn event_for(f: &KubeFinding, node: &str, action: FindingAction) -> Event {
     let now = chrono_like::now();
     let (involved, ns, base) = match (&f.pod, &f.namespace) {
         (Some(pod), Some(ns)) if f.source != crate::crosscheck::Source::Runtime => (
@@ -240,7 +246,7 @@ pub fn event_for(f: &KubeFinding, node: &str, action: &str) -> Event {
         last_timestamp: times.as_ref().map(|t| t.0.clone()),
         event_time: times.map(|t| t.1),
         count: Some(1),
-        action: Some(action.to_string()),
+        action: Some(action.as_str().to_string()),
         reporting_component: Some(COMPONENT.into()),
         reporting_instance: Some(format!("{COMPONENT}-{node}")),
         ..Default::default()
@@ -252,7 +258,7 @@ pub async fn post_event(
     client: &Client,
     f: &KubeFinding,
     node: &str,
-    action: &str,
+    action: FindingAction,
 ) -> Result<(), ActionError> {
     let ev = event_for(f, node, action);
     let ns = ev
@@ -326,8 +332,8 @@ pub fn policy_report(namespace: &str, node: &str, findings: &[&KubeFinding]) -> 
         .iter()
         .map(|f| {
             let severity = match f.verdict {
-                "deny" => "high",
-                _ => "medium",
+                FindingVerdict::Deny => "high",
+                FindingVerdict::Allow | FindingVerdict::Unknown => "medium",
             };
             let mut props = serde_json::Map::new();
             for (k, v) in [
@@ -421,10 +427,10 @@ mod tests {
     use imagewarden_policy::ContainerType;
 
     fn finding(
-        reason: Reason,
-        verdict: &'static str,
+        reason: ReasonKind,
+        verdict: FindingVerdict,
         ns: &str,
-        policy_action: Option<&'static str>,
+        policy_action: Option<Action>,
     ) -> KubeFinding {
         let mut f = base();
         f.reason = reason;
@@ -473,33 +479,58 @@ mod tests {
             exempt_namespaces: vec!["kube-system".into()],
         };
         let p = plan(
-            &finding(Reason::UntrustedImage, "deny", "prod", Some("Enforce")),
+            &finding(
+                ReasonKind::UntrustedImage,
+                FindingVerdict::Deny,
+                "prod",
+                Some(Action::Enforce),
+            ),
             &m,
             &opts,
         );
         assert!(p.kill && p.delete_pod && p.alert);
-        assert_eq!(p.action, "killed");
+        assert_eq!(p.action, FindingAction::Killed);
         // Audit namespace, Audit rule, exempt namespace, non-deny reasons: alert only.
         for f in [
-            finding(Reason::UntrustedImage, "deny", "dev", Some("Enforce")),
-            finding(Reason::UntrustedImage, "deny", "prod", Some("Audit")),
-            finding(Reason::NotInApi, "unknown", "prod", None),
-            finding(Reason::SpecStatusMismatch, "unknown", "prod", None),
-            finding(Reason::ImageDrift, "unknown", "prod", None),
+            finding(
+                ReasonKind::UntrustedImage,
+                FindingVerdict::Deny,
+                "dev",
+                Some(Action::Enforce),
+            ),
+            finding(
+                ReasonKind::UntrustedImage,
+                FindingVerdict::Deny,
+                "prod",
+                Some(Action::Audit),
+            ),
+            finding(ReasonKind::NotInApi, FindingVerdict::Unknown, "prod", None),
+            finding(
+                ReasonKind::SpecStatusMismatch,
+                FindingVerdict::Unknown,
+                "prod",
+                None,
+            ),
+            finding(
+                ReasonKind::ImageDrift,
+                FindingVerdict::Unknown,
+                "prod",
+                None,
+            ),
         ] {
             let p = plan(&f, &m, &opts);
             assert!(!p.kill && !p.delete_pod, "{f:?}");
-            assert_eq!(p.action, "alerted");
+            assert_eq!(p.action, FindingAction::Alerted);
         }
         let mut m2 = ModeResolver::new(Mode::Enforce);
         m2.set_from_annotation("kube-system", Some("enforce"));
         assert!(
             !plan(
                 &finding(
-                    Reason::UntrustedImage,
-                    "deny",
+                    ReasonKind::UntrustedImage,
+                    FindingVerdict::Deny,
                     "kube-system",
-                    Some("Enforce")
+                    Some(Action::Enforce)
                 ),
                 &m2,
                 &opts
@@ -508,7 +539,7 @@ mod tests {
         );
         // Deleting stays off unless asked.
         let p = plan(
-            &finding(Reason::ImageDrift, "deny", "prod", None),
+            &finding(ReasonKind::ImageDrift, FindingVerdict::Deny, "prod", None),
             &m2,
             &ActionOptions::default(),
         );
@@ -518,7 +549,7 @@ mod tests {
     #[test]
     fn event_shape() {
         let f = base();
-        let ev = event_for(&f, "node-a", "alerted");
+        let ev = event_for(&f, "node-a", FindingAction::Alerted);
         assert_eq!(ev.metadata.namespace.as_deref(), Some("prod"));
         assert!(ev
             .metadata
@@ -543,7 +574,7 @@ mod tests {
         // A container outside Kubernetes: the Event goes on the Node.
         let mut orphan = f.clone();
         orphan.source = Source::Runtime;
-        let ev = event_for(&orphan, "node-a", "alerted");
+        let ev = event_for(&orphan, "node-a", FindingAction::Alerted);
         assert_eq!(ev.involved_object.kind.as_deref(), Some("Node"));
         assert_eq!(ev.metadata.namespace.as_deref(), Some("default"));
     }

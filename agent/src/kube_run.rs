@@ -19,7 +19,8 @@ use tracing::{info, warn};
 use crate::{
     cli::{Mode, RunArgs},
     controller::{Controller, PodContext, PodLookup},
-    crosscheck::{self, CrossCheckInput, KubeFinding, Observations, Reason},
+    crosscheck::{self, CrossCheckInput, KubeFinding, Observations},
+    finding::{FindingAction, ReasonKind},
     kube_actions::{self, ActionOptions, ModeResolver},
     metrics::{Metrics, ReloadResult, Source},
     sink::Sinks,
@@ -327,24 +328,24 @@ impl KubeState {
                 // Admission excluded this Pod: report, never kill or delete.
                 p.kill = false;
                 p.delete_pod = false;
-                p.action = "alerted";
+                p.action = FindingAction::Alerted;
             }
             // The runtime path already judged (and killed) containers it
             // knows by their image; here only what it cannot see.
-            let judged_by_runtime =
-                matches!(f.reason, Reason::UntrustedImage | Reason::InvalidReference)
-                    && f.container_id.as_deref().is_some_and(|id| ctrl.knows(id));
+            let judged_by_runtime = matches!(
+                f.reason,
+                ReasonKind::UntrustedImage | ReasonKind::InvalidReference
+            ) && f.container_id.as_deref().is_some_and(|id| ctrl.knows(id));
             f.action = p.action;
             if p.kill && !judged_by_runtime {
                 if let Some(id) = f.container_id.clone() {
                     if !ctrl.kill_container(&id) {
-                        f.action = "alerted";
+                        f.action = FindingAction::Alerted;
                     }
                 }
             }
             if !judged_by_runtime {
-                self.metrics.finding(f.reason.as_str());
-                sinks.emit(&f);
+                crate::finding::emit(&f, &self.metrics, sinks);
             }
             if let Err(e) = kube_actions::post_event(&self.client, &f, &self.node, f.action).await {
                 warn!("posting an Event: {e}");

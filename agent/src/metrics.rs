@@ -26,7 +26,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::probes::{reader::ReaderStats, Enforcement, ExecHook, KernelCounters};
+use crate::finding::ReasonKind;
+use crate::probes::{
+    event::KernelVerdict, reader::ReaderStats, Enforcement, ExecHook, KernelCounters,
+};
 
 /// Content type of the Prometheus text format (0.0.4), the default of `/metrics`.
 pub const PROMETHEUS_CONTENT_TYPE: &str =
@@ -86,8 +89,8 @@ label_enum!(
 );
 
 label_enum!(
-    /// Stable reason of a finding: the text before the first `:` of its
-    /// `reason` (see [`FindingReason::from_reason`]).
+    /// The `reason` label of a finding: its [`ReasonKind`], or `other` for
+    /// the kinds without a series of their own (see the `From` impl).
     FindingReason {
         UntrustedImage => "untrusted-image",
         InvalidReference => "invalid-reference",
@@ -514,13 +517,9 @@ impl Metrics {
         self.0.exec_events[v.index()].inc();
     }
 
-    /// One finding reported, by its `reason` text (see [`FindingReason::from_reason`]).
-    pub fn finding(&self, reason: &str) {
-        self.finding_reason(FindingReason::from_reason(reason));
-    }
-
-    pub fn finding_reason(&self, r: FindingReason) {
-        self.0.findings[r.index()].inc();
+    /// One finding reported, by its reason kind.
+    pub fn finding(&self, reason: ReasonKind) {
+        self.0.findings[FindingReason::from(reason).index()].inc();
     }
 
     /// A kill done by user space. Kernel kills (`kernel_signal`, `lsm`) are
@@ -615,28 +614,41 @@ impl Metrics {
     }
 }
 
-impl FindingReason {
-    /// The stable reason of a finding's `reason` text: the part before the
-    /// first `:` if it is one of the known reasons, `other` otherwise.
-    pub fn from_reason(reason: &str) -> Self {
-        let head = reason.split(':').next().unwrap_or("").trim();
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|r| *r != FindingReason::Other && r.as_str() == head)
-            .unwrap_or(FindingReason::Other)
+impl From<ReasonKind> for FindingReason {
+    /// Every reason kind, by name: a new kind does not compile until it is
+    /// given a series here (and in `docs/metrics.md`) or sent to `other` on
+    /// purpose. The label sets stay as they were: the kinds below that go
+    /// to `other` were counted there before the kinds were typed.
+    fn from(k: ReasonKind) -> Self {
+        match k {
+            ReasonKind::UntrustedImage => FindingReason::UntrustedImage,
+            ReasonKind::InvalidReference => FindingReason::InvalidReference,
+            ReasonKind::ImageDrift => FindingReason::ImageDrift,
+            ReasonKind::NotInApi => FindingReason::NotInApi,
+            ReasonKind::SpecStatusMismatch => FindingReason::SpecStatusMismatch,
+            ReasonKind::Unresolved => FindingReason::Unresolved,
+            ReasonKind::DeniedCgroup => FindingReason::DeniedCgroup,
+            ReasonKind::HeldUntilClassified => FindingReason::HeldUntilClassified,
+            ReasonKind::Unattributed => FindingReason::Unattributed,
+            ReasonKind::FilelessExec => FindingReason::FilelessExec,
+            ReasonKind::DriftExec => FindingReason::DriftExec,
+            ReasonKind::Allowed
+            | ReasonKind::Pending
+            | ReasonKind::RanUnenforced
+            | ReasonKind::AgentItself => FindingReason::Other,
+        }
     }
 }
 
 impl Verdict {
     /// The verdict of a kernel record (a rule's deny in audit mode, the
     /// kernel's `audit`, counts as `deny`, as in the findings).
-    pub fn from_kernel(v: crate::probes::event::KernelVerdict) -> Self {
-        match v.as_str() {
-            "allow" => Verdict::Allow,
-            "deny" | "audit" => Verdict::Deny,
-            "hold" => Verdict::Hold,
-            _ => Verdict::Unknown,
+    pub fn from_kernel(v: KernelVerdict) -> Self {
+        match v {
+            KernelVerdict::Allow => Verdict::Allow,
+            KernelVerdict::Deny | KernelVerdict::Audit => Verdict::Deny,
+            KernelVerdict::Hold => Verdict::Hold,
+            KernelVerdict::Unknown => Verdict::Unknown,
         }
     }
 }
@@ -646,33 +658,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reasons_map_to_their_stable_prefix() {
+    fn reason_kinds_map_to_their_label() {
+        // A kind with a series of its own is labelled with its wire string.
+        for &k in ReasonKind::ALL {
+            let l = FindingReason::from(k);
+            if l != FindingReason::Other {
+                assert_eq!(l.as_str(), k.as_str(), "{k:?}");
+            }
+        }
+        // Every label but `other` is some kind's.
+        for &l in FindingReason::ALL {
+            assert!(
+                l == FindingReason::Other
+                    || ReasonKind::ALL.iter().any(|&k| FindingReason::from(k) == l),
+                "{l:?}"
+            );
+        }
         assert_eq!(
-            FindingReason::from_reason("untrusted-image: nginx fails rule x"),
-            FindingReason::UntrustedImage
+            FindingReason::from(ReasonKind::FilelessExec),
+            FindingReason::FilelessExec
         );
         assert_eq!(
-            FindingReason::from_reason("invalid-reference: \"A\": bad"),
-            FindingReason::InvalidReference
-        );
-        assert_eq!(
-            FindingReason::from_reason("denied-cgroup: /sys/fs/cgroup/x"),
-            FindingReason::DeniedCgroup
-        );
-        assert_eq!(
-            FindingReason::from_reason("held-until-classified"),
-            FindingReason::HeldUntilClassified
-        );
-        assert_eq!(
-            FindingReason::from_reason("spec-status-mismatch"),
-            FindingReason::SpecStatusMismatch
-        );
-        assert_eq!(
-            FindingReason::from_reason("pod nginx-123 in ns default"),
+            FindingReason::from(ReasonKind::RanUnenforced),
             FindingReason::Other
         );
-        assert_eq!(FindingReason::from_reason(""), FindingReason::Other);
-        assert_eq!(FindingReason::from_reason("other"), FindingReason::Other);
+    }
+
+    #[test]
+    fn kernel_verdicts_map_to_their_label() {
+        for (k, v) in [
+            (KernelVerdict::Allow, Verdict::Allow),
+            (KernelVerdict::Deny, Verdict::Deny),
+            (KernelVerdict::Audit, Verdict::Deny),
+            (KernelVerdict::Hold, Verdict::Hold),
+            (KernelVerdict::Unknown, Verdict::Unknown),
+        ] {
+            assert_eq!(Verdict::from_kernel(k), v, "{k:?}");
+        }
     }
 
     #[test]
@@ -706,7 +728,7 @@ mod tests {
         let m = Metrics::new();
         m.exec_event(Verdict::Deny);
         m.exec_event(Verdict::Deny);
-        m.finding("untrusted-image: x");
+        m.finding(ReasonKind::UntrustedImage);
         m.kill(KillMechanism::CgroupKill);
         m.kill(KillMechanism::KernelSignal);
         m.set_containers(Verdict::Allow, 7);

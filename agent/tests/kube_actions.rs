@@ -5,7 +5,8 @@ mod support;
 
 use std::time::Duration;
 
-use imagewarden::crosscheck::{crosscheck, CrossCheckInput, Observations, Reason};
+use imagewarden::crosscheck::{crosscheck, CrossCheckInput, Observations};
+use imagewarden::finding::ReasonKind;
 use imagewarden::kube_actions::{
     apply_policy_report, delete_pod, plan, post_event, ActionOptions, DeleteOutcome, Mode,
     ModeResolver,
@@ -51,7 +52,8 @@ async fn findings_from_watched_pods_become_events_reports_and_deletes() {
         .findings
         .iter()
         .find(|f| {
-            f.reason == Reason::UntrustedImage && f.pod.as_deref() == Some("kube-apiserver-node-a")
+            f.reason == ReasonKind::UntrustedImage
+                && f.pod.as_deref() == Some("kube-apiserver-node-a")
         })
         .expect("the seed denies registry.k8s.io");
 

@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use imagewarden::{
+    finding::ReasonKind,
     metrics::{KillMechanism, Metrics, ModeLabel, ReloadResult, SinkLabel, Source, Verdict},
     probes::{reader::ReaderStats, Enforcement, ExecHook, KernelCounters},
     server::{self, Health, ReadyGate, ServerState},
@@ -166,9 +167,8 @@ async fn metrics_scrape_parses_and_has_every_family() {
     metrics.exec_event(Verdict::Allow);
     metrics.exec_event(Verdict::Deny);
     metrics.exec_event(Verdict::Deny);
-    metrics
-        .finding("untrusted-image: docker.io/library/nginx:latest fails rule validate-registries");
-    metrics.finding("something new: x");
+    metrics.finding(ReasonKind::UntrustedImage);
+    metrics.finding(ReasonKind::RanUnenforced);
     metrics.kill(KillMechanism::CgroupKill);
     metrics.set_containers(Verdict::Deny, 2);
     metrics.set_containers(Verdict::Allow, 40);

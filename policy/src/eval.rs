@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 
 use std::sync::Arc;
 
-use crate::model::{Action, ContainerType, EvalContext, Unsupported, Verdict, Warning};
+use crate::model::{
+    Action, ContainerType, EvalContext, Unsupported, Verdict, VerdictKind, Warning,
+};
 use crate::native::RefMatcher;
 use crate::reference::{parse_normalized_named, Reference};
 use crate::vpol::{CelRule, Judgement, LabelSelector};
@@ -651,6 +653,7 @@ impl PolicySet {
             Err(e) => {
                 return Verdict {
                     allowed: false,
+                    kind: VerdictKind::InvalidReference,
                     action: Action::Enforce,
                     reason: format!(
                         "invalid-reference: {:?}: {}",
@@ -723,6 +726,7 @@ impl PolicySet {
                 };
                 Verdict {
                     allowed: true,
+                    kind: VerdictKind::Allowed,
                     action: rule.action,
                     reason: format!(
                         "allowed: {} satisfies rule {} of policy {}{others}",
@@ -736,6 +740,7 @@ impl PolicySet {
             }
             None => Verdict {
                 allowed: true,
+                kind: VerdictKind::Allowed,
                 action: Action::Audit,
                 reason: format!(
                     "allowed: no rule applies to {} images of a {} in namespace {}",
@@ -825,6 +830,7 @@ fn fail_verdict(image: &str, policy: &Policy, rule: &Rule, judged: Option<&str>)
         .unwrap_or("image not allowed");
     Verdict {
         allowed: false,
+        kind: VerdictKind::UntrustedImage,
         action: rule.action,
         reason: format!(
             "untrusted-image: {} fails rule {} of policy {} ({}): {message}",

@@ -25,5 +25,6 @@ pub mod vpol;
 pub use eval::{DriftDecision, PolicySet, RuleResult};
 pub use load::{load_policy_file, load_policy_str};
 pub use model::{
-    Action, ContainerType, EvalContext, InvalidPolicy, PolicyError, Unsupported, Verdict, Warning,
+    Action, ContainerType, EvalContext, InvalidPolicy, PolicyError, Unsupported, Verdict,
+    VerdictKind, Warning,
 };

@@ -161,11 +161,37 @@ impl<'a> EvalContext<'a> {
     }
 }
 
-/// The answer for one image. `reason` starts with a stable prefix:
+/// What a [`Verdict`] says, typed: callers match on this, never on the
+/// text of `reason` (which starts with [`VerdictKind::as_str`] and a `:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerdictKind {
+    /// A rule allows the image, or no rule applies to it.
+    Allowed,
+    /// A rule denies the image.
+    UntrustedImage,
+    /// The image is not a valid reference (denied, `Enforce`).
+    InvalidReference,
+}
+
+impl VerdictKind {
+    /// The stable head of the verdict's `reason` (`allowed`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerdictKind::Allowed => "allowed",
+            VerdictKind::UntrustedImage => "untrusted-image",
+            VerdictKind::InvalidReference => "invalid-reference",
+        }
+    }
+}
+
+/// The answer for one image. `reason` starts with `kind`'s stable prefix:
 /// `allowed:`, `untrusted-image:` or `invalid-reference:`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verdict {
     pub allowed: bool,
+    /// Why, typed (`allowed` is `kind == VerdictKind::Allowed`).
+    pub kind: VerdictKind,
     /// Action of the deciding rule (`Enforce` for invalid references).
     pub action: Action,
     pub reason: String,

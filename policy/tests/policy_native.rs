@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use imagewarden_policy::{load_policy_str, Action, ContainerType, EvalContext, PolicySet};
+use imagewarden_policy::{
+    load_policy_str, Action, ContainerType, EvalContext, PolicySet, VerdictKind,
+};
 use serde_json::Value;
 
 const D1: &str = "sha256:4c0fdaa8b6341bfdeca5f18f7837462c80cff90527ee35ef185571e1c327beac";
@@ -22,6 +24,30 @@ fn allowed(set: &PolicySet, image: &str) -> bool {
 
 fn ecr() -> PolicySet {
     policy("  - name: ecr\n    allow:\n    - registry: public.ecr.aws\n")
+}
+
+/// The typed kind is what callers match on; the reason text keeps its
+/// stable head (`<kind>: ...`) for people and scripts.
+#[test]
+fn verdict_kind_agrees_with_allowed_and_the_reason_head() {
+    let set = ecr();
+    let none =
+        policy("  - name: r\n    match: {namespaces: [prod]}\n    allow: [{registry: ghcr.io}]\n");
+    for (set, image, kind) in [
+        (&set, "public.ecr.aws/nginx/nginx:1", VerdictKind::Allowed),
+        (&set, "docker.io/library/nginx", VerdictKind::UntrustedImage),
+        (&set, "public.ecr.aws/Nginx", VerdictKind::InvalidReference),
+        (&none, "nginx", VerdictKind::Allowed),
+    ] {
+        let v = set.evaluate(image, &EvalContext::default().with_namespace(Some("dev")));
+        assert_eq!(v.kind, kind, "{image}: {}", v.reason);
+        assert_eq!(v.allowed, kind == VerdictKind::Allowed, "{image}");
+        assert!(
+            v.reason.starts_with(&format!("{}: ", kind.as_str())),
+            "{}",
+            v.reason
+        );
+    }
 }
 
 #[test]
@@ -48,6 +74,7 @@ fn registry_is_exact_and_structural() {
         let v = set.evaluate(bad, &EvalContext::default());
         assert!(!v.allowed, "{bad} must not pass");
         assert!(v.reason.starts_with("untrusted-image: "), "{}", v.reason);
+        assert_eq!(v.kind, VerdictKind::UntrustedImage);
         assert_eq!(v.rule.as_deref(), Some("ecr"));
         assert_eq!(v.policy.as_deref(), Some("p"));
         assert_eq!(v.action, Action::Enforce);
@@ -85,6 +112,7 @@ fn invalid_references_always_denied_even_where_kyverno_glob_matches() {
             let v = set.evaluate(bad, &EvalContext::default());
             assert!(!v.allowed, "{bad:?}");
             assert!(v.reason.starts_with("invalid-reference: "), "{}", v.reason);
+            assert_eq!(v.kind, VerdictKind::InvalidReference);
             assert_eq!(v.action, Action::Enforce);
         }
     }
@@ -188,6 +216,7 @@ fn match_scope_and_actions() {
     let v = set.evaluate("ghcr.io/a/b", &dev);
     assert!(v.allowed, "{}", v.reason);
     assert!(v.reason.starts_with("allowed: "));
+    assert_eq!(v.kind, VerdictKind::Allowed);
     let v = set.evaluate("docker.io/a/b", &dev);
     assert!(!v.allowed);
     assert_eq!(

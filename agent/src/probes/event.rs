@@ -30,6 +30,16 @@ impl KernelVerdict {
             _ => Self::Unknown,
         }
     }
+    /// The value in the kernel's verdict maps (`agent_common::verdict`).
+    pub const fn raw(self) -> u32 {
+        match self {
+            Self::Unknown => verdict::UNKNOWN,
+            Self::Allow => verdict::ALLOW,
+            Self::Deny => verdict::DENY,
+            Self::Hold => verdict::HOLD,
+            Self::Audit => verdict::AUDIT,
+        }
+    }
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Unknown => "unknown",
@@ -152,6 +162,19 @@ pub fn decode(bytes: &[u8]) -> Result<ExecRecord, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_verdicts_round_trip_through_their_raw_value() {
+        for v in [
+            KernelVerdict::Unknown,
+            KernelVerdict::Allow,
+            KernelVerdict::Deny,
+            KernelVerdict::Hold,
+            KernelVerdict::Audit,
+        ] {
+            assert_eq!(KernelVerdict::from_raw(v.raw()), v);
+        }
+    }
     use std::mem::{offset_of, size_of};
 
     fn raw(ev: &ExecEvent) -> Vec<u8> {
