@@ -1973,10 +1973,10 @@ mod tests {
             namespace_labels: env.map(|e| BTreeMap::from([("env".to_string(), e.to_string())])),
         };
         let kernel = |env| decide_with(&policy, &i, Some(&pod(env)), &ex).kernel;
-        assert_eq!(kernel(Some("prod")), verdict::DENY);
-        assert_eq!(kernel(Some("dev")), verdict::ALLOW);
+        assert_eq!(kernel(Some("prod")), KernelVerdict::Deny);
+        assert_eq!(kernel(Some("dev")), KernelVerdict::Allow);
         // Not known (yet): the stricter answer.
-        assert_eq!(kernel(None), verdict::DENY);
+        assert_eq!(kernel(None), KernelVerdict::Deny);
     }
 
     #[test]
