@@ -807,9 +807,11 @@ impl Controller {
             unconfirmed_final: false,
             cri_asked_at: None,
         });
-        // Another task of the same container (its events were missed): its
+        // Another task of the same container (its events were missed, or a
+        // resync reports it between its Exited and its Started): its
         // cgroup is new too.
-        let restarted = matches!((info.pid, e.info.pid), (Some(a), Some(b)) if a != b);
+        let restarted = matches!((info.pid, e.info.pid), (Some(a), Some(b)) if a != b)
+            || (e.info.state == ContainerState::Exited && info.state == ContainerState::Running);
         let stale = if restarted { e.cgroup_id.take() } else { None };
         if stale.is_some() {
             e.cgroup_dir = None;
