@@ -1340,7 +1340,18 @@ fn inventory_on(o: &Opts, rt: containerd::Runtime, sizes: &[(usize, usize)]) -> 
                     .to_string()
             });
         eprintln!("    first resync (containerd, CRI, apply) ms: {resync_ms:?}");
-        let v = json!({"first_resync_ms_containerd_cri_apply": resync_ms,"ready_ms": a.ready_after.as_secs_f64() * 1e3, "startup_ms": a.startup_ms,
+        // Verbose CRI status calls of the first resync (issue 16: only for
+        // what containerd's listing did not describe).
+        let cri_verbose: Option<u64> = a
+            .log_text()
+            .lines()
+            .find(|l| l.contains("agent running"))
+            .and_then(|l| l.split("cri_verbose=").nth(1))
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|s| s.parse().ok());
+        eprintln!("    first resync's verbose CRI status calls: {cri_verbose:?}");
+        let v = json!({"first_resync_ms_containerd_cri_apply": resync_ms,
+            "first_resync_cri_verbose_calls": cri_verbose,"ready_ms": a.ready_after.as_secs_f64() * 1e3, "startup_ms": a.startup_ms,
             "rss_kib": rss, "hwm_kib": hwm, "rss_anon_kib": anon, "rss_file_kib": file,
             "rss_bpf_maps_kib": a.bpf_map_rss_kib(), "bpf_maps_kernel_kib": a.bpf_map_kernel_kib(),
             "inventory": summary});

@@ -392,6 +392,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         inventory = %ctrl.summary(),
         startup_ms = started.elapsed().as_millis() as u64,
         resync_ms = ?ctrl.stats.last_resync_ms,
+        cri_verbose = ctrl.stats.last_resync_cri_verbose,
         "agent running"
     );
 

@@ -490,6 +490,10 @@ pub struct ControllerStats {
     /// Wall time of the last resync's parts, in ms: containerd listing,
     /// CRI listing, and applying the verdicts (policy + kernel maps).
     pub last_resync_ms: [u64; 3],
+    /// Verbose CRI status calls of the last resync: only for the objects
+    /// containerd's listing did not describe (none with no containerd
+    /// client is a CRI-O node: all of them).
+    pub last_resync_cri_verbose: u64,
 }
 
 pub struct Controller {
@@ -606,7 +610,13 @@ impl Controller {
         }
         let t_containerd = t0.elapsed();
         if let Some(c) = &self.cri {
-            let r = c.list_all().await;
+            // Where containerd's listing (just above) describes a CRI
+            // object, the verbose status call is skipped (issue 16).
+            let verbose_before = c.verbose_calls();
+            let r = c
+                .list_all_described(|id| seen.get(&format!("{CRI_NAMESPACE}/{id}")))
+                .await;
+            self.stats.last_resync_cri_verbose = c.verbose_calls() - verbose_before;
             self.source_up(Source::RuntimeCri, r.is_ok());
             match r {
                 Ok(list) => {
@@ -655,7 +665,12 @@ impl Controller {
             ms(t_cri - t_containerd),
             ms(t0.elapsed() - t_cri),
         ];
-        debug!(entries = n, ms = ?self.stats.last_resync_ms, "resync (containerd, CRI, apply)");
+        debug!(
+            entries = n,
+            ms = ?self.stats.last_resync_ms,
+            cri_verbose = self.stats.last_resync_cri_verbose,
+            "resync (containerd, CRI, apply)"
+        );
     }
 
     /// Marks the cgroup of a containerd namespace (`<cgroup2>/<namespace>`,

@@ -54,6 +54,7 @@ per_release!(
     containerd_events_report_start_and_exit,
     cri_container_events_by_release,
     one_image_two_names,
+    cri_listing_described_by_containerd_needs_no_verbose_status,
 );
 
 /// Starts containerd of release `rt` and builds the images, or says why not.
@@ -642,4 +643,219 @@ async fn one_image_two_names(test: &str, rt: Runtime) {
             }
         }
     }
+}
+
+/// The resync's CRI listing (issue 16): where containerd's own listing
+/// describes a CRI object, the verbose status call is skipped, and the
+/// fields the agent judges and cross-checks with (pid, cgroups path, image,
+/// image id, Pod name/namespace/uid, kind) are those the verbose path
+/// gives. Pods: one created the kubelet's way (by image id) of a one-name
+/// image, one by name as crictl does, and one whose image has two names,
+/// the Pod writing the mirror's (containerd 2 reports what the Pod wrote
+/// from ListContainers' `user_specified_image`; 1.6 drops it), plus a
+/// stopped container (no pid).
+async fn cri_listing_described_by_containerd_needs_no_verbose_status(test: &str, rt: Runtime) {
+    let Some((ctd, images)) = setup(test, rt) else {
+        return;
+    };
+    ctd.import("k8s.io", &images);
+    const MIRROR: &str = "public.ecr.aws/docker/library/nginx:latest";
+    let digest = images.digest(NGINX);
+    let cri = CriClient::connect(&ctd.endpoint())
+        .await
+        .expect("CRI connect");
+    let (sb1, c1) = ctd
+        .cri_run(
+            &cri,
+            &CriPod::new(
+                "web-0",
+                "prod",
+                "4c2d3e4f-5061-4b7c-8d9e-0f1a2b3c4d5e",
+                NGINX,
+                "nv-web",
+            ),
+        )
+        .await;
+    let (_sb2, c2) = ctd
+        .cri_run(
+            &cri,
+            &CriPod {
+                image_by_id: false,
+                ..CriPod::new(
+                    "ecr-0",
+                    "prod",
+                    "5c2d3e4f-5061-4b7c-8d9e-0f1a2b3c4d5e",
+                    ECR_NGINX,
+                    "nv-ecr",
+                )
+            },
+        )
+        .await;
+    // The Docker Hub image under a second name: CRI learns it from
+    // containerd's image events.
+    ctd.ctr("k8s.io", &["images", "tag", NGINX, MIRROR]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cri
+        .image_status(MIRROR)
+        .await
+        .expect("ImageStatus")
+        .is_some_and(|i| i.repo_tags.iter().any(|t| t == MIRROR))
+    {
+        assert!(Instant::now() < deadline, "CRI never learnt {MIRROR}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_sb3, c3) = ctd
+        .cri_run(
+            &cri,
+            &CriPod::new(
+                "mirror-0",
+                "prod",
+                "6c2d3e4f-5061-4b7c-8d9e-0f1a2b3c4d5e",
+                MIRROR,
+                "nv-mirror",
+            ),
+        )
+        .await;
+    for m in ["nv-web", "nv-ecr", "nv-mirror"] {
+        ctd.wait_marker(m, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{m}: no marker"));
+    }
+    // A stopped container: CRI says exited, containerd has no live task.
+    let (_sb4, c4) = ctd
+        .cri_run(
+            &cri,
+            &CriPod::new(
+                "done-0",
+                "prod",
+                "7c2d3e4f-5061-4b7c-8d9e-0f1a2b3c4d5e",
+                ECR_NGINX,
+                "nv-done",
+            ),
+        )
+        .await;
+    ctd.wait_marker("nv-done", Duration::from_secs(10))
+        .expect("nv-done: no marker");
+    cri.stop_container(&c4, 0).await.expect("StopContainer");
+
+    let verbose = cri.list_all().await.expect("CRI list_all (verbose)");
+    let native = ContainerdClient::connect(&ctd.endpoint())
+        .await
+        .expect("connect")
+        .list_all()
+        .await
+        .expect("containerd list_all");
+    let by_id: std::collections::HashMap<String, ContainerInfo> = native
+        .into_iter()
+        .filter(|n| n.namespace.as_deref() == Some("k8s.io"))
+        .map(|n| (n.id.clone(), n))
+        .collect();
+    let before = cri.verbose_calls();
+    let fast = cri
+        .list_all_described(|id| by_id.get(id))
+        .await
+        .expect("CRI list_all_described");
+    assert_eq!(
+        cri.verbose_calls() - before,
+        0,
+        "{}: every object containerd describes is listed without a verbose status call",
+        ctd.label()
+    );
+    assert_eq!(fast.len(), verbose.len(), "{fast:#?} vs {verbose:#?}");
+    assert!(
+        verbose.len() >= 8,
+        "4 sandboxes, 4 containers: {verbose:#?}"
+    );
+    for v in &verbose {
+        let f = fast
+            .iter()
+            .find(|f| f.id == v.id)
+            .unwrap_or_else(|| panic!("{} not in the fast listing", v.id));
+        let what = format!("{}: {} ({:?})", ctd.label(), v.id, v.pod_name);
+        assert_eq!(f.runtime, "cri", "{what}");
+        assert_eq!(f.kind, v.kind, "{what}");
+        assert!(f.kind.is_some(), "{what}");
+        assert_eq!(f.sandbox_id, v.sandbox_id, "{what}");
+        assert_eq!(f.pod_name, v.pod_name, "{what}");
+        assert_eq!(f.pod_namespace, v.pod_namespace, "{what}");
+        assert_eq!(f.pod_uid, v.pod_uid, "{what}");
+        assert!(f.pod_uid.is_some(), "{what}");
+        assert_eq!(f.container_name, v.container_name, "{what}");
+        assert_eq!(f.state, v.state, "{what}");
+        assert_eq!(f.pid, v.pid, "{what}");
+        assert_eq!(f.cgroup_path, v.cgroup_path, "{what}");
+        assert_eq!(f.image_id, v.image_id, "{what}");
+        if f.state == ContainerState::Running {
+            check_cgroup(f);
+        }
+        if v.id == c3 && rt == Runtime::V1_6 {
+            // 1.6 drops what the Pod wrote: each path names one of the
+            // image's two names (the verbose status its first repo tag,
+            // containerd's record the one it was created from).
+            assert!(
+                matches!(f.image_as_written.as_deref(), Some(NGINX) | Some(MIRROR)),
+                "{what}: {f:#?}"
+            );
+            assert!(
+                f.image_ref.as_deref().is_some_and(|r| r.ends_with(digest)),
+                "{what}: {f:#?}"
+            );
+        } else {
+            assert_eq!(f.image_as_written, v.image_as_written, "{what}");
+            assert_eq!(f.image_ref, v.image_ref, "{what}");
+        }
+    }
+    let get = |id: &str| fast.iter().find(|f| f.id == id).expect("listed");
+    let web = get(&c1);
+    assert_eq!(
+        (web.pod_name.as_deref(), web.pod_namespace.as_deref()),
+        (Some("web-0"), Some("prod"))
+    );
+    assert_eq!(web.sandbox_id.as_deref(), Some(sb1.as_str()));
+    assert_eq!(web.image_as_written.as_deref(), Some(NGINX));
+    assert_eq!(
+        web.image_ref.as_deref(),
+        Some(format!("docker.io/library/nginx@{digest}").as_str())
+    );
+    assert!(web.pid.is_some(), "{web:#?}");
+    let sb = get(&sb1);
+    assert_eq!(sb.kind, Some(ContainerKind::Sandbox));
+    assert_eq!(sb.image_as_written.as_deref(), Some(PAUSE), "{sb:#?}");
+    assert_eq!(
+        sb.image_ref.as_deref(),
+        Some(format!("registry.k8s.io/pause@{}", images.digest(PAUSE)).as_str())
+    );
+    assert!(sb.pid.is_some(), "{sb:#?}");
+    let ecr = get(&c2);
+    assert_eq!(ecr.image_as_written.as_deref(), Some(ECR_NGINX));
+    assert_eq!(
+        ecr.image_ref.as_deref(),
+        Some(format!("public.ecr.aws/nginx/nginx@{}", images.digest(ECR_NGINX)).as_str())
+    );
+    if rt == Runtime::V2 {
+        let m = get(&c3);
+        assert_eq!(m.image_as_written.as_deref(), Some(MIRROR), "{m:#?}");
+        assert_eq!(
+            m.image_ref.as_deref(),
+            Some(format!("public.ecr.aws/docker/library/nginx@{digest}").as_str()),
+            "{m:#?}"
+        );
+    }
+    let done = get(&c4);
+    assert_eq!((done.state, done.pid), (ContainerState::Exited, None));
+    assert!(done.cgroup_path.is_some(), "{done:#?}");
+
+    // Without containerd's word (a CRI-O node, or objects containerd did
+    // not list yet) every object gets its verbose status, as before.
+    let before = cri.verbose_calls();
+    let slow = cri
+        .list_all_described(|_| None)
+        .await
+        .expect("CRI list_all_described, nothing described");
+    assert_eq!(cri.verbose_calls() - before, slow.len() as u64);
+    // containerd 2 lists sandboxes in no fixed order.
+    let by_id = |mut l: Vec<ContainerInfo>| {
+        l.sort_by(|a, b| a.id.cmp(&b.id));
+        l
+    };
+    assert_eq!(by_id(slow), by_id(verbose));
 }

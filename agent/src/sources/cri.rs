@@ -16,7 +16,11 @@
 //!
 //! What containerd 2 (2.1) reports differently:
 //! - `ListContainers` keeps the `CreateContainer` image spec, with the
-//!   kubelet's `user_specified_image` (the name the pod wrote).
+//!   kubelet's `user_specified_image` (the name the pod wrote; checked
+//!   against 2.1 by `runtime_sources`'
+//!   `cri_listing_described_by_containerd_needs_no_verbose_status`), so
+//!   [`CriClient::list_all_described`] keeps that name without the
+//!   verbose call.
 //!   `ContainerStatus` still answers `image.image` with the image's first
 //!   repo tag and leaves `user_specified_image` empty; the verbose info's
 //!   `config.image.user_specified_image` has it, and is preferred here. With
@@ -34,6 +38,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -166,6 +172,9 @@ pub struct CriClient {
     runtime_name: String,
     runtime_version: String,
     call_timeout: Duration,
+    /// Verbose `ContainerStatus` / `PodSandboxStatus` calls made (shared by
+    /// clones): what [`CriClient::list_all_described`] saves.
+    verbose_calls: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for CriClient {
@@ -218,6 +227,7 @@ impl CriClient {
             runtime_name: String::new(),
             runtime_version: String::new(),
             call_timeout,
+            verbose_calls: Arc::default(),
         };
         let mut rt = client.runtime.clone();
         let v = call!(
@@ -275,6 +285,12 @@ impl CriClient {
         (self.runtime_name == "containerd").then(|| CONTAINERD_CRI_NAMESPACE.to_string())
     }
 
+    /// Verbose status calls (`ContainerStatus`, `PodSandboxStatus`) this
+    /// client and its clones made so far.
+    pub fn verbose_calls(&self) -> u64 {
+        self.verbose_calls.load(Ordering::Relaxed)
+    }
+
     /// The raw generated runtime client, for calls not wrapped here.
     pub fn raw_runtime(&self) -> RuntimeServiceClient<Channel> {
         self.runtime.clone()
@@ -305,8 +321,21 @@ impl CriClient {
         &self,
         infos: Vec<ContainerInfo>,
     ) -> Result<Vec<ContainerInfo>, CriError> {
+        self.with_statuses_where_needed(infos.into_iter().map(|i| (i, true)).collect())
+            .await
+    }
+
+    /// [`Self::with_statuses`] for the items flagged `true`; the others
+    /// are kept as they are (in listing order).
+    async fn with_statuses_where_needed(
+        &self,
+        infos: Vec<(ContainerInfo, bool)>,
+    ) -> Result<Vec<ContainerInfo>, CriError> {
         stream::iter(infos)
-            .map(|mut info| async move {
+            .map(|(mut info, needed)| async move {
+                if !needed {
+                    return Ok(info);
+                }
                 let r = if info.kind == Some(ContainerKind::Sandbox) {
                     self.pod_sandbox_status_into(&mut info).await
                 } else {
@@ -344,6 +373,7 @@ impl CriClient {
     }
 
     async fn pod_sandbox_status_into(&self, info: &mut ContainerInfo) -> Result<(), CriError> {
+        self.verbose_calls.fetch_add(1, Ordering::Relaxed);
         let mut rt = self.runtime.clone();
         let resp = call!(
             self,
@@ -405,11 +435,73 @@ impl CriClient {
         self.with_statuses(infos).await
     }
 
-    /// Sandboxes and workload containers together.
+    /// Sandboxes and workload containers together, each with its verbose
+    /// status.
     pub async fn list_all(&self) -> Result<Vec<ContainerInfo>, CriError> {
         let mut all = self.list_pod_sandboxes().await?;
         all.extend(self.list_containers().await?);
         Ok(all)
+    }
+
+    /// Sandboxes and workload containers together, from the two List calls
+    /// alone where containerd's own listing describes the object
+    /// (`described(id)`: containerd's report of that id in the CRI plugin's
+    /// namespace, see [`describe_from_containerd`]); the verbose status
+    /// call only for the others (not listed by containerd yet, a report
+    /// that lacks the task's pid, the spec's cgroups path or the image, or
+    /// names another image than CRI's record). The kind and the Pod are
+    /// always CRI's (its List calls); containerd gives the pid, the cgroups
+    /// path and the image's digest. On a runtime with no containerd
+    /// namespace (CRI-O) every object gets its verbose status.
+    ///
+    /// At 737 pods and 2,000 containers the verbose calls were 69-73 % of
+    /// the agent's start-up (docs/benchmarks.md, round 4).
+    pub async fn list_all_described<'a>(
+        &self,
+        described: impl Fn(&str) -> Option<&'a ContainerInfo>,
+    ) -> Result<Vec<ContainerInfo>, CriError> {
+        let mut rt = self.runtime.clone();
+        let sandboxes = call!(
+            self,
+            "ListPodSandbox",
+            rt.list_pod_sandbox(api::ListPodSandboxRequest { filter: None })
+        )?;
+        if sandboxes.items.len() > MAX_CONTAINERS {
+            return Err(CriError::TooMany {
+                call: "ListPodSandbox",
+                max: MAX_CONTAINERS,
+            });
+        }
+        let containers = call!(
+            self,
+            "ListContainers",
+            rt.list_containers(api::ListContainersRequest { filter: None })
+        )?;
+        if containers.containers.len() > MAX_CONTAINERS {
+            return Err(CriError::TooMany {
+                call: "ListContainers",
+                max: MAX_CONTAINERS,
+            });
+        }
+        let by_id: HashMap<&str, &api::PodSandbox> =
+            sandboxes.items.iter().map(|s| (s.id.as_str(), s)).collect();
+        let ns = self.runtime_namespace();
+        let complete = |mut info: ContainerInfo| {
+            let done = ns.is_some()
+                && described(&info.id).is_some_and(|n| describe_from_containerd(&mut info, n));
+            (info, !done)
+        };
+        let mut infos = Vec::with_capacity(sandboxes.items.len() + containers.containers.len());
+        infos.extend(
+            sandboxes
+                .items
+                .iter()
+                .map(|sb| complete(self.sandbox_base(sb))),
+        );
+        infos.extend(containers.containers.iter().map(|c| {
+            complete(self.container_base(c, by_id.get(c.pod_sandbox_id.as_str()).copied()))
+        }));
+        self.with_statuses_where_needed(infos).await
     }
 
     fn container_base(&self, c: &api::Container, sb: Option<&api::PodSandbox>) -> ContainerInfo {
@@ -440,6 +532,7 @@ impl CriClient {
     }
 
     async fn container_status_into(&self, info: &mut ContainerInfo) -> Result<(), CriError> {
+        self.verbose_calls.fetch_add(1, Ordering::Relaxed);
         let mut rt = self.runtime.clone();
         let resp = call!(
             self,
@@ -823,6 +916,65 @@ impl CriEventStream {
     }
 }
 
+/// Completes `info`, a sandbox or container as CRI's List calls describe
+/// it, from `n`, containerd's own report of the same id in the same
+/// namespace; `false` (and `info` untouched) when `n` does not describe it
+/// well enough to skip CRI's verbose status:
+/// - a running object needs the task's pid, every one the OCI spec's
+///   cgroups path and the image's digest and id;
+/// - a container's image id (CRI's record of what it created the
+///   container from) must be the one containerd's record names: the image
+///   judged stays the one the runtime runs.
+///
+/// Kept from CRI: the kind, the Pod, the sandbox id, the container name,
+/// the labels, the state and the image as the Pod wrote it (containerd 2's
+/// `user_specified_image`, which its `ListContainers` reports as the
+/// verbose config does; containerd 1.6 drops it, and the name is then
+/// containerd's record's, as the verbose status's first repo tag was one
+/// of the image's names). The digest is named by the name the Pod wrote
+/// where that names a registry, as the verbose path does.
+pub fn describe_from_containerd(info: &mut ContainerInfo, n: &ContainerInfo) -> bool {
+    if n.runtime != "containerd"
+        || n.id != info.id
+        || info.namespace.is_none()
+        || n.namespace != info.namespace
+    {
+        return false;
+    }
+    let (Some(cgroup), Some(image_ref), Some(image_id)) =
+        (&n.cgroup_path, &n.image_ref, &n.image_id)
+    else {
+        return false;
+    };
+    let Some((_, digest)) = image_ref.split_once('@') else {
+        return false;
+    };
+    if info.image_id.as_ref().is_some_and(|id| id != image_id) {
+        return false;
+    }
+    let sandbox = info.kind == Some(ContainerKind::Sandbox);
+    let running = info.state == ContainerState::Running;
+    if running && n.pid.is_none() {
+        return false;
+    }
+    info.pid = n.pid.filter(|_| running || sandbox);
+    info.cgroup_path = Some(cgroup.clone());
+    info.image_id = Some(image_id.clone());
+    if info.image_as_written.is_none() {
+        info.image_as_written = n.image_as_written.clone();
+    }
+    info.image_ref = match info.image_as_written.as_deref() {
+        Some(w) if !sandbox && super::containerd::names_registry(w) => {
+            super::image_digest_ref(w, digest).or_else(|| Some(image_ref.clone()))
+        }
+        _ => Some(image_ref.clone()),
+    };
+    if info.state == ContainerState::Unknown {
+        info.state = n.state;
+    }
+    true
+}
+
 fn state_of(s: i32) -> ContainerState {
     match api::ContainerState::try_from(s) {
         Ok(api::ContainerState::ContainerCreated) => ContainerState::Created,
@@ -923,6 +1075,174 @@ mod tests {
             format!(r#"{{"config":{{"image":{{"user_specified_image":"{id}"}}}}}}"#),
         );
         assert_eq!(user_specified_image_of(&parse_info(&m).unwrap()), None);
+    }
+
+    /// What containerd's listing reports of a running CRI container.
+    fn containerd_report(id: &str, image: &str, digest: &str, config: &str) -> ContainerInfo {
+        let mut n = ContainerInfo::new(id.into(), "containerd");
+        n.namespace = Some("k8s.io".into());
+        n.image_as_written = Some(image.into());
+        n.image_ref = super::super::image_digest_ref(image, digest);
+        n.image_id = Some(config.into());
+        n.state = ContainerState::Running;
+        n.pid = Some(4242);
+        n.cgroup_path = Some(format!("/kubepods/burstable/podu/{id}"));
+        // containerd's labels say nothing CRI is trusted with.
+        n.kind = None;
+        n.labels
+            .insert("io.kubernetes.pod.name".into(), "forged".into());
+        n
+    }
+
+    /// What CRI's ListContainers gives (kubelet: created by image id).
+    fn cri_listed(id: &str, written: Option<&str>, config: &str) -> ContainerInfo {
+        let mut c = ContainerInfo::new(id.into(), "cri");
+        c.namespace = Some("k8s.io".into());
+        c.kind = Some(ContainerKind::Container);
+        c.sandbox_id = Some("sb1".into());
+        c.pod_name = Some("web-0".into());
+        c.pod_namespace = Some("prod".into());
+        c.pod_uid = Some("uid-1".into());
+        c.container_name = Some("nginx".into());
+        c.image_as_written = written.map(str::to_string);
+        c.image_id = Some(config.into());
+        c.state = ContainerState::Running;
+        c
+    }
+
+    #[test]
+    fn containerd_report_completes_a_listed_container_without_verbose_status() {
+        let config = format!("sha256:{}", "c".repeat(64));
+        let digest = format!("sha256:{}", "d".repeat(64));
+        let n = containerd_report("c1", "docker.io/library/nginx:latest", &digest, &config);
+
+        // containerd 1.6: CRI's list names no image (the kubelet passed
+        // the id); the name is containerd's record's.
+        let mut c = cri_listed("c1", None, &config);
+        assert!(describe_from_containerd(&mut c, &n));
+        assert_eq!(c.pid, Some(4242));
+        assert_eq!(
+            c.cgroup_path.as_deref(),
+            Some("/kubepods/burstable/podu/c1")
+        );
+        assert_eq!(
+            c.image_as_written.as_deref(),
+            Some("docker.io/library/nginx:latest")
+        );
+        assert_eq!(
+            c.image_ref,
+            Some(format!("docker.io/library/nginx@{digest}"))
+        );
+        assert_eq!(c.image_id.as_deref(), Some(config.as_str()));
+        // Identity stays CRI's.
+        assert_eq!(c.kind, Some(ContainerKind::Container));
+        assert_eq!(c.pod_name.as_deref(), Some("web-0"));
+        assert_eq!(c.pod_namespace.as_deref(), Some("prod"));
+        assert_eq!(c.pod_uid.as_deref(), Some("uid-1"));
+        assert_eq!(c.runtime, "cri");
+
+        // containerd 2: the name the Pod wrote (user_specified_image) is
+        // kept, and names the digest, as the verbose path does.
+        let mirror = "public.ecr.aws/docker/library/nginx:latest";
+        let mut c = cri_listed("c1", Some(mirror), &config);
+        assert!(describe_from_containerd(&mut c, &n));
+        assert_eq!(c.image_as_written.as_deref(), Some(mirror));
+        assert_eq!(
+            c.image_ref,
+            Some(format!("public.ecr.aws/docker/library/nginx@{digest}"))
+        );
+        // A Docker Hub short name keeps containerd's digest reference.
+        let mut c = cri_listed("c1", Some("nginx"), &config);
+        assert!(describe_from_containerd(&mut c, &n));
+        assert_eq!(
+            c.image_ref,
+            Some(format!("docker.io/library/nginx@{digest}"))
+        );
+
+        // A sandbox: containerd's image, the pid, CRI's Pod.
+        let mut sb = cri_listed("c1", None, &config);
+        sb.kind = Some(ContainerKind::Sandbox);
+        sb.image_id = None;
+        assert!(describe_from_containerd(&mut sb, &n));
+        assert_eq!(sb.kind, Some(ContainerKind::Sandbox));
+        assert_eq!(sb.image_id.as_deref(), Some(config.as_str()));
+        assert_eq!(sb.pid, Some(4242));
+    }
+
+    #[test]
+    fn containerd_report_that_does_not_describe_the_container_leaves_it_to_verbose_status() {
+        let config = format!("sha256:{}", "c".repeat(64));
+        let other = format!("sha256:{}", "e".repeat(64));
+        let digest = format!("sha256:{}", "d".repeat(64));
+        let n = containerd_report("c1", "docker.io/library/nginx:latest", &digest, &config);
+        let listed = cri_listed("c1", None, &config);
+        let cases: Vec<(&str, ContainerInfo, ContainerInfo)> = vec![
+            ("another id", listed.clone(), {
+                let mut n = n.clone();
+                n.id = "c2".into();
+                n
+            }),
+            ("another namespace", listed.clone(), {
+                let mut n = n.clone();
+                n.namespace = Some("default".into());
+                n
+            }),
+            ("a CRI report", listed.clone(), {
+                let mut n = n.clone();
+                n.runtime = "cri";
+                n
+            }),
+            (
+                "no namespace (CRI-O)",
+                {
+                    let mut c = listed.clone();
+                    c.namespace = None;
+                    c
+                },
+                {
+                    let mut n = n.clone();
+                    n.namespace = None;
+                    n
+                },
+            ),
+            ("running without a task pid", listed.clone(), {
+                let mut n = n.clone();
+                n.pid = None;
+                n
+            }),
+            ("no cgroups path", listed.clone(), {
+                let mut n = n.clone();
+                n.cgroup_path = None;
+                n
+            }),
+            ("no image digest", listed.clone(), {
+                let mut n = n.clone();
+                n.image_ref = None;
+                n
+            }),
+            ("no image id", listed.clone(), {
+                let mut n = n.clone();
+                n.image_id = None;
+                n
+            }),
+            ("another image than CRI created it from", listed.clone(), {
+                let mut n = n.clone();
+                n.image_id = Some(other.clone());
+                n
+            }),
+        ];
+        for (why, mut c, n) in cases {
+            let before = c.clone();
+            assert!(!describe_from_containerd(&mut c, &n), "{why}");
+            assert_eq!(c, before, "{why}: left as listed");
+        }
+        // Not running: no pid needed, none taken.
+        let mut c = cri_listed("c1", None, &config);
+        c.state = ContainerState::Exited;
+        let mut n2 = n.clone();
+        n2.pid = None;
+        assert!(describe_from_containerd(&mut c, &n2));
+        assert_eq!(c.pid, None);
     }
 
     #[test]
