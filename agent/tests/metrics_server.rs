@@ -301,7 +301,13 @@ async fn metrics_scrape_parses_and_has_every_family() {
     assert!(is_gauge(&scrape, "imagewarden_source_up"));
     assert_eq!(
         label_values(&scrape, "imagewarden_source_up", "source"),
-        set(&["runtime_cri", "runtime_containerd", "kube_api", "kubelet"])
+        set(&[
+            "runtime_cri",
+            "runtime_containerd",
+            "kube_api",
+            "kube_namespaces",
+            "kubelet"
+        ])
     );
     assert_eq!(
         value(
