@@ -155,6 +155,10 @@ pub(crate) struct Filter {
     /// A label selector on the workload's Namespace (its labels from
     /// [`EvalContext::namespace_labels`], plus `kubernetes.io/metadata.name`).
     pub namespace_selector: Option<LabelSelector>,
+    /// The filter excludes (Kyverno's `exclude`): a namespace selector
+    /// whose labels are not known does not match, so the rule still
+    /// applies (the stricter answer either way).
+    pub in_exclude: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -520,9 +524,15 @@ impl Filter {
             let known =
                 ctx.namespace_labels.is_some() || sel.keys().all(|k| k == NAMESPACE_NAME_LABEL);
             // Labels not known (the Namespace not seen yet, no Namespace
-            // source): the policy applies, as the stricter answer; the agent
-            // re-judges when the Namespace's labels arrive.
-            if known && !sel.matches(&labels) {
+            // source): the policy applies, as the stricter answer (a match
+            // selects, an exclude does not); the agent re-judges when the
+            // Namespace's labels arrive.
+            let selected = if known {
+                sel.matches(&labels)
+            } else {
+                !self.in_exclude
+            };
+            if !selected {
                 return false;
             }
         }

@@ -405,7 +405,10 @@ fn resource_filter(v: &Value, what: &str) -> R<Filter> {
     let Some(rd) = v.as_mapping() else {
         return skip(format!("{what}.resources is not a mapping"));
     };
-    let mut f = Filter::default();
+    let mut f = Filter {
+        in_exclude: what == "exclude",
+        ..Filter::default()
+    };
     for (k, val) in rd {
         match k.as_str().unwrap_or("") {
             "kinds" => {

@@ -224,6 +224,30 @@ fn namespace_selectors_on_namespace_labels() {
     // Labels not known: both apply (the stricter answer), never skipped.
     assert!(!judge("docker.io/library/nginx:1", None));
     assert!(!judge("quay.io/x/y:1", None));
+    // A Kyverno exclude on Namespace labels not known does not exclude.
+    let excl = load_policy_str(
+        "apiVersion: kyverno.io/v1\nkind: ClusterPolicy\nmetadata: {name: k}\nspec:\n  validationFailureAction: Enforce\n  rules:\n  - name: no-quay\n    match:\n      any:\n      - resources:\n          kinds: [Pod]\n    exclude:\n      any:\n      - resources:\n          namespaceSelector:\n            matchLabels: {team: infra}\n    validate:\n      pattern:\n        spec:\n          containers:\n          - image: \"!quay.io/*\"\n",
+        "x.yaml",
+    )
+    .unwrap();
+    let excl_allows = |ns_labels: Option<&BTreeMap<String, String>>| {
+        excl.evaluate(
+            "quay.io/x/y:1",
+            &EvalContext::new(ContainerType::Container)
+                .with_namespace(Some("web"))
+                .with_namespace_labels(ns_labels),
+        )
+        .allowed
+    };
+    assert!(
+        excl_allows(Some(&infra)),
+        "excluded by the Namespace's labels"
+    );
+    assert!(!excl_allows(Some(&dev)));
+    assert!(
+        !excl_allows(None),
+        "labels not known: the exclude does not apply"
+    );
     // kubernetes.io/metadata.name is known without the Namespace's labels.
     let by_name = load_policy_str(
         &text.replace(
