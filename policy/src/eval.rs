@@ -872,6 +872,72 @@ mod tests {
         assert!(!glob_match("a|b", "a"));
     }
 
+    /// Before one of the two Kyverno `ext/wildcard.Match` implementations
+    /// goes: `eval::glob_match` (what evaluation called) and
+    /// `wildcard::glob_match` (what the Kyverno conformance vectors test)
+    /// agree on every `ext/wildcard.Match` / `compareString` vector and on
+    /// random (pattern, value) pairs over a small alphabet with `*`, `?`,
+    /// `/` and a two-byte character.
+    #[test]
+    fn glob_match_equals_the_conformance_tested_one() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/wildcard_vectors.jsonl"
+        );
+        let mut vectors = 0;
+        for l in std::fs::read_to_string(path).unwrap().lines() {
+            let Ok(r) = serde_json::from_str::<serde_json::Value>(l) else {
+                continue;
+            };
+            let api = r["api"].as_str().unwrap_or("");
+            if !(api.starts_with("kyverno ext/wildcard.Match ")
+                || api == "kyverno ext/wildcard.Match"
+                || api.starts_with("kyverno pkg/engine/pattern.compareString"))
+            {
+                continue;
+            }
+            let (p, v) = (r["pattern"].as_str().unwrap(), r["input"].as_str().unwrap());
+            assert_eq!(
+                glob_match(p, v),
+                crate::wildcard::glob_match(p, v),
+                "vector {p:?} {v:?}"
+            );
+            vectors += 1;
+        }
+        assert_eq!(vectors, 64, "ext/wildcard.Match + compareString vectors");
+        // xorshift64: reproducible without a dependency.
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let word = |n: &mut dyn FnMut() -> u64, wild: bool| -> String {
+            let alpha: &[char] = if wild {
+                &['a', 'b', '/', 'é', '*', '?']
+            } else {
+                &['a', 'b', '/', 'é']
+            };
+            (0..n() % 9)
+                .map(|_| alpha[(n() % alpha.len() as u64) as usize])
+                .collect()
+        };
+        let mut matched = 0;
+        for i in 0..200_000 {
+            let p = word(&mut next, true);
+            // Half the values have wildcard characters too (taken literally).
+            let v = word(&mut next, i % 2 == 0);
+            let got = glob_match(&p, &v);
+            assert_eq!(got, crate::wildcard::glob_match(&p, &v), "{p:?} {v:?}");
+            matched += usize::from(got);
+        }
+        assert!(
+            matched > 1000,
+            "the random pairs match too rarely: {matched}"
+        );
+    }
+
     #[test]
     fn kyverno_info_like_kyverno() {
         use InfoField::*;
