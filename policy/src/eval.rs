@@ -21,6 +21,7 @@ use crate::model::{
 use crate::native::RefMatcher;
 use crate::reference::{parse_normalized_named, Reference};
 use crate::vpol::{CelRule, Judgement, LabelSelector};
+use crate::wildcard::glob_match;
 
 /// A set of loaded policies, ready to evaluate images.
 #[derive(Debug, Default)]
@@ -285,34 +286,6 @@ pub(crate) fn kyverno_info_field(raw: &str, field: InfoField) -> String {
         InfoField::Reference => info.reference(),
         InfoField::ReferenceWithTag => info.reference_with_tag(),
     }
-}
-
-/// Kyverno's `ext/wildcard.Match`: `*` any run (including `/`), `?` exactly
-/// one character, anchored, case-sensitive; no other operators.
-pub(crate) fn glob_match(pattern: &str, value: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let v: Vec<char> = value.chars().collect();
-    let (mut pi, mut vi) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while vi < v.len() {
-        if pi < p.len() && (p[pi] == '?' || (p[pi] != '*' && p[pi] == v[vi])) {
-            pi += 1;
-            vi += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, vi));
-            pi += 1;
-        } else if let Some((sp, sv)) = star {
-            pi = sp + 1;
-            vi = sv + 1;
-            star = Some((sp, sv + 1));
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
-    }
-    pi == p.len()
 }
 
 impl ImageView<'_> {
@@ -857,86 +830,6 @@ fn fail_verdict(image: &str, policy: &Policy, rule: &Rule, judged: Option<&str>)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn glob_semantics() {
-        assert!(glob_match("*", ""));
-        assert!(glob_match("k8s.gcr.io/*", "k8s.gcr.io/pause:3.1"));
-        assert!(!glob_match("k8s.gcr.io/*", "registry.k8s.io/pause"));
-        assert!(glob_match("my-bucket?abc*", "my-bucket/abc"));
-        assert!(!glob_match("my-bucket/abc?", "my-bucket/abc"));
-        assert!(glob_match("my-bucket/mnop*?and", "my-bucket/mnopqand"));
-        assert!(!glob_match("my-bucket/mnop*?and", "my-bucket/mnopand"));
-        assert!(!glob_match("", "x"));
-        // No Kyverno pattern operators here.
-        assert!(!glob_match("a|b", "a"));
-    }
-
-    /// Before one of the two Kyverno `ext/wildcard.Match` implementations
-    /// goes: `eval::glob_match` (what evaluation called) and
-    /// `wildcard::glob_match` (what the Kyverno conformance vectors test)
-    /// agree on every `ext/wildcard.Match` / `compareString` vector and on
-    /// random (pattern, value) pairs over a small alphabet with `*`, `?`,
-    /// `/` and a two-byte character.
-    #[test]
-    fn glob_match_equals_the_conformance_tested_one() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/wildcard_vectors.jsonl"
-        );
-        let mut vectors = 0;
-        for l in std::fs::read_to_string(path).unwrap().lines() {
-            let Ok(r) = serde_json::from_str::<serde_json::Value>(l) else {
-                continue;
-            };
-            let api = r["api"].as_str().unwrap_or("");
-            if !(api.starts_with("kyverno ext/wildcard.Match ")
-                || api == "kyverno ext/wildcard.Match"
-                || api.starts_with("kyverno pkg/engine/pattern.compareString"))
-            {
-                continue;
-            }
-            let (p, v) = (r["pattern"].as_str().unwrap(), r["input"].as_str().unwrap());
-            assert_eq!(
-                glob_match(p, v),
-                crate::wildcard::glob_match(p, v),
-                "vector {p:?} {v:?}"
-            );
-            vectors += 1;
-        }
-        assert_eq!(vectors, 64, "ext/wildcard.Match + compareString vectors");
-        // xorshift64: reproducible without a dependency.
-        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        let word = |n: &mut dyn FnMut() -> u64, wild: bool| -> String {
-            let alpha: &[char] = if wild {
-                &['a', 'b', '/', 'é', '*', '?']
-            } else {
-                &['a', 'b', '/', 'é']
-            };
-            (0..n() % 9)
-                .map(|_| alpha[(n() % alpha.len() as u64) as usize])
-                .collect()
-        };
-        let mut matched = 0;
-        for i in 0..200_000 {
-            let p = word(&mut next, true);
-            // Half the values have wildcard characters too (taken literally).
-            let v = word(&mut next, i % 2 == 0);
-            let got = glob_match(&p, &v);
-            assert_eq!(got, crate::wildcard::glob_match(&p, &v), "{p:?} {v:?}");
-            matched += usize::from(got);
-        }
-        assert!(
-            matched > 1000,
-            "the random pairs match too rarely: {matched}"
-        );
-    }
 
     #[test]
     fn kyverno_info_like_kyverno() {

@@ -839,6 +839,20 @@ mod tests {
     }
 
     #[test]
+    fn glob_semantics() {
+        assert!(glob_match("*", ""));
+        assert!(glob_match("k8s.gcr.io/*", "k8s.gcr.io/pause:3.1"));
+        assert!(!glob_match("k8s.gcr.io/*", "registry.k8s.io/pause"));
+        assert!(glob_match("my-bucket?abc*", "my-bucket/abc"));
+        assert!(!glob_match("my-bucket/abc?", "my-bucket/abc"));
+        assert!(glob_match("my-bucket/mnop*?and", "my-bucket/mnopqand"));
+        assert!(!glob_match("my-bucket/mnop*?and", "my-bucket/mnopand"));
+        assert!(!glob_match("", "x"));
+        // No Kyverno pattern operators here.
+        assert!(!glob_match("a|b", "a"));
+    }
+
+    #[test]
     fn numeric_operators() {
         assert!(kyverno_match(">1 & <20", "10"));
         assert!(!kyverno_match(">1 & <20", "21"));
