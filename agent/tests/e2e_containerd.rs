@@ -111,72 +111,6 @@ fn setup(test: &str, rt: Runtime) -> Option<(Containerd, TestImages)> {
     Some((ctd, images))
 }
 
-fn task_running(ctd: &Containerd, ns: &str, id: &str) -> bool {
-    let out = ctd.ctr_raw(ns, &["tasks", "ls"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some(id) && l.contains("RUNNING"))
-}
-
-/// The task's status in `ctr tasks ls` (`RUNNING`, `STOPPED`, ...).
-fn task_status(ctd: &Containerd, ns: &str, id: &str) -> Option<String> {
-    let out = ctd.ctr_raw(ns, &["tasks", "ls"]);
-    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.first() == Some(&id)).then(|| f.last().unwrap_or(&"").to_string())
-    })
-}
-
-/// The positive signal that a denied `ctr run` container was stopped: `ctr
-/// run` failed in runc (killed while runc created it: nothing of the image
-/// ran), or its task stopped — waited for until `timeout` — with SIGKILL's
-/// exit status 137, as `ctr tasks rm` reports it (the task is removed).
-fn assert_ctr_denied(
-    ctd: &Containerd,
-    ns: &str,
-    id: &str,
-    run: &std::process::Output,
-    timeout: Duration,
-) {
-    if !run.status.success() {
-        let err = String::from_utf8_lossy(&run.stderr);
-        assert!(
-            err.contains("runc create failed") || err.contains("init"),
-            "unexpected ctr failure: {err}"
-        );
-        return;
-    }
-    let deadline = Instant::now() + timeout;
-    loop {
-        match task_status(ctd, ns, id).as_deref() {
-            Some("RUNNING" | "CREATED") => {
-                assert!(
-                    Instant::now() < deadline,
-                    "the denied task {ns}/{id} still runs after {timeout:?}"
-                )
-            }
-            Some(_) => break,
-            None => panic!("the denied task {ns}/{id} vanished: no exit status to check"),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // `ctr tasks rm` reports a non-zero exit status on stderr ("task ID exit
-    // with non-zero exit code N", containerd 1.6 and 2) and exits 0.
-    let rm = ctd.ctr_raw(ns, &["tasks", "rm", id]);
-    let err = String::from_utf8_lossy(&rm.stderr);
-    let code = err
-        .split("exit code ")
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse::<i32>().ok());
-    assert_eq!(
-        code,
-        Some(128 + libc::SIGKILL),
-        "the denied task {ns}/{id} did not die by SIGKILL: `ctr tasks rm` exited {:?} and said {err:?}",
-        rm.status.code()
-    );
-}
-
 fn assert_denied_finding(f: &Value, id: &str, image: &str, action: &str) {
     assert_eq!(f["verdict"], "deny", "{f}");
     assert_eq!(f["action"], action, "{f}");
@@ -229,15 +163,15 @@ fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_o
         agent.0.ready_after
     );
     let deadline = Instant::now() + Duration::from_secs(5);
-    while task_running(&ctd, "default", &pre_bad) && Instant::now() < deadline {
+    while ctd.task_running("default", &pre_bad) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(
-        !task_running(&ctd, "default", &pre_bad),
+        !ctd.task_running("default", &pre_bad),
         "untrusted container still running"
     );
     assert!(
-        task_running(&ctd, "default", &pre_good),
+        ctd.task_running("default", &pre_good),
         "trusted container was disturbed"
     );
     let out = ctd.ctr_raw(
@@ -295,14 +229,14 @@ fn enforce_stops_untrusted_containers_before_their_entrypoint_and_lets_trusted_o
         assert_eq!(f["image"], NGINX, "{f}");
         assert_eq!(f["runtime_namespace"], ns, "{f}");
         // Dead (by SIGKILL, or never created) before the marker is checked.
-        assert_ctr_denied(&ctd, ns, &bad, &out, Duration::from_secs(10));
+        ctd.assert_ctr_denied(ns, &bad, &out, Duration::from_secs(10));
         assert!(
             !ctd.marker(&bad).exists(),
             "the untrusted entrypoint ran ({ns})"
         );
-        assert!(!task_running(&ctd, ns, &bad));
+        assert!(!ctd.task_running(ns, &bad));
         assert!(
-            task_running(&ctd, ns, &good),
+            ctd.task_running(ns, &good),
             "trusted container stopped ({ns})"
         );
         let out = ctd.ctr_exec(ns, &good, "probe", &["/bin/sh", "-c", "echo exec-ok"]);
@@ -448,7 +382,7 @@ fn audit_lets_the_untrusted_container_run_and_reports_it(test: &str, rt: Runtime
         .expect("no finding in audit mode");
     assert_denied_finding(&f, &bad, NGINX, "alerted");
     agent.assert_not_killed(&bad, Duration::from_millis(300));
-    assert!(task_running(&ctd, "default", &bad));
+    assert!(ctd.task_running("default", &bad));
     agent.0.stop();
     drop(images);
 }

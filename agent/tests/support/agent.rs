@@ -40,6 +40,14 @@ pub struct AgentProcess {
     pub grace: Duration,
 }
 
+/// An agent that exited before it was ready: see [`AgentProcess::try_spawn`].
+#[derive(Debug)]
+pub struct Exited {
+    pub status: ExitStatus,
+    /// Its stderr (ANSI colours removed).
+    pub log: String,
+}
+
 impl AgentProcess {
     /// `imagewarden` (the binary cargo built for this test) with the log
     /// level of `IMAGEWARDEN_LOG` (default `info`); the caller adds args.
@@ -62,11 +70,23 @@ impl AgentProcess {
     /// Spawns `cmd` (stdout and stderr piped here) and waits until a log
     /// line satisfies `ready`; panics with the log if the deadline passes
     /// or the agent exits first.
-    pub fn spawn(
+    pub fn spawn(cmd: Command, ready: impl Fn(&str) -> bool, timeout: Duration) -> AgentProcess {
+        Self::try_spawn(cmd, ready, timeout).unwrap_or_else(|e| {
+            panic!(
+                "the agent exited ({:?}) before it was ready; its log:\n{}",
+                e.status, e.log
+            )
+        })
+    }
+
+    /// [`Self::spawn`] for a test that expects the agent may refuse to
+    /// start: its exit status and log when it exited before `ready`.
+    /// Panics only when it neither got ready nor exited within `timeout`.
+    pub fn try_spawn(
         mut cmd: Command,
         ready: impl Fn(&str) -> bool,
         timeout: Duration,
-    ) -> AgentProcess {
+    ) -> Result<AgentProcess, Exited> {
         let started = Instant::now();
         let mut child = cmd
             .stdin(Stdio::null())
@@ -114,14 +134,23 @@ impl AgentProcess {
             grace: Duration::from_secs(10),
         };
         if a.wait_for_log(&ready, timeout).is_none() {
-            let exited = a.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            // stderr closed before the deadline: the agent is exiting.
+            let deadline = started + timeout + a.grace;
+            while Instant::now() < deadline {
+                if let Some(status) = a.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                    a.child = None;
+                    let log = a.log_text();
+                    return Err(Exited { status, log });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             panic!(
-                "the agent was not ready within {timeout:?} (exit: {exited:?}); its log:\n{}",
+                "the agent was neither ready nor exited within {timeout:?}; its log:\n{}",
                 a.log_text()
             );
         }
         a.ready_after = started.elapsed();
-        a
+        Ok(a)
     }
 
     pub fn pid(&self) -> u32 {
@@ -175,6 +204,12 @@ impl AgentProcess {
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
             }
         }
+    }
+
+    /// The log lines printed after `mark` (see [`Self::log_mark`]).
+    pub fn log_since(&self, mark: usize) -> Vec<String> {
+        self.drain_log();
+        self.log.borrow().iter().skip(mark).cloned().collect()
     }
 
     /// Whether a log line seen so far contains `needle`.
@@ -292,6 +327,14 @@ impl AgentProcess {
         let _ = child.kill();
         let _ = child.wait();
         None
+    }
+
+    /// SIGKILL, as a crash or the OOM killer would: the agent gets no
+    /// chance to clean up. Returns its exit status.
+    pub fn kill(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("agent already stopped");
+        let _ = child.kill();
+        child.wait().expect("wait for the killed agent")
     }
 
     /// Stops the agent with SIGTERM and asserts it exits cleanly within

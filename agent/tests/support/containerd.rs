@@ -788,6 +788,67 @@ impl Containerd {
         self.ctr(ns, &["tasks", "kill", "-s", "SIGKILL", id]);
     }
 
+    /// Whether `ctr tasks ls` lists the task as RUNNING.
+    pub fn task_running(&self, ns: &str, id: &str) -> bool {
+        let out = self.ctr_raw(ns, &["tasks", "ls"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(id) && l.contains("RUNNING"))
+    }
+
+    /// The task's status in `ctr tasks ls` (`RUNNING`, `STOPPED`, ...).
+    pub fn task_status(&self, ns: &str, id: &str) -> Option<String> {
+        let out = self.ctr_raw(ns, &["tasks", "ls"]);
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&id)).then(|| f.last().unwrap_or(&"").to_string())
+        })
+    }
+
+    /// The positive signal that a denied `ctr run` container was stopped: `ctr
+    /// run` failed in runc (killed while runc created it: nothing of the image
+    /// ran), or its task stopped — waited for until `timeout` — with SIGKILL's
+    /// exit status 137, as `ctr tasks rm` reports it (the task is removed).
+    pub fn assert_ctr_denied(&self, ns: &str, id: &str, run: &Output, timeout: Duration) {
+        if !run.status.success() {
+            let err = String::from_utf8_lossy(&run.stderr);
+            assert!(
+                err.contains("runc create failed") || err.contains("init"),
+                "unexpected ctr failure: {err}"
+            );
+            return;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.task_status(ns, id).as_deref() {
+                Some("RUNNING" | "CREATED") => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the denied task {ns}/{id} still runs after {timeout:?}"
+                    )
+                }
+                Some(_) => break,
+                None => panic!("the denied task {ns}/{id} vanished: no exit status to check"),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // `ctr tasks rm` reports a non-zero exit status on stderr ("task ID exit
+        // with non-zero exit code N", containerd 1.6 and 2) and exits 0.
+        let rm = self.ctr_raw(ns, &["tasks", "rm", id]);
+        let err = String::from_utf8_lossy(&rm.stderr);
+        let code = err
+            .split("exit code ")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse::<i32>().ok());
+        assert_eq!(
+            code,
+            Some(128 + libc::SIGKILL),
+            "the denied task {ns}/{id} did not die by SIGKILL: `ctr tasks rm` exited {:?} and said {err:?}",
+            rm.status.code()
+        );
+    }
+
     /// Path of the marker file a container with this marker name writes.
     pub fn marker(&self, name: &str) -> PathBuf {
         self.marker_dir.join(name)

@@ -55,6 +55,23 @@ pub fn skip_or_fail(test: &str, why: &str) {
     let _ = std::io::stderr().write_all(msg.as_bytes());
 }
 
+/// Polls `f` (every 20 ms) until it gives a value, and returns it; panics
+/// naming `what` when `timeout` passes first. The way a test waits for a
+/// condition instead of sleeping a guessed time.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
 /// `/sys/fs/cgroup/unified` on hybrid hosts).
 pub fn cgroup2_root() -> PathBuf {
