@@ -28,35 +28,27 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpListener,
     os::unix::{fs::PermissionsExt, process::ExitStatusExt},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc, Arc, Mutex,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use support::containerd::{Containerd, TestImages, ECR_NGINX, MARKER_MOUNT, NGINX};
+use support::agent::{AgentProcess, RUNNING};
+use support::containerd::{Containerd, TestImages, ECR_NGINX, NGINX};
 
 /// No container runtime for the agents that do not need one (whatever runs
 /// on the machine stays out of the test).
 const NO_RUNTIME: &str = "unix:///nonexistent.sock";
 
-use support::host::TestCgroup;
+use support::host::{privileged, wait_for, TestCgroup};
 
 /// One agent at a time: they count kernel-wide events.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn privileged(test: &str) -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    support::skip_or_fail(test, "needs root (eBPF, cgroups)");
-    false
-}
 
 fn private_binary(tag: &str, from: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("iw-faults-{tag}-{}", std::process::id()));
@@ -67,168 +59,47 @@ fn private_binary(tag: &str, from: &str) -> PathBuf {
     p
 }
 
-/// The agent binary, its findings (stdout JSON lines) and its log (stderr,
-/// JSON), both read on threads.
-struct Agent {
-    child: Child,
-    findings: mpsc::Receiver<Value>,
-    log: Arc<Mutex<Vec<Value>>>,
-    metrics_addr: String,
+/// `imagewarden run --standalone --fail-mode open --mode enforce` with
+/// `/metrics` on a free port and the JSON log, plus `args`; waited for until
+/// it runs.
+fn start_agent(args: &[&str]) -> AgentProcess {
+    let mut cmd = AgentProcess::command();
+    cmd.args([
+        "run",
+        "--standalone",
+        "--fail-mode",
+        "open",
+        "--mode",
+        "enforce",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .args(args)
+    .env("IMAGEWARDEN_LOG_FORMAT", "json");
+    AgentProcess::spawn(cmd, |l| l.contains(RUNNING), Duration::from_secs(30))
 }
 
-impl Agent {
-    fn start(args: &[&str]) -> Agent {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
-            .args([
-                "run",
-                "--standalone",
-                "--fail-mode",
-                "open",
-                "--mode",
-                "enforce",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .args(args)
-            .env("IMAGEWARDEN_LOG_FORMAT", "json")
-            .env("IMAGEWARDEN_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start agent");
-        let (tx, findings) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let v: Value = serde_json::from_str(&l)
-                    .unwrap_or_else(|e| panic!("agent printed non-JSON {l:?}: {e}"));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (rtx, rrx) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                let Ok(v) = serde_json::from_str::<Value>(&l) else {
-                    eprintln!("agent (not JSON): {l}");
-                    continue;
-                };
-                let msg = v["fields"]["message"].as_str().unwrap_or("");
-                if let Some(a) = v["fields"]["addr"].as_str() {
-                    let _ = rtx.send(Some(a.to_string()));
-                }
-                if msg.contains("agent running") {
-                    let _ = rtx.send(None);
-                }
-                log2.lock().unwrap().push(v);
-            }
-        });
-        let mut addr = None;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match rrx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(Some(a)) => addr = Some(a),
-                Ok(None) => break,
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("agent did not start within 30 s: {:?}", log.lock().unwrap());
-                }
-            }
-        }
-        Agent {
-            child,
-            findings,
-            log,
-            metrics_addr: addr.expect("no listen address logged"),
-        }
-    }
-
-    /// The next finding about `cgroup_id` or `container_id`.
-    fn finding(&self, pick: impl Fn(&Value) -> bool, timeout: Duration) -> Option<Value> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(v) = self.findings.recv_timeout(Duration::from_millis(50)) {
-                if pick(&v) {
-                    return Some(v);
-                }
-            }
-        }
-        None
-    }
-
-    /// The log as `time level message fields` lines, for failure messages.
-    fn log_text(&self) -> String {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|v| {
-                format!(
-                    "{} {} {}",
-                    v["timestamp"].as_str().unwrap_or(""),
-                    v["level"].as_str().unwrap_or(""),
-                    v["fields"]
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    fn logged(&self, needle: &str) -> bool {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|v| v.to_string().contains(needle))
-    }
-
-    fn metrics(&self) -> BTreeMap<String, f64> {
-        let mut s = std::net::TcpStream::connect(&self.metrics_addr).expect("connect /metrics");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).unwrap();
-        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        body.lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .filter_map(|l| {
-                l.rsplit_once(' ')
-                    .and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
-            })
-            .collect()
-    }
-
-    fn stop(mut self) {
-        // SAFETY: plain syscall on our child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                assert!(st.success(), "agent exit status {st:?}");
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not exit within 15 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// Runs `program` in the denied cgroup `cg` and asserts the kernel killed
+/// it (SIGKILL); returns its pid, which the kill's finding names.
+fn exec_denied(cg: &TestCgroup, program: &Path) -> u32 {
+    let mut child = cg.command(program).arg("-c").arg("exit 0").spawn().unwrap();
+    let pid = child.id();
+    let st = child.wait().unwrap();
+    assert_eq!(
+        st.signal(),
+        Some(libc::SIGKILL),
+        "denied exec {pid}: {st:?}"
+    );
+    pid
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The agent's finding about process `pid`, waited for (5 s).
+fn finding_of(agent: &AgentProcess, pid: u32) -> Value {
+    agent.finding(
+        &format!("the kill of pid {pid}"),
+        |v| v["pid"] == pid,
+        Duration::from_secs(5),
+    )
 }
 
 fn metric(m: &BTreeMap<String, f64>, key: &str) -> f64 {
@@ -305,52 +176,24 @@ impl Drop for Restarted {
     }
 }
 
-/// `ctr run -d` of an untrusted container, whatever ctr says: the kernel
-/// may kill the entrypoint while runc is still starting it, and ctr then
-/// reports a failure.
-fn ctr_run_denied(ctd: &Containerd, id: &str) {
-    let mount = format!(
-        "type=bind,src={},dst={MARKER_MOUNT},options=rbind:rw",
-        ctd.marker_dir.display()
-    );
-    let env = format!("IW_MARKER_NAME={id}");
-    let out = ctd.ctr_raw(
-        "default",
-        &["run", "-d", "--mount", &mount, "--env", &env, NGINX, id],
-    );
-    if !out.status.success() {
-        eprintln!(
-            "ctr run {id} (untrusted): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-}
-
-fn task_running(ctd: &Containerd, ns: &str, id: &str) -> bool {
-    let out = ctd.ctr_raw(ns, &["tasks", "ls"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some(id) && l.contains("RUNNING"))
-}
-
 /// containerd stopped under a running agent, then started again.
 struct RestartScenario {
     images: TestImages,
     ctd: Containerd,
     restarted: Restarted,
-    agent: Agent,
+    agent: AgentProcess,
     denied: TestCgroup,
     sh: PathBuf,
     /// When containerd answered again.
     back: Instant,
-    /// Log entries before the restart.
+    /// Log lines before the restart.
     log_mark: usize,
 }
 
 /// Starts containerd and the agent, stops containerd, checks that a denied
 /// cgroup stays enforced while it is down, and restarts it.
 fn containerd_restart(test: &str, down_for: Duration) -> Option<RestartScenario> {
-    if !privileged(test) {
+    if !privileged() {
         return None;
     }
     if let Err(why) = support::containerd::preflight() {
@@ -363,7 +206,7 @@ fn containerd_restart(test: &str, down_for: Duration) -> Option<RestartScenario>
     let denied = TestCgroup::new("ctd-denied");
     let sh = private_binary("ctd-sh", "/bin/sh");
     // --all-execs: allowed execs are printed too (the fileless check).
-    let agent = Agent::start(&[
+    let agent = start_agent(&[
         "--all-execs",
         "--runtime-endpoint",
         &ctd.endpoint(),
@@ -383,34 +226,22 @@ fn containerd_restart(test: &str, down_for: Duration) -> Option<RestartScenario>
     let down_at = Instant::now();
     // Enforcement does not depend on it.
     for _ in 0..3 {
-        let st = denied
-            .command(&sh)
-            .arg("-c")
-            .arg("exit 0")
-            .status()
-            .unwrap();
-        assert_eq!(
-            st.signal(),
-            Some(libc::SIGKILL),
-            "denied exec while containerd is down: {st:?}"
-        );
-        let f = agent.finding(|v| v["cgroup_id"] == denied.id, Duration::from_secs(5));
-        assert!(
-            f.is_some_and(|f| f["action"] == "killed"),
-            "no finding while containerd is down"
-        );
+        let f = finding_of(&agent, exec_denied(&denied, &sh));
+        assert_eq!(f["action"], "killed", "while containerd is down: {f}");
+        assert_eq!(f["cgroup_id"], denied.id, "{f}");
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !agent.logged("containerd subscribe") && !agent.logged("containerd event stream") {
-        assert!(
-            Instant::now() < deadline,
-            "the agent must say it lost containerd's event stream:\n{}",
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let lost = agent.wait_for_log(
+        |l| l.contains("containerd subscribe") || l.contains("containerd event stream"),
+        Duration::from_secs(5),
+    );
+    assert!(
+        lost.is_some(),
+        "the agent must say it lost containerd's event stream:\n{}",
+        agent.log_text()
+    );
+    // The outage itself: as long as the test asked for.
     std::thread::sleep(down_for.saturating_sub(down_at.elapsed()));
-    let log_mark = agent.log.lock().unwrap().len();
+    let log_mark = agent.log_mark();
     // Dropped after the harness (which cleans up through it): see Drop order below.
     let restarted = Restarted(Some(restart_containerd(&ctd)));
     eprintln!("[timing] containerd down for {:?}", down_at.elapsed());
@@ -428,39 +259,34 @@ fn containerd_restart(test: &str, down_for: Duration) -> Option<RestartScenario>
 
 impl RestartScenario {
     /// Waits until the agent has resubscribed after the restart: a
-    /// "resubscribing" line after `log_mark`, then a quiet second without a
+    /// "resubscribed" line after `log_mark`, then a quiet second without a
     /// subscribe error.
     fn wait_resubscribed(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            let log = self.agent.log.lock().unwrap();
-            let last_resub = log[self.log_mark..]
-                .iter()
-                .rposition(|v| v.to_string().contains("resubscribed to containerd events"));
-            if let Some(i) = last_resub {
-                let later_error = log[self.log_mark + i..]
+        let resubscribed = |l: &str| l.contains("resubscribed to containerd events");
+        let failed = |l: &str| l.contains("containerd subscribe");
+        let agent = &self.agent;
+        let mut mark = self.log_mark;
+        while let Some(l) = agent.wait_for_log_since(
+            mark,
+            resubscribed,
+            deadline.saturating_duration_since(Instant::now()),
+        ) {
+            // The line just found: the last resubscription after `mark`.
+            let at = mark
+                + agent
+                    .log_since(mark)
                     .iter()
-                    .any(|v| v.to_string().contains("containerd subscribe"));
-                let at = log[self.log_mark + i]["timestamp"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string();
-                drop(log);
-                if !later_error {
-                    std::thread::sleep(Duration::from_secs(1));
-                    let log = self.agent.log.lock().unwrap();
-                    if !log[self.log_mark + i..]
-                        .iter()
-                        .any(|v| v.to_string().contains("containerd subscribe"))
-                    {
-                        eprintln!("resubscribed at {at}");
-                        return true;
-                    }
-                }
-            } else {
-                drop(log);
+                    .rposition(|l| resubscribed(l))
+                    .expect("the line just found");
+            if agent
+                .wait_for_log_since(at, failed, Duration::from_secs(1))
+                .is_none()
+            {
+                eprintln!("resubscribed: {l}");
+                return true;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            mark = agent.log_mark();
         }
         false
     }
@@ -508,13 +334,15 @@ fn containerd_restart_keeps_enforcing_and_resubscribes() {
     let t = &ctd.token;
     let bad = format!("after-restart-bad-{t}");
     let good = format!("after-restart-good-{t}");
-    ctr_run_denied(ctd, &bad);
+    // Whatever ctr says: the kernel may kill the entrypoint while runc is
+    // still starting it, and ctr then reports a failure.
+    let run = ctd.try_ctr_run("default", &bad, NGINX, &[]);
     ctd.ctr_run("default", &good, ECR_NGINX, &[]);
     assert!(
         ctd.wait_marker(&good, Duration::from_secs(10)).is_some(),
         "the trusted container did not run"
     );
-    let f = agent.finding(|v| v["container_id"] == bad.as_str() && v["type"] == "exec", Duration::from_secs(10)).unwrap_or_else(|| {
+    let f = agent.wait_for_finding(|v| v["container_id"] == bad.as_str() && v["type"] == "exec", Duration::from_secs(10)).unwrap_or_else(|| {
         panic!(
             "no finding for the untrusted container started after the restart (marker written: {}); agent log:\n{}",
             ctd.marker(&bad).exists(),
@@ -527,22 +355,15 @@ fn containerd_restart_keeps_enforcing_and_resubscribes() {
         "{f}"
     );
     assert_eq!(f["image"], NGINX, "{f}");
-    std::thread::sleep(Duration::from_millis(300));
+    // Dead by SIGKILL (or never created) before the marker is checked.
+    ctd.assert_ctr_denied("default", &bad, &run, Duration::from_secs(10));
     assert!(
         !ctd.marker(&bad).exists(),
         "the untrusted entrypoint ran after the containerd restart: {f}"
     );
-    assert!(!task_running(ctd, "default", &bad));
-    assert!(task_running(ctd, "default", &good));
+    assert!(ctd.task_running("default", &good));
     // Still enforcing the denied cgroup.
-    let st = sc
-        .denied
-        .command(&sc.sh)
-        .arg("-c")
-        .arg("exit 0")
-        .status()
-        .unwrap();
-    assert_eq!(st.signal(), Some(libc::SIGKILL));
+    exec_denied(&sc.denied, &sc.sh);
 
     // A fileless exec inside the (allowed) container: an unlinked copy of
     // busybox exec'd through /proc/self/fd. Attributed to the container,
@@ -561,12 +382,11 @@ fn containerd_restart_keeps_enforcing_and_resubscribes() {
             script,
         ],
     );
-    let f = agent
-        .finding(
-            |v| v["container_id"] == good.as_str() && v["filename"] == "/proc/self/fd/3",
-            Duration::from_secs(5),
-        )
-        .unwrap_or_else(|| panic!("no finding for the fileless exec in the container"));
+    let f = agent.finding(
+        "the fileless exec in the container",
+        |v| v["container_id"] == good.as_str() && v["filename"] == "/proc/self/fd/3",
+        Duration::from_secs(5),
+    );
     assert_eq!(f["fileless"], true, "{f}");
     // An exec of a file with no name on disk in an allowed container is an
     // exec-drift finding (issue 17): reported, not stopped (no rule denies it).
@@ -582,7 +402,7 @@ fn containerd_restart_keeps_enforcing_and_resubscribes() {
         "{f}"
     );
     assert_eq!(f["image"], ECR_NGINX, "{f}");
-    assert!(task_running(ctd, "default", &good));
+    assert!(ctd.task_running("default", &good));
     sc.finish();
 }
 
@@ -612,24 +432,25 @@ fn containerd_restart_gap_is_caught_up_promptly() {
     let (ctd, agent) = (&sc.ctd, &sc.agent);
     let bad = format!("gap-bad-{}", ctd.token);
     // Right away, as a kubelet would.
-    ctr_run_denied(ctd, &bad);
-    let f = agent.finding(
+    let run = ctd.try_ctr_run("default", &bad, NGINX, &[]);
+    let f = agent.wait_for_finding(
         |v| v["container_id"] == bad.as_str() && v["action"] == "killed",
         Duration::from_secs(10),
     );
-    let ran = ctd.marker(&bad).exists();
     let f = f.unwrap_or_else(|| {
         panic!(
-            "the container started in the resubscription gap was not stopped within 10 s (entrypoint ran: {ran}):\n{}",
+            "the container started in the resubscription gap was not stopped within 10 s (entrypoint ran: {}):\n{}",
+            ctd.marker(&bad).exists(),
             agent.log_text()
         )
     });
+    // Stopped: its task died by SIGKILL (or was never created).
+    ctd.assert_ctr_denied("default", &bad, &run, Duration::from_secs(10));
     eprintln!(
-        "gap container stopped ({}), entrypoint ran: {ran}",
-        f["type"]
+        "gap container stopped ({}), entrypoint ran: {}",
+        f["type"],
+        ctd.marker(&bad).exists()
     );
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(!task_running(ctd, "default", &bad));
     sc.finish();
 }
 
@@ -642,13 +463,13 @@ struct Overflow {
     metrics_after: BTreeMap<String, f64>,
     denied_execs: u64,
     flood_execs: u64,
-    agent: Agent,
+    agent: AgentProcess,
 }
 
 /// A one-page ring buffer, every exec emitted (`--all-execs`) and a frozen
 /// agent: 300 execs and 50 denied ones overflow it. Returns what /metrics said before and after.
 fn overflow_scenario(denied: &TestCgroup, other: &TestCgroup) -> Overflow {
-    let agent = Agent::start(&[
+    let agent = start_agent(&[
         "--runtime-endpoint",
         NO_RUNTIME,
         // Every exec into the ring buffer, as on a node where all are reported.
@@ -661,7 +482,7 @@ fn overflow_scenario(denied: &TestCgroup, other: &TestCgroup) -> Overflow {
     let t = private_binary("flood-true", "/bin/true");
     let metrics_before = agent.metrics();
     // SAFETY: plain syscall on our child: the agent stops reading.
-    unsafe { libc::kill(agent.child.id() as i32, libc::SIGSTOP) };
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };
     let (mut denied_execs, mut flood_execs) = (0, 0);
     for i in 0..350 {
         if i % 7 == 0 {
@@ -678,8 +499,9 @@ fn overflow_scenario(denied: &TestCgroup, other: &TestCgroup) -> Overflow {
         }
     }
     // SAFETY: as above.
-    unsafe { libc::kill(agent.child.id() as i32, libc::SIGCONT) };
-    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
+    // Nothing to wait for: the kernel counters are read at scrape time, and
+    // the scrape is answered once the agent runs again.
     let metrics_after = agent.metrics();
     Overflow {
         metrics_before,
@@ -692,9 +514,8 @@ fn overflow_scenario(denied: &TestCgroup, other: &TestCgroup) -> Overflow {
 
 #[test]
 fn ringbuf_overflow_keeps_killing_and_counts_the_drops() {
-    let test = "ringbuf_overflow_keeps_killing_and_counts_the_drops";
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !privileged(test) {
+    if !privileged() {
         return;
     }
     let denied = TestCgroup::new("flood-denied");
@@ -721,22 +542,15 @@ fn ringbuf_overflow_keeps_killing_and_counts_the_drops() {
         "lost events must be counted: {drops} of {total}"
     );
     assert!(execs >= total);
-    // The agent reads again: a new denied exec is reported.
+    // The agent reads again: a new denied exec (its pid, not one of the
+    // flood's) is reported.
     let t = private_binary("flood-true", "/bin/true");
-    let st = denied.command(&t).status().unwrap();
-    assert_eq!(st.signal(), Some(libc::SIGKILL));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut seen = false;
-    while !seen && Instant::now() < deadline {
-        seen = o
-            .agent
-            .finding(
-                |v| v["cgroup_id"] == denied.id && v["action"] == "killed",
-                Duration::from_millis(200),
-            )
-            .is_some();
-    }
-    assert!(seen, "no finding after the agent resumed");
+    let f = finding_of(&o.agent, exec_denied(&denied, &t));
+    assert_eq!(
+        (&f["cgroup_id"], f["action"].as_str()),
+        (&Value::from(denied.id), Some("killed")),
+        "{f}"
+    );
     o.agent.stop();
 }
 
@@ -748,31 +562,24 @@ fn ringbuf_overflow_keeps_killing_and_counts_the_drops() {
 /// and `ReaderStats::channel_drops` with the last values seen).
 #[test]
 fn ringbuf_overflow_is_logged() {
-    let test = "ringbuf_overflow_is_logged";
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !privileged(test) {
+    if !privileged() {
         return;
     }
     let denied = TestCgroup::new("flood-log-denied");
     let other = TestCgroup::new("flood-log-other");
     let o = overflow_scenario(&denied, &other);
-    let deadline = Instant::now() + Duration::from_secs(35);
-    while Instant::now() < deadline
-        && !o
-            .agent
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|v| v["level"] == "WARN" && v.to_string().contains("drop"))
-    {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let log = o.agent.log.lock().unwrap().clone();
+    let warned = o.agent.wait_for_log(
+        |l| {
+            l.contains("drop")
+                && serde_json::from_str::<Value>(l).is_ok_and(|v| v["level"] == "WARN")
+        },
+        Duration::from_secs(35),
+    );
     assert!(
-        log.iter()
-            .any(|v| v["level"] == "WARN" && v.to_string().contains("drop")),
-        "no warning about lost exec events in the log: {log:?}"
+        warned.is_some(),
+        "no warning about lost exec events in the log:\n{}",
+        o.agent.log_text()
     );
 }
 
@@ -849,16 +656,15 @@ fn stuck_webhook(stuck: Arc<AtomicBool>) -> (String, Received, Arc<AtomicU64>) {
 /// answers again every finding has been delivered or counted as dropped.
 #[test]
 fn slow_webhook_never_delays_kills_and_drops_are_counted() {
-    let test = "slow_webhook_never_delays_kills_and_drops_are_counted";
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !privileged(test) {
+    if !privileged() {
         return;
     }
     let stuck = Arc::new(AtomicBool::new(true));
     let (addr, delivered, requests) = stuck_webhook(stuck.clone());
     let denied = TestCgroup::new("webhook-denied");
     let url = format!("http://{addr}/findings");
-    let agent = Agent::start(&[
+    let agent = start_agent(&[
         "--runtime-endpoint",
         NO_RUNTIME,
         "--webhook-url",
@@ -902,17 +708,19 @@ fn slow_webhook_never_delays_kills_and_drops_are_counted() {
     // the sink sits on the kill path.
     assert!(worst < Duration::from_secs(2), "a kill took {worst:?}");
     // The stdout findings keep flowing while the webhook is stuck.
-    let mut printed = 0;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while printed < N && Instant::now() < deadline {
-        if agent
-            .finding(|v| v["cgroup_id"] == denied.id, Duration::from_millis(100))
-            .is_some()
-        {
-            printed += 1;
-        }
-    }
-    assert_eq!(printed, N, "stdout findings must not wait for the webhook");
+    let printed = wait_for(
+        &format!("{N} stdout findings while the webhook is stuck"),
+        Duration::from_secs(10),
+        || {
+            let n = agent
+                .findings()
+                .iter()
+                .filter(|v| v["cgroup_id"] == denied.id)
+                .count();
+            (n >= N).then_some(n)
+        },
+    );
+    assert_eq!(printed, N, "one finding per denied exec");
     let m = agent.metrics();
     let kills = metric(&m, "imagewarden_kills_total{mechanism=\"kernel_signal\"}")
         - metric(
