@@ -17,20 +17,22 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::{BufRead, BufReader},
     os::unix::{
         fs::MetadataExt,
         process::{CommandExt, ExitStatusExt},
     },
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{mpsc, Mutex},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    sync::Mutex,
+    time::Duration,
 };
 
+#[path = "support/agent.rs"]
+mod agent;
 #[path = "support/host.rs"]
 mod host;
 
+use agent::{AgentProcess, RUNNING};
 use host::{in_cgroup, privileged, TestCgroup};
 
 /// The agents attach programs machine-wide: one at a time.
@@ -194,52 +196,27 @@ fn cap_field(pid: u32, field: &str) -> u64 {
     u64::from_str_radix(v, 16).unwrap()
 }
 
-/// A running agent in the DaemonSet's default fail-closed mode, pinned in a
-/// private directory; stopped with SIGTERM (which unpins), and its pins
-/// removed by `imagewarden cleanup` whatever happened.
-struct Agent {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    pin_dir: PathBuf,
-}
+/// A private pin directory, emptied by `imagewarden cleanup` and removed
+/// on drop, whatever happened (dropped after the agent that pinned there).
+struct PinDir(PathBuf);
 
-impl Agent {
-    fn stop(mut self) {
-        // SAFETY: plain syscall on our child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let st = self.child.wait().unwrap();
-        assert!(st.success(), "agent exit after SIGTERM: {st:?}");
-    }
-}
-
-impl Drop for Agent {
+impl Drop for PinDir {
     fn drop(&mut self) {
-        // SAFETY: plain syscall on our child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        cleanup(&self.pin_dir);
+        let _ = AgentProcess::command()
+            .arg("cleanup")
+            .arg("--pin-dir")
+            .arg(&self.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = fs::remove_dir_all(&self.0);
     }
-}
-
-fn cleanup(pin_dir: &Path) {
-    let _ = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
-        .arg("cleanup")
-        .arg("--pin-dir")
-        .arg(pin_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    let _ = fs::remove_dir_all(pin_dir);
 }
 
 enum Outcome {
-    /// Logged "agent running".
-    Running(Agent),
+    /// Logged "agent running" (the agent in the DaemonSet's default
+    /// fail-closed mode, pinned in its own directory).
+    Running(AgentProcess, PinDir),
     /// Exited before that: status and stderr.
     Exited(std::process::ExitStatus, String),
 }
@@ -247,11 +224,11 @@ enum Outcome {
 fn start_agent(keep: u64, deny: &Path) -> Outcome {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let pin_dir = PathBuf::from(format!(
+    let pins = PinDir(PathBuf::from(format!(
         "/sys/fs/bpf/imagewarden-test-caps-{}-{n}",
         std::process::id()
-    ));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imagewarden"));
+    )));
+    let mut cmd = AgentProcess::command();
     cmd.args([
         "run",
         "--standalone",
@@ -261,65 +238,17 @@ fn start_agent(keep: u64, deny: &Path) -> Outcome {
         "unix:///nonexistent.sock",
     ])
     .arg("--pin-dir")
-    .arg(&pin_dir)
+    .arg(&pins.0)
     .arg("--deny-cgroup")
     .arg(deny)
     .env("IMAGEWARDEN_LOG_FORMAT", "text")
     .env("NO_COLOR", "1")
-    .env_remove("RUST_BACKTRACE")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    .env_remove("RUST_BACKTRACE");
     only_capabilities(&mut cmd, keep);
-    let mut child = cmd.spawn().expect("start agent");
-    let (etx, erx) = mpsc::channel();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(err).lines().map_while(Result::ok) {
-            if etx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    let (otx, orx) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if otx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut log = String::new();
-    while Instant::now() < deadline {
-        match erx.recv_timeout(Duration::from_millis(100)) {
-            Ok(l) => {
-                log.push_str(&l);
-                log.push('\n');
-                if l.contains("agent running") {
-                    // Keep draining stderr so that the agent never blocks on it.
-                    std::thread::spawn(move || while erx.recv().is_ok() {});
-                    return Outcome::Running(Agent {
-                        child,
-                        lines: orx,
-                        pin_dir,
-                    });
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let st = child.wait().unwrap();
-                cleanup(&pin_dir);
-                return Outcome::Exited(st, log);
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
+    match AgentProcess::try_spawn(cmd, |l| l.contains(RUNNING), Duration::from_secs(30)) {
+        Ok(agent) => Outcome::Running(agent, pins),
+        Err(e) => Outcome::Exited(e.status, e.log),
     }
-    drop(Agent {
-        child,
-        lines: orx,
-        pin_dir,
-    });
-    panic!("agent neither ran nor exited within 30 s:\n{log}");
 }
 
 /// The agent with exactly the DaemonSet's capabilities kills a denied
@@ -351,10 +280,10 @@ fn agent_works_with_exactly_the_daemonset_capabilities() {
         }
     }
     let cg = TestCgroup::new("exact");
-    let Outcome::Running(agent) = start_agent(keep, &cg.path) else {
+    let Outcome::Running(agent, _pins) = start_agent(keep, &cg.path) else {
         panic!("the agent did not start with the DaemonSet's capabilities");
     };
-    let pid = agent.child.id();
+    let pid = agent.pid();
     assert_eq!(
         cap_field(pid, "CapEff"),
         expect,
@@ -381,18 +310,11 @@ fn agent_works_with_exactly_the_daemonset_capabilities() {
     assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
     assert!(!marker.exists());
     let id = fs::metadata(&cg.path).unwrap().ino();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut found = None;
-    while found.is_none() && Instant::now() < deadline {
-        if let Ok(l) = agent.lines.recv_timeout(Duration::from_millis(100)) {
-            let v: serde_json::Value =
-                serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"));
-            if v["cgroup_id"] == id {
-                found = Some(v);
-            }
-        }
-    }
-    let f = found.expect("no finding for the denied cgroup");
+    let f = agent.finding(
+        "the kill in the denied cgroup",
+        |v| v["cgroup_id"] == id,
+        Duration::from_secs(5),
+    );
     assert_eq!(
         (f["verdict"].as_str(), f["action"].as_str()),
         (Some("deny"), Some("killed")),
@@ -439,7 +361,7 @@ fn agent_without_bpf_capabilities_fails_clearly_and_each_listed_one_is_covered()
     );
 
     for dropped in [&["BPF"][..], &["SYS_ADMIN"], &["PERFMON"]] {
-        let Outcome::Running(agent) = start_agent(without(dropped), &cg.path) else {
+        let Outcome::Running(agent, _pins) = start_agent(without(dropped), &cg.path) else {
             panic!("the agent did not start without {dropped:?}");
         };
         let st = in_cgroup(&cg.path, "/bin/true").status().unwrap();

@@ -2,18 +2,19 @@
 //! cgroups. Needs root; under `CI=true` fails instead of skipping.
 use std::{
     fs,
-    io::{BufRead, BufReader},
     os::unix::fs::MetadataExt,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::Command,
     time::{Duration, Instant},
 };
 
+#[path = "support/agent.rs"]
+mod agent;
 #[path = "support/exec_hook.rs"]
 mod exec_hook;
 #[path = "support/host.rs"]
 mod host;
 
+use agent::AgentProcess;
 use exec_hook::{assert_enforcement_matches_kernel, Outcome};
 use host::{cgroup2_root, in_cgroup, privileged};
 use imagewarden::probes::Enforcement;
@@ -21,44 +22,15 @@ use imagewarden::probes::Enforcement;
 /// The tests look at programs loaded machine-wide: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Lines of the agent's stdout, read on a thread.
-fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Waits for "agent running" on the agent's stderr; returns the enforcement
-/// its log says it picked (checked against the kernel) and its listen
-/// address, if it logged one.
-fn wait_ready(child: &mut Child) -> (Enforcement, Option<String>) {
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut before = Vec::new();
-        let mut sent = false;
-        for l in BufReader::new(err).lines().map_while(Result::ok) {
-            eprintln!("agent: {l}");
-            if !sent {
-                let plain = strip_ansi(&l);
-                sent = plain.contains("agent running");
-                before.push(plain);
-                if sent {
-                    let _ = tx.send(std::mem::take(&mut before));
-                }
-            }
-        }
-    });
-    let lines = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("agent did not start within 20 s");
+/// `imagewarden ARGS` with the text log, waited for until it runs; with
+/// the enforcement its log says it picked, checked against the kernel.
+fn start(args: &[&str]) -> (AgentProcess, Enforcement) {
+    let mut cmd = AgentProcess::command();
+    cmd.args(args).env("IMAGEWARDEN_LOG_FORMAT", "text");
+    let agent = AgentProcess::spawn(cmd, |l| l.contains(agent::RUNNING), Duration::from_secs(20));
+    let attached = agent
+        .wait_for_log(|l| l.contains("eBPF programs attached"), Duration::ZERO)
+        .expect("no 'eBPF programs attached' log line");
     let value = |l: &str, key: &str| -> Option<String> {
         let i = l.find(&format!("{key}="))?;
         Some(
@@ -69,32 +41,18 @@ fn wait_ready(child: &mut Child) -> (Enforcement, Option<String>) {
                 .to_string(),
         )
     };
-    let attached = lines
-        .iter()
-        .find(|l| l.contains("eBPF programs attached"))
-        .expect("no 'eBPF programs attached' log line");
-    let enforcement = match value(attached, "enforcement").as_deref() {
+    let enforcement = match value(&attached, "enforcement").as_deref() {
         Some("lsm") => Enforcement::Lsm,
         Some("signal") => Enforcement::Signal,
         other => panic!("the agent must log its enforcement: {other:?} in {attached}"),
     };
-    let fallbacks: Vec<String> = lines
-        .iter()
+    let fallbacks: Vec<String> = agent
+        .log_since(0)
+        .into_iter()
         .filter(|l| l.contains("BPF LSM"))
-        .cloned()
         .collect();
     assert_enforcement_matches_kernel(enforcement, &fallbacks);
-    (enforcement, lines.iter().find_map(|l| value(l, "addr")))
-}
-
-/// Kills the agent if the test fails half-way (no leftover agent holding programs).
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    (agent, enforcement)
 }
 
 /// Ids of the loaded exec programs (ours are named exec_btf / exec_tp, and
@@ -130,24 +88,15 @@ fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm
     let cg_id = fs::metadata(&cg).unwrap().ino();
     let before = exec_program_ids();
 
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
-        .args([
-            "run",
-            "--standalone",
-            "--mode",
-            "enforce",
-            "--detach-on-exit",
-            "--deny-cgroup",
-        ])
-        .arg(&cg)
-        .env("IMAGEWARDEN_LOG_FORMAT", "text")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start agent");
-    let (enforcement, _) = wait_ready(&mut agent);
-    let lines = lines_of(&mut agent);
-    let mut agent = KillOnDrop(agent);
+    let (agent, enforcement) = start(&[
+        "run",
+        "--standalone",
+        "--mode",
+        "enforce",
+        "--detach-on-exit",
+        "--deny-cgroup",
+        cg.to_str().unwrap(),
+    ]);
     // Compared by id, so programs of anything else running on the machine do not matter.
     let ours: Vec<u64> = exec_program_ids().difference(&before).copied().collect();
     assert!(
@@ -165,19 +114,11 @@ fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm
     .assert_denied(enforcement);
     assert!(!marker.exists());
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut finding = None;
-    while Instant::now() < deadline {
-        if let Ok(l) = lines.recv_timeout(Duration::from_millis(200)) {
-            let v: serde_json::Value =
-                serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"));
-            if v["cgroup_id"] == cg_id {
-                finding = Some(v);
-                break;
-            }
-        }
-    }
-    let f = finding.expect("no finding for the denied cgroup");
+    let f = agent.finding(
+        "the kill in the denied cgroup",
+        |v| v["cgroup_id"] == cg_id,
+        Duration::from_secs(5),
+    );
     assert_eq!(f["type"], "exec");
     assert_eq!(f["verdict"], "deny");
     assert_eq!(f["action"], "killed");
@@ -198,10 +139,7 @@ fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm
     }
 
     // SIGTERM with --detach-on-exit: clean exit, programs detached.
-    // SAFETY: plain syscall on our child.
-    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
-    let st = agent.0.wait().unwrap();
-    assert!(st.success(), "agent exit after SIGTERM: {st:?}");
+    agent.stop();
     let deadline = Instant::now() + Duration::from_secs(5);
     let still = || {
         let now = exec_program_ids();
@@ -251,22 +189,15 @@ fn standalone_agent_serves_metrics_health_and_readiness() {
     if !privileged() {
         return;
     }
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
-        .args([
-            "run",
-            "--standalone",
-            "--listen",
-            "127.0.0.1:0",
-            "--runtime-endpoint",
-            "unix:///nonexistent.sock",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start agent");
-    let (enforcement, addr) = wait_ready(&mut agent);
-    let agent = KillOnDrop(agent);
-    let addr = addr.expect("no listen address logged");
+    let (agent, enforcement) = start(&[
+        "run",
+        "--standalone",
+        "--listen",
+        "127.0.0.1:0",
+        "--runtime-endpoint",
+        "unix:///nonexistent.sock",
+    ]);
+    let addr = agent.metrics_addr();
     for _ in 0..20 {
         let _ = Command::new("/bin/true").status();
     }
@@ -326,39 +257,19 @@ fn standalone_agent_serves_metrics_health_and_readiness() {
     drop(agent);
 }
 
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::new();
-    let mut esc = false;
-    for c in s.chars() {
-        match (esc, c) {
-            (false, '\u{1b}') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, c) => out.push(c),
-        }
-    }
-    out
-}
-
-fn start_agent(cg: &std::path::Path, extra: &[&str]) -> (KillOnDrop, Enforcement) {
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
-        .args([
-            "run",
-            "--standalone",
-            "--mode",
-            "enforce",
-            "--runtime-endpoint",
-            "unix:///nonexistent.sock",
-            "--deny-cgroup",
-        ])
-        .arg(cg)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start agent");
-    let (enforcement, _) = wait_ready(&mut agent);
-    (KillOnDrop(agent), enforcement)
+fn start_agent(cg: &std::path::Path, extra: &[&str]) -> (AgentProcess, Enforcement) {
+    let mut args = vec![
+        "run",
+        "--standalone",
+        "--mode",
+        "enforce",
+        "--runtime-endpoint",
+        "unix:///nonexistent.sock",
+        "--deny-cgroup",
+        cg.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    start(&args)
 }
 
 fn runs_in(cg: &std::path::Path) -> Outcome {
@@ -386,7 +297,7 @@ fn killed_agent_keeps_enforcing_and_restart_takes_over_without_duplicates() {
     let pin_dir = imagewarden::probes::default_pin_dir();
     let before = exec_program_ids();
 
-    let (mut a, enf) = start_agent(&cg, &[]);
+    let (a, enf) = start_agent(&cg, &[]);
     // One exec program, plus the LSM program where BPF LSM enforces.
     let per_agent = if enf == Enforcement::Lsm { 2 } else { 1 };
     let ids_a: Vec<u64> = exec_program_ids().difference(&before).copied().collect();
@@ -408,13 +319,11 @@ fn killed_agent_keeps_enforcing_and_restart_takes_over_without_duplicates() {
     runs_in(&cg).assert_denied(enf);
 
     // SIGKILL: no chance to clean up.
-    a.0.kill().unwrap();
-    a.0.wait().unwrap();
-    drop(a);
+    a.kill();
     runs_in(&cg).assert_denied(enf); // enforcement survives the agent (fail closed)
     assert!(ids_a.iter().all(|id| exec_program_ids().contains(id)));
 
-    let (mut b, enf_b) = start_agent(&cg, &[]);
+    let (b, enf_b) = start_agent(&cg, &[]);
     assert_eq!(enf_b, enf);
     // The kernel frees an unlinked program asynchronously: wait for it (deadline).
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -436,10 +345,7 @@ fn killed_agent_keeps_enforcing_and_restart_takes_over_without_duplicates() {
 
     // SIGTERM hands the pinned state over (a rolling update): enforcement
     // stays until the next agent; `imagewarden cleanup` detaches.
-    // SAFETY: plain syscall on our child.
-    unsafe { libc::kill(b.0.id() as i32, libc::SIGTERM) };
-    assert!(b.0.wait().unwrap().success());
-    drop(b);
+    b.stop();
     assert!(
         pin_dir.join("exec_link").exists(),
         "SIGTERM must leave the pinned state to the next agent"
@@ -472,15 +378,13 @@ fn killed_agent_keeps_enforcing_and_restart_takes_over_without_duplicates() {
     assert_runs(&cg, "no enforcement after cleanup");
 
     // Fail open: SIGKILL takes enforcement away.
-    let (mut c, _) = start_agent(&cg, &["--fail-mode", "open"]);
+    let (c, _) = start_agent(&cg, &["--fail-mode", "open"]);
     runs_in(&cg).assert_denied(enf);
     assert!(
         !pin_dir.join("exec_link").exists(),
         "fail-open agent must not pin"
     );
-    c.0.kill().unwrap();
-    c.0.wait().unwrap();
-    drop(c);
+    c.kill();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !runs_in(&cg).ran() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
