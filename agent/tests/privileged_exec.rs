@@ -17,7 +17,7 @@ mod host;
 
 use agent_common::verdict;
 use exec_hook::{assert_enforcement_matches_kernel, Outcome};
-use host::{private_binary, privileged, tempdir, TestCgroup};
+use host::{private_binary, privileged, tempdir, wait_for, TestCgroup};
 use imagewarden::probes::{
     event::{ExecRecord, Hook, KernelVerdict},
     reader::drain,
@@ -303,30 +303,28 @@ fn flood_against_tiny_ring_buffer_is_counted_not_lost() {
         let st = cg.command(&bin).status().expect("spawn");
         assert!(st.success());
     }
-    std::thread::sleep(Duration::from_millis(50));
+    // Each exec's event was submitted or counted as dropped before the exec
+    // returned, so before its process exited: nothing of ours is in flight.
+    // The counters are machine-wide (other execs on the machine count too),
+    // so they are compared with this test's own execs, not for equality.
     let got = drain(&mut ring);
     let c1 = probes.counters().unwrap();
-    let late = drain(&mut ring);
-    let ours = got
-        .iter()
-        .chain(late.iter())
-        .filter(|r| r.cgroup_id == cg.id)
-        .count();
+    let ours = got.iter().filter(|r| r.cgroup_id == cg.id).count();
     let drops = c1.ringbuf_drops - c0.ringbuf_drops;
     let execs = c1.execs - c0.execs;
-    let received = (got.len() + late.len()) as u64;
-    eprintln!("flood: execs={execs} received={received} (ours {ours}) drops={drops}");
+    eprintln!(
+        "flood: execs={execs} received={} (ours {ours}) drops={drops}",
+        got.len()
+    );
     assert!(ours <= 16, "a 4 KiB ring cannot hold {ours} events");
+    assert!(execs >= N as u64, "the kernel saw {execs} of our {N} execs");
+    // Every exec of ours not delivered is counted as dropped...
     assert!(
         drops as usize >= N - ours,
         "every exec not delivered must be counted: drops {drops}, ours {ours}"
     );
-    // Every exec the kernel saw is either delivered or counted as dropped.
-    assert_eq!(
-        execs,
-        received + drops,
-        "execs {execs} != received {received} + drops {drops}"
-    );
+    // ...and a drop is an exec the kernel saw.
+    assert!(drops <= execs, "drops {drops} > execs {execs}");
     drop(probes);
     let _ = fs::remove_dir_all(dir);
 }
@@ -454,17 +452,15 @@ fn announced_names_are_enforced_and_unknown_containers_held() {
         "{:?}",
         ev[0]
     );
-    std::thread::sleep(Duration::from_millis(100));
-    let stat = fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
-    let state = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    assert_eq!(state, "T", "held process must be stopped: {stat}");
+    // The positive signal: the held process is stopped ("T"), not gone.
+    let state = || {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
+        let s = stat.rsplit(')').next().unwrap().split_whitespace().next();
+        s.unwrap().to_string()
+    };
+    wait_for("the held process to stop", Duration::from_secs(5), || {
+        (state() == "T").then_some(())
+    });
     assert!(!marker.exists(), "held program ran");
     // User space decides "allow": the program continues from its first instruction.
     probes.set_verdict(held.id, verdict::ALLOW).unwrap();
