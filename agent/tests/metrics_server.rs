@@ -451,10 +451,28 @@ async fn healthz_turns_unhealthy_when_ticks_stop() {
         health: health.clone(),
     })
     .await;
+    // Taken before the tick: the time since `ticked` is never shorter
+    // than the server's time since the tick.
+    let ticked = Instant::now();
     health.tick();
     assert_eq!(get(srv.addr, "/healthz", None).await.status, StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let r = get(srv.addr, "/healthz", None).await;
+    // Polled until it turns: never before the 300 ms without a tick.
+    let r = loop {
+        let r = get(srv.addr, "/healthz", None).await;
+        if r.status != StatusCode::OK {
+            break r;
+        }
+        assert!(
+            ticked.elapsed() < Duration::from_secs(10),
+            "/healthz still OK 10 s after the last tick"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        ticked.elapsed() >= Duration::from_millis(300),
+        "unhealthy after {:?}, before the 300 ms limit",
+        ticked.elapsed()
+    );
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.body.contains("event loop stalled"), "{}", r.body);
     health.tick();
