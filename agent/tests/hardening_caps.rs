@@ -32,7 +32,7 @@ mod agent;
 #[path = "support/host.rs"]
 mod host;
 
-use agent::{AgentProcess, RUNNING};
+use agent::{AgentProcess, Exited, RUNNING};
 use host::{in_cgroup, privileged, TestCgroup};
 
 /// The agents attach programs machine-wide: one at a time.
@@ -213,15 +213,10 @@ impl Drop for PinDir {
     }
 }
 
-enum Outcome {
-    /// Logged "agent running" (the agent in the DaemonSet's default
-    /// fail-closed mode, pinned in its own directory).
-    Running(AgentProcess, PinDir),
-    /// Exited before that: status and stderr.
-    Exited(std::process::ExitStatus, String),
-}
-
-fn start_agent(keep: u64, deny: &Path) -> Outcome {
+/// The agent in the DaemonSet's default fail-closed mode, pinned in its
+/// own directory, with only the capabilities in `keep`: running (it logged
+/// "agent running"), or its exit status and stderr if it exited before.
+fn start_agent(keep: u64, deny: &Path) -> Result<(AgentProcess, PinDir), Exited> {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let pins = PinDir(PathBuf::from(format!(
@@ -245,10 +240,8 @@ fn start_agent(keep: u64, deny: &Path) -> Outcome {
     .env("NO_COLOR", "1")
     .env_remove("RUST_BACKTRACE");
     only_capabilities(&mut cmd, keep);
-    match AgentProcess::try_spawn(cmd, |l| l.contains(RUNNING), Duration::from_secs(30)) {
-        Ok(agent) => Outcome::Running(agent, pins),
-        Err(e) => Outcome::Exited(e.status, e.log),
-    }
+    AgentProcess::try_spawn(cmd, |l| l.contains(RUNNING), Duration::from_secs(30))
+        .map(|agent| (agent, pins))
 }
 
 /// The agent with exactly the DaemonSet's capabilities kills a denied
@@ -280,9 +273,9 @@ fn agent_works_with_exactly_the_daemonset_capabilities() {
         }
     }
     let cg = TestCgroup::new("exact");
-    let Outcome::Running(agent, _pins) = start_agent(keep, &cg.path) else {
-        panic!("the agent did not start with the DaemonSet's capabilities");
-    };
+    let (agent, _pins) = start_agent(keep, &cg.path).unwrap_or_else(|e| {
+        panic!("the agent did not start with the DaemonSet's capabilities: {e:?}")
+    });
     let pid = agent.pid();
     assert_eq!(
         cap_field(pid, "CapEff"),
@@ -338,7 +331,8 @@ fn agent_without_bpf_capabilities_fails_clearly_and_each_listed_one_is_covered()
     let cg = TestCgroup::new("drop");
     let without = |names: &[&str]| all & !mask(names.iter().map(|n| cap_number(n)));
 
-    let Outcome::Exited(st, log) = start_agent(without(&["BPF", "SYS_ADMIN"]), &cg.path) else {
+    let Err(Exited { status: st, log }) = start_agent(without(&["BPF", "SYS_ADMIN"]), &cg.path)
+    else {
         panic!("the agent started without CAP_BPF and CAP_SYS_ADMIN");
     };
     eprintln!("without CAP_BPF and CAP_SYS_ADMIN: {st:?}\n{log}");
@@ -361,9 +355,8 @@ fn agent_without_bpf_capabilities_fails_clearly_and_each_listed_one_is_covered()
     );
 
     for dropped in [&["BPF"][..], &["SYS_ADMIN"], &["PERFMON"]] {
-        let Outcome::Running(agent, _pins) = start_agent(without(dropped), &cg.path) else {
-            panic!("the agent did not start without {dropped:?}");
-        };
+        let (agent, _pins) = start_agent(without(dropped), &cg.path)
+            .unwrap_or_else(|e| panic!("the agent did not start without {dropped:?}: {e:?}"));
         let st = in_cgroup(&cg.path, "/bin/true").status().unwrap();
         assert_eq!(
             st.signal(),
@@ -391,7 +384,7 @@ fn missing_bpf_capability_is_named_in_the_error() {
     let caps = daemonset_capabilities();
     let keep = mask(caps.values().copied()) & !mask([cap_number("BPF"), cap_number("SYS_ADMIN")]);
     let cg = TestCgroup::new("named");
-    let Outcome::Exited(st, log) = start_agent(keep, &cg.path) else {
+    let Err(Exited { status: st, log }) = start_agent(keep, &cg.path) else {
         panic!("started")
     };
     assert_eq!(st.code(), Some(2));
