@@ -16,7 +16,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use imagewarden::sources::cri::CriClient;
 use serde_json::{json, Value};
@@ -24,6 +24,7 @@ use support::{
     agent::AgentProcess,
     containerd::{Containerd, TestImages, ECR_NGINX, NGINX},
     fakeapi::{Coll, FakeApi},
+    host::wait_for,
 };
 
 fn api_pod(ns: &str, name: &str, uid: &str, image: &str) -> Value {
@@ -38,30 +39,14 @@ fn api_pod(ns: &str, name: &str, uid: &str, image: &str) -> Value {
 /// two at once would judge each other's containers. One at a time.
 static ONE_AGENT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_the_api() {
     let test = "kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_the_api";
     let _one = ONE_AGENT.lock().unwrap_or_else(|e| e.into_inner());
+    // Root, containerd 1.6 and the image tools; else skipped or, under
+    // CI, failed.
     if let Err(why) = support::containerd::preflight() {
         support::skip_or_fail(test, &why);
-        return;
-    }
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        support::skip_or_fail(test, "needs root (eBPF)");
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -306,13 +291,10 @@ fn kubernetes_mode_enforces_cluster_policy_posts_events_and_finds_pods_not_in_th
 fn kubernetes_mode_cel_policies_added_to_the_cluster_kill_running_containers() {
     let test = "kubernetes_mode_cel_policies_added_to_the_cluster_kill_running_containers";
     let _one = ONE_AGENT.lock().unwrap_or_else(|e| e.into_inner());
+    // Root, containerd 1.6 and the image tools; else skipped or, under
+    // CI, failed.
     if let Err(why) = support::containerd::preflight() {
         support::skip_or_fail(test, &why);
-        return;
-    }
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        support::skip_or_fail(test, "needs root (eBPF)");
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -435,13 +417,10 @@ spec:
 fn forged_cri_identity_in_k8s_io_buys_nothing() {
     let test = "forged_cri_identity_in_k8s_io_buys_nothing";
     let _one = ONE_AGENT.lock().unwrap_or_else(|e| e.into_inner());
+    // Root, containerd 1.6 and the image tools; else skipped or, under
+    // CI, failed.
     if let Err(why) = support::containerd::preflight() {
         support::skip_or_fail(test, &why);
-        return;
-    }
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        support::skip_or_fail(test, "needs root (eBPF)");
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -510,7 +489,7 @@ fn forged_cri_identity_in_k8s_io_buys_nothing() {
         ))
         .args(["--env", &format!("IW_MARKER_NAME={id}"), NGINX, &id])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("ctr run");
     // The positive signal that it never ran: the agent's kill.
@@ -532,9 +511,18 @@ fn forged_cri_identity_in_k8s_io_buys_nothing() {
             .contains("unknown to CRI"),
         "{f}"
     );
-    wait_for("ctr run to return", Duration::from_secs(20), || {
-        ctr.try_wait().ok().flatten().map(|_| ())
+    let status = wait_for("ctr run to return", Duration::from_secs(20), || {
+        ctr.try_wait().ok().flatten()
     });
+    let mut stderr = Vec::new();
+    std::io::Read::read_to_end(ctr.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let run = std::process::Output {
+        status,
+        stdout: Vec::new(),
+        stderr,
+    };
+    // Dead by SIGKILL (or never created) before the marker is checked.
+    ctd.assert_ctr_denied("k8s.io", &id, &run, Duration::from_secs(10));
     assert!(
         !ctd.marker(&id).exists(),
         "the container with a forged sandbox label and a trusted Pod's identity ran its entrypoint"

@@ -4,6 +4,14 @@
 //! `#[path = "support/host.rs"] mod host;` (`support::host` otherwise).
 #![allow(dead_code)]
 
+// Also included by containerd.rs (which examples include alone): one
+// source, compiled into each self-contained helper that needs it.
+#[allow(clippy::duplicate_mod)]
+#[path = "skip.rs"]
+mod skip;
+#[allow(unused_imports)]
+pub use skip::{in_ci, skip_or_fail};
+
 use std::{
     ffi::OsStr,
     fs,
@@ -28,31 +36,6 @@ pub fn privileged() -> bool {
         "needs root (run `sudo -E cargo xtask test`)",
     );
     false
-}
-
-/// Whether this is CI (`CI=true` or `CI=1`), where every test must run.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// The one place that decides skip-or-fail for a test that cannot run
-/// here: under CI it fails; otherwise it prints a loud SKIP and the caller
-/// returns. (`support::containerd::runtime_ready` repeats this for the
-/// examples that include that file alone.)
-pub fn skip_or_fail(test: &str, why: &str) {
-    if in_ci() {
-        panic!("{test}: cannot run in CI: {why}");
-    }
-    // Straight to fd 2: the test harness captures `eprintln!` of passing
-    // tests, and a skip must not be silent.
-    use std::io::Write;
-    let msg = format!(
-        "\n==================== SKIP ====================\n\
-         SKIP {test}: {why}\n\
-         (set CI=true to make this a failure)\n\
-         ==============================================\n"
-    );
-    let _ = std::io::stderr().write_all(msg.as_bytes());
 }
 
 /// Polls `f` (every 20 ms) until it gives a value, and returns it; panics
