@@ -152,7 +152,8 @@ pub struct CriImage {
     pub repo_digests: Vec<String>,
 }
 
-/// Output of [`CriClient::exec_sync`].
+/// Output of `CriClient::exec_sync`.
+#[cfg(any(test, feature = "cri-write"))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecOutput {
     /// Exit code.
@@ -292,6 +293,7 @@ impl CriClient {
     }
 
     /// The raw generated runtime client, for calls not wrapped here.
+    #[cfg(any(test, feature = "cri-write"))]
     pub fn raw_runtime(&self) -> RuntimeServiceClient<Channel> {
         self.runtime.clone()
     }
@@ -763,6 +765,7 @@ impl CriClient {
     }
 
     /// `ExecSync`: runs `cmd` in a running container, bounded by `timeout`.
+    #[cfg(any(test, feature = "cri-write"))]
     pub async fn exec_sync(
         &self,
         container_id: &str,
@@ -795,6 +798,7 @@ impl CriClient {
     }
 
     /// `RunPodSandbox`; returns the sandbox id.
+    #[cfg(any(test, feature = "cri-write"))]
     pub async fn run_pod_sandbox(&self, config: api::PodSandboxConfig) -> Result<String, CriError> {
         let mut rt = self.runtime.clone();
         let r = call!(
@@ -809,6 +813,7 @@ impl CriClient {
     }
 
     /// `CreateContainer` in a sandbox; returns the container id.
+    #[cfg(any(test, feature = "cri-write"))]
     pub async fn create_container(
         &self,
         sandbox_id: &str,
@@ -829,6 +834,7 @@ impl CriClient {
     }
 
     /// `StartContainer`.
+    #[cfg(any(test, feature = "cri-write"))]
     pub async fn start_container(&self, id: &str) -> Result<(), CriError> {
         let mut rt = self.runtime.clone();
         call!(
@@ -841,7 +847,8 @@ impl CriClient {
         Ok(())
     }
 
-    /// `StopContainer` with a grace period in seconds (the kill path).
+    /// `StopContainer` with a grace period in seconds.
+    #[cfg(any(test, feature = "cri-write"))]
     pub async fn stop_container(&self, id: &str, grace_secs: i64) -> Result<(), CriError> {
         let mut rt = self.runtime.clone();
         call!(
@@ -856,6 +863,7 @@ impl CriClient {
     }
 
     /// `StopPodSandbox` then `RemovePodSandbox`.
+    #[cfg(any(test, feature = "cri-write"))]
     pub async fn remove_pod_sandbox(&self, id: &str) -> Result<(), CriError> {
         let mut rt = self.runtime.clone();
         call!(
