@@ -32,7 +32,7 @@ mod agent;
 #[path = "support/host.rs"]
 mod host;
 
-use agent::{AgentProcess, Exited, RUNNING};
+use agent::{AgentProcess, Exited, NO_RUNTIME, RUNNING, STANDALONE_ENFORCE};
 use host::{in_cgroup, privileged, TestCgroup};
 
 /// The agents attach programs machine-wide: one at a time.
@@ -224,21 +224,15 @@ fn start_agent(keep: u64, deny: &Path) -> Result<(AgentProcess, PinDir), Exited>
         std::process::id()
     )));
     let mut cmd = AgentProcess::command();
-    cmd.args([
-        "run",
-        "--standalone",
-        "--mode",
-        "enforce",
-        "--runtime-endpoint",
-        "unix:///nonexistent.sock",
-    ])
-    .arg("--pin-dir")
-    .arg(&pins.0)
-    .arg("--deny-cgroup")
-    .arg(deny)
-    .env("IMAGEWARDEN_LOG_FORMAT", "text")
-    .env("NO_COLOR", "1")
-    .env_remove("RUST_BACKTRACE");
+    cmd.args(STANDALONE_ENFORCE)
+        .args(["--runtime-endpoint", NO_RUNTIME])
+        .arg("--pin-dir")
+        .arg(&pins.0)
+        .arg("--deny-cgroup")
+        .arg(deny)
+        .env("IMAGEWARDEN_LOG_FORMAT", "text")
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_BACKTRACE");
     only_capabilities(&mut cmd, keep);
     AgentProcess::try_spawn(cmd, |l| l.contains(RUNNING), Duration::from_secs(30))
         .map(|agent| (agent, pins))

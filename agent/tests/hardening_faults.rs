@@ -38,12 +38,8 @@ use std::{
 };
 
 use serde_json::Value;
-use support::agent::{AgentProcess, RUNNING};
+use support::agent::{AgentProcess, NO_RUNTIME, RUNNING, STANDALONE_ENFORCE};
 use support::containerd::{Containerd, TestImages, ECR_NGINX, NGINX};
-
-/// No container runtime for the agents that do not need one (whatever runs
-/// on the machine stays out of the test).
-const NO_RUNTIME: &str = "unix:///nonexistent.sock";
 
 use support::host::{privileged, wait_for, TestCgroup};
 
@@ -64,18 +60,10 @@ fn private_binary(tag: &str, from: &str) -> PathBuf {
 /// it runs.
 fn start_agent(args: &[&str]) -> AgentProcess {
     let mut cmd = AgentProcess::command();
-    cmd.args([
-        "run",
-        "--standalone",
-        "--fail-mode",
-        "open",
-        "--mode",
-        "enforce",
-        "--listen",
-        "127.0.0.1:0",
-    ])
-    .args(args)
-    .env("IMAGEWARDEN_LOG_FORMAT", "json");
+    cmd.args(STANDALONE_ENFORCE)
+        .args(["--fail-mode", "open", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("IMAGEWARDEN_LOG_FORMAT", "json");
     AgentProcess::spawn(cmd, |l| l.contains(RUNNING), Duration::from_secs(30))
 }
 

@@ -14,7 +14,7 @@ mod exec_hook;
 #[path = "support/host.rs"]
 mod host;
 
-use agent::AgentProcess;
+use agent::{AgentProcess, NO_RUNTIME, STANDALONE_ENFORCE};
 use exec_hook::{assert_enforcement_matches_kernel, Outcome};
 use host::{cgroup2_root, in_cgroup, privileged};
 use imagewarden::probes::Enforcement;
@@ -88,15 +88,8 @@ fn standalone_enforce_kills_denied_cgroup_prints_finding_and_detaches_on_sigterm
     let cg_id = fs::metadata(&cg).unwrap().ino();
     let before = exec_program_ids();
 
-    let (agent, enforcement) = start(&[
-        "run",
-        "--standalone",
-        "--mode",
-        "enforce",
-        "--detach-on-exit",
-        "--deny-cgroup",
-        cg.to_str().unwrap(),
-    ]);
+    let own = ["--detach-on-exit", "--deny-cgroup", cg.to_str().unwrap()];
+    let (agent, enforcement) = start(&[&STANDALONE_ENFORCE[..], &own].concat());
     // Compared by id, so programs of anything else running on the machine do not matter.
     let ours: Vec<u64> = exec_program_ids().difference(&before).copied().collect();
     assert!(
@@ -195,7 +188,7 @@ fn standalone_agent_serves_metrics_health_and_readiness() {
         "--listen",
         "127.0.0.1:0",
         "--runtime-endpoint",
-        "unix:///nonexistent.sock",
+        NO_RUNTIME,
     ]);
     let addr = agent.metrics_addr();
     for _ in 0..20 {
@@ -258,18 +251,9 @@ fn standalone_agent_serves_metrics_health_and_readiness() {
 }
 
 fn start_agent(cg: &std::path::Path, extra: &[&str]) -> (AgentProcess, Enforcement) {
-    let mut args = vec![
-        "run",
-        "--standalone",
-        "--mode",
-        "enforce",
-        "--runtime-endpoint",
-        "unix:///nonexistent.sock",
-        "--deny-cgroup",
-        cg.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    start(&args)
+    let cg = cg.to_str().unwrap();
+    let own = ["--runtime-endpoint", NO_RUNTIME, "--deny-cgroup", cg];
+    start(&[&STANDALONE_ENFORCE[..], &own, extra].concat())
 }
 
 fn runs_in(cg: &std::path::Path) -> Outcome {

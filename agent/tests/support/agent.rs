@@ -21,6 +21,14 @@ use serde_json::Value;
 /// inventory is synced.
 pub const RUNNING: &str = "agent running";
 
+/// The arguments of an agent that enforces on its own, without the
+/// Kubernetes API: `run --standalone --mode enforce`.
+pub const STANDALONE_ENFORCE: [&str; 4] = ["run", "--standalone", "--mode", "enforce"];
+
+/// A `--runtime-endpoint` where no runtime answers: whatever runs on the
+/// machine stays out of the test.
+pub const NO_RUNTIME: &str = "unix:///nonexistent.sock";
+
 /// A running agent. Dropping it stops it; [`AgentProcess::stop`] also
 /// asserts a clean exit.
 pub struct AgentProcess {
