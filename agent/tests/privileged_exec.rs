@@ -17,7 +17,7 @@ mod host;
 
 use agent_common::verdict;
 use exec_hook::{assert_enforcement_matches_kernel, Outcome};
-use host::{private_binary, privileged, tempdir, wait_for, TestCgroup};
+use host::{private_binary, privileged, stopped, tempdir, wait_for, TestCgroup};
 use imagewarden::probes::{
     event::{ExecRecord, Hook, KernelVerdict},
     reader::drain,
@@ -452,14 +452,9 @@ fn announced_names_are_enforced_and_unknown_containers_held() {
         "{:?}",
         ev[0]
     );
-    // The positive signal: the held process is stopped ("T"), not gone.
-    let state = || {
-        let stat = fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
-        let s = stat.rsplit(')').next().unwrap().split_whitespace().next();
-        s.unwrap().to_string()
-    };
+    // The positive signal: the held process is stopped, not gone.
     wait_for("the held process to stop", Duration::from_secs(5), || {
-        (state() == "T").then_some(())
+        stopped(child.id()).then_some(())
     });
     assert!(!marker.exists(), "held program ran");
     // User space decides "allow": the program continues from its first instruction.
@@ -681,15 +676,6 @@ fn hold_parents_by_cgroup_id_and_nested_containers_judged_as_the_outer() {
                 .arg(format!("echo ran > {}", marker.display())),
         );
         (o, marker.exists())
-    };
-    let stopped = |pid: u32| {
-        fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')
-                    .map(|(_, r)| r.trim_start().starts_with('T'))
-            })
-            .unwrap_or(false)
     };
     // Spawns `sh` in `cg`, expects the kernel to hold it; kills it.
     let expect_held = |events: &mut Events, cg: &TestCgroup, tag: &str| {
