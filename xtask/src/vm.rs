@@ -163,6 +163,11 @@ struct Options {
     skips: Vec<(String, String)>,
     /// `IW_TEST_CONTAINERD` for the tests (`1.6`, `2`, `all`); None: unset.
     containerd: Option<String>,
+    /// A libtest name filter passed to every binary (`--filter NAME`): one
+    /// test of a slow binary, e.g. while diagnosing it in a guest; its
+    /// output is not captured (`--nocapture`), so a test the deadline kills
+    /// still leaves its progress in the log.
+    filter: Option<String>,
 }
 
 /// Guest memory by default: 1 GiB for the probe tests; 3 GiB where an
@@ -185,6 +190,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
     let mut ci = false;
     let mut tests_given = false;
     let mut containerd = None;
+    let mut filter = None;
     let mut it = args.iter();
     let list = |v: Option<&String>, what: &str| -> Result<Vec<String>> {
         let v = v.with_context(|| format!("{what} needs a comma-separated list"))?;
@@ -209,6 +215,13 @@ fn parse_args(args: &[String]) -> Result<Options> {
                 memory_mib = Some(it.next().and_then(|v| v.parse().ok()).context("--memory needs a size in MiB")?);
             }
             "--keep" => keep = true,
+            "--filter" => {
+                let v = it.next().context("--filter needs a test name (substring)")?;
+                if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+                    bail!("vmtest: --filter {v:?}: a test name (letters, digits, _ and ::)");
+                }
+                filter = Some(v.clone());
+            }
             "--containerd" => {
                 let v = it.next().context("--containerd needs 1.6, 2 or all")?;
                 if !v.split(',').all(|r| ["1.6", "2", "all"].contains(&r.trim())) {
@@ -217,7 +230,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
                 containerd = Some(v.clone());
             }
             other => bail!(
-                "vmtest: unknown argument {other:?}\nusage: cargo xtask vmtest [--kernels {}] [--tests {}] [--ci] [--memory MIB] [--containerd 1.6|2|all] [--keep]",
+                "vmtest: unknown argument {other:?}\nusage: cargo xtask vmtest [--kernels {}] [--tests {}] [--ci] [--memory MIB] [--containerd 1.6|2|all] [--filter TEST] [--keep]",
                 ALL_KERNELS.join(","),
                 DEFAULT_TESTS.join(",")
             ),
@@ -255,6 +268,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
         keep,
         skips,
         containerd,
+        filter,
     })
 }
 
@@ -976,7 +990,11 @@ fn run_script(root: &Path, spec: &KernelSpec, bins: &[TestBin], opts: &Options) 
             skip = {
                 let s: String =
                     skips.iter().filter(|(bin, _)| *bin == b.name).map(|(_, t)| format!(" --skip {t}")).collect();
-                if s.is_empty() { s } else { format!(" --exact{s}") }
+                let s = if s.is_empty() { s } else { format!(" --exact{s}") };
+                match &opts.filter {
+                    Some(f) => format!("{s} --nocapture {f}"),
+                    None => s,
+                }
             },
             secs = BINARY_DEADLINE.as_secs()
         );
