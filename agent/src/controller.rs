@@ -181,7 +181,7 @@ pub fn drift_with(
         .map(|p| p.namespace.as_str())
         .or(info.pod_namespace.as_deref());
     if ns
-        .and_then(|ns| exempt.exempt(ns, info.pod_name.as_deref()))
+        .and_then(|ns| exempt.exempt(ns, info.pod_name.as_deref(), info.static_pod))
         .is_some()
     {
         for a in [&mut d.fileless, &mut d.writable_layer] {
@@ -279,7 +279,9 @@ pub fn decide_with(
         let ns = pod
             .map(|p| p.namespace.as_str())
             .or(info.pod_namespace.as_deref());
-        if let Some(why) = ns.and_then(|ns| exempt.exempt(ns, info.pod_name.as_deref())) {
+        if let Some(why) =
+            ns.and_then(|ns| exempt.exempt(ns, info.pod_name.as_deref(), info.static_pod))
+        {
             d.kernel = KernelVerdict::Audit;
             d.reason.text = format!("{}; not stopped: {why}", d.reason.text);
         }
@@ -451,6 +453,8 @@ fn merge(into: &mut ContainerInfo, from: &ContainerInfo) {
     for (k, v) in &from.labels {
         into.labels.entry(k.clone()).or_insert_with(|| v.clone());
     }
+    // Only CRI sets it (containerd's own listing never does).
+    into.static_pod |= from.static_pod;
 }
 
 /// Kills every process of a cgroup v2 directory: `cgroup.kill` (Linux 5.14+)
@@ -524,7 +528,14 @@ pub struct Controller {
     /// when they were last asked for.
     sandbox_images: std::collections::HashSet<String>,
     sandbox_images_at: Option<Instant>,
+    /// A hold on a cgroup no runtime lists may resync again from then on
+    /// (see [`Controller::resolve_held`]).
+    hold_resync_after: Option<Instant>,
 }
+
+/// Least time between two resyncs asked for by holds on cgroups no runtime
+/// lists (see [`Controller::hold_resync_due`]).
+const HOLD_RESYNC_GAP: Duration = Duration::from_millis(100);
 
 /// How often a finding may ask CRI about a container it does not list.
 const CRI_ASK_INTERVAL: Duration = Duration::from_secs(1);
@@ -560,6 +571,7 @@ impl Controller {
             drift_findings: None,
             sandbox_images: Default::default(),
             sandbox_images_at: None,
+            hold_resync_after: None,
         }
     }
 
@@ -1232,7 +1244,8 @@ impl Controller {
                 })
                 .pids
                 .push(rec.tgid);
-            self.resolve_held(rec.cgroup_id, rec.tgid).await;
+            let may = self.hold_resync_due();
+            self.resolve_held(rec.cgroup_id, rec.tgid, may).await;
         }
         // Held, then decided while this very exec was handled (killed, or
         // continued): its finding is that decision, not a hold that no later
@@ -1333,12 +1346,28 @@ impl Controller {
             }
             h.pids.push(tgid);
             self.stats.holds_adopted += 1;
+            let comm = std::fs::read_to_string(format!("/proc/{tgid}/comm")).unwrap_or_default();
             info!(
                 tgid,
-                cgroup_id, "adopted a hold the kernel kept (its event never reached this agent)"
+                cgroup_id,
+                comm = comm.trim_end(),
+                "adopted a hold the kernel kept (its event never reached this agent)"
             );
-            self.resolve_held(cgroup_id, tgid).await;
+            let may = self.hold_resync_due();
+            self.resolve_held(cgroup_id, tgid, may).await;
         }
+    }
+
+    /// Whether a hold on a cgroup no runtime lists may resync now. A resync
+    /// is bounded by the runtime call timeout, not by the runtime: one that
+    /// answers slowly or not at all (a wedged shim blocks containerd's
+    /// Tasks.List) must not stall the loop once per held process, since
+    /// the loop's own hold timeouts are what unwedge the node. After a
+    /// resync for a hold, the next waits as long as it took (at least
+    /// [`HOLD_RESYNC_GAP`]); the periodic resync, runtime events and the
+    /// last look before a hold expires (always) still run.
+    fn hold_resync_due(&self) -> bool {
+        self.hold_resync_after.is_none_or(|t| Instant::now() >= t)
     }
 
     /// Detaching (uninstall, fail-open exit): nobody will decide what the
@@ -1367,7 +1396,7 @@ impl Controller {
     }
 
     /// Tries to attribute a held cgroup to a container and decide.
-    async fn resolve_held(&mut self, cgroup_id: u64, pid: u32) {
+    async fn resolve_held(&mut self, cgroup_id: u64, pid: u32, may_resync: bool) {
         if let Some(k) = self.by_cgroup.get(&cgroup_id).cloned() {
             if self
                 .entries
@@ -1396,8 +1425,10 @@ impl Controller {
             .iter()
             .find(|(_, e)| e.info.id == cc.id)
             .map(|(k, _)| k.clone());
-        if found.is_none() {
+        if found.is_none() && may_resync {
+            let t = Instant::now();
             self.resync().await;
+            self.hold_resync_after = Some(Instant::now() + t.elapsed().max(HOLD_RESYNC_GAP));
             found = self
                 .entries
                 .iter()
@@ -1437,9 +1468,13 @@ impl Controller {
             .filter(|(_, h)| now.duration_since(h.since) >= self.cfg.hold_timeout)
             .map(|(id, h)| (*id, h.pids.first().copied()))
             .collect();
+        // One last look at the runtimes before killing: one resync for
+        // every hold that expires now.
+        let mut may_resync = true;
         for (id, pid) in expired {
             if let Some(pid) = pid {
-                self.resolve_held(id, pid).await;
+                self.resolve_held(id, pid, may_resync).await;
+                may_resync = false;
             }
             // Held for the whole timeout by a container still waiting for
             // CRI: judged by its image now (a finding that names it).
@@ -1629,6 +1664,14 @@ impl Controller {
         self.entries.values().any(|e| e.info.id == container_id)
     }
 
+    /// Whether CRI says the container belongs to a static Pod (see
+    /// [`ContainerInfo::static_pod`]); false for a container not known.
+    pub fn is_static_pod(&self, container_id: &str) -> bool {
+        self.entries
+            .values()
+            .any(|e| e.info.id == container_id && e.info.static_pod)
+    }
+
     /// Kills a container by id (cgroup.kill) and denies its cgroup from now on.
     pub fn kill_container(&mut self, container_id: &str) -> bool {
         let Some(k) = self
@@ -1787,6 +1830,7 @@ mod tests {
             pid: None,
             cgroup_path: None,
             labels: Default::default(),
+            static_pod: false,
         };
         i.image_as_written = image.map(str::to_string);
         i
@@ -1964,6 +2008,21 @@ mod tests {
             decide_with(&policy, &i, None, &ex).kernel,
             KernelVerdict::Deny
         );
+        // A static Pod (CRI says so): Kyverno never checks what the
+        // kubelet sends (default excludeGroups system:nodes): audit, and
+        // the reason says why; the same image in an API Pod is denied.
+        i.static_pod = true;
+        let d = decide_with(&policy, &i, None, &ex);
+        assert_eq!(d.kernel, KernelVerdict::Audit, "{d:?}");
+        assert!(d.reason.text.contains("static Pod"), "{d:?}");
+        let mut cm = BTreeMap::new();
+        cm.insert("excludeGroups".to_string(), "team-a".to_string());
+        let (judged, _) = Exemptions::from_configmap(&[], "kyverno/kyverno", Some("n1"), &cm);
+        assert_eq!(
+            decide_with(&policy, &i, None, &judged).kernel,
+            KernelVerdict::Deny
+        );
+        i.static_pod = false;
         // Allowed images stay allowed, exempt or not.
         i.image_as_written = Some("public.ecr.aws/nginx/nginx:1".into());
         i.pod_namespace = Some("kube-system".into());

@@ -21,7 +21,7 @@ use std::{
 use imagewarden::sources::cri::CriClient;
 use serde_json::{json, Value};
 use support::{
-    containerd::{Containerd, TestImages, NGINX},
+    containerd::{Containerd, CriPod, TestImages, NGINX},
     fakeapi::{Coll, FakeApi},
 };
 
@@ -328,6 +328,47 @@ fn admission_exclusions_are_reported_never_stopped() {
         assert!(
             !ctd.marker(&format!("x-pub-{t}")).exists(),
             "kube-public is not excluded by this ConfigMap"
+        );
+
+        // A static Pod (the kubelet's own manifest: CRI's sandbox says
+        // config.source=file): its mirror Pod is the kubelet's request,
+        // which excludeGroups system:nodes keeps from Kyverno; it runs and
+        // is reported. The same Pod as the API server's (config.source=api,
+        // as above) was killed.
+        let (_, static_id) = ctd
+            .cri_run(
+                &cri,
+                &CriPod {
+                    container_name: "nginx",
+                    image_by_id: false,
+                    config_source: "file",
+                    ..CriPod::new(
+                        "etcd-node-a",
+                        "prod",
+                        &uid(5),
+                        NGINX,
+                        &format!("x-static-{t}"),
+                    )
+                },
+            )
+            .await;
+        assert!(
+            ctd.wait_marker(&format!("x-static-{t}"), Duration::from_secs(15))
+                .is_some(),
+            "a static Pod (excludeGroups system:nodes) must run"
+        );
+        let f = agent.finding(
+            "the audit finding for the static Pod",
+            Duration::from_secs(15),
+            |v| v["container_id"] == static_id.as_str() && v["type"] == "container",
+        );
+        assert_eq!(f["action"], "alerted", "{f}");
+        assert!(
+            f["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("static Pod"),
+            "{f}"
         );
     });
     drop(agent);
@@ -955,21 +996,28 @@ fn rolling_replacement_lets_no_untrusted_entrypoint_run() {
             });
         }
     };
+    let t0 = Instant::now();
     tick(Instant::now() + Duration::from_secs(1), &mut ctrs);
+    eprintln!("{test}: {:?}: SIGTERM to agent A", t0.elapsed());
     // SAFETY: plain syscall on our child.
     unsafe { libc::kill(a.child.id() as i32, libc::SIGTERM) };
     let (st, _) = a.wait_exit(Duration::from_secs(30));
     assert!(st.success(), "agent A after SIGTERM: {st:?}");
+    eprintln!("{test}: {:?}: agent A exited", t0.elapsed());
     tick(Instant::now() + Duration::from_secs(1), &mut ctrs);
     let b = Agent::start(&args, &[]);
     b.wait_log("agent B running", Duration::from_secs(30), "agent running");
+    eprintln!("{test}: {:?}: agent B running", t0.elapsed());
     tick(Instant::now() + Duration::from_secs(1), &mut ctrs);
     // Every one is decided (killed) by the new agent; none ran.
-    for mut c in ctrs {
-        wait_for("ctr run to return", Duration::from_secs(20), || {
-            c.try_wait().ok().flatten().map(|_| ())
-        });
+    for (n, mut c) in ctrs.into_iter().enumerate() {
+        wait_for(
+            &format!("`ctr run` of {} to return", ids[n]),
+            Duration::from_secs(60),
+            || c.try_wait().ok().flatten().map(|_| ()),
+        );
     }
+    eprintln!("{test}: {:?}: every `ctr run` returned", t0.elapsed());
     let ran: Vec<&String> = ids.iter().filter(|id| ctd.marker(id).exists()).collect();
     assert!(ids.len() >= 6, "too few containers started: {ids:?}");
     assert!(
