@@ -421,21 +421,35 @@ impl KernelResult {
 /// failure's panic message.
 fn parse_libtest(log: &str) -> BTreeMap<String, std::result::Result<(), String>> {
     let mut tests = BTreeMap::new();
+    // Uncaptured output (`--filter` runs with `--nocapture`) splits a
+    // result line: `test NAME ... <output>` ... a line `ok` or `FAILED`.
+    let mut pending: Option<&str> = None;
+    let mut record = |name: &str, res: &str| match res {
+        "ok" => {
+            tests.insert(name.to_string(), Ok(()));
+            true
+        }
+        "FAILED" => {
+            tests.insert(name.to_string(), Err("failed".to_string()));
+            true
+        }
+        _ => false,
+    };
     for l in log.lines() {
+        if let Some(name) = pending {
+            if record(name, l.trim()) {
+                pending = None;
+                continue;
+            }
+        }
         let Some(rest) = l.strip_prefix("test ") else {
             continue;
         };
-        let Some((name, res)) = rest.rsplit_once(" ... ") else {
+        let Some((name, res)) = rest.split_once(" ... ") else {
             continue;
         };
-        match res.trim() {
-            "ok" => {
-                tests.insert(name.to_string(), Ok(()));
-            }
-            "FAILED" => {
-                tests.insert(name.to_string(), Err("failed".to_string()));
-            }
-            _ => {}
+        if !record(name, res.trim()) {
+            pending = Some(name);
         }
     }
     // Reasons: `---- NAME stdout ----` sections, the line after "panicked at".
@@ -1355,6 +1369,15 @@ thread 'b_lsm' panicked at agent/tests/x.rs:1:2:\nexec should fail with EPERM\nn
             Some("signal".into())
         );
         assert_eq!(enforcement_in("enforcement lsm"), None);
+    }
+
+    #[test]
+    fn libtest_results_survive_uncaptured_output() {
+        let r = parse_libtest(
+            "running 1 test\ntest a_lsm ... agent: starting\nx: 1.0s: step\nok\n\ntest b_lsm ... FAILED\n",
+        );
+        assert_eq!(r.get("a_lsm"), Some(&Ok(())), "{r:?}");
+        assert!(matches!(r.get("b_lsm"), Some(Err(_))), "{r:?}");
     }
 
     #[test]
