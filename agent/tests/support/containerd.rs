@@ -1024,25 +1024,38 @@ impl Containerd {
     /// process the kernel holds (SIGSTOP) with no agent to release it, and
     /// teardown must not hang on it (the shims are killed after it).
     fn kill_everything(&self) {
-        let nss = self.ctr_bounded("default", &["namespaces", "ls", "-q"]);
+        // After one call that does not return, containerd is wedged: the
+        // rest is left to killing the shims.
+        let wedged = std::cell::Cell::new(false);
+        let ctr = |ns: &str, args: &[&str]| {
+            if wedged.get() {
+                return String::new();
+            }
+            self.ctr_bounded(ns, args).unwrap_or_else(|| {
+                wedged.set(true);
+                String::new()
+            })
+        };
+        let nss = ctr("default", &["namespaces", "ls", "-q"]);
         for ns in nss.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let tasks = self.ctr_bounded(ns, &["tasks", "ls", "-q"]);
+            let tasks = ctr(ns, &["tasks", "ls", "-q"]);
             for id in tasks.lines() {
-                self.ctr_bounded(ns, &["tasks", "kill", "-a", "-s", "SIGKILL", id]);
+                ctr(ns, &["tasks", "kill", "-a", "-s", "SIGKILL", id]);
             }
             for id in tasks.lines() {
-                self.ctr_bounded(ns, &["tasks", "rm", "-f", id]);
+                ctr(ns, &["tasks", "rm", "-f", id]);
             }
-            let ctrs = self.ctr_bounded(ns, &["containers", "ls", "-q"]);
+            let ctrs = ctr(ns, &["containers", "ls", "-q"]);
             for id in ctrs.lines() {
-                self.ctr_bounded(ns, &["containers", "rm", id]);
+                ctr(ns, &["containers", "rm", id]);
             }
         }
     }
 
-    /// Runs `ctr` for teardown: stdout, or empty if it failed or did not
-    /// return within [`TEARDOWN_CALL`] (then it is killed, and said).
-    fn ctr_bounded(&self, ns: &str, args: &[&str]) -> String {
+    /// Runs `ctr` for teardown: its stdout (empty if it failed), or `None`
+    /// if it did not return within [`TEARDOWN_CALL`] (then it is killed,
+    /// and said).
+    fn ctr_bounded(&self, ns: &str, args: &[&str]) -> Option<String> {
         let Ok(mut child) = self
             .ctr_cmd(ns)
             .args(args)
@@ -1050,7 +1063,7 @@ impl Containerd {
             .stderr(Stdio::null())
             .spawn()
         else {
-            return String::new();
+            return Some(String::new());
         };
         let mut out = child.stdout.take().expect("piped");
         let reader = std::thread::spawn(move || {
@@ -1061,19 +1074,19 @@ impl Containerd {
         let deadline = Instant::now() + TEARDOWN_CALL;
         loop {
             match child.try_wait() {
-                Ok(Some(_)) => break,
+                Ok(Some(_)) => return Some(reader.join().unwrap_or_default()),
                 Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 _ => {
-                    eprintln!("teardown: ctr -n {ns} {args:?} did not return within {TEARDOWN_CALL:?}: killed");
+                    eprintln!("teardown: ctr -n {ns} {args:?} did not return within {TEARDOWN_CALL:?}: killed; the rest is left to killing the shims");
                     let _ = child.kill();
                     let _ = child.wait();
-                    break;
+                    let _ = reader.join();
+                    return None;
                 }
             }
         }
-        reader.join().unwrap_or_default()
     }
 
     /// Shims serving this instance (their command line names our socket).
@@ -1318,6 +1331,21 @@ impl Drop for Containerd {
         for pid in self.shim_pids() {
             // SAFETY: a shim of our own containerd, found by its socket.
             unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        // What the shims leave (a process the kernel held with no agent
+        // left to decide it): containers of this instance, whose ids carry
+        // its token, killed through their cgroup v2 (`<namespace>/<id>`).
+        for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+            for ns in std::fs::read_dir(root).into_iter().flatten().flatten() {
+                for c in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                    if c.file_name()
+                        .to_string_lossy()
+                        .contains(self.token.as_str())
+                    {
+                        let _ = std::fs::write(c.path().join("cgroup.kill"), b"1");
+                    }
+                }
+            }
         }
         unmount_under(&self.dir);
         // cgroups that runc leaves behind (parents, pod cgroups): innermost
