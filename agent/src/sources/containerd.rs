@@ -22,11 +22,12 @@ use containerd_client::types::v1::Status as TaskStatus;
 use prost::Message;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
-use tonic::{Code, Request};
+use tonic::Request;
 
 use super::{
-    bounded_labels, connect_unix, image_digest_ref, non_empty, socket_path, ConnectError,
-    ContainerInfo, ContainerState, EventKind, LazyStream, RuntimeEvent, DEFAULT_CALL_TIMEOUT,
+    autodetect, bounded_labels, boxed_events, connect_unix, endpoint_path, image_digest_ref,
+    non_empty, Api, ContainerInfo, ContainerState, EventKind, EventStream, LazyStream, Listing,
+    NextEvent, RuntimeEvent, RuntimeSource, SourceError, SourceFuture, DEFAULT_CALL_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT, MAX_CONTAINERS, MAX_MESSAGE_BYTES, STREAM_SETTLE,
 };
 
@@ -53,63 +54,8 @@ pub const EVENT_TOPICS: &[&str] = &[
     "/containers/delete",
 ];
 
-/// Errors of the containerd client.
-#[derive(Debug, thiserror::Error)]
-pub enum ContainerdError {
-    /// Could not connect.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// No socket given and none of [`DEFAULT_SOCKETS`] answered.
-    #[error("no containerd found at {tried:?}")]
-    NotFound {
-        /// Paths tried.
-        tried: Vec<PathBuf>,
-    },
-    /// containerd answered with an error status.
-    #[error("containerd {call} (namespace {namespace:?}): {status}")]
-    Status {
-        /// RPC name.
-        call: &'static str,
-        /// Namespace, if the call had one.
-        namespace: Option<String>,
-        /// gRPC status.
-        status: Box<tonic::Status>,
-    },
-    /// The call took longer than the bound.
-    #[error("containerd {call} timed out after {timeout:?}")]
-    Timeout {
-        /// RPC name.
-        call: &'static str,
-        /// The bound.
-        timeout: Duration,
-    },
-    /// A namespace name that cannot be sent as gRPC metadata.
-    #[error("invalid containerd namespace {0:?}")]
-    BadNamespace(String),
-    /// More items than we take.
-    #[error("containerd {call} returned more than {max} items")]
-    TooMany {
-        /// RPC name.
-        call: &'static str,
-        /// The bound.
-        max: usize,
-    },
-}
-
-impl ContainerdError {
-    fn status(call: &'static str, namespace: Option<&str>, status: tonic::Status) -> Self {
-        ContainerdError::Status {
-            call,
-            namespace: namespace.map(str::to_string),
-            status: Box::new(status),
-        }
-    }
-
-    /// Whether containerd said the object does not exist.
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, ContainerdError::Status { status, .. } if status.code() == Code::NotFound)
-    }
-}
+/// Errors of the containerd client (see [`SourceError`]).
+pub type ContainerdError = SourceError;
 
 /// An image's name and what it points to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,16 +88,9 @@ impl std::fmt::Debug for ContainerdClient {
 
 /// Runs one unary call with a bound.
 macro_rules! call {
-    ($self:ident, $name:literal, $ns:expr, $fut:expr) => {{
-        match tokio::time::timeout($self.call_timeout, $fut).await {
-            Err(_) => Err(ContainerdError::Timeout {
-                call: $name,
-                timeout: $self.call_timeout,
-            }),
-            Ok(Err(status)) => Err(ContainerdError::status($name, $ns, status)),
-            Ok(Ok(resp)) => Ok(resp.into_inner()),
-        }
-    }};
+    ($self:ident, $name:literal, $ns:expr, $fut:expr) => {
+        super::unary(Api::Containerd, $name, $ns, $self.call_timeout, $fut).await
+    };
 }
 
 /// A request carrying the `containerd-namespace` metadata.
@@ -167,8 +106,7 @@ fn with_ns<T>(msg: T, ns: &str) -> Result<Request<T>, ContainerdError> {
 impl ContainerdClient {
     /// Connects to `endpoint` (`unix:///path` or `/path`).
     pub async fn connect(endpoint: &str) -> Result<Self, ContainerdError> {
-        let path =
-            socket_path(endpoint).ok_or_else(|| ConnectError::BadEndpoint(endpoint.to_string()))?;
+        let path = endpoint_path(endpoint)?;
         Self::connect_path(&path, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CALL_TIMEOUT).await
     }
 
@@ -192,24 +130,10 @@ impl ContainerdClient {
     /// Uses `endpoint` if given, else the first of [`DEFAULT_SOCKETS`] that
     /// exists and answers.
     pub async fn autodetect(endpoint: Option<&str>) -> Result<Self, ContainerdError> {
-        if let Some(e) = endpoint {
-            return Self::connect(e).await;
-        }
-        let mut tried = Vec::new();
-        for p in DEFAULT_SOCKETS {
-            let path = Path::new(p);
-            tried.push(path.to_path_buf());
-            if !path.exists() {
-                continue;
-            }
-            match Self::connect_path(path, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CALL_TIMEOUT).await {
-                Ok(c) => return Ok(c),
-                Err(e) => {
-                    tracing::debug!(socket = %path.display(), error = %e, "containerd socket did not answer")
-                }
-            }
-        }
-        Err(ContainerdError::NotFound { tried })
+        autodetect(Api::Containerd, endpoint, DEFAULT_SOCKETS, |p| async move {
+            Self::connect_path(&p, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CALL_TIMEOUT).await
+        })
+        .await
     }
 
     /// The socket this client talks to.
@@ -229,6 +153,7 @@ impl ContainerdClient {
         )?;
         if resp.namespaces.len() > MAX_NAMESPACES {
             return Err(ContainerdError::TooMany {
+                api: Api::Containerd,
                 call: "Namespaces.List",
                 max: MAX_NAMESPACES,
             });
@@ -245,6 +170,7 @@ impl ContainerdClient {
             out.extend(self.list_containers(&ns).await?);
             if out.len() > MAX_CONTAINERS {
                 return Err(ContainerdError::TooMany {
+                    api: Api::Containerd,
                     call: "Containers.ListStream",
                     max: MAX_CONTAINERS,
                 });
@@ -312,12 +238,14 @@ impl ContainerdClient {
             match msg {
                 Err(_) => {
                     return Err(ContainerdError::Timeout {
+                        api: Api::Containerd,
                         call: "Containers.ListStream",
                         timeout: self.call_timeout,
                     })
                 }
                 Ok(Err(s)) => {
                     return Err(ContainerdError::status(
+                        Api::Containerd,
                         "Containers.ListStream",
                         Some(ns),
                         s,
@@ -330,6 +258,7 @@ impl ContainerdClient {
                     }
                     if out.len() > MAX_CONTAINERS {
                         return Err(ContainerdError::TooMany {
+                            api: Api::Containerd,
                             call: "Containers.ListStream",
                             max: MAX_CONTAINERS,
                         });
@@ -481,15 +410,24 @@ impl ContainerdClient {
             match tokio::time::timeout(self.call_timeout, stream.message()).await {
                 Err(_) => {
                     return Err(ContainerdError::Timeout {
+                        api: Api::Containerd,
                         call: "Content.Read",
                         timeout: self.call_timeout,
                     })
                 }
-                Ok(Err(s)) => return Err(ContainerdError::status("Content.Read", Some(ns), s)),
+                Ok(Err(s)) => {
+                    return Err(ContainerdError::status(
+                        Api::Containerd,
+                        "Content.Read",
+                        Some(ns),
+                        s,
+                    ))
+                }
                 Ok(Ok(None)) => return Ok(out),
                 Ok(Ok(Some(chunk))) => {
                     if out.len() + chunk.data.len() > MAX_BLOB_BYTES {
                         return Err(ContainerdError::TooMany {
+                            api: Api::Containerd,
                             call: "Content.Read",
                             max: MAX_BLOB_BYTES,
                         });
@@ -512,8 +450,43 @@ impl ContainerdClient {
         let fut = Box::pin(async move { c.subscribe(svc::SubscribeRequest { filters }).await });
         let stream = LazyStream::start(fut, STREAM_SETTLE)
             .await
-            .map_err(|s| ContainerdError::status("Events.Subscribe", None, s))?;
+            .map_err(|s| ContainerdError::status(Api::Containerd, "Events.Subscribe", None, s))?;
         Ok(ContainerdEventStream { inner: stream })
+    }
+}
+
+impl RuntimeSource for ContainerdClient {
+    fn api(&self) -> Api {
+        Api::Containerd
+    }
+
+    fn list<'a>(&'a self, _described: &'a Listing) -> SourceFuture<'a, Vec<ContainerInfo>> {
+        Box::pin(self.list_all())
+    }
+
+    /// containerd has no call for one container with its task and image:
+    /// the namespace is listed (events are rare; the agent did so before
+    /// the trait). No namespace: nothing to look in.
+    fn lookup<'a>(
+        &'a self,
+        namespace: Option<&'a str>,
+        id: &'a str,
+    ) -> SourceFuture<'a, Option<ContainerInfo>> {
+        Box::pin(async move {
+            let Some(ns) = namespace else {
+                return Ok(None);
+            };
+            let list = self.list_containers(ns).await?;
+            Ok(list.into_iter().find(|i| i.id == id))
+        })
+    }
+
+    fn events(&self) -> SourceFuture<'_, EventStream> {
+        Box::pin(async move { Ok(boxed_events(self.subscribe().await?)) })
+    }
+
+    fn namespaces(&self) -> SourceFuture<'_, Vec<String>> {
+        Box::pin(ContainerdClient::namespaces(self))
     }
 }
 
@@ -528,11 +501,9 @@ impl ContainerdEventStream {
     /// skipped.
     pub async fn next(&mut self) -> Result<Option<RuntimeEvent>, ContainerdError> {
         loop {
-            let Some(env) = self
-                .inner
-                .message()
-                .await
-                .map_err(|s| ContainerdError::status("Events.Subscribe", None, s))?
+            let Some(env) = self.inner.message().await.map_err(|s| {
+                ContainerdError::status(Api::Containerd, "Events.Subscribe", None, s)
+            })?
             else {
                 return Ok(None);
             };
@@ -540,6 +511,12 @@ impl ContainerdEventStream {
                 return Ok(Some(ev));
             }
         }
+    }
+}
+
+impl NextEvent for ContainerdEventStream {
+    async fn next_event(&mut self) -> Result<Option<RuntimeEvent>, SourceError> {
+        self.next().await
     }
 }
 
