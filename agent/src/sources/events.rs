@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 
-use super::{EventStream, RuntimeEvent, RuntimeSource, SourceError};
+use super::{EventStream, RuntimeEvent, SharedSource, SourceError};
 
 /// Capacity of the runtime event channel. Container lifecycle events are
 /// rare (a busy node starts a few per second); 1,024 rides out a burst of
@@ -43,7 +43,7 @@ const SILENT_LIMIT: u32 = 3;
 /// not at the next periodic resync. Events the full channel refuses are
 /// counted in `drops`.
 pub async fn forward_events(
-    sources: Vec<Arc<dyn RuntimeSource>>,
+    sources: Vec<SharedSource>,
     tx: mpsc::Sender<RuntimeEvent>,
     drops: Arc<AtomicU64>,
     resync: Arc<Notify>,

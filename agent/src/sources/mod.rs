@@ -518,6 +518,9 @@ pub trait RuntimeSource: Send + Sync {
     }
 }
 
+/// A runtime as the controller and the event forwarder hold it.
+pub type SharedSource = std::sync::Arc<dyn RuntimeSource>;
+
 /// A client event stream that yields one decoded event at a time.
 pub(crate) trait NextEvent: Send + 'static {
     /// Next event; `Ok(None)` once the runtime closed the stream.
