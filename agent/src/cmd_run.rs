@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::{
     cli::{ExecHook as CliHook, FailMode, Mode, RunArgs},
-    controller::{self, Controller, ControllerConfig, RUNTIME_EVENT_CAPACITY},
+    controller::{Controller, ControllerConfig},
     finding::{Attribution, Finding, FindingAction, FindingVerdict, Reason, ReasonKind},
     kube_run::KubeState,
     metrics::{self, Metrics, ModeLabel, ReloadResult},
@@ -29,8 +29,12 @@ use crate::{
     server::{self, Health, ReadyGate, ServerState},
     sink::{SinkConfig, Sinks, WebhookConfig},
     sources::{
-        cgroup::find_cgroup2_mount, containerd::ContainerdClient, cri::CriClient,
+        cgroup::find_cgroup2_mount,
+        containerd::ContainerdClient,
+        cri::CriClient,
+        events::{forward_events, RUNTIME_EVENT_CAPACITY},
         kyverno_config::Exemptions,
+        SharedSource,
     },
 };
 
@@ -114,7 +118,7 @@ async fn kube_changed(k: &mut Option<KubeState>) -> KubeChange {
     }
 }
 
-async fn connect_runtimes(endpoint: Option<&str>) -> (Option<ContainerdClient>, Option<CriClient>) {
+async fn connect_runtimes(endpoint: Option<&str>) -> (Option<SharedSource>, Option<SharedSource>) {
     let containerd = match ContainerdClient::autodetect(endpoint).await {
         Ok(c) => {
             info!(socket = %c.socket().display(), "containerd API connected (all namespaces)");
@@ -138,7 +142,10 @@ async fn connect_runtimes(endpoint: Option<&str>) -> (Option<ContainerdClient>, 
     if containerd.is_none() && cri.is_none() {
         warn!("no container runtime found: only execs in --deny-cgroup cgroups and held containers are acted on");
     }
-    (containerd, cri)
+    (
+        containerd.map(|c| Arc::new(c) as SharedSource),
+        cri.map(|c| Arc::new(c) as SharedSource),
+    )
 }
 
 /// Where the controller sends findings.
@@ -314,9 +321,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (rt_tx, mut rt_rx) = mpsc::channel(RUNTIME_EVENT_CAPACITY);
     let rt_drops = Arc::new(AtomicU64::new(0));
     let resync_now = Arc::new(tokio::sync::Notify::new());
-    let forwarder = containerd.clone().map(|c| {
-        tokio::spawn(controller::forward_containerd_events(
-            c,
+    // containerd's own events where the agent has its API (every
+    // namespace, the task's pid, the spec's cgroup path before the task
+    // exists); else CRI's GetContainerEvents (CRI-O), so that a new
+    // container is judged before the next resync (docs/runtimes.md).
+    let event_sources: Vec<SharedSource> = containerd.iter().chain(cri.iter()).cloned().collect();
+    let forwarder = (!event_sources.is_empty()).then(|| {
+        tokio::spawn(forward_events(
+            event_sources,
             rt_tx.clone(),
             rt_drops.clone(),
             resync_now.clone(),

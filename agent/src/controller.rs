@@ -40,28 +40,23 @@ use std::{
 
 use agent_common::{hold_parent, CgroupKey};
 use imagewarden_policy::{Action, ContainerType, DriftDecision, EvalContext, PolicySet};
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::{
     finding::{Attribution, Finding, FindingAction, FindingVerdict, Reason, ReasonKind},
     probes::{
         event::{ExecRecord, KernelVerdict},
+        kernel_maps::KernelMaps,
         Probes,
     },
     sources::{
-        cgroup::{self, cgroup2_dir_of_pid, cgroup_id_of_dir},
-        containerd::ContainerdClient,
-        cri::CriClient,
+        cgroup::{self, cgroup_id_of_dir},
+        container_key,
         kyverno_config::Exemptions,
-        ContainerInfo, ContainerKind, ContainerState, EventKind, RuntimeEvent,
+        ContainerInfo, ContainerKind, ContainerState, EventKind, Listing, RuntimeEvent,
+        SharedSource,
     },
 };
-
-/// Capacity of the runtime event channel. Container lifecycle events are
-/// rare (a busy node starts a few per second); 1,024 rides out a burst of
-/// hundreds. When full, events are dropped, counted, and a resync is forced.
-pub const RUNTIME_EVENT_CAPACITY: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -326,10 +321,6 @@ fn decide_policy(policy: &PolicySet, info: &ContainerInfo, pod: Option<&PodConte
     }
 }
 
-fn entry_key(info: &ContainerInfo) -> String {
-    format!("{}/{}", info.namespace.as_deref().unwrap_or(""), info.id)
-}
-
 /// The containerd namespace of Kubernetes' containers (containerd's CRI plugin).
 pub const CRI_NAMESPACE: &str = "k8s.io";
 
@@ -496,15 +487,20 @@ pub struct ControllerStats {
     pub last_resync_cri_verbose: u64,
 }
 
-pub struct Controller {
+/// The inventory and its decisions, over the kernel maps `K` ([`Probes`]
+/// in the agent; a recording fake in tests).
+pub struct Controller<K = Probes> {
     cfg: ControllerConfig,
-    probes: Probes,
+    probes: K,
     policy: Arc<PolicySet>,
     entries: HashMap<String, Entry>,
     by_cgroup: HashMap<u64, String>,
     held: HashMap<u64, Held>,
-    containerd: Option<ContainerdClient>,
-    cri: Option<CriClient>,
+    /// containerd's own API: every namespace; image, task and cgroup,
+    /// never identity.
+    containerd: Option<SharedSource>,
+    /// CRI: the kind and the Pod of what it lists.
+    cri: Option<SharedSource>,
     out: Box<dyn FnMut(&Finding) + Send>,
     pub stats: ControllerStats,
     /// Extra attributions for cgroups that are not containers (--deny-cgroup).
@@ -532,13 +528,13 @@ const CRI_ASK_INTERVAL: Duration = Duration::from_secs(1);
 /// Bound of the queue of exec-drift findings waiting for their Event.
 pub const DRIFT_FINDINGS_CAPACITY: usize = 256;
 
-impl Controller {
+impl<K: KernelMaps> Controller<K> {
     pub fn new(
         cfg: ControllerConfig,
-        probes: Probes,
+        probes: K,
         policy: Arc<PolicySet>,
-        containerd: Option<ContainerdClient>,
-        cri: Option<CriClient>,
+        containerd: Option<SharedSource>,
+        cri: Option<SharedSource>,
         out: Box<dyn FnMut(&Finding) + Send>,
     ) -> Self {
         Controller {
@@ -563,11 +559,11 @@ impl Controller {
         }
     }
 
-    pub fn probes(&self) -> &Probes {
+    pub fn probes(&self) -> &K {
         &self.probes
     }
 
-    pub fn probes_mut(&mut self) -> &mut Probes {
+    pub fn probes_mut(&mut self) -> &mut K {
         &mut self.probes
     }
 
@@ -580,7 +576,7 @@ impl Controller {
     pub async fn resync(&mut self) {
         self.stats.resyncs += 1;
         let t0 = std::time::Instant::now();
-        let mut seen: HashMap<String, ContainerInfo> = HashMap::new();
+        let mut seen = Listing::new();
         let mut complete = true;
         use crate::metrics::Source;
         // Children of a containerd namespace's cgroup are its containers:
@@ -593,12 +589,12 @@ impl Controller {
             }
         }
         if let Some(c) = &self.containerd {
-            let r = c.list_all().await;
+            let r = c.list(&Listing::new()).await;
             self.source_up(Source::RuntimeContainerd, r.is_ok());
             match r {
                 Ok(list) => {
                     for i in list {
-                        seen.insert(entry_key(&i), i);
+                        seen.insert(i.key(), i);
                     }
                 }
                 Err(e) => {
@@ -613,15 +609,13 @@ impl Controller {
             // Where containerd's listing (just above) describes a CRI
             // object, the verbose status call is skipped (issue 16).
             let verbose_before = c.verbose_calls();
-            let r = c
-                .list_all_described(|id| seen.get(&format!("{CRI_NAMESPACE}/{id}")))
-                .await;
+            let r = c.list(&seen).await;
             self.stats.last_resync_cri_verbose = c.verbose_calls() - verbose_before;
             self.source_up(Source::RuntimeCri, r.is_ok());
             match r {
                 Ok(list) => {
                     for i in list {
-                        match seen.get_mut(&entry_key(&i)) {
+                        match seen.get_mut(&i.key()) {
                             Some(existing) => {
                                 // CRI knows the pod; containerd the image digest.
                                 let mut cri = i.clone();
@@ -629,7 +623,7 @@ impl Controller {
                                 *existing = cri;
                             }
                             None => {
-                                seen.insert(entry_key(&i), i);
+                                seen.insert(i.key(), i);
                             }
                         }
                     }
@@ -797,7 +791,7 @@ impl Controller {
     /// Records (or refreshes) a container and pushes its verdict into the kernel.
     pub fn upsert(&mut self, mut info: ContainerInfo) {
         distrust_labels(&mut info);
-        let key = entry_key(&info);
+        let key = info.key();
         // What an earlier report said (CRI's identity among it) fills what
         // this one lacks, before the container is judged.
         let (prev, unconfirmed_final) = match self.entries.get(&key) {
@@ -918,7 +912,7 @@ impl Controller {
     /// Returns whether CRI knows the container.
     async fn confirm_with_cri(&mut self, id: &str, what: &str) -> bool {
         let looked = match &self.cri {
-            Some(c) => c.lookup(id).await,
+            Some(c) => c.lookup(Some(CRI_NAMESPACE), id).await,
             None => return false,
         };
         match looked {
@@ -995,7 +989,7 @@ impl Controller {
         }
         if e.cgroup_id.is_none() && e.info.state != ContainerState::Exited {
             if let Some(pid) = e.info.pid {
-                if let Ok(dir) = cgroup2_dir_of_pid(&self.cfg.cgroup2, pid) {
+                if let Ok(dir) = self.probes.cgroup_dir_of_pid(&self.cfg.cgroup2, pid) {
                     if let Ok(id) = cgroup_id_of_dir(&dir) {
                         e.cgroup_id = Some(id);
                         e.cgroup_dir = Some(dir);
@@ -1109,11 +1103,7 @@ impl Controller {
     /// Handles a runtime lifecycle event.
     pub async fn on_runtime_event(&mut self, ev: RuntimeEvent) {
         debug!(?ev, "runtime event");
-        let key = format!(
-            "{}/{}",
-            ev.namespace.as_deref().unwrap_or(""),
-            ev.container_id
-        );
+        let key = container_key(ev.namespace.as_deref(), &ev.container_id);
         if let Some(ns) = ev
             .namespace
             .as_deref()
@@ -1150,7 +1140,7 @@ impl Controller {
                         return;
                     }
                 }
-                self.fetch_one(ev.namespace.as_deref(), &ev.container_id)
+                self.fetch_one(ev.runtime, ev.namespace.as_deref(), &ev.container_id)
                     .await;
                 if let EventKind::Started { pid: Some(pid) } = ev.kind {
                     if let Some(e) = self.entries.get_mut(&key) {
@@ -1170,23 +1160,27 @@ impl Controller {
         }
     }
 
-    /// Asks the runtime about one container (by listing its namespace).
-    async fn fetch_one(&mut self, ns: Option<&str>, id: &str) {
-        let Some(c) = &self.containerd else { return };
-        let Some(ns) = ns else { return };
-        match c.list_containers(ns).await {
-            Ok(list) => {
-                if let Some(info) = list.into_iter().find(|i| i.id == id) {
-                    if awaits_cri(&info, self.cri.is_some()) && !self.is_node_sandbox_image(&info) {
-                        self.refresh_sandbox_images(false).await;
-                    }
-                    self.upsert(info);
+    /// Asks the runtime whose event named a container about it
+    /// (containerd: by listing its namespace; CRI: its status).
+    async fn fetch_one(&mut self, runtime: &str, ns: Option<&str>, id: &str) {
+        let source = if runtime == "cri" {
+            &self.cri
+        } else {
+            &self.containerd
+        };
+        let Some(c) = source else { return };
+        match c.lookup(ns, id).await {
+            Ok(Some(info)) => {
+                if awaits_cri(&info, self.cri.is_some()) && !self.is_node_sandbox_image(&info) {
+                    self.refresh_sandbox_images(false).await;
                 }
+                self.upsert(info);
             }
+            Ok(None) => {}
             Err(e) => warn!(
                 namespace = ns,
                 container = id,
-                "containerd lookup failed: {e}"
+                "{runtime} lookup failed: {e}"
             ),
         }
     }
@@ -1390,7 +1384,7 @@ impl Controller {
         let Some(cc) = cgroup::resolve_proc_cgroup(&text) else {
             return;
         };
-        let dir = cgroup2_dir_of_pid(&self.cfg.cgroup2, pid).ok();
+        let dir = self.probes.cgroup_dir_of_pid(&self.cfg.cgroup2, pid).ok();
         let mut found = self
             .entries
             .iter()
@@ -1461,7 +1455,7 @@ impl Controller {
             let dir = h
                 .pids
                 .first()
-                .and_then(|p| cgroup2_dir_of_pid(&self.cfg.cgroup2, *p).ok());
+                .and_then(|p| self.probes.cgroup_dir_of_pid(&self.cfg.cgroup2, *p).ok());
             let _ = self.probes.set_verdict(id, KernelVerdict::Deny.raw());
             let mut killed = false;
             if let Some(d) = &dir {
@@ -1683,59 +1677,6 @@ fn process_stopped(pid: i32) -> bool {
                 .map(|(_, rest)| rest.trim_start().starts_with('T'))
         })
         .unwrap_or(false)
-}
-
-/// Forwards a runtime's events into the controller's channel. When the
-/// stream breaks (containerd restarted), it retries every 200 ms, and after
-/// every re-subscription it asks the controller for a resync: what was
-/// created while nobody listened is classified at once, not at the next
-/// periodic resync.
-pub async fn forward_containerd_events(
-    client: ContainerdClient,
-    tx: mpsc::Sender<RuntimeEvent>,
-    drops: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    resync: std::sync::Arc<tokio::sync::Notify>,
-) {
-    const RETRY: Duration = Duration::from_millis(200);
-    let mut first = true;
-    let mut failing = false;
-    loop {
-        match client.subscribe().await {
-            Ok(mut stream) => {
-                if !first {
-                    info!("resubscribed to containerd events; resyncing");
-                    resync.notify_one();
-                }
-                first = false;
-                failing = false;
-                loop {
-                    match stream.next().await {
-                        Ok(Some(ev)) => {
-                            if tx.try_send(ev).is_err() {
-                                drops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            warn!("containerd event stream: {e}");
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                if !failing {
-                    warn!("containerd subscribe: {e}; retrying every {RETRY:?}");
-                }
-                failing = true;
-                first = false;
-            }
-        }
-        if tx.is_closed() {
-            return;
-        }
-        tokio::time::sleep(RETRY).await;
-    }
 }
 
 #[cfg(test)]
