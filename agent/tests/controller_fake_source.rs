@@ -311,6 +311,29 @@ fn event(api: Api, ns: Option<&str>, id: &str, kind: EventKind) -> RuntimeEvent 
     }
 }
 
+/// An event of containerd namespace `default`.
+fn ctr(id: &str, kind: EventKind) -> RuntimeEvent {
+    event(Api::Containerd, Some("default"), id, kind)
+}
+
+fn started(pid: u32) -> EventKind {
+    EventKind::Started { pid: Some(pid) }
+}
+
+/// `ev` sent by the fake runtime, passed on as it is by the forwarder,
+/// and handled by the controller.
+async fn deliver(
+    ctrl: &mut Controller<FakeKernel>,
+    events: &mpsc::UnboundedSender<RuntimeEvent>,
+    fwd: &mut Forwarder,
+    ev: RuntimeEvent,
+) {
+    events.send(ev.clone()).unwrap();
+    let got = forwarded(&mut fwd.rx).await;
+    assert_eq!(got, ev);
+    ctrl.on_runtime_event(got).await;
+}
+
 /// The next event the forwarder passes on.
 async fn forwarded(rx: &mut mpsc::Receiver<RuntimeEvent>) -> RuntimeEvent {
     tokio::time::timeout(Duration::from_secs(5), rx.recv())
@@ -354,8 +377,7 @@ async fn containerd_source_list_and_events_drive_the_kernel_plan() {
     let kernel = FakeKernel::default();
     let pids = kernel.pid_dirs.clone();
     let (src, events) = FakeSource::new(Api::Containerd);
-    let (ctrl, findings) = controller(&tree.0, kernel, Some(src.clone() as SharedSource), None);
-    let mut ctrl = ctrl;
+    let (mut ctrl, findings) = controller(&tree.0, kernel, Some(src.clone() as SharedSource), None);
     let mut fwd = forward(vec![src.clone() as SharedSource]);
 
     // A running container of a trusted image, listed at the first resync.
@@ -384,16 +406,7 @@ async fn containerd_source_list_and_events_drive_the_kernel_plan() {
     // An untrusted container is created: its event arrives before its
     // task exists, and the kernel refuses its cgroup by name already.
     src.put(ctr_container("default", "bad", UNTRUSTED));
-    events
-        .send(event(
-            Api::Containerd,
-            Some("default"),
-            "bad",
-            EventKind::Created,
-        ))
-        .unwrap();
-    let ev = forwarded(&mut fwd.rx).await;
-    ctrl.on_runtime_event(ev).await;
+    deliver(&mut ctrl, &events, &mut fwd, ctr("bad", EventKind::Created)).await;
     assert_eq!(
         ctrl.probes().names.get(&name_key("default", "bad")),
         Some(&verdict::DENY),
@@ -410,18 +423,7 @@ async fn containerd_source_list_and_events_drive_the_kernel_plan() {
     // is killed through its cgroup and its id is denied.
     let (bad_dir, bad_id) = tree.cgroup("default/bad");
     pids.lock().unwrap().insert(4_200_002, bad_dir.clone());
-    events
-        .send(event(
-            Api::Containerd,
-            Some("default"),
-            "bad",
-            EventKind::Started {
-                pid: Some(4_200_002),
-            },
-        ))
-        .unwrap();
-    let ev = forwarded(&mut fwd.rx).await;
-    ctrl.on_runtime_event(ev).await;
+    deliver(&mut ctrl, &events, &mut fwd, ctr("bad", started(4_200_002))).await;
     assert_eq!(ctrl.probes().verdicts.get(&bad_id), Some(&verdict::DENY));
     assert_eq!(
         std::fs::read_to_string(bad_dir.join("cgroup.kill"))
@@ -439,36 +441,31 @@ async fn containerd_source_list_and_events_drive_the_kernel_plan() {
 
     // The trusted one exits, then restarts in a new cgroup: the old id's
     // verdict and mark go, the new id is allowed and marked.
-    events
-        .send(event(
-            Api::Containerd,
-            Some("default"),
+    deliver(
+        &mut ctrl,
+        &events,
+        &mut fwd,
+        ctr(
             "good",
             EventKind::Exited {
                 pid: Some(4_200_001),
                 exit_status: Some(0),
             },
-        ))
-        .unwrap();
-    let ev = forwarded(&mut fwd.rx).await;
-    ctrl.on_runtime_event(ev).await;
+        ),
+    )
+    .await;
     let e = ctrl.entries().find(|e| e.info.id == "good").unwrap();
     assert_eq!((e.info.state, e.info.pid), (ContainerState::Exited, None));
     let (new_dir, new_id) = tree.cgroup("default/good-restarted");
     assert_ne!(new_id, good_id);
     pids.lock().unwrap().insert(4_200_003, new_dir);
-    events
-        .send(event(
-            Api::Containerd,
-            Some("default"),
-            "good",
-            EventKind::Started {
-                pid: Some(4_200_003),
-            },
-        ))
-        .unwrap();
-    let ev = forwarded(&mut fwd.rx).await;
-    ctrl.on_runtime_event(ev).await;
+    deliver(
+        &mut ctrl,
+        &events,
+        &mut fwd,
+        ctr("good", started(4_200_003)),
+    )
+    .await;
     let k = ctrl.probes();
     assert_eq!(
         k.verdicts.get(&good_id),
@@ -486,16 +483,7 @@ async fn containerd_source_list_and_events_drive_the_kernel_plan() {
 
     // The denied one is deleted: every trace of it leaves the kernel.
     src.remove("bad");
-    events
-        .send(event(
-            Api::Containerd,
-            Some("default"),
-            "bad",
-            EventKind::Deleted,
-        ))
-        .unwrap();
-    let ev = forwarded(&mut fwd.rx).await;
-    ctrl.on_runtime_event(ev).await;
+    deliver(&mut ctrl, &events, &mut fwd, ctr("bad", EventKind::Deleted)).await;
     let k = ctrl.probes();
     assert_eq!(k.names.get(&name_key("default", "bad")), None);
     assert_eq!(k.verdicts.get(&bad_id), None);
@@ -518,8 +506,7 @@ async fn cri_only_runtime_events_reach_the_controller_before_a_resync() {
     let kernel = FakeKernel::default();
     let pids = kernel.pid_dirs.clone();
     let (cri, events) = FakeSource::new(Api::Cri);
-    let (ctrl, findings) = controller(&tree.0, kernel, None, Some(cri.clone() as SharedSource));
-    let mut ctrl = ctrl;
+    let (mut ctrl, findings) = controller(&tree.0, kernel, None, Some(cri.clone() as SharedSource));
     ctrl.resync().await;
     assert_eq!(ctrl.entries().count(), 0);
     let mut fwd = forward(vec![cri.clone() as SharedSource]);
@@ -535,12 +522,13 @@ async fn cri_only_runtime_events_reach_the_controller_before_a_resync() {
     c.state = ContainerState::Created;
     c.cgroup_path = Some(format!("kubepods-besteffort-podu.slice:crio:{id}"));
     cri.put(c);
-    events
-        .send(event(Api::Cri, None, &id, EventKind::Created))
-        .unwrap();
-    let ev = forwarded(&mut fwd.rx).await;
-    assert_eq!(ev.runtime, "cri");
-    ctrl.on_runtime_event(ev).await;
+    deliver(
+        &mut ctrl,
+        &events,
+        &mut fwd,
+        event(Api::Cri, None, &id, EventKind::Created),
+    )
+    .await;
     assert_eq!(
         ctrl.probes()
             .names
@@ -562,11 +550,13 @@ async fn cri_only_runtime_events_reach_the_controller_before_a_resync() {
         c.state = ContainerState::Running;
         c.pid = Some(4_200_010);
     });
-    events
-        .send(event(Api::Cri, None, &id, EventKind::Started { pid: None }))
-        .unwrap();
-    let ev = forwarded(&mut fwd.rx).await;
-    ctrl.on_runtime_event(ev).await;
+    deliver(
+        &mut ctrl,
+        &events,
+        &mut fwd,
+        event(Api::Cri, None, &id, EventKind::Started { pid: None }),
+    )
+    .await;
     assert_eq!(ctrl.probes().verdicts.get(&cg_id), Some(&verdict::DENY));
     assert_eq!(
         std::fs::read_to_string(dir.join("cgroup.kill"))
