@@ -18,15 +18,33 @@ pub fn kill_cgroup(dir: &Path) -> std::io::Result<()> {
     match std::fs::write(dir.join("cgroup.kill"), b"1") {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let procs = std::fs::read_to_string(dir.join("cgroup.procs"))?;
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                // SAFETY: plain syscall.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+            for pid in cgroup_pids(dir)? {
+                signal(pid, libc::SIGKILL);
             }
             Ok(())
         }
         Err(e) => Err(e),
     }
+}
+
+/// The processes of a cgroup v2 directory (`cgroup.procs`).
+pub(super) fn cgroup_pids(dir: &Path) -> std::io::Result<Vec<i32>> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs"))?;
+    Ok(procs
+        .lines()
+        .filter_map(|l| l.trim().parse::<i32>().ok())
+        .collect())
+}
+
+/// The agent's one `kill(2)`.
+fn signal(pid: i32, sig: libc::c_int) {
+    // SAFETY: plain syscall; no memory is passed.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// Lets a process the kernel stopped at exec (SIGSTOP) run on.
+pub(super) fn resume(pid: i32) {
+    signal(pid, libc::SIGCONT);
 }
 
 /// Whether a process is stopped (state `T` in /proc/PID/stat).
@@ -148,25 +166,25 @@ impl<K: KernelMaps> Controller<K> {
                 .get(&cgroup_id)
                 .and_then(|k| self.entries.get(k))
                 .and_then(|e| e.cgroup_dir.clone());
-            let killed = match dir {
-                Some(d) => kill_cgroup(&d).is_ok(),
-                None => false,
-            };
-            if !killed {
-                for pid in &h.pids {
-                    // SAFETY: plain syscall.
-                    unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
-                }
-            }
-            self.stats.holds_killed += 1;
-            self.count_kill();
+            self.kill_held(dir.as_deref(), &h.pids);
         } else {
             for pid in &h.pids {
-                // SAFETY: plain syscall; the pid was stopped by the kernel at exec.
-                unsafe { libc::kill(*pid as i32, libc::SIGCONT) };
+                resume(*pid as i32);
             }
             self.stats.holds_released += 1;
         }
+    }
+
+    /// The one kill of held processes: their cgroup (`cgroup.kill`) where
+    /// its directory is known, else each of them (SIGKILL); counted.
+    pub(super) fn kill_held(&mut self, dir: Option<&Path>, pids: &[u32]) {
+        if !dir.is_some_and(|d| kill_cgroup(d).is_ok()) {
+            for pid in pids {
+                signal(*pid as i32, libc::SIGKILL);
+            }
+        }
+        self.stats.holds_killed += 1;
+        self.count_kill();
     }
 
     /// Kills a container by id (cgroup.kill) and denies its cgroup from now on.

@@ -66,8 +66,7 @@ impl<K: KernelMaps> Controller<K> {
         for pid in pids {
             self.probes.forget_held(pid);
             if process_stopped(pid as i32) {
-                // SAFETY: plain syscall; the pid was stopped by the kernel at exec.
-                unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+                resume(pid as i32);
                 resumed += 1;
             }
         }
@@ -171,18 +170,7 @@ impl<K: KernelMaps> Controller<K> {
                 .first()
                 .and_then(|p| self.probes.cgroup_dir_of_pid(&self.cfg.cgroup2, *p).ok());
             let _ = self.probes.set_verdict(id, KernelVerdict::Deny.raw());
-            let mut killed = false;
-            if let Some(d) = &dir {
-                killed = kill_cgroup(d).is_ok();
-            }
-            if !killed {
-                for pid in &h.pids {
-                    // SAFETY: plain syscall.
-                    unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
-                }
-            }
-            self.stats.holds_killed += 1;
-            self.count_kill();
+            self.kill_held(dir.as_deref(), &h.pids);
             let reason = Reason::new(
                 ReasonKind::Unresolved,
                 format!(
@@ -241,13 +229,12 @@ impl<K: KernelMaps> Controller<K> {
             if e.decision.kernel == KernelVerdict::Deny {
                 continue; // already killed by apply() in enforce mode
             }
-            let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+            let Ok(pids) = cgroup_pids(dir) else {
                 continue;
             };
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            for pid in pids {
                 if process_stopped(pid) {
-                    // SAFETY: plain syscall.
-                    unsafe { libc::kill(pid, libc::SIGCONT) };
+                    resume(pid);
                     resumed += 1;
                 }
             }

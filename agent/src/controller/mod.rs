@@ -49,7 +49,7 @@ pub use decide::{
     PodContext, PodLookup, CRI_NAMESPACE,
 };
 pub use enforcer::kill_cgroup;
-use enforcer::process_stopped;
+use enforcer::{cgroup_pids, process_stopped, resume};
 use holds::Held;
 pub use inventory::{cgroup_key_of_path, Entry};
 
