@@ -16,11 +16,12 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
+    agent_loop::{AgentLoop, Inputs},
     cli::{ExecHook as CliHook, FailMode, Mode, RunArgs},
     controller::{Controller, ControllerConfig},
     finding::{Attribution, Finding, FindingAction, FindingVerdict, Reason, ReasonKind},
     kube_run::KubeState,
-    metrics::{self, Metrics, ModeLabel, ReloadResult},
+    metrics::{Metrics, ModeLabel, ReloadResult},
     probes::{
         event::ExecRecord,
         reader::{self, ReaderStats, CHANNEL_CAPACITY},
@@ -83,39 +84,6 @@ pub fn load_policy(args: &RunArgs) -> anyhow::Result<(PolicySet, Option<(String,
     }
     info!(policies = ?set.policy_names(), rules = set.rule_count(), "policy loaded");
     Ok((set, Some((text, name))))
-}
-
-enum KubeChange {
-    Policy,
-    Pods,
-    Namespaces,
-    Exemptions,
-}
-
-/// Resolves when the cluster's merged policy or the API server's Pods
-/// changed (never without Kubernetes, nor once a source has ended).
-async fn kube_changed(k: &mut Option<KubeState>) -> KubeChange {
-    let Some(k) = k else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        r = k.policy.policy.changed() => match r {
-            Ok(()) => KubeChange::Policy,
-            Err(_) => std::future::pending().await,
-        },
-        r = k.pods.changes.changed() => match r {
-            Ok(()) => KubeChange::Pods,
-            Err(_) => std::future::pending().await,
-        },
-        r = k.exemptions.changed() => match r {
-            Ok(()) => KubeChange::Exemptions,
-            Err(_) => std::future::pending().await,
-        },
-        r = k.namespaces.changes.changed() => match r {
-            Ok(()) => KubeChange::Namespaces,
-            Err(_) => std::future::pending().await,
-        },
-    }
 }
 
 async fn connect_runtimes(endpoint: Option<&str>) -> (Option<SharedSource>, Option<SharedSource>) {
@@ -311,14 +279,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let ring = probes.take_events().context("ring buffer already taken")?;
-    let (tx, mut rx) = mpsc::channel::<ExecRecord>(CHANNEL_CAPACITY);
+    let (tx, rx) = mpsc::channel::<ExecRecord>(CHANNEL_CAPACITY);
     let stats = Arc::new(ReaderStats::default());
     metrics.set_reader_stats(stats.clone());
     let pump = tokio::spawn(reader::pump(ring, tx, stats.clone()));
 
     let cgroup2 = find_cgroup2_mount().context("no cgroup2 hierarchy is mounted")?;
     let (containerd, cri) = connect_runtimes(args.runtime_endpoint.as_deref()).await;
-    let (rt_tx, mut rt_rx) = mpsc::channel(RUNTIME_EVENT_CAPACITY);
+    let (rt_tx, rt_rx) = mpsc::channel(RUNTIME_EVENT_CAPACITY);
     let rt_drops = Arc::new(AtomicU64::new(0));
     let resync_now = Arc::new(tokio::sync::Notify::new());
     // containerd's own events where the agent has its API (every
@@ -408,117 +376,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "agent running"
     );
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut resync = tokio::time::interval(args.resync_interval);
-    resync.tick().await; // the first tick is immediate: just synced
-    let mut hold_tick = tokio::time::interval(std::time::Duration::from_millis(100));
-    // Liveness: the loop ticks on a timer, so an idle node stays healthy.
-    let mut health_tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    let mut cross_tick = tokio::time::interval(crate::kube_run::CROSSCHECK_INTERVAL);
-    let mut seen_rt_drops = 0;
-    let mut last_loss_check = Instant::now();
-    let mut seen_losses = (
-        ctrl.probes()
-            .counters()
-            .map(|k| k.ringbuf_drops)
-            .unwrap_or(0),
-        stats.channel_drops.load(Ordering::Relaxed),
-    );
-    loop {
-        tokio::select! {
-            rec = rx.recv() => {
-                let Some(rec) = rec else { break };
-                metrics.exec_event(metrics::Verdict::from_kernel(rec.verdict));
-                ctrl.on_exec(&rec).await;
-                // Take what is already queued before waiting again.
-                while let Ok(rec) = rx.try_recv() {
-                    metrics.exec_event(metrics::Verdict::from_kernel(rec.verdict));
-                    ctrl.on_exec(&rec).await;
-                }
-            }
-            Some(ev) = rt_rx.recv() => ctrl.on_runtime_event(ev).await,
-            _ = resync.tick() => {
-                let d = rt_drops.load(Ordering::Relaxed);
-                if d != seen_rt_drops {
-                    warn!(dropped = d - seen_rt_drops, "runtime events were dropped (channel full); resyncing");
-                    seen_rt_drops = d;
-                }
-                ctrl.resync().await;
-                crate::memory::trim();
-            }
-            _ = hold_tick.tick() => {
-                ctrl.scan_kernel_holds().await;
-                if ctrl.has_holds() {
-                    ctrl.expire_holds().await;
-                }
-            }
-            _ = resync_now.notified() => ctrl.resync().await,
-            _ = health_tick.tick() => {
-                health.tick();
-                if let Err(e) = ctrl.probes_mut().heartbeat() {
-                    warn!("heartbeat: {e}");
-                }
-                // Lost exec events are counted in /metrics; say so in the
-                // log too, at most once every 10 s.
-                if last_loss_check.elapsed() >= std::time::Duration::from_secs(10) {
-                    last_loss_check = Instant::now();
-                    let kernel = ctrl.probes().counters().map(|k| k.ringbuf_drops).unwrap_or(0);
-                    let channel = stats.channel_drops.load(Ordering::Relaxed);
-                    if kernel > seen_losses.0 || channel > seen_losses.1 {
-                        warn!(
-                            ringbuf_drops = kernel - seen_losses.0,
-                            channel_drops = channel - seen_losses.1,
-                            "exec events were dropped (ring buffer or pipeline full); kills in the kernel are unaffected"
-                        );
-                    }
-                    seen_losses = (kernel, channel);
-                }
-            }
-            change = kube_changed(&mut kube) => match change {
-                KubeChange::Policy => {
-                    if let Some(k) = kube.as_mut() {
-                        let p = k.take_policy();
-                        if p.rule_count() == 0 {
-                            // Deleted policies or a CRD gone: an empty set
-                            // would allow every image. Keep the last good one
-                            // and say so (metric, /readyz).
-                            tracing::error!(
-                                kept_rules = ctrl.policy().rule_count(),
-                                "the cluster's policies disappeared (no rule left); the last good policy stays \
-                                 in force; /readyz is not ready until a policy is back"
-                            );
-                            metrics.set_policy_missing(true);
-                            health.set_ready(ReadyGate::PolicyLoaded, false);
-                        } else {
-                            metrics.set_policy_missing(false);
-                            health.set_ready(ReadyGate::PolicyLoaded, true);
-                            info!(policies = ?p.policy_names(), rules = p.rule_count(), "policy reloaded");
-                            ctrl.set_policy(p);
-                        }
-                    }
-                }
-                KubeChange::Exemptions => {
-                    if let Some(k) = kube.as_mut() {
-                        let e = k.exemptions.borrow_and_update().clone();
-                        ctrl.set_exemptions(e);
-                    }
-                }
-                KubeChange::Pods | KubeChange::Namespaces => {
-                    // New Pod knowledge may change a container's type or
-                    // image as written; a Namespace's labels, which
-                    // namespaceSelectors select.
-                    ctrl.redecide();
-                    if let Some(k) = kube.as_mut() { k.crosscheck(&mut ctrl, &sinks).await }
-                }
-            },
-            _ = cross_tick.tick(), if kube.is_some() => {
-                if let Some(k) = kube.as_mut() { k.crosscheck(&mut ctrl, &sinks).await }
-            }
-            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break }
-            _ = sigint.recv() => { info!("SIGINT: stopping"); break }
-        }
-    }
+    let mut agent = AgentLoop::new(ctrl, kube, metrics, health, sinks, stats, rt_drops);
+    agent
+        .run(Inputs {
+            execs: rx,
+            runtime_events: rt_rx,
+            resync_now,
+            resync_interval: args.resync_interval,
+        })
+        .await?;
+    let AgentLoop {
+        mut ctrl,
+        kube,
+        sinks,
+        reader_stats: stats,
+        rt_drops,
+        ..
+    } = agent;
     pump.abort();
     if let Some(f) = forwarder {
         f.abort();
