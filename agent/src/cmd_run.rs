@@ -2,6 +2,7 @@
 //! container from the runtimes, push verdicts into the kernel, turn exec
 //! events into findings. SIGTERM and SIGINT detach everything cleanly.
 use std::{
+    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -12,7 +13,10 @@ use std::{
 use agent_common::verdict;
 use anyhow::{bail, Context};
 use imagewarden_policy::PolicySet;
-use tokio::sync::mpsc;
+use tokio::{
+    sync::{mpsc, oneshot, Notify},
+    task::JoinHandle,
+};
 use tracing::{info, warn};
 
 use crate::{
@@ -35,7 +39,7 @@ use crate::{
         cri::CriClient,
         events::{forward_events, RUNTIME_EVENT_CAPACITY},
         kyverno_config::Exemptions,
-        SharedSource,
+        RuntimeEvent, SharedSource,
     },
 };
 
@@ -130,18 +134,15 @@ fn findings_out(sinks: Sinks, metrics: Metrics) -> (FindingsOut, Arc<Sinks>) {
     (out, sinks)
 }
 
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let metrics = Metrics::new();
-    let health = Health::with_gates(std::time::Duration::from_secs(30), &ReadyGate::ALL);
-    let enforce = args.mode == Mode::Enforce;
-    metrics.set_mode(if enforce {
-        ModeLabel::Enforce
-    } else {
-        ModeLabel::Audit
-    });
+/// `--listen`: serves /metrics, /healthz and /readyz until the returned
+/// sender fires (or is dropped).
+async fn start_server(
+    listen: Option<&str>,
+    metrics: &Metrics,
+    health: &Health,
+) -> anyhow::Result<(Option<JoinHandle<()>>, oneshot::Sender<()>)> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server_task = match &args.listen {
+    let server_task = match listen {
         Some(l) => {
             let addr: std::net::SocketAddr = l
                 .parse()
@@ -162,7 +163,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let (policy, base_policy) = match load_policy(&args) {
+    Ok((server_task, stop_tx))
+}
+
+/// The policy the agent starts with: `--policy` (or the embedded one),
+/// and in Kubernetes mode the cluster's, once the API server told them
+/// (and the Namespaces' labels). Enforce mode refuses an empty policy.
+async fn policy_at_start(
+    args: &RunArgs,
+    metrics: &Metrics,
+    enforce: bool,
+) -> anyhow::Result<(Arc<PolicySet>, Option<KubeState>)> {
+    let (policy, base_policy) = match load_policy(args) {
         Ok(p) => p,
         Err(e) => {
             metrics.policy_reload(ReloadResult::Error);
@@ -176,7 +188,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut kube = if args.standalone {
         None
     } else {
-        Some(KubeState::start(&args, base_policy, metrics.clone()).await?)
+        Some(KubeState::start(args, base_policy, metrics.clone()).await?)
     };
     let mut policy = Arc::new(policy);
     if let Some(k) = kube.as_mut() {
@@ -208,14 +220,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if policy.rule_count() == 0 && kube.is_none() {
         warn!("audit mode with an empty policy: nothing will be reported");
     }
-    health.set_ready(ReadyGate::PolicyLoaded, true);
-    let sink_cfg = SinkConfig {
-        stdout: true,
-        file: args.findings_file.clone(),
-        webhook: args.webhook_url.as_ref().map(WebhookConfig::new),
-    };
-    let sinks = Sinks::open(&sink_cfg, metrics.clone()).context("opening the findings sinks")?;
-    let opts = ProbeOptions {
+    Ok((policy, kube))
+}
+
+/// What to load into the kernel, from the flags.
+fn probe_options(args: &RunArgs, enforce: bool) -> ProbeOptions {
+    ProbeOptions {
         ringbuf_bytes: args.ringbuf_bytes,
         hook: match args.exec_hook {
             CliHook::Auto => HookChoice::Auto,
@@ -234,13 +244,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             std::time::Duration::ZERO
         },
         drift_check: !args.no_exec_drift_check,
-    };
-    let mut probes = Probes::load(&opts).context("loading the eBPF probes")?;
-    metrics.set_enforcement(probes.enforcement, probes.exec_hook);
-    let reader = probes.counter_reader();
-    metrics.set_kernel_source(Arc::new(move || reader.read().ok()));
-    health.set_ready(ReadyGate::ProbesAttached, true);
-    let mut static_attr = std::collections::HashMap::new();
+    }
+}
+
+/// Verdicts by cgroup that no runtime gives: `--deny-cgroup`, and the
+/// agent's own cgroup (allowed); their attributions for findings.
+fn static_cgroups(
+    args: &RunArgs,
+    probes: &mut Probes,
+) -> anyhow::Result<HashMap<u64, Attribution>> {
+    let mut static_attr = HashMap::new();
     for path in &args.deny_cgroups {
         let id = probes
             .set_cgroup_path_verdict(path, verdict::DENY)
@@ -278,17 +291,94 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Err(e) => warn!("the agent's own cgroup: {e}"),
         }
     }
-    let ring = probes.take_events().context("ring buffer already taken")?;
-    let (tx, rx) = mpsc::channel::<ExecRecord>(CHANNEL_CAPACITY);
-    let stats = Arc::new(ReaderStats::default());
-    metrics.set_reader_stats(stats.clone());
-    let pump = tokio::spawn(reader::pump(ring, tx, stats.clone()));
+    Ok(static_attr)
+}
 
-    let cgroup2 = find_cgroup2_mount().context("no cgroup2 hierarchy is mounted")?;
-    let (containerd, cri) = connect_runtimes(args.runtime_endpoint.as_deref()).await;
+/// A previous agent died and left its pinned state: the kernel kept
+/// enforcing with it until now.
+fn take_over(ctrl: &mut Controller, metrics: &Metrics) {
+    // Drop what no longer exists, let containers it held while nobody
+    // decided go on (or die).
+    ctrl.after_takeover();
+    // What the kernel let run unheld while no agent was alive (the
+    // dead-man's switch): reported now, and judged by the resync above
+    // (a denied one is killed like any other in enforce mode).
+    let (execs, cgroups) = ctrl.probes_mut().take_unenforced();
+    if execs > 0 || !cgroups.is_empty() {
+        warn!(
+            execs,
+            containers = cgroups.len(),
+            "while no agent was alive, unknown containers ran unenforced"
+        );
+        metrics.unenforced_execs(execs);
+        for (id, _since) in cgroups {
+            let attr = ctrl.attribution_of(id);
+            let f = Finding::container(
+                FindingVerdict::Unknown,
+                FindingAction::None,
+                Reason::new(
+                    ReasonKind::RanUnenforced,
+                    format!("ran-unenforced: cgroup {id} ran while no agent was alive (heartbeat stale); judged on takeover"),
+                ),
+                None,
+                Some(id),
+                attr,
+            );
+            ctrl.report(&f);
+        }
+    }
+}
+
+/// Leaves the pinned state to the next agent (`--fail-mode closed`) or
+/// detaches, and logs the totals.
+fn stop_enforcing(
+    ctrl: &mut Controller,
+    args: &RunArgs,
+    stats: &ReaderStats,
+    rt_drops: &AtomicU64,
+) {
+    if args.fail_mode == FailMode::Closed && !args.detach_on_exit {
+        // A rolling update: the kernel keeps enforcing with the pinned
+        // state, which the next agent takes over. Unknown containers are
+        // held until it does (or until --heartbeat-timeout, the dead-man's
+        // switch). Uninstalling detaches: `imagewarden cleanup`.
+        let _ = ctrl.probes_mut().heartbeat();
+        info!("leaving the pinned state to the next agent (enforcement continues; `imagewarden cleanup` detaches)");
+    } else {
+        // Detach everything, leave nothing pinned; what the kernel held
+        // runs on (nobody is left to decide it).
+        let resumed = ctrl.release_all_holds();
+        ctrl.probes_mut().unpin_all();
+        info!(resumed_holds = resumed, "detached");
+    }
+    let k = ctrl.probes().counters().unwrap_or_default();
+    info!(
+        execs = k.execs,
+        kills = k.kills,
+        ringbuf_drops = k.ringbuf_drops,
+        channel_drops = stats.channel_drops.load(Ordering::Relaxed),
+        decode_errors = stats.decode_errors.load(Ordering::Relaxed),
+        runtime_event_drops = rt_drops.load(Ordering::Relaxed),
+        stats = ?ctrl.stats,
+        "stopped"
+    );
+}
+
+/// The runtime event channel, filled by one forwarder task
+/// (`sources::events`): the task, the receiver, the count of events the
+/// full channel refused, and the forwarder's request for a resync.
+fn spawn_forwarder(
+    containerd: &Option<SharedSource>,
+    cri: &Option<SharedSource>,
+) -> (
+    Option<JoinHandle<()>>,
+    mpsc::Receiver<RuntimeEvent>,
+    Arc<AtomicU64>,
+    Arc<Notify>,
+) {
     let (rt_tx, rt_rx) = mpsc::channel(RUNTIME_EVENT_CAPACITY);
     let rt_drops = Arc::new(AtomicU64::new(0));
-    let resync_now = Arc::new(tokio::sync::Notify::new());
+    let resync_now = Arc::new(Notify::new());
     // containerd's own events where the agent has its API (every
     // namespace, the task's pid, the spec's cgroup path before the task
     // exists); else CRI's GetContainerEvents (CRI-O), so that a new
@@ -303,6 +393,58 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ))
     });
     drop(rt_tx);
+    (forwarder, rt_rx, rt_drops, resync_now)
+}
+
+/// What admission excluded, and in Kubernetes mode the Pods' context.
+fn wire_exemptions(ctrl: &mut Controller, kube: Option<&KubeState>, args: &RunArgs) {
+    match kube {
+        None => ctrl.set_exemptions(Arc::new(Exemptions::from_namespaces(
+            &args.exempt_namespaces,
+        ))),
+        Some(k) => {
+            ctrl.pod_lookup = Some(k.pod_lookup());
+            ctrl.queue_drift_findings();
+            ctrl.set_exemptions(k.exemptions.borrow().clone());
+        }
+    }
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let metrics = Metrics::new();
+    let health = Health::with_gates(std::time::Duration::from_secs(30), &ReadyGate::ALL);
+    let enforce = args.mode == Mode::Enforce;
+    metrics.set_mode(if enforce {
+        ModeLabel::Enforce
+    } else {
+        ModeLabel::Audit
+    });
+    let (server_task, stop_tx) = start_server(args.listen.as_deref(), &metrics, &health).await?;
+    let (policy, kube) = policy_at_start(&args, &metrics, enforce).await?;
+    health.set_ready(ReadyGate::PolicyLoaded, true);
+    let sink_cfg = SinkConfig {
+        stdout: true,
+        file: args.findings_file.clone(),
+        webhook: args.webhook_url.as_ref().map(WebhookConfig::new),
+    };
+    let sinks = Sinks::open(&sink_cfg, metrics.clone()).context("opening the findings sinks")?;
+    let opts = probe_options(&args, enforce);
+    let mut probes = Probes::load(&opts).context("loading the eBPF probes")?;
+    metrics.set_enforcement(probes.enforcement, probes.exec_hook);
+    let reader = probes.counter_reader();
+    metrics.set_kernel_source(Arc::new(move || reader.read().ok()));
+    health.set_ready(ReadyGate::ProbesAttached, true);
+    let static_attr = static_cgroups(&args, &mut probes)?;
+    let ring = probes.take_events().context("ring buffer already taken")?;
+    let (tx, rx) = mpsc::channel::<ExecRecord>(CHANNEL_CAPACITY);
+    let stats = Arc::new(ReaderStats::default());
+    metrics.set_reader_stats(stats.clone());
+    let pump = tokio::spawn(reader::pump(ring, tx, stats.clone()));
+
+    let cgroup2 = find_cgroup2_mount().context("no cgroup2 hierarchy is mounted")?;
+    let (containerd, cri) = connect_runtimes(args.runtime_endpoint.as_deref()).await;
+    let (forwarder, rt_rx, rt_drops, resync_now) = spawn_forwarder(&containerd, &cri);
 
     let cfg = ControllerConfig {
         enforce,
@@ -316,49 +458,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut ctrl = Controller::new(cfg, probes, policy, containerd, cri, out);
     ctrl.static_attributions = static_attr;
     ctrl.metrics = Some(metrics.clone());
-    match kube.as_ref() {
-        None => ctrl.set_exemptions(Arc::new(Exemptions::from_namespaces(
-            &args.exempt_namespaces,
-        ))),
-        Some(k) => {
-            ctrl.pod_lookup = Some(k.pod_lookup());
-            ctrl.queue_drift_findings();
-            ctrl.set_exemptions(k.exemptions.borrow().clone());
-        }
-    }
+    wire_exemptions(&mut ctrl, kube.as_ref(), &args);
     ctrl.resync().await;
     if ctrl.probes().took_over {
-        // A previous agent died and left its pinned state: the kernel kept
-        // enforcing with it until now. Drop what no longer exists, let
-        // containers it held while nobody decided go on (or die).
-        ctrl.after_takeover();
-        // What the kernel let run unheld while no agent was alive (the
-        // dead-man's switch): reported now, and judged by the resync above
-        // (a denied one is killed like any other in enforce mode).
-        let (execs, cgroups) = ctrl.probes_mut().take_unenforced();
-        if execs > 0 || !cgroups.is_empty() {
-            warn!(
-                execs,
-                containers = cgroups.len(),
-                "while no agent was alive, unknown containers ran unenforced"
-            );
-            metrics.unenforced_execs(execs);
-            for (id, _since) in cgroups {
-                let attr = ctrl.attribution_of(id);
-                let f = Finding::container(
-                    FindingVerdict::Unknown,
-                    FindingAction::None,
-                    Reason::new(
-                        ReasonKind::RanUnenforced,
-                        format!("ran-unenforced: cgroup {id} ran while no agent was alive (heartbeat stale); judged on takeover"),
-                    ),
-                    None,
-                    Some(id),
-                    attr,
-                );
-                ctrl.report(&f);
-            }
-        }
+        take_over(&mut ctrl, &metrics);
     }
     health.set_ready(ReadyGate::InventorySynced, true);
     health.tick();
@@ -397,31 +500,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(f) = forwarder {
         f.abort();
     }
-    if args.fail_mode == FailMode::Closed && !args.detach_on_exit {
-        // A rolling update: the kernel keeps enforcing with the pinned
-        // state, which the next agent takes over. Unknown containers are
-        // held until it does (or until --heartbeat-timeout, the dead-man's
-        // switch). Uninstalling detaches: `imagewarden cleanup`.
-        let _ = ctrl.probes_mut().heartbeat();
-        info!("leaving the pinned state to the next agent (enforcement continues; `imagewarden cleanup` detaches)");
-    } else {
-        // Detach everything, leave nothing pinned; what the kernel held
-        // runs on (nobody is left to decide it).
-        let resumed = ctrl.release_all_holds();
-        ctrl.probes_mut().unpin_all();
-        info!(resumed_holds = resumed, "detached");
-    }
-    let k = ctrl.probes().counters().unwrap_or_default();
-    info!(
-        execs = k.execs,
-        kills = k.kills,
-        ringbuf_drops = k.ringbuf_drops,
-        channel_drops = stats.channel_drops.load(Ordering::Relaxed),
-        decode_errors = stats.decode_errors.load(Ordering::Relaxed),
-        runtime_event_drops = rt_drops.load(Ordering::Relaxed),
-        stats = ?ctrl.stats,
-        "stopped"
-    );
+    stop_enforcing(&mut ctrl, &args, &stats, &rt_drops);
     drop(ctrl);
     drop(kube);
     if let Ok(sinks) = Arc::try_unwrap(sinks) {
