@@ -178,7 +178,8 @@ impl<K: KernelMaps> Controller<K> {
     /// The one kill of held processes: their cgroup (`cgroup.kill`) where
     /// its directory is known, else each of them (SIGKILL); counted.
     pub(super) fn kill_held(&mut self, dir: Option<&Path>, pids: &[u32]) {
-        if !dir.is_some_and(|d| kill_cgroup(d).is_ok()) {
+        let by_cgroup = dir.is_some_and(|d| kill_cgroup(d).is_ok());
+        if !by_cgroup {
             for pid in pids {
                 signal(*pid as i32, libc::SIGKILL);
             }
