@@ -296,29 +296,16 @@ impl<K: KernelMaps> Controller<K> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::sources::ContainerState;
 
-    fn info(image: Option<&str>) -> ContainerInfo {
-        let mut i = ContainerInfo {
-            id: "c1".into(),
-            runtime: "containerd",
-            namespace: Some("default".into()),
-            sandbox_id: None,
-            pod_name: None,
-            pod_namespace: None,
-            pod_uid: None,
-            container_name: None,
-            kind: None,
-            image_as_written: None,
-            image_ref: None,
-            image_id: None,
-            state: ContainerState::Running,
-            pid: None,
-            cgroup_path: None,
-            labels: Default::default(),
-        };
+    /// A running container of containerd namespace `default` (what
+    /// containerd's API reports: no kind, no Pod).
+    pub(in crate::controller) fn info(image: Option<&str>) -> ContainerInfo {
+        let mut i = ContainerInfo::new("c1".into(), "containerd");
+        i.namespace = Some("default".into());
+        i.state = ContainerState::Running;
         i.image_as_written = image.map(str::to_string);
         i
     }
@@ -329,22 +316,15 @@ mod tests {
             imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
         let mut i = info(Some("public.ecr.aws/nginx/nginx:latest"));
         let none = Exemptions::default();
-        let entry = |d: DriftDecision| Entry {
-            info: info(None),
-            key: None,
-            cgroup_id: None,
-            cgroup_dir: None,
-            decision: Decision {
-                kernel: KernelVerdict::Allow,
-                reason: Reason::new(ReasonKind::Allowed, ""),
-            },
-            drift: d,
-            reported: None,
-            killed: false,
-            kill_reported: false,
-            pending_since: None,
-            unconfirmed_final: false,
-            cri_asked_at: None,
+        let entry = |d: DriftDecision| {
+            Entry::new(
+                info(None),
+                Decision {
+                    kernel: KernelVerdict::Allow,
+                    reason: Reason::new(ReasonKind::Allowed, ""),
+                },
+                d,
+            )
         };
         use agent_common::drift_policy::{DENY_DRIFT, DENY_FILELESS};
         // The seed policy says nothing about drift: reported, never refused.

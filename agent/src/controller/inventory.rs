@@ -43,6 +43,24 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A container just learnt: no cgroup known yet, nothing reported.
+    pub(super) fn new(info: ContainerInfo, decision: Decision, drift: DriftDecision) -> Self {
+        Entry {
+            info,
+            key: None,
+            cgroup_id: None,
+            cgroup_dir: None,
+            decision,
+            drift,
+            reported: None,
+            killed: false,
+            kill_reported: false,
+            pending_since: None,
+            unconfirmed_final: false,
+            cri_asked_at: None,
+        }
+    }
+
     pub(super) fn attribution(&self) -> Attribution {
         Attribution {
             container_id: Some(self.info.id.clone()),
@@ -345,20 +363,10 @@ impl<K: KernelMaps> Controller<K> {
             merge(&mut info, prev);
         }
         let (decision, drift, pending) = self.judge_info(&info, unconfirmed_final);
-        let e = self.entries.entry(key.clone()).or_insert_with(|| Entry {
-            info: info.clone(),
-            key: None,
-            cgroup_id: None,
-            cgroup_dir: None,
-            decision: decision.clone(),
-            drift: drift.clone(),
-            reported: None,
-            killed: false,
-            kill_reported: false,
-            pending_since: None,
-            unconfirmed_final: false,
-            cri_asked_at: None,
-        });
+        let e = self
+            .entries
+            .entry(key.clone())
+            .or_insert_with(|| Entry::new(info.clone(), decision.clone(), drift.clone()));
         // Another task of the same container (its events were missed, or a
         // resync reports it between its Exited and its Started): its
         // cgroup is new too.
@@ -530,13 +538,7 @@ impl<K: KernelMaps> Controller<K> {
 mod tests {
     use super::*;
 
-    fn info(image: Option<&str>) -> ContainerInfo {
-        let mut i = ContainerInfo::new("c1".into(), "containerd");
-        i.namespace = Some("default".into());
-        i.state = ContainerState::Running;
-        i.image_as_written = image.map(str::to_string);
-        i
-    }
+    use crate::controller::decide::tests::info;
 
     #[test]
     fn cgroup_keys_from_oci_paths() {
