@@ -187,33 +187,8 @@ impl ContainerdClient {
         let mut images: HashMap<String, Option<ImageTarget>> = HashMap::new();
         let mut out = Vec::with_capacity(raw.len());
         for c in raw {
-            let mut info = ContainerInfo::new(c.id.clone(), "containerd");
-            info.namespace = Some(ns.to_string());
-            // Labels are kept for display only: anyone with containerd's
-            // API sets them, so they never say which Pod a container is
-            // or whether it is a sandbox (issue 13, case 6; CRI does).
-            info.labels = bounded_labels(c.labels);
-            // The image judged is the container record's own image, never
-            // the CRI metadata extension's name, which is as forgeable as a
-            // label; CRI's status gives the name a pod wrote once CRI knows
-            // the container.
-            info.image_as_written = non_empty(c.image.clone());
-            info.cgroup_path = c.spec.as_ref().and_then(cgroups_path_of_spec);
-            if !c.image.is_empty() {
-                if !images.contains_key(&c.image) {
-                    let t = match self.image_target(ns, &c.image).await {
-                        Ok(t) => t,
-                        Err(e) if e.is_not_found() => None,
-                        Err(e) => return Err(e),
-                    };
-                    images.insert(c.image.clone(), t);
-                }
-                if let Some(Some(t)) = images.get(&c.image) {
-                    info.image_ref = image_digest_ref(&t.name, &t.digest);
-                    info.image_id = t.config_digest.clone();
-                }
-            }
-            match tasks.get(&c.id) {
+            let mut info = self.describe(ns, c, &mut images).await?;
+            match tasks.get(&info.id) {
                 Some((pid, status)) => {
                     info.state = *status;
                     info.pid = (*pid > 0 && *status != ContainerState::Exited).then_some(*pid);
@@ -223,6 +198,92 @@ impl ContainerdClient {
             out.push(info);
         }
         Ok(out)
+    }
+
+    /// One container by id, from its own record (Containers.Get) and its
+    /// own task (Tasks.Get): neither touches another container's shim, so
+    /// a shim that is stuck elsewhere (a `runc init` the kernel holds keeps
+    /// its shim in Create, and containerd's Tasks.List then times out) does
+    /// not hide this container. A task call that fails leaves the state
+    /// unknown rather than the container unknown. `Ok(None)`: no such
+    /// container in `ns`.
+    pub async fn container(
+        &self,
+        ns: &str,
+        id: &str,
+    ) -> Result<Option<ContainerInfo>, ContainerdError> {
+        let mut c = ContainersClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let req = with_ns(svc::GetContainerRequest { id: id.to_string() }, ns)?;
+        let rec = match call!(self, "Containers.Get", Some(ns), c.get(req)) {
+            Ok(r) => match r.container {
+                Some(rec) => rec,
+                None => return Ok(None),
+            },
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut info = self.describe(ns, rec, &mut HashMap::new()).await?;
+        let mut t = TasksClient::new(self.channel.clone());
+        let req = with_ns(
+            svc::GetRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+            },
+            ns,
+        )?;
+        match call!(self, "Tasks.Get", Some(ns), t.get(req)) {
+            Ok(r) => {
+                if let Some(p) = r.process {
+                    let st = task_state(p.status);
+                    info.state = st;
+                    info.pid = (p.pid > 0 && st != ContainerState::Exited).then_some(p.pid);
+                }
+            }
+            Err(e) if e.is_not_found() => info.state = ContainerState::Created,
+            Err(e) => {
+                tracing::warn!(namespace = ns, container = id, "containerd task state unknown: {e}");
+                info.state = ContainerState::Unknown;
+            }
+        }
+        Ok(Some(info))
+    }
+
+    /// A container record as the runtime-neutral [`ContainerInfo`] (task
+    /// fields left to the caller); `images` caches image lookups.
+    async fn describe(
+        &self,
+        ns: &str,
+        c: svc::Container,
+        images: &mut HashMap<String, Option<ImageTarget>>,
+    ) -> Result<ContainerInfo, ContainerdError> {
+        let mut info = ContainerInfo::new(c.id.clone(), "containerd");
+        info.namespace = Some(ns.to_string());
+        // Labels are kept for display only: anyone with containerd's
+        // API sets them, so they never say which Pod a container is
+        // or whether it is a sandbox (issue 13, case 6; CRI does).
+        info.labels = bounded_labels(c.labels);
+        // The image judged is the container record's own image, never
+        // the CRI metadata extension's name, which is as forgeable as a
+        // label; CRI's status gives the name a pod wrote once CRI knows
+        // the container.
+        info.image_as_written = non_empty(c.image.clone());
+        info.cgroup_path = c.spec.as_ref().and_then(cgroups_path_of_spec);
+        if !c.image.is_empty() {
+            if !images.contains_key(&c.image) {
+                let t = match self.image_target(ns, &c.image).await {
+                    Ok(t) => t,
+                    Err(e) if e.is_not_found() => None,
+                    Err(e) => return Err(e),
+                };
+                images.insert(c.image.clone(), t);
+            }
+            if let Some(Some(t)) = images.get(&c.image) {
+                info.image_ref = image_digest_ref(&t.name, &t.digest);
+                info.image_id = t.config_digest.clone();
+            }
+        }
+        Ok(info)
     }
 
     async fn raw_containers(&self, ns: &str) -> Result<Vec<svc::Container>, ContainerdError> {
@@ -283,13 +344,7 @@ impl ContainerdClient {
             .into_iter()
             .take(MAX_CONTAINERS)
             .map(|p| {
-                let st = match TaskStatus::try_from(p.status) {
-                    Ok(TaskStatus::Created) => ContainerState::Created,
-                    Ok(TaskStatus::Running) => ContainerState::Running,
-                    Ok(TaskStatus::Stopped) => ContainerState::Exited,
-                    Ok(TaskStatus::Paused | TaskStatus::Pausing) => ContainerState::Paused,
-                    _ => ContainerState::Unknown,
-                };
+                let st = task_state(p.status);
                 // containerd 1.6 leaves `container_id` empty and puts the
                 // container id in `id` (the init process's id).
                 let id = if p.container_id.is_empty() {
@@ -464,9 +519,8 @@ impl RuntimeSource for ContainerdClient {
         Box::pin(self.list_all())
     }
 
-    /// containerd has no call for one container with its task and image:
-    /// the namespace is listed (events are rare; the agent did so before
-    /// the trait). No namespace: nothing to look in.
+    /// The container's own record and task ([`ContainerdClient::container`]).
+    /// No namespace: nothing to look in.
     fn lookup<'a>(
         &'a self,
         namespace: Option<&'a str>,
@@ -476,8 +530,7 @@ impl RuntimeSource for ContainerdClient {
             let Some(ns) = namespace else {
                 return Ok(None);
             };
-            let list = self.list_containers(ns).await?;
-            Ok(list.into_iter().find(|i| i.id == id))
+            self.container(ns, id).await
         })
     }
 
@@ -487,6 +540,17 @@ impl RuntimeSource for ContainerdClient {
 
     fn namespaces(&self) -> SourceFuture<'_, Vec<String>> {
         Box::pin(ContainerdClient::namespaces(self))
+    }
+}
+
+/// A task's status, runtime-neutral.
+fn task_state(status: i32) -> ContainerState {
+    match TaskStatus::try_from(status) {
+        Ok(TaskStatus::Created) => ContainerState::Created,
+        Ok(TaskStatus::Running) => ContainerState::Running,
+        Ok(TaskStatus::Stopped) => ContainerState::Exited,
+        Ok(TaskStatus::Paused | TaskStatus::Pausing) => ContainerState::Paused,
+        _ => ContainerState::Unknown,
     }
 }
 
