@@ -61,7 +61,7 @@ pub fn drift_with(
         .map(|p| p.namespace.as_str())
         .or(info.pod_namespace.as_deref());
     if ns
-        .and_then(|ns| exempt.exempt(ns, info.pod_name.as_deref()))
+        .and_then(|ns| exempt.exempt(ns, info.pod_name.as_deref(), info.static_pod))
         .is_some()
     {
         for a in [&mut d.fileless, &mut d.writable_layer] {
@@ -117,7 +117,9 @@ pub fn decide_with(
         let ns = pod
             .map(|p| p.namespace.as_str())
             .or(info.pod_namespace.as_deref());
-        if let Some(why) = ns.and_then(|ns| exempt.exempt(ns, info.pod_name.as_deref())) {
+        if let Some(why) =
+            ns.and_then(|ns| exempt.exempt(ns, info.pod_name.as_deref(), info.static_pod))
+        {
             d.kernel = KernelVerdict::Audit;
             d.reason.text = format!("{}; not stopped: {why}", d.reason.text);
         }
@@ -475,6 +477,21 @@ pub(super) mod tests {
             decide_with(&policy, &i, None, &ex).kernel,
             KernelVerdict::Deny
         );
+        // A static Pod (CRI says so): Kyverno never checks what the
+        // kubelet sends (default excludeGroups system:nodes): audit, and
+        // the reason says why; the same image in an API Pod is denied.
+        i.static_pod = true;
+        let d = decide_with(&policy, &i, None, &ex);
+        assert_eq!(d.kernel, KernelVerdict::Audit, "{d:?}");
+        assert!(d.reason.text.contains("static Pod"), "{d:?}");
+        let mut cm = BTreeMap::new();
+        cm.insert("excludeGroups".to_string(), "team-a".to_string());
+        let (judged, _) = Exemptions::from_configmap(&[], "kyverno/kyverno", Some("n1"), &cm);
+        assert_eq!(
+            decide_with(&policy, &i, None, &judged).kernel,
+            KernelVerdict::Deny
+        );
+        i.static_pod = false;
         // Allowed images stay allowed, exempt or not.
         i.image_as_written = Some("public.ecr.aws/nginx/nginx:1".into());
         i.pod_namespace = Some("kube-system".into());

@@ -13,6 +13,10 @@ use crate::{
     sources::cgroup,
 };
 
+/// Least time between two resyncs asked for by holds on cgroups no runtime
+/// lists (see [`Controller::hold_resync_due`]).
+const HOLD_RESYNC_GAP: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub(super) struct Held {
     pub(super) pids: Vec<u32>,
     pub(super) since: Instant,
@@ -41,12 +45,29 @@ impl<K: KernelMaps> Controller<K> {
             }
             h.pids.push(tgid);
             self.stats.holds_adopted += 1;
+            let comm = std::fs::read_to_string(format!("/proc/{tgid}/comm")).unwrap_or_default();
             info!(
                 tgid,
-                cgroup_id, "adopted a hold the kernel kept (its event never reached this agent)"
+                cgroup_id,
+                comm = comm.trim_end(),
+                "adopted a hold the kernel kept (its event never reached this agent)"
             );
-            self.resolve_held(cgroup_id, tgid).await;
+            let may = self.hold_resync_due();
+            self.resolve_held(cgroup_id, tgid, may).await;
         }
+    }
+
+    /// Whether a hold on a cgroup no runtime lists may resync now. A resync
+    /// is bounded by the runtime call timeout, not by the runtime: one that
+    /// answers slowly or not at all (a held `runc init` keeps its shim in
+    /// Create, and containerd's Tasks.List then times out) must not stall
+    /// the loop once per held process, since the loop's own hold timeouts
+    /// are what unwedge the node. After a resync for a hold, the next waits
+    /// as long as it took (at least [`HOLD_RESYNC_GAP`]); the periodic
+    /// resync, runtime events and the last look before a hold expires
+    /// (always) still run.
+    pub(super) fn hold_resync_due(&self) -> bool {
+        self.hold_resync_after.is_none_or(|t| Instant::now() >= t)
     }
 
     /// Detaching (uninstall, fail-open exit): nobody will decide what the
@@ -74,7 +95,7 @@ impl<K: KernelMaps> Controller<K> {
     }
 
     /// Tries to attribute a held cgroup to a container and decide.
-    pub(super) async fn resolve_held(&mut self, cgroup_id: u64, pid: u32) {
+    pub(super) async fn resolve_held(&mut self, cgroup_id: u64, pid: u32, may_resync: bool) {
         if let Some(k) = self.by_cgroup.get(&cgroup_id).cloned() {
             if self
                 .entries
@@ -103,13 +124,34 @@ impl<K: KernelMaps> Controller<K> {
             .iter()
             .find(|(_, e)| e.info.id == cc.id)
             .map(|(k, _)| k.clone());
-        if found.is_none() {
-            self.resync().await;
-            found = self
-                .entries
+        let find = |c: &Self| {
+            c.entries
                 .iter()
                 .find(|(_, e)| e.info.id == cc.id)
-                .map(|(k, _)| k.clone());
+                .map(|(k, _)| k.clone())
+        };
+        if found.is_none() && may_resync {
+            let t = Instant::now();
+            self.resync().await;
+            self.hold_resync_after = Some(Instant::now() + t.elapsed().max(HOLD_RESYNC_GAP));
+            found = find(self);
+        }
+        // Held under a containerd namespace's cgroup and still not listed
+        // (the listing failed: a held runc init keeps its shim in Create,
+        // and Tasks.List times out): ask for that one container, whose own
+        // record says its image.
+        if found.is_none() {
+            let ns = dir
+                .as_deref()
+                .and_then(|d| d.parent())
+                .and_then(|p| p.file_name())
+                .and_then(|n| n.to_str())
+                .filter(|n| self.hold_parents.contains_key(*n))
+                .map(str::to_string);
+            if let Some(ns) = ns {
+                self.fetch_one("containerd", Some(&ns), &cc.id).await;
+                found = find(self);
+            }
         }
         if let Some(k) = found {
             if let Some(e) = self.entries.get_mut(&k) {
@@ -144,9 +186,13 @@ impl<K: KernelMaps> Controller<K> {
             .filter(|(_, h)| now.duration_since(h.since) >= self.cfg.hold_timeout)
             .map(|(id, h)| (*id, h.pids.first().copied()))
             .collect();
+        // One last look at the runtimes before killing: one resync for
+        // every hold that expires now.
+        let mut may_resync = true;
         for (id, pid) in expired {
             if let Some(pid) = pid {
-                self.resolve_held(id, pid).await;
+                self.resolve_held(id, pid, may_resync).await;
+                may_resync = false;
             }
             // Held for the whole timeout by a container still waiting for
             // CRI: judged by its image now (a finding that names it).

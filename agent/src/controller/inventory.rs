@@ -157,6 +157,8 @@ pub(super) fn merge(into: &mut ContainerInfo, from: &ContainerInfo) {
     for (k, v) in &from.labels {
         into.labels.entry(k.clone()).or_insert_with(|| v.clone());
     }
+    // Only CRI sets it (containerd's own listing never does).
+    into.static_pod |= from.static_pod;
 }
 
 impl<K: KernelMaps> Controller<K> {

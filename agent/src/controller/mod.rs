@@ -142,6 +142,9 @@ pub struct Controller<K = Probes> {
     /// when they were last asked for.
     sandbox_images: std::collections::HashSet<String>,
     sandbox_images_at: Option<Instant>,
+    /// A hold on a cgroup no runtime lists may resync again from then on
+    /// (see `holds::Controller::hold_resync_due`).
+    hold_resync_after: Option<Instant>,
 }
 
 /// Bound of the queue of exec-drift findings waiting for their Event.
@@ -175,6 +178,7 @@ impl<K: KernelMaps> Controller<K> {
             drift_findings: None,
             sandbox_images: Default::default(),
             sandbox_images_at: None,
+            hold_resync_after: None,
         }
     }
 
@@ -226,7 +230,8 @@ impl<K: KernelMaps> Controller<K> {
                 })
                 .pids
                 .push(rec.tgid);
-            self.resolve_held(rec.cgroup_id, rec.tgid).await;
+            let may = self.hold_resync_due();
+            self.resolve_held(rec.cgroup_id, rec.tgid, may).await;
         }
         // Held, then decided while this very exec was handled (killed, or
         // continued): its finding is that decision, not a hold that no later
@@ -385,6 +390,14 @@ impl<K: KernelMaps> Controller<K> {
     /// Whether the controller knows (and so has judged) this container.
     pub fn knows(&self, container_id: &str) -> bool {
         self.entries.values().any(|e| e.info.id == container_id)
+    }
+
+    /// Whether CRI says the container belongs to a static Pod (see
+    /// [`ContainerInfo::static_pod`]); false for a container not known.
+    pub fn is_static_pod(&self, container_id: &str) -> bool {
+        self.entries
+            .values()
+            .any(|e| e.info.id == container_id && e.info.static_pod)
     }
 
     /// Summary line for logs.

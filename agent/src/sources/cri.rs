@@ -285,6 +285,7 @@ impl CriClient {
             info.pod_namespace = non_empty(m.namespace.clone());
             info.pod_uid = non_empty(m.uid.clone());
         }
+        info.static_pod = is_static_pod(sb);
         info.state = match api::PodSandboxState::try_from(sb.state) {
             Ok(api::PodSandboxState::SandboxReady) => ContainerState::Running,
             Ok(api::PodSandboxState::SandboxNotready) => ContainerState::Exited,
@@ -440,6 +441,7 @@ impl CriClient {
             info.pod_namespace = non_empty(m.namespace.clone());
             info.pod_uid = non_empty(m.uid.clone());
         }
+        info.static_pod = sb.is_some_and(is_static_pod);
         if let Some(m) = &c.metadata {
             info.container_name = non_empty(m.name.clone());
         }
@@ -558,6 +560,7 @@ impl CriClient {
                             c.pod_name = s.pod_name.or(c.pod_name.take());
                             c.pod_namespace = s.pod_namespace.or(c.pod_namespace.take());
                             c.pod_uid = s.pod_uid.or(c.pod_uid.take());
+                            c.static_pod = s.static_pod;
                         }
                         Ok(None) => {}
                         Err(e) if e.is_not_found() => {}
@@ -989,6 +992,18 @@ fn cgroups_path_of(v: &serde_json::Value) -> Option<String> {
     v.pointer("/runtimeSpec/linux/cgroupsPath")
         .and_then(|p| p.as_str())
         .and_then(non_empty)
+}
+
+/// The kubelet runs this sandbox's Pod from its own manifests: the
+/// annotation the kubelet stamps on every Pod it runs (`file`, `http`; `api`
+/// for the API server's Pods) and passes to RunPodSandbox.
+fn is_static_pod(sb: &api::PodSandbox) -> bool {
+    matches!(
+        sb.annotations
+            .get("kubernetes.io/config.source")
+            .map(String::as_str),
+        Some("file" | "http")
+    )
 }
 
 #[cfg(test)]

@@ -110,6 +110,12 @@ pub struct ContainerInfo {
     pub cgroup_path: Option<String>,
     /// Labels (bounded, see [`MAX_LABELS`]).
     pub labels: BTreeMap<String, String>,
+    /// The kubelet runs this Pod from its own manifests (a static Pod): CRI's
+    /// sandbox annotation `kubernetes.io/config.source` is `file` or `http`.
+    /// The kubelet stamps that annotation on every Pod it runs (`api` for
+    /// the API server's), so a Pod cannot claim it; never read from
+    /// containerd's own labels.
+    pub static_pod: bool,
 }
 
 /// The key of a container across reports: `<runtime namespace>/<id>`
@@ -144,6 +150,7 @@ impl ContainerInfo {
             pid: None,
             cgroup_path: None,
             labels: BTreeMap::new(),
+            static_pod: false,
         }
     }
 
