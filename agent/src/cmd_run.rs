@@ -2,6 +2,7 @@
 //! container from the runtimes, push verdicts into the kernel, turn exec
 //! events into findings. SIGTERM and SIGINT detach everything cleanly.
 use std::{
+    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -12,15 +13,19 @@ use std::{
 use agent_common::verdict;
 use anyhow::{bail, Context};
 use imagewarden_policy::PolicySet;
-use tokio::sync::mpsc;
+use tokio::{
+    sync::{mpsc, oneshot, Notify},
+    task::JoinHandle,
+};
 use tracing::{info, warn};
 
 use crate::{
+    agent_loop::{AgentLoop, Inputs},
     cli::{ExecHook as CliHook, FailMode, Mode, RunArgs},
-    controller::{self, Controller, ControllerConfig, RUNTIME_EVENT_CAPACITY},
+    controller::{Controller, ControllerConfig},
     finding::{Attribution, Finding, FindingAction, FindingVerdict, Reason, ReasonKind},
     kube_run::KubeState,
-    metrics::{self, Metrics, ModeLabel, ReloadResult},
+    metrics::{Metrics, ModeLabel, ReloadResult},
     probes::{
         event::ExecRecord,
         reader::{self, ReaderStats, CHANNEL_CAPACITY},
@@ -29,8 +34,12 @@ use crate::{
     server::{self, Health, ReadyGate, ServerState},
     sink::{SinkConfig, Sinks, WebhookConfig},
     sources::{
-        cgroup::find_cgroup2_mount, containerd::ContainerdClient, cri::CriClient,
+        cgroup::find_cgroup2_mount,
+        containerd::ContainerdClient,
+        cri::CriClient,
+        events::{forward_events, RUNTIME_EVENT_CAPACITY},
         kyverno_config::Exemptions,
+        RuntimeEvent, SharedSource,
     },
 };
 
@@ -81,40 +90,7 @@ pub fn load_policy(args: &RunArgs) -> anyhow::Result<(PolicySet, Option<(String,
     Ok((set, Some((text, name))))
 }
 
-enum KubeChange {
-    Policy,
-    Pods,
-    Namespaces,
-    Exemptions,
-}
-
-/// Resolves when the cluster's merged policy or the API server's Pods
-/// changed (never without Kubernetes, nor once a source has ended).
-async fn kube_changed(k: &mut Option<KubeState>) -> KubeChange {
-    let Some(k) = k else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        r = k.policy.policy.changed() => match r {
-            Ok(()) => KubeChange::Policy,
-            Err(_) => std::future::pending().await,
-        },
-        r = k.pods.changes.changed() => match r {
-            Ok(()) => KubeChange::Pods,
-            Err(_) => std::future::pending().await,
-        },
-        r = k.exemptions.changed() => match r {
-            Ok(()) => KubeChange::Exemptions,
-            Err(_) => std::future::pending().await,
-        },
-        r = k.namespaces.changes.changed() => match r {
-            Ok(()) => KubeChange::Namespaces,
-            Err(_) => std::future::pending().await,
-        },
-    }
-}
-
-async fn connect_runtimes(endpoint: Option<&str>) -> (Option<ContainerdClient>, Option<CriClient>) {
+async fn connect_runtimes(endpoint: Option<&str>) -> (Option<SharedSource>, Option<SharedSource>) {
     let containerd = match ContainerdClient::autodetect(endpoint).await {
         Ok(c) => {
             info!(socket = %c.socket().display(), "containerd API connected (all namespaces)");
@@ -138,7 +114,10 @@ async fn connect_runtimes(endpoint: Option<&str>) -> (Option<ContainerdClient>, 
     if containerd.is_none() && cri.is_none() {
         warn!("no container runtime found: only execs in --deny-cgroup cgroups and held containers are acted on");
     }
-    (containerd, cri)
+    (
+        containerd.map(|c| Arc::new(c) as SharedSource),
+        cri.map(|c| Arc::new(c) as SharedSource),
+    )
 }
 
 /// Where the controller sends findings.
@@ -155,18 +134,15 @@ fn findings_out(sinks: Sinks, metrics: Metrics) -> (FindingsOut, Arc<Sinks>) {
     (out, sinks)
 }
 
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let metrics = Metrics::new();
-    let health = Health::with_gates(std::time::Duration::from_secs(30), &ReadyGate::ALL);
-    let enforce = args.mode == Mode::Enforce;
-    metrics.set_mode(if enforce {
-        ModeLabel::Enforce
-    } else {
-        ModeLabel::Audit
-    });
+/// `--listen`: serves /metrics, /healthz and /readyz until the returned
+/// sender fires (or is dropped).
+async fn start_server(
+    listen: Option<&str>,
+    metrics: &Metrics,
+    health: &Health,
+) -> anyhow::Result<(Option<JoinHandle<()>>, oneshot::Sender<()>)> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server_task = match &args.listen {
+    let server_task = match listen {
         Some(l) => {
             let addr: std::net::SocketAddr = l
                 .parse()
@@ -187,7 +163,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let (policy, base_policy) = match load_policy(&args) {
+    Ok((server_task, stop_tx))
+}
+
+/// The policy the agent starts with: `--policy` (or the embedded one),
+/// and in Kubernetes mode the cluster's, once the API server told them
+/// (and the Namespaces' labels). Enforce mode refuses an empty policy.
+async fn policy_at_start(
+    args: &RunArgs,
+    metrics: &Metrics,
+    enforce: bool,
+) -> anyhow::Result<(Arc<PolicySet>, Option<KubeState>)> {
+    let (policy, base_policy) = match load_policy(args) {
         Ok(p) => p,
         Err(e) => {
             metrics.policy_reload(ReloadResult::Error);
@@ -201,7 +188,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut kube = if args.standalone {
         None
     } else {
-        Some(KubeState::start(&args, base_policy, metrics.clone()).await?)
+        Some(KubeState::start(args, base_policy, metrics.clone()).await?)
     };
     let mut policy = Arc::new(policy);
     if let Some(k) = kube.as_mut() {
@@ -233,14 +220,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if policy.rule_count() == 0 && kube.is_none() {
         warn!("audit mode with an empty policy: nothing will be reported");
     }
-    health.set_ready(ReadyGate::PolicyLoaded, true);
-    let sink_cfg = SinkConfig {
-        stdout: true,
-        file: args.findings_file.clone(),
-        webhook: args.webhook_url.as_ref().map(WebhookConfig::new),
-    };
-    let sinks = Sinks::open(&sink_cfg, metrics.clone()).context("opening the findings sinks")?;
-    let opts = ProbeOptions {
+    Ok((policy, kube))
+}
+
+/// What to load into the kernel, from the flags.
+fn probe_options(args: &RunArgs, enforce: bool) -> ProbeOptions {
+    ProbeOptions {
         ringbuf_bytes: args.ringbuf_bytes,
         hook: match args.exec_hook {
             CliHook::Auto => HookChoice::Auto,
@@ -259,13 +244,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             std::time::Duration::ZERO
         },
         drift_check: !args.no_exec_drift_check,
-    };
-    let mut probes = Probes::load(&opts).context("loading the eBPF probes")?;
-    metrics.set_enforcement(probes.enforcement, probes.exec_hook);
-    let reader = probes.counter_reader();
-    metrics.set_kernel_source(Arc::new(move || reader.read().ok()));
-    health.set_ready(ReadyGate::ProbesAttached, true);
-    let mut static_attr = std::collections::HashMap::new();
+    }
+}
+
+/// Verdicts by cgroup that no runtime gives: `--deny-cgroup`, and the
+/// agent's own cgroup (allowed); their attributions for findings.
+fn static_cgroups(
+    args: &RunArgs,
+    probes: &mut Probes,
+) -> anyhow::Result<HashMap<u64, Attribution>> {
+    let mut static_attr = HashMap::new();
     for path in &args.deny_cgroups {
         let id = probes
             .set_cgroup_path_verdict(path, verdict::DENY)
@@ -303,214 +291,52 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Err(e) => warn!("the agent's own cgroup: {e}"),
         }
     }
-    let ring = probes.take_events().context("ring buffer already taken")?;
-    let (tx, mut rx) = mpsc::channel::<ExecRecord>(CHANNEL_CAPACITY);
-    let stats = Arc::new(ReaderStats::default());
-    metrics.set_reader_stats(stats.clone());
-    let pump = tokio::spawn(reader::pump(ring, tx, stats.clone()));
+    Ok(static_attr)
+}
 
-    let cgroup2 = find_cgroup2_mount().context("no cgroup2 hierarchy is mounted")?;
-    let (containerd, cri) = connect_runtimes(args.runtime_endpoint.as_deref()).await;
-    let (rt_tx, mut rt_rx) = mpsc::channel(RUNTIME_EVENT_CAPACITY);
-    let rt_drops = Arc::new(AtomicU64::new(0));
-    let resync_now = Arc::new(tokio::sync::Notify::new());
-    let forwarder = containerd.clone().map(|c| {
-        tokio::spawn(controller::forward_containerd_events(
-            c,
-            rt_tx.clone(),
-            rt_drops.clone(),
-            resync_now.clone(),
-        ))
-    });
-    drop(rt_tx);
-
-    let cfg = ControllerConfig {
-        enforce,
-        all_execs: args.all_execs,
-        hold_timeout: args.hold_timeout,
-        resync_interval: args.resync_interval,
-        cgroup2,
-        deny_exec_drift: args.deny_exec_drift,
-    };
-    let (out, sinks) = findings_out(sinks, metrics.clone());
-    let mut ctrl = Controller::new(cfg, probes, policy, containerd, cri, out);
-    ctrl.static_attributions = static_attr;
-    ctrl.metrics = Some(metrics.clone());
-    match kube.as_ref() {
-        None => ctrl.set_exemptions(Arc::new(Exemptions::from_namespaces(
-            &args.exempt_namespaces,
-        ))),
-        Some(k) => {
-            ctrl.pod_lookup = Some(k.pod_lookup());
-            ctrl.queue_drift_findings();
-            ctrl.set_exemptions(k.exemptions.borrow().clone());
-        }
-    }
-    ctrl.resync().await;
-    if ctrl.probes().took_over {
-        // A previous agent died and left its pinned state: the kernel kept
-        // enforcing with it until now. Drop what no longer exists, let
-        // containers it held while nobody decided go on (or die).
-        ctrl.after_takeover();
-        // What the kernel let run unheld while no agent was alive (the
-        // dead-man's switch): reported now, and judged by the resync above
-        // (a denied one is killed like any other in enforce mode).
-        let (execs, cgroups) = ctrl.probes_mut().take_unenforced();
-        if execs > 0 || !cgroups.is_empty() {
-            warn!(
-                execs,
-                containers = cgroups.len(),
-                "while no agent was alive, unknown containers ran unenforced"
+/// A previous agent died and left its pinned state: the kernel kept
+/// enforcing with it until now.
+fn take_over(ctrl: &mut Controller, metrics: &Metrics) {
+    // Drop what no longer exists, let containers it held while nobody
+    // decided go on (or die).
+    ctrl.after_takeover();
+    // What the kernel let run unheld while no agent was alive (the
+    // dead-man's switch): reported now, and judged by the resync above
+    // (a denied one is killed like any other in enforce mode).
+    let (execs, cgroups) = ctrl.probes_mut().take_unenforced();
+    if execs > 0 || !cgroups.is_empty() {
+        warn!(
+            execs,
+            containers = cgroups.len(),
+            "while no agent was alive, unknown containers ran unenforced"
+        );
+        metrics.unenforced_execs(execs);
+        for (id, _since) in cgroups {
+            let attr = ctrl.attribution_of(id);
+            let f = Finding::container(
+                FindingVerdict::Unknown,
+                FindingAction::None,
+                Reason::new(
+                    ReasonKind::RanUnenforced,
+                    format!("ran-unenforced: cgroup {id} ran while no agent was alive (heartbeat stale); judged on takeover"),
+                ),
+                None,
+                Some(id),
+                attr,
             );
-            metrics.unenforced_execs(execs);
-            for (id, _since) in cgroups {
-                let attr = ctrl.attribution_of(id);
-                let f = Finding::container(
-                    FindingVerdict::Unknown,
-                    FindingAction::None,
-                    Reason::new(
-                        ReasonKind::RanUnenforced,
-                        format!("ran-unenforced: cgroup {id} ran while no agent was alive (heartbeat stale); judged on takeover"),
-                    ),
-                    None,
-                    Some(id),
-                    attr,
-                );
-                ctrl.report(&f);
-            }
+            ctrl.report(&f);
         }
     }
-    health.set_ready(ReadyGate::InventorySynced, true);
-    health.tick();
-    let _ = ctrl.probes_mut().heartbeat();
-    // Start-up's peak (the kernel BTF parsed and freed) goes back now.
-    crate::memory::trim();
-    info!(
-        mode = ?args.mode,
-        exec_hook = ctrl.probes().exec_hook.as_str(),
-        enforcement = ctrl.probes().enforcement.as_str(),
-        inventory = %ctrl.summary(),
-        startup_ms = started.elapsed().as_millis() as u64,
-        resync_ms = ?ctrl.stats.last_resync_ms,
-        cri_verbose = ctrl.stats.last_resync_cri_verbose,
-        "agent running"
-    );
+}
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut resync = tokio::time::interval(args.resync_interval);
-    resync.tick().await; // the first tick is immediate: just synced
-    let mut hold_tick = tokio::time::interval(std::time::Duration::from_millis(100));
-    // Liveness: the loop ticks on a timer, so an idle node stays healthy.
-    let mut health_tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    let mut cross_tick = tokio::time::interval(crate::kube_run::CROSSCHECK_INTERVAL);
-    let mut seen_rt_drops = 0;
-    let mut last_loss_check = Instant::now();
-    let mut seen_losses = (
-        ctrl.probes()
-            .counters()
-            .map(|k| k.ringbuf_drops)
-            .unwrap_or(0),
-        stats.channel_drops.load(Ordering::Relaxed),
-    );
-    loop {
-        tokio::select! {
-            rec = rx.recv() => {
-                let Some(rec) = rec else { break };
-                metrics.exec_event(metrics::Verdict::from_kernel(rec.verdict));
-                ctrl.on_exec(&rec).await;
-                // Take what is already queued before waiting again.
-                while let Ok(rec) = rx.try_recv() {
-                    metrics.exec_event(metrics::Verdict::from_kernel(rec.verdict));
-                    ctrl.on_exec(&rec).await;
-                }
-            }
-            Some(ev) = rt_rx.recv() => ctrl.on_runtime_event(ev).await,
-            _ = resync.tick() => {
-                let d = rt_drops.load(Ordering::Relaxed);
-                if d != seen_rt_drops {
-                    warn!(dropped = d - seen_rt_drops, "runtime events were dropped (channel full); resyncing");
-                    seen_rt_drops = d;
-                }
-                ctrl.resync().await;
-                crate::memory::trim();
-            }
-            _ = hold_tick.tick() => {
-                ctrl.scan_kernel_holds().await;
-                if ctrl.has_holds() {
-                    ctrl.expire_holds().await;
-                }
-            }
-            _ = resync_now.notified() => ctrl.resync().await,
-            _ = health_tick.tick() => {
-                health.tick();
-                if let Err(e) = ctrl.probes_mut().heartbeat() {
-                    warn!("heartbeat: {e}");
-                }
-                // Lost exec events are counted in /metrics; say so in the
-                // log too, at most once every 10 s.
-                if last_loss_check.elapsed() >= std::time::Duration::from_secs(10) {
-                    last_loss_check = Instant::now();
-                    let kernel = ctrl.probes().counters().map(|k| k.ringbuf_drops).unwrap_or(0);
-                    let channel = stats.channel_drops.load(Ordering::Relaxed);
-                    if kernel > seen_losses.0 || channel > seen_losses.1 {
-                        warn!(
-                            ringbuf_drops = kernel - seen_losses.0,
-                            channel_drops = channel - seen_losses.1,
-                            "exec events were dropped (ring buffer or pipeline full); kills in the kernel are unaffected"
-                        );
-                    }
-                    seen_losses = (kernel, channel);
-                }
-            }
-            change = kube_changed(&mut kube) => match change {
-                KubeChange::Policy => {
-                    if let Some(k) = kube.as_mut() {
-                        let p = k.take_policy();
-                        if p.rule_count() == 0 {
-                            // Deleted policies or a CRD gone: an empty set
-                            // would allow every image. Keep the last good one
-                            // and say so (metric, /readyz).
-                            tracing::error!(
-                                kept_rules = ctrl.policy().rule_count(),
-                                "the cluster's policies disappeared (no rule left); the last good policy stays \
-                                 in force; /readyz is not ready until a policy is back"
-                            );
-                            metrics.set_policy_missing(true);
-                            health.set_ready(ReadyGate::PolicyLoaded, false);
-                        } else {
-                            metrics.set_policy_missing(false);
-                            health.set_ready(ReadyGate::PolicyLoaded, true);
-                            info!(policies = ?p.policy_names(), rules = p.rule_count(), "policy reloaded");
-                            ctrl.set_policy(p);
-                        }
-                    }
-                }
-                KubeChange::Exemptions => {
-                    if let Some(k) = kube.as_mut() {
-                        let e = k.exemptions.borrow_and_update().clone();
-                        ctrl.set_exemptions(e);
-                    }
-                }
-                KubeChange::Pods | KubeChange::Namespaces => {
-                    // New Pod knowledge may change a container's type or
-                    // image as written; a Namespace's labels, which
-                    // namespaceSelectors select.
-                    ctrl.redecide();
-                    if let Some(k) = kube.as_mut() { k.crosscheck(&mut ctrl, &sinks).await }
-                }
-            },
-            _ = cross_tick.tick(), if kube.is_some() => {
-                if let Some(k) = kube.as_mut() { k.crosscheck(&mut ctrl, &sinks).await }
-            }
-            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break }
-            _ = sigint.recv() => { info!("SIGINT: stopping"); break }
-        }
-    }
-    pump.abort();
-    if let Some(f) = forwarder {
-        f.abort();
-    }
+/// Leaves the pinned state to the next agent (`--fail-mode closed`) or
+/// detaches, and logs the totals.
+fn stop_enforcing(
+    ctrl: &mut Controller,
+    args: &RunArgs,
+    stats: &ReaderStats,
+    rt_drops: &AtomicU64,
+) {
     if args.fail_mode == FailMode::Closed && !args.detach_on_exit {
         // A rolling update: the kernel keeps enforcing with the pinned
         // state, which the next agent takes over. Unknown containers are
@@ -536,6 +362,145 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         stats = ?ctrl.stats,
         "stopped"
     );
+}
+
+/// The runtime event channel, filled by one forwarder task
+/// (`sources::events`): the task, the receiver, the count of events the
+/// full channel refused, and the forwarder's request for a resync.
+fn spawn_forwarder(
+    containerd: &Option<SharedSource>,
+    cri: &Option<SharedSource>,
+) -> (
+    Option<JoinHandle<()>>,
+    mpsc::Receiver<RuntimeEvent>,
+    Arc<AtomicU64>,
+    Arc<Notify>,
+) {
+    let (rt_tx, rt_rx) = mpsc::channel(RUNTIME_EVENT_CAPACITY);
+    let rt_drops = Arc::new(AtomicU64::new(0));
+    let resync_now = Arc::new(Notify::new());
+    // containerd's own events where the agent has its API (every
+    // namespace, the task's pid, the spec's cgroup path before the task
+    // exists); else CRI's GetContainerEvents (CRI-O), so that a new
+    // container is judged before the next resync (docs/runtimes.md).
+    let event_sources: Vec<SharedSource> = containerd.iter().chain(cri.iter()).cloned().collect();
+    let forwarder = (!event_sources.is_empty()).then(|| {
+        tokio::spawn(forward_events(
+            event_sources,
+            rt_tx.clone(),
+            rt_drops.clone(),
+            resync_now.clone(),
+        ))
+    });
+    drop(rt_tx);
+    (forwarder, rt_rx, rt_drops, resync_now)
+}
+
+/// What admission excluded, and in Kubernetes mode the Pods' context.
+fn wire_exemptions(ctrl: &mut Controller, kube: Option<&KubeState>, args: &RunArgs) {
+    match kube {
+        None => ctrl.set_exemptions(Arc::new(Exemptions::from_namespaces(
+            &args.exempt_namespaces,
+        ))),
+        Some(k) => {
+            ctrl.pod_lookup = Some(k.pod_lookup());
+            ctrl.queue_drift_findings();
+            ctrl.set_exemptions(k.exemptions.borrow().clone());
+        }
+    }
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let metrics = Metrics::new();
+    let health = Health::with_gates(std::time::Duration::from_secs(30), &ReadyGate::ALL);
+    let enforce = args.mode == Mode::Enforce;
+    metrics.set_mode(if enforce {
+        ModeLabel::Enforce
+    } else {
+        ModeLabel::Audit
+    });
+    let (server_task, stop_tx) = start_server(args.listen.as_deref(), &metrics, &health).await?;
+    let (policy, kube) = policy_at_start(&args, &metrics, enforce).await?;
+    health.set_ready(ReadyGate::PolicyLoaded, true);
+    let sink_cfg = SinkConfig {
+        stdout: true,
+        file: args.findings_file.clone(),
+        webhook: args.webhook_url.as_ref().map(WebhookConfig::new),
+    };
+    let sinks = Sinks::open(&sink_cfg, metrics.clone()).context("opening the findings sinks")?;
+    let opts = probe_options(&args, enforce);
+    let mut probes = Probes::load(&opts).context("loading the eBPF probes")?;
+    metrics.set_enforcement(probes.enforcement, probes.exec_hook);
+    let reader = probes.counter_reader();
+    metrics.set_kernel_source(Arc::new(move || reader.read().ok()));
+    health.set_ready(ReadyGate::ProbesAttached, true);
+    let static_attr = static_cgroups(&args, &mut probes)?;
+    let ring = probes.take_events().context("ring buffer already taken")?;
+    let (tx, rx) = mpsc::channel::<ExecRecord>(CHANNEL_CAPACITY);
+    let stats = Arc::new(ReaderStats::default());
+    metrics.set_reader_stats(stats.clone());
+    let pump = tokio::spawn(reader::pump(ring, tx, stats.clone()));
+
+    let cgroup2 = find_cgroup2_mount().context("no cgroup2 hierarchy is mounted")?;
+    let (containerd, cri) = connect_runtimes(args.runtime_endpoint.as_deref()).await;
+    let (forwarder, rt_rx, rt_drops, resync_now) = spawn_forwarder(&containerd, &cri);
+
+    let cfg = ControllerConfig {
+        enforce,
+        all_execs: args.all_execs,
+        hold_timeout: args.hold_timeout,
+        resync_interval: args.resync_interval,
+        cgroup2,
+        deny_exec_drift: args.deny_exec_drift,
+    };
+    let (out, sinks) = findings_out(sinks, metrics.clone());
+    let mut ctrl = Controller::new(cfg, probes, policy, containerd, cri, out);
+    ctrl.static_attributions = static_attr;
+    ctrl.metrics = Some(metrics.clone());
+    wire_exemptions(&mut ctrl, kube.as_ref(), &args);
+    ctrl.resync().await;
+    if ctrl.probes().took_over {
+        take_over(&mut ctrl, &metrics);
+    }
+    health.set_ready(ReadyGate::InventorySynced, true);
+    health.tick();
+    let _ = ctrl.probes_mut().heartbeat();
+    // Start-up's peak (the kernel BTF parsed and freed) goes back now.
+    crate::memory::trim();
+    info!(
+        mode = ?args.mode,
+        exec_hook = ctrl.probes().exec_hook.as_str(),
+        enforcement = ctrl.probes().enforcement.as_str(),
+        inventory = %ctrl.summary(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        resync_ms = ?ctrl.stats.last_resync_ms,
+        cri_verbose = ctrl.stats.last_resync_cri_verbose,
+        "agent running"
+    );
+
+    let mut agent = AgentLoop::new(ctrl, kube, metrics, health, sinks, stats, rt_drops);
+    agent
+        .run(Inputs {
+            execs: rx,
+            runtime_events: rt_rx,
+            resync_now,
+            resync_interval: args.resync_interval,
+        })
+        .await?;
+    let AgentLoop {
+        mut ctrl,
+        kube,
+        sinks,
+        reader_stats: stats,
+        rt_drops,
+        ..
+    } = agent;
+    pump.abort();
+    if let Some(f) = forwarder {
+        f.abort();
+    }
+    stop_enforcing(&mut ctrl, &args, &stats, &rt_drops);
     drop(ctrl);
     drop(kube);
     if let Ok(sinks) = Arc::try_unwrap(sinks) {

@@ -95,6 +95,7 @@ pub fn pod_context(pods: &[Arc<Pod>], c: &ContainerInfo) -> Option<PodContext> {
 async fn start_exemptions(
     client: &kube::Client,
     args: &RunArgs,
+    node: &str,
 ) -> tokio::sync::watch::Receiver<Arc<Exemptions>> {
     let (ns, name) = (
         args.kyverno_namespace.clone(),
@@ -116,8 +117,13 @@ async fn start_exemptions(
             None
         }
     };
-    let (e, notes) =
-        kyverno_config::exemptions_of(&args.exempt_namespaces, &ns, &name, data.as_ref());
+    let (e, notes) = kyverno_config::exemptions_of(
+        &args.exempt_namespaces,
+        &ns,
+        &name,
+        Some(node),
+        data.as_ref(),
+    );
     for n in notes {
         warn!("Kyverno configuration: {n}");
     }
@@ -128,6 +134,7 @@ async fn start_exemptions(
         args.exempt_namespaces.clone(),
         ns,
         name,
+        Some(node.to_string()),
         tx,
         args.kyverno_config_interval.max(Duration::from_millis(100)),
     ));
@@ -189,7 +196,7 @@ impl KubeState {
                 None
             }
         };
-        let exemptions = start_exemptions(&client, args).await;
+        let exemptions = start_exemptions(&client, args, &node).await;
         let modes = ModeResolver::new(match args.mode {
             Mode::Audit => kube_actions::Mode::Audit,
             Mode::Enforce => kube_actions::Mode::Enforce,
@@ -320,10 +327,17 @@ impl KubeState {
                 continue;
             }
             let mut p = kube_actions::plan(&f, &self.modes, &self.opts);
-            let exempt = f
-                .namespace
+            // A mirror Pod's status names the static Pod's containers, which
+            // CRI describes: only that says the Pod is static.
+            let static_pod = f
+                .container_id
                 .as_deref()
-                .and_then(|ns| self.exemptions.borrow().exempt(ns, f.pod.as_deref()));
+                .is_some_and(|id| ctrl.is_static_pod(id));
+            let exempt = f.namespace.as_deref().and_then(|ns| {
+                self.exemptions
+                    .borrow()
+                    .exempt(ns, f.pod.as_deref(), static_pod)
+            });
             if exempt.is_some() {
                 // Admission excluded this Pod: report, never kill or delete.
                 p.kill = false;

@@ -1,6 +1,7 @@
 //! imagewarden agent library: everything the `imagewarden` binary does, so
 //! that integration tests drive the same code.
 
+pub mod agent_loop;
 pub mod cli;
 pub mod cmd_check;
 pub mod cmd_run;

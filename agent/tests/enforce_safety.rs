@@ -21,7 +21,7 @@ use std::{
 use imagewarden::sources::cri::CriClient;
 use serde_json::{json, Value};
 use support::{
-    containerd::{Containerd, TestImages, NGINX},
+    containerd::{Containerd, CriPod, Runtime, TestImages, NGINX},
     fakeapi::{Coll, FakeApi},
 };
 
@@ -141,8 +141,26 @@ impl Drop for Agent {
     }
 }
 
+/// The containerd release these tests run on: containerd 2 when
+/// `IW_TEST_CONTAINERD` selects it alone (the CI guest: the release of
+/// EKS's AL2023 nodes), else the host's 1.6. Each case runs on one release:
+/// what they test is the agent's kernel state and decisions, and the
+/// runtime differences are covered by the e2e and runtime_sources tests,
+/// which run on both.
+fn release() -> Runtime {
+    if Runtime::V2.selected() && !Runtime::V1_6.selected() {
+        Runtime::V2
+    } else {
+        Runtime::V1_6
+    }
+}
+
+fn start_containerd() -> Containerd {
+    Containerd::start_version(release())
+}
+
 fn root_or_skip(test: &str) -> bool {
-    if let Err(why) = support::containerd::preflight() {
+    if let Err(why) = release().preflight() {
         support::skip_or_fail(test, &why);
         return false;
     }
@@ -179,7 +197,7 @@ fn admission_exclusions_are_reported_never_stopped() {
         .build()
         .unwrap();
     let images = TestImages::build();
-    let ctd = Containerd::start();
+    let ctd = start_containerd();
     ctd.import("k8s.io", &images);
     let api = rt.block_on(FakeApi::start());
     api.put(Coll::ClusterPolicies, seed_policy());
@@ -328,6 +346,47 @@ fn admission_exclusions_are_reported_never_stopped() {
         assert!(
             !ctd.marker(&format!("x-pub-{t}")).exists(),
             "kube-public is not excluded by this ConfigMap"
+        );
+
+        // A static Pod (the kubelet's own manifest: CRI's sandbox says
+        // config.source=file): its mirror Pod is the kubelet's request,
+        // which excludeGroups system:nodes keeps from Kyverno; it runs and
+        // is reported. The same Pod as the API server's (config.source=api,
+        // as above) was killed.
+        let (_, static_id) = ctd
+            .cri_run(
+                &cri,
+                &CriPod {
+                    container_name: "nginx",
+                    image_by_id: false,
+                    config_source: "file",
+                    ..CriPod::new(
+                        "etcd-node-a",
+                        "prod",
+                        &uid(5),
+                        NGINX,
+                        &format!("x-static-{t}"),
+                    )
+                },
+            )
+            .await;
+        assert!(
+            ctd.wait_marker(&format!("x-static-{t}"), Duration::from_secs(15))
+                .is_some(),
+            "a static Pod (excludeGroups system:nodes) must run"
+        );
+        let f = agent.finding(
+            "the audit finding for the static Pod",
+            Duration::from_secs(15),
+            |v| v["container_id"] == static_id.as_str() && v["type"] == "container",
+        );
+        assert_eq!(f["action"], "alerted", "{f}");
+        assert!(
+            f["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("static Pod"),
+            "{f}"
         );
     });
     drop(agent);
@@ -481,7 +540,7 @@ fn policies_disappearing_keep_the_last_good_set() {
         .build()
         .unwrap();
     let images = TestImages::build();
-    let ctd = Containerd::start();
+    let ctd = start_containerd();
     ctd.import("k8s.io", &images);
     let api = rt.block_on(FakeApi::start());
     api.put(Coll::ClusterPolicies, seed_policy());
@@ -742,7 +801,7 @@ fn dead_agent_does_not_wedge_the_node_and_denied_stays_denied() {
         return;
     }
     let images = TestImages::build();
-    let ctd = Containerd::start();
+    let ctd = start_containerd();
     ctd.import("default", &images);
     let root = Path::new("/sys/fs/bpf").join(format!("iw-test-deadman-{}", std::process::id()));
     let _ = imagewarden::probes::cleanup_root(&root, Duration::from_secs(1));
@@ -893,7 +952,7 @@ fn rolling_replacement_lets_no_untrusted_entrypoint_run() {
         return;
     }
     let images = TestImages::build();
-    let ctd = Containerd::start();
+    let ctd = start_containerd();
     ctd.import("default", &images);
     let root = Path::new("/sys/fs/bpf").join(format!("iw-test-rollout-{}", std::process::id()));
     let _ = imagewarden::probes::cleanup_root(&root, Duration::from_secs(1));
@@ -955,21 +1014,30 @@ fn rolling_replacement_lets_no_untrusted_entrypoint_run() {
             });
         }
     };
+    let t0 = Instant::now();
     tick(Instant::now() + Duration::from_secs(1), &mut ctrs);
+    eprintln!("{test}: {:?}: SIGTERM to agent A", t0.elapsed());
     // SAFETY: plain syscall on our child.
     unsafe { libc::kill(a.child.id() as i32, libc::SIGTERM) };
     let (st, _) = a.wait_exit(Duration::from_secs(30));
     assert!(st.success(), "agent A after SIGTERM: {st:?}");
+    eprintln!("{test}: {:?}: agent A exited", t0.elapsed());
     tick(Instant::now() + Duration::from_secs(1), &mut ctrs);
     let b = Agent::start(&args, &[]);
-    b.wait_log("agent B running", Duration::from_secs(30), "agent running");
+    // In the TCG guest agent B needs 25-35 s: loading its programs, then
+    // a containerd whose Tasks.List times out while runc init is held.
+    b.wait_log("agent B running", Duration::from_secs(120), "agent running");
+    eprintln!("{test}: {:?}: agent B running", t0.elapsed());
     tick(Instant::now() + Duration::from_secs(1), &mut ctrs);
     // Every one is decided (killed) by the new agent; none ran.
-    for mut c in ctrs {
-        wait_for("ctr run to return", Duration::from_secs(20), || {
-            c.try_wait().ok().flatten().map(|_| ())
-        });
+    for (n, mut c) in ctrs.into_iter().enumerate() {
+        wait_for(
+            &format!("`ctr run` of {} to return", ids[n]),
+            Duration::from_secs(60),
+            || c.try_wait().ok().flatten().map(|_| ()),
+        );
     }
+    eprintln!("{test}: {:?}: every `ctr run` returned", t0.elapsed());
     let ran: Vec<&String> = ids.iter().filter(|id| ctd.marker(id).exists()).collect();
     assert!(ids.len() >= 6, "too few containers started: {ids:?}");
     assert!(
@@ -997,7 +1065,7 @@ fn forged_labels_through_containerd_buy_nothing() {
         return;
     }
     let images = TestImages::build();
-    let ctd = Containerd::start();
+    let ctd = start_containerd();
     ctd.import("default", &images);
     let endpoint = ctd.endpoint();
     let a = Agent::start(
@@ -1190,7 +1258,7 @@ fn nested_runtimes_are_judged_as_their_container_and_names_alone_hold_nothing() 
         return;
     }
     let images = TestImages::build();
-    let ctd = Containerd::start();
+    let ctd = start_containerd();
     ctd.import("default", &images);
     let endpoint = ctd.endpoint();
     let root = Path::new("/sys/fs/bpf").join(format!("iw-test-nested-{}", std::process::id()));
@@ -1334,7 +1402,7 @@ fn k8s_io_container_of_the_node_sandbox_image_runs_before_cri_lists_it() {
         return;
     }
     let images = TestImages::build();
-    let ctd = Containerd::start();
+    let ctd = start_containerd();
     ctd.import("k8s.io", &images);
     let endpoint = ctd.endpoint();
     let a = Agent::start(

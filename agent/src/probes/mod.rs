@@ -4,6 +4,7 @@
 //! or `bpf_send_signal(SIGKILL)` for enforcement.
 pub mod btf;
 pub mod event;
+pub mod kernel_maps;
 pub mod kernelfs;
 pub mod layout;
 pub mod reader;

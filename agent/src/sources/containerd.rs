@@ -22,11 +22,12 @@ use containerd_client::types::v1::Status as TaskStatus;
 use prost::Message;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
-use tonic::{Code, Request};
+use tonic::Request;
 
 use super::{
-    bounded_labels, connect_unix, image_digest_ref, non_empty, socket_path, ConnectError,
-    ContainerInfo, ContainerState, EventKind, LazyStream, RuntimeEvent, DEFAULT_CALL_TIMEOUT,
+    autodetect, bounded_labels, boxed_events, connect_unix, endpoint_path, image_digest_ref,
+    non_empty, Api, ContainerInfo, ContainerState, EventKind, EventStream, LazyStream, Listing,
+    NextEvent, RuntimeEvent, RuntimeSource, SourceError, SourceFuture, DEFAULT_CALL_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT, MAX_CONTAINERS, MAX_MESSAGE_BYTES, STREAM_SETTLE,
 };
 
@@ -53,63 +54,8 @@ pub const EVENT_TOPICS: &[&str] = &[
     "/containers/delete",
 ];
 
-/// Errors of the containerd client.
-#[derive(Debug, thiserror::Error)]
-pub enum ContainerdError {
-    /// Could not connect.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// No socket given and none of [`DEFAULT_SOCKETS`] answered.
-    #[error("no containerd found at {tried:?}")]
-    NotFound {
-        /// Paths tried.
-        tried: Vec<PathBuf>,
-    },
-    /// containerd answered with an error status.
-    #[error("containerd {call} (namespace {namespace:?}): {status}")]
-    Status {
-        /// RPC name.
-        call: &'static str,
-        /// Namespace, if the call had one.
-        namespace: Option<String>,
-        /// gRPC status.
-        status: Box<tonic::Status>,
-    },
-    /// The call took longer than the bound.
-    #[error("containerd {call} timed out after {timeout:?}")]
-    Timeout {
-        /// RPC name.
-        call: &'static str,
-        /// The bound.
-        timeout: Duration,
-    },
-    /// A namespace name that cannot be sent as gRPC metadata.
-    #[error("invalid containerd namespace {0:?}")]
-    BadNamespace(String),
-    /// More items than we take.
-    #[error("containerd {call} returned more than {max} items")]
-    TooMany {
-        /// RPC name.
-        call: &'static str,
-        /// The bound.
-        max: usize,
-    },
-}
-
-impl ContainerdError {
-    fn status(call: &'static str, namespace: Option<&str>, status: tonic::Status) -> Self {
-        ContainerdError::Status {
-            call,
-            namespace: namespace.map(str::to_string),
-            status: Box::new(status),
-        }
-    }
-
-    /// Whether containerd said the object does not exist.
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, ContainerdError::Status { status, .. } if status.code() == Code::NotFound)
-    }
-}
+/// Errors of the containerd client (see [`SourceError`]).
+pub type ContainerdError = SourceError;
 
 /// An image's name and what it points to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,16 +88,9 @@ impl std::fmt::Debug for ContainerdClient {
 
 /// Runs one unary call with a bound.
 macro_rules! call {
-    ($self:ident, $name:literal, $ns:expr, $fut:expr) => {{
-        match tokio::time::timeout($self.call_timeout, $fut).await {
-            Err(_) => Err(ContainerdError::Timeout {
-                call: $name,
-                timeout: $self.call_timeout,
-            }),
-            Ok(Err(status)) => Err(ContainerdError::status($name, $ns, status)),
-            Ok(Ok(resp)) => Ok(resp.into_inner()),
-        }
-    }};
+    ($self:ident, $name:literal, $ns:expr, $fut:expr) => {
+        super::unary(Api::Containerd, $name, $ns, $self.call_timeout, $fut).await
+    };
 }
 
 /// A request carrying the `containerd-namespace` metadata.
@@ -167,8 +106,7 @@ fn with_ns<T>(msg: T, ns: &str) -> Result<Request<T>, ContainerdError> {
 impl ContainerdClient {
     /// Connects to `endpoint` (`unix:///path` or `/path`).
     pub async fn connect(endpoint: &str) -> Result<Self, ContainerdError> {
-        let path =
-            socket_path(endpoint).ok_or_else(|| ConnectError::BadEndpoint(endpoint.to_string()))?;
+        let path = endpoint_path(endpoint)?;
         Self::connect_path(&path, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CALL_TIMEOUT).await
     }
 
@@ -192,24 +130,10 @@ impl ContainerdClient {
     /// Uses `endpoint` if given, else the first of [`DEFAULT_SOCKETS`] that
     /// exists and answers.
     pub async fn autodetect(endpoint: Option<&str>) -> Result<Self, ContainerdError> {
-        if let Some(e) = endpoint {
-            return Self::connect(e).await;
-        }
-        let mut tried = Vec::new();
-        for p in DEFAULT_SOCKETS {
-            let path = Path::new(p);
-            tried.push(path.to_path_buf());
-            if !path.exists() {
-                continue;
-            }
-            match Self::connect_path(path, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CALL_TIMEOUT).await {
-                Ok(c) => return Ok(c),
-                Err(e) => {
-                    tracing::debug!(socket = %path.display(), error = %e, "containerd socket did not answer")
-                }
-            }
-        }
-        Err(ContainerdError::NotFound { tried })
+        autodetect(Api::Containerd, endpoint, DEFAULT_SOCKETS, |p| async move {
+            Self::connect_path(&p, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CALL_TIMEOUT).await
+        })
+        .await
     }
 
     /// The socket this client talks to.
@@ -229,6 +153,7 @@ impl ContainerdClient {
         )?;
         if resp.namespaces.len() > MAX_NAMESPACES {
             return Err(ContainerdError::TooMany {
+                api: Api::Containerd,
                 call: "Namespaces.List",
                 max: MAX_NAMESPACES,
             });
@@ -245,6 +170,7 @@ impl ContainerdClient {
             out.extend(self.list_containers(&ns).await?);
             if out.len() > MAX_CONTAINERS {
                 return Err(ContainerdError::TooMany {
+                    api: Api::Containerd,
                     call: "Containers.ListStream",
                     max: MAX_CONTAINERS,
                 });
@@ -261,33 +187,8 @@ impl ContainerdClient {
         let mut images: HashMap<String, Option<ImageTarget>> = HashMap::new();
         let mut out = Vec::with_capacity(raw.len());
         for c in raw {
-            let mut info = ContainerInfo::new(c.id.clone(), "containerd");
-            info.namespace = Some(ns.to_string());
-            // Labels are kept for display only: anyone with containerd's
-            // API sets them, so they never say which Pod a container is
-            // or whether it is a sandbox (issue 13, case 6; CRI does).
-            info.labels = bounded_labels(c.labels);
-            // The image judged is the container record's own image, never
-            // the CRI metadata extension's name, which is as forgeable as a
-            // label; CRI's status gives the name a pod wrote once CRI knows
-            // the container.
-            info.image_as_written = non_empty(c.image.clone());
-            info.cgroup_path = c.spec.as_ref().and_then(cgroups_path_of_spec);
-            if !c.image.is_empty() {
-                if !images.contains_key(&c.image) {
-                    let t = match self.image_target(ns, &c.image).await {
-                        Ok(t) => t,
-                        Err(e) if e.is_not_found() => None,
-                        Err(e) => return Err(e),
-                    };
-                    images.insert(c.image.clone(), t);
-                }
-                if let Some(Some(t)) = images.get(&c.image) {
-                    info.image_ref = image_digest_ref(&t.name, &t.digest);
-                    info.image_id = t.config_digest.clone();
-                }
-            }
-            match tasks.get(&c.id) {
+            let mut info = self.describe(ns, c, &mut images).await?;
+            match tasks.get(&info.id) {
                 Some((pid, status)) => {
                     info.state = *status;
                     info.pid = (*pid > 0 && *status != ContainerState::Exited).then_some(*pid);
@@ -297,6 +198,92 @@ impl ContainerdClient {
             out.push(info);
         }
         Ok(out)
+    }
+
+    /// One container by id, from its own record (Containers.Get) and its
+    /// own task (Tasks.Get): neither touches another container's shim, so
+    /// a shim that is stuck elsewhere (a `runc init` the kernel holds keeps
+    /// its shim in Create, and containerd's Tasks.List then times out) does
+    /// not hide this container. A task call that fails leaves the state
+    /// unknown rather than the container unknown. `Ok(None)`: no such
+    /// container in `ns`.
+    pub async fn container(
+        &self,
+        ns: &str,
+        id: &str,
+    ) -> Result<Option<ContainerInfo>, ContainerdError> {
+        let mut c = ContainersClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let req = with_ns(svc::GetContainerRequest { id: id.to_string() }, ns)?;
+        let rec = match call!(self, "Containers.Get", Some(ns), c.get(req)) {
+            Ok(r) => match r.container {
+                Some(rec) => rec,
+                None => return Ok(None),
+            },
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut info = self.describe(ns, rec, &mut HashMap::new()).await?;
+        let mut t = TasksClient::new(self.channel.clone());
+        let req = with_ns(
+            svc::GetRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+            },
+            ns,
+        )?;
+        match call!(self, "Tasks.Get", Some(ns), t.get(req)) {
+            Ok(r) => {
+                if let Some(p) = r.process {
+                    let st = task_state(p.status);
+                    info.state = st;
+                    info.pid = (p.pid > 0 && st != ContainerState::Exited).then_some(p.pid);
+                }
+            }
+            Err(e) if e.is_not_found() => info.state = ContainerState::Created,
+            Err(e) => {
+                tracing::warn!(namespace = ns, container = id, "containerd task state unknown: {e}");
+                info.state = ContainerState::Unknown;
+            }
+        }
+        Ok(Some(info))
+    }
+
+    /// A container record as the runtime-neutral [`ContainerInfo`] (task
+    /// fields left to the caller); `images` caches image lookups.
+    async fn describe(
+        &self,
+        ns: &str,
+        c: svc::Container,
+        images: &mut HashMap<String, Option<ImageTarget>>,
+    ) -> Result<ContainerInfo, ContainerdError> {
+        let mut info = ContainerInfo::new(c.id.clone(), "containerd");
+        info.namespace = Some(ns.to_string());
+        // Labels are kept for display only: anyone with containerd's
+        // API sets them, so they never say which Pod a container is
+        // or whether it is a sandbox (issue 13, case 6; CRI does).
+        info.labels = bounded_labels(c.labels);
+        // The image judged is the container record's own image, never
+        // the CRI metadata extension's name, which is as forgeable as a
+        // label; CRI's status gives the name a pod wrote once CRI knows
+        // the container.
+        info.image_as_written = non_empty(c.image.clone());
+        info.cgroup_path = c.spec.as_ref().and_then(cgroups_path_of_spec);
+        if !c.image.is_empty() {
+            if !images.contains_key(&c.image) {
+                let t = match self.image_target(ns, &c.image).await {
+                    Ok(t) => t,
+                    Err(e) if e.is_not_found() => None,
+                    Err(e) => return Err(e),
+                };
+                images.insert(c.image.clone(), t);
+            }
+            if let Some(Some(t)) = images.get(&c.image) {
+                info.image_ref = image_digest_ref(&t.name, &t.digest);
+                info.image_id = t.config_digest.clone();
+            }
+        }
+        Ok(info)
     }
 
     async fn raw_containers(&self, ns: &str) -> Result<Vec<svc::Container>, ContainerdError> {
@@ -312,12 +299,14 @@ impl ContainerdClient {
             match msg {
                 Err(_) => {
                     return Err(ContainerdError::Timeout {
+                        api: Api::Containerd,
                         call: "Containers.ListStream",
                         timeout: self.call_timeout,
                     })
                 }
                 Ok(Err(s)) => {
                     return Err(ContainerdError::status(
+                        Api::Containerd,
                         "Containers.ListStream",
                         Some(ns),
                         s,
@@ -330,6 +319,7 @@ impl ContainerdClient {
                     }
                     if out.len() > MAX_CONTAINERS {
                         return Err(ContainerdError::TooMany {
+                            api: Api::Containerd,
                             call: "Containers.ListStream",
                             max: MAX_CONTAINERS,
                         });
@@ -354,13 +344,7 @@ impl ContainerdClient {
             .into_iter()
             .take(MAX_CONTAINERS)
             .map(|p| {
-                let st = match TaskStatus::try_from(p.status) {
-                    Ok(TaskStatus::Created) => ContainerState::Created,
-                    Ok(TaskStatus::Running) => ContainerState::Running,
-                    Ok(TaskStatus::Stopped) => ContainerState::Exited,
-                    Ok(TaskStatus::Paused | TaskStatus::Pausing) => ContainerState::Paused,
-                    _ => ContainerState::Unknown,
-                };
+                let st = task_state(p.status);
                 // containerd 1.6 leaves `container_id` empty and puts the
                 // container id in `id` (the init process's id).
                 let id = if p.container_id.is_empty() {
@@ -481,15 +465,24 @@ impl ContainerdClient {
             match tokio::time::timeout(self.call_timeout, stream.message()).await {
                 Err(_) => {
                     return Err(ContainerdError::Timeout {
+                        api: Api::Containerd,
                         call: "Content.Read",
                         timeout: self.call_timeout,
                     })
                 }
-                Ok(Err(s)) => return Err(ContainerdError::status("Content.Read", Some(ns), s)),
+                Ok(Err(s)) => {
+                    return Err(ContainerdError::status(
+                        Api::Containerd,
+                        "Content.Read",
+                        Some(ns),
+                        s,
+                    ))
+                }
                 Ok(Ok(None)) => return Ok(out),
                 Ok(Ok(Some(chunk))) => {
                     if out.len() + chunk.data.len() > MAX_BLOB_BYTES {
                         return Err(ContainerdError::TooMany {
+                            api: Api::Containerd,
                             call: "Content.Read",
                             max: MAX_BLOB_BYTES,
                         });
@@ -512,8 +505,52 @@ impl ContainerdClient {
         let fut = Box::pin(async move { c.subscribe(svc::SubscribeRequest { filters }).await });
         let stream = LazyStream::start(fut, STREAM_SETTLE)
             .await
-            .map_err(|s| ContainerdError::status("Events.Subscribe", None, s))?;
+            .map_err(|s| ContainerdError::status(Api::Containerd, "Events.Subscribe", None, s))?;
         Ok(ContainerdEventStream { inner: stream })
+    }
+}
+
+impl RuntimeSource for ContainerdClient {
+    fn api(&self) -> Api {
+        Api::Containerd
+    }
+
+    fn list<'a>(&'a self, _described: &'a Listing) -> SourceFuture<'a, Vec<ContainerInfo>> {
+        Box::pin(self.list_all())
+    }
+
+    /// The container's own record and task ([`ContainerdClient::container`]).
+    /// No namespace: nothing to look in.
+    fn lookup<'a>(
+        &'a self,
+        namespace: Option<&'a str>,
+        id: &'a str,
+    ) -> SourceFuture<'a, Option<ContainerInfo>> {
+        Box::pin(async move {
+            let Some(ns) = namespace else {
+                return Ok(None);
+            };
+            self.container(ns, id).await
+        })
+    }
+
+    fn events(&self) -> SourceFuture<'_, EventStream> {
+        Box::pin(async move { Ok(boxed_events(self.subscribe().await?)) })
+    }
+
+    fn namespaces(&self) -> SourceFuture<'_, Vec<String>> {
+        Box::pin(ContainerdClient::namespaces(self))
+    }
+}
+
+/// A task's status, runtime-neutral.
+fn task_state(status: i32) -> ContainerState {
+    match TaskStatus::try_from(status) {
+        Ok(TaskStatus::Created) => ContainerState::Created,
+        Ok(TaskStatus::Running) => ContainerState::Running,
+        Ok(TaskStatus::Stopped) => ContainerState::Exited,
+        Ok(TaskStatus::Paused | TaskStatus::Pausing) => ContainerState::Paused,
+        _ => ContainerState::Unknown,
     }
 }
 
@@ -528,11 +565,9 @@ impl ContainerdEventStream {
     /// skipped.
     pub async fn next(&mut self) -> Result<Option<RuntimeEvent>, ContainerdError> {
         loop {
-            let Some(env) = self
-                .inner
-                .message()
-                .await
-                .map_err(|s| ContainerdError::status("Events.Subscribe", None, s))?
+            let Some(env) = self.inner.message().await.map_err(|s| {
+                ContainerdError::status(Api::Containerd, "Events.Subscribe", None, s)
+            })?
             else {
                 return Ok(None);
             };
@@ -540,6 +575,12 @@ impl ContainerdEventStream {
                 return Ok(Some(ev));
             }
         }
+    }
+}
+
+impl NextEvent for ContainerdEventStream {
+    async fn next_event(&mut self) -> Result<Option<RuntimeEvent>, SourceError> {
+        self.next().await
     }
 }
 

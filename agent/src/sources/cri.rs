@@ -11,8 +11,10 @@
 //!   `sandboxID` and the OCI `runtimeSpec` (hence `linux.cgroupsPath`).
 //! - `GetContainerEvents` is answered `Unimplemented` by containerd 1.6 (it
 //!   came with 1.7); [`CriClient::container_events`] then returns
-//!   [`CriError::Unsupported`] and callers use containerd's event service
-//!   ([`super::containerd`]) instead.
+//!   [`CriError::Unsupported`]. The agent uses containerd's event service
+//!   ([`super::containerd`]) wherever it has containerd's API, and this
+//!   stream only without it ([`super::events::forward_events`]); with
+//!   neither, new containers wait for the next resync.
 //!
 //! What containerd 2 (2.1) reports differently:
 //! - `ListContainers` keeps the `CreateContainer` image spec, with the
@@ -33,8 +35,8 @@
 //!   deleted of containers and sandboxes, with no pid and no cgroup. The
 //!   agent keeps containerd's own events (every namespace, the task's pid,
 //!   and the spec's cgroup path at `/containers/create`, before the task
-//!   exists); the CRI stream would be the one to use for a CRI-only
-//!   runtime.
+//!   exists); the CRI stream is the one it uses for a CRI-only runtime
+//!   (CRI-O), each event followed by a status call for the pid and cgroup.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -47,12 +49,13 @@ use k8s_cri::v1 as api;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
-use tonic::Code;
 
 use super::{
-    bounded_labels, connect_unix, non_empty, socket_path, ConnectError, ContainerInfo,
-    ContainerKind, ContainerState, EventKind, LazyStream, RuntimeEvent, DEFAULT_CALL_TIMEOUT,
-    DEFAULT_CONNECT_TIMEOUT, MAX_CONTAINERS, MAX_MESSAGE_BYTES, STREAM_SETTLE,
+    autodetect, bounded_labels, boxed_events, connect_unix, container_key, endpoint_path,
+    non_empty, Api, ContainerInfo, ContainerKind, ContainerState, EventKind, EventStream,
+    LazyStream, Listing, NextEvent, RuntimeEvent, RuntimeSource, SourceError, SourceFuture,
+    DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, MAX_CONTAINERS, MAX_MESSAGE_BYTES,
+    STREAM_SETTLE,
 };
 
 /// Where CRI runtimes listen, in the order autodetection tries them.
@@ -79,67 +82,8 @@ const MAX_INFO_BYTES: usize = 4 * 1024 * 1024;
 /// Results keep the listing's order.
 const STATUS_CONCURRENCY: usize = 8;
 
-/// Errors of the CRI client.
-#[derive(Debug, thiserror::Error)]
-pub enum CriError {
-    /// Could not connect.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// No endpoint given and none of [`DEFAULT_ENDPOINTS`] answered.
-    #[error("no CRI runtime found at {tried:?}")]
-    NotFound {
-        /// Paths tried.
-        tried: Vec<PathBuf>,
-    },
-    /// The runtime answered with an error status.
-    #[error("CRI {call}: {status}")]
-    Status {
-        /// RPC name.
-        call: &'static str,
-        /// gRPC status.
-        status: Box<tonic::Status>,
-    },
-    /// The call took longer than the bound.
-    #[error("CRI {call} timed out after {timeout:?}")]
-    Timeout {
-        /// RPC name.
-        call: &'static str,
-        /// The bound.
-        timeout: Duration,
-    },
-    /// The runtime does not implement this call.
-    #[error("CRI {call} is not implemented by this runtime")]
-    Unsupported {
-        /// RPC name.
-        call: &'static str,
-    },
-    /// The runtime returned more items than we take.
-    #[error("CRI {call} returned more than {max} items")]
-    TooMany {
-        /// RPC name.
-        call: &'static str,
-        /// The bound.
-        max: usize,
-    },
-}
-
-impl CriError {
-    fn status(call: &'static str, status: tonic::Status) -> Self {
-        if status.code() == Code::Unimplemented {
-            CriError::Unsupported { call }
-        } else {
-            CriError::Status {
-                call,
-                status: Box::new(status),
-            }
-        }
-    }
-
-    /// Whether the runtime said the object does not exist.
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, CriError::Status { status, .. } if status.code() == Code::NotFound)
-    }
-}
+/// Errors of the CRI client (see [`SourceError`]).
+pub type CriError = SourceError;
 
 /// An image as the CRI image service describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,24 +134,16 @@ impl std::fmt::Debug for CriClient {
 
 /// Runs one unary call with a bound.
 macro_rules! call {
-    ($self:ident, $name:literal, $fut:expr) => {{
-        match tokio::time::timeout($self.call_timeout, $fut).await {
-            Err(_) => Err(CriError::Timeout {
-                call: $name,
-                timeout: $self.call_timeout,
-            }),
-            Ok(Err(status)) => Err(CriError::status($name, status)),
-            Ok(Ok(resp)) => Ok(resp.into_inner()),
-        }
-    }};
+    ($self:ident, $name:literal, $fut:expr) => {
+        super::unary(Api::Cri, $name, None, $self.call_timeout, $fut).await
+    };
 }
 
 impl CriClient {
     /// Connects to `endpoint` (`unix:///path` or `/path`) and checks that
     /// a CRI v1 runtime answers `Version`.
     pub async fn connect(endpoint: &str) -> Result<Self, CriError> {
-        let path =
-            socket_path(endpoint).ok_or_else(|| ConnectError::BadEndpoint(endpoint.to_string()))?;
+        let path = endpoint_path(endpoint)?;
         Self::connect_path(&path, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CALL_TIMEOUT).await
     }
 
@@ -246,24 +182,10 @@ impl CriClient {
     /// Uses `endpoint` if given, else the first of [`DEFAULT_ENDPOINTS`]
     /// that exists and answers.
     pub async fn autodetect(endpoint: Option<&str>) -> Result<Self, CriError> {
-        if let Some(e) = endpoint {
-            return Self::connect(e).await;
-        }
-        let mut tried = Vec::new();
-        for p in DEFAULT_ENDPOINTS {
-            let path = Path::new(p);
-            tried.push(path.to_path_buf());
-            if !path.exists() {
-                continue;
-            }
-            match Self::connect_path(path, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CALL_TIMEOUT).await {
-                Ok(c) => return Ok(c),
-                Err(e) => {
-                    tracing::debug!(endpoint = %path.display(), error = %e, "CRI endpoint did not answer")
-                }
-            }
-        }
-        Err(CriError::NotFound { tried })
+        autodetect(Api::Cri, endpoint, DEFAULT_ENDPOINTS, |p| async move {
+            Self::connect_path(&p, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CALL_TIMEOUT).await
+        })
+        .await
     }
 
     /// The socket this client talks to.
@@ -308,6 +230,7 @@ impl CriClient {
         )?;
         if resp.items.len() > MAX_CONTAINERS {
             return Err(CriError::TooMany {
+                api: Api::Cri,
                 call: "ListPodSandbox",
                 max: MAX_CONTAINERS,
             });
@@ -364,6 +287,7 @@ impl CriClient {
             info.pod_namespace = non_empty(m.namespace.clone());
             info.pod_uid = non_empty(m.uid.clone());
         }
+        info.static_pod = is_static_pod(sb);
         info.state = match api::PodSandboxState::try_from(sb.state) {
             Ok(api::PodSandboxState::SandboxReady) => ContainerState::Running,
             Ok(api::PodSandboxState::SandboxNotready) => ContainerState::Exited,
@@ -413,6 +337,7 @@ impl CriClient {
         )?;
         if resp.containers.len() > MAX_CONTAINERS {
             return Err(CriError::TooMany {
+                api: Api::Cri,
                 call: "ListContainers",
                 max: MAX_CONTAINERS,
             });
@@ -470,6 +395,7 @@ impl CriClient {
         )?;
         if sandboxes.items.len() > MAX_CONTAINERS {
             return Err(CriError::TooMany {
+                api: Api::Cri,
                 call: "ListPodSandbox",
                 max: MAX_CONTAINERS,
             });
@@ -481,6 +407,7 @@ impl CriClient {
         )?;
         if containers.containers.len() > MAX_CONTAINERS {
             return Err(CriError::TooMany {
+                api: Api::Cri,
                 call: "ListContainers",
                 max: MAX_CONTAINERS,
             });
@@ -516,6 +443,7 @@ impl CriClient {
             info.pod_namespace = non_empty(m.namespace.clone());
             info.pod_uid = non_empty(m.uid.clone());
         }
+        info.static_pod = sb.is_some_and(is_static_pod);
         if let Some(m) = &c.metadata {
             info.container_name = non_empty(m.name.clone());
         }
@@ -551,7 +479,9 @@ impl CriClient {
             // must not borrow its identity).
             if !st.id.is_empty() && st.id != info.id {
                 return Err(CriError::status(
+                    Api::Cri,
                     "ContainerStatus",
+                    None,
                     tonic::Status::not_found(format!("no container {:?}", info.id)),
                 ));
             }
@@ -632,6 +562,7 @@ impl CriClient {
                             c.pod_name = s.pod_name.or(c.pod_name.take());
                             c.pod_namespace = s.pod_namespace.or(c.pod_namespace.take());
                             c.pod_uid = s.pod_uid.or(c.pod_uid.take());
+                            c.static_pod = s.static_pod;
                         }
                         Ok(None) => {}
                         Err(e) if e.is_not_found() => {}
@@ -757,7 +688,7 @@ impl CriClient {
         let fut = Box::pin(async move { rt.get_container_events(api::GetEventsRequest {}).await });
         let stream = LazyStream::start(fut, STREAM_SETTLE)
             .await
-            .map_err(|s| CriError::status("GetContainerEvents", s))?;
+            .map_err(|s| CriError::status(Api::Cri, "GetContainerEvents", None, s))?;
         Ok(CriEventStream {
             inner: stream,
             namespace: self.runtime_namespace(),
@@ -783,11 +714,12 @@ impl CriClient {
         let resp = match tokio::time::timeout(bound, fut).await {
             Err(_) => {
                 return Err(CriError::Timeout {
+                    api: Api::Cri,
                     call: "ExecSync",
                     timeout: bound,
                 })
             }
-            Ok(Err(s)) => return Err(CriError::status("ExecSync", s)),
+            Ok(Err(s)) => return Err(CriError::status(Api::Cri, "ExecSync", None, s)),
             Ok(Ok(r)) => r.into_inner(),
         };
         Ok(ExecOutput {
@@ -884,6 +816,41 @@ impl CriClient {
     }
 }
 
+impl RuntimeSource for CriClient {
+    fn api(&self) -> Api {
+        Api::Cri
+    }
+
+    fn list<'a>(&'a self, described: &'a Listing) -> SourceFuture<'a, Vec<ContainerInfo>> {
+        Box::pin(async move {
+            let ns = self.runtime_namespace();
+            self.list_all_described(|id| described.get(&container_key(ns.as_deref(), id)))
+                .await
+        })
+    }
+
+    /// CRI ids are unique on the node: the namespace is not needed.
+    fn lookup<'a>(
+        &'a self,
+        _namespace: Option<&'a str>,
+        id: &'a str,
+    ) -> SourceFuture<'a, Option<ContainerInfo>> {
+        Box::pin(CriClient::lookup(self, id))
+    }
+
+    fn events(&self) -> SourceFuture<'_, EventStream> {
+        Box::pin(async move { Ok(boxed_events(self.container_events().await?)) })
+    }
+
+    fn sandbox_image_ids(&self) -> SourceFuture<'_, Vec<String>> {
+        Box::pin(CriClient::sandbox_image_ids(self))
+    }
+
+    fn verbose_calls(&self) -> u64 {
+        CriClient::verbose_calls(self)
+    }
+}
+
 /// Stream of CRI container events.
 pub struct CriEventStream {
     inner: LazyStream<api::ContainerEventResponse>,
@@ -897,7 +864,7 @@ impl CriEventStream {
             .inner
             .message()
             .await
-            .map_err(|s| CriError::status("GetContainerEvents", s))?;
+            .map_err(|s| CriError::status(Api::Cri, "GetContainerEvents", None, s))?;
         Ok(msg.map(|m| {
             let pid = None;
             let kind = match api::ContainerEventType::try_from(m.container_event_type) {
@@ -921,6 +888,12 @@ impl CriEventStream {
                 timestamp_ns: (m.created_at > 0).then_some(m.created_at),
             }
         }))
+    }
+}
+
+impl NextEvent for CriEventStream {
+    async fn next_event(&mut self) -> Result<Option<RuntimeEvent>, SourceError> {
+        self.next().await
     }
 }
 
@@ -1027,6 +1000,18 @@ fn cgroups_path_of(v: &serde_json::Value) -> Option<String> {
     v.pointer("/runtimeSpec/linux/cgroupsPath")
         .and_then(|p| p.as_str())
         .and_then(non_empty)
+}
+
+/// The kubelet runs this sandbox's Pod from its own manifests: the
+/// annotation the kubelet stamps on every Pod it runs (`file`, `http`; `api`
+/// for the API server's Pods) and passes to RunPodSandbox.
+fn is_static_pod(sb: &api::PodSandbox) -> bool {
+    matches!(
+        sb.annotations
+            .get("kubernetes.io/config.source")
+            .map(String::as_str),
+        Some("file" | "http")
+    )
 }
 
 #[cfg(test)]
@@ -1262,9 +1247,19 @@ mod tests {
 
     #[test]
     fn unimplemented_is_unsupported() {
-        let e = CriError::status("GetContainerEvents", tonic::Status::unimplemented("x"));
+        let e = CriError::status(
+            Api::Cri,
+            "GetContainerEvents",
+            None,
+            tonic::Status::unimplemented("x"),
+        );
         assert!(matches!(e, CriError::Unsupported { .. }));
-        let e = CriError::status("ContainerStatus", tonic::Status::not_found("gone"));
+        let e = CriError::status(
+            Api::Cri,
+            "ContainerStatus",
+            None,
+            tonic::Status::not_found("gone"),
+        );
         assert!(e.is_not_found());
     }
 }

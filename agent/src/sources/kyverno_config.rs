@@ -16,9 +16,20 @@
 //! apply: kube-system, kube-public, kube-node-lease and Kyverno's own
 //! namespace are excluded.
 //!
-//! Not applied: `excludeGroups` / `excludeUsernames` decide on the user who
-//! sends an admission request, which a Pod object does not record; they are
-//! logged as not applied.
+//! `excludeGroups` / `excludeUsernames` (and Kyverno's older
+//! `excludeGroupRole` / `excludeUsername`) decide on the user who sends an
+//! admission request, which a Pod object does not record — with one
+//! exception the agent can prove: a static Pod. The kubelet runs it from
+//! its own manifests and creates its mirror Pod in the API server as
+//! itself (user `system:node:<node>`, group `system:nodes`), so when
+//! Kyverno excludes that group (its default) or that user, Kyverno never
+//! checked the Pod, and its containers are reported, never stopped. Which
+//! Pods are static comes from CRI (the sandbox annotation
+//! `kubernetes.io/config.source`, which the kubelet stamps on every Pod it
+//! runs, `api` for the API server's: a Pod cannot claim it), never from the
+//! API server's copy. Every other group, user and role entry is logged as
+//! not applied: who created an ordinary Pod is not recorded anywhere the
+//! agent could trust.
 use std::collections::BTreeMap;
 
 /// One `[Kind,Namespace,Name]` entry.
@@ -140,6 +151,11 @@ pub enum FilterOrigin {
     ConfigMap(String),
 }
 
+/// The group the kubelet sends its requests as (with `system:authenticated`).
+pub const NODES_GROUP: &str = "system:nodes";
+/// Kyverno's default `excludeGroups` entry that covers the kubelet.
+const DEFAULT_EXCLUDED_NODE_GROUP: &str = NODES_GROUP;
+
 /// Namespaces and Pods never stopped by the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exemptions {
@@ -148,6 +164,10 @@ pub struct Exemptions {
     /// Kyverno resource filters that match Pods.
     pub filters: Vec<ResourceFilter>,
     pub origin: FilterOrigin,
+    /// Why Kyverno never checks what this node's kubelet sends (the mirror
+    /// Pods of static Pods): the group or user entry that excludes it.
+    /// `None`: static Pods are judged like any other.
+    pub kubelet_excluded: Option<String>,
 }
 
 impl Default for Exemptions {
@@ -156,8 +176,18 @@ impl Default for Exemptions {
             namespaces: Vec::new(),
             filters: Vec::new(),
             origin: FilterOrigin::None,
+            kubelet_excluded: None,
         }
     }
+}
+
+/// A comma-separated list of Kyverno's configuration (`a, b,c`).
+fn parse_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 impl Exemptions {
@@ -184,14 +214,20 @@ impl Exemptions {
             namespaces: namespaces.to_vec(),
             filters,
             origin: FilterOrigin::KyvernoDefaults,
+            kubelet_excluded: Some(format!(
+                "Kyverno's default excludeGroups {DEFAULT_EXCLUDED_NODE_GROUP} (no Kyverno ConfigMap)"
+            )),
         }
     }
 
     /// The filters of a Kyverno ConfigMap's data, plus `--exempt-namespace`;
     /// also returns what is not applied (unsupported entries and keys).
+    /// `node`: this node's name (for `excludeUsernames` entries naming the
+    /// kubelet's user `system:node:<node>`).
     pub fn from_configmap(
         namespaces: &[String],
         origin: &str,
+        node: Option<&str>,
         data: &BTreeMap<String, String>,
     ) -> (Self, Vec<String>) {
         let (all, mut notes) = parse_resource_filters(
@@ -202,12 +238,8 @@ impl Exemptions {
         notes
             .iter_mut()
             .for_each(|u| *u = format!("resourceFilters entry {u} not understood"));
-        for key in [
-            "excludeGroups",
-            "excludeUsernames",
-            "excludeRoles",
-            "excludeClusterRoles",
-        ] {
+        let kubelet_excluded = kubelet_exclusion(data, node, &mut notes);
+        for key in ["excludeRoles", "excludeClusterRoles"] {
             if data.get(key).is_some_and(|v| !v.trim().is_empty()) {
                 notes.push(format!(
                     "{key}: not applied (a Pod does not record who created it)"
@@ -223,17 +255,27 @@ impl Exemptions {
                 namespaces: namespaces.to_vec(),
                 filters,
                 origin: FilterOrigin::ConfigMap(origin.into()),
+                kubelet_excluded,
             },
             notes,
         )
     }
 
     /// Why a Pod is exempt (for the finding's reason), or `None`.
-    pub fn exempt(&self, namespace: &str, pod: Option<&str>) -> Option<String> {
+    /// `static_pod`: CRI says the kubelet runs the Pod from its own
+    /// manifests (see the module's documentation).
+    pub fn exempt(&self, namespace: &str, pod: Option<&str>, static_pod: bool) -> Option<String> {
         if self.namespaces.iter().any(|n| n == namespace) {
             return Some(format!(
                 "namespace {namespace} is exempt (--exempt-namespace)"
             ));
+        }
+        if static_pod {
+            if let Some(why) = &self.kubelet_excluded {
+                return Some(format!(
+                    "a static Pod, whose mirror Pod the kubelet creates: excluded from admission by {why}"
+                ));
+            }
         }
         let f = self
             .filters
@@ -251,6 +293,58 @@ impl Exemptions {
             f.render()
         ))
     }
+}
+
+/// Whether Kyverno's user exclusions cover the kubelet of `node` (its
+/// group [`NODES_GROUP`], `system:authenticated`, or its user), and by which
+/// entry; every entry that names someone else is noted as not applied.
+/// Kyverno's newer keys (`excludeGroups`, `excludeUsernames`) replace its
+/// default `system:nodes` when present; the older `excludeGroupRole` is
+/// added to it (Kyverno before 1.10 always kept its defaults).
+fn kubelet_exclusion(
+    data: &BTreeMap<String, String>,
+    node: Option<&str>,
+    notes: &mut Vec<String>,
+) -> Option<String> {
+    let kubelet_user = node.map(|n| format!("system:node:{n}"));
+    let mut found = None;
+    let mut groups: Vec<(&str, String)> = Vec::new();
+    match data.get("excludeGroups") {
+        Some(v) => groups.extend(parse_list(v).into_iter().map(|g| ("excludeGroups", g))),
+        None => groups.push(("default excludeGroups", DEFAULT_EXCLUDED_NODE_GROUP.into())),
+    }
+    if let Some(v) = data.get("excludeGroupRole") {
+        groups.extend(parse_list(v).into_iter().map(|g| ("excludeGroupRole", g)));
+        groups.push((
+            "default excludeGroupRole",
+            DEFAULT_EXCLUDED_NODE_GROUP.into(),
+        ));
+    }
+    for (key, g) in &groups {
+        if g.starts_with('!') {
+            notes.push(format!(
+                "{key} entry {g}: negation not understood, not applied"
+            ));
+        } else if glob(g, NODES_GROUP) || glob(g, "system:authenticated") {
+            found.get_or_insert_with(|| format!("{key} {g}"));
+        } else {
+            notes.push(format!(
+                "{key} entry {g}: not applied (a Pod does not record who created it; only the kubelet's static Pods are known)"
+            ));
+        }
+    }
+    for key in ["excludeUsernames", "excludeUsername"] {
+        for u in data.get(key).map(|v| parse_list(v)).unwrap_or_default() {
+            if !u.starts_with('!') && kubelet_user.as_deref().is_some_and(|k| glob(&u, k)) {
+                found.get_or_insert_with(|| format!("{key} {u}"));
+            } else {
+                notes.push(format!(
+                    "{key} entry {u}: not applied (a Pod does not record who created it; only this node's kubelet is known)"
+                ));
+            }
+        }
+    }
+    found
 }
 
 /// Reads the Kyverno ConfigMap: `Ok(None)` when it does not exist (then
@@ -273,11 +367,12 @@ pub fn exemptions_of(
     namespaces: &[String],
     kyverno_namespace: &str,
     name: &str,
+    node: Option<&str>,
     data: Option<&BTreeMap<String, String>>,
 ) -> (Exemptions, Vec<String>) {
     match data {
         Some(d) => {
-            Exemptions::from_configmap(namespaces, &format!("{kyverno_namespace}/{name}"), d)
+            Exemptions::from_configmap(namespaces, &format!("{kyverno_namespace}/{name}"), node, d)
         }
         None => (
             Exemptions::kyverno_defaults(namespaces, kyverno_namespace),
@@ -293,6 +388,7 @@ pub async fn watch_exemptions(
     namespaces: Vec<String>,
     kyverno_namespace: String,
     name: String,
+    node: Option<String>,
     tx: tokio::sync::watch::Sender<std::sync::Arc<Exemptions>>,
     every: std::time::Duration,
 ) {
@@ -302,8 +398,13 @@ pub async fn watch_exemptions(
         match fetch(&client, &kyverno_namespace, &name).await {
             Ok(data) => {
                 failing = false;
-                let (e, notes) =
-                    exemptions_of(&namespaces, &kyverno_namespace, &name, data.as_ref());
+                let (e, notes) = exemptions_of(
+                    &namespaces,
+                    &kyverno_namespace,
+                    &name,
+                    node.as_deref(),
+                    data.as_ref(),
+                );
                 if **tx.borrow() != e {
                     for n in notes {
                         tracing::warn!("Kyverno configuration: {n}");
@@ -375,30 +476,121 @@ mod tests {
             "[Event,*,*][*/*,kube-system,*][Pod,prod,web-*]".to_string(),
         );
         data.insert("excludeGroups".to_string(), "system:nodes".to_string());
-        let (e, notes) = Exemptions::from_configmap(&["ops".into()], "kyverno/kyverno", &data);
-        assert_eq!(notes.len(), 1, "{notes:?}");
+        let (e, notes) =
+            Exemptions::from_configmap(&["ops".into()], "kyverno/kyverno", None, &data);
+        assert!(notes.is_empty(), "{notes:?}");
         assert!(e
-            .exempt("kube-system", Some("aws-node-x"))
+            .exempt("kube-system", Some("aws-node-x"), false)
             .unwrap()
             .contains("[*/*,kube-system,*]"));
-        assert!(e.exempt("kube-system", None).is_some());
-        assert!(e.exempt("prod", Some("web-1")).is_some());
-        assert!(e.exempt("prod", Some("db-1")).is_none());
+        assert!(e.exempt("kube-system", None, false).is_some());
+        assert!(e.exempt("prod", Some("web-1"), false).is_some());
+        assert!(e.exempt("prod", Some("db-1"), false).is_none());
         assert!(
-            e.exempt("prod", None).is_none(),
+            e.exempt("prod", None, false).is_none(),
             "a name filter needs the Pod's name"
         );
         assert!(e
-            .exempt("ops", None)
+            .exempt("ops", None, false)
             .unwrap()
             .contains("--exempt-namespace"));
         // The ConfigMap replaces Kyverno's defaults: kube-public is checked here.
-        assert!(e.exempt("kube-public", Some("x")).is_none());
+        assert!(e.exempt("kube-public", Some("x"), false).is_none());
         let d = Exemptions::kyverno_defaults(&[], "kyverno");
         for ns in ["kube-system", "kube-public", "kube-node-lease", "kyverno"] {
-            assert!(d.exempt(ns, None).unwrap().contains("default"), "{ns}");
+            assert!(
+                d.exempt(ns, None, false).unwrap().contains("default"),
+                "{ns}"
+            );
         }
-        assert!(d.exempt("default", None).is_none());
-        assert!(Exemptions::default().exempt("kube-system", None).is_none());
+        assert!(d.exempt("default", None, false).is_none());
+        assert!(Exemptions::default()
+            .exempt("kube-system", None, false)
+            .is_none());
+    }
+
+    /// A static Pod (CRI says the kubelet runs it from its manifests) is
+    /// excluded exactly when Kyverno excludes the kubelet's requests; an
+    /// ordinary Pod never is by a user or group entry.
+    #[test]
+    fn static_pods_follow_the_kubelets_exclusion() {
+        let cm = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let node = Some("ip-10-0-0-1");
+        // No ConfigMap: Kyverno's default excludeGroups system:nodes.
+        let d = Exemptions::kyverno_defaults(&[], "kyverno");
+        let why = d
+            .exempt("prod", Some("etcd-x"), true)
+            .expect("static Pod exempt");
+        assert!(
+            why.contains("static Pod") && why.contains("system:nodes"),
+            "{why}"
+        );
+        assert!(d.exempt("prod", Some("etcd-x"), false).is_none());
+        // A ConfigMap without the key keeps the default.
+        let (e, notes) = Exemptions::from_configmap(&[], "kyverno/kyverno", node, &cm(&[]));
+        assert!(
+            e.exempt("prod", None, true).is_some() && notes.is_empty(),
+            "{notes:?}"
+        );
+        // excludeGroups replaces the default: without system:nodes the
+        // static Pod is judged, and the other group is noted.
+        let (e, notes) = Exemptions::from_configmap(
+            &[],
+            "kyverno/kyverno",
+            node,
+            &cm(&[("excludeGroups", "system:serviceaccounts:kube-system")]),
+        );
+        assert!(e.exempt("prod", None, true).is_none());
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].contains("system:serviceaccounts:kube-system"),
+            "{notes:?}"
+        );
+        // Wildcards, the kubelet's user on this node (not another node's),
+        // the older keys (which keep the default).
+        let (e, _) =
+            Exemptions::from_configmap(&[], "c", node, &cm(&[("excludeGroups", "system:*")]));
+        assert!(e
+            .exempt("prod", None, true)
+            .unwrap()
+            .contains("excludeGroups system:*"));
+        let user = |u: &str| {
+            Exemptions::from_configmap(
+                &[],
+                "c",
+                node,
+                &cm(&[("excludeGroups", ""), ("excludeUsernames", u)]),
+            )
+        };
+        assert!(user("system:node:ip-10-0-0-1")
+            .0
+            .exempt("p", None, true)
+            .is_some());
+        assert!(user("system:node:*").0.exempt("p", None, true).is_some());
+        let (other, notes) = user("system:node:ip-10-0-0-2, alice");
+        assert!(other.exempt("p", None, true).is_none());
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        let (old, _) = Exemptions::from_configmap(
+            &[],
+            "c",
+            node,
+            &cm(&[("excludeGroups", ""), ("excludeGroupRole", "team-a")]),
+        );
+        assert!(old
+            .exempt("p", None, true)
+            .unwrap()
+            .contains("default excludeGroupRole"));
+        // A negation is not understood: not applied, and said.
+        let (neg, notes) =
+            Exemptions::from_configmap(&[], "c", node, &cm(&[("excludeGroups", "!system:nodes")]));
+        assert!(neg.exempt("p", None, true).is_none());
+        assert!(notes.iter().any(|n| n.contains("negation")), "{notes:?}");
+        // No Kubernetes (standalone): nothing.
+        assert!(Exemptions::default().exempt("p", None, true).is_none());
     }
 }

@@ -6,19 +6,27 @@
 //!   started with `ctr run` or nerdctl, which bypass Kubernetes, are seen.
 //!
 //! Both runtime clients return the runtime-neutral [`ContainerInfo`] and
-//! [`RuntimeEvent`].
+//! [`RuntimeEvent`], and both are a [`RuntimeSource`] (list, lookup by id,
+//! event stream): the controller sees runtimes through that trait only.
+//! [`events::forward_events`] feeds one source's event stream to the
+//! controller (containerd's where there is containerd, else CRI's).
 
 pub mod cgroup;
 pub mod containerd;
 pub mod cri;
+pub mod events;
 pub mod kube;
 pub mod kubelet;
 pub mod kyverno_config;
 pub mod vap_params;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::Duration;
+
+use futures_util::stream::{BoxStream, StreamExt};
 
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
@@ -102,10 +110,29 @@ pub struct ContainerInfo {
     pub cgroup_path: Option<String>,
     /// Labels (bounded, see [`MAX_LABELS`]).
     pub labels: BTreeMap<String, String>,
+    /// The kubelet runs this Pod from its own manifests (a static Pod): CRI's
+    /// sandbox annotation `kubernetes.io/config.source` is `file` or `http`.
+    /// The kubelet stamps that annotation on every Pod it runs (`api` for
+    /// the API server's), so a Pod cannot claim it; never read from
+    /// containerd's own labels.
+    pub static_pod: bool,
+}
+
+/// The key of a container across reports: `<runtime namespace>/<id>`
+/// (`/<id>` where the runtime has no namespace, e.g. CRI-O).
+pub fn container_key(namespace: Option<&str>, id: &str) -> String {
+    format!("{}/{}", namespace.unwrap_or(""), id)
 }
 
 impl ContainerInfo {
-    pub(crate) fn new(id: String, runtime: &'static str) -> Self {
+    /// This container's [`container_key`].
+    pub fn key(&self) -> String {
+        container_key(self.namespace.as_deref(), &self.id)
+    }
+
+    /// A report of container `id` by `runtime` (see [`Api::runtime`]) with
+    /// nothing known yet.
+    pub fn new(id: String, runtime: &'static str) -> Self {
         ContainerInfo {
             id,
             runtime,
@@ -123,6 +150,7 @@ impl ContainerInfo {
             pid: None,
             cgroup_path: None,
             labels: BTreeMap::new(),
+            static_pod: false,
         }
     }
 
@@ -261,6 +289,264 @@ pub async fn connect_unix(path: &Path, timeout: Duration) -> Result<Channel, Con
         }),
         Ok(Ok(ch)) => Ok(ch),
     }
+}
+
+/// Which runtime API a client, a report or an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// containerd's own API (every namespace).
+    Containerd,
+    /// Kubernetes CRI v1 (containerd's CRI plugin, CRI-O).
+    Cri,
+}
+
+impl Api {
+    /// The `runtime` field of [`ContainerInfo`] and [`RuntimeEvent`].
+    pub fn runtime(self) -> &'static str {
+        match self {
+            Api::Containerd => "containerd",
+            Api::Cri => "cri",
+        }
+    }
+
+    /// What autodetection looks for, for its error.
+    fn what(self) -> &'static str {
+        match self {
+            Api::Containerd => "containerd",
+            Api::Cri => "CRI runtime",
+        }
+    }
+}
+
+impl std::fmt::Display for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Api::Containerd => "containerd",
+            Api::Cri => "CRI",
+        })
+    }
+}
+
+/// Errors of the runtime clients (both APIs).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Could not connect.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// No endpoint given and none of the default sockets answered.
+    #[error("no {} found at {tried:?}", .api.what())]
+    NotFound {
+        /// Which API was looked for.
+        api: Api,
+        /// Paths tried.
+        tried: Vec<PathBuf>,
+    },
+    /// The runtime answered with an error status.
+    #[error("{api} {call}{}: {status}", namespace_note(.api, .namespace))]
+    Status {
+        /// Which API answered.
+        api: Api,
+        /// RPC name.
+        call: &'static str,
+        /// containerd namespace, if the call had one.
+        namespace: Option<String>,
+        /// gRPC status.
+        status: Box<tonic::Status>,
+    },
+    /// The call took longer than the bound.
+    #[error("{api} {call} timed out after {timeout:?}")]
+    Timeout {
+        /// Which API was called.
+        api: Api,
+        /// RPC name.
+        call: &'static str,
+        /// The bound.
+        timeout: Duration,
+    },
+    /// The runtime does not implement this call (containerd 1.6's CRI
+    /// `GetContainerEvents`).
+    #[error("{call} is not implemented by this runtime")]
+    Unsupported {
+        /// RPC name.
+        call: &'static str,
+    },
+    /// A namespace name that cannot be sent as gRPC metadata.
+    #[error("invalid containerd namespace {0:?}")]
+    BadNamespace(String),
+    /// More items than we take.
+    #[error("{api} {call} returned more than {max} items")]
+    TooMany {
+        /// Which API answered.
+        api: Api,
+        /// RPC name.
+        call: &'static str,
+        /// The bound.
+        max: usize,
+    },
+}
+
+/// containerd's errors name the namespace of the call (none: `None`).
+fn namespace_note(api: &Api, namespace: &Option<String>) -> String {
+    match api {
+        Api::Containerd => format!(" (namespace {namespace:?})"),
+        Api::Cri => String::new(),
+    }
+}
+
+impl SourceError {
+    /// An error status of `call`; `Unimplemented` is [`SourceError::Unsupported`].
+    pub(crate) fn status(
+        api: Api,
+        call: &'static str,
+        namespace: Option<&str>,
+        status: tonic::Status,
+    ) -> Self {
+        if status.code() == tonic::Code::Unimplemented {
+            return SourceError::Unsupported { call };
+        }
+        SourceError::Status {
+            api,
+            call,
+            namespace: namespace.map(str::to_string),
+            status: Box::new(status),
+        }
+    }
+
+    /// Whether the runtime said the object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, SourceError::Status { status, .. } if status.code() == tonic::Code::NotFound)
+    }
+
+    /// Whether the runtime does not implement the call.
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, SourceError::Unsupported { .. })
+    }
+}
+
+/// Runs one unary call of `api`, bounded by `timeout`.
+pub(crate) async fn unary<T>(
+    api: Api,
+    call: &'static str,
+    namespace: Option<&str>,
+    timeout: Duration,
+    fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, SourceError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Err(_) => Err(SourceError::Timeout { api, call, timeout }),
+        Ok(Err(status)) => Err(SourceError::status(api, call, namespace, status)),
+        Ok(Ok(resp)) => Ok(resp.into_inner()),
+    }
+}
+
+/// The socket path of `endpoint` (`unix:///path` or `/path`).
+pub(crate) fn endpoint_path(endpoint: &str) -> Result<PathBuf, SourceError> {
+    socket_path(endpoint).ok_or_else(|| ConnectError::BadEndpoint(endpoint.to_string()).into())
+}
+
+/// Connects with `connect` to `endpoint` if given, else to the first of
+/// `defaults` that exists and answers.
+pub(crate) async fn autodetect<C, F, Fut>(
+    api: Api,
+    endpoint: Option<&str>,
+    defaults: &[&str],
+    connect: F,
+) -> Result<C, SourceError>
+where
+    F: Fn(PathBuf) -> Fut,
+    Fut: Future<Output = Result<C, SourceError>>,
+{
+    if let Some(e) = endpoint {
+        return connect(endpoint_path(e)?).await;
+    }
+    let mut tried = Vec::new();
+    for p in defaults {
+        let path = PathBuf::from(p);
+        tried.push(path.clone());
+        if !path.exists() {
+            continue;
+        }
+        match connect(path.clone()).await {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                tracing::debug!(socket = %path.display(), error = %e, "{api} socket did not answer")
+            }
+        }
+    }
+    Err(SourceError::NotFound { api, tried })
+}
+
+/// A boxed future of a [`RuntimeSource`] call.
+pub type SourceFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SourceError>> + Send + 'a>>;
+
+/// A runtime's container lifecycle events; ends after an error or when the
+/// runtime closes the stream.
+pub type EventStream = BoxStream<'static, Result<RuntimeEvent, SourceError>>;
+
+/// Reports of containers by [`ContainerInfo::key`].
+pub type Listing = HashMap<String, ContainerInfo>;
+
+/// A container runtime as the controller sees it: containerd's own API and
+/// CRI implement it (and tests' fakes).
+pub trait RuntimeSource: Send + Sync {
+    /// Which API this is (it names the reports: [`ContainerInfo::runtime`]).
+    fn api(&self) -> Api;
+
+    /// Every container (and pod sandbox) the runtime reports. `described`:
+    /// what another source already reported, which a source may use to
+    /// skip its own expensive calls (CRI: containerd's listing spares the
+    /// verbose status; see `cri::describe_from_containerd`).
+    fn list<'a>(&'a self, described: &'a Listing) -> SourceFuture<'a, Vec<ContainerInfo>>;
+
+    /// One container (or sandbox) by id, in `namespace` where the runtime
+    /// has namespaces; `Ok(None)` when the runtime does not know it.
+    fn lookup<'a>(
+        &'a self,
+        namespace: Option<&'a str>,
+        id: &'a str,
+    ) -> SourceFuture<'a, Option<ContainerInfo>>;
+
+    /// Subscribes to container lifecycle events;
+    /// [`SourceError::Unsupported`] when the runtime has no such stream.
+    fn events(&self) -> SourceFuture<'_, EventStream>;
+
+    /// The runtime's namespaces (containerd); none by default.
+    fn namespaces(&self) -> SourceFuture<'_, Vec<String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Image ids of the node's pod sandbox images (CRI); none by default.
+    fn sandbox_image_ids(&self) -> SourceFuture<'_, Vec<String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Verbose status calls made so far (CRI); 0 by default.
+    fn verbose_calls(&self) -> u64 {
+        0
+    }
+}
+
+/// A runtime as the controller and the event forwarder hold it.
+pub type SharedSource = std::sync::Arc<dyn RuntimeSource>;
+
+/// A client event stream that yields one decoded event at a time.
+pub(crate) trait NextEvent: Send + 'static {
+    /// Next event; `Ok(None)` once the runtime closed the stream.
+    fn next_event(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<RuntimeEvent>, SourceError>> + Send;
+}
+
+/// An [`EventStream`] of a client stream: it ends after the first error.
+pub(crate) fn boxed_events<S: NextEvent>(s: S) -> EventStream {
+    futures_util::stream::unfold(Some(s), |state| async move {
+        let mut s = state?;
+        match s.next_event().await {
+            Ok(Some(ev)) => Some((Ok(ev), Some(s))),
+            Ok(None) => None,
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+    .boxed()
 }
 
 /// How long a streaming call is given to answer with headers before the

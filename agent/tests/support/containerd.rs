@@ -924,6 +924,7 @@ impl Containerd {
             qos: Qos::BestEffort,
             tolerate_start_failure,
             image_by_id: false,
+            config_source: "api",
         };
         self.cri_run(cri, &pod).await
     }
@@ -943,6 +944,7 @@ impl Containerd {
             qos,
             tolerate_start_failure,
             image_by_id,
+            config_source,
         } = *pod;
         let image_spec = if image_by_id {
             // The kubelet resolves the pod's image first (ImageStatus) and
@@ -1004,6 +1006,12 @@ impl Containerd {
             // namespace, where runc refuses to set one.
             log_directory: log_dir.display().to_string(),
             labels: kube_labels(&[]),
+            annotations: [(
+                "kubernetes.io/config.source".to_string(),
+                config_source.to_string(),
+            )]
+            .into_iter()
+            .collect(),
             linux: Some(cri::LinuxPodSandboxConfig {
                 cgroup_parent: cgroup_parent.clone(),
                 security_context: Some(cri::LinuxSandboxSecurityContext {
@@ -1066,20 +1074,72 @@ impl Containerd {
     }
 
     /// Kills and deletes every task and container of every namespace.
+    /// Tears down every task and container this instance runs. Each `ctr`
+    /// call is bounded ([`TEARDOWN_CALL`]): a test that failed may leave a
+    /// process the kernel holds (SIGSTOP) with no agent to release it, and
+    /// teardown must not hang on it (the shims are killed after it).
     fn kill_everything(&self) {
-        let nss = self.ctr_raw("default", &["namespaces", "ls", "-q"]);
-        let nss = String::from_utf8_lossy(&nss.stdout).into_owned();
+        // After one call that does not return, containerd is wedged: the
+        // rest is left to killing the shims.
+        let wedged = std::cell::Cell::new(false);
+        let ctr = |ns: &str, args: &[&str]| {
+            if wedged.get() {
+                return String::new();
+            }
+            self.ctr_bounded(ns, args).unwrap_or_else(|| {
+                wedged.set(true);
+                String::new()
+            })
+        };
+        let nss = ctr("default", &["namespaces", "ls", "-q"]);
         for ns in nss.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let tasks = self.ctr_raw(ns, &["tasks", "ls", "-q"]);
-            for id in String::from_utf8_lossy(&tasks.stdout).lines() {
-                let _ = self.ctr_raw(ns, &["tasks", "kill", "-a", "-s", "SIGKILL", id]);
+            let tasks = ctr(ns, &["tasks", "ls", "-q"]);
+            for id in tasks.lines() {
+                ctr(ns, &["tasks", "kill", "-a", "-s", "SIGKILL", id]);
             }
-            for id in String::from_utf8_lossy(&tasks.stdout).lines() {
-                let _ = self.ctr_raw(ns, &["tasks", "rm", "-f", id]);
+            for id in tasks.lines() {
+                ctr(ns, &["tasks", "rm", "-f", id]);
             }
-            let ctrs = self.ctr_raw(ns, &["containers", "ls", "-q"]);
-            for id in String::from_utf8_lossy(&ctrs.stdout).lines() {
-                let _ = self.ctr_raw(ns, &["containers", "rm", id]);
+            let ctrs = ctr(ns, &["containers", "ls", "-q"]);
+            for id in ctrs.lines() {
+                ctr(ns, &["containers", "rm", id]);
+            }
+        }
+    }
+
+    /// Runs `ctr` for teardown: its stdout (empty if it failed), or `None`
+    /// if it did not return within [`TEARDOWN_CALL`] (then it is killed,
+    /// and said).
+    fn ctr_bounded(&self, ns: &str, args: &[&str]) -> Option<String> {
+        let Ok(mut child) = self
+            .ctr_cmd(ns)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+        else {
+            return Some(String::new());
+        };
+        let mut out = child.stdout.take().expect("piped");
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut out, &mut s);
+            s
+        });
+        let deadline = Instant::now() + TEARDOWN_CALL;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => return Some(reader.join().unwrap_or_default()),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    eprintln!("teardown: ctr -n {ns} {args:?} did not return within {TEARDOWN_CALL:?}: killed; the rest is left to killing the shims");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let _ = reader.join();
+                    return None;
+                }
             }
         }
     }
@@ -1263,6 +1323,10 @@ pub struct CriPod<'a> {
     /// written goes in `user_specified_image`. Off: the name in `image`
     /// (what `crictl` and other direct CRI clients do).
     pub image_by_id: bool,
+    /// The sandbox annotation `kubernetes.io/config.source` the kubelet
+    /// stamps on every Pod it runs: `api` (the API server's), `file` or
+    /// `http` (a static Pod from the kubelet's own manifests).
+    pub config_source: &'a str,
 }
 
 impl<'a> CriPod<'a> {
@@ -1285,6 +1349,7 @@ impl<'a> CriPod<'a> {
             qos: Qos::Burstable,
             tolerate_start_failure: false,
             image_by_id: true,
+            config_source: "api",
         }
     }
 }
@@ -1294,6 +1359,9 @@ pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// Bound on one `ctr` call while tearing an instance down.
+const TEARDOWN_CALL: Duration = Duration::from_secs(20);
 
 impl Drop for Containerd {
     fn drop(&mut self) {
@@ -1318,6 +1386,21 @@ impl Drop for Containerd {
         for pid in self.shim_pids() {
             // SAFETY: a shim of our own containerd, found by its socket.
             unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        // What the shims leave (a process the kernel held with no agent
+        // left to decide it): containers of this instance, whose ids carry
+        // its token, killed through their cgroup v2 (`<namespace>/<id>`).
+        for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+            for ns in std::fs::read_dir(root).into_iter().flatten().flatten() {
+                for c in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                    if c.file_name()
+                        .to_string_lossy()
+                        .contains(self.token.as_str())
+                    {
+                        let _ = std::fs::write(c.path().join("cgroup.kill"), b"1");
+                    }
+                }
+            }
         }
         unmount_under(&self.dir);
         // cgroups that runc leaves behind (parents, pod cgroups): innermost
