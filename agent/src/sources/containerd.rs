@@ -242,7 +242,11 @@ impl ContainerdClient {
             }
             Err(e) if e.is_not_found() => info.state = ContainerState::Created,
             Err(e) => {
-                tracing::warn!(namespace = ns, container = id, "containerd task state unknown: {e}");
+                tracing::warn!(
+                    namespace = ns,
+                    container = id,
+                    "containerd task state unknown: {e}"
+                );
                 info.state = ContainerState::Unknown;
             }
         }
