@@ -15,9 +15,10 @@ use tracing::{info, warn};
 
 use crate::{
     controller::Controller,
-    kube_run::KubeState,
+    finding::FindingAction,
+    kube_run::{ControllerView, CrossCheckPlan, KubeAction, KubeState},
     metrics::{self, Metrics},
-    probes::{event::ExecRecord, reader::ReaderStats},
+    probes::{event::ExecRecord, kernel_maps::KernelMaps, reader::ReaderStats},
     server::{Health, ReadyGate},
     sink::Sinks,
     sources::RuntimeEvent,
@@ -256,9 +257,37 @@ impl AgentLoop {
         }
     }
 
+    /// The cross-checks: the Kubernetes side plans from a snapshot of the
+    /// controller, the loop applies the plan's actions to the controller,
+    /// then the Kubernetes side reports.
     async fn on_crosscheck_tick(&mut self) {
-        if let Some(k) = self.kube.as_mut() {
-            k.crosscheck(&mut self.ctrl, &self.sinks).await
+        let Some(k) = self.kube.as_mut() else { return };
+        let drift = self.ctrl.take_drift_findings();
+        let containers = self.ctrl.containers();
+        let mut plan = k.plan_crosscheck(
+            drift,
+            &ControllerView {
+                containers: &containers,
+            },
+        );
+        apply_kube_actions(&mut self.ctrl, &mut plan);
+        k.publish(plan, &self.sinks).await;
+    }
+}
+
+/// Applies what the cross-checks ask of the controller; a kill that fails
+/// (the container is not known, or its cgroup could not be killed) leaves
+/// its finding `alerted`.
+pub fn apply_kube_actions<K: KernelMaps>(ctrl: &mut Controller<K>, plan: &mut CrossCheckPlan) {
+    for a in &plan.actions {
+        match a {
+            KubeAction::KillContainer { id, finding } => {
+                if !ctrl.kill_container(id) {
+                    if let Some(p) = plan.findings.get_mut(*finding) {
+                        p.finding.action = FindingAction::Alerted;
+                    }
+                }
+            }
         }
     }
 }

@@ -561,7 +561,9 @@ fn check_pod(
         };
         let is_live = rt.is_some() || status.is_some_and(status_running);
 
-        // Policy.
+        // Policy: the spec's image, a second evaluation beside the
+        // controller's of the runtime's image (docs/architecture.md, "Where
+        // the policy is evaluated twice").
         let ctx = EvalContext::new(ty)
             .with_namespace(Some(p.ns))
             .with_labels(&p.labels)
@@ -717,6 +719,8 @@ fn check_orphan(
     if image.is_empty() {
         return;
     }
+    // The controller judged this container too, without the Namespace's
+    // labels (docs/architecture.md, "Where the policy is evaluated twice").
     let no_labels = BTreeMap::new();
     let ctx = EvalContext::new(ContainerType::Container)
         .with_namespace(c.pod_namespace.as_deref())

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::{
     cli::{Mode, RunArgs},
-    controller::{Controller, PodContext, PodLookup},
+    controller::{PodContext, PodLookup},
     crosscheck::{self, CrossCheckInput, KubeFinding, Observations},
     finding::{FindingAction, ReasonKind},
     kube_actions::{self, ActionOptions, ModeResolver},
@@ -268,16 +268,16 @@ impl KubeState {
         self.policy.policy.borrow_and_update().clone()
     }
 
-    /// Runs the cross-checks and acts on new findings.
-    pub async fn crosscheck(&mut self, ctrl: &mut Controller, sinks: &Sinks) {
-        // Fileless and drift execs: their findings are printed already; here
-        // each gets its Event on the Pod.
-        for f in ctrl.take_drift_findings() {
-            let k = KubeFinding::from_exec_drift(&f);
-            if let Err(e) = kube_actions::post_event(&self.client, &k, &self.node, k.action).await {
-                warn!("posting an Event: {e}");
-            }
-        }
+    /// Runs the cross-checks against a read-only view of the controller and
+    /// plans what to do about new findings. Nothing here touches the
+    /// controller: the agent loop applies the plan's actions
+    /// ([`crate::agent_loop::apply_kube_actions`]), then [`Self::publish`]
+    /// reports.
+    pub fn plan_crosscheck(
+        &mut self,
+        drift: Vec<crate::finding::Finding>,
+        view: &ControllerView<'_>,
+    ) -> CrossCheckPlan {
         let api_up = self.pods.health.is_up();
         let kubelet_up = self.kubelet.as_ref().is_some_and(|k| k.health.is_up());
         self.metrics.set_source_up(Source::KubeApi, api_up);
@@ -290,7 +290,7 @@ impl KubeState {
         } else {
             None
         };
-        let runtime = ctrl.containers();
+        let runtime = view.containers;
         let policy = self.policy.policy.borrow().clone();
         self.metrics
             .set_source_up(Source::KubeNamespaces, self.namespaces.health.is_up());
@@ -312,7 +312,7 @@ impl KubeState {
         let out = crosscheck::crosscheck(&CrossCheckInput {
             api_pods: api.as_ref().map(|v| v.iter().map(|p| p.as_ref()).collect()),
             kubelet_pods: kl.as_ref().map(|v| v.iter().collect()),
-            runtime: &runtime,
+            runtime,
             policy: &policy,
             previous: &self.obs,
             namespace_labels: &namespace_labels,
@@ -321,50 +321,43 @@ impl KubeState {
         if self.reported.len() > MAX_REPORTED {
             self.reported.clear();
         }
+        let exemptions = self.exemptions.borrow().clone();
+        let mut plan = plan_findings(
+            out.findings,
+            view,
+            &exemptions,
+            &self.modes,
+            &self.opts,
+            &mut self.reported,
+        );
+        // Fileless and drift execs: their findings are printed already;
+        // here each gets its Event on the Pod.
+        plan.drift = drift.iter().map(KubeFinding::from_exec_drift).collect();
+        plan
+    }
+
+    /// Reports a plan whose actions the agent loop applied: Events,
+    /// printed findings, Pod deletions, PolicyReports.
+    pub async fn publish(&self, plan: CrossCheckPlan, sinks: &Sinks) {
+        for k in &plan.drift {
+            if let Err(e) = kube_actions::post_event(&self.client, k, &self.node, k.action).await {
+                warn!("posting an Event: {e}");
+            }
+        }
         let mut report_batch: BTreeMap<String, Vec<KubeFinding>> = BTreeMap::new();
-        for mut f in out.findings {
-            if !self.reported.insert(f.dedup_key()) {
-                continue;
-            }
-            let mut p = kube_actions::plan(&f, &self.modes, &self.opts);
-            // A mirror Pod's status names the static Pod's containers, which
-            // CRI describes: only that says the Pod is static.
-            let static_pod = f
-                .container_id
-                .as_deref()
-                .is_some_and(|id| ctrl.is_static_pod(id));
-            let exempt = f.namespace.as_deref().and_then(|ns| {
-                self.exemptions
-                    .borrow()
-                    .exempt(ns, f.pod.as_deref(), static_pod)
-            });
-            if exempt.is_some() {
-                // Admission excluded this Pod: report, never kill or delete.
-                p.kill = false;
-                p.delete_pod = false;
-                p.action = FindingAction::Alerted;
-            }
-            // The runtime path already judged (and killed) containers it
-            // knows by their image; here only what it cannot see.
-            let judged_by_runtime = matches!(
-                f.reason,
-                ReasonKind::UntrustedImage | ReasonKind::InvalidReference
-            ) && f.container_id.as_deref().is_some_and(|id| ctrl.knows(id));
-            f.action = p.action;
-            if p.kill && !judged_by_runtime {
-                if let Some(id) = f.container_id.clone() {
-                    if !ctrl.kill_container(&id) {
-                        f.action = FindingAction::Alerted;
-                    }
-                }
-            }
-            if !judged_by_runtime {
+        for PlannedFinding {
+            finding: f,
+            emit,
+            delete_pod,
+        } in plan.findings
+        {
+            if emit {
                 crate::finding::emit(&f, &self.metrics, sinks);
             }
             if let Err(e) = kube_actions::post_event(&self.client, &f, &self.node, f.action).await {
                 warn!("posting an Event: {e}");
             }
-            if p.delete_pod {
+            if delete_pod {
                 if let (Some(ns), Some(pod)) = (&f.namespace, &f.pod) {
                     match kube_actions::delete_pod(
                         &self.client,
@@ -395,5 +388,231 @@ impl KubeState {
                 warn!(namespace = %ns, "PolicyReport: {e}");
             }
         }
+    }
+}
+
+/// What the controller knows, read-only, for the cross-checks: a snapshot
+/// of its containers (`Controller::containers`).
+pub struct ControllerView<'a> {
+    pub containers: &'a [ContainerInfo],
+}
+
+impl ControllerView<'_> {
+    /// Whether the runtime path has this container (and so judged it).
+    pub fn knows(&self, container_id: &str) -> bool {
+        self.containers.iter().any(|c| c.id == container_id)
+    }
+
+    /// Whether CRI describes this container as a static Pod's.
+    pub fn is_static_pod(&self, container_id: &str) -> bool {
+        self.containers
+            .iter()
+            .any(|c| c.id == container_id && c.static_pod)
+    }
+}
+
+/// What the cross-checks ask of the controller. The agent loop applies
+/// them; the Kubernetes side never mutates the controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeAction {
+    /// Kill the container (`Controller::kill_container`: `cgroup.kill`, a
+    /// DENY verdict for its cgroup). If that fails, the finding at index
+    /// `finding` of the plan's `findings` is only `alerted`.
+    KillContainer { id: String, finding: usize },
+}
+
+/// A new finding and what to do with it besides its Event.
+#[derive(Debug, Clone)]
+pub struct PlannedFinding {
+    /// Its `action` is final once the plan's actions are applied.
+    pub finding: KubeFinding,
+    /// Print and count it: not when the runtime path judged the container
+    /// already (it reported it itself).
+    pub emit: bool,
+    /// Delete its Pod (`--delete-pods`).
+    pub delete_pod: bool,
+}
+
+/// One cross-check's outcome: the controller actions to apply, then what
+/// to report.
+#[derive(Debug, Default)]
+pub struct CrossCheckPlan {
+    /// Fileless and drift exec findings the controller queued: an Event each.
+    pub drift: Vec<KubeFinding>,
+    pub findings: Vec<PlannedFinding>,
+    pub actions: Vec<KubeAction>,
+}
+
+/// Plans the new (not yet `reported`) findings of a cross-check: the
+/// action of each ([`kube_actions::plan`]), never a kill or deletion where
+/// admission excluded the Pod, and no kill or second report of an image
+/// verdict for a container the runtime path knows (it judged, killed and
+/// reported it by the image it runs).
+pub fn plan_findings(
+    findings: Vec<KubeFinding>,
+    view: &ControllerView<'_>,
+    exemptions: &Exemptions,
+    modes: &ModeResolver,
+    opts: &ActionOptions,
+    reported: &mut HashSet<String>,
+) -> CrossCheckPlan {
+    let mut plan = CrossCheckPlan::default();
+    for mut f in findings {
+        if !reported.insert(f.dedup_key()) {
+            continue;
+        }
+        let mut p = kube_actions::plan(&f, modes, opts);
+        // A mirror Pod's status names the static Pod's containers, which
+        // CRI describes: only that says the Pod is static.
+        let static_pod = f
+            .container_id
+            .as_deref()
+            .is_some_and(|id| view.is_static_pod(id));
+        let exempt = f
+            .namespace
+            .as_deref()
+            .and_then(|ns| exemptions.exempt(ns, f.pod.as_deref(), static_pod));
+        if exempt.is_some() {
+            // Admission excluded this Pod: report, never kill or delete.
+            p.kill = false;
+            p.delete_pod = false;
+            p.action = FindingAction::Alerted;
+        }
+        // The runtime path already judged (and killed) containers it
+        // knows by their image; here only what it cannot see.
+        let judged_by_runtime = matches!(
+            f.reason,
+            ReasonKind::UntrustedImage | ReasonKind::InvalidReference
+        ) && f.container_id.as_deref().is_some_and(|id| view.knows(id));
+        f.action = p.action;
+        if p.kill && !judged_by_runtime {
+            if let Some(id) = f.container_id.clone() {
+                plan.actions.push(KubeAction::KillContainer {
+                    id,
+                    finding: plan.findings.len(),
+                });
+            }
+        }
+        plan.findings.push(PlannedFinding {
+            finding: f,
+            emit: !judged_by_runtime,
+            delete_pod: p.delete_pod,
+        });
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crosscheck::Observations;
+    use crate::sources::{ContainerKind, ContainerState};
+    use imagewarden_policy::load_policy_str;
+
+    const UNTRUSTED: &str = "docker.io/library/nginx:1.25";
+
+    /// A running Pod `shop/web` whose container `app` (id `c1`) runs an
+    /// image the embedded policy (Enforce) does not trust.
+    fn pod() -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop", "uid": "uid-web"},
+            "spec": {"containers": [{"name": "app", "image": UNTRUSTED}]},
+            "status": {"containerStatuses": [{
+                "name": "app", "image": UNTRUSTED, "imageID": "",
+                "containerID": "containerd://c1", "ready": true,
+                "restartCount": 0, "state": {"running": {}}
+            }]}
+        }))
+        .unwrap()
+    }
+
+    fn runtime_c1() -> ContainerInfo {
+        let mut c = ContainerInfo::new("c1".into(), "cri");
+        c.kind = Some(ContainerKind::Container);
+        c.pod_name = Some("web".into());
+        c.pod_namespace = Some("shop".into());
+        c.pod_uid = Some("uid-web".into());
+        c.container_name = Some("app".into());
+        c.image_as_written = Some(UNTRUSTED.into());
+        c.state = ContainerState::Running;
+        c
+    }
+
+    fn plan_of(
+        runtime: &[ContainerInfo],
+        exemptions: &Exemptions,
+        reported: &mut HashSet<String>,
+    ) -> CrossCheckPlan {
+        let policy = load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "embedded").expect("policy");
+        let pods = [pod()];
+        let out = crosscheck::crosscheck(&CrossCheckInput {
+            api_pods: Some(pods.iter().collect()),
+            kubelet_pods: None,
+            runtime,
+            policy: &policy,
+            previous: &Observations::default(),
+            namespace_labels: &BTreeMap::new(),
+        });
+        plan_findings(
+            out.findings,
+            &ControllerView {
+                containers: runtime,
+            },
+            exemptions,
+            &ModeResolver::new(kube_actions::Mode::Enforce),
+            &ActionOptions::default(),
+            reported,
+        )
+    }
+
+    fn untrusted(plan: &CrossCheckPlan) -> (usize, &PlannedFinding) {
+        plan.findings
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.finding.reason == ReasonKind::UntrustedImage)
+            .expect("an untrusted-image finding")
+    }
+
+    #[test]
+    fn an_untrusted_container_the_runtime_cannot_see_gets_a_kill_action() {
+        let mut reported = HashSet::new();
+        let plan = plan_of(&[], &Exemptions::default(), &mut reported);
+        let (i, p) = untrusted(&plan);
+        assert_eq!(
+            plan.actions,
+            vec![KubeAction::KillContainer {
+                id: "c1".into(),
+                finding: i
+            }]
+        );
+        assert!(p.emit, "the runtime path never reported it: printed here");
+        assert_eq!(p.finding.action, FindingAction::Killed);
+        // Reported once: the next run plans nothing for it.
+        let again = plan_of(&[], &Exemptions::default(), &mut reported);
+        assert!(again.findings.is_empty() && again.actions.is_empty());
+    }
+
+    #[test]
+    fn a_container_the_runtime_judged_is_neither_killed_nor_reported_twice() {
+        let plan = plan_of(&[runtime_c1()], &Exemptions::default(), &mut HashSet::new());
+        let (_, p) = untrusted(&plan);
+        assert!(plan.actions.is_empty(), "the controller killed it already");
+        assert!(
+            !p.emit,
+            "the controller printed it already; only its Event here"
+        );
+    }
+
+    #[test]
+    fn what_admission_excluded_is_alerted_never_killed() {
+        let exempt = Exemptions {
+            namespaces: vec!["shop".into()],
+            ..Exemptions::default()
+        };
+        let plan = plan_of(&[], &exempt, &mut HashSet::new());
+        let (_, p) = untrusted(&plan);
+        assert!(plan.actions.is_empty());
+        assert_eq!(p.finding.action, FindingAction::Alerted);
+        assert!(!p.delete_pod);
     }
 }

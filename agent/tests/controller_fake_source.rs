@@ -10,7 +10,9 @@
 //! its task exists), a denied one (name verdict before its start, killed
 //! once it runs), an exit, a restart in a new cgroup, a deletion; a
 //! CRI-only runtime (CRI-O) whose events reach the controller; a source
-//! without an event stream (containerd 1.6's CRI) giving way to the next.
+//! without an event stream (containerd 1.6's CRI) giving way to the next;
+//! the cross-check's kill actions applied to the controller by the agent
+//! loop's `apply_kube_actions`.
 
 use std::collections::HashMap;
 use std::io;
@@ -595,4 +597,133 @@ async fn a_source_without_events_gives_way_then_resync_is_left() {
             "nothing forwarded, channel closed"
         );
     }
+}
+
+/// The Kubernetes side plans from a snapshot of the controller; the agent
+/// loop applies its kill actions to the controller: a container the
+/// controller knows is killed through its cgroup (`killed`), one it does
+/// not know cannot be (`alerted`), as when the cross-check killed itself.
+#[tokio::test]
+async fn kube_kill_actions_applied_by_the_loop_kill_and_record() {
+    use std::collections::{BTreeMap, HashSet};
+
+    use imagewarden::agent_loop::apply_kube_actions;
+    use imagewarden::crosscheck::{crosscheck, CrossCheckInput, Observations};
+    use imagewarden::finding::ReasonKind;
+    use imagewarden::kube_actions::{ActionOptions, Mode, ModeResolver};
+    use imagewarden::kube_run::{plan_findings, ControllerView, KubeAction};
+    use imagewarden::sources::kyverno_config::Exemptions;
+    use k8s_openapi::api::core::v1::Pod;
+
+    let tree = TempTree::new("kube-actions");
+    let kernel = FakeKernel::default();
+    let pids = kernel.pid_dirs.clone();
+    let cri = FakeSource::without_events(Api::Cri, NoEvents::Unsupported);
+    let (mut ctrl, _) = controller(&tree.0, kernel, None, Some(cri.clone() as SharedSource));
+
+    // prod/web-0's container runs a trusted image, but not the digest its
+    // spec pins (image drift, killable); the controller allows its image.
+    let id = "e".repeat(64);
+    let pinned = format!("public.ecr.aws/nginx/nginx@sha256:{}", "b".repeat(64));
+    let running = format!("public.ecr.aws/nginx/nginx@sha256:{}", "a".repeat(64));
+    let (dir, cg_id) = tree.cgroup("kubepods.slice/web");
+    pids.lock().unwrap().insert(4_200_020, dir.clone());
+    let mut c = ContainerInfo::new(id.clone(), "cri");
+    c.kind = Some(ContainerKind::Container);
+    c.pod_name = Some("web-0".into());
+    c.pod_namespace = Some("prod".into());
+    c.pod_uid = Some("uid-web".into());
+    c.container_name = Some("web".into());
+    c.image_as_written = Some(TRUSTED.into());
+    c.image_ref = Some(running.clone());
+    c.state = ContainerState::Running;
+    c.pid = Some(4_200_020);
+    c.cgroup_path = Some(format!("kubepods-besteffort-podu.slice:crio:{id}"));
+    cri.put(c);
+    ctrl.resync().await;
+    assert_eq!(ctrl.probes().verdicts.get(&cg_id), Some(&verdict::ALLOW));
+
+    // prod/other's container, untrusted, is one the runtime does not list.
+    let pods: Vec<Pod> = [
+        ("web-0", "uid-web", "web", pinned.as_str(), id.as_str()),
+        ("other", "uid-other", "app", UNTRUSTED, "gone"),
+    ]
+    .iter()
+    .map(|(pod, uid, name, image, cid)| {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": pod, "namespace": "prod", "uid": uid},
+            "spec": {"containers": [{"name": name, "image": image}]},
+            "status": {"containerStatuses": [{
+                "name": name, "image": image, "imageID": "",
+                "containerID": format!("containerd://{cid}"), "ready": true,
+                "restartCount": 0, "state": {"running": {}}
+            }]}
+        }))
+        .unwrap()
+    })
+    .collect();
+    let policy = imagewarden_policy::load_policy_str(imagewarden::cmd_run::EMBEDDED_POLICY, "p")
+        .expect("policy");
+    let containers = ctrl.containers();
+    let out = crosscheck(&CrossCheckInput {
+        api_pods: Some(pods.iter().collect()),
+        kubelet_pods: None,
+        runtime: &containers,
+        policy: &policy,
+        previous: &Observations::default(),
+        namespace_labels: &BTreeMap::new(),
+    });
+    let mut plan = plan_findings(
+        out.findings,
+        &ControllerView {
+            containers: &containers,
+        },
+        &Exemptions::default(),
+        &ModeResolver::new(Mode::Enforce),
+        &ActionOptions::default(),
+        &mut HashSet::new(),
+    );
+    let index_of = |reason: ReasonKind| {
+        plan.findings
+            .iter()
+            .position(|p| p.finding.reason == reason)
+            .unwrap_or_else(|| panic!("no {reason:?} finding"))
+    };
+    let (drift, untrusted) = (
+        index_of(ReasonKind::ImageDrift),
+        index_of(ReasonKind::UntrustedImage),
+    );
+    for a in [
+        KubeAction::KillContainer {
+            id: id.clone(),
+            finding: drift,
+        },
+        KubeAction::KillContainer {
+            id: "gone".into(),
+            finding: untrusted,
+        },
+    ] {
+        assert!(plan.actions.contains(&a), "{a:?} in {:?}", plan.actions);
+    }
+    assert_eq!(plan.actions.len(), 2, "{:?}", plan.actions);
+    assert!(
+        std::fs::read_to_string(dir.join("cgroup.kill")).is_err(),
+        "planning kills nothing"
+    );
+
+    apply_kube_actions(&mut ctrl, &mut plan);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("cgroup.kill"))
+            .ok()
+            .as_deref(),
+        Some("1"),
+        "cgroup.kill written"
+    );
+    assert_eq!(ctrl.probes().verdicts.get(&cg_id), Some(&verdict::DENY));
+    assert_eq!(plan.findings[drift].finding.action, FindingAction::Killed);
+    assert_eq!(
+        plan.findings[untrusted].finding.action,
+        FindingAction::Alerted,
+        "not known to the controller: could not be killed"
+    );
 }
