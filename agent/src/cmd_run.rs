@@ -433,7 +433,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     seen_rt_drops = d;
                 }
                 ctrl.resync().await;
-                crate::memory::trim();
             }
             _ = hold_tick.tick() => {
                 ctrl.scan_kernel_holds().await;

@@ -500,7 +500,10 @@ pub struct Controller {
     cfg: ControllerConfig,
     probes: Probes,
     policy: Arc<PolicySet>,
-    entries: HashMap<String, Entry>,
+    /// Boxed: an `Entry` is ~0.8 KiB, and the table keeps up to twice as
+    /// many slots as entries (measured: 1.5 MiB of table for 997
+    /// containers unboxed, docs/benchmarks.md round 6).
+    entries: HashMap<String, Box<Entry>>,
     by_cgroup: HashMap<u64, String>,
     held: HashMap<u64, Held>,
     containerd: Option<ContainerdClient>,
@@ -572,7 +575,7 @@ impl Controller {
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.values()
+        self.entries.values().map(|e| &**e)
     }
 
     /// Lists every container of every runtime and namespace and applies
@@ -624,7 +627,7 @@ impl Controller {
                         match seen.get_mut(&entry_key(&i)) {
                             Some(existing) => {
                                 // CRI knows the pod; containerd the image digest.
-                                let mut cri = i.clone();
+                                let mut cri = i;
                                 merge(&mut cri, existing);
                                 *existing = cri;
                             }
@@ -671,6 +674,11 @@ impl Controller {
             cri_verbose = self.stats.last_resync_cri_verbose,
             "resync (containerd, CRI, apply)"
         );
+        // What the listing freed goes back now, whatever asked for this
+        // resync (the timer, a lost event stream, a held process nobody
+        // knew): left in the heap, a resync's garbage stayed in the RSS
+        // (+6 MiB at 1,000 containers, docs/benchmarks.md round 6).
+        crate::memory::trim();
     }
 
     /// Marks the cgroup of a containerd namespace (`<cgroup2>/<namespace>`,
@@ -800,27 +808,38 @@ impl Controller {
         let key = entry_key(&info);
         // What an earlier report said (CRI's identity among it) fills what
         // this one lacks, before the container is judged.
-        let (prev, unconfirmed_final) = match self.entries.get(&key) {
-            Some(e) => (Some(e.info.clone()), e.unconfirmed_final),
-            None => (None, false),
+        let unconfirmed_final = match self.entries.get(&key) {
+            Some(e) => {
+                merge(&mut info, &e.info);
+                e.unconfirmed_final
+            }
+            None => false,
         };
-        if let Some(prev) = &prev {
-            merge(&mut info, prev);
-        }
+        // The labels have done their work (the sources read CRI's
+        // identity from them); nothing reads a known container's labels,
+        // and they were a third of its memory (docs/benchmarks.md, round 6).
+        info.labels = BTreeMap::new();
         let (decision, drift, pending) = self.judge_info(&info, unconfirmed_final);
-        let e = self.entries.entry(key.clone()).or_insert_with(|| Entry {
-            info: info.clone(),
-            key: None,
-            cgroup_id: None,
-            cgroup_dir: None,
-            decision: decision.clone(),
-            drift: drift.clone(),
-            reported: None,
-            killed: false,
-            kill_reported: false,
-            pending_since: None,
-            unconfirmed_final: false,
-            cri_asked_at: None,
+        // A new entry's info, decision and drift are set below (a blank
+        // info has no pid and no state: a new container is no restart).
+        let e = self.entries.entry(key.clone()).or_insert_with(|| {
+            Box::new(Entry {
+                info: ContainerInfo::new(String::new(), info.runtime),
+                key: None,
+                cgroup_id: None,
+                cgroup_dir: None,
+                decision: Decision {
+                    kernel: KernelVerdict::Hold,
+                    reason: Reason::new(ReasonKind::Pending, String::new()),
+                },
+                drift: DriftDecision::default(),
+                reported: None,
+                killed: false,
+                kill_reported: false,
+                pending_since: None,
+                unconfirmed_final: false,
+                cri_asked_at: None,
+            })
         });
         // Another task of the same container (its events were missed, or a
         // resync reports it between its Exited and its Started): its
@@ -1283,7 +1302,7 @@ impl Controller {
             .get(&rec.cgroup_id)
             .and_then(|k| self.entries.get(k));
         let attr = entry
-            .map(Entry::attribution)
+            .map(|e| e.attribution())
             .or_else(|| self.static_attributions.get(&rec.cgroup_id).cloned());
         let mut f = Finding::from_exec(rec, attr.as_ref());
         if drift && matches!(rec.verdict, KernelVerdict::Allow | KernelVerdict::Unknown) {
@@ -1560,7 +1579,7 @@ impl Controller {
         self.by_cgroup
             .get(&cgroup_id)
             .and_then(|k| self.entries.get(k))
-            .map(Entry::attribution)
+            .map(|e| e.attribution())
             .or_else(|| self.static_attributions.get(&cgroup_id).cloned())
             .unwrap_or_default()
     }
