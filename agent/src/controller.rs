@@ -111,6 +111,24 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A container not acted on yet: no cgroup known, nothing reported.
+    fn new(info: ContainerInfo, decision: Decision, drift: DriftDecision) -> Self {
+        Entry {
+            info,
+            key: None,
+            cgroup_id: None,
+            cgroup_dir: None,
+            decision,
+            drift,
+            reported: None,
+            killed: false,
+            kill_reported: false,
+            pending_since: None,
+            unconfirmed_final: false,
+            cri_asked_at: None,
+        }
+    }
+
     fn attribution(&self) -> Attribution {
         Attribution {
             container_id: Some(self.info.id.clone()),
@@ -451,6 +469,26 @@ fn merge(into: &mut ContainerInfo, from: &ContainerInfo) {
     for (k, v) in &from.labels {
         into.labels.entry(k.clone()).or_insert_with(|| v.clone());
     }
+}
+
+/// Whether a task with `pid` is another task than the one `e` knows (a
+/// restart: it runs in a new cgroup with a new id): another pid, or the
+/// old task exited; or the old task is gone without its Exited event
+/// having been kept (a resync in between reported the container with no
+/// task: containerd lists it as created) and `pid` runs in another cgroup
+/// than the known one. Seen in the 6.12 guest: the restarted task kept
+/// the old cgroup id, and its drift exec was not refused.
+fn new_task(cgroup2: &Path, e: &Entry, pid: u32) -> bool {
+    if e.info.pid.is_some_and(|p| p != pid) || e.info.state == ContainerState::Exited {
+        return true;
+    }
+    e.info.pid.is_none()
+        && e.cgroup_id.is_some_and(|old| {
+            cgroup2_dir_of_pid(cgroup2, pid)
+                .ok()
+                .and_then(|d| cgroup_id_of_dir(&d).ok())
+                .is_some_and(|now| now != old)
+        })
 }
 
 /// Kills every process of a cgroup v2 directory: `cgroup.kill` (Linux 5.14+)
@@ -823,28 +861,21 @@ impl Controller {
         // A new entry's info, decision and drift are set below (a blank
         // info has no pid and no state: a new container is no restart).
         let e = self.entries.entry(key.clone()).or_insert_with(|| {
-            Box::new(Entry {
-                info: ContainerInfo::new(String::new(), info.runtime),
-                key: None,
-                cgroup_id: None,
-                cgroup_dir: None,
-                decision: Decision {
+            Box::new(Entry::new(
+                ContainerInfo::new(String::new(), info.runtime),
+                Decision {
                     kernel: KernelVerdict::Hold,
                     reason: Reason::new(ReasonKind::Pending, String::new()),
                 },
-                drift: DriftDecision::default(),
-                reported: None,
-                killed: false,
-                kill_reported: false,
-                pending_since: None,
-                unconfirmed_final: false,
-                cri_asked_at: None,
-            })
+                DriftDecision::default(),
+            ))
         });
         // Another task of the same container (its events were missed, or a
         // resync reports it between its Exited and its Started): its
         // cgroup is new too.
-        let restarted = matches!((info.pid, e.info.pid), (Some(a), Some(b)) if a != b)
+        let restarted = info
+            .pid
+            .is_some_and(|pid| new_task(&self.cfg.cgroup2, e, pid))
             || (e.info.state == ContainerState::Exited && info.state == ContainerState::Running);
         let stale = if restarted { e.cgroup_id.take() } else { None };
         if stale.is_some() {
@@ -1150,9 +1181,7 @@ impl Controller {
                         // A restarted task (same container, `ctr tasks
                         // start`) runs in a new cgroup with a new id: the
                         // old id's entries go, the new id is learnt below.
-                        if e.info.pid.is_some_and(|p| p != pid)
-                            || e.info.state == ContainerState::Exited
-                        {
+                        if new_task(&self.cfg.cgroup2, e, pid) {
                             stale = e.cgroup_id.take();
                             if stale.is_some() {
                                 e.cgroup_dir = None;
@@ -1788,6 +1817,13 @@ mod tests {
         assert!(cgroup_key_of_path("a:b:").is_none());
     }
 
+    fn allowed() -> Decision {
+        Decision {
+            kernel: KernelVerdict::Allow,
+            reason: Reason::new(ReasonKind::Allowed, ""),
+        }
+    }
+
     fn info(image: Option<&str>) -> ContainerInfo {
         let mut i = ContainerInfo {
             id: "c1".into(),
@@ -1817,23 +1853,7 @@ mod tests {
             imagewarden_policy::load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "seed").unwrap();
         let mut i = info(Some("public.ecr.aws/nginx/nginx:latest"));
         let none = Exemptions::default();
-        let entry = |d: DriftDecision| Entry {
-            info: info(None),
-            key: None,
-            cgroup_id: None,
-            cgroup_dir: None,
-            decision: Decision {
-                kernel: KernelVerdict::Allow,
-                reason: Reason::new(ReasonKind::Allowed, ""),
-            },
-            drift: d,
-            reported: None,
-            killed: false,
-            kill_reported: false,
-            pending_since: None,
-            unconfirmed_final: false,
-            cri_asked_at: None,
-        };
+        let entry = |d: DriftDecision| Entry::new(info(None), allowed(), d);
         use agent_common::drift_policy::{DENY_DRIFT, DENY_FILELESS};
         // The seed policy says nothing about drift: reported, never refused.
         let d = drift_with(&seed, &i, None, &none, false);
@@ -2159,5 +2179,43 @@ mod tests {
         assert_eq!(a.image_as_written.as_deref(), Some("x"));
         assert_eq!(a.pod_name.as_deref(), Some("p"));
         assert_eq!(a.pid, Some(7));
+    }
+
+    /// A restarted task is told apart from the known one even when a
+    /// resync between its Exited and Started events reported the
+    /// container with no task (state created, no pid): by its cgroup.
+    #[test]
+    fn a_new_task_is_told_by_pid_exit_or_cgroup() {
+        let entry = |pid: Option<u32>, state: ContainerState, cgroup_id: Option<u64>| Entry {
+            cgroup_id,
+            ..Entry::new(
+                ContainerInfo {
+                    pid,
+                    state,
+                    ..info(None)
+                },
+                allowed(),
+                DriftDecision::default(),
+            )
+        };
+        let none = Path::new("/nonexistent");
+        use ContainerState::*;
+        assert!(new_task(none, &entry(Some(1), Running, Some(5)), 2));
+        assert!(!new_task(none, &entry(Some(2), Running, Some(5)), 2));
+        assert!(new_task(none, &entry(None, Exited, Some(5)), 2));
+        // No task known and no cgroup known: nothing is stale.
+        assert!(!new_task(none, &entry(None, Created, None), 2));
+        let Some(cg2) = crate::sources::cgroup::find_cgroup2_mount() else {
+            return;
+        };
+        let me = std::process::id();
+        let Ok(mine) = cgroup2_dir_of_pid(&cg2, me).and_then(|d| cgroup_id_of_dir(&d)) else {
+            return;
+        };
+        // The resync's report (created, no pid), then a task in the
+        // known cgroup: the same task (a hold resolved before Started)...
+        assert!(!new_task(&cg2, &entry(None, Created, Some(mine)), me));
+        // ...or in another cgroup: a restart.
+        assert!(new_task(&cg2, &entry(None, Created, Some(mine + 1)), me));
     }
 }
