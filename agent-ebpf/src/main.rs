@@ -318,6 +318,113 @@ unsafe fn read_ptr(base: *const u8, off: u32) -> Result<*const u8, i64> {
     bpf_probe_read_kernel(base.add(off as usize) as *const *const u8).map_err(|e| e as i64)
 }
 
+// Struct offsets for the BTF-typed programs (tp_btf, LSM), set by user
+// space at load time (the same values as `Config`'s). They live in
+// `.rodata`, which aya freezes read-only for programs: the verifier reads
+// them as constants, so `ptr + OFF` stays a typed pointer at a known
+// offset and a field is a plain load (checked against the kernel's BTF,
+// faults read as 0) instead of a `bpf_probe_read_kernel` helper call.
+// u64: a spilled 8-byte scalar keeps its known value on every kernel.
+#[no_mangle]
+static IW_OFF_BPRM_FILE: u64 = 0;
+#[no_mangle]
+static IW_OFF_FILE_F_INODE: u64 = 0;
+#[no_mangle]
+static IW_OFF_INODE_I_NLINK: u64 = 0;
+#[no_mangle]
+static IW_OFF_INODE_I_SB: u64 = 0;
+#[no_mangle]
+static IW_OFF_SB_S_MAGIC: u64 = 0;
+#[no_mangle]
+static IW_OFF_FILE_DENTRY: u64 = 0;
+#[no_mangle]
+static IW_OFF_DENTRY_D_HASH_PPREV: u64 = 0;
+#[no_mangle]
+static IW_OFF_DENTRY_D_PARENT: u64 = 0;
+
+/// How [`exe_class`] reads kernel memory, and at which offsets.
+trait Kmem {
+    unsafe fn ptr(base: *const u8, off: u64) -> Result<*const u8, i64>;
+    unsafe fn u32_at(base: *const u8, off: u64) -> Result<u32, i64>;
+    unsafe fn u64_at(base: *const u8, off: u64) -> Result<u64, i64>;
+    /// (bprm->file, file->f_inode, inode->i_nlink, inode->i_sb,
+    /// sb->s_magic, file->f_path.dentry, dentry->d_hash.pprev,
+    /// dentry->d_parent)
+    fn offsets(cfg: &Config) -> [u64; 8];
+}
+
+/// Any pointer (the classic tracepoint's `task->mm->exe_file`): probe reads.
+struct Probed;
+
+impl Kmem for Probed {
+    #[inline(always)]
+    unsafe fn ptr(base: *const u8, off: u64) -> Result<*const u8, i64> {
+        bpf_probe_read_kernel(base.add(off as usize) as *const *const u8).map_err(|e| e as i64)
+    }
+    #[inline(always)]
+    unsafe fn u32_at(base: *const u8, off: u64) -> Result<u32, i64> {
+        bpf_probe_read_kernel(base.add(off as usize) as *const u32).map_err(|e| e as i64)
+    }
+    #[inline(always)]
+    unsafe fn u64_at(base: *const u8, off: u64) -> Result<u64, i64> {
+        bpf_probe_read_kernel(base.add(off as usize) as *const u64).map_err(|e| e as i64)
+    }
+    #[inline(always)]
+    fn offsets(cfg: &Config) -> [u64; 8] {
+        [
+            cfg.off_bprm_file as u64,
+            cfg.off_file_f_inode as u64,
+            cfg.off_inode_i_nlink as u64,
+            cfg.off_inode_i_sb as u64,
+            cfg.off_sb_s_magic as u64,
+            cfg.off_file_dentry as u64,
+            cfg.off_dentry_d_hash_pprev as u64,
+            cfg.off_dentry_d_parent as u64,
+        ]
+    }
+}
+
+/// A BTF-typed pointer (tp_btf's and LSM's `bprm` and what is read
+/// through it): plain loads at the `.rodata` offsets.
+struct Typed;
+
+impl Kmem for Typed {
+    #[inline(always)]
+    unsafe fn ptr(base: *const u8, off: u64) -> Result<*const u8, i64> {
+        Ok(core::ptr::read_volatile(
+            base.add(off as usize) as *const *const u8
+        ))
+    }
+    #[inline(always)]
+    unsafe fn u32_at(base: *const u8, off: u64) -> Result<u32, i64> {
+        Ok(core::ptr::read_volatile(
+            base.add(off as usize) as *const u32
+        ))
+    }
+    #[inline(always)]
+    unsafe fn u64_at(base: *const u8, off: u64) -> Result<u64, i64> {
+        Ok(core::ptr::read_volatile(
+            base.add(off as usize) as *const u64
+        ))
+    }
+    #[inline(always)]
+    fn offsets(_cfg: &Config) -> [u64; 8] {
+        // SAFETY: plain reads of this object's own read-only globals.
+        unsafe {
+            [
+                core::ptr::read_volatile(&IW_OFF_BPRM_FILE),
+                core::ptr::read_volatile(&IW_OFF_FILE_F_INODE),
+                core::ptr::read_volatile(&IW_OFF_INODE_I_NLINK),
+                core::ptr::read_volatile(&IW_OFF_INODE_I_SB),
+                core::ptr::read_volatile(&IW_OFF_SB_S_MAGIC),
+                core::ptr::read_volatile(&IW_OFF_FILE_DENTRY),
+                core::ptr::read_volatile(&IW_OFF_DENTRY_D_HASH_PPREV),
+                core::ptr::read_volatile(&IW_OFF_DENTRY_D_PARENT),
+            ]
+        }
+    }
+}
+
 /// Fills the process fields shared by every hook. `file` is the executed
 /// file (`struct file *`); `class` its [`exe_class`] when already known,
 /// else [`UNCLASSIFIED`]. (Not an `Option`: its payload would be an
@@ -356,7 +463,7 @@ unsafe fn fill_common(
         _ => 0,
     };
     fl |= if class == UNCLASSIFIED {
-        exe_class(file, cfg)
+        exe_class::<Probed>(file, cfg)
     } else {
         class
     };
@@ -391,8 +498,8 @@ unsafe fn current_exe_file(cfg: &Config) -> *const u8 {
 ///
 /// `NLINK_UNREADABLE` when the file could not be read (counted as an error).
 #[inline(always)]
-unsafe fn exe_class(file: *const u8, cfg: &Config) -> u32 {
-    match exe_class_inner(file, cfg) {
+unsafe fn exe_class<K: Kmem>(file: *const u8, cfg: &Config) -> u32 {
+    match exe_class_inner::<K>(file, cfg) {
         Ok(c) => c,
         Err(_) => {
             count(counter::ERRORS);
@@ -402,30 +509,30 @@ unsafe fn exe_class(file: *const u8, cfg: &Config) -> u32 {
 }
 
 #[inline(always)]
-unsafe fn exe_class_inner(file: *const u8, cfg: &Config) -> Result<u32, i64> {
+unsafe fn exe_class_inner<K: Kmem>(file: *const u8, cfg: &Config) -> Result<u32, i64> {
     if file.is_null() {
         return Err(-1);
     }
-    let inode = read_ptr(file, cfg.off_file_f_inode)?;
+    let [_, f_inode, i_nlink, i_sb, s_magic, f_dentry, d_pprev, d_parent] = K::offsets(cfg);
+    let inode = K::ptr(file, f_inode)?;
     if inode.is_null() {
         return Err(-1);
     }
     let mut c = 0;
-    let nlink: u32 = bpf_probe_read_kernel(inode.add(cfg.off_inode_i_nlink as usize) as *const u32)
-        .map_err(|e| e as i64)?;
+    let nlink = K::u32_at(inode, i_nlink)?;
     if nlink == 0 {
         c |= flags::FILELESS;
     }
-    // The common case first, in the fewest reads (each a helper call): a
-    // container's file on its overlayfs root, lower (the image) or upper.
-    let sb = read_ptr(inode, cfg.off_inode_i_sb)?;
-    let magic: u64 = if sb.is_null() {
+    // The common case first, in the fewest reads: a container's file on
+    // its overlayfs root, lower (the image) or upper.
+    let sb = K::ptr(inode, i_sb)?;
+    let magic = if sb.is_null() {
         0
     } else {
-        bpf_probe_read_kernel(sb.add(cfg.off_sb_s_magic as usize) as *const u64)
-            .map_err(|e| e as i64)?
+        K::u64_at(sb, s_magic)?
     };
     if magic == OVERLAYFS_SUPER_MAGIC {
+        // Behind the inode, outside its BTF type: a probe read either way.
         let upper = read_ptr(inode, cfg.off_ovl_upperdentry)?;
         if !upper.is_null() {
             c |= flags::DRIFT;
@@ -435,10 +542,10 @@ unsafe fn exe_class_inner(file: *const u8, cfg: &Config) -> Result<u32, i64> {
     } else if nlink != 0 {
         // Elsewhere (a volume, tmpfs): a file unlinked while another hard
         // link keeps its count above 0 still has an unlinked dentry.
-        let dentry = read_ptr(file, cfg.off_file_dentry)?;
+        let dentry = K::ptr(file, f_dentry)?;
         if !dentry.is_null() {
-            let pprev = read_ptr(dentry, cfg.off_dentry_d_hash_pprev)?;
-            let parent = read_ptr(dentry, cfg.off_dentry_d_parent)?;
+            let pprev = K::ptr(dentry, d_pprev)?;
+            let parent = K::ptr(dentry, d_parent)?;
             if pprev.is_null() && parent != dentry {
                 c |= flags::FILELESS | flags::UNLINKED;
             }
@@ -527,7 +634,7 @@ fn act(v: u32, cfg: &Config) -> u32 {
 /// Shared body of both exec hooks. `filename` yields the kernel pointer of
 /// the exec'd file name.
 #[inline(always)]
-fn on_exec(
+fn on_exec<K: Kmem>(
     hk: u32,
     exe_file: impl FnOnce(&Config) -> *const u8,
     filename: impl FnOnce(&Config) -> Result<*const u8, i64>,
@@ -552,7 +659,7 @@ fn on_exec(
     let mut class = UNCLASSIFIED;
     if in_container && cfg.drift_check != 0 && acted & flags::KILLED == 0 {
         // SAFETY: as above.
-        let c = unsafe { exe_class(file, cfg) } | flags::IN_CONTAINER;
+        let c = unsafe { exe_class::<K>(file, cfg) } | flags::IN_CONTAINER;
         if c & (flags::FILELESS | flags::DRIFT) != 0 {
             count(counter::DRIFT_EXECS);
             if cfg.enforce != 0 && acted == 0 && drift_refused(cgroup_id, c) {
@@ -607,12 +714,12 @@ pub fn exec_btf(ctx: BtfTracePointContext) -> i32 {
 
 fn try_exec_btf(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     let bprm: *const u8 = ctx.arg(2);
-    // SAFETY: reads through bpf_probe_read_kernel only.
-    on_exec(
+    on_exec::<Typed>(
         hook::TP_BTF,
-        // bprm->file: one read where task->mm->exe_file takes three.
-        // SAFETY: reads through bpf_probe_read_kernel only.
-        |cfg| unsafe { read_ptr(bprm, cfg.off_bprm_file) }.unwrap_or(core::ptr::null()),
+        // bprm->file: one typed load where task->mm->exe_file takes three
+        // probe reads.
+        // SAFETY: a BTF-typed load at a verifier-known offset.
+        |cfg| unsafe { Typed::ptr(bprm, Typed::offsets(cfg)[0]) }.unwrap_or(core::ptr::null()),
         // SAFETY: as above.
         |cfg| unsafe { read_ptr(bprm, cfg.off_bprm_filename) },
     )
@@ -625,7 +732,7 @@ pub fn exec_tp(ctx: TracePointContext) -> u32 {
 }
 
 fn try_exec_tp(ctx: &TracePointContext) -> Result<u32, i64> {
-    on_exec(
+    on_exec::<Probed>(
         hook::TRACEPOINT,
         // SAFETY: kernel memory read through probe helpers only.
         |cfg| unsafe { current_exe_file(cfg) },
@@ -662,8 +769,8 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<i32, i64> {
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let (v, in_container) = verdict_of(cgroup_id, cfg);
     let bprm: *const u8 = ctx.arg(0);
-    // SAFETY: kernel memory read through probe helpers only.
-    let file = unsafe { read_ptr(bprm, cfg.off_bprm_file) }.unwrap_or(core::ptr::null());
+    // SAFETY: a BTF-typed load at a verifier-known offset.
+    let file = unsafe { Typed::ptr(bprm, Typed::offsets(cfg)[0]) }.unwrap_or(core::ptr::null());
     let mut class = UNCLASSIFIED;
     let mut denied = flags::LSM_DENIED;
     if v != verdict::DENY {
@@ -676,7 +783,7 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<i32, i64> {
             return Ok(0);
         }
         // SAFETY: as above.
-        let c = unsafe { exe_class(file, cfg) } | flags::IN_CONTAINER;
+        let c = unsafe { exe_class::<Typed>(file, cfg) } | flags::IN_CONTAINER;
         if !drift_refused(cgroup_id, c) {
             return Ok(0);
         }

@@ -86,6 +86,15 @@ struct Opts {
     inventory_sizes: Vec<(usize, usize)>,
     /// `--runtimes 1.6,2`: the containerd releases of the inventory section.
     runtimes: Vec<containerd::Runtime>,
+    /// `--inventory-repeats N`: agent starts per inventory size; the
+    /// figures are the run with the median RSS (one start's RSS moved by
+    /// up to 7 MiB between runs of the same binary).
+    inventory_repeats: usize,
+    /// `--inventory-hold SECS`: after measuring each size, keep the
+    /// populated containerd up (its endpoint printed) until the file
+    /// `/tmp/imagewarden-bench-hold` is removed or SECS pass, for
+    /// profiling the agent against it by hand.
+    inventory_hold: Option<Duration>,
 }
 
 fn parse_opts() -> Opts {
@@ -105,6 +114,8 @@ fn parse_opts() -> Opts {
         inventory_budget: Duration::from_secs(60),
         inventory_sizes: Vec::new(),
         runtimes: vec![containerd::Runtime::V1_6],
+        inventory_repeats: 1,
+        inventory_hold: None,
     };
     let mut budget_set = false;
     let mut sustain_set = false;
@@ -173,6 +184,17 @@ fn parse_opts() -> Opts {
                         other => panic!("--runtimes: 1.6 or 2, not {other:?}"),
                     })
                     .collect();
+            }
+            "--inventory-repeats" => {
+                o.inventory_repeats = val(&mut it, a)
+                    .parse::<usize>()
+                    .expect("--inventory-repeats: count")
+                    .max(1);
+            }
+            "--inventory-hold" => {
+                o.inventory_hold = Some(Duration::from_secs_f64(
+                    val(&mut it, a).parse().expect("--inventory-hold: seconds"),
+                ));
             }
             "--bench" => {} // passed by `cargo bench`-style runners
             other => panic!("unknown argument {other}"),
@@ -1301,7 +1323,7 @@ fn inventory_on(o: &Opts, rt: containerd::Runtime, sizes: &[(usize, usize)]) -> 
     let endpoint = ctd.endpoint();
     let rt_args = vec!["--runtime-endpoint".to_string(), endpoint.clone()];
 
-    let measure = |label: &str| -> Value {
+    let measure_once = |label: &str| -> Value {
         let a = Agent::start(&o.agent, Mode::Enforce, &rt_args);
         sleep(Duration::from_secs(2));
         let (rss, hwm) = a.memory_kib();
@@ -1356,6 +1378,28 @@ fn inventory_on(o: &Opts, rt: containerd::Runtime, sizes: &[(usize, usize)]) -> 
             "rss_bpf_maps_kib": a.bpf_map_rss_kib(), "bpf_maps_kernel_kib": a.bpf_map_kernel_kib(),
             "inventory": summary});
         a.stop();
+        v
+    };
+    // `--inventory-repeats`: the run with the median RSS, every run's RSS
+    // and RssAnon beside it.
+    let measure = |label: &str| -> Value {
+        let mut runs: Vec<Value> = (0..o.inventory_repeats)
+            .map(|i| {
+                measure_once(&format!(
+                    "{label} (start {} of {})",
+                    i + 1,
+                    o.inventory_repeats
+                ))
+            })
+            .collect();
+        let all = |k: &str| -> Vec<Value> { runs.iter().map(|r| r[k].clone()).collect() };
+        let (rss_runs, anon_runs) = (all("rss_kib"), all("rss_anon_kib"));
+        runs.sort_by_key(|r| r["rss_kib"].as_u64().unwrap_or(0));
+        let mut v = runs.swap_remove(runs.len() / 2);
+        if o.inventory_repeats > 1 {
+            v["rss_kib_runs"] = Value::Array(rss_runs);
+            v["rss_anon_kib_runs"] = Value::Array(anon_runs);
+        }
         v
     };
     let empty = measure("empty containerd");
@@ -1425,6 +1469,20 @@ fn inventory_on(o: &Opts, rt: containerd::Runtime, sizes: &[(usize, usize)]) -> 
         full["meets_startup_target_1s"] =
             json!(full["ready_ms"].as_f64().unwrap_or(f64::MAX) <= 1000.0);
         out_sizes.push(full);
+        if let Some(max) = o.inventory_hold {
+            let flag = Path::new("/tmp/imagewarden-bench-hold");
+            let _ = std::fs::write(flag, &endpoint);
+            eprintln!(
+                "  holding the inventory (--runtime-endpoint {endpoint}) until {} is removed, at most {:.0} s",
+                flag.display(),
+                max.as_secs_f64()
+            );
+            let t = Instant::now();
+            while flag.exists() && t.elapsed() < max && !stopped() {
+                sleep(Duration::from_millis(500));
+            }
+            let _ = std::fs::remove_file(flag);
+        }
     }
     // The table shows the largest first.
     out_sizes.reverse();

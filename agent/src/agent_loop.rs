@@ -176,8 +176,8 @@ impl AgentLoop {
             );
             self.seen_rt_drops = d;
         }
+        // The resync gives back what it freed itself (memory::trim).
         self.ctrl.resync().await;
-        crate::memory::trim();
     }
 
     async fn on_hold_tick(&mut self) {

@@ -466,6 +466,11 @@ fn enforce_refuses_fileless_and_drift_execs_and_runs_the_images_own_programs(
         killed.len(),
         if lsm { 5 } else { 4 },
         "the kills of (a), (b), (c), the script (LSM) and (c) after the restart, and nothing \
-         else: {killed:?}"
+         else: {killed:?}\nevery finding naming /tmp/sh: {:?}",
+        lab.agent
+            .findings()
+            .into_iter()
+            .filter(|v| v["filename"] == "/tmp/sh")
+            .collect::<Vec<_>>()
     );
 }

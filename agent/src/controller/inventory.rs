@@ -2,6 +2,7 @@
 //! `<runtime namespace>/<id>`, with its cgroup names and id; resync, runtime
 //! events, and the cgroup bookkeeping that follows them.
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -12,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::*;
 use crate::{
-    finding::Attribution,
+    finding::{Attribution, Reason, ReasonKind},
     probes::event::KernelVerdict,
     sources::{
         cgroup::cgroup_id_of_dir, container_key, ContainerInfo, ContainerState, EventKind, Listing,
@@ -133,6 +134,26 @@ pub fn cgroup_key_of_path(path: &str) -> Option<CgroupKey> {
     Some(CgroupKey::new(parent.as_bytes(), leaf.as_bytes()))
 }
 
+/// Whether a task with `pid` is another task than the one `e` knows (a
+/// restart: it runs in a new cgroup with a new id): another pid, or the
+/// old task exited; or the old task is gone without its Exited event
+/// having been kept (a resync in between reported the container with no
+/// task: containerd lists it as created) and `pid` runs in another cgroup
+/// than the known one. Seen in the 6.12 guest: the restarted task kept
+/// the old cgroup id, and its drift exec was not refused.
+pub(super) fn new_task(cgroup2: &Path, e: &Entry, pid: u32) -> bool {
+    if e.info.pid.is_some_and(|p| p != pid) || e.info.state == ContainerState::Exited {
+        return true;
+    }
+    e.info.pid.is_none()
+        && e.cgroup_id.is_some_and(|old| {
+            crate::sources::cgroup::cgroup2_dir_of_pid(cgroup2, pid)
+                .ok()
+                .and_then(|d| cgroup_id_of_dir(&d).ok())
+                .is_some_and(|now| now != old)
+        })
+}
+
 /// Fills fields one report lacks from another report of the same container.
 pub(super) fn merge(into: &mut ContainerInfo, from: &ContainerInfo) {
     macro_rules! fill {
@@ -209,7 +230,7 @@ impl<K: KernelMaps> Controller<K> {
                         match seen.get_mut(&i.key()) {
                             Some(existing) => {
                                 // CRI knows the pod; containerd the image digest.
-                                let mut cri = i.clone();
+                                let mut cri = i;
                                 merge(&mut cri, existing);
                                 *existing = cri;
                             }
@@ -256,6 +277,11 @@ impl<K: KernelMaps> Controller<K> {
             cri_verbose = self.stats.last_resync_cri_verbose,
             "resync (containerd, CRI, apply)"
         );
+        // What the listing freed goes back now, whatever asked for this
+        // resync (the timer, a lost event stream, a held process nobody
+        // knew): left in the heap, a resync's garbage stayed in the RSS
+        // (+6 MiB at 1,000 containers, docs/benchmarks.md round 6).
+        crate::memory::trim();
     }
 
     /// Marks the cgroup of a containerd namespace (`<cgroup2>/<namespace>`,
@@ -357,22 +383,36 @@ impl<K: KernelMaps> Controller<K> {
         let key = info.key();
         // What an earlier report said (CRI's identity among it) fills what
         // this one lacks, before the container is judged.
-        let (prev, unconfirmed_final) = match self.entries.get(&key) {
-            Some(e) => (Some(e.info.clone()), e.unconfirmed_final),
-            None => (None, false),
+        let unconfirmed_final = match self.entries.get(&key) {
+            Some(e) => {
+                merge(&mut info, &e.info);
+                e.unconfirmed_final
+            }
+            None => false,
         };
-        if let Some(prev) = &prev {
-            merge(&mut info, prev);
-        }
+        // The labels have done their work (the sources read CRI's
+        // identity from them); nothing reads a known container's labels,
+        // and they were a third of its memory (docs/benchmarks.md, round 6).
+        info.labels = BTreeMap::new();
         let (decision, drift, pending) = self.judge_info(&info, unconfirmed_final);
-        let e = self
-            .entries
-            .entry(key.clone())
-            .or_insert_with(|| Entry::new(info.clone(), decision.clone(), drift.clone()));
+        // A new entry's info, decision and drift are set below (a blank
+        // info has no pid and no state: a new container is no restart).
+        let e = self.entries.entry(key.clone()).or_insert_with(|| {
+            Box::new(Entry::new(
+                ContainerInfo::new(String::new(), info.runtime),
+                Decision {
+                    kernel: KernelVerdict::Hold,
+                    reason: Reason::new(ReasonKind::Pending, String::new()),
+                },
+                DriftDecision::default(),
+            ))
+        });
         // Another task of the same container (its events were missed, or a
         // resync reports it between its Exited and its Started): its
         // cgroup is new too.
-        let restarted = matches!((info.pid, e.info.pid), (Some(a), Some(b)) if a != b)
+        let restarted = info
+            .pid
+            .is_some_and(|pid| new_task(&self.cfg.cgroup2, e, pid))
             || (e.info.state == ContainerState::Exited && info.state == ContainerState::Running);
         let stale = if restarted { e.cgroup_id.take() } else { None };
         if stale.is_some() {
@@ -444,9 +484,7 @@ impl<K: KernelMaps> Controller<K> {
                         // A restarted task (same container, `ctr tasks
                         // start`) runs in a new cgroup with a new id: the
                         // old id's entries go, the new id is learnt below.
-                        if e.info.pid.is_some_and(|p| p != pid)
-                            || e.info.state == ContainerState::Exited
-                        {
+                        if new_task(&self.cfg.cgroup2, e, pid) {
                             stale = e.cgroup_id.take();
                             if stale.is_some() {
                                 e.cgroup_dir = None;
@@ -580,5 +618,49 @@ mod tests {
         assert_eq!(a.image_as_written.as_deref(), Some("x"));
         assert_eq!(a.pod_name.as_deref(), Some("p"));
         assert_eq!(a.pid, Some(7));
+    }
+
+    /// A restarted task is told apart from the known one even when a
+    /// resync between its Exited and Started events reported the
+    /// container with no task (state created, no pid): by its cgroup.
+    #[test]
+    fn a_new_task_is_told_by_pid_exit_or_cgroup() {
+        let allowed = || Decision {
+            kernel: KernelVerdict::Allow,
+            reason: Reason::new(ReasonKind::Allowed, ""),
+        };
+        let entry = |pid: Option<u32>, state: ContainerState, cgroup_id: Option<u64>| Entry {
+            cgroup_id,
+            ..Entry::new(
+                ContainerInfo {
+                    pid,
+                    state,
+                    ..info(None)
+                },
+                allowed(),
+                DriftDecision::default(),
+            )
+        };
+        let none = Path::new("/nonexistent");
+        use ContainerState::*;
+        assert!(new_task(none, &entry(Some(1), Running, Some(5)), 2));
+        assert!(!new_task(none, &entry(Some(2), Running, Some(5)), 2));
+        assert!(new_task(none, &entry(None, Exited, Some(5)), 2));
+        // No task known and no cgroup known: nothing is stale.
+        assert!(!new_task(none, &entry(None, Created, None), 2));
+        let Some(cg2) = crate::sources::cgroup::find_cgroup2_mount() else {
+            return;
+        };
+        let me = std::process::id();
+        let Ok(mine) =
+            crate::sources::cgroup::cgroup2_dir_of_pid(&cg2, me).and_then(|d| cgroup_id_of_dir(&d))
+        else {
+            return;
+        };
+        // The resync's report (created, no pid), then a task in the
+        // known cgroup: the same task (a hold resolved before Started)...
+        assert!(!new_task(&cg2, &entry(None, Created, Some(mine)), me));
+        // ...or in another cgroup: a restart.
+        assert!(new_task(&cg2, &entry(None, Created, Some(mine + 1)), me));
     }
 }

@@ -115,7 +115,10 @@ pub struct Controller<K = Probes> {
     cfg: ControllerConfig,
     probes: K,
     policy: Arc<PolicySet>,
-    entries: HashMap<String, Entry>,
+    /// Boxed: an `Entry` is ~0.8 KiB, and the table keeps up to twice as
+    /// many slots as entries (measured: 1.5 MiB of table for 997
+    /// containers unboxed, docs/benchmarks.md round 6).
+    entries: HashMap<String, Box<Entry>>,
     by_cgroup: HashMap<u64, String>,
     held: HashMap<u64, Held>,
     /// containerd's own API: every namespace; image, task and cgroup,
@@ -191,7 +194,7 @@ impl<K: KernelMaps> Controller<K> {
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.values()
+        self.entries.values().map(|e| &**e)
     }
 
     fn source_up(&self, s: crate::metrics::Source, up: bool) {
@@ -282,7 +285,7 @@ impl<K: KernelMaps> Controller<K> {
             .get(&rec.cgroup_id)
             .and_then(|k| self.entries.get(k));
         let attr = entry
-            .map(Entry::attribution)
+            .map(|e| e.attribution())
             .or_else(|| self.static_attributions.get(&rec.cgroup_id).cloned());
         let mut f = Finding::from_exec(rec, attr.as_ref());
         if drift && matches!(rec.verdict, KernelVerdict::Allow | KernelVerdict::Unknown) {
@@ -323,7 +326,7 @@ impl<K: KernelMaps> Controller<K> {
         self.by_cgroup
             .get(&cgroup_id)
             .and_then(|k| self.entries.get(k))
-            .map(Entry::attribution)
+            .map(|e| e.attribution())
             .or_else(|| self.static_attributions.get(&cgroup_id).cloned())
             .unwrap_or_default()
     }

@@ -385,8 +385,28 @@ impl Probes {
             .map_err(|e| ProbeError::TracepointFormat(format!("{}: {e}", fmt_path.display())))?;
         cfg.off_tp_filename_loc = tracepoint_filename_offset(&fmt)?;
 
+        // The BTF-typed programs (tp_btf, LSM) read these struct offsets
+        // from `.rodata`, as constants the verifier knows: each field is a
+        // plain load instead of a probe-read helper call (issue 16: the
+        // exec-drift check's cost per container exec).
+        let typed_offsets: [(&str, u64); 8] = [
+            ("IW_OFF_BPRM_FILE", cfg.off_bprm_file.into()),
+            ("IW_OFF_FILE_F_INODE", cfg.off_file_f_inode.into()),
+            ("IW_OFF_INODE_I_NLINK", cfg.off_inode_i_nlink.into()),
+            ("IW_OFF_INODE_I_SB", cfg.off_inode_i_sb.into()),
+            ("IW_OFF_SB_S_MAGIC", cfg.off_sb_s_magic.into()),
+            ("IW_OFF_FILE_DENTRY", cfg.off_file_dentry.into()),
+            (
+                "IW_OFF_DENTRY_D_HASH_PPREV",
+                cfg.off_dentry_d_hash_pprev.into(),
+            ),
+            ("IW_OFF_DENTRY_D_PARENT", cfg.off_dentry_d_parent.into()),
+        ];
         let mut loader = EbpfLoader::new();
         loader.map_max_entries("EVENTS", opts.ringbuf_bytes);
+        for (name, value) in &typed_offsets {
+            loader.override_global(name, value, true);
+        }
         let mut took_over = false;
         let lock = match &opts.pin_dir {
             Some(dir) => Some(PinLock::acquire(dir.parent().unwrap_or(dir))?),

@@ -182,20 +182,28 @@ impl ContainerdClient {
     /// Containers of one namespace, with image target digest, task pid and
     /// status, labels and the spec's cgroups path.
     pub async fn list_containers(&self, ns: &str) -> Result<Vec<ContainerInfo>, ContainerdError> {
-        let raw = self.raw_containers(ns).await?;
         let tasks = self.tasks(ns).await?;
-        let mut images: HashMap<String, Option<ImageTarget>> = HashMap::new();
-        let mut out = Vec::with_capacity(raw.len());
-        for c in raw {
-            let mut info = self.describe(ns, c, &mut images).await?;
-            match tasks.get(&info.id) {
-                Some((pid, status)) => {
-                    info.state = *status;
-                    info.pid = (*pid > 0 && *status != ContainerState::Exited).then_some(*pid);
+        // Each streamed record is reduced to its ContainerInfo as it comes:
+        // a CRI container's record carries its OCI spec and CRI's metadata
+        // extension (kilobytes each), which held for the whole namespace
+        // were most of a resync's peak and, freed, left the heap
+        // fragmented (docs/benchmarks.md, round 6).
+        let mut out = self
+            .each_container(ns, |c| {
+                let mut info = record_info(ns, c);
+                match tasks.get(&info.id) {
+                    Some((pid, status)) => {
+                        info.state = *status;
+                        info.pid = (*pid > 0 && *status != ContainerState::Exited).then_some(*pid);
+                    }
+                    None => info.state = ContainerState::Created,
                 }
-                None => info.state = ContainerState::Created,
-            }
-            out.push(info);
+                info
+            })
+            .await?;
+        let mut images: HashMap<String, Option<ImageTarget>> = HashMap::new();
+        for info in &mut out {
+            self.fill_image(ns, info, &mut images).await?;
         }
         Ok(out)
     }
@@ -223,7 +231,8 @@ impl ContainerdClient {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
-        let mut info = self.describe(ns, rec, &mut HashMap::new()).await?;
+        let mut info = record_info(ns, rec);
+        self.fill_image(ns, &mut info, &mut HashMap::new()).await?;
         let mut t = TasksClient::new(self.channel.clone());
         let req = with_ns(
             svc::GetRequest {
@@ -253,49 +262,43 @@ impl ContainerdClient {
         Ok(Some(info))
     }
 
-    /// A container record as the runtime-neutral [`ContainerInfo`] (task
-    /// fields left to the caller); `images` caches image lookups.
-    async fn describe(
+    /// Fills a container's image digest and id from its image record;
+    /// `images` caches the lookups of one listing.
+    async fn fill_image(
         &self,
         ns: &str,
-        c: svc::Container,
+        info: &mut ContainerInfo,
         images: &mut HashMap<String, Option<ImageTarget>>,
-    ) -> Result<ContainerInfo, ContainerdError> {
-        let mut info = ContainerInfo::new(c.id.clone(), "containerd");
-        info.namespace = Some(ns.to_string());
-        // Labels are kept for display only: anyone with containerd's
-        // API sets them, so they never say which Pod a container is
-        // or whether it is a sandbox (issue 13, case 6; CRI does).
-        info.labels = bounded_labels(c.labels);
-        // The image judged is the container record's own image, never
-        // the CRI metadata extension's name, which is as forgeable as a
-        // label; CRI's status gives the name a pod wrote once CRI knows
-        // the container.
-        info.image_as_written = non_empty(c.image.clone());
-        info.cgroup_path = c.spec.as_ref().and_then(cgroups_path_of_spec);
-        if !c.image.is_empty() {
-            if !images.contains_key(&c.image) {
-                let t = match self.image_target(ns, &c.image).await {
-                    Ok(t) => t,
-                    Err(e) if e.is_not_found() => None,
-                    Err(e) => return Err(e),
-                };
-                images.insert(c.image.clone(), t);
-            }
-            if let Some(Some(t)) = images.get(&c.image) {
-                info.image_ref = image_digest_ref(&t.name, &t.digest);
-                info.image_id = t.config_digest.clone();
-            }
+    ) -> Result<(), ContainerdError> {
+        let Some(image) = info.image_as_written.as_deref() else {
+            return Ok(());
+        };
+        if !images.contains_key(image) {
+            let t = match self.image_target(ns, image).await {
+                Ok(t) => t,
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e),
+            };
+            images.insert(image.to_string(), t);
         }
-        Ok(info)
+        if let Some(Some(t)) = images.get(image) {
+            info.image_ref = image_digest_ref(&t.name, &t.digest);
+            info.image_id = t.config_digest.clone();
+        }
+        Ok(())
     }
 
-    async fn raw_containers(&self, ns: &str) -> Result<Vec<svc::Container>, ContainerdError> {
+    /// Streams the namespace's container records (`Containers.ListStream`:
+    /// one message per container, so a node with many large specs does not
+    /// need one huge response), each turned into `T` as it arrives.
+    async fn each_container<T>(
+        &self,
+        ns: &str,
+        mut f: impl FnMut(svc::Container) -> T,
+    ) -> Result<Vec<T>, ContainerdError> {
         let mut c = ContainersClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let req = with_ns(svc::ListContainersRequest::default(), ns)?;
-        // ListStream: one message per container, so a node with many large
-        // specs does not need one huge response.
         let mut stream = call!(self, "Containers.ListStream", Some(ns), c.list_stream(req))?;
         let mut out = Vec::new();
         loop {
@@ -319,7 +322,7 @@ impl ContainerdClient {
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some(m))) => {
                     if let Some(c) = m.container {
-                        out.push(c);
+                        out.push(f(c));
                     }
                     if out.len() > MAX_CONTAINERS {
                         return Err(ContainerdError::TooMany {
@@ -545,6 +548,23 @@ impl RuntimeSource for ContainerdClient {
     fn namespaces(&self) -> SourceFuture<'_, Vec<String>> {
         Box::pin(ContainerdClient::namespaces(self))
     }
+}
+
+/// A container record as the runtime-neutral [`ContainerInfo`] (task and
+/// image digest fields left to the caller).
+fn record_info(ns: &str, c: svc::Container) -> ContainerInfo {
+    let mut info = ContainerInfo::new(c.id, "containerd");
+    info.namespace = Some(ns.to_string());
+    // Labels are kept for display only: anyone with containerd's API sets
+    // them, so they never say which Pod a container is or whether it is a
+    // sandbox (issue 13, case 6; CRI does).
+    info.labels = bounded_labels(c.labels);
+    // The image judged is the container record's own image, never the CRI
+    // metadata extension's name, which is as forgeable as a label; CRI's
+    // status gives the name a pod wrote once CRI knows the container.
+    info.image_as_written = non_empty(c.image);
+    info.cgroup_path = c.spec.as_ref().and_then(cgroups_path_of_spec);
+    info
 }
 
 /// A task's status, runtime-neutral.
