@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 use support::{
     containerd::{Containerd, CriPod, Runtime, TestImages, NGINX},
     fakeapi::{Coll, FakeApi},
+    host::{stopped, wait_for},
 };
 
 /// One enforcing agent at a time: two would judge each other's containers.
@@ -30,20 +31,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Waits for `f` with a deadline (never a fixed sleep).
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A running agent: its findings (stdout JSON lines) and log (stderr).
@@ -1137,17 +1124,6 @@ fn forged_labels_through_containerd_buy_nothing() {
     drop(a);
     drop(ctd);
     drop(images);
-}
-
-/// Whether a process is stopped (state `T` in /proc/PID/stat).
-fn stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('T'))
-        })
-        .unwrap_or(false)
 }
 
 /// Case 4: holds are kept in a kernel map, not only learned from events.

@@ -32,6 +32,10 @@
 //! agent could trust.
 use std::collections::BTreeMap;
 
+/// Kyverno's wildcard match (`*` any run, `?` one character): the one the
+/// Kyverno conformance vectors test.
+use imagewarden_policy::wildcard::glob_match as glob;
+
 /// One `[Kind,Namespace,Name]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResourceFilter {
@@ -76,31 +80,6 @@ impl ResourceFilter {
     fn render(&self) -> String {
         format!("[{},{},{}]", self.kind, self.namespace, self.name)
     }
-}
-
-/// Kyverno's wildcard match: `*` any run (also empty), `?` one character.
-pub fn glob(pattern: &str, s: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = s.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
 }
 
 /// Parses a `resourceFilters` value. Entries with more than three fields are
