@@ -288,6 +288,16 @@ impl ContainerdClient {
         Ok(())
     }
 
+    /// The next message of a `call` stream in `ns`, bounded by the call timeout.
+    async fn next_message<M>(
+        &self,
+        call: &'static str,
+        ns: &str,
+        stream: &mut tonic::Streaming<M>,
+    ) -> Result<Option<M>, ContainerdError> {
+        super::next_message(Api::Containerd, call, Some(ns), self.call_timeout, stream).await
+    }
+
     /// Streams the namespace's container records (`Containers.ListStream`:
     /// one message per container, so a node with many large specs does not
     /// need one huge response), each turned into `T` as it arrives.
@@ -301,37 +311,19 @@ impl ContainerdClient {
         let req = with_ns(svc::ListContainersRequest::default(), ns)?;
         let mut stream = call!(self, "Containers.ListStream", Some(ns), c.list_stream(req))?;
         let mut out = Vec::new();
-        loop {
-            let msg = tokio::time::timeout(self.call_timeout, stream.message()).await;
-            match msg {
-                Err(_) => {
-                    return Err(ContainerdError::Timeout {
-                        api: Api::Containerd,
-                        call: "Containers.ListStream",
-                        timeout: self.call_timeout,
-                    })
-                }
-                Ok(Err(s)) => {
-                    return Err(ContainerdError::status(
-                        Api::Containerd,
-                        "Containers.ListStream",
-                        Some(ns),
-                        s,
-                    ))
-                }
-                Ok(Ok(None)) => break,
-                Ok(Ok(Some(m))) => {
-                    if let Some(c) = m.container {
-                        out.push(f(c));
-                    }
-                    if out.len() > MAX_CONTAINERS {
-                        return Err(ContainerdError::TooMany {
-                            api: Api::Containerd,
-                            call: "Containers.ListStream",
-                            max: MAX_CONTAINERS,
-                        });
-                    }
-                }
+        while let Some(m) = self
+            .next_message("Containers.ListStream", ns, &mut stream)
+            .await?
+        {
+            if let Some(c) = m.container {
+                out.push(f(c));
+            }
+            if out.len() > MAX_CONTAINERS {
+                return Err(ContainerdError::TooMany {
+                    api: Api::Containerd,
+                    call: "Containers.ListStream",
+                    max: MAX_CONTAINERS,
+                });
             }
         }
         Ok(out)
@@ -468,36 +460,17 @@ impl ContainerdClient {
         )?;
         let mut stream = call!(self, "Content.Read", Some(ns), c.read(req))?;
         let mut out = Vec::new();
-        loop {
-            match tokio::time::timeout(self.call_timeout, stream.message()).await {
-                Err(_) => {
-                    return Err(ContainerdError::Timeout {
-                        api: Api::Containerd,
-                        call: "Content.Read",
-                        timeout: self.call_timeout,
-                    })
-                }
-                Ok(Err(s)) => {
-                    return Err(ContainerdError::status(
-                        Api::Containerd,
-                        "Content.Read",
-                        Some(ns),
-                        s,
-                    ))
-                }
-                Ok(Ok(None)) => return Ok(out),
-                Ok(Ok(Some(chunk))) => {
-                    if out.len() + chunk.data.len() > MAX_BLOB_BYTES {
-                        return Err(ContainerdError::TooMany {
-                            api: Api::Containerd,
-                            call: "Content.Read",
-                            max: MAX_BLOB_BYTES,
-                        });
-                    }
-                    out.extend_from_slice(&chunk.data);
-                }
+        while let Some(chunk) = self.next_message("Content.Read", ns, &mut stream).await? {
+            if out.len() + chunk.data.len() > MAX_BLOB_BYTES {
+                return Err(ContainerdError::TooMany {
+                    api: Api::Containerd,
+                    call: "Content.Read",
+                    max: MAX_BLOB_BYTES,
+                });
             }
+            out.extend_from_slice(&chunk.data);
         }
+        Ok(out)
     }
 
     /// Subscribes to container and task lifecycle events of every

@@ -423,6 +423,22 @@ impl SourceError {
     }
 }
 
+/// The next message of a server stream of `call`, bounded by `timeout`
+/// per message; `None` at the end of the stream.
+pub(crate) async fn next_message<M>(
+    api: Api,
+    call: &'static str,
+    namespace: Option<&str>,
+    timeout: Duration,
+    stream: &mut tonic::Streaming<M>,
+) -> Result<Option<M>, SourceError> {
+    match tokio::time::timeout(timeout, stream.message()).await {
+        Err(_) => Err(SourceError::Timeout { api, call, timeout }),
+        Ok(Err(status)) => Err(SourceError::status(api, call, namespace, status)),
+        Ok(Ok(m)) => Ok(m),
+    }
+}
+
 /// Runs one unary call of `api`, bounded by `timeout`.
 pub(crate) async fn unary<T>(
     api: Api,
