@@ -137,13 +137,6 @@ pub fn resolve_cgroup_path(path: &str) -> Option<CgroupContainer> {
     None
 }
 
-/// Resolves a cgroup directory (absolute, under `mount`) to its container.
-pub fn resolve_cgroup_dir(mount: &Path, dir: &Path) -> Option<CgroupContainer> {
-    let rel = dir.strip_prefix(mount).ok()?;
-    let rel = rel.to_str()?;
-    resolve_cgroup_path(&format!("/{rel}"))
-}
-
 fn container(runtime: RuntimeKind, id: &str, monitor: bool) -> CgroupContainer {
     CgroupContainer {
         runtime,
@@ -847,23 +840,6 @@ mod tests {
         // A host process.
         assert_eq!(resolve_proc_cgroup("0::/init.scope\n"), None);
         assert_eq!(resolve_proc_cgroup("garbage\n"), None);
-    }
-
-    #[test]
-    fn resolve_dir_strips_mount() {
-        let c = resolve_cgroup_dir(
-            Path::new("/sys/fs/cgroup/unified"),
-            Path::new("/sys/fs/cgroup/unified/ns1/web"),
-        )
-        .unwrap();
-        assert_eq!(
-            (c.namespace.as_deref(), c.id.as_str()),
-            (Some("ns1"), "web")
-        );
-        assert_eq!(
-            resolve_cgroup_dir(Path::new("/sys/fs/cgroup"), Path::new("/elsewhere/a/b")),
-            None
-        );
     }
 
     #[test]

@@ -630,33 +630,6 @@ pub fn decode_envelope(env: &containerd_client::types::Envelope) -> Option<Runti
     })
 }
 
-/// The container extension where containerd's CRI plugin keeps the
-/// container's CRI metadata, the `CreateContainer` config among it (JSON:
-/// `{"Version":"v1","Metadata":{"Config":{"image":{...}},...}}`).
-pub const CRI_METADATA_EXTENSION: &str = "io.cri-containerd.container.metadata";
-
-/// The image as the pod spec wrote it, from the CRI metadata extension:
-/// `Config.image.user_specified_image`, which the kubelet sets (it creates
-/// containers by image id) and containerd 2 keeps; containerd 1.6 drops the
-/// field. `None` for other containers and for an unparsable extension.
-///
-/// containerd names a CRI container's image by one of the image's
-/// references (`Container.image`), not by what the pod wrote. The extension
-/// is as forgeable as a label through containerd's API, so the agent never
-/// judges by it: CRI's own status reports the same name for the containers
-/// CRI knows (issue 13, case 6).
-pub fn cri_user_specified_image(extensions: &HashMap<String, prost_types::Any>) -> Option<String> {
-    let any = extensions.get(CRI_METADATA_EXTENSION)?;
-    if any.value.len() > MAX_BLOB_BYTES {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(&any.value).ok()?;
-    v.pointer("/Metadata/Config/image/user_specified_image")
-        .and_then(|s| s.as_str())
-        .filter(|s| !s.is_empty() && !s.starts_with("sha256:"))
-        .map(str::to_string)
-}
-
 /// Whether an image name starts with a registry host (`public.ecr.aws/x`,
 /// `localhost:5000/x`), not a Docker Hub short name (`nginx`, `library/x`).
 pub(crate) fn names_registry(name: &str) -> bool {
@@ -775,45 +748,6 @@ mod tests {
             value: vec![0xff, 0xff, 0xff],
         });
         assert_eq!(decode_envelope(&garbage), None);
-    }
-
-    #[test]
-    fn cri_metadata_user_specified_image() {
-        // Shape of containerd 2.1's extension for a container the kubelet
-        // created (image by id, the pod's name in user_specified_image).
-        let ext = |json: &str| {
-            let mut m = HashMap::new();
-            m.insert(
-                CRI_METADATA_EXTENSION.to_string(),
-                prost_types::Any {
-                    type_url: "github.com/containerd/cri/pkg/store/container/Metadata".into(),
-                    value: json.as_bytes().to_vec(),
-                },
-            );
-            m
-        };
-        let id = format!("sha256:{}", "a".repeat(64));
-        let v2 = format!(
-            r#"{{"Version":"v1","Metadata":{{"ID":"c1","Config":{{"metadata":{{"name":"main"}},"image":{{"image":"{id}","user_specified_image":"public.ecr.aws/docker/library/nginx:latest"}}}},"ImageRef":"{id}"}}}}"#
-        );
-        assert_eq!(
-            cri_user_specified_image(&ext(&v2)).as_deref(),
-            Some("public.ecr.aws/docker/library/nginx:latest")
-        );
-        // containerd 1.6: the field is not there.
-        let v16 = format!(
-            r#"{{"Version":"v1","Metadata":{{"ID":"c1","Config":{{"image":{{"image":"{id}"}}}}}}}}"#
-        );
-        assert_eq!(cri_user_specified_image(&ext(&v16)), None);
-        // An id where a name belongs, garbage, other containers: nothing.
-        let by_id =
-            format!(r#"{{"Metadata":{{"Config":{{"image":{{"user_specified_image":"{id}"}}}}}}}}"#);
-        assert_eq!(cri_user_specified_image(&ext(&by_id)), None);
-        assert_eq!(cri_user_specified_image(&ext("{")), None);
-        assert_eq!(cri_user_specified_image(&HashMap::new()), None);
-        let mut huge = ext("{}");
-        huge.get_mut(CRI_METADATA_EXTENSION).unwrap().value = vec![b' '; MAX_BLOB_BYTES + 1];
-        assert_eq!(cri_user_specified_image(&huge), None);
     }
 
     #[test]

@@ -116,20 +116,6 @@ pub enum KubeletError {
     TooMany(usize),
 }
 
-impl KubeletError {
-    /// Stable label for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            KubeletError::BadUrl(_) => "bad_url",
-            KubeletError::Ca { .. } => "ca",
-            KubeletError::Client(_) => "client",
-            KubeletError::Request { .. } => "request",
-            KubeletError::Timeout { .. } => "timeout",
-            KubeletError::TooMany(_) => "too_many",
-        }
-    }
-}
-
 /// Reads certificates (DER) from a PEM bundle.
 fn read_pem_certs(path: &std::path::Path) -> Result<Vec<Vec<u8>>, KubeletError> {
     let err = |message: String| KubeletError::Ca {
