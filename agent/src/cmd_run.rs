@@ -69,8 +69,8 @@ pub fn load_policy(args: &RunArgs) -> anyhow::Result<(PolicySet, Option<(String,
             return Ok((PolicySet::new(), None));
         }
     };
-    let set =
-        imagewarden_policy::load_policy_str(&text, &name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The typed error is kept (its text carries the line and the reason).
+    let set = imagewarden_policy::load_policy_str(&text, &name)?;
     for w in set.warnings() {
         warn!("policy: {w}");
     }
