@@ -1041,6 +1041,53 @@ fn run_in_guest(
         append.push(' ');
         append.push_str(&spec.cmdline.replace("NOLSM", LSM_WITHOUT_BPF));
     }
+    let mut cmd = qemu_command(&kernel, &initrd, &append, &results, opts);
+    eprintln!(
+        "vmtest: booting {} {} ({append})",
+        kernel.package, kernel.version
+    );
+    let t0 = Instant::now();
+    let mut child = KillOnDrop(cmd.spawn().context("starting qemu-system-x86_64")?);
+    let console = watch_console(&mut child, spec, &dir, t0)?;
+    let st = child.0.wait()?;
+    let mut r = KernelResult {
+        kernel: format!("{} {}", kernel.package, kernel.version),
+        boot: console.boot,
+        lsm: fs::read_to_string(results.join("lsm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        ..Default::default()
+    };
+    if let Some(f) = console.fatal {
+        r.error = Some(format!(
+            "{f} (console: {})",
+            dir.join("console.log").display()
+        ));
+        return Ok(r);
+    }
+    if !results.join("exit-status").exists() {
+        r.error = Some(format!(
+            "guest stopped ({st}) without an exit status (console: {})",
+            dir.join("console.log").display()
+        ));
+    }
+    collect_results(&results, bins, &mut r);
+    if !opts.keep {
+        let _ = fs::remove_file(&initrd);
+    }
+    Ok(r)
+}
+
+/// qemu with software emulation, the kernel and initramfs, the host root
+/// and the workspace shared read-only and the results directory writable.
+fn qemu_command(
+    kernel: &Kernel,
+    initrd: &Path,
+    append: &str,
+    results: &Path,
+    opts: &Options,
+) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "1"])
         .args([
@@ -1053,8 +1100,8 @@ fn run_in_guest(
         .arg("-kernel")
         .arg(&kernel.vmlinux)
         .arg("-initrd")
-        .arg(&initrd)
-        .args(["-append", &append])
+        .arg(initrd)
+        .args(["-append", append])
         .args([
             "-display",
             "none",
@@ -1083,12 +1130,24 @@ fn run_in_guest(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    eprintln!(
-        "vmtest: booting {} {} ({append})",
-        kernel.package, kernel.version
-    );
-    let t0 = Instant::now();
-    let mut child = KillOnDrop(cmd.spawn().context("starting qemu-system-x86_64")?);
+    cmd
+}
+
+/// What the guest's console said: when it was ready, and its first fatal line.
+struct Console {
+    boot: Option<Duration>,
+    fatal: Option<String>,
+}
+
+/// Copies the guest's console (stdout and qemu's stderr) to console.log,
+/// echoing the harness's own lines, until qemu closes both; fails after
+/// [`GUEST_DEADLINE`].
+fn watch_console(
+    child: &mut KillOnDrop,
+    spec: &KernelSpec,
+    dir: &Path,
+    t0: Instant,
+) -> Result<Console> {
     let stdout = child.0.stdout.take().expect("piped");
     let stderr = child.0.stderr.take().expect("piped");
     let (tx, rx) = mpsc::channel::<(Duration, String)>();
@@ -1104,8 +1163,10 @@ fn run_in_guest(
         }
     });
     let mut console = fs::File::create(dir.join("console.log"))?;
-    let mut boot = None;
-    let mut fatal = None;
+    let mut seen = Console {
+        boot: None,
+        fatal: None,
+    };
     let deadline = t0 + GUEST_DEADLINE;
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
@@ -1116,14 +1177,14 @@ fn run_in_guest(
                     eprintln!("vmtest: {} [{:.1}s] {line}", spec.name, at.as_secs_f64());
                 }
                 if line.contains("imagewarden-vm: ready") {
-                    boot = Some(at);
+                    seen.boot = Some(at);
                 }
                 if line.contains("imagewarden-vm: FATAL") || line.contains("Kernel panic") {
-                    fatal.get_or_insert(line);
+                    seen.fatal.get_or_insert(line);
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(seen),
         }
         if Instant::now() > deadline {
             bail!(
@@ -1132,29 +1193,11 @@ fn run_in_guest(
             );
         }
     }
-    let st = child.0.wait()?;
-    let mut r = KernelResult {
-        kernel: format!("{} {}", kernel.package, kernel.version),
-        boot,
-        lsm: fs::read_to_string(results.join("lsm"))
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
-        ..Default::default()
-    };
-    if let Some(f) = fatal {
-        r.error = Some(format!(
-            "{f} (console: {})",
-            dir.join("console.log").display()
-        ));
-        return Ok(r);
-    }
-    if !results.join("exit-status").exists() {
-        r.error = Some(format!(
-            "guest stopped ({st}) without an exit status (console: {})",
-            dir.join("console.log").display()
-        ));
-    }
+}
+
+/// Each test binary's status, time, log and libtest results, as the
+/// guest's run.sh left them in `results`.
+fn collect_results(results: &Path, bins: &[TestBin], r: &mut KernelResult) {
     for b in bins {
         let read = |ext: &str| fs::read_to_string(results.join(format!("{}.{ext}", b.name))).ok();
         let Some(status) = read("status") else {
@@ -1172,10 +1215,6 @@ fn run_in_guest(
             },
         );
     }
-    if !opts.keep {
-        let _ = fs::remove_file(&initrd);
-    }
-    Ok(r)
 }
 
 // ----------------------------------------------------------------- table
