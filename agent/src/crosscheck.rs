@@ -28,6 +28,7 @@ use imagewarden_policy::{Action, ContainerType, EvalContext, PolicySet};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use serde::Serialize;
 
+use crate::controller::Judged;
 use crate::finding::{FindingAction, FindingKind, FindingVerdict, ReasonKind};
 use crate::sources::{ContainerInfo, ContainerKind, ContainerState};
 
@@ -193,8 +194,10 @@ pub struct CrossCheckInput<'a> {
     pub api_pods: Option<Vec<&'a Pod>>,
     /// Pods from the kubelet's `/pods`.
     pub kubelet_pods: Option<Vec<&'a Pod>>,
-    /// Containers from the runtime(s).
-    pub runtime: &'a [ContainerInfo],
+    /// Containers from the runtime(s), each with the controller's decision
+    /// (reported for a container no Pod accounts for, never re-evaluated).
+    pub runtime: &'a [Judged],
+    /// Judges the Pod specs' images (what admission judged).
     pub policy: &'a PolicySet,
     /// Observations returned by the previous run.
     pub previous: &'a Observations,
@@ -457,13 +460,14 @@ pub fn crosscheck(input: &CrossCheckInput<'_>) -> CrossCheckOutput {
     let mut rt_api: BTreeMap<usize, Vec<&ContainerInfo>> = BTreeMap::new();
     let mut rt_kubelet: BTreeMap<usize, Vec<&ContainerInfo>> = BTreeMap::new();
     let mut orphans = Vec::new();
-    for c in input.runtime.iter().filter(|c| runtime_live(c)) {
+    for j in input.runtime.iter().filter(|j| runtime_live(&j.info)) {
+        let c = &j.info;
         if let Some(i) = api_idx.find_container(c) {
             rt_api.entry(i).or_default().push(c);
         } else if let Some(i) = kubelet_idx.find_container(c) {
             rt_kubelet.entry(i).or_default().push(c);
         } else {
-            orphans.push(c);
+            orphans.push(j);
         }
     }
 
@@ -484,14 +488,8 @@ pub fn crosscheck(input: &CrossCheckInput<'_>) -> CrossCheckOutput {
     }
 
     if api_up || input.kubelet_pods.is_some() {
-        for c in orphans {
-            check_orphan(
-                input.policy,
-                input.namespace_labels,
-                c,
-                api_up,
-                &mut findings,
-            );
+        for j in orphans {
+            check_orphan(j, api_up, &mut findings);
         }
     }
 
@@ -561,9 +559,9 @@ fn check_pod(
         };
         let is_live = rt.is_some() || status.is_some_and(status_running);
 
-        // Policy: the spec's image, a second evaluation beside the
-        // controller's of the runtime's image (docs/architecture.md, "Where
-        // the policy is evaluated twice").
+        // Policy: the spec's image (what admission judged), another
+        // question than the controller's verdict on the image the runtime
+        // runs (docs/architecture.md, "Where the policy is evaluated").
         let ctx = EvalContext::new(ty)
             .with_namespace(Some(p.ns))
             .with_labels(&p.labels)
@@ -669,13 +667,10 @@ fn check_pod(
     }
 }
 
-fn check_orphan(
-    policy: &PolicySet,
-    namespace_labels: &BTreeMap<String, BTreeMap<String, String>>,
-    c: &ContainerInfo,
-    api_up: bool,
-    findings: &mut Vec<KubeFinding>,
-) {
+/// A live runtime container no Pod accounts for: `not-in-api`, and the
+/// controller's policy violation for it, if any.
+fn check_orphan(j: &Judged, api_up: bool, findings: &mut Vec<KubeFinding>) {
+    let c = &j.info;
     let image = c
         .image_as_written
         .clone()
@@ -716,36 +711,23 @@ fn check_orphan(
         Source::Runtime,
         msg,
     )));
-    if image.is_empty() {
+    // The controller judged this container already (it is one of its
+    // snapshot): its decision is reported, the policy is not evaluated
+    // again (docs/architecture.md, "Where the policy is evaluated").
+    let Some(v) = &j.decision.violation else {
         return;
-    }
-    // The controller judged this container too, without the Namespace's
-    // labels (docs/architecture.md, "Where the policy is evaluated twice").
-    let no_labels = BTreeMap::new();
-    let ctx = EvalContext::new(ContainerType::Container)
-        .with_namespace(c.pod_namespace.as_deref())
-        .with_labels(&no_labels)
-        .with_namespace_labels(
-            c.pod_namespace
-                .as_deref()
-                .and_then(|ns| namespace_labels.get(ns)),
-        )
-        .with_kind("Pod");
-    let verdict = policy.evaluate(&image, &ctx);
-    if !verdict.allowed {
-        let reason = ReasonKind::from(verdict.kind);
-        let mut f = fill(KubeFinding::new(
-            reason,
-            FindingVerdict::Deny,
-            Source::Runtime,
-            verdict.reason.clone(),
-        ));
-        f.container_type = Some(ContainerType::Container);
-        f.policy = verdict.policy;
-        f.rule = verdict.rule;
-        f.policy_action = Some(verdict.action);
-        findings.push(f);
-    }
+    };
+    let mut f = fill(KubeFinding::new(
+        v.reason.kind,
+        FindingVerdict::Deny,
+        Source::Runtime,
+        v.reason.text.clone(),
+    ));
+    f.container_type = Some(ContainerType::Container);
+    f.policy = v.policy.clone();
+    f.rule = v.rule.clone();
+    f.policy_action = Some(v.action);
+    findings.push(f);
 }
 
 /// Compares the digests tags run at with the previous observations.
@@ -874,10 +856,13 @@ spec:
         prev: &Observations,
     ) -> Run {
         let set = load_policy_str(policy, "test").unwrap();
+        // Each container as the controller decided it (no Pod context: only
+        // the decisions of containers no Pod accounts for are read).
+        let runtime = judged(&set, runtime);
         let out = crosscheck(&CrossCheckInput {
             api_pods: api.map(|p| p.iter().collect()),
             kubelet_pods: kubelet.map(|p| p.iter().collect()),
-            runtime,
+            runtime: &runtime,
             policy: &set,
             previous: prev,
             namespace_labels: &BTreeMap::new(),
@@ -886,6 +871,16 @@ spec:
             findings: out.findings,
             obs: out.observations,
         }
+    }
+
+    fn judged(policy: &PolicySet, runtime: &[ContainerInfo]) -> Vec<Judged> {
+        runtime
+            .iter()
+            .map(|c| Judged {
+                info: c.clone(),
+                decision: crate::controller::decide(policy, c, None),
+            })
+            .collect()
     }
 
     fn find<'a>(
@@ -1414,6 +1409,63 @@ spec:
         // Both down: only the runtime; nothing can be "not in API".
         let r = run(NATIVE, None, None, &[ctr], &Observations::default());
         assert!(r.findings.iter().all(|f| f.reason != ReasonKind::NotInApi));
+    }
+
+    /// A container no Pod accounts for is one the controller decided: its
+    /// decision is reported as it stands, whatever the cross-check's policy
+    /// would say of the image now.
+    #[test]
+    fn an_orphan_reports_the_controllers_decision_and_is_not_evaluated_again() {
+        let api = pods(API_PODS);
+        let ctr = {
+            let mut c = rt("ctr-1", "", "", "", "", "docker.io/library/nginx:1", "");
+            c.runtime = "containerd";
+            c
+        };
+        let native = load_policy_str(NATIVE, "native").unwrap();
+        let allow_all = load_policy_str(
+            "apiVersion: imagewarden.dev/v1alpha1\nkind: ImagePolicy\n\
+             metadata: {name: everything}\nspec:\n  rules:\n  - name: any\n\
+             \x20   allow: [{registry: docker.io}]\n",
+            "all",
+        )
+        .unwrap();
+        let input = |runtime: &'_ [Judged], policy: &'_ PolicySet| {
+            crosscheck(&CrossCheckInput {
+                api_pods: Some(api.iter().collect()),
+                kubelet_pods: None,
+                runtime,
+                policy,
+                previous: &Observations::default(),
+                namespace_labels: &BTreeMap::new(),
+            })
+            .findings
+        };
+        let of_ctr = |fs: &[KubeFinding], reason: ReasonKind| {
+            fs.iter()
+                .filter(|f| f.container_id.as_deref() == Some("ctr-1") && f.reason == reason)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        // The controller allowed it (say, under an older policy): the
+        // cross-check's policy, which denies it, is not asked.
+        let allowed = judged(&allow_all, std::slice::from_ref(&ctr));
+        assert!(allowed[0].decision.violation.is_none());
+        let fs = input(&allowed, &native);
+        assert!(of_ctr(&fs, ReasonKind::UntrustedImage).is_empty(), "{fs:#?}");
+        assert_eq!(of_ctr(&fs, ReasonKind::NotInApi).len(), 1);
+        // The controller denied it: reported with its policy, rule and
+        // action, though the cross-check's policy would allow it.
+        let denied = judged(&native, std::slice::from_ref(&ctr));
+        let v = denied[0].decision.violation.clone().expect("a violation");
+        let fs = input(&denied, &allow_all);
+        let u = of_ctr(&fs, ReasonKind::UntrustedImage);
+        assert_eq!(u.len(), 1, "{fs:#?}");
+        assert_eq!(u[0].message, v.reason.text);
+        assert_eq!(u[0].policy.as_deref(), Some("trusted"));
+        assert_eq!((&u[0].rule, u[0].policy_action), (&v.rule, Some(v.action)));
+        assert_eq!(u[0].container_type, Some(ContainerType::Container));
+        assert_eq!(u[0].source, Source::Runtime);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::{
     cli::{Mode, RunArgs},
-    controller::{PodContext, PodLookup},
+    controller::{Judged, PodContext, PodLookup},
     crosscheck::{self, CrossCheckInput, KubeFinding, Observations},
     finding::{FindingAction, ReasonKind},
     kube_actions::{self, ActionOptions, ModeResolver},
@@ -294,7 +294,8 @@ impl KubeState {
         let policy = self.policy.policy.borrow().clone();
         self.metrics
             .set_source_up(Source::KubeNamespaces, self.namespaces.health.is_up());
-        // The labels of the namespaces this node's Pods and containers are in.
+        // The labels of the namespaces this node's Pods are in (their spec
+        // images are judged here; runtime containers by the controller).
         let namespace_labels: BTreeMap<String, BTreeMap<String, String>> = api
             .iter()
             .flatten()
@@ -304,7 +305,6 @@ impl KubeState {
                     .flat_map(|v| v.iter())
                     .filter_map(|p| p.metadata.namespace.clone()),
             )
-            .chain(runtime.iter().filter_map(|c| c.pod_namespace.clone()))
             .collect::<HashSet<String>>()
             .into_iter()
             .filter_map(|ns| Some((ns.clone(), self.namespaces.labels(&ns)?)))
@@ -392,22 +392,22 @@ impl KubeState {
 }
 
 /// What the controller knows, read-only, for the cross-checks: a snapshot
-/// of its containers (`Controller::containers`).
+/// of its containers and its decision about each (`Controller::snapshot`).
 pub struct ControllerView<'a> {
-    pub containers: &'a [ContainerInfo],
+    pub containers: &'a [Judged],
 }
 
 impl ControllerView<'_> {
     /// Whether the runtime path has this container (and so judged it).
     pub fn knows(&self, container_id: &str) -> bool {
-        self.containers.iter().any(|c| c.id == container_id)
+        self.containers.iter().any(|c| c.info.id == container_id)
     }
 
     /// Whether CRI describes this container as a static Pod's.
     pub fn is_static_pod(&self, container_id: &str) -> bool {
         self.containers
             .iter()
-            .any(|c| c.id == container_id && c.static_pod)
+            .any(|c| c.info.id == container_id && c.info.static_pod)
     }
 }
 
@@ -545,6 +545,14 @@ mod tests {
     ) -> CrossCheckPlan {
         let policy = load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "embedded").expect("policy");
         let pods = [pod()];
+        let runtime: Vec<Judged> = runtime
+            .iter()
+            .map(|c| Judged {
+                info: c.clone(),
+                decision: crate::controller::decide(&policy, c, None),
+            })
+            .collect();
+        let runtime = runtime.as_slice();
         let out = crosscheck::crosscheck(&CrossCheckInput {
             api_pods: Some(pods.iter().collect()),
             kubelet_pods: None,
