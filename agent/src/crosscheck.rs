@@ -1452,7 +1452,10 @@ spec:
         let allowed = judged(&allow_all, std::slice::from_ref(&ctr));
         assert!(allowed[0].decision.violation.is_none());
         let fs = input(&allowed, &native);
-        assert!(of_ctr(&fs, ReasonKind::UntrustedImage).is_empty(), "{fs:#?}");
+        assert!(
+            of_ctr(&fs, ReasonKind::UntrustedImage).is_empty(),
+            "{fs:#?}"
+        );
         assert_eq!(of_ctr(&fs, ReasonKind::NotInApi).len(), 1);
         // The controller denied it: reported with its policy, rule and
         // action, though the cross-check's policy would allow it.

@@ -89,29 +89,6 @@ label_enum!(
 );
 
 label_enum!(
-    /// The `reason` label of a finding: its [`ReasonKind`], or `other` for
-    /// the kinds without a series of their own (see the `From` impl).
-    FindingReason {
-        UntrustedImage => "untrusted-image",
-        InvalidReference => "invalid-reference",
-        ImageDrift => "image-drift",
-        NotInApi => "not-in-api",
-        SpecStatusMismatch => "spec-status-mismatch",
-        Unresolved => "unresolved",
-        DeniedCgroup => "denied-cgroup",
-        /// An exec held until its container is classified (`held-until-classified`).
-        HeldUntilClassified => "held-until-classified",
-        /// An exec of a cgroup no source knows (`unattributed`).
-        Unattributed => "unattributed",
-        /// A container exec'd a file with no name on disk (memfd, unlinked).
-        FilelessExec => "fileless-exec",
-        /// A container exec'd a file of its writable (overlayfs upper) layer.
-        DriftExec => "drift-exec",
-        Other => "other",
-    }
-);
-
-label_enum!(
     /// How a denied workload was stopped.
     KillMechanism {
         /// `bpf_send_signal(SIGKILL)` from the exec hook (kernel counter).
@@ -476,11 +453,12 @@ impl Metrics {
 
         let inner = Inner {
             exec_events: handles(&exec_events, "verdict", Verdict::ALL, Verdict::as_str),
+            // Indexed by kind; the kinds sharing `other` share its counter.
             findings: handles(
                 &findings,
                 "reason",
-                FindingReason::ALL,
-                FindingReason::as_str,
+                ReasonKind::ALL,
+                ReasonKind::metric_label,
             ),
             containers: gauge_handles(&containers, "verdict", Verdict::ALL, Verdict::as_str),
             reloads: handles(&reloads, "result", ReloadResult::ALL, ReloadResult::as_str),
@@ -519,7 +497,7 @@ impl Metrics {
 
     /// One finding reported, by its reason kind.
     pub fn finding(&self, reason: ReasonKind) {
-        self.0.findings[FindingReason::from(reason).index()].inc();
+        self.0.findings[reason as usize].inc();
     }
 
     /// A kill done by user space. Kernel kills (`kernel_signal`, `lsm`) are
@@ -614,32 +592,6 @@ impl Metrics {
     }
 }
 
-impl From<ReasonKind> for FindingReason {
-    /// Every reason kind, by name: a new kind does not compile until it is
-    /// given a series here (and in `docs/metrics.md`) or sent to `other` on
-    /// purpose. The label sets stay as they were: the kinds below that go
-    /// to `other` were counted there before the kinds were typed.
-    fn from(k: ReasonKind) -> Self {
-        match k {
-            ReasonKind::UntrustedImage => FindingReason::UntrustedImage,
-            ReasonKind::InvalidReference => FindingReason::InvalidReference,
-            ReasonKind::ImageDrift => FindingReason::ImageDrift,
-            ReasonKind::NotInApi => FindingReason::NotInApi,
-            ReasonKind::SpecStatusMismatch => FindingReason::SpecStatusMismatch,
-            ReasonKind::Unresolved => FindingReason::Unresolved,
-            ReasonKind::DeniedCgroup => FindingReason::DeniedCgroup,
-            ReasonKind::HeldUntilClassified => FindingReason::HeldUntilClassified,
-            ReasonKind::Unattributed => FindingReason::Unattributed,
-            ReasonKind::FilelessExec => FindingReason::FilelessExec,
-            ReasonKind::DriftExec => FindingReason::DriftExec,
-            ReasonKind::Allowed
-            | ReasonKind::Pending
-            | ReasonKind::RanUnenforced
-            | ReasonKind::AgentItself => FindingReason::Other,
-        }
-    }
-}
-
 impl Verdict {
     /// The verdict of a kernel record (a rule's deny in audit mode, the
     /// kernel's `audit`, counts as `deny`, as in the findings).
@@ -658,30 +610,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reason_kinds_map_to_their_label() {
-        // A kind with a series of its own is labelled with its wire string.
+    fn each_reason_kind_counts_in_its_label() {
+        let m = Metrics::new();
         for &k in ReasonKind::ALL {
-            let l = FindingReason::from(k);
-            if l != FindingReason::Other {
-                assert_eq!(l.as_str(), k.as_str(), "{k:?}");
-            }
+            m.finding(k);
         }
-        // Every label but `other` is some kind's.
-        for &l in FindingReason::ALL {
+        let text = m.encode(false).unwrap();
+        for l in ReasonKind::metric_labels() {
+            let n = ReasonKind::ALL
+                .iter()
+                .filter(|k| k.metric_label() == l)
+                .count();
             assert!(
-                l == FindingReason::Other
-                    || ReasonKind::ALL.iter().any(|&k| FindingReason::from(k) == l),
-                "{l:?}"
+                text.contains(&format!(
+                    "imagewarden_findings_total{{reason=\"{l}\"}} {n}\n"
+                )),
+                "{l}: {text}"
             );
         }
-        assert_eq!(
-            FindingReason::from(ReasonKind::FilelessExec),
-            FindingReason::FilelessExec
-        );
-        assert_eq!(
-            FindingReason::from(ReasonKind::RanUnenforced),
-            FindingReason::Other
-        );
+        assert_eq!(ReasonKind::FilelessExec.metric_label(), "fileless-exec");
+        assert_eq!(ReasonKind::RanUnenforced.metric_label(), "other");
+    }
+
+    /// docs/metrics.md lists every `reason` label, and no other.
+    #[test]
+    fn the_reason_labels_are_the_documented_ones() {
+        let doc = include_str!("../../docs/metrics.md");
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with("| `imagewarden_findings_total`"))
+            .expect("the findings row of docs/metrics.md");
+        let cell = row.split('|').nth(3).expect("its label column");
+        let documented: Vec<&str> = cell
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|s| *s != "reason")
+            .collect();
+        let mut want = ReasonKind::metric_labels();
+        let mut got = documented.clone();
+        want.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, want, "docs/metrics.md: {cell}");
     }
 
     #[test]
@@ -710,11 +680,8 @@ mod tests {
                 "{text}"
             );
         }
-        for r in FindingReason::ALL {
-            assert!(text.contains(&format!(
-                "imagewarden_findings_total{{reason=\"{}\"}} 0",
-                r.as_str()
-            )));
+        for r in ReasonKind::metric_labels() {
+            assert!(text.contains(&format!("imagewarden_findings_total{{reason=\"{r}\"}} 0")));
         }
         // Without a kernel source its samples are absent, not zero.
         assert!(text.contains("imagewarden_kernel_counters_readable 0"));
