@@ -519,23 +519,36 @@ fn base_finding(
     f
 }
 
-fn check_pod(
-    policy: &PolicySet,
-    namespace_labels: Option<&BTreeMap<String, String>>,
-    p: &PodView<'_>,
-    runtime: &[&ContainerInfo],
-    api_up: bool,
-    findings: &mut Vec<KubeFinding>,
-    sightings: &mut Vec<TagSighting>,
-) {
-    for (ty, name, image) in spec_containers(p.pod) {
+/// What the runtime and the Pod's status say of one spec container.
+struct SpecContainer<'a> {
+    p: &'a PodView<'a>,
+    ty: ContainerType,
+    name: &'a str,
+    /// The image as the spec writes it.
+    image: &'a str,
+    status: Option<&'a ContainerStatus>,
+    /// The repository and digest the container runs: the runtime's word
+    /// first, else the status's.
+    running: Option<(String, String)>,
+    running_digest: Option<String>,
+    container_id: Option<String>,
+    pid: Option<u32>,
+    /// The runtime runs it, or the status says it runs.
+    is_live: bool,
+}
+
+impl<'a> SpecContainer<'a> {
+    fn observe(
+        p: &'a PodView<'a>,
+        (ty, name, image): (ContainerType, &'a str, &'a str),
+        runtime: &[&ContainerInfo],
+    ) -> Self {
         let status = status_of(p.pod, ty, name);
         let rt = runtime
             .iter()
             .find(|c| c.container_name.as_deref() == Some(name));
         let status_id = status.map(|s| s.image_id.as_str()).map(parse_image_id);
         let rt_id = rt.and_then(|c| c.image_ref.as_deref()).map(parse_image_id);
-        // The digest the container runs: the runtime's word first.
         let running = rt_id
             .as_ref()
             .and_then(|i| i.repo_digest.clone())
@@ -551,119 +564,135 @@ fn check_pod(
                 .map(|s| strip_container_id(s).to_string())
                 .filter(|s| !s.is_empty())
         });
-        let fill = |mut f: KubeFinding| {
-            f.container_id = container_id.clone();
-            f.image_digest = running_digest.clone();
-            f.pid = rt.and_then(|c| c.pid);
-            f
-        };
-        let is_live = rt.is_some() || status.is_some_and(status_running);
-
-        // Policy: the spec's image (what admission judged), another
-        // question than the controller's verdict on the image the runtime
-        // runs (docs/architecture.md, "Where the policy is evaluated").
-        let ctx = EvalContext::new(ty)
-            .with_namespace(Some(p.ns))
-            .with_labels(&p.labels)
-            .with_namespace_labels(namespace_labels)
-            .with_kind("Pod");
-        let verdict = policy.evaluate(image, &ctx);
-        if !verdict.allowed {
-            let reason = ReasonKind::from(verdict.kind);
-            let mut f = fill(base_finding(
-                reason,
-                FindingVerdict::Deny,
-                p,
-                ty,
-                name,
-                image,
-                verdict.reason.clone(),
-            ));
-            f.policy = verdict.policy.clone();
-            f.rule = verdict.rule.clone();
-            f.policy_action = Some(verdict.action);
-            findings.push(f);
+        SpecContainer {
+            p,
+            ty,
+            name,
+            image,
+            status,
+            running,
+            running_digest,
+            container_id,
+            pid: rt.and_then(|c| c.pid),
+            is_live: rt.is_some() || status.is_some_and(status_running),
         }
+    }
 
+    /// A finding about this container, with what the runtime says of it.
+    fn finding(&self, reason: ReasonKind, verdict: FindingVerdict, message: String) -> KubeFinding {
+        let mut f = base_finding(
+            reason, verdict, self.p, self.ty, self.name, self.image, message,
+        );
+        f.container_id = self.container_id.clone();
+        f.image_digest = self.running_digest.clone();
+        f.pid = self.pid;
+        f
+    }
+}
+
+fn check_pod(
+    policy: &PolicySet,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+    p: &PodView<'_>,
+    runtime: &[&ContainerInfo],
+    api_up: bool,
+    findings: &mut Vec<KubeFinding>,
+    sightings: &mut Vec<TagSighting>,
+) {
+    for spec in spec_containers(p.pod) {
+        let c = SpecContainer::observe(p, spec, runtime);
+        findings.extend(check_spec_image(policy, namespace_labels, &c));
         // A static pod the API server does not have.
-        if p.source == Source::Kubelet && api_up && is_live {
+        if p.source == Source::Kubelet && api_up && c.is_live {
             let msg = format!(
-                "{}/{} container {name} runs on the node but no API pod accounts for it (static pod without mirror pod?)",
-                p.ns, p.name
+                "{}/{} container {} runs on the node but no API pod accounts for it (static pod without mirror pod?)",
+                p.ns, p.name, c.name
             );
-            findings.push(fill(base_finding(
-                ReasonKind::NotInApi,
-                FindingVerdict::Unknown,
-                p,
-                ty,
-                name,
-                image,
-                msg,
-            )));
+            findings.push(c.finding(ReasonKind::NotInApi, FindingVerdict::Unknown, msg));
         }
+        findings.extend(check_status_image(&c));
+        check_digest(&c, findings, sightings);
+    }
+}
 
-        // Status image vs spec image.
-        if let Some(st_image) = status.map(|s| s.image.as_str()).filter(|s| !s.is_empty()) {
-            if !same_image(image, st_image) {
-                let msg = format!(
-                    "spec image {:?} but status image {:?}",
-                    imagewarden_policy::text::quote(image),
-                    imagewarden_policy::text::quote(st_image)
-                );
-                let mut f = fill(base_finding(
-                    ReasonKind::SpecStatusMismatch,
-                    FindingVerdict::Unknown,
-                    p,
-                    ty,
-                    name,
-                    image,
-                    msg,
-                ));
-                f.image = Some(image.to_string());
-                findings.push(f);
-            }
+/// The policy on the spec's image (what admission judged), another question
+/// than the controller's verdict on the image the runtime runs
+/// (docs/architecture.md, "Where the policy is evaluated").
+fn check_spec_image(
+    policy: &PolicySet,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+    c: &SpecContainer<'_>,
+) -> Option<KubeFinding> {
+    let ctx = EvalContext::new(c.ty)
+        .with_namespace(Some(c.p.ns))
+        .with_labels(&c.p.labels)
+        .with_namespace_labels(namespace_labels)
+        .with_kind("Pod");
+    let verdict = policy.evaluate(c.image, &ctx);
+    if verdict.allowed {
+        return None;
+    }
+    let mut f = c.finding(
+        ReasonKind::from(verdict.kind),
+        FindingVerdict::Deny,
+        verdict.reason,
+    );
+    f.policy = verdict.policy;
+    f.rule = verdict.rule;
+    f.policy_action = Some(verdict.action);
+    Some(f)
+}
+
+/// The status's image against the spec's.
+fn check_status_image(c: &SpecContainer<'_>) -> Option<KubeFinding> {
+    let st_image = c
+        .status
+        .map(|s| s.image.as_str())
+        .filter(|s| !s.is_empty())?;
+    if same_image(c.image, st_image) {
+        return None;
+    }
+    let msg = format!(
+        "spec image {:?} but status image {:?}",
+        imagewarden_policy::text::quote(c.image),
+        imagewarden_policy::text::quote(st_image)
+    );
+    Some(c.finding(ReasonKind::SpecStatusMismatch, FindingVerdict::Unknown, msg))
+}
+
+/// The digest the container runs against the one its spec pins; a tag's
+/// digest is recorded for the drift pass.
+fn check_digest(
+    c: &SpecContainer<'_>,
+    findings: &mut Vec<KubeFinding>,
+    sightings: &mut Vec<TagSighting>,
+) {
+    let Some(spec_ref) = normalise(c.image) else {
+        return;
+    };
+    match (&spec_ref.digest, &c.running) {
+        (Some(pinned), Some((_, run))) if pinned != run => {
+            let msg = format!("spec pins {pinned} but the container runs {run}");
+            findings.push(c.finding(ReasonKind::ImageDrift, FindingVerdict::Deny, msg));
         }
-
-        // Drift.
-        let Some(spec_ref) = normalise(image) else {
-            continue;
-        };
-        match (&spec_ref.digest, &running) {
-            (Some(pinned), Some((_, run))) if pinned != run => {
-                let msg = format!("spec pins {pinned} but the container runs {run}");
-                findings.push(fill(base_finding(
+        (None, Some((_, run))) if c.is_live => {
+            let tagged = format!(
+                "{}/{}:{}",
+                spec_ref.domain,
+                spec_ref.path,
+                spec_ref.tag.as_deref().unwrap_or("latest")
+            );
+            sightings.push(TagSighting {
+                tagged,
+                digest: run.clone(),
+                finding: c.finding(
                     ReasonKind::ImageDrift,
-                    FindingVerdict::Deny,
-                    p,
-                    ty,
-                    name,
-                    image,
-                    msg,
-                )));
-            }
-            (None, Some((_, run))) if is_live => {
-                let tagged = format!(
-                    "{}/{}:{}",
-                    spec_ref.domain,
-                    spec_ref.path,
-                    spec_ref.tag.as_deref().unwrap_or("latest")
-                );
-                sightings.push(TagSighting {
-                    tagged,
-                    digest: run.clone(),
-                    finding: fill(base_finding(
-                        ReasonKind::ImageDrift,
-                        FindingVerdict::Unknown,
-                        p,
-                        ty,
-                        name,
-                        image,
-                        String::new(),
-                    )),
-                });
-            }
-            _ => {}
+                    FindingVerdict::Unknown,
+                    String::new(),
+                ),
+            });
         }
+        _ => {}
     }
 }
 
