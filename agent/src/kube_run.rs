@@ -331,24 +331,25 @@ impl KubeState {
             &mut self.reported,
         );
         // Fileless and drift execs: their findings are printed already;
-        // here each gets its Event on the Pod.
-        plan.drift = drift.iter().map(KubeFinding::from_exec_drift).collect();
+        // here each gets its Event on the Pod, and nothing else.
+        plan.findings.extend(drift.iter().map(|f| PlannedFinding {
+            finding: KubeFinding::from_exec_drift(f),
+            emit: false,
+            delete_pod: false,
+            policy_report: false,
+        }));
         plan
     }
 
     /// Reports a plan whose actions the agent loop applied: Events,
     /// printed findings, Pod deletions, PolicyReports.
     pub async fn publish(&self, plan: CrossCheckPlan, sinks: &Sinks) {
-        for k in &plan.drift {
-            if let Err(e) = kube_actions::post_event(&self.client, k, &self.node, k.action).await {
-                warn!("posting an Event: {e}");
-            }
-        }
         let mut report_batch: BTreeMap<String, Vec<KubeFinding>> = BTreeMap::new();
         for PlannedFinding {
             finding: f,
             emit,
             delete_pod,
+            policy_report,
         } in plan.findings
         {
             if emit {
@@ -372,7 +373,7 @@ impl KubeState {
                     }
                 }
             }
-            if self.reports {
+            if self.reports && policy_report {
                 report_batch
                     .entry(f.namespace.clone().unwrap_or_else(|| "default".into()))
                     .or_default()
@@ -431,14 +432,18 @@ pub struct PlannedFinding {
     pub emit: bool,
     /// Delete its Pod (`--delete-pods`).
     pub delete_pod: bool,
+    /// A result in its namespace's PolicyReport (`--policy-reports`): the
+    /// cross-checks' findings, not the exec findings that only get their
+    /// Event here.
+    pub policy_report: bool,
 }
 
 /// One cross-check's outcome: the controller actions to apply, then what
 /// to report.
 #[derive(Debug, Default)]
 pub struct CrossCheckPlan {
-    /// Fileless and drift exec findings the controller queued: an Event each.
-    pub drift: Vec<KubeFinding>,
+    /// The cross-checks' new findings, then the fileless and drift exec
+    /// findings the controller queued (an Event each, nothing else).
     pub findings: Vec<PlannedFinding>,
     pub actions: Vec<KubeAction>,
 }
@@ -497,6 +502,7 @@ pub fn plan_findings(
             finding: f,
             emit: !judged_by_runtime,
             delete_pod: p.delete_pod,
+            policy_report: true,
         });
     }
     plan
