@@ -263,7 +263,7 @@ impl AgentLoop {
     async fn on_crosscheck_tick(&mut self) {
         let Some(k) = self.kube.as_mut() else { return };
         let drift = self.ctrl.take_drift_findings();
-        let containers = self.ctrl.containers();
+        let containers = self.ctrl.snapshot();
         let mut plan = k.plan_crosscheck(
             drift,
             &ControllerView {

@@ -410,6 +410,21 @@ fn wire_exemptions(ctrl: &mut Controller, kube: Option<&KubeState>, args: &RunAr
     }
 }
 
+/// The start-up line scripts and tests wait for (`agent running`), with
+/// what the agent attached and how long start-up took.
+fn log_running(ctrl: &Controller, args: &RunArgs, started: Instant) {
+    info!(
+        mode = ?args.mode,
+        exec_hook = ctrl.probes().exec_hook.as_str(),
+        enforcement = ctrl.probes().enforcement.as_str(),
+        inventory = %ctrl.summary(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        resync_ms = ?ctrl.stats.last_resync_ms,
+        cri_verbose = ctrl.stats.last_resync_cri_verbose,
+        "agent running"
+    );
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let metrics = Metrics::new();
@@ -468,16 +483,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = ctrl.probes_mut().heartbeat();
     // Start-up's peak (the kernel BTF parsed and freed) goes back now.
     crate::memory::trim();
-    info!(
-        mode = ?args.mode,
-        exec_hook = ctrl.probes().exec_hook.as_str(),
-        enforcement = ctrl.probes().enforcement.as_str(),
-        inventory = %ctrl.summary(),
-        startup_ms = started.elapsed().as_millis() as u64,
-        resync_ms = ?ctrl.stats.last_resync_ms,
-        cri_verbose = ctrl.stats.last_resync_cri_verbose,
-        "agent running"
-    );
+    log_running(&ctrl, &args, started);
 
     let mut agent = AgentLoop::new(ctrl, kube, metrics, health, sinks, stats, rt_drops);
     agent

@@ -28,6 +28,7 @@ use imagewarden_policy::{Action, ContainerType, EvalContext, PolicySet};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use serde::Serialize;
 
+use crate::controller::Judged;
 use crate::finding::{FindingAction, FindingKind, FindingVerdict, ReasonKind};
 use crate::sources::{ContainerInfo, ContainerKind, ContainerState};
 
@@ -193,8 +194,10 @@ pub struct CrossCheckInput<'a> {
     pub api_pods: Option<Vec<&'a Pod>>,
     /// Pods from the kubelet's `/pods`.
     pub kubelet_pods: Option<Vec<&'a Pod>>,
-    /// Containers from the runtime(s).
-    pub runtime: &'a [ContainerInfo],
+    /// Containers from the runtime(s), each with the controller's decision
+    /// (reported for a container no Pod accounts for, never re-evaluated).
+    pub runtime: &'a [Judged],
+    /// Judges the Pod specs' images (what admission judged).
     pub policy: &'a PolicySet,
     /// Observations returned by the previous run.
     pub previous: &'a Observations,
@@ -457,13 +460,14 @@ pub fn crosscheck(input: &CrossCheckInput<'_>) -> CrossCheckOutput {
     let mut rt_api: BTreeMap<usize, Vec<&ContainerInfo>> = BTreeMap::new();
     let mut rt_kubelet: BTreeMap<usize, Vec<&ContainerInfo>> = BTreeMap::new();
     let mut orphans = Vec::new();
-    for c in input.runtime.iter().filter(|c| runtime_live(c)) {
+    for j in input.runtime.iter().filter(|j| runtime_live(&j.info)) {
+        let c = &j.info;
         if let Some(i) = api_idx.find_container(c) {
             rt_api.entry(i).or_default().push(c);
         } else if let Some(i) = kubelet_idx.find_container(c) {
             rt_kubelet.entry(i).or_default().push(c);
         } else {
-            orphans.push(c);
+            orphans.push(j);
         }
     }
 
@@ -484,14 +488,8 @@ pub fn crosscheck(input: &CrossCheckInput<'_>) -> CrossCheckOutput {
     }
 
     if api_up || input.kubelet_pods.is_some() {
-        for c in orphans {
-            check_orphan(
-                input.policy,
-                input.namespace_labels,
-                c,
-                api_up,
-                &mut findings,
-            );
+        for j in orphans {
+            check_orphan(j, api_up, &mut findings);
         }
     }
 
@@ -521,23 +519,36 @@ fn base_finding(
     f
 }
 
-fn check_pod(
-    policy: &PolicySet,
-    namespace_labels: Option<&BTreeMap<String, String>>,
-    p: &PodView<'_>,
-    runtime: &[&ContainerInfo],
-    api_up: bool,
-    findings: &mut Vec<KubeFinding>,
-    sightings: &mut Vec<TagSighting>,
-) {
-    for (ty, name, image) in spec_containers(p.pod) {
+/// What the runtime and the Pod's status say of one spec container.
+struct SpecContainer<'a> {
+    p: &'a PodView<'a>,
+    ty: ContainerType,
+    name: &'a str,
+    /// The image as the spec writes it.
+    image: &'a str,
+    status: Option<&'a ContainerStatus>,
+    /// The repository and digest the container runs: the runtime's word
+    /// first, else the status's.
+    running: Option<(String, String)>,
+    running_digest: Option<String>,
+    container_id: Option<String>,
+    pid: Option<u32>,
+    /// The runtime runs it, or the status says it runs.
+    is_live: bool,
+}
+
+impl<'a> SpecContainer<'a> {
+    fn observe(
+        p: &'a PodView<'a>,
+        (ty, name, image): (ContainerType, &'a str, &'a str),
+        runtime: &[&ContainerInfo],
+    ) -> Self {
         let status = status_of(p.pod, ty, name);
         let rt = runtime
             .iter()
             .find(|c| c.container_name.as_deref() == Some(name));
         let status_id = status.map(|s| s.image_id.as_str()).map(parse_image_id);
         let rt_id = rt.and_then(|c| c.image_ref.as_deref()).map(parse_image_id);
-        // The digest the container runs: the runtime's word first.
         let running = rt_id
             .as_ref()
             .and_then(|i| i.repo_digest.clone())
@@ -553,129 +564,142 @@ fn check_pod(
                 .map(|s| strip_container_id(s).to_string())
                 .filter(|s| !s.is_empty())
         });
-        let fill = |mut f: KubeFinding| {
-            f.container_id = container_id.clone();
-            f.image_digest = running_digest.clone();
-            f.pid = rt.and_then(|c| c.pid);
-            f
-        };
-        let is_live = rt.is_some() || status.is_some_and(status_running);
-
-        // Policy: the spec's image, a second evaluation beside the
-        // controller's of the runtime's image (docs/architecture.md, "Where
-        // the policy is evaluated twice").
-        let ctx = EvalContext::new(ty)
-            .with_namespace(Some(p.ns))
-            .with_labels(&p.labels)
-            .with_namespace_labels(namespace_labels)
-            .with_kind("Pod");
-        let verdict = policy.evaluate(image, &ctx);
-        if !verdict.allowed {
-            let reason = ReasonKind::from(verdict.kind);
-            let mut f = fill(base_finding(
-                reason,
-                FindingVerdict::Deny,
-                p,
-                ty,
-                name,
-                image,
-                verdict.reason.clone(),
-            ));
-            f.policy = verdict.policy.clone();
-            f.rule = verdict.rule.clone();
-            f.policy_action = Some(verdict.action);
-            findings.push(f);
+        SpecContainer {
+            p,
+            ty,
+            name,
+            image,
+            status,
+            running,
+            running_digest,
+            container_id,
+            pid: rt.and_then(|c| c.pid),
+            is_live: rt.is_some() || status.is_some_and(status_running),
         }
+    }
 
-        // A static pod the API server does not have.
-        if p.source == Source::Kubelet && api_up && is_live {
-            let msg = format!(
-                "{}/{} container {name} runs on the node but no API pod accounts for it (static pod without mirror pod?)",
-                p.ns, p.name
-            );
-            findings.push(fill(base_finding(
-                ReasonKind::NotInApi,
-                FindingVerdict::Unknown,
-                p,
-                ty,
-                name,
-                image,
-                msg,
-            )));
-        }
-
-        // Status image vs spec image.
-        if let Some(st_image) = status.map(|s| s.image.as_str()).filter(|s| !s.is_empty()) {
-            if !same_image(image, st_image) {
-                let msg = format!(
-                    "spec image {:?} but status image {:?}",
-                    imagewarden_policy::text::quote(image),
-                    imagewarden_policy::text::quote(st_image)
-                );
-                let mut f = fill(base_finding(
-                    ReasonKind::SpecStatusMismatch,
-                    FindingVerdict::Unknown,
-                    p,
-                    ty,
-                    name,
-                    image,
-                    msg,
-                ));
-                f.image = Some(image.to_string());
-                findings.push(f);
-            }
-        }
-
-        // Drift.
-        let Some(spec_ref) = normalise(image) else {
-            continue;
-        };
-        match (&spec_ref.digest, &running) {
-            (Some(pinned), Some((_, run))) if pinned != run => {
-                let msg = format!("spec pins {pinned} but the container runs {run}");
-                findings.push(fill(base_finding(
-                    ReasonKind::ImageDrift,
-                    FindingVerdict::Deny,
-                    p,
-                    ty,
-                    name,
-                    image,
-                    msg,
-                )));
-            }
-            (None, Some((_, run))) if is_live => {
-                let tagged = format!(
-                    "{}/{}:{}",
-                    spec_ref.domain,
-                    spec_ref.path,
-                    spec_ref.tag.as_deref().unwrap_or("latest")
-                );
-                sightings.push(TagSighting {
-                    tagged,
-                    digest: run.clone(),
-                    finding: fill(base_finding(
-                        ReasonKind::ImageDrift,
-                        FindingVerdict::Unknown,
-                        p,
-                        ty,
-                        name,
-                        image,
-                        String::new(),
-                    )),
-                });
-            }
-            _ => {}
-        }
+    /// A finding about this container, with what the runtime says of it.
+    fn finding(&self, reason: ReasonKind, verdict: FindingVerdict, message: String) -> KubeFinding {
+        let mut f = base_finding(
+            reason, verdict, self.p, self.ty, self.name, self.image, message,
+        );
+        f.container_id = self.container_id.clone();
+        f.image_digest = self.running_digest.clone();
+        f.pid = self.pid;
+        f
     }
 }
 
-fn check_orphan(
+fn check_pod(
     policy: &PolicySet,
-    namespace_labels: &BTreeMap<String, BTreeMap<String, String>>,
-    c: &ContainerInfo,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+    p: &PodView<'_>,
+    runtime: &[&ContainerInfo],
     api_up: bool,
     findings: &mut Vec<KubeFinding>,
+    sightings: &mut Vec<TagSighting>,
 ) {
+    for spec in spec_containers(p.pod) {
+        let c = SpecContainer::observe(p, spec, runtime);
+        findings.extend(check_spec_image(policy, namespace_labels, &c));
+        // A static pod the API server does not have.
+        if p.source == Source::Kubelet && api_up && c.is_live {
+            let msg = format!(
+                "{}/{} container {} runs on the node but no API pod accounts for it (static pod without mirror pod?)",
+                p.ns, p.name, c.name
+            );
+            findings.push(c.finding(ReasonKind::NotInApi, FindingVerdict::Unknown, msg));
+        }
+        findings.extend(check_status_image(&c));
+        check_digest(&c, findings, sightings);
+    }
+}
+
+/// The policy on the spec's image (what admission judged), another question
+/// than the controller's verdict on the image the runtime runs
+/// (docs/architecture.md, "Where the policy is evaluated").
+fn check_spec_image(
+    policy: &PolicySet,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+    c: &SpecContainer<'_>,
+) -> Option<KubeFinding> {
+    let ctx = EvalContext::new(c.ty)
+        .with_namespace(Some(c.p.ns))
+        .with_labels(&c.p.labels)
+        .with_namespace_labels(namespace_labels)
+        .with_kind("Pod");
+    let verdict = policy.evaluate(c.image, &ctx);
+    if verdict.allowed {
+        return None;
+    }
+    let mut f = c.finding(
+        ReasonKind::from(verdict.kind),
+        FindingVerdict::Deny,
+        verdict.reason,
+    );
+    f.policy = verdict.policy;
+    f.rule = verdict.rule;
+    f.policy_action = Some(verdict.action);
+    Some(f)
+}
+
+/// The status's image against the spec's.
+fn check_status_image(c: &SpecContainer<'_>) -> Option<KubeFinding> {
+    let st_image = c
+        .status
+        .map(|s| s.image.as_str())
+        .filter(|s| !s.is_empty())?;
+    if same_image(c.image, st_image) {
+        return None;
+    }
+    let msg = format!(
+        "spec image {:?} but status image {:?}",
+        imagewarden_policy::text::quote(c.image),
+        imagewarden_policy::text::quote(st_image)
+    );
+    Some(c.finding(ReasonKind::SpecStatusMismatch, FindingVerdict::Unknown, msg))
+}
+
+/// The digest the container runs against the one its spec pins; a tag's
+/// digest is recorded for the drift pass.
+fn check_digest(
+    c: &SpecContainer<'_>,
+    findings: &mut Vec<KubeFinding>,
+    sightings: &mut Vec<TagSighting>,
+) {
+    let Some(spec_ref) = normalise(c.image) else {
+        return;
+    };
+    match (&spec_ref.digest, &c.running) {
+        (Some(pinned), Some((_, run))) if pinned != run => {
+            let msg = format!("spec pins {pinned} but the container runs {run}");
+            findings.push(c.finding(ReasonKind::ImageDrift, FindingVerdict::Deny, msg));
+        }
+        (None, Some((_, run))) if c.is_live => {
+            let tagged = format!(
+                "{}/{}:{}",
+                spec_ref.domain,
+                spec_ref.path,
+                spec_ref.tag.as_deref().unwrap_or("latest")
+            );
+            sightings.push(TagSighting {
+                tagged,
+                digest: run.clone(),
+                finding: c.finding(
+                    ReasonKind::ImageDrift,
+                    FindingVerdict::Unknown,
+                    String::new(),
+                ),
+            });
+        }
+        _ => {}
+    }
+}
+
+/// A live runtime container no Pod accounts for: `not-in-api`, and the
+/// controller's policy violation for it, if any.
+fn check_orphan(j: &Judged, api_up: bool, findings: &mut Vec<KubeFinding>) {
+    let c = &j.info;
     let image = c
         .image_as_written
         .clone()
@@ -716,36 +740,23 @@ fn check_orphan(
         Source::Runtime,
         msg,
     )));
-    if image.is_empty() {
+    // The controller judged this container already (it is one of its
+    // snapshot): its decision is reported, the policy is not evaluated
+    // again (docs/architecture.md, "Where the policy is evaluated").
+    let Some(v) = &j.decision.violation else {
         return;
-    }
-    // The controller judged this container too, without the Namespace's
-    // labels (docs/architecture.md, "Where the policy is evaluated twice").
-    let no_labels = BTreeMap::new();
-    let ctx = EvalContext::new(ContainerType::Container)
-        .with_namespace(c.pod_namespace.as_deref())
-        .with_labels(&no_labels)
-        .with_namespace_labels(
-            c.pod_namespace
-                .as_deref()
-                .and_then(|ns| namespace_labels.get(ns)),
-        )
-        .with_kind("Pod");
-    let verdict = policy.evaluate(&image, &ctx);
-    if !verdict.allowed {
-        let reason = ReasonKind::from(verdict.kind);
-        let mut f = fill(KubeFinding::new(
-            reason,
-            FindingVerdict::Deny,
-            Source::Runtime,
-            verdict.reason.clone(),
-        ));
-        f.container_type = Some(ContainerType::Container);
-        f.policy = verdict.policy;
-        f.rule = verdict.rule;
-        f.policy_action = Some(verdict.action);
-        findings.push(f);
-    }
+    };
+    let mut f = fill(KubeFinding::new(
+        v.reason.kind,
+        FindingVerdict::Deny,
+        Source::Runtime,
+        v.reason.text.clone(),
+    ));
+    f.container_type = Some(ContainerType::Container);
+    f.policy = v.policy.clone();
+    f.rule = v.rule.clone();
+    f.policy_action = Some(v.action);
+    findings.push(f);
 }
 
 /// Compares the digests tags run at with the previous observations.
@@ -874,10 +885,13 @@ spec:
         prev: &Observations,
     ) -> Run {
         let set = load_policy_str(policy, "test").unwrap();
+        // Each container as the controller decided it (no Pod context: only
+        // the decisions of containers no Pod accounts for are read).
+        let runtime = judged(&set, runtime);
         let out = crosscheck(&CrossCheckInput {
             api_pods: api.map(|p| p.iter().collect()),
             kubelet_pods: kubelet.map(|p| p.iter().collect()),
-            runtime,
+            runtime: &runtime,
             policy: &set,
             previous: prev,
             namespace_labels: &BTreeMap::new(),
@@ -886,6 +900,16 @@ spec:
             findings: out.findings,
             obs: out.observations,
         }
+    }
+
+    fn judged(policy: &PolicySet, runtime: &[ContainerInfo]) -> Vec<Judged> {
+        runtime
+            .iter()
+            .map(|c| Judged {
+                info: c.clone(),
+                decision: crate::controller::decide(policy, c, None),
+            })
+            .collect()
     }
 
     fn find<'a>(
@@ -1414,6 +1438,66 @@ spec:
         // Both down: only the runtime; nothing can be "not in API".
         let r = run(NATIVE, None, None, &[ctr], &Observations::default());
         assert!(r.findings.iter().all(|f| f.reason != ReasonKind::NotInApi));
+    }
+
+    /// A container no Pod accounts for is one the controller decided: its
+    /// decision is reported as it stands, whatever the cross-check's policy
+    /// would say of the image now.
+    #[test]
+    fn an_orphan_reports_the_controllers_decision_and_is_not_evaluated_again() {
+        let api = pods(API_PODS);
+        let ctr = {
+            let mut c = rt("ctr-1", "", "", "", "", "docker.io/library/nginx:1", "");
+            c.runtime = "containerd";
+            c
+        };
+        let native = load_policy_str(NATIVE, "native").unwrap();
+        let allow_all = load_policy_str(
+            "apiVersion: imagewarden.dev/v1alpha1\nkind: ImagePolicy\n\
+             metadata: {name: everything}\nspec:\n  rules:\n  - name: any\n\
+             \x20   allow: [{registry: docker.io}]\n",
+            "all",
+        )
+        .unwrap();
+        let input = |runtime: &'_ [Judged], policy: &'_ PolicySet| {
+            crosscheck(&CrossCheckInput {
+                api_pods: Some(api.iter().collect()),
+                kubelet_pods: None,
+                runtime,
+                policy,
+                previous: &Observations::default(),
+                namespace_labels: &BTreeMap::new(),
+            })
+            .findings
+        };
+        let of_ctr = |fs: &[KubeFinding], reason: ReasonKind| {
+            fs.iter()
+                .filter(|f| f.container_id.as_deref() == Some("ctr-1") && f.reason == reason)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        // The controller allowed it (say, under an older policy): the
+        // cross-check's policy, which denies it, is not asked.
+        let allowed = judged(&allow_all, std::slice::from_ref(&ctr));
+        assert!(allowed[0].decision.violation.is_none());
+        let fs = input(&allowed, &native);
+        assert!(
+            of_ctr(&fs, ReasonKind::UntrustedImage).is_empty(),
+            "{fs:#?}"
+        );
+        assert_eq!(of_ctr(&fs, ReasonKind::NotInApi).len(), 1);
+        // The controller denied it: reported with its policy, rule and
+        // action, though the cross-check's policy would allow it.
+        let denied = judged(&native, std::slice::from_ref(&ctr));
+        let v = denied[0].decision.violation.clone().expect("a violation");
+        let fs = input(&denied, &allow_all);
+        let u = of_ctr(&fs, ReasonKind::UntrustedImage);
+        assert_eq!(u.len(), 1, "{fs:#?}");
+        assert_eq!(u[0].message, v.reason.text);
+        assert_eq!(u[0].policy.as_deref(), Some("trusted"));
+        assert_eq!((&u[0].rule, u[0].policy_action), (&v.rule, Some(v.action)));
+        assert_eq!(u[0].container_type, Some(ContainerType::Container));
+        assert_eq!(u[0].source, Source::Runtime);
     }
 
     #[test]

@@ -16,8 +16,19 @@ use crate::metrics::Metrics;
 use crate::probes::event::{ExecRecord, Hook, KernelVerdict};
 use crate::sink::Sinks;
 
-/// Declares an enum of a finding's field whose JSON value is its `as_str`.
+/// Declares an enum of a finding's field whose JSON value is its `as_str`;
+/// with `=> "wire" / "Event"` each value also names its Kubernetes Event
+/// reason (`event_reason`).
 macro_rules! wire_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal / $ev:literal),+ $(,)? }) => {
+        wire_enum!($(#[$m])* $name { $($(#[$vm])* $v => $s),+ });
+        impl $name {
+            /// The Kubernetes Event reason (CamelCase).
+            pub fn event_reason(self) -> &'static str {
+                match self { $($name::$v => $ev),+ }
+            }
+        }
+    };
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -83,60 +94,70 @@ wire_enum!(
     /// part before the first `:`), except [`ReasonKind::AgentItself`], whose
     /// text reads `imagewarden itself: ...`. A finding's reason kind is set
     /// where the finding is made, never parsed back out of the text.
+    ///
+    /// Each kind names its wire string (JSON lines, the `reason` label of
+    /// `imagewarden_findings_total`, see [`ReasonKind::metric_label`]) and
+    /// its Event reason here: a new kind is one line, plus the check that
+    /// raises it (and its row in docs/metrics.md, which a test compares).
     ReasonKind {
         /// A rule allows the image, no rule applies, or a pod sandbox.
-        Allowed => "allowed",
+        Allowed => "allowed" / "Allowed",
         /// The policy denies the image.
-        UntrustedImage => "untrusted-image",
+        UntrustedImage => "untrusted-image" / "UntrustedImage",
         /// The image is not a valid reference.
-        InvalidReference => "invalid-reference",
+        InvalidReference => "invalid-reference" / "InvalidImageReference",
         /// The running digest differs from the pinned one, or a tag moved.
-        ImageDrift => "image-drift",
+        ImageDrift => "image-drift" / "ImageDrift",
         /// A running container no API pod accounts for.
-        NotInApi => "not-in-api",
+        NotInApi => "not-in-api" / "NotInAPI",
         /// The status image is another image than the spec's.
-        SpecStatusMismatch => "spec-status-mismatch",
+        SpecStatusMismatch => "spec-status-mismatch" / "SpecStatusMismatch",
         /// No image name, or a held cgroup no runtime claimed in time.
-        Unresolved => "unresolved",
+        Unresolved => "unresolved" / "Unresolved",
         /// Held until CRI confirms the container.
-        Pending => "pending",
+        Pending => "pending" / "Pending",
         /// An exec in a `--deny-cgroup` cgroup.
-        DeniedCgroup => "denied-cgroup",
+        DeniedCgroup => "denied-cgroup" / "DeniedCgroup",
         /// An exec held until its container is classified.
-        HeldUntilClassified => "held-until-classified",
+        HeldUntilClassified => "held-until-classified" / "HeldUntilClassified",
         /// An exec of a cgroup no source knows.
-        Unattributed => "unattributed",
+        Unattributed => "unattributed" / "Unattributed",
         /// A container exec'd a file with no name on disk (memfd, unlinked).
-        FilelessExec => "fileless-exec",
+        FilelessExec => "fileless-exec" / "FilelessExec",
         /// A container exec'd a file of its writable (overlayfs upper) layer.
-        DriftExec => "drift-exec",
+        DriftExec => "drift-exec" / "ExecDrift",
         /// A container ran while no agent was alive (dead-man's switch).
-        RanUnenforced => "ran-unenforced",
+        RanUnenforced => "ran-unenforced" / "RanUnenforced",
         /// The agent's own cgroup: never held nor killed.
-        AgentItself => "imagewarden-itself",
+        AgentItself => "imagewarden-itself" / "AgentItself",
     }
 );
 
 impl ReasonKind {
-    /// The Kubernetes Event reason (CamelCase).
-    pub fn event_reason(self) -> &'static str {
+    /// The `reason` label of `imagewarden_findings_total`: the kind's wire
+    /// string. The four kinds listed here share the series `other`, as
+    /// they did before the kinds were typed (a dashboard's label set stays);
+    /// any other kind, a new one included, gets its own series.
+    pub fn metric_label(self) -> &'static str {
         match self {
-            ReasonKind::Allowed => "Allowed",
-            ReasonKind::UntrustedImage => "UntrustedImage",
-            ReasonKind::InvalidReference => "InvalidImageReference",
-            ReasonKind::ImageDrift => "ImageDrift",
-            ReasonKind::NotInApi => "NotInAPI",
-            ReasonKind::SpecStatusMismatch => "SpecStatusMismatch",
-            ReasonKind::Unresolved => "Unresolved",
-            ReasonKind::Pending => "Pending",
-            ReasonKind::DeniedCgroup => "DeniedCgroup",
-            ReasonKind::HeldUntilClassified => "HeldUntilClassified",
-            ReasonKind::Unattributed => "Unattributed",
-            ReasonKind::FilelessExec => "FilelessExec",
-            ReasonKind::DriftExec => "ExecDrift",
-            ReasonKind::RanUnenforced => "RanUnenforced",
-            ReasonKind::AgentItself => "AgentItself",
+            ReasonKind::Allowed
+            | ReasonKind::Pending
+            | ReasonKind::RanUnenforced
+            | ReasonKind::AgentItself => "other",
+            k => k.as_str(),
         }
+    }
+
+    /// Every `reason` label of `imagewarden_findings_total`, each once, in
+    /// the order of [`ReasonKind::ALL`].
+    pub fn metric_labels() -> Vec<&'static str> {
+        let mut out: Vec<&'static str> = Vec::new();
+        for k in ReasonKind::ALL {
+            if !out.contains(&k.metric_label()) {
+                out.push(k.metric_label());
+            }
+        }
+        out
     }
 }
 

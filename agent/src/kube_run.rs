@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::{
     cli::{Mode, RunArgs},
-    controller::{PodContext, PodLookup},
+    controller::{Judged, PodContext, PodLookup},
     crosscheck::{self, CrossCheckInput, KubeFinding, Observations},
     finding::{FindingAction, ReasonKind},
     kube_actions::{self, ActionOptions, ModeResolver},
@@ -294,7 +294,8 @@ impl KubeState {
         let policy = self.policy.policy.borrow().clone();
         self.metrics
             .set_source_up(Source::KubeNamespaces, self.namespaces.health.is_up());
-        // The labels of the namespaces this node's Pods and containers are in.
+        // The labels of the namespaces this node's Pods are in (their spec
+        // images are judged here; runtime containers by the controller).
         let namespace_labels: BTreeMap<String, BTreeMap<String, String>> = api
             .iter()
             .flatten()
@@ -304,7 +305,6 @@ impl KubeState {
                     .flat_map(|v| v.iter())
                     .filter_map(|p| p.metadata.namespace.clone()),
             )
-            .chain(runtime.iter().filter_map(|c| c.pod_namespace.clone()))
             .collect::<HashSet<String>>()
             .into_iter()
             .filter_map(|ns| Some((ns.clone(), self.namespaces.labels(&ns)?)))
@@ -331,24 +331,25 @@ impl KubeState {
             &mut self.reported,
         );
         // Fileless and drift execs: their findings are printed already;
-        // here each gets its Event on the Pod.
-        plan.drift = drift.iter().map(KubeFinding::from_exec_drift).collect();
+        // here each gets its Event on the Pod, and nothing else.
+        plan.findings.extend(drift.iter().map(|f| PlannedFinding {
+            finding: KubeFinding::from_exec_drift(f),
+            emit: false,
+            delete_pod: false,
+            policy_report: false,
+        }));
         plan
     }
 
     /// Reports a plan whose actions the agent loop applied: Events,
     /// printed findings, Pod deletions, PolicyReports.
     pub async fn publish(&self, plan: CrossCheckPlan, sinks: &Sinks) {
-        for k in &plan.drift {
-            if let Err(e) = kube_actions::post_event(&self.client, k, &self.node, k.action).await {
-                warn!("posting an Event: {e}");
-            }
-        }
         let mut report_batch: BTreeMap<String, Vec<KubeFinding>> = BTreeMap::new();
         for PlannedFinding {
             finding: f,
             emit,
             delete_pod,
+            policy_report,
         } in plan.findings
         {
             if emit {
@@ -372,7 +373,7 @@ impl KubeState {
                     }
                 }
             }
-            if self.reports {
+            if self.reports && policy_report {
                 report_batch
                     .entry(f.namespace.clone().unwrap_or_else(|| "default".into()))
                     .or_default()
@@ -392,22 +393,22 @@ impl KubeState {
 }
 
 /// What the controller knows, read-only, for the cross-checks: a snapshot
-/// of its containers (`Controller::containers`).
+/// of its containers and its decision about each (`Controller::snapshot`).
 pub struct ControllerView<'a> {
-    pub containers: &'a [ContainerInfo],
+    pub containers: &'a [Judged],
 }
 
 impl ControllerView<'_> {
     /// Whether the runtime path has this container (and so judged it).
     pub fn knows(&self, container_id: &str) -> bool {
-        self.containers.iter().any(|c| c.id == container_id)
+        self.containers.iter().any(|c| c.info.id == container_id)
     }
 
     /// Whether CRI describes this container as a static Pod's.
     pub fn is_static_pod(&self, container_id: &str) -> bool {
         self.containers
             .iter()
-            .any(|c| c.id == container_id && c.static_pod)
+            .any(|c| c.info.id == container_id && c.info.static_pod)
     }
 }
 
@@ -431,14 +432,18 @@ pub struct PlannedFinding {
     pub emit: bool,
     /// Delete its Pod (`--delete-pods`).
     pub delete_pod: bool,
+    /// A result in its namespace's PolicyReport (`--policy-reports`): the
+    /// cross-checks' findings, not the exec findings that only get their
+    /// Event here.
+    pub policy_report: bool,
 }
 
 /// One cross-check's outcome: the controller actions to apply, then what
 /// to report.
 #[derive(Debug, Default)]
 pub struct CrossCheckPlan {
-    /// Fileless and drift exec findings the controller queued: an Event each.
-    pub drift: Vec<KubeFinding>,
+    /// The cross-checks' new findings, then the fileless and drift exec
+    /// findings the controller queued (an Event each, nothing else).
     pub findings: Vec<PlannedFinding>,
     pub actions: Vec<KubeAction>,
 }
@@ -497,6 +502,7 @@ pub fn plan_findings(
             finding: f,
             emit: !judged_by_runtime,
             delete_pod: p.delete_pod,
+            policy_report: true,
         });
     }
     plan
@@ -545,6 +551,14 @@ mod tests {
     ) -> CrossCheckPlan {
         let policy = load_policy_str(crate::cmd_run::EMBEDDED_POLICY, "embedded").expect("policy");
         let pods = [pod()];
+        let runtime: Vec<Judged> = runtime
+            .iter()
+            .map(|c| Judged {
+                info: c.clone(),
+                decision: crate::controller::decide(&policy, c, None),
+            })
+            .collect();
+        let runtime = runtime.as_slice();
         let out = crosscheck::crosscheck(&CrossCheckInput {
             api_pods: Some(pods.iter().collect()),
             kubelet_pods: None,

@@ -23,7 +23,7 @@ use prometheus_client::{
         counter::ConstCounter, counter::Counter, family::Family, gauge::ConstGauge, gauge::Gauge,
         info::Info,
     },
-    registry::Registry,
+    registry::{Metric, Registry},
 };
 
 use crate::finding::ReasonKind;
@@ -85,29 +85,6 @@ label_enum!(
         Unknown => "unknown",
         /// Held (SIGSTOP) until user space classifies the container.
         Hold => "hold",
-    }
-);
-
-label_enum!(
-    /// The `reason` label of a finding: its [`ReasonKind`], or `other` for
-    /// the kinds without a series of their own (see the `From` impl).
-    FindingReason {
-        UntrustedImage => "untrusted-image",
-        InvalidReference => "invalid-reference",
-        ImageDrift => "image-drift",
-        NotInApi => "not-in-api",
-        SpecStatusMismatch => "spec-status-mismatch",
-        Unresolved => "unresolved",
-        DeniedCgroup => "denied-cgroup",
-        /// An exec held until its container is classified (`held-until-classified`).
-        HeldUntilClassified => "held-until-classified",
-        /// An exec of a cgroup no source knows (`unattributed`).
-        Unattributed => "unattributed",
-        /// A container exec'd a file with no name on disk (memfd, unlinked).
-        FilelessExec => "fileless-exec",
-        /// A container exec'd a file of its writable (overlayfs upper) layer.
-        DriftExec => "drift-exec",
-        Other => "other",
     }
 );
 
@@ -184,6 +161,32 @@ fn gauge_handles<E: Copy>(
         .collect()
 }
 
+/// Registers a metric and returns a handle to it.
+fn register<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let m = M::default();
+    registry.register(name, help, m.clone());
+    m
+}
+
+/// The findings sinks' counters, one per sink: accepted lines, dropped
+/// lines, errors.
+fn sink_counters(registry: &mut Registry) -> [Vec<Counter>; 3] {
+    let sink_lines: Family<Labels1, Counter> =
+        register(registry, "sink_lines", "Finding lines accepted by a sink.");
+    let sink_dropped: Family<Labels1, Counter> = register(
+        registry,
+        "sink_dropped",
+        "Finding lines a sink dropped (queue full or retries exhausted).",
+    );
+    let sink_errors: Family<Labels1, Counter> = register(
+        registry,
+        "sink_errors",
+        "Write or delivery errors of a sink (including retried ones).",
+    );
+    [sink_lines, sink_dropped, sink_errors]
+        .map(|f| handles(&f, "sink", SinkLabel::ALL, SinkLabel::as_str))
+}
+
 /// Scrape-time sources, set once the run loop has them.
 #[derive(Default)]
 struct ScrapeSources {
@@ -215,6 +218,74 @@ fn const_counter(
     c.encode(me)
 }
 
+/// Whether the kernel's counters were readable, and the kills by mechanism
+/// (the kernel's and user space's `cgroup_kill`).
+fn encode_kills(
+    enc: &mut DescriptorEncoder,
+    kernel: Option<&KernelCounters>,
+    cgroup_kills: u64,
+) -> Result<(), std::fmt::Error> {
+    let readable = ConstGauge::new(i64::from(kernel.is_some()));
+    let me = enc.encode_descriptor(
+        "kernel_counters_readable",
+        "1 when the kernel's per-CPU counters could be read for this scrape.",
+        None,
+        readable.metric_type(),
+    )?;
+    readable.encode(me)?;
+
+    {
+        let kills = ConstCounter::new(0u64);
+        let mut me = enc.encode_descriptor(
+            "kills",
+            "Denied workloads stopped, by mechanism (kernel_signal and lsm are kernel counters).",
+            None,
+            kills.metric_type(),
+        )?;
+        let mut rows: Vec<(KillMechanism, u64)> = Vec::with_capacity(4);
+        if let Some(k) = kernel {
+            rows.push((KillMechanism::KernelSignal, k.kills));
+            rows.push((KillMechanism::Lsm, k.lsm_denies));
+        }
+        rows.push((KillMechanism::CgroupKill, cgroup_kills));
+        for (m, v) in rows {
+            let labels: Labels1 = [("mechanism", m.as_str())];
+            ConstCounter::new(v).encode(me.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// The ring-buffer reader's counters, when the reader is set.
+fn encode_reader(enc: &mut DescriptorEncoder, src: &ScrapeSources) -> Result<(), std::fmt::Error> {
+    let reader = src
+        .reader
+        .read()
+        .ok()
+        .and_then(|g| g.as_ref().map(Arc::clone));
+    if let Some(r) = reader {
+        const_counter(
+            enc,
+            "events_received",
+            "Exec events read from the ring buffer by user space.",
+            r.received.load(Ordering::Relaxed),
+        )?;
+        const_counter(
+            enc,
+            "events_channel_drops",
+            "Exec events dropped in user space because the pipeline channel was full.",
+            r.channel_drops.load(Ordering::Relaxed),
+        )?;
+        const_counter(
+            enc,
+            "event_decode_errors",
+            "Exec events that could not be decoded.",
+            r.decode_errors.load(Ordering::Relaxed),
+        )?;
+    }
+    Ok(())
+}
+
 impl Collector for ScrapeCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let src = &self.0;
@@ -225,34 +296,7 @@ impl Collector for ScrapeCollector {
             .and_then(|g| g.as_ref().map(Arc::clone))
             .and_then(|s| s.read());
 
-        let readable = ConstGauge::new(i64::from(kernel.is_some()));
-        let me = enc.encode_descriptor(
-            "kernel_counters_readable",
-            "1 when the kernel's per-CPU counters could be read for this scrape.",
-            None,
-            readable.metric_type(),
-        )?;
-        readable.encode(me)?;
-
-        {
-            let kills = ConstCounter::new(0u64);
-            let mut me = enc.encode_descriptor(
-                "kills",
-                "Denied workloads stopped, by mechanism (kernel_signal and lsm are kernel counters).",
-                None,
-                kills.metric_type(),
-            )?;
-            let mut rows: Vec<(KillMechanism, u64)> = Vec::with_capacity(4);
-            if let Some(k) = kernel {
-                rows.push((KillMechanism::KernelSignal, k.kills));
-                rows.push((KillMechanism::Lsm, k.lsm_denies));
-            }
-            rows.push((KillMechanism::CgroupKill, src.cgroup_kills.get()));
-            for (m, v) in rows {
-                let labels: Labels1 = [("mechanism", m.as_str())];
-                ConstCounter::new(v).encode(me.encode_family(&labels)?)?;
-            }
-        }
+        encode_kills(&mut enc, kernel.as_ref(), src.cgroup_kills.get())?;
 
         if let Some(k) = kernel {
             const_counter(
@@ -300,31 +344,7 @@ impl Collector for ScrapeCollector {
             )?;
         }
 
-        let reader = src
-            .reader
-            .read()
-            .ok()
-            .and_then(|g| g.as_ref().map(Arc::clone));
-        if let Some(r) = reader {
-            const_counter(
-                &mut enc,
-                "events_received",
-                "Exec events read from the ring buffer by user space.",
-                r.received.load(Ordering::Relaxed),
-            )?;
-            const_counter(
-                &mut enc,
-                "events_channel_drops",
-                "Exec events dropped in user space because the pipeline channel was full.",
-                r.channel_drops.load(Ordering::Relaxed),
-            )?;
-            const_counter(
-                &mut enc,
-                "event_decode_errors",
-                "Exec events that could not be decoded.",
-                r.decode_errors.load(Ordering::Relaxed),
-            )?;
-        }
+        encode_reader(&mut enc, src)?;
         Ok(())
     }
 }
@@ -391,84 +411,58 @@ impl Metrics {
     pub fn with_build_info(build: BuildInfo) -> Self {
         let mut registry = Registry::with_prefix("imagewarden");
 
-        let exec_events = Family::<Labels1, Counter>::default();
-        registry.register(
+        let exec_events: Family<Labels1, Counter> = register(
+            &mut registry,
             "exec_events",
             "Exec events handled by user space, by kernel verdict.",
-            exec_events.clone(),
         );
-        let findings = Family::<Labels1, Counter>::default();
-        registry.register(
+        let findings: Family<Labels1, Counter> = register(
+            &mut registry,
             "findings",
             "Findings reported, by stable reason prefix.",
-            findings.clone(),
         );
-        let containers = Family::<Labels1, Gauge>::default();
-        registry.register(
+        let containers: Family<Labels1, Gauge> = register(
+            &mut registry,
             "containers",
             "Containers on the node, by verdict.",
-            containers.clone(),
         );
-        let reloads = Family::<Labels1, Counter>::default();
-        registry.register(
+        let reloads: Family<Labels1, Counter> = register(
+            &mut registry,
             "policy_reloads",
             "Policy loads and reloads, by result.",
-            reloads.clone(),
         );
-        let source_up = Family::<Labels1, Gauge>::default();
-        registry.register(
+        let source_up: Family<Labels1, Gauge> = register(
+            &mut registry,
             "source_up",
             "1 when a node state source is connected and synced, 0 when down.",
-            source_up.clone(),
         );
-        let mode = Family::<Labels1, Gauge>::default();
-        registry.register(
+        let mode: Family<Labels1, Gauge> = register(
+            &mut registry,
             "mode",
             "1 for the agent's mode (audit or enforce), 0 for the other.",
-            mode.clone(),
         );
-        let enforcement = Family::<Labels2, Gauge>::default();
-        registry.register(
+        let enforcement: Family<Labels2, Gauge> = register(
+            &mut registry,
             "enforcement_info",
             "1 for the enforcement mechanism (lsm or signal) and exec hook (tp_btf or tracepoint) in use.",
-            enforcement.clone(),
         );
         registry.register(
             "build",
             "Build information.",
             Info::new([("version", build.version), ("git_commit", build.git_commit)]),
         );
-        let sink_lines = Family::<Labels1, Counter>::default();
-        registry.register(
-            "sink_lines",
-            "Finding lines accepted by a sink.",
-            sink_lines.clone(),
-        );
-        let sink_dropped = Family::<Labels1, Counter>::default();
-        registry.register(
-            "sink_dropped",
-            "Finding lines a sink dropped (queue full or retries exhausted).",
-            sink_dropped.clone(),
-        );
-        let sink_errors = Family::<Labels1, Counter>::default();
-        registry.register(
-            "sink_errors",
-            "Write or delivery errors of a sink (including retried ones).",
-            sink_errors.clone(),
-        );
+        let [sink_lines, sink_dropped, sink_errors] = sink_counters(&mut registry);
 
-        let policy_missing = Gauge::default();
-        registry.register(
+        let policy_missing: Gauge = register(
+            &mut registry,
             "policy_missing",
             "1 while the cluster has no policy left: the last good policy stays in force and /readyz is not ready.",
-            policy_missing.clone(),
         );
 
-        let unenforced_execs = Counter::default();
-        registry.register(
+        let unenforced_execs: Counter = register(
+            &mut registry,
             "unenforced_execs",
             "Execs of unknown containers the kernel let run unheld while no agent was alive (dead-man's switch), as reported by the next agent.",
-            unenforced_execs.clone(),
         );
 
         let scrape = Arc::new(ScrapeSources::default());
@@ -476,19 +470,20 @@ impl Metrics {
 
         let inner = Inner {
             exec_events: handles(&exec_events, "verdict", Verdict::ALL, Verdict::as_str),
+            // Indexed by kind; the kinds sharing `other` share its counter.
             findings: handles(
                 &findings,
                 "reason",
-                FindingReason::ALL,
-                FindingReason::as_str,
+                ReasonKind::ALL,
+                ReasonKind::metric_label,
             ),
             containers: gauge_handles(&containers, "verdict", Verdict::ALL, Verdict::as_str),
             reloads: handles(&reloads, "result", ReloadResult::ALL, ReloadResult::as_str),
             source_up: gauge_handles(&source_up, "source", Source::ALL, Source::as_str),
             mode: gauge_handles(&mode, "mode", ModeLabel::ALL, ModeLabel::as_str),
-            sink_lines: handles(&sink_lines, "sink", SinkLabel::ALL, SinkLabel::as_str),
-            sink_dropped: handles(&sink_dropped, "sink", SinkLabel::ALL, SinkLabel::as_str),
-            sink_errors: handles(&sink_errors, "sink", SinkLabel::ALL, SinkLabel::as_str),
+            sink_lines,
+            sink_dropped,
+            sink_errors,
             enforcement,
             policy_missing,
             unenforced_execs,
@@ -519,7 +514,7 @@ impl Metrics {
 
     /// One finding reported, by its reason kind.
     pub fn finding(&self, reason: ReasonKind) {
-        self.0.findings[FindingReason::from(reason).index()].inc();
+        self.0.findings[reason as usize].inc();
     }
 
     /// A kill done by user space. Kernel kills (`kernel_signal`, `lsm`) are
@@ -614,32 +609,6 @@ impl Metrics {
     }
 }
 
-impl From<ReasonKind> for FindingReason {
-    /// Every reason kind, by name: a new kind does not compile until it is
-    /// given a series here (and in `docs/metrics.md`) or sent to `other` on
-    /// purpose. The label sets stay as they were: the kinds below that go
-    /// to `other` were counted there before the kinds were typed.
-    fn from(k: ReasonKind) -> Self {
-        match k {
-            ReasonKind::UntrustedImage => FindingReason::UntrustedImage,
-            ReasonKind::InvalidReference => FindingReason::InvalidReference,
-            ReasonKind::ImageDrift => FindingReason::ImageDrift,
-            ReasonKind::NotInApi => FindingReason::NotInApi,
-            ReasonKind::SpecStatusMismatch => FindingReason::SpecStatusMismatch,
-            ReasonKind::Unresolved => FindingReason::Unresolved,
-            ReasonKind::DeniedCgroup => FindingReason::DeniedCgroup,
-            ReasonKind::HeldUntilClassified => FindingReason::HeldUntilClassified,
-            ReasonKind::Unattributed => FindingReason::Unattributed,
-            ReasonKind::FilelessExec => FindingReason::FilelessExec,
-            ReasonKind::DriftExec => FindingReason::DriftExec,
-            ReasonKind::Allowed
-            | ReasonKind::Pending
-            | ReasonKind::RanUnenforced
-            | ReasonKind::AgentItself => FindingReason::Other,
-        }
-    }
-}
-
 impl Verdict {
     /// The verdict of a kernel record (a rule's deny in audit mode, the
     /// kernel's `audit`, counts as `deny`, as in the findings).
@@ -658,30 +627,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reason_kinds_map_to_their_label() {
-        // A kind with a series of its own is labelled with its wire string.
+    fn each_reason_kind_counts_in_its_label() {
+        let m = Metrics::new();
         for &k in ReasonKind::ALL {
-            let l = FindingReason::from(k);
-            if l != FindingReason::Other {
-                assert_eq!(l.as_str(), k.as_str(), "{k:?}");
-            }
+            m.finding(k);
         }
-        // Every label but `other` is some kind's.
-        for &l in FindingReason::ALL {
+        let text = m.encode(false).unwrap();
+        for l in ReasonKind::metric_labels() {
+            let n = ReasonKind::ALL
+                .iter()
+                .filter(|k| k.metric_label() == l)
+                .count();
             assert!(
-                l == FindingReason::Other
-                    || ReasonKind::ALL.iter().any(|&k| FindingReason::from(k) == l),
-                "{l:?}"
+                text.contains(&format!(
+                    "imagewarden_findings_total{{reason=\"{l}\"}} {n}\n"
+                )),
+                "{l}: {text}"
             );
         }
-        assert_eq!(
-            FindingReason::from(ReasonKind::FilelessExec),
-            FindingReason::FilelessExec
-        );
-        assert_eq!(
-            FindingReason::from(ReasonKind::RanUnenforced),
-            FindingReason::Other
-        );
+        assert_eq!(ReasonKind::FilelessExec.metric_label(), "fileless-exec");
+        assert_eq!(ReasonKind::RanUnenforced.metric_label(), "other");
+    }
+
+    /// docs/metrics.md lists every `reason` label, and no other.
+    #[test]
+    fn the_reason_labels_are_the_documented_ones() {
+        let doc = include_str!("../../docs/metrics.md");
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with("| `imagewarden_findings_total`"))
+            .expect("the findings row of docs/metrics.md");
+        let cell = row.split('|').nth(3).expect("its label column");
+        let documented: Vec<&str> = cell
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|s| *s != "reason")
+            .collect();
+        let mut want = ReasonKind::metric_labels();
+        let mut got = documented.clone();
+        want.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, want, "docs/metrics.md: {cell}");
     }
 
     #[test]
@@ -710,11 +697,8 @@ mod tests {
                 "{text}"
             );
         }
-        for r in FindingReason::ALL {
-            assert!(text.contains(&format!(
-                "imagewarden_findings_total{{reason=\"{}\"}} 0",
-                r.as_str()
-            )));
+        for r in ReasonKind::metric_labels() {
+            assert!(text.contains(&format!("imagewarden_findings_total{{reason=\"{r}\"}} 0")));
         }
         // Without a kernel source its samples are absent, not zero.
         assert!(text.contains("imagewarden_kernel_counters_readable 0"));

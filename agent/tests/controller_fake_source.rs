@@ -664,7 +664,7 @@ async fn kube_kill_actions_applied_by_the_loop_kill_and_record() {
     .collect();
     let policy = imagewarden_policy::load_policy_str(imagewarden::cmd_run::EMBEDDED_POLICY, "p")
         .expect("policy");
-    let containers = ctrl.containers();
+    let containers = ctrl.snapshot();
     let out = crosscheck(&CrossCheckInput {
         api_pods: Some(pods.iter().collect()),
         kubelet_pods: None,

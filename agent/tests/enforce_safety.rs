@@ -11,16 +11,16 @@ mod exec_hook;
 mod support;
 
 use std::{
-    io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
 use imagewarden::sources::cri::CriClient;
 use serde_json::{json, Value};
 use support::{
+    agent::{AgentProcess, RUNNING},
     containerd::{Containerd, CriPod, Runtime, TestImages, NGINX},
     fakeapi::{Coll, FakeApi},
     host::{stopped, wait_for},
@@ -33,98 +33,35 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A running agent: its findings (stdout JSON lines) and log (stderr).
-struct Agent {
-    child: Child,
-    findings: Arc<Mutex<Vec<Value>>>,
-    log: Arc<Mutex<Vec<String>>>,
-    /// The agent's stderr reached its end.
-    log_done: Arc<std::sync::atomic::AtomicBool>,
+/// `imagewarden ARGS` with `env` added (the log level of
+/// [`AgentProcess::command`]).
+fn agent_command(args: &[&str], env: &[(&str, &Path)]) -> Command {
+    let mut cmd = AgentProcess::command();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
 }
 
-impl Agent {
-    fn start(args: &[&str], env: &[(&str, &Path)]) -> Agent {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_imagewarden"));
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start agent");
-        let findings = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().unwrap();
-        let f2 = findings.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let v: Value =
-                    serde_json::from_str(&l).unwrap_or_else(|e| panic!("non-JSON {l:?}: {e}"));
-                f2.lock().unwrap().push(v);
-            }
-        });
-        let err = child.stderr.take().unwrap();
-        let l2 = log.clone();
-        let log_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let d2 = log_done.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("agent: {l}");
-                l2.lock().unwrap().push(l);
-            }
-            d2.store(true, std::sync::atomic::Ordering::SeqCst);
-        });
-        Agent {
-            child,
-            findings,
-            log,
-            log_done,
-        }
-    }
-
-    fn finding(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-        wait_for(what, timeout, || {
-            self.findings
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|v| pred(v))
-                .cloned()
-        })
-    }
-
-    fn wait_log(&self, what: &str, timeout: Duration, needle: &str) {
-        wait_for(what, timeout, || {
-            self.log
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains(needle))
-                .then_some(())
-        });
-    }
-
-    /// Waits for the agent to exit by itself; its status and log.
-    fn wait_exit(&mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
-        let st = wait_for("the agent to exit", timeout, || {
-            self.child.try_wait().ok().flatten()
-        });
-        // Let the reader thread drain what the agent wrote last.
-        wait_for(
-            "the end of the agent's log",
-            Duration::from_secs(10),
-            || {
-                self.log_done
-                    .load(std::sync::atomic::Ordering::SeqCst)
-                    .then_some(())
-            },
-        );
-        (st, self.log.lock().unwrap().join("\n"))
-    }
+/// `imagewarden ARGS`, waited for until it logs that it runs (30 s).
+fn start_agent(args: &[&str], env: &[(&str, &Path)]) -> AgentProcess {
+    AgentProcess::spawn(
+        agent_command(args, env),
+        |l| l.contains(RUNNING),
+        Duration::from_secs(30),
+    )
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// `imagewarden ARGS`, expected to refuse to start: its exit status and log.
+fn refused_agent(args: &[&str], env: &[(&str, &Path)]) -> (std::process::ExitStatus, String) {
+    match AgentProcess::try_spawn(
+        agent_command(args, env),
+        |l| l.contains(RUNNING),
+        Duration::from_secs(30),
+    ) {
+        Ok(a) => panic!("the agent started:\n{}", a.log_text()),
+        Err(e) => (e.status, e.log),
     }
 }
 
@@ -193,7 +130,7 @@ fn admission_exclusions_are_reported_never_stopped() {
     let kubeconfig = dir.join("config");
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
     let endpoint = ctd.endpoint();
-    let agent = Agent::start(
+    let agent = start_agent(
         &[
             "run",
             "--mode",
@@ -209,15 +146,10 @@ fn admission_exclusions_are_reported_never_stopped() {
         ],
         &[("KUBECONFIG", &kubeconfig)],
     );
-    agent.wait_log(
+    agent.log_line(
         "the cluster policy",
+        |l| l.contains("restrict-image-registries"),
         Duration::from_secs(30),
-        "restrict-image-registries",
-    );
-    agent.wait_log(
-        "the agent running",
-        Duration::from_secs(30),
-        "agent running",
     );
     let uid = |n: u32| format!("{n:08x}-0000-0000-0000-{t:0>12}");
 
@@ -242,8 +174,8 @@ fn admission_exclusions_are_reported_never_stopped() {
         );
         let f = agent.finding(
             "the audit finding in kube-system",
-            Duration::from_secs(15),
             |v| v["container_id"] == sys_id.as_str() && v["type"] == "container",
+            Duration::from_secs(15),
         );
         assert_eq!(f["verdict"], "deny", "{f}");
         assert_eq!(f["action"], "alerted", "{f}");
@@ -266,9 +198,11 @@ fn admission_exclusions_are_reported_never_stopped() {
                 true,
             )
             .await;
-        agent.finding("the kill in prod", Duration::from_secs(15), |v| {
-            v["container_id"] == prod_id.as_str() && v["action"] == "killed"
-        });
+        agent.finding(
+            "the kill in prod",
+            |v| v["container_id"] == prod_id.as_str() && v["action"] == "killed",
+            Duration::from_secs(15),
+        );
         assert!(
             !ctd.marker(&format!("x-prod-{t}")).exists(),
             "the untrusted entrypoint ran in prod"
@@ -281,10 +215,10 @@ fn admission_exclusions_are_reported_never_stopped() {
                    "data": {"resourceFilters": "[Event,*,*][*/*,kube-system,*][Pod,prod,batch-*]",
                             "excludeGroups": "system:nodes"}}),
         );
-        agent.wait_log(
+        agent.log_line(
             "the ConfigMap's exclusions",
+            |l| l.contains("admission exclusions changed"),
             Duration::from_secs(15),
-            "admission exclusions changed",
         );
         let (_, batch_id) = ctd
             .cri_run_pod(
@@ -304,8 +238,8 @@ fn admission_exclusions_are_reported_never_stopped() {
         );
         let f = agent.finding(
             "the audit finding for batch-7",
-            Duration::from_secs(15),
             |v| v["container_id"] == batch_id.as_str() && v["type"] == "container",
+            Duration::from_secs(15),
         );
         assert_eq!(f["action"], "alerted", "{f}");
         assert!(
@@ -327,9 +261,11 @@ fn admission_exclusions_are_reported_never_stopped() {
                 true,
             )
             .await;
-        agent.finding("the kill in kube-public", Duration::from_secs(15), |v| {
-            v["container_id"] == pub_id.as_str() && v["action"] == "killed"
-        });
+        agent.finding(
+            "the kill in kube-public",
+            |v| v["container_id"] == pub_id.as_str() && v["action"] == "killed",
+            Duration::from_secs(15),
+        );
         assert!(
             !ctd.marker(&format!("x-pub-{t}")).exists(),
             "kube-public is not excluded by this ConfigMap"
@@ -364,8 +300,8 @@ fn admission_exclusions_are_reported_never_stopped() {
         );
         let f = agent.finding(
             "the audit finding for the static Pod",
-            Duration::from_secs(15),
             |v| v["container_id"] == static_id.as_str() && v["type"] == "container",
+            Duration::from_secs(15),
         );
         assert_eq!(f["action"], "alerted", "{f}");
         assert!(
@@ -425,7 +361,7 @@ fn enforce_mode_refuses_an_empty_policy() {
     )
     .unwrap();
     let pol_s = pol.display().to_string();
-    let mut a = Agent::start(
+    let (st, log) = refused_agent(
         &[
             "run",
             "--standalone",
@@ -439,7 +375,6 @@ fn enforce_mode_refuses_an_empty_policy() {
         ],
         &[],
     );
-    let (st, log) = a.wait_exit(Duration::from_secs(30));
     assert!(
         !st.success(),
         "enforce mode started with an empty policy:\n{log}"
@@ -456,7 +391,7 @@ fn enforce_mode_refuses_an_empty_policy() {
     let api = rt.block_on(FakeApi::start());
     let kubeconfig = dir.join("config");
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-    let mut a = Agent::start(
+    let (st, log) = refused_agent(
         &[
             "run",
             "--mode",
@@ -470,7 +405,6 @@ fn enforce_mode_refuses_an_empty_policy() {
         ],
         &[("KUBECONFIG", &kubeconfig)],
     );
-    let (st, log) = a.wait_exit(Duration::from_secs(30));
     assert!(
         !st.success(),
         "enforce mode started with no policy in the cluster:\n{log}"
@@ -482,30 +416,32 @@ fn enforce_mode_refuses_an_empty_policy() {
     // Audit mode may run without a policy (it stops nothing).
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let a = Agent::start(
-        &[
-            "run",
-            "--standalone",
-            "--mode",
-            "audit",
-            "--allow-partial",
-            "--fail-mode",
-            "open",
-            "--policy",
-            &pol_s,
-            "--listen",
-            &listen,
-        ],
-        &[],
+    let audit = AgentProcess::try_spawn(
+        agent_command(
+            &[
+                "run",
+                "--standalone",
+                "--mode",
+                "audit",
+                "--allow-partial",
+                "--fail-mode",
+                "open",
+                "--policy",
+                &pol_s,
+                "--listen",
+                &listen,
+            ],
+            &[],
+        ),
+        |l| l.contains(RUNNING),
+        Duration::from_secs(30),
     );
     if support::host::privileged() {
-        a.wait_log(
-            "the audit agent running",
-            Duration::from_secs(30),
-            "agent running",
-        );
+        if let Err(e) = audit {
+            panic!("the audit agent exited ({:?}):\n{}", e.status, e.log);
+        }
     }
-    drop(a);
+    drop(audit);
     drop(api);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -538,7 +474,7 @@ fn policies_disappearing_keep_the_last_good_set() {
     let endpoint = ctd.endpoint();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let agent = Agent::start(
+    let agent = start_agent(
         &[
             "run",
             "--mode",
@@ -553,11 +489,6 @@ fn policies_disappearing_keep_the_last_good_set() {
             &endpoint,
         ],
         &[("KUBECONFIG", &kubeconfig)],
-    );
-    agent.wait_log(
-        "the agent running",
-        Duration::from_secs(30),
-        "agent running",
     );
     let ready = |want: u16| {
         wait_for("/readyz", Duration::from_secs(15), || {
@@ -580,10 +511,10 @@ fn policies_disappearing_keep_the_last_good_set() {
     gauge(" 0");
 
     api.remove(Coll::ClusterPolicies, "", "restrict-image-registries");
-    agent.wait_log(
+    agent.log_line(
         "the disappearance",
+        |l| l.contains("policies disappeared"),
         Duration::from_secs(15),
-        "policies disappeared",
     );
     let (_, body) = ready(503);
     assert!(body.contains("policy"), "{body}");
@@ -604,8 +535,8 @@ fn policies_disappearing_keep_the_last_good_set() {
             .await;
         agent.finding(
             "the kill under the kept policy",
-            Duration::from_secs(15),
             |v| v["container_id"] == id.as_str() && v["action"] == "killed",
+            Duration::from_secs(15),
         );
         assert!(
             !ctd.marker(&format!("g-{t}")).exists(),
@@ -700,42 +631,26 @@ fn pinned_maps_of_another_definition_are_rebuilt() {
         "--pin-dir",
         &root_s,
     ];
-    let mut a = Agent::start(&args, &[]);
-    a.wait_log(
-        "the agent running",
-        Duration::from_secs(30),
-        "agent running",
-    );
+    let a = start_agent(&args, &[]);
     assert_eq!(
         layout::MapDef::of_pin(&dir.join("VERDICTS")).unwrap(),
         want,
         "the pinned VERDICTS of another definition was reused"
     );
-    a.wait_log(
+    a.log_line(
         "the rebuild logged",
+        |l| l.contains("rebuilding the pinned maps"),
         Duration::from_secs(5),
-        "rebuilding the pinned maps",
     );
     assert!(!old.exists(), "the other layout's pins must be removed");
     // SIGKILL (a crash): the next agent reuses this layout's pins as they are.
-    a.child.kill().unwrap();
-    a.child.wait().unwrap();
-    let mut b = Agent::start(&args, &[]);
-    b.wait_log(
-        "the second agent running",
-        Duration::from_secs(30),
-        "agent running",
-    );
+    a.kill();
+    let b = start_agent(&args, &[]);
     assert!(
-        !b.log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("rebuilding") || l.contains("another definition")),
+        !b.logged("rebuilding") && !b.logged("another definition"),
         "the agent's own pins must be reused"
     );
-    b.child.kill().unwrap();
-    b.child.wait().unwrap();
+    b.kill();
     // Uninstall.
     let out = Command::new(env!("CARGO_BIN_EXE_imagewarden"))
         .args(["cleanup", "--pin-dir", &root_s])
@@ -813,8 +728,7 @@ fn dead_agent_does_not_wedge_the_node_and_denied_stays_denied() {
         "--deny-cgroup",
         &denied_s,
     ];
-    let mut a = Agent::start(&args, &[]);
-    a.wait_log("agent A running", Duration::from_secs(30), "agent running");
+    let a = start_agent(&args, &[]);
     assert!(
         exec_denied_in(&denied.path),
         "the denied cgroup must be denied"
@@ -832,8 +746,7 @@ fn dead_agent_does_not_wedge_the_node_and_denied_stays_denied() {
         "trusted container with the agent alive"
     );
 
-    a.child.kill().unwrap();
-    a.child.wait().unwrap();
+    a.kill();
     let t0 = Instant::now();
     // New trusted containers, one after another, until one runs. `ctr run`
     // is not waited for: while the kernel holds a container's first exec
@@ -889,19 +802,22 @@ fn dead_agent_does_not_wedge_the_node_and_denied_stays_denied() {
     );
 
     // The next agent takes over and reports what ran while nobody decided.
-    let b = Agent::start(&args, &[]);
-    b.wait_log("agent B running", Duration::from_secs(30), "agent running");
-    b.wait_log(
+    let b = start_agent(&args, &[]);
+    b.log_line(
         "the unenforced report",
+        |l| l.contains("ran unenforced"),
         Duration::from_secs(10),
-        "ran unenforced",
     );
-    let f = b.finding("the ran-unenforced finding", Duration::from_secs(10), |v| {
-        v["container_id"] == ran.as_str()
-            && v["reason"]
-                .as_str()
-                .is_some_and(|r| r.starts_with("ran-unenforced"))
-    });
+    let f = b.finding(
+        "the ran-unenforced finding",
+        |v| {
+            v["container_id"] == ran.as_str()
+                && v["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("ran-unenforced"))
+        },
+        Duration::from_secs(10),
+    );
     assert_eq!(f["type"], "container", "{f}");
     assert!(exec_denied_in(&denied.path), "denied under the new agent");
     // Those started in the window before the bound run too (released by
@@ -919,7 +835,6 @@ fn dead_agent_does_not_wedge_the_node_and_denied_stays_denied() {
         assert!(done);
     }
     drop(b);
-    drop(a);
     drop(pins);
     drop(denied);
     drop(ctd);
@@ -966,8 +881,7 @@ fn rolling_replacement_lets_no_untrusted_entrypoint_run() {
         "--heartbeat-timeout",
         "120s",
     ];
-    let mut a = Agent::start(&args, &[]);
-    a.wait_log("agent A running", Duration::from_secs(30), "agent running");
+    let mut a = start_agent(&args, &[]);
     let t = ctd.token.clone();
     let sock = endpoint.trim_start_matches("unix://").to_string();
     let marker_dir = ctd.marker("x").parent().unwrap().to_path_buf();
@@ -1004,16 +918,18 @@ fn rolling_replacement_lets_no_untrusted_entrypoint_run() {
     let t0 = Instant::now();
     tick(Instant::now() + Duration::from_secs(1), &mut ctrs);
     eprintln!("{test}: {:?}: SIGTERM to agent A", t0.elapsed());
-    // SAFETY: plain syscall on our child.
-    unsafe { libc::kill(a.child.id() as i32, libc::SIGTERM) };
-    let (st, _) = a.wait_exit(Duration::from_secs(30));
-    assert!(st.success(), "agent A after SIGTERM: {st:?}");
+    // SIGTERM; a clean exit within 30 s is asserted.
+    a.grace = Duration::from_secs(30);
+    a.stop();
     eprintln!("{test}: {:?}: agent A exited", t0.elapsed());
     tick(Instant::now() + Duration::from_secs(1), &mut ctrs);
-    let b = Agent::start(&args, &[]);
     // In the TCG guest agent B needs 25-35 s: loading its programs, then
     // a containerd whose Tasks.List times out while runc init is held.
-    b.wait_log("agent B running", Duration::from_secs(120), "agent running");
+    let b = AgentProcess::spawn(
+        agent_command(&args, &[]),
+        |l| l.contains(RUNNING),
+        Duration::from_secs(120),
+    );
     eprintln!("{test}: {:?}: agent B running", t0.elapsed());
     tick(Instant::now() + Duration::from_secs(1), &mut ctrs);
     // Every one is decided (killed) by the new agent; none ran.
@@ -1033,7 +949,6 @@ fn rolling_replacement_lets_no_untrusted_entrypoint_run() {
         ids.len()
     );
     drop(b);
-    drop(a);
     drop(pins);
     drop(ctd);
     drop(images);
@@ -1055,7 +970,7 @@ fn forged_labels_through_containerd_buy_nothing() {
     let ctd = start_containerd();
     ctd.import("default", &images);
     let endpoint = ctd.endpoint();
-    let a = Agent::start(
+    let a = start_agent(
         &[
             "run",
             "--standalone",
@@ -1069,11 +984,6 @@ fn forged_labels_through_containerd_buy_nothing() {
             &endpoint,
         ],
         &[],
-    );
-    a.wait_log(
-        "the agent running",
-        Duration::from_secs(30),
-        "agent running",
     );
     let t = ctd.token.clone();
     let id = format!("forged-{t}");
@@ -1110,8 +1020,8 @@ fn forged_labels_through_containerd_buy_nothing() {
         .expect("ctr run");
     let f = a.finding(
         "the kill of the forged container",
-        Duration::from_secs(20),
         |v| v["container_id"] == id.as_str() && v["action"] == "killed",
+        Duration::from_secs(20),
     );
     assert_eq!(f["verdict"], "deny", "{f}");
     wait_for("ctr run to return", Duration::from_secs(20), || {
@@ -1170,8 +1080,7 @@ fn a_hold_whose_event_died_with_the_agent_is_decided_by_the_next() {
     ];
     let mut a_args = common.to_vec();
     a_args.extend(["--hold-timeout", "120s"]);
-    let mut a = Agent::start(&a_args, &[]);
-    a.wait_log("agent A running", Duration::from_secs(30), "agent running");
+    let a = start_agent(&a_args, &[]);
     let mut held = support::host::in_cgroup(&leaf.path, "/bin/sh")
         .arg("-c")
         .arg("exit 7")
@@ -1183,8 +1092,7 @@ fn a_hold_whose_event_died_with_the_agent_is_decided_by_the_next() {
         Duration::from_secs(10),
         || stopped(pid).then_some(()),
     );
-    a.child.kill().unwrap();
-    a.child.wait().unwrap();
+    a.kill();
     assert!(
         stopped(pid),
         "still held after agent A died (the heartbeat bound is 120 s)"
@@ -1192,8 +1100,7 @@ fn a_hold_whose_event_died_with_the_agent_is_decided_by_the_next() {
 
     let mut b_args = common.to_vec();
     b_args.extend(["--hold-timeout", "1s"]);
-    let b = Agent::start(&b_args, &[]);
-    b.wait_log("agent B running", Duration::from_secs(30), "agent running");
+    let b = start_agent(&b_args, &[]);
     // The positive signal: the held process dies by SIGKILL (fail closed),
     // decided by an agent that never received its event.
     let st = wait_for(
@@ -1206,10 +1113,10 @@ fn a_hold_whose_event_died_with_the_agent_is_decided_by_the_next() {
         Some(libc::SIGKILL),
         "the unresolvable held process must be killed: {st:?}"
     );
-    b.wait_log(
+    b.log_line(
         "agent B's adoption log",
+        |l| l.contains("adopted a hold the kernel kept"),
         Duration::from_secs(5),
-        "adopted a hold the kernel kept",
     );
     drop(b);
 }
@@ -1241,7 +1148,7 @@ fn nested_runtimes_are_judged_as_their_container_and_names_alone_hold_nothing() 
     let _ = imagewarden::probes::cleanup_root(&root, Duration::from_secs(1));
     let pins = PinRoot(root.clone());
     let root_s = root.display().to_string();
-    let a = Agent::start(
+    let a = start_agent(
         &[
             "run",
             "--standalone",
@@ -1257,11 +1164,6 @@ fn nested_runtimes_are_judged_as_their_container_and_names_alone_hold_nothing() 
             &endpoint,
         ],
         &[],
-    );
-    a.wait_log(
-        "the agent running",
-        Duration::from_secs(30),
-        "agent running",
     );
     let cg2 = support::host::cgroup2_root();
     let t = ctd.token.clone();
@@ -1348,8 +1250,8 @@ fn nested_runtimes_are_judged_as_their_container_and_names_alone_hold_nothing() 
     );
     let f = a.finding(
         "the kill of the unknown child of the namespace cgroup",
-        Duration::from_secs(10),
         |v| v["action"] == "killed" && v["cgroup_id"] == lone.id,
+        Duration::from_secs(10),
     );
     assert_eq!(f["verdict"], "deny", "{f}");
 
@@ -1381,7 +1283,7 @@ fn k8s_io_container_of_the_node_sandbox_image_runs_before_cri_lists_it() {
     let ctd = start_containerd();
     ctd.import("k8s.io", &images);
     let endpoint = ctd.endpoint();
-    let a = Agent::start(
+    let a = start_agent(
         &[
             "run",
             "--standalone",
@@ -1397,11 +1299,6 @@ fn k8s_io_container_of_the_node_sandbox_image_runs_before_cri_lists_it() {
         ],
         &[],
     );
-    a.wait_log(
-        "the agent running",
-        Duration::from_secs(30),
-        "agent running",
-    );
     let id = format!("not-yet-a-sandbox-{}", ctd.token);
     let sock = endpoint.trim_start_matches("unix://").to_string();
     let st = Command::new("ctr")
@@ -1414,8 +1311,8 @@ fn k8s_io_container_of_the_node_sandbox_image_runs_before_cri_lists_it() {
     assert!(st.success(), "ctr run {id}: {st:?}");
     let f = a.finding(
         "the verdict of the pause-image container",
-        Duration::from_secs(20),
         |v| v["type"] == "container" && v["container_id"] == id.as_str(),
+        Duration::from_secs(20),
     );
     assert_eq!(f["verdict"], "allow", "{f}");
     assert!(
@@ -1434,9 +1331,7 @@ fn k8s_io_container_of_the_node_sandbox_image_runs_before_cri_lists_it() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        !a.findings
-            .lock()
-            .unwrap()
+        !a.findings()
             .iter()
             .any(|v| v["container_id"] == id.as_str() && v["action"] == "killed"),
         "the pause-image container was killed"

@@ -206,6 +206,12 @@ async fn metrics_scrape_parses_and_has_every_family() {
 
     assert!(is_counter(&scrape, "imagewarden_findings_total"));
     let reasons = label_values(&scrape, "imagewarden_findings_total", "reason");
+    // One series per reason kind's label, pre-created: the kinds' own
+    // strings, and `other` for the four that share it.
+    assert_eq!(
+        reasons,
+        set(&imagewarden::finding::ReasonKind::metric_labels())
+    );
     for r in [
         "untrusted-image",
         "invalid-reference",
@@ -214,6 +220,8 @@ async fn metrics_scrape_parses_and_has_every_family() {
         "spec-status-mismatch",
         "unresolved",
         "denied-cgroup",
+        "fileless-exec",
+        "drift-exec",
         "other",
     ] {
         assert!(reasons.contains(r), "reason {r} missing from {reasons:?}");

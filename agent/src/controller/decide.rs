@@ -19,6 +19,57 @@ pub struct Decision {
     /// Hold (pending; see [`judge`]).
     pub kernel: KernelVerdict,
     pub reason: Reason,
+    /// The policy's refusal of the image the container runs, as evaluated:
+    /// before what admission excluded turned a Deny into an Audit, and kept
+    /// while the container waits for CRI (Hold). `None` when the policy
+    /// allowed the image or was not asked (a pod sandbox, no image name).
+    /// The cross-checks report it instead of evaluating the container again
+    /// (docs/architecture.md, "Where the policy is evaluated").
+    pub violation: Option<Box<Violation>>,
+}
+
+impl Decision {
+    /// A decision the policy had no say in (no violation).
+    pub fn new(kernel: KernelVerdict, reason: Reason) -> Self {
+        Decision {
+            kernel,
+            reason,
+            violation: None,
+        }
+    }
+}
+
+/// What a finding about a container the policy refused names: the reason
+/// (kind and the policy's text), the deciding policy and rule, and the
+/// rule's action (`kube_actions::plan` never kills on an `Audit` rule).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub reason: Reason,
+    pub policy: Option<String>,
+    pub rule: Option<String>,
+    pub action: Action,
+}
+
+impl Violation {
+    /// The refusal in a policy verdict; `None` when it allows the image.
+    pub fn of(v: imagewarden_policy::Verdict) -> Option<Box<Self>> {
+        (!v.allowed).then(|| {
+            Box::new(Violation {
+                reason: Reason::new(v.kind.into(), v.reason),
+                policy: v.policy,
+                rule: v.rule,
+                action: v.action,
+            })
+        })
+    }
+}
+
+/// A container and the controller's decision about it: what the
+/// Kubernetes side reads of the controller (`Controller::snapshot`).
+#[derive(Debug, Clone)]
+pub struct Judged {
+    pub info: ContainerInfo,
+    pub decision: Decision,
 }
 
 /// The policy context of a container: its Pod's container type, namespace
@@ -131,10 +182,10 @@ fn decide_policy(policy: &PolicySet, info: &ContainerInfo, pod: Option<&PodConte
     if info.kind == Some(ContainerKind::Sandbox) {
         // Kyverno never checks the pause image either: it is node
         // configuration (containerd's sandbox_image), not a workload.
-        return Decision {
-            kernel: KernelVerdict::Allow,
-            reason: Reason::new(ReasonKind::Allowed, "allowed: pod sandbox"),
-        };
+        return Decision::new(
+            KernelVerdict::Allow,
+            Reason::new(ReasonKind::Allowed, "allowed: pod sandbox"),
+        );
     }
     // The image the runtime runs, never the Pod spec's (issue 13, case 6):
     // a Pod found through forged or stale identity must not lend its image.
@@ -144,13 +195,13 @@ fn decide_policy(policy: &PolicySet, info: &ContainerInfo, pod: Option<&PodConte
         .filter(|i| !is_image_id(i))
         .or(info.image_ref.as_deref());
     let Some(image) = image else {
-        return Decision {
-            kernel: KernelVerdict::Deny,
-            reason: Reason::new(
+        return Decision::new(
+            KernelVerdict::Deny,
+            Reason::new(
                 ReasonKind::Unresolved,
                 "unresolved: the runtime reports no image name",
             ),
-        };
+        );
     };
     let v = policy.evaluate(image, &eval_context(info, pod));
     let kernel = if v.allowed {
@@ -160,9 +211,11 @@ fn decide_policy(policy: &PolicySet, info: &ContainerInfo, pod: Option<&PodConte
     } else {
         KernelVerdict::Audit
     };
+    let reason = Reason::new(v.kind.into(), v.reason.clone());
     Decision {
         kernel,
-        reason: Reason::new(v.kind.into(), v.reason),
+        reason,
+        violation: Violation::of(v),
     }
 }
 
@@ -226,13 +279,13 @@ pub fn judge(
 ) -> (Decision, bool) {
     if awaiting_cri && node_sandbox_image {
         return (
-            Decision {
-                kernel: KernelVerdict::Allow,
-                reason: Reason::new(
+            Decision::new(
+                KernelVerdict::Allow,
+                Reason::new(
                     ReasonKind::Allowed,
                     "allowed: the node's pod sandbox image (CRI's sandbox image, node configuration)",
                 ),
-            },
+            ),
             false,
         );
     }
@@ -252,6 +305,7 @@ pub fn judge(
                         d.reason.text
                     ),
                 ),
+                violation: d.violation,
             },
             true,
         );
@@ -321,10 +375,7 @@ pub(super) mod tests {
         let entry = |d: DriftDecision| {
             Entry::new(
                 info(None),
-                Decision {
-                    kernel: KernelVerdict::Allow,
-                    reason: Reason::new(ReasonKind::Allowed, ""),
-                },
+                Decision::new(KernelVerdict::Allow, Reason::new(ReasonKind::Allowed, "")),
                 d,
             )
         };

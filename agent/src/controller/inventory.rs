@@ -400,10 +400,10 @@ impl<K: KernelMaps> Controller<K> {
         let e = self.entries.entry(key.clone()).or_insert_with(|| {
             Box::new(Entry::new(
                 ContainerInfo::new(String::new(), info.runtime),
-                Decision {
-                    kernel: KernelVerdict::Hold,
-                    reason: Reason::new(ReasonKind::Pending, String::new()),
-                },
+                Decision::new(
+                    KernelVerdict::Hold,
+                    Reason::new(ReasonKind::Pending, String::new()),
+                ),
                 DriftDecision::default(),
             ))
         });
@@ -625,10 +625,7 @@ mod tests {
     /// container with no task (state created, no pid): by its cgroup.
     #[test]
     fn a_new_task_is_told_by_pid_exit_or_cgroup() {
-        let allowed = || Decision {
-            kernel: KernelVerdict::Allow,
-            reason: Reason::new(ReasonKind::Allowed, ""),
-        };
+        let allowed = || Decision::new(KernelVerdict::Allow, Reason::new(ReasonKind::Allowed, ""));
         let entry = |pid: Option<u32>, state: ContainerState, cgroup_id: Option<u64>| Entry {
             cgroup_id,
             ..Entry::new(

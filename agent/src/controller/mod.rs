@@ -46,7 +46,7 @@ pub mod inventory;
 use cri_confirm::CRI_ASK_INTERVAL;
 pub use decide::{
     awaits_cri, decide, decide_with, distrust_labels, drift_with, is_image_id, judge, Decision,
-    PodContext, PodLookup, CRI_NAMESPACE,
+    Judged, PodContext, PodLookup, Violation, CRI_NAMESPACE,
 };
 pub use enforcer::kill_cgroup;
 use enforcer::{cgroup_pids, process_stopped, resume};
@@ -69,7 +69,7 @@ use crate::{
         kernel_maps::KernelMaps,
         Probes,
     },
-    sources::{kyverno_config::Exemptions, ContainerInfo, SharedSource},
+    sources::{kyverno_config::Exemptions, SharedSource},
 };
 
 #[derive(Debug, Clone)]
@@ -385,9 +385,17 @@ impl<K: KernelMaps> Controller<K> {
             .unwrap_or_default()
     }
 
-    /// Every container the runtimes reported (for the Kubernetes cross-checks).
-    pub fn containers(&self) -> Vec<ContainerInfo> {
-        self.entries.values().map(|e| e.info.clone()).collect()
+    /// Every container the runtimes reported, with its decision: what the
+    /// Kubernetes cross-checks read of the controller (they report its
+    /// decision instead of evaluating the policy again).
+    pub fn snapshot(&self) -> Vec<Judged> {
+        self.entries
+            .values()
+            .map(|e| Judged {
+                info: e.info.clone(),
+                decision: e.decision.clone(),
+            })
+            .collect()
     }
 
     /// Whether the controller knows (and so has judged) this container.

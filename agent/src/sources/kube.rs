@@ -668,6 +668,78 @@ struct Merged {
     params: String,
 }
 
+impl Merged {
+    /// Takes one watcher message in; whether the merged policy changed and
+    /// is to be published.
+    fn on_message(&mut self, msg: PolicyMsg, stats: &PolicyStats) -> bool {
+        match msg {
+            PolicyMsg::Init(kind) => {
+                self.listing.insert(kind, Vec::new());
+                false
+            }
+            PolicyMsg::Apply(kind, obj, during_init) => self.apply(kind, &obj, during_init, stats),
+            PolicyMsg::Delete(kind, obj) => self.good.remove(&object_key(kind, &obj)).is_some(),
+            PolicyMsg::InitDone(kind) => {
+                let listed = self.listing.remove(&kind).unwrap_or_default();
+                self.good.retain(|k, _| k.0 != kind || listed.contains(k));
+                true
+            }
+            PolicyMsg::Absent(kind) => {
+                // The kind is no longer served (CRD removed, API trouble):
+                // its last good policies stay in force rather than vanish;
+                // a fresh listing once it is back replaces them.
+                let kept = self.good.keys().filter(|k| k.0 == kind).count();
+                if kept > 0 {
+                    warn!(
+                        kind = kind.label(),
+                        kept, "policy kind no longer served; its last good policies stay in force"
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// A policy object added or changed: kept when it compiles, else the
+    /// last good version stays (and the failure is counted). Whether to
+    /// publish (never during the kind's initial listing).
+    fn apply(
+        &mut self,
+        kind: PolicyKind,
+        obj: &DynamicObject,
+        during_init: bool,
+        stats: &PolicyStats,
+    ) -> bool {
+        let key = object_key(kind, obj);
+        if during_init {
+            self.listing.entry(kind).or_default().push(key.clone());
+        }
+        let text = policy_object_text(obj);
+        let name = format!("{}/{}", kind.label(), display_key(&key));
+        if self.good.get(&key).is_some_and(|(t, _)| *t == text) {
+            return false;
+        }
+        match load_policy_str(&text, &name) {
+            Ok(set) => {
+                // A lone VAP or binding is judged with its partners in
+                // build_set.
+                for u in set.unsupported().iter().filter(|_| !kind.is_vap()) {
+                    warn!(policy = %name, "{u}");
+                }
+                self.good.insert(key, (text, name));
+                !during_init
+            }
+            Err(e) => {
+                stats.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                let kept = self.good.contains_key(&key);
+                warn!(policy = %name, error = %e, kept_previous = kept,
+                    "invalid policy update ignored; the last good version stays in force");
+                false
+            }
+        }
+    }
+}
+
 /// How often the params of the cluster's ValidatingAdmissionPolicies are
 /// read again (they are ordinary objects, such as ConfigMaps, that change
 /// without any policy changing).
@@ -728,62 +800,7 @@ async fn merge_policies(
                 continue;
             }
         };
-        let publish = match msg {
-            PolicyMsg::Init(kind) => {
-                st.listing.insert(kind, Vec::new());
-                false
-            }
-            PolicyMsg::Apply(kind, obj, during_init) => {
-                let key = object_key(kind, &obj);
-                if during_init {
-                    st.listing.entry(kind).or_default().push(key.clone());
-                }
-                let text = policy_object_text(&obj);
-                let name = format!("{}/{}", kind.label(), display_key(&key));
-                let unchanged = st.good.get(&key).is_some_and(|(t, _)| *t == text);
-                if unchanged {
-                    false
-                } else {
-                    match load_policy_str(&text, &name) {
-                        Ok(set) => {
-                            // A lone VAP or binding is judged with its
-                            // partners in build_set.
-                            for u in set.unsupported().iter().filter(|_| !kind.is_vap()) {
-                                warn!(policy = %name, "{u}");
-                            }
-                            st.good.insert(key, (text, name));
-                            !during_init
-                        }
-                        Err(e) => {
-                            stats.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                            let kept = st.good.contains_key(&key);
-                            warn!(policy = %name, error = %e, kept_previous = kept,
-                                "invalid policy update ignored; the last good version stays in force");
-                            false
-                        }
-                    }
-                }
-            }
-            PolicyMsg::Delete(kind, obj) => st.good.remove(&object_key(kind, &obj)).is_some(),
-            PolicyMsg::InitDone(kind) => {
-                let listed = st.listing.remove(&kind).unwrap_or_default();
-                st.good.retain(|k, _| k.0 != kind || listed.contains(k));
-                true
-            }
-            PolicyMsg::Absent(kind) => {
-                // The kind is no longer served (CRD removed, API trouble):
-                // its last good policies stay in force rather than vanish;
-                // a fresh listing once it is back replaces them.
-                let kept = st.good.keys().filter(|k| k.0 == kind).count();
-                if kept > 0 {
-                    warn!(
-                        kind = kind.label(),
-                        kept, "policy kind no longer served; its last good policies stay in force"
-                    );
-                }
-                false
-            }
-        };
+        let publish = st.on_message(msg, &stats);
         if publish {
             refresh_params(&client, &mut st).await;
             let set = build_set(&st, base.as_ref());

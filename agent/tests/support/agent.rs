@@ -179,6 +179,17 @@ impl AgentProcess {
         self.wait_for_log_since(0, pred, timeout)
     }
 
+    /// [`Self::wait_for_log`], panicking (with the log) when no such line
+    /// came: `what` names the line.
+    pub fn log_line(&self, what: &str, pred: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        self.wait_for_log(pred, timeout).unwrap_or_else(|| {
+            panic!(
+                "no log line within {timeout:?}: {what}\n{}",
+                self.log_text()
+            )
+        })
+    }
+
     /// How many log lines the agent printed so far: a mark for
     /// [`Self::wait_for_log_since`].
     pub fn log_mark(&self) -> usize {
