@@ -4,7 +4,6 @@
 //! (`wgpolicyk8s.io/v1alpha2`, one per namespace), and the per-namespace
 //! mode (global mode, overridden by the namespace annotation
 //! `imagewarden.dev/mode: audit|enforce`).
-use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
@@ -12,12 +11,11 @@ use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, PostParams};
 use kube::Client;
 use serde_json::json;
 
+use crate::cli::Mode;
 use crate::crosscheck::KubeFinding;
 use crate::finding::{FindingAction, FindingVerdict, ReasonKind};
 use imagewarden_policy::Action;
 
-/// The namespace annotation that overrides the global mode.
-pub const MODE_ANNOTATION: &str = "imagewarden.dev/mode";
 /// `source.component` / `reportingComponent` of the Events.
 pub const COMPONENT: &str = "imagewarden";
 
@@ -36,69 +34,6 @@ pub enum ActionError {
     /// The finding has no pod (or namespace) to act on.
     #[error("{0}: the finding names no pod")]
     NoPod(&'static str),
-}
-
-/// Audit or enforce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Report only.
-    Audit,
-    /// Report and kill.
-    Enforce,
-}
-
-impl Mode {
-    /// Parses `audit` / `enforce` (any case).
-    pub fn parse(s: &str) -> Option<Mode> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "audit" => Some(Mode::Audit),
-            "enforce" => Some(Mode::Enforce),
-            _ => None,
-        }
-    }
-}
-
-/// The global mode and per-namespace overrides.
-#[derive(Debug, Clone)]
-pub struct ModeResolver {
-    /// The `--mode` of the agent.
-    pub global: Mode,
-    /// Namespace -> mode (from namespace annotations, or configuration).
-    pub overrides: BTreeMap<String, Mode>,
-}
-
-impl ModeResolver {
-    /// No overrides.
-    pub fn new(global: Mode) -> Self {
-        ModeResolver {
-            global,
-            overrides: BTreeMap::new(),
-        }
-    }
-    /// Records a namespace's [`MODE_ANNOTATION`] value; an absent or invalid
-    /// value removes the override (returns false when invalid).
-    pub fn set_from_annotation(&mut self, namespace: &str, value: Option<&str>) -> bool {
-        match value.map(Mode::parse) {
-            Some(Some(m)) => {
-                self.overrides.insert(namespace.to_string(), m);
-                true
-            }
-            Some(None) => {
-                self.overrides.remove(namespace);
-                false
-            }
-            None => {
-                self.overrides.remove(namespace);
-                true
-            }
-        }
-    }
-    /// The mode in force for a namespace (`None`: not in a namespace).
-    pub fn mode_for(&self, namespace: Option<&str>) -> Mode {
-        namespace
-            .and_then(|ns| self.overrides.get(ns).copied())
-            .unwrap_or(self.global)
-    }
 }
 
 /// What to do about one finding.
@@ -128,7 +63,7 @@ pub struct ActionOptions {
 /// `deny` findings whose rule is `Enforce` (a rule in `Audit` never kills),
 /// never in exempt namespaces; suspicious-only findings (`not-in-api`,
 /// `spec-status-mismatch`, a tag that moved) only alert.
-pub fn plan(f: &KubeFinding, modes: &ModeResolver, opts: &ActionOptions) -> Plan {
+pub fn plan(f: &KubeFinding, mode: Mode, opts: &ActionOptions) -> Plan {
     let ns = f.namespace.as_deref();
     let exempt = ns.is_some_and(|n| opts.exempt_namespaces.iter().any(|e| e == n));
     let killable = f.verdict == FindingVerdict::Deny
@@ -137,7 +72,7 @@ pub fn plan(f: &KubeFinding, modes: &ModeResolver, opts: &ActionOptions) -> Plan
             ReasonKind::UntrustedImage | ReasonKind::InvalidReference | ReasonKind::ImageDrift
         )
         && f.policy_action != Some(Action::Audit);
-    let kill = killable && !exempt && modes.mode_for(ns) == Mode::Enforce;
+    let kill = killable && !exempt && mode == Mode::Enforce;
     Plan {
         alert: true,
         kill,
@@ -468,12 +403,6 @@ mod tests {
 
     #[test]
     fn modes_and_plans() {
-        let mut m = ModeResolver::new(Mode::Audit);
-        assert!(m.set_from_annotation("prod", Some("Enforce")));
-        assert!(!m.set_from_annotation("dev", Some("bogus")));
-        assert_eq!(m.mode_for(Some("prod")), Mode::Enforce);
-        assert_eq!(m.mode_for(Some("dev")), Mode::Audit);
-        assert_eq!(m.mode_for(None), Mode::Audit);
         let opts = ActionOptions {
             delete_pods: true,
             exempt_namespaces: vec!["kube-system".into()],
@@ -485,19 +414,26 @@ mod tests {
                 "prod",
                 Some(Action::Enforce),
             ),
-            &m,
+            Mode::Enforce,
             &opts,
         );
         assert!(p.kill && p.delete_pod && p.alert);
-        assert_eq!(p.action, FindingAction::Killed);
-        // Audit namespace, Audit rule, exempt namespace, non-deny reasons: alert only.
-        for f in [
-            finding(
+        // Audit mode: the same finding only alerts.
+        let audit = plan(
+            &finding(
                 ReasonKind::UntrustedImage,
                 FindingVerdict::Deny,
-                "dev",
+                "prod",
                 Some(Action::Enforce),
             ),
+            Mode::Audit,
+            &opts,
+        );
+        assert!(!audit.kill && !audit.delete_pod && audit.alert);
+        assert_eq!(audit.action, FindingAction::Alerted);
+        assert_eq!(p.action, FindingAction::Killed);
+        // Audit rule, non-deny reasons: alert only.
+        for f in [
             finding(
                 ReasonKind::UntrustedImage,
                 FindingVerdict::Deny,
@@ -518,12 +454,11 @@ mod tests {
                 None,
             ),
         ] {
-            let p = plan(&f, &m, &opts);
+            let p = plan(&f, Mode::Enforce, &opts);
             assert!(!p.kill && !p.delete_pod, "{f:?}");
             assert_eq!(p.action, FindingAction::Alerted);
         }
-        let mut m2 = ModeResolver::new(Mode::Enforce);
-        m2.set_from_annotation("kube-system", Some("enforce"));
+        // An exempt namespace: never killed.
         assert!(
             !plan(
                 &finding(
@@ -532,7 +467,7 @@ mod tests {
                     "kube-system",
                     Some(Action::Enforce)
                 ),
-                &m2,
+                Mode::Enforce,
                 &opts
             )
             .kill
@@ -540,7 +475,7 @@ mod tests {
         // Deleting stays off unless asked.
         let p = plan(
             &finding(ReasonKind::ImageDrift, FindingVerdict::Deny, "prod", None),
-            &m2,
+            Mode::Enforce,
             &ActionOptions::default(),
         );
         assert!(p.kill && !p.delete_pod);

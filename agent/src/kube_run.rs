@@ -21,7 +21,7 @@ use crate::{
     controller::{Judged, PodContext, PodLookup},
     crosscheck::{self, CrossCheckInput, KubeFinding, Observations},
     finding::{FindingAction, ReasonKind},
-    kube_actions::{self, ActionOptions, ModeResolver},
+    kube_actions::{self, ActionOptions},
     metrics::{Metrics, ReloadResult, Source},
     sink::Sinks,
     sources::{
@@ -49,7 +49,7 @@ pub struct KubeState {
     pub namespaces: NamespaceSource,
     pub policy: PolicySource,
     pub kubelet: Option<KubeletSource>,
-    modes: ModeResolver,
+    mode: Mode,
     opts: ActionOptions,
     reports: bool,
     obs: Observations,
@@ -197,10 +197,6 @@ impl KubeState {
             }
         };
         let exemptions = start_exemptions(&client, args, &node).await;
-        let modes = ModeResolver::new(match args.mode {
-            Mode::Audit => kube_actions::Mode::Audit,
-            Mode::Enforce => kube_actions::Mode::Enforce,
-        });
         info!(node = %node, "Kubernetes sources started");
         Ok(KubeState {
             client,
@@ -209,7 +205,7 @@ impl KubeState {
             namespaces,
             policy,
             kubelet,
-            modes,
+            mode: args.mode,
             opts: ActionOptions {
                 delete_pods: args.delete_pods,
                 exempt_namespaces: args.exempt_namespaces.clone(),
@@ -326,7 +322,7 @@ impl KubeState {
             out.findings,
             view,
             &exemptions,
-            &self.modes,
+            self.mode,
             &self.opts,
             &mut self.reported,
         );
@@ -457,7 +453,7 @@ pub fn plan_findings(
     findings: Vec<KubeFinding>,
     view: &ControllerView<'_>,
     exemptions: &Exemptions,
-    modes: &ModeResolver,
+    mode: Mode,
     opts: &ActionOptions,
     reported: &mut HashSet<String>,
 ) -> CrossCheckPlan {
@@ -466,7 +462,7 @@ pub fn plan_findings(
         if !reported.insert(f.dedup_key()) {
             continue;
         }
-        let mut p = kube_actions::plan(&f, modes, opts);
+        let mut p = kube_actions::plan(&f, mode, opts);
         // A mirror Pod's status names the static Pod's containers, which
         // CRI describes: only that says the Pod is static.
         let static_pod = f
@@ -573,7 +569,7 @@ mod tests {
                 containers: runtime,
             },
             exemptions,
-            &ModeResolver::new(kube_actions::Mode::Enforce),
+            Mode::Enforce,
             &ActionOptions::default(),
             reported,
         )

@@ -608,9 +608,10 @@ async fn kube_kill_actions_applied_by_the_loop_kill_and_record() {
     use std::collections::{BTreeMap, HashSet};
 
     use imagewarden::agent_loop::apply_kube_actions;
+    use imagewarden::cli::Mode;
     use imagewarden::crosscheck::{crosscheck, CrossCheckInput, Observations};
     use imagewarden::finding::ReasonKind;
-    use imagewarden::kube_actions::{ActionOptions, Mode, ModeResolver};
+    use imagewarden::kube_actions::ActionOptions;
     use imagewarden::kube_run::{plan_findings, ControllerView, KubeAction};
     use imagewarden::sources::kyverno_config::Exemptions;
     use k8s_openapi::api::core::v1::Pod;
@@ -679,7 +680,7 @@ async fn kube_kill_actions_applied_by_the_loop_kill_and_record() {
             containers: &containers,
         },
         &Exemptions::default(),
-        &ModeResolver::new(Mode::Enforce),
+        Mode::Enforce,
         &ActionOptions::default(),
         &mut HashSet::new(),
     );

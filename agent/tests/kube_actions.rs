@@ -5,11 +5,11 @@ mod support;
 
 use std::time::Duration;
 
+use imagewarden::cli::Mode;
 use imagewarden::crosscheck::{crosscheck, CrossCheckInput, Observations};
 use imagewarden::finding::ReasonKind;
 use imagewarden::kube_actions::{
-    apply_policy_report, delete_pod, plan, post_event, ActionOptions, DeleteOutcome, Mode,
-    ModeResolver,
+    apply_policy_report, delete_pod, plan, post_event, ActionOptions, DeleteOutcome,
 };
 use imagewarden::sources::kube::pod_source_with_probe;
 use kube::{Client, Config};
@@ -57,12 +57,11 @@ async fn findings_from_watched_pods_become_events_reports_and_deletes() {
         })
         .expect("the seed denies registry.k8s.io");
 
-    let modes = ModeResolver::new(Mode::Enforce);
     let opts = ActionOptions {
         delete_pods: true,
         exempt_namespaces: vec!["kube-system".into()],
     };
-    let p = plan(f, &modes, &opts);
+    let p = plan(f, Mode::Enforce, &opts);
     assert!(!p.kill && !p.delete_pod, "kube-system is exempt");
     post_event(&c, f, "node-a", p.action)
         .await
