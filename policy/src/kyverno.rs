@@ -164,22 +164,7 @@ fn import_classic(
     spec: &Mapping,
     src: &DocSource<'_>,
 ) -> Result<PolicySet, PolicyError> {
-    let mut set = PolicySet::new();
-    let file = src.file.to_string();
-    let policy_action = match str_of(get(spec, "validationFailureAction")) {
-        None => Action::Audit,
-        Some(s) => parse_action(s).ok_or_else(|| {
-            src.invalid(
-                Some(name),
-                None,
-                "validationFailureAction",
-                format!(
-                    "unknown action {:?} (Enforce or Audit)",
-                    crate::text::quote(s)
-                ),
-            )
-        })?,
-    };
+    let policy_action = policy_action(spec, name, src)?;
     let rules = get(spec, "rules")
         .and_then(Value::as_sequence)
         .ok_or_else(|| {
@@ -194,74 +179,40 @@ fn import_classic(
         .and_then(|m| get(m, "annotations"))
         .and_then(Value::as_mapping);
     let autogen = autogen_controllers(annotations, rules);
-
-    let policy_level_unsupported: Option<String> = if get(spec, "validationFailureActionOverrides")
-        .is_some()
-    {
-        Some(
-            "spec.validationFailureActionOverrides (per-namespace actions) is not supported".into(),
-        )
-    } else if str_of(get(spec, "applyRules")).is_some_and(|s| s != "All") {
-        Some("spec.applyRules other than All is not supported".into())
-    } else {
-        None
-    };
-
-    let namespace = if kind == "Policy" {
-        Some(
-            meta.and_then(|m| str_of(get(m, "namespace")))
-                .unwrap_or("default")
-                .to_string(),
-        )
-    } else {
-        None
-    };
+    let policy_level_unsupported = policy_level_unsupported(spec);
+    let namespace = (kind == "Policy").then(|| {
+        meta.and_then(|m| str_of(get(m, "namespace")))
+            .unwrap_or("default")
+            .to_string()
+    });
+    let mut set = PolicySet::new();
     let mut out_rules = Vec::new();
     for (i, r) in rules.iter().enumerate() {
-        let Some(rm) = r.as_mapping() else {
-            return Err(src.invalid(
-                Some(name),
-                None,
-                "rules",
-                format!("rule #{i} is not a mapping"),
-            ));
+        let (rm, rule_name) = rule_mapping(i, r, name, src)?;
+        let site = RuleSite {
+            src,
+            policy: name,
+            rule: rule_name,
         };
-        let rule_name = str_of(get(rm, "name"))
-            .ok_or_else(|| {
-                src.invalid(Some(name), None, "rules", format!("rule #{i} has no name"))
-            })?
-            .to_string();
-        if let Some(reason) = &policy_level_unsupported {
-            set.unsupported.push(Unsupported {
-                source: file.clone(),
-                policy: name.into(),
-                rule: rule_name,
-                reason: reason.clone(),
-            });
-            continue;
-        }
-        match import_rule(rm, &rule_name, policy_action, &autogen, src, name) {
-            Ok(Some((rule, mut warns))) => {
+        let imported = match &policy_level_unsupported {
+            Some(reason) => Err(Skip(reason.clone())),
+            None => import_rule(rm, &site, policy_action, &autogen),
+        };
+        match imported {
+            Ok((rule, mut warns)) => {
                 set.warnings.append(&mut warns);
                 out_rules.push(rule);
             }
-            Ok(None) => {}
             Err(Skip(reason)) => set.unsupported.push(Unsupported {
-                source: file.clone(),
+                source: src.file.to_string(),
                 policy: name.into(),
-                rule: rule_name,
+                rule: rule_name.into(),
                 reason,
             }),
         }
     }
-    for u in &set.unsupported {
-        set.warnings.push(Warning {
-            source: file.clone(),
-            policy: u.policy.clone(),
-            rule: Some(u.rule.clone()),
-            message: format!("not enforced: {}", u.reason),
-        });
-    }
+    let not_enforced: Vec<Warning> = set.unsupported.iter().map(Unsupported::warning).collect();
+    set.warnings.extend(not_enforced);
     set.policies.push(Policy {
         name: name.to_string(),
         kind: kind.to_string(),
@@ -269,6 +220,64 @@ fn import_classic(
         rules: out_rules,
     });
     Ok(set)
+}
+
+/// `spec.validationFailureAction`: the rules' action unless they give one.
+fn policy_action(spec: &Mapping, name: &str, src: &DocSource<'_>) -> Result<Action, PolicyError> {
+    match str_of(get(spec, "validationFailureAction")) {
+        None => Ok(Action::Audit),
+        Some(s) => parse_action(s).ok_or_else(|| {
+            src.invalid(
+                Some(name),
+                None,
+                "validationFailureAction",
+                format!(
+                    "unknown action {:?} (Enforce or Audit)",
+                    crate::text::quote(s)
+                ),
+            )
+        }),
+    }
+}
+
+/// Why no rule of the policy can be enforced, when a policy-level field
+/// says so.
+fn policy_level_unsupported(spec: &Mapping) -> Option<String> {
+    if get(spec, "validationFailureActionOverrides").is_some() {
+        Some(
+            "spec.validationFailureActionOverrides (per-namespace actions) is not supported".into(),
+        )
+    } else if str_of(get(spec, "applyRules")).is_some_and(|s| s != "All") {
+        Some("spec.applyRules other than All is not supported".into())
+    } else {
+        None
+    }
+}
+
+/// Rule `#i` of `spec.rules` as a mapping, with its name.
+fn rule_mapping<'a>(
+    i: usize,
+    r: &'a Value,
+    policy: &str,
+    src: &DocSource<'_>,
+) -> Result<(&'a Mapping, &'a str), PolicyError> {
+    let Some(rm) = r.as_mapping() else {
+        return Err(src.invalid(
+            Some(policy),
+            None,
+            "rules",
+            format!("rule #{i} is not a mapping"),
+        ));
+    };
+    let rule_name = str_of(get(rm, "name")).ok_or_else(|| {
+        src.invalid(
+            Some(policy),
+            None,
+            "rules",
+            format!("rule #{i} has no name"),
+        )
+    })?;
+    Ok((rm, rule_name))
 }
 
 /// Kyverno's `CanAutoGen`: which controllers a Pod rule also applies to.
@@ -505,14 +514,87 @@ struct Compiled {
     warnings: Vec<String>,
 }
 
+/// Where one rule sits: its warnings name the file, the policy and the rule.
+struct RuleSite<'a> {
+    src: &'a DocSource<'a>,
+    policy: &'a str,
+    rule: &'a str,
+}
+
+impl RuleSite<'_> {
+    fn warning(&self, message: String) -> Warning {
+        self.src.warning(self.policy, self.rule, message)
+    }
+}
+
 fn import_rule(
     rm: &Mapping,
-    rule_name: &str,
+    site: &RuleSite<'_>,
     policy_action: Action,
     autogen: &[String],
-    src: &DocSource<'_>,
-    policy: &str,
-) -> R<Option<(Rule, Vec<Warning>)>> {
+) -> R<(Rule, Vec<Warning>)> {
+    check_rule_fields(rm)?;
+    let Some(validate) = get(rm, "validate").and_then(Value::as_mapping) else {
+        return skip("rule has no validate block");
+    };
+    let mut matches = match get(rm, "match") {
+        Some(m) => filters(m, "match")?,
+        None => return skip("rule has no match block"),
+    };
+    let excludes = match get(rm, "exclude") {
+        Some(m) => Some(filters(m, "exclude")?),
+        None => None,
+    };
+    let Validate {
+        action,
+        mut message,
+        compiled,
+    } = compile_validate(validate, policy_action)?;
+    let mut compiled = compiled;
+    let preconditions = get(rm, "preconditions");
+    if let Some(pre) = preconditions {
+        add_preconditions(&mut compiled.tests, pre)?;
+    }
+    check_what_is_read(&mut compiled, preconditions.is_some())?;
+    if message.as_deref().is_some_and(|m| m.contains("{{")) {
+        // Variables in messages only change the text, not the verdict.
+        message = message.map(|m| format!("{m} (variables not substituted)"));
+    }
+    let extra_kinds = autogen_kinds(&matches, compiled.shape, autogen)?;
+    let mut warnings: Vec<Warning> = compiled
+        .warnings
+        .into_iter()
+        .map(|w| site.warning(w))
+        .collect();
+    if !extra_kinds.is_empty() {
+        // The same image test applies to the Pod templates of controllers.
+        for f in &mut matches.filters {
+            if let Some(k) = &mut f.kinds {
+                if k.iter().any(|x| x == "Pod") {
+                    k.extend(extra_kinds.iter().cloned());
+                }
+            }
+        }
+    } else if compiled.shape == Shape::Pod {
+        warnings.push(site.warning(
+            "autogen is off for this policy: Pod controllers (Deployment, CronJob...) are not checked by this rule".into(),
+        ));
+    }
+    let rule = Rule {
+        name: site.rule.to_string(),
+        action,
+        message,
+        scope: Scope { matches, excludes },
+        tests: compiled.tests,
+        drift: None,
+    };
+    warnings.extend(coverage_warning(&rule.tests, site)?);
+    Ok((rule, warnings))
+}
+
+/// Rule fields other than match, exclude, validate and preconditions make
+/// the rule not enforced; every such field is named.
+fn check_rule_fields(rm: &Mapping) -> R<()> {
     let mut problems: Vec<String> = Vec::new();
     for (k, _) in rm {
         match k.as_str().unwrap_or("") {
@@ -536,17 +618,17 @@ fn import_rule(
     if !problems.is_empty() {
         return skip(problems.join("; "));
     }
-    let Some(validate) = get(rm, "validate").and_then(Value::as_mapping) else {
-        return skip("rule has no validate block");
-    };
-    let matches = match get(rm, "match") {
-        Some(m) => filters(m, "match")?,
-        None => return skip("rule has no match block"),
-    };
-    let excludes = match get(rm, "exclude") {
-        Some(m) => Some(filters(m, "exclude")?),
-        None => None,
-    };
+    Ok(())
+}
+
+/// A rule's `validate` block.
+struct Validate {
+    action: Action,
+    message: Option<String>,
+    compiled: Compiled,
+}
+
+fn compile_validate(validate: &Mapping, policy_action: Action) -> R<Validate> {
     let mut action = policy_action;
     let mut message = None;
     let mut compiled: Option<Compiled> = None;
@@ -583,60 +665,71 @@ fn import_rule(
             other => return skip(format!("validate.{other} is not supported")),
         }
     }
-    let Some(mut compiled) = compiled else {
+    let Some(compiled) = compiled else {
         return skip("validate has none of pattern, anyPattern, deny, foreach, cel");
     };
-    if let Some(pre) = get(rm, "preconditions") {
-        if compiled
-            .tests
-            .iter()
-            .flatten()
-            .any(|t| matches!(t, ImageTest::Cel(_)))
-        {
-            return skip("preconditions on a validate.cel rule are not supported");
-        }
-        let pre = compile_preconditions(pre)?;
-        for (t, p) in compiled.tests.iter_mut().zip(pre) {
-            *t = match (t.take(), p) {
-                (Some(test), Some(pre)) => Some(ImageTest::Pre {
-                    pre: Box::new(pre),
-                    test: Box::new(test),
-                }),
-                // The preconditions never hold for this container type.
-                _ => None,
-            };
-        }
+    Ok(Validate {
+        action,
+        message,
+        compiled,
+    })
+}
+
+/// Rule `preconditions` guard each container type's test (a type for which
+/// they never hold is no longer checked).
+fn add_preconditions(tests: &mut [Option<ImageTest>; 3], pre: &Value) -> R<()> {
+    if tests
+        .iter()
+        .flatten()
+        .any(|t| matches!(t, ImageTest::Cel(_)))
+    {
+        return skip("preconditions on a validate.cel rule are not supported");
     }
-    let has_preconditions = get(rm, "preconditions").is_some();
-    let reads_pod = |t: &ImageTest| {
-        fn walk(t: &ImageTest, f: &mut dyn FnMut(&ImageTest)) {
-            f(t);
-            match t {
-                ImageTest::Not(x) => walk(x, f),
-                ImageTest::All(l) | ImageTest::Any(l) => l.iter().for_each(|x| walk(x, f)),
-                ImageTest::Pre { pre, test } => {
-                    walk(pre, f);
-                    walk(test, f)
-                }
-                _ => {}
-            }
+    let pre = compile_preconditions(pre)?;
+    for (t, p) in tests.iter_mut().zip(pre) {
+        *t = match (t.take(), p) {
+            (Some(test), Some(pre)) => Some(ImageTest::Pre {
+                pre: Box::new(pre),
+                test: Box::new(test),
+            }),
+            // The preconditions never hold for this container type.
+            _ => None,
+        };
+    }
+    Ok(())
+}
+
+/// What a test reads: (Pod fields, container fields, the image).
+fn reads(t: &ImageTest) -> (bool, bool, bool) {
+    match t {
+        ImageTest::PodPattern(_) => (true, false, false),
+        ImageTest::ContainerPattern(_) | ImageTest::ContainerFieldEquals { .. } => {
+            (false, true, false)
         }
-        let (mut pod, mut container, mut image) = (false, false, false);
-        walk(t, &mut |x| match x {
-            ImageTest::PodPattern(_) => pod = true,
-            ImageTest::ContainerPattern(_) | ImageTest::ContainerFieldEquals { .. } => {
-                container = true
-            }
-            ImageTest::KyvernoPattern(_) | ImageTest::Equals { .. } | ImageTest::InList { .. } => {
-                image = true
-            }
-            _ => {}
-        });
-        (pod, container, image)
-    };
+        ImageTest::KyvernoPattern(_) | ImageTest::Equals { .. } | ImageTest::InList { .. } => {
+            (false, false, true)
+        }
+        ImageTest::Not(x) => reads(x),
+        ImageTest::All(l) | ImageTest::Any(l) => l
+            .iter()
+            .map(reads)
+            .fold((false, false, false), |(p, c, i), (p2, c2, i2)| {
+                (p || p2, c || c2, i || i2)
+            }),
+        ImageTest::Pre { pre, test } => {
+            let ((p, c, i), (p2, c2, i2)) = (reads(pre), reads(test));
+            (p || p2, c || c2, i || i2)
+        }
+        _ => (false, false, false),
+    }
+}
+
+/// A rule must check container images; one that reads more than the image
+/// is warned about (it is judged only when the Pod is known).
+fn check_what_is_read(compiled: &mut Compiled, has_preconditions: bool) -> R<()> {
     let (mut pod_fields, mut container_fields, mut image_tests) = (false, false, false);
     for t in compiled.tests.iter().flatten() {
-        let (p, c, i) = reads_pod(t);
+        let (p, c, i) = reads(t);
         pod_fields |= p;
         container_fields |= c;
         image_tests |= i;
@@ -650,115 +743,56 @@ fn import_rule(
             if pod_fields { "Pod fields" } else { "container fields" }
         ));
     }
-    if message.as_deref().is_some_and(|m| m.contains("{{")) {
-        // Variables in messages only change the text, not the verdict.
-        message = message.map(|m| format!("{m} (variables not substituted)"));
-    }
-
-    // Kinds: what the rule matches, extended by autogen for Pod rules.
-    let matched_kinds: Option<Vec<String>> = {
-        let mut ks: Vec<String> = Vec::new();
-        let mut any_unrestricted = matches.filters.is_empty();
-        for f in &matches.filters {
-            match &f.kinds {
-                Some(k) => ks.extend(k.iter().cloned()),
-                None => any_unrestricted = true,
-            }
-        }
-        if any_unrestricted {
-            None
-        } else {
-            Some(ks)
-        }
-    };
-    let shape_kinds = compiled.shape.kinds();
-    let mut warnings: Vec<Warning> = compiled
-        .warnings
-        .iter()
-        .map(|w| Warning {
-            source: src.file.to_string(),
-            policy: policy.into(),
-            rule: Some(rule_name.into()),
-            message: w.clone(),
-        })
-        .collect();
-    let mut extra_kinds: Vec<String> = Vec::new();
-    match &matched_kinds {
-        None => {
-            return skip("match does not restrict kinds: the pattern cannot apply to every kind")
-        }
-        Some(ks) => {
-            for k in ks {
-                if k == "*" {
-                    return skip("match kinds '*' is not supported");
-                }
-                let autogen_pod = compiled.shape == Shape::Pod && k == "Pod";
-                if !shape_kinds.contains(&k.as_str()) && !autogen_pod {
-                    return skip(format!(
-                        "the rule matches {k} but checks the Pod spec at a path that {k} does not have (Kyverno fails every {k})"
-                    ));
-                }
-            }
-            if ks.iter().any(|k| k == "Pod") && compiled.shape == Shape::Pod {
-                extra_kinds = autogen.to_vec();
-            }
-        }
-    }
-    if !extra_kinds.is_empty() {
-        // The same image test applies to the Pod templates of controllers.
-        let mut m = matches;
-        for f in &mut m.filters {
-            if let Some(k) = &mut f.kinds {
-                if k.iter().any(|x| x == "Pod") {
-                    k.extend(extra_kinds.iter().cloned());
-                }
-            }
-        }
-        return finish(
-            rule_name,
-            action,
-            message,
-            m,
-            excludes,
-            compiled.tests,
-            warnings,
-            src,
-            policy,
-        );
-    }
-    if compiled.shape == Shape::Pod {
-        warnings.push(Warning {
-            source: src.file.to_string(),
-            policy: policy.into(),
-            rule: Some(rule_name.into()),
-            message: "autogen is off for this policy: Pod controllers (Deployment, CronJob...) are not checked by this rule".into(),
-        });
-    }
-    finish(
-        rule_name,
-        action,
-        message,
-        matches,
-        excludes,
-        compiled.tests,
-        warnings,
-        src,
-        policy,
-    )
+    Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    rule_name: &str,
-    action: Action,
-    message: Option<String>,
-    matches: FilterSet,
-    excludes: Option<FilterSet>,
-    tests: [Option<ImageTest>; 3],
-    mut warnings: Vec<Warning>,
-    src: &DocSource<'_>,
-    policy: &str,
-) -> R<Option<(Rule, Vec<Warning>)>> {
+/// The kinds the rule matches: `None` when some match filter does not
+/// restrict kinds.
+fn matched_kinds(matches: &FilterSet) -> Option<Vec<String>> {
+    let mut ks: Vec<String> = Vec::new();
+    let mut any_unrestricted = matches.filters.is_empty();
+    for f in &matches.filters {
+        match &f.kinds {
+            Some(k) => ks.extend(k.iter().cloned()),
+            None => any_unrestricted = true,
+        }
+    }
+    if any_unrestricted {
+        None
+    } else {
+        Some(ks)
+    }
+}
+
+/// The controllers a Pod rule extends to by autogen (none for other
+/// rules), once every matched kind is known to have the Pod spec where the
+/// rule reads it.
+fn autogen_kinds(matches: &FilterSet, shape: Shape, autogen: &[String]) -> R<Vec<String>> {
+    let Some(ks) = matched_kinds(matches) else {
+        return skip("match does not restrict kinds: the pattern cannot apply to every kind");
+    };
+    let shape_kinds = shape.kinds();
+    for k in &ks {
+        if k == "*" {
+            return skip("match kinds '*' is not supported");
+        }
+        let autogen_pod = shape == Shape::Pod && k == "Pod";
+        if !shape_kinds.contains(&k.as_str()) && !autogen_pod {
+            return skip(format!(
+                "the rule matches {k} but checks the Pod spec at a path that {k} does not have (Kyverno fails every {k})"
+            ));
+        }
+    }
+    if ks.iter().any(|k| k == "Pod") && shape == Shape::Pod {
+        Ok(autogen.to_vec())
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+/// A rule that checks no container type is not enforced; one that checks
+/// only some is warned about.
+fn coverage_warning(tests: &[Option<ImageTest>; 3], site: &RuleSite<'_>) -> R<Option<Warning>> {
     let uncovered: Vec<&str> = ContainerType::ALL
         .iter()
         .filter(|c| tests[c.index()].is_none())
@@ -767,34 +801,19 @@ fn finish(
     if uncovered.len() == 3 {
         return skip("the rule does not check any container image");
     }
-    if !uncovered.is_empty() {
-        warnings.push(Warning {
-            source: src.file.to_string(),
-            policy: policy.into(),
-            rule: Some(rule_name.into()),
-            message: format!(
-                "checks only {}: {} are not covered (their images run unchecked)",
-                ContainerType::ALL
-                    .iter()
-                    .filter(|c| tests[c.index()].is_some())
-                    .map(|c| c.field())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                uncovered.join(", ")
-            ),
-        });
+    if uncovered.is_empty() {
+        return Ok(None);
     }
-    Ok(Some((
-        Rule {
-            name: rule_name.to_string(),
-            action,
-            message,
-            scope: Scope { matches, excludes },
-            tests,
-            drift: None,
-        },
-        warnings,
-    )))
+    Ok(Some(site.warning(format!(
+        "checks only {}: {} are not covered (their images run unchecked)",
+        ContainerType::ALL
+            .iter()
+            .filter(|c| tests[c.index()].is_some())
+            .map(|c| c.field())
+            .collect::<Vec<_>>()
+            .join(", "),
+        uncovered.join(", ")
+    ))))
 }
 
 /// Strips a Kyverno anchor: `=(x)` conditional → (x, true); plain → (x, false).

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde_yaml::Value;
 
 use crate::eval::PolicySet;
-use crate::model::{InvalidPolicy, PolicyError};
+use crate::model::{InvalidPolicy, PolicyError, Warning};
 use crate::{kyverno, native};
 
 /// One YAML document of a file, with where it starts.
@@ -74,6 +74,16 @@ impl DocSource<'_> {
             field: Some(field.to_string()),
             message,
         }))
+    }
+
+    /// A warning about one rule of a policy of this document.
+    pub fn warning(&self, policy: &str, rule: &str, message: String) -> Warning {
+        Warning {
+            source: self.file.to_string(),
+            policy: policy.to_string(),
+            rule: Some(rule.to_string()),
+            message,
+        }
     }
 
     pub fn syntax(&self, e: &serde_yaml::Error) -> PolicyError {

@@ -715,15 +715,14 @@ fn uncovered_warning(types: &[ContainerType], cx: &RuleCtx<'_>) -> Option<Warnin
     if uncovered.is_empty() {
         return None;
     }
-    Some(Warning {
-        source: cx.src.file.to_string(),
-        policy: cx.policy.to_string(),
-        rule: Some(cx.rule.to_string()),
-        message: format!(
+    Some(cx.src.warning(
+        cx.policy,
+        cx.rule,
+        format!(
             "does not check {} (match.containerTypes)",
             uncovered.join(", ")
         ),
-    })
+    ))
 }
 
 #[cfg(test)]

@@ -685,18 +685,14 @@ fn action_of(actions: &[String]) -> Action {
 }
 
 fn report(set: &mut PolicySet, src: &DocSource<'_>, policy: &str, rule: &str, reason: String) {
-    set.warnings.push(Warning {
-        source: src.file.to_string(),
-        policy: policy.into(),
-        rule: Some(rule.into()),
-        message: format!("not enforced: {reason}"),
-    });
-    set.unsupported.push(Unsupported {
+    let unsupported = Unsupported {
         source: src.file.to_string(),
         policy: policy.into(),
         rule: rule.into(),
         reason,
-    });
+    };
+    set.warnings.push(unsupported.warning());
+    set.unsupported.push(unsupported);
 }
 
 /// The rule's tests: the CEL rule for each governed container type.
@@ -722,14 +718,15 @@ fn uncovered_warning(
         .filter(|c| !rule.governs[c.index()])
         .map(|c| c.field())
         .collect();
-    (!missing.is_empty()).then(|| Warning {
-        source: src.file.to_string(),
-        policy: policy.into(),
-        rule: Some(rule_name.into()),
-        message: format!(
-            "the expressions never name {}: their images are not checked",
-            missing.join(", ")
-        ),
+    (!missing.is_empty()).then(|| {
+        src.warning(
+            policy,
+            rule_name,
+            format!(
+                "the expressions never name {}: their images are not checked",
+                missing.join(", ")
+            ),
+        )
     })
 }
 
