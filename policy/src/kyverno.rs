@@ -856,43 +856,7 @@ fn compile_pattern(p: &Value) -> R<(Shape, [Option<ImageTest>; 3], Vec<String>)>
     let spec = single_key(top, "spec", "pattern")?
         .as_mapping()
         .ok_or_else(|| Skip("pattern spec is not a mapping".into()))?;
-    let pod_keys = |m: &Mapping| {
-        m.iter().any(|(k, _)| {
-            k.as_str()
-                .and_then(|k| anchor(k).ok())
-                .is_some_and(|(n, _)| ContainerType::from_field(n).is_some())
-        })
-    };
-    let controller_keys = spec
-        .iter()
-        .any(|(k, _)| matches!(k.as_str(), Some("template" | "jobTemplate")));
-    let (shape, podspec) = if pod_keys(spec) || !controller_keys {
-        (Shape::Pod, spec)
-    } else if let Ok(t) = single_key(spec, "template", "spec") {
-        let ts = t
-            .as_mapping()
-            .ok_or_else(|| Skip("pattern template is not a mapping".into()))?;
-        let ps = single_key(ts, "spec", "spec.template")?
-            .as_mapping()
-            .ok_or_else(|| Skip("bad template spec".into()))?;
-        (Shape::Template, ps)
-    } else if let Ok(j) = single_key(spec, "jobTemplate", "spec") {
-        let js = j
-            .as_mapping()
-            .ok_or_else(|| Skip("bad jobTemplate".into()))?;
-        let jss = single_key(js, "spec", "spec.jobTemplate")?
-            .as_mapping()
-            .ok_or_else(|| Skip("bad jobTemplate spec".into()))?;
-        let t = single_key(jss, "template", "spec.jobTemplate.spec")?
-            .as_mapping()
-            .ok_or_else(|| Skip("bad template".into()))?;
-        let ps = single_key(t, "spec", "spec.jobTemplate.spec.template")?
-            .as_mapping()
-            .ok_or_else(|| Skip("bad template spec".into()))?;
-        (Shape::CronJob, ps)
-    } else {
-        return skip("pattern checks the controller spec beside its Pod template, not supported");
-    };
+    let (shape, podspec) = pattern_pod_spec(spec)?;
     let mut tests: [Option<ImageTest>; 3] = [None, None, None];
     let mut pod_level = serde_json::Map::new();
     let mut warnings = Vec::new();
@@ -915,45 +879,13 @@ fn compile_pattern(p: &Value) -> R<(Shape, [Option<ImageTest>; 3], Vec<String>)>
                 "pattern anchor {key} on a container list is not supported"
             ));
         }
+        tests[ct.index()] = Some(container_list_test(key, name, v)?);
         let conditional = a == Anchor::Equality;
-        let Some(list) = v.as_sequence() else {
-            return skip(format!("pattern {key} is not a list"));
-        };
-        if list.len() != 1 {
-            return skip(format!(
-                "pattern {key} has {} elements (only one element patterns are supported)",
-                list.len()
-            ));
-        }
-        let Some(elem) = list[0].as_mapping() else {
-            return skip(format!("pattern {key}[] is not a mapping"));
-        };
-        check_pattern(&list[0], &format!("spec.{name}[]"))?;
-        // Image-only elements (other keys `*`): the image pattern as before.
-        let mut image = None;
-        let mut image_only = true;
-        for (ek, ev) in elem {
-            let (en, ea) = anchor_of(ek.as_str().unwrap_or(""))?;
-            if en == "image" && matches!(ea, Anchor::Plain | Anchor::Equality) {
-                match ev.as_str() {
-                    Some(s) => image = Some(s.to_string()),
-                    None => image_only = false,
-                }
-            } else if !(matches!(ea, Anchor::Plain | Anchor::Equality) && ev.as_str() == Some("*"))
-            {
-                image_only = false;
-            }
-        }
-        let test = match image {
-            Some(image) if image_only => ImageTest::KyvernoPattern(image),
-            _ => ImageTest::ContainerPattern(Arc::new(to_json(&list[0])?)),
-        };
         if !conditional && ct != ContainerType::Container {
             warnings.push(format!(
                 "pattern requires {name} to be present (no =() anchor): Kyverno fails Pods without {name}; imagewarden only checks the images present"
             ));
         }
-        tests[ct.index()] = Some(test);
     }
     if !pod_level.is_empty() {
         let pp = ImageTest::PodPattern(Arc::new(serde_json::json!({ "spec": pod_level })));
@@ -966,6 +898,83 @@ fn compile_pattern(p: &Value) -> R<(Shape, [Option<ImageTest>; 3], Vec<String>)>
         }
     }
     Ok((shape, tests, warnings))
+}
+
+/// Where the Pod spec sits in a pattern's `spec`: the spec itself (a Pod,
+/// or a pattern with no controller keys), `template.spec` or
+/// `jobTemplate.spec.template.spec`.
+fn pattern_pod_spec(spec: &Mapping) -> R<(Shape, &Mapping)> {
+    let pod_keys = spec.iter().any(|(k, _)| {
+        k.as_str()
+            .and_then(|k| anchor(k).ok())
+            .is_some_and(|(n, _)| ContainerType::from_field(n).is_some())
+    });
+    let controller_keys = spec
+        .iter()
+        .any(|(k, _)| matches!(k.as_str(), Some("template" | "jobTemplate")));
+    if pod_keys || !controller_keys {
+        Ok((Shape::Pod, spec))
+    } else if let Ok(t) = single_key(spec, "template", "spec") {
+        let ts = t
+            .as_mapping()
+            .ok_or_else(|| Skip("pattern template is not a mapping".into()))?;
+        let ps = single_key(ts, "spec", "spec.template")?
+            .as_mapping()
+            .ok_or_else(|| Skip("bad template spec".into()))?;
+        Ok((Shape::Template, ps))
+    } else if let Ok(j) = single_key(spec, "jobTemplate", "spec") {
+        let js = j
+            .as_mapping()
+            .ok_or_else(|| Skip("bad jobTemplate".into()))?;
+        let jss = single_key(js, "spec", "spec.jobTemplate")?
+            .as_mapping()
+            .ok_or_else(|| Skip("bad jobTemplate spec".into()))?;
+        let t = single_key(jss, "template", "spec.jobTemplate.spec")?
+            .as_mapping()
+            .ok_or_else(|| Skip("bad template".into()))?;
+        let ps = single_key(t, "spec", "spec.jobTemplate.spec.template")?
+            .as_mapping()
+            .ok_or_else(|| Skip("bad template spec".into()))?;
+        Ok((Shape::CronJob, ps))
+    } else {
+        skip("pattern checks the controller spec beside its Pod template, not supported")
+    }
+}
+
+/// The test of one container list's single element pattern (`key` as
+/// written, `name` without its anchor): an image-only element (other keys
+/// `*`) as a Kyverno image pattern, any other as a container pattern.
+fn container_list_test(key: &str, name: &str, v: &Value) -> R<ImageTest> {
+    let Some(list) = v.as_sequence() else {
+        return skip(format!("pattern {key} is not a list"));
+    };
+    if list.len() != 1 {
+        return skip(format!(
+            "pattern {key} has {} elements (only one element patterns are supported)",
+            list.len()
+        ));
+    }
+    let Some(elem) = list[0].as_mapping() else {
+        return skip(format!("pattern {key}[] is not a mapping"));
+    };
+    check_pattern(&list[0], &format!("spec.{name}[]"))?;
+    let mut image = None;
+    let mut image_only = true;
+    for (ek, ev) in elem {
+        let (en, ea) = anchor_of(ek.as_str().unwrap_or(""))?;
+        if en == "image" && matches!(ea, Anchor::Plain | Anchor::Equality) {
+            match ev.as_str() {
+                Some(s) => image = Some(s.to_string()),
+                None => image_only = false,
+            }
+        } else if !(matches!(ea, Anchor::Plain | Anchor::Equality) && ev.as_str() == Some("*")) {
+            image_only = false;
+        }
+    }
+    Ok(match image {
+        Some(image) if image_only => ImageTest::KyvernoPattern(image),
+        _ => ImageTest::ContainerPattern(Arc::new(to_json(&list[0])?)),
+    })
 }
 
 fn compile_pattern_rule(patterns: &[Value]) -> R<Compiled> {
@@ -1047,6 +1056,14 @@ enum Key {
         Shape,
         Option<(String, String)>,
     ),
+}
+
+/// The key of one condition (`condition is not a mapping` otherwise).
+fn condition_key(c: &Value, in_foreach: bool) -> R<Key> {
+    let m = c
+        .as_mapping()
+        .ok_or_else(|| Skip("condition is not a mapping".into()))?;
+    parse_key(get(m, "key").unwrap_or(&Value::Null), in_foreach)
 }
 
 fn parse_key(key: &Value, in_foreach: bool) -> R<Key> {
@@ -1216,15 +1233,7 @@ fn compile_deny(deny: &Value) -> R<Compiled> {
     let mut shape = None;
     let mut per: [Vec<ImageTest>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for c in any.iter().chain(all.iter()) {
-        let key = parse_key(
-            get(
-                c.as_mapping()
-                    .ok_or_else(|| Skip("condition is not a mapping".into()))?,
-                "key",
-            )
-            .unwrap_or(&Value::Null),
-            false,
-        )?;
+        let key = condition_key(c, false)?;
         let Key::Images(_, gs, s, filter) = &key else {
             return skip("element.image outside foreach");
         };
@@ -1385,63 +1394,8 @@ fn compile_foreach(v: &Value) -> R<Compiled> {
         for (k, val) in em {
             match k.as_str().unwrap_or("") {
                 "list" => list = val.as_str(),
-                "deny" => {
-                    let conds = deny_conditions(val)?;
-                    let (any, all) = condition_blocks(conds)?;
-                    if any.is_empty() && all.is_empty() {
-                        return skip("foreach deny without conditions denies every container");
-                    }
-                    let mut any_t = Vec::new();
-                    for c in &any {
-                        let key = parse_key(
-                            get(
-                                c.as_mapping()
-                                    .ok_or_else(|| Skip("condition is not a mapping".into()))?,
-                                "key",
-                            )
-                            .unwrap_or(&Value::Null),
-                            true,
-                        )?;
-                        if !matches!(key, Key::Element) {
-                            return skip("foreach condition key is not {{ element.image }}");
-                        }
-                        any_t.push(condition(c, &key)?);
-                    }
-                    let mut all_t = Vec::new();
-                    for c in &all {
-                        let key = parse_key(
-                            get(
-                                c.as_mapping()
-                                    .ok_or_else(|| Skip("condition is not a mapping".into()))?,
-                                "key",
-                            )
-                            .unwrap_or(&Value::Null),
-                            true,
-                        )?;
-                        if !matches!(key, Key::Element) {
-                            return skip("foreach condition key is not {{ element.image }}");
-                        }
-                        all_t.push(condition(c, &key)?);
-                    }
-                    let mut parts = Vec::new();
-                    if !any_t.is_empty() {
-                        parts.push(ImageTest::Any(any_t));
-                    }
-                    if !all_t.is_empty() {
-                        parts.push(ImageTest::All(all_t));
-                    }
-                    test = Some(ImageTest::Not(Box::new(ImageTest::All(parts))));
-                }
-                "pattern" => {
-                    let Some(pm) = val.as_mapping() else {
-                        return skip("foreach pattern is not a mapping");
-                    };
-                    let img = single_key(pm, "image", "foreach pattern")?;
-                    let Some(s) = img.as_str() else {
-                        return skip("foreach pattern image is not a string");
-                    };
-                    test = Some(ImageTest::KyvernoPattern(s.to_string()));
-                }
+                "deny" => test = Some(foreach_deny(val)?),
+                "pattern" => test = Some(foreach_pattern(val)?),
                 other => return skip(format!("foreach.{other} is not supported")),
             }
         }
@@ -1466,6 +1420,52 @@ fn compile_foreach(v: &Value) -> R<Compiled> {
         shape: shape.unwrap_or(Shape::Pod),
         warnings: Vec::new(),
     })
+}
+
+/// A foreach entry's `deny`: the element passes unless its conditions hold.
+fn foreach_deny(deny: &Value) -> R<ImageTest> {
+    let conds = deny_conditions(deny)?;
+    let (any, all) = condition_blocks(conds)?;
+    if any.is_empty() && all.is_empty() {
+        return skip("foreach deny without conditions denies every container");
+    }
+    let any_t = element_conditions(&any)?;
+    let all_t = element_conditions(&all)?;
+    let mut parts = Vec::new();
+    if !any_t.is_empty() {
+        parts.push(ImageTest::Any(any_t));
+    }
+    if !all_t.is_empty() {
+        parts.push(ImageTest::All(all_t));
+    }
+    Ok(ImageTest::Not(Box::new(ImageTest::All(parts))))
+}
+
+/// Foreach conditions, each on `{{ element.image }}`, as "condition holds"
+/// tests.
+fn element_conditions(conds: &[&Value]) -> R<Vec<ImageTest>> {
+    conds
+        .iter()
+        .map(|c| {
+            let key = condition_key(c, true)?;
+            if !matches!(key, Key::Element) {
+                return skip("foreach condition key is not {{ element.image }}");
+            }
+            condition(c, &key)
+        })
+        .collect()
+}
+
+/// A foreach entry's `pattern`: an image pattern only.
+fn foreach_pattern(pattern: &Value) -> R<ImageTest> {
+    let Some(pm) = pattern.as_mapping() else {
+        return skip("foreach pattern is not a mapping");
+    };
+    let img = single_key(pm, "image", "foreach pattern")?;
+    let Some(s) = img.as_str() else {
+        return skip("foreach pattern image is not a string");
+    };
+    Ok(ImageTest::KyvernoPattern(s.to_string()))
 }
 
 fn compile_cel(v: &Value) -> R<Compiled> {
