@@ -43,6 +43,7 @@ use crate::eval::{
 };
 use crate::load::DocSource;
 use crate::model::{Action, ContainerType, PolicyError, Unsupported, Warning};
+use crate::vpol::{scalar, Skip, R};
 
 /// Pod controllers Kyverno generates rules for by default.
 pub const AUTOGEN_CONTROLLERS: [&str; 7] = [
@@ -92,11 +93,6 @@ fn get<'a>(m: &'a Mapping, k: &str) -> Option<&'a Value> {
 fn str_of(v: Option<&Value>) -> Option<&str> {
     v.and_then(Value::as_str)
 }
-
-/// A per-rule failure to import: the rule is reported and not enforced.
-struct Skip(String);
-
-type R<T> = Result<T, Skip>;
 
 fn skip<T>(msg: impl Into<String>) -> R<T> {
     Err(Skip(msg.into()))
@@ -468,7 +464,7 @@ fn resource_filter(v: &Value, what: &str) -> R<Filter> {
                     .and_then(Value::as_mapping)
                     .map(|m| {
                         m.iter()
-                            .filter_map(|(k, v)| Some((k.as_str()?.to_string(), scalar_string(v)?)))
+                            .filter_map(|(k, v)| Some((k.as_str()?.to_string(), scalar(v)?)))
                             .collect::<BTreeMap<_, _>>()
                     });
                 match (only_labels, labels) {
@@ -495,15 +491,6 @@ fn resource_filter(v: &Value, what: &str) -> R<Filter> {
         }
     }
     Ok(f)
-}
-
-fn scalar_string(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
 }
 
 /// One compiled validation: a pass test per container type and the shape of
@@ -1124,7 +1111,7 @@ fn parse_key(key: &Value, in_foreach: bool) -> R<Key> {
 
 fn string_list(v: &Value) -> Option<Vec<String>> {
     match v {
-        Value::Sequence(l) => l.iter().map(scalar_string).collect(),
+        Value::Sequence(l) => l.iter().map(scalar).collect(),
         Value::String(s) => {
             if let Ok(arr) = serde_json::from_str::<Vec<String>>(s) {
                 Some(arr)
