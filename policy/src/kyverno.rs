@@ -803,6 +803,11 @@ fn coverage_warning(tests: &[Option<ImageTest>; 3], site: &RuleSite<'_>) -> R<Op
     ))))
 }
 
+/// `v` as a mapping; `what` is the skip reason when it is not one.
+fn mapping<'a>(v: &'a Value, what: &str) -> R<&'a Mapping> {
+    v.as_mapping().ok_or_else(|| Skip(what.into()))
+}
+
 /// Strips a Kyverno anchor: `=(x)` conditional → (x, true); plain → (x, false).
 fn anchor(key: &str) -> R<(&str, bool)> {
     if let Some(inner) = key.strip_prefix("=(").and_then(|k| k.strip_suffix(')')) {
@@ -840,9 +845,10 @@ fn compile_pattern(p: &Value) -> R<(Shape, [Option<ImageTest>; 3], Vec<String>)>
     let Some(top) = p.as_mapping() else {
         return skip("pattern is not a mapping");
     };
-    let spec = single_key(top, "spec", "pattern")?
-        .as_mapping()
-        .ok_or_else(|| Skip("pattern spec is not a mapping".into()))?;
+    let spec = mapping(
+        single_key(top, "spec", "pattern")?,
+        "pattern spec is not a mapping",
+    )?;
     let (shape, podspec) = pattern_pod_spec(spec)?;
     let mut tests: [Option<ImageTest>; 3] = [None, None, None];
     let mut pod_level = serde_json::Map::new();
@@ -902,26 +908,26 @@ fn pattern_pod_spec(spec: &Mapping) -> R<(Shape, &Mapping)> {
     if pod_keys || !controller_keys {
         Ok((Shape::Pod, spec))
     } else if let Ok(t) = single_key(spec, "template", "spec") {
-        let ts = t
-            .as_mapping()
-            .ok_or_else(|| Skip("pattern template is not a mapping".into()))?;
-        let ps = single_key(ts, "spec", "spec.template")?
-            .as_mapping()
-            .ok_or_else(|| Skip("bad template spec".into()))?;
+        let ts = mapping(t, "pattern template is not a mapping")?;
+        let ps = mapping(
+            single_key(ts, "spec", "spec.template")?,
+            "bad template spec",
+        )?;
         Ok((Shape::Template, ps))
     } else if let Ok(j) = single_key(spec, "jobTemplate", "spec") {
-        let js = j
-            .as_mapping()
-            .ok_or_else(|| Skip("bad jobTemplate".into()))?;
-        let jss = single_key(js, "spec", "spec.jobTemplate")?
-            .as_mapping()
-            .ok_or_else(|| Skip("bad jobTemplate spec".into()))?;
-        let t = single_key(jss, "template", "spec.jobTemplate.spec")?
-            .as_mapping()
-            .ok_or_else(|| Skip("bad template".into()))?;
-        let ps = single_key(t, "spec", "spec.jobTemplate.spec.template")?
-            .as_mapping()
-            .ok_or_else(|| Skip("bad template spec".into()))?;
+        let js = mapping(j, "bad jobTemplate")?;
+        let jss = mapping(
+            single_key(js, "spec", "spec.jobTemplate")?,
+            "bad jobTemplate spec",
+        )?;
+        let t = mapping(
+            single_key(jss, "template", "spec.jobTemplate.spec")?,
+            "bad template",
+        )?;
+        let ps = mapping(
+            single_key(t, "spec", "spec.jobTemplate.spec.template")?,
+            "bad template spec",
+        )?;
         Ok((Shape::CronJob, ps))
     } else {
         skip("pattern checks the controller spec beside its Pod template, not supported")
@@ -1047,9 +1053,7 @@ enum Key {
 
 /// The key of one condition (`condition is not a mapping` otherwise).
 fn condition_key(c: &Value, in_foreach: bool) -> R<Key> {
-    let m = c
-        .as_mapping()
-        .ok_or_else(|| Skip("condition is not a mapping".into()))?;
+    let m = mapping(c, "condition is not a mapping")?;
     parse_key(get(m, "key").unwrap_or(&Value::Null), in_foreach)
 }
 
@@ -1306,9 +1310,7 @@ fn compile_preconditions(v: &Value) -> R<[Option<ImageTest>; 3]> {
     let mut all_t: [Vec<ImageTest>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for (block, out) in [(&any, &mut any_t), (&all, &mut all_t)] {
         for c in block.iter() {
-            let cm = c
-                .as_mapping()
-                .ok_or_else(|| Skip("precondition is not a mapping".into()))?;
+            let cm = mapping(c, "precondition is not a mapping")?;
             let key = parse_key(get(cm, "key").unwrap_or(&Value::Null), false)
                 .map_err(|Skip(m)| Skip(format!("preconditions: {m}")))?;
             let Key::Images(_, gs, _, filter) = &key else {

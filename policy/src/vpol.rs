@@ -977,7 +977,14 @@ pub(crate) fn link_vaps(docs: VapDocs, set: &mut PolicySet) {
         };
         let policy_name = format!("{pname}/{bname}");
         let mut sub = PolicySet::new();
-        match vap_rule(pname, pspec, bspec, &docs.params, &psrc, &mut sub) {
+        let binding = Binding {
+            pname,
+            pspec,
+            bspec,
+            params: &docs.params,
+            src: &psrc,
+        };
+        match binding.rule(&mut sub) {
             Ok(rule) => sub.policies.push(Policy {
                 name: policy_name,
                 kind: "ValidatingAdmissionPolicy".into(),
@@ -1008,59 +1015,119 @@ pub(crate) fn link_vaps(docs: VapDocs, set: &mut PolicySet) {
     }
 }
 
-fn vap_rule(
-    pname: &str,
-    pspec: &Mapping,
-    bspec: &Mapping,
-    params: &[ParamObject],
-    src: &DocSource<'_>,
-    set: &mut PolicySet,
-) -> R<Rule> {
-    only_fields(
-        pspec,
-        &[
-            "matchConstraints",
-            "matchConditions",
-            "variables",
-            "validations",
-            "failurePolicy",
-            "auditAnnotations",
-            "paramKind",
-        ],
-        "ValidatingAdmissionPolicy",
-    )?;
-    only_fields(
-        bspec,
-        &[
-            "policyName",
-            "validationActions",
-            "matchResources",
-            "paramRef",
-        ],
-        "ValidatingAdmissionPolicyBinding",
-    )?;
-    let actions = strs(get(bspec, "validationActions"));
-    if actions.is_empty() {
-        return Err(Skip("binding has no validationActions".into()));
+/// A ValidatingAdmissionPolicy with one of its bindings, and the param
+/// objects of the policy files.
+struct Binding<'a> {
+    pname: &'a str,
+    pspec: &'a Mapping,
+    bspec: &'a Mapping,
+    params: &'a [ParamObject],
+    /// Where the policy is, for its warnings.
+    src: &'a DocSource<'a>,
+}
+
+impl Binding<'_> {
+    /// The policy's rule as bound; warnings go to `set`.
+    fn rule(&self, set: &mut PolicySet) -> R<Rule> {
+        let Binding {
+            pname,
+            pspec,
+            bspec,
+            src,
+            ..
+        } = *self;
+        only_fields(
+            pspec,
+            &[
+                "matchConstraints",
+                "matchConditions",
+                "variables",
+                "validations",
+                "failurePolicy",
+                "auditAnnotations",
+                "paramKind",
+            ],
+            "ValidatingAdmissionPolicy",
+        )?;
+        only_fields(
+            bspec,
+            &[
+                "policyName",
+                "validationActions",
+                "matchResources",
+                "paramRef",
+            ],
+            "ValidatingAdmissionPolicyBinding",
+        )?;
+        let actions = strs(get(bspec, "validationActions"));
+        if actions.is_empty() {
+            return Err(Skip("binding has no validationActions".into()));
+        }
+        let action = action_of(&actions);
+        let matches = bound_matches(pspec, bspec)?;
+        let mut rule = compile_spec_cel(pspec)?;
+        rule.params = self.params(set)?;
+        if let Some(w) = uncovered_warning(&rule, src, pname, "validations") {
+            set.warnings.push(w);
+        }
+        Ok(Rule {
+            name: "validations".into(),
+            action,
+            message: None,
+            scope: Scope {
+                matches,
+                excludes: None,
+            },
+            tests: tests_of(rule),
+            drift: None,
+        })
     }
-    let action = action_of(&actions);
-    let matches = bound_matches(pspec, bspec)?;
-    let mut rule = compile_spec_cel(pspec)?;
-    rule.params = bound_params(pname, pspec, bspec, params, src, set)?;
-    if let Some(w) = uncovered_warning(&rule, src, pname, "validations") {
-        set.warnings.push(w);
+
+    /// The params the binding's `paramRef` selects for the policy's
+    /// `paramKind`, as CEL values (none without `paramKind`).
+    fn params(&self, set: &mut PolicySet) -> R<Vec<CelValue>> {
+        let Binding {
+            pname,
+            pspec,
+            bspec,
+            params,
+            src,
+        } = *self;
+        let Some(pk) = get(pspec, "paramKind") else {
+            if get(bspec, "paramRef").is_some() {
+                return Err(Skip(
+                    "binding has a paramRef but the policy no paramKind".into(),
+                ));
+            }
+            return Ok(Vec::new());
+        };
+        let api_version = pk.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let kind = pk.get("kind").and_then(Value::as_str).unwrap_or("");
+        let Some(pr) = get(bspec, "paramRef") else {
+            return Err(Skip(format!(
+                "policy {pname} has paramKind {kind} but the binding has no paramRef"
+            )));
+        };
+        let selected = select_params(pr, api_version, kind, params)?;
+        if selected.is_empty() {
+            let deny = pr.get("parameterNotFoundAction").and_then(Value::as_str) == Some("Deny");
+            if deny {
+                return Err(Skip(format!(
+                "paramRef selects no {kind} in the policy files and parameterNotFoundAction is Deny (every Pod would be denied)"
+            )));
+            }
+            set.warnings.push(Warning {
+            source: src.file.to_string(),
+            policy: pname.into(),
+            rule: None,
+            message: format!("paramRef selects no {kind} in the policy files: the binding allows everything (parameterNotFoundAction Allow)"),
+        });
+            return Err(Skip(format!(
+                "paramRef selects no {kind} in the policy files"
+            )));
+        }
+        Ok(selected.iter().map(|p| json_to_cel(&p.object)).collect())
     }
-    Ok(Rule {
-        name: "validations".into(),
-        action,
-        message: None,
-        scope: Scope {
-            matches,
-            excludes: None,
-        },
-        tests: tests_of(rule),
-        drift: None,
-    })
 }
 
 /// A spec may only have these fields; `what` names it in the reason.
@@ -1099,52 +1166,6 @@ fn bound_matches(pspec: &Mapping, bspec: &Mapping) -> R<FilterSet> {
         matches.filters.push(filter);
     }
     Ok(matches)
-}
-
-/// The params the binding's `paramRef` selects for the policy's
-/// `paramKind`, as CEL values (none without `paramKind`).
-fn bound_params(
-    pname: &str,
-    pspec: &Mapping,
-    bspec: &Mapping,
-    params: &[ParamObject],
-    src: &DocSource<'_>,
-    set: &mut PolicySet,
-) -> R<Vec<CelValue>> {
-    let Some(pk) = get(pspec, "paramKind") else {
-        if get(bspec, "paramRef").is_some() {
-            return Err(Skip(
-                "binding has a paramRef but the policy no paramKind".into(),
-            ));
-        }
-        return Ok(Vec::new());
-    };
-    let api_version = pk.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-    let kind = pk.get("kind").and_then(Value::as_str).unwrap_or("");
-    let Some(pr) = get(bspec, "paramRef") else {
-        return Err(Skip(format!(
-            "policy {pname} has paramKind {kind} but the binding has no paramRef"
-        )));
-    };
-    let selected = select_params(pr, api_version, kind, params)?;
-    if selected.is_empty() {
-        let deny = pr.get("parameterNotFoundAction").and_then(Value::as_str) == Some("Deny");
-        if deny {
-            return Err(Skip(format!(
-                "paramRef selects no {kind} in the policy files and parameterNotFoundAction is Deny (every Pod would be denied)"
-            )));
-        }
-        set.warnings.push(Warning {
-            source: src.file.to_string(),
-            policy: pname.into(),
-            rule: None,
-            message: format!("paramRef selects no {kind} in the policy files: the binding allows everything (parameterNotFoundAction Allow)"),
-        });
-        return Err(Skip(format!(
-            "paramRef selects no {kind} in the policy files"
-        )));
-    }
-    Ok(selected.iter().map(|p| json_to_cel(&p.object)).collect())
 }
 
 fn select_params<'a>(
