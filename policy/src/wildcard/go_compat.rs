@@ -144,28 +144,7 @@ pub fn gobwas_glob_match(pattern: &str, value: &str) -> Result<bool, PatternErro
         Tok::Class(neg, r) => r.iter().any(|(lo, hi)| *lo <= c && c <= *hi) != *neg,
         Tok::Any => false,
     };
-    // Two-pointer with backtracking to the last '*'.
-    let (mut pi, mut si, mut star, mut mark) = (0usize, 0usize, None::<usize>, 0usize);
-    while si < s.len() {
-        if pi < toks.len() && matches!(toks[pi], Tok::Any) {
-            star = Some(pi);
-            mark = si;
-            pi += 1;
-        } else if pi < toks.len() && one(&toks[pi], s[si]) {
-            pi += 1;
-            si += 1;
-        } else if let Some(st) = star {
-            pi = st + 1;
-            mark += 1;
-            si = mark;
-        } else {
-            return Ok(false);
-        }
-    }
-    while pi < toks.len() && matches!(toks[pi], Tok::Any) {
-        pi += 1;
-    }
-    Ok(pi == toks.len())
+    Ok(super::star_match(&toks, &s, |t| matches!(t, Tok::Any), one))
 }
 
 /// One entry of Kyverno's `matchImageReferences`.
