@@ -526,6 +526,9 @@ fn string(s: &str) -> Value {
     Value::String(Arc::new(s.to_string()))
 }
 
+/// A string field of an image, as a method returns it.
+type ImageAccessor = fn(&ImageRef) -> &str;
+
 fn register_image_library(ctx: &mut Context<'_>) {
     ctx.add_function(
         "image",
@@ -536,36 +539,22 @@ fn register_image_library(ctx: &mut Context<'_>) {
         },
     );
     ctx.add_function("isImage", |s: Arc<String>| ImageRef::parse(&s).is_ok());
-    ctx.add_function(
-        "registry",
-        |This(this): This<Value>| -> Result<Value, ExecutionError> {
-            Ok(string(&image_of(&this, "registry")?.registry))
-        },
-    );
-    ctx.add_function(
-        "repository",
-        |This(this): This<Value>| -> Result<Value, ExecutionError> {
-            Ok(string(&image_of(&this, "repository")?.repository))
-        },
-    );
-    ctx.add_function(
-        "identifier",
-        |This(this): This<Value>| -> Result<Value, ExecutionError> {
-            Ok(string(image_of(&this, "identifier")?.identifier()))
-        },
-    );
-    ctx.add_function(
-        "tag",
-        |This(this): This<Value>| -> Result<Value, ExecutionError> {
-            Ok(string(&image_of(&this, "tag")?.tag))
-        },
-    );
-    ctx.add_function(
-        "digest",
-        |This(this): This<Value>| -> Result<Value, ExecutionError> {
-            Ok(string(&image_of(&this, "digest")?.digest))
-        },
-    );
+    // The string accessors of an image, by method name.
+    let accessors: [(&'static str, ImageAccessor); 5] = [
+        ("registry", |i| &i.registry),
+        ("repository", |i| &i.repository),
+        ("identifier", ImageRef::identifier),
+        ("tag", |i| &i.tag),
+        ("digest", |i| &i.digest),
+    ];
+    for (name, get) in accessors {
+        ctx.add_function(
+            name,
+            move |This(this): This<Value>| -> Result<Value, ExecutionError> {
+                Ok(string(get(&image_of(&this, name)?)))
+            },
+        );
+    }
     ctx.add_function(
         "containsDigest",
         |This(this): This<Value>| -> Result<Value, ExecutionError> {
@@ -740,6 +729,11 @@ mod tests {
         assert!(b("isImage('nginx:1')", o.clone()));
         assert!(!b("isImage('Not An Image')", o.clone()));
         assert!(eval_with("image('not an image')", o).is_err());
+        // An accessor on something else names itself in the error.
+        for m in ["registry", "repository", "identifier", "tag", "digest"] {
+            let e = eval_with(&format!("'nginx'.{m}()"), json!({})).unwrap_err();
+            assert!(e.contains(m) && e.contains("not an image"), "{m}: {e}");
+        }
     }
 
     #[test]

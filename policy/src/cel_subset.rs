@@ -64,93 +64,48 @@ enum Tok {
     Ne,
 }
 
+/// Operators and punctuation, longest first where one is the prefix of
+/// another (`.?` before `.`, `!=` before `!`).
+const PUNCT: &[(&str, Tok)] = &[
+    (".?", Tok::OptDot),
+    ("||", Tok::Or),
+    ("&&", Tok::And),
+    ("==", Tok::Eq),
+    ("!=", Tok::Ne),
+    (".", Tok::Dot),
+    ("(", Tok::LParen),
+    (")", Tok::RParen),
+    ("[", Tok::LBrack),
+    ("]", Tok::RBrack),
+    (",", Tok::Comma),
+    ("+", Tok::Plus),
+    ("!", Tok::Not),
+];
+
 fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
     let c: Vec<char> = s.chars().collect();
     let mut i = 0;
     let mut out = Vec::new();
     while i < c.len() {
         let ch = c[i];
+        if matches!(ch, ' ' | '\t' | '\n' | '\r') {
+            i += 1;
+            continue;
+        }
+        let rest = &c[i..];
+        if let Some((p, tok)) = PUNCT
+            .iter()
+            .find(|(p, _)| rest.len() >= p.len() && p.chars().eq(rest[..p.len()].iter().copied()))
+        {
+            out.push(tok.clone());
+            i += p.len();
+            continue;
+        }
         match ch {
-            ' ' | '\t' | '\n' | '\r' => i += 1,
-            '.' if c.get(i + 1) == Some(&'?') => {
-                out.push(Tok::OptDot);
-                i += 2;
-            }
-            '.' => {
-                out.push(Tok::Dot);
-                i += 1;
-            }
-            '(' => {
-                out.push(Tok::LParen);
-                i += 1;
-            }
-            ')' => {
-                out.push(Tok::RParen);
-                i += 1;
-            }
-            '[' => {
-                out.push(Tok::LBrack);
-                i += 1;
-            }
-            ']' => {
-                out.push(Tok::RBrack);
-                i += 1;
-            }
-            ',' => {
-                out.push(Tok::Comma);
-                i += 1;
-            }
-            '+' => {
-                out.push(Tok::Plus);
-                i += 1;
-            }
-            '|' if c.get(i + 1) == Some(&'|') => {
-                out.push(Tok::Or);
-                i += 2;
-            }
-            '&' if c.get(i + 1) == Some(&'&') => {
-                out.push(Tok::And);
-                i += 2;
-            }
-            '=' if c.get(i + 1) == Some(&'=') => {
-                out.push(Tok::Eq);
-                i += 2;
-            }
-            '!' if c.get(i + 1) == Some(&'=') => {
-                out.push(Tok::Ne);
-                i += 2;
-            }
-            '!' => {
-                out.push(Tok::Not);
-                i += 1;
-            }
             '\'' | '"' => {
-                let q = ch;
-                i += 1;
-                let mut lit = String::new();
-                loop {
-                    match c.get(i) {
-                        None => return Err("unterminated string literal".into()),
-                        Some(&x) if x == q => {
-                            i += 1;
-                            break;
-                        }
-                        Some('\\') => {
-                            match c.get(i + 1) {
-                                Some(&e @ ('\\' | '\'' | '"')) => lit.push(e),
-                                Some('n') => lit.push('\n'),
-                                Some('t') => lit.push('\t'),
-                                _ => return Err("unsupported escape in string literal".into()),
-                            }
-                            i += 2;
-                        }
-                        Some(&x) => {
-                            lit.push(x);
-                            i += 1;
-                        }
-                    }
-                }
+                let (lit, end) = string_literal(&c, i)?;
                 out.push(Tok::Str(lit));
+                i = end;
             }
             x if x.is_ascii_alphabetic() || x == '_' => {
                 let st = i;
@@ -163,6 +118,33 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
         }
     }
     Ok(out)
+}
+
+/// The string literal whose opening quote is at `c[start]`: its value and
+/// the index after its closing quote.
+fn string_literal(c: &[char], start: usize) -> Result<(String, usize), String> {
+    let q = c[start];
+    let mut i = start + 1;
+    let mut lit = String::new();
+    loop {
+        match c.get(i) {
+            None => return Err("unterminated string literal".into()),
+            Some(&x) if x == q => return Ok((lit, i + 1)),
+            Some('\\') => {
+                match c.get(i + 1) {
+                    Some(&e @ ('\\' | '\'' | '"')) => lit.push(e),
+                    Some('n') => lit.push('\n'),
+                    Some('t') => lit.push('\t'),
+                    _ => return Err("unsupported escape in string literal".into()),
+                }
+                i += 2;
+            }
+            Some(&x) => {
+                lit.push(x);
+                i += 1;
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -43,6 +43,7 @@ use crate::eval::{
 };
 use crate::load::DocSource;
 use crate::model::{Action, ContainerType, PolicyError, Unsupported, Warning};
+use crate::vpol::{scalar, Skip, R};
 
 /// Pod controllers Kyverno generates rules for by default.
 pub const AUTOGEN_CONTROLLERS: [&str; 7] = [
@@ -92,11 +93,6 @@ fn get<'a>(m: &'a Mapping, k: &str) -> Option<&'a Value> {
 fn str_of(v: Option<&Value>) -> Option<&str> {
     v.and_then(Value::as_str)
 }
-
-/// A per-rule failure to import: the rule is reported and not enforced.
-struct Skip(String);
-
-type R<T> = Result<T, Skip>;
 
 fn skip<T>(msg: impl Into<String>) -> R<T> {
     Err(Skip(msg.into()))
@@ -164,22 +160,7 @@ fn import_classic(
     spec: &Mapping,
     src: &DocSource<'_>,
 ) -> Result<PolicySet, PolicyError> {
-    let mut set = PolicySet::new();
-    let file = src.file.to_string();
-    let policy_action = match str_of(get(spec, "validationFailureAction")) {
-        None => Action::Audit,
-        Some(s) => parse_action(s).ok_or_else(|| {
-            src.invalid(
-                Some(name),
-                None,
-                "validationFailureAction",
-                format!(
-                    "unknown action {:?} (Enforce or Audit)",
-                    crate::text::quote(s)
-                ),
-            )
-        })?,
-    };
+    let policy_action = policy_action(spec, name, src)?;
     let rules = get(spec, "rules")
         .and_then(Value::as_sequence)
         .ok_or_else(|| {
@@ -194,74 +175,40 @@ fn import_classic(
         .and_then(|m| get(m, "annotations"))
         .and_then(Value::as_mapping);
     let autogen = autogen_controllers(annotations, rules);
-
-    let policy_level_unsupported: Option<String> = if get(spec, "validationFailureActionOverrides")
-        .is_some()
-    {
-        Some(
-            "spec.validationFailureActionOverrides (per-namespace actions) is not supported".into(),
-        )
-    } else if str_of(get(spec, "applyRules")).is_some_and(|s| s != "All") {
-        Some("spec.applyRules other than All is not supported".into())
-    } else {
-        None
-    };
-
-    let namespace = if kind == "Policy" {
-        Some(
-            meta.and_then(|m| str_of(get(m, "namespace")))
-                .unwrap_or("default")
-                .to_string(),
-        )
-    } else {
-        None
-    };
+    let policy_level_unsupported = policy_level_unsupported(spec);
+    let namespace = (kind == "Policy").then(|| {
+        meta.and_then(|m| str_of(get(m, "namespace")))
+            .unwrap_or("default")
+            .to_string()
+    });
+    let mut set = PolicySet::new();
     let mut out_rules = Vec::new();
     for (i, r) in rules.iter().enumerate() {
-        let Some(rm) = r.as_mapping() else {
-            return Err(src.invalid(
-                Some(name),
-                None,
-                "rules",
-                format!("rule #{i} is not a mapping"),
-            ));
+        let (rm, rule_name) = rule_mapping(i, r, name, src)?;
+        let site = RuleSite {
+            src,
+            policy: name,
+            rule: rule_name,
         };
-        let rule_name = str_of(get(rm, "name"))
-            .ok_or_else(|| {
-                src.invalid(Some(name), None, "rules", format!("rule #{i} has no name"))
-            })?
-            .to_string();
-        if let Some(reason) = &policy_level_unsupported {
-            set.unsupported.push(Unsupported {
-                source: file.clone(),
-                policy: name.into(),
-                rule: rule_name,
-                reason: reason.clone(),
-            });
-            continue;
-        }
-        match import_rule(rm, &rule_name, policy_action, &autogen, src, name) {
-            Ok(Some((rule, mut warns))) => {
+        let imported = match &policy_level_unsupported {
+            Some(reason) => Err(Skip(reason.clone())),
+            None => import_rule(rm, &site, policy_action, &autogen),
+        };
+        match imported {
+            Ok((rule, mut warns)) => {
                 set.warnings.append(&mut warns);
                 out_rules.push(rule);
             }
-            Ok(None) => {}
             Err(Skip(reason)) => set.unsupported.push(Unsupported {
-                source: file.clone(),
+                source: src.file.to_string(),
                 policy: name.into(),
-                rule: rule_name,
+                rule: rule_name.into(),
                 reason,
             }),
         }
     }
-    for u in &set.unsupported {
-        set.warnings.push(Warning {
-            source: file.clone(),
-            policy: u.policy.clone(),
-            rule: Some(u.rule.clone()),
-            message: format!("not enforced: {}", u.reason),
-        });
-    }
+    let not_enforced: Vec<Warning> = set.unsupported.iter().map(Unsupported::warning).collect();
+    set.warnings.extend(not_enforced);
     set.policies.push(Policy {
         name: name.to_string(),
         kind: kind.to_string(),
@@ -269,6 +216,64 @@ fn import_classic(
         rules: out_rules,
     });
     Ok(set)
+}
+
+/// `spec.validationFailureAction`: the rules' action unless they give one.
+fn policy_action(spec: &Mapping, name: &str, src: &DocSource<'_>) -> Result<Action, PolicyError> {
+    match str_of(get(spec, "validationFailureAction")) {
+        None => Ok(Action::Audit),
+        Some(s) => parse_action(s).ok_or_else(|| {
+            src.invalid(
+                Some(name),
+                None,
+                "validationFailureAction",
+                format!(
+                    "unknown action {:?} (Enforce or Audit)",
+                    crate::text::quote(s)
+                ),
+            )
+        }),
+    }
+}
+
+/// Why no rule of the policy can be enforced, when a policy-level field
+/// says so.
+fn policy_level_unsupported(spec: &Mapping) -> Option<String> {
+    if get(spec, "validationFailureActionOverrides").is_some() {
+        Some(
+            "spec.validationFailureActionOverrides (per-namespace actions) is not supported".into(),
+        )
+    } else if str_of(get(spec, "applyRules")).is_some_and(|s| s != "All") {
+        Some("spec.applyRules other than All is not supported".into())
+    } else {
+        None
+    }
+}
+
+/// Rule `#i` of `spec.rules` as a mapping, with its name.
+fn rule_mapping<'a>(
+    i: usize,
+    r: &'a Value,
+    policy: &str,
+    src: &DocSource<'_>,
+) -> Result<(&'a Mapping, &'a str), PolicyError> {
+    let Some(rm) = r.as_mapping() else {
+        return Err(src.invalid(
+            Some(policy),
+            None,
+            "rules",
+            format!("rule #{i} is not a mapping"),
+        ));
+    };
+    let rule_name = str_of(get(rm, "name")).ok_or_else(|| {
+        src.invalid(
+            Some(policy),
+            None,
+            "rules",
+            format!("rule #{i} has no name"),
+        )
+    })?;
+    Ok((rm, rule_name))
 }
 
 /// Kyverno's `CanAutoGen`: which controllers a Pod rule also applies to.
@@ -459,7 +464,7 @@ fn resource_filter(v: &Value, what: &str) -> R<Filter> {
                     .and_then(Value::as_mapping)
                     .map(|m| {
                         m.iter()
-                            .filter_map(|(k, v)| Some((k.as_str()?.to_string(), scalar_string(v)?)))
+                            .filter_map(|(k, v)| Some((k.as_str()?.to_string(), scalar(v)?)))
                             .collect::<BTreeMap<_, _>>()
                     });
                 match (only_labels, labels) {
@@ -488,15 +493,6 @@ fn resource_filter(v: &Value, what: &str) -> R<Filter> {
     Ok(f)
 }
 
-fn scalar_string(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 /// One compiled validation: a pass test per container type and the shape of
 /// resource it addresses.
 struct Compiled {
@@ -505,14 +501,87 @@ struct Compiled {
     warnings: Vec<String>,
 }
 
+/// Where one rule sits: its warnings name the file, the policy and the rule.
+struct RuleSite<'a> {
+    src: &'a DocSource<'a>,
+    policy: &'a str,
+    rule: &'a str,
+}
+
+impl RuleSite<'_> {
+    fn warning(&self, message: String) -> Warning {
+        self.src.warning(self.policy, self.rule, message)
+    }
+}
+
 fn import_rule(
     rm: &Mapping,
-    rule_name: &str,
+    site: &RuleSite<'_>,
     policy_action: Action,
     autogen: &[String],
-    src: &DocSource<'_>,
-    policy: &str,
-) -> R<Option<(Rule, Vec<Warning>)>> {
+) -> R<(Rule, Vec<Warning>)> {
+    check_rule_fields(rm)?;
+    let Some(validate) = get(rm, "validate").and_then(Value::as_mapping) else {
+        return skip("rule has no validate block");
+    };
+    let mut matches = match get(rm, "match") {
+        Some(m) => filters(m, "match")?,
+        None => return skip("rule has no match block"),
+    };
+    let excludes = match get(rm, "exclude") {
+        Some(m) => Some(filters(m, "exclude")?),
+        None => None,
+    };
+    let Validate {
+        action,
+        mut message,
+        compiled,
+    } = compile_validate(validate, policy_action)?;
+    let mut compiled = compiled;
+    let preconditions = get(rm, "preconditions");
+    if let Some(pre) = preconditions {
+        add_preconditions(&mut compiled.tests, pre)?;
+    }
+    check_what_is_read(&mut compiled, preconditions.is_some())?;
+    if message.as_deref().is_some_and(|m| m.contains("{{")) {
+        // Variables in messages only change the text, not the verdict.
+        message = message.map(|m| format!("{m} (variables not substituted)"));
+    }
+    let extra_kinds = autogen_kinds(&matches, compiled.shape, autogen)?;
+    let mut warnings: Vec<Warning> = compiled
+        .warnings
+        .into_iter()
+        .map(|w| site.warning(w))
+        .collect();
+    if !extra_kinds.is_empty() {
+        // The same image test applies to the Pod templates of controllers.
+        for f in &mut matches.filters {
+            if let Some(k) = &mut f.kinds {
+                if k.iter().any(|x| x == "Pod") {
+                    k.extend(extra_kinds.iter().cloned());
+                }
+            }
+        }
+    } else if compiled.shape == Shape::Pod {
+        warnings.push(site.warning(
+            "autogen is off for this policy: Pod controllers (Deployment, CronJob...) are not checked by this rule".into(),
+        ));
+    }
+    let rule = Rule {
+        name: site.rule.to_string(),
+        action,
+        message,
+        scope: Scope { matches, excludes },
+        tests: compiled.tests,
+        drift: None,
+    };
+    warnings.extend(coverage_warning(&rule.tests, site)?);
+    Ok((rule, warnings))
+}
+
+/// Rule fields other than match, exclude, validate and preconditions make
+/// the rule not enforced; every such field is named.
+fn check_rule_fields(rm: &Mapping) -> R<()> {
     let mut problems: Vec<String> = Vec::new();
     for (k, _) in rm {
         match k.as_str().unwrap_or("") {
@@ -536,17 +605,17 @@ fn import_rule(
     if !problems.is_empty() {
         return skip(problems.join("; "));
     }
-    let Some(validate) = get(rm, "validate").and_then(Value::as_mapping) else {
-        return skip("rule has no validate block");
-    };
-    let matches = match get(rm, "match") {
-        Some(m) => filters(m, "match")?,
-        None => return skip("rule has no match block"),
-    };
-    let excludes = match get(rm, "exclude") {
-        Some(m) => Some(filters(m, "exclude")?),
-        None => None,
-    };
+    Ok(())
+}
+
+/// A rule's `validate` block.
+struct Validate {
+    action: Action,
+    message: Option<String>,
+    compiled: Compiled,
+}
+
+fn compile_validate(validate: &Mapping, policy_action: Action) -> R<Validate> {
     let mut action = policy_action;
     let mut message = None;
     let mut compiled: Option<Compiled> = None;
@@ -583,60 +652,71 @@ fn import_rule(
             other => return skip(format!("validate.{other} is not supported")),
         }
     }
-    let Some(mut compiled) = compiled else {
+    let Some(compiled) = compiled else {
         return skip("validate has none of pattern, anyPattern, deny, foreach, cel");
     };
-    if let Some(pre) = get(rm, "preconditions") {
-        if compiled
-            .tests
-            .iter()
-            .flatten()
-            .any(|t| matches!(t, ImageTest::Cel(_)))
-        {
-            return skip("preconditions on a validate.cel rule are not supported");
-        }
-        let pre = compile_preconditions(pre)?;
-        for (t, p) in compiled.tests.iter_mut().zip(pre) {
-            *t = match (t.take(), p) {
-                (Some(test), Some(pre)) => Some(ImageTest::Pre {
-                    pre: Box::new(pre),
-                    test: Box::new(test),
-                }),
-                // The preconditions never hold for this container type.
-                _ => None,
-            };
-        }
+    Ok(Validate {
+        action,
+        message,
+        compiled,
+    })
+}
+
+/// Rule `preconditions` guard each container type's test (a type for which
+/// they never hold is no longer checked).
+fn add_preconditions(tests: &mut [Option<ImageTest>; 3], pre: &Value) -> R<()> {
+    if tests
+        .iter()
+        .flatten()
+        .any(|t| matches!(t, ImageTest::Cel(_)))
+    {
+        return skip("preconditions on a validate.cel rule are not supported");
     }
-    let has_preconditions = get(rm, "preconditions").is_some();
-    let reads_pod = |t: &ImageTest| {
-        fn walk(t: &ImageTest, f: &mut dyn FnMut(&ImageTest)) {
-            f(t);
-            match t {
-                ImageTest::Not(x) => walk(x, f),
-                ImageTest::All(l) | ImageTest::Any(l) => l.iter().for_each(|x| walk(x, f)),
-                ImageTest::Pre { pre, test } => {
-                    walk(pre, f);
-                    walk(test, f)
-                }
-                _ => {}
-            }
+    let pre = compile_preconditions(pre)?;
+    for (t, p) in tests.iter_mut().zip(pre) {
+        *t = match (t.take(), p) {
+            (Some(test), Some(pre)) => Some(ImageTest::Pre {
+                pre: Box::new(pre),
+                test: Box::new(test),
+            }),
+            // The preconditions never hold for this container type.
+            _ => None,
+        };
+    }
+    Ok(())
+}
+
+/// What a test reads: (Pod fields, container fields, the image).
+fn reads(t: &ImageTest) -> (bool, bool, bool) {
+    match t {
+        ImageTest::PodPattern(_) => (true, false, false),
+        ImageTest::ContainerPattern(_) | ImageTest::ContainerFieldEquals { .. } => {
+            (false, true, false)
         }
-        let (mut pod, mut container, mut image) = (false, false, false);
-        walk(t, &mut |x| match x {
-            ImageTest::PodPattern(_) => pod = true,
-            ImageTest::ContainerPattern(_) | ImageTest::ContainerFieldEquals { .. } => {
-                container = true
-            }
-            ImageTest::KyvernoPattern(_) | ImageTest::Equals { .. } | ImageTest::InList { .. } => {
-                image = true
-            }
-            _ => {}
-        });
-        (pod, container, image)
-    };
+        ImageTest::KyvernoPattern(_) | ImageTest::Equals { .. } | ImageTest::InList { .. } => {
+            (false, false, true)
+        }
+        ImageTest::Not(x) => reads(x),
+        ImageTest::All(l) | ImageTest::Any(l) => l
+            .iter()
+            .map(reads)
+            .fold((false, false, false), |(p, c, i), (p2, c2, i2)| {
+                (p || p2, c || c2, i || i2)
+            }),
+        ImageTest::Pre { pre, test } => {
+            let ((p, c, i), (p2, c2, i2)) = (reads(pre), reads(test));
+            (p || p2, c || c2, i || i2)
+        }
+        _ => (false, false, false),
+    }
+}
+
+/// A rule must check container images; one that reads more than the image
+/// is warned about (it is judged only when the Pod is known).
+fn check_what_is_read(compiled: &mut Compiled, has_preconditions: bool) -> R<()> {
     let (mut pod_fields, mut container_fields, mut image_tests) = (false, false, false);
     for t in compiled.tests.iter().flatten() {
-        let (p, c, i) = reads_pod(t);
+        let (p, c, i) = reads(t);
         pod_fields |= p;
         container_fields |= c;
         image_tests |= i;
@@ -650,115 +730,56 @@ fn import_rule(
             if pod_fields { "Pod fields" } else { "container fields" }
         ));
     }
-    if message.as_deref().is_some_and(|m| m.contains("{{")) {
-        // Variables in messages only change the text, not the verdict.
-        message = message.map(|m| format!("{m} (variables not substituted)"));
-    }
-
-    // Kinds: what the rule matches, extended by autogen for Pod rules.
-    let matched_kinds: Option<Vec<String>> = {
-        let mut ks: Vec<String> = Vec::new();
-        let mut any_unrestricted = matches.filters.is_empty();
-        for f in &matches.filters {
-            match &f.kinds {
-                Some(k) => ks.extend(k.iter().cloned()),
-                None => any_unrestricted = true,
-            }
-        }
-        if any_unrestricted {
-            None
-        } else {
-            Some(ks)
-        }
-    };
-    let shape_kinds = compiled.shape.kinds();
-    let mut warnings: Vec<Warning> = compiled
-        .warnings
-        .iter()
-        .map(|w| Warning {
-            source: src.file.to_string(),
-            policy: policy.into(),
-            rule: Some(rule_name.into()),
-            message: w.clone(),
-        })
-        .collect();
-    let mut extra_kinds: Vec<String> = Vec::new();
-    match &matched_kinds {
-        None => {
-            return skip("match does not restrict kinds: the pattern cannot apply to every kind")
-        }
-        Some(ks) => {
-            for k in ks {
-                if k == "*" {
-                    return skip("match kinds '*' is not supported");
-                }
-                let autogen_pod = compiled.shape == Shape::Pod && k == "Pod";
-                if !shape_kinds.contains(&k.as_str()) && !autogen_pod {
-                    return skip(format!(
-                        "the rule matches {k} but checks the Pod spec at a path that {k} does not have (Kyverno fails every {k})"
-                    ));
-                }
-            }
-            if ks.iter().any(|k| k == "Pod") && compiled.shape == Shape::Pod {
-                extra_kinds = autogen.to_vec();
-            }
-        }
-    }
-    if !extra_kinds.is_empty() {
-        // The same image test applies to the Pod templates of controllers.
-        let mut m = matches;
-        for f in &mut m.filters {
-            if let Some(k) = &mut f.kinds {
-                if k.iter().any(|x| x == "Pod") {
-                    k.extend(extra_kinds.iter().cloned());
-                }
-            }
-        }
-        return finish(
-            rule_name,
-            action,
-            message,
-            m,
-            excludes,
-            compiled.tests,
-            warnings,
-            src,
-            policy,
-        );
-    }
-    if compiled.shape == Shape::Pod {
-        warnings.push(Warning {
-            source: src.file.to_string(),
-            policy: policy.into(),
-            rule: Some(rule_name.into()),
-            message: "autogen is off for this policy: Pod controllers (Deployment, CronJob...) are not checked by this rule".into(),
-        });
-    }
-    finish(
-        rule_name,
-        action,
-        message,
-        matches,
-        excludes,
-        compiled.tests,
-        warnings,
-        src,
-        policy,
-    )
+    Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    rule_name: &str,
-    action: Action,
-    message: Option<String>,
-    matches: FilterSet,
-    excludes: Option<FilterSet>,
-    tests: [Option<ImageTest>; 3],
-    mut warnings: Vec<Warning>,
-    src: &DocSource<'_>,
-    policy: &str,
-) -> R<Option<(Rule, Vec<Warning>)>> {
+/// The kinds the rule matches: `None` when some match filter does not
+/// restrict kinds.
+fn matched_kinds(matches: &FilterSet) -> Option<Vec<String>> {
+    let mut ks: Vec<String> = Vec::new();
+    let mut any_unrestricted = matches.filters.is_empty();
+    for f in &matches.filters {
+        match &f.kinds {
+            Some(k) => ks.extend(k.iter().cloned()),
+            None => any_unrestricted = true,
+        }
+    }
+    if any_unrestricted {
+        None
+    } else {
+        Some(ks)
+    }
+}
+
+/// The controllers a Pod rule extends to by autogen (none for other
+/// rules), once every matched kind is known to have the Pod spec where the
+/// rule reads it.
+fn autogen_kinds(matches: &FilterSet, shape: Shape, autogen: &[String]) -> R<Vec<String>> {
+    let Some(ks) = matched_kinds(matches) else {
+        return skip("match does not restrict kinds: the pattern cannot apply to every kind");
+    };
+    let shape_kinds = shape.kinds();
+    for k in &ks {
+        if k == "*" {
+            return skip("match kinds '*' is not supported");
+        }
+        let autogen_pod = shape == Shape::Pod && k == "Pod";
+        if !shape_kinds.contains(&k.as_str()) && !autogen_pod {
+            return skip(format!(
+                "the rule matches {k} but checks the Pod spec at a path that {k} does not have (Kyverno fails every {k})"
+            ));
+        }
+    }
+    if ks.iter().any(|k| k == "Pod") && shape == Shape::Pod {
+        Ok(autogen.to_vec())
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+/// A rule that checks no container type is not enforced; one that checks
+/// only some is warned about.
+fn coverage_warning(tests: &[Option<ImageTest>; 3], site: &RuleSite<'_>) -> R<Option<Warning>> {
     let uncovered: Vec<&str> = ContainerType::ALL
         .iter()
         .filter(|c| tests[c.index()].is_none())
@@ -767,34 +788,24 @@ fn finish(
     if uncovered.len() == 3 {
         return skip("the rule does not check any container image");
     }
-    if !uncovered.is_empty() {
-        warnings.push(Warning {
-            source: src.file.to_string(),
-            policy: policy.into(),
-            rule: Some(rule_name.into()),
-            message: format!(
-                "checks only {}: {} are not covered (their images run unchecked)",
-                ContainerType::ALL
-                    .iter()
-                    .filter(|c| tests[c.index()].is_some())
-                    .map(|c| c.field())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                uncovered.join(", ")
-            ),
-        });
+    if uncovered.is_empty() {
+        return Ok(None);
     }
-    Ok(Some((
-        Rule {
-            name: rule_name.to_string(),
-            action,
-            message,
-            scope: Scope { matches, excludes },
-            tests,
-            drift: None,
-        },
-        warnings,
-    )))
+    Ok(Some(site.warning(format!(
+        "checks only {}: {} are not covered (their images run unchecked)",
+        ContainerType::ALL
+            .iter()
+            .filter(|c| tests[c.index()].is_some())
+            .map(|c| c.field())
+            .collect::<Vec<_>>()
+            .join(", "),
+        uncovered.join(", ")
+    ))))
+}
+
+/// `v` as a mapping; `what` is the skip reason when it is not one.
+fn mapping<'a>(v: &'a Value, what: &str) -> R<&'a Mapping> {
+    v.as_mapping().ok_or_else(|| Skip(what.into()))
 }
 
 /// Strips a Kyverno anchor: `=(x)` conditional → (x, true); plain → (x, false).
@@ -834,46 +845,11 @@ fn compile_pattern(p: &Value) -> R<(Shape, [Option<ImageTest>; 3], Vec<String>)>
     let Some(top) = p.as_mapping() else {
         return skip("pattern is not a mapping");
     };
-    let spec = single_key(top, "spec", "pattern")?
-        .as_mapping()
-        .ok_or_else(|| Skip("pattern spec is not a mapping".into()))?;
-    let pod_keys = |m: &Mapping| {
-        m.iter().any(|(k, _)| {
-            k.as_str()
-                .and_then(|k| anchor(k).ok())
-                .is_some_and(|(n, _)| ContainerType::from_field(n).is_some())
-        })
-    };
-    let controller_keys = spec
-        .iter()
-        .any(|(k, _)| matches!(k.as_str(), Some("template" | "jobTemplate")));
-    let (shape, podspec) = if pod_keys(spec) || !controller_keys {
-        (Shape::Pod, spec)
-    } else if let Ok(t) = single_key(spec, "template", "spec") {
-        let ts = t
-            .as_mapping()
-            .ok_or_else(|| Skip("pattern template is not a mapping".into()))?;
-        let ps = single_key(ts, "spec", "spec.template")?
-            .as_mapping()
-            .ok_or_else(|| Skip("bad template spec".into()))?;
-        (Shape::Template, ps)
-    } else if let Ok(j) = single_key(spec, "jobTemplate", "spec") {
-        let js = j
-            .as_mapping()
-            .ok_or_else(|| Skip("bad jobTemplate".into()))?;
-        let jss = single_key(js, "spec", "spec.jobTemplate")?
-            .as_mapping()
-            .ok_or_else(|| Skip("bad jobTemplate spec".into()))?;
-        let t = single_key(jss, "template", "spec.jobTemplate.spec")?
-            .as_mapping()
-            .ok_or_else(|| Skip("bad template".into()))?;
-        let ps = single_key(t, "spec", "spec.jobTemplate.spec.template")?
-            .as_mapping()
-            .ok_or_else(|| Skip("bad template spec".into()))?;
-        (Shape::CronJob, ps)
-    } else {
-        return skip("pattern checks the controller spec beside its Pod template, not supported");
-    };
+    let spec = mapping(
+        single_key(top, "spec", "pattern")?,
+        "pattern spec is not a mapping",
+    )?;
+    let (shape, podspec) = pattern_pod_spec(spec)?;
     let mut tests: [Option<ImageTest>; 3] = [None, None, None];
     let mut pod_level = serde_json::Map::new();
     let mut warnings = Vec::new();
@@ -896,45 +872,13 @@ fn compile_pattern(p: &Value) -> R<(Shape, [Option<ImageTest>; 3], Vec<String>)>
                 "pattern anchor {key} on a container list is not supported"
             ));
         }
+        tests[ct.index()] = Some(container_list_test(key, name, v)?);
         let conditional = a == Anchor::Equality;
-        let Some(list) = v.as_sequence() else {
-            return skip(format!("pattern {key} is not a list"));
-        };
-        if list.len() != 1 {
-            return skip(format!(
-                "pattern {key} has {} elements (only one element patterns are supported)",
-                list.len()
-            ));
-        }
-        let Some(elem) = list[0].as_mapping() else {
-            return skip(format!("pattern {key}[] is not a mapping"));
-        };
-        check_pattern(&list[0], &format!("spec.{name}[]"))?;
-        // Image-only elements (other keys `*`): the image pattern as before.
-        let mut image = None;
-        let mut image_only = true;
-        for (ek, ev) in elem {
-            let (en, ea) = anchor_of(ek.as_str().unwrap_or(""))?;
-            if en == "image" && matches!(ea, Anchor::Plain | Anchor::Equality) {
-                match ev.as_str() {
-                    Some(s) => image = Some(s.to_string()),
-                    None => image_only = false,
-                }
-            } else if !(matches!(ea, Anchor::Plain | Anchor::Equality) && ev.as_str() == Some("*"))
-            {
-                image_only = false;
-            }
-        }
-        let test = match image {
-            Some(image) if image_only => ImageTest::KyvernoPattern(image),
-            _ => ImageTest::ContainerPattern(Arc::new(to_json(&list[0])?)),
-        };
         if !conditional && ct != ContainerType::Container {
             warnings.push(format!(
                 "pattern requires {name} to be present (no =() anchor): Kyverno fails Pods without {name}; imagewarden only checks the images present"
             ));
         }
-        tests[ct.index()] = Some(test);
     }
     if !pod_level.is_empty() {
         let pp = ImageTest::PodPattern(Arc::new(serde_json::json!({ "spec": pod_level })));
@@ -947,6 +891,83 @@ fn compile_pattern(p: &Value) -> R<(Shape, [Option<ImageTest>; 3], Vec<String>)>
         }
     }
     Ok((shape, tests, warnings))
+}
+
+/// Where the Pod spec sits in a pattern's `spec`: the spec itself (a Pod,
+/// or a pattern with no controller keys), `template.spec` or
+/// `jobTemplate.spec.template.spec`.
+fn pattern_pod_spec(spec: &Mapping) -> R<(Shape, &Mapping)> {
+    let pod_keys = spec.iter().any(|(k, _)| {
+        k.as_str()
+            .and_then(|k| anchor(k).ok())
+            .is_some_and(|(n, _)| ContainerType::from_field(n).is_some())
+    });
+    let controller_keys = spec
+        .iter()
+        .any(|(k, _)| matches!(k.as_str(), Some("template" | "jobTemplate")));
+    if pod_keys || !controller_keys {
+        Ok((Shape::Pod, spec))
+    } else if let Ok(t) = single_key(spec, "template", "spec") {
+        let ts = mapping(t, "pattern template is not a mapping")?;
+        let ps = mapping(
+            single_key(ts, "spec", "spec.template")?,
+            "bad template spec",
+        )?;
+        Ok((Shape::Template, ps))
+    } else if let Ok(j) = single_key(spec, "jobTemplate", "spec") {
+        let js = mapping(j, "bad jobTemplate")?;
+        let jss = mapping(
+            single_key(js, "spec", "spec.jobTemplate")?,
+            "bad jobTemplate spec",
+        )?;
+        let t = mapping(
+            single_key(jss, "template", "spec.jobTemplate.spec")?,
+            "bad template",
+        )?;
+        let ps = mapping(
+            single_key(t, "spec", "spec.jobTemplate.spec.template")?,
+            "bad template spec",
+        )?;
+        Ok((Shape::CronJob, ps))
+    } else {
+        skip("pattern checks the controller spec beside its Pod template, not supported")
+    }
+}
+
+/// The test of one container list's single element pattern (`key` as
+/// written, `name` without its anchor): an image-only element (other keys
+/// `*`) as a Kyverno image pattern, any other as a container pattern.
+fn container_list_test(key: &str, name: &str, v: &Value) -> R<ImageTest> {
+    let Some(list) = v.as_sequence() else {
+        return skip(format!("pattern {key} is not a list"));
+    };
+    if list.len() != 1 {
+        return skip(format!(
+            "pattern {key} has {} elements (only one element patterns are supported)",
+            list.len()
+        ));
+    }
+    let Some(elem) = list[0].as_mapping() else {
+        return skip(format!("pattern {key}[] is not a mapping"));
+    };
+    check_pattern(&list[0], &format!("spec.{name}[]"))?;
+    let mut image = None;
+    let mut image_only = true;
+    for (ek, ev) in elem {
+        let (en, ea) = anchor_of(ek.as_str().unwrap_or(""))?;
+        if en == "image" && matches!(ea, Anchor::Plain | Anchor::Equality) {
+            match ev.as_str() {
+                Some(s) => image = Some(s.to_string()),
+                None => image_only = false,
+            }
+        } else if !(matches!(ea, Anchor::Plain | Anchor::Equality) && ev.as_str() == Some("*")) {
+            image_only = false;
+        }
+    }
+    Ok(match image {
+        Some(image) if image_only => ImageTest::KyvernoPattern(image),
+        _ => ImageTest::ContainerPattern(Arc::new(to_json(&list[0])?)),
+    })
 }
 
 fn compile_pattern_rule(patterns: &[Value]) -> R<Compiled> {
@@ -1030,6 +1051,12 @@ enum Key {
     ),
 }
 
+/// The key of one condition (`condition is not a mapping` otherwise).
+fn condition_key(c: &Value, in_foreach: bool) -> R<Key> {
+    let m = mapping(c, "condition is not a mapping")?;
+    parse_key(get(m, "key").unwrap_or(&Value::Null), in_foreach)
+}
+
 fn parse_key(key: &Value, in_foreach: bool) -> R<Key> {
     let Some(s) = key.as_str() else {
         return skip(format!(
@@ -1088,7 +1115,7 @@ fn parse_key(key: &Value, in_foreach: bool) -> R<Key> {
 
 fn string_list(v: &Value) -> Option<Vec<String>> {
     match v {
-        Value::Sequence(l) => l.iter().map(scalar_string).collect(),
+        Value::Sequence(l) => l.iter().map(scalar).collect(),
         Value::String(s) => {
             if let Ok(arr) = serde_json::from_str::<Vec<String>>(s) {
                 Some(arr)
@@ -1197,15 +1224,7 @@ fn compile_deny(deny: &Value) -> R<Compiled> {
     let mut shape = None;
     let mut per: [Vec<ImageTest>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for c in any.iter().chain(all.iter()) {
-        let key = parse_key(
-            get(
-                c.as_mapping()
-                    .ok_or_else(|| Skip("condition is not a mapping".into()))?,
-                "key",
-            )
-            .unwrap_or(&Value::Null),
-            false,
-        )?;
+        let key = condition_key(c, false)?;
         let Key::Images(_, gs, s, filter) = &key else {
             return skip("element.image outside foreach");
         };
@@ -1291,9 +1310,7 @@ fn compile_preconditions(v: &Value) -> R<[Option<ImageTest>; 3]> {
     let mut all_t: [Vec<ImageTest>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for (block, out) in [(&any, &mut any_t), (&all, &mut all_t)] {
         for c in block.iter() {
-            let cm = c
-                .as_mapping()
-                .ok_or_else(|| Skip("precondition is not a mapping".into()))?;
+            let cm = mapping(c, "precondition is not a mapping")?;
             let key = parse_key(get(cm, "key").unwrap_or(&Value::Null), false)
                 .map_err(|Skip(m)| Skip(format!("preconditions: {m}")))?;
             let Key::Images(_, gs, _, filter) = &key else {
@@ -1366,63 +1383,8 @@ fn compile_foreach(v: &Value) -> R<Compiled> {
         for (k, val) in em {
             match k.as_str().unwrap_or("") {
                 "list" => list = val.as_str(),
-                "deny" => {
-                    let conds = deny_conditions(val)?;
-                    let (any, all) = condition_blocks(conds)?;
-                    if any.is_empty() && all.is_empty() {
-                        return skip("foreach deny without conditions denies every container");
-                    }
-                    let mut any_t = Vec::new();
-                    for c in &any {
-                        let key = parse_key(
-                            get(
-                                c.as_mapping()
-                                    .ok_or_else(|| Skip("condition is not a mapping".into()))?,
-                                "key",
-                            )
-                            .unwrap_or(&Value::Null),
-                            true,
-                        )?;
-                        if !matches!(key, Key::Element) {
-                            return skip("foreach condition key is not {{ element.image }}");
-                        }
-                        any_t.push(condition(c, &key)?);
-                    }
-                    let mut all_t = Vec::new();
-                    for c in &all {
-                        let key = parse_key(
-                            get(
-                                c.as_mapping()
-                                    .ok_or_else(|| Skip("condition is not a mapping".into()))?,
-                                "key",
-                            )
-                            .unwrap_or(&Value::Null),
-                            true,
-                        )?;
-                        if !matches!(key, Key::Element) {
-                            return skip("foreach condition key is not {{ element.image }}");
-                        }
-                        all_t.push(condition(c, &key)?);
-                    }
-                    let mut parts = Vec::new();
-                    if !any_t.is_empty() {
-                        parts.push(ImageTest::Any(any_t));
-                    }
-                    if !all_t.is_empty() {
-                        parts.push(ImageTest::All(all_t));
-                    }
-                    test = Some(ImageTest::Not(Box::new(ImageTest::All(parts))));
-                }
-                "pattern" => {
-                    let Some(pm) = val.as_mapping() else {
-                        return skip("foreach pattern is not a mapping");
-                    };
-                    let img = single_key(pm, "image", "foreach pattern")?;
-                    let Some(s) = img.as_str() else {
-                        return skip("foreach pattern image is not a string");
-                    };
-                    test = Some(ImageTest::KyvernoPattern(s.to_string()));
-                }
+                "deny" => test = Some(foreach_deny(val)?),
+                "pattern" => test = Some(foreach_pattern(val)?),
                 other => return skip(format!("foreach.{other} is not supported")),
             }
         }
@@ -1447,6 +1409,52 @@ fn compile_foreach(v: &Value) -> R<Compiled> {
         shape: shape.unwrap_or(Shape::Pod),
         warnings: Vec::new(),
     })
+}
+
+/// A foreach entry's `deny`: the element passes unless its conditions hold.
+fn foreach_deny(deny: &Value) -> R<ImageTest> {
+    let conds = deny_conditions(deny)?;
+    let (any, all) = condition_blocks(conds)?;
+    if any.is_empty() && all.is_empty() {
+        return skip("foreach deny without conditions denies every container");
+    }
+    let any_t = element_conditions(&any)?;
+    let all_t = element_conditions(&all)?;
+    let mut parts = Vec::new();
+    if !any_t.is_empty() {
+        parts.push(ImageTest::Any(any_t));
+    }
+    if !all_t.is_empty() {
+        parts.push(ImageTest::All(all_t));
+    }
+    Ok(ImageTest::Not(Box::new(ImageTest::All(parts))))
+}
+
+/// Foreach conditions, each on `{{ element.image }}`, as "condition holds"
+/// tests.
+fn element_conditions(conds: &[&Value]) -> R<Vec<ImageTest>> {
+    conds
+        .iter()
+        .map(|c| {
+            let key = condition_key(c, true)?;
+            if !matches!(key, Key::Element) {
+                return skip("foreach condition key is not {{ element.image }}");
+            }
+            condition(c, &key)
+        })
+        .collect()
+}
+
+/// A foreach entry's `pattern`: an image pattern only.
+fn foreach_pattern(pattern: &Value) -> R<ImageTest> {
+    let Some(pm) = pattern.as_mapping() else {
+        return skip("foreach pattern is not a mapping");
+    };
+    let img = single_key(pm, "image", "foreach pattern")?;
+    let Some(s) = img.as_str() else {
+        return skip("foreach pattern image is not a string");
+    };
+    Ok(ImageTest::KyvernoPattern(s.to_string()))
 }
 
 fn compile_cel(v: &Value) -> R<Compiled> {

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde_yaml::Value;
 
 use crate::eval::PolicySet;
-use crate::model::{InvalidPolicy, PolicyError};
+use crate::model::{InvalidPolicy, PolicyError, Warning};
 use crate::{kyverno, native};
 
 /// One YAML document of a file, with where it starts.
@@ -74,6 +74,16 @@ impl DocSource<'_> {
             field: Some(field.to_string()),
             message,
         }))
+    }
+
+    /// A warning about one rule of a policy of this document.
+    pub fn warning(&self, policy: &str, rule: &str, message: String) -> Warning {
+        Warning {
+            source: self.file.to_string(),
+            policy: policy.to_string(),
+            rule: Some(rule.to_string()),
+            message,
+        }
     }
 
     pub fn syntax(&self, e: &serde_yaml::Error) -> PolicyError {
@@ -233,22 +243,44 @@ pub fn load_policy_str(text: &str, source_name: &str) -> Result<PolicySet, Polic
             ),
         });
     }
-    let mut set = PolicySet::new();
-    let mut found = false;
-    let mut vap = crate::vpol::VapDocs::default();
+    let mut loader = Loader {
+        file: source_name,
+        set: PolicySet::new(),
+        found: false,
+        vap: crate::vpol::VapDocs::default(),
+    };
     for (doc, first_line) in split_documents(text) {
+        loader.add_document(&doc, first_line)?;
+    }
+    loader.finish()
+}
+
+/// What the documents of one file have given so far.
+struct Loader<'a> {
+    file: &'a str,
+    set: PolicySet,
+    /// A policy document was seen (a file with none is an error).
+    found: bool,
+    /// ValidatingAdmissionPolicies, their bindings and params: linked once
+    /// every document has been read.
+    vap: crate::vpol::VapDocs,
+}
+
+impl Loader<'_> {
+    /// Reads one document and compiles it by its `apiVersion` and `kind`.
+    fn add_document(&mut self, doc: &str, first_line: usize) -> Result<(), PolicyError> {
         let src = DocSource {
-            file: source_name,
-            text: &doc,
+            file: self.file,
+            text: doc,
             first_line,
         };
-        let value: Value = serde_yaml::from_str(&doc).map_err(|e| src.syntax(&e))?;
+        let value: Value = serde_yaml::from_str(doc).map_err(|e| src.syntax(&e))?;
         if value.is_null() {
-            continue;
+            return Ok(());
         }
         let Some(map) = value.as_mapping() else {
             return Err(PolicyError::Invalid(Box::new(InvalidPolicy {
-                file: source_name.to_string(),
+                file: self.file.to_string(),
                 line: Some(first_line),
                 policy: None,
                 rule: None,
@@ -260,77 +292,30 @@ pub fn load_policy_str(text: &str, source_name: &str) -> Result<PolicySet, Polic
         let kind = map.get("kind").and_then(Value::as_str).unwrap_or("");
         let group = api_version.split('/').next().unwrap_or("");
         if group == native::API_GROUP {
-            if kind != native::KIND {
-                return Err(src.invalid(
-                    None,
-                    None,
-                    "kind",
-                    format!(
-                        "unknown kind {kind:?} in {api_version}; expected {}",
-                        native::KIND
-                    ),
-                ));
-            }
-            let parsed: native::ImagePolicyDoc =
-                serde_yaml::from_str(&doc).map_err(|e| src.syntax(&e))?;
-            let (policy, warnings) = native::compile(parsed, &src)?;
-            set.policies.push(policy);
-            set.warnings.extend(warnings);
-            found = true;
+            self.add_native(&src, api_version, kind)
         } else if group == "kyverno.io" || group == "policies.kyverno.io" {
             let imported = kyverno::import(&value, &src)?;
-            set.extend(imported);
-            found = true;
+            self.set.extend(imported);
+            self.found = true;
+            Ok(())
         } else if group == "admissionregistration.k8s.io"
             && (kind == "ValidatingAdmissionPolicy" || kind == "ValidatingAdmissionPolicyBinding")
         {
-            if api_version != "admissionregistration.k8s.io/v1" {
-                return Err(src.invalid(
-                    None,
-                    None,
-                    "apiVersion",
-                    format!("{kind} {api_version} is not supported (expected admissionregistration.k8s.io/v1)"),
-                ));
-            }
-            let name = value
-                .get("metadata")
-                .and_then(|m| m.get("name"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    src.invalid(
-                        None,
-                        None,
-                        "metadata",
-                        format!("{kind} has no metadata.name"),
-                    )
-                })?
-                .to_string();
-            let spec = value
-                .get("spec")
-                .and_then(Value::as_mapping)
-                .cloned()
-                .ok_or_else(|| {
-                    src.invalid(Some(&name), None, "spec", format!("{kind} has no spec"))
-                })?;
-            let entry = (name, spec, source_name.to_string(), first_line, doc.clone());
-            if kind == "ValidatingAdmissionPolicy" {
-                vap.policies.push(entry);
-            } else {
-                vap.bindings.push(entry);
-            }
-            found = true;
+            self.add_vap(&src, &value, api_version, kind)
         } else if !kind.is_empty()
             && !api_version.is_empty()
             && value.get("metadata").is_some()
             && kind != "List"
         {
             // Any other Kubernetes object (a ConfigMap...) may be the params
-            // of a ValidatingAdmissionPolicy; unused ones are reported below.
+            // of a ValidatingAdmissionPolicy; unused ones are reported in
+            // `finish`.
             if let Some(p) = crate::vpol::ParamObject::from_doc(&value) {
-                vap.params.push(p);
+                self.vap.params.push(p);
             }
+            Ok(())
         } else {
-            return Err(src.invalid(
+            Err(src.invalid(
                 None,
                 None,
                 if api_version.is_empty() { "apiVersion" } else { "kind" },
@@ -339,35 +324,119 @@ pub fn load_policy_str(text: &str, source_name: &str) -> Result<PolicySet, Polic
                     native::API_VERSION,
                     native::KIND
                 ),
-            ));
+            ))
         }
     }
-    let params: Vec<String> = vap
-        .params
-        .iter()
-        .map(|p| format!("{} {}", p.kind, p.name))
-        .collect();
-    let has_vap = !vap.policies.is_empty();
-    crate::vpol::link_vaps(vap, &mut set);
-    if !has_vap && !params.is_empty() {
-        return Err(PolicyError::Invalid(Box::new(InvalidPolicy {
-            file: source_name.to_string(),
-            line: None,
-            policy: None,
-            rule: None,
-            field: Some("kind".into()),
-            message: format!(
-                "not a policy: {} (other objects are only read as the params of a ValidatingAdmissionPolicy)",
-                params.join(", ")
-            ),
-        })));
+
+    /// A document of the `imagewarden.dev` group.
+    fn add_native(
+        &mut self,
+        src: &DocSource<'_>,
+        api_version: &str,
+        kind: &str,
+    ) -> Result<(), PolicyError> {
+        if kind != native::KIND {
+            return Err(src.invalid(
+                None,
+                None,
+                "kind",
+                format!(
+                    "unknown kind {kind:?} in {api_version}; expected {}",
+                    native::KIND
+                ),
+            ));
+        }
+        let parsed: native::ImagePolicyDoc =
+            serde_yaml::from_str(src.text).map_err(|e| src.syntax(&e))?;
+        let (policy, warnings) = native::compile(parsed, src)?;
+        self.set.policies.push(policy);
+        self.set.warnings.extend(warnings);
+        self.found = true;
+        Ok(())
     }
-    if !found {
-        return Err(PolicyError::Empty {
-            file: source_name.to_string(),
-        });
+
+    /// A ValidatingAdmissionPolicy or its binding: kept until every
+    /// document has been read.
+    fn add_vap(
+        &mut self,
+        src: &DocSource<'_>,
+        value: &Value,
+        api_version: &str,
+        kind: &str,
+    ) -> Result<(), PolicyError> {
+        if api_version != "admissionregistration.k8s.io/v1" {
+            return Err(src.invalid(
+                None,
+                None,
+                "apiVersion",
+                format!("{kind} {api_version} is not supported (expected admissionregistration.k8s.io/v1)"),
+            ));
+        }
+        let name = value
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                src.invalid(
+                    None,
+                    None,
+                    "metadata",
+                    format!("{kind} has no metadata.name"),
+                )
+            })?
+            .to_string();
+        let spec = value
+            .get("spec")
+            .and_then(Value::as_mapping)
+            .cloned()
+            .ok_or_else(|| src.invalid(Some(&name), None, "spec", format!("{kind} has no spec")))?;
+        let entry = (
+            name,
+            spec,
+            self.file.to_string(),
+            src.first_line,
+            src.text.to_string(),
+        );
+        if kind == "ValidatingAdmissionPolicy" {
+            self.vap.policies.push(entry);
+        } else {
+            self.vap.bindings.push(entry);
+        }
+        self.found = true;
+        Ok(())
     }
-    Ok(set)
+
+    /// Links the ValidatingAdmissionPolicies; an object no policy reads as
+    /// its params, or a file with no policy, is an error.
+    fn finish(mut self) -> Result<PolicySet, PolicyError> {
+        let params: Vec<String> = self
+            .vap
+            .params
+            .iter()
+            .map(|p| format!("{} {}", p.kind, p.name))
+            .collect();
+        let has_vap = !self.vap.policies.is_empty();
+        crate::vpol::link_vaps(self.vap, &mut self.set);
+        if !has_vap && !params.is_empty() {
+            return Err(PolicyError::Invalid(Box::new(InvalidPolicy {
+                file: self.file.to_string(),
+                line: None,
+                policy: None,
+                rule: None,
+                field: Some("kind".into()),
+                message: format!(
+                    "not a policy: {} (other objects are only read as the params of a ValidatingAdmissionPolicy)",
+                    params.join(", ")
+                ),
+            })));
+        }
+        if !self.found {
+            return Err(PolicyError::Empty {
+                file: self.file.to_string(),
+            });
+        }
+        Ok(self.set)
+    }
 }
 
 #[cfg(test)]

@@ -209,6 +209,18 @@ pub struct Unsupported {
     pub reason: String,
 }
 
+impl Unsupported {
+    /// The warning that says the rule is not enforced, and why.
+    pub fn warning(&self) -> Warning {
+        Warning {
+            source: self.source.clone(),
+            policy: self.policy.clone(),
+            rule: Some(self.rule.clone()),
+            message: format!("not enforced: {}", self.reason),
+        }
+    }
+}
+
 impl fmt::Display for Unsupported {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

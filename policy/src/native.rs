@@ -396,249 +396,46 @@ fn compile_repos(repos: &Option<Vec<String>>) -> Result<Vec<RepoGlob>, String> {
     }
 }
 
+/// The state one rule's compilation shares: where it is, for errors.
+struct RuleCtx<'a> {
+    src: &'a DocSource<'a>,
+    policy: &'a str,
+    rule: &'a str,
+}
+
+impl RuleCtx<'_> {
+    fn err(&self, field: &str, msg: String) -> PolicyError {
+        self.src
+            .invalid(Some(self.policy), Some(self.rule), field, msg)
+    }
+}
+
 /// Compiles one native document into a policy.
 pub(crate) fn compile(
     doc: ImagePolicyDoc,
     src: &DocSource<'_>,
 ) -> Result<(Policy, Vec<Warning>), PolicyError> {
     let policy_name = doc.metadata.name.clone();
-    if doc.kind != KIND {
-        return Err(src.invalid(
-            Some(&policy_name),
-            None,
-            "kind",
-            format!("expected {KIND}, got {}", doc.kind),
-        ));
-    }
-    if doc.api_version != API_VERSION {
-        return Err(src.invalid(
-            Some(&policy_name),
-            None,
-            "apiVersion",
-            format!(
-                "unsupported version {}; expected {API_VERSION}",
-                doc.api_version
-            ),
-        ));
-    }
-    if doc.spec.rules.is_empty() {
-        return Err(src.invalid(
-            Some(&policy_name),
-            None,
-            "rules",
-            "a policy needs at least one rule".into(),
-        ));
-    }
+    check_header(&doc, src)?;
     let default_action: Action = doc.spec.action.map(Into::into).unwrap_or(Action::Enforce);
     let mut rules = Vec::new();
     let mut warnings = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
-    for r in doc.spec.rules {
-        let rule_name = r.name.clone();
-        let err = |field: &str, msg: String| {
-            src.invalid(Some(&policy_name), Some(&rule_name), field, msg)
+    for r in &doc.spec.rules {
+        let cx = RuleCtx {
+            src,
+            policy: &policy_name,
+            rule: &r.name,
         };
-        if rule_name.trim().is_empty() {
-            return Err(err("name", "rule name is empty".into()));
+        if r.name.trim().is_empty() {
+            return Err(cx.err("name", "rule name is empty".into()));
         }
-        if !seen.insert(rule_name.clone()) {
-            return Err(err("name", "duplicate rule name".into()));
+        if !seen.insert(r.name.clone()) {
+            return Err(cx.err("name", "duplicate rule name".into()));
         }
-        let drift = match &r.exec_drift {
-            None => None,
-            Some(ExecDriftSpec {
-                fileless: None,
-                writable_layer: None,
-            }) => {
-                return Err(err(
-                    "execDrift",
-                    "empty: give `fileless` and/or `writableLayer` (deny or report)".into(),
-                ))
-            }
-            Some(d) => Some((
-                d.fileless == Some(DriftAction::Deny),
-                d.writable_layer == Some(DriftAction::Deny),
-            )),
-        };
-        if r.allow.is_empty() && r.deny.is_empty() && drift.is_none() {
-            return Err(err(
-                "allow",
-                "a rule needs `allow` or `deny` entries, or `execDrift` (an empty rule would \
-                 allow everything)"
-                    .into(),
-            ));
-        }
-        let mut allow = Vec::new();
-        for e in &r.allow {
-            let registry = normalize_registry(&e.registry).map_err(|m| err("registry", m))?;
-            let repositories =
-                compile_repos(&e.repositories).map_err(|m| err("repositories", m))?;
-            let digests = match &e.digests {
-                None => Vec::new(),
-                Some(ds) if ds.is_empty() => {
-                    return Err(err(
-                        "digests",
-                        "`digests` is empty: omit it or list digests".into(),
-                    ))
-                }
-                Some(ds) => {
-                    for d in ds {
-                        check_digest(d).map_err(|m| err("digests", m))?;
-                    }
-                    ds.clone()
-                }
-            };
-            allow.push(ImageTest::Native(Box::new(RefMatcher {
-                registry,
-                repositories,
-                require_digest: e.require_digest,
-                digests,
-            })));
-        }
-        let mut deny = Vec::new();
-        for e in &r.deny {
-            let registry = normalize_registry(&e.registry).map_err(|m| err("registry", m))?;
-            let repositories =
-                compile_repos(&e.repositories).map_err(|m| err("repositories", m))?;
-            deny.push(ImageTest::Native(Box::new(RefMatcher {
-                registry,
-                repositories,
-                require_digest: false,
-                digests: Vec::new(),
-            })));
-        }
-        let mut parts = Vec::new();
-        if !allow.is_empty() {
-            parts.push(ImageTest::Any(allow));
-        }
-        if !deny.is_empty() {
-            parts.push(ImageTest::Not(Box::new(ImageTest::Any(deny))));
-        }
-        let test = match parts.len() {
-            0 => None, // an `execDrift`-only rule: no image test
-            1 => parts.pop(),
-            _ => Some(ImageTest::All(parts)),
-        };
-
-        let mut filter = Filter::default();
-        let mut types: Vec<ContainerType> = ContainerType::ALL.to_vec();
-        if let Some(m) = &r.match_ {
-            if let Some(kinds) = &m.kinds {
-                if kinds.is_empty() {
-                    return Err(err(
-                        "match.kinds",
-                        "empty list: omit it to match every workload".into(),
-                    ));
-                }
-                for k in kinds {
-                    if !WORKLOAD_KINDS.contains(&k.as_str()) {
-                        return Err(err(
-                            "match.kinds",
-                            format!(
-                                "unknown kind {k:?}; expected one of {}",
-                                WORKLOAD_KINDS.join(", ")
-                            ),
-                        ));
-                    }
-                }
-                filter.kinds = Some(kinds.clone());
-            }
-            if let Some(ns) = &m.namespaces {
-                if ns.is_empty() {
-                    return Err(err(
-                        "match.namespaces",
-                        "empty list: omit it to match every namespace".into(),
-                    ));
-                }
-                filter.namespaces = Some(NamespaceFilter {
-                    names: ns.clone(),
-                    wildcard: false,
-                    // Fail safe: a rule for some namespaces also governs
-                    // images whose namespace is not known.
-                    when_unknown: true,
-                });
-            }
-            if let Some(ct) = &m.container_types {
-                if ct.is_empty() {
-                    return Err(err(
-                        "match.containerTypes",
-                        "empty list: omit it to cover every container type".into(),
-                    ));
-                }
-                types = ct.iter().map(|c| (*c).into()).collect();
-            }
-        }
-        let mut excludes = Vec::new();
-        for ex in &r.exemptions {
-            if ex.namespaces.is_none() && ex.pod_labels.is_none() {
-                return Err(err("exemptions", "an exemption needs `namespaces` or `podLabels` (an empty one would exempt everything)".into()));
-            }
-            let mut f = Filter::default();
-            if let Some(ns) = &ex.namespaces {
-                if ns.is_empty() {
-                    return Err(err("exemptions.namespaces", "empty list".into()));
-                }
-                f.namespaces = Some(NamespaceFilter {
-                    names: ns.clone(),
-                    wildcard: false,
-                    // Fail safe: an unknown namespace is never exempt.
-                    when_unknown: false,
-                });
-            }
-            if let Some(l) = &ex.pod_labels {
-                if l.is_empty() {
-                    return Err(err(
-                        "exemptions.podLabels",
-                        "empty map (would exempt every Pod)".into(),
-                    ));
-                }
-                f.labels = Some(l.clone());
-            }
-            excludes.push(f);
-        }
-        let uncovered: Vec<&str> = ContainerType::ALL
-            .iter()
-            .filter(|c| !types.contains(c))
-            .map(|c| c.field())
-            .collect();
-        if !uncovered.is_empty() {
-            warnings.push(Warning {
-                source: src.file.to_string(),
-                policy: policy_name.clone(),
-                rule: Some(rule_name.clone()),
-                message: format!(
-                    "does not check {} (match.containerTypes)",
-                    uncovered.join(", ")
-                ),
-            });
-        }
-        let mut tests: [Option<ImageTest>; 3] = [None, None, None];
-        let mut drift_types = [false; 3];
-        for t in types {
-            tests[t.index()] = test.clone();
-            drift_types[t.index()] = true;
-        }
-        rules.push(Rule {
-            name: rule_name,
-            action: r.action.map(Into::into).unwrap_or(default_action),
-            message: r.message.clone(),
-            scope: Scope {
-                matches: FilterSet {
-                    all: false,
-                    filters: vec![filter],
-                },
-                excludes: Some(FilterSet {
-                    all: false,
-                    filters: excludes,
-                }),
-            },
-            tests,
-            drift: drift.map(|(f, w)| DriftRule {
-                deny_fileless: f,
-                deny_writable_layer: w,
-                types: drift_types,
-            }),
-        });
+        let (rule, warning) = compile_rule(r, &cx, default_action)?;
+        rules.push(rule);
+        warnings.extend(warning);
     }
     Ok((
         Policy {
@@ -648,6 +445,283 @@ pub(crate) fn compile(
             rules,
         },
         warnings,
+    ))
+}
+
+/// `kind`, `apiVersion` and a non-empty rule list.
+fn check_header(doc: &ImagePolicyDoc, src: &DocSource<'_>) -> Result<(), PolicyError> {
+    let policy_name = &doc.metadata.name;
+    let invalid = |field: &str, msg: String| src.invalid(Some(policy_name), None, field, msg);
+    if doc.kind != KIND {
+        return Err(invalid(
+            "kind",
+            format!("expected {KIND}, got {}", doc.kind),
+        ));
+    }
+    if doc.api_version != API_VERSION {
+        return Err(invalid(
+            "apiVersion",
+            format!(
+                "unsupported version {}; expected {API_VERSION}",
+                doc.api_version
+            ),
+        ));
+    }
+    if doc.spec.rules.is_empty() {
+        return Err(invalid("rules", "a policy needs at least one rule".into()));
+    }
+    Ok(())
+}
+
+/// One rule whose name has been checked; the warning says which container
+/// types it leaves unchecked.
+fn compile_rule(
+    r: &NativeRule,
+    cx: &RuleCtx<'_>,
+    default_action: Action,
+) -> Result<(Rule, Option<Warning>), PolicyError> {
+    let drift = compile_drift(r.exec_drift.as_ref(), cx)?;
+    if r.allow.is_empty() && r.deny.is_empty() && drift.is_none() {
+        return Err(cx.err(
+            "allow",
+            "a rule needs `allow` or `deny` entries, or `execDrift` (an empty rule would \
+             allow everything)"
+                .into(),
+        ));
+    }
+    let test = compile_image_test(r, cx)?;
+    let (filter, types) = compile_match(r.match_.as_ref(), cx)?;
+    let excludes = r
+        .exemptions
+        .iter()
+        .map(|ex| compile_exemption(ex, cx))
+        .collect::<Result<Vec<_>, _>>()?;
+    let warning = uncovered_warning(&types, cx);
+    let mut tests: [Option<ImageTest>; 3] = [None, None, None];
+    let mut drift_types = [false; 3];
+    for t in types {
+        tests[t.index()] = test.clone();
+        drift_types[t.index()] = true;
+    }
+    let rule = Rule {
+        name: r.name.clone(),
+        action: r.action.map(Into::into).unwrap_or(default_action),
+        message: r.message.clone(),
+        scope: Scope {
+            matches: FilterSet {
+                all: false,
+                filters: vec![filter],
+            },
+            excludes: Some(FilterSet {
+                all: false,
+                filters: excludes,
+            }),
+        },
+        tests,
+        drift: drift.map(|(f, w)| DriftRule {
+            deny_fileless: f,
+            deny_writable_layer: w,
+            types: drift_types,
+        }),
+    };
+    Ok((rule, warning))
+}
+
+/// `execDrift`: (deny fileless, deny writable layer), `None` when absent.
+fn compile_drift(
+    spec: Option<&ExecDriftSpec>,
+    cx: &RuleCtx<'_>,
+) -> Result<Option<(bool, bool)>, PolicyError> {
+    match spec {
+        None => Ok(None),
+        Some(ExecDriftSpec {
+            fileless: None,
+            writable_layer: None,
+        }) => Err(cx.err(
+            "execDrift",
+            "empty: give `fileless` and/or `writableLayer` (deny or report)".into(),
+        )),
+        Some(d) => Ok(Some((
+            d.fileless == Some(DriftAction::Deny),
+            d.writable_layer == Some(DriftAction::Deny),
+        ))),
+    }
+}
+
+/// The image test of `allow` and `deny`: any allow entry and no deny entry;
+/// `None` for an `execDrift`-only rule.
+fn compile_image_test(r: &NativeRule, cx: &RuleCtx<'_>) -> Result<Option<ImageTest>, PolicyError> {
+    let allow = r
+        .allow
+        .iter()
+        .map(|e| {
+            let digests = compile_digests(e.digests.as_ref(), cx)?;
+            ref_matcher(&e.registry, &e.repositories, e.require_digest, digests, cx)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let deny = r
+        .deny
+        .iter()
+        .map(|e| ref_matcher(&e.registry, &e.repositories, false, Vec::new(), cx))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut parts = Vec::new();
+    if !allow.is_empty() {
+        parts.push(ImageTest::Any(allow));
+    }
+    if !deny.is_empty() {
+        parts.push(ImageTest::Not(Box::new(ImageTest::Any(deny))));
+    }
+    Ok(match parts.len() {
+        0 => None,
+        1 => parts.pop(),
+        _ => Some(ImageTest::All(parts)),
+    })
+}
+
+/// One `allow` or `deny` entry.
+fn ref_matcher(
+    registry: &str,
+    repositories: &Option<Vec<String>>,
+    require_digest: bool,
+    digests: Vec<String>,
+    cx: &RuleCtx<'_>,
+) -> Result<ImageTest, PolicyError> {
+    let registry = normalize_registry(registry).map_err(|m| cx.err("registry", m))?;
+    let repositories = compile_repos(repositories).map_err(|m| cx.err("repositories", m))?;
+    Ok(ImageTest::Native(Box::new(RefMatcher {
+        registry,
+        repositories,
+        require_digest,
+        digests,
+    })))
+}
+
+/// An allow entry's `digests`: absent, or a non-empty list of valid digests.
+fn compile_digests(
+    digests: Option<&Vec<String>>,
+    cx: &RuleCtx<'_>,
+) -> Result<Vec<String>, PolicyError> {
+    match digests {
+        None => Ok(Vec::new()),
+        Some(ds) if ds.is_empty() => Err(cx.err(
+            "digests",
+            "`digests` is empty: omit it or list digests".into(),
+        )),
+        Some(ds) => {
+            for d in ds {
+                check_digest(d).map_err(|m| cx.err("digests", m))?;
+            }
+            Ok(ds.clone())
+        }
+    }
+}
+
+/// `match`: the workload filter and the container types the rule covers.
+fn compile_match(
+    m: Option<&NativeMatch>,
+    cx: &RuleCtx<'_>,
+) -> Result<(Filter, Vec<ContainerType>), PolicyError> {
+    let mut filter = Filter::default();
+    let mut types: Vec<ContainerType> = ContainerType::ALL.to_vec();
+    let Some(m) = m else {
+        return Ok((filter, types));
+    };
+    if let Some(kinds) = &m.kinds {
+        if kinds.is_empty() {
+            return Err(cx.err(
+                "match.kinds",
+                "empty list: omit it to match every workload".into(),
+            ));
+        }
+        if let Some(k) = kinds.iter().find(|k| !WORKLOAD_KINDS.contains(&k.as_str())) {
+            return Err(cx.err(
+                "match.kinds",
+                format!(
+                    "unknown kind {k:?}; expected one of {}",
+                    WORKLOAD_KINDS.join(", ")
+                ),
+            ));
+        }
+        filter.kinds = Some(kinds.clone());
+    }
+    if let Some(ns) = &m.namespaces {
+        if ns.is_empty() {
+            return Err(cx.err(
+                "match.namespaces",
+                "empty list: omit it to match every namespace".into(),
+            ));
+        }
+        filter.namespaces = Some(NamespaceFilter {
+            names: ns.clone(),
+            wildcard: false,
+            // Fail safe: a rule for some namespaces also governs
+            // images whose namespace is not known.
+            when_unknown: true,
+        });
+    }
+    if let Some(ct) = &m.container_types {
+        if ct.is_empty() {
+            return Err(cx.err(
+                "match.containerTypes",
+                "empty list: omit it to cover every container type".into(),
+            ));
+        }
+        types = ct.iter().map(|c| (*c).into()).collect();
+    }
+    Ok((filter, types))
+}
+
+/// One entry of `exemptions`.
+fn compile_exemption(ex: &Exemption, cx: &RuleCtx<'_>) -> Result<Filter, PolicyError> {
+    if ex.namespaces.is_none() && ex.pod_labels.is_none() {
+        return Err(cx.err(
+            "exemptions",
+            "an exemption needs `namespaces` or `podLabels` (an empty one would exempt \
+             everything)"
+                .into(),
+        ));
+    }
+    let mut f = Filter::default();
+    if let Some(ns) = &ex.namespaces {
+        if ns.is_empty() {
+            return Err(cx.err("exemptions.namespaces", "empty list".into()));
+        }
+        f.namespaces = Some(NamespaceFilter {
+            names: ns.clone(),
+            wildcard: false,
+            // Fail safe: an unknown namespace is never exempt.
+            when_unknown: false,
+        });
+    }
+    if let Some(l) = &ex.pod_labels {
+        if l.is_empty() {
+            return Err(cx.err(
+                "exemptions.podLabels",
+                "empty map (would exempt every Pod)".into(),
+            ));
+        }
+        f.labels = Some(l.clone());
+    }
+    Ok(f)
+}
+
+/// The warning for a rule that leaves some container types unchecked.
+fn uncovered_warning(types: &[ContainerType], cx: &RuleCtx<'_>) -> Option<Warning> {
+    let uncovered: Vec<&str> = ContainerType::ALL
+        .iter()
+        .filter(|c| !types.contains(c))
+        .map(|c| c.field())
+        .collect();
+    if uncovered.is_empty() {
+        return None;
+    }
+    Some(cx.src.warning(
+        cx.policy,
+        cx.rule,
+        format!(
+            "does not check {} (match.containerTypes)",
+            uncovered.join(", ")
+        ),
     ))
 }
 

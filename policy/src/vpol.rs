@@ -492,7 +492,8 @@ impl LabelSelector {
     }
 }
 
-fn scalar(v: &Value) -> Option<String> {
+/// A YAML scalar as the string Kubernetes would compare.
+pub(crate) fn scalar(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Bool(b) => Some(b.to_string()),
@@ -508,7 +509,7 @@ fn scalar(v: &Value) -> Option<String> {
 /// A per-rule failure to import: reported by name, not enforced.
 pub(crate) struct Skip(pub String);
 
-type R<T> = Result<T, Skip>;
+pub(crate) type R<T> = Result<T, Skip>;
 
 fn get<'a>(m: &'a Mapping, k: &str) -> Option<&'a Value> {
     m.get(k)
@@ -685,18 +686,14 @@ fn action_of(actions: &[String]) -> Action {
 }
 
 fn report(set: &mut PolicySet, src: &DocSource<'_>, policy: &str, rule: &str, reason: String) {
-    set.warnings.push(Warning {
-        source: src.file.to_string(),
-        policy: policy.into(),
-        rule: Some(rule.into()),
-        message: format!("not enforced: {reason}"),
-    });
-    set.unsupported.push(Unsupported {
+    let unsupported = Unsupported {
         source: src.file.to_string(),
         policy: policy.into(),
         rule: rule.into(),
         reason,
-    });
+    };
+    set.warnings.push(unsupported.warning());
+    set.unsupported.push(unsupported);
 }
 
 /// The rule's tests: the CEL rule for each governed container type.
@@ -722,14 +719,15 @@ fn uncovered_warning(
         .filter(|c| !rule.governs[c.index()])
         .map(|c| c.field())
         .collect();
-    (!missing.is_empty()).then(|| Warning {
-        source: src.file.to_string(),
-        policy: policy.into(),
-        rule: Some(rule_name.into()),
-        message: format!(
-            "the expressions never name {}: their images are not checked",
-            missing.join(", ")
-        ),
+    (!missing.is_empty()).then(|| {
+        src.warning(
+            policy,
+            rule_name,
+            format!(
+                "the expressions never name {}: their images are not checked",
+                missing.join(", ")
+            ),
+        )
     })
 }
 
@@ -743,107 +741,26 @@ pub(crate) fn import_vpol(
 ) -> Result<PolicySet, PolicyError> {
     let mut set = PolicySet::new();
     let rule_name = "validations";
-    let result = (|| -> R<(Rule, Vec<Warning>)> {
-        let mut autogen_kinds: Option<Vec<String>> = None;
-        for (k, v) in spec {
-            match k.as_str().unwrap_or("") {
-                "validationActions"
-                | "matchConstraints"
-                | "matchConditions"
-                | "variables"
-                | "validations"
-                | "failurePolicy"
-                | "auditAnnotations"
-                | "webhookConfiguration" => {}
-                "evaluation" => {
-                    for (ek, ev) in v.as_mapping().into_iter().flatten() {
-                        match ek.as_str().unwrap_or("") {
-                            "background" | "admission" => {
-                                // `admission.enabled: false`: the policy only
-                                // reports on existing resources, which is what
-                                // the agent does at runtime too.
-                                let _ = ev;
-                            }
-                            "mode" if ev.as_str() == Some("Kubernetes") => {}
-                            other => {
-                                return Err(Skip(format!("evaluation.{other} is not supported")))
-                            }
-                        }
-                    }
-                }
-                "autogen" => {
-                    let ctrls = v
-                        .get("podControllers")
-                        .and_then(|p| p.get("controllers"))
-                        .map(|c| strs(Some(c)));
-                    if let Some(c) = ctrls {
-                        let kinds = c
-                            .iter()
-                            .filter_map(|r| {
-                                VPOL_AUTOGEN_KINDS
-                                    .iter()
-                                    .find(|k| {
-                                        format!("{}s", k.to_ascii_lowercase()) == *r
-                                            || k.eq_ignore_ascii_case(r)
-                                    })
-                                    .map(|k| k.to_string())
-                            })
-                            .collect();
-                        autogen_kinds = Some(kinds);
-                    }
-                }
-                other => return Err(Skip(format!("{kind} spec.{other} is not supported"))),
+    let mut rules = Vec::new();
+    match vpol_rule(kind, spec) {
+        Ok(rule) => {
+            if let Some(w) = uncovered_warning(&rule.cel, src, name, rule_name) {
+                set.warnings.push(w);
             }
-        }
-        let action = action_of(&strs(get(spec, "validationActions")));
-        let mc = get(spec, "matchConstraints")
-            .and_then(Value::as_mapping)
-            .ok_or_else(|| Skip("no matchConstraints".into()))?;
-        let Constraints {
-            mut filter,
-            pods_only,
-        } = match_constraints(mc)?;
-        if pods_only {
-            let kinds = filter.kinds.get_or_insert_with(Vec::new);
-            match &autogen_kinds {
-                Some(k) => kinds.extend(k.iter().cloned()),
-                None => kinds.extend(VPOL_AUTOGEN_KINDS.iter().map(|k| k.to_string())),
-            }
-        }
-        let rule = CelRule::compile(
-            &named_exprs(get(spec, "matchConditions"), "matchConditions")?,
-            &named_exprs(get(spec, "variables"), "variables")?,
-            &validations(get(spec, "validations"))?,
-        )
-        .map_err(Skip)?;
-        let mut rule = rule;
-        rule.ignore_errors = failure_policy_ignore(spec)?;
-        let warnings: Vec<Warning> = uncovered_warning(&rule, src, name, rule_name)
-            .into_iter()
-            .collect();
-        Ok((
-            Rule {
+            rules.push(Rule {
                 name: rule_name.into(),
-                action,
+                action: rule.action,
                 message: None,
                 scope: Scope {
                     matches: FilterSet {
                         all: false,
-                        filters: vec![filter],
+                        filters: vec![rule.filter],
                     },
                     excludes: None,
                 },
-                tests: tests_of(rule),
+                tests: tests_of(rule.cel),
                 drift: None,
-            },
-            warnings,
-        ))
-    })();
-    let mut rules = Vec::new();
-    match result {
-        Ok((rule, w)) => {
-            set.warnings.extend(w);
-            rules.push(rule);
+            });
         }
         Err(Skip(reason)) => report(&mut set, src, name, rule_name, reason),
     }
@@ -854,6 +771,103 @@ pub(crate) fn import_vpol(
         rules,
     });
     Ok(set)
+}
+
+/// What a ValidatingPolicy compiles to: its one rule's action, match filter
+/// and CEL.
+struct VpolRule {
+    action: Action,
+    filter: Filter,
+    cel: CelRule,
+}
+
+fn vpol_rule(kind: &str, spec: &Mapping) -> R<VpolRule> {
+    let autogen_kinds = vpol_spec_fields(kind, spec)?;
+    let action = action_of(&strs(get(spec, "validationActions")));
+    let mc = get(spec, "matchConstraints")
+        .and_then(Value::as_mapping)
+        .ok_or_else(|| Skip("no matchConstraints".into()))?;
+    let Constraints {
+        mut filter,
+        pods_only,
+    } = match_constraints(mc)?;
+    if pods_only {
+        let kinds = filter.kinds.get_or_insert_with(Vec::new);
+        match &autogen_kinds {
+            Some(k) => kinds.extend(k.iter().cloned()),
+            None => kinds.extend(VPOL_AUTOGEN_KINDS.iter().map(|k| k.to_string())),
+        }
+    }
+    let cel = compile_spec_cel(spec)?;
+    Ok(VpolRule {
+        action,
+        filter,
+        cel,
+    })
+}
+
+/// Checks the fields of a ValidatingPolicy's spec; returns the Pod
+/// controllers its `autogen` names (`None`: the default ones).
+fn vpol_spec_fields(kind: &str, spec: &Mapping) -> R<Option<Vec<String>>> {
+    let mut autogen_kinds: Option<Vec<String>> = None;
+    for (k, v) in spec {
+        match k.as_str().unwrap_or("") {
+            "validationActions"
+            | "matchConstraints"
+            | "matchConditions"
+            | "variables"
+            | "validations"
+            | "failurePolicy"
+            | "auditAnnotations"
+            | "webhookConfiguration" => {}
+            "evaluation" => {
+                for (ek, ev) in v.as_mapping().into_iter().flatten() {
+                    match ek.as_str().unwrap_or("") {
+                        // `admission.enabled: false`: the policy only
+                        // reports on existing resources, which is what
+                        // the agent does at runtime too.
+                        "background" | "admission" => {}
+                        "mode" if ev.as_str() == Some("Kubernetes") => {}
+                        other => return Err(Skip(format!("evaluation.{other} is not supported"))),
+                    }
+                }
+            }
+            "autogen" => {
+                let ctrls = v
+                    .get("podControllers")
+                    .and_then(|p| p.get("controllers"))
+                    .map(|c| strs(Some(c)));
+                if let Some(c) = ctrls {
+                    autogen_kinds = Some(c.iter().filter_map(|r| autogen_kind(r)).collect());
+                }
+            }
+            other => return Err(Skip(format!("{kind} spec.{other} is not supported"))),
+        }
+    }
+    Ok(autogen_kinds)
+}
+
+/// The kind an autogen controller names (`deployments` or `Deployment`).
+fn autogen_kind(resource: &str) -> Option<String> {
+    VPOL_AUTOGEN_KINDS
+        .iter()
+        .find(|k| {
+            format!("{}s", k.to_ascii_lowercase()) == resource || k.eq_ignore_ascii_case(resource)
+        })
+        .map(|k| k.to_string())
+}
+
+/// The CEL of a ValidatingPolicy or ValidatingAdmissionPolicy spec: its
+/// `matchConditions`, `variables`, `validations` and `failurePolicy`.
+fn compile_spec_cel(spec: &Mapping) -> R<CelRule> {
+    let mut rule = CelRule::compile(
+        &named_exprs(get(spec, "matchConditions"), "matchConditions")?,
+        &named_exprs(get(spec, "variables"), "variables")?,
+        &validations(get(spec, "validations"))?,
+    )
+    .map_err(Skip)?;
+    rule.ignore_errors = failure_policy_ignore(spec)?;
+    Ok(rule)
 }
 
 /// A Kyverno `validate.cel` block (ClusterPolicy/Policy rule).
@@ -963,7 +977,14 @@ pub(crate) fn link_vaps(docs: VapDocs, set: &mut PolicySet) {
         };
         let policy_name = format!("{pname}/{bname}");
         let mut sub = PolicySet::new();
-        match vap_rule(pname, pspec, bspec, &docs.params, &psrc, &mut sub) {
+        let binding = Binding {
+            pname,
+            pspec,
+            bspec,
+            params: &docs.params,
+            src: &psrc,
+        };
+        match binding.rule(&mut sub) {
             Ok(rule) => sub.policies.push(Policy {
                 name: policy_name,
                 kind: "ValidatingAdmissionPolicy".into(),
@@ -994,40 +1015,135 @@ pub(crate) fn link_vaps(docs: VapDocs, set: &mut PolicySet) {
     }
 }
 
-fn vap_rule(
-    pname: &str,
-    pspec: &Mapping,
-    bspec: &Mapping,
-    params: &[ParamObject],
-    src: &DocSource<'_>,
-    set: &mut PolicySet,
-) -> R<Rule> {
-    for (k, _) in pspec {
-        match k.as_str().unwrap_or("") {
-            "matchConstraints" | "matchConditions" | "variables" | "validations"
-            | "failurePolicy" | "auditAnnotations" | "paramKind" => {}
-            other => {
-                return Err(Skip(format!(
-                    "ValidatingAdmissionPolicy spec.{other} is not supported"
-                )))
+/// A ValidatingAdmissionPolicy with one of its bindings, and the param
+/// objects of the policy files.
+struct Binding<'a> {
+    pname: &'a str,
+    pspec: &'a Mapping,
+    bspec: &'a Mapping,
+    params: &'a [ParamObject],
+    /// Where the policy is, for its warnings.
+    src: &'a DocSource<'a>,
+}
+
+impl Binding<'_> {
+    /// The policy's rule as bound; warnings go to `set`.
+    fn rule(&self, set: &mut PolicySet) -> R<Rule> {
+        let Binding {
+            pname,
+            pspec,
+            bspec,
+            src,
+            ..
+        } = *self;
+        only_fields(
+            pspec,
+            &[
+                "matchConstraints",
+                "matchConditions",
+                "variables",
+                "validations",
+                "failurePolicy",
+                "auditAnnotations",
+                "paramKind",
+            ],
+            "ValidatingAdmissionPolicy",
+        )?;
+        only_fields(
+            bspec,
+            &[
+                "policyName",
+                "validationActions",
+                "matchResources",
+                "paramRef",
+            ],
+            "ValidatingAdmissionPolicyBinding",
+        )?;
+        let actions = strs(get(bspec, "validationActions"));
+        if actions.is_empty() {
+            return Err(Skip("binding has no validationActions".into()));
+        }
+        let action = action_of(&actions);
+        let matches = bound_matches(pspec, bspec)?;
+        let mut rule = compile_spec_cel(pspec)?;
+        rule.params = self.params(set)?;
+        if let Some(w) = uncovered_warning(&rule, src, pname, "validations") {
+            set.warnings.push(w);
+        }
+        Ok(Rule {
+            name: "validations".into(),
+            action,
+            message: None,
+            scope: Scope {
+                matches,
+                excludes: None,
+            },
+            tests: tests_of(rule),
+            drift: None,
+        })
+    }
+
+    /// The params the binding's `paramRef` selects for the policy's
+    /// `paramKind`, as CEL values (none without `paramKind`).
+    fn params(&self, set: &mut PolicySet) -> R<Vec<CelValue>> {
+        let Binding {
+            pname,
+            pspec,
+            bspec,
+            params,
+            src,
+        } = *self;
+        let Some(pk) = get(pspec, "paramKind") else {
+            if get(bspec, "paramRef").is_some() {
+                return Err(Skip(
+                    "binding has a paramRef but the policy no paramKind".into(),
+                ));
             }
+            return Ok(Vec::new());
+        };
+        let api_version = pk.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let kind = pk.get("kind").and_then(Value::as_str).unwrap_or("");
+        let Some(pr) = get(bspec, "paramRef") else {
+            return Err(Skip(format!(
+                "policy {pname} has paramKind {kind} but the binding has no paramRef"
+            )));
+        };
+        let selected = select_params(pr, api_version, kind, params)?;
+        if selected.is_empty() {
+            let deny = pr.get("parameterNotFoundAction").and_then(Value::as_str) == Some("Deny");
+            if deny {
+                return Err(Skip(format!(
+                "paramRef selects no {kind} in the policy files and parameterNotFoundAction is Deny (every Pod would be denied)"
+            )));
+            }
+            set.warnings.push(Warning {
+            source: src.file.to_string(),
+            policy: pname.into(),
+            rule: None,
+            message: format!("paramRef selects no {kind} in the policy files: the binding allows everything (parameterNotFoundAction Allow)"),
+        });
+            return Err(Skip(format!(
+                "paramRef selects no {kind} in the policy files"
+            )));
+        }
+        Ok(selected.iter().map(|p| json_to_cel(&p.object)).collect())
+    }
+}
+
+/// A spec may only have these fields; `what` names it in the reason.
+fn only_fields(spec: &Mapping, known: &[&str], what: &str) -> R<()> {
+    for (k, _) in spec {
+        let k = k.as_str().unwrap_or("");
+        if !known.contains(&k) {
+            return Err(Skip(format!("{what} spec.{k} is not supported")));
         }
     }
-    for (k, _) in bspec {
-        match k.as_str().unwrap_or("") {
-            "policyName" | "validationActions" | "matchResources" | "paramRef" => {}
-            other => {
-                return Err(Skip(format!(
-                    "ValidatingAdmissionPolicyBinding spec.{other} is not supported"
-                )))
-            }
-        }
-    }
-    let actions = strs(get(bspec, "validationActions"));
-    if actions.is_empty() {
-        return Err(Skip("binding has no validationActions".into()));
-    }
-    let action = action_of(&actions);
+    Ok(())
+}
+
+/// What a bound policy matches: the policy's `matchConstraints` and, when
+/// given, the binding's `matchResources` (both must match).
+fn bound_matches(pspec: &Mapping, bspec: &Mapping) -> R<FilterSet> {
     let mc = get(pspec, "matchConstraints")
         .and_then(Value::as_mapping)
         .ok_or_else(|| Skip("no matchConstraints".into()))?;
@@ -1049,59 +1165,7 @@ fn vap_rule(
         let Constraints { filter, .. } = match_constraints(&narrowed)?;
         matches.filters.push(filter);
     }
-    let mut rule = CelRule::compile(
-        &named_exprs(get(pspec, "matchConditions"), "matchConditions")?,
-        &named_exprs(get(pspec, "variables"), "variables")?,
-        &validations(get(pspec, "validations"))?,
-    )
-    .map_err(Skip)?;
-    rule.ignore_errors = failure_policy_ignore(pspec)?;
-    if let Some(pk) = get(pspec, "paramKind") {
-        let api_version = pk.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-        let kind = pk.get("kind").and_then(Value::as_str).unwrap_or("");
-        let Some(pr) = get(bspec, "paramRef") else {
-            return Err(Skip(format!(
-                "policy {pname} has paramKind {kind} but the binding has no paramRef"
-            )));
-        };
-        let selected = select_params(pr, api_version, kind, params)?;
-        if selected.is_empty() {
-            let deny = pr.get("parameterNotFoundAction").and_then(Value::as_str) == Some("Deny");
-            if deny {
-                return Err(Skip(format!(
-                    "paramRef selects no {kind} in the policy files and parameterNotFoundAction is Deny (every Pod would be denied)"
-                )));
-            }
-            set.warnings.push(Warning {
-                source: src.file.to_string(),
-                policy: pname.into(),
-                rule: None,
-                message: format!("paramRef selects no {kind} in the policy files: the binding allows everything (parameterNotFoundAction Allow)"),
-            });
-            return Err(Skip(format!(
-                "paramRef selects no {kind} in the policy files"
-            )));
-        }
-        rule.params = selected.iter().map(|p| json_to_cel(&p.object)).collect();
-    } else if get(bspec, "paramRef").is_some() {
-        return Err(Skip(
-            "binding has a paramRef but the policy no paramKind".into(),
-        ));
-    }
-    if let Some(w) = uncovered_warning(&rule, src, pname, "validations") {
-        set.warnings.push(w);
-    }
-    Ok(Rule {
-        name: "validations".into(),
-        action,
-        message: None,
-        scope: Scope {
-            matches,
-            excludes: None,
-        },
-        tests: tests_of(rule),
-        drift: None,
-    })
+    Ok(matches)
 }
 
 fn select_params<'a>(

@@ -37,15 +37,27 @@ pub fn glob_match(pattern: &str, value: &str) -> bool {
     }
     let p: Vec<char> = pattern.chars().collect();
     let s: Vec<char> = value.chars().collect();
+    star_match(&p, &s, |c| *c == '*', |c, x| *c == '?' || *c == x)
+}
+
+/// Anchored matching of `toks` on `s` where a star token matches any run
+/// and every other token one character (`one` says which): two pointers,
+/// backtracking only to the last star, so O(n*m) at worst and no recursion.
+pub(crate) fn star_match<T>(
+    toks: &[T],
+    s: &[char],
+    is_star: impl Fn(&T) -> bool,
+    one: impl Fn(&T, char) -> bool,
+) -> bool {
     let (mut pi, mut si) = (0usize, 0usize);
     let mut star: Option<usize> = None;
     let mut mark = 0usize;
     while si < s.len() {
-        if pi < p.len() && p[pi] == '*' {
+        if pi < toks.len() && is_star(&toks[pi]) {
             star = Some(pi);
             mark = si;
             pi += 1;
-        } else if pi < p.len() && (p[pi] == '?' || p[pi] == s[si]) {
+        } else if pi < toks.len() && one(&toks[pi], s[si]) {
             pi += 1;
             si += 1;
         } else if let Some(st) = star {
@@ -56,10 +68,10 @@ pub fn glob_match(pattern: &str, value: &str) -> bool {
             return false;
         }
     }
-    while pi < p.len() && p[pi] == '*' {
+    while pi < toks.len() && is_star(&toks[pi]) {
         pi += 1;
     }
-    pi == p.len()
+    pi == toks.len()
 }
 
 // ---------------------------------------------------------------------------

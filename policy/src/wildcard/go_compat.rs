@@ -144,28 +144,7 @@ pub fn gobwas_glob_match(pattern: &str, value: &str) -> Result<bool, PatternErro
         Tok::Class(neg, r) => r.iter().any(|(lo, hi)| *lo <= c && c <= *hi) != *neg,
         Tok::Any => false,
     };
-    // Two-pointer with backtracking to the last '*'.
-    let (mut pi, mut si, mut star, mut mark) = (0usize, 0usize, None::<usize>, 0usize);
-    while si < s.len() {
-        if pi < toks.len() && matches!(toks[pi], Tok::Any) {
-            star = Some(pi);
-            mark = si;
-            pi += 1;
-        } else if pi < toks.len() && one(&toks[pi], s[si]) {
-            pi += 1;
-            si += 1;
-        } else if let Some(st) = star {
-            pi = st + 1;
-            mark += 1;
-            si = mark;
-        } else {
-            return Ok(false);
-        }
-    }
-    while pi < toks.len() && matches!(toks[pi], Tok::Any) {
-        pi += 1;
-    }
-    Ok(pi == toks.len())
+    Ok(super::star_match(&toks, &s, |t| matches!(t, Tok::Any), one))
 }
 
 /// One entry of Kyverno's `matchImageReferences`.
@@ -247,126 +226,6 @@ fn decode_rune(b: &[u8]) -> (u32, usize) {
 /// Go `path.Match`: `*` any run of non-`/`, `?` one non-`/` character,
 /// `[...]` classes (`^` negates, ranges, `\` escapes), `\` escapes.
 pub fn go_path_match(pattern: &str, name: &str) -> Result<bool, PatternError> {
-    fn scan_chunk(p: &[u8]) -> (bool, &[u8], &[u8]) {
-        let mut p = p;
-        let mut star = false;
-        while p.first() == Some(&b'*') {
-            p = &p[1..];
-            star = true;
-        }
-        let mut inrange = false;
-        let mut i = 0;
-        while i < p.len() {
-            match p[i] {
-                b'\\' if i + 1 < p.len() => i += 1,
-                b'[' => inrange = true,
-                b']' => inrange = false,
-                b'*' if !inrange => break,
-                _ => {}
-            }
-            i += 1;
-        }
-        (star, &p[..i], &p[i..])
-    }
-    fn get_esc(chunk: &[u8]) -> Result<(u32, &[u8]), PatternError> {
-        let mut chunk = chunk;
-        if chunk.is_empty() || chunk[0] == b'-' || chunk[0] == b']' {
-            return Err(PatternError::BadPattern);
-        }
-        if chunk[0] == b'\\' {
-            chunk = &chunk[1..];
-            if chunk.is_empty() {
-                return Err(PatternError::BadPattern);
-            }
-        }
-        let (r, n) = decode_rune(chunk);
-        if r == 0xFFFD && n == 1 {
-            return Err(PatternError::BadPattern);
-        }
-        let rest = &chunk[n..];
-        if rest.is_empty() {
-            return Err(PatternError::BadPattern);
-        }
-        Ok((r, rest))
-    }
-    fn match_chunk<'a>(chunk: &[u8], s: &'a [u8]) -> Result<Option<&'a [u8]>, PatternError> {
-        let mut chunk = chunk;
-        let mut s = s;
-        let mut failed = false;
-        while !chunk.is_empty() {
-            if !failed && s.is_empty() {
-                failed = true;
-            }
-            match chunk[0] {
-                b'[' => {
-                    let mut r = 0u32;
-                    if !failed {
-                        let (rr, n) = decode_rune(s);
-                        r = rr;
-                        s = &s[n..];
-                    }
-                    chunk = &chunk[1..];
-                    let mut negated = false;
-                    if chunk.first() == Some(&b'^') {
-                        negated = true;
-                        chunk = &chunk[1..];
-                    }
-                    let mut matched = false;
-                    let mut nrange = 0;
-                    loop {
-                        if chunk.first() == Some(&b']') && nrange > 0 {
-                            chunk = &chunk[1..];
-                            break;
-                        }
-                        let (lo, rest) = get_esc(chunk)?;
-                        chunk = rest;
-                        let mut hi = lo;
-                        if chunk[0] == b'-' {
-                            let (h, rest) = get_esc(&chunk[1..])?;
-                            hi = h;
-                            chunk = rest;
-                        }
-                        if lo <= r && r <= hi {
-                            matched = true;
-                        }
-                        nrange += 1;
-                    }
-                    if matched == negated {
-                        failed = true;
-                    }
-                }
-                b'?' => {
-                    if !failed {
-                        if s[0] == b'/' {
-                            failed = true;
-                        }
-                        let (_, n) = decode_rune(s);
-                        s = &s[n..];
-                    }
-                    chunk = &chunk[1..];
-                }
-                c => {
-                    let mut c = c;
-                    if c == b'\\' {
-                        chunk = &chunk[1..];
-                        if chunk.is_empty() {
-                            return Err(PatternError::BadPattern);
-                        }
-                        c = chunk[0];
-                    }
-                    if !failed {
-                        if c != s[0] {
-                            failed = true;
-                        }
-                        s = &s[1..];
-                    }
-                    chunk = &chunk[1..];
-                }
-            }
-        }
-        Ok(if failed { None } else { Some(s) })
-    }
-
     let mut pattern = pattern.as_bytes();
     let mut name = name.as_bytes();
     'outer: while !pattern.is_empty() {
@@ -412,6 +271,142 @@ pub fn go_path_match(pattern: &str, name: &str) -> Result<bool, PatternError> {
         return Ok(false);
     }
     Ok(name.is_empty())
+}
+
+/// Go `path.scanChunk`: (leading stars, the chunk up to the next star
+/// outside a class, the rest).
+fn scan_chunk(p: &[u8]) -> (bool, &[u8], &[u8]) {
+    let mut p = p;
+    let mut star = false;
+    while p.first() == Some(&b'*') {
+        p = &p[1..];
+        star = true;
+    }
+    let mut inrange = false;
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            b'\\' if i + 1 < p.len() => i += 1,
+            b'[' => inrange = true,
+            b']' => inrange = false,
+            b'*' if !inrange => break,
+            _ => {}
+        }
+        i += 1;
+    }
+    (star, &p[..i], &p[i..])
+}
+
+/// Go `path.getEsc`: one (possibly escaped) character of a class.
+fn get_esc(chunk: &[u8]) -> Result<(u32, &[u8]), PatternError> {
+    let mut chunk = chunk;
+    if chunk.is_empty() || chunk[0] == b'-' || chunk[0] == b']' {
+        return Err(PatternError::BadPattern);
+    }
+    if chunk[0] == b'\\' {
+        chunk = &chunk[1..];
+        if chunk.is_empty() {
+            return Err(PatternError::BadPattern);
+        }
+    }
+    let (r, n) = decode_rune(chunk);
+    if r == 0xFFFD && n == 1 {
+        return Err(PatternError::BadPattern);
+    }
+    let rest = &chunk[n..];
+    if rest.is_empty() {
+        return Err(PatternError::BadPattern);
+    }
+    Ok((r, rest))
+}
+
+/// Go `path.matchChunk`: what is left of `s` once `chunk` (no star) has
+/// matched its start, `None` when it does not; the whole chunk is read
+/// even after a mismatch, so that a malformed one is always an error.
+fn match_chunk<'a>(chunk: &[u8], s: &'a [u8]) -> Result<Option<&'a [u8]>, PatternError> {
+    let mut chunk = chunk;
+    let mut s = s;
+    let mut failed = false;
+    while !chunk.is_empty() {
+        if !failed && s.is_empty() {
+            failed = true;
+        }
+        match chunk[0] {
+            b'[' => {
+                let mut r = 0u32;
+                if !failed {
+                    let (rr, n) = decode_rune(s);
+                    r = rr;
+                    s = &s[n..];
+                }
+                let (matched, rest) = match_class(&chunk[1..], r)?;
+                chunk = rest;
+                if !matched {
+                    failed = true;
+                }
+            }
+            b'?' => {
+                if !failed {
+                    if s[0] == b'/' {
+                        failed = true;
+                    }
+                    let (_, n) = decode_rune(s);
+                    s = &s[n..];
+                }
+                chunk = &chunk[1..];
+            }
+            c => {
+                let mut c = c;
+                if c == b'\\' {
+                    chunk = &chunk[1..];
+                    if chunk.is_empty() {
+                        return Err(PatternError::BadPattern);
+                    }
+                    c = chunk[0];
+                }
+                if !failed {
+                    if c != s[0] {
+                        failed = true;
+                    }
+                    s = &s[1..];
+                }
+                chunk = &chunk[1..];
+            }
+        }
+    }
+    Ok(if failed { None } else { Some(s) })
+}
+
+/// A character class after its `[`: whether rune `r` is in it (`^`
+/// negates), and what follows its `]`.
+fn match_class(chunk: &[u8], r: u32) -> Result<(bool, &[u8]), PatternError> {
+    let mut chunk = chunk;
+    let mut negated = false;
+    if chunk.first() == Some(&b'^') {
+        negated = true;
+        chunk = &chunk[1..];
+    }
+    let mut matched = false;
+    let mut nrange = 0;
+    loop {
+        if chunk.first() == Some(&b']') && nrange > 0 {
+            chunk = &chunk[1..];
+            break;
+        }
+        let (lo, rest) = get_esc(chunk)?;
+        chunk = rest;
+        let mut hi = lo;
+        if chunk[0] == b'-' {
+            let (h, rest) = get_esc(&chunk[1..])?;
+            hi = h;
+            chunk = rest;
+        }
+        if lo <= r && r <= hi {
+            matched = true;
+        }
+        nrange += 1;
+    }
+    Ok((matched != negated, chunk))
 }
 
 /// distribution `reference.FamiliarMatch`: [`go_path_match`] on the
