@@ -103,6 +103,16 @@ fn with_ns<T>(msg: T, ns: &str) -> Result<Request<T>, ContainerdError> {
     Ok(req)
 }
 
+/// More containers than [`MAX_CONTAINERS`] on the node: the listing is
+/// refused whole rather than cut.
+fn too_many_containers() -> ContainerdError {
+    ContainerdError::TooMany {
+        api: Api::Containerd,
+        call: "Containers.ListStream",
+        max: MAX_CONTAINERS,
+    }
+}
+
 impl ContainerdClient {
     /// Connects to `endpoint` (`unix:///path` or `/path`).
     pub async fn connect(endpoint: &str) -> Result<Self, ContainerdError> {
@@ -169,11 +179,7 @@ impl ContainerdClient {
         for ns in self.namespaces().await? {
             out.extend(self.list_containers(&ns).await?);
             if out.len() > MAX_CONTAINERS {
-                return Err(ContainerdError::TooMany {
-                    api: Api::Containerd,
-                    call: "Containers.ListStream",
-                    max: MAX_CONTAINERS,
-                });
+                return Err(too_many_containers());
             }
         }
         Ok(out)
@@ -319,11 +325,7 @@ impl ContainerdClient {
                 out.push(f(c));
             }
             if out.len() > MAX_CONTAINERS {
-                return Err(ContainerdError::TooMany {
-                    api: Api::Containerd,
-                    call: "Containers.ListStream",
-                    max: MAX_CONTAINERS,
-                });
+                return Err(too_many_containers());
             }
         }
         Ok(out)
