@@ -305,7 +305,7 @@ pub struct ExecEvent {
 pub const FILE_NAME_LEN: usize = 64;
 
 const _: () = assert!(size_of::<ExecEvent>() == 392);
-const _: () = assert!(size_of::<ExecEvent>() % 8 == 0);
+const _: () = assert!(size_of::<ExecEvent>().is_multiple_of(8));
 const _: () = assert!(offset_of!(ExecEvent, header) == 0);
 const _: () = assert!(offset_of!(ExecEvent, boot_ns) == 8);
 const _: () = assert!(offset_of!(ExecEvent, cgroup_id) == 16);
