@@ -287,12 +287,12 @@ fn denied_cgroup_exec_is_killed_before_it_runs_classic_tracepoint() {
     denied_exec_is_stopped(HookChoice::Tracepoint, false);
 }
 
-/// The programs with their aya-log statements kept (the agent's default
-/// level keeps the warn ones, on the failed-signal branch; trace keeps
-/// every one) still pass the verifier on every hook, LSM included where
-/// it is active, and still stop a denied exec. (Elsewhere the tests load
-/// with no subscriber: level 0, every statement dropped.) No kernel
-/// failure can be provoked from here, so the records themselves are not.
+/// The programs at the agent's default level (info: every aya-log
+/// statement dropped by the verifier) and with every statement kept
+/// (trace) pass the verifier on every hook, LSM included where it is
+/// active, and still stop a denied exec. (Elsewhere the tests load with no
+/// subscriber: level 0.) No kernel failure can be provoked from here, so
+/// the records themselves are not checked.
 #[test]
 fn programs_with_their_kernel_log_statements_pass_the_verifier() {
     for (filter, level) in [("info", 3), ("info,imagewarden::ebpf=trace", 5)] {

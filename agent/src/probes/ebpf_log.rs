@@ -5,9 +5,11 @@
 //! The level is the agent's: [`level`] is the most verbose level the
 //! agent's filter (`IMAGEWARDEN_LOG`) enables for [`TARGET`], written into
 //! the programs' `.rodata` (`AYA_LOG_LEVEL`) before load. The verifier
-//! then knows it as a constant and drops the statements below it, so at
-//! the default level (info) the debug statements of the exec path cost
-//! nothing. Nothing is read when the level is off.
+//! then knows it as a constant and drops the statements below it. The
+//! programs log at debug only ([`STATEMENT_LEVEL`]), so at the default
+//! level (info) they cost no instruction (measured: the same verified and
+//! translated size as with logging off) and no thread reads the log.
+//! `IMAGEWARDEN_LOG=info,imagewarden::ebpf=debug` turns them on.
 use std::{
     os::fd::AsRawFd,
     sync::{
@@ -22,6 +24,9 @@ use tracing::Level;
 
 /// The target of the kernel side's records (the programs set it).
 pub const TARGET: &str = "imagewarden::ebpf";
+
+/// The level of every statement of the programs (aya-log's debug).
+pub const STATEMENT_LEVEL: u8 = 4;
 
 /// aya-log's level for the agent's filter: 0 (off), 1 (error) to 5 (trace).
 pub fn level() -> u8 {
@@ -59,10 +64,11 @@ impl Drop for LogPump {
 /// How long the pump waits for a record before it checks for a stop.
 const POLL_MS: i32 = 500;
 
-/// Starts reading the programs' log records, unless the level is off.
-/// A failure is logged and costs only the kernel side's log.
+/// Starts reading the programs' log records when their statements are
+/// kept (the level is debug or more verbose). A failure is logged and
+/// costs only the kernel side's log.
 pub fn start(ebpf: &mut Ebpf) -> Option<LogPump> {
-    if level() == 0 {
+    if level() < STATEMENT_LEVEL {
         return None;
     }
     let mut logger = match aya_log::EbpfLogger::init(ebpf) {
