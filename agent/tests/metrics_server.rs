@@ -398,6 +398,7 @@ async fn metrics_scrape_parses_and_has_every_family() {
         "version",
         "git_commit",
         "sink",
+        "cause",
     ]);
     for s in &scrape.samples {
         for k in s.labels.keys() {
