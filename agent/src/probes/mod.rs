@@ -90,8 +90,8 @@ pub enum ProbeError {
     },
     #[error("another imagewarden agent (or cleanup) holds the lock on {0}; one agent per node")]
     Locked(std::path::PathBuf),
-    #[error("layout of the eBPF object: {0}")]
-    Layout(String),
+    #[error("layout of the eBPF object")]
+    Layout(#[source] &'static layout::LayoutError),
 }
 
 impl ProbeError {
@@ -856,7 +856,7 @@ fn prepare_pins(dir: &Path, loader: &mut EbpfLoader<'_>) -> Result<PinState, Pro
     std::fs::create_dir_all(dir).map_err(ProbeError::pin(dir))?;
     let mut took_over = dir.join("exec_link").exists();
     // Reuse only maps of this agent's exact definition.
-    let layout = layout::embedded().map_err(|e| ProbeError::Layout(e.to_string()))?;
+    let layout = layout::embedded().map_err(ProbeError::Layout)?;
     let bad = layout::mismatches(dir, layout);
     if !bad.is_empty() {
         for (m, why) in &bad {
