@@ -43,7 +43,7 @@ pub enum ProbeError {
     Btf(#[from] btf::BtfError),
     #[error("tracepoint format: {0}")]
     TracepointFormat(String),
-    #[error("tracepoint format {path}")]
+    #[error("tracepoint format {path}: {source}")]
     TracepointFormatRead {
         path: std::path::PathBuf,
         #[source]
@@ -59,7 +59,7 @@ pub enum ProbeError {
         #[source]
         last: AttachError,
     },
-    #[error("map {name}")]
+    #[error("map {name}: {source}")]
     Map {
         name: &'static str,
         #[source]
@@ -76,13 +76,13 @@ pub enum ProbeError {
         "invalid ring buffer size {0}: must be a power of two and a multiple of the page size"
     )]
     RingBufSize(u32),
-    #[error("pinning in bpffs: {path}")]
+    #[error("pinning in bpffs: {path}: {source}")]
     Pin {
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("pinning link {path}")]
+    #[error("pinning link {path}: {source}")]
     PinLink {
         path: std::path::PathBuf,
         #[source]
@@ -90,7 +90,7 @@ pub enum ProbeError {
     },
     #[error("another imagewarden agent (or cleanup) holds the lock on {0}; one agent per node")]
     Locked(std::path::PathBuf),
-    #[error("layout of the eBPF object")]
+    #[error("layout of the eBPF object: {}", attach::chain(.0))]
     Layout(#[source] &'static layout::LayoutError),
 }
 
@@ -927,7 +927,7 @@ fn attach_programs(ebpf: &mut Ebpf, opts: &ProbeOptions) -> Result<Attachment, P
     let mut fallbacks = Vec::new();
     let mut links = Vec::new();
     let mut enforcement = Enforcement::Signal;
-    if opts.try_lsm && lsm_active(&mut fallbacks) {
+    if lsm_active(opts.try_lsm, &mut fallbacks) {
         for (spec, e) in attach::enforcers() {
             match attach::attach(ebpf, spec, kbtf.as_ref()) {
                 Ok(l) => {
@@ -986,11 +986,12 @@ fn attach_programs(ebpf: &mut Ebpf, opts: &ProbeOptions) -> Result<Attachment, P
     })
 }
 
-/// Whether `bpf` is an active LSM. Read from securityfs, not inferred from
-/// an attach: a kernel built with BPF LSM but booted without `bpf` in
+/// Whether to try the BPF LSM program: wanted (`try_lsm`) and `bpf` an
+/// active LSM. Read from securityfs (and logged either way), not inferred
+/// from an attach: a kernel built with BPF LSM but booted without `bpf` in
 /// `lsm=` would accept the program and never call it. Unknown (no
 /// securityfs) counts as active: the attach decides.
-fn lsm_active(fallbacks: &mut Vec<String>) -> bool {
+fn lsm_active(try_lsm: bool, fallbacks: &mut Vec<String>) -> bool {
     let active = std::fs::read_to_string(ACTIVE_LSMS)
         .ok()
         .map(|s| s.trim().to_string());
@@ -999,6 +1000,7 @@ fn lsm_active(fallbacks: &mut Vec<String>) -> bool {
         "active LSMs ({ACTIVE_LSMS})"
     );
     match active {
+        _ if !try_lsm => false,
         Some(l) if !bpf_lsm_listed(&l) => {
             let msg = format!(
                 "BPF LSM not active ({ACTIVE_LSMS}: {l}); enforcing with bpf_send_signal(SIGKILL)"
