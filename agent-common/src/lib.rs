@@ -91,14 +91,34 @@ pub mod counter {
     /// SIGSTOPs sent at exec (hold).
     pub const HOLDS: u32 = 4;
     /// Verdicts found by cgroup name (container announced, id not yet known).
-    pub const NAME_HITS: u32 = 6;
-    /// Failed kernel reads or signals (the event is still emitted, flagged).
-    pub const ERRORS: u32 = 5;
+    pub const NAME_HITS: u32 = 5;
     /// Fileless or drift execs seen in containers (reported or refused).
-    pub const DRIFT_EXECS: u32 = 7;
+    pub const DRIFT_EXECS: u32 = 6;
     /// Fileless or drift execs refused (LSM) or killed (signal) by policy.
-    pub const DRIFT_DENIES: u32 = 8;
-    pub const COUNT: u32 = 10;
+    pub const DRIFT_DENIES: u32 = 7;
+    /// First of the per-cause error counters: the counter of a failure is
+    /// `ERRORS_BASE + ` its [`super::error_cause`].
+    pub const ERRORS_BASE: u32 = 8;
+    pub const COUNT: u32 = ERRORS_BASE + super::error_cause::COUNT;
+}
+
+/// Why the kernel side failed (one counter each, at
+/// `counter::ERRORS_BASE + cause`). The event, when there is one, is still
+/// emitted, flagged. A new cause is a constant here, its counter in the
+/// programs and its label in user space (`probes::ErrorCause`).
+pub mod error_cause {
+    /// The names of the exec'ing task's cgroup could not be read: the
+    /// verdict by name (and the container-id test) fell back to the default.
+    pub const CGROUP_NAME: u32 = 0;
+    /// The executed file (its inode, link count, superblock or dentry)
+    /// could not be read: not classified (`NLINK_UNREADABLE`).
+    pub const EXE_FILE: u32 = 1;
+    /// The exec'd file name could not be read (`NAME_UNREADABLE`).
+    pub const FILENAME: u32 = 2;
+    /// `bpf_send_signal` (SIGKILL for a deny or a refused drift exec,
+    /// SIGSTOP for a hold) failed: the exec was not stopped.
+    pub const SIGNAL: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Bytes kept of each of the two last cgroup path components in
@@ -219,17 +239,42 @@ mod tests {
     }
 }
 
-/// Which exec hook a program is (`ExecEvent::hook`).
+/// Which exec hook a program is ([`RecordHeader::hook`]).
 pub mod hook {
     pub const TP_BTF: u32 = 1;
     pub const TRACEPOINT: u32 = 2;
     pub const LSM: u32 = 3;
 }
 
+/// What a ring-buffer record is ([`RecordHeader::kind`]): user space
+/// decodes each kind with its own arm and counts an unknown kind as a
+/// decode error. A new record kind is a constant here, its `#[repr(C)]`
+/// struct starting with a [`RecordHeader`], and its decode arm.
+pub mod record_kind {
+    /// An [`super::ExecEvent`].
+    pub const EXEC: u16 = 1;
+}
+
+/// The first 8 bytes of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// [`record_kind`] of the record.
+    pub kind: u16,
+    /// [`hook`] of the program that wrote it.
+    pub hook: u16,
+    /// Zero.
+    pub _reserved: u32,
+}
+
+const _: () = assert!(size_of::<RecordHeader>() == 8);
+
 /// One successful exec (or one refused by the LSM hook).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ExecEvent {
+    /// `kind` [`record_kind::EXEC`].
+    pub header: RecordHeader,
     /// `bpf_ktime_get_boot_ns()`: nanoseconds since boot, suspend included.
     pub boot_ns: u64,
     /// cgroup v2 id (inode of the cgroup directory in the unified hierarchy).
@@ -247,8 +292,7 @@ pub struct ExecEvent {
     pub verdict: u32,
     /// Length of `filename` without the NUL.
     pub filename_len: u16,
-    /// [`hook`] that produced the event.
-    pub hook: u16,
+    pub _pad: u16,
     pub comm: [u8; COMM_LEN],
     pub filename: [u8; FILENAME_LEN],
     /// The executed file's own name (its dentry's last component, NUL
@@ -260,13 +304,17 @@ pub struct ExecEvent {
 /// Bytes kept of [`ExecEvent::file_name`], NUL included.
 pub const FILE_NAME_LEN: usize = 64;
 
-const _: () = assert!(size_of::<ExecEvent>() == 384);
-const _: () = assert!(offset_of!(ExecEvent, cgroup_id) == 8);
-const _: () = assert!(offset_of!(ExecEvent, pid) == 16);
-const _: () = assert!(offset_of!(ExecEvent, verdict) == 40);
-const _: () = assert!(offset_of!(ExecEvent, filename_len) == 44);
-const _: () = assert!(offset_of!(ExecEvent, comm) == 48);
-const _: () = assert!(offset_of!(ExecEvent, filename) == 64);
+const _: () = assert!(size_of::<ExecEvent>() == 392);
+const _: () = assert!(size_of::<ExecEvent>().is_multiple_of(8));
+const _: () = assert!(offset_of!(ExecEvent, header) == 0);
+const _: () = assert!(offset_of!(ExecEvent, boot_ns) == 8);
+const _: () = assert!(offset_of!(ExecEvent, cgroup_id) == 16);
+const _: () = assert!(offset_of!(ExecEvent, pid) == 24);
+const _: () = assert!(offset_of!(ExecEvent, verdict) == 48);
+const _: () = assert!(offset_of!(ExecEvent, filename_len) == 52);
+const _: () = assert!(offset_of!(ExecEvent, comm) == 56);
+const _: () = assert!(offset_of!(ExecEvent, filename) == 72);
+const _: () = assert!(offset_of!(ExecEvent, file_name) == 328);
 
 /// Run-time configuration written by user space before attaching.
 /// Kernel struct offsets are resolved from the running kernel's BTF

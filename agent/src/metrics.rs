@@ -317,12 +317,18 @@ impl Collector for ScrapeCollector {
                 "Execs held (SIGSTOP) in the kernel until classified.",
                 k.holds,
             )?;
-            const_counter(
-                &mut enc,
-                "kernel_errors",
-                "Errors inside the eBPF programs (failed reads or helpers).",
-                k.errors,
-            )?;
+            {
+                let mut me = enc.encode_descriptor(
+                    "kernel_errors",
+                    "Failures inside the eBPF programs, by cause (failed reads or signals).",
+                    None,
+                    ConstCounter::new(0u64).metric_type(),
+                )?;
+                for (cause, v) in k.errors.iter() {
+                    let labels: Labels1 = [("cause", cause.as_str())];
+                    ConstCounter::new(v).encode(me.encode_family(&labels)?)?;
+                }
+            }
             const_counter(
                 &mut enc,
                 "kernel_name_hits",

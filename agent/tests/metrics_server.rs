@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use imagewarden::{
     finding::ReasonKind,
     metrics::{KillMechanism, Metrics, ModeLabel, ReloadResult, SinkLabel, Source, Verdict},
-    probes::{reader::ReaderStats, Enforcement, ExecHook, KernelCounters},
+    probes::{reader::ReaderStats, Enforcement, ErrorCause, ErrorCounts, ExecHook, KernelCounters},
     server::{self, Health, ReadyGate, ServerState},
     sink::{Sinks, WebhookConfig, WebhookSink},
 };
@@ -153,7 +153,12 @@ async fn metrics_scrape_parses_and_has_every_family() {
             kills: 3,
             lsm_denies: 4,
             holds: 5,
-            errors: 6,
+            errors: {
+                let mut e = ErrorCounts::default();
+                e.set(ErrorCause::CgroupName, 6);
+                e.set(ErrorCause::Signal, 10);
+                e
+            },
             name_hits: 7,
             drift_execs: 8,
             drift_denies: 9,
@@ -273,7 +278,6 @@ async fn metrics_scrape_parses_and_has_every_family() {
         ("imagewarden_kernel_execs_total", 1000.0),
         ("imagewarden_ringbuf_drops_total", 2.0),
         ("imagewarden_kernel_holds_total", 5.0),
-        ("imagewarden_kernel_errors_total", 6.0),
         ("imagewarden_kernel_name_hits_total", 7.0),
         ("imagewarden_kernel_exec_drift_total", 8.0),
         ("imagewarden_kernel_exec_drift_denied_total", 9.0),
@@ -283,6 +287,27 @@ async fn metrics_scrape_parses_and_has_every_family() {
     ] {
         assert!(is_counter(&scrape, m), "{m} is a counter");
         assert_eq!(value(&scrape, m, &[]), v, "{m}");
+    }
+    assert!(is_counter(&scrape, "imagewarden_kernel_errors_total"));
+    assert_eq!(
+        label_values(&scrape, "imagewarden_kernel_errors_total", "cause"),
+        set(&["cgroup_name", "exe_file", "filename", "signal"])
+    );
+    for (cause, v) in [
+        ("cgroup_name", 6.0),
+        ("exe_file", 0.0),
+        ("filename", 0.0),
+        ("signal", 10.0),
+    ] {
+        assert_eq!(
+            value(
+                &scrape,
+                "imagewarden_kernel_errors_total",
+                &[("cause", cause)]
+            ),
+            v,
+            "{cause}"
+        );
     }
     assert!(is_gauge(&scrape, "imagewarden_kernel_counters_readable"));
     assert_eq!(
@@ -381,6 +406,7 @@ async fn metrics_scrape_parses_and_has_every_family() {
         "version",
         "git_commit",
         "sink",
+        "cause",
     ]);
     for s in &scrape.samples {
         for k in s.labels.keys() {

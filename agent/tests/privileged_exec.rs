@@ -21,7 +21,7 @@ use host::{private_binary, privileged, stopped, tempdir, wait_for, TestCgroup};
 use imagewarden::probes::{
     event::{ExecRecord, Hook, KernelVerdict},
     reader::drain,
-    Enforcement, HookChoice, ProbeOptions, Probes,
+    Enforcement, ErrorCause, HookChoice, ProbeOptions, Probes,
 };
 
 /// The tests count kernel-wide events: run them one at a time.
@@ -241,6 +241,11 @@ fn denied_exec_is_stopped(hook: HookChoice, try_lsm: bool) {
         if lsm { (0, 1) } else { (1, 0) },
         "{before:?} -> {after:?}"
     );
+    assert_eq!(
+        after.errors.get(ErrorCause::Signal),
+        before.errors.get(ErrorCause::Signal),
+        "no failed signal: {before:?} -> {after:?}"
+    );
 
     // Back to audit: the same cgroup runs again, and the event still says deny.
     probes.set_enforce(false).unwrap();
@@ -280,6 +285,27 @@ fn denied_cgroup_exec_is_killed_before_it_runs_tp_btf() {
 #[test]
 fn denied_cgroup_exec_is_killed_before_it_runs_classic_tracepoint() {
     denied_exec_is_stopped(HookChoice::Tracepoint, false);
+}
+
+/// The programs at the agent's default level (info: every aya-log
+/// statement dropped by the verifier) and with every statement kept
+/// (trace) pass the verifier on every hook, LSM included where it is
+/// active, and still stop a denied exec. (Elsewhere the tests load with no
+/// subscriber: level 0.) No kernel failure can be provoked from here, so
+/// the records themselves are not checked.
+#[test]
+fn programs_with_their_kernel_log_statements_pass_the_verifier() {
+    for (filter, level) in [("info", 3), ("info,imagewarden::ebpf=trace", 5)] {
+        let sub = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            assert_eq!(imagewarden::probes::ebpf_log::level(), level, "{filter}");
+            denied_exec_is_stopped(HookChoice::Auto, true);
+            denied_exec_is_stopped(HookChoice::Tracepoint, false);
+        });
+    }
 }
 
 #[test]

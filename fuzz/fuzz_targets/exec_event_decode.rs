@@ -3,11 +3,16 @@
 //! JSON is valid (file names and comm are not UTF-8 in general).
 #![no_main]
 
-use imagewarden::{finding::Finding, probes::event::decode};
+use imagewarden::{
+    finding::Finding,
+    probes::event::{decode, Record},
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(rec) = decode(data) else { return };
+    let Ok(Record::Exec(rec)) = decode(data) else {
+        return;
+    };
     assert_eq!(data.len(), std::mem::size_of::<agent_common::ExecEvent>());
     assert!(rec.filename.len() < agent_common::FILENAME_LEN);
     assert!(rec.comm.len() <= agent_common::COMM_LEN);

@@ -79,6 +79,84 @@ fn u32_at(b: &[u8], o: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
 }
 
+/// The type and string sections of raw BTF, from its header.
+fn sections(data: &[u8]) -> Result<(&[u8], &[u8]), BtfError> {
+    if u16_at(data, 0) != Some(MAGIC) {
+        return Err(BtfError::BadHeader);
+    }
+    let field = |o| {
+        u32_at(data, o)
+            .map(|v| v as usize)
+            .ok_or(BtfError::BadHeader)
+    };
+    let (hdr_len, type_off, type_len) = (field(4)?, field(8)?, field(12)?);
+    let (str_off, str_len) = (field(16)?, field(20)?);
+    let section = |off: usize, len: usize| {
+        let start = hdr_len.checked_add(off).ok_or(BtfError::BadHeader)?;
+        let end = start.checked_add(len).ok_or(BtfError::BadHeader)?;
+        data.get(start..end).ok_or(BtfError::BadHeader)
+    };
+    Ok((section(type_off, type_len)?, section(str_off, str_len)?))
+}
+
+/// Reads the type record at `*o` (type `id`), moving `*o` past it and
+/// past its kind's trailing data.
+fn read_type(b: &[u8], o: &mut usize, id: u32) -> Result<Type, BtfError> {
+    let bad = || BtfError::Malformed(id);
+    let name_off = u32_at(b, *o).ok_or_else(bad)?;
+    let info = u32_at(b, *o + 4).ok_or_else(bad)?;
+    let size_or_type = u32_at(b, *o + 8).ok_or_else(bad)?;
+    *o += 12;
+    let kind = (info >> 24) & 0x1f;
+    let vlen = (info & 0xffff) as usize;
+    let kflag = info >> 31 == 1;
+    // Bytes that follow the common record, by kind.
+    let trailing = match kind {
+        KIND_PTR | KIND_FWD | KIND_FUNC | KIND_FLOAT => 0,
+        KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+            return Ok(Type::Alias(size_or_type));
+        }
+        KIND_STRUCT | KIND_UNION => {
+            let members = read_members(b, o, vlen, kflag).ok_or_else(bad)?;
+            return Ok(Type::Composite {
+                name_off,
+                size: size_or_type,
+                members,
+            });
+        }
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+        KIND_ARRAY => 12,
+        KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
+        KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
+        _ => return Err(bad()),
+    };
+    *o += trailing;
+    Ok(Type::Other)
+}
+
+/// The `vlen` members of a struct or union at `*o`.
+fn read_members(b: &[u8], o: &mut usize, vlen: usize, kflag: bool) -> Option<Vec<Member>> {
+    let mut members = Vec::with_capacity(vlen);
+    for _ in 0..vlen {
+        let name_off = u32_at(b, *o)?;
+        let type_id = u32_at(b, *o + 4)?;
+        let m_off = u32_at(b, *o + 8)?;
+        *o += 12;
+        let (bit_offset, bitfield_size) = if kflag {
+            (m_off & 0xff_ffff, m_off >> 24)
+        } else {
+            (m_off, 0)
+        };
+        members.push(Member {
+            name_off,
+            type_id,
+            bit_offset,
+            bitfield_size,
+        });
+    }
+    Some(members)
+}
+
 impl Btf {
     pub fn from_sys_fs() -> Result<Self, BtfError> {
         Self::from_file("/sys/kernel/btf/vmlinux")
@@ -93,118 +171,37 @@ impl Btf {
     }
 
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
-        if u16_at(data, 0) != Some(MAGIC) {
-            return Err(BtfError::BadHeader);
-        }
-        let hdr_len = u32_at(data, 4).ok_or(BtfError::BadHeader)? as usize;
-        let type_off = u32_at(data, 8).ok_or(BtfError::BadHeader)? as usize;
-        let type_len = u32_at(data, 12).ok_or(BtfError::BadHeader)? as usize;
-        let str_off = u32_at(data, 16).ok_or(BtfError::BadHeader)? as usize;
-        let str_len = u32_at(data, 20).ok_or(BtfError::BadHeader)? as usize;
-        let tstart = hdr_len.checked_add(type_off).ok_or(BtfError::BadHeader)?;
-        let types_bytes = data
-            .get(tstart..tstart + type_len)
-            .ok_or(BtfError::BadHeader)?;
-        let sstart = hdr_len + str_off;
-        let strings = data
-            .get(sstart..sstart + str_len)
-            .ok_or(BtfError::BadHeader)?
-            .to_vec();
-
+        let (types_bytes, strings) = sections(data)?;
         let mut types = vec![Type::Other];
         let mut o = 0usize;
         while o < types_bytes.len() {
-            let id = types.len() as u32;
-            let bad = || BtfError::Malformed(id);
-            let name_off = u32_at(types_bytes, o).ok_or_else(bad)?;
-            let info = u32_at(types_bytes, o + 4).ok_or_else(bad)?;
-            let size_or_type = u32_at(types_bytes, o + 8).ok_or_else(bad)?;
-            o += 12;
-            let kind = (info >> 24) & 0x1f;
-            let vlen = (info & 0xffff) as usize;
-            let kflag = info >> 31 == 1;
-            let t = match kind {
-                KIND_INT => {
-                    o += 4;
-                    Type::Other
-                }
-                KIND_PTR | KIND_FWD | KIND_FUNC | KIND_FLOAT => Type::Other,
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    Type::Alias(size_or_type)
-                }
-                KIND_ARRAY => {
-                    o += 12;
-                    Type::Other
-                }
-                KIND_STRUCT | KIND_UNION => {
-                    let mut members = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let m_name = u32_at(types_bytes, o).ok_or_else(bad)?;
-                        let m_type = u32_at(types_bytes, o + 4).ok_or_else(bad)?;
-                        let m_off = u32_at(types_bytes, o + 8).ok_or_else(bad)?;
-                        o += 12;
-                        let (bit_offset, bitfield_size) = if kflag {
-                            (m_off & 0xff_ffff, m_off >> 24)
-                        } else {
-                            (m_off, 0)
-                        };
-                        members.push(Member {
-                            name_off: m_name,
-                            type_id: m_type,
-                            bit_offset,
-                            bitfield_size,
-                        });
-                    }
-                    Type::Composite {
-                        name_off,
-                        size: size_or_type,
-                        members,
-                    }
-                }
-                KIND_ENUM => {
-                    o += 8 * vlen;
-                    Type::Other
-                }
-                KIND_FUNC_PROTO => {
-                    o += 8 * vlen;
-                    Type::Other
-                }
-                KIND_VAR | KIND_DECL_TAG => {
-                    o += 4;
-                    Type::Other
-                }
-                KIND_DATASEC => {
-                    o += 12 * vlen;
-                    Type::Other
-                }
-                KIND_ENUM64 => {
-                    o += 12 * vlen;
-                    Type::Other
-                }
-                _ => return Err(bad()),
-            };
+            let t = read_type(types_bytes, &mut o, types.len() as u32)?;
             types.push(t);
         }
         let mut btf = Btf {
             types,
-            strings,
+            strings: strings.to_vec(),
             by_name: HashMap::new(),
         };
+        btf.by_name = btf.index_by_name();
+        Ok(btf)
+    }
+
+    /// Composite types by name: the first complete definition of each.
+    fn index_by_name(&self) -> HashMap<String, u32> {
         let mut by_name = HashMap::new();
-        for (id, t) in btf.types.iter().enumerate() {
+        for (id, t) in self.types.iter().enumerate() {
             if let Type::Composite {
                 name_off, members, ..
             } = t
             {
-                // Keep the first complete definition of a name.
-                let name = btf.str_at(*name_off);
+                let name = self.str_at(*name_off);
                 if !name.is_empty() && !members.is_empty() {
                     by_name.entry(name.to_string()).or_insert(id as u32);
                 }
             }
         }
-        btf.by_name = by_name;
-        Ok(btf)
+        by_name
     }
 
     fn str_at(&self, off: u32) -> &str {

@@ -1,12 +1,25 @@
-//! Decoding of kernel exec events into typed records.
-use agent_common::{flags, hook, verdict, ExecEvent, COMM_LEN, FILENAME_LEN};
+//! Decoding of kernel ring-buffer records into typed records: by the kind
+//! in their header ([`RecordHeader`]), one arm per kind.
+use agent_common::{
+    flags, hook, record_kind, verdict, ExecEvent, RecordHeader, COMM_LEN, FILENAME_LEN,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
+    #[error("record of {0} bytes, shorter than its header")]
+    Header(usize),
+    #[error("record of unknown kind {0}")]
+    UnknownKind(u16),
     #[error("exec event of {got} bytes, expected {want}")]
     Size { got: usize, want: usize },
     #[error("exec event with file name length {0} > {FILENAME_LEN}")]
     NameLength(usize),
+}
+
+/// One decoded ring-buffer record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Exec(ExecRecord),
 }
 
 /// The kernel's verdict for the exec'ing cgroup.
@@ -111,8 +124,21 @@ fn until_nul(b: &[u8]) -> &[u8] {
     &b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())]
 }
 
-/// Decodes one ring-buffer record. Never panics, whatever the bytes.
-pub fn decode(bytes: &[u8]) -> Result<ExecRecord, DecodeError> {
+/// Decodes one ring-buffer record by its kind. Never panics, whatever the
+/// bytes; an unknown kind is an error (counted by the reader).
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    if bytes.len() < std::mem::size_of::<RecordHeader>() {
+        return Err(DecodeError::Header(bytes.len()));
+    }
+    // SAFETY: length checked; RecordHeader is plain old data.
+    let header: RecordHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    match header.kind {
+        record_kind::EXEC => decode_exec(bytes).map(Record::Exec),
+        k => Err(DecodeError::UnknownKind(k)),
+    }
+}
+
+fn decode_exec(bytes: &[u8]) -> Result<ExecRecord, DecodeError> {
     let want = std::mem::size_of::<ExecEvent>();
     if bytes.len() != want {
         return Err(DecodeError::Size {
@@ -137,11 +163,11 @@ pub fn decode(bytes: &[u8]) -> Result<ExecRecord, DecodeError> {
         uid: ev.uid,
         gid: ev.gid,
         verdict: KernelVerdict::from_raw(ev.verdict),
-        hook: match ev.hook as u32 {
+        hook: match ev.header.hook as u32 {
             hook::TP_BTF => Hook::TpBtf,
             hook::TRACEPOINT => Hook::Tracepoint,
             hook::LSM => Hook::Lsm,
-            _ => Hook::Other(ev.hook),
+            _ => Hook::Other(ev.header.hook),
         },
         comm: until_nul(&ev.comm[..COMM_LEN]).to_vec(),
         filename: until_nul(&ev.filename[..len]).to_vec(),
@@ -190,6 +216,11 @@ mod tests {
 
     fn sample() -> ExecEvent {
         let mut ev = ExecEvent {
+            header: RecordHeader {
+                kind: record_kind::EXEC,
+                hook: hook::TRACEPOINT as u16,
+                _reserved: 0,
+            },
             boot_ns: 123,
             cgroup_id: 0xdead_beef_0000_0001,
             pid: 42,
@@ -200,7 +231,7 @@ mod tests {
             flags: flags::FILELESS | flags::KILLED | flags::IN_CONTAINER | flags::DRIFT_DENIED,
             verdict: verdict::DENY,
             filename_len: 8,
-            hook: hook::TRACEPOINT as u16,
+            _pad: 0,
             comm: [0; COMM_LEN],
             filename: [0; FILENAME_LEN],
             file_name: [0; agent_common::FILE_NAME_LEN],
@@ -213,28 +244,35 @@ mod tests {
 
     #[test]
     fn layout_matches_the_kernel_side() {
-        assert_eq!(size_of::<ExecEvent>(), 384);
-        assert_eq!(offset_of!(ExecEvent, boot_ns), 0);
-        assert_eq!(offset_of!(ExecEvent, cgroup_id), 8);
-        assert_eq!(offset_of!(ExecEvent, pid), 16);
-        assert_eq!(offset_of!(ExecEvent, tgid), 20);
-        assert_eq!(offset_of!(ExecEvent, ppid), 24);
-        assert_eq!(offset_of!(ExecEvent, uid), 28);
-        assert_eq!(offset_of!(ExecEvent, gid), 32);
-        assert_eq!(offset_of!(ExecEvent, flags), 36);
-        assert_eq!(offset_of!(ExecEvent, verdict), 40);
-        assert_eq!(offset_of!(ExecEvent, filename_len), 44);
-        assert_eq!(offset_of!(ExecEvent, hook), 46);
-        assert_eq!(offset_of!(ExecEvent, comm), 48);
-        assert_eq!(offset_of!(ExecEvent, filename), 64);
-        assert_eq!(offset_of!(ExecEvent, file_name), 320);
+        assert_eq!(size_of::<RecordHeader>(), 8);
+        assert_eq!(offset_of!(RecordHeader, kind), 0);
+        assert_eq!(offset_of!(RecordHeader, hook), 2);
+        assert_eq!(size_of::<ExecEvent>(), 392);
+        assert_eq!(offset_of!(ExecEvent, header), 0);
+        assert_eq!(offset_of!(ExecEvent, boot_ns), 8);
+        assert_eq!(offset_of!(ExecEvent, cgroup_id), 16);
+        assert_eq!(offset_of!(ExecEvent, pid), 24);
+        assert_eq!(offset_of!(ExecEvent, tgid), 28);
+        assert_eq!(offset_of!(ExecEvent, ppid), 32);
+        assert_eq!(offset_of!(ExecEvent, uid), 36);
+        assert_eq!(offset_of!(ExecEvent, gid), 40);
+        assert_eq!(offset_of!(ExecEvent, flags), 44);
+        assert_eq!(offset_of!(ExecEvent, verdict), 48);
+        assert_eq!(offset_of!(ExecEvent, filename_len), 52);
+        assert_eq!(offset_of!(ExecEvent, comm), 56);
+        assert_eq!(offset_of!(ExecEvent, filename), 72);
+        assert_eq!(offset_of!(ExecEvent, file_name), 328);
         assert_eq!(size_of::<agent_common::Config>(), 120);
         assert_eq!(size_of::<agent_common::CgroupKey>(), 192);
     }
 
+    fn exec(bytes: &[u8]) -> Result<ExecRecord, DecodeError> {
+        decode(bytes).map(|Record::Exec(r)| r)
+    }
+
     #[test]
     fn decodes_every_field() {
-        let r = decode(&raw(&sample())).expect("decode");
+        let r = exec(&raw(&sample())).expect("decode");
         assert_eq!(r.cgroup_id, 0xdead_beef_0000_0001);
         assert_eq!(
             (r.pid, r.tgid, r.ppid, r.uid, r.gid),
@@ -253,19 +291,26 @@ mod tests {
     fn rejects_wrong_sizes_and_lengths() {
         let b = raw(&sample());
         assert_eq!(
-            decode(&b[..100]),
+            exec(&b[..100]),
             Err(DecodeError::Size {
                 got: 100,
-                want: 384
+                want: 392
             })
         );
-        assert!(decode(&[]).is_err());
+        assert_eq!(exec(&[]), Err(DecodeError::Header(0)));
+        assert_eq!(exec(&b[..7]), Err(DecodeError::Header(7)));
         let mut ev = sample();
         ev.filename_len = FILENAME_LEN as u16;
-        assert_eq!(
-            decode(&raw(&ev)),
-            Err(DecodeError::NameLength(FILENAME_LEN))
-        );
+        assert_eq!(exec(&raw(&ev)), Err(DecodeError::NameLength(FILENAME_LEN)));
+    }
+
+    #[test]
+    fn records_of_an_unknown_kind_are_refused() {
+        for kind in [0, record_kind::EXEC + 1, u16::MAX] {
+            let mut ev = sample();
+            ev.header.kind = kind;
+            assert_eq!(decode(&raw(&ev)), Err(DecodeError::UnknownKind(kind)));
+        }
     }
 
     #[test]
@@ -273,7 +318,7 @@ mod tests {
         let mut ev = sample();
         ev.filename[..4].copy_from_slice(&[b'/', 0xff, 0xfe, b'x']);
         ev.filename_len = 4;
-        let r = decode(&raw(&ev)).unwrap();
+        let r = exec(&raw(&ev)).unwrap();
         assert_eq!(r.filename, vec![b'/', 0xff, 0xfe, b'x']);
         assert_eq!(r.filename_lossy(), "/\u{fffd}\u{fffd}x");
     }
@@ -282,8 +327,8 @@ mod tests {
     fn unknown_verdicts_and_hooks_do_not_panic() {
         let mut ev = sample();
         ev.verdict = 77;
-        ev.hook = 9;
-        let r = decode(&raw(&ev)).unwrap();
+        ev.header.hook = 9;
+        let r = exec(&raw(&ev)).unwrap();
         assert_eq!(r.verdict, KernelVerdict::Unknown);
         assert_eq!(r.hook, Hook::Other(9));
     }

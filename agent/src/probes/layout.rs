@@ -9,7 +9,17 @@
 //! hash collision, a pin left by hand) is a clean, logged rebuild.
 use std::{collections::BTreeMap, path::Path, sync::OnceLock};
 
-use aya::maps::MapInfo;
+use aya::maps::{MapError, MapInfo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("parsing the eBPF object")]
+    Parse(#[source] aya_obj::ParseError),
+    #[error("map {0} missing from the object")]
+    MissingMap(String),
+    #[error("reading a pinned map's definition")]
+    Pin(#[source] MapError),
+}
 
 /// A map definition as the kernel sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,13 +33,13 @@ pub struct MapDef {
 
 impl MapDef {
     /// The definition of a map pinned at `path`, from the kernel.
-    pub fn of_pin(path: &Path) -> Result<MapDef, String> {
-        let info = MapInfo::from_pin(path).map_err(|e| e.to_string())?;
+    pub fn of_pin(path: &Path) -> Result<MapDef, LayoutError> {
+        let info = MapInfo::from_pin(path).map_err(LayoutError::Pin)?;
         Ok(MapDef {
             map_type: info
                 .map_type()
                 .map(|t| t as u32)
-                .map_err(|e| e.to_string())?,
+                .map_err(LayoutError::Pin)?,
             key_size: info.key_size(),
             value_size: info.value_size(),
             max_entries: info.max_entries(),
@@ -66,8 +76,8 @@ impl Fnv {
 }
 
 /// Computes the layout of `object` for the maps named in `pinned`.
-pub fn layout_of(object: &[u8], pinned: &[&str]) -> Result<Layout, String> {
-    let obj = aya_obj::Object::parse(object).map_err(|e| e.to_string())?;
+pub fn layout_of(object: &[u8], pinned: &[&str]) -> Result<Layout, LayoutError> {
+    let obj = aya_obj::Object::parse(object).map_err(LayoutError::Parse)?;
     let mut h = Fnv::new();
     let mut maps = BTreeMap::new();
     let mut names: Vec<&str> = pinned.to_vec();
@@ -76,7 +86,7 @@ pub fn layout_of(object: &[u8], pinned: &[&str]) -> Result<Layout, String> {
         let m = obj
             .maps
             .get(name)
-            .ok_or_else(|| format!("map {name} missing from the object"))?;
+            .ok_or_else(|| LayoutError::MissingMap(name.to_string()))?;
         let d = MapDef {
             map_type: m.map_type(),
             key_size: m.key_size(),
@@ -108,14 +118,13 @@ pub fn layout_of(object: &[u8], pinned: &[&str]) -> Result<Layout, String> {
     Ok(Layout { maps, hash: h.0 })
 }
 
-static LAYOUT: OnceLock<Result<Layout, String>> = OnceLock::new();
+static LAYOUT: OnceLock<Result<Layout, LayoutError>> = OnceLock::new();
 
 /// The layout of the embedded eBPF object (computed once).
-pub fn embedded() -> Result<&'static Layout, &'static str> {
+pub fn embedded() -> Result<&'static Layout, &'static LayoutError> {
     LAYOUT
         .get_or_init(|| layout_of(super::EBPF_OBJECT, super::PINNED_MAPS))
         .as_ref()
-        .map_err(String::as_str)
 }
 
 /// The pinned maps in `dir` whose definition differs from `layout`'s (or
@@ -133,7 +142,10 @@ pub fn mismatches(dir: &Path, layout: &Layout) -> Vec<(String, String)> {
                 name.clone(),
                 format!("pinned {have:?}, this agent needs {want:?}"),
             )),
-            Err(e) => out.push((name.clone(), format!("unreadable pin: {e}"))),
+            Err(e) => out.push((
+                name.clone(),
+                format!("unreadable pin: {}", super::attach::chain(&e)),
+            )),
         }
     }
     out

@@ -2,22 +2,25 @@
 //! the kernel counters. Detection of what this kernel allows happens here,
 //! once, at start: tp_btf or the classic tracepoint for exec events, BPF LSM
 //! or `bpf_send_signal(SIGKILL)` for enforcement.
+pub mod attach;
 pub mod btf;
+pub mod counters;
+pub mod ebpf_log;
 pub mod event;
 pub mod kernel_maps;
 pub mod kernelfs;
 pub mod layout;
 pub mod reader;
 
+pub use counters::{CounterReader, ErrorCause, ErrorCounts, KernelCounters};
+
 use std::{os::unix::fs::MetadataExt, path::Path};
 
-use agent_common::{counter, verdict, CgroupKey, Config, CONFIG_MAGIC};
+use agent_common::{verdict, CgroupKey, Config, CONFIG_MAGIC};
+use attach::{chain, AttachError, ProgramSpec};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{
-        links::{FdLink, PinnedLink},
-        BtfTracePoint, Lsm, TracePoint,
-    },
+    programs::links::{FdLink, PinnedLink},
     Ebpf, EbpfLoader,
 };
 use tracing::{info, warn};
@@ -28,20 +31,42 @@ static EBPF_OBJECT: &[u8] =
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    #[error(
+        "must run as root (or with CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN): effective uid is not 0"
+    )]
+    NotRoot,
     #[error("must run as root (or with CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN): {0}")]
-    Permission(String),
+    Permission(#[source] aya::EbpfError),
     #[error("kernel filesystems: {0}")]
     KernelFs(#[from] kernelfs::KernelFsError),
     #[error("kernel BTF: {0}")]
     Btf(#[from] btf::BtfError),
     #[error("tracepoint format: {0}")]
     TracepointFormat(String),
+    #[error("tracepoint format {path}: {source}")]
+    TracepointFormatRead {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("loading the eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
-    #[error("no exec hook could be attached: tp_btf: {tp_btf}; tracepoint: {tracepoint}")]
-    NoExecHook { tp_btf: String, tracepoint: String },
-    #[error("map {0}: {1}")]
-    Map(&'static str, String),
+    /// Every exec-event source of `attach::PROGRAMS` was refused (or not
+    /// tried): each with its reason; the last one's is the source.
+    #[error("no exec hook could be attached: {tried}")]
+    NoExecHook {
+        tried: String,
+        #[source]
+        last: AttachError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("map {0} missing from the object")]
+    MapMissing(&'static str),
     #[error("cgroup {path}: {source}")]
     Cgroup {
         path: String,
@@ -51,8 +76,34 @@ pub enum ProbeError {
         "invalid ring buffer size {0}: must be a power of two and a multiple of the page size"
     )]
     RingBufSize(u32),
-    #[error("pinning in bpffs: {0}")]
-    Pin(String),
+    #[error("pinning in bpffs: {path}: {source}")]
+    Pin {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pinning link {path}: {source}")]
+    PinLink {
+        path: std::path::PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("another imagewarden agent (or cleanup) holds the lock on {0}; one agent per node")]
+    Locked(std::path::PathBuf),
+    #[error("layout of the eBPF object: {}", attach::chain(.0))]
+    Layout(#[source] &'static layout::LayoutError),
+}
+
+impl ProbeError {
+    fn map(name: &'static str, source: aya::maps::MapError) -> Self {
+        ProbeError::Map { name, source }
+    }
+    fn pin(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| ProbeError::Pin {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }
 
 /// Which exec hook to use.
@@ -194,16 +245,11 @@ impl PinLock {
 
     fn take(root: &Path, how: i32) -> Result<Self, ProbeError> {
         use std::os::fd::AsRawFd;
-        std::fs::create_dir_all(root)
-            .map_err(|e| ProbeError::Pin(format!("{}: {e}", root.display())))?;
-        let f = std::fs::File::open(root)
-            .map_err(|e| ProbeError::Pin(format!("{}: {e}", root.display())))?;
+        std::fs::create_dir_all(root).map_err(ProbeError::pin(root))?;
+        let f = std::fs::File::open(root).map_err(ProbeError::pin(root))?;
         // SAFETY: valid fd owned by `f`.
         if unsafe { libc::flock(f.as_raw_fd(), how) } != 0 {
-            return Err(ProbeError::Pin(format!(
-                "another imagewarden agent (or cleanup) holds the lock on {}; one agent per node",
-                root.display()
-            )));
+            return Err(ProbeError::Locked(root.to_path_buf()));
         }
         Ok(PinLock(f))
     }
@@ -231,36 +277,16 @@ impl Default for ProbeOptions {
     }
 }
 
-/// Sums of the per-CPU kernel counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KernelCounters {
-    pub execs: u64,
-    pub ringbuf_drops: u64,
-    pub kills: u64,
-    pub lsm_denies: u64,
-    pub holds: u64,
-    pub errors: u64,
-    pub name_hits: u64,
-    /// Fileless or drift execs seen in containers.
-    pub drift_execs: u64,
-    /// Fileless or drift execs refused or killed by policy.
-    pub drift_denies: u64,
-}
-
-/// Loaded and attached programs. Dropping it detaches everything.
-pub struct Probes {
-    // Field order matters: maps taken out of `ebpf` are dropped first.
+/// The maps user space reads and writes (taken out of the object).
+struct Maps {
     verdicts: HashMap<MapData, u64, u32>,
     name_verdicts: HashMap<MapData, CgroupKey, u32>,
     cgroup_names: HashMap<MapData, u64, CgroupKey>,
     /// cgroup id -> `agent_common::hold_parent` mark.
     hold_parents: HashMap<MapData, u64, u32>,
-    counters: CounterReader,
     config_map: Array<MapData, Config>,
-    config: Config,
     /// Generation of the kernel's by-name decision cache (see `bump_gen`).
     name_gen_map: Array<MapData, u32>,
-    name_gen: u32,
     heartbeat: Array<MapData, u64>,
     unenforced: PerCpuArray<MapData, u64>,
     unenforced_cgroups: HashMap<MapData, u64, u64>,
@@ -268,6 +294,15 @@ pub struct Probes {
     held: HashMap<MapData, u32, u64>,
     /// cgroup id -> `agent_common::drift_policy` bits.
     drift_policy: HashMap<MapData, u64, u32>,
+}
+
+/// Loaded and attached programs. Dropping it detaches everything.
+pub struct Probes {
+    // Field order matters: maps taken out of `ebpf` are dropped first.
+    maps: Maps,
+    counters: CounterReader,
+    config: Config,
+    name_gen: u32,
     events: Option<RingBuf<MapData>>,
     pub exec_hook: ExecHook,
     pub enforcement: Enforcement,
@@ -277,8 +312,29 @@ pub struct Probes {
     pub took_over: bool,
     pin_dir: Option<std::path::PathBuf>,
     links: Vec<Attached>,
+    _log: Option<ebpf_log::LogPump>,
     _lock: Option<PinLock>,
     _ebpf: Ebpf,
+}
+
+/// What the pin directory held at start (fail-closed mode).
+#[derive(Default)]
+struct PinState {
+    lock: Option<PinLock>,
+    /// A previous agent's links were found (same or another layout).
+    took_over: bool,
+    /// Other layouts' directories: removed once our programs run.
+    stale_layouts: Vec<std::path::PathBuf>,
+}
+
+/// The attached programs: the chosen exec hook and enforcement, and why
+/// the preferred ones were not used.
+struct Attachment {
+    exec_hook: ExecHook,
+    enforcement: Enforcement,
+    fallbacks: Vec<String>,
+    /// (pin name, link), enforcer first.
+    links: Vec<(&'static str, FdLink)>,
 }
 
 fn check_ringbuf_size(n: u32) -> Result<(), ProbeError> {
@@ -345,10 +401,8 @@ fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| ProbeError::Map(name, "missing from the object".into()))?;
-    T::try_from(map).map_err(|e| ProbeError::Map(name, e.to_string()))
+    let map = ebpf.take_map(name).ok_or(ProbeError::MapMissing(name))?;
+    T::try_from(map).map_err(|e| ProbeError::map(name, e))
 }
 
 impl Probes {
@@ -358,94 +412,21 @@ impl Probes {
     pub fn load(opts: &ProbeOptions) -> Result<Self, ProbeError> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            return Err(ProbeError::Permission("effective uid is not 0".into()));
+            return Err(ProbeError::NotRoot);
         }
         check_ringbuf_size(opts.ringbuf_bytes)?;
         let tracefs = kernelfs::ensure_kernel_filesystems()?;
         raise_memlock_rlimit();
-
-        let mut cfg = Config {
-            magic: CONFIG_MAGIC,
-            default_verdict: verdict::UNKNOWN,
-            ..Default::default()
+        let cfg = config_for(opts, &tracefs)?;
+        let globals = globals_for(&cfg);
+        let mut loader = new_loader(opts, &globals);
+        let pins = match &opts.pin_dir {
+            Some(dir) => prepare_pins(dir, &mut loader)?,
+            None => PinState::default(),
         };
-        cfg.enforce = opts.enforce as u32;
-        cfg.emit_all = opts.emit_all as u32;
-        cfg.drift_check = opts.drift_check as u32;
-        cfg.unknown_container_verdict = if opts.hold_unknown_containers {
-            verdict::HOLD
-        } else {
-            verdict::UNKNOWN
-        };
-        cfg.heartbeat_stale_ns =
-            u64::try_from(opts.heartbeat_timeout.as_nanos()).unwrap_or(u64::MAX);
-        kernel_offsets(&mut cfg)?;
-        let fmt_path = tracefs.join("events/sched/sched_process_exec/format");
-        let fmt = std::fs::read_to_string(&fmt_path)
-            .map_err(|e| ProbeError::TracepointFormat(format!("{}: {e}", fmt_path.display())))?;
-        cfg.off_tp_filename_loc = tracepoint_filename_offset(&fmt)?;
-
-        // The BTF-typed programs (tp_btf, LSM) read these struct offsets
-        // from `.rodata`, as constants the verifier knows: each field is a
-        // plain load instead of a probe-read helper call (issue 16: the
-        // exec-drift check's cost per container exec).
-        let typed_offsets: [(&str, u64); 8] = [
-            ("IW_OFF_BPRM_FILE", cfg.off_bprm_file.into()),
-            ("IW_OFF_FILE_F_INODE", cfg.off_file_f_inode.into()),
-            ("IW_OFF_INODE_I_NLINK", cfg.off_inode_i_nlink.into()),
-            ("IW_OFF_INODE_I_SB", cfg.off_inode_i_sb.into()),
-            ("IW_OFF_SB_S_MAGIC", cfg.off_sb_s_magic.into()),
-            ("IW_OFF_FILE_DENTRY", cfg.off_file_dentry.into()),
-            (
-                "IW_OFF_DENTRY_D_HASH_PPREV",
-                cfg.off_dentry_d_hash_pprev.into(),
-            ),
-            ("IW_OFF_DENTRY_D_PARENT", cfg.off_dentry_d_parent.into()),
-        ];
-        let mut loader = EbpfLoader::new();
-        loader.map_max_entries("EVENTS", opts.ringbuf_bytes);
-        for (name, value) in &typed_offsets {
-            loader.override_global(name, value, true);
-        }
-        let mut took_over = false;
-        let lock = match &opts.pin_dir {
-            Some(dir) => Some(PinLock::acquire(dir.parent().unwrap_or(dir))?),
-            None => None,
-        };
-        let mut stale_layouts = Vec::new();
-        if let Some(dir) = &opts.pin_dir {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| ProbeError::Pin(format!("{}: {e}", dir.display())))?;
-            took_over = dir.join("exec_link").exists();
-            // Reuse only maps of this agent's exact definition.
-            let layout = layout::embedded()
-                .map_err(|e| ProbeError::Pin(format!("layout of the eBPF object: {e}")))?;
-            let bad = layout::mismatches(dir, layout);
-            if !bad.is_empty() {
-                for (m, why) in &bad {
-                    warn!(map = %m, "pinned map of another definition: {why}");
-                }
-                warn!(dir = %dir.display(), "rebuilding the pinned maps (their state is not reused)");
-                for m in PINNED_MAPS {
-                    let _ = std::fs::remove_file(dir.join(m));
-                }
-            }
-            // A previous agent version's state: its links are replaced by
-            // ours once attached (below), then its pins are removed.
-            if let Some(root) = dir.parent() {
-                stale_layouts = other_layout_dirs(root, dir);
-                for d in &stale_layouts {
-                    took_over |= d.join("exec_link").exists();
-                    info!(dir = %d.display(), "found the pinned state of another agent version (another layout): it is rebuilt, not reused");
-                }
-            }
-            for m in PINNED_MAPS {
-                loader.map_pin_path(m, dir.join(m));
-            }
-        }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
             if is_eperm(&e) {
-                ProbeError::Permission(e.to_string())
+                ProbeError::Permission(e)
             } else {
                 ProbeError::Load(e)
             }
@@ -453,173 +434,38 @@ impl Probes {
         // The loader holds its own parse of the kernel BTF: free it before
         // the next one (start-up's memory peak; see crate::memory).
         drop(loader);
-
-        // The heartbeat first: the configuration below arms the switch.
-        let mut heartbeat: Array<MapData, u64> = take(&mut ebpf, "HEARTBEAT")?;
-        heartbeat
-            .set(0, boot_ns(), 0)
-            .map_err(|e| ProbeError::Map("HEARTBEAT", e.to_string()))?;
-        let unenforced: PerCpuArray<MapData, u64> = take(&mut ebpf, "UNENFORCED")?;
-        let unenforced_cgroups: HashMap<MapData, u64, u64> = take(&mut ebpf, "UNENFORCED_CGROUPS")?;
-        let held: HashMap<MapData, u32, u64> = take(&mut ebpf, "HELD")?;
-        let drift_policy: HashMap<MapData, u64, u32> = take(&mut ebpf, "DRIFT_POLICY")?;
-        let mut config_map: Array<MapData, Config> = take(&mut ebpf, "CONFIG")?;
-        config_map
-            .set(0, cfg, 0)
-            .map_err(|e| ProbeError::Map("CONFIG", e.to_string()))?;
-        let verdicts: HashMap<MapData, u64, u32> = take(&mut ebpf, "VERDICTS")?;
-        let name_verdicts: HashMap<MapData, CgroupKey, u32> = take(&mut ebpf, "NAME_VERDICTS")?;
-        let cgroup_names: HashMap<MapData, u64, CgroupKey> = take(&mut ebpf, "CGROUP_NAMES")?;
-        let hold_parents = take(&mut ebpf, "HOLD_PARENTS")?;
-        let counters = CounterReader(std::sync::Arc::new(take(&mut ebpf, "COUNTERS")?));
-        let events: RingBuf<MapData> = take(&mut ebpf, "EVENTS")?;
-        let name_gen_map: Array<MapData, u32> = take(&mut ebpf, "NAME_GEN")?;
-
-        let kbtf = aya::Btf::from_sys_fs().ok();
-        let mut fallbacks = Vec::new();
-
-        // Enforcement mechanism first, so that it is in place before events flow.
-        let mut links = Vec::new();
-        let mut enforcement = Enforcement::Signal;
-        // Which LSMs run is read from securityfs, not inferred from an
-        // attach: a kernel built with BPF LSM but booted without `bpf` in
-        // `lsm=` would accept the program and never call it.
-        let active_lsms = std::fs::read_to_string(ACTIVE_LSMS)
-            .ok()
-            .map(|s| s.trim().to_string());
-        info!(
-            active_lsms = active_lsms.as_deref().unwrap_or("unknown"),
-            "active LSMs ({ACTIVE_LSMS})"
-        );
-        if opts.try_lsm && active_lsms.as_deref().is_some_and(|l| !bpf_lsm_listed(l)) {
-            let msg = format!(
-                "BPF LSM not active ({ACTIVE_LSMS}: {}); enforcing with bpf_send_signal(SIGKILL)",
-                active_lsms.as_deref().unwrap_or_default()
-            );
-            info!("{msg}");
-            fallbacks.push(msg);
-        } else if opts.try_lsm {
-            match attach_lsm(&mut ebpf, kbtf.as_ref()) {
-                Ok(l) => {
-                    enforcement = Enforcement::Lsm;
-                    links.push(("lsm_link", l));
-                }
-                Err(e) => {
-                    let msg =
-                        format!("BPF LSM refused ({e}); enforcing with bpf_send_signal(SIGKILL)");
-                    info!("{msg}");
-                    fallbacks.push(msg);
-                }
-            }
-        }
-
-        let (exec_hook, exec_link) = match opts.hook {
-            HookChoice::Tracepoint => {
-                let l =
-                    attach_tracepoint(&mut ebpf).map_err(|tracepoint| ProbeError::NoExecHook {
-                        tp_btf: "not tried (--exec-hook tracepoint)".into(),
-                        tracepoint,
-                    })?;
-                (ExecHook::Tracepoint, l)
-            }
-            HookChoice::TpBtf => {
-                let l = attach_tp_btf(&mut ebpf, kbtf.as_ref()).map_err(|tp_btf| {
-                    ProbeError::NoExecHook {
-                        tp_btf,
-                        tracepoint: "not tried (--exec-hook tp-btf)".into(),
-                    }
-                })?;
-                (ExecHook::TpBtf, l)
-            }
-            HookChoice::Auto => match attach_tp_btf(&mut ebpf, kbtf.as_ref()) {
-                Ok(l) => (ExecHook::TpBtf, l),
-                Err(tp_btf) => {
-                    let msg = format!("tp_btf/sched_process_exec refused ({tp_btf}); using the classic tracepoint");
-                    warn!("{msg}");
-                    fallbacks.push(msg);
-                    let l = attach_tracepoint(&mut ebpf)
-                        .map_err(|tracepoint| ProbeError::NoExecHook { tp_btf, tracepoint })?;
-                    (ExecHook::Tracepoint, l)
-                }
-            },
-        };
-        links.push(("exec_link", exec_link));
-        // Our programs are attached; now (and only now) let go of a previous
-        // agent's links, so that there is no moment without enforcement and,
-        // once done, exactly one set of programs.
-        let mut attached = Vec::new();
-        for (name, link) in links {
-            match &opts.pin_dir {
-                Some(dir) => {
-                    let path = dir.join(name);
-                    if let Ok(old) = PinnedLink::from_pin(&path) {
-                        match old.unpin() {
-                            Ok(fd) => drop(fd),
-                            Err(e) => warn!("removing the previous agent's {name}: {e}"),
-                        }
-                        info!(link = name, "took over from a previous agent's pinned link");
-                    }
-                    let pinned = link
-                        .pin(&path)
-                        .map_err(|e| ProbeError::Pin(format!("{}: {e}", path.display())))?;
-                    attached.push(Attached::Pinned(pinned));
-                }
-                None => attached.push(Attached::Owned(link)),
-            }
-        }
+        let log = ebpf_log::start(&mut ebpf);
+        let (maps, counters, events) = take_maps(&mut ebpf, &cfg)?;
+        let att = attach_programs(&mut ebpf, opts)?;
+        let links = hand_over(att.links, opts.pin_dir.as_deref())?;
         // Our programs run: a previous agent version's pinned programs
         // (another layout) go now, so that exactly one set is attached.
-        for d in &stale_layouts {
+        for d in &pins.stale_layouts {
             warn!(dir = %d.display(), "removing the pinned state of another layout (previous agent version)");
             remove_pins(d);
         }
         if opts.pin_dir.is_none() {
-            // Fail open now; a previous fail-closed agent's pins would keep
-            // a second set of programs attached: remove them.
-            let root = Path::new(DEFAULT_PIN_ROOT);
-            let mut old = other_layout_dirs(root, Path::new(""));
-            old.retain(|d| d.join("exec_link").exists());
-            if !old.is_empty() {
-                // Only a dead agent's: a live one holds the lock.
-                match PinLock::acquire(root) {
-                    Ok(_lock) => {
-                        for d in old {
-                            warn!(dir = %d.display(), "removing a previous agent's pinned programs (running fail-open now)");
-                            remove_pins(&d);
-                        }
-                    }
-                    Err(e) => warn!("leaving pinned programs alone: {e}"),
-                }
-            }
+            remove_fail_closed_leftovers();
         }
         info!(
-            exec_hook = exec_hook.as_str(),
-            enforcement = enforcement.as_str(),
+            exec_hook = att.exec_hook.as_str(),
+            enforcement = att.enforcement.as_str(),
             "eBPF programs attached"
         );
         Ok(Probes {
-            verdicts,
-            name_verdicts,
-            cgroup_names,
-            hold_parents,
+            maps,
             counters,
-            config_map,
             config: cfg,
-            name_gen_map,
             name_gen: 0,
-            heartbeat,
-            unenforced,
-            unenforced_cgroups,
-            held,
-            drift_policy,
             events: Some(events),
-            exec_hook,
-            enforcement,
-            fallbacks,
-            took_over,
+            exec_hook: att.exec_hook,
+            enforcement: att.enforcement,
+            fallbacks: att.fallbacks,
+            took_over: pins.took_over,
             pin_dir: opts.pin_dir.clone(),
-            links: attached,
-            _lock: lock,
+            links,
+            _log: log,
+            _lock: pins.lock,
             _ebpf: ebpf,
         })
     }
@@ -649,9 +495,10 @@ impl Probes {
     /// Dead-man's switch: tells the kernel the agent is alive (call at least
     /// every second; see `ProbeOptions::heartbeat_timeout`).
     pub fn heartbeat(&mut self) -> Result<(), ProbeError> {
-        self.heartbeat
+        self.maps
+            .heartbeat
             .set(0, boot_ns(), 0)
-            .map_err(|e| ProbeError::Map("HEARTBEAT", e.to_string()))
+            .map_err(|e| ProbeError::map("HEARTBEAT", e))
     }
 
     /// What ran unenforced while no agent was alive (the heartbeat was
@@ -659,6 +506,7 @@ impl Probes {
     /// (with the boot ns of their first such exec). Both are reset.
     pub fn take_unenforced(&mut self) -> (u64, Vec<(u64, u64)>) {
         let n = self
+            .maps
             .unenforced
             .get(&0, 0)
             .map(|v| v.iter().copied().fold(0u64, u64::wrapping_add))
@@ -667,17 +515,18 @@ impl Probes {
             if let Ok(cpus) = aya::util::nr_cpus() {
                 let zero = aya::maps::PerCpuValues::try_from(vec![0u64; cpus]);
                 if let Ok(z) = zero {
-                    let _ = self.unenforced.set(0, z, 0);
+                    let _ = self.maps.unenforced.set(0, z, 0);
                 }
             }
         }
         let cgroups: Vec<(u64, u64)> = self
+            .maps
             .unenforced_cgroups
             .iter()
             .filter_map(Result::ok)
             .collect();
         for (id, _) in &cgroups {
-            let _ = self.unenforced_cgroups.remove(id);
+            let _ = self.maps.unenforced_cgroups.remove(id);
         }
         (n, cgroups)
     }
@@ -685,22 +534,26 @@ impl Probes {
     /// The processes the kernel holds, as (tgid, cgroup id), whether or not
     /// their events reached user space.
     pub fn held_processes(&self) -> Vec<(u32, u64)> {
-        self.held.iter().filter_map(Result::ok).collect()
+        self.maps.held.iter().filter_map(Result::ok).collect()
     }
 
     /// A held process was released, killed or is gone.
     pub fn forget_held(&mut self, tgid: u32) {
-        let _ = self.held.remove(&tgid);
+        let _ = self.maps.held.remove(&tgid);
     }
 
     /// Cgroup ids that have a verdict in the kernel.
     pub fn verdict_cgroups(&self) -> Vec<u64> {
-        self.verdicts.keys().filter_map(Result::ok).collect()
+        self.maps.verdicts.keys().filter_map(Result::ok).collect()
     }
 
     /// Name keys that have a verdict in the kernel.
     pub fn verdict_names(&self) -> Vec<CgroupKey> {
-        self.name_verdicts.keys().filter_map(Result::ok).collect()
+        self.maps
+            .name_verdicts
+            .keys()
+            .filter_map(Result::ok)
+            .collect()
     }
 
     /// The ring buffer of exec events (once).
@@ -711,9 +564,10 @@ impl Probes {
     /// Switches between audit (false) and enforce (true) without reloading.
     pub fn set_enforce(&mut self, enforce: bool) -> Result<(), ProbeError> {
         self.config.enforce = enforce as u32;
-        self.config_map
+        self.maps
+            .config_map
             .set(0, self.config, 0)
-            .map_err(|e| ProbeError::Map("CONFIG", e.to_string()))?;
+            .map_err(|e| ProbeError::map("CONFIG", e))?;
         self.bump_gen()
     }
 
@@ -723,9 +577,10 @@ impl Probes {
     /// up, so a decision made before a change is never used after it.
     fn bump_gen(&mut self) -> Result<(), ProbeError> {
         let next = self.name_gen.wrapping_add(1);
-        self.name_gen_map
+        self.maps
+            .name_gen_map
             .set(0, next, 0)
-            .map_err(|e| ProbeError::Map("NAME_GEN", e.to_string()))?;
+            .map_err(|e| ProbeError::map("NAME_GEN", e))?;
         self.name_gen = next;
         Ok(())
     }
@@ -735,14 +590,15 @@ impl Probes {
     }
 
     pub fn set_verdict(&mut self, cgroup_id: u64, v: u32) -> Result<(), ProbeError> {
-        self.verdicts
+        self.maps
+            .verdicts
             .insert(cgroup_id, v, 0)
-            .map_err(|e| ProbeError::Map("VERDICTS", e.to_string()))
+            .map_err(|e| ProbeError::map("VERDICTS", e))
     }
 
     pub fn clear_verdict(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
-        removed(self.verdicts.remove(&cgroup_id))
-            .map_err(|e| ProbeError::Map("VERDICTS", e.to_string()))?;
+        removed(self.maps.verdicts.remove(&cgroup_id))
+            .map_err(|e| ProbeError::map("VERDICTS", e))?;
         self.set_drift_policy(cgroup_id, 0)
     }
 
@@ -750,37 +606,42 @@ impl Probes {
     /// cgroup (`agent_common::drift_policy` bits; 0 removes the entry).
     pub fn set_drift_policy(&mut self, cgroup_id: u64, bits: u32) -> Result<(), ProbeError> {
         let r = if bits == 0 {
-            removed(self.drift_policy.remove(&cgroup_id)).map(|_| ())
-        } else if self.drift_policy.get(&cgroup_id, 0).ok() == Some(bits) {
+            removed(self.maps.drift_policy.remove(&cgroup_id)).map(|_| ())
+        } else if self.maps.drift_policy.get(&cgroup_id, 0).ok() == Some(bits) {
             Ok(())
         } else {
-            self.drift_policy.insert(cgroup_id, bits, 0)
+            self.maps.drift_policy.insert(cgroup_id, bits, 0)
         };
-        r.map_err(|e| ProbeError::Map("DRIFT_POLICY", e.to_string()))
+        r.map_err(|e| ProbeError::map("DRIFT_POLICY", e))
     }
 
     /// The cgroups with a drift policy entry.
     pub fn drift_policy_cgroups(&self) -> Vec<u64> {
-        self.drift_policy.keys().filter_map(Result::ok).collect()
+        self.maps
+            .drift_policy
+            .keys()
+            .filter_map(Result::ok)
+            .collect()
     }
 
     /// Verdict for a cgroup that does not exist yet, by the names of its
     /// directory and its parent (see [`CgroupKey`]).
     pub fn set_name_verdict(&mut self, key: &CgroupKey, v: u32) -> Result<(), ProbeError> {
-        if self.name_verdicts.get(key, 0).ok() == Some(v) {
+        if self.maps.name_verdicts.get(key, 0).ok() == Some(v) {
             return Ok(()); // a refresh: nothing to invalidate
         }
-        self.name_verdicts
+        self.maps
+            .name_verdicts
             .insert(key, v, 0)
-            .map_err(|e| ProbeError::Map("NAME_VERDICTS", e.to_string()))?;
+            .map_err(|e| ProbeError::map("NAME_VERDICTS", e))?;
         self.bump_gen()
     }
 
     pub fn clear_name_verdict(&mut self, key: &CgroupKey) -> Result<(), ProbeError> {
-        match removed(self.name_verdicts.remove(key)) {
+        match removed(self.maps.name_verdicts.remove(key)) {
             Ok(true) => self.bump_gen(),
             Ok(false) => Ok(()),
-            Err(e) => Err(ProbeError::Map("NAME_VERDICTS", e.to_string())),
+            Err(e) => Err(ProbeError::map("NAME_VERDICTS", e)),
         }
     }
 
@@ -791,36 +652,41 @@ impl Probes {
     /// `CONTAINER` (a cgroup below it that no verdict names is judged as
     /// this container: nested runtimes).
     pub fn add_hold_parent(&mut self, cgroup_id: u64, mark: u32) -> Result<(), ProbeError> {
-        if self.hold_parents.get(&cgroup_id, 0).ok() == Some(mark) {
+        if self.maps.hold_parents.get(&cgroup_id, 0).ok() == Some(mark) {
             return Ok(());
         }
-        self.hold_parents
+        self.maps
+            .hold_parents
             .insert(cgroup_id, mark, 0)
-            .map_err(|e| ProbeError::Map("HOLD_PARENTS", e.to_string()))?;
+            .map_err(|e| ProbeError::map("HOLD_PARENTS", e))?;
         self.bump_gen()
     }
 
     /// Removes a cgroup's hold-parent mark (gone, or no longer a container).
     pub fn remove_hold_parent(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
-        match removed(self.hold_parents.remove(&cgroup_id)) {
+        match removed(self.maps.hold_parents.remove(&cgroup_id)) {
             Ok(true) => self.bump_gen(),
             Ok(false) => Ok(()),
-            Err(e) => Err(ProbeError::Map("HOLD_PARENTS", e.to_string())),
+            Err(e) => Err(ProbeError::map("HOLD_PARENTS", e)),
         }
     }
 
     /// Every marked cgroup id with its mark.
     pub fn hold_parents(&self) -> Vec<(u64, u32)> {
-        self.hold_parents.iter().filter_map(Result::ok).collect()
+        self.maps
+            .hold_parents
+            .iter()
+            .filter_map(Result::ok)
+            .collect()
     }
 
     /// The names the kernel saw for a cgroup it decided by name or held.
     pub fn cgroup_names(&self, cgroup_id: u64) -> Option<CgroupKey> {
-        self.cgroup_names.get(&cgroup_id, 0).ok()
+        self.maps.cgroup_names.get(&cgroup_id, 0).ok()
     }
 
     pub fn verdict(&self, cgroup_id: u64) -> Option<u32> {
-        self.verdicts.get(&cgroup_id, 0).ok()
+        self.maps.verdicts.get(&cgroup_id, 0).ok()
     }
 
     /// Sets the verdict of a cgroup v2 directory (its id is its inode).
@@ -839,33 +705,6 @@ impl Probes {
     /// metrics scrape) without touching the rest of the probes.
     pub fn counter_reader(&self) -> CounterReader {
         self.counters.clone()
-    }
-}
-
-/// Shared read access to the per-CPU counter map.
-#[derive(Clone)]
-pub struct CounterReader(std::sync::Arc<PerCpuArray<MapData, u64>>);
-
-impl CounterReader {
-    pub fn read(&self) -> Result<KernelCounters, ProbeError> {
-        let get = |i: u32| -> Result<u64, ProbeError> {
-            let v = self
-                .0
-                .get(&i, 0)
-                .map_err(|e| ProbeError::Map("COUNTERS", e.to_string()))?;
-            Ok(v.iter().copied().fold(0u64, u64::wrapping_add))
-        };
-        Ok(KernelCounters {
-            execs: get(counter::EXECS)?,
-            ringbuf_drops: get(counter::RINGBUF_DROPS)?,
-            kills: get(counter::KILLS)?,
-            lsm_denies: get(counter::LSM_DENIES)?,
-            holds: get(counter::HOLDS)?,
-            errors: get(counter::ERRORS)?,
-            name_hits: get(counter::NAME_HITS)?,
-            drift_execs: get(counter::DRIFT_EXECS)?,
-            drift_denies: get(counter::DRIFT_DENIES)?,
-        })
     }
 }
 
@@ -941,48 +780,286 @@ pub fn cleanup_root(
     let _ = std::fs::remove_dir(root);
     Ok(dirs)
 }
-
-fn attach_lsm(ebpf: &mut Ebpf, kbtf: Option<&aya::Btf>) -> Result<FdLink, String> {
-    let btf = kbtf.ok_or("no kernel BTF")?;
-    let p: &mut Lsm = ebpf
-        .program_mut("bprm_check")
-        .ok_or("program missing")?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    p.load("bprm_check_security", btf)
-        .map_err(|e| format!("load: {e}"))?;
-    let id = p.attach().map_err(|e| format!("attach: {e}"))?;
-    let link = p.take_link(id).map_err(|e| format!("take link: {e}"))?;
-    Ok(link.into())
+/// The run-time configuration: mode from the options, struct offsets from
+/// the kernel's BTF, the tracepoint record's layout from tracefs.
+fn config_for(opts: &ProbeOptions, tracefs: &Path) -> Result<Config, ProbeError> {
+    let mut cfg = Config {
+        magic: CONFIG_MAGIC,
+        default_verdict: verdict::UNKNOWN,
+        enforce: opts.enforce as u32,
+        emit_all: opts.emit_all as u32,
+        drift_check: opts.drift_check as u32,
+        unknown_container_verdict: if opts.hold_unknown_containers {
+            verdict::HOLD
+        } else {
+            verdict::UNKNOWN
+        },
+        heartbeat_stale_ns: u64::try_from(opts.heartbeat_timeout.as_nanos()).unwrap_or(u64::MAX),
+        ..Default::default()
+    };
+    kernel_offsets(&mut cfg)?;
+    let path = tracefs.join("events/sched/sched_process_exec/format");
+    let fmt = std::fs::read_to_string(&path)
+        .map_err(|source| ProbeError::TracepointFormatRead { path, source })?;
+    cfg.off_tp_filename_loc = tracepoint_filename_offset(&fmt)?;
+    Ok(cfg)
 }
 
-fn attach_tp_btf(ebpf: &mut Ebpf, kbtf: Option<&aya::Btf>) -> Result<FdLink, String> {
-    let btf = kbtf.ok_or("no kernel BTF")?;
-    let p: &mut BtfTracePoint = ebpf
-        .program_mut("exec_btf")
-        .ok_or("program missing")?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    p.load("sched_process_exec", btf)
-        .map_err(|e| format!("load: {e}"))?;
-    let id = p.attach().map_err(|e| format!("attach: {e}"))?;
-    let link = p.take_link(id).map_err(|e| format!("take link: {e}"))?;
-    Ok(link.into())
+/// The `.rodata` constants written before load.
+struct Globals {
+    /// The BTF-typed programs (tp_btf, LSM) read these struct offsets from
+    /// `.rodata`, as constants the verifier knows: each field is a plain
+    /// load instead of a probe-read helper call (issue 16: the exec-drift
+    /// check's cost per container exec).
+    typed_offsets: [(&'static str, u64); 8],
+    /// aya-log's `AYA_LOG_LEVEL` (see `ebpf_log`).
+    log_level: u8,
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf) -> Result<FdLink, String> {
-    let p: &mut TracePoint = ebpf
-        .program_mut("exec_tp")
-        .ok_or("program missing")?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    p.load().map_err(|e| format!("load: {e}"))?;
-    let id = p
-        .attach("sched", "sched_process_exec")
-        .map_err(|e| format!("attach: {e}"))?;
-    let link = p.take_link(id).map_err(|e| format!("take link: {e}"))?;
-    FdLink::try_from(link)
-        .map_err(|e| format!("tracepoint link is not a bpf_link (kernel too old to pin it): {e}"))
+fn globals_for(cfg: &Config) -> Globals {
+    let typed_offsets = [
+        ("IW_OFF_BPRM_FILE", cfg.off_bprm_file.into()),
+        ("IW_OFF_FILE_F_INODE", cfg.off_file_f_inode.into()),
+        ("IW_OFF_INODE_I_NLINK", cfg.off_inode_i_nlink.into()),
+        ("IW_OFF_INODE_I_SB", cfg.off_inode_i_sb.into()),
+        ("IW_OFF_SB_S_MAGIC", cfg.off_sb_s_magic.into()),
+        ("IW_OFF_FILE_DENTRY", cfg.off_file_dentry.into()),
+        (
+            "IW_OFF_DENTRY_D_HASH_PPREV",
+            cfg.off_dentry_d_hash_pprev.into(),
+        ),
+        ("IW_OFF_DENTRY_D_PARENT", cfg.off_dentry_d_parent.into()),
+    ];
+    Globals {
+        typed_offsets,
+        log_level: ebpf_log::level(),
+    }
+}
+
+/// The loader with what is fixed before load: the ring buffer's size and
+/// the `.rodata` constants.
+fn new_loader<'a>(opts: &ProbeOptions, globals: &'a Globals) -> EbpfLoader<'a> {
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries("EVENTS", opts.ringbuf_bytes);
+    for (name, value) in &globals.typed_offsets {
+        loader.override_global(name, value, true);
+    }
+    loader.override_global(aya_log::LEVEL, &globals.log_level, true);
+    loader
+}
+
+/// Fail-closed start: takes the one-agent lock, checks the pinned maps
+/// against this agent's layout (rebuilding mismatches), finds other
+/// layouts' state, and points the loader at the pins.
+fn prepare_pins(dir: &Path, loader: &mut EbpfLoader<'_>) -> Result<PinState, ProbeError> {
+    let lock = PinLock::acquire(dir.parent().unwrap_or(dir))?;
+    std::fs::create_dir_all(dir).map_err(ProbeError::pin(dir))?;
+    let mut took_over = dir.join("exec_link").exists();
+    // Reuse only maps of this agent's exact definition.
+    let layout = layout::embedded().map_err(ProbeError::Layout)?;
+    let bad = layout::mismatches(dir, layout);
+    if !bad.is_empty() {
+        for (m, why) in &bad {
+            warn!(map = %m, "pinned map of another definition: {why}");
+        }
+        warn!(dir = %dir.display(), "rebuilding the pinned maps (their state is not reused)");
+        for m in PINNED_MAPS {
+            let _ = std::fs::remove_file(dir.join(m));
+        }
+    }
+    // A previous agent version's state: its links are replaced by ours
+    // once attached, then its pins are removed.
+    let mut stale_layouts = Vec::new();
+    if let Some(root) = dir.parent() {
+        stale_layouts = other_layout_dirs(root, dir);
+        for d in &stale_layouts {
+            took_over |= d.join("exec_link").exists();
+            info!(dir = %d.display(), "found the pinned state of another agent version (another layout): it is rebuilt, not reused");
+        }
+    }
+    for m in PINNED_MAPS {
+        loader.map_pin_path(m, dir.join(m));
+    }
+    Ok(PinState {
+        lock: Some(lock),
+        took_over,
+        stale_layouts,
+    })
+}
+
+/// Takes the maps out of the object and writes the heartbeat, then the
+/// configuration (which arms the programs), in that order.
+fn take_maps(
+    ebpf: &mut Ebpf,
+    cfg: &Config,
+) -> Result<(Maps, CounterReader, RingBuf<MapData>), ProbeError> {
+    // The heartbeat first: the configuration below arms the switch.
+    let mut heartbeat: Array<MapData, u64> = take(ebpf, "HEARTBEAT")?;
+    heartbeat
+        .set(0, boot_ns(), 0)
+        .map_err(|e| ProbeError::map("HEARTBEAT", e))?;
+    let mut config_map: Array<MapData, Config> = take(ebpf, "CONFIG")?;
+    config_map
+        .set(0, *cfg, 0)
+        .map_err(|e| ProbeError::map("CONFIG", e))?;
+    let maps = Maps {
+        verdicts: take(ebpf, "VERDICTS")?,
+        name_verdicts: take(ebpf, "NAME_VERDICTS")?,
+        cgroup_names: take(ebpf, "CGROUP_NAMES")?,
+        hold_parents: take(ebpf, "HOLD_PARENTS")?,
+        config_map,
+        name_gen_map: take(ebpf, "NAME_GEN")?,
+        heartbeat,
+        unenforced: take(ebpf, "UNENFORCED")?,
+        unenforced_cgroups: take(ebpf, "UNENFORCED_CGROUPS")?,
+        held: take(ebpf, "HELD")?,
+        drift_policy: take(ebpf, "DRIFT_POLICY")?,
+    };
+    let counters = CounterReader::new(take(ebpf, "COUNTERS")?);
+    Ok((maps, counters, take(ebpf, "EVENTS")?))
+}
+
+/// Attaches the enforcer where BPF LSM is active (before events flow), then
+/// the first exec-event source of `attach::PROGRAMS` that `--exec-hook`
+/// allows and the kernel accepts.
+fn attach_programs(ebpf: &mut Ebpf, opts: &ProbeOptions) -> Result<Attachment, ProbeError> {
+    let kbtf = aya::Btf::from_sys_fs().ok();
+    let mut fallbacks = Vec::new();
+    let mut links = Vec::new();
+    let mut enforcement = Enforcement::Signal;
+    if lsm_active(opts.try_lsm, &mut fallbacks) {
+        for (spec, e) in attach::enforcers() {
+            match attach::attach(ebpf, spec, kbtf.as_ref()) {
+                Ok(l) => {
+                    enforcement = e;
+                    links.push((spec.link, l));
+                    break;
+                }
+                Err(e) => {
+                    let msg = format!(
+                        "BPF LSM refused ({}); enforcing with bpf_send_signal(SIGKILL)",
+                        chain(&e)
+                    );
+                    info!("{msg}");
+                    fallbacks.push(msg);
+                }
+            }
+        }
+    }
+    let mut tried: Vec<String> = Vec::new();
+    let mut last: Option<(&ProgramSpec, AttachError)> = None;
+    for (spec, h) in attach::exec_sources() {
+        if !opts.hook.allows(h) {
+            tried.push(format!(
+                "{}: not tried (--exec-hook {})",
+                h.as_str(),
+                opts.hook.flag()
+            ));
+            continue;
+        }
+        if let Some((prev, e)) = &last {
+            // The one before was refused: say so, and go on down the table.
+            let (prev, e, next) = (prev.describe(), chain(e), spec.describe());
+            let msg = format!("{prev} refused ({e}); using {next}");
+            warn!("{msg}");
+            fallbacks.push(msg);
+        }
+        match attach::attach(ebpf, spec, kbtf.as_ref()) {
+            Ok(l) => {
+                links.push((spec.link, l));
+                return Ok(Attachment {
+                    exec_hook: h,
+                    enforcement,
+                    fallbacks,
+                    links,
+                });
+            }
+            Err(e) => {
+                tried.push(format!("{}: {}", h.as_str(), chain(&e)));
+                last = Some((spec, e));
+            }
+        }
+    }
+    Err(ProbeError::NoExecHook {
+        tried: tried.join("; "),
+        last: last.map_or(AttachError::NotTried(opts.hook.flag()), |(_, e)| e),
+    })
+}
+
+/// Whether to try the BPF LSM program: wanted (`try_lsm`) and `bpf` an
+/// active LSM. Read from securityfs (and logged either way), not inferred
+/// from an attach: a kernel built with BPF LSM but booted without `bpf` in
+/// `lsm=` would accept the program and never call it. Unknown (no
+/// securityfs) counts as active: the attach decides.
+fn lsm_active(try_lsm: bool, fallbacks: &mut Vec<String>) -> bool {
+    let active = std::fs::read_to_string(ACTIVE_LSMS)
+        .ok()
+        .map(|s| s.trim().to_string());
+    info!(
+        active_lsms = active.as_deref().unwrap_or("unknown"),
+        "active LSMs ({ACTIVE_LSMS})"
+    );
+    match active {
+        _ if !try_lsm => false,
+        Some(l) if !bpf_lsm_listed(&l) => {
+            let msg = format!(
+                "BPF LSM not active ({ACTIVE_LSMS}: {l}); enforcing with bpf_send_signal(SIGKILL)"
+            );
+            info!("{msg}");
+            fallbacks.push(msg);
+            false
+        }
+        _ => true,
+    }
+}
+
+/// Our programs are attached; now (and only now) a previous agent's links
+/// are let go, so that there is no moment without enforcement and, once
+/// done, exactly one set of programs. Fail-closed: ours are pinned.
+fn hand_over(
+    links: Vec<(&'static str, FdLink)>,
+    pin_dir: Option<&Path>,
+) -> Result<Vec<Attached>, ProbeError> {
+    let Some(dir) = pin_dir else {
+        return Ok(links.into_iter().map(|(_, l)| Attached::Owned(l)).collect());
+    };
+    let mut attached = Vec::new();
+    for (name, link) in links {
+        let path = dir.join(name);
+        if let Ok(old) = PinnedLink::from_pin(&path) {
+            match old.unpin() {
+                Ok(fd) => drop(fd),
+                Err(e) => warn!("removing the previous agent's {name}: {e}"),
+            }
+            info!(link = name, "took over from a previous agent's pinned link");
+        }
+        let pinned = link
+            .pin(&path)
+            .map_err(|source| ProbeError::PinLink { path, source })?;
+        attached.push(Attached::Pinned(pinned));
+    }
+    Ok(attached)
+}
+
+/// Fail open now: a previous fail-closed agent's pins would keep a second
+/// set of programs attached; a dead agent's are removed (a live one holds
+/// the lock).
+fn remove_fail_closed_leftovers() {
+    let root = Path::new(DEFAULT_PIN_ROOT);
+    let mut old = other_layout_dirs(root, Path::new(""));
+    old.retain(|d| d.join("exec_link").exists());
+    if old.is_empty() {
+        return;
+    }
+    match PinLock::acquire(root) {
+        Ok(_lock) => {
+            for d in old {
+                warn!(dir = %d.display(), "removing a previous agent's pinned programs (running fail-open now)");
+                remove_pins(&d);
+            }
+        }
+        Err(e) => warn!("leaving pinned programs alone: {e}"),
+    }
 }
 
 /// `CLOCK_BOOTTIME` in ns: what `bpf_ktime_get_boot_ns` reads in the kernel.

@@ -8,7 +8,7 @@ use std::sync::{
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
-use super::event::{decode, ExecRecord};
+use super::event::{decode, ExecRecord, Record};
 
 /// Capacity of the channel from the ring-buffer reader to the pipeline.
 /// 16,384 records is ~8 s of this machine's maximum exec rate (about 1,700
@@ -48,7 +48,7 @@ pub async fn pump(
         while let Some(item) = ring.next() {
             stats.received.fetch_add(1, Ordering::Relaxed);
             match decode(&item) {
-                Ok(rec) => match tx.try_send(rec) {
+                Ok(Record::Exec(rec)) => match tx.try_send(rec) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         stats.channel_drops.fetch_add(1, Ordering::Relaxed);
@@ -68,7 +68,7 @@ pub async fn pump(
 pub fn drain(ring: &mut RingBuf<MapData>) -> Vec<ExecRecord> {
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
-        if let Ok(r) = decode(&item) {
+        if let Ok(Record::Exec(r)) = decode(&item) {
             out.push(r);
         }
     }
