@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::probes::HookChoice;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "imagewarden",
@@ -137,8 +139,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1 << 22, env = "IMAGEWARDEN_RINGBUF_BYTES")]
     pub ringbuf_bytes: u32,
     /// Exec hook: auto picks tp_btf and falls back to the classic tracepoint.
-    #[arg(long, value_enum, default_value_t = ExecHook::Auto, env = "IMAGEWARDEN_EXEC_HOOK")]
-    pub exec_hook: ExecHook,
+    #[arg(long, value_enum, default_value_t = HookChoice::Auto, env = "IMAGEWARDEN_EXEC_HOOK")]
+    pub exec_hook: HookChoice,
     /// Run with a Kyverno policy of which some rules cannot be enforced
     /// faithfully (they are reported and not enforced).
     #[arg(long, env = "IMAGEWARDEN_ALLOW_PARTIAL")]
@@ -226,13 +228,6 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub deny_cgroups: Vec<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ExecHook {
-    Auto,
-    TpBtf,
-    Tracepoint,
 }
 
 /// Parses `500ms`, `2s`, `1m` or a plain number of seconds.

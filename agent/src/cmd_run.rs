@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::{
     agent_loop::{AgentLoop, Inputs},
-    cli::{ExecHook as CliHook, FailMode, Mode, RunArgs},
+    cli::{FailMode, Mode, RunArgs},
     controller::{Controller, ControllerConfig},
     finding::{Attribution, Finding, FindingAction, FindingVerdict, Reason, ReasonKind},
     kube_run::KubeState,
@@ -29,7 +29,7 @@ use crate::{
     probes::{
         event::ExecRecord,
         reader::{self, ReaderStats, CHANNEL_CAPACITY},
-        HookChoice, ProbeOptions, Probes,
+        ProbeOptions, Probes,
     },
     server::{self, Health, ReadyGate, ServerState},
     sink::{SinkConfig, Sinks, WebhookConfig},
@@ -227,11 +227,7 @@ async fn policy_at_start(
 fn probe_options(args: &RunArgs, enforce: bool) -> ProbeOptions {
     ProbeOptions {
         ringbuf_bytes: args.ringbuf_bytes,
-        hook: match args.exec_hook {
-            CliHook::Auto => HookChoice::Auto,
-            CliHook::TpBtf => HookChoice::TpBtf,
-            CliHook::Tracepoint => HookChoice::Tracepoint,
-        },
+        hook: args.exec_hook,
         enforce,
         try_lsm: true,
         hold_unknown_containers: !args.no_hold,

@@ -106,12 +106,14 @@ impl ProbeError {
     }
 }
 
-/// Which exec hook to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which exec hook to use (`--exec-hook`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum HookChoice {
     /// tp_btf, falling back to the classic tracepoint.
     Auto,
+    /// tp_btf/sched_process_exec only (the agent fails where it cannot attach).
     TpBtf,
+    /// The classic sched/sched_process_exec tracepoint only.
     Tracepoint,
 }
 
