@@ -232,7 +232,7 @@ pub struct Finding {
     /// The file name was cut at the kernel's buffer size.
     pub filename_truncated: bool,
     /// Kernel hook that saw the exec (`tp_btf`, `tracepoint`, `lsm`).
-    pub hook: Option<FindingHook>,
+    pub hook: Option<Hook>,
     /// Nanoseconds since boot when the kernel saw the exec.
     pub boot_ns: Option<u64>,
 }
@@ -285,40 +285,6 @@ pub struct Attribution {
     pub reason: Option<Reason>,
 }
 
-/// The kernel hook that saw an exec, as findings name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FindingHook {
-    /// `tp_btf/sched_process_exec`.
-    TpBtf,
-    /// The classic `sched:sched_process_exec` tracepoint.
-    Tracepoint,
-    /// `lsm/bprm_check_security` (a denial before the exec happens).
-    Lsm,
-}
-
-impl FindingHook {
-    /// The wire name (`tp_btf`, `tracepoint`, `lsm`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FindingHook::TpBtf => "tp_btf",
-            FindingHook::Tracepoint => "tracepoint",
-            FindingHook::Lsm => "lsm",
-        }
-    }
-
-    /// The hook of a kernel record; `None` for a hook this agent does not
-    /// know (a newer kernel program's).
-    pub fn of(h: Hook) -> Option<Self> {
-        match h {
-            Hook::TpBtf => Some(FindingHook::TpBtf),
-            Hook::Tracepoint => Some(FindingHook::Tracepoint),
-            Hook::Lsm => Some(FindingHook::Lsm),
-            Hook::Other(_) => None,
-        }
-    }
-}
-
 impl Finding {
     /// An exec finding from a kernel record. `enforcing` says whether the
     /// agent is in enforce mode (a deny in audit mode is `alerted`).
@@ -369,7 +335,7 @@ impl Finding {
             file: (!rec.file_name.is_empty())
                 .then(|| String::from_utf8_lossy(&rec.file_name).into_owned()),
             filename_truncated: rec.truncated,
-            hook: FindingHook::of(rec.hook),
+            hook: Some(rec.hook),
             boot_ns: Some(rec.boot_ns),
         }
     }

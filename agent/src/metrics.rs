@@ -27,9 +27,7 @@ use prometheus_client::{
 };
 
 use crate::finding::ReasonKind;
-use crate::probes::{
-    event::KernelVerdict, reader::ReaderStats, Enforcement, ExecHook, KernelCounters,
-};
+use crate::probes::{event::KernelVerdict, reader::ReaderStats, Enforcement, Hook, KernelCounters};
 
 /// Content type of the Prometheus text format (0.0.4), the default of `/metrics`.
 pub const PROMETHEUS_CONTENT_TYPE: &str =
@@ -565,7 +563,7 @@ impl Metrics {
     }
 
     /// What the probes attached (call once after `Probes::load`).
-    pub fn set_enforcement(&self, mechanism: Enforcement, exec_hook: ExecHook) {
+    pub fn set_enforcement(&self, mechanism: Enforcement, exec_hook: Hook) {
         let f = &self.0.enforcement;
         f.clear();
         f.get_or_create(&[
@@ -724,8 +722,8 @@ mod tests {
         m.set_containers(Verdict::Allow, 7);
         m.set_mode(ModeLabel::Enforce);
         m.set_source_up(Source::Kubelet, true);
-        m.set_enforcement(Enforcement::Signal, ExecHook::Tracepoint);
-        m.set_enforcement(Enforcement::Lsm, ExecHook::TpBtf);
+        m.set_enforcement(Enforcement::Signal, Hook::Tracepoint);
+        m.set_enforcement(Enforcement::Lsm, Hook::TpBtf);
         m.set_kernel_source(Arc::new(|| {
             Some(KernelCounters {
                 kills: 3,

@@ -19,7 +19,9 @@ use hyper_util::rt::TokioIo;
 use imagewarden::{
     finding::ReasonKind,
     metrics::{KillMechanism, Metrics, ModeLabel, ReloadResult, SinkLabel, Source, Verdict},
-    probes::{reader::ReaderStats, Enforcement, ErrorCause, ErrorCounts, ExecHook, KernelCounters},
+    probes::{
+        reader::ReaderStats, Enforcement, ErrorCause, ErrorCounts, Hook as ExecHook, KernelCounters,
+    },
     server::{self, Health, ReadyGate, ServerState},
     sink::{Sinks, WebhookConfig, WebhookSink},
 };

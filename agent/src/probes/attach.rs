@@ -9,7 +9,7 @@ use aya::{
     Btf, Ebpf,
 };
 
-use super::{Enforcement, ExecHook, HookChoice};
+use super::{Enforcement, Hook, HookChoice};
 
 /// How a program attaches to the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub enum Attach {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Emits exec events (and kills by signal in enforce mode).
-    ExecEvents(ExecHook),
+    ExecEvents(Hook),
     /// Refuses denied execs before the point of no return.
     Enforcer(Enforcement),
 }
@@ -78,7 +78,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         attach: Attach::TpBtf {
             name: "sched_process_exec",
         },
-        role: Role::ExecEvents(ExecHook::TpBtf),
+        role: Role::ExecEvents(Hook::TpBtf),
         link: "exec_link",
     },
     ProgramSpec {
@@ -88,13 +88,13 @@ pub const PROGRAMS: &[ProgramSpec] = &[
             category: "sched",
             name: "sched_process_exec",
         },
-        role: Role::ExecEvents(ExecHook::Tracepoint),
+        role: Role::ExecEvents(Hook::Tracepoint),
         link: "exec_link",
     },
 ];
 
 /// The rows of one role kind, in table order.
-pub fn exec_sources() -> impl Iterator<Item = (&'static ProgramSpec, ExecHook)> {
+pub fn exec_sources() -> impl Iterator<Item = (&'static ProgramSpec, Hook)> {
     PROGRAMS.iter().filter_map(|p| match p.role {
         Role::ExecEvents(h) => Some((p, h)),
         Role::Enforcer(_) => None,
@@ -111,11 +111,11 @@ pub fn enforcers() -> impl Iterator<Item = (&'static ProgramSpec, Enforcement)> 
 
 impl HookChoice {
     /// Whether `--exec-hook` lets the agent try this exec hook.
-    pub fn allows(self, h: ExecHook) -> bool {
+    pub fn allows(self, h: Hook) -> bool {
         match self {
             HookChoice::Auto => true,
-            HookChoice::TpBtf => h == ExecHook::TpBtf,
-            HookChoice::Tracepoint => h == ExecHook::Tracepoint,
+            HookChoice::TpBtf => h == Hook::TpBtf,
+            HookChoice::Tracepoint => h == Hook::Tracepoint,
         }
     }
 
@@ -223,19 +223,16 @@ mod tests {
 
     #[test]
     fn exec_sources_are_tried_tp_btf_first_and_filtered_by_the_flag() {
-        let order: Vec<ExecHook> = exec_sources().map(|(_, h)| h).collect();
-        assert_eq!(order, [ExecHook::TpBtf, ExecHook::Tracepoint]);
+        let order: Vec<Hook> = exec_sources().map(|(_, h)| h).collect();
+        assert_eq!(order, [Hook::TpBtf, Hook::Tracepoint]);
         let hooks: Vec<u32> = exec_sources().map(|(p, _)| p.hook).collect();
         assert_eq!(hooks, [hook::TP_BTF, hook::TRACEPOINT]);
         for (choice, want) in [
-            (
-                HookChoice::Auto,
-                vec![ExecHook::TpBtf, ExecHook::Tracepoint],
-            ),
-            (HookChoice::TpBtf, vec![ExecHook::TpBtf]),
-            (HookChoice::Tracepoint, vec![ExecHook::Tracepoint]),
+            (HookChoice::Auto, vec![Hook::TpBtf, Hook::Tracepoint]),
+            (HookChoice::TpBtf, vec![Hook::TpBtf]),
+            (HookChoice::Tracepoint, vec![Hook::Tracepoint]),
         ] {
-            let got: Vec<ExecHook> = exec_sources()
+            let got: Vec<Hook> = exec_sources()
                 .map(|(_, h)| h)
                 .filter(|h| choice.allows(*h))
                 .collect();

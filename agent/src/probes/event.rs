@@ -10,6 +10,8 @@ pub enum DecodeError {
     Header(usize),
     #[error("record of unknown kind {0}")]
     UnknownKind(u16),
+    #[error("exec event of unknown hook {0}")]
+    UnknownHook(u16),
     #[error("exec event of {got} bytes, expected {want}")]
     Size { got: usize, want: usize },
     #[error("exec event with file name length {0} > {FILENAME_LEN}")]
@@ -64,13 +66,39 @@ impl KernelVerdict {
     }
 }
 
-/// Which program produced an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which kernel program saw an exec (`agent_common::hook` on the wire):
+/// in records, findings (`hook`), metrics (`exec_hook`) and the program
+/// table (`probes::attach::PROGRAMS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Hook {
+    /// `tp_btf/sched_process_exec`.
     TpBtf,
+    /// The classic `sched:sched_process_exec` tracepoint.
     Tracepoint,
+    /// `lsm/bprm_check_security` (a denial before the exec happens).
     Lsm,
-    Other(u16),
+}
+
+impl Hook {
+    /// The wire and label name (`tp_btf`, `tracepoint`, `lsm`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::TpBtf => "tp_btf",
+            Hook::Tracepoint => "tracepoint",
+            Hook::Lsm => "lsm",
+        }
+    }
+
+    /// The hook of a kernel id; `None` for an id this agent does not know.
+    pub fn from_id(id: u32) -> Option<Self> {
+        match id {
+            hook::TP_BTF => Some(Hook::TpBtf),
+            hook::TRACEPOINT => Some(Hook::Tracepoint),
+            hook::LSM => Some(Hook::Lsm),
+            _ => None,
+        }
+    }
 }
 
 /// One exec, decoded.
@@ -163,12 +191,8 @@ fn decode_exec(bytes: &[u8]) -> Result<ExecRecord, DecodeError> {
         uid: ev.uid,
         gid: ev.gid,
         verdict: KernelVerdict::from_raw(ev.verdict),
-        hook: match ev.header.hook as u32 {
-            hook::TP_BTF => Hook::TpBtf,
-            hook::TRACEPOINT => Hook::Tracepoint,
-            hook::LSM => Hook::Lsm,
-            _ => Hook::Other(ev.header.hook),
-        },
+        hook: Hook::from_id(ev.header.hook as u32)
+            .ok_or(DecodeError::UnknownHook(ev.header.hook))?,
         comm: until_nul(&ev.comm[..COMM_LEN]).to_vec(),
         filename: until_nul(&ev.filename[..len]).to_vec(),
         truncated: f & flags::TRUNCATED != 0,
@@ -327,9 +351,13 @@ mod tests {
     fn unknown_verdicts_and_hooks_do_not_panic() {
         let mut ev = sample();
         ev.verdict = 77;
-        ev.header.hook = 9;
         let r = exec(&raw(&ev)).unwrap();
         assert_eq!(r.verdict, KernelVerdict::Unknown);
-        assert_eq!(r.hook, Hook::Other(9));
+        // A hook id this agent has no program for: refused, counted.
+        ev.header.hook = 9;
+        assert!(matches!(
+            decode(&raw(&ev)),
+            Err(DecodeError::UnknownHook(9))
+        ));
     }
 }

@@ -117,21 +117,7 @@ pub enum HookChoice {
     Tracepoint,
 }
 
-/// The exec hook in use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExecHook {
-    TpBtf,
-    Tracepoint,
-}
-
-impl ExecHook {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::TpBtf => "tp_btf",
-            Self::Tracepoint => "tracepoint",
-        }
-    }
-}
+pub use event::Hook;
 
 /// How a denied exec is stopped in the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,7 +292,7 @@ pub struct Probes {
     config: Config,
     name_gen: u32,
     events: Option<RingBuf<MapData>>,
-    pub exec_hook: ExecHook,
+    pub exec_hook: Hook,
     pub enforcement: Enforcement,
     /// Why the preferred mechanisms were not used (for logs and /metrics).
     pub fallbacks: Vec<String>,
@@ -332,7 +318,7 @@ struct PinState {
 /// The attached programs: the chosen exec hook and enforcement, and why
 /// the preferred ones were not used.
 struct Attachment {
-    exec_hook: ExecHook,
+    exec_hook: Hook,
     enforcement: Enforcement,
     fallbacks: Vec<String>,
     /// (pin name, link), enforcer first.
