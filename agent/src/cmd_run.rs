@@ -10,7 +10,7 @@ use std::{
     time::Instant,
 };
 
-use agent_common::verdict;
+use crate::probes::event::KernelVerdict;
 use anyhow::{bail, Context};
 use imagewarden_policy::PolicySet;
 use tokio::{
@@ -252,7 +252,7 @@ fn static_cgroups(
     let mut static_attr = HashMap::new();
     for path in &args.deny_cgroups {
         let id = probes
-            .set_cgroup_path_verdict(path, verdict::DENY)
+            .set_cgroup_path_verdict(path, KernelVerdict::Deny)
             .with_context(|| format!("--deny-cgroup {}", path.display()))?;
         static_attr.insert(
             id,
@@ -271,18 +271,20 @@ fn static_cgroups(
     // switch while no agent is alive).
     if let Some(cg2) = find_cgroup2_mount() {
         match crate::sources::cgroup::cgroup2_dir_of_pid(&cg2, std::process::id()) {
-            Ok(dir) if dir != cg2 => match probes.set_cgroup_path_verdict(&dir, verdict::ALLOW) {
-                Ok(id) => {
-                    static_attr.entry(id).or_insert_with(|| Attribution {
-                        reason: Some(Reason::new(
-                            ReasonKind::AgentItself,
-                            "imagewarden itself: never held nor killed",
-                        )),
-                        ..Default::default()
-                    });
+            Ok(dir) if dir != cg2 => {
+                match probes.set_cgroup_path_verdict(&dir, KernelVerdict::Allow) {
+                    Ok(id) => {
+                        static_attr.entry(id).or_insert_with(|| Attribution {
+                            reason: Some(Reason::new(
+                                ReasonKind::AgentItself,
+                                "imagewarden itself: never held nor killed",
+                            )),
+                            ..Default::default()
+                        });
+                    }
+                    Err(e) => warn!("allowing the agent's own cgroup: {e}"),
                 }
-                Err(e) => warn!("allowing the agent's own cgroup: {e}"),
-            },
+            }
             Ok(_) => {}
             Err(e) => warn!("the agent's own cgroup: {e}"),
         }

@@ -21,12 +21,12 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_common::{hold_parent, verdict, CgroupKey};
+use agent_common::{hold_parent, CgroupKey};
 use futures_util::StreamExt;
 use imagewarden::controller::{Controller, ControllerConfig};
 use imagewarden::finding::{Finding, FindingAction, FindingVerdict};
 use imagewarden::probes::kernel_maps::KernelMaps;
-use imagewarden::probes::ProbeError;
+use imagewarden::probes::{event::KernelVerdict, ProbeError};
 use imagewarden::sources::cgroup::cgroup_id_of_dir;
 use imagewarden::sources::events::forward_events;
 use imagewarden::sources::{
@@ -160,16 +160,16 @@ impl RuntimeSource for FakeSource {
 /// The kernel as the controller writes it.
 #[derive(Default)]
 struct FakeKernel {
-    verdicts: HashMap<u64, u32>,
+    verdicts: HashMap<u64, KernelVerdict>,
     drift: HashMap<u64, u32>,
-    names: HashMap<CgroupKey, u32>,
+    names: HashMap<CgroupKey, KernelVerdict>,
     hold_parents: HashMap<u64, u32>,
     /// pid -> its cgroup directory (in the temporary tree).
     pid_dirs: Arc<Mutex<HashMap<u32, PathBuf>>>,
 }
 
 impl KernelMaps for FakeKernel {
-    fn set_verdict(&mut self, cgroup_id: u64, v: u32) -> Result<(), ProbeError> {
+    fn set_verdict(&mut self, cgroup_id: u64, v: KernelVerdict) -> Result<(), ProbeError> {
         self.verdicts.insert(cgroup_id, v);
         Ok(())
     }
@@ -186,7 +186,7 @@ impl KernelMaps for FakeKernel {
         }
         Ok(())
     }
-    fn set_name_verdict(&mut self, key: &CgroupKey, v: u32) -> Result<(), ProbeError> {
+    fn set_name_verdict(&mut self, key: &CgroupKey, v: KernelVerdict) -> Result<(), ProbeError> {
         self.names.insert(*key, v);
         Ok(())
     }
@@ -394,9 +394,9 @@ async fn containerd_source_list_and_events_drive_the_kernel_plan() {
     let k = ctrl.probes();
     assert_eq!(
         k.names.get(&name_key("default", "good")),
-        Some(&verdict::ALLOW)
+        Some(&KernelVerdict::Allow)
     );
-    assert_eq!(k.verdicts.get(&good_id), Some(&verdict::ALLOW));
+    assert_eq!(k.verdicts.get(&good_id), Some(&KernelVerdict::Allow));
     assert_eq!(k.hold_parents.get(&good_id), Some(&hold_parent::CONTAINER));
     assert_eq!(
         k.hold_parents.get(&ns_id),
@@ -411,7 +411,7 @@ async fn containerd_source_list_and_events_drive_the_kernel_plan() {
     deliver(&mut ctrl, &events, &mut fwd, ctr("bad", EventKind::Created)).await;
     assert_eq!(
         ctrl.probes().names.get(&name_key("default", "bad")),
-        Some(&verdict::DENY),
+        Some(&KernelVerdict::Deny),
         "denied by name before the entrypoint's exec"
     );
     let f = last_finding(&findings);
@@ -426,7 +426,10 @@ async fn containerd_source_list_and_events_drive_the_kernel_plan() {
     let (bad_dir, bad_id) = tree.cgroup("default/bad");
     pids.lock().unwrap().insert(4_200_002, bad_dir.clone());
     deliver(&mut ctrl, &events, &mut fwd, ctr("bad", started(4_200_002))).await;
-    assert_eq!(ctrl.probes().verdicts.get(&bad_id), Some(&verdict::DENY));
+    assert_eq!(
+        ctrl.probes().verdicts.get(&bad_id),
+        Some(&KernelVerdict::Deny)
+    );
     assert_eq!(
         std::fs::read_to_string(bad_dir.join("cgroup.kill"))
             .ok()
@@ -475,7 +478,7 @@ async fn containerd_source_list_and_events_drive_the_kernel_plan() {
         "the old cgroup's verdict went"
     );
     assert_eq!(k.hold_parents.get(&good_id), None);
-    assert_eq!(k.verdicts.get(&new_id), Some(&verdict::ALLOW));
+    assert_eq!(k.verdicts.get(&new_id), Some(&KernelVerdict::Allow));
     assert_eq!(k.hold_parents.get(&new_id), Some(&hold_parent::CONTAINER));
     let e = ctrl.entries().find(|e| e.info.id == "good").unwrap();
     assert_eq!(
@@ -494,7 +497,10 @@ async fn containerd_source_list_and_events_drive_the_kernel_plan() {
     // A resync agrees with what the events built.
     src.edit("good", |g| g.pid = Some(4_200_003));
     ctrl.resync().await;
-    assert_eq!(ctrl.probes().verdicts.get(&new_id), Some(&verdict::ALLOW));
+    assert_eq!(
+        ctrl.probes().verdicts.get(&new_id),
+        Some(&KernelVerdict::Allow)
+    );
     assert_eq!(ctrl.entries().count(), 1);
     fwd.task.abort();
 }
@@ -535,7 +541,7 @@ async fn cri_only_runtime_events_reach_the_controller_before_a_resync() {
         ctrl.probes()
             .names
             .get(&name_key("kubepods-besteffort-podu.slice", &scope)),
-        Some(&verdict::DENY),
+        Some(&KernelVerdict::Deny),
         "the systemd scope CRI-O will create is denied by name"
     );
     let f = last_finding(&findings);
@@ -559,7 +565,10 @@ async fn cri_only_runtime_events_reach_the_controller_before_a_resync() {
         event(Api::Cri, None, &id, EventKind::Started { pid: None }),
     )
     .await;
-    assert_eq!(ctrl.probes().verdicts.get(&cg_id), Some(&verdict::DENY));
+    assert_eq!(
+        ctrl.probes().verdicts.get(&cg_id),
+        Some(&KernelVerdict::Deny)
+    );
     assert_eq!(
         std::fs::read_to_string(dir.join("cgroup.kill"))
             .ok()
@@ -642,7 +651,10 @@ async fn kube_kill_actions_applied_by_the_loop_kill_and_record() {
     c.cgroup_path = Some(format!("kubepods-besteffort-podu.slice:crio:{id}"));
     cri.put(c);
     ctrl.resync().await;
-    assert_eq!(ctrl.probes().verdicts.get(&cg_id), Some(&verdict::ALLOW));
+    assert_eq!(
+        ctrl.probes().verdicts.get(&cg_id),
+        Some(&KernelVerdict::Allow)
+    );
 
     // prod/other's container, untrusted, is one the runtime does not list.
     let pods: Vec<Pod> = [
@@ -720,7 +732,10 @@ async fn kube_kill_actions_applied_by_the_loop_kill_and_record() {
         Some("1"),
         "cgroup.kill written"
     );
-    assert_eq!(ctrl.probes().verdicts.get(&cg_id), Some(&verdict::DENY));
+    assert_eq!(
+        ctrl.probes().verdicts.get(&cg_id),
+        Some(&KernelVerdict::Deny)
+    );
     assert_eq!(plan.findings[drift].finding.action, FindingAction::Killed);
     assert_eq!(
         plan.findings[untrusted].finding.action,

@@ -29,7 +29,6 @@ use std::{
 #[path = "support/host.rs"]
 mod host;
 
-use agent_common::verdict;
 use host::{move_self, private_binary, privileged, tempdir, TestCgroup};
 use imagewarden::{
     finding::Finding,
@@ -318,7 +317,7 @@ fn indirect_and_fileless_execs_in_a_denied_cgroup_are_attributed_and_killed() {
         let lsm = probes.enforcement == Enforcement::Lsm;
         let dir = tempdir("tricks-deny");
         let cg = TestCgroup::new("tricks-deny");
-        probes.set_verdict(cg.id, verdict::DENY).unwrap();
+        probes.set_verdict(cg.id, KernelVerdict::Deny).unwrap();
         for trick in TRICKS {
             let marker = dir.join(format!("marker-{trick:?}"));
             let (st, pid, want) = run_trick(
@@ -375,7 +374,7 @@ fn indirect_and_fileless_execs_in_an_allowed_cgroup_are_attributed_and_flagged()
         let (mut probes, mut events) = load(hook);
         let dir = tempdir("tricks-allow");
         let cg = TestCgroup::new("tricks-allow");
-        probes.set_verdict(cg.id, verdict::ALLOW).unwrap();
+        probes.set_verdict(cg.id, KernelVerdict::Allow).unwrap();
         for trick in TRICKS {
             let marker = dir.join(format!("marker-{trick:?}"));
             let (st, pid, want) = run_trick(
@@ -429,8 +428,10 @@ fn moving_into_a_denied_cgroup_kills_the_next_exec() {
     let bin = private_binary(&dir, "iw-next-move-in", "/bin/sh");
     let allowed = TestCgroup::new("move-in-allowed");
     let denied = TestCgroup::new("move-in-denied");
-    probes.set_verdict(allowed.id, verdict::ALLOW).unwrap();
-    probes.set_verdict(denied.id, verdict::DENY).unwrap();
+    probes
+        .set_verdict(allowed.id, KernelVerdict::Allow)
+        .unwrap();
+    probes.set_verdict(denied.id, KernelVerdict::Deny).unwrap();
     let marker = dir.join("marker");
     let script = format!(
         "echo 0 > {} || exit 7; exec {} -c 'echo ran > {}'",
@@ -487,7 +488,9 @@ fn moving_out_of_a_denied_cgroup_needs_write_access_to_the_target() {
     let sh = private_binary(&dir, "iw-sh-move-out", "/bin/sh");
     let bin = private_binary(&dir, "iw-next-move-out", "/bin/sh");
     let allowed = TestCgroup::new("move-out-allowed");
-    probes.set_verdict(allowed.id, verdict::ALLOW).unwrap();
+    probes
+        .set_verdict(allowed.id, KernelVerdict::Allow)
+        .unwrap();
     for (who, uid) in [("root", 0u32), ("nobody", 65534)] {
         let denied = TestCgroup::new(&format!("move-out-denied-{who}"));
         let marker = dir.join(format!("marker-{who}"));
@@ -513,7 +516,7 @@ fn moving_out_of_a_denied_cgroup_needs_write_access_to_the_target() {
         let first = events.take(denied.id, 1);
         assert_eq!(first.len(), 1, "{who}: {first:?}");
         assert_eq!(first[0].tgid, pid);
-        probes.set_verdict(denied.id, verdict::DENY).unwrap();
+        probes.set_verdict(denied.id, KernelVerdict::Deny).unwrap();
         // Any new exec in the denied cgroup is killed now.
         let st = denied
             .command(&sh)
@@ -593,8 +596,10 @@ fn a_reused_pid_is_decided_by_its_cgroup_not_its_number() {
     let sh = private_binary(&dir, "iw-sh-pid-reuse", "/bin/sh");
     let allowed = TestCgroup::new("pid-allowed");
     let denied = TestCgroup::new("pid-denied");
-    probes.set_verdict(allowed.id, verdict::ALLOW).unwrap();
-    probes.set_verdict(denied.id, verdict::DENY).unwrap();
+    probes
+        .set_verdict(allowed.id, KernelVerdict::Allow)
+        .unwrap();
+    probes.set_verdict(denied.id, KernelVerdict::Deny).unwrap();
     let mut first = allowed
         .command(&sh)
         .arg("-c")
@@ -650,7 +655,7 @@ fn nested_pid_namespace_execs_carry_host_pids() {
     let sleep = private_binary(&dir, "iw-sleep-pidns", "/bin/sleep");
     let cg = TestCgroup::new("pidns");
     let denied = TestCgroup::new("pidns-denied");
-    probes.set_verdict(denied.id, verdict::DENY).unwrap();
+    probes.set_verdict(denied.id, KernelVerdict::Deny).unwrap();
     let marker = dir.join("marker-pidns");
     let mut unshare = cg
         .command("unshare")
@@ -730,13 +735,13 @@ fn non_utf8_file_name_and_comm_give_valid_lossy_findings() {
     let dir = tempdir("utf8");
     let name = OsStr::from_bytes(b"iw-\xff\xfe\xc3(-bin");
     let bin = private_binary(&dir, name, "/bin/true");
-    for v in [verdict::ALLOW, verdict::DENY] {
-        let cg = TestCgroup::new(&format!("utf8-{v}"));
+    for v in [KernelVerdict::Allow, KernelVerdict::Deny] {
+        let cg = TestCgroup::new(&format!("utf8-{}", v.as_str()));
         probes.set_verdict(cg.id, v).unwrap();
         let st = cg.command(&bin).status().unwrap();
         assert_eq!(
             st.signal() == Some(libc::SIGKILL),
-            v == verdict::DENY,
+            v == KernelVerdict::Deny,
             "{st:?}"
         );
         let evs = events.take(cg.id, 1);
@@ -789,8 +794,8 @@ fn arguments_at_the_kernel_limit() {
     }
     let total: usize = args.iter().map(|a| a.len() + 1).sum();
     eprintln!("ARG_MAX {arg_max}: {} arguments, {total} bytes", args.len());
-    for v in [verdict::ALLOW, verdict::DENY] {
-        let cg = TestCgroup::new(&format!("argmax-{v}"));
+    for v in [KernelVerdict::Allow, KernelVerdict::Deny] {
+        let cg = TestCgroup::new(&format!("argmax-{}", v.as_str()));
         probes.set_verdict(cg.id, v).unwrap();
         let mut child = cg
             .command(&bin)
@@ -802,10 +807,10 @@ fn arguments_at_the_kernel_limit() {
         let st = child.wait().unwrap();
         assert_eq!(
             st.signal() == Some(libc::SIGKILL),
-            v == verdict::DENY,
+            v == KernelVerdict::Deny,
             "{st:?}"
         );
-        if v == verdict::ALLOW {
+        if v == KernelVerdict::Allow {
             assert!(st.success());
         }
         let evs = events.take(cg.id, 1);
@@ -813,7 +818,7 @@ fn arguments_at_the_kernel_limit() {
         let e = &evs[0];
         assert_eq!(
             (e.tgid, e.filename.as_slice(), e.killed),
-            (pid, bin.as_os_str().as_bytes(), v == verdict::DENY)
+            (pid, bin.as_os_str().as_bytes(), v == KernelVerdict::Deny)
         );
         assert!(!e.truncated && !e.name_unreadable);
     }

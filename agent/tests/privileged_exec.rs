@@ -15,7 +15,6 @@ mod exec_hook;
 #[path = "support/host.rs"]
 mod host;
 
-use agent_common::verdict;
 use exec_hook::{assert_enforcement_matches_kernel, Outcome};
 use host::{private_binary, privileged, stopped, tempdir, wait_for, TestCgroup};
 use imagewarden::probes::{
@@ -155,7 +154,7 @@ fn denied_exec_is_stopped(hook: HookChoice, try_lsm: bool) {
     let denied = TestCgroup::new("denied");
     let other = TestCgroup::new("other");
     probes
-        .set_verdict(denied.id, verdict::DENY)
+        .set_verdict(denied.id, KernelVerdict::Deny)
         .expect("set verdict");
     let before = probes.counters().expect("counters");
 
@@ -429,7 +428,7 @@ fn announced_names_are_enforced_and_unknown_containers_held() {
     probes
         .set_name_verdict(
             &agent_common::CgroupKey::new(&parent_name, leaf_denied.as_bytes()),
-            verdict::DENY,
+            KernelVerdict::Deny,
         )
         .unwrap();
     let c = parent.path.join(leaf_denied);
@@ -484,7 +483,7 @@ fn announced_names_are_enforced_and_unknown_containers_held() {
     });
     assert!(!marker.exists(), "held program ran");
     // User space decides "allow": the program continues from its first instruction.
-    probes.set_verdict(held.id, verdict::ALLOW).unwrap();
+    probes.set_verdict(held.id, KernelVerdict::Allow).unwrap();
     // SAFETY: plain syscall on our child.
     unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
     let st = child.wait().unwrap();
@@ -515,8 +514,10 @@ fn routine_execs_are_counted_but_not_emitted_unless_asked() {
     let routine = TestCgroup::new("routine");
     let denied = TestCgroup::new("quiet-denied");
     let container = TestCgroup::new("quiet-container");
-    probes.set_verdict(denied.id, verdict::DENY).unwrap();
-    probes.set_verdict(container.id, verdict::ALLOW).unwrap();
+    probes.set_verdict(denied.id, KernelVerdict::Deny).unwrap();
+    probes
+        .set_verdict(container.id, KernelVerdict::Allow)
+        .unwrap();
     let c0 = probes.counters().unwrap();
     for _ in 0..20 {
         assert!(routine
@@ -618,7 +619,7 @@ fn names_announced_after_a_cached_decision_take_effect_at_the_next_exec() {
     probes
         .set_name_verdict(
             &agent_common::CgroupKey::new(&parent_name, b"iw-late-leaf"),
-            verdict::DENY,
+            KernelVerdict::Deny,
         )
         .unwrap();
     let (st, ran) = run(&late, "late-denied");
@@ -752,7 +753,7 @@ fn hold_parents_by_cgroup_id_and_nested_containers_judged_as_the_outer() {
 
     // A known, allowed container, and a nested runtime inside it.
     let outer = ns.child("web1");
-    probes.set_verdict(outer.id, verdict::ALLOW).unwrap();
+    probes.set_verdict(outer.id, KernelVerdict::Allow).unwrap();
     probes
         .add_hold_parent(outer.id, hold_parent::CONTAINER)
         .unwrap();
@@ -769,7 +770,7 @@ fn hold_parents_by_cgroup_id_and_nested_containers_judged_as_the_outer() {
         );
     }
     // The outer container denied: what it runs nested is denied with it.
-    probes.set_verdict(outer.id, verdict::DENY).unwrap();
+    probes.set_verdict(outer.id, KernelVerdict::Deny).unwrap();
     for (cg, tag) in [
         (&inner, "nested-ctr-denied"),
         (&kind_ctr, "nested-kind-denied"),

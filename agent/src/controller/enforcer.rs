@@ -70,7 +70,7 @@ impl<K: KernelMaps> Controller<K> {
         }
         debug!(container = %e.info.id, verdict = v.raw(), key = e.key.is_some(), cgroup_id = ?e.cgroup_id, pid = ?e.info.pid, "apply");
         if let Some(k) = &e.key {
-            if let Err(err) = self.probes.set_name_verdict(k, v.raw()) {
+            if let Err(err) = self.probes.set_name_verdict(k, v) {
                 warn!(container = %e.info.id, "kernel name verdict: {err}");
             }
         }
@@ -85,7 +85,7 @@ impl<K: KernelMaps> Controller<K> {
             }
         }
         if let Some(id) = e.cgroup_id {
-            if let Err(err) = self.probes.set_verdict(id, v.raw()) {
+            if let Err(err) = self.probes.set_verdict(id, v) {
                 warn!(container = %e.info.id, "kernel verdict: {err}");
             }
             if let Err(err) = self.probes.set_drift_policy(id, e.drift_bits()) {
@@ -202,7 +202,7 @@ impl<K: KernelMaps> Controller<K> {
             return false;
         };
         if let Some(id) = e.cgroup_id {
-            let _ = self.probes.set_verdict(id, KernelVerdict::Deny.raw());
+            let _ = self.probes.set_verdict(id, KernelVerdict::Deny);
         }
         let ok = e
             .cgroup_dir

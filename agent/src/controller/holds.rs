@@ -168,7 +168,7 @@ impl<K: KernelMaps> Controller<K> {
         if let Some((outer, v)) = dir.as_deref().and_then(|d| self.outer_container_of(d)) {
             debug!(cgroup_id, outer = %outer, verdict = v.raw(), "held cgroup is nested in a known container");
             if v != KernelVerdict::Hold {
-                let _ = self.probes.set_verdict(cgroup_id, v.raw());
+                let _ = self.probes.set_verdict(cgroup_id, v);
                 self.release(cgroup_id, v);
             }
         }
@@ -215,7 +215,7 @@ impl<K: KernelMaps> Controller<K> {
                 .pids
                 .first()
                 .and_then(|p| self.probes.cgroup_dir_of_pid(&self.cfg.cgroup2, *p).ok());
-            let _ = self.probes.set_verdict(id, KernelVerdict::Deny.raw());
+            let _ = self.probes.set_verdict(id, KernelVerdict::Deny);
             self.kill_held(dir.as_deref(), &h.pids);
             let reason = Reason::new(
                 ReasonKind::Unresolved,

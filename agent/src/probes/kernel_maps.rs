@@ -8,19 +8,19 @@ use std::path::{Path, PathBuf};
 
 use agent_common::CgroupKey;
 
-use super::{ProbeError, Probes};
+use super::{event::KernelVerdict, ProbeError, Probes};
 
 /// The kernel maps (and host cgroup lookups) the controller uses; see
 /// [`Probes`] for each method.
 pub trait KernelMaps {
     /// `VERDICTS[cgroup_id] = v`.
-    fn set_verdict(&mut self, cgroup_id: u64, v: u32) -> Result<(), ProbeError>;
+    fn set_verdict(&mut self, cgroup_id: u64, v: KernelVerdict) -> Result<(), ProbeError>;
     /// Removes a cgroup's verdict (and drift policy).
     fn clear_verdict(&mut self, cgroup_id: u64) -> Result<(), ProbeError>;
     /// `DRIFT_POLICY[cgroup_id] = bits` (0 removes).
     fn set_drift_policy(&mut self, cgroup_id: u64, bits: u32) -> Result<(), ProbeError>;
     /// `NAME_VERDICTS[key] = v`: a cgroup that does not exist yet.
-    fn set_name_verdict(&mut self, key: &CgroupKey, v: u32) -> Result<(), ProbeError>;
+    fn set_name_verdict(&mut self, key: &CgroupKey, v: KernelVerdict) -> Result<(), ProbeError>;
     /// Removes a name verdict.
     fn clear_name_verdict(&mut self, key: &CgroupKey) -> Result<(), ProbeError>;
     /// `HOLD_PARENTS[cgroup_id] = mark`.
@@ -46,7 +46,7 @@ pub trait KernelMaps {
 }
 
 impl KernelMaps for Probes {
-    fn set_verdict(&mut self, cgroup_id: u64, v: u32) -> Result<(), ProbeError> {
+    fn set_verdict(&mut self, cgroup_id: u64, v: KernelVerdict) -> Result<(), ProbeError> {
         Probes::set_verdict(self, cgroup_id, v)
     }
     fn clear_verdict(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
@@ -55,7 +55,7 @@ impl KernelMaps for Probes {
     fn set_drift_policy(&mut self, cgroup_id: u64, bits: u32) -> Result<(), ProbeError> {
         Probes::set_drift_policy(self, cgroup_id, bits)
     }
-    fn set_name_verdict(&mut self, key: &CgroupKey, v: u32) -> Result<(), ProbeError> {
+    fn set_name_verdict(&mut self, key: &CgroupKey, v: KernelVerdict) -> Result<(), ProbeError> {
         Probes::set_name_verdict(self, key, v)
     }
     fn clear_name_verdict(&mut self, key: &CgroupKey) -> Result<(), ProbeError> {

@@ -23,6 +23,7 @@ use aya::{
     programs::links::{FdLink, PinnedLink},
     Ebpf, EbpfLoader,
 };
+use event::KernelVerdict;
 use tracing::{info, warn};
 
 /// The eBPF object built by `build.rs` (see `xtask/src/ebpf_build.rs`).
@@ -577,10 +578,10 @@ impl Probes {
         self.config.enforce != 0
     }
 
-    pub fn set_verdict(&mut self, cgroup_id: u64, v: u32) -> Result<(), ProbeError> {
+    pub fn set_verdict(&mut self, cgroup_id: u64, v: KernelVerdict) -> Result<(), ProbeError> {
         self.maps
             .verdicts
-            .insert(cgroup_id, v, 0)
+            .insert(cgroup_id, v.raw(), 0)
             .map_err(|e| ProbeError::map("VERDICTS", e))
     }
 
@@ -614,7 +615,12 @@ impl Probes {
 
     /// Verdict for a cgroup that does not exist yet, by the names of its
     /// directory and its parent (see [`CgroupKey`]).
-    pub fn set_name_verdict(&mut self, key: &CgroupKey, v: u32) -> Result<(), ProbeError> {
+    pub fn set_name_verdict(
+        &mut self,
+        key: &CgroupKey,
+        v: KernelVerdict,
+    ) -> Result<(), ProbeError> {
+        let v = v.raw();
         if self.maps.name_verdicts.get(key, 0).ok() == Some(v) {
             return Ok(()); // a refresh: nothing to invalidate
         }
@@ -678,7 +684,11 @@ impl Probes {
     }
 
     /// Sets the verdict of a cgroup v2 directory (its id is its inode).
-    pub fn set_cgroup_path_verdict(&mut self, path: &Path, v: u32) -> Result<u64, ProbeError> {
+    pub fn set_cgroup_path_verdict(
+        &mut self,
+        path: &Path,
+        v: KernelVerdict,
+    ) -> Result<u64, ProbeError> {
         let id = cgroup_id_of(path)?;
         self.set_verdict(id, v)?;
         Ok(id)
