@@ -1,9 +1,10 @@
 //! Actions through the API server on cross-check findings: a core/v1 Event
 //! on the Pod (or the Node when no pod is known), an optional pod DELETE
 //! (off by default, never in exempt namespaces), an optional PolicyReport
-//! (`wgpolicyk8s.io/v1alpha2`, one per namespace), and the per-namespace
-//! mode (global mode, overridden by the namespace annotation
-//! `imagewarden.dev/mode: audit|enforce`).
+//! (`wgpolicyk8s.io/v1alpha2`, one per namespace), and what a finding gets
+//! under the agent's `--mode` (there is no per-namespace override: a
+//! Namespace annotation that loosens enforcement would be a lever for
+//! whoever can edit the Namespace).
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
