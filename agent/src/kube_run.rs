@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::Context;
-use imagewarden_policy::PolicySet;
+use imagewarden_policy::{ContainerType, PolicySet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::Store;
 use tracing::{info, warn};
@@ -73,11 +73,10 @@ pub fn pod_context(pods: &[Arc<Pod>], c: &ContainerInfo) -> Option<PodContext> {
             }
         }
     })?;
-    let (ty, _, image) = crosscheck::spec_containers(pod)
+    let (ty, _, _) = crosscheck::spec_containers(pod)
         .into_iter()
         .find(|(_, n, _)| *n == name)?;
     Some(PodContext {
-        image: image.to_string(),
         container_type: ty,
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
         labels: pod
@@ -141,9 +140,25 @@ async fn start_exemptions(
     rx
 }
 
-fn lookup(store: Store<Pod>, namespaces: NamespaceSource) -> PodLookup {
+/// A container whose Pod the agent does not have (not yet, or no longer, or
+/// never: a static Pod without its mirror), in the Kubernetes namespace CRI
+/// reports: a plain container of that namespace, without Pod labels.
+pub fn namespace_context(c: &ContainerInfo) -> Option<PodContext> {
+    Some(PodContext {
+        container_type: ContainerType::Container,
+        namespace: c.pod_namespace.clone()?,
+        labels: BTreeMap::new(),
+        namespace_labels: None,
+    })
+}
+
+/// The controller's view of a container's Pod: the Pod's context, else the
+/// namespace CRI reports, with that Namespace's labels when known (so a
+/// `namespaceSelector` judges a container the same whether or not its Pod
+/// is in the store; unknown labels: the policy applies).
+pub fn pod_lookup(store: Store<Pod>, namespaces: NamespaceSource) -> PodLookup {
     Box::new(move |c: &ContainerInfo| {
-        let mut p = pod_context(&store.state(), c)?;
+        let mut p = pod_context(&store.state(), c).or_else(|| namespace_context(c))?;
         p.namespace_labels = namespaces.labels(&p.namespace);
         Some(p)
     })
@@ -220,7 +235,7 @@ impl KubeState {
     }
 
     pub fn pod_lookup(&self) -> PodLookup {
-        lookup(self.pods.store.clone(), self.namespaces.clone())
+        pod_lookup(self.pods.store.clone(), self.namespaces.clone())
     }
 
     /// Waits (bounded) until the Namespaces are listed (their labels decide

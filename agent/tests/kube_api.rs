@@ -6,11 +6,16 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use imagewarden::controller::decide;
+use imagewarden::kube_run::pod_lookup;
+use imagewarden::probes::event::KernelVerdict;
 use imagewarden::sources::kube::{
     client_from_kubeconfig, namespace_source, pod_source_with_probe, policy_source, PolicyKind,
     PolicyWatchConfig,
 };
+use imagewarden::sources::ContainerInfo;
 use imagewarden_policy::{ContainerType, EvalContext};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{Client, Config};
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
@@ -615,6 +620,30 @@ async fn namespace_labels_decide_namespace_selectors_and_follow_relabels() {
     assert!(!allowed("shop"), "env=prod: the binding applies");
     assert!(allowed("lab"), "env=dev: not selected");
     assert!(!allowed("nope"), "labels not known: the policy applies");
+    // The controller's lookup: a container whose Pod the agent does not
+    // have is judged with the labels of the namespace CRI reports, as the
+    // Pod's containers are (an empty Pod store here).
+    let lookup = pod_lookup(
+        kube::runtime::reflector::store::Writer::<Pod>::default().as_reader(),
+        nss.clone(),
+    );
+    let policy = rx.borrow().clone();
+    let judged = |namespace: Option<&str>| {
+        let mut c = ContainerInfo::new("c1".into(), "cri");
+        c.image_as_written = Some("docker.io/library/nginx:1".into());
+        c.pod_namespace = namespace.map(str::to_string);
+        c.pod_name = Some("gone".into());
+        c.container_name = Some("main".into());
+        decide(&policy, &c, lookup(&c).as_ref()).kernel
+    };
+    assert_eq!(judged(Some("lab")), KernelVerdict::Allow, "env=dev");
+    assert_eq!(judged(Some("shop")), KernelVerdict::Deny, "env=prod");
+    assert_eq!(
+        judged(Some("nope")),
+        KernelVerdict::Deny,
+        "labels not known"
+    );
+    assert_eq!(judged(None), KernelVerdict::Deny, "no namespace: applies");
     // Relabel: the watch brings the new labels and bumps the generation.
     let generation = *nss.changes.borrow();
     api.put(Coll::Namespaces, ns("lab", "prod"));

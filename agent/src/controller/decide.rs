@@ -125,12 +125,11 @@ pub fn drift_with(
 }
 
 /// What the Kubernetes sources say about a runtime container, found through
-/// the Pod identity CRI reports: the image as the Pod spec writes it (what
-/// Kyverno matched; for cross-checks only, never the image judged), which
-/// kind of container it is, the Pod's namespace and labels.
+/// the Pod identity CRI reports: which kind of container it is, the Pod's
+/// namespace and labels, the Namespace's labels. (Never the Pod spec's
+/// image: the image judged is the one the runtime runs.)
 #[derive(Debug, Clone)]
 pub struct PodContext {
-    pub image: String,
     pub container_type: ContainerType,
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
@@ -454,7 +453,6 @@ pub(super) mod tests {
         assert_eq!(decide(&policy, &i, None).kernel, KernelVerdict::Allow);
         // The seed policy does not cover init containers: the Pod says this is one.
         let init = PodContext {
-            image: "docker.io/library/busybox:1".into(),
             container_type: ContainerType::Init,
             namespace: "prod".into(),
             labels: BTreeMap::new(),
@@ -475,16 +473,12 @@ pub(super) mod tests {
             KernelVerdict::Deny
         );
         // The Pod spec's image is never the one judged (issue 13, case 6):
-        // a Pod whose spec writes a trusted image does not lend it to a
-        // container that runs another.
-        let trusted_spec = PodContext {
-            image: "public.ecr.aws/nginx/nginx:latest".into(),
-            ..regular
-        };
+        // PodContext does not carry it, so a Pod whose spec writes a trusted
+        // image cannot lend it to a container that runs another.
         let d = decide(
             &policy,
             &info(Some("docker.io/library/nginx:latest")),
-            Some(&trusted_spec),
+            Some(&regular),
         );
         assert_eq!(d.kernel, KernelVerdict::Deny, "{d:?}");
         assert!(d.reason.text.contains("docker.io"), "{d:?}");
@@ -508,7 +502,6 @@ pub(super) mod tests {
         );
         // The Pod's namespace from the API wins over the runtime's.
         let pod = PodContext {
-            image: "docker.io/library/nginx:1".into(),
             container_type: ContainerType::Container,
             namespace: "prod".into(),
             labels: BTreeMap::new(),
@@ -562,7 +555,6 @@ pub(super) mod tests {
         let i = info(Some("docker.io/library/nginx:1"));
         let ex = Exemptions::default();
         let pod = |env: Option<&str>| PodContext {
-            image: "docker.io/library/nginx:1".into(),
             container_type: ContainerType::Container,
             namespace: "shop".into(),
             labels: BTreeMap::new(),
@@ -635,7 +627,6 @@ pub(super) mod tests {
         assert!(awaits_cri(&forged, true));
         // The Pod the labels name, as a lookup would find it.
         let pod = PodContext {
-            image: "public.ecr.aws/nginx/nginx:latest".into(),
             container_type: ContainerType::Container,
             namespace: "kube-system".into(),
             labels: BTreeMap::new(),
