@@ -13,7 +13,7 @@ use std::{
 use anyhow::Context;
 use imagewarden_policy::{ContainerType, PolicySet};
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use tracing::{info, warn};
 
 use crate::{
@@ -60,19 +60,28 @@ pub struct KubeState {
     pub exemptions: tokio::sync::watch::Receiver<Arc<Exemptions>>,
 }
 
-/// The Pod spec behind a runtime container, from a Pod store.
-pub fn pod_context(pods: &[Arc<Pod>], c: &ContainerInfo) -> Option<PodContext> {
-    let name = c.container_name.as_deref()?;
-    let pod = pods.iter().find(|p| {
-        let m = &p.metadata;
-        match (&c.pod_uid, &m.uid) {
+/// The Pod behind a runtime container: the one CRI names (namespace and
+/// name, from the store's index, not a scan of every Pod), if its uid is the
+/// one CRI reports; by uid alone when CRI gave no name.
+pub fn pod_of(store: &Store<Pod>, c: &ContainerInfo) -> Option<Arc<Pod>> {
+    if let (Some(ns), Some(name)) = (c.pod_namespace.as_deref(), c.pod_name.as_deref()) {
+        let pod = store.get(&ObjectRef::new(name).within(ns))?;
+        let same = match (c.pod_uid.as_deref(), pod.metadata.uid.as_deref()) {
             (Some(a), Some(b)) => a == b,
-            _ => {
-                m.name.as_deref() == c.pod_name.as_deref()
-                    && m.namespace.as_deref() == c.pod_namespace.as_deref()
-            }
-        }
-    })?;
+            _ => true,
+        };
+        return same.then_some(pod);
+    }
+    let uid = c.pod_uid.as_deref()?;
+    store
+        .state()
+        .into_iter()
+        .find(|p| p.metadata.uid.as_deref() == Some(uid))
+}
+
+/// The Pod spec behind a runtime container of `pod`.
+pub fn pod_context(pod: &Pod, c: &ContainerInfo) -> Option<PodContext> {
+    let name = c.container_name.as_deref()?;
     let (ty, _, _) = crosscheck::spec_containers(pod)
         .into_iter()
         .find(|(_, n, _)| *n == name)?;
@@ -158,7 +167,9 @@ pub fn namespace_context(c: &ContainerInfo) -> Option<PodContext> {
 /// is in the store; unknown labels: the policy applies).
 pub fn pod_lookup(store: Store<Pod>, namespaces: NamespaceSource) -> PodLookup {
     Box::new(move |c: &ContainerInfo| {
-        let mut p = pod_context(&store.state(), c).or_else(|| namespace_context(c))?;
+        let mut p = pod_of(&store, c)
+            .and_then(|pod| pod_context(&pod, c))
+            .or_else(|| namespace_context(c))?;
         p.namespace_labels = namespaces.labels(&p.namespace);
         Some(p)
     })
@@ -553,6 +564,42 @@ mod tests {
         c.image_as_written = Some(UNTRUSTED.into());
         c.state = ContainerState::Running;
         c
+    }
+
+    #[test]
+    fn a_container_finds_its_pod_by_name_and_uid() {
+        let mut w = kube::runtime::reflector::store::Writer::<Pod>::default();
+        w.apply_watcher_event(&kube::runtime::watcher::Event::Apply(pod()));
+        let mut other = pod();
+        other.metadata.name = Some("db".into());
+        other.metadata.uid = Some("uid-db".into());
+        w.apply_watcher_event(&kube::runtime::watcher::Event::Apply(other));
+        let store = w.as_reader();
+        let name_of = |c: &ContainerInfo| pod_of(&store, c).and_then(|p| p.metadata.name.clone());
+        let c = runtime_c1();
+        assert_eq!(name_of(&c).as_deref(), Some("web"));
+        let ctx = pod_context(&pod_of(&store, &c).unwrap(), &c).expect("its container");
+        assert_eq!(
+            (ctx.namespace.as_str(), ctx.container_type),
+            ("shop", ContainerType::Container)
+        );
+        // A Pod of that name with another uid (recreated): not this one.
+        let mut stale = runtime_c1();
+        stale.pod_uid = Some("uid-old".into());
+        assert_eq!(name_of(&stale), None);
+        // Another namespace: not found.
+        let mut elsewhere = runtime_c1();
+        elsewhere.pod_namespace = Some("lab".into());
+        assert_eq!(name_of(&elsewhere), None);
+        // No name from CRI: by uid alone.
+        let mut by_uid = runtime_c1();
+        by_uid.pod_name = None;
+        by_uid.pod_uid = Some("uid-db".into());
+        assert_eq!(name_of(&by_uid).as_deref(), Some("db"));
+        // A container the Pod spec does not name: no context.
+        let mut unnamed = runtime_c1();
+        unnamed.container_name = Some("sidecar".into());
+        assert!(pod_context(&pod(), &unnamed).is_none());
     }
 
     fn plan_of(
