@@ -63,7 +63,7 @@ pub struct KubeState {
 /// The Pod behind a runtime container: the one CRI names (namespace and
 /// name, from the store's index, not a scan of every Pod), if its uid is the
 /// one CRI reports; by uid alone when CRI gave no name.
-pub fn pod_of(store: &Store<Pod>, c: &ContainerInfo) -> Option<Arc<Pod>> {
+fn pod_of(store: &Store<Pod>, c: &ContainerInfo) -> Option<Arc<Pod>> {
     if let (Some(ns), Some(name)) = (c.pod_namespace.as_deref(), c.pod_name.as_deref()) {
         let pod = store.get(&ObjectRef::new(name).within(ns))?;
         let same = match (c.pod_uid.as_deref(), pod.metadata.uid.as_deref()) {
@@ -152,7 +152,7 @@ async fn start_exemptions(
 /// A container whose Pod the agent does not have (not yet, or no longer, or
 /// never: a static Pod without its mirror), in the Kubernetes namespace CRI
 /// reports: a plain container of that namespace, without Pod labels.
-pub fn namespace_context(c: &ContainerInfo) -> Option<PodContext> {
+fn namespace_context(c: &ContainerInfo) -> Option<PodContext> {
     Some(PodContext {
         container_type: ContainerType::Container,
         namespace: c.pod_namespace.clone()?,

@@ -119,7 +119,8 @@ impl HookChoice {
         }
     }
 
-    /// The `--exec-hook` value, for "not tried" messages.
+    /// The `--exec-hook` value, for "not tried" messages (clap's name for
+    /// it; a unit test keeps the two equal).
     pub fn flag(self) -> &'static str {
         match self {
             HookChoice::Auto => "auto",
@@ -194,21 +195,33 @@ pub fn attach(
     }
 }
 
+/// An error and the errors behind it, outermost first.
+pub fn sources<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
 /// An error with its sources, `a: b: c`, for logs and fallback reasons.
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(err) = cur {
-        s.push_str(": ");
-        s.push_str(&err.to_string());
-        cur = err.source();
-    }
-    s
+    sources(e)
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exec_hook_flags_are_claps_names() {
+        use clap::ValueEnum;
+        for h in HookChoice::value_variants() {
+            let v = h.to_possible_value().expect("a value");
+            assert_eq!(h.flag(), v.get_name());
+        }
+    }
 
     #[test]
     fn every_program_of_the_object_has_one_row() {

@@ -727,19 +727,11 @@ pub fn cgroup_id_of(path: &Path) -> Result<u64, ProbeError> {
 /// Whether an error, or any error behind it, is EPERM (the errno of a map
 /// or program creation sits in the source chain, not in the message).
 fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.raw_os_error() == Some(libc::EPERM) {
-                return true;
-            }
-        }
-        if err.to_string().contains("Operation not permitted") {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
+    attach::sources(e).any(|err| {
+        err.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EPERM))
+            || err.to_string().contains("Operation not permitted")
+    })
 }
 
 /// Removes a pin directory: links (detaching them once no one holds them)
