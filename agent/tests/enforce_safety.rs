@@ -155,6 +155,37 @@ fn admission_exclusions_are_reported_never_stopped() {
 
     rt.block_on(async {
         let cri = CriClient::connect(&endpoint).await.expect("CRI");
+        // Ran (its entrypoint's marker) and reported, not stopped: the
+        // container finding says `alerted` and names why.
+        let ran_and_alerted = |what: &str, id: &str, marker: &str, why: &str| {
+            assert!(
+                ctd.wait_marker(marker, Duration::from_secs(15)).is_some(),
+                "{what} must run"
+            );
+            let f = agent.finding(
+                &format!("the audit finding for {what}"),
+                |v| v["container_id"] == id && v["type"] == "container",
+                Duration::from_secs(15),
+            );
+            assert_eq!(f["action"], "alerted", "{f}");
+            assert!(
+                f["reason"].as_str().unwrap_or_default().contains(why),
+                "{f}"
+            );
+            f
+        };
+        // Killed before its entrypoint ran: the kill's finding, no marker.
+        let killed = |what: &str, id: &str, marker: &str| {
+            agent.finding(
+                &format!("the kill of {what}"),
+                |v| v["container_id"] == id && v["action"] == "killed",
+                Duration::from_secs(15),
+            );
+            assert!(
+                !ctd.marker(marker).exists(),
+                "the untrusted entrypoint of {what} ran"
+            );
+        };
         // No Kyverno ConfigMap: Kyverno's defaults exclude kube-system.
         let (_, sys_id) = ctd
             .cri_run_pod(
@@ -167,21 +198,18 @@ fn admission_exclusions_are_reported_never_stopped() {
                 &format!("x-sys-{t}"),
             )
             .await;
-        assert!(
-            ctd.wait_marker(&format!("x-sys-{t}"), Duration::from_secs(15))
-                .is_some(),
-            "an untrusted image in kube-system (excluded by Kyverno's defaults) must run"
-        );
-        let f = agent.finding(
-            "the audit finding in kube-system",
-            |v| v["container_id"] == sys_id.as_str() && v["type"] == "container",
-            Duration::from_secs(15),
+        let f = ran_and_alerted(
+            "an untrusted image in kube-system (excluded by Kyverno's defaults)",
+            &sys_id,
+            &format!("x-sys-{t}"),
+            "[*,kube-system,*]",
         );
         assert_eq!(f["verdict"], "deny", "{f}");
-        assert_eq!(f["action"], "alerted", "{f}");
-        let reason = f["reason"].as_str().unwrap_or_default();
         assert!(
-            reason.contains("untrusted-image") && reason.contains("[*,kube-system,*]"),
+            f["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("untrusted-image"),
             "{f}"
         );
 
@@ -198,15 +226,7 @@ fn admission_exclusions_are_reported_never_stopped() {
                 true,
             )
             .await;
-        agent.finding(
-            "the kill in prod",
-            |v| v["container_id"] == prod_id.as_str() && v["action"] == "killed",
-            Duration::from_secs(15),
-        );
-        assert!(
-            !ctd.marker(&format!("x-prod-{t}")).exists(),
-            "the untrusted entrypoint ran in prod"
-        );
+        killed("the same image in prod", &prod_id, &format!("x-prod-{t}"));
 
         // The cluster's Kyverno ConfigMap replaces the defaults.
         api.put(
@@ -231,23 +251,11 @@ fn admission_exclusions_are_reported_never_stopped() {
                 &format!("x-batch-{t}"),
             )
             .await;
-        assert!(
-            ctd.wait_marker(&format!("x-batch-{t}"), Duration::from_secs(15))
-                .is_some(),
-            "a Pod the ConfigMap's [Pod,prod,batch-*] excludes must run"
-        );
-        let f = agent.finding(
-            "the audit finding for batch-7",
-            |v| v["container_id"] == batch_id.as_str() && v["type"] == "container",
-            Duration::from_secs(15),
-        );
-        assert_eq!(f["action"], "alerted", "{f}");
-        assert!(
-            f["reason"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("ConfigMap kyverno/kyverno"),
-            "{f}"
+        ran_and_alerted(
+            "a Pod the ConfigMap's [Pod,prod,batch-*] excludes",
+            &batch_id,
+            &format!("x-batch-{t}"),
+            "ConfigMap kyverno/kyverno",
         );
         let (_, pub_id) = ctd
             .cri_run_pod_opt(
@@ -261,14 +269,11 @@ fn admission_exclusions_are_reported_never_stopped() {
                 true,
             )
             .await;
-        agent.finding(
-            "the kill in kube-public",
-            |v| v["container_id"] == pub_id.as_str() && v["action"] == "killed",
-            Duration::from_secs(15),
-        );
-        assert!(
-            !ctd.marker(&format!("x-pub-{t}")).exists(),
-            "kube-public is not excluded by this ConfigMap"
+        // kube-public is not excluded by this ConfigMap.
+        killed(
+            "the same image in kube-public",
+            &pub_id,
+            &format!("x-pub-{t}"),
         );
 
         // A static Pod (the kubelet's own manifest: CRI's sandbox says
@@ -293,23 +298,11 @@ fn admission_exclusions_are_reported_never_stopped() {
                 },
             )
             .await;
-        assert!(
-            ctd.wait_marker(&format!("x-static-{t}"), Duration::from_secs(15))
-                .is_some(),
-            "a static Pod (excludeGroups system:nodes) must run"
-        );
-        let f = agent.finding(
-            "the audit finding for the static Pod",
-            |v| v["container_id"] == static_id.as_str() && v["type"] == "container",
-            Duration::from_secs(15),
-        );
-        assert_eq!(f["action"], "alerted", "{f}");
-        assert!(
-            f["reason"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("static Pod"),
-            "{f}"
+        ran_and_alerted(
+            "a static Pod (excludeGroups system:nodes)",
+            &static_id,
+            &format!("x-static-{t}"),
+            "static Pod",
         );
     });
     drop(agent);
