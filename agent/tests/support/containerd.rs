@@ -551,7 +551,13 @@ pub struct Containerd {
     /// Short token unique to this instance, for container ids.
     pub token: String,
     child: Option<Child>,
-    /// cgroup dirs (relative) this instance's containers may leave behind.
+    /// cgroup dirs (relative) this instance's containers may leave behind,
+    /// removed (if empty) at drop. Only this instance's own: never a parent
+    /// that other tests' containers share (a containerd namespace's cgroup,
+    /// `kubepods`, `kubepods/burstable`), which an rmdir here could remove
+    /// between another runc's mkdir of the parent and of its child (seen:
+    /// RunPodSandbox failed with `mkdir /sys/fs/cgroup/blkio/kubepods/
+    /// burstable: no such file or directory`). Those stay, as on a node.
     cgroup_leftovers: std::sync::Mutex<Vec<String>>,
     /// `native` or `overlayfs`.
     pub snapshotter: &'static str,
@@ -765,8 +771,10 @@ impl Containerd {
         args.push(image.into());
         args.push(id.into());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Only this container's own cgroup: the namespace's (`/<ns>`) is
+        // shared with the other tests running at the same time (see
+        // `cgroup_leftovers`).
         self.remember_cgroup(format!("{ns}/{id}"));
-        self.remember_cgroup(ns.to_string());
         self.ctr_raw(ns, &refs)
     }
 
@@ -967,12 +975,10 @@ impl Containerd {
             }
         };
         let cgroup_parent = qos.cgroup_parent(pod_uid);
-        let mut parent = cgroup_parent.trim_start_matches('/').to_string();
-        while let Some((up, _)) = parent.rsplit_once('/') {
-            self.remember_cgroup(parent.clone());
-            parent = up.to_string();
-        }
-        self.remember_cgroup(parent);
+        // The pod's own cgroup, not the QoS parents (`kubepods`,
+        // `kubepods/burstable`) every test's pods share (see
+        // `cgroup_leftovers`).
+        self.remember_cgroup(cgroup_parent.trim_start_matches('/').to_string());
         let log_dir = self.dir.join("pods").join(pod_uid);
         std::fs::create_dir_all(&log_dir).expect("pod log dir");
         let ns_opts = Some(cri::NamespaceOption {
